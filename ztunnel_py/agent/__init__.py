@@ -1,0 +1,1 @@
+"""The node agent: app wiring, state store, enrollment, and the proxies."""

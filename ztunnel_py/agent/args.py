@@ -1,0 +1,72 @@
+"""Arguments of `ztunnel-py agent`; every flag also reads ztunnel's environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node", default=_env("NODE_NAME"), help="this node's name (env NODE_NAME)"
+    )
+    parser.add_argument(
+        "--local-config",
+        default=_env("LOCAL_XDS_PATH"),
+        metavar="FILE",
+        help="workloads, services and policies from a local YAML file in ztunnel's local-config "
+        "format (env LOCAL_XDS_PATH); reloaded on SIGHUP",
+    )
+    parser.add_argument(
+        "--ca-address",
+        default=_env("CA_ADDRESS", "localhost:15012"),
+        metavar="HOST:PORT",
+        help="the control plane's CA (env CA_ADDRESS)",
+    )
+    parser.add_argument(
+        "--ca-root-cert",
+        default=_env("CA_ROOT_CA", "./var/run/secrets/istio/root-cert.pem"),
+        metavar="FILE",
+        help="PEM roots that sign the control plane's serving certificate (env CA_ROOT_CA)",
+    )
+    parser.add_argument(
+        "--ca-hostname",
+        default=_env("ALT_CA_HOSTNAME", "istiod.istio-system.svc"),
+        help="name expected in the CA's serving certificate (env ALT_CA_HOSTNAME)",
+    )
+    parser.add_argument(
+        "--auth-token",
+        default=_env("AUTH_TOKEN", "./var/run/secrets/tokens/istio-token"),
+        metavar="FILE",
+        help="node credential presented to the CA, re-read on every request (env AUTH_TOKEN)",
+    )
+    parser.add_argument(
+        "--secret-ttl",
+        default=_env("SECRET_TTL", "24h"),
+        metavar="DURATION",
+        help="requested workload certificate lifetime, e.g. 60s or 24h (env SECRET_TTL)",
+    )
+    parser.add_argument(
+        "--enroll-socket",
+        default=_env("INPOD_UDS", "/var/run/ztunnel/ztunnel.sock"),
+        metavar="PATH",
+        help="Unix SOCK_SEQPACKET socket on which pods are enrolled (env INPOD_UDS)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=_env("ZTUNNEL_STATE_DIR", "/var/run/ztunnel"),
+        metavar="DIR",
+        help="where enrollment state is persisted for restarts",
+    )
+    parser.add_argument("--admin-address", default="127.0.0.1:15000", metavar="HOST:PORT")
+    parser.add_argument("--metrics-address", default="0.0.0.0:15020", metavar="HOST:PORT")
+    parser.add_argument("--readiness-address", default="0.0.0.0:15021", metavar="HOST:PORT")
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", _env("RUST_LOG", "info")),
+        help="off, error, warn, info, debug (env LOG_LEVEL or RUST_LOG)",
+    )

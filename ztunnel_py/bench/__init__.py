@@ -1,0 +1,1 @@
+"""Benchmark harness: figures reported as ratios against a baseline measured in the same run."""

@@ -1,0 +1,114 @@
+"""The `ztunnel-py` command line: argument parsing only; each subcommand calls one entry point.
+
+Entry points are imported lazily so `ztunnel-py --help` stays fast and a subcommand only pays for
+the libraries it uses (bcc, grpc, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from ztunnel_py import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from ztunnel_py.agent.app import main as agent_main
+
+    return agent_main(args)
+
+
+def _controlplane(args: argparse.Namespace) -> int:
+    from ztunnel_py.controlplane.app import main as cp_main
+
+    return cp_main(args)
+
+
+def _testbed(args: argparse.Namespace) -> int:
+    from ztunnel_py.testbed.cli import main as testbed_main
+
+    return testbed_main(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ztunnel_py.testbed.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ztunnel_py.bench.cli import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ztunnel-py",
+        description="Istio-ambient-style service mesh: node agent, control plane, testbed.",
+    )
+    parser.add_argument("--version", action="version", version=f"ztunnel-py {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from ztunnel_py.agent.args import add_agent_arguments
+    from ztunnel_py.bench.args import add_bench_arguments
+    from ztunnel_py.controlplane.args import add_controlplane_arguments
+    from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
+
+    p = sub.add_parser(
+        "agent",
+        help="run the node agent (one per node)",
+        description="Run the node agent: per-pod listeners, HBONE mTLS tunnels, L4 policy.",
+    )
+    add_agent_arguments(p)
+    p.set_defaults(handler=_agent)
+
+    p = sub.add_parser(
+        "controlplane",
+        help="run the bundled control plane (CA, workload xDS)",
+        description="Run the bundled control plane, or use its offline tools.",
+    )
+    add_controlplane_arguments(p)
+    p.set_defaults(handler=_controlplane)
+
+    p = sub.add_parser(
+        "testbed",
+        help="the netns lab: nodes and pods as network namespaces",
+        description="Build, inspect and tear down the network-namespace testbed.",
+    )
+    add_testbed_arguments(p)
+    p.set_defaults(handler=_testbed)
+
+    p = sub.add_parser(
+        "demo",
+        help="bring up a 2-node mesh, show traffic through it, tear it down",
+        description="Bring up a 2-node testbed with the mesh, send traffic through it, report.",
+    )
+    add_demo_arguments(p)
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks (figures printed as ratios to a no-mesh baseline)",
+        description="Benchmarks; every figure is shown against a baseline measured in the same run.",
+    )
+    add_bench_arguments(p)
+    p.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The bundled control plane: sources, validation, translation, xDS server and the CA."""

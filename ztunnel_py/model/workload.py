@@ -1,0 +1,111 @@
+"""Workloads, services and the addresses that tie them together (Istio's workload API, as types)."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+from ztunnel_py.model.identity import DEFAULT_TRUST_DOMAIN, Identity
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+HBONE_PORT = 15008
+
+
+class TunnelProtocol(enum.Enum):
+    NONE = "TCP"
+    HBONE = "HBONE"
+
+
+class WorkloadStatus(enum.Enum):
+    HEALTHY = "Healthy"
+    UNHEALTHY = "Unhealthy"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkAddress:
+    """An IP on a network; written `network/IP` (`/10.0.0.1` on the default network)."""
+
+    network: str
+    address: IPAddress
+
+    @classmethod
+    def parse(cls, text: str) -> NetworkAddress:
+        network, sep, ip = text.rpartition("/")
+        if not sep:
+            network, ip = "", text
+        try:
+            return cls(network, ipaddress.ip_address(ip))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP address or a 'network/IP' string") from None
+
+    def __str__(self) -> str:
+        return f"{self.network}/{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacedHostname:
+    namespace: str
+    hostname: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.hostname}"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayAddress:
+    """Where a waypoint or network gateway is reached."""
+
+    destination: NetworkAddress | NamespacedHostname
+    hbone_mtls_port: int = HBONE_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    uid: str
+    name: str
+    namespace: str
+    addresses: tuple[IPAddress, ...]
+    service_account: str = "default"
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    node: str = ""
+    network: str = ""
+    hostname: str = ""
+    tunnel_protocol: TunnelProtocol = TunnelProtocol.NONE
+    canonical_name: str = ""
+    canonical_revision: str = ""
+    workload_name: str = ""
+    workload_type: str = "deployment"
+    waypoint: GatewayAddress | None = None
+    # "namespace/hostname" -> {service port: target port}
+    services: dict[str, dict[int, int]] = field(default_factory=dict, hash=False)
+    authorization_policies: tuple[str, ...] = ()
+    status: WorkloadStatus = WorkloadStatus.HEALTHY
+    cluster_id: str = "Kubernetes"
+    capacity: int = 1
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(
+            self.trust_domain or DEFAULT_TRUST_DOMAIN,
+            self.namespace,
+            self.service_account or "default",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    namespace: str
+    hostname: str
+    vips: tuple[NetworkAddress, ...]
+    # service port -> target port (0 = unknown / named port: use the endpoint's own mapping)
+    ports: dict[int, int] = field(default_factory=dict, hash=False)
+    subject_alt_names: tuple[str, ...] = ()
+    waypoint: GatewayAddress | None = None
+
+    @property
+    def key(self) -> str:
+        """The xDS resource name: `namespace/hostname`."""
+        return f"{self.namespace}/{self.hostname}"

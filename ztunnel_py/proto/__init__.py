@@ -1,0 +1,1 @@
+"""Our .proto files (wire-compatible with Istio's) and the modules generated from them."""

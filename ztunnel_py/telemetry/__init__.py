@@ -1,0 +1,1 @@
+"""Metric families with Istio's names and labels, and the access log."""
