@@ -18,7 +18,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(python3 python3-venv python3-bpfcc bpfcc-tools iproute2 curl iperf3 nghttp2-client
-          tcpdump procps psmisc kmod ca-certificates)
+          tcpdump proxychains4 procps psmisc kmod ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,182 @@
+"""The node agent's wiring: state, certificates, enrollment, per-pod proxies, operator servers.
+
+`main(args)` validates the configuration (a bad local-config file stops the agent at start with
+a message naming the field), then runs everything in one trio nursery until SIGTERM, SIGINT or
+`POST /quitquitquit`. SIGHUP reloads the local-config file; an invalid file keeps the last good
+state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from ztunnel_py import __version__
+from ztunnel_py.admin.admin import ConfigDump, serve_admin
+from ztunnel_py.admin.metrics import serve_metrics
+from ztunnel_py.admin.readiness import Readiness, serve_readiness
+from ztunnel_py.agent.enroll import serve_enrollment
+from ztunnel_py.agent.inpod import PodManager
+from ztunnel_py.agent.localconfig import ConfigError
+from ztunnel_py.agent.proxy.outbound import Outbound
+from ztunnel_py.agent.proxy.pool import HbonePool
+from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.config import AgentConfig, ConfigValueError, parse_duration, parse_host_port
+from ztunnel_py.identity.caclient import GrpcCaClient
+from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels, setup_logging
+from ztunnel_py.telemetry.metrics import Metrics
+
+log = logging.getLogger("ztunnel_py.agent")
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    if not args.node:
+        raise ConfigValueError("--node (env NODE_NAME) is required: the name of this node")
+    return AgentConfig(
+        node=args.node,
+        local_config=Path(args.local_config) if args.local_config else None,
+        ca_address=parse_host_port(args.ca_address, "--ca-address"),
+        ca_root_cert=Path(args.ca_root_cert),
+        ca_hostname=args.ca_hostname,
+        auth_token=Path(args.auth_token),
+        secret_ttl=parse_duration(args.secret_ttl, "--secret-ttl"),
+        enroll_socket=Path(args.enroll_socket),
+        state_dir=Path(args.state_dir),
+        admin_address=parse_host_port(args.admin_address, "--admin-address"),
+        metrics_address=parse_host_port(args.metrics_address, "--metrics-address"),
+        readiness_address=parse_host_port(args.readiness_address, "--readiness-address"),
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        levels = setup_logging(args.log_level)
+        config = config_from_args(args)
+    except (ConfigValueError, LevelSpecError) as e:
+        print(f"ztunnel-py agent: {e}", file=sys.stderr)
+        return 2
+    state = ProxyState()
+    if config.local_config is None:
+        print(
+            "ztunnel-py agent: no workload source; pass --local-config FILE (env LOCAL_XDS_PATH)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        state.reload_local_config(config.local_config)
+    except ConfigError as e:
+        print(f"ztunnel-py agent: invalid local config: {e}", file=sys.stderr)
+        return 2
+    log.info(
+        "starting ztunnel-py agent %s on node %s: %d workloads, %d services, %d policies",
+        __version__,
+        config.node,
+        len(state.workloads()),
+        len(state.services()),
+        len(state.policies()),
+    )
+    trio.run(_run, config, state, levels)
+    return 0
+
+
+async def _run(config: AgentConfig, state: ProxyState, levels: LogLevels) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, component="ztunnel", tag=__version__)
+    readiness = Readiness()
+    ready_task = readiness.register("workload proxy manager")
+    signer = GrpcCaClient(
+        f"{config.ca_address[0]}:{config.ca_address[1]}",
+        config.ca_root_cert,
+        config.auth_token,
+        hostname=config.ca_hostname,
+    )
+    certs = CertificateManager(signer, config.secret_ttl)
+    pool = HbonePool(
+        max_streams=config.pool_max_streams,
+        idle_timeout=config.pool_idle_timeout.total_seconds(),
+    )
+    outbound = Outbound(state, certs, pool, metrics, config.connect_timeout)
+    dump = ConfigDump()
+    dump.add_sections(state.dump)
+    dump.add_section("certificates", certs.dump)
+    dump.add_section("version", lambda: {"version": __version__})
+    dump.add_section("config", lambda: _config_dump(config))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(certs.run)
+            pods = PodManager(config, state, certs, outbound, metrics, nursery)
+            dump.add_section("workloadState", pods.dump)
+            nursery.start_soon(_signals, nursery, config, state)
+            await nursery.start(
+                lambda task_status: serve_admin(
+                    config_dump=dump,
+                    log_levels=levels,
+                    shutdown=nursery.cancel_scope.cancel,
+                    host=config.admin_address[0],
+                    port=config.admin_address[1],
+                    task_status=task_status,
+                )
+            )
+            await nursery.start(
+                lambda task_status: serve_metrics(
+                    registry=registry,
+                    host=config.metrics_address[0],
+                    port=config.metrics_address[1],
+                    task_status=task_status,
+                )
+            )
+            await nursery.start(
+                lambda task_status: serve_readiness(
+                    readiness=readiness,
+                    host=config.readiness_address[0],
+                    port=config.readiness_address[1],
+                    task_status=task_status,
+                )
+            )
+            for w in state.workloads():
+                if w.node == config.node:
+                    certs.prefetch(w.identity)
+            await nursery.start(serve_enrollment, str(config.enroll_socket), pods)
+            readiness.mark_ready(ready_task)
+            log.info("agent ready")
+    finally:
+        await pool.aclose()
+        signer.close()
+        log.info("agent stopped")
+
+
+async def _signals(nursery: trio.Nursery, config: AgentConfig, state: ProxyState) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP and config.local_config is not None:
+                try:
+                    state.reload_local_config(config.local_config)
+                    log.info("reloaded %s", config.local_config)
+                except ConfigError as e:
+                    log.error("reload failed, keeping the last good state: %s", e)
+                continue
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            nursery.cancel_scope.cancel()
+            return
+
+
+def _config_dump(config: AgentConfig) -> dict[str, Any]:
+    return {
+        "nodeName": config.node,
+        "localConfig": str(config.local_config or ""),
+        "caAddress": f"{config.ca_address[0]}:{config.ca_address[1]}",
+        "secretTtl": f"{int(config.secret_ttl.total_seconds())}s",
+        "inpodUds": str(config.enroll_socket),
+        "trustDomain": config.trust_domain,
+        "packetMark": config.packet_mark,
+        "poolMaxStreamsPerConnection": config.pool_max_streams,
+        "poolUnusedReleaseTimeout": f"{int(config.pool_idle_timeout.total_seconds())}s",
+    }

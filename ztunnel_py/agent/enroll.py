@@ -1,0 +1,126 @@
+"""The agent's enrollment server: pods arrive and leave over a Unix SOCK_SEQPACKET socket.
+
+Each connection gets a ZdsHello, then any number of requests, each answered by an Ack (an
+empty error is an ACK, a non-empty one a NACK). A bad message is NACKed and the connection
+closed; the server keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import socket
+import stat
+from typing import Protocol
+
+import trio
+
+from ztunnel_py.agent.zds import (
+    MAX_MESSAGE,
+    AddPod,
+    DelPod,
+    KeepPod,
+    PodInfo,
+    SnapshotSent,
+    ZdsError,
+    decode_request,
+    encode_ack,
+    encode_hello,
+)
+
+log = logging.getLogger("ztunnel_py.enroll")
+
+_FD_SPACE = socket.CMSG_SPACE(4 * 4)
+
+
+class EnrollRefused(Exception):
+    """The handler could not enroll the pod; the text is sent back as the NACK."""
+
+
+class EnrollHandler(Protocol):
+    async def add_pod(self, info: PodInfo, netns_fd: int) -> None:
+        """Enroll; takes ownership of netns_fd. Raise EnrollRefused to NACK."""
+
+    async def keep_pod(self, uid: str) -> None: ...
+
+    async def del_pod(self, uid: str) -> None:
+        """Unenroll; raise EnrollRefused for an unknown pod."""
+
+    async def snapshot_sent(self) -> None: ...
+
+
+def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    return fds
+
+
+async def _serve_connection(conn: trio.socket.SocketType, handler: EnrollHandler) -> None:
+    with conn:
+        await conn.send(encode_hello())
+        while True:
+            data, ancdata, flags, _ = await conn.recvmsg(
+                MAX_MESSAGE, _FD_SPACE, socket.MSG_CMSG_CLOEXEC
+            )
+            fds = _fds_from(ancdata)
+            if not data and not fds:
+                return
+            truncated = bool(flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC))
+            try:
+                req = decode_request(data, fds, truncated)
+            except ZdsError as e:
+                log.warning("enrollment: rejected message: %s", e)
+                await conn.send(encode_ack(str(e)))
+                return
+            error = ""
+            try:
+                if isinstance(req, AddPod):
+                    await handler.add_pod(req.info, req.netns_fd)
+                elif isinstance(req, KeepPod):
+                    await handler.keep_pod(req.uid)
+                elif isinstance(req, DelPod):
+                    await handler.del_pod(req.uid)
+                elif isinstance(req, SnapshotSent):
+                    await handler.snapshot_sent()
+            except EnrollRefused as e:
+                error = str(e)
+                log.warning("enrollment: %s", e)
+            await conn.send(encode_ack(error))
+
+
+async def serve_enrollment(
+    path: str,
+    handler: EnrollHandler,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on `path` (replacing a stale socket file) and serve enrollment requests."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with listener:
+        await listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(128)
+        log.info("enrollment socket listening on %s", path)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await listener.accept()
+                nursery.start_soon(_guarded, conn, handler)
+
+
+async def _guarded(conn: trio.socket.SocketType, handler: EnrollHandler) -> None:
+    try:
+        await _serve_connection(conn, handler)
+    except OSError as e:
+        log.info("enrollment connection ended: %s", e)

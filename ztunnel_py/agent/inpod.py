@@ -1,0 +1,242 @@
+"""In-pod proxies: one set of listeners per enrolled pod, inside that pod's network namespace.
+
+The enrollment server hands each pod's netns fd to the `PodManager`, which opens the pod's
+listeners there (15008 HBONE, 15006 plaintext, 15001 outbound, 15080 SOCKS5 on 127.0.0.1) and
+serves them until the pod is unenrolled. An Add for a known pod with the same netns is a no-op;
+with a different netns (the sandbox was recreated) the old proxy is drained and replaced.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ztunnel_py.agent.enroll import EnrollRefused
+from ztunnel_py.agent.netns import NetnsError, PodNetns
+from ztunnel_py.agent.proxy.inbound import Inbound
+from ztunnel_py.agent.proxy.outbound import Outbound
+from ztunnel_py.agent.proxy.socks5 import serve_socks5
+from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.agent.zds import PodInfo
+from ztunnel_py.config import AgentConfig
+from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.telemetry.metrics import Metrics
+
+log = logging.getLogger("ztunnel_py.inpod")
+
+OUTBOUND_PORT = 15001
+INBOUND_PLAINTEXT_PORT = 15006
+INBOUND_HBONE_PORT = 15008
+SOCKS5_PORT = 15080
+
+
+@dataclass(slots=True)
+class TrackedConnection:
+    direction: str
+    src: str
+    original_dst: str
+    protocol: str
+
+
+@dataclass(slots=True)
+class PodProxy:
+    info: PodInfo
+    netns: PodNetns
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    state: str = "Pending"
+    connections: dict[int, TrackedConnection] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def track(self, direction: str, src: str, dst: str, protocol: str) -> Callable[[], None]:
+        key = next(self._ids)
+        self.connections[key] = TrackedConnection(direction, src, dst, protocol)
+        return lambda: self.connections.pop(key, None) and None
+
+    def dump(self) -> dict[str, Any]:
+        conns: dict[str, list[dict[str, str]]] = {"inbound": [], "outbound": []}
+        for c in self.connections.values():
+            conns[c.direction].append(
+                {"src": c.src, "originalDst": c.original_dst, "actualDst": c.original_dst,
+                 "protocol": c.protocol}
+            )
+        return {
+            "state": self.state,
+            "connections": conns,
+            "info": {
+                "name": self.info.name,
+                "namespace": self.info.namespace,
+                "serviceAccount": self.info.service_account,
+            },
+        }
+
+
+class PodManager:
+    """Starts and stops per-pod proxies; the enrollment server's handler."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        state: ProxyState,
+        certs: CertificateManager,
+        outbound: Outbound,
+        metrics: Metrics,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.certs = certs
+        self.outbound = outbound
+        self.metrics = metrics
+        self.nursery = nursery
+        self.pods: dict[str, PodProxy] = {}
+        self.snapshot_seen: set[str] | None = None
+
+    # --- EnrollHandler ---------------------------------------------------------------------
+
+    async def add_pod(self, info: PodInfo, netns_fd: int) -> None:
+        netns = PodNetns(netns_fd, self.config.packet_mark)
+        existing = self.pods.get(info.uid)
+        if existing is not None:
+            if existing.netns.inode == netns.inode:
+                netns.close()
+                self._seen(info.uid)
+                return
+            log.info("pod %s has a new network namespace; replacing its proxy", info.uid)
+            self._stop(existing)
+        pod = PodProxy(info, netns)
+        try:
+            listeners = self._listeners(netns)
+        except NetnsError as e:
+            netns.close()
+            raise EnrollRefused(f"cannot start proxy for {info.uid}: {e}") from e
+        self.pods[info.uid] = pod
+        self._seen(info.uid)
+        self.nursery.start_soon(self._run, pod, listeners)
+        workload = self.state.workload_by_uid(info.uid)
+        if workload is not None:
+            self.certs.prefetch(workload.identity)
+        self.metrics.proxy_started()
+        self._update_counts()
+        log.info("enrolled pod %s (%s/%s)", info.uid, info.namespace, info.name)
+
+    async def keep_pod(self, uid: str) -> None:
+        self._seen(uid)
+
+    async def del_pod(self, uid: str) -> None:
+        pod = self.pods.pop(uid, None)
+        if pod is None:
+            raise EnrollRefused(f"unknown pod {uid}: not enrolled on this node")
+        self._stop(pod)
+        log.info("unenrolled pod %s", uid)
+
+    async def snapshot_sent(self) -> None:
+        """A full snapshot was sent: pods not named since the last one are gone."""
+        seen = self.snapshot_seen or set()
+        for uid in [u for u in self.pods if u not in seen]:
+            log.info("pod %s missing from the enrollment snapshot; removing it", uid)
+            self._stop(self.pods.pop(uid))
+        self.snapshot_seen = set()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _seen(self, uid: str) -> None:
+        if self.snapshot_seen is not None:
+            self.snapshot_seen.add(uid)
+
+    def _listeners(self, netns: PodNetns) -> dict[int, trio.socket.SocketType]:
+        made: dict[int, trio.socket.SocketType] = {}
+        try:
+            for port in (INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT):
+                made[port] = netns.listener("::", port)
+            made[SOCKS5_PORT] = netns.listener("127.0.0.1", SOCKS5_PORT, transparent=False)
+        except NetnsError:
+            for s in made.values():
+                s.close()
+            raise
+        return made
+
+    def _stop(self, pod: PodProxy) -> None:
+        pod.cancel.cancel()
+        self.metrics.proxy_stopped()
+        self._update_counts()
+
+    def _update_counts(self) -> None:
+        active = sum(1 for p in self.pods.values() if p.state == "Up")
+        self.metrics.set_proxy_counts(active, len(self.pods) - active)
+
+    async def _run(self, pod: PodProxy, listeners: dict[int, trio.socket.SocketType]) -> None:
+        inbound = Inbound(
+            pod.info.uid,
+            pod.netns,
+            self.state,
+            self.certs,
+            self.metrics,
+            self.config.trust_domain,
+            self.config.connect_timeout,
+            self.config.workload_wait,
+            pod.track,
+        )
+        try:
+            with pod.cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._accept, listeners[INBOUND_HBONE_PORT],
+                                       inbound.serve_hbone)
+                    nursery.start_soon(self._accept, listeners[INBOUND_PLAINTEXT_PORT],
+                                       inbound.serve_plaintext)
+                    nursery.start_soon(self._accept, listeners[OUTBOUND_PORT],
+                                       lambda s: self._outbound(pod, inbound, s))
+                    nursery.start_soon(self._accept, listeners[SOCKS5_PORT],
+                                       lambda s: self._socks5(pod, inbound, s))
+                    pod.state = "Up"
+                    self._update_counts()
+        finally:
+            for s in listeners.values():
+                s.close()
+            pod.netns.close()
+            pod.state = "Stopped"
+
+    async def _accept(
+        self,
+        listener: trio.socket.SocketType,
+        handle: Callable[[trio.socket.SocketType], Awaitable[None]],
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                sock, _ = await listener.accept()
+                nursery.start_soon(_guarded, handle, sock)
+
+    async def _outbound(
+        self, pod: PodProxy, inbound: Inbound, sock: trio.socket.SocketType
+    ) -> None:
+        # Capture leaves the original destination as the socket's local address.
+        local = sock.getsockname()
+        source = await inbound.workload()
+        await self.outbound.proxy(
+            source, pod.netns, sock, ipaddress.ip_address(local[0]), local[1], track=pod.track
+        )
+
+    async def _socks5(self, pod: PodProxy, inbound: Inbound, sock: trio.socket.SocketType) -> None:
+        source = await inbound.workload()
+        await serve_socks5(sock, self.state, lambda ip, port, ready: self.outbound.proxy(
+            source, pod.netns, sock, ip, port, ready=ready, track=pod.track
+        ))
+
+    def dump(self) -> dict[str, Any]:
+        return {uid: pod.dump() for uid, pod in self.pods.items()}
+
+
+async def _guarded(
+    handle: Callable[[trio.socket.SocketType], Awaitable[None]], sock: trio.socket.SocketType
+) -> None:
+    try:
+        await handle(sock)
+    except (LookupError, OSError, trio.BrokenResourceError) as e:
+        log.info("connection ended: %s", e)
+    finally:
+        sock.close()

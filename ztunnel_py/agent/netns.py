@@ -1,0 +1,170 @@
+"""Sockets inside a pod's network namespace, created by the agent from its own namespace.
+
+The agent stays in its own netns; to make a socket that lives in a pod's netns it briefly enters
+that netns on the calling thread (`setns` is per thread), creates the socket and returns. The
+socket stays bound to the pod's netns for its whole life. Every socket made here carries
+SO_MARK 0x539 so the pod's capture programs never capture the agent's own traffic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import trio
+
+PACKET_MARK = 0x539
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+IP_FREEBIND = 15
+LISTEN_BACKLOG = 128
+
+CLONE_NEWNET = 0x40000000
+
+_setns_lock = threading.Lock()
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """setns(2) for the calling thread (os.setns arrives only in Python 3.12)."""
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class NetnsError(Exception):
+    """A pod network namespace could not be entered or a socket could not be made in it."""
+
+
+def _own_netns_fd() -> int:
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def netns_inode(fd: int) -> tuple[int, int]:
+    """(device, inode) of a netns fd: two fds name the same netns exactly when these are equal."""
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+@contextlib.contextmanager
+def entered(netns_fd: int) -> Iterator[None]:
+    """Run the body with the calling thread inside `netns_fd`, then return to where it was."""
+    with _setns_lock:
+        home = _own_netns_fd()
+        try:
+            try:
+                setns(netns_fd)
+            except OSError as e:
+                raise NetnsError(f"cannot enter pod network namespace: {e}") from e
+            try:
+                yield
+            finally:
+                setns(home)
+        finally:
+            os.close(home)
+
+
+class PodNetns:
+    """A handle on one pod's network namespace (owns the fd passed at enrollment)."""
+
+    def __init__(self, fd: int, mark: int = PACKET_MARK) -> None:
+        self.fd = fd
+        self.mark = mark
+        self.inode = netns_inode(fd)
+
+    @classmethod
+    def open_path(cls, path: str, mark: int = PACKET_MARK) -> PodNetns:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise NetnsError(f"cannot open network namespace {path}: {e.strerror}") from e
+        return cls(fd, mark)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _raw_socket(self, family: int, type_: int) -> socket.socket:
+        with entered(self.fd):
+            sock = socket.socket(family, type_)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def listener(
+        self,
+        host: str,
+        port: int,
+        *,
+        transparent: bool = True,
+        reuseport: bool = True,
+    ) -> trio.socket.SocketType:
+        """A TCP listener bound to host:port inside the pod netns."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = self._raw_socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if transparent:
+                _set_transparent(sock, family)
+            if family == socket.AF_INET6 and host == "::":
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise NetnsError(f"cannot listen on {host}:{port} in pod netns: {e.strerror}") from e
+        return trio.socket.from_stdlib_socket(sock)
+
+    async def connect(
+        self,
+        address: tuple[str, int],
+        *,
+        bind_ip: str | None = None,
+        timeout: float = 10.0,
+    ) -> trio.socket.SocketType:
+        """A TCP connection from inside the pod netns.
+
+        With `bind_ip` the socket binds transparently to that (non-local) address first, so the
+        peer sees it as the source: how inbound traffic keeps the client's IP.
+        """
+        ip = ipaddress.ip_address(address[0])
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        raw = self._raw_socket(family, socket.SOCK_STREAM)
+        raw.setblocking(False)
+        sock = trio.socket.from_stdlib_socket(raw)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if bind_ip is not None:
+                _set_transparent(raw, family)
+                await sock.bind((bind_ip, 0))
+            with trio.fail_after(timeout):
+                await sock.connect((str(ip), address[1]))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def _set_transparent(sock: socket.socket, family: int) -> None:
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+
+
+def connect_refused(e: OSError) -> bool:
+    return e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)

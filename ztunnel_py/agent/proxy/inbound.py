@@ -1,0 +1,230 @@
+"""Inbound: HBONE on 15008 and plaintext on 15006, into one enrolled pod's application.
+
+HBONE (reference 2.9): TLS with the pod's certificate and a required client certificate from our
+trust domain, then per CONNECT: the authority must name this pod (400 otherwise), L4
+authorization (401), a connection to the application (503 if it fails), and only then 200 and
+the byte relay. Plaintext: the original destination is the accepted socket's local address;
+authorization runs with no peer identity, so STRICT mTLS denies it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+import trio
+
+from ztunnel_py.agent.netns import PodNetns
+from ztunnel_py.agent.proxy.hbone import HboneRequest, serve_hbone_connection
+from ztunnel_py.agent.proxy.outbound import SELF_PORTS
+from ztunnel_py.agent.proxy.relay import relay
+from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.identity.tls import server_context, verify_client_identity
+from ztunnel_py.model import IPAddress, Service, Workload
+from ztunnel_py.protocol.rbac import Connection, evaluate
+from ztunnel_py.telemetry.accesslog import connection_failed
+from ztunnel_py.telemetry.labels import TrafficLabels
+from ztunnel_py.telemetry.metrics import Metrics
+
+log = logging.getLogger("ztunnel_py.inbound")
+
+DESTINATION = "destination"
+
+
+def parse_authority(authority: str) -> tuple[IPAddress, int] | None:
+    """`ip:port` or `[v6]:port`; None when it is anything else."""
+    host, sep, port = authority.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host), int(port)
+    except ValueError:
+        return None
+
+
+def _addr(ip: IPAddress | str, port: int) -> str:
+    text = str(ip)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def _unmapped(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class Inbound:
+    """The inbound side of one enrolled pod."""
+
+    def __init__(
+        self,
+        pod_uid: str,
+        netns: PodNetns,
+        state: ProxyState,
+        certs: CertificateManager,
+        metrics: Metrics,
+        trust_domain: str,
+        connect_timeout: timedelta,
+        workload_wait: timedelta,
+        track: Callable[[str, str, str, str], Callable[[], None]],
+    ) -> None:
+        self.pod_uid = pod_uid
+        self.netns = netns
+        self.state = state
+        self.certs = certs
+        self.metrics = metrics
+        self.trust_domain = trust_domain
+        self.connect_timeout = connect_timeout.total_seconds()
+        self.workload_wait = workload_wait.total_seconds()
+        self.track = track
+
+    async def workload(self) -> Workload:
+        """This pod's workload; waits briefly for the state to learn it after enrollment."""
+        with trio.move_on_after(self.workload_wait):
+            while True:
+                w = self.state.workload_by_uid(self.pod_uid)
+                if w is not None:
+                    return w
+                await trio.sleep(0.05)
+        raise LookupError(f"pod {self.pod_uid} is enrolled but unknown to the mesh state")
+
+    # --- HBONE (15008) -------------------------------------------------------------------------
+
+    async def serve_hbone(self, sock: trio.socket.SocketType) -> None:
+        peer = sock.getpeername()
+        try:
+            workload = await self.workload()
+            cert = await self.certs.fetch(workload.identity)
+        except Exception as e:
+            connection_failed(_addr(peer[0], peer[1]), "15008", DESTINATION, str(e))
+            sock.close()
+            return
+        td = workload.trust_domain or self.trust_domain
+
+        async def on_request(req: HboneRequest) -> None:
+            await self._on_connect(workload, req, peer)
+
+        await serve_hbone_connection(
+            sock,
+            server_context(cert),
+            verify_client=lambda der: verify_client_identity(der, td),
+            handler=on_request,
+        )
+
+    async def _on_connect(
+        self, workload: Workload, req: HboneRequest, peer: tuple[str, int]
+    ) -> None:
+        src_ip = _unmapped(ipaddress.ip_address(peer[0]))
+        src_addr = _addr(src_ip, peer[1])
+        target = parse_authority(req.authority)
+        if target is None:
+            connection_failed(src_addr, req.authority, DESTINATION, "malformed authority")
+            await req.respond(400)
+            return
+        dst_ip, dst_port = target
+        if dst_ip not in workload.addresses or dst_port in SELF_PORTS:
+            connection_failed(
+                src_addr, req.authority, DESTINATION, f"authority {req.authority} is not this pod"
+            )
+            await req.respond(400)
+            return
+        source = self.state.workload_by_ip(src_ip)
+        labels = TrafficLabels.build(
+            DESTINATION,
+            source=source,
+            source_identity=req.peer_identity,
+            destination=workload,
+            destination_service=self._guess_service(workload, dst_port),
+            mtls=True,
+        )
+        conn = self.metrics.open(labels, src_addr, _addr(dst_ip, 15008), req.authority)
+        decision = evaluate(
+            self.state.policies_for(workload),
+            Connection(src_ip, req.peer_identity, dst_ip, dst_port),
+        )
+        if not decision.allowed:
+            log.info("denied %s -> %s: %s", req.peer_identity, req.authority, decision.reason)
+            await req.respond(401)
+            conn.close("DENY", decision.reason)
+            return
+        try:
+            app = await self.netns.connect((str(dst_ip), dst_port), timeout=self.connect_timeout)
+        except (OSError, trio.TooSlowError) as e:
+            await req.respond(503)
+            conn.close("CONNECT", f"cannot connect to {req.authority}: {e}")
+            return
+        stream = await req.respond(200)
+        if stream is None:
+            app.close()
+            conn.close("CONNECT", "client went away before the tunnel opened")
+            return
+        untrack = self.track("inbound", src_addr, req.authority, "HBONE")
+        try:
+            sent, received = await relay(stream, app)
+            conn.add_bytes(sent=sent, recv=received)
+            conn.close()
+        except Exception as e:
+            conn.close("CONNECT", str(e))
+        finally:
+            untrack()
+
+    def _guess_service(self, workload: Workload, port: int) -> Service | None:
+        for key, ports in workload.services.items():
+            if port in ports.values():
+                return self.state.service_by_key(key)
+        return None
+
+    # --- plaintext (15006) ---------------------------------------------------------------------
+
+    async def serve_plaintext(self, sock: trio.socket.SocketType) -> None:
+        peer = sock.getpeername()
+        local = sock.getsockname()
+        src_ip = _unmapped(ipaddress.ip_address(peer[0]))
+        dst_ip = _unmapped(ipaddress.ip_address(local[0]))
+        src_addr, dst_addr = _addr(src_ip, peer[1]), _addr(dst_ip, local[1])
+        try:
+            workload = await self.workload()
+        except LookupError as e:
+            connection_failed(src_addr, dst_addr, DESTINATION, str(e))
+            sock.close()
+            return
+        if local[1] in SELF_PORTS:
+            connection_failed(src_addr, dst_addr, DESTINATION, "self-call refused")
+            sock.close()
+            return
+        source = self.state.workload_by_ip(src_ip)
+        labels = TrafficLabels.build(
+            DESTINATION,
+            source=source,
+            destination=workload,
+            destination_service=self._guess_service(workload, local[1]),
+        )
+        conn = self.metrics.open(labels, src_addr, dst_addr)
+        decision = evaluate(
+            self.state.policies_for(workload), Connection(src_ip, None, dst_ip, local[1])
+        )
+        if not decision.allowed:
+            log.info("denied plaintext %s -> %s: %s", src_addr, dst_addr, decision.reason)
+            sock.close()
+            conn.close("DENY", decision.reason)
+            return
+        try:
+            app = await self.netns.connect((str(dst_ip), local[1]), timeout=self.connect_timeout)
+        except (OSError, trio.TooSlowError) as e:
+            sock.close()
+            conn.close("CONNECT", f"cannot connect to {dst_addr}: {e}")
+            return
+        untrack = self.track("inbound", src_addr, dst_addr, "TCP")
+        try:
+            received, sent = await relay(sock, app)
+            conn.add_bytes(sent=sent, recv=received)
+            conn.close()
+        except Exception as e:
+            conn.close("CONNECT", str(e))
+        finally:
+            untrack()

@@ -1,0 +1,265 @@
+"""Outbound: a connection from a pod (captured on 15001 or asked for over SOCKS5) to a destination.
+
+Decides where the connection goes (reference 2.7, without waypoints and gateways yet):
+a service VIP picks a healthy endpoint; a mesh workload (HBONE) gets an HBONE tunnel from a
+socket created inside the source pod's netns, so the source IP stays the pod's; a workload
+without HBONE or an unknown destination gets plain TCP passthrough.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import trio
+
+from ztunnel_py.agent.netns import PodNetns
+from ztunnel_py.agent.proxy.hbone import (
+    HboneClientConnection,
+    HboneStatusError,
+    HboneStream,
+    connect_hbone,
+)
+from ztunnel_py.agent.proxy.pool import HbonePool, PoolKey
+from ztunnel_py.agent.proxy.relay import relay
+from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.identity.tls import client_context, verify_server_identity
+from ztunnel_py.model import IPAddress, Service, TunnelProtocol, Workload
+from ztunnel_py.model.workload import HBONE_PORT
+from ztunnel_py.telemetry.accesslog import connection_failed
+from ztunnel_py.telemetry.labels import SOURCE, TrafficLabels
+from ztunnel_py.telemetry.metrics import Metrics
+
+log = logging.getLogger("ztunnel_py.outbound")
+
+_rng = random.Random()
+
+# Ports of the agent's own listeners: a pod dialling them through the mesh would loop.
+SELF_PORTS = frozenset({15001, 15006, 15008, 15080})
+
+
+class OutboundError(Exception):
+    """The destination could not be reached; `flag` is the Istio response flag to report."""
+
+    def __init__(self, message: str, flag: str = "CONNECT", refused: bool = False) -> None:
+        super().__init__(message)
+        self.flag = flag
+        self.refused = refused
+
+
+@dataclass(slots=True)
+class Route:
+    """Where a connection goes: HBONE to a workload, or plain TCP."""
+
+    dst_ip: IPAddress
+    dst_port: int
+    workload: Workload | None
+    service: Service | None
+    hbone: bool
+
+    @property
+    def authority(self) -> str:
+        ip = f"[{self.dst_ip}]" if self.dst_ip.version == 6 else str(self.dst_ip)
+        return f"{ip}:{self.dst_port}"
+
+
+def route(state: ProxyState, dst_ip: IPAddress, dst_port: int, network: str = "") -> Route:
+    """Resolve the original destination to an upstream (reference 2.7 steps 2, 3 and 6)."""
+    service = state.service_by_vip(dst_ip, network)
+    if service is not None:
+        picked = state.select_endpoint(service, dst_port, _rng)
+        if picked is None:
+            raise OutboundError(f"no healthy upstream for {service.hostname}:{dst_port}", "UH")
+        workload, target_port = picked
+        ip = _address_for(workload, dst_ip.version)
+        return Route(ip, target_port, workload, service, _is_hbone(workload))
+    workload = state.workload_by_ip(dst_ip, network)
+    if workload is None:
+        return Route(dst_ip, dst_port, None, None, False)
+    return Route(dst_ip, dst_port, workload, None, _is_hbone(workload))
+
+
+def _is_hbone(workload: Workload) -> bool:
+    return workload.tunnel_protocol is TunnelProtocol.HBONE
+
+
+def _address_for(workload: Workload, version: int) -> IPAddress:
+    for ip in workload.addresses:
+        if ip.version == version:
+            return ip
+    if not workload.addresses:
+        raise OutboundError(f"workload {workload.uid} has no address", "UH")
+    return workload.addresses[0]
+
+
+def baggage(workload: Workload) -> str:
+    """W3C baggage describing a workload, keys as ztunnel sends them (reference 2.3)."""
+    pairs = [
+        ("k8s.cluster.name", workload.cluster_id),
+        ("k8s.namespace.name", workload.namespace),
+        (f"k8s.{workload.workload_type or 'deployment'}.name", workload.workload_name),
+        ("service.name", workload.canonical_name),
+        ("service.version", workload.canonical_revision),
+    ]
+    return ",".join(f"{k}={v}" for k, v in pairs if v)
+
+
+def traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-00"
+
+
+Ready = Callable[[OutboundError | None], Awaitable[None]]
+Track = Callable[[str, str, str, str], Callable[[], None]]
+
+
+class Outbound:
+    """Opens upstreams for the pods of this node; the pool and certificates are per agent."""
+
+    def __init__(
+        self,
+        state: ProxyState,
+        certs: CertificateManager,
+        pool: HbonePool,
+        metrics: Metrics,
+        connect_timeout: timedelta,
+    ) -> None:
+        self.state = state
+        self.certs = certs
+        self.pool = pool
+        self.metrics = metrics
+        self.connect_timeout = connect_timeout.total_seconds()
+
+    async def proxy(
+        self,
+        source: Workload,
+        netns: PodNetns,
+        client: trio.socket.SocketType,
+        dst_ip: IPAddress,
+        dst_port: int,
+        *,
+        ready: Ready | None = None,
+        track: Track | None = None,
+    ) -> None:
+        """Carry one client connection to its destination, then close both ends.
+
+        `ready` is told the outcome of opening the upstream before any byte is relayed (SOCKS5
+        answers the client then).
+        """
+        peer = client.getpeername()
+        client_addr = (str(_unmapped(ipaddress.ip_address(peer[0]))), peer[1])
+        src_text = _fmt_addr(client_addr)
+        dst_text = _fmt_addr((str(dst_ip), dst_port))
+        try:
+            if dst_ip.is_loopback and dst_port in SELF_PORTS:
+                raise OutboundError(f"refusing a self-call to {dst_text}")
+            rt = route(self.state, dst_ip, dst_port)
+        except OutboundError as e:
+            connection_failed(src_text, dst_text, SOURCE, str(e))
+            if ready is not None:
+                await ready(e)
+            client.close()
+            return
+        labels = TrafficLabels.build(
+            SOURCE,
+            source=source,
+            destination=rt.workload,
+            destination_service=rt.service,
+            mtls=rt.hbone,
+        )
+        upstream_addr = _fmt_addr((str(rt.dst_ip), HBONE_PORT if rt.hbone else rt.dst_port))
+        conn = self.metrics.open(
+            labels, src_text, upstream_addr, rt.authority if rt.hbone else None
+        )
+        upstream: HboneStream | trio.socket.SocketType
+        try:
+            if rt.hbone:
+                upstream = await self._open_hbone(source, netns, rt, client_addr)
+            else:
+                upstream = await self._open_tcp(netns, rt)
+        except OutboundError as e:
+            conn.close(e.flag, str(e))
+            if ready is not None:
+                await ready(e)
+            client.close()
+            return
+        if ready is not None:
+            await ready(None)
+        untrack = track("outbound", src_text, dst_text, "HBONE" if rt.hbone else "TCP") if track else None
+        try:
+            sent, received = await relay(client, upstream)
+            conn.add_bytes(sent=sent, recv=received)
+            conn.close()
+        except Exception as e:
+            conn.close("CONNECT", str(e))
+        finally:
+            if untrack is not None:
+                untrack()
+
+    async def _open_tcp(self, netns: PodNetns, rt: Route) -> trio.socket.SocketType:
+        try:
+            return await netns.connect((str(rt.dst_ip), rt.dst_port), timeout=self.connect_timeout)
+        except (OSError, trio.TooSlowError) as e:
+            raise OutboundError(
+                f"cannot connect to {rt.authority}: {e}", refused=isinstance(e, OSError)
+            ) from e
+
+    async def _open_hbone(
+        self,
+        source: Workload,
+        netns: PodNetns,
+        rt: Route,
+        client_addr: tuple[str, int],
+    ) -> HboneStream:
+        """A CONNECT stream to the route's workload, on a pooled HBONE connection."""
+        assert rt.workload is not None
+        src_identity = source.identity
+        expected = tuple(self.state.upstream_identities(rt.workload, rt.service))
+        src_ip = str(_address_for(source, rt.dst_ip.version))
+        key = PoolKey(src_identity, expected, (str(rt.dst_ip), HBONE_PORT), src_ip)
+        try:
+            cert = await self.certs.fetch(src_identity)
+        except Exception as e:
+            raise OutboundError(f"no certificate for {src_identity}: {e}", "IDENTITY_ERROR") from e
+
+        async def dial() -> HboneClientConnection:
+            sock = await netns.connect((str(rt.dst_ip), HBONE_PORT), timeout=self.connect_timeout)
+            return await connect_hbone(
+                sock,
+                client_context(cert),
+                verify=lambda der: verify_server_identity(der, expected),
+            )
+
+        forwarded = f'for="{_fmt_addr(client_addr)}"'
+        if rt.service is not None:
+            forwarded += f";host={rt.service.hostname}"
+        headers = [
+            ("baggage", baggage(source)),
+            ("forwarded", forwarded),
+            ("traceparent", traceparent()),
+        ]
+        try:
+            return await self.pool.stream(key, dial, rt.authority, headers)
+        except HboneStatusError as e:
+            flag = "DENY" if e.status == 401 else "CONNECT"
+            raise OutboundError(f"upstream answered HTTP {e.status}", flag) from e
+        except trio.TooSlowError as e:
+            raise OutboundError(f"timed out connecting to {rt.dst_ip}:{HBONE_PORT}") from e
+        except OSError as e:
+            raise OutboundError(f"cannot connect to {rt.dst_ip}:{HBONE_PORT}: {e}") from e
+
+
+def _unmapped(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _fmt_addr(addr: tuple[str, int]) -> str:
+    ip = ipaddress.ip_address(addr[0])
+    return f"[{ip}]:{addr[1]}" if ip.version == 6 else f"{ip}:{addr[1]}"

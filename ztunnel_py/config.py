@@ -1,0 +1,53 @@
+"""Typed configuration of the apps, built from flags (which default to ztunnel's env names)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class ConfigValueError(ValueError):
+    """A flag or environment value that cannot be used; the text says which and why."""
+
+
+def parse_duration(text: str, what: str = "duration") -> timedelta:
+    """Parse `500ms`, `60s`, `5m`, `24h`, `1d` or a bare number of seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigValueError(f"{what}: {text!r} is not a duration (examples: 60s, 5m, 24h)")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
+    """Parse `host:port` or `[v6]:port`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigValueError(f"{what}: {text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    node: str
+    local_config: Path | None
+    ca_address: tuple[str, int]
+    ca_root_cert: Path
+    ca_hostname: str
+    auth_token: Path
+    secret_ttl: timedelta
+    enroll_socket: Path
+    state_dir: Path
+    admin_address: tuple[str, int]
+    metrics_address: tuple[str, int]
+    readiness_address: tuple[str, int]
+    trust_domain: str = "cluster.local"
+    packet_mark: int = 0x539
+    pool_max_streams: int = 100
+    pool_idle_timeout: timedelta = timedelta(minutes=5)
+    connect_timeout: timedelta = timedelta(seconds=10)
+    workload_wait: timedelta = timedelta(seconds=5)
