@@ -1,13 +1,105 @@
-"""Arguments of `ztunnel-py testbed` and `ztunnel-py demo`."""
+"""Arguments of `ztunnel-py testbed` (up, down, status, exec) and `ztunnel-py demo`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+
+STATE_DIR_ENV = "ZTUNNEL_TESTBED_DIR"
+DEFAULT_PREFIX = "zt-"
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help="name prefix of the testbed's network namespaces; must start with 'zt' "
+        "(default: %(default)s)",
+    )
+    common.add_argument(
+        "--state-dir",
+        default=os.environ.get(STATE_DIR_ENV) or None,
+        metavar="DIR",
+        help=f"where the testbed keeps its state, logs and config (env {STATE_DIR_ENV}; "
+        "default: /run/ztunnel-py/testbed/PREFIX)",
+    )
+    return common
 
 
 def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prefix", default="zt-")
+    common = _common()
+    sub = parser.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
+
+    up = sub.add_parser(
+        "up",
+        parents=[common],
+        help="create the namespaces, start pod servers and (unless --no-mesh) the mesh",
+        description="Create the fabric, control plane, node and pod network namespaces, start "
+        "an HTTP server (:8080) and iperf3 (:5201) in every pod and, unless --no-mesh, the "
+        "control plane and one agent per node, then enroll the pods. Nothing is added to the "
+        "machine's own network namespace.",
+    )
+    up.add_argument(
+        "--nodes", type=int, default=2, metavar="N", help="number of nodes (default: 2)"
+    )
+    up.add_argument(
+        "--pods-per-node",
+        type=int,
+        default=2,
+        metavar="M",
+        help="pods on each node, at least 2: an echo server and a client (default: 2)",
+    )
+    up.add_argument(
+        "--no-mesh",
+        action="store_true",
+        help="only the network and the pod servers: no control plane, no agents",
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for each process to become ready (default: 60)",
+    )
+
+    sub.add_parser(
+        "down",
+        parents=[common],
+        help="stop the testbed's processes and remove its namespaces and files",
+        description="Stop every process the testbed started, delete its network namespaces and "
+        "its state directory. Safe to run repeatedly and after a crashed `up`.",
+    )
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show nodes, pods, services and processes",
+        description="Show the testbed: nodes, pods (namespace, IP, service account), services "
+        "(VIP, ports), the control plane, and each process with its pid and log file.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for scripts and tests")
+
+    run = sub.add_parser(
+        "exec",
+        parents=[common],
+        help="run a command inside a pod's network namespace",
+        description="Run CMD inside the network namespace of POD (or of a node, e.g. node1) "
+        "with `ip netns exec`. Stdin, stdout and stderr pass through; the exit status is CMD's.",
+        usage="%(prog)s [-h] [--prefix P] [--state-dir DIR] POD -- CMD [ARG...]",
+    )
+    run.add_argument("pod", metavar="POD", help="pod name as shown by `testbed status`")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments")
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the testbed up afterwards (remove it with `ztunnel-py testbed down`)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help="name prefix of the demo's network namespaces (default: %(default)s)",
+    )

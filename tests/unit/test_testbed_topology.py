@@ -1,0 +1,77 @@
+"""The testbed plan: names, addresses and the pod mix the tests and the demo rely on."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.topology import CLIENT, plan
+
+
+def test_default_plan_has_distinct_identities_and_a_client_per_node() -> None:
+    t = plan()
+    assert [n.netns for n in t.nodes] == ["zt-node1", "zt-node2"]
+    assert t.fabric_netns == "zt-fabric" and t.cp_netns == "zt-cp"
+    assert len({p.namespace for p in t.pods}) >= 2
+    assert len({(p.namespace, p.service_account) for p in t.pods}) >= 3
+    for node in t.nodes:
+        assert any(p.role == CLIENT for p in t.pods_on(node.name)), node.name
+    echo = t.service("echo")
+    assert echo.vip == "10.96.0.10" and echo.hostname == "echo.apps.svc.cluster.local"
+    assert dict(echo.ports) == {80: 8080, 5201: 5201}
+    assert len({p.node for p in t.endpoints("echo")}) == 2
+
+
+def test_addresses_follow_the_node_subnets() -> None:
+    t = plan("zt-", nodes=3, pods_per_node=4)
+    assert [n.ip for n in t.nodes] == ["10.250.0.11", "10.250.0.12", "10.250.0.13"]
+    for node in t.nodes:
+        subnet = ipaddress.ip_network(node.pod_cidr)
+        assert ipaddress.ip_address(node.gateway) in subnet
+        for pod in t.pods_on(node.name):
+            assert ipaddress.ip_address(pod.ip) in subnet
+    ips = [p.ip for p in t.pods]
+    assert len(ips) == len(set(ips)) == 12
+    assert len({p.name for p in t.pods}) == 12
+    assert {s.name for s in t.services} == {"echo", "store"}
+
+
+def test_interface_names_fit_the_kernel_limit() -> None:
+    t = plan("zt-", nodes=100, pods_per_node=100)
+    names = {p.host_iface for p in t.pods} | {n.fabric_iface for n in t.nodes}
+    assert max(len(n) for n in names) <= 15
+
+
+def test_workloads_carry_identity_and_service_ports() -> None:
+    t = plan()
+    by_name = {w.name: w for w in t.workloads()}
+    echo = by_name["echo-2"]
+    assert echo.uid == "Kubernetes//Pod/apps/echo-2"
+    assert str(echo.identity) == "spiffe://cluster.local/ns/apps/sa/echo"
+    assert echo.services == {"apps/echo.apps.svc.cluster.local": {80: 8080, 5201: 5201}}
+    assert by_name["curl-2"].services == {}
+    assert by_name["curl-2"].node == "node2"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "nodes", "pods", "message"),
+    [
+        ("foo-", 2, 2, "must start with 'zt'"),
+        ("zt/../", 2, 2, "must start with 'zt'"),
+        ("zt-", 0, 2, "--nodes must be between"),
+        ("zt-", 2, 1, "--pods-per-node must be between"),
+        ("zt-", 2, 1000, "--pods-per-node must be between"),
+    ],
+)
+def test_bad_sizes_and_prefixes_are_refused(
+    prefix: str, nodes: int, pods: int, message: str
+) -> None:
+    with pytest.raises(TestbedError, match=message):
+        plan(prefix, nodes, pods)
+
+
+def test_unknown_pod_error_lists_the_pods() -> None:
+    with pytest.raises(TestbedError, match=r"no pod named 'nope'; pods: echo-1, web-1"):
+        plan().pod("nope")

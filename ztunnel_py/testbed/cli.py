@@ -1,0 +1,139 @@
+"""`ztunnel-py testbed up|down|status|exec`: parse results in, Testbed calls, text out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.testbed import Testbed, down
+from ztunnel_py.testbed.topology import CLIENT
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _up(args: argparse.Namespace) -> int:
+    bed = Testbed.up(
+        prefix=args.prefix,
+        nodes=args.nodes,
+        pods_per_node=args.pods_per_node,
+        mesh=not args.no_mesh,
+        state_dir=args.state_dir,
+        progress=_say,
+        timeout=args.timeout,
+    )
+    client = next(p for p in bed.topology.pods if p.role == CLIENT)
+    # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.
+    vip = bed.topology.service("echo").vip
+    far_echo = bed.topology.endpoints("echo")[-1].ip
+    url = f"http://{vip}/" if bed.state.mesh else f"http://{far_echo}:8080/"
+    flags = "" if args.prefix == "zt-" else f" --prefix {args.prefix}"
+    flags += f" --state-dir {args.state_dir}" if args.state_dir else ""
+    _say(f"  inspect:   ztunnel-py testbed status{flags}")
+    _say(f"  try:       ztunnel-py testbed exec{flags} {client.name} -- curl -s {url}")
+    _say(f"  remove:    ztunnel-py testbed down{flags}")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    if not down(args.prefix, args.state_dir, progress=_say):
+        _say(f"no testbed {args.prefix} is up; nothing to do")
+    return 0
+
+
+def _alive(proc: dict[str, Any]) -> str:
+    if proc["pid"] is None:
+        return "-"
+    return f"pid {proc['pid']} " + ("running" if proc["alive"] else "EXITED")
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human-readable form of `Testbed.status()`."""
+    phase = (
+        "up"
+        if status["complete"]
+        else "NOT COMPLETE (still coming up, or `up` was interrupted: run `testbed down`)"
+    )
+    mesh = "mesh on" if status["mesh"] else "no mesh"
+    cp = status["controlplane"]
+    lines = [
+        f"testbed {status['prefix']}: {phase}, {mesh}; state {status['state_dir']}",
+        f"fabric         {status['fabric']['netns']}  {status['fabric']['subnet']}",
+        f"control plane  {cp['netns']}  {cp['ip']}"
+        + (f"  {_alive(cp)}  log {cp['log']}" if cp["pid"] is not None else ""),
+        "",
+    ]
+    rows = [["NODE", "NETNS", "IP", "POD CIDR", "AGENT", "LOG"]]
+    for node in status["nodes"]:
+        agent = node["agent"]
+        log = agent["log"] or "-"
+        rows.append([node["name"], node["netns"], node["ip"], node["pod_cidr"], _alive(agent), log])
+    lines += [*_table(rows), ""]
+    rows = [["POD", "NAMESPACE", "SERVICE ACCOUNT", "NODE", "IP", "NETNS", "HTTP", "IPERF3"]]
+    for pod in status["pods"]:
+        http, iperf = pod["processes"]
+        rows.append(
+            [
+                pod["name"],
+                pod["namespace"],
+                pod["service_account"],
+                pod["node"],
+                pod["ip"],
+                pod["netns"],
+                _alive(http),
+                _alive(iperf),
+            ]
+        )
+    lines += [*_table(rows), ""]
+    rows = [["SERVICE", "NAMESPACE", "VIP", "PORTS", "ENDPOINTS"]]
+    for svc in status["services"]:
+        ports = ",".join(f"{p['port']}->{p['target_port']}" for p in svc["ports"])
+        rows.append([svc["name"], svc["namespace"], svc["vip"], ports, ",".join(svc["endpoints"])])
+    lines += _table(rows)
+    lines += ["", f"logs in {status['state_dir']}/logs; local config {status['local_config']}"]
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = Testbed.attach(args.prefix, args.state_dir).status()
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def _exec(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    argv = bed.exec_argv(args.pod, cmd)
+    if not cmd:
+        raise TestbedError(
+            f"no command given; e.g. `ztunnel-py testbed exec {args.pod} -- ip addr`"
+        )
+    code = subprocess.run(argv, check=False).returncode
+    # A command killed by a signal reports -N; shells report that as 128+N.
+    return 128 - code if code < 0 else code
+
+
+_ACTIONS = {"up": _up, "down": _down, "status": _status, "exec": _exec}
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _ACTIONS[args.testbed_command](args)
+    except TestbedError as exc:
+        print(f"ztunnel-py testbed {args.testbed_command}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,86 @@
+"""The application every testbed pod runs: an HTTP server that says who answered and who asked.
+
+`python -m ztunnel_py.testbed.podserver --pod NAME --namespace NS --node NODE [--port 8080]`
+answers every GET with JSON `{"pod", "namespace", "node", "client", "path"}`, where `client` is
+the peer address the server saw (`ip:port`). That makes routing (which endpoint answered) and
+source preservation (which address the server saw) visible in one request. HTTP/1.1 keep-alive
+is supported, so load generators can reuse connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+
+
+class PodHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], pod: str, namespace: str, node: str) -> None:
+        self.pod = pod
+        self.namespace = namespace
+        self.node = node
+        super().__init__(address, PodHandler)
+
+
+class PodHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: PodHTTPServer
+
+    def do_GET(self) -> None:
+        host, port = self.client_address[:2]
+        body = json.dumps(
+            {
+                "pod": self.server.pod,
+                "namespace": self.server.namespace,
+                "node": self.server.node,
+                "client": f"{host}:{port}",
+                "path": self.path,
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+        sys.stderr.flush()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ztunnel_py.testbed.podserver",
+        description="HTTP server of a testbed pod: answers GET with JSON naming the pod.",
+    )
+    parser.add_argument("--pod", required=True, help="pod name reported in every answer")
+    parser.add_argument("--namespace", required=True, help="the pod's Kubernetes namespace")
+    parser.add_argument("--node", required=True, help="the node the pod runs on")
+    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        server = PodHTTPServer((args.bind, args.port), args.pod, args.namespace, args.node)
+    except OSError as exc:
+        print(f"podserver: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"podserver {args.pod}: listening on {args.bind}:{args.port}", file=sys.stderr)
+    sys.stderr.flush()
+    with server:
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

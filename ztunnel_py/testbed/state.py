@@ -1,0 +1,130 @@
+"""The testbed's state directory and its JSON state file, written as things are created.
+
+Every namespace and process is recorded *before* it is created, so that whatever kills `up`
+(an error, Ctrl-C, kill -9), `down` knows everything that may exist. The file is replaced
+atomically (write, then rename), so a reader never sees half a file.
+
+Layout of a state directory:
+
+    state.json          this file's contents (see `State.to_dict`)
+    local-config.yaml   workloads and services, given to the control plane and the agents
+    logs/<name>.log     stdout+stderr of every process
+    controlplane/       the control plane's data dir (its CA under controlplane/ca/)
+    node<i>/            agent state dir of node i: auth token, enrollment socket
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.process import ProcessRecord
+
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+
+
+class State:
+    def __init__(self, state_dir: Path, data: dict[str, Any]) -> None:
+        self.state_dir = state_dir
+        self.prefix: str = str(data["prefix"])
+        self.nodes: int = int(data["nodes"])
+        self.pods_per_node: int = int(data["pods_per_node"])
+        self.mesh: bool = bool(data["mesh"])
+        self.complete: bool = bool(data.get("complete", False))
+        self.namespaces: list[str] = [str(n) for n in data.get("namespaces", [])]
+        self.processes: list[ProcessRecord] = [
+            ProcessRecord.from_dict(p) for p in data.get("processes", [])
+        ]
+
+    @property
+    def path(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    @classmethod
+    def create(
+        cls, state_dir: Path, prefix: str, nodes: int, pods_per_node: int, mesh: bool
+    ) -> State:
+        """Claim `state_dir` for a new testbed; fails if a testbed (or its remains) is there."""
+        try:
+            state_dir.mkdir(mode=0o755, parents=True)
+        except FileExistsError:
+            raise TestbedError(
+                f"testbed {prefix} is already up (or was interrupted): {state_dir} exists; "
+                f"run `ztunnel-py testbed down --prefix {prefix}` first"
+            ) from None
+        state = cls(
+            state_dir,
+            {"prefix": prefix, "nodes": nodes, "pods_per_node": pods_per_node, "mesh": mesh},
+        )
+        state.save()
+        return state
+
+    @classmethod
+    def load(cls, state_dir: Path) -> State | None:
+        """The state in `state_dir`, or None if there is no state file."""
+        try:
+            text = (state_dir / STATE_FILE).read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(state_dir, data)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TestbedError(
+                f"state file {state_dir / STATE_FILE} is unreadable ({exc}); remove the "
+                f"testbed's namespaces with `ip netns delete` and then the directory {state_dir}"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": FORMAT_VERSION,
+            "prefix": self.prefix,
+            "nodes": self.nodes,
+            "pods_per_node": self.pods_per_node,
+            "mesh": self.mesh,
+            "complete": self.complete,
+            "namespaces": self.namespaces,
+            "processes": [p.to_dict() for p in self.processes],
+        }
+
+    def save(self) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".state-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, self.path)
+
+    def add_namespace(self, name: str) -> None:
+        if name not in self.namespaces:
+            self.namespaces.append(name)
+            self.save()
+
+    def add_process(self, record: ProcessRecord) -> None:
+        self.processes.append(record)
+        self.save()
+
+    def process(self, name: str) -> ProcessRecord | None:
+        for record in self.processes:
+            if record.name == name:
+                return record
+        return None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def local_config(self) -> Path:
+        return self.state_dir / "local-config.yaml"
+
+    @property
+    def controlplane_dir(self) -> Path:
+        return self.state_dir / "controlplane"
+
+    def node_dir(self, node: str) -> Path:
+        return self.state_dir / node

@@ -1,0 +1,430 @@
+"""The testbed as a Python object: bring it up, describe it, run commands in pods, tear it down.
+
+`Testbed.up(...)` builds the topology of `topology.py` (namespaces, veths, routes), starts every
+pod's servers and, with `mesh=True`, the control plane and agents (`mesh.py`). Every step is
+recorded in the state file first, so `down` (the method, or the module function when only the
+prefix is known) removes everything even after `up` or any process was killed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ztunnel_py.testbed import localconfig, mesh, netns, process
+from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.netns import ip
+from ztunnel_py.testbed.process import ProcessRecord
+from ztunnel_py.testbed.state import State
+from ztunnel_py.testbed.topology import (
+    CONTROLPLANE_IP,
+    FABRIC_BRIDGE,
+    FABRIC_SUBNET,
+    HTTP_PORT,
+    IPERF_PORT,
+    NodePlan,
+    PodPlan,
+    Topology,
+    plan,
+)
+
+DEFAULT_STATE_ROOT = Path("/run/ztunnel-py/testbed")
+FABRIC_PREFIX_LEN = FABRIC_SUBNET.split("/")[1]
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """Progress sink that drops the lines (the Python API is silent unless asked)."""
+
+
+def default_state_dir(prefix: str) -> Path:
+    return DEFAULT_STATE_ROOT / prefix
+
+
+def _state_dir(prefix: str, state_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(state_dir) if state_dir is not None else default_state_dir(prefix)
+
+
+def _serving(pid: int) -> bool:
+    """Both pod servers listen (they share the namespace of `pid`)."""
+    return {HTTP_PORT, IPERF_PORT} <= netns.listening_ports(pid)
+
+
+def http_name(pod: str) -> str:
+    return f"{pod}/http"
+
+
+def iperf_name(pod: str) -> str:
+    return f"{pod}/iperf3"
+
+
+class Testbed:
+    """A testbed that is up (or was partly built); see the module docstring."""
+
+    # pytest collects classes named Test*; this is not a test class.
+    __test__ = False
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.topology: Topology = plan(state.prefix, state.nodes, state.pods_per_node)
+
+    @property
+    def prefix(self) -> str:
+        return self.state.prefix
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state.state_dir
+
+    @classmethod
+    def up(
+        cls,
+        prefix: str = "zt-",
+        nodes: int = 2,
+        pods_per_node: int = 2,
+        mesh: bool = True,
+        state_dir: str | os.PathLike[str] | None = None,
+        progress: Progress = _quiet,
+        timeout: float = 60.0,
+    ) -> Testbed:
+        """Build a testbed and wait until every process is ready.
+
+        On any failure (or Ctrl-C) what was built is torn down again before the error propagates.
+        `timeout` bounds each readiness wait.
+        """
+        topology = plan(prefix, nodes, pods_per_node)
+        directory = _state_dir(prefix, state_dir)
+        if directory.exists():
+            raise TestbedError(
+                f"testbed {prefix} is already up (or was interrupted): {directory} exists; "
+                f"run `ztunnel-py testbed down --prefix {prefix}` first"
+            )
+        taken = [ns for ns in topology.namespaces if netns.exists(ns)]
+        if taken:
+            raise TestbedError(
+                f"network namespaces {', '.join(taken)} already exist, but {directory} does not "
+                f"describe them; remove them with `ip netns delete NAME` or pick another --prefix"
+            )
+        state = State.create(directory, prefix, nodes, pods_per_node, mesh)
+        bed = cls(state)
+        try:
+            bed._build(progress, timeout)
+        except BaseException:
+            progress(f"testbed {prefix}: up failed, removing what was built")
+            bed.down(progress)
+            raise
+        return bed
+
+    @classmethod
+    def attach(
+        cls, prefix: str = "zt-", state_dir: str | os.PathLike[str] | None = None
+    ) -> Testbed:
+        """The testbed recorded in the state dir; TestbedError if none is up."""
+        directory = _state_dir(prefix, state_dir)
+        state = State.load(directory)
+        if state is None:
+            raise TestbedError(
+                f"no testbed {prefix} is up (no state in {directory}); "
+                f"start one with `ztunnel-py testbed up --prefix {prefix}`"
+            )
+        return cls(state)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _launch(self, record: ProcessRecord) -> None:
+        self.state.add_process(record)
+        process.start(record)
+        self.state.save()
+
+    def _build(self, progress: Progress, timeout: float) -> None:
+        t = self.topology
+        mode = "with the mesh" if self.state.mesh else "without the mesh"
+        progress(
+            f"testbed {self.prefix}: {len(t.nodes)} nodes, {len(t.pods)} pods, {mode}; "
+            f"state in {self.state_dir}"
+        )
+        for name in t.namespaces:
+            self.state.add_namespace(name)
+        for name in t.namespaces:
+            netns.add(name)
+            ip("link", "set", "lo", "up", netns=name)
+        self._build_fabric(progress)
+        for node in t.nodes:
+            self._build_node(node, progress)
+        self.state.local_config.write_text(localconfig.render(t.workloads(), t.mesh_services()))
+        self._start_pod_servers(progress, timeout)
+        if self.state.mesh:
+            progress("starting the mesh")
+            mesh.start(t, self.state, self._launch, progress, timeout)
+        self.state.complete = True
+        self.state.save()
+        progress(f"testbed {self.prefix} is up")
+
+    def _fabric_port(self, member: str, fabric_iface: str, address: str) -> None:
+        fabric = self.topology.fabric_netns
+        netns.add_veth("eth0", member, fabric_iface, fabric)
+        ip("link", "set", fabric_iface, "master", FABRIC_BRIDGE, "up", netns=fabric)
+        ip("addr", "add", f"{address}/{FABRIC_PREFIX_LEN}", "dev", "eth0", netns=member)
+        ip("link", "set", "eth0", "up", netns=member)
+
+    def _build_fabric(self, progress: Progress) -> None:
+        t = self.topology
+        ip("link", "add", FABRIC_BRIDGE, "type", "bridge", netns=t.fabric_netns)
+        ip("link", "set", FABRIC_BRIDGE, "up", netns=t.fabric_netns)
+        progress(f"  fabric {t.fabric_netns}: bridge {FABRIC_BRIDGE}, {FABRIC_SUBNET}")
+        self._fabric_port(t.cp_netns, "vcp", CONTROLPLANE_IP)
+        progress(f"  control plane namespace {t.cp_netns}: {CONTROLPLANE_IP}")
+
+    def _build_node(self, node: NodePlan, progress: Progress) -> None:
+        t = self.topology
+        self._fabric_port(node.netns, node.fabric_iface, node.ip)
+        netns.set_sysctl(node.netns, "net/ipv4/ip_forward", "1")
+        for other in t.nodes:
+            if other is not node:
+                ip("route", "add", other.pod_cidr, "via", other.ip, netns=node.netns)
+        progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}")
+        for pod in t.pods_on(node.name):
+            self._build_pod(node, pod)
+            progress(f"    pod {pod.name} ({pod.namespace}, sa {pod.service_account}): {pod.ip}")
+
+    def _build_pod(self, node: NodePlan, pod: PodPlan) -> None:
+        netns.add_veth("eth0", pod.netns, pod.host_iface, node.netns)
+        ip("addr", "add", f"{node.gateway}/32", "dev", pod.host_iface, netns=node.netns)
+        ip("link", "set", pod.host_iface, "up", netns=node.netns)
+        ip("route", "add", f"{pod.ip}/32", "dev", pod.host_iface, netns=node.netns)
+        ip("addr", "add", f"{pod.ip}/32", "dev", "eth0", netns=pod.netns)
+        ip("link", "set", "eth0", "up", netns=pod.netns)
+        ip("route", "add", node.gateway, "dev", "eth0", "scope", "link", netns=pod.netns)
+        ip("route", "add", "default", "via", node.gateway, "dev", "eth0", netns=pod.netns)
+
+    def _start_pod_servers(self, progress: Progress, timeout: float) -> None:
+        started: list[tuple[PodPlan, ProcessRecord, ProcessRecord]] = []
+        for pod in self.topology.pods:
+            server = ProcessRecord(
+                name=http_name(pod.name),
+                netns=pod.netns,
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "ztunnel_py.testbed.podserver",
+                    "--pod",
+                    pod.name,
+                    "--namespace",
+                    pod.namespace,
+                    "--node",
+                    pod.node,
+                    "--port",
+                    str(HTTP_PORT),
+                ],
+                log=str(self.state.log_dir / f"pod-{pod.name}-http.log"),
+            )
+            iperf = ProcessRecord(
+                name=iperf_name(pod.name),
+                netns=pod.netns,
+                argv=["iperf3", "--server", "--port", str(IPERF_PORT), "--forceflush"],
+                log=str(self.state.log_dir / f"pod-{pod.name}-iperf3.log"),
+            )
+            self._launch(server)
+            self._launch(iperf)
+            started.append((pod, server, iperf))
+        for pod, server, iperf in started:
+            assert server.pid is not None
+            process.wait_for(
+                functools.partial(_serving, server.pid),
+                [server, iperf],
+                timeout,
+                f"pod {pod.name} to listen on {HTTP_PORT} and {IPERF_PORT}",
+            )
+        progress(f"  servers up in {len(started)} pods: http :{HTTP_PORT}, iperf3 :{IPERF_PORT}")
+
+    # -- using ------------------------------------------------------------------------------
+
+    def netns_of(self, target: str) -> str:
+        """The namespace of a pod or node name; TestbedError naming the choices otherwise."""
+        for pod in self.topology.pods:
+            if pod.name == target:
+                return pod.netns
+        for node in self.topology.nodes:
+            if node.name == target:
+                return node.netns
+        pods = ", ".join(p.name for p in self.topology.pods)
+        nodes = ", ".join(n.name for n in self.topology.nodes)
+        raise TestbedError(f"no pod named {target!r}; pods: {pods} (nodes: {nodes})")
+
+    def exec_argv(self, target: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.netns_of(target), *argv]
+
+    def exec(
+        self,
+        pod: str,
+        argv: Sequence[str],
+        timeout: float = 30.0,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv in the pod's (or node's) namespace; output is captured, status returned."""
+        return subprocess.run(
+            self.exec_argv(pod, argv),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def _proc(self, name: str) -> dict[str, Any]:
+        record = self.state.process(name)
+        if record is None:
+            return {"name": name, "pid": None, "alive": False, "log": None}
+        return {
+            "name": name,
+            "pid": record.pid,
+            "alive": process.is_alive(record),
+            "log": record.log,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Everything a person or a test needs to know about the testbed, JSON-ready."""
+        t = self.topology
+        state = self.state
+        cp = self._proc(mesh.CONTROLPLANE)
+        nodes = []
+        for node in t.nodes:
+            agent = self._proc(mesh.agent_name(node.name))
+            nodes.append(
+                {
+                    "name": node.name,
+                    "netns": node.netns,
+                    "ip": node.ip,
+                    "pod_cidr": node.pod_cidr,
+                    "log": agent["log"],
+                    "agent": agent,
+                    "enroll_socket": mesh.enroll_socket(state, node.name) if state.mesh else None,
+                }
+            )
+        pods = [
+            {
+                "name": pod.name,
+                "namespace": pod.namespace,
+                "node": pod.node,
+                "netns": pod.netns,
+                "ip": pod.ip,
+                "service_account": pod.service_account,
+                "app": pod.app,
+                "role": pod.role,
+                "uid": pod.uid,
+                "http_port": HTTP_PORT,
+                "iperf_port": IPERF_PORT,
+                "host_iface": pod.host_iface,
+                "services": list(pod.services),
+                "processes": [self._proc(http_name(pod.name)), self._proc(iperf_name(pod.name))],
+            }
+            for pod in t.pods
+        ]
+        services = [
+            {
+                "name": svc.name,
+                "namespace": svc.namespace,
+                "hostname": svc.hostname,
+                "vip": svc.vip,
+                "ports": [{"port": p, "target_port": tp} for p, tp in svc.ports],
+                "endpoints": [p.name for p in t.endpoints(svc.name)],
+            }
+            for svc in t.services
+        ]
+        return {
+            "prefix": self.prefix,
+            "state_dir": str(self.state_dir),
+            "complete": state.complete,
+            "mesh": state.mesh,
+            "local_config": str(state.local_config),
+            "fabric": {"netns": t.fabric_netns, "bridge": FABRIC_BRIDGE, "subnet": FABRIC_SUBNET},
+            "controlplane": {
+                "netns": t.cp_netns,
+                "ip": CONTROLPLANE_IP,
+                "address": f"{CONTROLPLANE_IP}:{mesh.CA_PORT}",
+                "log": cp["log"],
+                "pid": cp["pid"],
+                "alive": cp["alive"],
+                "root_cert": mesh.root_cert(state) if state.mesh else None,
+            },
+            "nodes": nodes,
+            "pods": pods,
+            "services": services,
+            "processes": [self._proc(r.name) for r in state.processes],
+        }
+
+    # -- tearing down -----------------------------------------------------------------------
+
+    def down(self, progress: Progress = _quiet) -> None:
+        """Stop every recorded process, delete every namespace and the state dir. Idempotent."""
+        _teardown(self.state, progress)
+
+
+def _teardown(state: State, progress: Progress) -> None:
+    for record in state.processes:
+        if record.pid is None:
+            process.find_unrecorded(record)
+    running = process.stop(list(reversed(state.processes)))
+    if running:
+        progress(f"stopped {len(running)} processes")
+    survivors = [r.name for r in state.processes if process.is_alive(r)]
+    if survivors:
+        raise TestbedError(
+            f"could not stop {', '.join(survivors)}; the state in {state.state_dir} is kept, "
+            "so `ztunnel-py testbed down` can be run again"
+        )
+    removed = []
+    for name in reversed(state.namespaces):
+        strangers = netns.pids(name)
+        if strangers:
+            progress(
+                f"warning: processes {' '.join(map(str, strangers))} are still in {name}; they "
+                "were not started by the testbed and keep running"
+            )
+        if netns.exists(name):
+            netns.delete(name)
+            removed.append(name)
+    if removed:
+        progress(f"deleted {len(removed)} namespaces")
+    shutil.rmtree(state.state_dir, ignore_errors=True)
+    _remove_empty_default_dirs(state.state_dir)
+    progress(f"testbed {state.prefix} is down")
+
+
+def _remove_empty_default_dirs(state_dir: Path) -> None:
+    """Remove /run/ztunnel-py/testbed (and /run/ztunnel-py) if we emptied them."""
+    if state_dir.parent != DEFAULT_STATE_ROOT:
+        return
+    for directory in (DEFAULT_STATE_ROOT, DEFAULT_STATE_ROOT.parent):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def down(
+    prefix: str = "zt-",
+    state_dir: str | os.PathLike[str] | None = None,
+    progress: Progress = _quiet,
+) -> bool:
+    """Tear down the testbed recorded in the state dir; False if there was nothing to remove."""
+    directory = _state_dir(prefix, state_dir)
+    state = State.load(directory)
+    if state is None:
+        if not directory.exists():
+            return False
+        # `up` died between creating the directory and writing the first state: nothing else
+        # can exist yet.
+        shutil.rmtree(directory, ignore_errors=True)
+        _remove_empty_default_dirs(directory)
+        progress(f"removed {directory}")
+        return True
+    _teardown(state, progress)
+    return True

@@ -1,0 +1,258 @@
+"""The testbed's plan: every name and address `testbed up` creates, decided without any I/O.
+
+`plan(prefix, nodes, pods_per_node)` is deterministic, so `up`, `status`, `down` and the local
+config all derive the same picture from the three numbers stored in the state file.
+
+Addressing and wiring:
+
+- fabric: namespace `<prefix>fabric` holds bridge `br0` (10.250.0.0/24, no address of its own).
+  The control plane namespace `<prefix>cp` has `eth0` 10.250.0.2; node i's namespace
+  `<prefix>node<i>` has `eth0` 10.250.0.(10+i). Their peers (`vcp`, `vnode<i>`) are bridge ports.
+- pods: node i owns 10.244.i.0/24. Pod slot k on node i is 10.244.i.(10+k), in namespace
+  `<prefix>pod-<name>` with `eth0` holding the pod IP as a /32, an on-link route to the gateway
+  10.244.i.1 and a default route via it (the Calico layout). The node side of the pod's veth is
+  `veth<k>`; every such veth carries 10.244.i.1/32 (so the node answers ARP for the gateway on
+  each of them) and the node has a /32 route to the pod through it. All pod traffic, even between
+  pods of one node, is therefore routed by the node, and no bridge or proxy ARP is needed.
+  Each node routes the other nodes' pod /24s via their fabric IPs and forwards (ip_forward=1).
+- services: VIPs come from 10.96.0.0/16. A VIP is only reachable through the mesh (there is no
+  kube-proxy), as in an ambient cluster whose dataplane is the mesh.
+
+Pods (Kubernetes-like, so identities differ), by slot k on node i:
+
+- k=0: `echo-<i>` in `apps`, service account `echo`: endpoint of service `echo`
+  (echo.apps.svc.cluster.local, VIP 10.96.0.10, ports 80->8080 and 5201->5201);
+- k=1: a client: `web-<i>` (`apps`/`web`) on odd nodes, `curl-<i>` (`clients`/`curl`) on even
+  nodes, so a same-namespace and a cross-namespace caller exist as soon as there are two nodes;
+- k=2: `store-<i>` in `db`, service account `store`: endpoint of service `store`
+  (store.db.svc.cluster.local, VIP 10.96.0.20, port 80->8080);
+- k>=3: more `echo` endpoints, `echo-<i>-<k>`.
+
+Every pod runs an HTTP server on 8080 (`podserver`) and `iperf3 -s` on 5201.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from ztunnel_py.model import NetworkAddress, Service, TunnelProtocol, Workload
+from ztunnel_py.testbed.errors import TestbedError
+
+FABRIC_SUBNET = "10.250.0.0/24"
+CONTROLPLANE_IP = "10.250.0.2"
+FABRIC_BRIDGE = "br0"
+HTTP_PORT = 8080
+IPERF_PORT = 5201
+CLUSTER_DOMAIN = "svc.cluster.local"
+MAX_NODES = 100
+MAX_PODS_PER_NODE = 100
+PREFIX_PATTERN = re.compile(r"^zt[a-z0-9-]{0,22}$")
+
+CLIENT = "client"
+SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    name: str
+    index: int
+    netns: str
+    ip: str
+    pod_cidr: str
+    gateway: str
+    fabric_iface: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    name: str
+    namespace: str
+    vip: str
+    # (service port, target port)
+    ports: tuple[tuple[int, int], ...]
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}.{self.namespace}.{CLUSTER_DOMAIN}"
+
+    @property
+    def key(self) -> str:
+        """How workloads refer to the service: `namespace/hostname`."""
+        return f"{self.namespace}/{self.hostname}"
+
+
+@dataclass(frozen=True, slots=True)
+class PodPlan:
+    name: str
+    namespace: str
+    service_account: str
+    app: str
+    role: str
+    node: str
+    netns: str
+    ip: str
+    host_iface: str
+    services: tuple[str, ...]
+
+    @property
+    def uid(self) -> str:
+        return f"Kubernetes//Pod/{self.namespace}/{self.name}"
+
+    @property
+    def netns_path(self) -> str:
+        return f"/run/netns/{self.netns}"
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    prefix: str
+    fabric_netns: str
+    cp_netns: str
+    nodes: tuple[NodePlan, ...]
+    pods: tuple[PodPlan, ...]
+    services: tuple[ServicePlan, ...]
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """Every network namespace of the testbed, in creation order."""
+        return (
+            self.fabric_netns,
+            self.cp_netns,
+            *(n.netns for n in self.nodes),
+            *(p.netns for p in self.pods),
+        )
+
+    def node(self, name: str) -> NodePlan:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def pod(self, name: str) -> PodPlan:
+        for pod in self.pods:
+            if pod.name == name:
+                return pod
+        names = ", ".join(p.name for p in self.pods)
+        raise TestbedError(f"no pod named {name!r}; pods: {names}")
+
+    def pods_on(self, node: str) -> tuple[PodPlan, ...]:
+        return tuple(p for p in self.pods if p.node == node)
+
+    def service(self, name: str) -> ServicePlan:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
+
+    def endpoints(self, service: str) -> tuple[PodPlan, ...]:
+        return tuple(p for p in self.pods if service in p.services)
+
+    def workloads(self) -> list[Workload]:
+        """The pods as mesh workloads (HBONE-capable, one per pod)."""
+        by_name = {s.name: s for s in self.services}
+        result = []
+        for pod in self.pods:
+            services = {by_name[s].key: dict(by_name[s].ports) for s in pod.services}
+            result.append(
+                Workload(
+                    uid=pod.uid,
+                    name=pod.name,
+                    namespace=pod.namespace,
+                    addresses=(ipaddress.ip_address(pod.ip),),
+                    service_account=pod.service_account,
+                    node=pod.node,
+                    tunnel_protocol=TunnelProtocol.HBONE,
+                    canonical_name=pod.app,
+                    canonical_revision="latest",
+                    workload_name=pod.app,
+                    services=services,
+                )
+            )
+        return result
+
+    def mesh_services(self) -> list[Service]:
+        return [
+            Service(
+                name=s.name,
+                namespace=s.namespace,
+                hostname=s.hostname,
+                vips=(NetworkAddress.parse("/" + s.vip),),
+                ports=dict(s.ports),
+            )
+            for s in self.services
+        ]
+
+
+_ECHO = ServicePlan("echo", "apps", "10.96.0.10", ((80, HTTP_PORT), (IPERF_PORT, IPERF_PORT)))
+_STORE = ServicePlan("store", "db", "10.96.0.20", ((80, HTTP_PORT),))
+
+
+def validate_prefix(prefix: str) -> None:
+    if not PREFIX_PATTERN.match(prefix):
+        raise TestbedError(
+            f"prefix {prefix!r} is not allowed: it must start with 'zt' and use at most 24 "
+            "characters from a-z, 0-9 and '-' (e.g. 'zt-' or 'ztlab1-')"
+        )
+
+
+def _pod(prefix: str, node: NodePlan, slot: int) -> PodPlan:
+    services: tuple[str, ...]
+    if slot == 0:
+        name, ns, sa, role, services = f"echo-{node.index}", "apps", "echo", SERVER, ("echo",)
+    elif slot == 1 and node.index % 2 == 1:
+        name, ns, sa, role, services = f"web-{node.index}", "apps", "web", CLIENT, ()
+    elif slot == 1:
+        name, ns, sa, role, services = f"curl-{node.index}", "clients", "curl", CLIENT, ()
+    elif slot == 2:
+        name, ns, sa, role, services = f"store-{node.index}", "db", "store", SERVER, ("store",)
+    else:
+        name, ns, sa, role = f"echo-{node.index}-{slot}", "apps", "echo", SERVER
+        services = ("echo",)
+    return PodPlan(
+        name=name,
+        namespace=ns,
+        service_account=sa,
+        app=sa,
+        role=role,
+        node=node.name,
+        netns=f"{prefix}pod-{name}",
+        ip=f"10.244.{node.index}.{10 + slot}",
+        host_iface=f"veth{slot}",
+        services=services,
+    )
+
+
+def plan(prefix: str = "zt-", nodes: int = 2, pods_per_node: int = 2) -> Topology:
+    """Decide the whole testbed; raises TestbedError for sizes or prefixes we cannot build."""
+    validate_prefix(prefix)
+    if not 1 <= nodes <= MAX_NODES:
+        raise TestbedError(f"--nodes must be between 1 and {MAX_NODES} (got {nodes})")
+    if not 2 <= pods_per_node <= MAX_PODS_PER_NODE:
+        raise TestbedError(
+            f"--pods-per-node must be between 2 and {MAX_PODS_PER_NODE} (got {pods_per_node}); "
+            "every node needs an echo server and a client"
+        )
+    node_plans = tuple(
+        NodePlan(
+            name=f"node{i}",
+            index=i,
+            netns=f"{prefix}node{i}",
+            ip=f"10.250.0.{10 + i}",
+            pod_cidr=f"10.244.{i}.0/24",
+            gateway=f"10.244.{i}.1",
+            fabric_iface=f"vnode{i}",
+        )
+        for i in range(1, nodes + 1)
+    )
+    pods = tuple(_pod(prefix, n, k) for n in node_plans for k in range(pods_per_node))
+    used = {s for p in pods for s in p.services}
+    return Topology(
+        prefix=prefix,
+        fabric_netns=f"{prefix}fabric",
+        cp_netns=f"{prefix}cp",
+        nodes=node_plans,
+        pods=pods,
+        services=tuple(s for s in (_ECHO, _STORE) if s.name in used),
+    )
