@@ -1,1 +1,1 @@
-"""Workload identities in practice: keys, CSRs, certificates, TLS contexts, the certificate manager."""
+"""Workload identities in practice: keys, CSRs, certificates, TLS contexts, rotation."""

@@ -1,0 +1,188 @@
+"""`ztunnel-py controlplane`: wires the CA, node authentication and the workload registry into a
+gRPC/TLS server (`run`), and issues node credentials (`node-token`).
+
+Layout of the data directory:
+  ca/root-cert.pem, ca/root-key.pem   the root CA, created on first start and kept (key 0600)
+  node-tokens.json                    hashes of node tokens with their node and expiry
+
+grpcio is a blocking library with its own thread pool; this entry point stays synchronous: the
+main thread waits for SIGTERM/SIGINT, a helper thread polls the local-config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import cast
+
+import grpc
+
+from ztunnel_py.controlplane import ca as ca_service
+from ztunnel_py.controlplane.nodeauth import (
+    TOKEN_FILE,
+    AuthenticationError,
+    NodeTokenStore,
+    TokenAuthenticator,
+)
+from ztunnel_py.controlplane.registry import EmptyRegistry, LocalConfigError, LocalConfigRegistry
+from ztunnel_py.identity.pki import ROOT_CERT_FILE, CertificateAuthority, IPAddress
+
+log = logging.getLogger("ztunnel_py.controlplane")
+
+SERVING_DNS_NAME = "istiod.istio-system.svc"
+SERVING_CERT_TTL = timedelta(days=30)
+CA_SUBDIR = "ca"
+
+
+def main(args: argparse.Namespace) -> int:
+    command: str = args.controlplane_command
+    if command == "node-token":
+        return node_token(Path(args.data_dir), args.node, args.ttl)
+    return run(args)
+
+
+def node_token(data_dir: Path, node: str, ttl: timedelta) -> int:
+    store = NodeTokenStore(data_dir / TOKEN_FILE)
+    try:
+        token = store.issue(node, ttl)
+    except (ValueError, OSError, AuthenticationError) as e:
+        print(f"ztunnel-py controlplane node-token: {e}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def load_or_create_ca(ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+    """The root CA kept in `ca_dir`, created (and saved) if there is none yet."""
+    if (ca_dir / ROOT_CERT_FILE).exists():
+        ca = CertificateAuthority.load(ca_dir)
+        log.info("loaded root CA from %s", ca_dir)
+        return ca
+    ca = CertificateAuthority.create(trust_domain)
+    ca.save(ca_dir)
+    log.info("created a new root CA in %s", ca_dir)
+    return ca
+
+
+@dataclass
+class ServingCredentials:
+    """The server's TLS certificate, re-issued from our CA at half-life (fetched per handshake)."""
+
+    ca: CertificateAuthority
+    ips: list[IPAddress]
+    ttl: timedelta = SERVING_CERT_TTL
+    _renew_at: datetime = field(default=datetime.min.replace(tzinfo=UTC), init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        # grpc-stubs types the fetcher without the `None` ("keep the current one") that grpc
+        # documents and accepts.
+        fetcher = cast("Callable[[], grpc.ServerCertificateConfiguration]", self.fetch)
+        return grpc.dynamic_ssl_server_credentials(
+            self._issue(), fetcher, require_client_authentication=False
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """grpc's per-handshake callback: a new configuration when due, else None."""
+        if datetime.now(UTC) < self._renew_at:
+            return None
+        return self._issue()
+
+    def _issue(self) -> grpc.ServerCertificateConfiguration:
+        with self._lock:
+            key_pem, chain = self.ca.issue_serving_cert([SERVING_DNS_NAME], self.ips, self.ttl)
+            self._renew_at = datetime.now(UTC) + self.ttl / 2
+        log.info("issued the serving certificate, valid %s", self.ttl)
+        return grpc.ssl_server_certificate_configuration(
+            [(key_pem.encode(), "".join(chain[:-1]).encode())]
+        )
+
+
+def _grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    data_dir = Path(args.data_dir)
+    trust_domain: str = args.trust_domain
+    try:
+        ca = load_or_create_ca(data_dir / CA_SUBDIR, trust_domain)
+    except (OSError, ValueError) as e:
+        log.error("cannot load or create the root CA in %s: %s", data_dir / CA_SUBDIR, e)
+        return 1
+
+    registry: LocalConfigRegistry | None = None
+    if args.local_config:
+        registry = LocalConfigRegistry(Path(args.local_config))
+        try:
+            registry.reload_if_changed()
+            log.info("loaded %s: %s", registry.path, registry.summary())
+        except (LocalConfigError, OSError) as e:
+            log.error("%s; fix the file: it is re-read when it changes", e)
+    else:
+        log.warning("no --local-config: no workload is known, every signing request is refused")
+
+    service = ca_service.CertificateService(
+        ca,
+        TokenAuthenticator(NodeTokenStore(data_dir / TOKEN_FILE)),
+        registry if registry is not None else EmptyRegistry(),
+        trust_domain,
+        args.max_cert_ttl,
+    )
+    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"))
+    ca_service.add_to_server(service, server)
+    host, port = args.listen
+    serving_ips: list[IPAddress] = list(args.serving_ip)
+    try:
+        bound = server.add_secure_port(
+            _grpc_address(host, port), ServingCredentials(ca, serving_ips).credentials()
+        )
+    except RuntimeError as e:
+        log.error("cannot listen on %s: %s", _grpc_address(host, port), e)
+        return 1
+    if bound == 0:
+        log.error("cannot listen on %s", _grpc_address(host, port))
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    server.start()
+    watcher: threading.Thread | None = None
+    if registry is not None:
+        watcher = threading.Thread(target=registry.watch, args=(stop,), name="local-config")
+        watcher.start()
+    names = [SERVING_DNS_NAME, *map(str, serving_ips)]
+    log.info(
+        "serving the CA on %s (TLS names %s, trust domain %s, root %s)",
+        _grpc_address(host, bound),
+        ", ".join(names),
+        trust_domain,
+        data_dir / CA_SUBDIR / ROOT_CERT_FILE,
+    )
+    stop.wait()
+    server.stop(grace=2).wait()
+    if watcher is not None:
+        watcher.join()
+    log.info("stopped")
+    return 0

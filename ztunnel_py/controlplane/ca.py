@@ -1,0 +1,188 @@
+"""The CA service: `istio.v1.auth.IstioCertificateService/CreateCertificate` (reference section 4).
+
+A request is signed only if all of these hold, checked in this order:
+1. the caller authenticates as a node (UNAUTHENTICATED otherwise);
+2. the requested identity (metadata `ImpersonatedIdentity`, else the CSR's URI SAN) is a SPIFFE
+   identity in our trust domain and the CSR parses (INVALID_ARGUMENT otherwise);
+3. a workload with that identity is scheduled on the caller's node (PERMISSION_DENIED);
+4. the CSR's signature verifies and its only URI SAN is that identity (INVALID_ARGUMENT).
+The certificate lives min(requested, maximum) seconds; the answer is [leaf, root].
+
+Protobuf types stop here: the checks themselves (`CertificateService.create`) take plain values
+and raise `CaRequestError`, which the gRPC servicer turns into a status with the same message.
+Every refusal is logged with the caller (node name when known, else the peer address).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+from cryptography import x509
+
+from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
+from ztunnel_py.controlplane.registry import WorkloadRegistry
+from ztunnel_py.identity.pki import CertificateAuthority, CsrError
+from ztunnel_py.model.identity import Identity
+from ztunnel_py.proto import citadel_pb2
+
+log = logging.getLogger("ztunnel_py.controlplane.ca")
+
+IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
+SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
+
+
+class CaRequestError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SignRequest:
+    csr_pem: bytes
+    validity_seconds: int
+    impersonated_identity: str | None
+    metadata: Mapping[str, str]
+    peer: str
+
+
+class CertificateService:
+    """Node-authorized signing of workload certificates (transport-independent)."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        authenticator: NodeAuthenticator,
+        registry: WorkloadRegistry,
+        trust_domain: str,
+        max_ttl: timedelta,
+    ) -> None:
+        self._ca = ca
+        self._authenticator = authenticator
+        self._registry = registry
+        self._trust_domain = trust_domain
+        self._max_ttl = max_ttl
+
+    def create(self, req: SignRequest) -> list[str]:
+        try:
+            node = self._authenticator.authenticate(req.metadata)
+        except AuthenticationError as e:
+            raise self._refuse(
+                grpc.StatusCode.UNAUTHENTICATED, f"peer {req.peer}", str(e)
+            ) from None
+        caller = f"node {node} ({req.peer})"
+        identity = self._requested_identity(req, caller)
+        if identity not in self._registry.identities_on_node(node):
+            raise self._refuse(
+                grpc.StatusCode.PERMISSION_DENIED,
+                caller,
+                f"no workload with identity {identity} is scheduled on node {node}",
+            )
+        ttl = self._max_ttl
+        if req.validity_seconds > 0:
+            ttl = min(ttl, timedelta(seconds=req.validity_seconds))
+        try:
+            chain = self._ca.sign_csr(req.csr_pem, identity, ttl)
+        except CsrError as e:
+            raise self._refuse(grpc.StatusCode.INVALID_ARGUMENT, caller, str(e)) from None
+        log.info("signed %s for %s, valid %s", identity, caller, ttl)
+        return chain
+
+    def _requested_identity(self, req: SignRequest, caller: str) -> Identity:
+        uri = req.impersonated_identity
+        if uri is None:
+            uri = self._csr_uri(req.csr_pem, caller)
+        try:
+            identity = Identity.parse(uri)
+        except ValueError as e:
+            raise self._refuse(grpc.StatusCode.INVALID_ARGUMENT, caller, str(e)) from None
+        if identity.trust_domain != self._trust_domain:
+            raise self._refuse(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                caller,
+                f"identity {identity} is not in this CA's trust domain {self._trust_domain}",
+            )
+        return identity
+
+    def _csr_uri(self, csr_pem: bytes, caller: str) -> str:
+        """The CSR's single URI SAN, for callers that do not impersonate."""
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        except ValueError:
+            raise self._refuse(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                caller,
+                "CSR is not a PEM-encoded PKCS#10 certificate request",
+            ) from None
+        except x509.ExtensionNotFound:
+            uris = []
+        if len(uris) != 1:
+            raise self._refuse(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                caller,
+                f"no {IMPERSONATED_IDENTITY} metadata and the CSR has {len(uris)} URI SANs "
+                "(exactly one needed)",
+            )
+        return uris[0]
+
+    @staticmethod
+    def _refuse(code: grpc.StatusCode, caller: str, message: str) -> CaRequestError:
+        log.warning("refused CreateCertificate from %s: %s: %s", caller, code.name, message)
+        return CaRequestError(code, message)
+
+
+class IstioCertificateServicer:
+    """gRPC adapter: protobuf and metadata in, `CertificateService` decides."""
+
+    def __init__(self, service: CertificateService) -> None:
+        self._service = service
+
+    def CreateCertificate(
+        self,
+        request: citadel_pb2.IstioCertificateRequest,
+        context: grpc.ServicerContext,
+    ) -> citadel_pb2.IstioCertificateResponse:
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        impersonated: str | None = None
+        if request.HasField("metadata") and IMPERSONATED_IDENTITY in request.metadata.fields:
+            value = request.metadata.fields[IMPERSONATED_IDENTITY]
+            if value.WhichOneof("kind") != "string_value":
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{IMPERSONATED_IDENTITY} must be a string"
+                )
+            impersonated = value.string_value
+        req = SignRequest(
+            csr_pem=request.csr.encode("utf-8"),
+            validity_seconds=request.validity_duration,
+            impersonated_identity=impersonated,
+            metadata=metadata,
+            peer=context.peer(),
+        )
+        try:
+            chain = self._service.create(req)
+        except CaRequestError as e:
+            context.abort(e.code, e.message)
+        return citadel_pb2.IstioCertificateResponse(cert_chain=chain)
+
+
+def add_to_server(service: CertificateService, server: grpc.Server) -> None:
+    # Registered by hand rather than through the generated `*_pb2_grpc` helper, which is untyped.
+    servicer = IstioCertificateServicer(service)
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+                servicer.CreateCertificate,
+                request_deserializer=citadel_pb2.IstioCertificateRequest.FromString,
+                response_serializer=citadel_pb2.IstioCertificateResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
