@@ -1,0 +1,408 @@
+"""Istio metric families and labels as Prometheus text, the access log, and log formatting."""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ztunnel_py.admin import serve_metrics
+from ztunnel_py.model import Identity, NetworkAddress, Service, Workload
+from ztunnel_py.telemetry import accesslog
+from ztunnel_py.telemetry.labels import (
+    DENY,
+    DESTINATION,
+    SOURCE,
+    TRAFFIC_LABEL_NAMES,
+    TrafficLabels,
+)
+from ztunnel_py.telemetry.logs import (
+    LevelSpecError,
+    LogLevels,
+    logger_name,
+    parse_level_spec,
+    setup_logging,
+)
+from ztunnel_py.telemetry.metrics import Metrics
+
+CLIENT = Workload(
+    uid="u-client",
+    name="client-7d9f-abcde",
+    namespace="ns-a",
+    addresses=(ipaddress.ip_address("10.0.0.1"),),
+    service_account="client",
+    canonical_name="client",
+    canonical_revision="v1",
+    workload_name="client",
+)
+SERVER = Workload(
+    uid="u-server",
+    name="server-5c6b-fghij",
+    namespace="ns-b",
+    addresses=(ipaddress.ip_address("10.0.0.2"),),
+    service_account="server",
+    canonical_name="server",
+    canonical_revision="v2",
+    workload_name="server",
+    cluster_id="c1",
+)
+SVC = Service(
+    "server", "ns-b", "server.ns-b.svc.cluster.local", (NetworkAddress.parse("/10.96.0.2"),)
+)
+CLIENT_ID = Identity("cluster.local", "ns-a", "client")
+
+FAMILIES = {
+    "istio_tcp_connections_opened": ("counter", TRAFFIC_LABEL_NAMES),
+    "istio_tcp_connections_closed": ("counter", TRAFFIC_LABEL_NAMES),
+    "istio_tcp_received_bytes": ("counter", TRAFFIC_LABEL_NAMES),
+    "istio_tcp_sent_bytes": ("counter", TRAFFIC_LABEL_NAMES),
+    "istio_tcp_connections_failed": ("counter", TRAFFIC_LABEL_NAMES),
+    "istio_tcp_sockets_open": ("gauge", ("reporter",)),
+    "istio_build": ("gauge", ("component", "tag")),
+    "workload_manager_active_proxy_count": ("gauge", ()),
+    "workload_manager_pending_proxy_count": ("gauge", ()),
+    "workload_manager_proxies_started": ("counter", ()),
+    "workload_manager_proxies_stopped": ("counter", ()),
+}
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def samples(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def fields(record: logging.LogRecord) -> dict[str, object]:
+    value = record.__dict__["fields"]
+    assert isinstance(value, dict)
+    return value
+
+
+def test_families_names_types_and_label_order(registry: CollectorRegistry) -> None:
+    metrics = Metrics(registry, tag="1.0.0")
+    conn = metrics.open(TrafficLabels.build(SOURCE), "10.0.0.1:1234", "10.0.0.2:80")
+    conn.add_bytes(1, 1)
+    conn.close(DENY)
+    text = generate_latest(registry).decode()
+    for name, (kind, labels) in FAMILIES.items():
+        series = name + ("_total" if kind == "counter" else "")
+        assert f"# TYPE {series} {kind}\n" in text
+        lines = [line for line in text.splitlines() if line.startswith(series + "{")]
+        if labels:
+            assert lines, name
+            for line in lines:  # prometheus_client writes labels sorted by name
+                assert re.findall(r'(\w+)="', line) == sorted(labels), line
+        else:
+            assert f"{series} " in text
+    assert "_created" not in text
+    assert "process_open_fds" in text and "process_max_fds" in text
+    assert 'istio_build{component="ztunnel",tag="1.0.0"} 1.0' in text
+
+
+def test_traffic_labels_are_istios_in_order() -> None:
+    assert TRAFFIC_LABEL_NAMES == (
+        "reporter",
+        "source_workload",
+        "source_canonical_service",
+        "source_canonical_revision",
+        "source_workload_namespace",
+        "source_principal",
+        "source_app",
+        "source_version",
+        "source_cluster",
+        "destination_service",
+        "destination_service_namespace",
+        "destination_service_name",
+        "destination_workload",
+        "destination_canonical_service",
+        "destination_canonical_revision",
+        "destination_workload_namespace",
+        "destination_principal",
+        "destination_app",
+        "destination_version",
+        "destination_cluster",
+        "request_protocol",
+        "response_flags",
+        "connection_security_policy",
+    )
+
+
+def test_labels_from_workloads_and_identity() -> None:
+    outbound = TrafficLabels.build(
+        SOURCE, source=CLIENT, destination=SERVER, destination_service=SVC, mtls=True
+    )
+    values = dict(zip(TRAFFIC_LABEL_NAMES, outbound.values(), strict=True))
+    assert values == {
+        "reporter": "source",
+        "source_workload": "client",
+        "source_canonical_service": "client",
+        "source_canonical_revision": "v1",
+        "source_workload_namespace": "ns-a",
+        "source_principal": "unknown",  # only ever from a verified peer certificate
+        "source_app": "client",
+        "source_version": "v1",
+        "source_cluster": "Kubernetes",
+        "destination_service": "server.ns-b.svc.cluster.local",
+        "destination_service_namespace": "ns-b",
+        "destination_service_name": "server",
+        "destination_workload": "server",
+        "destination_canonical_service": "server",
+        "destination_canonical_revision": "v2",
+        "destination_workload_namespace": "ns-b",
+        "destination_principal": "spiffe://cluster.local/ns/ns-b/sa/server",
+        "destination_app": "server",
+        "destination_version": "v2",
+        "destination_cluster": "c1",
+        "request_protocol": "tcp",
+        "response_flags": "-",
+        "connection_security_policy": "mutual_tls",
+    }
+    inbound = TrafficLabels.build(DESTINATION, source_identity=CLIENT_ID, destination=SERVER)
+    assert inbound.source_principal == "spiffe://cluster.local/ns/ns-a/sa/client"
+    assert inbound.source_workload_namespace == "ns-a"
+    assert inbound.source_workload == "unknown"
+    assert inbound.connection_security_policy == "unknown"
+    assert TrafficLabels.build(DESTINATION).values().count("unknown") == 20
+    with pytest.raises(ValueError, match="reporter"):
+        TrafficLabels.build("sideways")
+
+
+def test_bytes_swapped_for_source_reporter(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = Metrics(registry, process_metrics=False)
+    caplog.set_level(logging.INFO, logger="access")
+    out = metrics.open(TrafficLabels.build(SOURCE, source=CLIENT), "10.0.0.1:5000", "10.0.0.2:80")
+    out.add_bytes(sent=100, recv=7)  # the client's request went out, a small reply came back
+    out.close()
+    inb = metrics.open(TrafficLabels.build(DESTINATION, destination=SERVER), "a:1", "b:2")
+    inb.add_bytes(sent=7, recv=100)  # the request came in, the reply went back
+    inb.close()
+    s = samples(registry)
+    by_reporter = {
+        (name, labels["reporter"]): value
+        for name in ("istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total")
+        for labels, value in s[name]
+    }
+    # Istio: received = request bytes, sent = response bytes, whoever reports
+    assert by_reporter == {
+        ("istio_tcp_received_bytes_total", "source"): 100,
+        ("istio_tcp_received_bytes_total", "destination"): 100,
+        ("istio_tcp_sent_bytes_total", "source"): 7,
+        ("istio_tcp_sent_bytes_total", "destination"): 7,
+    }
+    # the access log shows each proxy's own view, unswapped
+    first, second = (r for r in caplog.records if r.name == "access")
+    assert (fields(first)["bytes_sent"], fields(first)["bytes_recv"]) == (100, 7)
+    assert (fields(second)["bytes_sent"], fields(second)["bytes_recv"]) == (7, 100)
+
+
+def test_close_flags_failed_counter_and_open_sockets(registry: CollectorRegistry) -> None:
+    metrics = Metrics(registry, process_metrics=False)
+    labels = TrafficLabels.build(DESTINATION, destination=SERVER)
+    ok = metrics.open(labels, "a:1", "b:2")
+    denied = metrics.open(labels, "a:1", "b:2")
+    s = samples(registry)
+    assert s["istio_tcp_connections_opened_total"][0][1] == 2
+    assert s["istio_tcp_sockets_open"] == [({"reporter": "destination"}, 2)]
+    ok.close()
+    denied.close(DENY, error="explicitly denied by: ns-b/deny")
+    denied.close()  # idempotent
+    with pytest.raises(ValueError, match="response flags"):
+        metrics.open(labels, "a:1", "b:2").close("MAYBE")
+    s = samples(registry)
+    closed = {lab["response_flags"]: v for lab, v in s["istio_tcp_connections_closed_total"]}
+    assert closed == {"-": 1, "DENY": 1}
+    failed = s["istio_tcp_connections_failed_total"]
+    assert [(lab["response_flags"], v) for lab, v in failed] == [("DENY", 1)]
+    assert s["istio_tcp_sockets_open"] == [({"reporter": "destination"}, 1)]
+
+
+def test_workload_manager_metrics(registry: CollectorRegistry) -> None:
+    metrics = Metrics(registry, process_metrics=False)
+    metrics.set_proxy_counts(active=3, pending=1)
+    metrics.proxy_started()
+    metrics.proxy_started()
+    metrics.proxy_stopped()
+    s = samples(registry)
+    assert s["workload_manager_active_proxy_count"] == [({}, 3)]
+    assert s["workload_manager_pending_proxy_count"] == [({}, 1)]
+    assert s["workload_manager_proxies_started_total"] == [({}, 2)]
+    assert s["workload_manager_proxies_stopped_total"] == [({}, 1)]
+
+
+def test_two_metrics_on_one_registry_collide(registry: CollectorRegistry) -> None:
+    Metrics(registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Metrics(registry)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    levels = setup_logging("debug", stream=stream)
+    yield stream
+    levels.reset()
+    LogLevels("info")
+    root.handlers[:] = before[0]
+    root.setLevel(before[1])
+
+
+LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\t(\w+)\t(\S+)\t([^\t]+)(?:\t(.*))?$")
+
+
+def test_access_log_lines_in_ztunnel_text_format(
+    registry: CollectorRegistry, log_stream: io.StringIO
+) -> None:
+    metrics = Metrics(registry, process_metrics=False)
+    labels = TrafficLabels.build(
+        DESTINATION, source_identity=CLIENT_ID, destination=SERVER, mtls=True
+    )
+    conn = metrics.open(labels, "10.0.0.1:5000", "10.0.0.2:15008", "10.0.0.2:80")
+    conn.add_bytes(sent=5, recv=12)
+    conn.close(error="connection reset by peer")
+    accesslog.connection_failed("10.0.0.9:1", "10.0.0.2:15008", DESTINATION, "early deny")
+    lines = [LINE.match(line) for line in log_stream.getvalue().splitlines()]
+    assert all(lines), log_stream.getvalue()
+    opened, complete, failed = (m.groups() for m in lines if m)
+    assert opened[:3] == ("debug", "access", "connection opened")
+    assert opened[3] == (
+        "src.addr=10.0.0.1:5000 src.namespace=ns-a "
+        "src.identity=spiffe://cluster.local/ns/ns-a/sa/client dst.addr=10.0.0.2:15008 "
+        "dst.hbone_addr=10.0.0.2:80 dst.workload=server-5c6b-fghij dst.namespace=ns-b "
+        "dst.identity=spiffe://cluster.local/ns/ns-b/sa/server direction=inbound"
+    )
+    assert complete[:3] == ("error", "access", "connection complete")
+    assert complete[3].endswith(
+        'direction=inbound bytes_sent=5 bytes_recv=12 duration=0ms error="connection reset by peer"'
+    )
+    assert failed == (
+        "warn",
+        "access",
+        "connection failed",
+        'src.addr=10.0.0.9:1 dst.addr=10.0.0.2:15008 direction=inbound error="early deny"',
+    )
+
+
+def test_identities_only_logged_for_mtls(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="access")
+    labels = TrafficLabels.build(DESTINATION, source_identity=CLIENT_ID, destination=SERVER)
+    accesslog.connection_complete(
+        labels, "a:1", "b:2", None, bytes_sent=0, bytes_recv=0, duration_ms=3
+    )
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO and record.getMessage() == "connection complete"
+    assert fields(record)["src.identity"] is None and fields(record)["dst.identity"] is None
+    assert fields(record)["duration"] == "3ms"
+
+
+def test_json_format_and_our_module_targets() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = list(root.handlers)
+    levels = setup_logging("info", json_format=True, stream=stream)
+    try:
+        logging.getLogger("ztunnel_py.agent.xds").info("connected", extra={"fields": {"n": 1}})
+        logging.getLogger("ztunnel_py.agent.xds").debug("hidden")
+        logging.getLogger("some.library").info("hidden too")
+        logging.getLogger("some.library").warning("shown")
+    finally:
+        levels.reset()
+        root.handlers[:] = before
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["level"] == "info" and first["scope"] == "agent.xds"
+    assert first["message"] == "connected" and first["n"] == 1
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$", first["time"])
+    assert (second["level"], second["scope"], second["message"]) == (
+        "warn",
+        "some.library",
+        "shown",
+    )
+
+
+def test_level_specs() -> None:
+    assert parse_level_spec("info") == ("info", {})
+    assert parse_level_spec("WARNING, access:debug,agent.xds=trace,") == (
+        "warn",
+        {"access": "debug", "agent.xds": "trace"},
+    )
+    assert parse_level_spec("ztunnel::proxy=off") == (None, {"ztunnel::proxy": "off"})
+    for bad, message in [
+        ("", "empty level"),
+        ("loud", "invalid level 'loud'"),
+        ("access=", "invalid level ''"),
+        ("a b=info", "invalid module name"),
+    ]:
+        with pytest.raises(LevelSpecError, match=message):
+            parse_level_spec(bad)
+    assert logger_name("access") == "access"
+    assert logger_name("agent.xds") == "ztunnel_py.agent.xds"
+    assert logger_name("ztunnel::proxy") == "ztunnel_py.proxy"
+    assert logger_name("ztunnel_py.admin") == "ztunnel_py.admin"
+
+
+def test_level_changes_merge_and_reset() -> None:
+    levels = LogLevels("warn,access=info")
+    try:
+        assert logging.getLogger("ztunnel_py").level == logging.WARNING
+        assert logging.getLogger("access").level == logging.INFO
+        levels.set("agent=trace")
+        assert levels.describe() == "warn,access=info,agent=trace"
+        assert logging.getLogger("ztunnel_py.agent").level == 5
+        levels.set("off")
+        assert not logging.getLogger("ztunnel_py.admin").isEnabledFor(logging.CRITICAL)
+        assert logging.getLogger("ztunnel_py.agent.state").isEnabledFor(5)  # agent=trace stays
+        levels.reset()
+        assert levels.describe() == "warn,access=info"
+        assert logging.getLogger("ztunnel_py.agent").level == logging.NOTSET
+    finally:
+        LogLevels("info")
+
+
+async def test_scrape_after_traffic_with_curl(
+    registry: CollectorRegistry, nursery: trio.Nursery
+) -> None:
+    metrics = Metrics(registry, tag="t")
+    conn = metrics.open(TrafficLabels.build(SOURCE, source=CLIENT, destination=SERVER), "a", "b")
+    conn.add_bytes(10, 20)
+    listeners = await nursery.start(
+        lambda task_status: serve_metrics(
+            registry=registry, host="127.0.0.1", port=0, task_status=task_status
+        )
+    )
+    port = listeners[0].socket.getsockname()[1]
+    result = await trio.run_process(
+        ["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{port}/stats/prometheus"],
+        capture_stdout=True,
+    )
+    text = result.stdout.decode()
+    assert 'istio_tcp_sockets_open{reporter="source"} 1.0' in text
+    (received,) = [
+        line for line in text.splitlines() if line.startswith("istio_tcp_received_bytes_total{")
+    ]
+    assert received.endswith("} 10.0")
+    for label in (
+        'reporter="source"',
+        'source_workload="client"',
+        'destination_workload="server"',
+        'response_flags="-"',
+        'connection_security_policy="unknown"',
+    ):
+        assert label in received

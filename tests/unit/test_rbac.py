@@ -1,0 +1,419 @@
+"""L4 authorization semantics (reference section 6), attribute by attribute, and a property test
+against a deliberately naive reference implementation."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ztunnel_py.model import (
+    Action,
+    Authorization,
+    Identity,
+    Match,
+    PolicyScope,
+    ServiceAccountMatch,
+    StringMatch,
+    StringMatchKind,
+)
+from ztunnel_py.protocol.rbac import (
+    NO_ALLOW_POLICIES,
+    NONE_ALLOWED,
+    Connection,
+    Decision,
+    DryRunMatch,
+    evaluate,
+    policy_matches,
+)
+
+ALICE = Identity("cluster.local", "ns-a", "alice")
+BOB = Identity("other.domain", "ns-b", "bob")
+
+
+def conn(
+    identity: Identity | None = ALICE,
+    src: str = "10.0.0.1",
+    dst: str = "10.1.0.1",
+    port: int = 8080,
+) -> Connection:
+    return Connection(ipaddress.ip_address(src), identity, ipaddress.ip_address(dst), port)
+
+
+def pol(
+    *matches: Match,
+    action: Action = Action.ALLOW,
+    name: str = "p",
+    dry_run: bool = False,
+) -> Authorization:
+    return Authorization(
+        name, "demo", PolicyScope.NAMESPACE, action, (((*matches,),),) if matches else (), dry_run
+    )
+
+
+def exact(v: str) -> StringMatch:
+    return StringMatch(StringMatchKind.EXACT, v)
+
+
+def prefix(v: str) -> StringMatch:
+    return StringMatch(StringMatchKind.PREFIX, v)
+
+
+def suffix(v: str) -> StringMatch:
+    return StringMatch(StringMatchKind.SUFFIX, v)
+
+
+PRESENT = StringMatch(StringMatchKind.PRESENCE)
+
+
+def net(v: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(v)
+
+
+# (match, connection, expected) for every attribute and its not_ variant
+ATTRIBUTE_CASES: list[tuple[str, Match, Connection, bool]] = [
+    ("namespace exact", Match(namespaces=(exact("ns-a"),)), conn(), True),
+    ("namespace exact miss", Match(namespaces=(exact("ns-b"),)), conn(), False),
+    ("namespace any-of", Match(namespaces=(exact("x"), prefix("ns-"))), conn(), True),
+    ("namespace suffix", Match(namespaces=(suffix("-a"),)), conn(), True),
+    ("namespace presence", Match(namespaces=(PRESENT,)), conn(), True),
+    ("namespace presence plaintext", Match(namespaces=(PRESENT,)), conn(None), False),
+    ("namespace exact plaintext", Match(namespaces=(exact("ns-a"),)), conn(None), False),
+    ("not namespace hit", Match(not_namespaces=(exact("ns-a"),)), conn(), False),
+    ("not namespace miss", Match(not_namespaces=(exact("ns-b"),)), conn(), True),
+    ("not namespace plaintext", Match(not_namespaces=(PRESENT,)), conn(None), True),
+    (
+        "service account",
+        Match(service_accounts=(ServiceAccountMatch("ns-a", "alice"),)),
+        conn(),
+        True,
+    ),
+    (
+        "service account ignores trust domain",
+        Match(service_accounts=(ServiceAccountMatch("ns-b", "bob"),)),
+        conn(BOB),
+        True,
+    ),
+    (
+        "service account wrong sa",
+        Match(service_accounts=(ServiceAccountMatch("ns-a", "bob"),)),
+        conn(),
+        False,
+    ),
+    (
+        "service account plaintext",
+        Match(service_accounts=(ServiceAccountMatch("ns-a", "alice"),)),
+        conn(None),
+        False,
+    ),
+    (
+        "not service account hit",
+        Match(not_service_accounts=(ServiceAccountMatch("ns-a", "alice"),)),
+        conn(),
+        False,
+    ),
+    (
+        "not service account plaintext",
+        Match(not_service_accounts=(ServiceAccountMatch("ns-a", "alice"),)),
+        conn(None),
+        True,
+    ),
+    ("principal exact", Match(principals=(exact("cluster.local/ns/ns-a/sa/alice"),)), conn(), True),
+    (
+        "principal with spiffe prefix never matches",
+        Match(principals=(exact("spiffe://cluster.local/ns/ns-a/sa/alice"),)),
+        conn(),
+        False,
+    ),
+    ("principal prefix", Match(principals=(prefix("cluster.local/ns/ns-a/"),)), conn(), True),
+    ("principal suffix", Match(principals=(suffix("/sa/alice"),)), conn(), True),
+    ("principal presence", Match(principals=(PRESENT,)), conn(), True),
+    ("principal presence plaintext", Match(principals=(PRESENT,)), conn(None), False),
+    ("principal empty prefix plaintext", Match(principals=(prefix(""),)), conn(None), False),
+    ("not principal presence mtls", Match(not_principals=(PRESENT,)), conn(), False),
+    ("not principal presence plaintext", Match(not_principals=(PRESENT,)), conn(None), True),
+    ("not principal miss", Match(not_principals=(suffix("/sa/bob"),)), conn(), True),
+    ("source ip", Match(source_ips=(net("10.0.0.0/8"),)), conn(), True),
+    ("source ip miss", Match(source_ips=(net("192.168.0.0/16"),)), conn(), False),
+    ("source ip v6 vs v4", Match(source_ips=(net("::/0"),)), conn(), False),
+    (
+        "source ip v4-mapped",
+        Match(source_ips=(net("10.0.0.1/32"),)),
+        conn(src="::ffff:10.0.0.1"),
+        True,
+    ),
+    ("source ip v6", Match(source_ips=(net("fd00::/8"),)), conn(src="fd00::1"), True),
+    ("not source ip hit", Match(not_source_ips=(net("10.0.0.1/32"),)), conn(), False),
+    ("not source ip miss", Match(not_source_ips=(net("10.0.0.2/32"),)), conn(), True),
+    ("destination ip", Match(destination_ips=(net("10.1.0.0/16"),)), conn(), True),
+    ("destination ip miss", Match(destination_ips=(net("10.2.0.0/16"),)), conn(), False),
+    ("not destination ip hit", Match(not_destination_ips=(net("10.1.0.1/32"),)), conn(), False),
+    ("not destination ip miss", Match(not_destination_ips=(net("10.9.0.0/16"),)), conn(), True),
+    ("destination port", Match(destination_ports=(80, 8080)), conn(), True),
+    ("destination port miss", Match(destination_ports=(80,)), conn(), False),
+    ("not destination port hit", Match(not_destination_ports=(8080,)), conn(), False),
+    ("not destination port miss", Match(not_destination_ports=(9090,)), conn(), True),
+    (
+        "all set attributes must pass",
+        Match(namespaces=(exact("ns-a"),), destination_ports=(80,)),
+        conn(),
+        False,
+    ),
+    (
+        "positive and negative of one attribute",
+        Match(namespaces=(prefix("ns-"),), not_namespaces=(exact("ns-a"),)),
+        conn(),
+        False,
+    ),
+    (
+        "STRICT with a permissive port: plaintext on 9090",
+        Match(not_principals=(PRESENT,), not_destination_ports=(9090,)),
+        conn(None, port=9090),
+        False,
+    ),
+    (
+        "STRICT with a permissive port: plaintext elsewhere",
+        Match(not_principals=(PRESENT,), not_destination_ports=(9090,)),
+        conn(None, port=8080),
+        True,
+    ),
+    ("empty match never matches", Match(), conn(), False),
+]
+
+
+@pytest.mark.parametrize(
+    ("match", "connection", "expected"),
+    [case[1:] for case in ATTRIBUTE_CASES],
+    ids=[case[0] for case in ATTRIBUTE_CASES],
+)
+def test_attribute(match: Match, connection: Connection, expected: bool) -> None:
+    assert policy_matches(pol(match), connection) is expected
+
+
+def rules(*rules: tuple[tuple[Match, ...], ...]) -> Authorization:
+    return Authorization("p", "demo", PolicyScope.NAMESPACE, Action.ALLOW, rules)
+
+
+YES = Match(destination_ports=(8080,))
+NO = Match(destination_ports=(1,))
+
+
+def test_rule_clause_match_structure() -> None:
+    c = conn()
+    assert not policy_matches(rules(), c)  # zero rules never match
+    assert policy_matches(rules(()), c)  # a rule with no clauses matches
+    assert policy_matches(rules(((),)), c)  # a clause with no matches matches
+    assert policy_matches(rules(((NO, YES),)), c)  # clause: any match
+    assert not policy_matches(rules(((YES,), (NO,))), c)  # rule: all clauses
+    assert policy_matches(rules(((NO,),), ((YES,),)), c)  # policy: any rule
+    assert not policy_matches(rules(((Match(),),)), c)  # an empty Match is skipped
+    assert policy_matches(rules(((Match(), YES),)), c)
+
+
+def test_no_policies_allows() -> None:
+    assert evaluate([], conn()) == Decision(True, None, NO_ALLOW_POLICIES)
+
+
+def test_matching_deny_rejects_and_names_policy() -> None:
+    d = evaluate([pol(YES, action=Action.DENY, name="block")], conn())
+    assert d == Decision(False, "demo/block", "explicitly denied by: demo/block")
+
+
+def test_deny_wins_over_allow() -> None:
+    d = evaluate([pol(YES, name="ok"), pol(YES, action=Action.DENY, name="block")], conn())
+    assert not d.allowed and d.policy_key == "demo/block"
+
+
+def test_non_matching_deny_and_no_allow_allows() -> None:
+    assert evaluate([pol(NO, action=Action.DENY)], conn()).allowed
+
+
+def test_allow_policies_need_a_match() -> None:
+    assert evaluate([pol(NO, name="a"), pol(YES, name="b")], conn()) == Decision(
+        True, "demo/b", "allowed by: demo/b"
+    )
+    assert evaluate([pol(NO)], conn()) == Decision(False, None, NONE_ALLOWED)
+
+
+def test_empty_allow_denies_everything_empty_deny_does_nothing() -> None:
+    assert not evaluate([pol(action=Action.ALLOW)], conn()).allowed
+    assert evaluate([pol(action=Action.DENY)], conn()).allowed
+
+
+def test_dry_run_policies_are_reported_never_enforced() -> None:
+    policies = [
+        pol(YES, action=Action.DENY, name="would-deny", dry_run=True),
+        pol(NO, name="would-not-allow", dry_run=True),
+        pol(YES, name="would-allow", dry_run=True),
+    ]
+    d = evaluate(policies, conn())
+    assert d.allowed and d.reason == NO_ALLOW_POLICIES
+    assert d.dry_run_matches == (
+        DryRunMatch("demo/would-deny", Action.DENY),
+        DryRunMatch("demo/would-allow", Action.ALLOW),
+    )
+    # reported even when a real DENY rejects
+    d = evaluate([*policies, pol(YES, action=Action.DENY, name="real")], conn())
+    assert not d.allowed and len(d.dry_run_matches) == 2
+
+
+# --- property test against a naive reference ----------------------------------------------------
+
+
+def naive_evaluate(policies: list[Authorization], c: Connection) -> tuple[bool, str | None]:
+    """Written straight from the reference text, with no shared code."""
+    identity = "" if c.src_identity is None else str(c.src_identity)
+    namespace = "" if c.src_identity is None else c.src_identity.namespace
+    src = c.src_ip
+    if src.version == 6 and src.ipv4_mapped is not None:
+        src = src.ipv4_mapped
+
+    def string_ok(m: StringMatch, value: str) -> bool:
+        if m.kind == StringMatchKind.EXACT:
+            return value == m.value
+        if m.kind == StringMatchKind.PREFIX:
+            return value[: len(m.value)] == m.value
+        if m.kind == StringMatchKind.SUFFIX:
+            return len(value) >= len(m.value) and value[len(value) - len(m.value) :] == m.value
+        return len(value) > 0
+
+    def principal_ok(m: StringMatch) -> bool:
+        if not identity.startswith("spiffe://"):
+            return False
+        return string_ok(m, identity[len("spiffe://") :])
+
+    def sa_ok(m: ServiceAccountMatch) -> bool:
+        if c.src_identity is None:
+            return False
+        return (
+            m.namespace == c.src_identity.namespace
+            and m.service_account == c.src_identity.service_account
+        )
+
+    def cidr_ok(n: Any, addr: Any) -> bool:
+        if n.version != addr.version:
+            return False
+        host_bits = int(n.max_prefixlen - n.prefixlen)
+        return int(addr) >> host_bits == int(n.network_address) >> host_bits
+
+    def both(pos: tuple[Any, ...], neg: tuple[Any, ...], ok: Any) -> bool:
+        result = True
+        if len(pos) > 0:
+            result = False
+            for x in pos:
+                if ok(x):
+                    result = True
+        for x in neg:
+            if ok(x):
+                result = False
+        return result
+
+    def match_ok(m: Match) -> bool:
+        fields = [
+            m.namespaces,
+            m.not_namespaces,
+            m.service_accounts,
+            m.not_service_accounts,
+            m.principals,
+            m.not_principals,
+            m.source_ips,
+            m.not_source_ips,
+            m.destination_ips,
+            m.not_destination_ips,
+            m.destination_ports,
+            m.not_destination_ports,
+        ]
+        if all(len(f) == 0 for f in fields):
+            return False
+        return (
+            both(m.namespaces, m.not_namespaces, lambda x: string_ok(x, namespace))
+            and both(m.service_accounts, m.not_service_accounts, sa_ok)
+            and both(m.principals, m.not_principals, principal_ok)
+            and both(m.source_ips, m.not_source_ips, lambda n: cidr_ok(n, src))
+            and both(m.destination_ips, m.not_destination_ips, lambda n: cidr_ok(n, c.dst_ip))
+            and both(m.destination_ports, m.not_destination_ports, lambda p: p == c.dst_port)
+        )
+
+    def policy_ok(p: Authorization) -> bool:
+        if len(p.rules) == 0:
+            return False
+        for rule in p.rules:
+            all_clauses = True
+            for clause in rule:
+                if len(clause) > 0 and not any(match_ok(m) for m in clause):
+                    all_clauses = False
+            if all_clauses:
+                return True
+        return False
+
+    enforced = [p for p in policies if not p.dry_run]
+    for p in enforced:
+        if p.action == Action.DENY and policy_ok(p):
+            return False, p.key
+    allows = [p for p in enforced if p.action == Action.ALLOW]
+    if not allows:
+        return True, None
+    for p in allows:
+        if policy_ok(p):
+            return True, p.key
+    return False, None
+
+
+small_text = st.sampled_from(["", "ns-a", "ns-", "-a", "alice", "cluster.local/ns/ns-a/sa/alice"])
+string_matches = st.builds(StringMatch, st.sampled_from(list(StringMatchKind)), small_text)
+sa_matches = st.builds(
+    ServiceAccountMatch, st.sampled_from(["ns-a", "ns-b"]), st.sampled_from(["alice", "bob"])
+)
+cidrs = st.sampled_from(
+    [net(n) for n in ("10.0.0.0/8", "10.0.0.1/32", "10.1.0.0/16", "0.0.0.0/0", "fd00::/8")]
+)
+ports = st.sampled_from([80, 8080, 9090])
+
+
+def few(s: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, ...]]:
+    return st.lists(s, max_size=2).map(tuple)
+
+
+matches = st.builds(
+    Match,
+    namespaces=few(string_matches),
+    not_namespaces=few(string_matches),
+    service_accounts=few(sa_matches),
+    not_service_accounts=few(sa_matches),
+    principals=few(string_matches),
+    not_principals=few(string_matches),
+    source_ips=few(cidrs),
+    not_source_ips=few(cidrs),
+    destination_ips=few(cidrs),
+    not_destination_ips=few(cidrs),
+    destination_ports=few(ports),
+    not_destination_ports=few(ports),
+)
+policies = st.builds(
+    Authorization,
+    name=st.sampled_from(["p1", "p2", "p3"]),
+    namespace=st.just("demo"),
+    scope=st.just(PolicyScope.NAMESPACE),
+    action=st.sampled_from(list(Action)),
+    rules=st.lists(
+        st.lists(st.lists(matches, max_size=2).map(tuple), max_size=2).map(tuple), max_size=2
+    ).map(tuple),
+    dry_run=st.booleans(),
+)
+connections = st.builds(
+    Connection,
+    src_ip=st.sampled_from([ipaddress.ip_address(a) for a in ("10.0.0.1", "::ffff:10.0.0.1")]),
+    src_identity=st.sampled_from([ALICE, BOB, None]),
+    dst_ip=st.sampled_from([ipaddress.ip_address(a) for a in ("10.1.0.1", "fd00::1")]),
+    dst_port=ports,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(policies, max_size=4), connections)
+def test_evaluate_agrees_with_naive_reference(ps: list[Authorization], c: Connection) -> None:
+    d = evaluate(ps, c)
+    assert (d.allowed, d.policy_key) == naive_evaluate(ps, c)

@@ -1,0 +1,87 @@
+"""The access log: one line per connection on logger `access`, with ztunnel's field names.
+
+- `connection opened` (DEBUG) when a proxied connection starts;
+- `connection complete` when it ends: INFO, or ERROR with `error=...` if it failed;
+- `connection failed` (WARN) for failures before the connection's context is known.
+
+Fields (reference 7.4): src.addr, src.workload, src.namespace, src.identity, dst.addr,
+dst.hbone_addr, dst.service, dst.workload, dst.namespace, dst.identity, direction, then at
+completion bytes_sent, bytes_recv, duration (`<n>ms`) and error. Unknown values are left out;
+identities appear only for mTLS connections. Fields travel in the record's `fields` attribute,
+which `telemetry.logs`' formatters render as `key=value`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ztunnel_py.telemetry.labels import SOURCE, UNKNOWN, TrafficLabels
+
+access_log = logging.getLogger("access")
+
+
+def _known(value: str) -> str | None:
+    return value if value and value != UNKNOWN else None
+
+
+def direction(reporter: str) -> str:
+    return "outbound" if reporter == SOURCE else "inbound"
+
+
+def _context_fields(
+    labels: TrafficLabels, src_addr: str, dst_addr: str, hbone_addr: str | None
+) -> dict[str, object]:
+    mtls = labels.mtls
+    return {
+        "src.addr": src_addr,
+        "src.workload": labels.source_pod or _known(labels.source_canonical_service),
+        "src.namespace": _known(labels.source_workload_namespace),
+        "src.identity": _known(labels.source_principal) if mtls else None,
+        "dst.addr": dst_addr,
+        "dst.hbone_addr": hbone_addr,
+        "dst.service": _known(labels.destination_service),
+        "dst.workload": labels.destination_pod or _known(labels.destination_canonical_service),
+        "dst.namespace": _known(labels.destination_workload_namespace),
+        "dst.identity": _known(labels.destination_principal) if mtls else None,
+        "direction": direction(labels.reporter),
+    }
+
+
+def connection_opened(
+    labels: TrafficLabels, src_addr: str, dst_addr: str, hbone_addr: str | None = None
+) -> None:
+    if access_log.isEnabledFor(logging.DEBUG):
+        fields = _context_fields(labels, src_addr, dst_addr, hbone_addr)
+        access_log.debug("connection opened", extra={"fields": fields})
+
+
+def connection_complete(
+    labels: TrafficLabels,
+    src_addr: str,
+    dst_addr: str,
+    hbone_addr: str | None,
+    *,
+    bytes_sent: int,
+    bytes_recv: int,
+    duration_ms: int,
+    error: str | None = None,
+) -> None:
+    level = logging.ERROR if error is not None else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    fields = _context_fields(labels, src_addr, dst_addr, hbone_addr)
+    fields |= {"bytes_sent": bytes_sent, "bytes_recv": bytes_recv, "duration": f"{duration_ms}ms"}
+    if error is not None:
+        fields["error"] = error
+    access_log.log(level, "connection complete", extra={"fields": fields})
+
+
+def connection_failed(src_addr: str, dst_addr: str, reporter: str, error: str) -> None:
+    """An early failure (e.g. an early deny), before workloads and labels are known."""
+    fields = {
+        "src.addr": src_addr,
+        "dst.addr": dst_addr,
+        "direction": direction(reporter),
+        "error": error,
+    }
+    access_log.warning("connection failed", extra={"fields": fields})

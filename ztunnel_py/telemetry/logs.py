@@ -1,0 +1,201 @@
+"""Log output in ztunnel's format, and the log levels the admin server's `/logging` changes.
+
+Text lines look like ztunnel's:
+`2024-05-01T12:00:00.123456Z<TAB>info<TAB>access<TAB>connection complete<TAB>src.addr=... ...`;
+JSON lines carry `level`, `time`, `scope`, `message` and the fields. Structured fields travel in a
+record's `fields` attribute (`log.info("msg", extra={"fields": {...}})`).
+
+Levels are written like ztunnel's `RUST_LOG` / `/logging?level=`: `info`, or
+`info,access=debug,agent.xds=trace` (a default level plus per-module levels; `:` works as well
+as `=`, as `istioctl ztunnel-config log --level access:debug` writes it). A default level applies
+to our two logger trees, `ztunnel_py` and `access`; a module `agent.xds` names the logger
+`ztunnel_py.agent.xds`. Other libraries' loggers stay at WARNING.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import re
+import sys
+from typing import Any, TextIO
+
+TRACE = 5
+OFF = logging.CRITICAL + 10
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS = {
+    "off": OFF,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": TRACE,
+}
+_ALIASES = {"warning": "warn"}
+_LEVEL_NAMES = {
+    TRACE: "trace",
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "error",
+}
+PACKAGE = "ztunnel_py"
+ACCESS = "access"
+_MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
+class LevelSpecError(ValueError):
+    pass
+
+
+def parse_level_spec(spec: str) -> tuple[str | None, dict[str, str]]:
+    """`info,access=debug` -> ("info", {"access": "debug"}); raises LevelSpecError."""
+    default: str | None = None
+    modules: dict[str, str] = {}
+    for raw in spec.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        module, sep, level = item.rpartition("=") if "=" in item else item.rpartition(":")
+        level = _level_name(level.strip())
+        if not sep:
+            default = level
+            continue
+        module = module.strip()
+        if not _MODULE.match(module):
+            raise LevelSpecError(f"invalid module name {module!r} in {item!r}")
+        modules[module] = level
+    if default is None and not modules:
+        raise LevelSpecError("empty level: expected e.g. 'info' or 'info,access=debug'")
+    return default, modules
+
+
+def _level_name(text: str) -> str:
+    name = _ALIASES.get(text.lower(), text.lower())
+    if name not in LEVELS:
+        raise LevelSpecError(f"invalid level {text!r}: expected one of {', '.join(LEVELS)}")
+    return name
+
+
+def logger_name(module: str) -> str:
+    """The Python logger a module name in a level spec refers to."""
+    name = module.replace("::", ".")
+    if name in (ACCESS, PACKAGE) or name.startswith(PACKAGE + "."):
+        return name
+    name = name.removeprefix("ztunnel.")
+    return f"{PACKAGE}.{name}"
+
+
+class LogLevels:
+    """The current levels: a default plus module overrides; changes merge, `reset` restores."""
+
+    def __init__(self, spec: str = "info") -> None:
+        self._initial = spec
+        self._default = "info"
+        self._modules: dict[str, str] = {}
+        self._installed: set[str] = set()
+        self.set(spec)
+
+    def set(self, spec: str) -> None:
+        """Merge `spec` into the current levels (as ztunnel does); raises LevelSpecError."""
+        default, modules = parse_level_spec(spec)
+        if default is not None:
+            self._default = default
+        self._modules.update(modules)
+        self._install()
+
+    def reset(self) -> None:
+        self._default = "info"
+        self._modules = {}
+        self.set(self._initial)
+
+    def describe(self) -> str:
+        return ",".join([self._default, *(f"{m}={lvl}" for m, lvl in self._modules.items())])
+
+    def _install(self) -> None:
+        wanted = {PACKAGE: self._default, ACCESS: self._default}
+        wanted |= {logger_name(m): lvl for m, lvl in self._modules.items()}
+        for name in self._installed - wanted.keys():
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        for name, level in wanted.items():
+            logging.getLogger(name).setLevel(LEVELS[level])
+        self._installed = set(wanted)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    t = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _level(record: logging.LogRecord) -> str:
+    return _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
+
+
+def _target(record: logging.LogRecord) -> str:
+    return record.name.removeprefix(PACKAGE + ".")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    if not isinstance(fields, dict):
+        return {}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _text_value(value: object) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if not text or _NEEDS_QUOTES.search(text):
+        return json.dumps(text)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [_timestamp(record), _level(record), _target(record), record.getMessage()]
+        fields = _fields(record)
+        if fields:
+            parts.append(" ".join(f"{k}={_text_value(v)}" for k, v in fields.items()))
+        line = "\t".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "level": _level(record),
+            "time": _timestamp(record),
+            "scope": _target(record),
+            "message": record.getMessage(),
+        }
+        out |= _fields(record)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler setup_logging installed, so a second call replaces it."""
+
+
+def setup_logging(
+    spec: str = "info", *, json_format: bool = False, stream: TextIO | None = None
+) -> LogLevels:
+    """Send logs to `stream` (stderr) in ztunnel's text or JSON format; levels from `spec`.
+
+    Raises LevelSpecError for a bad spec, before changing anything.
+    """
+    parse_level_spec(spec)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(handler)
+    handler = _Handler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    return LogLevels(spec)

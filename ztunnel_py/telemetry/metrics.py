@@ -1,0 +1,269 @@
+"""Istio's metric families, declared on a registry the app passes in, and per-connection tracking.
+
+Names and label order follow ztunnel exactly (reference 7.3): `istio_tcp_connections_opened_total`,
+`istio_tcp_connections_closed_total`, `istio_tcp_received_bytes_total`,
+`istio_tcp_sent_bytes_total`, `istio_tcp_connections_failed_total` (traffic labels),
+`istio_tcp_sockets_open` (`reporter`), `istio_build` (`component`, `tag`), the
+`workload_manager_*` families, and prometheus_client's `process_*` metrics.
+
+The families are served by one custom collector over plain Python counters rather than
+prometheus_client's Counter objects: no lock per increment on the data path and no `_created`
+series that ztunnel does not emit. Everything here runs on the trio thread, so the counters are
+not guarded for other threads.
+
+Byte counters follow Istio's convention: `istio_tcp_received_bytes_total` counts request bytes
+(source to destination) and `istio_tcp_sent_bytes_total` response bytes, whoever reports. A proxy
+reports bytes from its own point of view (`add_bytes(sent, recv)`), so for `reporter=source` the
+two are swapped into the families (istio/istio#32399); the access log shows them unswapped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from ztunnel_py.telemetry import accesslog
+from ztunnel_py.telemetry.labels import (
+    NO_FLAGS,
+    RESPONSE_FLAGS,
+    SOURCE,
+    TRAFFIC_LABEL_NAMES,
+    TrafficLabels,
+)
+
+
+class _Family:
+    """One counter or gauge family: label values -> a one-element list holding the value."""
+
+    __slots__ = ("doc", "is_counter", "labelnames", "name", "series")
+
+    def __init__(self, name: str, doc: str, labelnames: Sequence[str], is_counter: bool) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = tuple(labelnames)
+        self.is_counter = is_counter
+        self.series: dict[tuple[str, ...], list[int]] = {}
+
+    def cell(self, values: tuple[str, ...]) -> list[int]:
+        cell = self.series.get(values)
+        if cell is None:
+            cell = self.series[values] = [0]
+        return cell
+
+    def metric(self, with_samples: bool = True) -> Metric:
+        family: CounterMetricFamily | GaugeMetricFamily
+        if self.is_counter:
+            family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        else:
+            family = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+        if with_samples:
+            for values, cell in list(self.series.items()):
+                family.add_metric(values, cell[0])
+        return family
+
+
+class _Collector:
+    def __init__(self, families: Sequence[_Family]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return [f.metric() for f in self.families]
+
+    def describe(self) -> Iterable[Metric]:
+        return [f.metric(with_samples=False) for f in self.families]
+
+
+class Metrics:
+    """The agent's (or waypoint's) metric families on `registry`."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        component: str = "ztunnel",
+        tag: str = "unknown",
+        process_metrics: bool = True,
+    ) -> None:
+        def traffic(name: str, doc: str) -> _Family:
+            return _Family(name, doc, TRAFFIC_LABEL_NAMES, is_counter=True)
+
+        self._opened = traffic(
+            "istio_tcp_connections_opened", "The total number of TCP connections opened"
+        )
+        self._closed = traffic(
+            "istio_tcp_connections_closed", "The total number of TCP connections closed"
+        )
+        self._received = traffic(
+            "istio_tcp_received_bytes",
+            "The size of total bytes received during request in case of a TCP connection",
+        )
+        self._sent = traffic(
+            "istio_tcp_sent_bytes",
+            "The size of total bytes sent during response in case of a TCP connection",
+        )
+        self._failed = traffic(
+            "istio_tcp_connections_failed",
+            "The total number of TCP connections that failed (unstable)",
+        )
+        self._sockets = _Family(
+            "istio_tcp_sockets_open",
+            "The current number of open TCP sockets (unstable)",
+            ("reporter",),
+            is_counter=False,
+        )
+        build = _Family(
+            "istio_build", "Istio component build info", ("component", "tag"), is_counter=False
+        )
+        build.cell((component, tag))[0] = 1
+        self._active = _Family(
+            "workload_manager_active_proxy_count",
+            "The total number current workloads with active proxies",
+            (),
+            is_counter=False,
+        )
+        self._pending = _Family(
+            "workload_manager_pending_proxy_count",
+            "The total number current workloads with pending proxies",
+            (),
+            is_counter=False,
+        )
+        self._started = _Family(
+            "workload_manager_proxies_started",
+            "The total number of proxies that were started",
+            (),
+            is_counter=True,
+        )
+        self._stopped = _Family(
+            "workload_manager_proxies_stopped",
+            "The total number of proxies that were stopped",
+            (),
+            is_counter=True,
+        )
+        for gauge_or_counter in (self._active, self._pending, self._started, self._stopped):
+            gauge_or_counter.cell(())
+        registry.register(
+            _Collector(
+                [
+                    self._opened,
+                    self._closed,
+                    self._received,
+                    self._sent,
+                    self._failed,
+                    self._sockets,
+                    build,
+                    self._active,
+                    self._pending,
+                    self._started,
+                    self._stopped,
+                ]
+            )
+        )
+        if process_metrics:
+            ProcessCollector(registry=registry)
+
+    def open(
+        self,
+        labels: TrafficLabels,
+        src_addr: str,
+        dst_addr: str,
+        hbone_addr: str | None = None,
+    ) -> ConnectionMetrics:
+        """Count a new connection and log `connection opened`; close the result exactly once."""
+        return ConnectionMetrics(self, labels, src_addr, dst_addr, hbone_addr)
+
+    # workload manager (in-pod mode)
+
+    def set_proxy_counts(self, active: int, pending: int) -> None:
+        self._active.cell(())[0] = active
+        self._pending.cell(())[0] = pending
+
+    def proxy_started(self) -> None:
+        self._started.cell(())[0] += 1
+
+    def proxy_stopped(self) -> None:
+        self._stopped.cell(())[0] += 1
+
+
+class ConnectionMetrics:
+    """One proxied connection: byte counts, close with response flags, and its access log."""
+
+    __slots__ = (
+        "_metrics",
+        "_received",
+        "_sent",
+        "_socket",
+        "_start",
+        "bytes_recv",
+        "bytes_sent",
+        "closed",
+        "dst_addr",
+        "hbone_addr",
+        "labels",
+        "src_addr",
+    )
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        labels: TrafficLabels,
+        src_addr: str,
+        dst_addr: str,
+        hbone_addr: str | None,
+    ) -> None:
+        self._metrics = metrics
+        self.labels = labels
+        self.src_addr = src_addr
+        self.dst_addr = dst_addr
+        self.hbone_addr = hbone_addr
+        self.bytes_sent = 0
+        self.bytes_recv = 0
+        self.closed = False
+        self._start = time.monotonic()
+        values = labels.values()
+        # Fetch the series cells once; add_bytes is then two list additions.
+        self._sent = metrics._sent.cell(values)
+        self._received = metrics._received.cell(values)
+        self._socket = metrics._sockets.cell((labels.reporter,))
+        metrics._opened.cell(values)[0] += 1
+        self._socket[0] += 1
+        accesslog.connection_opened(labels, src_addr, dst_addr, hbone_addr)
+
+    def add_bytes(self, sent: int = 0, recv: int = 0) -> None:
+        """Bytes this proxy sent to / received from the other side of the mesh connection.
+
+        For `reporter=source` (outbound) `sent` is request bytes; for `destination` (inbound)
+        `recv` is.
+        """
+        self.bytes_sent += sent
+        self.bytes_recv += recv
+        if self.labels.reporter == SOURCE:
+            sent, recv = recv, sent
+        self._sent[0] += sent
+        self._received[0] += recv
+
+    def close(self, response_flags: str = NO_FLAGS, error: str | None = None) -> None:
+        """Record the end of the connection (idempotent): counters, gauge, access log."""
+        if self.closed:
+            return
+        if response_flags not in RESPONSE_FLAGS:
+            raise ValueError(f"response flags {response_flags!r} not in {RESPONSE_FLAGS}")
+        self.closed = True
+        m = self._metrics
+        values = self.labels.with_flags(response_flags).values()
+        m._closed.cell(values)[0] += 1
+        if response_flags != NO_FLAGS:
+            m._failed.cell(values)[0] += 1
+        self._socket[0] -= 1
+        accesslog.connection_complete(
+            self.labels,
+            self.src_addr,
+            self.dst_addr,
+            self.hbone_addr,
+            bytes_sent=self.bytes_sent,
+            bytes_recv=self.bytes_recv,
+            duration_ms=int((time.monotonic() - self._start) * 1000),
+            error=error,
+        )
