@@ -6,4 +6,21 @@ import argparse
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true")
+    sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    tp = sub.add_parser(
+        "throughput",
+        help="single-stream iperf3 pod-to-pod across nodes: no mesh vs through the mesh",
+        description="Bring up a 2-node testbed with the mesh, run single-stream iperf3 from a "
+        "pod on node1 to a pod on node2 directly (no mesh) and through the mesh, in the same "
+        "run, and report both, their ratio, and each agent's CPU seconds per GB carried.",
+    )
+    tp.add_argument(
+        "--seconds", type=int, default=10, metavar="N", help="length of each run (default: 10)"
+    )
+    tp.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per mode (default: 1)")
+    tp.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    tp.add_argument(
+        "--prefix",
+        default="zt-bench-",
+        help="name prefix of the benchmark testbed's namespaces (default: %(default)s)",
+    )

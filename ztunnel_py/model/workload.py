@@ -13,6 +13,13 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 HBONE_PORT = 15008
 
 
+def canonical_ip(ip: IPAddress) -> IPAddress:
+    """Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; the mesh knows them as a.b.c.d."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 class TunnelProtocol(enum.Enum):
     NONE = "TCP"
     HBONE = "HBONE"

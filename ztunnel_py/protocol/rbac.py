@@ -20,7 +20,6 @@ the identity's namespace, or the empty string without one, as ztunnel does.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -35,6 +34,7 @@ from ztunnel_py.model import (
     ServiceAccountMatch,
     StringMatch,
 )
+from ztunnel_py.model.workload import canonical_ip
 
 _T = TypeVar("_T")
 
@@ -96,19 +96,12 @@ class _Subject:
     __slots__ = ("dst_ip", "dst_port", "identity", "namespace", "principal", "src_ip")
 
     def __init__(self, conn: Connection) -> None:
-        self.src_ip = _canonical(conn.src_ip)
-        self.dst_ip = _canonical(conn.dst_ip)
+        self.src_ip = canonical_ip(conn.src_ip)
+        self.dst_ip = canonical_ip(conn.dst_ip)
         self.dst_port = conn.dst_port
         self.identity = conn.src_identity
         self.principal = conn.src_identity.principal if conn.src_identity else None
         self.namespace = conn.src_identity.namespace if conn.src_identity else ""
-
-
-def _canonical(ip: IPAddress) -> IPAddress:
-    # Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; policies say a.b.c.d.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def policy_matches(policy: Authorization, conn: Connection) -> bool:

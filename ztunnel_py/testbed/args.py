@@ -56,6 +56,13 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         help="only the network and the pod servers: no control plane, no agents",
     )
     up.add_argument(
+        "--secret-ttl",
+        default="24h",
+        metavar="DURATION",
+        help="lifetime of the workload certificates the agents request, e.g. 60s "
+        "(default: %(default)s); they rotate at half-life",
+    )
+    up.add_argument(
         "--timeout",
         type=float,
         default=60.0,
@@ -102,4 +109,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefix",
         default=DEFAULT_PREFIX,
         help="name prefix of the demo's network namespaces (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=int,
+        default=5,
+        metavar="N",
+        help="length of the iperf3 transfer across nodes (default: %(default)s)",
     )

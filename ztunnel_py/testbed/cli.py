@@ -27,6 +27,7 @@ def _up(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         progress=_say,
         timeout=args.timeout,
+        secret_ttl=args.secret_ttl,
     )
     client = next(p for p in bed.topology.pods if p.role == CLIENT)
     # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.

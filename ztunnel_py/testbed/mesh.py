@@ -158,6 +158,8 @@ def start(
                 enroll_socket(state, node.name),
                 "--state-dir",
                 node_dir,
+                "--secret-ttl",
+                state.secret_ttl,
             ),
             log=str(state.log_dir / f"agent-{node.name}.log"),
         )

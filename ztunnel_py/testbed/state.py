@@ -35,6 +35,8 @@ class State:
         self.nodes: int = int(data["nodes"])
         self.pods_per_node: int = int(data["pods_per_node"])
         self.mesh: bool = bool(data["mesh"])
+        # lifetime of workload certificates the agents ask for (their --secret-ttl)
+        self.secret_ttl: str = str(data.get("secret_ttl", "24h"))
         self.complete: bool = bool(data.get("complete", False))
         self.namespaces: list[str] = [str(n) for n in data.get("namespaces", [])]
         self.processes: list[ProcessRecord] = [
@@ -47,7 +49,13 @@ class State:
 
     @classmethod
     def create(
-        cls, state_dir: Path, prefix: str, nodes: int, pods_per_node: int, mesh: bool
+        cls,
+        state_dir: Path,
+        prefix: str,
+        nodes: int,
+        pods_per_node: int,
+        mesh: bool,
+        secret_ttl: str = "24h",
     ) -> State:
         """Claim `state_dir` for a new testbed; fails if a testbed (or its remains) is there."""
         try:
@@ -59,7 +67,13 @@ class State:
             ) from None
         state = cls(
             state_dir,
-            {"prefix": prefix, "nodes": nodes, "pods_per_node": pods_per_node, "mesh": mesh},
+            {
+                "prefix": prefix,
+                "nodes": nodes,
+                "pods_per_node": pods_per_node,
+                "mesh": mesh,
+                "secret_ttl": secret_ttl,
+            },
         )
         state.save()
         return state
@@ -87,6 +101,7 @@ class State:
             "nodes": self.nodes,
             "pods_per_node": self.pods_per_node,
             "mesh": self.mesh,
+            "secret_ttl": self.secret_ttl,
             "complete": self.complete,
             "namespaces": self.namespaces,
             "processes": [p.to_dict() for p in self.processes],

@@ -93,6 +93,7 @@ class Testbed:
         state_dir: str | os.PathLike[str] | None = None,
         progress: Progress = _quiet,
         timeout: float = 60.0,
+        secret_ttl: str = "24h",
     ) -> Testbed:
         """Build a testbed and wait until every process is ready.
 
@@ -112,7 +113,7 @@ class Testbed:
                 f"network namespaces {', '.join(taken)} already exist, but {directory} does not "
                 f"describe them; remove them with `ip netns delete NAME` or pick another --prefix"
             )
-        state = State.create(directory, prefix, nodes, pods_per_node, mesh)
+        state = State.create(directory, prefix, nodes, pods_per_node, mesh, secret_ttl)
         bed = cls(state)
         try:
             bed._build(progress, timeout)

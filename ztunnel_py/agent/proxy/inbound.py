@@ -24,6 +24,8 @@ from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import server_context, verify_client_identity
 from ztunnel_py.model import IPAddress, Service, Workload
+from ztunnel_py.model.workload import canonical_ip
+from ztunnel_py.protocol.hbone import format_authority, parse_authority
 from ztunnel_py.protocol.rbac import Connection, evaluate
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import TrafficLabels
@@ -34,28 +36,13 @@ log = logging.getLogger("ztunnel_py.inbound")
 DESTINATION = "destination"
 
 
-def parse_authority(authority: str) -> tuple[IPAddress, int] | None:
-    """`ip:port` or `[v6]:port`; None when it is anything else."""
-    host, sep, port = authority.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+def authority_target(authority: str) -> tuple[IPAddress, int] | None:
+    """The IP and port a CONNECT authority names; None for hostnames and malformed input."""
     try:
-        return ipaddress.ip_address(host), int(port)
+        host, port = parse_authority(authority)
+        return ipaddress.ip_address(host), port
     except ValueError:
         return None
-
-
-def _addr(ip: IPAddress | str, port: int) -> str:
-    text = str(ip)
-    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
-
-
-def _unmapped(ip: IPAddress) -> IPAddress:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 class Inbound:
@@ -101,7 +88,7 @@ class Inbound:
             workload = await self.workload()
             cert = await self.certs.fetch(workload.identity)
         except Exception as e:
-            connection_failed(_addr(peer[0], peer[1]), "15008", DESTINATION, str(e))
+            connection_failed(format_authority(peer[0], peer[1]), "15008", DESTINATION, str(e))
             sock.close()
             return
         td = workload.trust_domain or self.trust_domain
@@ -119,9 +106,9 @@ class Inbound:
     async def _on_connect(
         self, workload: Workload, req: HboneRequest, peer: tuple[str, int]
     ) -> None:
-        src_ip = _unmapped(ipaddress.ip_address(peer[0]))
-        src_addr = _addr(src_ip, peer[1])
-        target = parse_authority(req.authority)
+        src_ip = canonical_ip(ipaddress.ip_address(peer[0]))
+        src_addr = format_authority(src_ip, peer[1])
+        target = authority_target(req.authority)
         if target is None:
             connection_failed(src_addr, req.authority, DESTINATION, "malformed authority")
             await req.respond(400)
@@ -142,7 +129,7 @@ class Inbound:
             destination_service=self._guess_service(workload, dst_port),
             mtls=True,
         )
-        conn = self.metrics.open(labels, src_addr, _addr(dst_ip, 15008), req.authority)
+        conn = self.metrics.open(labels, src_addr, format_authority(dst_ip, 15008), req.authority)
         decision = evaluate(
             self.state.policies_for(workload),
             Connection(src_ip, req.peer_identity, dst_ip, dst_port),
@@ -184,9 +171,9 @@ class Inbound:
     async def serve_plaintext(self, sock: trio.socket.SocketType) -> None:
         peer = sock.getpeername()
         local = sock.getsockname()
-        src_ip = _unmapped(ipaddress.ip_address(peer[0]))
-        dst_ip = _unmapped(ipaddress.ip_address(local[0]))
-        src_addr, dst_addr = _addr(src_ip, peer[1]), _addr(dst_ip, local[1])
+        src_ip = canonical_ip(ipaddress.ip_address(peer[0]))
+        dst_ip = canonical_ip(ipaddress.ip_address(local[0]))
+        src_addr, dst_addr = format_authority(src_ip, peer[1]), format_authority(dst_ip, local[1])
         try:
             workload = await self.workload()
         except LookupError as e:

@@ -31,7 +31,8 @@ from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import client_context, verify_server_identity
 from ztunnel_py.model import IPAddress, Service, TunnelProtocol, Workload
-from ztunnel_py.model.workload import HBONE_PORT
+from ztunnel_py.model.workload import HBONE_PORT, canonical_ip
+from ztunnel_py.protocol.hbone import format_authority
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import SOURCE, TrafficLabels
 from ztunnel_py.telemetry.metrics import Metrics
@@ -65,8 +66,7 @@ class Route:
 
     @property
     def authority(self) -> str:
-        ip = f"[{self.dst_ip}]" if self.dst_ip.version == 6 else str(self.dst_ip)
-        return f"{ip}:{self.dst_port}"
+        return format_authority(self.dst_ip, self.dst_port)
 
 
 def route(state: ProxyState, dst_ip: IPAddress, dst_port: int, network: str = "") -> Route:
@@ -152,9 +152,9 @@ class Outbound:
         answers the client then).
         """
         peer = client.getpeername()
-        client_addr = (str(_unmapped(ipaddress.ip_address(peer[0]))), peer[1])
-        src_text = _fmt_addr(client_addr)
-        dst_text = _fmt_addr((str(dst_ip), dst_port))
+        client_addr = (str(canonical_ip(ipaddress.ip_address(peer[0]))), peer[1])
+        src_text = format_authority(*client_addr)
+        dst_text = format_authority(dst_ip, dst_port)
         try:
             if dst_ip.is_loopback and dst_port in SELF_PORTS:
                 raise OutboundError(f"refusing a self-call to {dst_text}")
@@ -172,7 +172,7 @@ class Outbound:
             destination_service=rt.service,
             mtls=rt.hbone,
         )
-        upstream_addr = _fmt_addr((str(rt.dst_ip), HBONE_PORT if rt.hbone else rt.dst_port))
+        upstream_addr = format_authority(rt.dst_ip, HBONE_PORT if rt.hbone else rt.dst_port)
         conn = self.metrics.open(
             labels, src_text, upstream_addr, rt.authority if rt.hbone else None
         )
@@ -190,7 +190,9 @@ class Outbound:
             return
         if ready is not None:
             await ready(None)
-        untrack = track("outbound", src_text, dst_text, "HBONE" if rt.hbone else "TCP") if track else None
+        untrack = (
+            track("outbound", src_text, dst_text, "HBONE" if rt.hbone else "TCP") if track else None
+        )
         try:
             sent, received = await relay(client, upstream)
             conn.add_bytes(sent=sent, recv=received)
@@ -235,7 +237,7 @@ class Outbound:
                 verify=lambda der: verify_server_identity(der, expected),
             )
 
-        forwarded = f'for="{_fmt_addr(client_addr)}"'
+        forwarded = f'for="{format_authority(*client_addr)}"'
         if rt.service is not None:
             forwarded += f";host={rt.service.hostname}"
         headers = [
@@ -252,14 +254,3 @@ class Outbound:
             raise OutboundError(f"timed out connecting to {rt.dst_ip}:{HBONE_PORT}") from e
         except OSError as e:
             raise OutboundError(f"cannot connect to {rt.dst_ip}:{HBONE_PORT}: {e}") from e
-
-
-def _unmapped(ip: IPAddress) -> IPAddress:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def _fmt_addr(addr: tuple[str, int]) -> str:
-    ip = ipaddress.ip_address(addr[0])
-    return f"[{ip}]:{addr[1]}" if ip.version == 6 else f"{ip}:{addr[1]}"
