@@ -99,11 +99,7 @@ async def _run(config: AgentConfig, state: ProxyState, levels: LogLevels) -> Non
         hostname=config.ca_hostname,
     )
     certs = CertificateManager(signer, config.secret_ttl)
-    pool = HbonePool(
-        max_streams=config.pool_max_streams,
-        idle_timeout=config.pool_idle_timeout.total_seconds(),
-    )
-    outbound = Outbound(state, certs, pool, metrics, config.connect_timeout)
+    pool = HbonePool(idle_timeout=config.pool_idle_timeout.total_seconds())
     dump = ConfigDump()
     dump.add_sections(state.dump)
     dump.add_section("certificates", certs.dump)
@@ -112,6 +108,8 @@ async def _run(config: AgentConfig, state: ProxyState, levels: LogLevels) -> Non
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(certs.run)
+            await nursery.start(pool.run)
+            outbound = Outbound(state, certs, pool, metrics, config.connect_timeout, nursery)
             pods = PodManager(config, state, certs, outbound, metrics, nursery)
             dump.add_section("workloadState", pods.dump)
             nursery.start_soon(_signals, nursery, config, state)

@@ -20,12 +20,13 @@ import trio
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.netns import NetnsError, PodNetns
 from ztunnel_py.agent.proxy.inbound import Inbound
-from ztunnel_py.agent.proxy.outbound import Outbound
+from ztunnel_py.agent.proxy.outbound import Outbound, Ready
 from ztunnel_py.agent.proxy.socks5 import serve_socks5
 from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.agent.zds import PodInfo
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.model import IPAddress
 from ztunnel_py.telemetry.metrics import Metrics
 
 log = logging.getLogger("ztunnel_py.inpod")
@@ -56,14 +57,22 @@ class PodProxy:
     def track(self, direction: str, src: str, dst: str, protocol: str) -> Callable[[], None]:
         key = next(self._ids)
         self.connections[key] = TrackedConnection(direction, src, dst, protocol)
-        return lambda: self.connections.pop(key, None) and None
+
+        def untrack() -> None:
+            self.connections.pop(key, None)
+
+        return untrack
 
     def dump(self) -> dict[str, Any]:
         conns: dict[str, list[dict[str, str]]] = {"inbound": [], "outbound": []}
         for c in self.connections.values():
             conns[c.direction].append(
-                {"src": c.src, "originalDst": c.original_dst, "actualDst": c.original_dst,
-                 "protocol": c.protocol}
+                {
+                    "src": c.src,
+                    "originalDst": c.original_dst,
+                    "actualDst": c.original_dst,
+                    "protocol": c.protocol,
+                }
             )
         return {
             "state": self.state,
@@ -185,14 +194,22 @@ class PodManager:
         try:
             with pod.cancel:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._accept, listeners[INBOUND_HBONE_PORT],
-                                       inbound.serve_hbone)
-                    nursery.start_soon(self._accept, listeners[INBOUND_PLAINTEXT_PORT],
-                                       inbound.serve_plaintext)
-                    nursery.start_soon(self._accept, listeners[OUTBOUND_PORT],
-                                       lambda s: self._outbound(pod, inbound, s))
-                    nursery.start_soon(self._accept, listeners[SOCKS5_PORT],
-                                       lambda s: self._socks5(pod, inbound, s))
+                    nursery.start_soon(
+                        self._accept, listeners[INBOUND_HBONE_PORT], inbound.serve_hbone
+                    )
+                    nursery.start_soon(
+                        self._accept, listeners[INBOUND_PLAINTEXT_PORT], inbound.serve_plaintext
+                    )
+                    nursery.start_soon(
+                        self._accept,
+                        listeners[OUTBOUND_PORT],
+                        lambda s: self._outbound(pod, inbound, s),
+                    )
+                    nursery.start_soon(
+                        self._accept,
+                        listeners[SOCKS5_PORT],
+                        lambda s: self._socks5(pod, inbound, s),
+                    )
                     pod.state = "Up"
                     self._update_counts()
         finally:
@@ -223,9 +240,13 @@ class PodManager:
 
     async def _socks5(self, pod: PodProxy, inbound: Inbound, sock: trio.socket.SocketType) -> None:
         source = await inbound.workload()
-        await serve_socks5(sock, self.state, lambda ip, port, ready: self.outbound.proxy(
-            source, pod.netns, sock, ip, port, ready=ready, track=pod.track
-        ))
+
+        async def connect(ip: IPAddress, port: int, ready: Ready, initial: bytes) -> None:
+            await self.outbound.proxy(
+                source, pod.netns, sock, ip, port, ready=ready, track=pod.track, initial=initial
+            )
+
+        await serve_socks5(sock, self.state, connect)
 
     def dump(self) -> dict[str, Any]:
         return {uid: pod.dump() for uid, pod in self.pods.items()}

@@ -133,7 +133,7 @@ class PodNetns:
         address: tuple[str, int],
         *,
         bind_ip: str | None = None,
-        timeout: float = 10.0,
+        connect_timeout: float = 10.0,
     ) -> trio.socket.SocketType:
         """A TCP connection from inside the pod netns.
 
@@ -150,7 +150,7 @@ class PodNetns:
             if bind_ip is not None:
                 _set_transparent(raw, family)
                 await sock.bind((bind_ip, 0))
-            with trio.fail_after(timeout):
+            with trio.fail_after(connect_timeout):
                 await sock.connect((str(ip), address[1]))
         except BaseException:
             sock.close()

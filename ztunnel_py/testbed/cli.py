@@ -33,11 +33,16 @@ def _up(args: argparse.Namespace) -> int:
     # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.
     vip = bed.topology.service("echo").vip
     far_echo = bed.topology.endpoints("echo")[-1].ip
-    url = f"http://{vip}/" if bed.state.mesh else f"http://{far_echo}:8080/"
+    # Clients reach the mesh through the pod's SOCKS5 listener until transparent capture.
+    curl = (
+        f"curl -s --socks5 127.0.0.1:15080 http://{vip}/"
+        if bed.state.mesh
+        else f"curl -s http://{far_echo}:8080/"
+    )
     flags = "" if args.prefix == "zt-" else f" --prefix {args.prefix}"
     flags += f" --state-dir {args.state_dir}" if args.state_dir else ""
     _say(f"  inspect:   ztunnel-py testbed status{flags}")
-    _say(f"  try:       ztunnel-py testbed exec{flags} {client.name} -- curl -s {url}")
+    _say(f"  try:       ztunnel-py testbed exec{flags} {client.name} -- {curl}")
     _say(f"  remove:    ztunnel-py testbed down{flags}")
     return 0
 

@@ -17,9 +17,9 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.netns import PodNetns
-from ztunnel_py.agent.proxy.hbone import HboneRequest, serve_hbone_connection
+from ztunnel_py.agent.proxy.hbone import HboneError, HboneRequest, serve_hbone_connection
 from ztunnel_py.agent.proxy.outbound import SELF_PORTS
-from ztunnel_py.agent.proxy.relay import relay
+from ztunnel_py.agent.proxy.relay import RelayError, SocketByteStream, relay, splice_relay
 from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import server_context, verify_client_identity
@@ -140,7 +140,9 @@ class Inbound:
             conn.close("DENY", decision.reason)
             return
         try:
-            app = await self.netns.connect((str(dst_ip), dst_port), timeout=self.connect_timeout)
+            app = await self.netns.connect(
+                (str(dst_ip), dst_port), connect_timeout=self.connect_timeout
+            )
         except (OSError, trio.TooSlowError) as e:
             await req.respond(503)
             conn.close("CONNECT", f"cannot connect to {req.authority}: {e}")
@@ -152,10 +154,10 @@ class Inbound:
             return
         untrack = self.track("inbound", src_addr, req.authority, "HBONE")
         try:
-            sent, received = await relay(stream, app)
+            received, sent = await relay(stream, SocketByteStream(app))
             conn.add_bytes(sent=sent, recv=received)
             conn.close()
-        except Exception as e:
+        except (RelayError, HboneError, OSError) as e:
             conn.close("CONNECT", str(e))
         finally:
             untrack()
@@ -201,17 +203,19 @@ class Inbound:
             conn.close("DENY", decision.reason)
             return
         try:
-            app = await self.netns.connect((str(dst_ip), local[1]), timeout=self.connect_timeout)
+            app = await self.netns.connect(
+                (str(dst_ip), local[1]), connect_timeout=self.connect_timeout
+            )
         except (OSError, trio.TooSlowError) as e:
             sock.close()
             conn.close("CONNECT", f"cannot connect to {dst_addr}: {e}")
             return
         untrack = self.track("inbound", src_addr, dst_addr, "TCP")
         try:
-            received, sent = await relay(sock, app)
+            received, sent = await splice_relay(sock, app)
             conn.add_bytes(sent=sent, recv=received)
             conn.close()
-        except Exception as e:
+        except (RelayError, OSError) as e:
             conn.close("CONNECT", str(e))
         finally:
             untrack()

@@ -21,12 +21,14 @@ import trio
 from ztunnel_py.agent.netns import PodNetns
 from ztunnel_py.agent.proxy.hbone import (
     HboneClientConnection,
+    HboneError,
+    HboneHandshakeError,
     HboneStatusError,
     HboneStream,
     connect_hbone,
 )
 from ztunnel_py.agent.proxy.pool import HbonePool, PoolKey
-from ztunnel_py.agent.proxy.relay import relay
+from ztunnel_py.agent.proxy.relay import RelayError, SocketByteStream, relay, splice_relay
 from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import client_context, verify_server_identity
@@ -75,14 +77,14 @@ def route(state: ProxyState, dst_ip: IPAddress, dst_port: int, network: str = ""
     if service is not None:
         picked = state.select_endpoint(service, dst_port, _rng)
         if picked is None:
-            raise OutboundError(f"no healthy upstream for {service.hostname}:{dst_port}", "UH")
+            raise OutboundError(f"no healthy upstream for {service.hostname}:{dst_port}", "CONNECT")
         workload, target_port = picked
         ip = _address_for(workload, dst_ip.version)
         return Route(ip, target_port, workload, service, _is_hbone(workload))
-    workload = state.workload_by_ip(dst_ip, network)
-    if workload is None:
+    target = state.workload_by_ip(dst_ip, network)
+    if target is None:
         return Route(dst_ip, dst_port, None, None, False)
-    return Route(dst_ip, dst_port, workload, None, _is_hbone(workload))
+    return Route(dst_ip, dst_port, target, None, _is_hbone(target))
 
 
 def _is_hbone(workload: Workload) -> bool:
@@ -94,7 +96,7 @@ def _address_for(workload: Workload, version: int) -> IPAddress:
         if ip.version == version:
             return ip
     if not workload.addresses:
-        raise OutboundError(f"workload {workload.uid} has no address", "UH")
+        raise OutboundError(f"workload {workload.uid} has no address", "CONNECT")
     return workload.addresses[0]
 
 
@@ -128,12 +130,15 @@ class Outbound:
         pool: HbonePool,
         metrics: Metrics,
         connect_timeout: timedelta,
+        connections: trio.Nursery,
     ) -> None:
         self.state = state
         self.certs = certs
         self.pool = pool
         self.metrics = metrics
         self.connect_timeout = connect_timeout.total_seconds()
+        # HBONE connections outlive the request that dialled them: their tasks live here.
+        self.connections = connections
 
     async def proxy(
         self,
@@ -145,11 +150,13 @@ class Outbound:
         *,
         ready: Ready | None = None,
         track: Track | None = None,
+        initial: bytes = b"",
     ) -> None:
         """Carry one client connection to its destination, then close both ends.
 
         `ready` is told the outcome of opening the upstream before any byte is relayed (SOCKS5
-        answers the client then).
+        answers the client then); `initial` holds bytes the client already sent (pipelined
+        after its SOCKS5 request), forwarded first.
         """
         peer = client.getpeername()
         client_addr = (str(canonical_ip(ipaddress.ip_address(peer[0]))), peer[1])
@@ -176,12 +183,13 @@ class Outbound:
         conn = self.metrics.open(
             labels, src_text, upstream_addr, rt.authority if rt.hbone else None
         )
-        upstream: HboneStream | trio.socket.SocketType
+        hbone: HboneStream | None = None
+        tcp: trio.socket.SocketType | None = None
         try:
             if rt.hbone:
-                upstream = await self._open_hbone(source, netns, rt, client_addr)
+                hbone = await self._open_hbone(source, netns, rt, client_addr)
             else:
-                upstream = await self._open_tcp(netns, rt)
+                tcp = await self._open_tcp(netns, rt)
         except OutboundError as e:
             conn.close(e.flag, str(e))
             if ready is not None:
@@ -194,10 +202,18 @@ class Outbound:
             track("outbound", src_text, dst_text, "HBONE" if rt.hbone else "TCP") if track else None
         )
         try:
-            sent, received = await relay(client, upstream)
-            conn.add_bytes(sent=sent, recv=received)
+            if hbone is not None:
+                if initial:
+                    await hbone.send_all(initial)
+                sent, received = await relay(SocketByteStream(client), hbone)
+            else:
+                assert tcp is not None
+                if initial:
+                    await SocketByteStream(tcp).send_all(initial)
+                sent, received = await splice_relay(client, tcp)
+            conn.add_bytes(sent=sent + len(initial), recv=received)
             conn.close()
-        except Exception as e:
+        except (RelayError, HboneError, OSError) as e:
             conn.close("CONNECT", str(e))
         finally:
             if untrack is not None:
@@ -205,7 +221,9 @@ class Outbound:
 
     async def _open_tcp(self, netns: PodNetns, rt: Route) -> trio.socket.SocketType:
         try:
-            return await netns.connect((str(rt.dst_ip), rt.dst_port), timeout=self.connect_timeout)
+            return await netns.connect(
+                (str(rt.dst_ip), rt.dst_port), connect_timeout=self.connect_timeout
+            )
         except (OSError, trio.TooSlowError) as e:
             raise OutboundError(
                 f"cannot connect to {rt.authority}: {e}", refused=isinstance(e, OSError)
@@ -221,20 +239,24 @@ class Outbound:
         """A CONNECT stream to the route's workload, on a pooled HBONE connection."""
         assert rt.workload is not None
         src_identity = source.identity
-        expected = tuple(self.state.upstream_identities(rt.workload, rt.service))
-        src_ip = str(_address_for(source, rt.dst_ip.version))
-        key = PoolKey(src_identity, expected, (str(rt.dst_ip), HBONE_PORT), src_ip)
+        expected = self.state.upstream_identities(rt.workload, rt.service)
+        src_ip = _address_for(source, rt.dst_ip.version)
+        key = PoolKey(src_identity, frozenset(expected), (rt.dst_ip, HBONE_PORT), src_ip)
         try:
             cert = await self.certs.fetch(src_identity)
         except Exception as e:
             raise OutboundError(f"no certificate for {src_identity}: {e}", "IDENTITY_ERROR") from e
 
         async def dial() -> HboneClientConnection:
-            sock = await netns.connect((str(rt.dst_ip), HBONE_PORT), timeout=self.connect_timeout)
+            sock = await netns.connect(
+                (str(rt.dst_ip), HBONE_PORT), connect_timeout=self.connect_timeout
+            )
             return await connect_hbone(
                 sock,
                 client_context(cert),
-                verify=lambda der: verify_server_identity(der, expected),
+                expected_identities=expected,
+                verify=verify_server_identity,
+                nursery=self.connections,
             )
 
         forwarded = f'for="{format_authority(*client_addr)}"'
@@ -252,5 +274,9 @@ class Outbound:
             raise OutboundError(f"upstream answered HTTP {e.status}", flag) from e
         except trio.TooSlowError as e:
             raise OutboundError(f"timed out connecting to {rt.dst_ip}:{HBONE_PORT}") from e
-        except OSError as e:
+        except HboneHandshakeError as e:
+            raise OutboundError(
+                f"HBONE handshake with {rt.dst_ip} failed: {e}", "TLS_FAILURE"
+            ) from e
+        except (HboneError, OSError) as e:
             raise OutboundError(f"cannot connect to {rt.dst_ip}:{HBONE_PORT}: {e}") from e

@@ -1,0 +1,377 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Transparent TCP capture for one pod, attached (clsact, direct-action) to the pod's interface
+ * inside the pod's network namespace. Compiled once per agent by bcc; the same two programs
+ * serve every pod, found in zt_pods by its IP (the destination of inbound packets, the source
+ * of outbound and hairpinned ones).
+ *
+ * zt_ingress (packets arriving on the pod's interface):
+ *   - hairpinned by zt_egress (they carry ZT_ROUTE_MARK): the type is set to PACKET_HOST (the
+ *     destination MAC is the gateway's); packets of existing flows go to normal demux, which
+ *     the fwmark rule routes to the local table; a new SYN is assigned to the agent's 15001.
+ *   - to a pod IP: a pod IP as source is a spoof (dropped: accept_local=1 would admit it);
+ *     existing flows (the app's or the agent's sockets, found by the packet's own tuple;
+ *     listeners and, for SYNs, TIME_WAIT do not count) go to normal demux; the probe source
+ *     and excluded ports pass; everything else is assigned to 15008 (dport 15008) or 15006.
+ *   - fail closed: no listener, or a failed assign, drops the packet.
+ * zt_egress (packets leaving the pod's interface):
+ *   - the agent's own packets (mark 0x539) pass untouched;
+ *   - from a pod IP: replies to a local non-listening socket (the agent's transparent sockets)
+ *     and new SYNs (no ACK) are hairpinned to ingress with bpf_redirect(BPF_F_INGRESS), except
+ *     towards the probe source or an excluded port. Everything else passes.
+ *
+ * Only TCP is captured. IPv4 options and the IPv6 hop-by-hop, routing, destination-options
+ * and authentication headers are skipped; TCP that cannot be inspected (IPv4 fragments, an
+ * IPv6 fragment header in front of TCP, more than ZT_MAX_EXT_HDRS extension headers) to or
+ * from a pod IP is dropped rather than let through uncaptured. ESP is opaque and passes.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/if_packet.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "redirect.h"
+
+#define ZT_MAX_EXT_HDRS 4
+#define ZT_IP_FRAGMENTED 0x3fff /* IP_MF | IP_OFFSET */
+#define ZT_TCP_FLAG_SYN 0x02
+#define ZT_TCP_FLAG_ACK 0x10
+
+BPF_TABLE_PINNED("hash", struct zt_addr, struct zt_pod_config, zt_pods,
+                 ZT_MAX_PODS * 2, ZT_PIN_DIR "/pods");
+BPF_TABLE_PINNED("hash", __u64, struct zt_pod_counters, zt_counters, ZT_MAX_PODS,
+                 ZT_PIN_DIR "/counters");
+
+struct zt_packet {
+    __u8 family;       /* 4 or 6; 0: not IP */
+    __u8 tcp;          /* a TCP header was read */
+    __u8 uninspectable; /* TCP (or possibly TCP) whose header cannot be read */
+    __u8 flags;        /* TCP flags byte */
+    __be16 sport;
+    __be16 dport;
+    __be32 saddr[4];   /* IPv4 in saddr[0] */
+    __be32 daddr[4];
+};
+
+struct zt_ip6_ext {
+    __u8 nexthdr;
+    __u8 len;
+};
+
+static __always_inline int zt_read_tcp(struct __sk_buff *skb, __u32 off, struct zt_packet *p)
+{
+    __u8 hdr[14]; /* ports, seq, ack, data offset, flags */
+    if (bpf_skb_load_bytes(skb, off, hdr, sizeof(hdr)) < 0) {
+        p->uninspectable = 1;
+        return 0;
+    }
+    __builtin_memcpy(&p->sport, &hdr[0], 2);
+    __builtin_memcpy(&p->dport, &hdr[2], 2);
+    p->flags = hdr[13];
+    p->tcp = 1;
+    return 0;
+}
+
+static __always_inline int zt_parse4(struct __sk_buff *skb, struct zt_packet *p)
+{
+    struct iphdr ip;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+        return 0;
+    p->family = 4;
+    p->saddr[0] = ip.saddr;
+    p->daddr[0] = ip.daddr;
+    if (ip.protocol != IPPROTO_TCP)
+        return 0;
+    if (ip.frag_off & bpf_htons(ZT_IP_FRAGMENTED)) {
+        p->uninspectable = 1;
+        return 0;
+    }
+    return zt_read_tcp(skb, ETH_HLEN + ip.ihl * 4, p);
+}
+
+static __always_inline int zt_parse6(struct __sk_buff *skb, struct zt_packet *p)
+{
+    struct ipv6hdr ip6;
+    if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6)) < 0)
+        return 0;
+    p->family = 6;
+    __builtin_memcpy(p->saddr, &ip6.saddr, 16);
+    __builtin_memcpy(p->daddr, &ip6.daddr, 16);
+    __u8 nexthdr = ip6.nexthdr;
+    __u32 off = ETH_HLEN + sizeof(ip6);
+    struct zt_ip6_ext ext;
+#pragma unroll
+    for (int i = 0; i < ZT_MAX_EXT_HDRS; i++) {
+        switch (nexthdr) {
+        case IPPROTO_HOPOPTS:
+        case IPPROTO_ROUTING:
+        case IPPROTO_DSTOPTS:
+            if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)) < 0)
+                goto uninspectable;
+            nexthdr = ext.nexthdr;
+            off += (ext.len + 1) * 8;
+            break;
+        case IPPROTO_AH:
+            if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)) < 0)
+                goto uninspectable;
+            nexthdr = ext.nexthdr;
+            off += (ext.len + 2) * 4;
+            break;
+        case IPPROTO_FRAGMENT:
+            if (bpf_skb_load_bytes(skb, off, &ext, sizeof(ext)) < 0)
+                goto uninspectable;
+            if (ext.nexthdr == IPPROTO_TCP)
+                goto uninspectable;
+            return 0;
+        case IPPROTO_TCP:
+            return zt_read_tcp(skb, off, p);
+        default:
+            return 0; /* another upper-layer protocol, or ESP */
+        }
+    }
+    if (nexthdr == IPPROTO_TCP)
+        return zt_read_tcp(skb, off, p);
+    if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING && nexthdr != IPPROTO_DSTOPTS &&
+        nexthdr != IPPROTO_AH && nexthdr != IPPROTO_FRAGMENT)
+        return 0;
+uninspectable:
+    p->uninspectable = 1;
+    return 0;
+}
+
+static __always_inline void zt_parse(struct __sk_buff *skb, struct zt_packet *p)
+{
+    if (skb->protocol == bpf_htons(ETH_P_IP))
+        zt_parse4(skb, p);
+    else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+        zt_parse6(skb, p);
+}
+
+static __always_inline struct zt_pod_config *zt_pod(const struct zt_packet *p,
+                                                    const __be32 *addr)
+{
+    struct zt_addr key = {};
+    if (p->family == 4) {
+        key.a[2] = bpf_htonl(0xffff);
+        key.a[3] = addr[0];
+    } else {
+        __builtin_memcpy(key.a, addr, 16);
+    }
+    return zt_pods.lookup(&key);
+}
+
+static __always_inline int zt_addr6_eq(const __be32 *a, const __be32 *b)
+{
+    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline int zt_is_pod_addr(const struct zt_pod_config *cfg,
+                                          const struct zt_packet *p, const __be32 *addr)
+{
+    if (p->family == 4) {
+#pragma unroll
+        for (int i = 0; i < ZT_MAX_ADDRS; i++)
+            if (i < cfg->n_ip4 && cfg->ip4[i] == addr[0])
+                return 1;
+        return 0;
+    }
+#pragma unroll
+    for (int i = 0; i < ZT_MAX_ADDRS; i++)
+        if (i < cfg->n_ip6 && zt_addr6_eq(cfg->ip6[i].w, addr))
+            return 1;
+    return 0;
+}
+
+static __always_inline int zt_is_probe(const struct zt_pod_config *cfg, const struct zt_packet *p,
+                                       const __be32 *addr)
+{
+    if (p->family == 4)
+        return cfg->probe_ip4 != 0 && cfg->probe_ip4 == addr[0];
+    const __be32 *probe = cfg->probe_ip6.w;
+    if (!(probe[0] | probe[1] | probe[2] | probe[3]))
+        return 0;
+    return zt_addr6_eq(probe, addr);
+}
+
+static __always_inline int zt_port_excluded(const struct zt_port_range *ranges, __u32 n,
+                                            __be16 port_be)
+{
+    __u16 port = bpf_ntohs(port_be);
+#pragma unroll
+    for (int i = 0; i < ZT_MAX_PORT_RANGES; i++)
+        if (i < n && port >= ranges[i].lo && port <= ranges[i].hi)
+            return 1;
+    return 0;
+}
+
+static __always_inline void zt_tuple(const struct zt_packet *p, struct bpf_sock_tuple *t,
+                                     __be16 dport, __u32 *size)
+{
+    if (p->family == 4) {
+        t->ipv4.saddr = p->saddr[0];
+        t->ipv4.daddr = p->daddr[0];
+        t->ipv4.sport = p->sport;
+        t->ipv4.dport = dport;
+        *size = sizeof(t->ipv4);
+    } else {
+        __builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+        __builtin_memcpy(t->ipv6.daddr, p->daddr, 16);
+        t->ipv6.sport = p->sport;
+        t->ipv6.dport = dport;
+        *size = sizeof(t->ipv6);
+    }
+}
+
+static __always_inline int zt_is_syn(const struct zt_packet *p)
+{
+    return (p->flags & (ZT_TCP_FLAG_SYN | ZT_TCP_FLAG_ACK)) == ZT_TCP_FLAG_SYN;
+}
+
+/* Is there a local socket, other than a listener, that owns this packet's tuple?
+ * TIME_WAIT does not count for a SYN, so a reused tuple is captured again. */
+static __always_inline int zt_existing_flow(struct __sk_buff *skb, const struct zt_packet *p)
+{
+    struct bpf_sock_tuple t = {};
+    __u32 size = 0;
+    zt_tuple(p, &t, p->dport, &size);
+    struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        return 0;
+    __u32 state = sk->state;
+    bpf_sk_release(sk);
+    if (state == BPF_TCP_LISTEN)
+        return 0;
+    if (state == BPF_TCP_TIME_WAIT && zt_is_syn(p))
+        return 0;
+    return 1;
+}
+
+static __always_inline void zt_count(__u64 *field)
+{
+    __sync_fetch_and_add(field, 1);
+}
+
+/* Deliver the packet to the agent's listener on `port`, or drop it (fail closed). */
+static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_packet *p, __u16 port,
+                                     struct zt_pod_counters *cnt)
+{
+    struct bpf_sock_tuple t = {};
+    __u32 size = 0;
+    zt_tuple(p, &t, bpf_htons(port), &size);
+    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        goto drop;
+    if (sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        goto drop;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err)
+        goto drop;
+    if (cnt)
+        zt_count(&cnt->assigns);
+    return TC_ACT_OK;
+drop:
+    if (cnt)
+        zt_count(&cnt->drops);
+    return TC_ACT_SHOT;
+}
+
+int zt_ingress(struct __sk_buff *skb)
+{
+    struct zt_packet p = {};
+    zt_parse(skb, &p);
+    if (!p.family)
+        return TC_ACT_OK;
+
+    if ((skb->mark & ZT_ROUTE_MARK_MASK) == ZT_ROUTE_MARK) {
+        /* Hairpinned by zt_egress (marks never cross into the pod netns from outside). */
+        struct zt_pod_config *cfg = zt_pod(&p, p.saddr);
+        if (!cfg || !p.tcp)
+            return TC_ACT_OK;
+        struct zt_pod_counters *cnt = zt_counters.lookup(&cfg->pod_id);
+        bpf_skb_change_type(skb, PACKET_HOST);
+        if (zt_existing_flow(skb, &p) || !zt_is_syn(&p))
+            return TC_ACT_OK;
+        return zt_assign(skb, &p, ZT_PORT_OUTBOUND, cnt);
+    }
+
+    struct zt_pod_config *cfg = zt_pod(&p, p.daddr);
+    if (!cfg)
+        return TC_ACT_OK;
+    struct zt_pod_counters *cnt = zt_counters.lookup(&cfg->pod_id);
+    if (zt_is_pod_addr(cfg, &p, p.saddr)) {
+        /* The pod's own IP as source from outside: accept_local=1 would let it in. */
+        if (cnt)
+            zt_count(&cnt->spoofed);
+        return TC_ACT_SHOT;
+    }
+    if (p.uninspectable) {
+        if (cnt)
+            zt_count(&cnt->drops);
+        return TC_ACT_SHOT;
+    }
+    if (!p.tcp)
+        return TC_ACT_OK;
+    if (zt_is_probe(cfg, &p, p.saddr)) {
+        if (cnt)
+            zt_count(&cnt->exempt);
+        return TC_ACT_OK;
+    }
+    if (zt_existing_flow(skb, &p))
+        return TC_ACT_OK;
+    __u16 dport = bpf_ntohs(p.dport);
+    if (dport != ZT_PORT_HBONE &&
+        zt_port_excluded(cfg->in_excluded, cfg->n_in_excluded, p.dport)) {
+        if (cnt)
+            zt_count(&cnt->exempt);
+        return TC_ACT_OK;
+    }
+    int verdict = zt_assign(skb, &p, dport == ZT_PORT_HBONE ? ZT_PORT_HBONE : ZT_PORT_INBOUND, cnt);
+    if (verdict == TC_ACT_OK && cnt)
+        zt_count(&cnt->inbound);
+    return verdict;
+}
+
+int zt_egress(struct __sk_buff *skb)
+{
+    if ((skb->mark & ZT_AGENT_MARK_MASK) == ZT_AGENT_MARK)
+        return TC_ACT_OK;
+    struct zt_packet p = {};
+    zt_parse(skb, &p);
+    if (!p.family)
+        return TC_ACT_OK;
+    struct zt_pod_config *cfg = zt_pod(&p, p.saddr);
+    if (!cfg)
+        return TC_ACT_OK;
+    struct zt_pod_counters *cnt = zt_counters.lookup(&cfg->pod_id);
+    if (p.uninspectable) {
+        if (cnt)
+            zt_count(&cnt->drops);
+        return TC_ACT_SHOT;
+    }
+    if (!p.tcp)
+        return TC_ACT_OK;
+    if (zt_is_probe(cfg, &p, p.daddr)) {
+        if (cnt)
+            zt_count(&cnt->exempt);
+        return TC_ACT_OK;
+    }
+    if (!zt_existing_flow(skb, &p)) {
+        if (!zt_is_syn(&p))
+            return TC_ACT_OK;
+        if (zt_port_excluded(cfg->out_excluded, cfg->n_out_excluded, p.dport)) {
+            if (cnt)
+                zt_count(&cnt->exempt);
+            return TC_ACT_OK;
+        }
+    }
+    skb->mark = (skb->mark & ~ZT_ROUTE_MARK_MASK) | ZT_ROUTE_MARK;
+    if (cnt)
+        zt_count(&cnt->outbound);
+    return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
