@@ -7,8 +7,9 @@
  * across namespaces (every pod's eth0 may be ifindex 2) and bpf_get_netns_cookie() in tc only
  * knows the netns of skb->sk, which packets arriving from the wire do not have.
  * zt_counters is keyed by pod_id, the pod netns cookie chosen by the agent.
- * Changing a struct here changes LAYOUT_VERSION in ztunnel_py/redirect/loader.py, so an agent
- * never reopens pinned maps written with another layout.
+ * Any change to these structs must bump LAYOUT_VERSION in ztunnel_py/redirect/loader.py (the
+ * pin directory), so an agent never reopens pinned maps written with another layout; the
+ * loader also refuses to start when ztunnel_py/redirect/model.py disagrees with this file.
  */
 #ifndef ZTUNNEL_PY_REDIRECT_H
 #define ZTUNNEL_PY_REDIRECT_H
@@ -55,7 +56,8 @@ struct zt_pod_config {
     struct zt_port_range in_excluded[ZT_MAX_PORT_RANGES];
     struct zt_port_range out_excluded[ZT_MAX_PORT_RANGES];
     /* Agent bookkeeping, unused by the programs: the interface's accept_local sysctl before
-     * enrollment (value + 1; 0 = unknown), restored at unenroll even by a restarted agent. */
+     * enrollment (value + 1; 0 = unknown), restored at unenroll even by a restarted agent, and
+     * the index of the interface the programs are attached to (for map dumps). */
     __u32 saved_accept_local;
     __u32 ifindex;
     __u32 pad;

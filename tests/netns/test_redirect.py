@@ -245,7 +245,7 @@ async def talk(
     """Connect from a plain socket in the netns; return (peer the server saw, echoed bytes)."""
     ns = PodNetns(netns_fd, mark=mark)
     with trio.fail_after(deadline):
-        sock = await ns.connect(dst, bind_ip=bind_ip, timeout=deadline)
+        sock = await ns.connect(dst, bind_ip=bind_ip, connect_timeout=deadline)
         with sock:
             received = b""
 

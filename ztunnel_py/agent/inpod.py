@@ -255,9 +255,12 @@ class PodManager:
 async def _guarded(
     handle: Callable[[trio.socket.SocketType], Awaitable[None]], sock: trio.socket.SocketType
 ) -> None:
+    # One connection's failure, expected or not, must never stop the pod's listener.
     try:
         await handle(sock)
     except (LookupError, OSError, trio.BrokenResourceError) as e:
         log.info("connection ended: %s", e)
+    except Exception:
+        log.exception("connection handler failed")
     finally:
         sock.close()

@@ -164,6 +164,7 @@ class _BufferPool:
             self.put(buffer)
 
     def grow(self) -> None:
+        """A read filled a whole buffer: more was waiting, use larger buffers from now on."""
         self.size = min(self.size * 4, _RECEIVE_MAX)
 
     def trim(self) -> None:
@@ -217,22 +218,23 @@ class HboneStream:
         self._release_lease()
         if self._closed:
             raise trio.ClosedResourceError("the HBONE stream is closed")
-        if not self._queue:
-            self._receiving = True
-            try:
-                while not self._queue:
-                    # The peer's direction ended cleanly even if ours broke afterwards.
-                    if self._eof_received:
-                        await trio.lowlevel.checkpoint()
-                        return _EMPTY
-                    if self._error is not None:
-                        raise self._error
-                    self._readable = trio.Event()
-                    await self._readable.wait()
-            finally:
-                self._receiving = False
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
+        self._receiving = True
+        try:
+            if self._queue:
+                await trio.lowlevel.checkpoint()
+            while not self._queue:
+                # The peer's direction ended cleanly even if ours broke afterwards.
+                if self._eof_received:
+                    await trio.lowlevel.checkpoint()
+                    return _EMPTY
+                if self._error is not None:
+                    raise self._error
+                self._readable = trio.Event()
+                await self._readable.wait()
+                if self._closed:
+                    break
+        finally:
+            self._receiving = False
         if self._closed:
             raise trio.ClosedResourceError("the HBONE stream was closed while receiving")
         view, buffer = self._queue[0]
@@ -307,17 +309,17 @@ class HboneStream:
         if self._closed:
             raise trio.ClosedResourceError("the HBONE stream is closed")
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._eof_sent:
-            return
-        if self._error is not None:
-            raise self._error
-        try:
-            self._conn.core.end_stream(self.stream_id)
-        except proto.HboneError as e:
-            raise self._error or self._conn.stream_failure(str(e)) from None
-        self._eof_sent = True
-        self._conn.emit()
-        self._maybe_finished()
+        if not self._eof_sent:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._conn.core.end_stream(self.stream_id)
+            except proto.HboneError as e:
+                raise self._error or self._conn.stream_failure(str(e)) from None
+            self._eof_sent = True
+            self._conn.emit()
+            self._maybe_finished()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Returns when `send_all` would find some window open (trio's stream interface)."""
@@ -331,7 +333,7 @@ class HboneStream:
                 await self._writable.wait()
             finally:
                 conn.window_waiters.discard(self)
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await trio.lowlevel.checkpoint()
 
     # -- closing -------------------------------------------------------------------------
 
@@ -482,7 +484,7 @@ class _Connection:
         """Backpressure: wait while too much ciphertext waits for the writer."""
         while self.tls.pending_output > _OUTPUT_HIGH_WATER and not self.is_closed:
             await self._drained_lot.park()
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await trio.lowlevel.checkpoint()
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -549,22 +551,31 @@ class _Connection:
         pool = self.buffers
         protocol = self.core
         buffer = pool.get()
+        offset = 0
         while True:
-            count = await self.tls.receive_into(buffer.view)
+            if buffer.pins == 0:
+                # Every slice handed out so far was consumed: start over at the front.
+                offset = 0
+                if len(buffer.view) != pool.size:
+                    buffer = pool.get()
+            elif len(buffer.view) - offset < len(buffer.view) // 4:
+                # Streams still hold slices of this buffer; it is recycled when they let go.
+                buffer.detached = True
+                buffer = pool.get()
+                offset = 0
+            # Reading after the slices still held packs small reads into one buffer.
+            space = buffer.view[offset:]
+            count = await self.tls.receive_into(space)
             if not count:
                 self._terminate("peer closed the connection")
                 return
             self._last_input = trio.current_time()
-            self._dispatch(protocol.receive_data(buffer.view[:count]), buffer)
+            self._dispatch(protocol.receive_data(space[:count]), buffer)
+            offset += count
             if protocol.bytes_to_send:
                 self.emit()
-            if count == len(buffer.view) and pool.size < _RECEIVE_MAX:
+            if count == len(buffer.view):
                 pool.grow()
-            if buffer.pins:
-                buffer.detached = True
-                buffer = pool.get()
-            elif len(buffer.view) != pool.size:
-                buffer = pool.get()
 
     async def _keepalive(self) -> None:
         while True:
@@ -574,6 +585,7 @@ class _Connection:
                 continue
             # Idle: give bulk-transfer memory back, then check the peer is still there.
             self.buffers.trim()
+            self.tls.trim()
             self._pong = trio.Event()
             self.core.ping(os.urandom(8))
             self.emit()
@@ -841,7 +853,9 @@ class HboneRequest:
         """Answer the CONNECT. 200 returns the tunnel; any other status ends the stream and
         returns None. Raises `HboneStreamError` if the client or connection went away."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        return self._respond(status, headers)
+        stream = self._respond(status, headers)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return stream
 
     def _respond(self, status: int, headers: Sequence[Header] = ()) -> HboneStream | None:
         if self.responded:

@@ -17,7 +17,12 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.netns import PodNetns
-from ztunnel_py.agent.proxy.hbone import HboneError, HboneRequest, serve_hbone_connection
+from ztunnel_py.agent.proxy.hbone import (
+    HboneError,
+    HboneHandshakeError,
+    HboneRequest,
+    serve_hbone_connection,
+)
 from ztunnel_py.agent.proxy.outbound import SELF_PORTS
 from ztunnel_py.agent.proxy.relay import RelayError, SocketByteStream, relay, splice_relay
 from ztunnel_py.agent.state import ProxyState
@@ -96,12 +101,17 @@ class Inbound:
         async def on_request(req: HboneRequest) -> None:
             await self._on_connect(workload, req, peer)
 
-        await serve_hbone_connection(
-            sock,
-            server_context(cert),
-            verify_client=lambda der: verify_client_identity(der, td),
-            handler=on_request,
-        )
+        try:
+            await serve_hbone_connection(
+                sock,
+                server_context(cert),
+                verify_client=lambda der: verify_client_identity(der, td),
+                handler=on_request,
+            )
+        except HboneHandshakeError as e:
+            connection_failed(
+                format_authority(peer[0], peer[1]), "15008", DESTINATION, f"handshake: {e}"
+            )
 
     async def _on_connect(
         self, workload: Workload, req: HboneRequest, peer: tuple[str, int]

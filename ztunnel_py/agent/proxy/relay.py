@@ -92,7 +92,7 @@ class SocketByteStream:
             view = view[await send(view) :]
 
     async def send_eof(self) -> None:
-        await trio.lowlevel.checkpoint_if_cancelled()
+        await trio.lowlevel.checkpoint()
         try:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError as e:

@@ -39,6 +39,10 @@ DEFAULT_RECEIVE_SIZE = 256 * 1024
 _CLOSE_NOTIFY_GRACE = 0.1
 
 
+# typeshed types SSLObject.read() as returning bytes; given a buffer it returns the count.
+_ReadInto = Callable[[int, memoryview], int]
+
+
 class TlsError(Exception):
     """A TLS failure: handshake, alert, bad record, or the peer vanishing mid-connection."""
 
@@ -113,6 +117,11 @@ class TlsTransport:
     def cipher(self) -> str | None:
         cipher = self._ssl.cipher()
         return cipher[0] if cipher else None
+
+    def trim(self) -> None:
+        """Release receive memory grown by bulk reads (call when the connection is idle)."""
+        self._ciphertext = bytearray()
+        self._plaintext = bytearray()
 
     def peer_leaf_der(self) -> bytes | None:
         """The peer's leaf certificate (DER), or None if it presented none."""
@@ -202,8 +211,7 @@ class TlsTransport:
     def _decrypt_into(self, buffer: memoryview) -> int:
         total = 0
         size = len(buffer)
-        # typeshed types read() as returning bytes; given a buffer it returns the count.
-        read = cast(Callable[[int, memoryview], int], self._ssl.read)
+        read = cast(_ReadInto, self._ssl.read)
         try:
             while total < size:
                 count = read(size - total, buffer[total:])
@@ -221,7 +229,7 @@ class TlsTransport:
         return total
 
     async def _receive_ciphertext(self, size: int) -> int:
-        if len(self._ciphertext) != size:
+        if len(self._ciphertext) < size:
             self._ciphertext = bytearray(size)
         view = memoryview(self._ciphertext)
         try:
