@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="benchmarks (figures printed as ratios to a no-mesh baseline)",
-        description="Benchmarks; every figure is shown next to a baseline measured in the same run.",
+        description="Benchmarks: each figure is shown next to a baseline measured in the same run.",
     )
     add_bench_arguments(p)
     p.set_defaults(handler=_bench)

@@ -45,6 +45,8 @@ class AgentConfig:
     admin_address: tuple[str, int]
     metrics_address: tuple[str, int]
     readiness_address: tuple[str, int]
+    capture: bool = True
+    bpf_pin_root: Path = Path("/sys/fs/bpf/ztunnel-py")
     trust_domain: str = "cluster.local"
     packet_mark: int = 0x539
     pool_max_streams: int = 100

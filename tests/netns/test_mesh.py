@@ -83,7 +83,7 @@ def test_curl_through_socks5_reaches_pod_and_is_logged_with_identity(
     client, server = pod(bed, "web-", client_node), pod(bed, "echo-", server_node)
     answer = http_get(bed, client["name"], server["ip"], 8080)
     assert answer.pod == server["name"]
-    assert answer.client.startswith(server["ip"] + ":")  # from the pod's own address until #3
+    assert answer.client.startswith(client["ip"] + ":")  # the source IP is preserved
     time.sleep(0.3)
     lines = [
         line

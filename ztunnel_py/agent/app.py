@@ -23,7 +23,7 @@ from ztunnel_py.admin.admin import ConfigDump, serve_admin
 from ztunnel_py.admin.metrics import serve_metrics
 from ztunnel_py.admin.readiness import Readiness, serve_readiness
 from ztunnel_py.agent.enroll import serve_enrollment
-from ztunnel_py.agent.inpod import PodManager
+from ztunnel_py.agent.inpod import Capture, PodManager
 from ztunnel_py.agent.localconfig import ConfigError
 from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.agent.proxy.pool import HbonePool
@@ -53,6 +53,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         admin_address=parse_host_port(args.admin_address, "--admin-address"),
         metrics_address=parse_host_port(args.metrics_address, "--metrics-address"),
         readiness_address=parse_host_port(args.readiness_address, "--readiness-address"),
+        capture=not args.no_capture,
+        bpf_pin_root=Path(args.bpf_pin_root),
     )
 
 
@@ -83,11 +85,36 @@ def main(args: argparse.Namespace) -> int:
         len(state.services()),
         len(state.policies()),
     )
-    trio.run(_run, config, state, levels)
+    capture = None
+    if config.capture:
+        try:
+            # Imported here: bcc is only needed (and only importable) with capture on.
+            from ztunnel_py.redirect.loader import Redirector
+
+            capture = Redirector(config.bpf_pin_root)
+        except Exception as e:  # bcc reports compile and load failures as bare Exceptions
+            print(
+                f"ztunnel-py agent: cannot load the BPF capture programs: {e}\n"
+                "  bcc needs kernel headers at /lib/modules/$(uname -r)/build "
+                "(run scripts/install.sh), or start with --no-capture (SOCKS5 only)",
+                file=sys.stderr,
+            )
+            return 1
+        log.info("capture programs ready (compiled in %.2f s)", capture.compile_seconds)
+    try:
+        trio.run(_run, config, state, levels, capture)
+    finally:
+        if capture is not None:
+            capture.close()
     return 0
 
 
-async def _run(config: AgentConfig, state: ProxyState, levels: LogLevels) -> None:
+async def _run(
+    config: AgentConfig,
+    state: ProxyState,
+    levels: LogLevels,
+    capture: Capture | None,
+) -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry, component="ztunnel", tag=__version__)
     readiness = Readiness()
@@ -110,7 +137,7 @@ async def _run(config: AgentConfig, state: ProxyState, levels: LogLevels) -> Non
             await nursery.start(certs.run)
             await nursery.start(pool.run)
             outbound = Outbound(state, certs, pool, metrics, config.connect_timeout, nursery)
-            pods = PodManager(config, state, certs, outbound, metrics, nursery)
+            pods = PodManager(config, state, certs, outbound, metrics, nursery, capture)
             dump.add_section("workloadState", pods.dump)
             nursery.start_soon(_signals, nursery, config, state)
             await nursery.start(
@@ -142,6 +169,7 @@ async def _run(config: AgentConfig, state: ProxyState, levels: LogLevels) -> Non
             for w in state.workloads():
                 if w.node == config.node:
                     certs.prefetch(w.identity)
+            await pods.restore()
             await nursery.start(serve_enrollment, str(config.enroll_socket), pods)
             readiness.mark_ready(ready_task)
             log.info("agent ready")

@@ -62,6 +62,20 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where enrollment state is persisted for restarts",
     )
+    parser.add_argument(
+        "--no-capture",
+        action="store_true",
+        default=_env("ZTUNNEL_CAPTURE", "true").lower() == "false",
+        help="do not load the BPF capture programs: pods reach the mesh only through SOCKS5 "
+        "(env ZTUNNEL_CAPTURE=false)",
+    )
+    parser.add_argument(
+        "--bpf-pin-root",
+        default=_env("ZTUNNEL_BPF_PIN_ROOT", "/sys/fs/bpf/ztunnel-py"),
+        metavar="DIR",
+        help="where capture programs and maps are pinned on a bpffs (mounted if missing), so a "
+        "restarted agent finds them",
+    )
     parser.add_argument("--admin-address", default="127.0.0.1:15000", metavar="HOST:PORT")
     parser.add_argument("--metrics-address", default="0.0.0.0:15020", metavar="HOST:PORT")
     parser.add_argument("--readiness-address", default="0.0.0.0:15021", metavar="HOST:PORT")

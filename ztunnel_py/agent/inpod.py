@@ -11,12 +11,14 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
+from ztunnel_py.agent import persist
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.netns import NetnsError, PodNetns
 from ztunnel_py.agent.proxy.inbound import Inbound
@@ -27,6 +29,7 @@ from ztunnel_py.agent.zds import PodInfo
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.model import IPAddress
+from ztunnel_py.model.workload import canonical_ip
 from ztunnel_py.telemetry.metrics import Metrics
 
 log = logging.getLogger("ztunnel_py.inpod")
@@ -45,10 +48,28 @@ class TrackedConnection:
     protocol: str
 
 
+class Capture(Protocol):
+    """Transparent capture of a pod's traffic (the BPF `Redirector`); blocking calls."""
+
+    def pod_interface(self, netns_fd: int) -> tuple[str, list[str]]:
+        """The pod's default-route interface and its IPs."""
+        ...
+
+    def enroll(self, netns_fd: int, ifname: str, pod_ips: Sequence[str]) -> int: ...
+
+    def unenroll(self, netns_fd: int, ifname: str) -> None: ...
+
+    def forget(self, pod_id: int) -> None: ...
+
+    def enrolled_pods(self) -> set[int]: ...
+
+
 @dataclass(slots=True)
 class PodProxy:
     info: PodInfo
     netns: PodNetns
+    ifname: str = ""
+    pod_id: int | None = None
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     state: str = "Pending"
     connections: dict[int, TrackedConnection] = field(default_factory=dict)
@@ -96,8 +117,10 @@ class PodManager:
         outbound: Outbound,
         metrics: Metrics,
         nursery: trio.Nursery,
+        capture: Capture | None,
     ) -> None:
         self.config = config
+        self.capture = capture
         self.state = state
         self.certs = certs
         self.outbound = outbound
@@ -117,14 +140,22 @@ class PodManager:
                 self._seen(info.uid)
                 return
             log.info("pod %s has a new network namespace; replacing its proxy", info.uid)
-            self._stop(existing)
+            await self._remove(self.pods.pop(info.uid))
         pod = PodProxy(info, netns)
         try:
             listeners = self._listeners(netns)
         except NetnsError as e:
             netns.close()
             raise EnrollRefused(f"cannot start proxy for {info.uid}: {e}") from e
+        try:
+            await self._capture(pod)
+        except Exception as e:
+            for s in listeners.values():
+                s.close()
+            netns.close()
+            raise EnrollRefused(f"cannot capture traffic of {info.uid}: {e}") from e
         self.pods[info.uid] = pod
+        self._persist()
         self._seen(info.uid)
         self.nursery.start_soon(self._run, pod, listeners)
         workload = self.state.workload_by_uid(info.uid)
@@ -134,6 +165,64 @@ class PodManager:
         self._update_counts()
         log.info("enrolled pod %s (%s/%s)", info.uid, info.namespace, info.name)
 
+    async def _capture(self, pod: PodProxy) -> None:
+        # Listeners exist before the programs are attached: captured traffic never finds the
+        # pod without its proxy (and would be dropped, not leaked, if it did).
+        if self.capture is None:
+            return
+        capture = self.capture
+        ifname, ips = await trio.to_thread.run_sync(capture.pod_interface, pod.netns.fd)
+        pod.ifname = ifname
+        pod.pod_id = await trio.to_thread.run_sync(capture.enroll, pod.netns.fd, ifname, ips)
+
+    async def _remove(self, pod: PodProxy) -> None:
+        """Stop the pod's proxy and take its capture programs off (best effort: the pod's
+        netns may already be gone, and then its map entries are forgotten)."""
+        if self.capture is not None and pod.pod_id is not None:
+            capture, pod_id = self.capture, pod.pod_id
+            try:
+                await trio.to_thread.run_sync(capture.unenroll, pod.netns.fd, pod.ifname)
+            except Exception as e:
+                log.info("pod %s: removing capture failed (%s); forgetting it", pod.info.uid, e)
+                await trio.to_thread.run_sync(capture.forget, pod_id)
+        self._stop(pod)
+
+    async def restore(self) -> None:
+        """Re-enroll the pods this agent had before it restarted (their netns still exist)."""
+        saved = persist.load(self.config.state_dir)
+        paths = persist.find_netns({(p.netns_dev, p.netns_ino) for p in saved})
+        for entry in saved:
+            path = paths.get((entry.netns_dev, entry.netns_ino))
+            if path is None:
+                log.info("pod %s: network namespace gone; not re-enrolled", entry.uid)
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                await self.add_pod(entry.info, fd)
+            except (OSError, EnrollRefused) as e:
+                log.error("pod %s: re-enrollment after restart failed: %s", entry.uid, e)
+        if self.capture is not None:
+            known = {p.pod_id for p in self.pods.values()}
+            for stale in self.capture.enrolled_pods() - known:
+                await trio.to_thread.run_sync(self.capture.forget, stale)
+        self._persist()
+        log.info("restored %d of %d previously enrolled pods", len(self.pods), len(saved))
+
+    def _persist(self) -> None:
+        persist.save(
+            self.config.state_dir,
+            [
+                persist.EnrolledPod(
+                    p.info.uid,
+                    p.info.name,
+                    p.info.namespace,
+                    p.info.service_account,
+                    *p.netns.inode,
+                )
+                for p in self.pods.values()
+            ],
+        )
+
     async def keep_pod(self, uid: str) -> None:
         self._seen(uid)
 
@@ -141,7 +230,8 @@ class PodManager:
         pod = self.pods.pop(uid, None)
         if pod is None:
             raise EnrollRefused(f"unknown pod {uid}: not enrolled on this node")
-        self._stop(pod)
+        await self._remove(pod)
+        self._persist()
         log.info("unenrolled pod %s", uid)
 
     async def snapshot_sent(self) -> None:
@@ -149,7 +239,8 @@ class PodManager:
         seen = self.snapshot_seen or set()
         for uid in [u for u in self.pods if u not in seen]:
             log.info("pod %s missing from the enrollment snapshot; removing it", uid)
-            self._stop(self.pods.pop(uid))
+            await self._remove(self.pods.pop(uid))
+        self._persist()
         self.snapshot_seen = set()
 
     # --- internals -------------------------------------------------------------------------
@@ -190,6 +281,7 @@ class PodManager:
             self.config.connect_timeout,
             self.config.workload_wait,
             pod.track,
+            preserve_source=self.capture is not None,
         )
         try:
             with pod.cancel:
@@ -235,7 +327,12 @@ class PodManager:
         local = sock.getsockname()
         source = await inbound.workload()
         await self.outbound.proxy(
-            source, pod.netns, sock, ipaddress.ip_address(local[0]), local[1], track=pod.track
+            source,
+            pod.netns,
+            sock,
+            canonical_ip(ipaddress.ip_address(local[0])),
+            local[1],
+            track=pod.track,
         )
 
     async def _socks5(self, pod: PodProxy, inbound: Inbound, sock: trio.socket.SocketType) -> None:

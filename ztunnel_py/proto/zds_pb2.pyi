@@ -1,9 +1,8 @@
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -18,7 +17,7 @@ class ZdsHello(_message.Message):
     __slots__ = ("version",)
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: Version
-    def __init__(self, version: Version | str | None = ...) -> None: ...
+    def __init__(self, version: _Optional[_Union[Version, str]] = ...) -> None: ...
 
 class WorkloadInfo(_message.Message):
     __slots__ = ("name", "namespace", "service_account")
@@ -28,7 +27,7 @@ class WorkloadInfo(_message.Message):
     name: str
     namespace: str
     service_account: str
-    def __init__(self, name: str | None = ..., namespace: str | None = ..., service_account: str | None = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ...) -> None: ...
 
 class AddWorkload(_message.Message):
     __slots__ = ("uid", "workload_info")
@@ -36,19 +35,19 @@ class AddWorkload(_message.Message):
     WORKLOAD_INFO_FIELD_NUMBER: _ClassVar[int]
     uid: str
     workload_info: WorkloadInfo
-    def __init__(self, uid: str | None = ..., workload_info: WorkloadInfo | _Mapping | None = ...) -> None: ...
+    def __init__(self, uid: _Optional[str] = ..., workload_info: _Optional[_Union[WorkloadInfo, _Mapping]] = ...) -> None: ...
 
 class KeepWorkload(_message.Message):
     __slots__ = ("uid",)
     UID_FIELD_NUMBER: _ClassVar[int]
     uid: str
-    def __init__(self, uid: str | None = ...) -> None: ...
+    def __init__(self, uid: _Optional[str] = ...) -> None: ...
 
 class DelWorkload(_message.Message):
     __slots__ = ("uid",)
     UID_FIELD_NUMBER: _ClassVar[int]
     uid: str
-    def __init__(self, uid: str | None = ...) -> None: ...
+    def __init__(self, uid: _Optional[str] = ...) -> None: ...
 
 class SnapshotSent(_message.Message):
     __slots__ = ()
@@ -63,16 +62,16 @@ class WorkloadRequest(_message.Message):
     add: AddWorkload
     keep: KeepWorkload
     snapshot_sent: SnapshotSent
-    def __init__(self, add: AddWorkload | _Mapping | None = ..., keep: KeepWorkload | _Mapping | None = ..., snapshot_sent: SnapshotSent | _Mapping | None = ..., **kwargs) -> None: ...
+    def __init__(self, add: _Optional[_Union[AddWorkload, _Mapping]] = ..., keep: _Optional[_Union[KeepWorkload, _Mapping]] = ..., snapshot_sent: _Optional[_Union[SnapshotSent, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("error",)
     ERROR_FIELD_NUMBER: _ClassVar[int]
     error: str
-    def __init__(self, error: str | None = ...) -> None: ...
+    def __init__(self, error: _Optional[str] = ...) -> None: ...
 
 class WorkloadResponse(_message.Message):
     __slots__ = ("ack",)
     ACK_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
-    def __init__(self, ack: Ack | _Mapping | None = ...) -> None: ...
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...

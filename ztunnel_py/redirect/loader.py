@@ -308,6 +308,15 @@ class Redirector:
                 podnet.remove_routing(ipr, family, self.route_table)
         podnet.attach(ipr, ifindex, self.programs["ingress"], self.programs["egress"])
 
+    def pod_interface(self, netns_fd: int) -> tuple[str, list[str]]:
+        """The pod's default-route interface and its global addresses: where capture goes."""
+        try:
+            with entered(netns_fd), IPRoute() as ipr:
+                ifname = podnet.default_route_interface(ipr)
+                return ifname, podnet.interface_addresses(ipr, ifname)
+        except NetnsError as e:
+            raise RedirectError(str(e)) from e
+
     def unenroll(self, netns_fd: int, ifname: str) -> None:
         """Remove everything `enroll` did in the pod netns (a pod never enrolled is fine)."""
         _check_ifname(ifname)

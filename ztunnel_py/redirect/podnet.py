@@ -228,3 +228,17 @@ def default_route_interface(ipr: IPRoute) -> str:
             if links:
                 return str(links[0].get("IFLA_IFNAME"))
     raise RedirectError("the pod netns has no default route")
+
+
+def interface_addresses(ipr: IPRoute, ifname: str) -> list[str]:
+    """The global-scope IPv4 and IPv6 addresses on `ifname` (the pod's IPs)."""
+    index = link_index(ipr, ifname)
+    if index is None:
+        raise RedirectError(f"the pod netns has no interface {ifname!r}")
+    found = []
+    for msg in ipr.get_addr(index=index):
+        if msg["scope"] == 0:  # RT_SCOPE_UNIVERSE
+            address = msg.get("IFA_ADDRESS")
+            if address:
+                found.append(str(address))
+    return found

@@ -55,6 +55,11 @@ def enroll_socket(state: State, node: str) -> str:
     return str(state.node_dir(node) / "ztunnel.sock")
 
 
+def bpf_pin_root(state: State, node: str) -> str:
+    """Each node's agent pins its capture programs apart: the nodes share this machine's bpffs."""
+    return f"/sys/fs/bpf/ztunnel-py/testbed/{state.prefix}{node}"
+
+
 def token_file(state: State, node: str) -> str:
     return str(state.node_dir(node) / "token")
 
@@ -160,6 +165,8 @@ def start(
                 node_dir,
                 "--secret-ttl",
                 state.secret_ttl,
+                "--bpf-pin-root",
+                bpf_pin_root(state, node.name),
             ),
             log=str(state.log_dir / f"agent-{node.name}.log"),
         )

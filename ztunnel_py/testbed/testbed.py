@@ -394,6 +394,9 @@ def _teardown(state: State, progress: Progress) -> None:
             removed.append(name)
     if removed:
         progress(f"deleted {len(removed)} namespaces")
+    if state.mesh:
+        for i in range(1, state.nodes + 1):
+            shutil.rmtree(mesh.bpf_pin_root(state, f"node{i}"), ignore_errors=True)
     shutil.rmtree(state.state_dir, ignore_errors=True)
     _remove_empty_default_dirs(state.state_dir)
     progress(f"testbed {state.prefix} is down")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import ssl
 from collections import deque
@@ -104,8 +105,10 @@ class HboneStatusError(HboneError):
         self.headers = tuple(headers)
 
 
-class HboneStreamError(HboneError):
+class HboneStreamError(HboneError, trio.BrokenResourceError):
     """The stream broke: reset by the peer or locally, or its connection was lost.
+
+    A `trio.BrokenResourceError`, as trio's own streams report a broken stream.
 
     `retryable` is true when the peer refused the stream before processing it (GOAWAY or
     REFUSED_STREAM): the request can safely go out on another connection.
@@ -211,7 +214,7 @@ class HboneStream:
         The view is valid until the next `receive_some` or `aclose`. Raises `HboneStreamError`
         if the stream was reset or the connection lost before the peer's END_STREAM.
         """
-        if max_bytes is not None and max_bytes < 1:
+        if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be at least 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this stream")
@@ -323,6 +326,8 @@ class HboneStream:
 
     async def wait_send_all_might_not_block(self) -> None:
         """Returns when `send_all` would find some window open (trio's stream interface)."""
+        if self._closed:
+            raise trio.ClosedResourceError("the HBONE stream is closed")
         conn = self._conn
         while conn.core.send_window(self.stream_id) == 0 and self._error is None:
             if self._closed or self._eof_sent:
@@ -338,7 +343,8 @@ class HboneStream:
     # -- closing -------------------------------------------------------------------------
 
     def reset(self, error_code: int = proto.ErrorCodes.CANCEL) -> None:
-        """Abort the stream (RST_STREAM) in both directions, dropping unread data."""
+        """Abort the stream (RST_STREAM) in both directions, dropping unread data: the peer
+        sees an error, not an end of stream."""
         if self._closed:
             return
         self._closed = True
@@ -349,15 +355,21 @@ class HboneStream:
         self._wake()
 
     async def aclose(self) -> None:
-        """Close the stream: a clean END_STREAM exchange if both sides finished, else reset."""
+        """Close gracefully, like closing a TCP socket: END_STREAM after the data sent so far
+        (unless sent already), and RST_STREAM(CANCEL) if the peer was still sending."""
         if not self._closed:
-            if self._eof_sent and self._eof_received and self._error is None:
-                self._closed = True
-                self._release_all()
-                self._conn.forget(self)
-                self._wake()
-            else:
-                self.reset()
+            conn = self._conn
+            if not self._eof_sent and self._error is None:
+                with contextlib.suppress(proto.HboneError):
+                    conn.core.end_stream(self.stream_id)
+                    self._eof_sent = True
+            if not self._eof_received:
+                conn.core.reset_stream(self.stream_id, proto.ErrorCodes.CANCEL)
+            conn.emit()
+            self._closed = True
+            self._release_all()
+            conn.forget(self)
+            self._wake()
         await trio.lowlevel.checkpoint()
 
     # -- events from the connection ------------------------------------------------------

@@ -17,14 +17,14 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.netns import PodNetns
+from ztunnel_py.agent.proxy.accounting import carry
 from ztunnel_py.agent.proxy.hbone import (
-    HboneError,
     HboneHandshakeError,
     HboneRequest,
     serve_hbone_connection,
 )
 from ztunnel_py.agent.proxy.outbound import SELF_PORTS
-from ztunnel_py.agent.proxy.relay import RelayError, SocketByteStream, relay, splice_relay
+from ztunnel_py.agent.proxy.relay import SocketByteStream, relay, splice_relay
 from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import server_context, verify_client_identity
@@ -64,8 +64,12 @@ class Inbound:
         connect_timeout: timedelta,
         workload_wait: timedelta,
         track: Callable[[str, str, str, str], Callable[[], None]],
+        preserve_source: bool,
     ) -> None:
         self.pod_uid = pod_uid
+        # Bind upstream sockets to the client's IP so the app sees it; only with capture on,
+        # whose egress program brings the app's replies back to the agent.
+        self.preserve_source = preserve_source
         self.netns = netns
         self.state = state
         self.certs = certs
@@ -74,6 +78,16 @@ class Inbound:
         self.connect_timeout = connect_timeout.total_seconds()
         self.workload_wait = workload_wait.total_seconds()
         self.track = track
+
+    async def _connect_app(
+        self, src_ip: IPAddress, dst_ip: IPAddress, port: int
+    ) -> trio.socket.SocketType:
+        spoof = self.preserve_source and src_ip != dst_ip and src_ip.version == dst_ip.version
+        return await self.netns.connect(
+            (str(dst_ip), port),
+            bind_ip=str(src_ip) if spoof else None,
+            connect_timeout=self.connect_timeout,
+        )
 
     async def workload(self) -> Workload:
         """This pod's workload; waits briefly for the state to learn it after enrollment."""
@@ -150,9 +164,7 @@ class Inbound:
             conn.close("DENY", decision.reason)
             return
         try:
-            app = await self.netns.connect(
-                (str(dst_ip), dst_port), connect_timeout=self.connect_timeout
-            )
+            app = await self._connect_app(src_ip, dst_ip, dst_port)
         except (OSError, trio.TooSlowError) as e:
             await req.respond(503)
             conn.close("CONNECT", f"cannot connect to {req.authority}: {e}")
@@ -163,14 +175,7 @@ class Inbound:
             conn.close("CONNECT", "client went away before the tunnel opened")
             return
         untrack = self.track("inbound", src_addr, req.authority, "HBONE")
-        try:
-            received, sent = await relay(stream, SocketByteStream(app))
-            conn.add_bytes(sent=sent, recv=received)
-            conn.close()
-        except (RelayError, HboneError, OSError) as e:
-            conn.close("CONNECT", str(e))
-        finally:
-            untrack()
+        await carry(conn, relay(stream, SocketByteStream(app)), a_is_peer=True, untrack=untrack)
 
     def _guess_service(self, workload: Workload, port: int) -> Service | None:
         for key, ports in workload.services.items():
@@ -213,19 +218,10 @@ class Inbound:
             conn.close("DENY", decision.reason)
             return
         try:
-            app = await self.netns.connect(
-                (str(dst_ip), local[1]), connect_timeout=self.connect_timeout
-            )
+            app = await self._connect_app(src_ip, dst_ip, local[1])
         except (OSError, trio.TooSlowError) as e:
             sock.close()
             conn.close("CONNECT", f"cannot connect to {dst_addr}: {e}")
             return
         untrack = self.track("inbound", src_addr, dst_addr, "TCP")
-        try:
-            received, sent = await splice_relay(sock, app)
-            conn.add_bytes(sent=sent, recv=received)
-            conn.close()
-        except (RelayError, OSError) as e:
-            conn.close("CONNECT", str(e))
-        finally:
-            untrack()
+        await carry(conn, splice_relay(sock, app), a_is_peer=True, untrack=untrack)

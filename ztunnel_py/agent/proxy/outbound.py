@@ -19,6 +19,7 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.netns import PodNetns
+from ztunnel_py.agent.proxy.accounting import carry
 from ztunnel_py.agent.proxy.hbone import (
     HboneClientConnection,
     HboneError,
@@ -28,7 +29,7 @@ from ztunnel_py.agent.proxy.hbone import (
     connect_hbone,
 )
 from ztunnel_py.agent.proxy.pool import HbonePool, PoolKey
-from ztunnel_py.agent.proxy.relay import RelayError, SocketByteStream, relay, splice_relay
+from ztunnel_py.agent.proxy.relay import SocketByteStream, relay, splice_relay
 from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import client_context, verify_server_identity
@@ -201,23 +202,18 @@ class Outbound:
         untrack = (
             track("outbound", src_text, dst_text, "HBONE" if rt.hbone else "TCP") if track else None
         )
-        try:
+
+        async def transfer() -> tuple[int, int]:
             if hbone is not None:
                 if initial:
                     await hbone.send_all(initial)
-                sent, received = await relay(SocketByteStream(client), hbone)
-            else:
-                assert tcp is not None
-                if initial:
-                    await SocketByteStream(tcp).send_all(initial)
-                sent, received = await splice_relay(client, tcp)
-            conn.add_bytes(sent=sent + len(initial), recv=received)
-            conn.close()
-        except (RelayError, HboneError, OSError) as e:
-            conn.close("CONNECT", str(e))
-        finally:
-            if untrack is not None:
-                untrack()
+                return await relay(SocketByteStream(client), hbone)
+            assert tcp is not None
+            if initial:
+                await SocketByteStream(tcp).send_all(initial)
+            return await splice_relay(client, tcp)
+
+        await carry(conn, transfer(), a_is_peer=False, untrack=untrack, already_sent=len(initial))
 
     async def _open_tcp(self, netns: PodNetns, rt: Route) -> trio.socket.SocketType:
         try:

@@ -19,11 +19,12 @@ import errno
 import fcntl
 import os
 import socket
-from typing import Protocol
+import struct
+from typing import Protocol, runtime_checkable
 
 import trio
 
-__all__ = ["ByteStream", "RelayError", "SocketByteStream", "relay", "splice_relay"]
+__all__ = ["ByteStream", "RelayError", "Resettable", "SocketByteStream", "relay", "splice_relay"]
 
 Bytes = bytes | bytearray | memoryview
 
@@ -33,6 +34,7 @@ _PIPE_SIZE = 1024 * 1024
 _SPLICE_CHUNK = 1024 * 1024
 # How long closing both sides may take once a relay is over.
 _CLOSE_GRACE = 1.0
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class ByteStream(Protocol):
@@ -49,6 +51,13 @@ class ByteStream(Protocol):
     async def send_eof(self) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Resettable(Protocol):
+    """A stream that can abort instead of closing cleanly (`HboneStream`, `SocketByteStream`)."""
+
+    def reset(self) -> None: ...
 
 
 class RelayError(Exception):
@@ -100,6 +109,12 @@ class SocketByteStream:
             if e.errno != errno.ENOTCONN:
                 raise
 
+    def reset(self) -> None:
+        """Close with a TCP RST (SO_LINGER 0), so the peer sees an error, not an EOF."""
+        with contextlib.suppress(OSError):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        self.socket.close()
+
     async def aclose(self) -> None:
         self.socket.close()
         await trio.lowlevel.checkpoint()
@@ -109,7 +124,8 @@ async def relay(a: ByteStream, b: ByteStream, *, chunk: int = RELAY_CHUNK) -> tu
     """Copy a->b and b->a until both directions ended; returns (bytes a->b, bytes b->a).
 
     Each side's EOF becomes a half-close of the other. Both streams are closed at the end.
-    Raises `RelayError` (cause chained) if either side fails; both are closed then too.
+    Raises `RelayError` (cause chained) if either side fails; both are then reset (if they
+    can be) and closed, so each peer sees the failure.
     """
     counts = [0, 0]
     failures: list[Exception] = []
@@ -137,6 +153,9 @@ async def relay(a: ByteStream, b: ByteStream, *, chunk: int = RELAY_CHUNK) -> tu
         with trio.move_on_after(_CLOSE_GRACE, shield=True):
             for stream in (a, b):
                 with contextlib.suppress(Exception):
+                    # A failure is passed on as a reset, never as a clean end of stream.
+                    if failures and isinstance(stream, Resettable):
+                        stream.reset()
                     await stream.aclose()
     if failures:
         raise RelayError(f"relay failed: {failures[0]}", counts[0], counts[1]) from failures[0]
