@@ -1,7 +1,8 @@
 """`ztunnel-py bench throughput`: one iperf3 stream across nodes, with and without the mesh.
 
-Both modes run in the same testbed in the same invocation, so the ratio compares like with
-like on this machine. CPU cost is each agent's user+system time (from /proc/<pid>/stat) over
+Both modes run in the same invocation, each in a fresh testbed (capture meshes every client of
+an enrolled pod, so the baseline gets a testbed without the mesh), so the ratio compares like
+with like on this machine. CPU cost is each agent's user+system time (from /proc/<pid>/stat) over
 the mesh run, divided by the gigabytes carried.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,28 +44,43 @@ def _agent_pids(status: dict[str, Any]) -> dict[str, int]:
     return {n["name"]: int(n["agent"]["pid"]) for n in status["nodes"] if n["agent"]["pid"]}
 
 
-def measure(bed: Testbed, seconds: int, repeat: int, say: Any) -> ThroughputResult:
-    status = bed.status()
-    pods: list[dict[str, Any]] = status["pods"]
+def _endpoints(bed: Testbed) -> tuple[str, str]:
+    pods: list[dict[str, Any]] = bed.status()["pods"]
     client = next(p for p in pods if p["node"] == "node1" and p["role"] == "client")
     server = next(p for p in pods if p["node"] == "node2" and p["app"] == "echo")
-    agents = _agent_pids(status)
-    plain: list[float] = []
-    meshed: list[float] = []
-    cpu = dict.fromkeys(agents, 0.0)
-    gigabytes = 0.0
-    for i in range(repeat):
-        say(f"run {i + 1}/{repeat}: no mesh, {client['name']} -> {server['name']}, {seconds} s")
-        plain.append(
-            gbps(iperf3(bed, client["name"], server["ip"], seconds=seconds, via_mesh=False))
-        )
-        say(f"run {i + 1}/{repeat}: through the mesh, {seconds} s")
-        before = {n: _cpu_seconds(pid) for n, pid in agents.items()}
-        result = iperf3(bed, client["name"], server["ip"], seconds=seconds)
-        for n, pid in agents.items():
-            cpu[n] += _cpu_seconds(pid) - before[n]
-        meshed.append(gbps(result))
-        gigabytes += float(result["end"]["sum_received"]["bytes"]) / 1e9
+    return str(client["name"]), str(server["ip"])
+
+
+def _run(
+    prefix: str, mesh: bool, seconds: int, repeat: int, say: Callable[[str], None]
+) -> tuple[list[float], dict[str, float], float]:
+    """iperf3 runs in a fresh testbed (with or without the mesh); (Gbit/s per run, agent CPU
+    seconds, GB carried). Clients are plain: with the mesh, capture makes them meshed."""
+    label = "through the mesh" if mesh else "no mesh"
+    say(f"bringing up a 2-node testbed {'with' if mesh else 'without'} the mesh")
+    bed = Testbed.up(prefix=prefix, nodes=2, pods_per_node=2, mesh=mesh, progress=say)
+    try:
+        client, server_ip = _endpoints(bed)
+        agents = _agent_pids(bed.status()) if mesh else {}
+        runs: list[float] = []
+        cpu = dict.fromkeys(agents, 0.0)
+        gigabytes = 0.0
+        for i in range(repeat):
+            say(f"run {i + 1}/{repeat}: {label}, {client} -> {server_ip}, {seconds} s")
+            before = {n: _cpu_seconds(pid) for n, pid in agents.items()}
+            result = iperf3(bed, client, server_ip, seconds=seconds, via_mesh=False)
+            for n, pid in agents.items():
+                cpu[n] += _cpu_seconds(pid) - before[n]
+            runs.append(gbps(result))
+            gigabytes += float(result["end"]["sum_received"]["bytes"]) / 1e9
+        return runs, cpu, gigabytes
+    finally:
+        bed.down(say)
+
+
+def measure(prefix: str, seconds: int, repeat: int, say: Callable[[str], None]) -> ThroughputResult:
+    plain, _, _ = _run(prefix, False, seconds, repeat, say)
+    meshed, cpu, gigabytes = _run(prefix, True, seconds, repeat, say)
     no_mesh, mesh = max(plain), max(meshed)
     return ThroughputResult(
         no_mesh_gbps=round(no_mesh, 3),
@@ -84,18 +101,10 @@ def main(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     try:
-        say("bringing up a 2-node testbed with the mesh")
-        bed = Testbed.up(prefix=args.prefix, nodes=2, pods_per_node=2, mesh=True, progress=say)
+        result = measure(args.prefix, args.seconds, args.repeat, say)
     except TestbedError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 1
-    try:
-        result = measure(bed, args.seconds, args.repeat, say)
-    except TestbedError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 1
-    finally:
-        bed.down(say)
     if args.json:
         print(json.dumps(asdict(result)))
         return 0
@@ -104,7 +113,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"  no mesh         {result.no_mesh_gbps:8.2f} Gbit/s")
     print(
         f"  through mesh    {result.mesh_gbps:8.2f} Gbit/s   ratio {result.ratio:.2f}"
-        f"  (target >= 0.25)"
+        "  (target >= 0.25)"
     )
     for node, v in result.agent_cpu_seconds_per_gb.items():
         print(f"  agent {node:<8}  {v:8.2f} CPU-s/GB")

@@ -8,6 +8,7 @@ prefix is known) removes everything even after `up` or any process was killed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -396,7 +397,12 @@ def _teardown(state: State, progress: Progress) -> None:
         progress(f"deleted {len(removed)} namespaces")
     if state.mesh:
         for i in range(1, state.nodes + 1):
-            shutil.rmtree(mesh.bpf_pin_root(state, f"node{i}"), ignore_errors=True)
+            pins = Path(mesh.bpf_pin_root(state, f"node{i}"))
+            shutil.rmtree(pins, ignore_errors=True)
+            # ...and the shared parents once the last testbed's pins are gone
+            for parent in (pins.parent, pins.parent.parent):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()
     shutil.rmtree(state.state_dir, ignore_errors=True)
     _remove_empty_default_dirs(state.state_dir)
     progress(f"testbed {state.prefix} is down")
