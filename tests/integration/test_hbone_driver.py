@@ -1,4 +1,4 @@
-"""HBONE client and server over real TLS on loopback: streams, status codes, identities, failures."""
+"""HBONE client and server over real TLS on loopback: streams, statuses, identities, failures."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import socket
 import ssl
 import time
 from dataclasses import replace
+from typing import cast
 
 import pytest
 import trio
+import trio.testing
 
 from tests.integration.hbone_support import (
     CLIENT_ID,
@@ -66,7 +68,8 @@ async def test_connect_reports_identities_and_headers() -> None:
             assert conn.peer_max_concurrent_streams == 200
             assert conn.available_streams == 100
             stream = await conn.open_stream(
-                "10.0.0.7:9080", [("baggage", "k8s.namespace.name=client-ns"), ("forwarded", 'for="10.0.0.1:5000"')]
+                "10.0.0.7:9080",
+                [("baggage", "k8s.namespace.name=client-ns"), ("forwarded", 'for="10.0.0.1:5000"')],
             )
             assert stream.response_headers == (("baggage", "k8s.namespace.name=server-ns"),)
             assert await read_all(stream) == b""
@@ -201,7 +204,8 @@ async def test_large_transfer_integrity_and_throughput() -> None:
             await conn.aclose()
             nursery.cancel_scope.cancel()
     assert digests == [expected.hexdigest()]
-    print(f"\nHBONE one stream, client and server in one process: {total * 8 / elapsed / 1e9:.2f} Gbit/s")
+    rate = total * 8 / elapsed / 1e9
+    print(f"\nHBONE, one stream, client and server in one process: {rate:.2f} Gbit/s")
 
 
 @pytest.mark.parametrize("status", [503, 401, 400])
@@ -372,7 +376,9 @@ async def test_keepalive_drops_a_silent_peer() -> None:
 async def test_keepalive_keeps_an_idle_connection() -> None:
     with trio.fail_after(10):
         async with hbone_server(echo_handler) as server, trio.open_nursery() as nursery:
-            conn = await dial(server.address, nursery, keepalive_interval=0.05, keepalive_timeout=0.5)
+            conn = await dial(
+                server.address, nursery, keepalive_interval=0.05, keepalive_timeout=0.5
+            )
             await trio.sleep(0.6)
             assert conn.is_ready
             stream = await conn.open_stream("10.0.0.1:80")
@@ -535,3 +541,32 @@ async def test_server_survives_a_client_sending_garbage_after_tls() -> None:
             while not server.connections_done:
                 await trio.sleep(0.01)
             assert server.requests == []
+
+
+async def test_hbone_stream_passes_trios_half_closeable_stream_checks() -> None:
+    """trio's conformance suite: checkpoints, concurrent-use errors, close and EOF semantics."""
+    trio.abc.HalfCloseableStream.register(HboneStream)
+    server_side, accepted = trio.open_memory_channel[HboneStream](16)
+
+    async def handler(request: HboneRequest) -> None:
+        stream = await request.respond(200)
+        assert stream is not None
+        await server_side.send(stream)
+        # The check closes the stream itself; the handler only has to outlive it.
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with hbone_server(handler) as server, trio.open_nursery() as nursery:
+            conn = await dial(server.address, nursery)
+
+            async def pair() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+                client = await conn.open_stream("10.0.0.1:80")
+                server_stream = await accepted.receive()
+                # Registered above: HboneStream returns memoryviews, which trio's ABC does not
+                # declare, so the static types need telling.
+                return cast(trio.abc.HalfCloseableStream, client), cast(
+                    trio.abc.HalfCloseableStream, server_stream
+                )
+
+            await trio.testing.check_half_closeable_stream(pair, None)
+            nursery.cancel_scope.cancel()

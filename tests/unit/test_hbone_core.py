@@ -68,7 +68,7 @@ class Pair:
     def _deliver(
         self,
         conn: HboneClient | HboneServer,
-        data: memoryview,
+        data: bytes,
         sink: list[Event],
         received: dict[int, bytearray],
         server: bool,
@@ -261,6 +261,33 @@ def test_data_is_a_slice_of_the_input_buffer() -> None:
     assert all(p.obj is wire for p in pieces)
 
 
+def test_large_payloads_are_queued_by_reference() -> None:
+    pair = Pair()
+    stream_id = pair.open()
+    big = bytearray(b"b" * 100_000)
+    pair.client.send_data(stream_id, big)
+    pair.client.send_data(stream_id, b"small")
+    buffers = pair.client.buffers_to_send()
+    # [header], [payload by reference], [header + small payload packed together]
+    assert len(buffers) == 3
+    assert isinstance(buffers[1], memoryview) and buffers[1].obj is big
+    assert bytes(buffers[2])[9:] == b"small"
+    assert pair.client.buffers_to_send() == []
+    events = pair.server.receive_data(b"".join(buffers))
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived)) == (
+        bytes(big) + b"small"
+    )
+
+
+def test_peer_settings_received() -> None:
+    client, server = HboneClient(), HboneServer()
+    assert not client.peer_settings_received
+    server.receive_data(client.data_to_send())
+    assert server.peer_settings_received
+    client.receive_data(server.data_to_send())
+    assert client.peer_settings_received
+
+
 def test_byte_at_a_time_input_gives_the_same_stream() -> None:
     pair = Pair()
     stream_id = pair.open()
@@ -284,9 +311,7 @@ def test_frames_follow_peer_max_frame_size() -> None:
     pair = Pair()
     stream_id = pair.open()
     assert pair.client.send_data(stream_id, bytes(3 * MiB + 5)) == 3 * MiB + 5
-    sizes = [
-        len(f.data) for f in frames(pair.client.data_to_send()) if isinstance(f, DataFrame)
-    ]
+    sizes = [len(f.data) for f in frames(pair.client.data_to_send()) if isinstance(f, DataFrame)]
     assert sizes == [MiB, MiB, MiB, 5]
 
 
@@ -783,9 +808,7 @@ def test_padded_data_frames() -> None:
             received += event.data
             pair.server.acknowledge_received_data(stream_id, len(event.data))
     assert received == payload * 20_000
-    updates = [
-        f for f in frames(pair.server.data_to_send()) if isinstance(f, WindowUpdateFrame)
-    ]
+    updates = [f for f in frames(pair.server.data_to_send()) if isinstance(f, WindowUpdateFrame)]
     assert {u.stream_id for u in updates} == {0, stream_id}
     final = DataFrame(stream_id, b"end", flags=["PADDED", "END_STREAM"], pad_length=3)
     events = pair.server.receive_data(final.serialize())

@@ -2,8 +2,8 @@
 
 `HboneClient` opens CONNECT streams, `HboneServer` accepts and answers them. Both turn received
 bytes into `Event`s (`receive_data`) and queue the bytes to write (`data_to_send`, or
-`buffers_to_send` without copying payloads); neither does
-any I/O. The trio driver lives in `ztunnel_py.agent.proxy.hbone`.
+`buffers_to_send` without copying payloads); neither does any I/O. The trio driver lives in
+`ztunnel_py.agent.proxy.hbone`.
 
 Why DATA frames bypass h2. Stock h2 4.4.1 `repr()`s every received frame for a trace log line,
 and hyperframe's repr hex-encodes the whole DATA payload: 78% of decode time at 1 MiB frames
@@ -23,9 +23,15 @@ and hyperframe's repr hex-encodes the whole DATA payload: 78% of decode time at 
 - Everything else (SETTINGS, HEADERS/CONTINUATION, RST_STREAM, PING, PRIORITY, unknown frames)
   goes to h2 in order, batched.
 
+Settings are ztunnel's (reference 2.5): 4 MiB stream and 16 MiB connection windows, 1 MiB
+frames, header lists of 16 KiB (client) / 64 KiB (server), 200 concurrent streams advertised by
+the server, push disabled.
+
 Errors. Bad input never raises: it yields `ConnectionTerminated` (with a reason) and a GOAWAY in
-`data_to_send()`; later input is ignored. The methods that send raise only the `HboneError`
-subclasses documented on them, or `ValueError` for invalid arguments.
+`data_to_send()`; later input is ignored. Malformed requests (bad pseudo-headers, oversized
+header lists, too many streams) are connection errors, as h2 treats them. The methods that send
+raise only the `HboneError` subclasses documented on them, or `ValueError` for invalid
+arguments.
 """
 
 from __future__ import annotations
@@ -96,10 +102,10 @@ _RFC_DEFAULT_FRAME_SIZE = 16384
 _MAX_WINDOW = 2**31 - 1
 _MAX_STREAM_ID = 2**31 - 1
 
-_DATA, _HEADERS, _RST_STREAM, _PUSH_PROMISE, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
+# Frame types this module looks at (RFC 9113 section 6).
+_DATA, _HEADERS, _PUSH_PROMISE, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = (
     0x0,
     0x1,
-    0x3,
     0x5,
     0x7,
     0x8,
@@ -457,7 +463,6 @@ class _HboneConnection:
         self._h2_run: list[bytes] = []
         self._header_block_open = False
         self._frame_length = 0
-        self._frame_type = 0
         self._frame_flags = 0
         self._frame_stream = 0
         self._frame_header = b""
@@ -612,7 +617,6 @@ class _HboneConnection:
                 f"frame of {length} bytes exceeds the maximum frame size {MAX_FRAME_SIZE}",
             )
         self._frame_length = length
-        self._frame_type = ftype
         self._frame_flags = flags
         self._frame_stream = stream_id
         if self._header_block_open:

@@ -1,9 +1,8 @@
 """Trio driver for HBONE: the sans-IO core (`ztunnel_py.protocol.hbone`) over `tls.TlsTransport`.
 
-One connection runs three tasks: a reader (TLS records -> core -> streams), a single writer
-(ciphertext -> socket, so everything encrypted while a send was in flight goes out in the next
-send) and a keepalive (PING after 10 s without input, every 10 s, drop
-the connection after 20 s without an answer; reference 2.5).
+One connection runs three tasks: a reader (TLS records -> core -> streams), a writer and a
+keepalive (PING after 10 s without input, then every 10 s; the connection is dropped after 20 s
+without an answer; reference 2.5).
 
 Received DATA is not copied. The reader decrypts into a buffer from a small per-connection
 pool; each stream queues slices of it and the buffer goes back to the pool once every slice was
@@ -12,11 +11,15 @@ consumed. `HboneStream.receive_some` therefore returns a view that is valid unti
 acknowledged to the peer (flow control) as they are handed out, so a reader that stops reading
 stops the peer at the 4 MiB stream window.
 
-Sending does not copy large payloads: the core queues them by reference and the sending task
-encrypts them at once (`emit`), so the caller's buffer is free when `send_all` returns. Small
-frames are packed with their header into one TLS record. `send_all` waits when the stream or
-connection window is closed, and when more than `_OUTPUT_HIGH_WATER` bytes of ciphertext wait
-for the writer.
+Sending does not copy large payloads either: the core queues them by reference and the sending
+task encrypts them at once (`emit`), so the caller's buffer is free when `send_all` returns;
+small frames are packed with their header into one TLS record. The sending task then writes the
+ciphertext to the socket itself unless a send is already in flight, in which case that send
+takes it along (everything encrypted meanwhile leaves in one socket write) and `send_all` only
+waits while more than `_OUTPUT_HIGH_WATER` bytes are queued. The writer task sends what other
+tasks produce (WINDOW_UPDATEs, PING answers, resets). Sending inline instead of handing every
+chunk to the writer saves a task switch per message, which is most of the latency a Python
+hop adds (performance.md 2.4).
 
 Client: `connect_hbone` (TLS, peer identity, HTTP/2 SETTINGS) -> `HboneClientConnection`,
 whose `open_stream` sends a CONNECT and returns the tunnel once the server answered 200.
@@ -33,6 +36,7 @@ import contextlib
 import logging
 import operator
 import os
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -283,25 +287,31 @@ class HboneStream:
             view = memoryview(data).cast("B")
             conn = self._conn
             while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("the HBONE stream was closed while sending")
                 if self._error is not None:
                     raise self._error
                 try:
-                    sent = conn.core.send_data(self.stream_id, view)
+                    sent = conn.core.send_data(self.stream_id, view[:_OUTPUT_HIGH_WATER])
                 except proto.HboneError as e:
                     raise self._error or conn.stream_failure(str(e)) from None
                 if sent:
-                    conn.emit()
+                    conn.emit(wake_writer=False)
                     view = view[sent:]
-                if not view:
-                    break
-                if not sent:
+                    # Out to the socket before encrypting more: bounds the ciphertext a large
+                    # send_all can pile up.
+                    await conn.flush()
+                elif view:
                     self._writable = trio.Event()
                     conn.window_waiters.add(self)
                     try:
                         await self._writable.wait()
                     finally:
                         conn.window_waiters.discard(self)
-            await conn.wait_output_drained()
+                if not view:
+                    break
+            if not sent:
+                await trio.lowlevel.checkpoint()
         finally:
             self._sending = False
 
@@ -436,7 +446,7 @@ class _Connection:
         self._keepalive_timeout = keepalive_timeout
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._drained_lot = trio.lowlevel.ParkingLot()
-        self._ready = trio.Event()
+        self._flushing = False
         self._done = trio.Event()
         self._pong: trio.Event | None = None
         self._last_input = trio.current_time()
@@ -446,6 +456,7 @@ class _Connection:
 
     @property
     def is_closed(self) -> bool:
+        """True once the connection ended; `closed_reason` says why."""
         return self.closed_reason is not None
 
     @property
@@ -471,8 +482,9 @@ class _Connection:
 
     # -- output --------------------------------------------------------------------------
 
-    def emit(self) -> None:
-        """Encrypt the core's queued output now and have the writer send it.
+    def emit(self, *, wake_writer: bool = True) -> None:
+        """Encrypt the core's queued output now; the writer sends it unless the caller is
+        about to `flush` itself.
 
         Encrypting in the task that produced the frames consumes large DATA payloads (queued by
         reference) before the caller reuses its buffer, without copying them.
@@ -483,7 +495,8 @@ class _Connection:
         except (TlsError, trio.ClosedResourceError) as e:
             self._terminate(str(e))
             return
-        self._writer_lot.unpark()
+        if wake_writer:
+            self._writer_lot.unpark()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         if size and not self.is_closed:
@@ -492,11 +505,32 @@ class _Connection:
             if self.core.bytes_to_send:
                 self.emit()
 
-    async def wait_output_drained(self) -> None:
-        """Backpressure: wait while too much ciphertext waits for the writer."""
-        while self.tls.pending_output > _OUTPUT_HIGH_WATER and not self.is_closed:
-            await self._drained_lot.park()
-        await trio.lowlevel.checkpoint()
+    async def flush(self) -> None:
+        """Send the ciphertext queued so far, from this task if nobody is sending.
+
+        Sending inline saves the hop to the writer task (latency); if another task is sending
+        already, it picks our bytes up, and we only wait while too much is queued
+        (backpressure).
+        """
+        if self._flushing or self.is_closed:
+            while self.tls.pending_output > _OUTPUT_HIGH_WATER and not self.is_closed:
+                await self._drained_lot.park()
+            await trio.lowlevel.checkpoint()
+            return
+        await self._flush()
+
+    async def _flush(self) -> None:
+        self._flushing = True
+        try:
+            await self.tls.flush()
+        except (TlsError, trio.ClosedResourceError) as e:
+            self._terminate(str(e))
+        finally:
+            self._flushing = False
+            self._drained_lot.unpark_all()
+            # Cancelled halfway: the writer sends the rest.
+            if self.tls.pending_output:
+                self._writer_lot.unpark()
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -541,7 +575,6 @@ class _Connection:
             if not stream._eof_received or not stream._eof_sent:
                 stream._fail(error)
         self.streams.clear()
-        self._ready.set()
         self._drained_lot.unpark_all()
         if self._pong is not None:
             self._pong.set()
@@ -549,15 +582,14 @@ class _Connection:
             self._tasks.cancel_scope.cancel()
 
     async def _writer(self) -> None:
-        """Move ciphertext to the socket; everything queued meanwhile goes in the next send."""
+        """Send ciphertext queued by tasks that did not send it themselves (frames produced
+        by the reader, the keepalive, closing streams)."""
         tls = self.tls
         while True:
-            if not tls.pending_output:
-                self._drained_lot.unpark_all()
+            if not tls.pending_output or self._flushing:
                 await self._writer_lot.park()
                 continue
-            await tls.flush()
-            self._drained_lot.unpark_all()
+            await self._flush()
 
     async def _reader(self) -> None:
         pool = self.buffers
@@ -679,6 +711,13 @@ class _Connection:
         await self._done.wait()
 
 
+def _no_delay(sock: trio.socket.SocketType) -> None:
+    """TCP_NODELAY, as ztunnel sets on every socket: small frames (WINDOW_UPDATE, PING,
+    request/response traffic) must not wait for Nagle."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _check_alpn(tls: TlsTransport) -> None:
     if tls.alpn_protocol != ALPN_H2:
         raise HboneHandshakeError(
@@ -712,9 +751,10 @@ class HboneClientConnection(_Connection):
     async def open_stream(self, authority: str, headers: Sequence[Header] = ()) -> HboneStream:
         """CONNECT to `authority` (`ip:port`) with `headers`; returns the tunnel after a 200.
 
-        Raises `HboneStatusError` for any other status, `HboneUnavailableError` if this
-        connection takes no new stream, `HboneStreamError` if it breaks meanwhile,
-        `ValueError` for a malformed authority or header.
+        Waits for the answer without a time limit of its own (wrap it in `trio.fail_after`);
+        cancelling resets the stream. Raises `HboneStatusError` for any other status,
+        `HboneUnavailableError` if this connection takes no new stream, `HboneStreamError` if
+        it breaks meanwhile, `ValueError` for a malformed authority or header.
         """
         if self.is_closed:
             raise HboneUnavailableError(f"HBONE connection is closed: {self.closed_reason}")
@@ -724,8 +764,9 @@ class HboneClientConnection(_Connection):
             raise HboneUnavailableError(str(e)) from None
         stream = HboneStream(self, stream_id)
         self.track(stream)
-        self.emit()
+        self.emit(wake_writer=False)
         try:
+            await self.flush()
             while stream._status is None:
                 if stream._error is not None:
                     raise stream._error
@@ -771,6 +812,7 @@ async def connect_hbone(
     known, and starts the connection's tasks in `nursery`. The whole setup is bounded by
     `handshake_timeout`. Raises `HboneHandshakeError`; the socket is closed on failure.
     """
+    _no_delay(sock)
     tls = TlsTransport(sock, ssl_context, server_side=False, handshake_timeout=handshake_timeout)
     try:
         with trio.fail_after(handshake_timeout):
@@ -814,7 +856,10 @@ async def _read_peer_settings(conn: _Connection) -> None:
             raise HboneHandshakeError(f"HTTP/2 setup failed: {conn.closed_reason}")
         count = await conn.tls.receive_into(buffer.view)
         if not count:
-            raise HboneHandshakeError("peer closed the connection before its HTTP/2 SETTINGS")
+            raise HboneHandshakeError(
+                "peer closed the connection right after the TLS handshake, before HTTP/2 "
+                "SETTINGS (did it refuse our identity?)"
+            )
         events = conn.core.receive_data(buffer.view[:count])
         for event in events:
             if isinstance(event, proto.ConnectionTerminated):
@@ -971,6 +1016,7 @@ async def serve_hbone_connection(
     reset if still open. Raises `HboneHandshakeError` if the connection could not be set up
     (the socket is closed); returns normally when an established connection ends.
     """
+    _no_delay(sock)
     tls = TlsTransport(sock, ssl_context, server_side=True, handshake_timeout=handshake_timeout)
     try:
         await tls.handshake()
