@@ -27,6 +27,12 @@ def _controlplane(args: argparse.Namespace) -> int:
     return cp_main(args)
 
 
+def _cni(args: argparse.Namespace) -> int:
+    from ztunnel_py.cni import main as cni_main
+
+    return cni_main(args)
+
+
 def _testbed(args: argparse.Namespace) -> int:
     from ztunnel_py.testbed.cli import main as testbed_main
 
@@ -73,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_controlplane_arguments(p)
     p.set_defaults(handler=_controlplane)
+
+    p = sub.add_parser(
+        "cni",
+        help="the CNI plugin that enrolls pods with the node agent (run by the container runtime)",
+        description="A chained CNI plugin (spec 0.3.0 to 1.1.0). The container runtime runs it "
+        "after the primary plugin with CNI_COMMAND (ADD, DEL, CHECK, STATUS, GC, VERSION), "
+        "CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME) and "
+        "CNI_PATH in the environment and the network configuration JSON on stdin. On ADD it "
+        "enrolls the pod with the agent on this node when the pod's namespace is labelled "
+        "istio.io/dataplane-mode=ambient, then passes prevResult through; on DEL it unenrolls "
+        "it. The result, or the CNI error object, is printed on stdout.",
+        epilog="Plugin configuration keys: enrollSocket (default /var/run/ztunnel/ztunnel.sock); "
+        "kubeconfig (read labels and service accounts from the API server), or namespaceLabels "
+        '({"NS": {"label": "value"}}) and pods ({"NS/NAME": {"serviceAccount": "sa", '
+        '"labels": {}}}). Try: CNI_COMMAND=VERSION ztunnel-py cni',
+    )
+    p.set_defaults(handler=_cni)
 
     p = sub.add_parser(
         "testbed",

@@ -38,8 +38,8 @@ def echo_on(bed: Testbed, node: str) -> PodPlan:
     return next(p for p in bed.topology.endpoints("echo") if p.node == node)
 
 
-def http_get(bed: Testbed, client: PodPlan, target: PodPlan) -> dict[str, Any]:
-    url = f"http://{target.ip}:8080/hello"
+def http_get(bed: Testbed, client: PodPlan, target: PodPlan, ipv6: bool = False) -> dict[str, Any]:
+    url = f"http://[{target.ipv6}]:8080/hello" if ipv6 else f"http://{target.ip}:8080/hello"
     result = bed.exec(client.name, ["curl", "-sS", "--max-time", "5", url], timeout=10)
     assert result.returncode == 0, result.stderr
     answer: dict[str, Any] = json.loads(result.stdout)
@@ -63,6 +63,18 @@ def test_pod_reaches_pod_on_the_same_node(nomesh_testbed: Testbed) -> None:
     assert answer["client"].rpartition(":")[0] == client.ip
 
 
+@pytest.mark.parametrize(("client_node", "target_node"), [("node1", "node2"), ("node2", "node2")])
+def test_pods_reach_each_other_over_ipv6(
+    nomesh_testbed: Testbed, client_node: str, target_node: str
+) -> None:
+    client, target = client_on(nomesh_testbed, client_node), echo_on(nomesh_testbed, target_node)
+    answer = http_get(nomesh_testbed, client, target, ipv6=True)
+    assert answer["pod"] == target.name
+    assert answer["client"].rpartition(":")[0] == client.ipv6
+    # ...and IPv4 still reaches the same dual-stack server, reported as a plain IPv4 address.
+    assert http_get(nomesh_testbed, client, target)["client"].rpartition(":")[0] == client.ip
+
+
 def test_iperf3_runs_between_pods(nomesh_testbed: Testbed) -> None:
     client, target = client_on(nomesh_testbed, "node2"), echo_on(nomesh_testbed, "node1")
     result = nomesh_testbed.exec(
@@ -82,6 +94,12 @@ def test_status_json_describes_everything(nomesh_testbed: Testbed) -> None:
     assert status["prefix"] == prefix
     assert status["state_dir"] == str(nomesh_testbed.state_dir)
     assert status["complete"] is True and status["mesh"] is False
+    assert status["dual_stack"] is True
+    assert status["namespaces"] == [
+        {"name": "apps", "labels": {"istio.io/dataplane-mode": "ambient"}},
+        {"name": "clients", "labels": {"istio.io/dataplane-mode": "ambient"}},
+        {"name": "legacy", "labels": {}},
+    ]
     assert status["fabric"]["netns"] == f"{prefix}fabric"
     assert {"netns", "ip", "log"} <= set(status["controlplane"])
     assert status["controlplane"]["ip"] == "10.250.0.2"
@@ -96,7 +114,16 @@ def test_status_json_describes_everything(nomesh_testbed: Testbed) -> None:
         assert pod["netns"] == f"{prefix}pod-{pod['name']}"
         assert pod["http_port"] == 8080
         assert [p["alive"] for p in pod["processes"]] == [True, True]
-    assert len(status["pods"]) == 4
+    assert [p["name"] for p in status["pods"]] == [
+        "echo-1",
+        "web-1",
+        "echo-2",
+        "curl-2",
+        "legacy-1",
+    ]
+    legacy = status["pods"][-1]
+    assert (legacy["namespace"], legacy["ambient"], legacy["enrolled"]) == ("legacy", False, False)
+    assert legacy["ips"] == ["10.244.1.250", "fd00:10:244:1::250"]
     echo = next(s for s in status["services"] if s["name"] == "echo")
     assert echo["namespace"] == "apps" and echo["vip"] == "10.96.0.10"
     assert echo["ports"] == [{"port": 80, "target_port": 8080}, {"port": 5201, "target_port": 5201}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from ztunnel_py.agent.localconfig import parse_local_config
@@ -37,6 +38,9 @@ def test_document_uses_ztunnel_keys_and_values() -> None:
     assert echo["canonicalName"] == "echo"
     assert echo["services"] == {"apps/echo.apps.svc.cluster.local": {80: 8080, 5201: 5201}}
     assert workloads["web-1"]["services"] == {}
+    # Not in an ambient namespace, so not enrolled: reached in plain TCP.
+    assert workloads["legacy-1"]["protocol"] == "TCP"
+    assert workloads["legacy-1"]["namespace"] == "legacy"
     services = {s["name"]: s for s in doc["services"]}
     for entry in doc["services"]:
         assert set(entry) <= SERVICE_KEYS
@@ -50,8 +54,9 @@ def test_document_uses_ztunnel_keys_and_values() -> None:
     assert services["store"]["vips"] == ["/10.96.0.20"]
 
 
-def test_agent_parser_reads_back_the_same_workloads_and_services() -> None:
-    t = plan("zt-", nodes=2, pods_per_node=3)
+@pytest.mark.parametrize("dual_stack", [False, True])
+def test_agent_parser_reads_back_the_same_workloads_and_services(dual_stack: bool) -> None:
+    t = plan("zt-", nodes=2, pods_per_node=3, dual_stack=dual_stack)
     parsed = parse_local_config(render(t.workloads(), t.mesh_services()), "testbed")
     assert list(parsed.workloads) == t.workloads()
     assert list(parsed.services) == t.mesh_services()

@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from ztunnel_py.model import TunnelProtocol
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.topology import CLIENT, plan
 
@@ -33,8 +34,10 @@ def test_addresses_follow_the_node_subnets() -> None:
         for pod in t.pods_on(node.name):
             assert ipaddress.ip_address(pod.ip) in subnet
     ips = [p.ip for p in t.pods]
-    assert len(ips) == len(set(ips)) == 12
-    assert len({p.name for p in t.pods}) == 12
+    # 3 x 4 pods, plus the legacy client on node 1
+    assert len(ips) == len(set(ips)) == 13
+    assert len({p.name for p in t.pods}) == 13
+    assert all(p.ipv6 is None for p in t.pods) and all(n.ipv6 is None for n in t.nodes)
     assert {s.name for s in t.services} == {"echo", "store"}
 
 
@@ -75,3 +78,47 @@ def test_bad_sizes_and_prefixes_are_refused(
 def test_unknown_pod_error_lists_the_pods() -> None:
     with pytest.raises(TestbedError, match=r"no pod named 'nope'; pods: echo-1, web-1"):
         plan().pod("nope")
+
+
+def test_legacy_client_is_outside_the_ambient_namespaces() -> None:
+    t = plan()
+    assert [p.name for p in t.pods] == ["echo-1", "web-1", "echo-2", "curl-2", "legacy-1"]
+    legacy = t.pod("legacy-1")
+    assert (legacy.namespace, legacy.node, legacy.ip, legacy.role) == (
+        "legacy",
+        "node1",
+        "10.244.1.250",
+        CLIENT,
+    )
+    assert not legacy.ambient
+    assert all(p.ambient for p in t.pods if p is not legacy)
+    assert t.namespace_labels == {
+        "apps": {"istio.io/dataplane-mode": "ambient"},
+        "clients": {"istio.io/dataplane-mode": "ambient"},
+        "legacy": {},
+    }
+    protocols = {w.name: w.tunnel_protocol for w in t.workloads()}
+    assert protocols["legacy-1"] is TunnelProtocol.NONE
+    assert protocols["web-1"] is TunnelProtocol.HBONE
+
+
+def test_dual_stack_gives_every_address_an_ipv6_twin() -> None:
+    t = plan("zt-", nodes=2, pods_per_node=3, dual_stack=True)
+    assert [(n.ipv6, n.pod_cidr6, n.gateway6) for n in t.nodes] == [
+        ("fd00:10:250::11", "fd00:10:244:1::/64", "fd00:10:244:1::1"),
+        ("fd00:10:250::12", "fd00:10:244:2::/64", "fd00:10:244:2::1"),
+    ]
+    for node in t.nodes:
+        assert node.pod_cidr6 is not None
+        for pod in t.pods_on(node.name):
+            assert pod.ipv6 is not None
+            assert ipaddress.ip_address(pod.ipv6) in ipaddress.ip_network(node.pod_cidr6)
+    assert t.pod("legacy-1").ips == ("10.244.1.250", "fd00:10:244:1::250")
+    assert len({p.ipv6 for p in t.pods}) == len(t.pods)
+    echo = {w.name: w for w in t.workloads()}["echo-2"]
+    assert [str(a) for a in echo.addresses] == ["10.244.2.10", "fd00:10:244:2::10"]
+    vips = {s.name: [str(v) for v in s.vips] for s in t.mesh_services()}
+    assert vips == {
+        "echo": ["/10.96.0.10", "/fd00:10:96::10"],
+        "store": ["/10.96.0.20", "/fd00:10:96::20"],
+    }

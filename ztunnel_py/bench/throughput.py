@@ -68,7 +68,7 @@ def _run(
         for i in range(repeat):
             say(f"run {i + 1}/{repeat}: {label}, {client} -> {server_ip}, {seconds} s")
             before = {n: _cpu_seconds(pid) for n, pid in agents.items()}
-            result = iperf3(bed, client, server_ip, seconds=seconds, via_mesh=False)
+            result = iperf3(bed, client, server_ip, seconds=seconds)
             for n, pid in agents.items():
                 cpu[n] += _cpu_seconds(pid) - before[n]
             runs.append(gbps(result))

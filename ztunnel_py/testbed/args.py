@@ -1,4 +1,4 @@
-"""Arguments of `ztunnel-py testbed` (up, down, status, exec) and `ztunnel-py demo`."""
+"""Arguments of `ztunnel-py testbed` (up, down, status, exec, agent) and `ztunnel-py demo`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         help="create the namespaces, start pod servers and (unless --no-mesh) the mesh",
         description="Create the fabric, control plane, node and pod network namespaces, start "
         "an HTTP server (:8080) and iperf3 (:5201) in every pod and, unless --no-mesh, the "
-        "control plane and one agent per node, then enroll the pods. Nothing is added to the "
+        "control plane and one agent per node, then run the CNI plugin (`ztunnel-py cni`) for "
+        "every pod, which enrolls the pods of ambient namespaces. Nothing is added to the "
         "machine's own network namespace.",
     )
     up.add_argument(
@@ -54,6 +55,11 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-mesh",
         action="store_true",
         help="only the network and the pod servers: no control plane, no agents",
+    )
+    up.add_argument(
+        "--dual-stack",
+        action="store_true",
+        help="give nodes and pods IPv6 addresses too (fd00:10:244:<node>::/64 for pods)",
     )
     up.add_argument(
         "--secret-ttl",
@@ -97,6 +103,25 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("pod", metavar="POD", help="pod name as shown by `testbed status`")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD", help="command and arguments")
+
+    agent = sub.add_parser(
+        "agent",
+        parents=[common],
+        help="stop, start or kill one node's agent",
+        description="stop: SIGTERM the agent of NODE and wait for it to exit (SIGKILL after "
+        "5 s). kill: SIGKILL it, as a crash would. start: run it again with the command line "
+        "`up` gave it and wait until it is ready; it re-enrolls its pods from its own saved "
+        "state (the CNI plugin is not run again). The state file follows every change.",
+    )
+    agent.add_argument("node", metavar="NODE", help="node name, e.g. node1")
+    agent.add_argument("action", choices=("stop", "start", "kill"), help="what to do")
+    agent.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long `start` waits for the agent to be ready (default: 60)",
+    )
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

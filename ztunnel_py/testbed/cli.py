@@ -1,4 +1,4 @@
-"""`ztunnel-py testbed up|down|status|exec`: parse results in, Testbed calls, text out."""
+"""`ztunnel-py testbed up|down|status|exec|agent`: parse results in, Testbed calls, text out."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,17 +29,14 @@ def _up(args: argparse.Namespace) -> int:
         progress=_say,
         timeout=args.timeout,
         secret_ttl=args.secret_ttl,
+        dual_stack=args.dual_stack,
     )
     client = next(p for p in bed.topology.pods if p.role == CLIENT)
     # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.
     vip = bed.topology.service("echo").vip
     far_echo = bed.topology.endpoints("echo")[-1].ip
-    # Clients reach the mesh through the pod's SOCKS5 listener until transparent capture.
-    curl = (
-        f"curl -s --socks5 127.0.0.1:15080 http://{vip}/"
-        if bed.state.mesh
-        else f"curl -s http://{far_echo}:8080/"
-    )
+    # A plain client: the agent captures the pod's traffic, no proxy settings needed.
+    curl = f"curl -s http://{vip}/" if bed.state.mesh else f"curl -s http://{far_echo}:8080/"
     flags = "" if args.prefix == "zt-" else f" --prefix {args.prefix}"
     flags += f" --state-dir {args.state_dir}" if args.state_dir else ""
     _say(f"  inspect:   ztunnel-py testbed status{flags}")
@@ -50,6 +48,25 @@ def _up(args: argparse.Namespace) -> int:
 def _down(args: argparse.Namespace) -> int:
     if not down(args.prefix, args.state_dir, progress=_say):
         _say(f"no testbed {args.prefix} is up; nothing to do")
+    return 0
+
+
+def _agent(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    node: str = args.node
+    if args.action == "stop":
+        pid = bed.stop_agent(node)
+        _say(f"agent {node} stopped (pid {pid})" if pid else f"agent {node} was not running")
+    elif args.action == "kill":
+        pid = bed.kill_agent(node)
+        _say(f"agent {node} killed (pid {pid})" if pid else f"agent {node} was not running")
+    else:
+        started = time.monotonic()
+        record = bed.start_agent(node, timeout=args.timeout)
+        _say(
+            f"agent {node} ready in {time.monotonic() - started:.1f} s (pid {record.pid}, log "
+            f"{record.log}); it re-enrolls its pods from its saved state"
+        )
     return 0
 
 
@@ -74,12 +91,18 @@ def format_status(status: dict[str, Any]) -> str:
         else "NOT COMPLETE (still coming up, or `up` was interrupted: run `testbed down`)"
     )
     mesh = "mesh on" if status["mesh"] else "no mesh"
+    mesh += ", dual stack" if status["dual_stack"] else ""
     cp = status["controlplane"]
     lines = [
         f"testbed {status['prefix']}: {phase}, {mesh}; state {status['state_dir']}",
         f"fabric         {status['fabric']['netns']}  {status['fabric']['subnet']}",
         f"control plane  {cp['netns']}  {cp['ip']}"
         + (f"  {_alive(cp)}  log {cp['log']}" if cp["pid"] is not None else ""),
+        "namespaces     "
+        + ", ".join(
+            ns["name"] + "".join(f" {k}={v}" for k, v in ns["labels"].items())
+            for ns in status["namespaces"]
+        ),
         "",
     ]
     rows = [["NODE", "NETNS", "IP", "POD CIDR", "AGENT", "LOG"]]
@@ -88,7 +111,9 @@ def format_status(status: dict[str, Any]) -> str:
         log = agent["log"] or "-"
         rows.append([node["name"], node["netns"], node["ip"], node["pod_cidr"], _alive(agent), log])
     lines += [*_table(rows), ""]
-    rows = [["POD", "NAMESPACE", "SERVICE ACCOUNT", "NODE", "IP", "NETNS", "HTTP", "IPERF3"]]
+    rows = [
+        ["POD", "NAMESPACE", "SERVICE ACCOUNT", "NODE", "IP", "MESH", "NETNS", "HTTP", "IPERF3"]
+    ]
     for pod in status["pods"]:
         http, iperf = pod["processes"]
         rows.append(
@@ -97,7 +122,8 @@ def format_status(status: dict[str, Any]) -> str:
                 pod["namespace"],
                 pod["service_account"],
                 pod["node"],
-                pod["ip"],
+                " ".join(pod["ips"]),
+                "enrolled" if pod["enrolled"] else "-",
                 pod["netns"],
                 _alive(http),
                 _alive(iperf),
@@ -134,7 +160,7 @@ def _exec(args: argparse.Namespace) -> int:
     return 128 - code if code < 0 else code
 
 
-_ACTIONS = {"up": _up, "down": _down, "status": _status, "exec": _exec}
+_ACTIONS = {"up": _up, "down": _down, "status": _status, "exec": _exec, "agent": _agent}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,10 +1,12 @@
 """`ztunnel-py demo`: a 2-node mesh on the testbed, traffic through it, and what the wire shows.
 
-Brings up the testbed with the mesh, sends HTTP through it on one node, across nodes, to a pod
-IP and to a service VIP (each answer names the pod that served it and the client address it
-saw; the destination agent's access log must name the caller's identity), runs iperf3 across
-nodes while tcpdump records the fabric, then reports what the capture holds: TLS 1.3 on 15008
-and none of the payload in clear. Exit status 0 only if every check passed.
+Brings up the testbed with the mesh and sends HTTP from plain clients (no proxy settings: the
+agent captures the pods' traffic) on one node, across nodes, to a pod IP and to a service VIP
+(each answer names the pod that served it and the client address it saw, which must be the
+caller's own; the destination agent's access log must name the caller's identity). A pod outside
+the ambient namespaces reaches a meshed pod in plaintext (PERMISSIVE). iperf3 runs across nodes
+while tcpdump records the fabric, then the demo reports what the capture holds: TLS 1.3 on
+15008 and none of the payload in clear. Exit status 0 only if every check passed.
 """
 
 from __future__ import annotations
@@ -77,13 +79,27 @@ class Demo:
             return
         identity = f"spiffe://cluster.local/ns/{client['namespace']}/sa/{client['service_account']}"
         logged = self.logged_identity(server["node"], identity, f"{server['ip']}:{HTTP_PORT}")
-        ok = answer.pod == server["name"] and logged
+        ok = answer.pod == server["name"] and logged and answer.client_ip == client["ip"]
         self.record(
             name,
             ok,
             f"{client['name']} -> {server['name']} ({server['ip']}:{HTTP_PORT}): answered by "
             f"{answer.pod}, which saw client {answer.client}; {server['node']}'s agent "
             + ("logged " + identity if logged else "did NOT log the caller's identity"),
+        )
+
+    def plaintext(self, client: dict[str, Any], server: dict[str, Any]) -> None:
+        try:
+            answer = http_get(self.bed, client["name"], server["ip"], HTTP_PORT)
+        except TestbedError as e:
+            self.record("from outside the mesh", False, str(e))
+            return
+        self.record(
+            "from outside the mesh",
+            answer.pod == server["name"] and answer.client_ip == client["ip"],
+            f"{client['name']} (namespace {client['namespace']}, not ambient, not enrolled) -> "
+            f"{server['name']}: plaintext accepted (PERMISSIVE), answered by {answer.pod}, which "
+            f"saw client {answer.client}",
         )
 
     def vip(self, client: dict[str, Any]) -> None:
@@ -106,16 +122,18 @@ class Demo:
         )
 
     def run(self, seconds: int) -> bool:
-        web = self.pod("web-", "node1")
+        web, legacy = self.pod("web-", "node1"), self.pod("legacy-", "node1")
         echo1, echo2 = self.pod("echo-", "node1"), self.pod("echo-", "node2")
         marker = f"ZTDEMO-{secrets.token_hex(8)}"
         pcap = self.bed.state_dir / "fabric.pcap"
         self.out(f"capturing the fabric ({FABRIC_BRIDGE} in {self.status['fabric']['netns']})")
         with FabricCapture(self.status["fabric"]["netns"], FABRIC_BRIDGE, pcap, "tcp"):
-            self.out("traffic through the mesh (clients use the pod's SOCKS5 port 15080):")
+            self.out("plain clients, captured by the mesh (no proxy settings):")
             self.http("same node", web, echo1)
             self.http("across nodes", web, echo2)
             self.vip(web)
+            # Same node, so no plaintext crosses the fabric the capture below inspects.
+            self.plaintext(legacy, echo1)
             try:
                 http_get(self.bed, web["name"], echo2["ip"], HTTP_PORT, path=f"/?m={marker}")
                 result = iperf3(self.bed, web["name"], echo2["ip"], seconds=seconds)

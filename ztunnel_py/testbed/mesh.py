@@ -1,4 +1,4 @@
-"""Starts the mesh in a testbed: the control plane, one agent per node, then enrolls every pod.
+"""Starts the mesh in a testbed: the control plane, one agent per node, then enrolls the pods.
 
 The commands and their readiness signals are the contract with `controlplane` and `agent`:
 
@@ -8,23 +8,28 @@ The commands and their readiness signals are the contract with `controlplane` an
 - `ztunnel-py controlplane node-token NODE --data-dir DIR` prints node NODE's CA credential;
 - `ztunnel-py agent --node NODE --local-config FILE --ca-address 10.250.0.2:15012 --ca-root-cert
   DIR/ca/root-cert.pem --auth-token TOKENFILE --enroll-socket NODEDIR/ztunnel.sock --state-dir
-  NODEDIR` in `<prefix><node>`; ready when `GET 127.0.0.1:15021/healthz/ready` in the node's
-  namespace answers 200;
-- each pod is then enrolled with its node's agent over the enrollment socket (the testbed plays
-  the CNI plugin's part).
+  NODEDIR --bpf-pin-root /sys/fs/bpf/ztunnel-py/testbed/<prefix><node>` in `<prefix><node>`;
+  ready when `GET 127.0.0.1:15021/healthz/ready` in the node's namespace answers 200;
+- every pod then goes through `ztunnel-py cni ADD` (`runtime.py`), which enrolls the pods of
+  ambient namespaces with their node's agent; `down` runs `ztunnel-py cni DEL` for every pod
+  before it stops the agents.
+
+An agent restarted with `start_agent` gets the same command line; it re-enrolls its pods from
+its own saved state, so the plugin is not run again.
 """
 
 from __future__ import annotations
 
 import functools
 import http.client
+import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
 
-from ztunnel_py.testbed import netns
+from ztunnel_py.testbed import netns, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
@@ -143,60 +148,102 @@ def start(
     agents: list[tuple[NodePlan, ProcessRecord]] = []
     for node in topology.nodes:
         _issue_token(state, node)
-        node_dir = str(state.node_dir(node.name))
-        record = ProcessRecord(
-            name=agent_name(node.name),
-            netns=node.netns,
-            argv=ztunnel_py(
-                "agent",
-                "--node",
-                node.name,
-                "--local-config",
-                str(state.local_config),
-                "--ca-address",
-                listen,
-                "--ca-root-cert",
-                root_cert(state),
-                "--auth-token",
-                token_file(state, node.name),
-                "--enroll-socket",
-                enroll_socket(state, node.name),
-                "--state-dir",
-                node_dir,
-                "--secret-ttl",
-                state.secret_ttl,
-                "--bpf-pin-root",
-                bpf_pin_root(state, node.name),
-            ),
-            log=str(state.log_dir / f"agent-{node.name}.log"),
-        )
+        runtime.write_config(topology, state, node, enroll_socket(state, node.name))
+        record = agent_record(state, node, listen)
         launch(record)
         agents.append((node, record))
     for node, record in agents:
-        wait_for(
-            functools.partial(_http_ready, node.netns),
-            [record],
-            timeout,
-            f"the agent of {node.name} to be ready",
-        )
+        wait_agent_ready(node, record, timeout)
         progress(f"  agent {node.name} ready (pid {record.pid}, log {record.log})")
+    enroll(topology, state, progress)
 
-    from ztunnel_py.agent.enroll_client import EnrollError, enroll_pod
 
-    for node, record in agents:
-        for pod in topology.pods_on(node.name):
-            try:
-                enroll_pod(
-                    socket_path=enroll_socket(state, node.name),
-                    uid=pod.uid,
-                    name=pod.name,
-                    namespace=pod.namespace,
-                    service_account=pod.service_account,
-                    netns_path=pod.netns_path,
-                )
-            except (EnrollError, OSError) as exc:
-                raise TestbedError(
-                    f"enrolling pod {pod.name} with the agent of {node.name} failed: {exc}; "
-                    f"last lines of {record.log}:\n{log_tail(record.log)}"
-                ) from exc
-        progress(f"  enrolled {len(topology.pods_on(node.name))} pods with agent {node.name}")
+def agent_record(state: State, node: NodePlan, ca_address: str) -> ProcessRecord:
+    """How the agent of `node` runs (the same command line for every start)."""
+    return ProcessRecord(
+        name=agent_name(node.name),
+        netns=node.netns,
+        argv=ztunnel_py(
+            "agent",
+            "--node",
+            node.name,
+            "--local-config",
+            str(state.local_config),
+            "--ca-address",
+            ca_address,
+            "--ca-root-cert",
+            root_cert(state),
+            "--auth-token",
+            token_file(state, node.name),
+            "--enroll-socket",
+            enroll_socket(state, node.name),
+            "--state-dir",
+            str(state.node_dir(node.name)),
+            "--secret-ttl",
+            state.secret_ttl,
+            "--bpf-pin-root",
+            bpf_pin_root(state, node.name),
+        ),
+        log=agent_log(state, node.name),
+    )
+
+
+def agent_log(state: State, node: str) -> str:
+    return str(state.log_dir / f"agent-{node}.log")
+
+
+def wait_agent_ready(node: NodePlan, record: ProcessRecord, timeout: float) -> None:
+    wait_for(
+        functools.partial(_http_ready, node.netns),
+        [record],
+        timeout,
+        f"the agent of {node.name} to be ready",
+    )
+
+
+def enroll(topology: Topology, state: State, progress: Progress) -> None:
+    """`ztunnel-py cni ADD` for every pod, as the runtime of each node would run it."""
+    failures = []
+    for outcome in runtime.invoke(topology, state, "ADD", list(topology.pods)):
+        error = outcome.error()
+        if error is None and _result_ips(outcome.stdout) != list(outcome.pod.ips):
+            error = f"the plugin's result does not carry the pod's IPs: {outcome.stdout!r}"
+        if error is not None:
+            log = agent_log(state, outcome.pod.node)
+            failures.append(
+                f"CNI ADD of pod {outcome.pod.name} on {outcome.pod.node} failed: {error}; "
+                f"last lines of {log}:\n{log_tail(log)}"
+            )
+    if failures:
+        raise TestbedError("\n".join(failures))
+    for node in topology.nodes:
+        pods = topology.pods_on(node.name)
+        left_out = [p.name for p in pods if not p.ambient]
+        progress(
+            f"  CNI ADD for {len(pods)} pods on {node.name}: "
+            f"{len(pods) - len(left_out)} enrolled with its agent"
+            + (f", not {', '.join(left_out)} (namespace not ambient)" if left_out else "")
+        )
+
+
+def _result_ips(stdout: str) -> list[str] | None:
+    """The addresses of a CNI result (the pod's IPs, as the plugin passed them through)."""
+    try:
+        return [str(ip["address"]).split("/")[0] for ip in json.loads(stdout)["ips"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def unenroll(topology: Topology, state: State, progress: Progress) -> None:
+    """`ztunnel-py cni DEL` for every pod still there (best effort: warnings, never errors)."""
+    pods = [
+        p
+        for p in topology.pods
+        if netns.exists(p.netns)
+        and netns.exists(topology.node(p.node).netns)
+        and runtime.config_path(state, p.node).exists()
+    ]
+    for outcome in runtime.invoke(topology, state, "DEL", pods):
+        error = outcome.error()
+        if error is not None:
+            progress(f"warning: CNI DEL of pod {outcome.pod.name} failed: {error}")

@@ -9,6 +9,7 @@ into it: a network namespace switch is per thread, so the rest of the process is
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import threading
@@ -56,6 +57,12 @@ def add_veth(name: str, name_netns: str, peer: str, peer_netns: str) -> None:
     """A veth pair `name` (in `name_netns`) <-> `peer` (in `peer_netns`), born in place."""
     args = ["link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_netns]
     ip(*args, netns=name_netns)
+
+
+def mac_address(name: str, ifname: str) -> str:
+    """The hardware address of interface `ifname` in namespace `name`."""
+    links = json.loads(ip("-j", "link", "show", "dev", ifname, netns=name))
+    return str(links[0]["address"])
 
 
 def pids(name: str) -> list[int]:

@@ -4,7 +4,8 @@
 answers every GET with JSON `{"pod", "namespace", "node", "client", "path"}`, where `client` is
 the peer address the server saw (`ip:port`). That makes routing (which endpoint answered) and
 source preservation (which address the server saw) visible in one request. HTTP/1.1 keep-alive
-is supported, so load generators can reuse connections.
+is supported, so load generators can reuse connections. With `--bind ::` it serves IPv4 and
+IPv6 on one socket (dual-stack pods) and still reports IPv4 clients as plain `a.b.c.d`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +27,15 @@ class PodHTTPServer(ThreadingHTTPServer):
         self.pod = pod
         self.namespace = namespace
         self.node = node
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, PodHandler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # One socket for both families: IPv4 peers arrive as ::ffff:a.b.c.d.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 class PodHandler(BaseHTTPRequestHandler):
@@ -34,6 +44,7 @@ class PodHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         host, port = self.client_address[:2]
+        host = host.removeprefix("::ffff:") if "." in host else host
         body = json.dumps(
             {
                 "pod": self.server.pod,

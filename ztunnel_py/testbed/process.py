@@ -141,6 +141,16 @@ def _signal(record: ProcessRecord, sig: signal.Signals) -> None:
         pass
 
 
+def kill(record: ProcessRecord, timeout: float = 5.0) -> None:
+    """SIGKILL the process (and its group) and wait until it is gone."""
+    _signal(record, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while is_alive(record) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if is_alive(record):
+        raise TestbedError(f"{record.name} (pid {record.pid}) survived SIGKILL for {timeout} s")
+
+
 def stop(records: list[ProcessRecord], grace: float = 5.0) -> list[str]:
     """SIGTERM every live record, SIGKILL what is left after `grace` seconds.
 

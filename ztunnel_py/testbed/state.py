@@ -10,7 +10,8 @@ Layout of a state directory:
     local-config.yaml   workloads and services, given to the control plane and the agents
     logs/<name>.log     stdout+stderr of every process
     controlplane/       the control plane's data dir (its CA under controlplane/ca/)
-    node<i>/            agent state dir of node i: auth token, enrollment socket
+    node<i>/            agent state dir of node i: auth token, enrollment socket, the CNI
+                        network configuration the testbed hands the plugin (cni-config.json)
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class State:
         self.mesh: bool = bool(data["mesh"])
         # lifetime of workload certificates the agents ask for (their --secret-ttl)
         self.secret_ttl: str = str(data.get("secret_ttl", "24h"))
+        self.dual_stack: bool = bool(data.get("dual_stack", False))
+        # Kubernetes namespace -> labels (what the CNI plugin decides enrollment by)
+        self.namespace_labels: dict[str, dict[str, str]] = {
+            str(ns): {str(k): str(v) for k, v in labels.items()}
+            for ns, labels in data.get("namespace_labels", {}).items()
+        }
         self.complete: bool = bool(data.get("complete", False))
         self.namespaces: list[str] = [str(n) for n in data.get("namespaces", [])]
         self.processes: list[ProcessRecord] = [
@@ -56,6 +63,8 @@ class State:
         pods_per_node: int,
         mesh: bool,
         secret_ttl: str = "24h",
+        dual_stack: bool = False,
+        namespace_labels: dict[str, dict[str, str]] | None = None,
     ) -> State:
         """Claim `state_dir` for a new testbed; fails if a testbed (or its remains) is there."""
         try:
@@ -73,6 +82,8 @@ class State:
                 "pods_per_node": pods_per_node,
                 "mesh": mesh,
                 "secret_ttl": secret_ttl,
+                "dual_stack": dual_stack,
+                "namespace_labels": namespace_labels or {},
             },
         )
         state.save()
@@ -102,6 +113,8 @@ class State:
             "pods_per_node": self.pods_per_node,
             "mesh": self.mesh,
             "secret_ttl": self.secret_ttl,
+            "dual_stack": self.dual_stack,
+            "namespace_labels": self.namespace_labels,
             "complete": self.complete,
             "namespaces": self.namespaces,
             "processes": [p.to_dict() for p in self.processes],
@@ -121,6 +134,11 @@ class State:
 
     def add_process(self, record: ProcessRecord) -> None:
         self.processes.append(record)
+        self.save()
+
+    def replace_process(self, record: ProcessRecord) -> None:
+        """Swap in a new record for the process of the same name (a restart), and save."""
+        self.processes = [record if r.name == record.name else r for r in self.processes]
         self.save()
 
     def process(self, name: str) -> ProcessRecord | None:

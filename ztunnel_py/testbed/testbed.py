@@ -1,9 +1,11 @@
 """The testbed as a Python object: bring it up, describe it, run commands in pods, tear it down.
 
 `Testbed.up(...)` builds the topology of `topology.py` (namespaces, veths, routes), starts every
-pod's servers and, with `mesh=True`, the control plane and agents (`mesh.py`). Every step is
-recorded in the state file first, so `down` (the method, or the module function when only the
-prefix is known) removes everything even after `up` or any process was killed.
+pod's servers and, with `mesh=True`, the control plane and agents (`mesh.py`), and enrolls the
+pods through the CNI plugin (`runtime.py`). Every step is recorded in the state file first, so
+`down` (the method, or the module function when only the prefix is known) removes everything
+even after `up` or any process was killed. `stop_agent`, `start_agent` and `kill_agent` act on
+one node's agent, for operators and fault tests; the state file follows every restart.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ztunnel_py.testbed.topology import (
     CONTROLPLANE_IP,
     FABRIC_BRIDGE,
     FABRIC_SUBNET,
+    FABRIC_SUBNET6,
     HTTP_PORT,
     IPERF_PORT,
     NodePlan,
@@ -37,6 +40,7 @@ from ztunnel_py.testbed.topology import (
 
 DEFAULT_STATE_ROOT = Path("/run/ztunnel-py/testbed")
 FABRIC_PREFIX_LEN = FABRIC_SUBNET.split("/")[1]
+FABRIC_PREFIX_LEN6 = FABRIC_SUBNET6.split("/")[1]
 
 Progress = Callable[[str], None]
 
@@ -74,7 +78,9 @@ class Testbed:
 
     def __init__(self, state: State) -> None:
         self.state = state
-        self.topology: Topology = plan(state.prefix, state.nodes, state.pods_per_node)
+        self.topology: Topology = plan(
+            state.prefix, state.nodes, state.pods_per_node, state.dual_stack
+        )
 
     @property
     def prefix(self) -> str:
@@ -95,13 +101,15 @@ class Testbed:
         progress: Progress = _quiet,
         timeout: float = 60.0,
         secret_ttl: str = "24h",
+        dual_stack: bool = False,
     ) -> Testbed:
         """Build a testbed and wait until every process is ready.
 
         On any failure (or Ctrl-C) what was built is torn down again before the error propagates.
-        `timeout` bounds each readiness wait.
+        `timeout` bounds each readiness wait. `dual_stack` gives pods and nodes IPv6 addresses
+        too.
         """
-        topology = plan(prefix, nodes, pods_per_node)
+        topology = plan(prefix, nodes, pods_per_node, dual_stack)
         directory = _state_dir(prefix, state_dir)
         if directory.exists():
             raise TestbedError(
@@ -114,7 +122,16 @@ class Testbed:
                 f"network namespaces {', '.join(taken)} already exist, but {directory} does not "
                 f"describe them; remove them with `ip netns delete NAME` or pick another --prefix"
             )
-        state = State.create(directory, prefix, nodes, pods_per_node, mesh, secret_ttl)
+        state = State.create(
+            directory,
+            prefix,
+            nodes,
+            pods_per_node,
+            mesh,
+            secret_ttl,
+            dual_stack=dual_stack,
+            namespace_labels=topology.namespace_labels,
+        )
         bed = cls(state)
         try:
             bed._build(progress, timeout)
@@ -148,6 +165,7 @@ class Testbed:
     def _build(self, progress: Progress, timeout: float) -> None:
         t = self.topology
         mode = "with the mesh" if self.state.mesh else "without the mesh"
+        mode += ", dual stack" if t.dual_stack else ""
         progress(
             f"testbed {self.prefix}: {len(t.nodes)} nodes, {len(t.pods)} pods, {mode}; "
             f"state in {self.state_dir}"
@@ -157,6 +175,12 @@ class Testbed:
         for name in t.namespaces:
             netns.add(name)
             ip("link", "set", "lo", "up", netns=name)
+            if t.dual_stack:
+                # No duplicate address detection on the interfaces to come: while a node's
+                # link-local addresses are tentative, the first IPv6 connections through it
+                # stall for 2 s.
+                for scope in ("all", "default"):
+                    netns.set_sysctl(name, f"net/ipv6/conf/{scope}/accept_dad", "0")
         self._build_fabric(progress)
         for node in t.nodes:
             self._build_node(node, progress)
@@ -169,11 +193,24 @@ class Testbed:
         self.state.save()
         progress(f"testbed {self.prefix} is up")
 
-    def _fabric_port(self, member: str, fabric_iface: str, address: str) -> None:
+    def _fabric_port(
+        self, member: str, fabric_iface: str, address: str, address6: str | None = None
+    ) -> None:
         fabric = self.topology.fabric_netns
         netns.add_veth("eth0", member, fabric_iface, fabric)
         ip("link", "set", fabric_iface, "master", FABRIC_BRIDGE, "up", netns=fabric)
         ip("addr", "add", f"{address}/{FABRIC_PREFIX_LEN}", "dev", "eth0", netns=member)
+        if address6 is not None:
+            # nodad: the address is usable at once (DAD would hold it "tentative" for a second).
+            ip(
+                "addr",
+                "add",
+                f"{address6}/{FABRIC_PREFIX_LEN6}",
+                "dev",
+                "eth0",
+                "nodad",
+                netns=member,
+            )
         ip("link", "set", "eth0", "up", netns=member)
 
     def _build_fabric(self, progress: Progress) -> None:
@@ -186,15 +223,23 @@ class Testbed:
 
     def _build_node(self, node: NodePlan, progress: Progress) -> None:
         t = self.topology
-        self._fabric_port(node.netns, node.fabric_iface, node.ip)
+        self._fabric_port(node.netns, node.fabric_iface, node.ip, node.ipv6)
         netns.set_sysctl(node.netns, "net/ipv4/ip_forward", "1")
+        if node.ipv6 is not None:
+            netns.set_sysctl(node.netns, "net/ipv6/conf/all/forwarding", "1")
         for other in t.nodes:
             if other is not node:
                 ip("route", "add", other.pod_cidr, "via", other.ip, netns=node.netns)
-        progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}")
+                if other.pod_cidr6 is not None and other.ipv6 is not None:
+                    ip("-6", "route", "add", other.pod_cidr6, "via", other.ipv6, netns=node.netns)
+        v6 = f", {node.ipv6}, pods in {node.pod_cidr6}" if node.ipv6 else ""
+        progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}{v6}")
         for pod in t.pods_on(node.name):
             self._build_pod(node, pod)
-            progress(f"    pod {pod.name} ({pod.namespace}, sa {pod.service_account}): {pod.ip}")
+            progress(
+                f"    pod {pod.name} ({pod.namespace}, sa {pod.service_account}): "
+                + " ".join(pod.ips)
+            )
 
     def _build_pod(self, node: NodePlan, pod: PodPlan) -> None:
         netns.add_veth("eth0", pod.netns, pod.host_iface, node.netns)
@@ -205,6 +250,14 @@ class Testbed:
         ip("link", "set", "eth0", "up", netns=pod.netns)
         ip("route", "add", node.gateway, "dev", "eth0", "scope", "link", netns=pod.netns)
         ip("route", "add", "default", "via", node.gateway, "dev", "eth0", netns=pod.netns)
+        if pod.ipv6 is not None and node.gateway6 is not None:
+            # The same layout in IPv6: the gateway /128 on every host veth, a /128 route per pod.
+            host, gw = pod.host_iface, node.gateway6
+            ip("-6", "addr", "add", f"{gw}/128", "dev", host, "nodad", netns=node.netns)
+            ip("-6", "route", "add", f"{pod.ipv6}/128", "dev", host, netns=node.netns)
+            ip("-6", "addr", "add", f"{pod.ipv6}/128", "dev", "eth0", "nodad", netns=pod.netns)
+            ip("-6", "route", "add", gw, "dev", "eth0", netns=pod.netns)
+            ip("-6", "route", "add", "default", "via", gw, "dev", "eth0", netns=pod.netns)
 
     def _start_pod_servers(self, progress: Progress, timeout: float) -> None:
         started: list[tuple[PodPlan, ProcessRecord, ProcessRecord]] = []
@@ -224,6 +277,8 @@ class Testbed:
                     pod.node,
                     "--port",
                     str(HTTP_PORT),
+                    "--bind",
+                    "::" if pod.ipv6 else "0.0.0.0",
                 ],
                 log=str(self.state.log_dir / f"pod-{pod.name}-http.log"),
             )
@@ -293,6 +348,7 @@ class Testbed:
 
     def status(self) -> dict[str, Any]:
         """Everything a person or a test needs to know about the testbed, JSON-ready."""
+        self.refresh()
         t = self.topology
         state = self.state
         cp = self._proc(mesh.CONTROLPLANE)
@@ -305,6 +361,8 @@ class Testbed:
                     "netns": node.netns,
                     "ip": node.ip,
                     "pod_cidr": node.pod_cidr,
+                    "ipv6": node.ipv6,
+                    "pod_cidr6": node.pod_cidr6,
                     "log": agent["log"],
                     "agent": agent,
                     "enroll_socket": mesh.enroll_socket(state, node.name) if state.mesh else None,
@@ -317,6 +375,11 @@ class Testbed:
                 "node": pod.node,
                 "netns": pod.netns,
                 "ip": pod.ip,
+                "ipv6": pod.ipv6,
+                "ips": list(pod.ips),
+                # in an ambient namespace, so the CNI plugin enrolls it when the mesh is on
+                "ambient": pod.ambient,
+                "enrolled": pod.ambient and state.mesh,
                 "service_account": pod.service_account,
                 "app": pod.app,
                 "role": pod.role,
@@ -335,6 +398,7 @@ class Testbed:
                 "namespace": svc.namespace,
                 "hostname": svc.hostname,
                 "vip": svc.vip,
+                "vips": list(svc.vips),
                 "ports": [{"port": p, "target_port": tp} for p, tp in svc.ports],
                 "endpoints": [p.name for p in t.endpoints(svc.name)],
             }
@@ -345,6 +409,7 @@ class Testbed:
             "state_dir": str(self.state_dir),
             "complete": state.complete,
             "mesh": state.mesh,
+            "dual_stack": state.dual_stack,
             "local_config": str(state.local_config),
             "fabric": {"netns": t.fabric_netns, "bridge": FABRIC_BRIDGE, "subnet": FABRIC_SUBNET},
             "controlplane": {
@@ -356,20 +421,86 @@ class Testbed:
                 "alive": cp["alive"],
                 "root_cert": mesh.root_cert(state) if state.mesh else None,
             },
+            "namespaces": [
+                {"name": name, "labels": labels} for name, labels in state.namespace_labels.items()
+            ],
             "nodes": nodes,
             "pods": pods,
             "services": services,
             "processes": [self._proc(r.name) for r in state.processes],
         }
 
+    def refresh(self) -> None:
+        """Re-read the state file: another process (`testbed agent ...`) may have changed it."""
+        fresh = State.load(self.state_dir)
+        if fresh is None:
+            return
+        # Keep the Popen handles of our own children, so they are reaped when they exit.
+        popens = {(r.name, r.pid): r.popen for r in self.state.processes if r.popen is not None}
+        for record in fresh.processes:
+            record.popen = popens.get((record.name, record.pid))
+        self.state = fresh
+
+    # -- one node's agent -------------------------------------------------------------------
+
+    def _agent(self, node: str) -> tuple[NodePlan, ProcessRecord]:
+        self.refresh()
+        try:
+            plan_ = self.topology.node(node)
+        except KeyError:
+            nodes = ", ".join(n.name for n in self.topology.nodes)
+            raise TestbedError(f"no node named {node!r}; nodes: {nodes}") from None
+        record = self.state.process(mesh.agent_name(node))
+        if record is None:
+            raise TestbedError(f"testbed {self.prefix} runs without the mesh: {node} has no agent")
+        return plan_, record
+
+    def stop_agent(self, node: str) -> int | None:
+        """SIGTERM the agent of `node` and wait for it to exit (SIGKILL after 5 s).
+
+        Returns the pid it had, or None if it was not running.
+        """
+        _, record = self._agent(node)
+        was_running = process.is_alive(record)
+        process.stop([record])
+        if process.is_alive(record):
+            raise TestbedError(f"the agent of {node} (pid {record.pid}) did not stop")
+        return record.pid if was_running else None
+
+    def kill_agent(self, node: str) -> int | None:
+        """SIGKILL the agent of `node` (no chance to clean up); the pid it had, or None."""
+        _, record = self._agent(node)
+        if not process.is_alive(record):
+            return None
+        process.kill(record)
+        return record.pid
+
+    def start_agent(self, node: str, timeout: float = 60.0) -> ProcessRecord:
+        """Start the agent of `node` again, with the command line `up` gave it, and wait until
+        it is ready. The CNI plugin is not run: the agent re-enrolls its pods by itself."""
+        plan_, old = self._agent(node)
+        if process.is_alive(old):
+            raise TestbedError(f"the agent of {node} is already running (pid {old.pid})")
+        record = ProcessRecord(name=old.name, netns=old.netns, argv=old.argv, log=old.log)
+        self.state.replace_process(record)
+        process.start(record)
+        self.state.save()
+        mesh.wait_agent_ready(plan_, record, timeout)
+        return record
+
     # -- tearing down -----------------------------------------------------------------------
 
     def down(self, progress: Progress = _quiet) -> None:
         """Stop every recorded process, delete every namespace and the state dir. Idempotent."""
+        self.refresh()
         _teardown(self.state, progress)
 
 
 def _teardown(state: State, progress: Progress) -> None:
+    if state.mesh:
+        # As a runtime deleting the pods would: the agents unenroll them while they still run.
+        topology = plan(state.prefix, state.nodes, state.pods_per_node, state.dual_stack)
+        mesh.unenroll(topology, state, progress)
     for record in state.processes:
         if record.pid is None:
             process.find_unrecorded(record)

@@ -1,7 +1,7 @@
 """The testbed's plan: every name and address `testbed up` creates, decided without any I/O.
 
-`plan(prefix, nodes, pods_per_node)` is deterministic, so `up`, `status`, `down` and the local
-config all derive the same picture from the three numbers stored in the state file.
+`plan(prefix, nodes, pods_per_node, dual_stack)` is deterministic, so `up`, `status`, `down`
+and the local config all derive the same picture from the values stored in the state file.
 
 Addressing and wiring:
 
@@ -17,6 +17,10 @@ Addressing and wiring:
   Each node routes the other nodes' pod /24s via their fabric IPs and forwards (ip_forward=1).
 - services: VIPs come from 10.96.0.0/16. A VIP is only reachable through the mesh (there is no
   kube-proxy), as in an ambient cluster whose dataplane is the mesh.
+- dual stack (`dual_stack=True`): every address above gets an IPv6 twin that reads the same,
+  all /128 (pods, gateways) or /64 (fabric) with DAD off: node i's fabric address is
+  fd00:10:250::(10+i), its pods are in fd00:10:244:i::/64 (pod slot k is fd00:10:244:i::(10+k),
+  the gateway fd00:10:244:i::1), and VIPs come from fd00:10:96::/64 (echo fd00:10:96::10).
 
 Pods (Kubernetes-like, so identities differ), by slot k on node i:
 
@@ -28,19 +32,29 @@ Pods (Kubernetes-like, so identities differ), by slot k on node i:
   (store.db.svc.cluster.local, VIP 10.96.0.20, port 80->8080);
 - k>=3: more `echo` endpoints, `echo-<i>-<k>`.
 
+Besides those, node 1 always has `legacy-1` (`legacy`/`legacy`, 10.244.1.250, veth `vlegacy`),
+a client in namespace `legacy`, which is not labelled for ambient: the CNI plugin does not enroll
+it, its workload speaks plain TCP (not HBONE), and it shows how meshed pods accept plaintext
+from outside the mesh (PERMISSIVE). Namespaces `apps`, `clients` and `db` carry
+`istio.io/dataplane-mode=ambient`.
+
 Every pod runs an HTTP server on 8080 (`podserver`) and `iperf3 -s` on 5201.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ztunnel_py.cni.spec import DATAPLANE_MODE, should_enroll
 from ztunnel_py.model import NetworkAddress, Service, TunnelProtocol, Workload
 from ztunnel_py.testbed.errors import TestbedError
 
 FABRIC_SUBNET = "10.250.0.0/24"
+FABRIC_SUBNET6 = "fd00:10:250::/64"
 CONTROLPLANE_IP = "10.250.0.2"
 FABRIC_BRIDGE = "br0"
 HTTP_PORT = 8080
@@ -53,6 +67,16 @@ PREFIX_PATTERN = re.compile(r"^zt[a-z0-9-]{0,22}$")
 CLIENT = "client"
 SERVER = "server"
 
+AMBIENT = {DATAPLANE_MODE: "ambient"}
+LEGACY_NAMESPACE = "legacy"
+# Labels of every Kubernetes namespace the testbed's pods can live in.
+NAMESPACE_LABELS: Mapping[str, Mapping[str, str]] = {
+    "apps": AMBIENT,
+    "clients": AMBIENT,
+    "db": AMBIENT,
+    LEGACY_NAMESPACE: {},
+}
+
 
 @dataclass(frozen=True, slots=True)
 class NodePlan:
@@ -63,6 +87,9 @@ class NodePlan:
     pod_cidr: str
     gateway: str
     fabric_iface: str
+    ipv6: str | None = None
+    pod_cidr6: str | None = None
+    gateway6: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +99,11 @@ class ServicePlan:
     vip: str
     # (service port, target port)
     ports: tuple[tuple[int, int], ...]
+    vip6: str | None = None
+
+    @property
+    def vips(self) -> tuple[str, ...]:
+        return (self.vip,) if self.vip6 is None else (self.vip, self.vip6)
 
     @property
     def hostname(self) -> str:
@@ -95,6 +127,16 @@ class PodPlan:
     ip: str
     host_iface: str
     services: tuple[str, ...]
+    ipv6: str | None = None
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return (self.ip,) if self.ipv6 is None else (self.ip, self.ipv6)
+
+    @property
+    def ambient(self) -> bool:
+        """The pod's namespace is labelled for ambient, so the CNI plugin enrolls it."""
+        return should_enroll(NAMESPACE_LABELS[self.namespace], {})
 
     @property
     def uid(self) -> str:
@@ -113,6 +155,13 @@ class Topology:
     nodes: tuple[NodePlan, ...]
     pods: tuple[PodPlan, ...]
     services: tuple[ServicePlan, ...]
+    dual_stack: bool = False
+
+    @property
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Labels of the Kubernetes namespaces that have pods, in order of first appearance."""
+        names = dict.fromkeys(p.namespace for p in self.pods)
+        return {name: dict(NAMESPACE_LABELS[name]) for name in names}
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -150,7 +199,7 @@ class Topology:
         return tuple(p for p in self.pods if service in p.services)
 
     def workloads(self) -> list[Workload]:
-        """The pods as mesh workloads (HBONE-capable, one per pod)."""
+        """The pods as mesh workloads: HBONE for enrolled pods, plain TCP for the others."""
         by_name = {s.name: s for s in self.services}
         result = []
         for pod in self.pods:
@@ -160,10 +209,10 @@ class Topology:
                     uid=pod.uid,
                     name=pod.name,
                     namespace=pod.namespace,
-                    addresses=(ipaddress.ip_address(pod.ip),),
+                    addresses=tuple(ipaddress.ip_address(ip) for ip in pod.ips),
                     service_account=pod.service_account,
                     node=pod.node,
-                    tunnel_protocol=TunnelProtocol.HBONE,
+                    tunnel_protocol=TunnelProtocol.HBONE if pod.ambient else TunnelProtocol.NONE,
                     canonical_name=pod.app,
                     canonical_revision="latest",
                     workload_name=pod.app,
@@ -178,7 +227,7 @@ class Topology:
                 name=s.name,
                 namespace=s.namespace,
                 hostname=s.hostname,
-                vips=(NetworkAddress.parse("/" + s.vip),),
+                vips=tuple(NetworkAddress.parse("/" + vip) for vip in s.vips),
                 ports=dict(s.ports),
             )
             for s in self.services
@@ -187,6 +236,7 @@ class Topology:
 
 _ECHO = ServicePlan("echo", "apps", "10.96.0.10", ((80, HTTP_PORT), (IPERF_PORT, IPERF_PORT)))
 _STORE = ServicePlan("store", "db", "10.96.0.20", ((80, HTTP_PORT),))
+_VIP6 = {"echo": "fd00:10:96::10", "store": "fd00:10:96::20"}
 
 
 def validate_prefix(prefix: str) -> None:
@@ -210,21 +260,43 @@ def _pod(prefix: str, node: NodePlan, slot: int) -> PodPlan:
     else:
         name, ns, sa, role = f"echo-{node.index}-{slot}", "apps", "echo", SERVER
         services = ("echo",)
+    return _pod_plan(prefix, node, name, ns, sa, role, services, 10 + slot, f"veth{slot}")
+
+
+def _pod_plan(
+    prefix: str,
+    node: NodePlan,
+    name: str,
+    namespace: str,
+    service_account: str,
+    role: str,
+    services: tuple[str, ...],
+    host: int,
+    host_iface: str,
+) -> PodPlan:
     return PodPlan(
         name=name,
-        namespace=ns,
-        service_account=sa,
-        app=sa,
+        namespace=namespace,
+        service_account=service_account,
+        app=service_account,
         role=role,
         node=node.name,
         netns=f"{prefix}pod-{name}",
-        ip=f"10.244.{node.index}.{10 + slot}",
-        host_iface=f"veth{slot}",
+        ip=f"10.244.{node.index}.{host}",
+        host_iface=host_iface,
         services=services,
+        ipv6=f"fd00:10:244:{node.index}::{host}" if node.ipv6 else None,
     )
 
 
-def plan(prefix: str = "zt-", nodes: int = 2, pods_per_node: int = 2) -> Topology:
+def _legacy_pod(prefix: str, node: NodePlan) -> PodPlan:
+    name = f"legacy-{node.index}"
+    return _pod_plan(prefix, node, name, LEGACY_NAMESPACE, "legacy", CLIENT, (), 250, "vlegacy")
+
+
+def plan(
+    prefix: str = "zt-", nodes: int = 2, pods_per_node: int = 2, dual_stack: bool = False
+) -> Topology:
     """Decide the whole testbed; raises TestbedError for sizes or prefixes we cannot build."""
     validate_prefix(prefix)
     if not 1 <= nodes <= MAX_NODES:
@@ -243,16 +315,26 @@ def plan(prefix: str = "zt-", nodes: int = 2, pods_per_node: int = 2) -> Topolog
             pod_cidr=f"10.244.{i}.0/24",
             gateway=f"10.244.{i}.1",
             fabric_iface=f"vnode{i}",
+            ipv6=f"fd00:10:250::{10 + i}" if dual_stack else None,
+            pod_cidr6=f"fd00:10:244:{i}::/64" if dual_stack else None,
+            gateway6=f"fd00:10:244:{i}::1" if dual_stack else None,
         )
         for i in range(1, nodes + 1)
     )
     pods = tuple(_pod(prefix, n, k) for n in node_plans for k in range(pods_per_node))
+    pods += (_legacy_pod(prefix, node_plans[0]),)
     used = {s for p in pods for s in p.services}
+    services = tuple(
+        dataclasses.replace(s, vip6=_VIP6[s.name] if dual_stack else None)
+        for s in (_ECHO, _STORE)
+        if s.name in used
+    )
     return Topology(
         prefix=prefix,
         fabric_netns=f"{prefix}fabric",
         cp_netns=f"{prefix}cp",
         nodes=node_plans,
         pods=pods,
-        services=tuple(s for s in (_ECHO, _STORE) if s.name in used),
+        services=services,
+        dual_stack=dual_stack,
     )

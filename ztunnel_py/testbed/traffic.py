@@ -1,8 +1,10 @@
 """Real clients run inside testbed pods: curl for HTTP, iperf3 for throughput.
 
-Until transparent capture exists, clients reach the mesh through the pod's SOCKS5 listener
-(127.0.0.1:15080 inside the pod): curl natively, iperf3 through proxychains4. With `via_mesh`
-False the same clients go straight to the destination, for baselines.
+The clients are plain, with no proxy settings: in an enrolled pod the agent captures their
+connections transparently, so the same call goes through the mesh there and straight to the
+destination from a pod outside the mesh (or in a testbed without it). `http_get(...,
+socks5=True)` asks the pod's SOCKS5 listener (127.0.0.1:15080) instead, the mesh's explicit
+proxy for clients that want one.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ztunnel_py.testbed.errors import TestbedError
@@ -25,44 +26,35 @@ class HttpAnswer:
     namespace: str
     client: str
 
-
-def proxychains_config(state_dir: Path) -> Path:
-    """A proxychains4 config sending every TCP connect through the pod's SOCKS5 listener."""
-    path = state_dir / "proxychains.conf"
-    if not path.exists():
-        host, port = SOCKS5.split(":")
-        path.write_text(
-            "strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 10000\n"
-            f"[ProxyList]\nsocks5 {host} {port}\n"
-        )
-    return path
+    @property
+    def client_ip(self) -> str:
+        """The address the server saw the request come from (without the port)."""
+        return self.client.rpartition(":")[0]
 
 
 def http_get(
-    bed: Testbed, pod: str, host: str, port: int, *, via_mesh: bool = True, path: str = "/"
+    bed: Testbed, pod: str, host: str, port: int, *, path: str = "/", socks5: bool = False
 ) -> HttpAnswer:
     """GET http://host:port/path from `pod`; the answer of the testbed's pod HTTP server."""
     argv = ["curl", "-sS", "--max-time", "10"]
-    if via_mesh:
+    if socks5:
         argv += ["--socks5", SOCKS5]
-    argv.append(f"http://{host}:{port}{path}")
+    # An IPv6 literal goes in brackets in a URL.
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    argv.append(f"http://{authority}{path}")
     done = bed.exec(pod, argv, timeout=20)
     if done.returncode != 0:
-        raise TestbedError(f"curl from {pod} to {host}:{port} failed: {done.stderr.strip()}")
+        raise TestbedError(f"curl from {pod} to {authority} failed: {done.stderr.strip()}")
     try:
         body: dict[str, Any] = json.loads(done.stdout)
         return HttpAnswer(str(body["pod"]), str(body["namespace"]), str(body["client"]))
     except (ValueError, KeyError) as e:
-        raise TestbedError(f"unexpected answer from {host}:{port}: {done.stdout[:200]!r}") from e
+        raise TestbedError(f"unexpected answer from {authority}: {done.stdout[:200]!r}") from e
 
 
-def iperf3(
-    bed: Testbed, pod: str, host: str, *, seconds: int, via_mesh: bool = True, port: int = 5201
-) -> dict[str, Any]:
+def iperf3(bed: Testbed, pod: str, host: str, *, seconds: int, port: int = 5201) -> dict[str, Any]:
     """Run a single-stream iperf3 client from `pod`; returns iperf3's JSON result."""
     argv = ["iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"]
-    if via_mesh:
-        argv = ["proxychains4", "-q", "-f", str(proxychains_config(bed.state_dir)), *argv]
     try:
         done = bed.exec(pod, argv, timeout=seconds + 30)
     except subprocess.TimeoutExpired as e:
