@@ -21,15 +21,17 @@ import trio
 from ztunnel_py.agent import persist
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.netns import NetnsError, PodNetns
+from ztunnel_py.agent.proxy.accounting import POLICY_CHANGE
 from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.agent.proxy.outbound import Outbound, Ready
 from ztunnel_py.agent.proxy.socks5 import serve_socks5
-from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.agent.state import ProxyState, StateChange
 from ztunnel_py.agent.zds import PodInfo
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.model import IPAddress
 from ztunnel_py.model.workload import canonical_ip
+from ztunnel_py.protocol.rbac import Connection, evaluate
 from ztunnel_py.telemetry.metrics import Metrics
 
 log = logging.getLogger("ztunnel_py.inpod")
@@ -46,6 +48,9 @@ class TrackedConnection:
     src: str
     original_dst: str
     protocol: str
+    # inbound only: what authorization judged, and how to close the connection
+    authz: Connection | None = None
+    scope: trio.CancelScope | None = None
 
 
 class Capture(Protocol):
@@ -75,9 +80,17 @@ class PodProxy:
     connections: dict[int, TrackedConnection] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
-    def track(self, direction: str, src: str, dst: str, protocol: str) -> Callable[[], None]:
+    def track(
+        self,
+        direction: str,
+        src: str,
+        dst: str,
+        protocol: str,
+        authz: Connection | None = None,
+        scope: trio.CancelScope | None = None,
+    ) -> Callable[[], None]:
         key = next(self._ids)
-        self.connections[key] = TrackedConnection(direction, src, dst, protocol)
+        self.connections[key] = TrackedConnection(direction, src, dst, protocol, authz, scope)
 
         def untrack() -> None:
             self.connections.pop(key, None)
@@ -128,6 +141,30 @@ class PodManager:
         self.nursery = nursery
         self.pods: dict[str, PodProxy] = {}
         self.snapshot_seen: set[str] | None = None
+        state.subscribe(self._recheck)
+
+    def _recheck(self, change: StateChange) -> None:
+        """Late enforcement: close open inbound connections that the new policies deny."""
+        if not (change.policies or change.workloads):
+            return
+        for pod in self.pods.values():
+            workload = self.state.workload_by_uid(pod.info.uid)
+            if workload is None:
+                continue
+            policies = self.state.policies_for(workload)
+            for tracked in pod.connections.values():
+                if tracked.authz is None or tracked.scope is None:
+                    continue
+                decision = evaluate(policies, tracked.authz)
+                if not decision.allowed:
+                    log.info(
+                        "closing %s -> %s: %s (%s)",
+                        tracked.src,
+                        tracked.original_dst,
+                        POLICY_CHANGE,
+                        decision.reason,
+                    )
+                    tracked.scope.cancel()
 
     # --- EnrollHandler ---------------------------------------------------------------------
 

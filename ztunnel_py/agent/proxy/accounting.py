@@ -7,10 +7,32 @@ relay that fails half way, and every connection is closed in the books exactly o
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
 
 from ztunnel_py.agent.proxy.hbone import HboneError
 from ztunnel_py.agent.proxy.relay import RelayError
+from ztunnel_py.protocol.rbac import Connection
 from ztunnel_py.telemetry.metrics import ConnectionMetrics
+
+POLICY_CHANGE = "connection closed due to policy change"
+
+
+class Tracker(Protocol):
+    """Registers a live connection (for /config_dump and late policy enforcement); the result
+    unregisters it. Inbound connections pass what authorization judged (`authz`) and a scope
+    that closes them if a policy change now denies them."""
+
+    def __call__(
+        self,
+        direction: str,
+        src: str,
+        dst: str,
+        protocol: str,
+        authz: Connection | None = None,
+        scope: trio.CancelScope | None = None,
+    ) -> Callable[[], None]: ...
 
 
 async def carry(
@@ -44,3 +66,20 @@ async def carry(
         conn.close()
     else:
         conn.close("CONNECT", error)
+
+
+async def carry_enforced(
+    conn: ConnectionMetrics,
+    transfer: Awaitable[tuple[int, int]],
+    track: Tracker,
+    description: tuple[str, str, str, str],
+    authz: Connection,
+) -> None:
+    """`carry` an inbound connection that a later policy change may close (late enforcement)."""
+    scope = trio.CancelScope()
+    untrack = track(*description, authz=authz, scope=scope)
+    with scope:
+        await carry(conn, transfer, a_is_peer=True, untrack=untrack)
+    if scope.cancelled_caught:
+        untrack()
+        conn.close("DENY", POLICY_CHANGE)

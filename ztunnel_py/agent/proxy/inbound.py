@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 
 import trio
 
 from ztunnel_py.agent.netns import PodNetns
-from ztunnel_py.agent.proxy.accounting import carry
+from ztunnel_py.agent.proxy.accounting import Tracker, carry_enforced
 from ztunnel_py.agent.proxy.hbone import (
     HboneHandshakeError,
     HboneRequest,
@@ -63,7 +62,7 @@ class Inbound:
         trust_domain: str,
         connect_timeout: timedelta,
         workload_wait: timedelta,
-        track: Callable[[str, str, str, str], Callable[[], None]],
+        track: Tracker,
         preserve_source: bool,
     ) -> None:
         self.pod_uid = pod_uid
@@ -154,10 +153,8 @@ class Inbound:
             mtls=True,
         )
         conn = self.metrics.open(labels, src_addr, format_authority(dst_ip, 15008), req.authority)
-        decision = evaluate(
-            self.state.policies_for(workload),
-            Connection(src_ip, req.peer_identity, dst_ip, dst_port),
-        )
+        authz = Connection(src_ip, req.peer_identity, dst_ip, dst_port)
+        decision = evaluate(self.state.policies_for(workload), authz)
         if not decision.allowed:
             log.info("denied %s -> %s: %s", req.peer_identity, req.authority, decision.reason)
             await req.respond(401)
@@ -174,8 +171,13 @@ class Inbound:
             app.close()
             conn.close("CONNECT", "client went away before the tunnel opened")
             return
-        untrack = self.track("inbound", src_addr, req.authority, "HBONE")
-        await carry(conn, relay(stream, SocketByteStream(app)), a_is_peer=True, untrack=untrack)
+        await carry_enforced(
+            conn,
+            relay(stream, SocketByteStream(app)),
+            self.track,
+            ("inbound", src_addr, req.authority, "HBONE"),
+            authz,
+        )
 
     def _guess_service(self, workload: Workload, port: int) -> Service | None:
         for key, ports in workload.services.items():
@@ -209,9 +211,8 @@ class Inbound:
             destination_service=self._guess_service(workload, local[1]),
         )
         conn = self.metrics.open(labels, src_addr, dst_addr)
-        decision = evaluate(
-            self.state.policies_for(workload), Connection(src_ip, None, dst_ip, local[1])
-        )
+        authz = Connection(src_ip, None, dst_ip, local[1])
+        decision = evaluate(self.state.policies_for(workload), authz)
         if not decision.allowed:
             log.info("denied plaintext %s -> %s: %s", src_addr, dst_addr, decision.reason)
             sock.close()
@@ -223,5 +224,6 @@ class Inbound:
             sock.close()
             conn.close("CONNECT", f"cannot connect to {dst_addr}: {e}")
             return
-        untrack = self.track("inbound", src_addr, dst_addr, "TCP")
-        await carry(conn, splice_relay(sock, app), a_is_peer=True, untrack=untrack)
+        await carry_enforced(
+            conn, splice_relay(sock, app), self.track, ("inbound", src_addr, dst_addr, "TCP"), authz
+        )

@@ -19,7 +19,7 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.netns import PodNetns
-from ztunnel_py.agent.proxy.accounting import carry
+from ztunnel_py.agent.proxy.accounting import Tracker, carry
 from ztunnel_py.agent.proxy.hbone import (
     HboneClientConnection,
     HboneError,
@@ -118,7 +118,6 @@ def traceparent() -> str:
 
 
 Ready = Callable[[OutboundError | None], Awaitable[None]]
-Track = Callable[[str, str, str, str], Callable[[], None]]
 
 
 class Outbound:
@@ -150,7 +149,7 @@ class Outbound:
         dst_port: int,
         *,
         ready: Ready | None = None,
-        track: Track | None = None,
+        track: Tracker | None = None,
         initial: bytes = b"",
     ) -> None:
         """Carry one client connection to its destination, then close both ends.
