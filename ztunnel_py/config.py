@@ -53,3 +53,11 @@ class AgentConfig:
     pool_idle_timeout: timedelta = timedelta(minutes=5)
     connect_timeout: timedelta = timedelta(seconds=10)
     workload_wait: timedelta = timedelta(seconds=5)
+    # workload xDS (None: state from local_config); its roots default to ca_root_cert
+    xds_address: tuple[str, int] | None = None
+    xds_root_cert: Path | None = None
+    xds_hostname: str = "istiod.istio-system.svc"
+    # who this agent is, for the xDS node id ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local
+    instance_ip: str = ""
+    pod_name: str = ""
+    pod_namespace: str = "istio-system"

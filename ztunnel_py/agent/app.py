@@ -2,8 +2,9 @@
 
 `main(args)` validates the configuration (a bad local-config file stops the agent at start with
 a message naming the field), then runs everything in one trio nursery until SIGTERM, SIGINT or
-`POST /quitquitquit`. SIGHUP reloads the local-config file; an invalid file keeps the last good
-state.
+`POST /quitquitquit`. The mesh state comes from the control plane's workload xDS when
+`--xds-address` is set (readiness then waits for the first ACK of each type), else from the
+local-config file, which SIGHUP reloads (an invalid file keeps the last good state).
 """
 
 from __future__ import annotations
@@ -27,19 +28,35 @@ from ztunnel_py.agent.inpod import Capture, PodManager
 from ztunnel_py.agent.localconfig import ConfigError
 from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.agent.proxy.pool import HbonePool
-from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.agent.state import ProxyState, StateChange
 from ztunnel_py.config import AgentConfig, ConfigValueError, parse_duration, parse_host_port
 from ztunnel_py.identity.caclient import GrpcCaClient
+from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels, setup_logging
-from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.telemetry.metrics import Metrics, XdsMetrics
+from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
 
 log = logging.getLogger("ztunnel_py.agent")
+
+
+def _xds_address(text: str) -> tuple[str, int] | None:
+    if not text:
+        return None
+    if "://" in text and not text.startswith("https://"):
+        raise ConfigValueError(f"--xds-address: {text!r}: only https:// (TLS) is supported")
+    return parse_host_port(text.removeprefix("https://").rstrip("/"), "--xds-address")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if not args.node:
         raise ConfigValueError("--node (env NODE_NAME) is required: the name of this node")
+    xds_address = _xds_address(args.xds_address)
+    if xds_address is not None and args.local_config:
+        raise ConfigValueError(
+            "--xds-address (env XDS_ADDRESS) and --local-config (env LOCAL_XDS_PATH) are both "
+            "set: choose one source of workloads"
+        )
     return AgentConfig(
         node=args.node,
         local_config=Path(args.local_config) if args.local_config else None,
@@ -55,6 +72,12 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         readiness_address=parse_host_port(args.readiness_address, "--readiness-address"),
         capture=not args.no_capture,
         bpf_pin_root=Path(args.bpf_pin_root),
+        xds_address=xds_address,
+        xds_root_cert=Path(args.xds_root_cert) if args.xds_root_cert else None,
+        xds_hostname=args.xds_hostname,
+        instance_ip=args.instance_ip,
+        pod_name=args.pod_name or f"ztunnel-{args.node}",
+        pod_namespace=args.pod_namespace,
     )
 
 
@@ -66,25 +89,34 @@ def main(args: argparse.Namespace) -> int:
         print(f"ztunnel-py agent: {e}", file=sys.stderr)
         return 2
     state = ProxyState()
-    if config.local_config is None:
+    if config.xds_address is not None:
+        log.info(
+            "starting ztunnel-py agent %s on node %s: workloads from xDS at %s:%d",
+            __version__,
+            config.node,
+            *config.xds_address,
+        )
+    elif config.local_config is None:
         print(
-            "ztunnel-py agent: no workload source; pass --local-config FILE (env LOCAL_XDS_PATH)",
+            "ztunnel-py agent: no workload source; pass --xds-address HOST:PORT (env "
+            "XDS_ADDRESS) or --local-config FILE (env LOCAL_XDS_PATH)",
             file=sys.stderr,
         )
         return 2
-    try:
-        state.reload_local_config(config.local_config)
-    except ConfigError as e:
-        print(f"ztunnel-py agent: invalid local config: {e}", file=sys.stderr)
-        return 2
-    log.info(
-        "starting ztunnel-py agent %s on node %s: %d workloads, %d services, %d policies",
-        __version__,
-        config.node,
-        len(state.workloads()),
-        len(state.services()),
-        len(state.policies()),
-    )
+    else:
+        try:
+            state.reload_local_config(config.local_config)
+        except ConfigError as e:
+            print(f"ztunnel-py agent: invalid local config: {e}", file=sys.stderr)
+            return 2
+        log.info(
+            "starting ztunnel-py agent %s on node %s: %d workloads, %d services, %d policies",
+            __version__,
+            config.node,
+            len(state.workloads()),
+            len(state.services()),
+            len(state.policies()),
+        )
     capture = None
     if config.capture:
         try:
@@ -126,6 +158,19 @@ async def _run(
         hostname=config.ca_hostname,
     )
     certs = CertificateManager(signer, config.secret_ttl)
+    xds: XdsClient | None = None
+    xds_channel: ControlPlaneChannel | None = None
+    if config.xds_address is not None:
+        xds_channel = ControlPlaneChannel(
+            f"{config.xds_address[0]}:{config.xds_address[1]}",
+            config.xds_root_cert or config.ca_root_cert,
+            config.auth_token,
+            hostname=config.xds_hostname,
+            purpose="xDS",
+            options=XDS_CHANNEL_OPTIONS,
+        )
+        node = agent_node(config.instance_ip, config.pod_name, config.pod_namespace, config.node)
+        xds = XdsClient(xds_channel, node, state, readiness=readiness, metrics=XdsMetrics(registry))
     pool = HbonePool(idle_timeout=config.pool_idle_timeout.total_seconds())
     dump = ConfigDump()
     dump.add_sections(state.dump)
@@ -136,6 +181,18 @@ async def _run(
         async with trio.open_nursery() as nursery:
             await nursery.start(certs.run)
             await nursery.start(pool.run)
+
+            def prefetch_own_identities(change: StateChange | None = None) -> None:
+                if change is None or change.workloads:
+                    for w in state.workloads():
+                        if w.node == config.node:
+                            certs.prefetch(w.identity)
+
+            # xDS state arrives (and changes) while running: warm up certificates as it does.
+            prefetch_own_identities()
+            state.subscribe(prefetch_own_identities)
+            if xds is not None:
+                await nursery.start(xds.run)
             outbound = Outbound(state, certs, pool, metrics, config.connect_timeout, nursery)
             pods = PodManager(config, state, certs, outbound, metrics, nursery, capture)
             dump.add_section("workloadState", pods.dump)
@@ -166,9 +223,6 @@ async def _run(
                     task_status=task_status,
                 )
             )
-            for w in state.workloads():
-                if w.node == config.node:
-                    certs.prefetch(w.identity)
             await pods.restore()
             await nursery.start(serve_enrollment, str(config.enroll_socket), pods)
             readiness.mark_ready(ready_task)
@@ -176,6 +230,8 @@ async def _run(
     finally:
         await pool.aclose()
         signer.close()
+        if xds_channel is not None:
+            xds_channel.close()
         log.info("agent stopped")
 
 
@@ -198,6 +254,9 @@ def _config_dump(config: AgentConfig) -> dict[str, Any]:
     return {
         "nodeName": config.node,
         "localConfig": str(config.local_config or ""),
+        "xdsAddress": f"{config.xds_address[0]}:{config.xds_address[1]}"
+        if config.xds_address
+        else "",
         "caAddress": f"{config.ca_address[0]}:{config.ca_address[1]}",
         "secretTtl": f"{int(config.secret_ttl.total_seconds())}s",
         "inpodUds": str(config.enroll_socket),

@@ -22,6 +22,41 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         "format (env LOCAL_XDS_PATH); reloaded on SIGHUP",
     )
     parser.add_argument(
+        "--xds-address",
+        default=_env("XDS_ADDRESS"),
+        metavar="HOST:PORT",
+        help="take workloads, services and policies from the control plane's workload xDS at "
+        "HOST:PORT (or https://HOST:PORT) instead of --local-config (env XDS_ADDRESS)",
+    )
+    parser.add_argument(
+        "--xds-root-cert",
+        default=_env("XDS_ROOT_CA"),
+        metavar="FILE",
+        help="PEM roots for the xDS server's certificate (env XDS_ROOT_CA; default: "
+        "--ca-root-cert)",
+    )
+    parser.add_argument(
+        "--xds-hostname",
+        default=_env("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
+        help="name expected in the xDS server's certificate (env ALT_XDS_HOSTNAME)",
+    )
+    parser.add_argument(
+        "--instance-ip",
+        default=_env("INSTANCE_IP"),
+        metavar="IP",
+        help="this agent's IP, for its xDS node id (env INSTANCE_IP)",
+    )
+    parser.add_argument(
+        "--pod-name",
+        default=_env("POD_NAME"),
+        help="this agent's pod name, for its xDS node id (env POD_NAME; default ztunnel-NODE)",
+    )
+    parser.add_argument(
+        "--pod-namespace",
+        default=_env("POD_NAMESPACE", "istio-system"),
+        help="this agent's namespace, for its xDS node id (env POD_NAMESPACE)",
+    )
+    parser.add_argument(
         "--ca-address",
         default=_env("CA_ADDRESS", "localhost:15012"),
         metavar="HOST:PORT",

@@ -24,3 +24,20 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default="zt-bench-",
         help="name prefix of the benchmark testbed's namespaces (default: %(default)s)",
     )
+    xds = sub.add_parser(
+        "xds",
+        help="workload xDS at scale: initial sync time, client memory, change latency",
+        description="Serve a synthetic mesh over workload xDS (real gRPC/TLS on loopback) to one "
+        "agent-side client in its own process; report the time until the client's state holds "
+        "everything, the client's memory, and how long one change takes to reach it.",
+    )
+    xds.add_argument(
+        "--workloads", type=int, default=10_000, metavar="N", help="default: %(default)s"
+    )
+    xds.add_argument(
+        "--services", type=int, default=1_000, metavar="N", help="default: %(default)s"
+    )
+    xds.add_argument(
+        "--changes", type=int, default=5, metavar="N", help="single changes timed (default: 5)"
+    )
+    xds.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

@@ -6,8 +6,12 @@ import argparse
 
 
 def main(args: argparse.Namespace) -> int:
-    from ztunnel_py.bench.throughput import main as throughput_main
-
     if args.bench_command == "throughput":
+        from ztunnel_py.bench.throughput import main as throughput_main
+
         return throughput_main(args)
+    if args.bench_command == "xds":
+        from ztunnel_py.bench.xds import main as xds_main
+
+        return xds_main(args)
     raise AssertionError(f"unknown benchmark {args.bench_command}")

@@ -1,12 +1,13 @@
-"""`ztunnel-py controlplane`: wires the CA, node authentication and the workload registry into a
-gRPC/TLS server (`run`), and issues node credentials (`node-token`).
+"""`ztunnel-py controlplane`: wires the CA, node authentication, the workload registry and the
+workload xDS server into a gRPC/TLS server, with a monitoring HTTP server beside it (`run`), and
+issues node credentials (`node-token`).
 
 Layout of the data directory:
   ca/root-cert.pem, ca/root-key.pem   the root CA, created on first start and kept (key 0600)
   node-tokens.json                    hashes of node tokens with their node and expiry
 
 grpcio is a blocking library with its own thread pool; this entry point stays synchronous: the
-main thread waits for SIGTERM/SIGINT, a helper thread polls the local-config file.
+main thread waits for SIGTERM/SIGINT, helper threads watch the configuration sources.
 """
 
 from __future__ import annotations
@@ -25,28 +26,42 @@ from types import FrameType
 from typing import cast
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from ztunnel_py.controlplane import ca as ca_service
+from ztunnel_py.controlplane import validate_cli
+from ztunnel_py.controlplane.monitoring import MonitoringServer
 from ztunnel_py.controlplane.nodeauth import (
     TOKEN_FILE,
     AuthenticationError,
     NodeTokenStore,
     TokenAuthenticator,
 )
-from ztunnel_py.controlplane.registry import EmptyRegistry, LocalConfigError, LocalConfigRegistry
+from ztunnel_py.controlplane.pipeline import open_pipeline
+from ztunnel_py.controlplane.translate import MeshOptions
 from ztunnel_py.identity.pki import ROOT_CERT_FILE, CertificateAuthority, IPAddress
+from ztunnel_py.xds import server as xds_server
 
 log = logging.getLogger("ztunnel_py.controlplane")
 
 SERVING_DNS_NAME = "istiod.istio-system.svc"
 SERVING_CERT_TTL = timedelta(days=30)
 CA_SUBDIR = "ca"
+# Each agent's xDS stream holds a server thread for its lifetime (grpcio is blocking).
+GRPC_WORKERS = 128
+GRPC_OPTIONS = [
+    # Agents keep their stream alive with HTTP/2 pings every 30 s, also while idle.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
 
 
 def main(args: argparse.Namespace) -> int:
     command: str = args.controlplane_command
     if command == "node-token":
         return node_token(Path(args.data_dir), args.node, args.ttl)
+    if command == "validate":
+        return validate_cli.main(args)
     return run(args)
 
 
@@ -125,26 +140,34 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot load or create the root CA in %s: %s", data_dir / CA_SUBDIR, e)
         return 1
 
-    registry: LocalConfigRegistry | None = None
-    if args.local_config:
-        registry = LocalConfigRegistry(Path(args.local_config))
-        try:
-            registry.reload_if_changed()
-            log.info("loaded %s: %s", registry.path, registry.summary())
-        except (LocalConfigError, OSError) as e:
-            log.error("%s; fix the file: it is re-read when it changes", e)
-    else:
-        log.warning("no --local-config: no workload is known, every signing request is refused")
+    try:
+        pipeline = open_pipeline(
+            config_dir=args.config_dir,
+            kubernetes=args.kubernetes,
+            kubeconfig=args.kubeconfig,
+            local_config=args.local_config,
+            options=MeshOptions(trust_domain=trust_domain, root_namespace=args.root_namespace),
+        )
+    except ValueError as e:
+        log.error("%s", e)
+        return 1
 
+    authenticator = TokenAuthenticator(NodeTokenStore(data_dir / TOKEN_FILE))
     service = ca_service.CertificateService(
         ca,
-        TokenAuthenticator(NodeTokenStore(data_dir / TOKEN_FILE)),
-        registry if registry is not None else EmptyRegistry(),
+        authenticator,
+        pipeline.registry,
         trust_domain,
         args.max_cert_ttl,
     )
-    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="grpc"))
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
+        options=GRPC_OPTIONS,
+    )
     ca_service.add_to_server(service, server)
+    metrics_registry = CollectorRegistry()
+    xds = xds_server.XdsServer(pipeline.snapshots, authenticator, metrics_registry)
+    xds_server.add_to_server(xds, server)
     host, port = args.listen
     serving_ips: list[IPAddress] = list(args.serving_ip)
     try:
@@ -157,6 +180,21 @@ def run(args: argparse.Namespace) -> int:
     if bound == 0:
         log.error("cannot listen on %s", _grpc_address(host, port))
         return 1
+    serving = threading.Event()
+    monitoring_host, monitoring_port = args.monitoring
+    try:
+        monitoring = MonitoringServer(
+            monitoring_host, monitoring_port, metrics_registry, serving.is_set
+        )
+    except OSError as e:
+        log.error(
+            "cannot serve monitoring on %s: %s",
+            _grpc_address(monitoring_host, monitoring_port),
+            e,
+        )
+        return 1
+    monitoring.add_json("/debug/xds", xds.debug)
+    monitoring.add_json("/debug/config", pipeline.debug)
 
     stop = threading.Event()
 
@@ -167,22 +205,25 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    pipeline.start(stop)
     server.start()
-    watcher: threading.Thread | None = None
-    if registry is not None:
-        watcher = threading.Thread(target=registry.watch, args=(stop,), name="local-config")
-        watcher.start()
+    monitoring.start()
+    serving.set()
     names = [SERVING_DNS_NAME, *map(str, serving_ips)]
     log.info(
-        "serving the CA on %s (TLS names %s, trust domain %s, root %s)",
+        "serving the CA on %s (TLS names %s, trust domain %s, root %s), workload xDS on the "
+        "same port, monitoring on %s",
         _grpc_address(host, bound),
         ", ".join(names),
         trust_domain,
         data_dir / CA_SUBDIR / ROOT_CERT_FILE,
+        _grpc_address(monitoring_host, monitoring.port),
     )
     stop.wait()
+    serving.clear()
     server.stop(grace=2).wait()
-    if watcher is not None:
-        watcher.join()
+    xds.close()
+    monitoring.stop()
+    pipeline.join()
     log.info("stopped")
     return 0

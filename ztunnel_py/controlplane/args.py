@@ -13,6 +13,7 @@ from ztunnel_py.config import ConfigValueError, parse_duration, parse_host_port
 T = TypeVar("T")
 
 DEFAULT_LISTEN = "0.0.0.0:15012"
+DEFAULT_MONITORING = "0.0.0.0:15014"
 DEFAULT_DATA_DIR = "/var/lib/ztunnel-py/controlplane"
 
 
@@ -41,7 +42,7 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
 
     run = sub.add_parser(
         "run",
-        help="serve the CA (and, later, workload xDS) over gRPC/TLS",
+        help="serve the CA and workload xDS over gRPC/TLS",
         description="Run the control plane. On first start a root CA is created in "
         "DATA_DIR/ca/ and kept; agents trust DATA_DIR/ca/root-cert.pem.",
     )
@@ -54,12 +55,39 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"gRPC/TLS listen address (default {DEFAULT_LISTEN})",
     )
     run.add_argument(
+        "--monitoring",
+        type=_checked(parse_host_port),
+        default=parse_host_port(DEFAULT_MONITORING),
+        metavar="HOST:PORT",
+        help=f"HTTP /ready, /metrics and /debug/xds (default {DEFAULT_MONITORING})",
+    )
+    sources = run.add_argument_group(
+        "configuration sources",
+        "Where workloads, services and policies come from. Without any, no node may sign "
+        "anything and agents get an empty mesh.",
+    )
+    sources.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="a directory of Kubernetes YAML (Namespace, Pod, Service, ServiceEntry, "
+        "WorkloadEntry, AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, "
+        "VirtualService, DestinationRule), watched for changes",
+    )
+    sources.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="list and watch the same kinds from the Kubernetes API (in-cluster credentials, "
+        "else the kubeconfig)",
+    )
+    sources.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for --kubernetes")
+    sources.add_argument(
         "--local-config",
         metavar="FILE",
-        help="workloads (and their nodes) in ztunnel's local-config YAML format; re-read when "
-        "it changes. Without it no node may sign anything.",
+        help="development: workloads, services and policies in ztunnel's local-config YAML "
+        "format, re-read when it changes (not combinable with the options above)",
     )
     run.add_argument("--trust-domain", default="cluster.local", help="default: cluster.local")
+    _root_namespace(run)
     run.add_argument(
         "--max-cert-ttl",
         type=_checked(_duration),
@@ -78,6 +106,17 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
+    validate = sub.add_parser(
+        "validate",
+        help="check a directory of configuration offline (exit 1 on errors)",
+        description="Load every *.yaml/*.yml file below DIR as `run --config-dir DIR` would, "
+        "print each problem as 'file:doc[index]: field.path: reason' (warnings marked "
+        "'warning:'), and exit 1 if any is an error.",
+    )
+    validate.add_argument("directory", metavar="DIR")
+    validate.add_argument("--trust-domain", default="cluster.local", help="default: cluster.local")
+    _root_namespace(validate)
+
     token = sub.add_parser(
         "node-token",
         help="issue a node credential and print it",
@@ -92,6 +131,15 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
         default=timedelta(hours=24),
         metavar="DURATION",
         help="token lifetime (default 24h)",
+    )
+
+
+def _root_namespace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root-namespace",
+        default="istio-system",
+        metavar="NAMESPACE",
+        help="policies here apply mesh-wide (default istio-system)",
     )
 
 

@@ -4,7 +4,8 @@
 with `validity_duration` and metadata `ImpersonatedIdentity`, the node credential with
 `authorization: Bearer <token>` (the token file is re-read on every request, since projected
 Kubernetes tokens rotate) and `clusterid`. The channel trusts the CA roots from a file and is
-rebuilt when that file changes. grpcio blocks, so each call runs in a worker thread.
+rebuilt when that file changes (`ControlPlaneChannel`, shared with the xDS client). grpcio
+blocks, so each call runs in a worker thread.
 
 `LocalCaClient` signs in process with a `CertificateAuthority` (ztunnel's FAKE_CA).
 
@@ -13,7 +14,6 @@ Both raise `CaError` for every failure, carrying the gRPC status name when there
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -22,13 +22,18 @@ import grpc
 import trio
 from google.protobuf import struct_pb2
 
+from ztunnel_py.identity.cpchannel import (
+    DEFAULT_CLUSTER_ID,
+    DEFAULT_CONTROL_PLANE_HOSTNAME,
+    ChannelError,
+    ControlPlaneChannel,
+)
 from ztunnel_py.identity.pki import CertificateAuthority, CsrError
 from ztunnel_py.model.identity import Identity
 from ztunnel_py.proto import citadel_pb2
 
 CREATE_CERTIFICATE = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
-DEFAULT_CA_HOSTNAME = "istiod.istio-system.svc"
-DEFAULT_CLUSTER_ID = "Kubernetes"
+DEFAULT_CA_HOSTNAME = DEFAULT_CONTROL_PLANE_HOSTNAME
 
 
 class CaError(Exception):
@@ -58,14 +63,15 @@ class GrpcCaClient:
         timeout: timedelta = timedelta(seconds=10),
     ) -> None:
         self._address = address
-        self._root_cert = root_cert
-        self._token_file = token_file
-        self._hostname = hostname
-        self._cluster_id = cluster_id
+        self._channel = ControlPlaneChannel(
+            address,
+            root_cert,
+            token_file,
+            hostname=hostname,
+            cluster_id=cluster_id,
+            purpose="CA",
+        )
         self._timeout = timeout.total_seconds()
-        self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
-        self._roots: bytes | None = None
 
     async def sign(self, csr_pem: bytes, identity: Identity, ttl: timedelta) -> list[str]:
         # abandon_on_cancel: a cancelled caller returns at once; the thread finishes by its
@@ -75,16 +81,14 @@ class GrpcCaClient:
         )
 
     def close(self) -> None:
-        with self._lock:
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
+        self._channel.close()
 
     def _sign_blocking(self, csr_pem: bytes, identity: Identity, ttl: timedelta) -> list[str]:
-        metadata: tuple[tuple[str, str | bytes], ...] = (("clusterid", self._cluster_id),)
-        if self._token_file is not None:
-            token = _read_token(self._token_file)
-            metadata += (("authorization", f"Bearer {token}"),)
+        try:
+            metadata = self._channel.metadata()
+            channel = self._channel.get()
+        except ChannelError as e:
+            raise CaError("", str(e)) from None
         request = citadel_pb2.IstioCertificateRequest(
             csr=csr_pem.decode("ascii"),
             validity_duration=max(1, int(ttl.total_seconds())),
@@ -92,7 +96,7 @@ class GrpcCaClient:
                 fields={"ImpersonatedIdentity": struct_pb2.Value(string_value=str(identity))}
             ),
         )
-        call = self._channel_for_call().unary_unary(
+        call = channel.unary_unary(
             CREATE_CERTIFICATE,
             request_serializer=citadel_pb2.IstioCertificateRequest.SerializeToString,
             response_deserializer=citadel_pb2.IstioCertificateResponse.FromString,
@@ -108,44 +112,6 @@ class GrpcCaClient:
         if not response.cert_chain:
             raise CaError("", f"CA at {self._address} answered with an empty certificate chain")
         return list(response.cert_chain)
-
-    def _channel_for_call(self) -> grpc.Channel:
-        """The channel, rebuilt when the root certificate file's contents change."""
-        try:
-            roots = self._root_cert.read_bytes()
-        except OSError as e:
-            raise CaError(
-                "", f"cannot read the CA root certificate {self._root_cert}: {e}"
-            ) from None
-        with self._lock:
-            if self._channel is None or roots != self._roots:
-                if self._channel is not None:
-                    self._channel.close()
-                self._channel = grpc.secure_channel(
-                    self._address,
-                    grpc.ssl_channel_credentials(root_certificates=roots),
-                    options=[
-                        ("grpc.ssl_target_name_override", self._hostname),
-                        ("grpc.default_authority", self._hostname),
-                        # The certificate manager owns retry timing; grpc's own reconnect backoff
-                        # (1 s growing to 120 s) would fail our retries without even connecting.
-                        ("grpc.initial_reconnect_backoff_ms", 100),
-                        ("grpc.min_reconnect_backoff_ms", 100),
-                        ("grpc.max_reconnect_backoff_ms", 1000),
-                    ],
-                )
-                self._roots = roots
-            return self._channel
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as e:
-        raise CaError("", f"cannot read the CA token file {path}: {e}") from None
-    if not token:
-        raise CaError("", f"the CA token file {path} is empty")
-    return token
 
 
 class LocalCaClient:

@@ -267,3 +267,44 @@ class ConnectionMetrics:
             duration_ms=int((time.monotonic() - self._start) * 1000),
             error=error,
         )
+
+
+class XdsMetrics:
+    """The xDS client's families (reference 7.3), on the agent's registry.
+
+    `istio_xds_connection_terminations_total{reason}` (ConnectionError, Error, Reconnect,
+    Complete), `istio_xds_message_total{url}` and `istio_xds_message_bytes_total{url}` (responses
+    received per type URL). Updated from the trio thread only.
+    """
+
+    REASONS = ("ConnectionError", "Error", "Reconnect", "Complete")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._terminations = _Family(
+            "istio_xds_connection_terminations",
+            "The total number of completed connections to xds server (unstable)",
+            ("reason",),
+            is_counter=True,
+        )
+        self._messages = _Family(
+            "istio_xds_message",
+            "Total number of messages received (unstable)",
+            ("url",),
+            is_counter=True,
+        )
+        self._bytes = _Family(
+            "istio_xds_message_bytes",
+            "Total number of bytes received (unstable)",
+            ("url",),
+            is_counter=True,
+        )
+        registry.register(_Collector([self._terminations, self._messages, self._bytes]))
+
+    def terminated(self, reason: str) -> None:
+        if reason not in self.REASONS:
+            raise ValueError(f"xDS termination reason {reason!r} not in {self.REASONS}")
+        self._terminations.cell((reason,))[0] += 1
+
+    def received(self, type_url: str, size: int) -> None:
+        self._messages.cell((type_url,))[0] += 1
+        self._bytes.cell((type_url,))[0] += size

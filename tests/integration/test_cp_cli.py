@@ -1,0 +1,195 @@
+"""`ztunnel-py controlplane validate` and `run --config-dir`, as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.integration.ca_support import free_port
+from ztunnel_py.identity.caclient import CaError, GrpcCaClient
+from ztunnel_py.identity.pki import generate_key, make_csr
+from ztunnel_py.model import Identity
+
+CLI = [sys.executable, "-m", "ztunnel_py.cli", "controlplane"]
+WEB = Identity("cluster.local", "demo", "web")
+
+GOOD = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, labels: {app: web}}
+spec: {serviceAccountName: web, nodeName: node-1}
+status: {podIP: 10.0.0.5}
+"""
+
+BAD = """\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 100000}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-get, namespace: demo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+---
+kind: Deployment
+apiVersion: apps/v1
+metadata: {name: web}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: oops
+"""
+
+
+def validate(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "validate", str(directory)], capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_validate_clean_directory(tmp_path: Path) -> None:
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "web.yaml").write_text(GOOD)
+    result = validate(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert result.stderr == (
+        "1 files, 2 resources accepted (1 workloads, 0 services, 0 policies): "
+        "0 errors, 0 warnings\n"
+    )
+
+
+def test_validate_reports_every_problem_and_fails(tmp_path: Path) -> None:
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "bad.yaml").write_text(BAD)
+    result = validate(tmp_path)
+    assert result.returncode == 1
+    bad = tmp_path / "bad.yaml"
+    assert result.stdout.splitlines() == [
+        f"{bad}:doc[0]: spec.ports[0].targetPort: port 100000 out of range 1-65535 "
+        "(line 6, column 34)",
+        f"{bad}:doc[1]: spec.rules[0]: warning: rule 0 uses HTTP attributes (methods) that "
+        "ztunnel cannot enforce at L4; in a DENY policy the rule is enforced without them, which "
+        "denies more than requested. Use a waypoint (targetRefs) for HTTP rules (line 13, "
+        "column 11)",
+        f"{bad}:doc[2]: kind: unknown kind 'Deployment' (supported: Namespace, Pod, Service, "
+        "ServiceEntry, WorkloadEntry, AuthorizationPolicy, PeerAuthentication, Gateway, "
+        "HTTPRoute, VirtualService, DestinationRule) (line 15, column 7)",
+        f"{bad}:doc[3]: <document>: invalid YAML: while parsing a flow mapping: expected ',' or "
+        "'}', but got '<stream end>' (line 22, column 1)",
+    ]
+    assert result.stderr.endswith(": 3 errors, 1 warnings\n")
+
+
+def test_validate_missing_directory(tmp_path: Path) -> None:
+    result = validate(tmp_path / "nope")
+    assert result.returncode == 1
+    assert "not a directory" in result.stderr
+
+
+@pytest.fixture
+def controlplane(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int, Path]]:
+    config = tmp_path / "config"
+    config.mkdir()
+    port, monitoring = free_port(), free_port()
+    log = tmp_path / "controlplane.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "run",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--monitoring",
+                f"127.0.0.1:{monitoring}",
+                "--config-dir",
+                str(config),
+                "--serving-ip",
+                "127.0.0.1",
+            ],
+            stderr=out,
+        )
+    try:
+        yield proc, port, monitoring, tmp_path
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def debug_config(monitoring: int) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitoring}/debug/config", timeout=5) as r:
+        body: dict[str, object] = json.load(r)
+        return body
+
+
+async def test_ca_follows_pods_in_the_config_dir(
+    controlplane: tuple[subprocess.Popen[bytes], int, int, Path],
+) -> None:
+    proc, port, monitoring, tmp_path = controlplane
+    log = trio.Path(tmp_path / "controlplane.log")
+    for _ in range(300):
+        if "serving the CA on" in await log.read_text():
+            break
+        assert proc.poll() is None, await log.read_text()
+        await trio.sleep(0.05)
+    issued = await trio.run_process(
+        [*CLI, "node-token", "node-1", "--data-dir", str(tmp_path / "data")],
+        capture_stdout=True,
+    )
+    token = issued.stdout.decode().strip()
+    (tmp_path / "token").write_text(token)
+    client = GrpcCaClient(
+        f"127.0.0.1:{port}", tmp_path / "data" / "ca" / "root-cert.pem", tmp_path / "token"
+    )
+    try:
+        with pytest.raises(CaError, match="PERMISSION_DENIED"):
+            await client.sign(make_csr(generate_key(), WEB), WEB, timedelta(hours=1))
+
+        (tmp_path / "config" / "web.yaml").write_text(GOOD)
+        for _ in range(40):
+            await trio.sleep(0.05)
+            try:
+                await client.sign(make_csr(generate_key(), WEB), WEB, timedelta(hours=1))
+                break
+            except CaError:
+                continue
+        else:
+            raise AssertionError("the new Pod did not authorize node-1 within 2 s")
+
+        # Everything but the syntax error (which would make the whole file ignored).
+        (tmp_path / "config" / "broken.yaml").write_text(BAD.rpartition("---")[0])
+        for _ in range(40):
+            state = await trio.to_thread.run_sync(debug_config, monitoring)
+            if state["errors"]:
+                break
+            await trio.sleep(0.05)
+        assert state["workloads"] == 1
+        assert len(state["errors"]) == 2  # type: ignore[arg-type]
+        # The broken file changed nothing: node-1 still hosts web.
+        await client.sign(make_csr(generate_key(), WEB), WEB, timedelta(hours=1))
+    finally:
+        client.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0

@@ -1,0 +1,856 @@
+"""Validation: every bad input is rejected with its file, document, field path and reason."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.cp_support import diagnostics, store_with, yaml_text
+from ztunnel_py.controlplane.resources import Document, Origin
+from ztunnel_py.controlplane.sources.yamldocs import Parsed, parse_documents
+from ztunnel_py.controlplane.store import ConfigStore
+from ztunnel_py.controlplane.validation import validate_document
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo, labels: {app: web}}
+spec:
+  serviceAccountName: web
+  containers: [{name: web, image: nginx, ports: [{containerPort: 8080, name: http}]}]
+status: {podIP: 10.0.0.5}
+"""
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+
+
+def policy(spec: str) -> str:
+    return (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: p, namespace: demo}\n" + yaml_text(spec)
+    )
+
+
+def pa(spec: str) -> str:
+    return (
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+        "metadata: {name: pa, namespace: demo}\n" + yaml_text(spec)
+    )
+
+
+def service_entry(spec: str) -> str:
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: ext, namespace: demo}\n" + yaml_text(spec)
+    )
+
+
+def only_error(text: str) -> tuple[str, str]:
+    errors = [d for d in diagnostics(text) if d.is_error]
+    assert len(errors) == 1, [str(e) for e in errors]
+    return errors[0].path, errors[0].reason
+
+
+# (case, document, field path, reason)
+CASES = [
+    (
+        "unknown kind",
+        "apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n",
+        "kind",
+        "unknown kind 'Deployment' (supported: Namespace, Pod, Service, ServiceEntry, "
+        "WorkloadEntry, AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, "
+        "VirtualService, DestinationRule)",
+    ),
+    (
+        "kind in the wrong case",
+        "apiVersion: v1\nkind: pod\nmetadata: {name: x}\n",
+        "kind",
+        "unknown kind 'pod' (did you mean 'Pod'?)",
+    ),
+    ("missing kind", "apiVersion: v1\nmetadata: {name: x}\n", "kind", "required field is missing"),
+    (
+        "wrong apiVersion",
+        POD.replace("apiVersion: v1", "apiVersion: v2"),
+        "apiVersion",
+        "apiVersion 'v2' is not served for kind Pod (use v1)",
+    ),
+    (
+        "not a mapping",
+        "- a\n- b\n",
+        "",
+        "expected a Kubernetes object (a mapping with apiVersion, kind and metadata), got a list",
+    ),
+    (
+        "missing name",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n",
+        "metadata.name",
+        "required field is missing",
+    ),
+    (
+        "bad namespace name",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: Demo_1}\n",
+        "metadata.name",
+        "'Demo_1' is not a valid name: at most 63 lowercase letters, digits and "
+        "'-', starting and ending with a letter or digit",
+    ),
+    (
+        "unknown field",
+        POD.replace("  serviceAccountName: web", "  serviceAcountName: web"),
+        "spec.serviceAcountName",
+        "unknown field 'serviceAcountName' (did you mean 'serviceAccountName'?)",
+    ),
+    (
+        "wrong type",
+        POD.replace("podIP: 10.0.0.5", "podIP: [10.0.0.5]"),
+        "status.podIP",
+        "expected a string, got a list",
+    ),
+    (
+        "bad pod IP",
+        POD.replace("10.0.0.5", "10.0.0.256"),
+        "status.podIP",
+        "'10.0.0.256' is not an IP address",
+    ),
+    (
+        "container port out of range",
+        POD.replace("containerPort: 8080", "containerPort: 70000"),
+        "spec.containers[0].ports[0].containerPort",
+        "port 70000 out of range 1-65535",
+    ),
+    (
+        "bad container port name",
+        POD.replace("name: http", "name: HTTP_1"),
+        "spec.containers[0].ports[0].name",
+        "invalid port name 'HTTP_1': 1-15 lowercase letters, digits and '-', with at least one "
+        "letter, no '-' at either end and no '--'",
+    ),
+    (
+        "empty label key",
+        POD.replace("labels: {app: web}", 'labels: {"": web}'),
+        'metadata.labels[""]',
+        "label key must not be empty: an empty key can never match",
+    ),
+    (
+        "bad label value",
+        POD.replace("labels: {app: web}", "labels: {app: -web}"),
+        "metadata.labels.app",
+        "invalid label value '-web': at most 63 letters, digits, '-', '_' and '.', starting and "
+        "ending with a letter or digit",
+    ),
+    (
+        "boolean where a string belongs",
+        POD.replace("labels: {app: web}", "labels: {on: yes}"),
+        "metadata.labels[True]",
+        "label key True must be a string",
+    ),
+    (
+        "service port out of range",
+        SERVICE.replace("port: 80", "port: 0"),
+        "spec.ports[0].port",
+        "port 0 out of range 1-65535",
+    ),
+    (
+        "bad named targetPort",
+        SERVICE.replace("targetPort: http", "targetPort: http_port"),
+        "spec.ports[0].targetPort",
+        "invalid port name 'http_port': 1-15 lowercase letters, digits and '-', with at least one "
+        "letter, no '-' at either end and no '--'",
+    ),
+    (
+        "bad clusterIP",
+        SERVICE.replace("10.96.0.10", "10.96.0"),
+        "spec.clusterIP",
+        "'10.96.0' is not an IP address",
+    ),
+    (
+        "unnamed ports",
+        SERVICE.replace(
+            "ports: [{name: http, port: 80, targetPort: http}]",
+            "ports: [{name: a, port: 80}, {port: 81}]",
+        ),
+        "spec.ports[1]",
+        "a name is required when a Service has more than one port",
+    ),
+    (
+        "empty selector key",
+        SERVICE.replace("selector: {app: web}", 'selector: {"": web}'),
+        'spec.selector[""]',
+        "label key must not be empty: an empty key can never match",
+    ),
+    (
+        "selector key syntax",
+        SERVICE.replace("selector: {app: web}", 'selector: {"a b": web}'),
+        'spec.selector["a b"]',
+        "invalid label key 'a b': the name part must be 1-63 characters of letters, digits, '-', "
+        "'_' and '.', starting and ending with a letter or digit",
+    ),
+    (
+        "service name starts with a digit",
+        SERVICE.replace("name: web, namespace", "name: 1web, namespace"),
+        "metadata.name",
+        "'1web' is not a valid name: at most 63 lowercase letters, "
+        "digits and '-', starting with a letter and ending with a letter or digit",
+    ),
+    (
+        "malformed principal",
+        policy("""
+        spec:
+          rules: [{from: [{source: {principals: [cluster.local/ns/a]}}]}]
+        """),
+        "spec.rules[0].from[0].source.principals[0]",
+        "malformed principal 'cluster.local/ns/a': expected <trust domain>/ns/<namespace>/sa/"
+        "<service account> (or a '*' prefix/suffix wildcard)",
+    ),
+    (
+        "principal with spiffe://",
+        policy("""
+        spec:
+          rules: [{from: [{source: {notPrincipals: ["spiffe://cluster.local/ns/a/sa/b"]}}]}]
+        """),
+        "spec.rules[0].from[0].source.notPrincipals[0]",
+        "invalid principal 'spiffe://cluster.local/ns/a/sa/b': write it without 'spiffe://', "
+        "e.g. 'cluster.local/ns/a/sa/b'",
+    ),
+    (
+        "wildcard in the middle",
+        policy("""
+        spec:
+          rules: [{from: [{source: {principals: ["cluster.local/*/sa/b"]}}]}]
+        """),
+        "spec.rules[0].from[0].source.principals[0]",
+        "invalid principal 'cluster.local/*/sa/b': '*' is only allowed at the start or the end",
+    ),
+    (
+        "bad namespace match",
+        policy("""
+        spec:
+          rules: [{from: [{source: {namespaces: [Foo]}}]}]
+        """),
+        "spec.rules[0].from[0].source.namespaces[0]",
+        "'Foo' is not a valid name: at most 63 lowercase letters, digits and '-', starting and "
+        "ending with a letter or digit",
+    ),
+    (
+        "bad CIDR",
+        policy("""
+        spec:
+          rules: [{from: [{source: {ipBlocks: [10.0.0.0/33]}}]}]
+        """),
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+        "'10.0.0.0/33' is not a CIDR or IP address",
+    ),
+    (
+        "bad remote CIDR",
+        policy("""
+        spec:
+          action: DENY
+          rules: [{from: [{source: {notRemoteIpBlocks: [fe80::/129]}}]}]
+        """),
+        "spec.rules[0].from[0].source.notRemoteIpBlocks[0]",
+        "'fe80::/129' is not a CIDR or IP address",
+    ),
+    (
+        "port not a string",
+        policy("""
+        spec:
+          rules: [{to: [{operation: {ports: [8080]}}]}]
+        """),
+        "spec.rules[0].to[0].operation.ports[0]",
+        "expected a string, got an integer (quote it)",
+    ),
+    (
+        "port out of range",
+        policy("""
+        spec:
+          rules: [{to: [{operation: {notPorts: ["65536"]}}]}]
+        """),
+        "spec.rules[0].to[0].operation.notPorts[0]",
+        "'65536' is not a port number (1-65535, as a string)",
+    ),
+    (
+        "empty source",
+        policy("""
+        spec:
+          rules: [{from: [{source: {}}]}]
+        """),
+        "spec.rules[0].from[0].source",
+        "from.source must not be empty",
+    ),
+    (
+        "condition without values",
+        policy("""
+        spec:
+          rules: [{when: [{key: source.ip}]}]
+        """),
+        "spec.rules[0].when[0]",
+        "condition 'source.ip' needs values or notValues",
+    ),
+    (
+        "unknown condition",
+        policy("""
+        spec:
+          rules: [{when: [{key: source.port, values: ["80"]}]}]
+        """),
+        "spec.rules[0].when[0].key",
+        "unknown condition key 'source.port' (L4 keys: source.ip, source.namespace, "
+        "source.principal, destination.ip, destination.port)",
+    ),
+    (
+        "bad condition value",
+        policy("""
+        spec:
+          rules: [{when: [{key: destination.port, notValues: ["http"]}]}]
+        """),
+        "spec.rules[0].when[0].notValues[0]",
+        "'http' is not a port number (1-65535, as a string)",
+    ),
+    (
+        "AUDIT at L4",
+        policy("""
+        spec:
+          action: AUDIT
+          rules: [{}]
+        """),
+        "spec.action",
+        "action AUDIT cannot be enforced by ztunnel at L4 (only ALLOW and "
+        "DENY): attach the policy to a waypoint with targetRefs",
+    ),
+    (
+        "CUSTOM at L4",
+        policy("""
+        spec:
+          action: CUSTOM
+          provider: {name: ext-authz}
+        """),
+        "spec.action",
+        "action CUSTOM cannot be enforced by ztunnel at L4 (only ALLOW and "
+        "DENY): attach the policy to a waypoint with targetRefs",
+    ),
+    (
+        "unknown action",
+        policy("""
+        spec:
+          action: REJECT
+        """),
+        "spec.action",
+        "'REJECT' is not one of ALLOW, DENY, AUDIT, CUSTOM",
+    ),
+    (
+        "selector and targetRefs",
+        policy("""
+        spec:
+          selector: {matchLabels: {app: web}}
+          targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+        """),
+        "spec.selector",
+        "selector and targetRef(s) are mutually exclusive",
+    ),
+    (
+        "serviceAccounts with principals",
+        policy("""
+        spec:
+          rules: [{from: [{source: {serviceAccounts: [a], principals: ["*"]}}]}]
+        """),
+        "spec.rules[0].from[0].source.serviceAccounts",
+        "serviceAccounts cannot be combined with principals in the same source",
+    ),
+    (
+        "dry-run annotation",
+        policy("""
+        spec: {}
+        """).replace(
+            "namespace: demo}", 'namespace: demo, annotations: {"istio.io/dry-run": "maybe"}}'
+        ),
+        'metadata.annotations["istio.io/dry-run"]',
+        "'maybe' is not one of true, false",
+    ),
+    (
+        "mTLS mode",
+        pa("""
+        spec: {mtls: {mode: STRIKT}}
+        """),
+        "spec.mtls.mode",
+        "'STRIKT' is not one of UNSET, DISABLE, PERMISSIVE, STRICT",
+    ),
+    (
+        "portLevelMtls without selector",
+        pa("""
+        spec:
+          mtls: {mode: STRICT}
+          portLevelMtls: {9090: {mode: PERMISSIVE}}
+        """),
+        "spec.portLevelMtls",
+        "portLevelMtls needs a selector: mesh- and namespace-wide "
+        "PeerAuthentications cannot have port-level settings",
+    ),
+    (
+        "portLevelMtls port",
+        pa("""
+        spec:
+          selector: {matchLabels: {app: web}}
+          portLevelMtls: {0: {mode: PERMISSIVE}}
+        """),
+        "spec.portLevelMtls[0]",
+        "port 0 out of range 1-65535",
+    ),
+    (
+        "service entry host *",
+        service_entry("""
+        spec: {hosts: ["*"], ports: [{number: 80, name: http}]}
+        """),
+        "spec.hosts[0]",
+        "'*' is not allowed as a ServiceEntry host: name the hosts "
+        "(wildcards like *.example.com are fine)",
+    ),
+    (
+        "service entry address",
+        service_entry("""
+        spec: {hosts: [a.example.com], addresses: [300.0.0.1]}
+        """),
+        "spec.addresses[0]",
+        "'300.0.0.1' is not a CIDR or IP address",
+    ),
+    (
+        "service entry endpoint port",
+        service_entry("""
+        spec:
+          hosts: [a.example.com]
+          ports: [{number: 80, name: http}]
+          endpoints: [{address: 10.1.0.1, ports: {https: 8443}}]
+        """),
+        "spec.endpoints[0].ports.https",
+        "endpoint port 'https' is not a port of this ServiceEntry (ports: http)",
+    ),
+    (
+        "service entry duplicate port",
+        service_entry("""
+        spec:
+          hosts: [a.example.com]
+          ports: [{number: 80, name: http}, {number: 80, name: web}]
+        """),
+        "spec.ports[1]",
+        "duplicate port number (same as [0])",
+    ),
+    (
+        "service entry selector and endpoints",
+        service_entry("""
+        spec:
+          hosts: [a.example.com]
+          workloadSelector: {labels: {app: a}}
+          endpoints: [{address: 10.1.0.1}]
+        """),
+        "spec.workloadSelector",
+        "workloadSelector and endpoints are mutually exclusive",
+    ),
+    (
+        "workload entry address",
+        """
+        apiVersion: networking.istio.io/v1beta1
+        kind: WorkloadEntry
+        metadata: {name: vm, namespace: demo}
+        spec: {address: "bad address!", serviceAccount: vm}
+        """,
+        "spec.address",
+        "'bad address!' is not an IP address, a host name or a unix:// path",
+    ),
+    (
+        "gateway listener port",
+        """
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: Gateway
+        metadata: {name: waypoint, namespace: demo}
+        spec:
+          gatewayClassName: istio-waypoint
+          listeners: [{name: mesh, port: 150080, protocol: HBONE}]
+        """,
+        "spec.listeners[0].port",
+        "port 150080 out of range 1-65535",
+    ),
+    (
+        "httproute backend weight",
+        """
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: r, namespace: demo}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+          rules: [{backendRefs: [{name: web-v1, port: 80, weight: -1}]}]
+        """,
+        "spec.rules[0].backendRefs[0].weight",
+        "weight -1 out of range 0-1000000",
+    ),
+    (
+        "virtual service destination",
+        """
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: vs, namespace: demo}
+        spec:
+          hosts: [web]
+          http: [{route: [{destination: {subset: v1}}]}]
+        """,
+        "spec.http[0].route[0].destination.host",
+        "required field is missing",
+    ),
+    (
+        "destination rule subset",
+        """
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: dr, namespace: demo}
+        spec:
+          host: web
+          subsets: [{name: v1, labels: {version: v1}}, {name: v1}]
+        """,
+        "spec.subsets[1]",
+        "duplicate subset name (same as [0])",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "reason"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_rejected_with_path_and_reason(text: str, path: str, reason: str) -> None:
+    assert only_error(text) == (path, reason)
+
+
+def test_error_names_file_document_and_line() -> None:
+    text = POD + "---\n" + SERVICE.replace("port: 80", "port: 99999")
+    (error,) = [d for d in diagnostics(text, "apps/web.yaml") if d.is_error]
+    assert str(error) == (
+        "apps/web.yaml:doc[1]: spec.ports[0].port: port 99999 out of range 1-65535 "
+        "(line 16, column 30)"
+    )
+
+
+def test_yaml_syntax_error_has_line_and_column() -> None:
+    text = POD + "---\nkind: Service\nmetadata: {name: x\n"
+    (error,) = diagnostics(text, "bad.yaml")
+    assert error.origin == Origin("bad.yaml", 1)
+    assert (error.line, error.column) == (11, 1)
+    assert error.reason.startswith("invalid YAML: while parsing a flow mapping")
+
+
+def test_duplicate_yaml_keys_are_rejected() -> None:
+    (error,) = diagnostics("apiVersion: v1\nkind: Namespace\nkind: Pod\n")
+    assert (error.line, error.reason) == (3, "invalid YAML: duplicate key 'kind'")
+
+
+def test_every_problem_of_a_document_is_reported() -> None:
+    text = POD.replace("10.0.0.5", "x").replace("containerPort: 8080", "containerPort: -1")
+    paths = [d.path for d in diagnostics(text) if d.is_error]
+    assert paths == ["spec.containers[0].ports[0].containerPort", "status.podIP"]
+
+
+def test_list_items_are_validated_with_their_path() -> None:
+    text = yaml_text("""
+        apiVersion: v1
+        kind: List
+        items:
+        - {apiVersion: v1, kind: Namespace, metadata: {name: a}}
+        - {apiVersion: v1, kind: Namespace, metadata: {name: B}}
+        """)
+    (error,) = diagnostics(text)
+    assert error.path == "items[1].metadata.name"
+
+
+def test_l7_attributes_at_l4_are_warnings_naming_the_rule() -> None:
+    text = policy("""
+        spec:
+          action: DENY
+          rules:
+          - from: [{source: {namespaces: [foo]}}]
+          - to: [{operation: {methods: [GET], paths: [/admin]}}]
+            when: [{key: "request.headers[x-user]", values: [bob]}]
+        """)
+    (warning,) = diagnostics(text)
+    assert not warning.is_error
+    assert warning.path == "spec.rules[1]"
+    assert warning.reason.startswith(
+        "rule 1 uses HTTP attributes (methods, paths, request.headers[x-user]) that ztunnel "
+        "cannot enforce at L4; in a DENY policy the rule is enforced without them"
+    )
+    assert str(warning).startswith("f.yaml:doc[0]: spec.rules[1]: warning: rule 1 uses")
+
+
+def test_allow_policy_whose_rules_all_need_l7_warns_it_denies_everything() -> None:
+    text = policy("""
+        spec:
+          rules: [{to: [{operation: {methods: [GET]}}]}]
+        """)
+    reasons = [d.reason for d in diagnostics(text)]
+    assert reasons[0].startswith("rule 0 uses HTTP attributes (methods)")
+    assert "in an ALLOW policy the rule is omitted and matches nothing" in reasons[0]
+    assert reasons[1] == (
+        "every rule needs HTTP attributes: this ALLOW policy denies all traffic to the "
+        "workloads it selects"
+    )
+
+
+def test_waypoint_policies_are_not_checked_for_l4() -> None:
+    text = policy("""
+        spec:
+          targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+          action: CUSTOM
+          provider: {name: ext-authz}
+          rules: [{to: [{operation: {methods: [GET]}}]}]
+        """)
+    assert diagnostics(text) == []
+
+
+def test_peer_authentication_disable_is_warned() -> None:
+    (warning,) = diagnostics(pa("spec: {mtls: {mode: DISABLE}}\n"))
+    assert (warning.is_error, warning.path) == (False, "spec.mtls")
+    assert warning.reason.startswith("mTLS mode DISABLE is not supported in ambient mode")
+
+
+def test_objects_from_the_api_server_tolerate_unknown_fields() -> None:
+    text = POD.replace("  serviceAccountName: web", "  serviceAccountName: web\n  newField: 1")
+    assert [d for d in diagnostics(text) if d.is_error]
+    assert diagnostics(text, strict=False) == []
+    bad_ip = POD.replace("10.0.0.5", "nope")
+    assert [d.path for d in diagnostics(bad_ip, strict=False)] == ["status.podIP"]
+
+
+def test_valid_resources_of_every_kind_pass() -> None:
+    text = "\n---\n".join(
+        [
+            POD,
+            SERVICE,
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: demo, labels: "
+            "{istio.io/dataplane-mode: ambient}}\n",
+            service_entry("""
+                spec:
+                  hosts: [api.example.com]
+                  addresses: [240.0.0.1]
+                  ports: [{number: 443, name: tls, protocol: TLS}]
+                  resolution: STATIC
+                  endpoints: [{address: 10.1.0.1, ports: {tls: 8443}}]
+                """),
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm, "
+            "namespace: demo}\nspec: {address: 10.2.0.1, labels: {app: vm}, ports: {http: 8080}}\n",
+            policy("""
+                spec:
+                  selector: {matchLabels: {app: web}}
+                  action: ALLOW
+                  rules:
+                  - from: [{source: {principals: ["cluster.local/ns/demo/sa/*", "*"]}}]
+                    to: [{operation: {ports: ["8080"]}}]
+                    when: [{key: source.ip, notValues: [10.0.0.0/8]}]
+                """),
+            pa("""
+                spec:
+                  selector: {matchLabels: {app: web}}
+                  mtls: {mode: STRICT}
+                  portLevelMtls: {9090: {mode: PERMISSIVE}}
+                """),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: waypoint,"
+            " namespace: demo}\nspec:\n  gatewayClassName: istio-waypoint\n  listeners: [{name: "
+            "mesh, port: 15008, protocol: HBONE}]\n",
+        ]
+    )
+    assert diagnostics(text) == []
+
+
+# --- nothing crashes ---------------------------------------------------------------------------
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["10.0.0.1", "80", "*", "", "spec", "ambient", "cluster.local/ns/a/sa/b"]),
+)
+_keys = st.sampled_from(
+    [
+        "apiVersion",
+        "kind",
+        "metadata",
+        "spec",
+        "status",
+        "name",
+        "namespace",
+        "labels",
+        "selector",
+        "matchLabels",
+        "ports",
+        "port",
+        "targetPort",
+        "rules",
+        "from",
+        "to",
+        "when",
+        "source",
+        "operation",
+        "principals",
+        "ipBlocks",
+        "key",
+        "values",
+        "mtls",
+        "mode",
+        "portLevelMtls",
+        "hosts",
+        "endpoints",
+        "address",
+        "podIP",
+        "podIPs",
+        "containers",
+        "clusterIP",
+        "action",
+        "listeners",
+        "x",
+    ]
+) | st.integers(0, 70000)
+_trees = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_keys, children, max_size=6),
+    max_leaves=40,
+)
+_kinds = st.sampled_from(
+    [
+        "Pod",
+        "Service",
+        "Namespace",
+        "ServiceEntry",
+        "WorkloadEntry",
+        "AuthorizationPolicy",
+        "PeerAuthentication",
+        "Gateway",
+        "HTTPRoute",
+        "VirtualService",
+        "DestinationRule",
+        "List",
+    ]
+)
+
+
+@st.composite
+def _objects(draw: st.DrawFn) -> dict[object, object]:
+    body: dict[object, object] = dict(draw(st.dictionaries(_keys, _trees, max_size=6)))
+    body["kind"] = draw(_kinds)
+    body["apiVersion"] = draw(
+        st.sampled_from(
+            ["v1", "networking.istio.io/v1", "security.istio.io/v1", "gateway.networking.k8s.io/v1"]
+        )
+    )
+    if draw(st.booleans()):
+        body["metadata"] = {"name": draw(st.sampled_from(["a", "b"])), "namespace": "demo"}
+    return body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_objects(), max_size=4), st.lists(_objects(), max_size=4))
+def test_store_never_crashes_and_keeps_a_consistent_state(
+    first: list[dict[object, object]], second: list[dict[object, object]]
+) -> None:
+    store = ConfigStore(report=False)
+    for batch in (first, second):
+        docs = tuple(Document(Origin("f.yaml", i), body) for i, body in enumerate(batch))
+        for doc in docs:
+            validate_document(doc)
+        result = store.apply({"f.yaml": Parsed(docs)})
+        assert result.snapshot is store.current()
+    assert all(isinstance(str(d), str) for d in store.diagnostics())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_arbitrary_file_contents_never_crash(text: str | bytes) -> None:
+    store = ConfigStore(report=False)
+    store.apply({"f.yaml": parse_documents(text, "f.yaml")})
+
+
+VALID = parse_documents(
+    yaml_text(
+        "\n---\n".join(
+            [
+                POD,
+                SERVICE,
+                policy("""
+                    spec:
+                      selector: {matchLabels: {app: web}}
+                      rules:
+                      - from: [{source: {principals: ["*"], notIpBlocks: [10.0.0.0/8]}}]
+                        to: [{operation: {ports: ["8080"], methods: [GET]}}]
+                        when: [{key: destination.port, values: ["80"]}]
+                    """),
+                pa("""
+                    spec:
+                      selector: {matchLabels: {app: web}}
+                      mtls: {mode: STRICT}
+                      portLevelMtls: {9090: {mode: PERMISSIVE}}
+                    """),
+                service_entry("""
+                    spec:
+                      hosts: [a.example.com]
+                      ports: [{number: 80, name: http, targetPort: 8080}]
+                      endpoints: [{address: 10.1.0.1, ports: {http: 81}}]
+                    """),
+            ]
+        )
+    ),
+    "valid.yaml",
+).documents
+
+
+def _paths(tree: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    out = [prefix]
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out += _paths(v, (*prefix, k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _replace(tree: object, path: tuple[object, ...], value: object) -> object:
+    if not path:
+        return value
+    if isinstance(tree, dict):
+        return {k: _replace(v, path[1:], value) if k == path[0] else v for k, v in tree.items()}
+    assert isinstance(tree, list)
+    return [_replace(v, path[1:], value) if i == path[0] else v for i, v in enumerate(tree)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_valid_documents_never_crash(data: st.DataObject) -> None:
+    """Valid documents with one value replaced anywhere reach the semantic checks and the
+    translator; none of it may raise, and the store must keep serving the last good state."""
+    store = ConfigStore(report=False)
+    store.apply({"f.yaml": Parsed(VALID)})
+    good = store.current()
+    assert len(good.workloads) == 2 and not [d for d in store.diagnostics() if d.is_error]
+    mutated = []
+    for doc in VALID:
+        path = data.draw(st.sampled_from(_paths(doc.body)))
+        mutated.append(Document(doc.origin, _replace(doc.body, path, data.draw(_trees))))
+    store.apply({"f.yaml": Parsed(tuple(mutated))})
+    assert store.current().version >= good.version
+
+
+def test_last_good_version_is_served_when_the_new_one_is_invalid() -> None:
+    store = store_with(("f.yaml", POD + "---\n" + SERVICE))
+    before = store.current()
+    store.apply(
+        {
+            "f.yaml": parse_documents(
+                yaml_text(POD.replace("10.0.0.5", "x") + "---\n" + SERVICE), "f.yaml"
+            )
+        }
+    )
+    assert store.current() == before
+    notes = [d.reason for d in store.diagnostics() if not d.is_error]
+    assert notes == ["Pod demo/web rejected: still serving its last good version"]

@@ -1,0 +1,315 @@
+"""Model <-> workload API conversion: round trips, versions, and what the agent rejects."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ztunnel_py.model import (
+    Action,
+    Authorization,
+    GatewayAddress,
+    Match,
+    NamespacedHostname,
+    NetworkAddress,
+    PolicyScope,
+    Service,
+    ServiceAccountMatch,
+    StringMatch,
+    StringMatchKind,
+    TunnelProtocol,
+    Workload,
+    WorkloadStatus,
+)
+from ztunnel_py.proto import authorization_pb2, discovery_pb2, workload_pb2
+from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE
+from ztunnel_py.xds.convert import (
+    ConversionError,
+    XdsDecodeError,
+    decode_request,
+    decode_response,
+    encode_resource,
+)
+
+WORKLOAD = Workload(
+    uid="Kubernetes//Pod/demo/a",
+    name="a",
+    namespace="demo",
+    addresses=(ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("fd00::1")),
+    service_account="app",
+    trust_domain="td.example",
+    node="node-1",
+    network="n1",
+    tunnel_protocol=TunnelProtocol.HBONE,
+    canonical_name="app",
+    canonical_revision="v1",
+    workload_name="app-v1",
+    workload_type="job",
+    waypoint=GatewayAddress(NetworkAddress("n1", ipaddress.ip_address("10.0.0.9")), 15009),
+    services={"demo/app.demo.svc.cluster.local": {80: 8080, 81: 0}},
+    authorization_policies=("demo/p1", "demo/p2"),
+    status=WorkloadStatus.UNHEALTHY,
+    cluster_id="c1",
+    capacity=5,
+)
+SERVICE = Service(
+    name="app",
+    namespace="demo",
+    hostname="app.demo.svc.cluster.local",
+    vips=(
+        NetworkAddress("", ipaddress.ip_address("10.96.0.1")),
+        NetworkAddress("n1", ipaddress.ip_address("fd00:96::1")),
+    ),
+    ports={80: 8080, 443: 0},
+    subject_alt_names=("spiffe://td.example/ns/demo/sa/other",),
+    waypoint=GatewayAddress(NamespacedHostname("demo", "wp.demo.svc.cluster.local")),
+)
+POLICY = Authorization(
+    name="p1",
+    namespace="demo",
+    scope=PolicyScope.GLOBAL,
+    action=Action.ALLOW,
+    rules=(
+        (
+            (
+                Match(
+                    namespaces=(StringMatch(StringMatchKind.EXACT, "demo"),),
+                    not_namespaces=(StringMatch(StringMatchKind.PREFIX, "kube"),),
+                    service_accounts=(ServiceAccountMatch("demo", "app"),),
+                    not_service_accounts=(ServiceAccountMatch("demo", "bad"),),
+                    principals=(StringMatch(StringMatchKind.SUFFIX, "/sa/app"),),
+                    not_principals=(StringMatch(StringMatchKind.PRESENCE),),
+                    source_ips=(ipaddress.ip_network("10.0.0.0/8"),),
+                    not_source_ips=(ipaddress.ip_network("10.1.2.3/32"),),
+                    destination_ips=(ipaddress.ip_network("fd00::/16"),),
+                    not_destination_ips=(ipaddress.ip_network("0.0.0.0/0"),),
+                    destination_ports=(80,),
+                    not_destination_ports=(0, 65535),
+                ),
+                Match(),
+            ),
+            ((Match(destination_ports=(443,)),)),
+        ),
+        (),
+    ),
+    dry_run=True,
+)
+
+
+def response(type_url: str, *resources: tuple[str, bytes], removed: tuple[str, ...] = ()) -> bytes:
+    pb = discovery_pb2.DeltaDiscoveryResponse(
+        type_url=type_url, nonce="n", removed_resources=list(removed)
+    )
+    for name, payload in resources:
+        r = pb.resources.add(name=name, version="v")
+        r.resource.type_url = type_url
+        r.resource.value = payload
+    return pb.SerializeToString()
+
+
+def roundtrip(type_url: str, name: str, obj: Workload | Service | Authorization) -> object:
+    encoded = encode_resource(type_url, name, obj)
+    decoded = decode_response(response(type_url, (name, encoded.resource.resource.value)))
+    assert decoded.rejected == {}
+    found: list[object] = [*decoded.workloads, *decoded.services, *decoded.policies]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_round_trips_keep_everything_the_model_carries() -> None:
+    assert roundtrip(ADDRESS_TYPE, WORKLOAD.uid, WORKLOAD) == WORKLOAD
+    assert roundtrip(ADDRESS_TYPE, SERVICE.key, SERVICE) == SERVICE
+    assert roundtrip(AUTHORIZATION_TYPE, POLICY.key, POLICY) == POLICY
+
+
+def test_versions_follow_content_only() -> None:
+    a = encode_resource(ADDRESS_TYPE, WORKLOAD.uid, WORKLOAD)
+    again = encode_resource(ADDRESS_TYPE, WORKLOAD.uid, WORKLOAD)
+    moved = dataclasses.replace(WORKLOAD, node="node-2")
+    assert a.version == again.version
+    assert encode_resource(ADDRESS_TYPE, WORKLOAD.uid, moved).version != a.version
+
+
+def test_encoding_refuses_what_the_api_cannot_carry() -> None:
+    odd = dataclasses.replace(WORKLOAD, workload_type="statefulset")
+    with pytest.raises(ConversionError, match="workload type 'statefulset'"):
+        encode_resource(ADDRESS_TYPE, odd.uid, odd)
+    with pytest.raises(ConversionError, match="not a"):
+        encode_resource(AUTHORIZATION_TYPE, WORKLOAD.uid, WORKLOAD)
+    huge = dataclasses.replace(WORKLOAD, capacity=2**40)
+    with pytest.raises(ConversionError, match="cannot encode"):
+        encode_resource(ADDRESS_TYPE, huge.uid, huge)
+
+
+def address(**fields: Any) -> bytes:
+    base: dict[str, Any] = {"uid": "u", "namespace": "ns", "addresses": [bytes(4)]}
+    base.update(fields)
+    return workload_pb2.Address(workload=workload_pb2.Workload(**base)).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (address(uid=""), "workload has no uid"),
+        (address(namespace=""), "workload has no namespace"),
+        (address(addresses=[b"\x0a\x00\x00"]), "address 0 has 3 bytes"),
+        (address(tunnel_protocol=2), "LEGACY_ISTIO_MTLS is not supported"),
+        (address(tunnel_protocol=7), "unsupported tunnel protocol 7"),
+        (address(workload_type=9), "unsupported workload type 9"),
+        (address(status=4), "unsupported workload status 4"),
+        (address(uid="other"), "resource name does not match its key 'other'"),
+        (
+            address(services={"nohost": workload_pb2.PortList()}),
+            "service key 'nohost' is not 'namespace/hostname'",
+        ),
+        (
+            address(
+                services={
+                    "a/b": workload_pb2.PortList(ports=[workload_pb2.Port(service_port=70000)])
+                }
+            ),
+            "service a/b service port 70000 is not a port",
+        ),
+        (
+            address(waypoint=workload_pb2.GatewayAddress(hbone_mtls_port=15008)),
+            "waypoint has neither a hostname nor an address",
+        ),
+        (
+            workload_pb2.Address().SerializeToString(),
+            "address has neither a workload nor a service",
+        ),
+        (b"\xff\xff\xff", "cannot decode the payload"),
+    ],
+)
+def test_rejected_addresses_name_the_reason(payload: bytes, reason: str) -> None:
+    decoded = decode_response(response(ADDRESS_TYPE, ("u", payload)))
+    assert decoded.workloads == [] and decoded.accepted == {}
+    assert reason in decoded.rejected["u"]
+
+
+def test_service_rejections() -> None:
+    def svc(**fields: Any) -> bytes:
+        base: dict[str, Any] = {"namespace": "ns", "hostname": "h"}
+        base.update(fields)
+        return workload_pb2.Address(service=workload_pb2.Service(**base)).SerializeToString()
+
+    cases = {
+        svc(hostname=""): "service needs a namespace and a hostname",
+        svc(ports=[workload_pb2.Port(service_port=0)]): "service service port 0 is not a port",
+        svc(
+            ports=[workload_pb2.Port(service_port=80), workload_pb2.Port(service_port=80)]
+        ): "lists service port 80 twice",
+        svc(
+            addresses=[workload_pb2.NetworkAddress(address=bytes(4), length=24)]
+        ): "VIP 0 is a /24 range",
+    }
+    for payload, reason in cases.items():
+        decoded = decode_response(response(ADDRESS_TYPE, ("ns/h", payload)))
+        assert reason in decoded.rejected["ns/h"], payload
+
+
+def test_policy_rejections() -> None:
+    def pol(**fields: Any) -> bytes:
+        base: dict[str, Any] = {"name": "p", "namespace": "ns"}
+        base.update(fields)
+        return authorization_pb2.Authorization(**base).SerializeToString()
+
+    def with_match(m: authorization_pb2.Match) -> bytes:
+        rule = authorization_pb2.Rule(clauses=[authorization_pb2.Clause(matches=[m])])
+        return pol(rules=[rule])
+
+    cases = {
+        pol(name=""): "authorization policy needs a name and a namespace",
+        pol(scope=5): "unsupported policy scope 5",
+        pol(action=2): "unsupported policy action 2",
+        with_match(
+            authorization_pb2.Match(namespaces=[authorization_pb2.StringMatch()])
+        ): "string match has no exact, prefix, suffix or presence",
+        with_match(
+            authorization_pb2.Match(
+                source_ips=[authorization_pb2.Address(address=bytes(4), length=33)]
+            )
+        ): "prefix longer than 32",
+        with_match(authorization_pb2.Match(destination_ports=[65536])): "65536 is not a port",
+    }
+    for payload, reason in cases.items():
+        decoded = decode_response(response(AUTHORIZATION_TYPE, ("ns/p", payload)))
+        assert reason in decoded.rejected["ns/p"], payload
+
+
+def test_a_partly_invalid_response_keeps_its_valid_part() -> None:
+    good = encode_resource(ADDRESS_TYPE, WORKLOAD.uid, WORKLOAD).resource.resource.value
+    service = encode_resource(ADDRESS_TYPE, SERVICE.key, SERVICE).resource.resource.value
+    pb = discovery_pb2.DeltaDiscoveryResponse.FromString(
+        response(
+            ADDRESS_TYPE,
+            (WORKLOAD.uid, good),
+            ("bad", address(uid="bad", addresses=[b"x"])),
+            (SERVICE.key, service),
+            (WORKLOAD.uid, good),
+            removed=("old",),
+        )
+    )
+    pb.resources.add(name="empty", version="v")
+    wrong = pb.resources.add(name="typed", version="v")
+    wrong.resource.type_url = AUTHORIZATION_TYPE
+    decoded = decode_response(pb.SerializeToString())
+    assert decoded.workloads == [WORKLOAD] and decoded.services == [SERVICE]
+    assert decoded.removed == ("old",)
+    assert set(decoded.accepted) == {WORKLOAD.uid, SERVICE.key}
+    assert decoded.rejected == {
+        "bad": "address 0 has 1 bytes (an IP address has 4 or 16)",
+        WORKLOAD.uid: "listed twice in one response",
+        "empty": "no resource payload",
+        "typed": f"payload is a {AUTHORIZATION_TYPE}, not a {ADDRESS_TYPE}",
+    }
+
+
+def test_unknown_types_and_garbage_messages() -> None:
+    other = decode_response(response("type.googleapis.com/other", ("x", b"")))
+    assert other.accepted == {} and other.rejected == {}
+    with pytest.raises(XdsDecodeError, match="not a DeltaDiscoveryResponse"):
+        decode_response(b"\x0a\xff")
+    with pytest.raises(XdsDecodeError, match="not a DeltaDiscoveryRequest"):
+        decode_request(b"\x12\x05ab")
+
+
+def _valid_response() -> bytes:
+    encoded = [
+        encode_resource(ADDRESS_TYPE, WORKLOAD.uid, WORKLOAD),
+        encode_resource(ADDRESS_TYPE, SERVICE.key, SERVICE),
+    ]
+    return response(ADDRESS_TYPE, *((e.name, e.resource.resource.value) for e in encoded))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), max_size=8),
+    st.binary(max_size=64),
+)
+def test_damaged_responses_are_refused_cleanly(flips: list[tuple[int, int]], tail: bytes) -> None:
+    """A mutated response either decodes (possibly with rejected resources) or raises
+    XdsDecodeError; nothing else escapes, and what is accepted are model objects."""
+    data = bytearray(_valid_response())
+    for position, value in flips:
+        data[position % len(data)] = value
+    try:
+        decoded = decode_response(bytes(data) + tail)
+    except XdsDecodeError:
+        return
+    assert all(isinstance(w, Workload) for w in decoded.workloads)
+    assert all(isinstance(s, Service) for s in decoded.services)
+    assert len(decoded.workloads) + len(decoded.services) == len(decoded.accepted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=256))
+def test_random_requests_are_refused_cleanly(raw: bytes) -> None:
+    with contextlib.suppress(XdsDecodeError):
+        decode_request(raw)

@@ -1,0 +1,98 @@
+"""The control plane's HTTP monitoring server (:15014): `/ready`, `/metrics` and debug views.
+
+A small threaded HTTP server (the control plane is thread-based, like grpcio). Routes are GET
+only: `/ready` (200 once `ready()` says so, else 503), `/metrics` (Prometheus text from the
+registry) and JSON views added with `add_json` (for example `/debug/xds`). A view that fails
+answers 500 with the error; the server keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("ztunnel_py.controlplane.monitoring")
+
+DEFAULT_PORT = 15014
+
+
+class MonitoringServer:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+    ) -> None:
+        self._registry = registry
+        self._ready = ready
+        self._views: dict[str, Callable[[], Any]] = {}
+        handler = _handler_class(self)
+        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        port: int = self._httpd.server_address[1]
+        return port
+
+    def add_json(self, path: str, view: Callable[[], Any]) -> None:
+        """Serve `view()` as JSON at `path`."""
+        if path in self._views or path in ("/ready", "/metrics"):
+            raise ValueError(f"monitoring path {path} is already served")
+        self._views[path] = view
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="monitoring", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def respond(self, path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) for a GET of `path`."""
+        path = path.split("?", 1)[0]
+        if path == "/ready":
+            if self._ready():
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", b"not ready\n"
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        view = self._views.get(path)
+        if view is None:
+            paths = ", ".join(["/ready", "/metrics", *sorted(self._views)])
+            return 404, "text/plain", f"not found; try {paths}\n".encode()
+        try:
+            body = json.dumps(view(), indent=1, sort_keys=True, default=str)
+        except Exception as e:
+            log.exception("monitoring view %s failed", path)
+            return 500, "text/plain", f"{path} failed: {e!r}\n".encode()
+        return 200, "application/json", body.encode() + b"\n"
+
+
+def _handler_class(server: MonitoringServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, content_type, body = server.respond(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler

@@ -1,0 +1,482 @@
+"""Translation: validated resources in, the workload API's view of the mesh out.
+
+`translate` is a pure function of the accepted resources and the mesh options. It indexes pods
+and WorkloadEntries by namespace and label, so selecting endpoints for a Service or workloads
+for a policy costs the size of the answer, not of the mesh. Problems only visible across
+resources (a named targetPort a selected pod does not declare, two ServiceEntries claiming one
+host, competing PeerAuthentications) come back as warnings; translation never rejects.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ztunnel_py.controlplane.resources import (
+    ROOT_NAMESPACE,
+    Diagnostic,
+    Resource,
+    ResourceKey,
+    Severity,
+)
+from ztunnel_py.controlplane.translate import policies as pol
+from ztunnel_py.controlplane.translate import services as svc
+from ztunnel_py.controlplane.translate import workloads as wl
+from ztunnel_py.model import (
+    DEFAULT_TRUST_DOMAIN,
+    Authorization,
+    IPAddress,
+    Service,
+    Workload,
+    WorkloadStatus,
+)
+
+DEFAULT_DOMAIN_SUFFIX = "cluster.local"
+DEFAULT_CLUSTER_ID = "Kubernetes"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshOptions:
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    root_namespace: str = ROOT_NAMESPACE
+    domain_suffix: str = DEFAULT_DOMAIN_SUFFIX
+    cluster_id: str = DEFAULT_CLUSTER_ID
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """What a workload was built from, to reuse it when nothing it depends on changed."""
+
+    resource: Resource
+    namespace_labels: Mapping[str, str]
+    services: dict[str, dict[int, int]]
+    policies: tuple[str, ...]
+    workload: Workload
+
+
+# Workloads of the previous translation by resource: unchanged ones are reused as they are,
+# which also makes comparing snapshots cheap (equal objects are the same objects).
+WorkloadCache = Mapping[ResourceKey, _Built]
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    workloads: dict[str, Workload]
+    services: dict[str, Service]
+    policies: dict[str, Authorization]
+    diagnostics: tuple[Diagnostic, ...] = ()
+    cache: WorkloadCache = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Member:
+    """A selectable endpoint (pod or WorkloadEntry) being built."""
+
+    resource: Resource
+    labels: Mapping[str, str]
+    named_ports: Mapping[str, int]
+    addresses: tuple[IPAddress, ...] = ()
+    services: dict[str, dict[int, int]] = field(default_factory=dict)
+    policies: list[str] = field(default_factory=list)
+
+
+class _Namespace:
+    """The selectable members of one namespace, indexed by label."""
+
+    def __init__(self) -> None:
+        self.members: list[_Member] = []
+        self.by_label: dict[tuple[str, str], list[int]] = defaultdict(list)
+
+    def add(self, member: _Member) -> None:
+        index = len(self.members)
+        self.members.append(member)
+        for item in member.labels.items():
+            self.by_label[item].append(index)
+
+    def select(self, selector: Mapping[str, str]) -> list[_Member]:
+        """Members whose labels include `selector` (every member for an empty selector)."""
+        if not selector:
+            return list(self.members)
+        candidates = min((self.by_label.get(item, []) for item in selector.items()), key=len)
+        return [
+            self.members[i]
+            for i in candidates
+            if all(self.members[i].labels.get(k) == v for k, v in selector.items())
+        ]
+
+
+class _Translator:
+    def __init__(
+        self, resources: Iterable[Resource], options: MeshOptions, cache: WorkloadCache
+    ) -> None:
+        self.options = options
+        self.cache = cache
+        self.built: dict[ResourceKey, _Built] = {}
+        self.by_kind: dict[str, list[Resource]] = defaultdict(list)
+        for resource in resources:
+            self.by_kind[resource.kind].append(resource)
+        for items in self.by_kind.values():
+            items.sort(key=pol.creation_order)
+        self.namespace_labels = {ns.name: ns.labels for ns in self.by_kind["Namespace"]}
+        self.namespaces: dict[str, _Namespace] = defaultdict(_Namespace)
+        self.services: dict[str, Service] = {}
+        self.policies: dict[str, Authorization] = {}
+        self.diagnostics: list[Diagnostic] = []
+
+    def warn(self, resource: Resource, path: str, reason: str) -> None:
+        self.diagnostics.append(Diagnostic(resource.origin, path, reason, Severity.WARNING))
+
+    def run(self) -> Translation:
+        self._members()
+        self._kubernetes_services()
+        self._service_entries()
+        self._authorization_policies()
+        self._peer_authentications()
+        workloads: dict[str, Workload] = {}
+        for namespace in self.namespaces.values():
+            for member in namespace.members:
+                workload = self._workload(member)
+                workloads[workload.uid] = workload
+        for entry in self.by_kind["ServiceEntry"]:
+            for workload in self._service_entry_workloads(entry):
+                workloads[workload.uid] = workload
+        return Translation(
+            workloads, self.services, self.policies, tuple(self.diagnostics), self.built
+        )
+
+    # --- endpoints -----------------------------------------------------------------------------
+
+    def _members(self) -> None:
+        for pod in self.by_kind["Pod"]:
+            addresses = wl.pod_addresses(pod)
+            if wl.pod_is_terminated(pod) or not addresses:
+                continue
+            member = _Member(pod, pod.labels, wl.pod_named_ports(pod), addresses)
+            self.namespaces[pod.namespace].add(member)
+        for entry in self.by_kind["WorkloadEntry"]:
+            address = entry.spec.get("address", "")
+            if address.startswith("unix://"):
+                self.warn(
+                    entry, "spec.address", "unix domain socket addresses are not supported: ignored"
+                )
+                continue
+            ports = dict(entry.spec.get("ports") or {})
+            member = _Member(entry, wl.workload_entry_labels(entry), ports)
+            self.namespaces[entry.namespace].add(member)
+
+    # --- services ------------------------------------------------------------------------------
+
+    def _add_service(self, service: Service, owner: Resource, path: str) -> bool:
+        existing = self.services.get(service.key)
+        if existing is not None:
+            self.warn(
+                owner,
+                path,
+                f"host {service.hostname} in namespace {service.namespace} is already defined by "
+                f"{existing.name}: ignored",
+            )
+            return False
+        self.services[service.key] = service
+        return True
+
+    def _kubernetes_services(self) -> None:
+        o = self.options
+        for resource in self.by_kind["Service"]:
+            service = svc.kubernetes_service(resource, o.trust_domain, o.domain_suffix)
+            if service is None or not self._add_service(service, resource, "metadata.name"):
+                continue
+            selector = resource.spec.get("selector") or {}
+            if not selector:
+                continue  # no selector: endpoints are managed elsewhere
+            members = self.namespaces[resource.namespace].select(selector)
+            ports = svc.tcp_ports(resource)
+            missing: dict[int, list[str]] = defaultdict(list)
+            for member in members:
+                mapping: dict[int, int] = {}
+                for i, port in enumerate(ports):
+                    target = port.get("targetPort", port["port"])
+                    if isinstance(target, str):
+                        number = member.named_ports.get(target)
+                        if number is None:
+                            missing[i].append(f"{member.resource.kind} {member.resource.name}")
+                            continue
+                        target = number
+                    mapping[port["port"]] = target
+                member.services[service.key] = mapping
+            for i, names in missing.items():
+                self._missing_port_warning(resource, ports, i, names, len(members))
+
+    def _missing_port_warning(
+        self,
+        resource: Resource,
+        ports: list[Mapping[str, object]],
+        i: int,
+        names: list[str],
+        total: int,
+    ) -> None:
+        index = (resource.spec.get("ports") or []).index(ports[i])
+        more = ", ..." if len(names) > 3 else ""
+        self.warn(
+            resource,
+            f"spec.ports[{index}].targetPort",
+            f"port name {ports[i]['targetPort']!r} is not declared by {len(names)} of the "
+            f"{total} selected workloads ({', '.join(names[:3])}{more}): "
+            f"they get no endpoint for port {ports[i]['port']}",
+        )
+
+    def _service_entries(self) -> None:
+        for entry in self.by_kind["ServiceEntry"]:
+            for cidr in svc.service_entry_cidr_addresses(entry):
+                self.warn(
+                    entry,
+                    "spec.addresses",
+                    f"address range {cidr} cannot be used as a service VIP: ignored",
+                )
+            added = [
+                s
+                for i, s in enumerate(svc.service_entry_services(entry))
+                if self._add_service(s, entry, f"spec.hosts[{i}]")
+            ]
+            selector = entry.spec.get("workloadSelector")
+            if selector is None or not added:
+                continue
+            ports = svc.service_entry_ports(entry)
+            for member in self.namespaces[entry.namespace].select(selector.get("labels") or {}):
+                mapping = {
+                    p["number"]: member.named_ports.get(p["name"], p.get("targetPort", p["number"]))
+                    for p in ports
+                }
+                for service in added:
+                    member.services[service.key] = dict(mapping)
+
+    def _service_entry_workloads(self, entry: Resource) -> list[Workload]:
+        o = self.options
+        out = []
+        ports = svc.service_entry_ports(entry)
+        keys = [f"{entry.namespace}/{host}" for host in entry.spec["hosts"]]
+        keys = [
+            k
+            for k in keys
+            if self.services.get(k) is not None and self.services[k].name == entry.name
+        ]
+        for i, endpoint in enumerate(entry.spec.get("endpoints") or ()):
+            address = endpoint.get("address", "")
+            ip = wl.parse_address(address)
+            if ip is None:
+                self.warn(
+                    entry,
+                    f"spec.endpoints[{i}].address",
+                    f"endpoint {address!r} is not an IP address: DNS endpoints are not "
+                    "supported, ignored",
+                )
+                continue
+            labels = endpoint.get("labels") or {}
+            named = endpoint.get("ports") or {}
+            mapping = {
+                p["number"]: named.get(p["name"], p.get("targetPort", p["number"])) for p in ports
+            }
+            name, revision = wl.canonical_service(labels, entry.name)
+            uid = f"{o.cluster_id}/networking.istio.io/ServiceEntry/{entry.namespace}/{entry.name}"
+            uid += f"/{address}"
+            out.append(
+                Workload(
+                    uid=uid,
+                    name=entry.name,
+                    namespace=entry.namespace,
+                    addresses=(ip,),
+                    service_account=endpoint.get("serviceAccount") or "default",
+                    trust_domain=o.trust_domain,
+                    network=endpoint.get("network") or "",
+                    tunnel_protocol=wl.entry_tunnel(labels, {}),
+                    canonical_name=name,
+                    canonical_revision=revision,
+                    workload_name=entry.name,
+                    workload_type="pod",
+                    services={k: dict(mapping) for k in keys},
+                    cluster_id=o.cluster_id,
+                    capacity=wl.capacity(endpoint),
+                )
+            )
+        return out
+
+    # --- policies ------------------------------------------------------------------------------
+
+    def _authorization_policies(self) -> None:
+        root = self.options.root_namespace
+        for resource in self.by_kind["AuthorizationPolicy"]:
+            policy = pol.authorization(resource, root)
+            if policy is None:
+                continue
+            self.policies[policy.key] = policy
+            selector = pol.selector_labels(resource)
+            if selector is None:
+                continue
+            scopes = (
+                self.namespaces.values()
+                if resource.namespace == root
+                else [self.namespaces[resource.namespace]]
+            )
+            for namespace in scopes:
+                for member in namespace.select(selector):
+                    member.policies.append(policy.key)
+
+    def _peer_authentications(self) -> None:
+        items = self.by_kind["PeerAuthentication"]
+        if not items:
+            return
+        root = self.options.root_namespace
+        namespace_level: dict[str, list[Resource]] = defaultdict(list)
+        workload_level: dict[str, list[Resource]] = defaultdict(list)
+        for pa in items:
+            if pol.is_namespace_level(pa):
+                namespace_level[pa.namespace].append(pa)
+            elif pa.namespace == root:
+                self.warn(
+                    pa,
+                    "spec.selector",
+                    "a PeerAuthentication with a selector in the root namespace is ignored in "
+                    "ambient mode: put it in the workload's namespace",
+                )
+            else:
+                workload_level[pa.namespace].append(pa)
+        for group in namespace_level.values():
+            self._oldest_wins(group, "namespace" if group[0].namespace != root else "mesh")
+        mesh = pol.oldest(namespace_level.get(root, []))
+        for ns, group in workload_level.items():
+            for pa in group:
+                converted = pol.convert_peer_authentication(
+                    pa, pol.oldest(namespace_level.get(ns, [])), mesh, root
+                )
+                if converted is not None:
+                    self.policies[converted.key] = converted
+        strict_key = f"{root}/{pol.STATIC_STRICT_NAME}"
+        for ns, namespace in self.namespaces.items():
+            base = namespace_level.get(root, []) + (
+                namespace_level.get(ns, []) if ns != root else []
+            )
+            candidates = workload_level.get(ns, [])
+            for member in namespace.members:
+                selecting = [
+                    pa
+                    for pa in candidates
+                    if all(
+                        member.labels.get(k) == v
+                        for k, v in (pol.selector_labels(pa) or {}).items()
+                    )
+                ]
+                keys = pol.workload_peer_authentication_keys(base + selecting, root)
+                member.policies.extend(k for k in keys if k not in member.policies)
+                if strict_key in keys and strict_key not in self.policies:
+                    self.policies[strict_key] = pol.static_strict_policy(root)
+
+    def _oldest_wins(self, group: list[Resource], level: str) -> None:
+        winner = pol.oldest(group)
+        for pa in group:
+            if pa is not winner and winner is not None:
+                self.warn(
+                    pa,
+                    "metadata.name",
+                    f"ignored: PeerAuthentication {winner.name} is also {level}-wide and older "
+                    "(the oldest one applies)",
+                )
+
+    # --- workloads -----------------------------------------------------------------------------
+
+    def _workload(self, member: _Member) -> Workload:
+        r = member.resource
+        ns_labels = self.namespace_labels.get(r.namespace, {})
+        policy_keys = sorted(k for k in member.policies if not _is_peer_authentication_key(k))
+        policy_keys += [k for k in member.policies if _is_peer_authentication_key(k)]
+        policies = tuple(policy_keys)
+        built = self.cache.get(r.key)
+        if not (
+            built is not None
+            and (built.resource is r or built.resource == r)
+            and built.policies == policies
+            and built.services == member.services
+            and built.namespace_labels == ns_labels
+        ):
+            workload = self._build(member, ns_labels, policies)
+            built = _Built(r, ns_labels, member.services, policies, workload)
+        elif built.resource is not r:
+            # Equal but re-read (its file changed): remember the new object, so the next
+            # check is an identity check again.
+            built = _Built(r, built.namespace_labels, built.services, policies, built.workload)
+        self.built[r.key] = built
+        return built.workload
+
+    def _build(
+        self, member: _Member, ns_labels: Mapping[str, str], policy_keys: tuple[str, ...]
+    ) -> Workload:
+        r = member.resource
+        o = self.options
+        if r.kind == "Pod":
+            name, kind = wl.pod_workload_name(r)
+            canonical, revision = wl.canonical_service(r.labels, name)
+            spec = r.spec
+            return Workload(
+                uid=f"{o.cluster_id}//Pod/{r.namespace}/{r.name}",
+                name=r.name,
+                namespace=r.namespace,
+                addresses=member.addresses,
+                service_account=spec.get("serviceAccountName")
+                or spec.get("serviceAccount")
+                or "default",
+                trust_domain=o.trust_domain,
+                node=spec.get("nodeName") or "",
+                network=r.labels.get(wl.NETWORK_LABEL, ""),
+                tunnel_protocol=wl.pod_tunnel(r, ns_labels),
+                canonical_name=canonical,
+                canonical_revision=revision,
+                workload_name=name,
+                workload_type=kind,
+                services=member.services,
+                authorization_policies=policy_keys,
+                status=wl.pod_status(r),
+                cluster_id=o.cluster_id,
+            )
+        spec = r.spec
+        address = spec.get("address", "")
+        ip = wl.parse_address(address)
+        addresses: tuple[IPAddress, ...] = (ip,) if ip is not None else ()
+        name = wl.workload_entry_name(r)
+        canonical, revision = wl.canonical_service(member.labels, name)
+        tunnel = wl.entry_tunnel(member.labels, r.annotations)
+        return Workload(
+            uid=f"{o.cluster_id}/networking.istio.io/WorkloadEntry/{r.namespace}/{r.name}",
+            name=r.name,
+            namespace=r.namespace,
+            addresses=addresses,
+            hostname="" if ip is not None else address,
+            service_account=spec.get("serviceAccount") or "default",
+            trust_domain=o.trust_domain,
+            network=spec.get("network") or "",
+            tunnel_protocol=tunnel,
+            canonical_name=canonical,
+            canonical_revision=revision,
+            workload_name=name,
+            workload_type="pod",
+            services=member.services,
+            authorization_policies=policy_keys,
+            status=WorkloadStatus.HEALTHY,
+            cluster_id=o.cluster_id,
+            capacity=wl.capacity(spec),
+        )
+
+
+def _is_peer_authentication_key(key: str) -> bool:
+    name = key.rpartition("/")[2]
+    return name == pol.STATIC_STRICT_NAME or name.startswith(pol.CONVERTED_PREFIX)
+
+
+def translate(
+    resources: Iterable[Resource],
+    options: MeshOptions | None = None,
+    cache: WorkloadCache | None = None,
+) -> Translation:
+    """The mesh model for `resources` (all validated). `cache`: the previous translation's."""
+    return _Translator(resources, options or MeshOptions(), cache or {}).run()
+
+
+__all__ = ["MeshOptions", "Translation", "WorkloadCache", "translate"]

@@ -1,0 +1,118 @@
+"""Validation (the role Istio's Galley had): a parsed document in, a `Resource` or the reasons
+it is rejected out.
+
+`validate_document` checks one document alone: its kind and apiVersion, every field against the
+kind's schema (`kinds.py`), and the semantic rules (CIDRs, ports, principals, selectors...).
+Errors reject the resource; warnings (e.g. HTTP attributes in an L4 AuthorizationPolicy) are
+reported and the resource is accepted. Conflicts between resources (duplicates, two Services on
+one clusterIP) are the store's business (`store.py`), since they depend on what else is loaded.
+A `kind: List` document is expanded into its items (`items[2].spec...`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
+from ztunnel_py.controlplane.validation.kinds import KINDS, KindInfo
+from ztunnel_py.controlplane.validation.schema import Checker, Node, describe
+
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """The outcome for one object: the resource if accepted, its key if it could be identified
+    (so a rejected new version can fall back to the last good one), and the diagnostics."""
+
+    resource: Resource | None
+    key: ResourceKey | None
+    diagnostics: tuple[Diagnostic, ...]
+
+
+def validate_document(doc: Document) -> list[Validated]:
+    """Validate one document (several objects for a `kind: List`); never raises."""
+    root = Node(doc.body, "", (doc.line, 1) if doc.line is not None else None)
+    return _validate(doc, root)
+
+
+def _validate(doc: Document, node: Node) -> list[Validated]:
+    c = Checker(doc.origin, doc.positions, doc.strict)
+    body = node.value
+    if not isinstance(body, dict):
+        c.error(
+            node,
+            "expected a Kubernetes object (a mapping with apiVersion, kind and metadata), "
+            f"got {describe(body)}",
+        )
+        return [Validated(None, None, tuple(c.diagnostics))]
+    kind = body.get("kind")
+    if kind == "List" and body.get("apiVersion") == "v1" and isinstance(body.get("items"), list):
+        items = c.child(node, "items")
+        return [r for i in range(len(items.value)) for r in _validate(doc, c.index(items, i))]
+    info = _kind(c, node, kind)
+    if info is None:
+        return [Validated(None, None, tuple(c.diagnostics))]
+    api_version = body.get("apiVersion")
+    if api_version not in info.api_versions:
+        where = (
+            c.child(node, "apiVersion") if "apiVersion" in body else _missing(node, "apiVersion")
+        )
+        served = ", ".join(info.api_versions)
+        reason = (
+            f"apiVersion {api_version!r} is not served for kind {info.kind} (use {served})"
+            if "apiVersion" in body
+            else f"required field is missing (use {served})"
+        )
+        c.error(where, reason)
+    key = _key(c, node, info)
+    info.schema.check(c, node)
+    diagnostics = tuple(c.diagnostics)
+    if c.error_count or key is None or not isinstance(api_version, str):
+        return [Validated(None, key, diagnostics)]
+    return [Validated(Resource(key, api_version, body, doc.origin), key, diagnostics)]
+
+
+def _missing(node: Node, key: str) -> Node:
+    return Node(None, node.field_path(key), node.pos)
+
+
+def _kind(c: Checker, node: Node, kind: object) -> KindInfo | None:
+    if kind is None:
+        c.error(_missing(node, "kind"), "required field is missing")
+        return None
+    where = c.child(node, "kind")
+    if not isinstance(kind, str):
+        c.error(where, f"expected a string, got {describe(kind)}")
+        return None
+    info = KINDS.get(kind)
+    if info is None:
+        near = [k for k in KINDS if k.lower() == kind.lower()]
+        hint = f" (did you mean {near[0]!r}?)" if near else f" (supported: {', '.join(KINDS)})"
+        c.error(where, f"unknown kind {kind!r}{hint}")
+    return info
+
+
+def _key(c: Checker, node: Node, info: KindInfo) -> ResourceKey | None:
+    """The object's identity, if its metadata is readable (even when other fields are not)."""
+    meta = node.value.get("metadata")
+    if not isinstance(meta, dict):
+        return None
+    name, namespace = meta.get("name"), meta.get("namespace")
+    if not isinstance(name, str) or not name:
+        return None
+    if not info.namespaced:
+        if namespace is not None:
+            c.warn(
+                c.child(c.child(node, "metadata"), "namespace"),
+                f"ignored: {info.kind} is not namespaced",
+            )
+        return ResourceKey(info.kind, "", name)
+    if namespace is None:
+        return ResourceKey(info.kind, DEFAULT_NAMESPACE, name)
+    if not isinstance(namespace, str) or not namespace:
+        return None
+    return ResourceKey(info.kind, namespace, name)
+
+
+__all__ = ["DEFAULT_NAMESPACE", "KINDS", "Validated", "validate_document"]

@@ -1,0 +1,597 @@
+"""The one place where protobuf and our types meet, both ways.
+
+- Model <-> workload API: `Workload` and `Service` <-> `istio.workload.Address`, `Authorization`
+  <-> `istio.security.Authorization` (reference sections 3.3 and 3.4). Decoding checks what the
+  model relies on and raises `ConversionError` with a one-line reason (it becomes a per-resource
+  NACK reason). Fields our model does not carry (locality, network gateway, load balancing,
+  extensions, ...) are ignored on input and not sent.
+- xDS messages <-> the sans-IO bookkeeping types of `ztunnel_py.protocol.xds`: requests both
+  ways, a whole `DeltaDiscoveryResponse` decoded into model objects plus per-resource rejections
+  (`decode_response`), and server-side resources encoded once with a content version
+  (`encode_resource`, `encode_response`).
+
+Every other module deals in model and protocol types only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from google.protobuf import struct_pb2, wrappers_pb2
+from google.protobuf.message import DecodeError
+
+from ztunnel_py.model import (
+    DEFAULT_TRUST_DOMAIN,
+    Action,
+    Authorization,
+    Cidr,
+    GatewayAddress,
+    IPAddress,
+    Match,
+    NamespacedHostname,
+    NetworkAddress,
+    PolicyScope,
+    Service,
+    ServiceAccountMatch,
+    StringMatch,
+    StringMatchKind,
+    TunnelProtocol,
+    Workload,
+    WorkloadStatus,
+)
+from ztunnel_py.model.workload import HBONE_PORT
+from ztunnel_py.proto import (
+    authorization_pb2,
+    discovery_pb2,
+    envoy_base_pb2,
+    rpc_status_pb2,
+    workload_pb2,
+)
+from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Delta, Request
+
+DEFAULT_SERVICE_ACCOUNT = "default"
+DEFAULT_CLUSTER_ID = "Kubernetes"
+MAX_PORT = 65535
+MAX_UINT32 = 2**32 - 1
+
+_T = TypeVar("_T")
+
+
+class ConversionError(ValueError):
+    """A resource our model cannot represent; the message is the NACK reason."""
+
+
+class XdsDecodeError(ValueError):
+    """A whole xDS message could not be parsed."""
+
+
+# --- workload API: model -> protobuf ----------------------------------------------------------
+
+_WORKLOAD_TYPES = {
+    "deployment": workload_pb2.DEPLOYMENT,
+    "cronjob": workload_pb2.CRONJOB,
+    "pod": workload_pb2.POD,
+    "job": workload_pb2.JOB,
+}
+_WORKLOAD_TYPE_NAMES: dict[int, str] = {int(v): k for k, v in _WORKLOAD_TYPES.items()}
+_TUNNELS = {TunnelProtocol.NONE: workload_pb2.NONE, TunnelProtocol.HBONE: workload_pb2.HBONE}
+_TUNNEL_NAMES: dict[int, TunnelProtocol] = {int(v): k for k, v in _TUNNELS.items()}
+_STATUSES = {
+    WorkloadStatus.HEALTHY: workload_pb2.HEALTHY,
+    WorkloadStatus.UNHEALTHY: workload_pb2.UNHEALTHY,
+}
+_STATUS_NAMES: dict[int, WorkloadStatus] = {int(v): k for k, v in _STATUSES.items()}
+_SCOPES = {
+    PolicyScope.GLOBAL: authorization_pb2.GLOBAL,
+    PolicyScope.NAMESPACE: authorization_pb2.NAMESPACE,
+    PolicyScope.WORKLOAD_SELECTOR: authorization_pb2.WORKLOAD_SELECTOR,
+}
+_SCOPE_NAMES: dict[int, PolicyScope] = {int(v): k for k, v in _SCOPES.items()}
+_ACTIONS = {Action.ALLOW: authorization_pb2.ALLOW, Action.DENY: authorization_pb2.DENY}
+_ACTION_NAMES: dict[int, Action] = {int(v): k for k, v in _ACTIONS.items()}
+
+
+def _ports_to_proto(ports: Mapping[int, int]) -> list[workload_pb2.Port]:
+    return [workload_pb2.Port(service_port=sp, target_port=tp) for sp, tp in sorted(ports.items())]
+
+
+def _network_address_to_proto(a: NetworkAddress) -> workload_pb2.NetworkAddress:
+    return workload_pb2.NetworkAddress(network=a.network, address=a.address.packed)
+
+
+def gateway_to_proto(g: GatewayAddress) -> workload_pb2.GatewayAddress:
+    pb = workload_pb2.GatewayAddress(hbone_mtls_port=g.hbone_mtls_port)
+    if isinstance(g.destination, NamespacedHostname):
+        pb.hostname.namespace = g.destination.namespace
+        pb.hostname.hostname = g.destination.hostname
+    else:
+        pb.address.CopyFrom(_network_address_to_proto(g.destination))
+    return pb
+
+
+def workload_to_proto(w: Workload) -> workload_pb2.Workload:
+    workload_type = _WORKLOAD_TYPES.get(w.workload_type.lower())
+    if workload_type is None:
+        raise ConversionError(
+            f"workload type {w.workload_type!r} is not one of {', '.join(_WORKLOAD_TYPES)}"
+        )
+    pb = workload_pb2.Workload(
+        uid=w.uid,
+        name=w.name,
+        namespace=w.namespace,
+        addresses=[ip.packed for ip in w.addresses],
+        hostname=w.hostname,
+        network=w.network,
+        tunnel_protocol=_TUNNELS[w.tunnel_protocol],
+        trust_domain=w.trust_domain,
+        service_account=w.service_account,
+        node=w.node,
+        canonical_name=w.canonical_name,
+        canonical_revision=w.canonical_revision,
+        workload_type=workload_type,
+        workload_name=w.workload_name,
+        authorization_policies=list(w.authorization_policies),
+        status=_STATUSES[w.status],
+        cluster_id=w.cluster_id,
+    )
+    if w.waypoint is not None:
+        pb.waypoint.CopyFrom(gateway_to_proto(w.waypoint))
+    for key, ports in sorted(w.services.items()):
+        pb.services[key].ports.extend(_ports_to_proto(ports))
+    if w.capacity != 1:
+        # Absent means 1, so only other values are sent (0 included: it needs presence).
+        pb.capacity.CopyFrom(wrappers_pb2.UInt32Value(value=w.capacity))
+    return pb
+
+
+def service_to_proto(s: Service) -> workload_pb2.Service:
+    pb = workload_pb2.Service(
+        name=s.name,
+        namespace=s.namespace,
+        hostname=s.hostname,
+        addresses=[_network_address_to_proto(v) for v in s.vips],
+        ports=_ports_to_proto(s.ports),
+        subject_alt_names=list(s.subject_alt_names),
+    )
+    if s.waypoint is not None:
+        pb.waypoint.CopyFrom(gateway_to_proto(s.waypoint))
+    return pb
+
+
+def address_to_proto(obj: Workload | Service) -> workload_pb2.Address:
+    if isinstance(obj, Workload):
+        return workload_pb2.Address(workload=workload_to_proto(obj))
+    return workload_pb2.Address(service=service_to_proto(obj))
+
+
+def _string_match_to_proto(m: StringMatch) -> authorization_pb2.StringMatch:
+    if m.kind is StringMatchKind.EXACT:
+        return authorization_pb2.StringMatch(exact=m.value)
+    if m.kind is StringMatchKind.PREFIX:
+        return authorization_pb2.StringMatch(prefix=m.value)
+    if m.kind is StringMatchKind.SUFFIX:
+        return authorization_pb2.StringMatch(suffix=m.value)
+    pb = authorization_pb2.StringMatch()
+    pb.presence.SetInParent()
+    return pb
+
+
+def _cidr_to_proto(c: Cidr) -> authorization_pb2.Address:
+    return authorization_pb2.Address(address=c.network_address.packed, length=c.prefixlen)
+
+
+def _sa_to_proto(m: ServiceAccountMatch) -> authorization_pb2.ServiceAccountMatch:
+    pb = authorization_pb2.ServiceAccountMatch(namespace=m.namespace)
+    # The field is camelCase upstream, which the keyword constructor spells the same way.
+    pb.serviceAccount = m.service_account
+    return pb
+
+
+def _match_to_proto(m: Match) -> authorization_pb2.Match:
+    s, c, sa = _string_match_to_proto, _cidr_to_proto, _sa_to_proto
+    return authorization_pb2.Match(
+        namespaces=[s(x) for x in m.namespaces],
+        not_namespaces=[s(x) for x in m.not_namespaces],
+        service_accounts=[sa(x) for x in m.service_accounts],
+        not_service_accounts=[sa(x) for x in m.not_service_accounts],
+        principals=[s(x) for x in m.principals],
+        not_principals=[s(x) for x in m.not_principals],
+        source_ips=[c(x) for x in m.source_ips],
+        not_source_ips=[c(x) for x in m.not_source_ips],
+        destination_ips=[c(x) for x in m.destination_ips],
+        not_destination_ips=[c(x) for x in m.not_destination_ips],
+        destination_ports=list(m.destination_ports),
+        not_destination_ports=list(m.not_destination_ports),
+    )
+
+
+def authorization_to_proto(p: Authorization) -> authorization_pb2.Authorization:
+    return authorization_pb2.Authorization(
+        name=p.name,
+        namespace=p.namespace,
+        scope=_SCOPES[p.scope],
+        action=_ACTIONS[p.action],
+        rules=[
+            authorization_pb2.Rule(
+                clauses=[
+                    authorization_pb2.Clause(matches=[_match_to_proto(m) for m in clause])
+                    for clause in rule
+                ]
+            )
+            for rule in p.rules
+        ],
+        dry_run=p.dry_run,
+    )
+
+
+# --- workload API: protobuf -> model ----------------------------------------------------------
+
+
+def _ip(raw: bytes, what: str) -> IPAddress:
+    if len(raw) not in (4, 16):
+        raise ConversionError(f"{what} has {len(raw)} bytes (an IP address has 4 or 16)")
+    return ipaddress.ip_address(raw)
+
+
+def _port(value: int, what: str, allow_zero: bool = False) -> int:
+    if value > MAX_PORT or (value == 0 and not allow_zero):
+        raise ConversionError(f"{what} {value} is not a port (1-{MAX_PORT})")
+    return value
+
+
+def _ports(ports: Iterable[workload_pb2.Port], what: str) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for p in ports:
+        sp = _port(p.service_port, f"{what} service port")
+        if sp in out:
+            raise ConversionError(f"{what} lists service port {sp} twice")
+        out[sp] = _port(p.target_port, f"{what} target port", allow_zero=True)
+    return out
+
+
+def _enum(value: int, names: Mapping[int, _T], what: str) -> _T:
+    found = names.get(value)
+    if found is None:
+        raise ConversionError(f"unsupported {what} {value}")
+    return found
+
+
+def _network_address(pb: workload_pb2.NetworkAddress, what: str) -> NetworkAddress:
+    ip = _ip(pb.address, what)
+    if pb.HasField("length") and pb.length != ip.max_prefixlen:
+        raise ConversionError(f"{what} is a /{pb.length} range; only single addresses are used")
+    return NetworkAddress(pb.network, ip)
+
+
+def gateway_from_proto(pb: workload_pb2.GatewayAddress, what: str) -> GatewayAddress:
+    kind = pb.WhichOneof("destination")
+    destination: NetworkAddress | NamespacedHostname
+    if kind == "hostname":
+        if not pb.hostname.namespace or not pb.hostname.hostname:
+            raise ConversionError(f"{what} hostname needs both a namespace and a hostname")
+        destination = NamespacedHostname(pb.hostname.namespace, pb.hostname.hostname)
+    elif kind == "address":
+        destination = _network_address(pb.address, f"{what} address")
+    else:
+        raise ConversionError(f"{what} has neither a hostname nor an address")
+    port = _port(pb.hbone_mtls_port, f"{what} HBONE port", allow_zero=True) or HBONE_PORT
+    return GatewayAddress(destination, port)
+
+
+def workload_from_proto(pb: workload_pb2.Workload) -> Workload:
+    if not pb.uid:
+        raise ConversionError("workload has no uid")
+    if not pb.namespace:
+        raise ConversionError("workload has no namespace")
+    if pb.tunnel_protocol == workload_pb2.LEGACY_ISTIO_MTLS:
+        raise ConversionError("tunnel protocol LEGACY_ISTIO_MTLS is not supported")
+    services = {}
+    for key, port_list in pb.services.items():
+        namespace, sep, hostname = key.partition("/")
+        if not sep or not namespace or not hostname:
+            raise ConversionError(f"service key {key!r} is not 'namespace/hostname'")
+        services[key] = _ports(port_list.ports, f"service {key}")
+    return Workload(
+        uid=pb.uid,
+        name=pb.name,
+        namespace=pb.namespace,
+        addresses=tuple(_ip(a, f"address {i}") for i, a in enumerate(pb.addresses)),
+        service_account=pb.service_account or DEFAULT_SERVICE_ACCOUNT,
+        trust_domain=pb.trust_domain or DEFAULT_TRUST_DOMAIN,
+        node=pb.node,
+        network=pb.network,
+        hostname=pb.hostname,
+        tunnel_protocol=_enum(pb.tunnel_protocol, _TUNNEL_NAMES, "tunnel protocol"),
+        canonical_name=pb.canonical_name,
+        canonical_revision=pb.canonical_revision,
+        workload_name=pb.workload_name,
+        workload_type=_enum(pb.workload_type, _WORKLOAD_TYPE_NAMES, "workload type"),
+        waypoint=gateway_from_proto(pb.waypoint, "waypoint") if pb.HasField("waypoint") else None,
+        services=services,
+        authorization_policies=tuple(pb.authorization_policies),
+        status=_enum(pb.status, _STATUS_NAMES, "workload status"),
+        cluster_id=pb.cluster_id or DEFAULT_CLUSTER_ID,
+        capacity=pb.capacity.value if pb.HasField("capacity") else 1,
+    )
+
+
+def service_from_proto(pb: workload_pb2.Service) -> Service:
+    if not pb.namespace or not pb.hostname:
+        raise ConversionError("service needs a namespace and a hostname")
+    return Service(
+        name=pb.name,
+        namespace=pb.namespace,
+        hostname=pb.hostname,
+        vips=tuple(_network_address(a, f"VIP {i}") for i, a in enumerate(pb.addresses)),
+        ports=_ports(pb.ports, "service"),
+        subject_alt_names=tuple(pb.subject_alt_names),
+        waypoint=gateway_from_proto(pb.waypoint, "waypoint") if pb.HasField("waypoint") else None,
+    )
+
+
+def address_from_proto(pb: workload_pb2.Address) -> Workload | Service:
+    kind = pb.WhichOneof("type")
+    if kind == "workload":
+        return workload_from_proto(pb.workload)
+    if kind == "service":
+        return service_from_proto(pb.service)
+    raise ConversionError("address has neither a workload nor a service")
+
+
+def _string_match(pb: authorization_pb2.StringMatch) -> StringMatch:
+    kind = pb.WhichOneof("match_type")
+    if kind == "exact":
+        return StringMatch(StringMatchKind.EXACT, pb.exact)
+    if kind == "prefix":
+        return StringMatch(StringMatchKind.PREFIX, pb.prefix)
+    if kind == "suffix":
+        return StringMatch(StringMatchKind.SUFFIX, pb.suffix)
+    if kind == "presence":
+        return StringMatch(StringMatchKind.PRESENCE)
+    raise ConversionError("string match has no exact, prefix, suffix or presence")
+
+
+def _cidr(pb: authorization_pb2.Address) -> Cidr:
+    ip = _ip(pb.address, "CIDR address")
+    if pb.length > ip.max_prefixlen:
+        raise ConversionError(f"CIDR {ip}/{pb.length} has a prefix longer than {ip.max_prefixlen}")
+    return ipaddress.ip_network((ip, pb.length), strict=False)
+
+
+def _sa_match(pb: authorization_pb2.ServiceAccountMatch) -> ServiceAccountMatch:
+    return ServiceAccountMatch(pb.namespace, pb.serviceAccount)
+
+
+def _match(pb: authorization_pb2.Match) -> Match:
+    def ports(values: Iterable[int]) -> tuple[int, ...]:
+        return tuple(_port(v, "destination port", allow_zero=True) for v in values)
+
+    s, c, sa = _string_match, _cidr, _sa_match
+    return Match(
+        namespaces=tuple(s(x) for x in pb.namespaces),
+        not_namespaces=tuple(s(x) for x in pb.not_namespaces),
+        service_accounts=tuple(sa(x) for x in pb.service_accounts),
+        not_service_accounts=tuple(sa(x) for x in pb.not_service_accounts),
+        principals=tuple(s(x) for x in pb.principals),
+        not_principals=tuple(s(x) for x in pb.not_principals),
+        source_ips=tuple(c(x) for x in pb.source_ips),
+        not_source_ips=tuple(c(x) for x in pb.not_source_ips),
+        destination_ips=tuple(c(x) for x in pb.destination_ips),
+        not_destination_ips=tuple(c(x) for x in pb.not_destination_ips),
+        destination_ports=ports(pb.destination_ports),
+        not_destination_ports=ports(pb.not_destination_ports),
+    )
+
+
+def authorization_from_proto(pb: authorization_pb2.Authorization) -> Authorization:
+    if not pb.name or not pb.namespace:
+        raise ConversionError("authorization policy needs a name and a namespace")
+    return Authorization(
+        name=pb.name,
+        namespace=pb.namespace,
+        scope=_enum(pb.scope, _SCOPE_NAMES, "policy scope"),
+        action=_enum(pb.action, _ACTION_NAMES, "policy action"),
+        rules=tuple(
+            tuple(tuple(_match(m) for m in clause.matches) for clause in rule.clauses)
+            for rule in pb.rules
+        ),
+        dry_run=pb.dry_run,
+    )
+
+
+# --- xDS messages: server side ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedResource:
+    """A resource encoded once, with its content version (stable across restarts)."""
+
+    name: str
+    version: str
+    resource: discovery_pb2.Resource
+
+
+def resource_version(payload: bytes) -> str:
+    return hashlib.blake2b(payload, digest_size=8).hexdigest()
+
+
+def encode_resource(
+    type_url: str, name: str, obj: Workload | Service | Authorization
+) -> EncodedResource:
+    """Encode a model object as a Delta xDS `Resource` of `type_url` named `name`.
+
+    Raises `ConversionError` if the object does not fit the workload API.
+    """
+    message: workload_pb2.Address | authorization_pb2.Authorization
+    try:
+        if type_url == ADDRESS_TYPE and isinstance(obj, Workload | Service):
+            message = address_to_proto(obj)
+        elif type_url == AUTHORIZATION_TYPE and isinstance(obj, Authorization):
+            message = authorization_to_proto(obj)
+        else:
+            raise ConversionError(f"a {type(obj).__name__} is not a {type_url} resource")
+        payload = message.SerializeToString(deterministic=True)
+    except ValueError as e:  # e.g. an integer out of its field's range
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"cannot encode: {e}") from None
+    version = resource_version(payload)
+    resource = discovery_pb2.Resource(name=name, version=version)
+    resource.resource.type_url = type_url
+    resource.resource.value = payload
+    return EncodedResource(name, version, resource)
+
+
+def encode_response(delta: Delta, resources: Mapping[str, EncodedResource]) -> bytes:
+    response = discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info=delta.system_version,
+        type_url=delta.type_url,
+        nonce=delta.nonce,
+        removed_resources=list(delta.removed),
+    )
+    response.resources.extend(resources[name].resource for name in delta.upserts)
+    return response.SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """The `node` of a request: id and string metadata."""
+
+    id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def decode_request(raw: bytes) -> tuple[Request, NodeInfo | None]:
+    """A DeltaDiscoveryRequest as a protocol `Request`, plus its node if it carries one."""
+    try:
+        pb = discovery_pb2.DeltaDiscoveryRequest.FromString(raw)
+    except DecodeError as e:
+        raise XdsDecodeError(f"not a DeltaDiscoveryRequest: {e}") from None
+    node = None
+    if pb.HasField("node"):
+        metadata = {
+            k: v.string_value
+            for k, v in pb.node.metadata.fields.items()
+            if v.WhichOneof("kind") == "string_value"
+        }
+        node = NodeInfo(pb.node.id, metadata)
+    request = Request(
+        type_url=pb.type_url,
+        subscribe=tuple(pb.resource_names_subscribe),
+        unsubscribe=tuple(pb.resource_names_unsubscribe),
+        initial_versions=dict(pb.initial_resource_versions),
+        response_nonce=pb.response_nonce,
+        error=pb.error_detail.message if pb.HasField("error_detail") else None,
+    )
+    return request, node
+
+
+# --- xDS messages: client side ----------------------------------------------------------------
+
+
+def encode_request(request: Request, node: NodeInfo | None = None) -> bytes:
+    pb = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=request.type_url,
+        resource_names_subscribe=list(request.subscribe),
+        resource_names_unsubscribe=list(request.unsubscribe),
+        initial_resource_versions=dict(request.initial_versions),
+        response_nonce=request.response_nonce,
+    )
+    if node is not None:
+        pb.node.CopyFrom(
+            envoy_base_pb2.Node(
+                id=node.id,
+                metadata=struct_pb2.Struct(
+                    fields={k: struct_pb2.Value(string_value=v) for k, v in node.metadata.items()}
+                ),
+            )
+        )
+    if request.error is not None:
+        # The code is INVALID_ARGUMENT (3), as Envoy sends for a rejected config.
+        pb.error_detail.CopyFrom(rpc_status_pb2.Status(code=3, message=request.error))
+    return pb.SerializeToString()
+
+
+@dataclass
+class DecodedResponse:
+    """A DeltaDiscoveryResponse as model objects, with what was accepted and rejected."""
+
+    type_url: str
+    nonce: str
+    system_version: str
+    size: int
+    workloads: list[Workload] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    policies: list[Authorization] = field(default_factory=list)
+    removed: tuple[str, ...] = ()
+    # resource name -> version, for the resources that converted
+    accepted: dict[str, str] = field(default_factory=dict)
+    # resource name -> reason, for those that did not
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+def _decode_payload(type_url: str, name: str, payload: bytes) -> Workload | Service | Authorization:
+    try:
+        if type_url == ADDRESS_TYPE:
+            obj: Workload | Service | Authorization = address_from_proto(
+                workload_pb2.Address.FromString(payload)
+            )
+            key = obj.uid if isinstance(obj, Workload) else obj.key
+        else:
+            obj = authorization_from_proto(authorization_pb2.Authorization.FromString(payload))
+            key = obj.key
+    except DecodeError as e:
+        raise ConversionError(f"cannot decode the payload: {e}") from None
+    if key != name:
+        raise ConversionError(f"resource name does not match its key {key!r}")
+    return obj
+
+
+def decode_response(raw: bytes) -> DecodedResponse:
+    """Parse a DeltaDiscoveryResponse and convert each resource; a resource that does not
+    convert is listed in `rejected` with its reason and the others are still returned.
+
+    Raises `XdsDecodeError` if the message itself does not parse.
+    """
+    try:
+        pb = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
+    except DecodeError as e:
+        raise XdsDecodeError(f"not a DeltaDiscoveryResponse: {e}") from None
+    out = DecodedResponse(
+        type_url=pb.type_url,
+        nonce=pb.nonce,
+        system_version=pb.system_version_info,
+        size=len(raw),
+        removed=tuple(pb.removed_resources),
+    )
+    if pb.type_url not in (ADDRESS_TYPE, AUTHORIZATION_TYPE):
+        # The caller sees the unknown type and refuses the whole response.
+        return out
+    for r in pb.resources:
+        name = r.name
+        if name in out.accepted or name in out.rejected:
+            out.rejected[name] = "listed twice in one response"
+            continue
+        if not r.HasField("resource"):
+            out.rejected[name] = "no resource payload"
+            continue
+        if r.resource.type_url and r.resource.type_url != pb.type_url:
+            out.rejected[name] = f"payload is a {r.resource.type_url}, not a {pb.type_url}"
+            continue
+        try:
+            obj = _decode_payload(pb.type_url, name, r.resource.value)
+        except ConversionError as e:
+            out.rejected[name] = str(e)
+            continue
+        if isinstance(obj, Workload):
+            out.workloads.append(obj)
+        elif isinstance(obj, Service):
+            out.services.append(obj)
+        else:
+            out.policies.append(obj)
+        out.accepted[name] = r.version
+    return out

@@ -1,0 +1,435 @@
+"""The control plane's workload xDS server: Delta ADS over the existing gRPC/TLS server.
+
+`XdsServer` serves `envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`
+for the Address and Authorization types (reference section 3). It owns:
+
+- the resource index: the current `MeshSnapshot` encoded once per resource with a content
+  version (a hash of the encoding, so versions survive control-plane restarts and a reconnecting
+  client's `initial_resource_versions` spare it unchanged resources). Resources equal to those
+  of the previous snapshot keep their encoding, so a change costs about what it changed;
+- debounced pushes: snapshot notifications (from any thread) mark the index dirty; a pusher
+  thread waits until changes pause for `debounce` seconds (at most `debounce_max` after the
+  first) and then builds one index and wakes every stream. A burst of changes becomes a handful
+  of pushes;
+- per-stream state: `protocol.xds.ServerStream` decides what to send; each stream answers only
+  what changed for it, coalesced: a slow client is sent the latest state, never a backlog;
+- authentication with the node credential (the CA's `authorization: Bearer` token):
+  UNAUTHENTICATED otherwise; a node whose `NODE_NAME` metadata names another node is refused;
+- `/debug/xds`: clients, their subscriptions, nonces, ACKed versions and rejected resources with
+  the client's reasons; and metrics (`pilot_xds`, `pilot_xds_pushes`, `pilot_total_xds_rejects`).
+
+grpcio's server is blocking: each stream holds one server worker thread (the response
+generator) and runs one reader thread for its requests; both meet in the stream's event queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
+from ztunnel_py.controlplane.snapshot import MeshSnapshot, SnapshotSource
+from ztunnel_py.model import Authorization, Service, Workload
+from ztunnel_py.protocol.xds import (
+    ADDRESS_TYPE,
+    AUTHORIZATION_TYPE,
+    WORKLOAD_TYPES,
+    ServerStream,
+    XdsProtocolError,
+)
+from ztunnel_py.xds.convert import (
+    ConversionError,
+    EncodedResource,
+    NodeInfo,
+    XdsDecodeError,
+    decode_request,
+    encode_resource,
+    encode_response,
+)
+
+log = logging.getLogger("ztunnel_py.xds.server")
+
+SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+METHOD_NAME = "DeltaAggregatedResources"
+DEFAULT_DEBOUNCE = 0.1
+DEFAULT_DEBOUNCE_MAX = 0.5
+_SHORT_TYPE = {ADDRESS_TYPE: "Address", AUTHORIZATION_TYPE: "Authorization"}
+
+
+# --- the resource index ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceIndex:
+    """One snapshot, encoded: per type, resource name -> encoded resource and version."""
+
+    version: str
+    resources: Mapping[str, Mapping[str, EncodedResource]]
+    versions: Mapping[str, Mapping[str, str]]
+    # resource name -> reason, for snapshot objects that could not be encoded (not served)
+    invalid: Mapping[str, str] = field(default_factory=dict)
+
+
+_Obj = Workload | Service | Authorization
+
+
+class IndexBuilder:
+    """Builds a `ResourceIndex` per snapshot, reusing encodings of unchanged objects."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, dict[str, tuple[_Obj, EncodedResource]]] = {
+            t: {} for t in WORKLOAD_TYPES
+        }
+
+    def build(self, snapshot: MeshSnapshot) -> ResourceIndex:
+        addresses: dict[str, _Obj] = {}
+        addresses.update(snapshot.workloads)
+        addresses.update(snapshot.services)
+        inputs: dict[str, Mapping[str, _Obj]] = {
+            ADDRESS_TYPE: addresses,
+            AUTHORIZATION_TYPE: snapshot.policies,
+        }
+        resources: dict[str, dict[str, EncodedResource]] = {}
+        invalid: dict[str, str] = {}
+        for type_url, objects in inputs.items():
+            old = self._cache[type_url]
+            new: dict[str, tuple[_Obj, EncodedResource]] = {}
+            for name, obj in objects.items():
+                cached = old.get(name)
+                if cached is not None and (cached[0] is obj or cached[0] == obj):
+                    new[name] = cached
+                    continue
+                try:
+                    new[name] = (obj, encode_resource(type_url, name, obj))
+                except ConversionError as e:
+                    invalid[name] = str(e)
+                    log.error("not serving %s %s: %s", _SHORT_TYPE[type_url], name, e)
+            self._cache[type_url] = new
+            resources[type_url] = {name: enc for name, (_, enc) in new.items()}
+        return ResourceIndex(
+            version=str(snapshot.version),
+            resources=resources,
+            versions={t: {n: r.version for n, r in rs.items()} for t, rs in resources.items()},
+            invalid=invalid,
+        )
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+class XdsServerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.connected = Gauge(
+            "pilot_xds", "Number of agents connected over workload xDS", registry=registry
+        )
+        self.pushes = Counter(
+            "pilot_xds_pushes", "Delta xDS responses sent", ["type"], registry=registry
+        )
+        self.rejects = Counter(
+            "pilot_total_xds_rejects", "Responses NACKed by agents", ["type"], registry=registry
+        )
+
+
+# --- one stream --------------------------------------------------------------------------------
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_PUSH = _Signal("push")
+_CLOSED = _Signal("closed")
+
+
+class _Stream:
+    def __init__(self, stream_id: int, node: str, peer: str) -> None:
+        self.id = stream_id
+        self.node = node
+        self.peer = peer
+        self.connected_at = datetime.now(UTC)
+        self.node_info = NodeInfo()
+        self.core = ServerStream(WORKLOAD_TYPES, nonce_prefix=f"{stream_id}-")
+        # guards `core` and `node_info` between the stream's thread and debug readers
+        self.lock = threading.Lock()
+        self._events: queue.SimpleQueue[bytes | _Signal] = queue.SimpleQueue()
+        self._push_queued = threading.Event()
+
+    def read_requests(self, requests: Iterator[bytes]) -> None:
+        """Reader thread: every request goes to the event queue, then `_CLOSED`."""
+        try:
+            for raw in requests:
+                self._events.put(raw)
+        except Exception as e:  # grpc ends the iterator with an RpcError on cancellation
+            log.debug("stream %d: request stream ended: %r", self.id, e)
+        finally:
+            self._events.put(_CLOSED)
+
+    def notify(self) -> None:
+        """A new index is out. At most one push is queued: it reads the latest index."""
+        if not self._push_queued.is_set():
+            self._push_queued.set()
+            self._events.put(_PUSH)
+
+    def close(self) -> None:
+        self._events.put(_CLOSED)
+
+    def next_event(self) -> bytes | _Signal:
+        event = self._events.get()
+        if event is _PUSH:
+            self._push_queued.clear()
+        return event
+
+    def rejected(self) -> list[dict[str, str | int]]:
+        with self.lock:
+            return [
+                {
+                    "client": self.id,
+                    "node": self.node,
+                    "nodeId": self.node_info.id,
+                    "type": type_url,
+                    "resource": name,
+                    "version": version,
+                    "reason": reason,
+                }
+                for type_url, name, version, reason in self.core.rejected()
+            ]
+
+    def describe(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "id": self.id,
+                "node": self.node,
+                "nodeId": self.node_info.id,
+                "peer": self.peer,
+                "connectedAt": self.connected_at.isoformat(timespec="seconds"),
+                "types": self.core.describe(),
+            }
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+class XdsServer:
+    def __init__(
+        self,
+        source: SnapshotSource,
+        authenticator: NodeAuthenticator,
+        registry: CollectorRegistry | None = None,
+        *,
+        debounce: float = DEFAULT_DEBOUNCE,
+        debounce_max: float = DEFAULT_DEBOUNCE_MAX,
+    ) -> None:
+        self._source = source
+        self._authenticator = authenticator
+        self._metrics = XdsServerMetrics(registry or CollectorRegistry())
+        self._debounce = debounce
+        self._debounce_max = debounce_max
+        self._builder = IndexBuilder()
+        self._index = self._builder.build(source.current())
+        self._lock = threading.Lock()
+        self._streams: dict[int, _Stream] = {}
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._first_change = 0.0
+        self._last_change = 0.0
+        self._stopping = False
+        self._pushes = 0
+        self._unsubscribe = source.subscribe(self._on_snapshot)
+        self._pusher = threading.Thread(target=self._push_loop, name="xds-push", daemon=True)
+        self._pusher.start()
+
+    @property
+    def index(self) -> ResourceIndex:
+        return self._index
+
+    def close(self) -> None:
+        """Stop following the snapshot source; open streams end with the gRPC server."""
+        self._unsubscribe()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._pusher.join()
+
+    # snapshot changes -> debounced index rebuilds
+
+    def _on_snapshot(self, _snapshot: MeshSnapshot) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if not self._dirty:
+                self._dirty = True
+                self._first_change = now
+            self._last_change = now
+            self._cond.notify_all()
+
+    def _push_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._dirty and not self._stopping:
+                    self._cond.wait()
+                # Debounce: wait for a quiet period, but never longer than debounce_max.
+                while not self._stopping:
+                    wake = min(
+                        self._last_change + self._debounce, self._first_change + self._debounce_max
+                    )
+                    delay = wake - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self._cond.wait(delay)
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                index = self._builder.build(self._source.current())
+            except Exception:
+                # A bug in a snapshot must not stop all future pushes; the old index stays.
+                log.exception("cannot build the xDS index; keeping the previous one")
+                continue
+            with self._lock:
+                self._index = index
+                self._pushes += 1
+                streams = list(self._streams.values())
+            log.info(
+                "pushing snapshot %s to %d clients (%d addresses, %d policies)",
+                index.version,
+                len(streams),
+                len(index.versions[ADDRESS_TYPE]),
+                len(index.versions[AUTHORIZATION_TYPE]),
+            )
+            for stream in streams:
+                stream.notify()
+
+    # the RPC
+
+    def DeltaAggregatedResources(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        peer = context.peer()
+        try:
+            node = self._authenticator.authenticate(metadata)
+        except AuthenticationError as e:
+            log.warning("refused xDS stream from %s: UNAUTHENTICATED: %s", peer, e)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+        stream = _Stream(next(self._ids), node, peer)
+        if not context.add_callback(stream.close):
+            return  # the RPC ended already
+        with self._lock:
+            self._streams[stream.id] = stream
+            self._metrics.connected.set(len(self._streams))
+        log.info("xDS stream %d from node %s (%s) opened", stream.id, node, peer)
+        reader = threading.Thread(
+            target=stream.read_requests,
+            args=(requests,),
+            name=f"xds-read-{stream.id}",
+            daemon=True,
+        )
+        reader.start()
+        try:
+            yield from self._serve(stream, context)
+        finally:
+            with self._lock:
+                self._streams.pop(stream.id, None)
+                self._metrics.connected.set(len(self._streams))
+            log.info("xDS stream %d from node %s closed", stream.id, node)
+
+    def _serve(self, stream: _Stream, context: grpc.ServicerContext) -> Iterator[bytes]:
+        while True:
+            event = stream.next_event()
+            if event is _CLOSED:
+                return
+            index = self._index
+            if event is _PUSH:
+                with stream.lock:
+                    deltas = [
+                        stream.core.push(t, index.versions[t], index.version)
+                        for t in stream.core.subscribed_types
+                    ]
+                for delta in deltas:
+                    if delta is not None:
+                        self._metrics.pushes.labels(_SHORT_TYPE[delta.type_url]).inc()
+                        yield encode_response(delta, index.resources[delta.type_url])
+                continue
+            assert isinstance(event, bytes)
+            try:
+                request, node_info = decode_request(event)
+            except XdsDecodeError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            if node_info is not None:
+                self._check_node(stream, node_info, context)
+            try:
+                with stream.lock:
+                    versions = index.versions.get(request.type_url, {})
+                    delta = stream.core.receive(request, versions, index.version)
+                    nack = stream.core.last_nack(request.type_url) if request.is_nack else None
+            except XdsProtocolError as e:
+                log.warning("xDS stream %d from node %s: %s", stream.id, stream.node, e)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            if nack is not None and nack.nonce == request.response_nonce:
+                self._metrics.rejects.labels(_SHORT_TYPE[request.type_url]).inc()
+                log.warning(
+                    "node %s (%s) rejected %s version %s: %s",
+                    stream.node,
+                    stream.node_info.id,
+                    _SHORT_TYPE[request.type_url],
+                    nack.system_version,
+                    nack.message,
+                )
+            if delta is not None:
+                self._metrics.pushes.labels(_SHORT_TYPE[delta.type_url]).inc()
+                yield encode_response(delta, index.resources[delta.type_url])
+
+    def _check_node(
+        self, stream: _Stream, node_info: NodeInfo, context: grpc.ServicerContext
+    ) -> None:
+        claimed = node_info.metadata.get("NODE_NAME", "")
+        if claimed and claimed != stream.node:
+            message = (
+                f"node metadata NODE_NAME={claimed!r} does not match the credential's node "
+                f"{stream.node!r}"
+            )
+            log.warning("refused xDS stream %d: %s", stream.id, message)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        with stream.lock:
+            stream.node_info = node_info
+
+    # debug
+
+    def debug(self) -> dict[str, Any]:
+        """The `/debug/xds` view."""
+        index = self._index
+        with self._lock:
+            streams = list(self._streams.values())
+            pushes = self._pushes
+        return {
+            "version": index.version,
+            "pushes": pushes,
+            "resources": {t: len(v) for t, v in index.versions.items()},
+            "invalid": dict(index.invalid),
+            "clients": [s.describe() for s in streams],
+            "rejected": [r for s in streams for r in s.rejected()],
+        }
+
+
+def add_to_server(server: XdsServer, grpc_server: grpc.Server) -> None:
+    # Raw bytes in and out: the servicer decodes requests itself and sends responses it built
+    # from pre-encoded resources.
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {METHOD_NAME: grpc.stream_stream_rpc_method_handler(server.DeltaAggregatedResources)},
+    )
+    grpc_server.add_generic_rpc_handlers((handler,))
