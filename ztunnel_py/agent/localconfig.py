@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from yaml.error import Mark
 
 from ztunnel_py.model import (
     DEFAULT_TRUST_DOMAIN,
@@ -42,6 +41,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.yamlpos import Position, PositionLoader, expansion_problem, position
 
 # Aliases let a small file expand into a huge tree; past this many nodes we refuse the file.
 MAX_EXPANDED_NODES = 1_000_000
@@ -88,16 +88,18 @@ def load_local_config(path: str | Path) -> LocalConfig:
 
 def parse_local_config(text: str | bytes, source: str = "<inline>") -> LocalConfig:
     """Parse local-config YAML (`source` names it in errors); raises ConfigError only."""
-    loader: _MarkingLoader | None = None
+    loader: PositionLoader | None = None
     try:
-        loader = _MarkingLoader(text)
+        loader = PositionLoader(text)
         doc = loader.get_single_data()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or "syntax error"
         if e.context:
             problem += f" ({e.context})"
-        raise _at(source, "", f"invalid YAML: {problem}", mark) from None
+        raise _at(
+            source, "", f"invalid YAML: {problem}", position(mark) if mark else None
+        ) from None
     except yaml.reader.ReaderError as e:
         problem = f"{e.reason} (character {e.character!r} at offset {e.position})"
         raise ConfigError(source, "", f"invalid YAML: {problem}") from None
@@ -117,83 +119,16 @@ def parse_local_config(text: str | bytes, source: str = "<inline>") -> LocalConf
 # --- YAML loading with positions ---------------------------------------------------------------
 
 
-class _MarkingLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers where each mapping value and list item starts."""
-
-    def __init__(self, stream: str | bytes) -> None:
-        super().__init__(stream)
-        # id(container) -> positions of its children (keyed like the container itself)
-        self.positions: dict[int, dict[Any, Mark]] = {}
-
-
-def _construct_map(loader: _MarkingLoader, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
-    data: dict[Any, Any] = {}
-    yield data
-    # PyYAML keeps the last of two equal keys; ztunnel (serde) refuses them, and so do we.
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-            key = loader.construct_object(key_node)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-    data.update(loader.construct_mapping(node))
-    # construct_mapping has flattened merge keys into node.value; constructed keys are cached.
-    loader.positions[id(data)] = {loader.construct_object(k): v.start_mark for k, v in node.value}
-
-
-def _construct_seq(loader: _MarkingLoader, node: yaml.SequenceNode) -> Iterator[list[Any]]:
-    data: list[Any] = []
-    yield data
-    data.extend(loader.construct_sequence(node))
-    loader.positions[id(data)] = {i: item.start_mark for i, item in enumerate(node.value)}
-
-
-_MarkingLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_MarkingLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-
-
-def _at(source: str, path: str, problem: str, mark: Mark | None) -> ConfigError:
+def _at(source: str, path: str, problem: str, mark: Position | None) -> ConfigError:
     if mark is None:
         return ConfigError(source, path, problem)
-    return ConfigError(source, path, problem, mark.line + 1, mark.column + 1)
+    return ConfigError(source, path, problem, *mark)
 
 
 def _check_expansion(doc: object, source: str) -> None:
-    """Refuse recursive anchors and alias bombs before walking the tree."""
-    sizes: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack: list[tuple[object, bool]] = [(doc, False)]
-    while stack:
-        obj, post = stack.pop()
-        children = _children(obj)
-        if children is None:
-            continue
-        oid = id(obj)
-        if post:
-            on_path.discard(oid)
-            size = 1 + sum(sizes.get(id(c), 1) for c in children)
-            if size > MAX_EXPANDED_NODES:
-                raise ConfigError(
-                    source, "", f"the document expands to more than {MAX_EXPANDED_NODES} values"
-                )
-            sizes[oid] = size
-        elif oid not in sizes:
-            if oid in on_path:
-                raise ConfigError(source, "", "recursive YAML aliases are not supported")
-            on_path.add(oid)
-            stack.append((obj, True))
-            stack.extend((c, False) for c in children)
-
-
-def _children(obj: object) -> list[object] | None:
-    if isinstance(obj, dict):
-        return list(obj.values())
-    if isinstance(obj, list):
-        return obj
-    return None
+    problem = expansion_problem(doc, MAX_EXPANDED_NODES)
+    if problem is not None:
+        raise ConfigError(source, "", problem)
 
 
 # --- schema walking ----------------------------------------------------------------------------
@@ -203,7 +138,7 @@ def _children(obj: object) -> list[object] | None:
 class _Node:
     value: object
     path: str
-    mark: Mark | None
+    mark: Position | None
 
 
 def _describe(value: object) -> str:
@@ -302,7 +237,7 @@ _HINTS = {
 class _Reader:
     """Walks the loaded document; each method validates one shape and returns model values."""
 
-    def __init__(self, source: str, marks: dict[int, dict[Any, Mark]]) -> None:
+    def __init__(self, source: str, marks: dict[int, dict[Any, Position]]) -> None:
         self.source = source
         self.positions = marks
 
