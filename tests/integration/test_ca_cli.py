@@ -46,6 +46,8 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]
                 str(config),
                 "--serving-ip",
                 "127.0.0.1",
+                "--monitoring",
+                f"127.0.0.1:{free_port()}",
             ],
             stderr=out,
         )
