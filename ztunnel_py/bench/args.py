@@ -41,3 +41,23 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--changes", type=int, default=5, metavar="N", help="single changes timed (default: 5)"
     )
     xds.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    pol = sub.add_parser(
+        "policy",
+        help="L4 authorization at scale: control plane translation, per-connection decision time",
+        description="Generate N AuthorizationPolicies that all guard one workload, time their "
+        "validation and translation in the control plane's configuration store (first load and "
+        "one change), then the agent's per-connection policy lookup and decision for a few "
+        "connection shapes (median and p99).",
+    )
+    pol.add_argument(
+        "--policies", type=int, default=10_000, metavar="N", help="default: %(default)s"
+    )
+    pol.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="time spent timing each per-connection operation, at most 2,000 runs and at least 5 "
+        "(default: %(default)s)",
+    )
+    pol.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

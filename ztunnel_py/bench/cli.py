@@ -14,4 +14,8 @@ def main(args: argparse.Namespace) -> int:
         from ztunnel_py.bench.xds import main as xds_main
 
         return xds_main(args)
+    if args.bench_command == "policy":
+        from ztunnel_py.bench.policy import main as policy_main
+
+        return policy_main(args)
     raise AssertionError(f"unknown benchmark {args.bench_command}")
