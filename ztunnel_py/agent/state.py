@@ -69,6 +69,8 @@ class ProxyState:
         self._policies: dict[str, Authorization] = {}
         self._namespace_policies: dict[str, dict[str, Authorization]] = {}
         self._global_policies: dict[str, Authorization] = {}
+        # uid -> the policies guarding it; every connection asks, any change invalidates
+        self._policies_for: dict[str, list[Authorization]] = {}
         self._subscribers: list[Subscriber] = []
         self.version = 0
 
@@ -86,6 +88,7 @@ class ProxyState:
 
     def _changed(self, workloads: bool, services: bool, policies: bool) -> None:
         self.version += 1
+        self._policies_for.clear()
         change = StateChange(self.version, workloads, services, policies)
         for callback in list(self._subscribers):
             try:
@@ -268,6 +271,9 @@ class ProxyState:
     def policies_for(self, workload: Workload) -> list[Authorization]:
         """The policies guarding `workload`: its namespace's, the global ones, and its selector
         policies (keys the control plane listed on the workload; unknown keys are skipped)."""
+        cached = self._policies_for.get(workload.uid)
+        if cached is not None:
+            return cached
         found = dict(self._namespace_policies.get(workload.namespace, {}))
         found.update(self._global_policies)
         for key in workload.authorization_policies:
@@ -276,7 +282,8 @@ class ProxyState:
                 log.debug("workload %s references unknown policy %s", workload.uid, key)
             else:
                 found[key] = policy
-        return list(found.values())
+        result = self._policies_for[workload.uid] = list(found.values())
+        return result
 
     def upstream_identities(self, workload: Workload, service: Service | None) -> list[Identity]:
         """Identities an upstream may present: the workload's own, then the service's SANs."""

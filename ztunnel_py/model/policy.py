@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 
 class PolicyScope(enum.Enum):
@@ -65,9 +65,15 @@ class Match:
     not_destination_ips: tuple[Cidr, ...] = ()
     destination_ports: tuple[int, ...] = ()
     not_destination_ports: tuple[int, ...] = ()
+    # computed once: evaluation asks for every match of every policy on every connection
+    empty: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        empty = not any(getattr(self, f.name) for f in fields(self) if f.name != "empty")
+        object.__setattr__(self, "empty", empty)
 
     def is_empty(self) -> bool:
-        return not any(getattr(self, f) for f in self.__slots__)
+        return self.empty
 
 
 @dataclass(frozen=True, slots=True)
