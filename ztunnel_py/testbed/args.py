@@ -1,4 +1,5 @@
-"""Arguments of `ztunnel-py testbed` (up, down, status, exec, agent) and `ztunnel-py demo`."""
+"""Arguments of `ztunnel-py testbed` (up, down, status, exec, agent, controlplane, apply, delete)
+and `ztunnel-py demo`."""
 
 from __future__ import annotations
 
@@ -122,6 +123,45 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long `start` waits for the agent to be ready (default: 60)",
     )
+
+    controlplane = sub.add_parser(
+        "controlplane",
+        parents=[common],
+        help="stop or start the control plane",
+        description="stop: SIGTERM the control plane and wait for it to exit (SIGKILL after "
+        "5 s); the agents keep serving with their last configuration and certificates. start: "
+        "run it again with the command line `up` gave it (same CA) and wait until it serves; "
+        "the agents reconnect and resync by themselves.",
+    )
+    controlplane.add_argument("action", choices=("stop", "start"), help="what to do")
+    controlplane.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long `start` waits for the control plane to serve (default: 60)",
+    )
+
+    for action, verb, effect in (
+        ("apply", "add or replace", "writes each object into"),
+        ("delete", "remove", "removes each object from"),
+    ):
+        files = sub.add_parser(
+            action,
+            parents=[common],
+            help=f"{verb} Kubernetes objects (kubectl {action} -f style)",
+            description=f"Read Kubernetes YAML (multi-document) from FILE and {effect} the "
+            "directory the control plane watches (STATE_DIR/config), one file per object named "
+            "after its kind, namespace and name. The control plane validates: see its "
+            "/debug/config and its log for errors.",
+        )
+        files.add_argument(
+            "-f",
+            "--filename",
+            required=True,
+            metavar="FILE",
+            help="the YAML file, or - for standard input",
+        )
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""`ztunnel-py testbed up|down|status|exec|agent`: parse results in, Testbed calls, text out."""
+"""`ztunnel-py testbed up|down|status|exec|agent|controlplane|apply|delete`: parse results in,
+Testbed calls, text out."""
 
 from __future__ import annotations
 
@@ -70,6 +71,58 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _controlplane(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    if args.action == "stop":
+        pid = bed.stop_controlplane()
+        _say(
+            f"control plane stopped (pid {pid}); the agents keep their last configuration"
+            if pid
+            else "the control plane was not running"
+        )
+    else:
+        started = time.monotonic()
+        record = bed.start_controlplane(timeout=args.timeout)
+        _say(
+            f"control plane serving in {time.monotonic() - started:.1f} s (pid {record.pid}, "
+            f"log {record.log}); the agents reconnect by themselves"
+        )
+    return 0
+
+
+def _read_input(filename: str) -> str:
+    if filename == "-":
+        return sys.stdin.read()
+    try:
+        with open(filename, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TestbedError(f"cannot read {filename}: {exc}") from None
+
+
+def _apply(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    source = "<stdin>" if args.filename == "-" else args.filename
+    refs = bed.apply(_read_input(args.filename), source)
+    for ref in refs:
+        _say(f"{ref} written to {bed.config_dir / ref.file_name}")
+    netns = bed.topology.cp_netns
+    _say(
+        "the control plane validates it: errors show on its /debug/config "
+        f"(`ip netns exec {netns} curl -s {bed.controlplane_debug_url}`) and in its log "
+        f"({bed.state.log_dir / 'controlplane.log'})"
+    )
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    source = "<stdin>" if args.filename == "-" else args.filename
+    for ref, existed in bed.delete(_read_input(args.filename), source):
+        _say(f"{ref} deleted" if existed else f"{ref} not found (nothing to delete)")
+    return 0
+
+
 def _alive(proc: dict[str, Any]) -> str:
     if proc["pid"] is None:
         return "-"
@@ -135,7 +188,11 @@ def format_status(status: dict[str, Any]) -> str:
         ports = ",".join(f"{p['port']}->{p['target_port']}" for p in svc["ports"])
         rows.append([svc["name"], svc["namespace"], svc["vip"], ports, ",".join(svc["endpoints"])])
     lines += _table(rows)
-    lines += ["", f"logs in {status['state_dir']}/logs; local config {status['local_config']}"]
+    lines += [
+        "",
+        f"logs in {status['state_dir']}/logs; Kubernetes resources in {status['config_dir']} "
+        f"(control plane: {cp['debug_config']})",
+    ]
     return "\n".join(lines)
 
 
@@ -160,7 +217,16 @@ def _exec(args: argparse.Namespace) -> int:
     return 128 - code if code < 0 else code
 
 
-_ACTIONS = {"up": _up, "down": _down, "status": _status, "exec": _exec, "agent": _agent}
+_ACTIONS = {
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "exec": _exec,
+    "agent": _agent,
+    "controlplane": _controlplane,
+    "apply": _apply,
+    "delete": _delete,
+}
 
 
 def main(args: argparse.Namespace) -> int:

@@ -3,13 +3,17 @@
 The commands and their readiness signals are the contract with `controlplane` and `agent`:
 
 - `ztunnel-py controlplane run --data-dir DIR --listen 10.250.0.2:15012 --serving-ip 10.250.0.2
-  --local-config FILE` in `<prefix>cp`; ready once DIR/ca/root-cert.pem exists and the port
-  accepts TCP;
+  --monitoring 10.250.0.2:15014 --config-dir STATE/config` in `<prefix>cp` (it watches the
+  Kubernetes YAML the testbed writes there, `resources.py`); ready once DIR/ca/root-cert.pem
+  exists and the port accepts TCP;
 - `ztunnel-py controlplane node-token NODE --data-dir DIR` prints node NODE's CA credential;
-- `ztunnel-py agent --node NODE --local-config FILE --ca-address 10.250.0.2:15012 --ca-root-cert
-  DIR/ca/root-cert.pem --auth-token TOKENFILE --enroll-socket NODEDIR/ztunnel.sock --state-dir
-  NODEDIR --bpf-pin-root /sys/fs/bpf/ztunnel-py/testbed/<prefix><node>` in `<prefix><node>`;
-  ready when `GET 127.0.0.1:15021/healthz/ready` in the node's namespace answers 200;
+- `ztunnel-py agent --node NODE --xds-address 10.250.0.2:15012 --ca-address 10.250.0.2:15012
+  --ca-root-cert DIR/ca/root-cert.pem --auth-token TOKENFILE --enroll-socket
+  NODEDIR/ztunnel.sock --state-dir NODEDIR --bpf-pin-root
+  /sys/fs/bpf/ztunnel-py/testbed/<prefix><node>` in `<prefix><node>` (the CA root also
+  verifies the xDS server);
+  ready when `GET 127.0.0.1:15021/healthz/ready` in the node's namespace answers 200 (held until
+  the first workload xDS responses are applied);
 - every pod then goes through `ztunnel-py cni ADD` (`runtime.py`), which enrolls the pods of
   ambient namespaces with their node's agent; `down` runs `ztunnel-py cni DEL` for every pod
   before it stops the agents.
@@ -36,6 +40,7 @@ from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import CONTROLPLANE_IP, NodePlan, Topology
 
 CA_PORT = 15012
+MONITORING_PORT = 15014
 READINESS_PORT = 15021
 CONTROLPLANE = "controlplane"
 
@@ -116,33 +121,9 @@ def start(
 ) -> None:
     """Start the control plane and the agents, wait until each is ready, enroll the pods."""
     listen = f"{CONTROLPLANE_IP}:{CA_PORT}"
-    cp = ProcessRecord(
-        name=CONTROLPLANE,
-        netns=topology.cp_netns,
-        argv=ztunnel_py(
-            CONTROLPLANE,
-            "run",
-            "--data-dir",
-            str(state.controlplane_dir),
-            "--listen",
-            listen,
-            "--serving-ip",
-            CONTROLPLANE_IP,
-            "--local-config",
-            str(state.local_config),
-        ),
-        log=str(state.log_dir / "controlplane.log"),
-    )
+    cp = controlplane_record(topology, state)
     launch(cp)
-    wait_for(
-        lambda: (
-            os.path.exists(root_cert(state))
-            and _tcp_open(topology.cp_netns, CONTROLPLANE_IP, CA_PORT)
-        ),
-        [cp],
-        timeout,
-        f"the control plane to serve {listen}",
-    )
+    wait_controlplane_ready(topology, state, cp, timeout)
     progress(f"  control plane ready on {listen} (pid {cp.pid}, log {cp.log})")
 
     agents: list[tuple[NodePlan, ProcessRecord]] = []
@@ -158,6 +139,43 @@ def start(
     enroll(topology, state, progress)
 
 
+def controlplane_record(topology: Topology, state: State) -> ProcessRecord:
+    """How the control plane runs (the same command line for every start)."""
+    return ProcessRecord(
+        name=CONTROLPLANE,
+        netns=topology.cp_netns,
+        argv=ztunnel_py(
+            CONTROLPLANE,
+            "run",
+            "--data-dir",
+            str(state.controlplane_dir),
+            "--listen",
+            f"{CONTROLPLANE_IP}:{CA_PORT}",
+            "--serving-ip",
+            CONTROLPLANE_IP,
+            "--monitoring",
+            f"{CONTROLPLANE_IP}:{MONITORING_PORT}",
+            "--config-dir",
+            str(state.config_dir),
+        ),
+        log=str(state.log_dir / "controlplane.log"),
+    )
+
+
+def wait_controlplane_ready(
+    topology: Topology, state: State, record: ProcessRecord, timeout: float
+) -> None:
+    wait_for(
+        lambda: (
+            os.path.exists(root_cert(state))
+            and _tcp_open(topology.cp_netns, CONTROLPLANE_IP, CA_PORT)
+        ),
+        [record],
+        timeout,
+        f"the control plane to serve {CONTROLPLANE_IP}:{CA_PORT}",
+    )
+
+
 def agent_record(state: State, node: NodePlan, ca_address: str) -> ProcessRecord:
     """How the agent of `node` runs (the same command line for every start)."""
     return ProcessRecord(
@@ -167,8 +185,8 @@ def agent_record(state: State, node: NodePlan, ca_address: str) -> ProcessRecord
             "agent",
             "--node",
             node.name,
-            "--local-config",
-            str(state.local_config),
+            "--xds-address",
+            ca_address,
             "--ca-address",
             ca_address,
             "--ca-root-cert",

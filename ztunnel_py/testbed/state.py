@@ -7,7 +7,8 @@ atomically (write, then rename), so a reader never sees half a file.
 Layout of a state directory:
 
     state.json          this file's contents (see `State.to_dict`)
-    local-config.yaml   workloads and services, given to the control plane and the agents
+    config/             Kubernetes YAML the control plane watches (`--config-dir`): what the
+                        testbed created, and what `testbed apply` added (see resources.py)
     logs/<name>.log     stdout+stderr of every process
     controlplane/       the control plane's data dir (its CA under controlplane/ca/)
     node<i>/            agent state dir of node i: auth token, enrollment socket, the CNI
@@ -152,8 +153,8 @@ class State:
         return self.state_dir / "logs"
 
     @property
-    def local_config(self) -> Path:
-        return self.state_dir / "local-config.yaml"
+    def config_dir(self) -> Path:
+        return self.state_dir / "config"
 
     @property
     def controlplane_dir(self) -> Path:

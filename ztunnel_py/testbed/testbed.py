@@ -5,7 +5,9 @@ pod's servers and, with `mesh=True`, the control plane and agents (`mesh.py`), a
 pods through the CNI plugin (`runtime.py`). Every step is recorded in the state file first, so
 `down` (the method, or the module function when only the prefix is known) removes everything
 even after `up` or any process was killed. `stop_agent`, `start_agent` and `kill_agent` act on
-one node's agent, for operators and fault tests; the state file follows every restart.
+one node's agent, `stop_controlplane` and `start_controlplane` on the control plane, for
+operators and fault tests; the state file follows every restart. `apply` and `delete` put
+Kubernetes objects into (or take them out of) the directory the control plane watches.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.testbed import localconfig, mesh, netns, process
+from ztunnel_py.testbed import mesh, netns, process, resources
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.netns import ip
 from ztunnel_py.testbed.process import ProcessRecord
@@ -184,7 +186,7 @@ class Testbed:
         self._build_fabric(progress)
         for node in t.nodes:
             self._build_node(node, progress)
-        self.state.local_config.write_text(localconfig.render(t.workloads(), t.mesh_services()))
+        resources.write(self.state.config_dir, resources.topology_resources(t))
         self._start_pod_servers(progress, timeout)
         if self.state.mesh:
             progress("starting the mesh")
@@ -410,12 +412,14 @@ class Testbed:
             "complete": state.complete,
             "mesh": state.mesh,
             "dual_stack": state.dual_stack,
-            "local_config": str(state.local_config),
+            "config_dir": str(state.config_dir),
             "fabric": {"netns": t.fabric_netns, "bridge": FABRIC_BRIDGE, "subnet": FABRIC_SUBNET},
             "controlplane": {
                 "netns": t.cp_netns,
                 "ip": CONTROLPLANE_IP,
                 "address": f"{CONTROLPLANE_IP}:{mesh.CA_PORT}",
+                "monitoring": f"{CONTROLPLANE_IP}:{mesh.MONITORING_PORT}",
+                "debug_config": self.controlplane_debug_url,
                 "log": cp["log"],
                 "pid": cp["pid"],
                 "alive": cp["alive"],
@@ -441,7 +445,7 @@ class Testbed:
             record.popen = popens.get((record.name, record.pid))
         self.state = fresh
 
-    # -- one node's agent -------------------------------------------------------------------
+    # -- the mesh's processes: one node's agent, the control plane ----------------------------
 
     def _agent(self, node: str) -> tuple[NodePlan, ProcessRecord]:
         self.refresh()
@@ -455,17 +459,42 @@ class Testbed:
             raise TestbedError(f"testbed {self.prefix} runs without the mesh: {node} has no agent")
         return plan_, record
 
+    def _controlplane(self) -> ProcessRecord:
+        self.refresh()
+        record = self.state.process(mesh.CONTROLPLANE)
+        if record is None:
+            raise TestbedError(f"testbed {self.prefix} runs without the mesh: no control plane")
+        return record
+
+    @staticmethod
+    def _stop(record: ProcessRecord, what: str) -> int | None:
+        """SIGTERM, wait (SIGKILL after 5 s); the pid it had, or None if it was not running."""
+        was_running = process.is_alive(record)
+        process.stop([record])
+        if process.is_alive(record):
+            raise TestbedError(f"{what} (pid {record.pid}) did not stop")
+        return record.pid if was_running else None
+
+    def _restart(
+        self, old: ProcessRecord, what: str, wait_ready: Callable[[ProcessRecord], None]
+    ) -> ProcessRecord:
+        """Start `old`'s command line again as a new record in the state, and wait until ready."""
+        if process.is_alive(old):
+            raise TestbedError(f"{what} is already running (pid {old.pid})")
+        record = ProcessRecord(name=old.name, netns=old.netns, argv=old.argv, log=old.log)
+        self.state.replace_process(record)
+        process.start(record)
+        self.state.save()
+        wait_ready(record)
+        return record
+
     def stop_agent(self, node: str) -> int | None:
         """SIGTERM the agent of `node` and wait for it to exit (SIGKILL after 5 s).
 
         Returns the pid it had, or None if it was not running.
         """
         _, record = self._agent(node)
-        was_running = process.is_alive(record)
-        process.stop([record])
-        if process.is_alive(record):
-            raise TestbedError(f"the agent of {node} (pid {record.pid}) did not stop")
-        return record.pid if was_running else None
+        return self._stop(record, f"the agent of {node}")
 
     def kill_agent(self, node: str) -> int | None:
         """SIGKILL the agent of `node` (no chance to clean up); the pid it had, or None."""
@@ -479,14 +508,52 @@ class Testbed:
         """Start the agent of `node` again, with the command line `up` gave it, and wait until
         it is ready. The CNI plugin is not run: the agent re-enrolls its pods by itself."""
         plan_, old = self._agent(node)
-        if process.is_alive(old):
-            raise TestbedError(f"the agent of {node} is already running (pid {old.pid})")
-        record = ProcessRecord(name=old.name, netns=old.netns, argv=old.argv, log=old.log)
-        self.state.replace_process(record)
-        process.start(record)
-        self.state.save()
-        mesh.wait_agent_ready(plan_, record, timeout)
-        return record
+        return self._restart(
+            old,
+            f"the agent of {node}",
+            lambda record: mesh.wait_agent_ready(plan_, record, timeout),
+        )
+
+    def stop_controlplane(self) -> int | None:
+        """SIGTERM the control plane and wait for it to exit (SIGKILL after 5 s); the agents keep
+        serving with what they have. Returns the pid it had, or None if it was not running."""
+        return self._stop(self._controlplane(), "the control plane")
+
+    def start_controlplane(self, timeout: float = 60.0) -> ProcessRecord:
+        """Start the control plane again (same command line, same CA) and wait until it serves;
+        the agents reconnect by themselves."""
+        return self._restart(
+            self._controlplane(),
+            "the control plane",
+            lambda record: mesh.wait_controlplane_ready(self.topology, self.state, record, timeout),
+        )
+
+    # -- Kubernetes resources ----------------------------------------------------------------
+
+    @property
+    def config_dir(self) -> Path:
+        """The directory of Kubernetes YAML the control plane watches."""
+        return self.state.config_dir
+
+    def apply(self, text: str, source: str = "-") -> list[resources.ObjectRef]:
+        """Write every object of a multi-document YAML text into the watched directory,
+        replacing earlier versions of the same objects (kubectl apply). TestbedError for text
+        that is not YAML or an object without kind or metadata.name; anything else is for the
+        control plane to judge (`controlplane_debug_url`, its log)."""
+        return resources.write(
+            self.config_dir, [document for _, document in resources.parse(text, source)]
+        )
+
+    def delete(self, text: str, source: str = "-") -> list[tuple[resources.ObjectRef, bool]]:
+        """Remove the objects named in a multi-document YAML text (kubectl delete -f); each
+        with whether it was there."""
+        return resources.remove(self.config_dir, [ref for ref, _ in resources.parse(text, source)])
+
+    @property
+    def controlplane_debug_url(self) -> str:
+        """Where the control plane reports what it loaded and every validation error (reached
+        from inside the control plane's namespace, e.g. with `testbed exec`)."""
+        return f"http://{CONTROLPLANE_IP}:{mesh.MONITORING_PORT}/debug/config"
 
     # -- tearing down -----------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The testbed's plan: every name and address `testbed up` creates, decided without any I/O.
 
 `plan(prefix, nodes, pods_per_node, dual_stack)` is deterministic, so `up`, `status`, `down`
-and the local config all derive the same picture from the values stored in the state file.
+and the Kubernetes resources (`resources.py`) all derive the same picture from the values
+stored in the state file.
 
 Addressing and wiring:
 

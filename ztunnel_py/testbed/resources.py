@@ -1,0 +1,208 @@
+"""The testbed's Kubernetes resources, and the watched directory the control plane reads them from.
+
+`up` writes what it creates into `<state dir>/config/` as the Kubernetes API would show it:
+one Namespace per Kubernetes namespace (ambient ones labelled `istio.io/dataplane-mode:
+ambient`), one Pod per pod (labels, service account, node, container ports, pod IPs) and one
+Service per service (selector, ports with target ports, cluster IPs). The control plane runs
+with `--config-dir` on that directory and derives the same workloads the CNI plugin enrolls
+(uid `Kubernetes//Pod/<namespace>/<name>`).
+
+`testbed apply -f` / `testbed delete -f` put user documents into (or take them out of) the same
+directory, kubectl-style: every object lives in its own file, named after its kind, namespace
+and name, so applying an object again replaces the earlier version. Only what is needed to
+name a file is checked here; the control plane is the validator and reports the rest.
+Files are written atomically (a temporary file, then a rename), so the watcher never reads half
+a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.topology import (
+    HTTP_PORT,
+    IPERF_PORT,
+    NAMESPACE_LABELS,
+    PodPlan,
+    ServicePlan,
+    Topology,
+)
+
+Document = dict[str, Any]
+
+# Characters kept in file names; anything else (e.g. from a user's odd name) becomes '_'.
+_UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
+
+
+def namespace_resource(name: str, labels: Mapping[str, str]) -> Document:
+    metadata: Document = {"name": name}
+    if labels:
+        metadata["labels"] = dict(labels)
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+
+
+def pod_resource(pod: PodPlan) -> Document:
+    """The Pod as the API server would report it once running (status with its IPs)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": {"app": pod.app}},
+        "spec": {
+            "serviceAccountName": pod.service_account,
+            "nodeName": pod.node,
+            "containers": [
+                {
+                    "name": pod.app,
+                    "image": "ztunnel-py/podserver",
+                    "ports": [
+                        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+                        {"name": "iperf3", "containerPort": IPERF_PORT, "protocol": "TCP"},
+                    ],
+                }
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "podIP": pod.ip,
+            "podIPs": [{"ip": ip} for ip in pod.ips],
+        },
+    }
+
+
+def service_resource(service: ServicePlan) -> Document:
+    spec: Document = {
+        "selector": {"app": service.name},
+        "ports": [
+            {"name": f"tcp-{port}", "port": port, "targetPort": target, "protocol": "TCP"}
+            for port, target in service.ports
+        ],
+        "clusterIP": service.vip,
+        "clusterIPs": list(service.vips),
+    }
+    if service.vip6 is not None:
+        spec["ipFamilies"] = ["IPv4", "IPv6"]
+        spec["ipFamilyPolicy"] = "RequireDualStack"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service.name, "namespace": service.namespace},
+        "spec": spec,
+    }
+
+
+def topology_resources(topology: Topology) -> list[Document]:
+    """Namespaces, Pods and Services of everything `up` creates, in that order."""
+    namespaces = dict.fromkeys(p.namespace for p in topology.pods)
+    return [
+        *(namespace_resource(ns, NAMESPACE_LABELS[ns]) for ns in namespaces),
+        *(pod_resource(p) for p in topology.pods),
+        *(service_resource(s) for s in topology.services),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """What names a Kubernetes object: kind, namespace (empty when cluster-scoped), name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    @property
+    def file_name(self) -> str:
+        parts = (
+            [self.kind.lower(), self.namespace, self.name]
+            if self.namespace
+            else [
+                self.kind.lower(),
+                self.name,
+            ]
+        )
+        return "_".join(_UNSAFE.sub("_", part) for part in parts) + ".yaml"
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind} {where}{self.name}"
+
+
+def object_ref(document: object, origin: str) -> ObjectRef:
+    """The kind, namespace and name of a document; TestbedError naming `origin` otherwise."""
+    if not isinstance(document, dict):
+        raise TestbedError(f"{origin}: not a Kubernetes object (a mapping with kind and metadata)")
+    kind = document.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise TestbedError(f"{origin}: kind: missing (every object needs a kind, e.g. Service)")
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not isinstance(name, str) or not name:
+        raise TestbedError(f"{origin}: metadata.name: missing (every object needs a name)")
+    assert isinstance(metadata, dict)
+    namespace = metadata.get("namespace", "")
+    if not isinstance(namespace, str):
+        raise TestbedError(f"{origin}: metadata.namespace: must be a string")
+    return ObjectRef(kind, namespace, name)
+
+
+def parse(text: str, source: str) -> list[tuple[ObjectRef, Document]]:
+    """The objects of a multi-document YAML text (empty documents skipped).
+
+    TestbedError for text that is not YAML, or a document that cannot be named."""
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TestbedError(f"{source}: not valid YAML:{where}: {problem}") from None
+    objects = []
+    for index, document in enumerate(documents):
+        if document is None:
+            continue
+        objects.append((object_ref(document, f"{source}: document {index}"), document))
+    if not objects:
+        raise TestbedError(f"{source}: no objects in it")
+    return objects
+
+
+def write_atomically(path: Path, text: str) -> None:
+    # A hidden temporary name: the watcher skips dot files, so it only ever sees the rename.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write(directory: Path, documents: Iterable[Document]) -> list[ObjectRef]:
+    """Write each document to its own file in `directory`, replacing earlier versions."""
+    directory.mkdir(parents=True, exist_ok=True)
+    refs = []
+    for index, document in enumerate(documents):
+        ref = object_ref(document, f"document {index}")
+        write_atomically(directory / ref.file_name, yaml.safe_dump(document, sort_keys=False))
+        refs.append(ref)
+    return refs
+
+
+def remove(directory: Path, refs: Iterable[ObjectRef]) -> list[tuple[ObjectRef, bool]]:
+    """Delete the files of `refs`; each with whether it existed."""
+    result = []
+    for ref in refs:
+        path = directory / ref.file_name
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        result.append((ref, existed))
+    return result
