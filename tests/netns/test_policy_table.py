@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -233,6 +234,9 @@ def test_policy_case(bed: Testbed, case: Case) -> None:
             timeout=15,
         )  # fmt: skip
         assert (done.returncode == 0) == case.allowed, (done.stdout, done.stderr)
+        if "dry-run" in case.name:
+            log = Path(bed.status()["nodes"][int(node[-1]) - 1]["log"]).read_text()
+            assert "dry-run policy apps/p would DENY" in log
     finally:
         if case.resources:
             during = served_policies(bed, node)

@@ -30,7 +30,7 @@ from ztunnel_py.identity.tls import server_context, verify_client_identity
 from ztunnel_py.model import IPAddress, Service, Workload
 from ztunnel_py.model.workload import canonical_ip
 from ztunnel_py.protocol.hbone import format_authority, parse_authority
-from ztunnel_py.protocol.rbac import Connection, evaluate
+from ztunnel_py.protocol.rbac import Connection, Decision, evaluate
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import TrafficLabels
 from ztunnel_py.telemetry.metrics import Metrics
@@ -87,6 +87,15 @@ class Inbound:
             bind_ip=str(src_ip) if spoof else None,
             connect_timeout=self.connect_timeout,
         )
+
+    def _authorize(self, workload: Workload, authz: Connection, what: str) -> Decision:
+        """Evaluate the workload's policies; log denials and what dry-run policies would do."""
+        decision = evaluate(self.state.policies_for(workload), authz)
+        for dry in decision.dry_run_matches:
+            log.info("dry-run policy %s would %s %s", dry.policy_key, dry.action.name, what)
+        if not decision.allowed:
+            log.info("denied %s: %s", what, decision.reason)
+        return decision
 
     async def workload(self) -> Workload:
         """This pod's workload; waits briefly for the state to learn it after enrollment."""
@@ -154,9 +163,8 @@ class Inbound:
         )
         conn = self.metrics.open(labels, src_addr, format_authority(dst_ip, 15008), req.authority)
         authz = Connection(src_ip, req.peer_identity, dst_ip, dst_port)
-        decision = evaluate(self.state.policies_for(workload), authz)
+        decision = self._authorize(workload, authz, f"{req.peer_identity} -> {req.authority}")
         if not decision.allowed:
-            log.info("denied %s -> %s: %s", req.peer_identity, req.authority, decision.reason)
             await req.respond(401)
             conn.close("DENY", decision.reason)
             return
@@ -212,9 +220,8 @@ class Inbound:
         )
         conn = self.metrics.open(labels, src_addr, dst_addr)
         authz = Connection(src_ip, None, dst_ip, local[1])
-        decision = evaluate(self.state.policies_for(workload), authz)
+        decision = self._authorize(workload, authz, f"plaintext {src_addr} -> {dst_addr}")
         if not decision.allowed:
-            log.info("denied plaintext %s -> %s: %s", src_addr, dst_addr, decision.reason)
             sock.close()
             conn.close("DENY", decision.reason)
             return
