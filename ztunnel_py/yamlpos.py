@@ -7,6 +7,7 @@ Kubernetes' strict YAML do) and refuse recursive aliases or alias bombs before w
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,3 +89,24 @@ def expansion_problem(doc: object, limit: int) -> str | None:
             stack.append((obj, True))
             stack.extend((c, False) for c in children)
     return None
+
+
+def describe_value(value: object) -> str:
+    """How a loaded YAML value reads in an error message ("expected a list, got a string")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean (YAML reads yes/no/on/off/true/false as booleans: quote it)"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, datetime.date):
+        return "a date (quote it)"
+    return f"a {type(value).__name__}"

@@ -13,7 +13,6 @@ that works with ztunnel works here and a typo is still reported, and then droppe
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,13 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
-from ztunnel_py.yamlpos import Position, PositionLoader, expansion_problem, position
+from ztunnel_py.yamlpos import (
+    Position,
+    PositionLoader,
+    describe_value,
+    expansion_problem,
+    position,
+)
 
 # Aliases let a small file expand into a huge tree; past this many nodes we refuse the file.
 MAX_EXPANDED_NODES = 1_000_000
@@ -141,26 +146,6 @@ class _Node:
     mark: Position | None
 
 
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean (YAML reads yes/no/on/off/true/false as booleans: quote it)"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, datetime.date):
-        return "a date (quote it)"
-    return f"a {type(value).__name__}"
-
-
 def _key_text(key: object) -> str:
     return key if isinstance(key, str) else repr(key)
 
@@ -255,7 +240,7 @@ class _Reader:
     ) -> dict[str, _Node]:
         value = node.value
         if not isinstance(value, dict):
-            raise self.error(node, f"expected a mapping, got {_describe(value)}")
+            raise self.error(node, f"expected a mapping, got {describe_value(value)}")
         fields: dict[str, _Node] = {}
         for key, item in value.items():
             path = f"{node.path}.{_key_text(key)}" if node.path else _key_text(key)
@@ -274,14 +259,14 @@ class _Reader:
     def items(self, node: _Node) -> list[_Node]:
         value = node.value
         if not isinstance(value, list):
-            raise self.error(node, f"expected a list, got {_describe(value)}")
+            raise self.error(node, f"expected a list, got {describe_value(value)}")
         return [self.child(node, i, item, f"{node.path}[{i}]") for i, item in enumerate(value)]
 
     def entries(self, node: _Node) -> list[tuple[_Node, _Node]]:
         """(key, value) nodes of a mapping with free-form keys."""
         value = node.value
         if not isinstance(value, dict):
-            raise self.error(node, f"expected a mapping, got {_describe(value)}")
+            raise self.error(node, f"expected a mapping, got {describe_value(value)}")
         out = []
         for key, item in value.items():
             label = f'"{key}"' if isinstance(key, str) else repr(key)
@@ -295,12 +280,12 @@ class _Reader:
 
     def string(self, node: _Node) -> str:
         if not isinstance(node.value, str):
-            raise self.error(node, f"expected a string, got {_describe(node.value)}")
+            raise self.error(node, f"expected a string, got {describe_value(node.value)}")
         return node.value
 
     def boolean(self, node: _Node) -> bool:
         if not isinstance(node.value, bool):
-            raise self.error(node, f"expected true or false, got {_describe(node.value)}")
+            raise self.error(node, f"expected true or false, got {describe_value(node.value)}")
         return node.value
 
     def integer(self, node: _Node, low: int, high: int, what: str = "an integer") -> int:
@@ -309,7 +294,7 @@ class _Reader:
         if isinstance(value, str) and value.strip().isdecimal() and len(value) <= 20:
             value = int(value.strip())
         if not isinstance(value, int) or isinstance(value, bool):
-            raise self.error(node, f"expected {what}, got {_describe(value)}")
+            raise self.error(node, f"expected {what}, got {describe_value(value)}")
         if not low <= value <= high:
             raise self.error(node, f"{value} is out of range: expected {what} in {low}..{high}")
         return value
@@ -320,7 +305,7 @@ class _Reader:
     def choice(self, node: _Node, choices: tuple[str, ...]) -> str:
         value = node.value
         if not isinstance(value, str) or value not in choices:
-            shown = repr(value) if isinstance(value, str) else _describe(value)
+            shown = repr(value) if isinstance(value, str) else describe_value(value)
             raise self.error(node, f"{shown} is not one of: {', '.join(choices)}")
         return value
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
 from ztunnel_py.controlplane.validation.kinds import KINDS, KindInfo
-from ztunnel_py.controlplane.validation.schema import Checker, Node, describe
+from ztunnel_py.controlplane.validation.schema import Checker, Node
+from ztunnel_py.yamlpos import describe_value
 
 DEFAULT_NAMESPACE = "default"
 
@@ -43,7 +44,7 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
         c.error(
             node,
             "expected a Kubernetes object (a mapping with apiVersion, kind and metadata), "
-            f"got {describe(body)}",
+            f"got {describe_value(body)}",
         )
         return [Validated(None, None, tuple(c.diagnostics))]
     kind = body.get("kind")
@@ -83,7 +84,7 @@ def _kind(c: Checker, node: Node, kind: object) -> KindInfo | None:
         return None
     where = c.child(node, "kind")
     if not isinstance(kind, str):
-        c.error(where, f"expected a string, got {describe(kind)}")
+        c.error(where, f"expected a string, got {describe_value(kind)}")
         return None
     info = KINDS.get(kind)
     if info is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ztunnel_py.controlplane.resources import Diagnostic, Origin, Positions, Severity
+from ztunnel_py.yamlpos import describe_value
 
 # A value check: returns the reason the value is wrong, or None.
 StrCheck = Callable[[str], str | None]
@@ -72,31 +73,13 @@ class Checker:
         return Node(parent.value[i], f"{parent.path}[{i}]", pos)
 
 
-def describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
 def _expected(c: Checker, node: Node, what: str) -> None:
     hint = ""
     if isinstance(node.value, bool) and what == "a string":
         hint = " (YAML reads yes/no/on/off/true/false as booleans: quote it)"
     elif isinstance(node.value, int | float) and what == "a string":
         hint = " (quote it)"
-    c.error(node, f"expected {what}, got {describe(node.value)}{hint}")
+    c.error(node, f"expected {what}, got {describe_value(node.value)}{hint}")
 
 
 class Schema:
