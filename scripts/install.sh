@@ -19,7 +19,7 @@ fi
 
 # iptables and nftables are not used by the mesh: tests use them to prove no rule exists.
 packages=(python3 python3-venv python3-bpfcc bpfcc-tools iproute2 curl iperf3 nghttp2-client
-          tcpdump proxychains4 procps psmisc kmod ca-certificates iptables nftables)
+          tcpdump procps psmisc kmod ca-certificates iptables nftables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
