@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import ipaddress
 import os
 import socket
@@ -164,7 +163,3 @@ def _set_transparent(sock: socket.socket, family: int) -> None:
     else:
         sock.setsockopt(socket.IPPROTO_IP, IP_TRANSPARENT, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-
-
-def connect_refused(e: OSError) -> bool:
-    return e.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
