@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Idempotent setup for a Debian 12 / Ubuntu machine (run as root). Used by the README, .ci/run,
 # the Dockerfile and vagrant/ alike, so a green CI run means a fresh machine works too.
-#   scripts/install.sh            system packages + venv (.venv) + ztunnel_py with the dev extra
+#   scripts/install.sh            system packages + venv (.venv) + ztunnel_py with the dev and
+#                                 bench extras
 #   ZTUNNEL_VENV=/opt/zt scripts/install.sh --no-dev   runtime only (container images)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${ZTUNNEL_VENV:-$repo/.venv}"
-extra="[dev]"
+extra="[dev,bench]"
 [ "${1:-}" = "--no-dev" ] && extra=""
 
 log() { printf '\033[1m[install]\033[0m %s\n' "$*"; }

@@ -21,6 +21,12 @@ def _agent(args: argparse.Namespace) -> int:
     return agent_main(args)
 
 
+def _sidecar(args: argparse.Namespace) -> int:
+    from ztunnel_py.agent.sidecar import main as sidecar_main
+
+    return sidecar_main(args)
+
+
 def _controlplane(args: argparse.Namespace) -> int:
     from ztunnel_py.controlplane.app import main as cp_main
 
@@ -59,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ztunnel-py {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    from ztunnel_py.agent.args import add_agent_arguments
+    from ztunnel_py.agent.args import add_agent_arguments, add_sidecar_arguments
     from ztunnel_py.bench.args import add_bench_arguments
     from ztunnel_py.controlplane.args import add_controlplane_arguments
     from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
@@ -71,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_agent_arguments(p)
     p.set_defaults(handler=_agent)
+
+    p = sub.add_parser(
+        "sidecar",
+        help="run one pod's proxy in sidecar mode (the benchmark's comparison point)",
+        description="Run the mesh's proxy for a single pod, inside that pod's network namespace "
+        "(as uid 1337, like istio-proxy), behind Istio-style iptables REDIRECT rules: outbound "
+        "on 15001, inbound plaintext on 15006, HBONE on 15008. `ztunnel-py testbed up --mode "
+        "sidecar` starts one per pod.",
+    )
+    add_sidecar_arguments(p)
+    p.set_defaults(handler=_sidecar)
 
     p = sub.add_parser(
         "controlplane",

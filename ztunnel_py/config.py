@@ -61,3 +61,5 @@ class AgentConfig:
     instance_ip: str = ""
     pod_name: str = ""
     pod_namespace: str = "istio-system"
+    # "ztunnel" (the node agent) or "sidecar" (one pod's proxy): the xDS node id's first field
+    proxy_type: str = "ztunnel"

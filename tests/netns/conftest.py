@@ -19,7 +19,7 @@ def unique_prefix(tag: str = "tb") -> str:
 def nomesh_testbed() -> Iterator[Testbed]:
     """2 nodes x 2 pods (and legacy-1), dual stack, pod servers running, no control plane or
     agents."""
-    bed = Testbed.up(prefix=unique_prefix(), nodes=2, pods_per_node=2, mesh=False, dual_stack=True)
+    bed = Testbed.up(prefix=unique_prefix(), nodes=2, pods_per_node=2, mode="none", dual_stack=True)
     try:
         yield bed
     finally:

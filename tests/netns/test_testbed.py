@@ -164,7 +164,7 @@ def test_exec_unknown_pod_names_the_pods(nomesh_testbed: Testbed) -> None:
 
 def test_second_up_with_the_same_prefix_is_refused(nomesh_testbed: Testbed) -> None:
     with pytest.raises(TestbedError, match=r"already up .* run `ztunnel-py testbed down"):
-        Testbed.up(prefix=nomesh_testbed.prefix, nodes=1, pods_per_node=2, mesh=False)
+        Testbed.up(prefix=nomesh_testbed.prefix, nodes=1, pods_per_node=2, mode="none")
     result = cli("up", "--no-mesh", "--prefix", nomesh_testbed.prefix)
     assert result.returncode == 1
     assert f"testbed {nomesh_testbed.prefix} is already up" in result.stderr

@@ -162,7 +162,7 @@ def test_down_finds_a_process_whose_pid_was_never_recorded(tmp_path: Path) -> No
     prefix = unique_prefix("nr")
     state_dir = tmp_path / "state"
     ns = f"{prefix}node1"
-    state = State.create(state_dir, prefix, 1, 2, False)
+    state = State.create(state_dir, prefix, 1, 2, "none")
     state.add_namespace(ns)
     netns.add(ns)
     record = ProcessRecord("node1/sleep", ns, ["sleep", "60"], str(state_dir / "logs" / "x.log"))
@@ -187,7 +187,7 @@ def test_failed_up_removes_what_it_built() -> None:
     lines: list[str] = []
     # No pod server can be listening after zero seconds: the readiness wait fails.
     with pytest.raises(TestbedError, match="timed out after 0 s waiting for pod echo-1"):
-        Testbed.up(prefix, nodes=1, pods_per_node=2, mesh=False, progress=lines.append, timeout=0)
+        Testbed.up(prefix, nodes=1, pods_per_node=2, mode="none", progress=lines.append, timeout=0)
     assert any("up failed, removing what was built" in line for line in lines)
     assert_gone(prefix, default_state_dir(prefix), [])
 
@@ -197,7 +197,7 @@ def test_up_refuses_to_adopt_existing_namespaces() -> None:
     netns.add(f"{prefix}fabric")
     try:
         with pytest.raises(TestbedError, match=f"namespaces {prefix}fabric already exist"):
-            Testbed.up(prefix, nodes=1, pods_per_node=2, mesh=False)
+            Testbed.up(prefix, nodes=1, pods_per_node=2, mode="none")
         assert netns.exists(f"{prefix}fabric")
         assert not default_state_dir(prefix).exists()
     finally:

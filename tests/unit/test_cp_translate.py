@@ -140,6 +140,20 @@ status: {{podIP: {ip_}}}
 """
 
 
+SIDECAR_POD = """
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: legacy
+  labels: {labels}
+  annotations: {{sidecar.istio.io/status: '{{"containers":["istio-proxy"]}}'}}
+spec: {{}}
+status: {{podIP: {ip}}}
+"""
+
+
 def test_tunnel_protocol_follows_namespace_and_pod_labels() -> None:
     t = translated(
         NAMESPACES
@@ -149,6 +163,8 @@ def test_tunnel_protocol_follows_namespace_and_pod_labels() -> None:
         + pod("d", namespace="legacy", labels="{istio.io/dataplane-mode: ambient}", ip_="10.0.0.12")
         + pod("e", namespace="nowhere", ip_="10.0.0.13")
         + pod("f", extra="hostNetwork: true", ip_="10.0.0.14")
+        + SIDECAR_POD.format(name="g", labels="{}", ip="10.0.0.15")
+        + SIDECAR_POD.format(name="h", labels="{networking.istio.io/tunnel: http}", ip="10.0.0.16")
     )
     tunnels = {w.name: w.tunnel_protocol for w in t.workloads.values()}
     assert tunnels == {
@@ -158,6 +174,9 @@ def test_tunnel_protocol_follows_namespace_and_pod_labels() -> None:
         "d": TunnelProtocol.HBONE,
         "e": TunnelProtocol.NONE,
         "f": TunnelProtocol.NONE,
+        # a sidecar pod speaks HBONE only when its sidecar says it terminates it
+        "g": TunnelProtocol.NONE,
+        "h": TunnelProtocol.HBONE,
     }
 
 

@@ -10,9 +10,12 @@ local-config file, which SIGHUP reloads (an invalid file keeps the last good sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from ztunnel_py.config import AgentConfig, ConfigValueError, parse_duration, par
 from ztunnel_py.identity.caclient import GrpcCaClient
 from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.model import Workload
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels, setup_logging
 from ztunnel_py.telemetry.metrics import Metrics, XdsMetrics
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
@@ -81,24 +85,29 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def prepare(
+    args: argparse.Namespace, program: str, **overrides: Any
+) -> tuple[AgentConfig, LogLevels, ProxyState] | int:
+    """Logging, the configuration and the initial state of a proxy process (agent or sidecar);
+    an exit status after printing what is wrong when they are not usable."""
     try:
         levels = setup_logging(args.log_level)
-        config = config_from_args(args)
+        config = dataclasses.replace(config_from_args(args), **overrides)
     except (ConfigValueError, LevelSpecError) as e:
-        print(f"ztunnel-py agent: {e}", file=sys.stderr)
+        print(f"ztunnel-py {program}: {e}", file=sys.stderr)
         return 2
     state = ProxyState()
     if config.xds_address is not None:
         log.info(
-            "starting ztunnel-py agent %s on node %s: workloads from xDS at %s:%d",
+            "starting ztunnel-py %s %s on node %s: workloads from xDS at %s:%d",
+            program,
             __version__,
             config.node,
             *config.xds_address,
         )
     elif config.local_config is None:
         print(
-            "ztunnel-py agent: no workload source; pass --xds-address HOST:PORT (env "
+            f"ztunnel-py {program}: no workload source; pass --xds-address HOST:PORT (env "
             "XDS_ADDRESS) or --local-config FILE (env LOCAL_XDS_PATH)",
             file=sys.stderr,
         )
@@ -107,16 +116,25 @@ def main(args: argparse.Namespace) -> int:
         try:
             state.reload_local_config(config.local_config)
         except ConfigError as e:
-            print(f"ztunnel-py agent: invalid local config: {e}", file=sys.stderr)
+            print(f"ztunnel-py {program}: invalid local config: {e}", file=sys.stderr)
             return 2
         log.info(
-            "starting ztunnel-py agent %s on node %s: %d workloads, %d services, %d policies",
+            "starting ztunnel-py %s %s on node %s: %d workloads, %d services, %d policies",
+            program,
             __version__,
             config.node,
             len(state.workloads()),
             len(state.services()),
             len(state.policies()),
         )
+    return config, levels, state
+
+
+def main(args: argparse.Namespace) -> int:
+    prepared = prepare(args, "agent")
+    if isinstance(prepared, int):
+        return prepared
+    config, levels, state = prepared
     capture = None
     if config.capture:
         try:
@@ -141,12 +159,28 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(
+@dataclass(slots=True)
+class ProxyRuntime:
+    """What a proxy process has running once `run_proxy` set it up: shared by the node agent
+    and the sidecar, which differ only in how pods reach them."""
+
+    config: AgentConfig
+    state: ProxyState
+    certs: CertificateManager
+    outbound: Outbound
+    metrics: Metrics
+    dump: ConfigDump
+    nursery: trio.Nursery
+
+
+async def run_proxy(
     config: AgentConfig,
     state: ProxyState,
     levels: LogLevels,
-    capture: Capture | None,
+    start_pods: Callable[[ProxyRuntime], Awaitable[None]],
 ) -> None:
+    """Certificates, xDS, the HBONE pool, the operator servers; then `start_pods` (which opens
+    the pods' listeners and returns), then readiness; runs until SIGTERM or /quitquitquit."""
     registry = CollectorRegistry()
     metrics = Metrics(registry, component="ztunnel", tag=__version__)
     readiness = Readiness()
@@ -169,7 +203,13 @@ async def _run(
             purpose="xDS",
             options=XDS_CHANNEL_OPTIONS,
         )
-        node = agent_node(config.instance_ip, config.pod_name, config.pod_namespace, config.node)
+        node = agent_node(
+            config.instance_ip,
+            config.pod_name,
+            config.pod_namespace,
+            config.node,
+            proxy_type=config.proxy_type,
+        )
         xds = XdsClient(xds_channel, node, state, readiness=readiness, metrics=XdsMetrics(registry))
     pool = HbonePool(idle_timeout=config.pool_idle_timeout.total_seconds())
     dump = ConfigDump()
@@ -181,21 +221,9 @@ async def _run(
         async with trio.open_nursery() as nursery:
             await nursery.start(certs.run)
             await nursery.start(pool.run)
-
-            def prefetch_own_identities(change: StateChange | None = None) -> None:
-                if change is None or change.workloads:
-                    for w in state.workloads():
-                        if w.node == config.node:
-                            certs.prefetch(w.identity)
-
-            # xDS state arrives (and changes) while running: warm up certificates as it does.
-            prefetch_own_identities()
-            state.subscribe(prefetch_own_identities)
             if xds is not None:
                 await nursery.start(xds.run)
             outbound = Outbound(state, certs, pool, metrics, config.connect_timeout, nursery)
-            pods = PodManager(config, state, certs, outbound, metrics, nursery, capture)
-            dump.add_section("workloadState", pods.dump)
             nursery.start_soon(_signals, nursery, config, state)
             await nursery.start(
                 lambda task_status: serve_admin(
@@ -223,16 +251,45 @@ async def _run(
                     task_status=task_status,
                 )
             )
-            await pods.restore()
-            await nursery.start(serve_enrollment, str(config.enroll_socket), pods)
+            await start_pods(ProxyRuntime(config, state, certs, outbound, metrics, dump, nursery))
             readiness.mark_ready(ready_task)
-            log.info("agent ready")
+            log.info("%s ready", config.proxy_type)
     finally:
         await pool.aclose()
         signer.close()
         if xds_channel is not None:
             xds_channel.close()
-        log.info("agent stopped")
+        log.info("%s stopped", config.proxy_type)
+
+
+def prefetch_certificates(rt: ProxyRuntime, mine: Callable[[Workload], bool]) -> None:
+    """Fetch the certificates of our workloads (`mine`) now and whenever the state changes,
+    so no connection waits for the CA."""
+
+    def prefetch(change: StateChange | None = None) -> None:
+        if change is None or change.workloads:
+            for w in rt.state.workloads():
+                if mine(w):
+                    rt.certs.prefetch(w.identity)
+
+    prefetch()
+    rt.state.subscribe(prefetch)
+
+
+async def _run(
+    config: AgentConfig,
+    state: ProxyState,
+    levels: LogLevels,
+    capture: Capture | None,
+) -> None:
+    async def start_pods(rt: ProxyRuntime) -> None:
+        prefetch_certificates(rt, lambda w: w.node == config.node)
+        pods = PodManager(config, state, rt.certs, rt.outbound, rt.metrics, rt.nursery, capture)
+        rt.dump.add_section("workloadState", pods.dump)
+        await pods.restore()
+        await rt.nursery.start(serve_enrollment, str(config.enroll_socket), pods)
+
+    await run_proxy(config, state, levels, start_pods)
 
 
 async def _signals(nursery: trio.Nursery, config: AgentConfig, state: ProxyState) -> None:

@@ -1,4 +1,5 @@
-"""Arguments of `ztunnel-py agent`; every flag also reads ztunnel's environment variable."""
+"""Arguments of `ztunnel-py agent` and `ztunnel-py sidecar`; every flag also reads ztunnel's (or
+istio-proxy's) environment variable."""
 
 from __future__ import annotations
 
@@ -11,6 +12,71 @@ def _env(name: str, default: str = "") -> str:
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_proxy_arguments(parser)
+    parser.add_argument(
+        "--pod-name",
+        default=_env("POD_NAME"),
+        help="this agent's pod name, for its xDS node id (env POD_NAME; default ztunnel-NODE)",
+    )
+    parser.add_argument(
+        "--pod-namespace",
+        default=_env("POD_NAMESPACE", "istio-system"),
+        help="this agent's namespace, for its xDS node id (env POD_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--enroll-socket",
+        default=_env("INPOD_UDS", "/var/run/ztunnel/ztunnel.sock"),
+        metavar="PATH",
+        help="Unix SOCK_SEQPACKET socket on which pods are enrolled (env INPOD_UDS)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=_env("ZTUNNEL_STATE_DIR", "/var/run/ztunnel"),
+        metavar="DIR",
+        help="where enrollment state is persisted for restarts",
+    )
+    parser.add_argument(
+        "--no-capture",
+        action="store_true",
+        default=_env("ZTUNNEL_CAPTURE", "true").lower() == "false",
+        help="do not load the BPF capture programs: pods reach the mesh only through SOCKS5 "
+        "(env ZTUNNEL_CAPTURE=false)",
+    )
+    parser.add_argument(
+        "--bpf-pin-root",
+        default=_env("ZTUNNEL_BPF_PIN_ROOT", "/sys/fs/bpf/ztunnel-py"),
+        metavar="DIR",
+        help="where capture programs and maps are pinned on a bpffs (mounted if missing), so a "
+        "restarted agent finds them",
+    )
+
+
+def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_proxy_arguments(parser)
+    parser.add_argument(
+        "--pod-name",
+        default=_env("POD_NAME"),
+        required=not _env("POD_NAME"),
+        help="the pod this sidecar serves (env POD_NAME)",
+    )
+    parser.add_argument(
+        "--pod-namespace",
+        default=_env("POD_NAMESPACE"),
+        required=not _env("POD_NAMESPACE"),
+        help="that pod's namespace (env POD_NAMESPACE)",
+    )
+    parser.add_argument(
+        "--service-account",
+        default=_env("SERVICE_ACCOUNT", "default"),
+        help="that pod's service account, as shown by the admin endpoints (env SERVICE_ACCOUNT); "
+        "its identity comes from the mesh state",
+    )
+    # A sidecar has no enrollment socket, no persisted state and no BPF capture: iptables in
+    # its pod brings it the traffic.
+    parser.set_defaults(enroll_socket="", state_dir="", no_capture=True, bpf_pin_root="")
+
+
+def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--node", default=_env("NODE_NAME"), help="this node's name (env NODE_NAME)"
     )
@@ -47,16 +113,6 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help="this agent's IP, for its xDS node id (env INSTANCE_IP)",
     )
     parser.add_argument(
-        "--pod-name",
-        default=_env("POD_NAME"),
-        help="this agent's pod name, for its xDS node id (env POD_NAME; default ztunnel-NODE)",
-    )
-    parser.add_argument(
-        "--pod-namespace",
-        default=_env("POD_NAMESPACE", "istio-system"),
-        help="this agent's namespace, for its xDS node id (env POD_NAMESPACE)",
-    )
-    parser.add_argument(
         "--ca-address",
         default=_env("CA_ADDRESS", "localhost:15012"),
         metavar="HOST:PORT",
@@ -84,32 +140,6 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("SECRET_TTL", "24h"),
         metavar="DURATION",
         help="requested workload certificate lifetime, e.g. 60s or 24h (env SECRET_TTL)",
-    )
-    parser.add_argument(
-        "--enroll-socket",
-        default=_env("INPOD_UDS", "/var/run/ztunnel/ztunnel.sock"),
-        metavar="PATH",
-        help="Unix SOCK_SEQPACKET socket on which pods are enrolled (env INPOD_UDS)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        default=_env("ZTUNNEL_STATE_DIR", "/var/run/ztunnel"),
-        metavar="DIR",
-        help="where enrollment state is persisted for restarts",
-    )
-    parser.add_argument(
-        "--no-capture",
-        action="store_true",
-        default=_env("ZTUNNEL_CAPTURE", "true").lower() == "false",
-        help="do not load the BPF capture programs: pods reach the mesh only through SOCKS5 "
-        "(env ZTUNNEL_CAPTURE=false)",
-    )
-    parser.add_argument(
-        "--bpf-pin-root",
-        default=_env("ZTUNNEL_BPF_PIN_ROOT", "/sys/fs/bpf/ztunnel-py"),
-        metavar="DIR",
-        help="where capture programs and maps are pinned on a bpffs (mounted if missing), so a "
-        "restarted agent finds them",
     )
     parser.add_argument("--admin-address", default="127.0.0.1:15000", metavar="HOST:PORT")
     parser.add_argument("--metrics-address", default="0.0.0.0:15020", metavar="HOST:PORT")

@@ -4,6 +4,10 @@ The enrollment server hands each pod's netns fd to the `PodManager`, which opens
 listeners there (15008 HBONE, 15006 plaintext, 15001 outbound, 15080 SOCKS5 on 127.0.0.1) and
 serves them until the pod is unenrolled. An Add for a known pod with the same netns is a no-op;
 with a different netns (the sandbox was recreated) the old proxy is drained and replaced.
+
+A sidecar proxy (`sidecar.py`) uses the same manager for its one pod, with `redirected=True`:
+iptables REDIRECT brings the pod's connections to ordinary (not transparent) listeners and the
+original destination comes from SO_ORIGINAL_DST; nothing is persisted (`persist=False`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ import trio
 
 from ztunnel_py.agent import persist
 from ztunnel_py.agent.enroll import EnrollRefused
-from ztunnel_py.agent.netns import NetnsError, PodNetns
+from ztunnel_py.agent.netns import (
+    NetnsError,
+    PodNetns,
+    local_destination,
+    original_destination,
+)
 from ztunnel_py.agent.proxy.accounting import POLICY_CHANGE
 from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.agent.proxy.outbound import Outbound, Ready
@@ -131,9 +140,15 @@ class PodManager:
         metrics: Metrics,
         nursery: trio.Nursery,
         capture: Capture | None,
+        *,
+        redirected: bool = False,
+        persist: bool = True,
     ) -> None:
         self.config = config
         self.capture = capture
+        self.redirected = redirected
+        self.original_destination = original_destination if redirected else local_destination
+        self.persist = persist
         self.state = state
         self.certs = certs
         self.outbound = outbound
@@ -169,7 +184,10 @@ class PodManager:
     # --- EnrollHandler ---------------------------------------------------------------------
 
     async def add_pod(self, info: PodInfo, netns_fd: int) -> None:
-        netns = PodNetns(netns_fd, self.config.packet_mark)
+        await self.add(info, PodNetns(netns_fd, self.config.packet_mark))
+
+    async def add(self, info: PodInfo, netns: PodNetns) -> None:
+        """Start the pod's proxy in `netns` (which it then owns); EnrollRefused if it cannot."""
         existing = self.pods.get(info.uid)
         if existing is not None:
             if existing.netns.inode == netns.inode:
@@ -246,6 +264,8 @@ class PodManager:
         log.info("restored %d of %d previously enrolled pods", len(self.pods), len(saved))
 
     def _persist(self) -> None:
+        if not self.persist:
+            return
         persist.save(
             self.config.state_dir,
             [
@@ -290,7 +310,7 @@ class PodManager:
         made: dict[int, trio.socket.SocketType] = {}
         try:
             for port in (INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT):
-                made[port] = netns.listener("::", port)
+                made[port] = netns.listener("::", port, transparent=not self.redirected)
             made[SOCKS5_PORT] = netns.listener("127.0.0.1", SOCKS5_PORT, transparent=False)
         except NetnsError:
             for s in made.values():
@@ -319,6 +339,7 @@ class PodManager:
             self.config.workload_wait,
             pod.track,
             preserve_source=self.capture is not None,
+            original_destination=self.original_destination,
         )
         try:
             with pod.cancel:
@@ -360,15 +381,14 @@ class PodManager:
     async def _outbound(
         self, pod: PodProxy, inbound: Inbound, sock: trio.socket.SocketType
     ) -> None:
-        # Capture leaves the original destination as the socket's local address.
-        local = sock.getsockname()
+        host, port = self.original_destination(sock)
         source = await inbound.workload()
         await self.outbound.proxy(
             source,
             pod.netns,
             sock,
-            canonical_ip(ipaddress.ip_address(local[0])),
-            local[1],
+            canonical_ip(ipaddress.ip_address(host)),
+            port,
             track=pod.track,
         )
 

@@ -4,6 +4,11 @@ The agent stays in its own netns; to make a socket that lives in a pod's netns i
 that netns on the calling thread (`setns` is per thread), creates the socket and returns. The
 socket stays bound to the pod's netns for its whole life. Every socket made here carries
 SO_MARK 0x539 so the pod's capture programs never capture the agent's own traffic.
+
+A sidecar proxy (`agent/sidecar.py`) lives in its pod's netns and runs without privileges: its
+handle (`PodNetns.own()`) makes sockets where it is, with no setns and no mark (iptables tells
+its traffic apart by uid). Behind iptables REDIRECT the original destination of an accepted
+connection is `original_destination(sock)` (SO_ORIGINAL_DST), not its local address.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import ctypes
 import ipaddress
 import os
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -25,6 +31,8 @@ IP_FREEBIND = 15
 LISTEN_BACKLOG = 128
 
 CLONE_NEWNET = 0x40000000
+# getsockopt(SOL_IP / SOL_IPV6, SO_ORIGINAL_DST): the destination before a nat REDIRECT
+SO_ORIGINAL_DST = 80
 
 _setns_lock = threading.Lock()
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -72,10 +80,17 @@ def entered(netns_fd: int) -> Iterator[None]:
 class PodNetns:
     """A handle on one pod's network namespace (owns the fd passed at enrollment)."""
 
-    def __init__(self, fd: int, mark: int = PACKET_MARK) -> None:
+    def __init__(self, fd: int, mark: int | None = PACKET_MARK, *, local: bool = False) -> None:
         self.fd = fd
         self.mark = mark
+        # the calling process's own netns: sockets are made in place, without setns
+        self.local = local
         self.inode = netns_inode(fd)
+
+    @classmethod
+    def own(cls) -> PodNetns:
+        """The process's own netns, for a proxy living in its pod (no privileges needed)."""
+        return cls(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC), None, local=True)
 
     @classmethod
     def open_path(cls, path: str, mark: int = PACKET_MARK) -> PodNetns:
@@ -91,13 +106,17 @@ class PodNetns:
             self.fd = -1
 
     def _raw_socket(self, family: int, type_: int) -> socket.socket:
-        with entered(self.fd):
+        if self.local:
             sock = socket.socket(family, type_)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-        except OSError:
-            sock.close()
-            raise
+        else:
+            with entered(self.fd):
+                sock = socket.socket(family, type_)
+        if self.mark is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            except OSError:
+                sock.close()
+                raise
         return sock
 
     def listener(
@@ -155,6 +174,31 @@ class PodNetns:
             sock.close()
             raise
         return sock
+
+
+def local_destination(sock: trio.socket.SocketType) -> tuple[str, int]:
+    """Where an accepted connection was going when capture keeps it (BPF sk_assign): its local
+    address."""
+    local = sock.getsockname()
+    return str(local[0]), int(local[1])
+
+
+def original_destination(sock: trio.socket.SocketType) -> tuple[str, int]:
+    """Where a connection was going before iptables REDIRECT sent it to our listener.
+
+    OSError when the connection was not redirected (no conntrack nat entry).
+    """
+    if sock.family == socket.AF_INET6:
+        local = sock.getsockname()[0]
+        if not local.startswith("::ffff:"):
+            # struct sockaddr_in6: family, port, flowinfo, 16-byte address, scope id
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+            port, address = struct.unpack_from("!2xH4x16s", raw)
+            return socket.inet_ntop(socket.AF_INET6, address), port
+    # struct sockaddr_in (IPv4, also for IPv4 peers of a dual-stack listener)
+    raw = sock.getsockopt(socket.IPPROTO_IP, SO_ORIGINAL_DST, 16)
+    port, address = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntop(socket.AF_INET, address), port
 
 
 def _set_transparent(sock: socket.socket, family: int) -> None:

@@ -18,4 +18,8 @@ def main(args: argparse.Namespace) -> int:
         from ztunnel_py.bench.policy import main as policy_main
 
         return policy_main(args)
+    if args.bench_command == "compare":
+        from ztunnel_py.bench.compare import main as compare_main
+
+        return compare_main(args)
     raise AssertionError(f"unknown benchmark {args.bench_command}")

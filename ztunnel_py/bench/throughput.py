@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ztunnel_py.bench.procstat import cpu_seconds
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.traffic import gbps, iperf3
@@ -31,13 +31,6 @@ class ThroughputResult:
     no_mesh_runs_gbps: list[float]
     mesh_runs_gbps: list[float]
     agent_cpu_seconds_per_gb: dict[str, float]
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 of stat; after the ")" they are at 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _agent_pids(status: dict[str, Any]) -> dict[str, int]:
@@ -58,7 +51,9 @@ def _run(
     seconds, GB carried). Clients are plain: with the mesh, capture makes them meshed."""
     label = "through the mesh" if mesh else "no mesh"
     say(f"bringing up a 2-node testbed {'with' if mesh else 'without'} the mesh")
-    bed = Testbed.up(prefix=prefix, nodes=2, pods_per_node=2, mesh=mesh, progress=say)
+    bed = Testbed.up(
+        prefix=prefix, nodes=2, pods_per_node=2, mode="ambient" if mesh else "none", progress=say
+    )
     try:
         client, server_ip = _endpoints(bed)
         agents = _agent_pids(bed.status()) if mesh else {}
@@ -67,10 +62,10 @@ def _run(
         gigabytes = 0.0
         for i in range(repeat):
             say(f"run {i + 1}/{repeat}: {label}, {client} -> {server_ip}, {seconds} s")
-            before = {n: _cpu_seconds(pid) for n, pid in agents.items()}
+            before = {n: cpu_seconds(pid) for n, pid in agents.items()}
             result = iperf3(bed, client, server_ip, seconds=seconds)
             for n, pid in agents.items():
-                cpu[n] += _cpu_seconds(pid) - before[n]
+                cpu[n] += cpu_seconds(pid) - before[n]
             runs.append(gbps(result))
             gigabytes += float(result["end"]["sum_received"]["bytes"]) / 1e9
         return runs, cpu, gigabytes

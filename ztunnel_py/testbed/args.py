@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from ztunnel_py.testbed.topology import MODE_AMBIENT, MODES
+
 STATE_DIR_ENV = "ZTUNNEL_TESTBED_DIR"
 DEFAULT_PREFIX = "zt-"
 
@@ -35,12 +37,14 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
     up = sub.add_parser(
         "up",
         parents=[common],
-        help="create the namespaces, start pod servers and (unless --no-mesh) the mesh",
+        help="create the namespaces, start pod servers and (unless --mode none) the mesh",
         description="Create the fabric, control plane, node and pod network namespaces, start "
-        "an HTTP server (:8080) and iperf3 (:5201) in every pod and, unless --no-mesh, the "
-        "control plane and one agent per node, then run the CNI plugin (`ztunnel-py cni`) for "
-        "every pod, which enrolls the pods of ambient namespaces. Nothing is added to the "
-        "machine's own network namespace.",
+        "an HTTP server (:8080) and iperf3 (:5201) in every pod and then, in ambient mode, the "
+        "control plane and one agent per node and run the CNI plugin (`ztunnel-py cni`) for "
+        "every pod, which enrolls the pods of ambient namespaces; in sidecar mode, the control "
+        "plane and, in every pod of those namespaces, Istio-style iptables REDIRECT rules and "
+        "a `ztunnel-py sidecar` proxy running as uid 1337. Nothing is added to the machine's own "
+        "network namespace.",
     )
     up.add_argument(
         "--nodes", type=int, default=2, metavar="N", help="number of nodes (default: 2)"
@@ -53,9 +57,16 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         help="pods on each node, at least 2: an echo server and a client (default: 2)",
     )
     up.add_argument(
+        "--mode",
+        choices=MODES,
+        default=MODE_AMBIENT,
+        help="ambient: node agents capture the pods with BPF (default); sidecar: a proxy per "
+        "pod behind iptables REDIRECT, as Istio's sidecar mode; none: no mesh at all",
+    )
+    up.add_argument(
         "--no-mesh",
         action="store_true",
-        help="only the network and the pod servers: no control plane, no agents",
+        help="the same as --mode none: only the network and the pod servers",
     )
     up.add_argument(
         "--dual-stack",

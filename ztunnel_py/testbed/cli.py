@@ -13,7 +13,7 @@ from typing import Any
 
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed, down
-from ztunnel_py.testbed.topology import CLIENT
+from ztunnel_py.testbed.topology import CLIENT, MODE_NONE
 
 
 def _say(line: str) -> None:
@@ -25,7 +25,7 @@ def _up(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         nodes=args.nodes,
         pods_per_node=args.pods_per_node,
-        mesh=not args.no_mesh,
+        mode=MODE_NONE if args.no_mesh else args.mode,
         state_dir=args.state_dir,
         progress=_say,
         timeout=args.timeout,
@@ -36,7 +36,7 @@ def _up(args: argparse.Namespace) -> int:
     # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.
     vip = bed.topology.service("echo").vip
     far_echo = bed.topology.endpoints("echo")[-1].ip
-    # A plain client: the agent captures the pod's traffic, no proxy settings needed.
+    # A plain client: the agent (or the pod's sidecar) captures its traffic, no proxy settings.
     curl = f"curl -s http://{vip}/" if bed.state.mesh else f"curl -s http://{far_echo}:8080/"
     flags = "" if args.prefix == "zt-" else f" --prefix {args.prefix}"
     flags += f" --state-dir {args.state_dir}" if args.state_dir else ""

@@ -85,7 +85,7 @@ def _tcp_open(ns: str, host: str, port: int) -> bool:
     return netns.run_in(ns, probe)
 
 
-def _http_ready(ns: str) -> bool:
+def http_ready(ns: str) -> bool:
     def probe() -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", READINESS_PORT, timeout=1.0)
         try:
@@ -99,7 +99,7 @@ def _http_ready(ns: str) -> bool:
     return netns.run_in(ns, probe)
 
 
-def _issue_token(state: State, node: NodePlan) -> None:
+def issue_token(state: State, node: NodePlan) -> None:
     argv = ztunnel_py(
         CONTROLPLANE, "node-token", node.name, "--data-dir", str(state.controlplane_dir)
     )
@@ -121,14 +121,11 @@ def start(
 ) -> None:
     """Start the control plane and the agents, wait until each is ready, enroll the pods."""
     listen = f"{CONTROLPLANE_IP}:{CA_PORT}"
-    cp = controlplane_record(topology, state)
-    launch(cp)
-    wait_controlplane_ready(topology, state, cp, timeout)
-    progress(f"  control plane ready on {listen} (pid {cp.pid}, log {cp.log})")
+    start_controlplane(topology, state, launch, progress, timeout)
 
     agents: list[tuple[NodePlan, ProcessRecord]] = []
     for node in topology.nodes:
-        _issue_token(state, node)
+        issue_token(state, node)
         runtime.write_config(topology, state, node, enroll_socket(state, node.name))
         record = agent_record(state, node, listen)
         launch(record)
@@ -137,6 +134,15 @@ def start(
         wait_agent_ready(node, record, timeout)
         progress(f"  agent {node.name} ready (pid {record.pid}, log {record.log})")
     enroll(topology, state, progress)
+
+
+def start_controlplane(
+    topology: Topology, state: State, launch: Launch, progress: Progress, timeout: float
+) -> None:
+    cp = controlplane_record(topology, state)
+    launch(cp)
+    wait_controlplane_ready(topology, state, cp, timeout)
+    progress(f"  control plane ready on {CONTROLPLANE_IP}:{CA_PORT} (pid {cp.pid}, log {cp.log})")
 
 
 def controlplane_record(topology: Topology, state: State) -> ProcessRecord:
@@ -212,7 +218,7 @@ def agent_log(state: State, node: str) -> str:
 
 def wait_agent_ready(node: NodePlan, record: ProcessRecord, timeout: float) -> None:
     wait_for(
-        functools.partial(_http_ready, node.netns),
+        functools.partial(http_ready, node.netns),
         [record],
         timeout,
         f"the agent of {node.name} to be ready",

@@ -6,18 +6,33 @@ the peer address the server saw (`ip:port`). That makes routing (which endpoint 
 source preservation (which address the server saw) visible in one request. HTTP/1.1 keep-alive
 is supported, so load generators can reuse connections. With `--bind ::` it serves IPv4 and
 IPv6 on one socket (dual-stack pods) and still reports IPv4 clients as plain `a.b.c.d`.
+
+`GET /bytes/N` (0 <= N <= 1 MiB) answers exactly N bytes of `application/octet-stream` instead:
+the fixed-size response body of Istio's latency method (1 KiB, like nighthawk's
+`response_body_size` or fortio's `?size=`). Its head and body go out in one write from a
+preallocated body, and successful /bytes requests are not logged, so at benchmark rates the
+server's cost stays that of answering. A malformed or too large N answers 400 with a text
+message. Other requests are logged one line each on stderr. Answers go out with TCP_NODELAY, so
+none waits for the client's delayed ACK.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
+
+BYTES_PREFIX = "/bytes/"
+MAX_BYTES = 1 << 20
+_SIZE = re.compile(r"[0-9]{1,7}")
+# Zeros from calloc: pages become resident only once a response of that size is sent.
+_BODY = memoryview(bytes(MAX_BYTES))
 
 
 class PodHTTPServer(ThreadingHTTPServer):
@@ -40,9 +55,15 @@ class PodHTTPServer(ThreadingHTTPServer):
 
 class PodHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: headers and body are separate writes, and on a keep-alive connection the body
+    # would otherwise wait for the client's delayed ACK of the headers (~40 ms per request).
+    disable_nagle_algorithm = True
     server: PodHTTPServer
 
     def do_GET(self) -> None:
+        if self.path.startswith(BYTES_PREFIX):
+            self._send_bytes(self.path[len(BYTES_PREFIX) :].partition("?")[0])
+            return
         host, port = self.client_address[:2]
         host = host.removeprefix("::ffff:") if "." in host else host
         body = json.dumps(
@@ -59,6 +80,28 @@ class PodHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _send_bytes(self, size: str) -> None:
+        n = int(size) if _SIZE.fullmatch(size) else -1
+        if not 0 <= n <= MAX_BYTES:
+            text = (
+                f"/bytes/N wants N as a decimal number from 0 to {MAX_BYTES}, got {size[:40]!r}\n"
+            )
+            body = text.encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        # Head and body in one write, so one segment carries a small response. send_response is
+        # bypassed on purpose: it logs every request.
+        close = "Connection: close\r\n" if self.close_connection else ""
+        head = (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {n}\r\n{close}\r\n"
+        )
+        self.wfile.write(head.encode("ascii") + _BODY[:n])
 
     def log_message(self, format: str, *args: object) -> None:
         sys.stderr.write(f"{self.address_string()} {format % args}\n")

@@ -2,9 +2,11 @@
 
 `up` writes what it creates into `<state dir>/config/` as the Kubernetes API would show it:
 one Namespace per Kubernetes namespace (ambient ones labelled `istio.io/dataplane-mode:
-ambient`), one Pod per pod (labels, service account, node, container ports, pod IPs) and one
-Service per service (selector, ports with target ports, cluster IPs). The control plane runs
-with `--config-dir` on that directory and derives the same workloads the CNI plugin enrolls
+ambient`, or `istio-injection: enabled` in sidecar mode, where their pods also carry the
+injector's `sidecar.istio.io/status` and `networking.istio.io/tunnel: http`), one Pod per pod
+(labels, service account, node, container ports, pod IPs) and one Service per service
+(selector, ports with target ports, cluster IPs). The control plane runs with `--config-dir` on
+that directory and derives the same workloads the CNI plugin enrolls
 (uid `Kubernetes//Pod/<namespace>/<name>`).
 
 `testbed apply -f` / `testbed delete -f` put user documents into (or take them out of) the same
@@ -31,7 +33,8 @@ from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.topology import (
     HTTP_PORT,
     IPERF_PORT,
-    NAMESPACE_LABELS,
+    MODE_AMBIENT,
+    MODE_SIDECAR,
     PodPlan,
     ServicePlan,
     Topology,
@@ -42,6 +45,11 @@ Document = dict[str, Any]
 # Characters kept in file names; anything else (e.g. from a user's odd name) becomes '_'.
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
+# What Istio's injector puts on a pod whose sidecar terminates HBONE.
+TUNNEL_LABEL = "networking.istio.io/tunnel"
+SIDECAR_STATUS = "sidecar.istio.io/status"
+SIDECAR_STATUS_VALUE = '{"containers":["istio-proxy"],"initContainers":["istio-init"]}'
+
 
 def namespace_resource(name: str, labels: Mapping[str, str]) -> Document:
     metadata: Document = {"name": name}
@@ -50,12 +58,17 @@ def namespace_resource(name: str, labels: Mapping[str, str]) -> Document:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
-def pod_resource(pod: PodPlan) -> Document:
-    """The Pod as the API server would report it once running (status with its IPs)."""
+def pod_resource(pod: PodPlan, mode: str = MODE_AMBIENT) -> Document:
+    """The Pod as the API server would report it once running (status with its IPs); in
+    sidecar mode a pod of the mesh carries what the injector adds for an HBONE sidecar."""
+    metadata: Document = {"name": pod.name, "namespace": pod.namespace, "labels": {"app": pod.app}}
+    if mode == MODE_SIDECAR and pod.ambient:
+        metadata["labels"][TUNNEL_LABEL] = "http"
+        metadata["annotations"] = {SIDECAR_STATUS: SIDECAR_STATUS_VALUE}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": {"app": pod.app}},
+        "metadata": metadata,
         "spec": {
             "serviceAccountName": pod.service_account,
             "nodeName": pod.node,
@@ -104,8 +117,8 @@ def topology_resources(topology: Topology) -> list[Document]:
     """Namespaces, Pods and Services of everything `up` creates, in that order."""
     namespaces = dict.fromkeys(p.namespace for p in topology.pods)
     return [
-        *(namespace_resource(ns, NAMESPACE_LABELS[ns]) for ns in namespaces),
-        *(pod_resource(p) for p in topology.pods),
+        *(namespace_resource(ns, topology.namespace_labels[ns]) for ns in namespaces),
+        *(pod_resource(p, topology.mode) for p in topology.pods),
         *(service_resource(s) for s in topology.services),
     ]
 

@@ -13,6 +13,7 @@ Layout of a state directory:
     controlplane/       the control plane's data dir (its CA under controlplane/ca/)
     node<i>/            agent state dir of node i: auth token, enrollment socket, the CNI
                         network configuration the testbed hands the plugin (cni-config.json)
+    sidecars/<pod>/     sidecar mode: the credentials a pod's proxy (uid 1337) reads
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord
 
 STATE_FILE = "state.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class State:
@@ -36,7 +37,8 @@ class State:
         self.prefix: str = str(data["prefix"])
         self.nodes: int = int(data["nodes"])
         self.pods_per_node: int = int(data["pods_per_node"])
-        self.mesh: bool = bool(data["mesh"])
+        # none, sidecar or ambient (topology.MODES)
+        self.mode: str = str(data["mode"])
         # lifetime of workload certificates the agents ask for (their --secret-ttl)
         self.secret_ttl: str = str(data.get("secret_ttl", "24h"))
         self.dual_stack: bool = bool(data.get("dual_stack", False))
@@ -52,6 +54,16 @@ class State:
         ]
 
     @property
+    def mesh(self) -> bool:
+        """A control plane and proxies run (sidecar or ambient mode)."""
+        return self.mode != "none"
+
+    @property
+    def ambient(self) -> bool:
+        """Node agents capture the pods (ambient mode)."""
+        return self.mode == "ambient"
+
+    @property
     def path(self) -> Path:
         return self.state_dir / STATE_FILE
 
@@ -62,7 +74,7 @@ class State:
         prefix: str,
         nodes: int,
         pods_per_node: int,
-        mesh: bool,
+        mode: str,
         secret_ttl: str = "24h",
         dual_stack: bool = False,
         namespace_labels: dict[str, dict[str, str]] | None = None,
@@ -81,7 +93,7 @@ class State:
                 "prefix": prefix,
                 "nodes": nodes,
                 "pods_per_node": pods_per_node,
-                "mesh": mesh,
+                "mode": mode,
                 "secret_ttl": secret_ttl,
                 "dual_stack": dual_stack,
                 "namespace_labels": namespace_labels or {},
@@ -112,7 +124,7 @@ class State:
             "prefix": self.prefix,
             "nodes": self.nodes,
             "pods_per_node": self.pods_per_node,
-            "mesh": self.mesh,
+            "mode": self.mode,
             "secret_ttl": self.secret_ttl,
             "dual_stack": self.dual_stack,
             "namespace_labels": self.namespace_labels,

@@ -1,8 +1,10 @@
 """The testbed as a Python object: bring it up, describe it, run commands in pods, tear it down.
 
 `Testbed.up(...)` builds the topology of `topology.py` (namespaces, veths, routes), starts every
-pod's servers and, with `mesh=True`, the control plane and agents (`mesh.py`), and enrolls the
-pods through the CNI plugin (`runtime.py`). Every step is recorded in the state file first, so
+pod's servers and then, by mode: `ambient` (the default) starts the control plane and agents
+(`mesh.py`) and enrolls the pods through the CNI plugin (`runtime.py`); `sidecar` starts the
+control plane and gives every pod of the mesh iptables rules and its own proxy (`sidecar.py`);
+`none` starts no mesh at all. Every step is recorded in the state file first, so
 `down` (the method, or the module function when only the prefix is known) removes everything
 even after `up` or any process was killed. `stop_agent`, `start_agent` and `kill_agent` act on
 one node's agent, `stop_controlplane` and `start_controlplane` on the control plane, for
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.testbed import mesh, netns, process, resources
+from ztunnel_py.testbed import mesh, netns, process, resources, sidecar
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.netns import ip
 from ztunnel_py.testbed.process import ProcessRecord
@@ -34,6 +36,9 @@ from ztunnel_py.testbed.topology import (
     FABRIC_SUBNET6,
     HTTP_PORT,
     IPERF_PORT,
+    MODE_AMBIENT,
+    MODE_NONE,
+    MODE_SIDECAR,
     NodePlan,
     PodPlan,
     Topology,
@@ -81,7 +86,7 @@ class Testbed:
     def __init__(self, state: State) -> None:
         self.state = state
         self.topology: Topology = plan(
-            state.prefix, state.nodes, state.pods_per_node, state.dual_stack
+            state.prefix, state.nodes, state.pods_per_node, state.dual_stack, state.mode
         )
 
     @property
@@ -98,7 +103,7 @@ class Testbed:
         prefix: str = "zt-",
         nodes: int = 2,
         pods_per_node: int = 2,
-        mesh: bool = True,
+        mode: str = MODE_AMBIENT,
         state_dir: str | os.PathLike[str] | None = None,
         progress: Progress = _quiet,
         timeout: float = 60.0,
@@ -111,7 +116,9 @@ class Testbed:
         `timeout` bounds each readiness wait. `dual_stack` gives pods and nodes IPv6 addresses
         too.
         """
-        topology = plan(prefix, nodes, pods_per_node, dual_stack)
+        topology = plan(prefix, nodes, pods_per_node, dual_stack, mode)
+        if mode == MODE_SIDECAR and dual_stack:
+            raise TestbedError("sidecar mode is IPv4 only: drop --dual-stack or use --mode ambient")
         directory = _state_dir(prefix, state_dir)
         if directory.exists():
             raise TestbedError(
@@ -129,7 +136,7 @@ class Testbed:
             prefix,
             nodes,
             pods_per_node,
-            mesh,
+            mode,
             secret_ttl,
             dual_stack=dual_stack,
             namespace_labels=topology.namespace_labels,
@@ -166,7 +173,11 @@ class Testbed:
 
     def _build(self, progress: Progress, timeout: float) -> None:
         t = self.topology
-        mode = "with the mesh" if self.state.mesh else "without the mesh"
+        mode = {
+            MODE_AMBIENT: "ambient mode",
+            MODE_SIDECAR: "sidecar mode",
+            MODE_NONE: "without the mesh",
+        }[self.state.mode]
         mode += ", dual stack" if t.dual_stack else ""
         progress(
             f"testbed {self.prefix}: {len(t.nodes)} nodes, {len(t.pods)} pods, {mode}; "
@@ -188,9 +199,12 @@ class Testbed:
             self._build_node(node, progress)
         resources.write(self.state.config_dir, resources.topology_resources(t))
         self._start_pod_servers(progress, timeout)
-        if self.state.mesh:
-            progress("starting the mesh")
+        if self.state.mode == MODE_AMBIENT:
+            progress("starting the mesh: control plane, node agents, CNI")
             mesh.start(t, self.state, self._launch, progress, timeout)
+        elif self.state.mode == MODE_SIDECAR:
+            progress("starting the mesh: control plane, one sidecar per pod")
+            sidecar.start(t, self.state, self._launch, progress, timeout)
         self.state.complete = True
         self.state.save()
         progress(f"testbed {self.prefix} is up")
@@ -234,6 +248,8 @@ class Testbed:
                 ip("route", "add", other.pod_cidr, "via", other.ip, netns=node.netns)
                 if other.pod_cidr6 is not None and other.ipv6 is not None:
                     ip("-6", "route", "add", other.pod_cidr6, "via", other.ipv6, netns=node.netns)
+        # The control plane answers pods too (sidecars reach it from their pods' netns).
+        ip("route", "add", node.pod_cidr, "via", node.ip, netns=t.cp_netns)
         v6 = f", {node.ipv6}, pods in {node.pod_cidr6}" if node.ipv6 else ""
         progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}{v6}")
         for pod in t.pods_on(node.name):
@@ -367,7 +383,9 @@ class Testbed:
                     "pod_cidr6": node.pod_cidr6,
                     "log": agent["log"],
                     "agent": agent,
-                    "enroll_socket": mesh.enroll_socket(state, node.name) if state.mesh else None,
+                    "enroll_socket": mesh.enroll_socket(state, node.name)
+                    if state.ambient
+                    else None,
                 }
             )
         pods = [
@@ -379,9 +397,13 @@ class Testbed:
                 "ip": pod.ip,
                 "ipv6": pod.ipv6,
                 "ips": list(pod.ips),
-                # in an ambient namespace, so the CNI plugin enrolls it when the mesh is on
+                # in a mesh namespace: the CNI plugin enrolls it in ambient mode, it gets a
+                # sidecar in sidecar mode
                 "ambient": pod.ambient,
-                "enrolled": pod.ambient and state.mesh,
+                "enrolled": pod.ambient and state.ambient,
+                "sidecar": self._proc(sidecar.sidecar_name(pod.name))
+                if pod.ambient and state.mode == MODE_SIDECAR
+                else None,
                 "service_account": pod.service_account,
                 "app": pod.app,
                 "role": pod.role,
@@ -411,6 +433,7 @@ class Testbed:
             "state_dir": str(self.state_dir),
             "complete": state.complete,
             "mesh": state.mesh,
+            "mode": state.mode,
             "dual_stack": state.dual_stack,
             "config_dir": str(state.config_dir),
             "fabric": {"netns": t.fabric_netns, "bridge": FABRIC_BRIDGE, "subnet": FABRIC_SUBNET},
@@ -456,7 +479,9 @@ class Testbed:
             raise TestbedError(f"no node named {node!r}; nodes: {nodes}") from None
         record = self.state.process(mesh.agent_name(node))
         if record is None:
-            raise TestbedError(f"testbed {self.prefix} runs without the mesh: {node} has no agent")
+            raise TestbedError(
+                f"testbed {self.prefix} runs in {self.state.mode} mode: {node} has no agent"
+            )
         return plan_, record
 
     def _controlplane(self) -> ProcessRecord:
@@ -564,7 +589,7 @@ class Testbed:
 
 
 def _teardown(state: State, progress: Progress) -> None:
-    if state.mesh:
+    if state.ambient:
         # As a runtime deleting the pods would: the agents unenroll them while they still run.
         topology = plan(state.prefix, state.nodes, state.pods_per_node, state.dual_stack)
         mesh.unenroll(topology, state, progress)
@@ -593,7 +618,7 @@ def _teardown(state: State, progress: Progress) -> None:
             removed.append(name)
     if removed:
         progress(f"deleted {len(removed)} namespaces")
-    if state.mesh:
+    if state.ambient:
         for i in range(1, state.nodes + 1):
             pins = Path(mesh.bpf_pin_root(state, f"node{i}"))
             shutil.rmtree(pins, ignore_errors=True)

@@ -1,8 +1,12 @@
 """The testbed's plan: every name and address `testbed up` creates, decided without any I/O.
 
-`plan(prefix, nodes, pods_per_node, dual_stack)` is deterministic, so `up`, `status`, `down`
-and the Kubernetes resources (`resources.py`) all derive the same picture from the values
+`plan(prefix, nodes, pods_per_node, dual_stack, mode)` is deterministic, so `up`, `status`,
+`down` and the Kubernetes resources (`resources.py`) all derive the same picture from the values
 stored in the state file.
+
+Modes: `ambient` (the agents capture the pods of ambient namespaces), `sidecar` (the same
+namespaces are labelled `istio-injection: enabled` instead and every pod in them gets its own
+proxy, `sidecar.py`) and `none` (no mesh at all: the benchmark's baseline).
 
 Addressing and wiring:
 
@@ -15,7 +19,8 @@ Addressing and wiring:
   `veth<k>`; every such veth carries 10.244.i.1/32 (so the node answers ARP for the gateway on
   each of them) and the node has a /32 route to the pod through it. All pod traffic, even between
   pods of one node, is therefore routed by the node, and no bridge or proxy ARP is needed.
-  Each node routes the other nodes' pod /24s via their fabric IPs and forwards (ip_forward=1).
+  Each node routes the other nodes' pod /24s via their fabric IPs and forwards (ip_forward=1);
+  the control plane routes every node's pod /24 via that node (sidecars call it from pods).
 - services: VIPs come from 10.96.0.0/16. A VIP is only reachable through the mesh (there is no
   kube-proxy), as in an ambient cluster whose dataplane is the mesh.
 - dual stack (`dual_stack=True`): every address above gets an IPv6 twin that reads the same,
@@ -69,6 +74,11 @@ CLIENT = "client"
 SERVER = "server"
 
 AMBIENT = {DATAPLANE_MODE: "ambient"}
+SIDECAR_INJECTION = {"istio-injection": "enabled"}
+MODE_NONE = "none"
+MODE_SIDECAR = "sidecar"
+MODE_AMBIENT = "ambient"
+MODES = (MODE_NONE, MODE_SIDECAR, MODE_AMBIENT)
 LEGACY_NAMESPACE = "legacy"
 # Labels of every Kubernetes namespace the testbed's pods can live in.
 NAMESPACE_LABELS: Mapping[str, Mapping[str, str]] = {
@@ -157,12 +167,17 @@ class Topology:
     pods: tuple[PodPlan, ...]
     services: tuple[ServicePlan, ...]
     dual_stack: bool = False
+    mode: str = MODE_AMBIENT
 
     @property
     def namespace_labels(self) -> dict[str, dict[str, str]]:
-        """Labels of the Kubernetes namespaces that have pods, in order of first appearance."""
+        """Labels of the Kubernetes namespaces that have pods, in order of first appearance
+        (in sidecar mode the mesh namespaces ask for injection instead of ambient)."""
         names = dict.fromkeys(p.namespace for p in self.pods)
-        return {name: dict(NAMESPACE_LABELS[name]) for name in names}
+        labels = {name: dict(NAMESPACE_LABELS[name]) for name in names}
+        if self.mode == MODE_SIDECAR:
+            labels = {n: dict(SIDECAR_INJECTION) if v == AMBIENT else v for n, v in labels.items()}
+        return labels
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -296,10 +311,16 @@ def _legacy_pod(prefix: str, node: NodePlan) -> PodPlan:
 
 
 def plan(
-    prefix: str = "zt-", nodes: int = 2, pods_per_node: int = 2, dual_stack: bool = False
+    prefix: str = "zt-",
+    nodes: int = 2,
+    pods_per_node: int = 2,
+    dual_stack: bool = False,
+    mode: str = MODE_AMBIENT,
 ) -> Topology:
     """Decide the whole testbed; raises TestbedError for sizes or prefixes we cannot build."""
     validate_prefix(prefix)
+    if mode not in MODES:
+        raise TestbedError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     if not 1 <= nodes <= MAX_NODES:
         raise TestbedError(f"--nodes must be between 1 and {MAX_NODES} (got {nodes})")
     if not 2 <= pods_per_node <= MAX_PODS_PER_NODE:
@@ -338,4 +359,5 @@ def plan(
         pods=pods,
         services=services,
         dual_stack=dual_stack,
+        mode=mode,
     )

@@ -81,10 +81,13 @@ def agent_node(
     pod_namespace: str,
     node_name: str,
     metadata: Mapping[str, str] | None = None,
+    proxy_type: str = "ztunnel",
 ) -> NodeInfo:
-    """The node ztunnel presents: id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`."""
+    """The node ztunnel presents: id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (a
+    sidecar's starts with `sidecar~`, as istio-proxy's does)."""
     return NodeInfo(
-        id=f"ztunnel~{instance_ip}~{pod_name}.{pod_namespace}~{pod_namespace}.svc.cluster.local",
+        id=f"{proxy_type}~{instance_ip}~{pod_name}.{pod_namespace}~{pod_namespace}"
+        ".svc.cluster.local",
         metadata={
             **(metadata or {}),
             "NAME": pod_name,

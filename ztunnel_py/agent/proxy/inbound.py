@@ -3,7 +3,8 @@
 HBONE (reference 2.9): TLS with the pod's certificate and a required client certificate from our
 trust domain, then per CONNECT: the authority must name this pod (400 otherwise), L4
 authorization (401), a connection to the application (503 if it fails), and only then 200 and
-the byte relay. Plaintext: the original destination is the accepted socket's local address;
+the byte relay. Plaintext: the original destination is the accepted socket's local address (with
+BPF capture) or its SO_ORIGINAL_DST (behind a sidecar's iptables REDIRECT);
 authorization runs with no peer identity, so STRICT mTLS denies it.
 """
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import trio
 
-from ztunnel_py.agent.netns import PodNetns
+from ztunnel_py.agent.netns import PodNetns, local_destination
 from ztunnel_py.agent.proxy.accounting import Tracker, carry_enforced
 from ztunnel_py.agent.proxy.hbone import (
     HboneHandshakeError,
@@ -64,6 +66,9 @@ class Inbound:
         workload_wait: timedelta,
         track: Tracker,
         preserve_source: bool,
+        original_destination: Callable[[trio.socket.SocketType], tuple[str, int]] = (
+            local_destination
+        ),
     ) -> None:
         self.pod_uid = pod_uid
         # Bind upstream sockets to the client's IP so the app sees it; only with capture on,
@@ -77,6 +82,7 @@ class Inbound:
         self.connect_timeout = connect_timeout.total_seconds()
         self.workload_wait = workload_wait.total_seconds()
         self.track = track
+        self.original_destination = original_destination
 
     async def _connect_app(
         self, src_ip: IPAddress, dst_ip: IPAddress, port: int
@@ -197,7 +203,7 @@ class Inbound:
 
     async def serve_plaintext(self, sock: trio.socket.SocketType) -> None:
         peer = sock.getpeername()
-        local = sock.getsockname()
+        local = self.original_destination(sock)
         src_ip = canonical_ip(ipaddress.ip_address(peer[0]))
         dst_ip = canonical_ip(ipaddress.ip_address(local[0]))
         src_addr, dst_addr = format_authority(src_ip, peer[1]), format_authority(dst_ip, local[1])

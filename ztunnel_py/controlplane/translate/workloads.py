@@ -21,7 +21,8 @@ DATAPLANE_MODE = "istio.io/dataplane-mode"
 AMBIENT = "ambient"
 # Set by istio-cni on pods it has redirected: the pod is in the mesh whatever its labels say.
 AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
-# A workload (typically a VM's WorkloadEntry) that terminates HBONE itself.
+# A workload (a VM's WorkloadEntry, a pod with an HBONE-capable sidecar) that terminates HBONE
+# itself.
 TUNNEL_LABEL = "networking.istio.io/tunnel"
 SIDECAR_STATUS = "sidecar.istio.io/status"
 NETWORK_LABEL = "topology.istio.io/network"
@@ -99,8 +100,12 @@ def pod_status(pod: Resource) -> WorkloadStatus:
 
 
 def pod_tunnel(pod: Resource, namespace_labels: Mapping[str, str]) -> TunnelProtocol:
-    """HBONE for pods enrolled in ambient: namespace labelled, not opted out by the pod."""
-    if pod.annotations.get(AMBIENT_REDIRECTION) == "enabled":
+    """HBONE for pods enrolled in ambient (namespace labelled, not opted out by the pod) and
+    for pods whose sidecar terminates HBONE (labelled `networking.istio.io/tunnel: http`)."""
+    if (
+        pod.annotations.get(AMBIENT_REDIRECTION) == "enabled"
+        or pod.labels.get(TUNNEL_LABEL) == "http"
+    ):
         return TunnelProtocol.HBONE
     if pod.spec.get("hostNetwork") or SIDECAR_STATUS in pod.annotations:
         return TunnelProtocol.NONE

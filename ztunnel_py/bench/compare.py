@@ -1,0 +1,459 @@
+"""`ztunnel-py bench compare`: no mesh, sidecar mode and ambient mode, side by side, in one run.
+
+For each mode (none, sidecar, ambient) the harness brings up a 2-node testbed in that mode
+(`Testbed.up(mode=...)`) and, from the client pod on node1 (`web-1`) to the echo pod on node2
+(`echo-2`, by pod IP, which every mode can reach), measures:
+
+1. throughput: single-stream iperf3 (`throughput_seconds`);
+2. latency under load: the open-loop load generator (`loadgen.py`) at a fixed request rate over
+   N HTTP/1.1 connections, 1 KiB response bodies, p50/p90/p99 from each request's scheduled send
+   time;
+3. connection setup: new TCP connections per second (one request each);
+4. cost, with each pods-per-node count (a fresh testbed per count): user+system CPU seconds of
+   every data-plane process (the agents, or every sidecar) per 1000 requests under the same
+   load, and their summed resident memory afterwards.
+
+Throughput, latency and connection rate are measured on the smallest testbed. `--repeat N`
+repeats every measurement on the same testbed, so each figure has N values. While the
+connection-rate run opens its connections the harness also checks that the traffic took the
+mode's path: the proxies that should carry it count those connections in their
+`istio_tcp_connections_opened_total` (reporter source and destination), and with no mesh no
+proxy process exists and the pods have no iptables rule and no tc filter. A failed check makes
+the command exit 1. Results: the table on stdout, and results.json, report.png and report.html
+in the output directory (`report.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ztunnel_py.bench import procstat
+from ztunnel_py.bench.results import (
+    AMBIENT,
+    ISTIO_PUBLISHED,
+    MODES,
+    NONE,
+    SIDECAR,
+    CompareResult,
+    Cost,
+    ModeResult,
+    PathCheck,
+    Settings,
+)
+from ztunnel_py.testbed import netns
+from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.testbed import Testbed
+from ztunnel_py.testbed.topology import HTTP_PORT, IPERF_PORT
+from ztunnel_py.testbed.traffic import gbps, iperf3
+
+Say = Callable[[str], None]
+
+CLIENT_POD = "web-1"
+SERVER_POD = "echo-2"
+METRICS_PORT = 15020
+OPENED = "istio_tcp_connections_opened"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long and how hard each measurement runs."""
+
+    throughput_seconds: int
+    latency_seconds: float
+    warmup_seconds: float
+    cost_seconds: float
+    connection_rate_seconds: float
+    rate: int
+    connections: int
+    response_bytes: int
+    pods_per_node: tuple[int, ...]
+
+
+FULL = Plan(
+    throughput_seconds=10,
+    latency_seconds=30.0,
+    warmup_seconds=2.0,
+    cost_seconds=10.0,
+    connection_rate_seconds=5.0,
+    rate=1000,
+    connections=16,
+    response_bytes=1024,
+    pods_per_node=(2, 8, 32),
+)
+# Enough to see every path work and every figure come out, in about two minutes.
+QUICK = Plan(
+    throughput_seconds=2,
+    latency_seconds=3.0,
+    warmup_seconds=2.0,
+    cost_seconds=2.0,
+    connection_rate_seconds=2.0,
+    rate=1000,
+    connections=16,
+    response_bytes=1024,
+    pods_per_node=(2, 4),
+)
+
+
+class Endpoints:
+    """The client and server of every measurement, and the processes that carry their traffic."""
+
+    def __init__(self, bed: Testbed) -> None:
+        self.bed = bed
+        status = bed.status()
+        pods = {p["name"]: p for p in status["pods"]}
+        self.server_ip = str(pods[SERVER_POD]["ip"])
+        self.mode = str(status["mode"])
+        self.controlplane_pid: int | None = status["controlplane"]["pid"]
+        # name -> pid of every data-plane process
+        self.proxies: dict[str, int] = {}
+        for node in status["nodes"]:
+            if node["agent"]["pid"]:
+                self.proxies[f"agent {node['name']}"] = int(node["agent"]["pid"])
+        for pod in status["pods"]:
+            if pod.get("sidecar") and pod["sidecar"]["pid"]:
+                self.proxies[f"sidecar {pod['name']}"] = int(pod["sidecar"]["pid"])
+
+    def loadgen(self, *argv: str, timeout: float) -> dict[str, Any]:
+        """Run the load generator in the client pod; its JSON report."""
+        done = self.bed.exec(
+            CLIENT_POD,
+            [sys.executable, "-m", "ztunnel_py.bench.loadgen", *argv],
+            timeout=timeout,
+        )
+        try:
+            report: dict[str, Any] = json.loads(done.stdout)
+        except ValueError:
+            raise TestbedError(
+                f"load generator in {CLIENT_POD} failed (status {done.returncode}): "
+                f"{done.stderr.strip()[-500:] or done.stdout[:300]}"
+            ) from None
+        answered = report.get("requests", report.get("connections", 0))
+        if not answered:
+            raise TestbedError(
+                f"no request from {CLIENT_POD} to {SERVER_POD} ({self.mode} mode) was answered: "
+                f"{report.get('errors_by_reason') or done.stderr.strip()[-500:]}"
+            )
+        return report
+
+    def cpu_seconds(self) -> float:
+        return sum(procstat.cpu_seconds(pid) for pid in self.proxies.values())
+
+    def rss_mib(self) -> float:
+        return sum(procstat.rss_bytes(pid) for pid in self.proxies.values()) / 2**20
+
+    def controlplane_rss_mib(self) -> float:
+        pid = self.controlplane_pid
+        return procstat.rss_bytes(pid) / 2**20 if pid else 0.0
+
+
+def _latency_argv(plan: Plan, ep: Endpoints, seconds: float, warmup: float) -> list[str]:
+    return [
+        "latency",
+        "--target",
+        f"{ep.server_ip}:{HTTP_PORT}",
+        "--path",
+        f"/bytes/{plan.response_bytes}",
+        "--rate",
+        str(plan.rate),
+        "--connections",
+        str(plan.connections),
+        "--duration",
+        str(seconds),
+        "--warmup",
+        str(warmup),
+    ]
+
+
+# -- path checks ------------------------------------------------------------------------------
+
+
+def _opened(netns_name: str) -> dict[str, float]:
+    """istio_tcp_connections_opened_total of the proxy serving :15020 in `netns_name`, summed
+    by reporter (source, destination)."""
+
+    def scrape() -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", METRICS_PORT, timeout=5.0)
+        try:
+            conn.request("GET", "/metrics")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+
+    text = netns.run_in(netns_name, scrape)
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != OPENED:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                reporter = sample.labels.get("reporter", "")
+                totals[reporter] = totals.get(reporter, 0.0) + sample.value
+    return totals
+
+
+def _carriers(ep: Endpoints) -> list[tuple[str, str, str]]:
+    """(what, netns, reporter) of each proxy that must count the client's connections."""
+    topology = ep.bed.topology
+    client, server = topology.pod(CLIENT_POD), topology.pod(SERVER_POD)
+    if ep.mode == AMBIENT:
+        return [
+            (f"agent of {client.node}", topology.node(client.node).netns, "source"),
+            (f"agent of {server.node}", topology.node(server.node).netns, "destination"),
+        ]
+    if ep.mode == SIDECAR:
+        return [
+            (f"sidecar of {client.name}", client.netns, "source"),
+            (f"sidecar of {server.name}", server.netns, "destination"),
+        ]
+    return []
+
+
+def _no_interception(ep: Endpoints, check: PathCheck) -> None:
+    """No mesh: no proxy process, and nothing in the pods that could redirect traffic."""
+    if ep.proxies or ep.controlplane_pid:
+        check.problems.append(f"mesh processes are running: {', '.join(ep.proxies)}")
+    else:
+        check.evidence.append("no control plane, agent or sidecar process runs")
+    for pod in (CLIENT_POD, SERVER_POD):
+        rules = ep.bed.exec(pod, ["iptables-save", "-t", "nat"]).stdout
+        redirects = [line for line in rules.splitlines() if "REDIRECT" in line]
+        filters = ep.bed.exec(pod, ["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
+        filters += ep.bed.exec(pod, ["tc", "filter", "show", "dev", "eth0", "egress"]).stdout
+        if redirects or filters.strip():
+            check.problems.append(f"pod {pod} has iptables REDIRECT rules or tc filters")
+        else:
+            check.evidence.append(f"pod {pod}: no iptables REDIRECT rule, no tc filter")
+
+
+def connection_rate_and_path(
+    plan: Plan, ep: Endpoints, check: bool
+) -> tuple[float, PathCheck | None]:
+    """New connections per second from the client to the server; with `check`, also whether
+    the mode's proxies carried exactly that traffic."""
+    carriers = _carriers(ep) if check else []
+    before = {what: _opened(ns).get(rep, 0.0) for what, ns, rep in carriers}
+    report = ep.loadgen(
+        "connections",
+        "--target",
+        f"{ep.server_ip}:{HTTP_PORT}",
+        "--path",
+        "/",
+        "--duration",
+        str(plan.connection_rate_seconds),
+        "--concurrency",
+        "4",
+        timeout=plan.connection_rate_seconds + 60,
+    )
+    rate = float(report["per_second"])
+    if not check:
+        return rate, None
+    path = PathCheck()
+    made = int(report["connections"])
+    if ep.mode == NONE:
+        _no_interception(ep, path)
+    for what, ns, reporter in carriers:
+        counted = _opened(ns).get(reporter, 0.0) - before[what]
+        line = f"{what} counted {counted:.0f} connections (reporter={reporter}); {made} were made"
+        (path.evidence if counted >= made else path.problems).append(line)
+    others = {
+        AMBIENT: "sidecar",
+        SIDECAR: "agent",
+    }.get(ep.mode)
+    if others and any(name.startswith(others) for name in ep.proxies):
+        path.problems.append(f"{others} processes run in {ep.mode} mode")
+    path.ok = not path.problems
+    return rate, path
+
+
+# -- one mode ---------------------------------------------------------------------------------
+
+
+def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> ModeResult:
+    result = ModeResult(mode)
+    for index, pods in enumerate(sorted(plan.pods_per_node)):
+        say(f"[{mode}] testbed with {pods} pods per node")
+        bed = Testbed.up(
+            prefix=prefix,
+            nodes=2,
+            pods_per_node=pods,
+            mode=mode,
+            progress=lambda line: None,
+            timeout=180.0,
+        )
+        try:
+            ep = Endpoints(bed)
+            if index == 0:
+                _traffic(plan, ep, repeat, result, say)
+            cost = Cost(pods_per_node=pods, processes=len(ep.proxies))
+            for r in range(repeat):
+                say(
+                    f"[{mode}] cost with {pods} pods per node ({len(ep.proxies)} data-plane "
+                    f"processes), run {r + 1}/{repeat}: {plan.rate} req/s for "
+                    f"{plan.cost_seconds:g} s"
+                )
+                before = ep.cpu_seconds()
+                report = ep.loadgen(
+                    *_latency_argv(plan, ep, plan.cost_seconds, 0.0),
+                    timeout=plan.cost_seconds + 60,
+                )
+                used = ep.cpu_seconds() - before
+                requests = int(report["requests"]) + int(report["errors"])
+                cost.cpu_s_per_1000_requests.values.append(
+                    round(used / requests * 1000, 4) if requests else 0.0
+                )
+                cost.rss_mib.values.append(round(ep.rss_mib(), 1))
+                cost.controlplane_rss_mib.values.append(round(ep.controlplane_rss_mib(), 1))
+            result.costs.append(cost)
+        finally:
+            bed.down()
+    return result
+
+
+def _traffic(plan: Plan, ep: Endpoints, repeat: int, result: ModeResult, say: Say) -> None:
+    mode = result.mode
+    for r in range(repeat):
+        run = f"run {r + 1}/{repeat}"
+        say(f"[{mode}] iperf3 {CLIENT_POD} -> {SERVER_POD}, {plan.throughput_seconds} s, {run}")
+        done = iperf3(
+            ep.bed, CLIENT_POD, ep.server_ip, seconds=plan.throughput_seconds, port=IPERF_PORT
+        )
+        result.throughput_gbps.values.append(round(gbps(done), 3))
+        say(
+            f"[{mode}] HTTP {plan.rate} req/s over {plan.connections} connections for "
+            f"{plan.latency_seconds:g} s (+{plan.warmup_seconds:g} s warm-up), {run}"
+        )
+        report = ep.loadgen(
+            *_latency_argv(plan, ep, plan.latency_seconds, plan.warmup_seconds),
+            timeout=plan.latency_seconds + plan.warmup_seconds + 60,
+        )
+        lat = result.latency_ms
+        lat.p50.values.append(round(float(report["p50_ms"]), 3))
+        lat.p90.values.append(round(float(report["p90_ms"]), 3))
+        lat.p99.values.append(round(float(report["p99_ms"]), 3))
+        lat.achieved_rps.values.append(round(float(report["achieved_rps"]), 1))
+        lat.errors.values.append(float(report["errors"]))
+        say(f"[{mode}] new connections for {plan.connection_rate_seconds:g} s, {run}")
+        rate, path = connection_rate_and_path(plan, ep, check=r == 0)
+        result.connections_per_s.values.append(round(rate, 1))
+        if path is not None:
+            result.path = path
+            state = "ok" if path.ok else "FAILED: " + "; ".join(path.problems)
+            say(f"[{mode}] path check {state}")
+
+
+# -- the whole run ----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpus": str(os.cpu_count() or 0),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "memory_gib": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f}",
+    }
+
+
+def run(plan: Plan, repeat: int, quick: bool, prefix: str, say: Say) -> CompareResult:
+    started = time.monotonic()
+    result = CompareResult(
+        settings=Settings(
+            quick=quick,
+            repeat=repeat,
+            throughput_seconds=plan.throughput_seconds,
+            latency_seconds=plan.latency_seconds,
+            cost_seconds=plan.cost_seconds,
+            rate=plan.rate,
+            connections=plan.connections,
+            response_bytes=plan.response_bytes,
+            connection_rate_seconds=plan.connection_rate_seconds,
+            pods_per_node=sorted(plan.pods_per_node),
+        ),
+        machine=machine(),
+        modes={},
+        published=list(ISTIO_PUBLISHED),
+        started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+    def timed(line: str) -> None:
+        say(f"{time.monotonic() - started:6.0f}s  {line}")
+
+    for mode in MODES:
+        result.modes[mode] = measure_mode(mode, plan, repeat, prefix, timed)
+    result.seconds = round(time.monotonic() - started, 1)
+    return result
+
+
+def _plan_from_args(args: argparse.Namespace) -> Plan:
+    plan = QUICK if args.quick else FULL
+    if args.pods_per_node:
+        try:
+            counts = tuple(sorted({int(x) for x in args.pods_per_node.split(",")}))
+        except ValueError:
+            raise TestbedError(
+                f"--pods-per-node {args.pods_per_node!r}: give comma-separated counts, e.g. 2,8,32"
+            ) from None
+        if not counts or counts[0] < 2:
+            raise TestbedError("--pods-per-node: every count must be at least 2")
+        plan = Plan(**{**_fields(plan), "pods_per_node": counts})
+    if args.latency_seconds is not None:
+        plan = Plan(**{**_fields(plan), "latency_seconds": args.latency_seconds})
+    return plan
+
+
+def _fields(plan: Plan) -> dict[str, Any]:
+    return {name: getattr(plan, name) for name in Plan.__slots__}
+
+
+def main(args: argparse.Namespace) -> int:
+    from ztunnel_py.bench import report
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.repeat < 1:
+        print("bench compare: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        plan = _plan_from_args(args)
+        say(
+            f"bench compare: modes {', '.join(MODES)}; pods per node "
+            f"{', '.join(map(str, plan.pods_per_node))}; {args.repeat} run(s) of each "
+            f"measurement; report in {out}"
+        )
+        result = run(plan, args.repeat, args.quick, args.prefix, say)
+        paths = report.write_report(result, out)
+    except (TestbedError, report.ReportError) as e:
+        print(f"bench compare: {e}", file=sys.stderr)
+        return 1
+    print(report.table(result))
+    print()
+    for kind, path in paths.items():
+        print(f"{kind:5} {path}")
+    failed = [m for m, r in result.modes.items() if not r.path.ok]
+    if failed:
+        print(
+            f"bench compare: the path check failed for {', '.join(failed)}: see above",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

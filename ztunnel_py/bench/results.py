@@ -1,0 +1,201 @@
+"""The figures `ztunnel-py bench compare` measures, as plain data: what the report renders.
+
+Every measured figure is a `Figure`: one value per repeat (`--repeat N`), so the report can show
+the median and the range. A `ModeResult` holds everything measured for one data-plane mode
+("none", "sidecar", "ambient"); `CompareResult` holds the three modes of one run, the run's
+settings and the machine it ran on. `to_dict`/`from_dict` give the JSON file's shape.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+NONE = "none"
+SIDECAR = "sidecar"
+AMBIENT = "ambient"
+MODES = (NONE, SIDECAR, AMBIENT)
+PERCENTILES = ("p50", "p90", "p99")
+
+
+@dataclass(slots=True)
+class Figure:
+    """One measured quantity, one value per repeat."""
+
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else 0.0
+
+    @property
+    def low(self) -> float:
+        return min(self.values) if self.values else 0.0
+
+    @property
+    def high(self) -> float:
+        return max(self.values) if self.values else 0.0
+
+
+@dataclass(slots=True)
+class Latency:
+    """Open-loop HTTP latency (ms, from each request's scheduled send time)."""
+
+    p50: Figure = field(default_factory=Figure)
+    p90: Figure = field(default_factory=Figure)
+    p99: Figure = field(default_factory=Figure)
+    # what the load generator achieved, per repeat
+    achieved_rps: Figure = field(default_factory=Figure)
+    errors: Figure = field(default_factory=Figure)
+
+    def percentile(self, name: str) -> Figure:
+        figure: Figure = getattr(self, name)
+        return figure
+
+
+@dataclass(slots=True)
+class Cost:
+    """What the mesh's processes cost with a given number of pods per node."""
+
+    pods_per_node: int
+    # user+system CPU seconds of every data-plane process (agents or sidecars) per 1000
+    # requests, under the same open-loop load as the latency run
+    cpu_s_per_1000_requests: Figure = field(default_factory=Figure)
+    # summed resident memory of every data-plane process, MiB, after the load
+    rss_mib: Figure = field(default_factory=Figure)
+    # the control plane, reported apart (it is the same program in both mesh modes)
+    controlplane_rss_mib: Figure = field(default_factory=Figure)
+    # how many data-plane processes the sums cover
+    processes: int = 0
+
+
+@dataclass(slots=True)
+class PathCheck:
+    """Evidence that the mode's traffic took the mode's path (or, for "none", no proxy)."""
+
+    ok: bool = False
+    evidence: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ModeResult:
+    mode: str
+    throughput_gbps: Figure = field(default_factory=Figure)
+    latency_ms: Latency = field(default_factory=Latency)
+    connections_per_s: Figure = field(default_factory=Figure)
+    costs: list[Cost] = field(default_factory=list)
+    path: PathCheck = field(default_factory=PathCheck)
+
+    def cost(self, pods_per_node: int) -> Cost | None:
+        return next((c for c in self.costs if c.pods_per_node == pods_per_node), None)
+
+
+@dataclass(slots=True)
+class Settings:
+    quick: bool
+    repeat: int
+    throughput_seconds: int
+    latency_seconds: float
+    cost_seconds: float
+    rate: int
+    connections: int
+    response_bytes: int
+    connection_rate_seconds: float
+    pods_per_node: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A figure Istio publishes, with its conditions; shown beside ours, never mixed in."""
+
+    what: str
+    value: str
+    conditions: str
+    source: str
+
+
+@dataclass(slots=True)
+class CompareResult:
+    settings: Settings
+    machine: dict[str, str]
+    modes: dict[str, ModeResult]
+    published: list[Published]
+    started: str
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareResult:
+        def figure(d: dict[str, Any]) -> Figure:
+            return Figure([float(v) for v in d["values"]])
+
+        modes = {}
+        for name, m in data["modes"].items():
+            lat = m["latency_ms"]
+            modes[name] = ModeResult(
+                mode=m["mode"],
+                throughput_gbps=figure(m["throughput_gbps"]),
+                latency_ms=Latency(
+                    **{k: figure(lat[k]) for k in (*PERCENTILES, "achieved_rps", "errors")}
+                ),
+                connections_per_s=figure(m["connections_per_s"]),
+                costs=[
+                    Cost(
+                        pods_per_node=int(c["pods_per_node"]),
+                        cpu_s_per_1000_requests=figure(c["cpu_s_per_1000_requests"]),
+                        rss_mib=figure(c["rss_mib"]),
+                        controlplane_rss_mib=figure(c["controlplane_rss_mib"]),
+                        processes=int(c["processes"]),
+                    )
+                    for c in m["costs"]
+                ],
+                path=PathCheck(**m["path"]),
+            )
+        return cls(
+            settings=Settings(**data["settings"]),
+            machine=dict(data["machine"]),
+            modes=modes,
+            published=[Published(**p) for p in data["published"]],
+            started=str(data["started"]),
+            seconds=float(data["seconds"]),
+        )
+
+
+# Istio's published figures (performance.md section 1), printed beside ours with their
+# conditions: they come from other hardware and another implementation.
+ISTIO_PUBLISHED = [
+    Published(
+        "ztunnel CPU and memory",
+        "0.06 vCPU, 12 MB per ztunnel",
+        "Istio 1.24, 1000 HTTP rps, 1 KB payload",
+        "https://istio.io/latest/docs/ops/deployment/performance-and-scalability/",
+    ),
+    Published(
+        "Envoy sidecar CPU and memory",
+        "0.20 vCPU, 60 MB per sidecar",
+        "Istio 1.24, 1000 HTTP rps, 1 KB payload, 2 worker threads",
+        "https://istio.io/latest/docs/ops/deployment/performance-and-scalability/",
+    ),
+    Published(
+        "ambient L4 added latency",
+        "two ztunnels add ~0.17 ms p90, ~0.20 ms p99",
+        "Istio 1.22, HTTP/1.1, 1 kB, 1000 rps, 1-64 connections, mTLS, bare-metal CNCF lab",
+        "https://istio.io/v1.22/docs/ops/deployment/performance-and-scalability/",
+    ),
+    Published(
+        "sidecar added latency",
+        "two sidecars add ~0.228 ms p90, ~0.298 ms p99",
+        "Istio 1.20, HTTP/1.1, 1 kB, 1000 rps, 2-64 connections, mTLS, bare-metal CNCF lab",
+        "https://istio.io/v1.20/docs/ops/deployment/performance-and-scalability/",
+    ),
+    Published(
+        "ztunnel single-connection throughput",
+        "9.27 Gbit/s cross node (2 workers)",
+        "ztunnel #1174 (June 2024), HBONE, 1 connection, Kubernetes cross node",
+        "https://github.com/istio/ztunnel/issues/1174",
+    ),
+]
