@@ -11,7 +11,8 @@ For each mode (none, sidecar, ambient) the harness brings up a 2-node testbed in
 3. connection setup: new TCP connections per second (one request each);
 4. cost, with each pods-per-node count (a fresh testbed per count): user+system CPU seconds of
    every data-plane process (the agents, or every sidecar) per 1000 requests under the same
-   load, and their summed resident memory afterwards.
+   load, the load's p99, and the processes' summed resident memory afterwards (RSS, and PSS,
+   which counts the pages they share once).
 
 Throughput, latency and connection rate are measured on the smallest testbed. `--repeat N`
 repeats every measurement on the same testbed, so each figure has N values. While the
@@ -153,6 +154,9 @@ class Endpoints:
     def rss_mib(self) -> float:
         return sum(procstat.rss_bytes(pid) for pid in self.proxies.values()) / 2**20
 
+    def pss_mib(self) -> float:
+        return sum(procstat.pss_bytes(pid) for pid in self.proxies.values()) / 2**20
+
     def controlplane_rss_mib(self) -> float:
         pid = self.controlplane_pid
         return procstat.rss_bytes(pid) / 2**20 if pid else 0.0
@@ -283,7 +287,8 @@ def connection_rate_and_path(
 def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> ModeResult:
     result = ModeResult(mode)
     for index, pods in enumerate(sorted(plan.pods_per_node)):
-        say(f"[{mode}] testbed with {pods} pods per node")
+        say(f"[{mode}] bringing up a testbed with {pods} pods per node")
+        began = time.monotonic()
         bed = Testbed.up(
             prefix=prefix,
             nodes=2,
@@ -294,6 +299,10 @@ def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> M
         )
         try:
             ep = Endpoints(bed)
+            say(
+                f"[{mode}] testbed up in {time.monotonic() - began:.0f} s, "
+                f"{len(ep.proxies)} data-plane processes"
+            )
             if index == 0:
                 _traffic(plan, ep, repeat, result, say)
             cost = Cost(pods_per_node=pods, processes=len(ep.proxies))
@@ -313,7 +322,9 @@ def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> M
                 cost.cpu_s_per_1000_requests.values.append(
                     round(used / requests * 1000, 4) if requests else 0.0
                 )
+                cost.p99_ms.values.append(round(float(report["p99_ms"]), 3))
                 cost.rss_mib.values.append(round(ep.rss_mib(), 1))
+                cost.pss_mib.values.append(round(ep.pss_mib(), 1))
                 cost.controlplane_rss_mib.values.append(round(ep.controlplane_rss_mib(), 1))
             result.costs.append(cost)
         finally:

@@ -16,13 +16,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` (VmRSS), 0 once it is gone."""
+def _kib_field(path: str, name: str) -> int:
+    """The `name:  N kB` line of a /proc file, in bytes; 0 when the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` (VmRSS)."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of `pid`: its resident memory with every shared page divided among
+    the processes mapping it, so a sum over processes counts shared libraries once."""
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss:")

@@ -177,6 +177,16 @@ def _cost_cells(
     return cells[0], cells[1], cells[2]
 
 
+def _cost_figure(pods: int, pick: Callable[[Cost], Figure]) -> Callable[[ModeResult], Figure]:
+    """A figure of the cost run with `pods` pods per node (empty when it did not run)."""
+
+    def figure(mode: ModeResult) -> Figure:
+        cost = mode.cost(pods)
+        return Figure() if cost is None else pick(cost)
+
+    return figure
+
+
 def _rss(cost: Cost) -> str:
     value = _value(cost.rss_mib, _num)
     return value if value == NA else f"{value} ({cost.processes} proc)"
@@ -215,11 +225,23 @@ def rows(result: CompareResult) -> list[Row]:
     for pods in result.settings.pods_per_node:
         out.append(
             Row(
+                f"latency p99 @ {pods} pods/node (ms)",
+                _compared(result, _cost_figure(pods, lambda c: c.p99_ms), _num, _delta_text),
+            )
+        )
+        out.append(
+            Row(
                 f"CPU s/1000 req @ {pods} pods/node",
                 _cost_cells(result, pods, lambda c: _value(c.cpu_s_per_1000_requests, _cpu)),
             )
         )
         out.append(Row(f"data-plane RSS MiB @ {pods} pods/node", _cost_cells(result, pods, _rss)))
+        out.append(
+            Row(
+                f"data-plane PSS MiB @ {pods} pods/node",
+                _cost_cells(result, pods, lambda c: _value(c.pss_mib, _num)),
+            )
+        )
         out.append(
             Row(
                 f"control-plane RSS MiB @ {pods} pods/node",
@@ -246,8 +268,16 @@ def _latency_target(result: CompareResult) -> Target:
     if not amb.values or not side.values:
         return Target(name, NA, ("not measured",))
     status = MET if amb.median < side.median else NOT_MET
-    detail = f"ambient {_num(amb.median)} ms, sidecar {_num(side.median)} ms"
-    return Target(name, status, (detail,))
+    details = [f"ambient {_num(amb.median)} ms, sidecar {_num(side.median)} ms"]
+    if result.settings.pods_per_node:
+        pods = max(result.settings.pods_per_node)
+        amb_cost, side_cost = _mode(result, AMBIENT).cost(pods), _mode(result, SIDECAR).cost(pods)
+        if amb_cost and side_cost and amb_cost.p99_ms.values and side_cost.p99_ms.values:
+            details.append(
+                f"with {pods} pods/node (cost run): ambient {_num(amb_cost.p99_ms.median)} ms, "
+                f"sidecar {_num(side_cost.p99_ms.median)} ms"
+            )
+    return Target(name, status, tuple(details))
 
 
 def _memory_target(result: CompareResult) -> Target:
@@ -605,8 +635,10 @@ def methodology(result: CompareResult) -> list[str]:
         "CPU: user + system time of every data-plane process (the node agents in ambient mode, "
         "the per-pod proxies in sidecar mode), read from /proc before and after the same "
         "open-loop load, per 1000 requests: the vCPU that 1000 requests/s would take. Memory: "
-        "the sum of VmRSS of the same processes after the load. The control plane is reported "
-        "apart.",
+        "the sum of VmRSS of the same processes after the load, and the sum of their PSS "
+        "(shared pages such as the interpreter and libraries divided among the processes that "
+        "map them, so counted once). The p99 of each cost run shows how the number of pods, "
+        "and so of sidecars, affects latency. The control plane is reported apart.",
         f"Connection rate: new TCP connections per second, each carrying one request, over "
         f"{s.connection_rate_seconds:g} s.",
         f"Each figure is the median of {s.repeat} repeat(s); with more than one, the range "

@@ -64,6 +64,11 @@ class Cost:
     cpu_s_per_1000_requests: Figure = field(default_factory=Figure)
     # summed resident memory of every data-plane process, MiB, after the load
     rss_mib: Figure = field(default_factory=Figure)
+    # the same with shared pages (the interpreter, libraries) divided among the processes
+    # sharing them: what the processes together take from the machine
+    pss_mib: Figure = field(default_factory=Figure)
+    # p99 latency (ms) of the cost run's load: how the pods' proxies affect latency
+    p99_ms: Figure = field(default_factory=Figure)
     # the control plane, reported apart (it is the same program in both mesh modes)
     controlplane_rss_mib: Figure = field(default_factory=Figure)
     # how many data-plane processes the sums cover
@@ -148,6 +153,8 @@ class CompareResult:
                         pods_per_node=int(c["pods_per_node"]),
                         cpu_s_per_1000_requests=figure(c["cpu_s_per_1000_requests"]),
                         rss_mib=figure(c["rss_mib"]),
+                        pss_mib=figure(c["pss_mib"]),
+                        p99_ms=figure(c["p99_ms"]),
                         controlplane_rss_mib=figure(c["controlplane_rss_mib"]),
                         processes=int(c["processes"]),
                     )

@@ -136,6 +136,14 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
+def _mesh_column(pod: dict[str, Any]) -> str:
+    if pod["enrolled"]:
+        return "enrolled"
+    if pod["sidecar"] is not None:
+        return f"sidecar {_alive(pod['sidecar'])}"
+    return "-"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The human-readable form of `Testbed.status()`."""
     phase = (
@@ -143,7 +151,7 @@ def format_status(status: dict[str, Any]) -> str:
         if status["complete"]
         else "NOT COMPLETE (still coming up, or `up` was interrupted: run `testbed down`)"
     )
-    mesh = "mesh on" if status["mesh"] else "no mesh"
+    mesh = {"ambient": "ambient mode", "sidecar": "sidecar mode", "none": "no mesh"}[status["mode"]]
     mesh += ", dual stack" if status["dual_stack"] else ""
     cp = status["controlplane"]
     lines = [
@@ -176,7 +184,7 @@ def format_status(status: dict[str, Any]) -> str:
                 pod["service_account"],
                 pod["node"],
                 " ".join(pod["ips"]),
-                "enrolled" if pod["enrolled"] else "-",
+                _mesh_column(pod),
                 pod["netns"],
                 _alive(http),
                 _alive(iperf),

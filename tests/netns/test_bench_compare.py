@@ -1,0 +1,71 @@
+"""`ztunnel-py bench compare --quick`, as a user runs it: all three modes come up, every figure
+comes out, each mode's traffic took that mode's path, and the report files are written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.netns.conftest import unique_prefix
+from ztunnel_py.bench.results import AMBIENT, MODES, NONE, SIDECAR, CompareResult
+
+pytestmark = pytest.mark.netns
+
+
+def test_quick_compare_measures_every_mode_on_its_own_path(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ztunnel_py.cli",
+            "bench",
+            "compare",
+            "--quick",
+            "--out",
+            str(out),
+            "--prefix",
+            unique_prefix("bc"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # progress went to stderr, the table to stdout
+    assert "[sidecar] path check ok" in done.stderr
+    assert "path checks" in done.stdout and "targets (printed, not asserted)" in done.stdout
+
+    result = CompareResult.from_dict(json.loads((out / "results.json").read_text()))
+    assert list(result.modes) == list(MODES)
+    for mode in MODES:
+        r = result.modes[mode]
+        assert r.path.ok, (mode, r.path.problems)
+        assert r.throughput_gbps.median > 0.5
+        lat = r.latency_ms
+        assert 0 < lat.p50.median <= lat.p90.median <= lat.p99.median
+        assert lat.errors.median == 0
+        assert lat.achieved_rps.median > 0.9 * result.settings.rate
+        assert r.connections_per_s.median > 10
+        assert [c.pods_per_node for c in r.costs] == result.settings.pods_per_node
+    # who carried the traffic: nobody, the two sidecars, the two node agents
+    assert result.modes[NONE].path.evidence[0] == "no control plane, agent or sidecar process runs"
+    assert all("sidecar of" in line for line in result.modes[SIDECAR].path.evidence)
+    assert all("agent of" in line for line in result.modes[AMBIENT].path.evidence)
+    # one proxy per pod of the mesh (every pod but legacy-1) against one agent per node
+    for cost in result.modes[SIDECAR].costs:
+        assert cost.processes == 2 * cost.pods_per_node
+        assert cost.cpu_s_per_1000_requests.median > 0 and cost.rss_mib.median > 0
+    for cost in result.modes[AMBIENT].costs:
+        assert cost.processes == 2
+        assert cost.cpu_s_per_1000_requests.median > 0 and cost.rss_mib.median > 0
+    assert all(c.processes == 0 for c in result.modes[NONE].costs)
+
+    assert (out / "report.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "sidecar" in page
