@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -102,3 +103,26 @@ def test_port_in_use_is_a_clear_error(server: PodHTTPServer) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_burst_of_connections_is_accepted_without_syn_retransmissions(
+    server: PodHTTPServer,
+) -> None:
+    # A proxy opens its upstream connections in bursts; a backlog of 5 (socketserver's default)
+    # dropped SYNs, and each drop cost the caller a 1 s retransmission timeout.
+    port = server.server_address[1]
+    socks = [socket.socket() for _ in range(64)]
+    try:
+        for s in socks:
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+        deadline = time.monotonic() + 0.8
+        for s in socks:
+            s.settimeout(max(0.0, deadline - time.monotonic()))
+            s.sendall(b"GET /bytes/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        for s in socks:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in socks:
+            s.close()

@@ -37,6 +37,10 @@ _BODY = memoryview(bytes(MAX_BYTES))
 
 class PodHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a proxy that opens a burst of upstream connections
+    # (16 at once when a load generator starts) would overflow it, and each dropped SYN costs
+    # the caller a 1 s retransmission.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pod: str, namespace: str, node: str) -> None:
         self.pod = pod
