@@ -137,12 +137,13 @@ def main(args: argparse.Namespace) -> int:
     config, levels, state = prepared
     capture = None
     if config.capture:
-        try:
-            # Imported here: bcc is only needed (and only importable) with capture on.
-            from ztunnel_py.redirect.loader import Redirector
+        # Imported here: the capture code (pyroute2, bpf(2)) is only needed with capture on.
+        from ztunnel_py.redirect.loader import Redirector
+        from ztunnel_py.redirect.model import RedirectError
 
+        try:
             capture = Redirector(config.bpf_pin_root)
-        except Exception as e:  # bcc reports compile and load failures as bare Exceptions
+        except RedirectError as e:
             print(
                 f"ztunnel-py agent: cannot load the BPF capture programs: {e}\n"
                 "  bcc needs kernel headers at /lib/modules/$(uname -r)/build "

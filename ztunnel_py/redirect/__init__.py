@@ -3,5 +3,8 @@
 - `model`: per-pod settings and counters and their map encoding (pure; no bcc).
 - `bpffs`: the BPF filesystem the programs and maps are pinned on.
 - `podnet`: the routing, sysctl and tc setup inside a pod's netns (pyroute2).
-- `loader`: `Redirector`, which compiles `bpf/redirect.c` once per agent and enrolls pods.
+- `compile`: builds, loads and pins `bpf/redirect.c` with bcc in a short-lived child process,
+  so the agent process never loads bcc and its compiler.
+- `bpfsys`: the bpf(2) calls (pinned objects, map elements) the agent uses instead of bcc.
+- `loader`: `Redirector`, which has the programs compiled once per agent and enrolls pods.
 """

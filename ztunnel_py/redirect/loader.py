@@ -1,16 +1,18 @@
 """Loads the capture programs once per agent and enrolls pods into them.
 
-`Redirector` compiles `bpf/redirect.c` with bcc once, when it is created, and attaches the same
-two programs to every enrolled pod. The maps and both programs are pinned under
+`Redirector` has `compile` build `bpf/redirect.c` in a child process once, when it is created
+(the agent never loads bcc and its compiler), then opens what the child pinned and attaches the
+same two programs to every enrolled pod. The maps and both programs are pinned under
 `<pin_root>/v<LAYOUT_VERSION>/` (`pods`, `counters`, `ingress`, `egress`) on a bpffs, which is
 mounted when missing. A restarted agent reopens the pinned maps, with every pod's settings and
-counters (bcc's BPF_TABLE_PINNED), and keeps using the pinned programs when they are the same
-code (same program tag), so re-enrolling after a restart changes nothing; new code is pinned
-in their place and re-enrolling swaps it in with `replace-filter`.
+counters, and keeps using the pinned programs when they are the same code (same program tag),
+so re-enrolling after a restart changes nothing; new code is pinned in their place and
+re-enrolling swaps it in with `replace-filter`. The maps are read and written with plain bpf(2)
+calls (`bpfsys`), whose key and value types are checked against the pinned maps.
 
-All methods block (bcc, netlink, setns); the agent calls them through `trio.to_thread`.
-Namespace work happens on the calling thread inside the pod netns (`entered`), with a fresh
-`IPRoute` opened there.
+All methods block (a child process, bpf(2), netlink, setns); the agent calls them through
+`trio.to_thread`. Namespace work happens on the calling thread inside the pod netns (`entered`),
+with a fresh `IPRoute` opened there.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ import re
 import socket
 import struct
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from bcc import BPF
-from bcc.libbcc import lib as libbcc
 from pyroute2 import IPRoute
 
 from ztunnel_py.agent.netns import NetnsError, entered
-from ztunnel_py.redirect import podnet
+from ztunnel_py.redirect import bpfsys, podnet
 from ztunnel_py.redirect.bpffs import DEFAULT_PIN_ROOT, ensure_bpffs
+from ztunnel_py.redirect.compile import (
+    COMPILE_TIMEOUT,
+    MAPS,
+    PROGRAMS,
+    check_cflag_path,
+    compile_and_pin,
+)
 from ztunnel_py.redirect.model import (
     AddrKey,
     PodAddresses,
@@ -53,14 +58,9 @@ from ztunnel_py.redirect.model import (
 LAYOUT_VERSION = 1
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SO_NETNS_COOKIE = 71
-PROGRAMS = {"ingress": "zt_ingress", "egress": "zt_egress"}
-MAPS = ("pods", "counters")
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")
-
-libbcc.bpf_obj_pin.restype = ctypes.c_int
-libbcc.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
-libbcc.bpf_obj_get.restype = ctypes.c_int
-libbcc.bpf_obj_get.argtypes = [ctypes.c_char_p]
+PodsMap = bpfsys.PinnedMap[AddrKey, PodConfigStruct]
+CountersMap = bpfsys.PinnedMap[ctypes.c_uint64, PodCountersStruct]
 
 
 def netns_cookie_here() -> int:
@@ -88,27 +88,20 @@ def default_route_interface(netns_fd: int) -> str:
         raise RedirectError(str(e)) from e
 
 
-def _fdinfo(fd: int) -> dict[str, str]:
-    info: dict[str, str] = {}
-    with open(f"/proc/self/fdinfo/{fd}") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            info[key.strip()] = value.strip()
-    return info
+@contextlib.contextmanager
+def _pin_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise RedirectError(f"cannot open {e.filename}: {e.strerror}") from e
 
 
-def program_tag(fd: int) -> str:
-    return _fdinfo(fd).get("prog_tag", "")
-
-
-def program_id(fd: int) -> int:
-    return int(_fdinfo(fd).get("prog_id", "0"))
-
-
-def _layout(t: Any) -> tuple[int, list[tuple[str, int]]]:
-    """Size and field offsets of a ctypes type (bcc builds one per map from the C structs)."""
-    fields = [(f[0], getattr(t, f[0]).offset) for f in getattr(t, "_fields_", ())]
-    return ctypes.sizeof(t), fields
+@contextlib.contextmanager
+def _map_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise RedirectError(f"cannot {what} the capture map {e.filename}: {e.strerror}") from e
 
 
 def _check_ifname(ifname: str) -> None:
@@ -125,10 +118,10 @@ class Redirector:
         *,
         bpf_dir: Path = BPF_DIR,
         route_table: int = podnet.ROUTE_TABLE,
+        compile_timeout: float = COMPILE_TIMEOUT,
     ) -> None:
         root = Path(os.path.abspath(pin_root))
-        if '"' in str(root) or "\\" in str(root):
-            raise RedirectError(f"pin root {root} contains a quote or backslash")
+        check_cflag_path(root)
         if not 0 < route_table < 2**32 or route_table in (253, 254, 255):
             raise RedirectError(f"route table {route_table} is reserved or out of range")
         self.pin_root = root
@@ -140,68 +133,39 @@ class Redirector:
         except OSError as e:
             raise RedirectError(f"cannot create {self.pin_dir}: {e.strerror}") from e
         self._lock = threading.Lock()
-        started = time.monotonic()
-        try:
-            source = (bpf_dir / "redirect.c").read_text()
-        except OSError as e:
-            raise RedirectError(f"cannot read the BPF sources in {bpf_dir}: {e.strerror}") from e
-        try:
-            self._bpf = BPF(
-                text=source.encode(), cflags=[f"-I{bpf_dir}", f'-DZT_PIN_DIR="{self.pin_dir}"']
-            )
-        except Exception as e:  # bcc raises bare Exception for compile and load failures
-            raise RedirectError(f"cannot compile {bpf_dir / 'redirect.c'}: {e}") from e
-        self.compile_seconds = time.monotonic() - started
-        self._owned_fds: list[int] = []
+        report = compile_and_pin(self.pin_dir, Path(bpf_dir).resolve(), timeout=compile_timeout)
+        self.compile_seconds = report.compile_seconds
+        self.reused_pins = set(report.reused)
         self.programs: dict[str, podnet.Program] = {}
-        self.reused_pins: set[str] = set()
+        self._fds = contextlib.ExitStack()
         try:
-            self._pods = self._bpf[b"zt_pods"]
-            self._counters = self._bpf[b"zt_counters"]
-            self._check_layout()
-            for pin_name, func in PROGRAMS.items():
-                loaded = self._bpf.load_func(func.encode(), BPF.SCHED_CLS)
-                fd = self._adopt(loaded.fd, self.pin_dir / pin_name)
-                if fd != loaded.fd:
-                    self.reused_pins.add(pin_name)
-                self.programs[pin_name] = podnet.Program(fd, func)
+            with _pin_errors():
+                self._pods = PodsMap(self.pin_dir / "pods", AddrKey, PodConfigStruct)
+                self._fds.callback(self._pods.close)
+                self._counters = CountersMap(
+                    self.pin_dir / "counters", ctypes.c_uint64, PodCountersStruct
+                )
+                self._fds.callback(self._counters.close)
+                for pin_name, func in PROGRAMS.items():
+                    fd = bpfsys.open_program(self.pin_dir / pin_name)
+                    self._fds.callback(os.close, fd)
+                    if bpfsys.program_tag(fd) != report.tags[pin_name]:
+                        raise RedirectError(
+                            f"{self.pin_dir / pin_name} was replaced while it was loaded (by "
+                            "another agent on the same pin root?)"
+                        )
+                    self.programs[pin_name] = podnet.Program(fd, func)
         except BaseException:
             self.close()
             raise
 
-    def _check_layout(self) -> None:
-        for table, key, leaf in (
-            (self._pods, AddrKey, PodConfigStruct),
-            (self._counters, ctypes.c_uint64, PodCountersStruct),
-        ):
-            if _layout(table.Key) != _layout(key) or _layout(table.Leaf) != _layout(leaf):
-                raise RedirectError("map layout in bpf/ differs from ztunnel_py.redirect.model")
-
-    def _adopt(self, fresh_fd: int, pin: Path) -> int:
-        """The pinned program if it is this code, otherwise `fresh_fd`, pinned in its place."""
-        if pin.exists():
-            old = int(libbcc.bpf_obj_get(os.fsencode(pin)))
-            if old >= 0:
-                if program_tag(old) == program_tag(fresh_fd):
-                    self._owned_fds.append(old)
-                    return old
-                os.close(old)
-            pin.unlink()
-        rc = int(libbcc.bpf_obj_pin(fresh_fd, os.fsencode(pin)))
-        if rc != 0:  # libbpf returns -errno
-            raise RedirectError(f"cannot pin {pin}: {os.strerror(-rc)}")
-        return fresh_fd
-
     def program_ids(self) -> dict[str, int]:
         """Kernel ids of the programs this instance attaches ("ingress", "egress")."""
-        return {name: program_id(p.fd) for name, p in self.programs.items()}
+        return {name: bpfsys.program_id(p.fd) for name, p in self.programs.items()}
 
     def close(self) -> None:
         """Release this process's fds; pinned objects and attached filters stay in force."""
-        for fd in self._owned_fds:
-            os.close(fd)
-        self._owned_fds.clear()
-        self._bpf.cleanup()
+        self._fds.close()
 
     def remove_pins(self) -> None:
         """Unpin the programs and maps (for `testbed down` and tests): attached pods keep them
@@ -215,11 +179,9 @@ class Redirector:
     # -- per pod ------------------------------------------------------------------------
 
     def _all_entries(self) -> dict[bytes, PodConfigStruct]:
-        """Every zt_pods entry by raw key (one batched syscall per chunk, not two per key)."""
-        return {
-            bytes(key): PodConfigStruct.from_buffer_copy(bytes(leaf))
-            for key, leaf in self._pods.items_lookup_batch()
-        }
+        """Every zt_pods entry by raw key."""
+        with _map_errors("read"):
+            return {bytes(key): cfg for key, cfg in self._pods.all_items()}
 
     def _entries(self, pod_id: int) -> dict[bytes, PodConfigStruct]:
         """The pod's zt_pods entries (one per IP), by raw key."""
@@ -229,23 +191,15 @@ class Redirector:
         entries = self._entries(pod_id)
         return next(iter(entries.values())) if entries else None
 
-    def _update(
-        self, table: Any, key: ctypes.Structure | ctypes.c_uint64, value: ctypes.Structure
-    ) -> None:
-        try:
-            table[key] = value
-        except Exception as e:  # bcc raises bare Exception when the update fails
-            raise RedirectError(f"cannot update the capture map: {e}") from e
-
     def _store(self, cfg: PodConfigStruct, addrs: PodAddresses) -> None:
         """Point each of the pod's IPs at `cfg`, then drop entries for IPs it no longer has."""
         keys = {bytes(addr_key(ip)): addr_key(ip) for ip in addrs.all}
-        for key in keys.values():
-            self._update(self._pods, key, cfg)
-        for raw in self._entries(cfg.pod_id):
-            if raw not in keys:
-                with contextlib.suppress(KeyError):
-                    del self._pods[AddrKey.from_buffer_copy(raw)]
+        stale = [raw for raw in self._entries(cfg.pod_id) if raw not in keys]
+        with _map_errors("update"):
+            for key in keys.values():
+                self._pods.update(key, cfg)
+            for raw in stale:
+                self._pods.delete(AddrKey.from_buffer_copy(raw))
 
     def enroll(
         self,
@@ -296,8 +250,9 @@ class Redirector:
             saved = podnet.read_accept_local(ifname) + 1
         cfg = encode_config(pod_id, addrs, settings, saved_accept_local=saved, ifindex=ifindex)
         # Counters, then the map entries: they record the sysctl to restore if a step fails.
-        if ctypes.c_uint64(pod_id) not in self._counters:
-            self._update(self._counters, ctypes.c_uint64(pod_id), PodCountersStruct())
+        with _map_errors("update"):
+            if self._counters.lookup(ctypes.c_uint64(pod_id)) is None:
+                self._counters.update(ctypes.c_uint64(pod_id), PodCountersStruct())
         self._store(cfg, addrs)
         if addrs.v4:
             podnet.write_accept_local(ifname, 1)
@@ -339,11 +294,11 @@ class Redirector:
         self._forget(pod_id)
 
     def _forget(self, pod_id: int) -> None:
-        for raw in self._entries(pod_id):
-            with contextlib.suppress(KeyError):
-                del self._pods[AddrKey.from_buffer_copy(raw)]
-        with contextlib.suppress(KeyError):
-            del self._counters[ctypes.c_uint64(pod_id)]
+        entries = self._entries(pod_id)
+        with _map_errors("update"):
+            for raw in entries:
+                self._pods.delete(AddrKey.from_buffer_copy(raw))
+            self._counters.delete(ctypes.c_uint64(pod_id))
 
     def forget(self, pod_id: int) -> None:
         """Drop a pod's map entries without touching its netns (for a netns that is gone)."""
@@ -377,21 +332,20 @@ class Redirector:
     def counters(self, netns_fd: int) -> PodCounters:
         """One enrolled pod's counters."""
         pod_id = netns_cookie(netns_fd)
-        try:
-            leaf = self._counters[ctypes.c_uint64(pod_id)]
-        except KeyError:
-            raise RedirectError("the pod is not enrolled") from None
-        return PodCounters.from_struct(PodCountersStruct.from_buffer_copy(bytes(leaf)))
+        with _map_errors("read"):
+            found = self._counters.lookup(ctypes.c_uint64(pod_id))
+        if found is None:
+            raise RedirectError("the pod is not enrolled")
+        return PodCounters.from_struct(found)
 
     def all_counters(self) -> dict[int, PodCounters]:
         """Counters of every enrolled pod, by pod id (netns cookie)."""
-        return {
-            int(k): PodCounters.from_struct(PodCountersStruct.from_buffer_copy(bytes(v)))
-            for k, v in self._counters.items_lookup_batch()
-        }
+        with _map_errors("read"):
+            return {k.value: PodCounters.from_struct(v) for k, v in self._counters.all_items()}
 
     def enrolled_pods(self) -> set[int]:
         """Pod ids (netns cookies) of every pod in the maps, including ones a previous agent
         enrolled, so the agent can `forget` pods whose namespace is gone."""
         ids = {cfg.pod_id for cfg in self._all_entries().values()}
-        return ids | {int(k) for k, _ in self._counters.items_lookup_batch()}
+        with _map_errors("read"):
+            return ids | {k.value for k in self._counters.all_keys()}

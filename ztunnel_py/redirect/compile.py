@@ -1,0 +1,255 @@
+"""Compiling, loading and pinning the capture programs in a short-lived child process.
+
+bcc compiles `bpf/redirect.c` with LLVM and clang inside the calling process, and those
+libraries (about 85 MB of file pages) and the compile's heap (about 50 MB) stay in it. So the
+agent never imports bcc: `compile_and_pin` runs this module in a new interpreter
+(`python -m ztunnel_py.redirect.compile --pin-dir DIR --bpf-dir DIR`), which compiles the
+programs, loads both SCHED_CLS programs, pins the maps and the programs in DIR, prints a report
+and exits; the agent then opens the pins through bpf(2) (`bpfsys`).
+
+- The maps are pinned by the C itself (BPF_TABLE_PINNED): an existing pin is reopened, so
+  every pod's settings and counters survive an agent restart.
+- A pinned program is kept when it is the same code (same program tag), so a restarted agent
+  attaches the very programs already in use; other code is pinned in its place.
+- The report is one JSON object on stdout, `{"compile_seconds": 1.9, "programs": {"ingress":
+  {"tag": "…", "reused": true}, "egress": {…}}}`, or `{"error": "…"}` with exit status 1.
+  Everything bcc and clang print (diagnostics, the verifier log) goes to stderr, which the
+  parent adds to the error it raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ztunnel_py.redirect import bpfsys
+from ztunnel_py.redirect.model import AddrKey, PodConfigStruct, PodCountersStruct, RedirectError
+
+MODULE = "ztunnel_py.redirect.compile"
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+PROGRAMS = {"ingress": "zt_ingress", "egress": "zt_egress"}  # pin name -> function in the C
+MAPS = ("pods", "counters")  # pin names, as in BPF_TABLE_PINNED in the C
+COMPILE_TIMEOUT = 120.0
+DIAGNOSTIC_LINES = 30
+
+log = logging.getLogger("ztunnel_py.redirect")
+
+
+@dataclass(frozen=True, slots=True)
+class CompileReport:
+    """What the child did: the compile time, each pinned program's tag, and which pins it
+    kept because they held the same code."""
+
+    compile_seconds: float
+    tags: dict[str, str]
+    reused: frozenset[str]
+
+
+def check_cflag_path(path: Path) -> None:
+    """`path` goes into a -D string macro: refuse what would end or escape the string."""
+    if '"' in str(path) or "\\" in str(path):
+        raise RedirectError(f"pin root {path} contains a quote or backslash")
+
+
+# -- the parent's side --------------------------------------------------------------------
+
+
+def compile_and_pin(
+    pin_dir: Path, bpf_dir: Path, *, timeout: float = COMPILE_TIMEOUT
+) -> CompileReport:
+    """Run the child on `pin_dir` (an existing directory on a bpffs) and return its report.
+
+    The child is waited for (or killed when it takes longer than `timeout` seconds) before
+    this returns or raises, so no process is left behind.
+    """
+    pin_dir, bpf_dir = Path(os.path.abspath(pin_dir)), Path(os.path.abspath(bpf_dir))
+    argv = [sys.executable, "-m", MODULE, "--pin-dir", str(pin_dir), "--bpf-dir", str(bpf_dir)]
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            # `-m` imports from the working directory first: run from the one holding this
+            # copy of ztunnel_py, so the child runs the same code as the agent.
+            cwd=PACKAGE_PARENT,
+        )
+    except subprocess.TimeoutExpired:
+        raise RedirectError(
+            f"compiling {bpf_dir / 'redirect.c'} took longer than {timeout:g} s; the compiler "
+            "process was stopped"
+        ) from None
+    except OSError as e:
+        raise RedirectError(f"cannot start {sys.executable} to compile: {e.strerror}") from e
+    diagnostics = done.stderr.decode(errors="replace").strip()
+    report = _json_object(done.stdout)
+    error = report.get("error")
+    if done.returncode != 0 or error is not None:
+        if not isinstance(error, str):
+            error = f"the BPF compiler process {_exit_status(done.returncode)}"
+        raise RedirectError(error + _indented_tail(diagnostics))
+    if diagnostics:
+        log.warning("the BPF compiler said:%s", _indented_tail(diagnostics))
+    return _parse_report(report)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    if returncode > 0:
+        return f"exited with status {returncode} without a report"
+    return "gave no report"
+
+
+def _indented_tail(text: str) -> str:
+    if not text:
+        return ""
+    lines = text.splitlines()
+    shown = lines[-DIAGNOSTIC_LINES:]
+    skipped = f"\n  ({len(lines) - len(shown)} earlier lines left out)" if shown != lines else ""
+    return skipped + "".join(f"\n  {line}" for line in shown)
+
+
+def _parse_report(report: dict[str, Any]) -> CompileReport:
+    seconds = report.get("compile_seconds")
+    programs = report.get("programs")
+    if (
+        isinstance(seconds, float | int)
+        and isinstance(programs, dict)
+        and set(programs) == set(PROGRAMS)
+        and all(
+            isinstance(p, dict)
+            and isinstance(p.get("tag"), str)
+            and isinstance(p.get("reused"), bool)
+            for p in programs.values()
+        )
+    ):
+        return CompileReport(
+            compile_seconds=float(seconds),
+            tags={name: p["tag"] for name, p in programs.items()},
+            reused=frozenset(name for name, p in programs.items() if p["reused"]),
+        )
+    raise RedirectError(f"the BPF compiler process gave an unreadable report: {report!r}")
+
+
+# -- the child's side ---------------------------------------------------------------------
+
+
+def _layout(t: Any) -> tuple[int, list[tuple[str, int]]]:
+    """Size and field offsets of a ctypes type (bcc builds one per map from the C structs)."""
+    fields = [(f[0], getattr(t, f[0]).offset) for f in getattr(t, "_fields_", ())]
+    return ctypes.sizeof(t), fields
+
+
+def _check_layout(bpf: Any) -> None:
+    for table, key, leaf in (
+        (bpf[b"zt_pods"], AddrKey, PodConfigStruct),
+        (bpf[b"zt_counters"], ctypes.c_uint64, PodCountersStruct),
+    ):
+        if _layout(table.Key) != _layout(key) or _layout(table.Leaf) != _layout(leaf):
+            raise RedirectError("map layout in bpf/ differs from ztunnel_py.redirect.model")
+
+
+def _adopt(fresh_fd: int, pin: Path) -> bool:
+    """Keep the program pinned at `pin` if it is this code (True); otherwise pin `fresh_fd`
+    in its place (False)."""
+    try:
+        old = bpfsys.obj_get(pin)
+    except OSError:  # nothing pinned there, or not a BPF object (replaced below)
+        old = -1
+    if old >= 0:
+        try:
+            same = bpfsys.program_tag(old) == bpfsys.program_tag(fresh_fd)
+        finally:
+            os.close(old)
+        if same:
+            return True
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            pin.unlink()
+        bpfsys.obj_pin(fresh_fd, pin)
+    except OSError as e:
+        raise RedirectError(f"cannot pin {pin}: {e.strerror}") from e
+    return False
+
+
+def build(pin_dir: Path, bpf_dir: Path) -> dict[str, Any]:
+    """Compile, load and pin; the report as a JSON-ready dict. Only call this in the child."""
+    try:
+        # Here only: the process that loads bcc (and LLVM) exits right after.
+        from bcc import BPF
+    except ImportError as e:
+        raise RedirectError(f"cannot import bcc (python3-bpfcc) in {sys.executable}: {e}") from e
+
+    check_cflag_path(pin_dir)
+    started = time.monotonic()
+    try:
+        source = (bpf_dir / "redirect.c").read_text()
+    except OSError as e:
+        raise RedirectError(f"cannot read the BPF sources in {bpf_dir}: {e.strerror}") from e
+    try:
+        bpf = BPF(text=source.encode(), cflags=[f"-I{bpf_dir}", f'-DZT_PIN_DIR="{pin_dir}"'])
+    except Exception as e:  # bcc raises bare Exception for compile and load failures
+        raise RedirectError(f"cannot compile {bpf_dir / 'redirect.c'}: {e}") from e
+    seconds = time.monotonic() - started
+    _check_layout(bpf)
+    programs: dict[str, dict[str, Any]] = {}
+    for pin_name, func in PROGRAMS.items():
+        try:
+            loaded = bpf.load_func(func.encode(), BPF.SCHED_CLS)
+        except Exception as e:  # the verifier's log is on stderr
+            raise RedirectError(f"cannot load {func} from {bpf_dir / 'redirect.c'}: {e}") from e
+        reused = _adopt(loaded.fd, pin_dir / pin_name)
+        programs[pin_name] = {"tag": bpfsys.program_tag(loaded.fd), "reused": reused}
+    return {"compile_seconds": seconds, "programs": programs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
+        description="Compile bpf/redirect.c with bcc, load the capture programs and pin them "
+        "and their maps in PIN_DIR (an existing directory on a bpffs); print a JSON report.",
+    )
+    parser.add_argument("--pin-dir", type=Path, required=True, help="where to pin (bpffs)")
+    parser.add_argument("--bpf-dir", type=Path, required=True, help="holds redirect.c/.h")
+    args = parser.parse_args(argv)
+    # The report gets stdout to itself: whatever bcc or clang print goes to stderr.
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        report = build(Path(os.path.abspath(args.pin_dir)), Path(os.path.abspath(args.bpf_dir)))
+        status = 0
+    except RedirectError as e:
+        report, status = {"error": str(e)}, 1
+    with os.fdopen(report_fd, "w") as out:
+        json.dump(report, out)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
