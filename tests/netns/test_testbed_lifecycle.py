@@ -219,3 +219,13 @@ def test_commands_on_a_testbed_that_is_not_up_explain_what_to_do() -> None:
     bad = cli("up", "--prefix", prefix, "--pods-per-node", "1")
     assert bad.returncode == 1 and "--pods-per-node must be between 2" in bad.stderr
     assert our_namespaces(prefix) == []
+
+
+def test_sidecar_mode_refuses_dual_stack_before_building_anything(tmp_path: Path) -> None:
+    prefix = unique_prefix("sd")
+    state_dir = tmp_path / "state"
+    with pytest.raises(TestbedError, match="IPv4 only"):
+        Testbed.up(prefix, nodes=1, pods_per_node=2, mode="sidecar", dual_stack=True,
+                   state_dir=state_dir)  # fmt: skip
+    assert not state_dir.exists()
+    assert not netns.exists(f"{prefix}node1")

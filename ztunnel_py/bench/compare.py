@@ -413,9 +413,9 @@ def run(plan: Plan, repeat: int, quick: bool, prefix: str, say: Say) -> CompareR
     return result
 
 
-def _plan_from_args(args: argparse.Namespace) -> Plan:
+def plan_from_args(args: argparse.Namespace) -> Plan:
     plan = QUICK if args.quick else FULL
-    if args.pods_per_node:
+    if args.pods_per_node is not None:
         try:
             counts = tuple(sorted({int(x) for x in args.pods_per_node.split(",")}))
         except ValueError:
@@ -445,7 +445,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     try:
-        plan = _plan_from_args(args)
+        plan = plan_from_args(args)
         say(
             f"bench compare: modes {', '.join(MODES)}; pods per node "
             f"{', '.join(map(str, plan.pods_per_node))}; {args.repeat} run(s) of each "

@@ -151,9 +151,8 @@ def start(
     progress: mesh.Progress,
     timeout: float,
 ) -> None:
-    """The control plane, then iptables and a sidecar in every pod of the mesh namespaces."""
-    if topology.dual_stack:
-        raise TestbedError("sidecar mode is IPv4 only: drop --dual-stack or use --mode ambient")
+    """The control plane, then iptables and a sidecar in every pod of the mesh namespaces
+    (IPv4 only: `Testbed.up` refuses sidecar mode with dual stack)."""
     mesh.start_controlplane(topology, state, launch, progress, timeout)
     started: list[tuple[PodPlan, ProcessRecord]] = []
     for node in topology.nodes:
