@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from ztunnel_py.bench.args import add_bench_arguments
-from ztunnel_py.bench.compare import FULL, QUICK, plan_from_args
+from ztunnel_py.bench.compare import FULL, QUICK, main, plan_from_args
 from ztunnel_py.testbed.errors import TestbedError
 
 
@@ -39,3 +39,12 @@ def test_pods_per_node_and_latency_seconds_override_the_plan() -> None:
 def test_bad_pods_per_node_is_a_clear_error(value: str, message: str) -> None:
     with pytest.raises(TestbedError, match=message):
         plan_from_args(parse("--pods-per-node", value))
+
+
+def test_an_output_directory_that_cannot_be_made_fails_before_any_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(parse("--quick", "--out", "/proc/no-such-dir/report")) == 1
+    err = capsys.readouterr().err
+    assert "--out /proc/no-such-dir/report: cannot create the directory" in err
+    assert "bringing up" not in err

@@ -446,18 +446,31 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         plan = plan_from_args(args)
+        # Fail now, not after a run of several minutes, if the report cannot be written.
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TestbedError(f"--out {out}: cannot create the directory: {e.strerror}") from e
+        if not os.access(out, os.W_OK):
+            raise TestbedError(f"--out {out}: the directory is not writable")
         say(
             f"bench compare: modes {', '.join(MODES)}; pods per node "
             f"{', '.join(map(str, plan.pods_per_node))}; {args.repeat} run(s) of each "
             f"measurement; report in {out}"
         )
         result = run(plan, args.repeat, args.quick, args.prefix, say)
-        paths = report.write_report(result, out)
-    except (TestbedError, report.ReportError) as e:
+    except TestbedError as e:
         print(f"bench compare: {e}", file=sys.stderr)
         return 1
     print(report.table(result))
     print()
+    try:
+        paths = report.write_report(result, out)
+    except (report.ReportError, OSError) as e:
+        written = out / "results.json"
+        kept = f" ({written} was written)" if written.exists() else ""
+        print(f"bench compare: cannot write the report{kept}: {e}", file=sys.stderr)
+        return 1
     for kind, path in paths.items():
         print(f"{kind:5} {path}")
     failed = [m for m, r in result.modes.items() if not r.path.ok]
