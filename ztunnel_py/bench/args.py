@@ -76,7 +76,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="short runs (seconds instead of tens of seconds) with 2 and 4 pods per node: "
-        "checks every path and produces every figure in about two minutes",
+        "checks every path and produces every figure in about a minute",
     )
     cmp.add_argument(
         "--repeat",

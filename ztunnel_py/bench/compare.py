@@ -93,7 +93,7 @@ FULL = Plan(
     response_bytes=1024,
     pods_per_node=(2, 8, 32),
 )
-# Enough to see every path work and every figure come out, in about two minutes.
+# Enough to see every path work and every figure come out, in about a minute.
 QUICK = Plan(
     throughput_seconds=2,
     latency_seconds=3.0,
@@ -245,7 +245,7 @@ def connection_rate_and_path(
     plan: Plan, ep: Endpoints, check: bool
 ) -> tuple[float, PathCheck | None]:
     """New connections per second from the client to the server; with `check`, also whether
-    the mode's proxies carried exactly that traffic."""
+    the mode's proxies carried that traffic (each counted every connection)."""
     carriers = _carriers(ep) if check else []
     before = {what: _opened(ns).get(rep, 0.0) for what, ns, rep in carriers}
     report = ep.loadgen(
