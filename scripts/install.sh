@@ -18,7 +18,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# iptables and nftables are not used by the mesh: tests use them to prove no rule exists.
+# iptables: sidecar mode (the benchmark's comparison) redirects with it, and tests use it and
+# nftables to prove ambient capture adds no rule.
 packages=(python3 python3-venv python3-bpfcc bpfcc-tools iproute2 curl iperf3 nghttp2-client
           tcpdump procps psmisc kmod ca-certificates iptables nftables)
 missing=()

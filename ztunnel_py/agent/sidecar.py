@@ -22,10 +22,7 @@ from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.inpod import PodManager
 from ztunnel_py.agent.netns import NetnsError, PodNetns
 from ztunnel_py.agent.zds import PodInfo
-
-
-def pod_uid(namespace: str, name: str) -> str:
-    return f"Kubernetes//Pod/{namespace}/{name}"
+from ztunnel_py.cni.spec import PodRef
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         return prepared
     config, levels, state = prepared
     info = PodInfo(
-        pod_uid(args.pod_namespace, args.pod_name),
+        PodRef(args.pod_namespace, args.pod_name).uid,
         args.pod_name,
         args.pod_namespace,
         args.service_account,

@@ -27,6 +27,7 @@ in the output directory (`report.py`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import json
 import os
@@ -424,14 +425,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             ) from None
         if not counts or counts[0] < 2:
             raise TestbedError("--pods-per-node: every count must be at least 2")
-        plan = Plan(**{**_fields(plan), "pods_per_node": counts})
+        plan = dataclasses.replace(plan, pods_per_node=counts)
     if args.latency_seconds is not None:
-        plan = Plan(**{**_fields(plan), "latency_seconds": args.latency_seconds})
+        plan = dataclasses.replace(plan, latency_seconds=args.latency_seconds)
     return plan
-
-
-def _fields(plan: Plan) -> dict[str, Any]:
-    return {name: getattr(plan, name) for name in Plan.__slots__}
 
 
 def main(args: argparse.Namespace) -> int:

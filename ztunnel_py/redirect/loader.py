@@ -89,19 +89,12 @@ def default_route_interface(netns_fd: int) -> str:
 
 
 @contextlib.contextmanager
-def _pin_errors() -> Iterator[None]:
+def _os_errors(what: str) -> Iterator[None]:
+    """bpf(2) failures as RedirectError: `cannot <what> <path>: <reason>`."""
     try:
         yield
     except OSError as e:
-        raise RedirectError(f"cannot open {e.filename}: {e.strerror}") from e
-
-
-@contextlib.contextmanager
-def _map_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:
-        raise RedirectError(f"cannot {what} the capture map {e.filename}: {e.strerror}") from e
+        raise RedirectError(f"cannot {what} {e.filename}: {e.strerror}") from e
 
 
 def _check_ifname(ifname: str) -> None:
@@ -139,7 +132,7 @@ class Redirector:
         self.programs: dict[str, podnet.Program] = {}
         self._fds = contextlib.ExitStack()
         try:
-            with _pin_errors():
+            with _os_errors("open"):
                 self._pods = PodsMap(self.pin_dir / "pods", AddrKey, PodConfigStruct)
                 self._fds.callback(self._pods.close)
                 self._counters = CountersMap(
@@ -180,7 +173,7 @@ class Redirector:
 
     def _all_entries(self) -> dict[bytes, PodConfigStruct]:
         """Every zt_pods entry by raw key."""
-        with _map_errors("read"):
+        with _os_errors("read the capture map"):
             return {bytes(key): cfg for key, cfg in self._pods.all_items()}
 
     def _entries(self, pod_id: int) -> dict[bytes, PodConfigStruct]:
@@ -195,7 +188,7 @@ class Redirector:
         """Point each of the pod's IPs at `cfg`, then drop entries for IPs it no longer has."""
         keys = {bytes(addr_key(ip)): addr_key(ip) for ip in addrs.all}
         stale = [raw for raw in self._entries(cfg.pod_id) if raw not in keys]
-        with _map_errors("update"):
+        with _os_errors("update the capture map"):
             for key in keys.values():
                 self._pods.update(key, cfg)
             for raw in stale:
@@ -250,7 +243,7 @@ class Redirector:
             saved = podnet.read_accept_local(ifname) + 1
         cfg = encode_config(pod_id, addrs, settings, saved_accept_local=saved, ifindex=ifindex)
         # Counters, then the map entries: they record the sysctl to restore if a step fails.
-        with _map_errors("update"):
+        with _os_errors("update the capture map"):
             if self._counters.lookup(ctypes.c_uint64(pod_id)) is None:
                 self._counters.update(ctypes.c_uint64(pod_id), PodCountersStruct())
         self._store(cfg, addrs)
@@ -295,7 +288,7 @@ class Redirector:
 
     def _forget(self, pod_id: int) -> None:
         entries = self._entries(pod_id)
-        with _map_errors("update"):
+        with _os_errors("update the capture map"):
             for raw in entries:
                 self._pods.delete(AddrKey.from_buffer_copy(raw))
             self._counters.delete(ctypes.c_uint64(pod_id))
@@ -332,7 +325,7 @@ class Redirector:
     def counters(self, netns_fd: int) -> PodCounters:
         """One enrolled pod's counters."""
         pod_id = netns_cookie(netns_fd)
-        with _map_errors("read"):
+        with _os_errors("read the capture map"):
             found = self._counters.lookup(ctypes.c_uint64(pod_id))
         if found is None:
             raise RedirectError("the pod is not enrolled")
@@ -340,12 +333,12 @@ class Redirector:
 
     def all_counters(self) -> dict[int, PodCounters]:
         """Counters of every enrolled pod, by pod id (netns cookie)."""
-        with _map_errors("read"):
+        with _os_errors("read the capture map"):
             return {k.value: PodCounters.from_struct(v) for k, v in self._counters.all_items()}
 
     def enrolled_pods(self) -> set[int]:
         """Pod ids (netns cookies) of every pod in the maps, including ones a previous agent
         enrolled, so the agent can `forget` pods whose namespace is gone."""
         ids = {cfg.pod_id for cfg in self._all_entries().values()}
-        with _map_errors("read"):
+        with _os_errors("read the capture map"):
             return ids | {k.value for k in self._counters.all_keys()}

@@ -43,6 +43,8 @@ CA_PORT = 15012
 MONITORING_PORT = 15014
 READINESS_PORT = 15021
 CONTROLPLANE = "controlplane"
+# where agents and sidecars reach the control plane (CA and xDS)
+CA_ADDRESS = f"{CONTROLPLANE_IP}:{CA_PORT}"
 
 Launch = Callable[[ProcessRecord], None]
 Progress = Callable[[str], None]
@@ -120,14 +122,13 @@ def start(
     topology: Topology, state: State, launch: Launch, progress: Progress, timeout: float
 ) -> None:
     """Start the control plane and the agents, wait until each is ready, enroll the pods."""
-    listen = f"{CONTROLPLANE_IP}:{CA_PORT}"
     start_controlplane(topology, state, launch, progress, timeout)
 
     agents: list[tuple[NodePlan, ProcessRecord]] = []
     for node in topology.nodes:
         issue_token(state, node)
         runtime.write_config(topology, state, node, enroll_socket(state, node.name))
-        record = agent_record(state, node, listen)
+        record = agent_record(state, node, CA_ADDRESS)
         launch(record)
         agents.append((node, record))
     for node, record in agents:
@@ -142,7 +143,7 @@ def start_controlplane(
     cp = controlplane_record(topology, state)
     launch(cp)
     wait_controlplane_ready(topology, state, cp, timeout)
-    progress(f"  control plane ready on {CONTROLPLANE_IP}:{CA_PORT} (pid {cp.pid}, log {cp.log})")
+    progress(f"  control plane ready on {CA_ADDRESS} (pid {cp.pid}, log {cp.log})")
 
 
 def controlplane_record(topology: Topology, state: State) -> ProcessRecord:
@@ -156,7 +157,7 @@ def controlplane_record(topology: Topology, state: State) -> ProcessRecord:
             "--data-dir",
             str(state.controlplane_dir),
             "--listen",
-            f"{CONTROLPLANE_IP}:{CA_PORT}",
+            CA_ADDRESS,
             "--serving-ip",
             CONTROLPLANE_IP,
             "--monitoring",
@@ -178,7 +179,7 @@ def wait_controlplane_ready(
         ),
         [record],
         timeout,
-        f"the control plane to serve {CONTROLPLANE_IP}:{CA_PORT}",
+        f"the control plane to serve {CA_ADDRESS}",
     )
 
 

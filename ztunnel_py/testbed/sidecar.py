@@ -29,7 +29,7 @@ from ztunnel_py.testbed import mesh
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, wait_for
 from ztunnel_py.testbed.state import State
-from ztunnel_py.testbed.topology import CONTROLPLANE_IP, PodPlan, Topology
+from ztunnel_py.testbed.topology import PodPlan, Topology
 
 PROXY_UID = 1337
 OUTBOUND_PORT = 15001
@@ -106,7 +106,6 @@ def _credentials(state: State, pod: PodPlan) -> tuple[str, str]:
 
 def sidecar_record(state: State, pod: PodPlan) -> ProcessRecord:
     token, root = _credentials(state, pod)
-    listen = f"{CONTROLPLANE_IP}:{mesh.CA_PORT}"
     return ProcessRecord(
         name=sidecar_name(pod.name),
         netns=pod.netns,
@@ -129,9 +128,9 @@ def sidecar_record(state: State, pod: PodPlan) -> ProcessRecord:
                 "--instance-ip",
                 pod.ip,
                 "--xds-address",
-                listen,
+                mesh.CA_ADDRESS,
                 "--ca-address",
-                listen,
+                mesh.CA_ADDRESS,
                 "--ca-root-cert",
                 root,
                 "--auth-token",
