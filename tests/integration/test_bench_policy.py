@@ -35,7 +35,8 @@ def test_bench_policy_json() -> None:
         assert result[key] > 0
     assert len(result["one_change_seconds"]) == 5
     assert set(result["decisions"]) == SHAPES
-    for timing in [result["policies_for"], *result["decisions"].values()]:
+    timings = [result["compile"], result["policies_for"], *result["decisions"].values()]
+    for timing in timings:
         assert timing["iterations"] >= 5
         assert 0 < timing["median_us"] <= timing["p99_us"]
     assert "decision 'mtls allowed'" in done.stderr  # progress goes to stderr with --json

@@ -26,6 +26,7 @@ from ztunnel_py.protocol.rbac import (
     Connection,
     Decision,
     DryRunMatch,
+    PolicySet,
     evaluate,
     policy_matches,
 )
@@ -79,6 +80,11 @@ ATTRIBUTE_CASES: list[tuple[str, Match, Connection, bool]] = [
     ("namespace exact miss", Match(namespaces=(exact("ns-b"),)), conn(), False),
     ("namespace any-of", Match(namespaces=(exact("x"), prefix("ns-"))), conn(), True),
     ("namespace suffix", Match(namespaces=(suffix("-a"),)), conn(), True),
+    ("namespace prefix: all of it", Match(namespaces=(prefix("ns-a"),)), conn(), True),
+    ("namespace suffix: all of it", Match(namespaces=(suffix("ns-a"),)), conn(), True),
+    ("namespace prefix: longer", Match(namespaces=(prefix("ns-ab"),)), conn(), False),
+    ("namespace empty suffix", Match(namespaces=(suffix(""),)), conn(), True),
+    ("namespace empty exact plaintext", Match(namespaces=(exact(""),)), conn(None), True),
     ("namespace presence", Match(namespaces=(PRESENT,)), conn(), True),
     ("namespace presence plaintext", Match(namespaces=(PRESENT,)), conn(None), False),
     ("namespace exact plaintext", Match(namespaces=(exact("ns-a"),)), conn(None), False),
@@ -193,6 +199,28 @@ def test_attribute(match: Match, connection: Connection, expected: bool) -> None
     assert policy_matches(pol(match), connection) is expected
 
 
+DECOYS = [
+    pol(Match(principals=(exact("cluster.local/ns/x/sa/nobody"),)), name="decoy-principal"),
+    pol(Match(namespaces=(prefix("zz-"),)), name="decoy-namespace"),
+    pol(Match(source_ips=(net("192.168.0.0/16"),)), name="decoy-source"),
+    pol(Match(destination_ports=(1,)), name="decoy-port"),
+    pol(Match(not_destination_ports=(8080, 9090)), name="decoy-unfiled"),
+]
+
+
+@pytest.mark.parametrize(
+    ("match", "connection", "expected"),
+    [case[1:] for case in ATTRIBUTE_CASES],
+    ids=[case[0] for case in ATTRIBUTE_CASES],
+)
+def test_attribute_in_a_compiled_set(match: Match, connection: Connection, expected: bool) -> None:
+    """The same cases through `PolicySet`, whose index must find the rule under whatever
+    attribute it was filed, among rules filed elsewhere."""
+    decision = PolicySet([*DECOYS, pol(match, name="target")]).evaluate(connection)
+    assert decision.allowed is expected
+    assert decision.policy_key == ("demo/target" if expected else None)
+
+
 def rules(*rules: tuple[tuple[Match, ...], ...]) -> Authorization:
     return Authorization("p", "demo", PolicyScope.NAMESPACE, Action.ALLOW, rules)
 
@@ -263,7 +291,9 @@ def test_dry_run_policies_are_reported_never_enforced() -> None:
 # --- property test against a naive reference ----------------------------------------------------
 
 
-def naive_evaluate(policies: list[Authorization], c: Connection) -> tuple[bool, str | None]:
+def naive_evaluate(
+    policies: list[Authorization], c: Connection
+) -> tuple[bool, str | None, list[str]]:
     """Written straight from the reference text, with no shared code."""
     identity = "" if c.src_identity is None else str(c.src_identity)
     namespace = "" if c.src_identity is None else c.src_identity.namespace
@@ -349,20 +379,32 @@ def naive_evaluate(policies: list[Authorization], c: Connection) -> tuple[bool, 
                 return True
         return False
 
+    dry_runs = [p.key for p in policies if p.dry_run and policy_ok(p)]
     enforced = [p for p in policies if not p.dry_run]
     for p in enforced:
         if p.action == Action.DENY and policy_ok(p):
-            return False, p.key
+            return False, p.key, dry_runs
     allows = [p for p in enforced if p.action == Action.ALLOW]
     if not allows:
-        return True, None
+        return True, None, dry_runs
     for p in allows:
         if policy_ok(p):
-            return True, p.key
-    return False, None
+            return True, p.key, dry_runs
+    return False, None, dry_runs
 
 
-small_text = st.sampled_from(["", "ns-a", "ns-", "-a", "alice", "cluster.local/ns/ns-a/sa/alice"])
+small_text = st.sampled_from(
+    [
+        "",
+        "ns-a",
+        "ns-",
+        "-a",
+        "alice",
+        "cluster.local/",
+        "/sa/alice",
+        "cluster.local/ns/ns-a/sa/alice",
+    ]
+)
 string_matches = st.builds(StringMatch, st.sampled_from(list(StringMatchKind)), small_text)
 sa_matches = st.builds(
     ServiceAccountMatch, st.sampled_from(["ns-a", "ns-b"]), st.sampled_from(["alice", "bob"])
@@ -374,7 +416,9 @@ ports = st.sampled_from([80, 8080, 9090])
 
 
 def few(s: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, ...]]:
-    return st.lists(s, max_size=2).map(tuple)
+    # Mostly unset: a match that sets only one or two attributes is what gets a rule filed
+    # under each kind of attribute in turn.
+    return st.one_of(st.just(()), st.just(()), st.lists(s, min_size=1, max_size=2).map(tuple))
 
 
 matches = st.builds(
@@ -394,7 +438,7 @@ matches = st.builds(
 )
 policies = st.builds(
     Authorization,
-    name=st.sampled_from(["p1", "p2", "p3"]),
+    name=st.sampled_from(["p1", "p2", "p3", "p4", "p5"]),
     namespace=st.just("demo"),
     scope=st.just(PolicyScope.NAMESPACE),
     action=st.sampled_from(list(Action)),
@@ -405,7 +449,9 @@ policies = st.builds(
 )
 connections = st.builds(
     Connection,
-    src_ip=st.sampled_from([ipaddress.ip_address(a) for a in ("10.0.0.1", "::ffff:10.0.0.1")]),
+    src_ip=st.sampled_from(
+        [ipaddress.ip_address(a) for a in ("10.0.0.1", "::ffff:10.0.0.1", "10.1.2.3", "fd00::5")]
+    ),
     src_identity=st.sampled_from([ALICE, BOB, None]),
     dst_ip=st.sampled_from([ipaddress.ip_address(a) for a in ("10.1.0.1", "fd00::1")]),
     dst_port=ports,
@@ -413,7 +459,13 @@ connections = st.builds(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(policies, max_size=4), connections)
-def test_evaluate_agrees_with_naive_reference(ps: list[Authorization], c: Connection) -> None:
-    d = evaluate(ps, c)
-    assert (d.allowed, d.policy_key) == naive_evaluate(ps, c)
+@given(st.lists(policies, max_size=8), st.lists(connections, min_size=1, max_size=4))
+def test_evaluate_agrees_with_naive_reference(
+    ps: list[Authorization], cs: list[Connection]
+) -> None:
+    # One compiled set decides several connections, as an agent's does.
+    compiled = PolicySet(ps)
+    for c in cs:
+        d = compiled.evaluate(c)
+        dry_runs = [m.policy_key for m in d.dry_run_matches]
+        assert (d.allowed, d.policy_key, dry_runs) == naive_evaluate(ps, c)

@@ -159,7 +159,7 @@ def test_policy_scope_change_moves_it() -> None:
     state.apply_delta(policies=[policy("p", PolicyScope.NAMESPACE)])
     assert [p.key for p in state.policies_for(a)] == ["demo/p"]
     state.apply_delta(policies=[policy("p", PolicyScope.WORKLOAD_SELECTOR)])
-    assert state.policies_for(a) == []
+    assert list(state.policies_for(a)) == []
 
 
 def test_upstream_identities() -> None:

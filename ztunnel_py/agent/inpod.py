@@ -40,7 +40,7 @@ from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.model import IPAddress
 from ztunnel_py.model.workload import canonical_ip
-from ztunnel_py.protocol.rbac import Connection, evaluate
+from ztunnel_py.protocol.rbac import Connection
 from ztunnel_py.telemetry.metrics import Metrics
 
 log = logging.getLogger("ztunnel_py.inpod")
@@ -170,7 +170,7 @@ class PodManager:
             for tracked in pod.connections.values():
                 if tracked.authz is None or tracked.scope is None:
                     continue
-                decision = evaluate(policies, tracked.authz)
+                decision = policies.evaluate(tracked.authz)
                 if not decision.allowed:
                     log.info(
                         "closing %s -> %s: %s (%s)",

@@ -20,17 +20,20 @@ the identity's namespace, or the empty string without one, as ztunnel does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ztunnel_py.model import (
     Action,
     Authorization,
+    Cidr,
     Identity,
     IPAddress,
     Match,
     ServiceAccountMatch,
     StringMatch,
+    StringMatchKind,
 )
 from ztunnel_py.model.workload import canonical_ip
 
@@ -61,29 +64,58 @@ class Decision:
 NO_ALLOW_POLICIES = "no allow policies"
 NONE_ALLOWED = "allow policies exist, but none allowed"
 
+Rule = tuple[tuple[Match, ...], ...]
+
+
+class PolicySet:
+    """The policies guarding one workload, compiled once for the many connections they decide.
+
+    Iterating it gives the policies in the order they were given; `evaluate` decides one
+    connection. Evaluation looks only at the rules that could match the connection (see
+    `_RuleIndex`), so its cost follows the number of candidate rules, not of policies in scope.
+    """
+
+    __slots__ = ("_allow", "_deny", "_dry_run", "policies")
+
+    def __init__(self, policies: Iterable[Authorization]) -> None:
+        self.policies = tuple(policies)
+        dry_runs: list[Authorization] = []
+        denies: list[Authorization] = []
+        allows: list[Authorization] = []
+        for p in self.policies:
+            if p.dry_run:
+                dry_runs.append(p)
+            elif p.action is Action.DENY:
+                denies.append(p)
+            else:
+                allows.append(p)
+        self._dry_run = _RuleIndex(dry_runs)
+        self._deny = _RuleIndex(denies)
+        self._allow = _RuleIndex(allows)
+
+    def __iter__(self) -> Iterator[Authorization]:
+        return iter(self.policies)
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+    def evaluate(self, conn: Connection) -> Decision:
+        subject = _Subject(conn)
+        dry_run = tuple(DryRunMatch(p.key, p.action) for p in self._dry_run.matching(subject))
+        deny = self._deny.first_match(subject)
+        if deny is not None:
+            return Decision(False, deny.key, f"explicitly denied by: {deny.key}", dry_run)
+        if not self._allow.policies:
+            return Decision(True, None, NO_ALLOW_POLICIES, dry_run)
+        allow = self._allow.first_match(subject)
+        if allow is not None:
+            return Decision(True, allow.key, f"allowed by: {allow.key}", dry_run)
+        return Decision(False, None, NONE_ALLOWED, dry_run)
+
 
 def evaluate(policies: Iterable[Authorization], conn: Connection) -> Decision:
-    subject = _Subject(conn)
-    dry_runs: list[Authorization] = []
-    denies: list[Authorization] = []
-    allows: list[Authorization] = []
-    for p in policies:
-        if p.dry_run:
-            dry_runs.append(p)
-        elif p.action is Action.DENY:
-            denies.append(p)
-        else:
-            allows.append(p)
-    dry_run = tuple(DryRunMatch(p.key, p.action) for p in dry_runs if _policy_matches(p, subject))
-    for p in denies:
-        if _policy_matches(p, subject):
-            return Decision(False, p.key, f"explicitly denied by: {p.key}", dry_run)
-    if not allows:
-        return Decision(True, None, NO_ALLOW_POLICIES, dry_run)
-    for p in allows:
-        if _policy_matches(p, subject):
-            return Decision(True, p.key, f"allowed by: {p.key}", dry_run)
-    return Decision(False, None, NONE_ALLOWED, dry_run)
+    """Decide one connection against `policies` (compile a `PolicySet` to decide many)."""
+    return PolicySet(policies).evaluate(conn)
 
 
 class _Subject:
@@ -106,10 +138,197 @@ def policy_matches(policy: Authorization, conn: Connection) -> bool:
 
 
 def _policy_matches(policy: Authorization, s: _Subject) -> bool:
-    return any(
-        all(not clause or any(_match(m, s) for m in clause) for clause in rule)
-        for rule in policy.rules
+    return any(_rule_matches(rule, s) for rule in policy.rules)
+
+
+def _rule_matches(rule: Rule, s: _Subject) -> bool:
+    return all(not clause or any(_match(m, s) for m in clause) for clause in rule)
+
+
+class _RuleIndex:
+    """The rules of some policies, each filed where a connection that could match it finds it.
+
+    A rule matches only if every clause does, and a clause only if one of its matches does;
+    a match with a positive attribute list (principals, namespaces, service accounts, source or
+    destination CIDRs, ports) passes only for a connection that hits one of the entries. So a
+    clause whose every live match lists, say, principals can only pass for a connection whose
+    principal hits one of them: the rule is filed under those principals, and a connection
+    looks it up by its own. Each rule is filed under one attribute of one clause, the first in
+    `_file`'s order that every live match of the clause constrains; rules with no such clause
+    are candidates for every connection, and rules that can never match are not filed.
+
+    Candidates are checked in rule order, which is policy order, so the first match found is
+    the first matching policy, exactly as a scan of the whole list would find it.
+    """
+
+    __slots__ = (
+        "_accounts",
+        "_always",
+        "_destination_ips",
+        "_guards",
+        "_namespaces",
+        "_ports",
+        "_principals",
+        "_rules",
+        "_source_ips",
+        "policies",
     )
+
+    def __init__(self, policies: Sequence[Authorization]) -> None:
+        self.policies = policies
+        # rule id -> (position of its policy, rule); ids grow with policy order
+        self._rules: list[tuple[int, Rule]] = []
+        self._always: list[int] = []
+        self._accounts = _KeyIndex()
+        self._principals = _StringIndex()
+        self._namespaces = _StringIndex()
+        self._source_ips = _CidrIndex()
+        self._ports = _KeyIndex()
+        self._destination_ips = _CidrIndex()
+        # The attributes a rule may be filed under (a Match field and its index), the most
+        # selective first.
+        self._guards: tuple[tuple[str, _Filing], ...] = (
+            ("service_accounts", self._accounts),
+            ("principals", self._principals),
+            ("namespaces", self._namespaces),
+            ("source_ips", self._source_ips),
+            ("destination_ports", self._ports),
+            ("destination_ips", self._destination_ips),
+        )
+        for position, policy in enumerate(policies):
+            for rule in policy.rules:
+                self._file(len(self._rules), rule)
+                self._rules.append((position, rule))
+
+    def _file(self, rule_id: int, rule: Rule) -> None:
+        best: tuple[int, list[Match]] | None = None
+        for clause in rule:
+            if not clause:
+                continue
+            live = [m for m in clause if not m.empty]
+            if not live:
+                return  # this clause never passes, so the rule never matches
+            for rank, (name, _) in enumerate(self._guards):
+                if best is not None and rank >= best[0]:
+                    break
+                if all(getattr(m, name) for m in live):
+                    best = (rank, live)
+        if best is None:
+            self._always.append(rule_id)
+            return
+        name, index = self._guards[best[0]]
+        for m in best[1]:
+            for entry in getattr(m, name):
+                index.add(entry, rule_id)
+
+    def _candidates(self, s: _Subject) -> list[int]:
+        found = list(self._always)
+        if s.identity is not None:
+            account = ServiceAccountMatch(s.identity.namespace, s.identity.service_account)
+            self._accounts.collect(account, found)
+        if s.principal is not None:
+            self._principals.collect(s.principal, found)
+        self._namespaces.collect(s.namespace, found)
+        self._source_ips.collect(s.src_ip, found)
+        self._ports.collect(s.dst_port, found)
+        self._destination_ips.collect(s.dst_ip, found)
+        # One rule may be filed under several entries the connection hits.
+        return sorted(set(found))
+
+    def first_match(self, s: _Subject) -> Authorization | None:
+        rules = self._rules
+        for rule_id in self._candidates(s):
+            position, rule = rules[rule_id]
+            if _rule_matches(rule, s):
+                return self.policies[position]
+        return None
+
+    def matching(self, s: _Subject) -> list[Authorization]:
+        """Every matching policy, in order."""
+        positions: list[int] = []
+        for rule_id in self._candidates(s):
+            position, rule = self._rules[rule_id]
+            if (not positions or positions[-1] != position) and _rule_matches(rule, s):
+                positions.append(position)
+        return [self.policies[p] for p in positions]
+
+
+class _Filing(Protocol):
+    def add(self, entry: Any, rule_id: int) -> None: ...
+
+
+class _KeyIndex:
+    """Entries compared by equality (service accounts, ports)."""
+
+    __slots__ = ("_by_key",)
+
+    def __init__(self) -> None:
+        self._by_key: dict[Hashable, list[int]] = {}
+
+    def add(self, key: Hashable, rule_id: int) -> None:
+        self._by_key.setdefault(key, []).append(rule_id)
+
+    def collect(self, key: Hashable, found: list[int]) -> None:
+        found.extend(self._by_key.get(key, ()))
+
+
+class _StringIndex:
+    """String matches by value: exact ones in a dict, prefix and suffix ones in a dict per
+    length (a text is looked up once per distinct length), presence ones in a list."""
+
+    __slots__ = ("_exact", "_prefixes", "_present", "_suffixes")
+
+    def __init__(self) -> None:
+        self._exact: dict[str, list[int]] = {}
+        self._prefixes: dict[int, dict[str, list[int]]] = {}
+        self._suffixes: dict[int, dict[str, list[int]]] = {}
+        self._present: list[int] = []
+
+    def add(self, m: StringMatch, rule_id: int) -> None:
+        if m.kind is StringMatchKind.EXACT:
+            self._exact.setdefault(m.value, []).append(rule_id)
+        elif m.kind is StringMatchKind.PREFIX:
+            by_value = self._prefixes.setdefault(len(m.value), {})
+            by_value.setdefault(m.value, []).append(rule_id)
+        elif m.kind is StringMatchKind.SUFFIX:
+            by_value = self._suffixes.setdefault(len(m.value), {})
+            by_value.setdefault(m.value, []).append(rule_id)
+        else:
+            self._present.append(rule_id)
+
+    def collect(self, text: str, found: list[int]) -> None:
+        found.extend(self._exact.get(text, ()))
+        size = len(text)
+        for length, by_value in self._prefixes.items():
+            if length <= size:
+                found.extend(by_value.get(text[:length], ()))
+        for length, by_value in self._suffixes.items():
+            if length <= size:
+                found.extend(by_value.get(text[size - length :], ()))
+        if text:
+            found.extend(self._present)
+
+
+class _CidrIndex:
+    """CIDRs by (IP version, prefix length) and network: an address is looked up once per
+    distinct prefix length of its version."""
+
+    __slots__ = ("_tables",)
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple[int, int, int], dict[int, list[int]]] = {}
+
+    def add(self, cidr: Cidr, rule_id: int) -> None:
+        host_bits = cidr.max_prefixlen - cidr.prefixlen
+        table = self._tables.setdefault((cidr.version, cidr.prefixlen, host_bits), {})
+        table.setdefault(int(cidr.network_address), []).append(rule_id)
+
+    def collect(self, address: IPAddress, found: list[int]) -> None:
+        value = int(address)
+        version = address.version
+        for (table_version, _, host_bits), table in self._tables.items():
+            if table_version == version:
+                found.extend(table.get(value >> host_bits << host_bits, ()))
 
 
 def _match(m: Match, s: _Subject) -> bool:

@@ -32,7 +32,7 @@ from ztunnel_py.identity.tls import server_context, verify_client_identity
 from ztunnel_py.model import IPAddress, Service, Workload
 from ztunnel_py.model.workload import canonical_ip
 from ztunnel_py.protocol.hbone import format_authority, parse_authority
-from ztunnel_py.protocol.rbac import Connection, Decision, evaluate
+from ztunnel_py.protocol.rbac import Connection, Decision
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import TrafficLabels
 from ztunnel_py.telemetry.metrics import Metrics
@@ -96,7 +96,7 @@ class Inbound:
 
     def _authorize(self, workload: Workload, authz: Connection, what: str) -> Decision:
         """Evaluate the workload's policies; log denials and what dry-run policies would do."""
-        decision = evaluate(self.state.policies_for(workload), authz)
+        decision = self.state.policies_for(workload).evaluate(authz)
         for dry in decision.dry_run_matches:
             log.info("dry-run policy %s would %s %s", dry.policy_key, dry.action.name, what)
         if not decision.allowed:
