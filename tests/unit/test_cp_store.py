@@ -7,6 +7,7 @@ from tests.unit.cp_support import yaml_text
 from ztunnel_py.controlplane.snapshot import MeshSnapshot, changed
 from ztunnel_py.controlplane.sources.yamldocs import Parsed, parse_documents
 from ztunnel_py.controlplane.store import ConfigStore
+from ztunnel_py.controlplane.translate import MeshOptions, translate
 from ztunnel_py.model import Identity
 
 
@@ -201,3 +202,40 @@ def test_unchanged_workloads_are_reused_and_dependencies_rebuild_them() -> None:
     fifth = store.apply(files(p=policy)).snapshot
     assert fifth.workloads[uid_b].authorization_policies == ("demo/p",)
     assert fifth.workloads[uid_a] is fourth.workloads[uid_a]
+
+
+def policy(name: str, namespace: str = "demo", principal: str = "cluster.local/ns/a/sa/a") -> str:
+    return (
+        f"---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: "
+        f"{{name: {name}, namespace: {namespace}}}\nspec: {{rules: [{{from: [{{source: "
+        f"{{principals: [{principal}]}}}}]}}]}}\n"
+    )
+
+
+def test_unchanged_policies_are_reused_and_a_changed_one_is_translated_again() -> None:
+    store = ConfigStore(report=False)
+    first = store.apply(files(p=policy("p1") + policy("p2"))).snapshot
+    second = store.apply(
+        files(p=policy("p1") + policy("p2", principal="cluster.local/ns/b/sa/b"))
+    ).snapshot
+    assert second.policies["demo/p1"] is first.policies["demo/p1"]
+    changed_rule = second.policies["demo/p2"].rules[0][0][0]
+    assert [p.value for p in changed_rule.principals] == ["cluster.local/ns/b/sa/b"]
+    # Re-read but equal (as when its file is saved again): still the same object.
+    third = store.apply(
+        files(p=policy("p1") + policy("p2", principal="cluster.local/ns/b/sa/b"))
+    ).snapshot
+    assert third.policies["demo/p2"] is second.policies["demo/p2"]
+
+
+def test_a_new_root_namespace_translates_every_policy_again() -> None:
+    mesh_wide = policy("mesh", namespace="istio-system")
+    first = ConfigStore(report=False)
+    assert first.apply(files(p=mesh_wide)).snapshot.policies["istio-system/mesh"].scope.name == (
+        "GLOBAL"
+    )
+    translation = translate(first.resources().values())
+    again = translate(
+        first.resources().values(), MeshOptions(root_namespace="mesh-root"), translation.cache
+    )
+    assert again.policies["istio-system/mesh"].scope.name == "NAMESPACE"

@@ -29,7 +29,7 @@ from ztunnel_py.controlplane.resources import (
 )
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
 from ztunnel_py.controlplane.sources.yamldocs import Parsed
-from ztunnel_py.controlplane.translate import MeshOptions, WorkloadCache, translate
+from ztunnel_py.controlplane.translate import MeshOptions, TranslationCache, translate
 from ztunnel_py.controlplane.translate.services import cluster_ips
 from ztunnel_py.controlplane.validation import validate_document
 from ztunnel_py.model import Identity
@@ -64,7 +64,7 @@ class ConfigStore:
         self._diagnostics: tuple[Diagnostic, ...] = ()
         self._snapshot = EMPTY_SNAPSHOT
         self._nodes: dict[str, frozenset[Identity]] = {}
-        self._cache: WorkloadCache = {}
+        self._cache = TranslationCache()
         self._subscribers: list[Subscriber] = []
         self._subscribers_lock = threading.Lock()
 
