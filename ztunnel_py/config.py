@@ -31,6 +31,27 @@ def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+DEFAULT_TERMINATION_DEADLINE = timedelta(seconds=5)
+
+
+def termination_deadline(explicit: str, grace_period_seconds: str) -> timedelta:
+    """How long a draining proxy lets established connections run, by ztunnel's rule: an
+    explicit deadline wins; otherwise the pod's termination grace period minus 5 s when it is
+    over 10 s (minus 1 s when shorter), so the process exits before the kubelet kills it;
+    otherwise 5 s."""
+    if explicit:
+        return parse_duration(explicit, "--connection-termination-deadline")
+    if not grace_period_seconds:
+        return DEFAULT_TERMINATION_DEADLINE
+    if not grace_period_seconds.isdigit():
+        raise ConfigValueError(
+            f"--termination-grace-period-seconds: {grace_period_seconds!r} is not a whole "
+            "number of seconds"
+        )
+    grace = int(grace_period_seconds)
+    return timedelta(seconds=max(grace - (5 if grace > 10 else 1), 0))
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     node: str
@@ -53,6 +74,7 @@ class AgentConfig:
     pool_idle_timeout: timedelta = timedelta(minutes=5)
     connect_timeout: timedelta = timedelta(seconds=10)
     workload_wait: timedelta = timedelta(seconds=5)
+    termination_deadline: timedelta = DEFAULT_TERMINATION_DEADLINE
     # workload xDS (None: state from local_config); its roots default to ca_root_cert
     xds_address: tuple[str, int] | None = None
     xds_root_cert: Path | None = None

@@ -460,6 +460,42 @@ async def test_connection_close_fails_open_streams() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_drain_sends_goaway_open_streams_finish_then_the_connection_ends() -> None:
+    drain = trio.Event()
+    with trio.fail_after(10):
+        async with hbone_server(echo_handler, drain=drain) as server, trio.open_nursery() as n:
+            conn = await dial(server.address, n)
+            stream = await conn.open_stream("10.0.0.1:80")
+            await stream.send_all(b"before")
+            assert bytes(await stream.receive_some()) == b"before"
+            drain.set()
+            while conn.is_ready:
+                await trio.sleep(0.01)
+            # The peer is draining: no new stream here, but the open one carries on both ways.
+            with pytest.raises(HboneUnavailableError):
+                await conn.open_stream("10.0.0.1:80")
+            await stream.send_all(b"after")
+            assert bytes(await stream.receive_some()) == b"after"
+            assert server.connections_done == 0
+            await stream.send_eof()
+            assert await read_all(stream) == b""
+            await stream.aclose()
+            while server.connections_done == 0:
+                await trio.sleep(0.01)
+            assert conn.is_closed and server.handshake_errors == []
+
+
+async def test_drain_closes_an_idle_connection_at_once() -> None:
+    drain = trio.Event()
+    with trio.fail_after(10):
+        async with hbone_server(echo_handler, drain=drain) as server, trio.open_nursery() as n:
+            conn = await dial(server.address, n)
+            drain.set()
+            while not conn.is_closed or server.connections_done == 0:
+                await trio.sleep(0.01)
+            assert conn.closed_reason == "peer sent GOAWAY"
+
+
 # --- not HBONE at all -------------------------------------------------------------------------
 
 

@@ -83,13 +83,23 @@ async def test_initial_sync_and_readiness_after_both_acks(cp: ControlPlane) -> N
         assert f'istio_xds_message_total{{url="{ADDRESS_TYPE}"}} 1.0' in metric_lines(
             registry, "istio_xds_message_total"
         )
-        debug = cp.debug()
-        (peer,) = debug["clients"]
+
+        # The client is ready once it applied both responses; the server sees the ACKs a
+        # moment later.
+        def acked() -> bool:
+            debug = cp.debug()
+            return all(
+                peer["types"][type_url]["ackedVersion"] == debug["version"]
+                for peer in debug["clients"]
+                for type_url in (ADDRESS_TYPE, AUTHORIZATION_TYPE)
+            )
+
+        await eventually(acked, within=5)
+        (peer,) = cp.debug()["clients"]
         assert peer["node"] == "node-1"
         assert peer["nodeId"].startswith("ztunnel~10.0.0.10~ztunnel-node-1.istio-system~")
         for type_url in (ADDRESS_TYPE, AUTHORIZATION_TYPE):
             assert peer["types"][type_url]["wildcard"] is True
-            assert peer["types"][type_url]["ackedVersion"] == debug["version"]
 
 
 async def test_add_change_delete_reach_the_agent_within_a_second(

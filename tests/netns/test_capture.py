@@ -1,9 +1,13 @@
 """Transparent capture as a user meets it: no iptables anywhere, fail closed while the agent is
-down, pods re-enrolled by a restarted agent, and unenrollment leaving a pod as it was."""
+down, pods re-enrolled by a restarted agent, a graceful drain on SIGTERM, and unenrollment
+leaving a pod as it was."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +80,127 @@ def test_agent_down_fails_closed_then_restart_re_enrolls(bed: Testbed) -> None:
     assert (answer.pod, answer.client.rsplit(":", 1)[0]) == ("echo-2", pod(bed, "web-1")["ip"])
     agent_log = Path(bed.status()["nodes"][1]["log"]).read_text()
     assert "restored 2 of 2 previously enrolled pods" in agent_log
+
+
+# One HTTP/1.1 keep-alive connection, one GET per line on stdin; prints the answering pod, or
+# "closed" / the error once the connection is gone.
+KEEPALIVE_CLIENT = """
+import json, socket, sys
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+answers = sock.makefile("rb")
+print("connected", flush=True)
+for line in sys.stdin:
+    try:
+        sock.sendall(b"GET /?" + line.strip().encode() + b" HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+        status = answers.readline()
+        if not status:
+            print("closed", flush=True)
+            continue
+        length = 0
+        while (header := answers.readline()) not in (b"\\r\\n", b""):
+            name, _, value = header.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        print(json.loads(answers.read(length))["pod"], flush=True)
+    except OSError as e:
+        print(type(e).__name__, flush=True)
+"""
+
+
+class KeepAliveClient:
+    def __init__(self, bed: Testbed, pod_name: str, host: str, port: int) -> None:
+        argv = [sys.executable, "-c", KEEPALIVE_CLIENT, host, str(port)]
+        self.proc = subprocess.Popen(
+            bed.exec_argv(pod_name, argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.read() == "connected"
+
+    def read(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def get(self, marker: str) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(marker + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def wait_exit(bed: Testbed, node_index: int, timeout: float) -> float:
+    """Seconds until the node's agent has exited."""
+    start = time.monotonic()
+    while bed.status()["nodes"][node_index]["agent"]["alive"]:
+        assert time.monotonic() - start < timeout, "the agent did not exit"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def readiness(bed: Testbed, node: str) -> str:
+    url = "http://127.0.0.1:15021/healthz/ready"
+    done = bed.exec(node, ["curl", "-s", "-w", " %{http_code}", url], timeout=10)
+    return done.stdout.strip()
+
+
+def test_sigterm_drains_open_connections_then_the_agent_exits(bed: Testbed) -> None:
+    echo2 = pod(bed, "echo-2")
+    client = KeepAliveClient(bed, "web-1", echo2["ip"], 8080)
+    try:
+        assert client.get("before") == "echo-2"
+        agent = bed.status()["nodes"][1]["agent"]
+        os.kill(agent["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not readiness(bed, "node2").endswith(" 500"):
+            assert time.monotonic() < deadline, "readiness never turned false"
+            time.sleep(0.05)
+        assert "draining" in readiness(bed, "node2")
+        # The open connection goes on; new ones find no listener (capture fails closed).
+        assert client.get("during") == "echo-2"
+        refused = bed.exec(
+            "web-1",
+            ["curl", "-sS", "--max-time", "3", f"http://{echo2['ip']}:8080/?ztdrain-new"],
+            timeout=15,
+        )
+        assert refused.returncode != 0
+        assert "ztdrain-new" not in server_log(bed, "echo-2")
+        assert client.get("still") == "echo-2"
+        assert bed.status()["nodes"][1]["agent"]["alive"]
+        client.close()
+        # The agent leaves as soon as its last connection ended, well before the 5 s deadline.
+        assert wait_exit(bed, 1, timeout=4) < 3
+        log = Path(agent["log"]).read_text()
+        assert "received SIGTERM: draining" in log
+        assert "all connections ended" in log
+    finally:
+        client.close()
+        bed.start_agent("node2")
+    assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
+
+
+def test_connections_still_open_at_the_termination_deadline_are_closed(bed: Testbed) -> None:
+    echo2 = pod(bed, "echo-2")
+    client = KeepAliveClient(bed, "web-1", echo2["ip"], 8080)
+    try:
+        assert client.get("before") == "echo-2"
+        agent = bed.status()["nodes"][1]["agent"]
+        os.kill(agent["pid"], signal.SIGTERM)
+        # The default deadline is 5 s; the testbed's SIGKILL would only come at 8 s.
+        waited = wait_exit(bed, 1, timeout=8)
+        assert 4 < waited < 7
+        assert client.get("after") in ("closed", "ConnectionResetError", "BrokenPipeError")
+        log = Path(agent["log"]).read_text()
+        assert "termination deadline passed: closing 1 open connection" in log
+    finally:
+        client.close()
+        bed.start_agent("node2")
+    assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
 
 
 def network_state(netns: str) -> dict[str, str]:

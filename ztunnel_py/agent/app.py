@@ -26,13 +26,20 @@ from ztunnel_py import __version__
 from ztunnel_py.admin.admin import ConfigDump, serve_admin
 from ztunnel_py.admin.metrics import serve_metrics
 from ztunnel_py.admin.readiness import Readiness, serve_readiness
+from ztunnel_py.agent.drain import Drain, Shutdown
 from ztunnel_py.agent.enroll import serve_enrollment
 from ztunnel_py.agent.inpod import Capture, PodManager
 from ztunnel_py.agent.localconfig import ConfigError
 from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.agent.proxy.pool import HbonePool
 from ztunnel_py.agent.state import ProxyState, StateChange
-from ztunnel_py.config import AgentConfig, ConfigValueError, parse_duration, parse_host_port
+from ztunnel_py.config import (
+    AgentConfig,
+    ConfigValueError,
+    parse_duration,
+    parse_host_port,
+    termination_deadline,
+)
 from ztunnel_py.identity.caclient import GrpcCaClient
 from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.manager import CertificateManager
@@ -82,6 +89,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         instance_ip=args.instance_ip,
         pod_name=args.pod_name or f"ztunnel-{args.node}",
         pod_namespace=args.pod_namespace,
+        termination_deadline=termination_deadline(
+            args.connection_termination_deadline, args.termination_grace_period_seconds
+        ),
     )
 
 
@@ -172,6 +182,7 @@ class ProxyRuntime:
     metrics: Metrics
     dump: ConfigDump
     nursery: trio.Nursery
+    drain: Drain
 
 
 async def run_proxy(
@@ -181,7 +192,8 @@ async def run_proxy(
     start_pods: Callable[[ProxyRuntime], Awaitable[None]],
 ) -> None:
     """Certificates, xDS, the HBONE pool, the operator servers; then `start_pods` (which opens
-    the pods' listeners and returns), then readiness; runs until SIGTERM or /quitquitquit."""
+    the pods' listeners and returns), then readiness. Runs until SIGTERM, SIGINT or
+    /quitquitquit, then drains (`drain.py`) and returns."""
     registry = CollectorRegistry()
     metrics = Metrics(registry, component="ztunnel", tag=__version__)
     readiness = Readiness()
@@ -218,19 +230,27 @@ async def run_proxy(
     dump.add_section("certificates", certs.dump)
     dump.add_section("version", lambda: {"version": __version__})
     dump.add_section("config", lambda: _config_dump(config))
+    drain = Drain()
     try:
         async with trio.open_nursery() as nursery:
+            shutdown = Shutdown(
+                drain,
+                config.termination_deadline.total_seconds(),
+                on_drain=lambda: readiness.register("draining"),
+                stop=nursery.cancel_scope.cancel,
+            )
+            nursery.start_soon(shutdown.run)
             await nursery.start(certs.run)
             await nursery.start(pool.run)
             if xds is not None:
                 await nursery.start(xds.run)
             outbound = Outbound(state, certs, pool, metrics, config.connect_timeout, nursery)
-            nursery.start_soon(_signals, nursery, config, state)
+            nursery.start_soon(_signals, shutdown, config, state)
             await nursery.start(
                 lambda task_status: serve_admin(
                     config_dump=dump,
                     log_levels=levels,
-                    shutdown=nursery.cancel_scope.cancel,
+                    shutdown=lambda: shutdown.request("/quitquitquit"),
                     host=config.admin_address[0],
                     port=config.admin_address[1],
                     task_status=task_status,
@@ -252,7 +272,8 @@ async def run_proxy(
                     task_status=task_status,
                 )
             )
-            await start_pods(ProxyRuntime(config, state, certs, outbound, metrics, dump, nursery))
+            runtime = ProxyRuntime(config, state, certs, outbound, metrics, dump, nursery, drain)
+            await start_pods(runtime)
             readiness.mark_ready(ready_task)
             log.info("%s ready", config.proxy_type)
     finally:
@@ -285,15 +306,23 @@ async def _run(
 ) -> None:
     async def start_pods(rt: ProxyRuntime) -> None:
         prefetch_certificates(rt, lambda w: w.node == config.node)
-        pods = PodManager(config, state, rt.certs, rt.outbound, rt.metrics, rt.nursery, capture)
+        pods = PodManager(
+            config, state, rt.certs, rt.outbound, rt.metrics, rt.nursery, rt.drain, capture
+        )
         rt.dump.add_section("workloadState", pods.dump)
         await pods.restore()
-        await rt.nursery.start(serve_enrollment, str(config.enroll_socket), pods)
+
+        async def enrollment(*, task_status: trio.TaskStatus[None]) -> None:
+            # A draining agent takes no new pods: their listeners would never accept.
+            with rt.drain.accepting():
+                await serve_enrollment(str(config.enroll_socket), pods, task_status=task_status)
+
+        await rt.nursery.start(enrollment)
 
     await run_proxy(config, state, levels, start_pods)
 
 
-async def _signals(nursery: trio.Nursery, config: AgentConfig, state: ProxyState) -> None:
+async def _signals(shutdown: Shutdown, config: AgentConfig, state: ProxyState) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP and config.local_config is not None:
@@ -303,9 +332,7 @@ async def _signals(nursery: trio.Nursery, config: AgentConfig, state: ProxyState
                 except ConfigError as e:
                     log.error("reload failed, keeping the last good state: %s", e)
                 continue
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            nursery.cancel_scope.cancel()
-            return
+            shutdown.request(f"received {signal.Signals(signum).name}")
 
 
 def _config_dump(config: AgentConfig) -> dict[str, Any]:
@@ -322,4 +349,5 @@ def _config_dump(config: AgentConfig) -> dict[str, Any]:
         "packetMark": config.packet_mark,
         "poolMaxStreamsPerConnection": config.pool_max_streams,
         "poolUnusedReleaseTimeout": f"{int(config.pool_idle_timeout.total_seconds())}s",
+        "connectionTerminationDeadline": (f"{config.termination_deadline.total_seconds():g}s"),
     }

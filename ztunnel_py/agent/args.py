@@ -141,6 +141,21 @@ def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="requested workload certificate lifetime, e.g. 60s or 24h (env SECRET_TTL)",
     )
+    parser.add_argument(
+        "--connection-termination-deadline",
+        default=_env("CONNECTION_TERMINATION_DEADLINE"),
+        metavar="DURATION",
+        help="on SIGTERM, how long established connections may run on before they are closed "
+        "(env CONNECTION_TERMINATION_DEADLINE; default: the termination grace period minus "
+        "5 s, or 5 s)",
+    )
+    parser.add_argument(
+        "--termination-grace-period-seconds",
+        default=_env("TERMINATION_GRACE_PERIOD_SECONDS"),
+        metavar="N",
+        help="the pod's terminationGracePeriodSeconds, from which the default termination "
+        "deadline is derived as ztunnel does (env TERMINATION_GRACE_PERIOD_SECONDS)",
+    )
     parser.add_argument("--admin-address", default="127.0.0.1:15000", metavar="HOST:PORT")
     parser.add_argument("--metrics-address", default="0.0.0.0:15020", metavar="HOST:PORT")
     parser.add_argument("--readiness-address", default="0.0.0.0:15021", metavar="HOST:PORT")

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import trio
 
 from ztunnel_py.agent import persist
+from ztunnel_py.agent.drain import Drain
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.netns import (
     NetnsError,
@@ -139,6 +140,7 @@ class PodManager:
         outbound: Outbound,
         metrics: Metrics,
         nursery: trio.Nursery,
+        drain: Drain,
         capture: Capture | None,
         *,
         redirected: bool = False,
@@ -154,6 +156,7 @@ class PodManager:
         self.outbound = outbound
         self.metrics = metrics
         self.nursery = nursery
+        self.drain = drain
         self.pods: dict[str, PodProxy] = {}
         self.snapshot_seen: set[str] | None = None
         state.subscribe(self._recheck)
@@ -340,6 +343,7 @@ class PodManager:
             pod.track,
             preserve_source=self.capture is not None,
             original_destination=self.original_destination,
+            drain=self.drain.started,
         )
         try:
             with pod.cancel:
@@ -374,9 +378,21 @@ class PodManager:
         handle: Callable[[trio.socket.SocketType], Awaitable[None]],
     ) -> None:
         async with trio.open_nursery() as nursery:
-            while True:
-                sock, _ = await listener.accept()
-                nursery.start_soon(_guarded, handle, sock)
+            with self.drain.accepting():
+                while True:
+                    sock, _ = await listener.accept()
+                    nursery.start_soon(self._serve, handle, sock)
+            # Draining: new connections go to whoever else listens on the port (REUSEPORT),
+            # or are refused; the accepted ones run on.
+            listener.close()
+
+    async def _serve(
+        self,
+        handle: Callable[[trio.socket.SocketType], Awaitable[None]],
+        sock: trio.socket.SocketType,
+    ) -> None:
+        with self.drain.holding():
+            await _guarded(handle, sock)
 
     async def _outbound(
         self, pod: PodProxy, inbound: Inbound, sock: trio.socket.SocketType

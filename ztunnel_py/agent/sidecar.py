@@ -46,6 +46,7 @@ def main(args: argparse.Namespace) -> int:
             rt.outbound,
             rt.metrics,
             rt.nursery,
+            rt.drain,
             None,
             redirected=True,
             persist=False,

@@ -120,10 +120,11 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         "agent",
         parents=[common],
         help="stop, start or kill one node's agent",
-        description="stop: SIGTERM the agent of NODE and wait for it to exit (SIGKILL after "
-        "5 s). kill: SIGKILL it, as a crash would. start: run it again with the command line "
-        "`up` gave it and wait until it is ready; it re-enrolls its pods from its own saved "
-        "state (the CNI plugin is not run again). The state file follows every change.",
+        description="stop: SIGTERM the agent of NODE and wait for it to exit; it drains first "
+        "(open connections get up to 5 s to end; SIGKILL after 8 s). kill: SIGKILL it, as a "
+        "crash would. start: run it again with the command line `up` gave it and wait until it "
+        "is ready; it re-enrolls its pods from its own saved state (the CNI plugin is not run "
+        "again). The state file follows every change.",
     )
     agent.add_argument("node", metavar="NODE", help="node name, e.g. node1")
     agent.add_argument("action", choices=("stop", "start", "kill"), help="what to do")
@@ -140,7 +141,7 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         parents=[common],
         help="stop or start the control plane",
         description="stop: SIGTERM the control plane and wait for it to exit (SIGKILL after "
-        "5 s); the agents keep serving with their last configuration and certificates. start: "
+        "8 s); the agents keep serving with their last configuration and certificates. start: "
         "run it again with the command line `up` gave it (same CA) and wait until it serves; "
         "the agents reconnect and resync by themselves.",
     )

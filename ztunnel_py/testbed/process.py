@@ -151,7 +151,12 @@ def kill(record: ProcessRecord, timeout: float = 5.0) -> None:
         raise TestbedError(f"{record.name} (pid {record.pid}) survived SIGKILL for {timeout} s")
 
 
-def stop(records: list[ProcessRecord], grace: float = 5.0) -> list[str]:
+# Longer than a proxy's default termination deadline (5 s): a draining agent or sidecar gets to
+# close its remaining connections itself before SIGKILL.
+STOP_GRACE = 8.0
+
+
+def stop(records: list[ProcessRecord], grace: float = STOP_GRACE) -> list[str]:
     """SIGTERM every live record, SIGKILL what is left after `grace` seconds.
 
     Our own children are reaped through their Popen (inside `is_alive`); other processes count

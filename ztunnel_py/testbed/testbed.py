@@ -493,7 +493,7 @@ class Testbed:
 
     @staticmethod
     def _stop(record: ProcessRecord, what: str) -> int | None:
-        """SIGTERM, wait (SIGKILL after 5 s); the pid it had, or None if it was not running."""
+        """SIGTERM, wait (SIGKILL after 8 s); the pid it had, or None if it was not running."""
         was_running = process.is_alive(record)
         process.stop([record])
         if process.is_alive(record):
@@ -514,7 +514,7 @@ class Testbed:
         return record
 
     def stop_agent(self, node: str) -> int | None:
-        """SIGTERM the agent of `node` and wait for it to exit (SIGKILL after 5 s).
+        """SIGTERM the agent of `node` and wait for it to exit (SIGKILL after 8 s).
 
         Returns the pid it had, or None if it was not running.
         """
@@ -540,7 +540,7 @@ class Testbed:
         )
 
     def stop_controlplane(self) -> int | None:
-        """SIGTERM the control plane and wait for it to exit (SIGKILL after 5 s); the agents keep
+        """SIGTERM the control plane and wait for it to exit (SIGKILL after 8 s); the agents keep
         serving with what they have. Returns the pid it had, or None if it was not running."""
         return self._stop(self._controlplane(), "the control plane")
 

@@ -433,6 +433,7 @@ class _Connection:
         *,
         keepalive_interval: float,
         keepalive_timeout: float,
+        drain: trio.Event | None = None,
     ) -> None:
         self.tls = tls
         self.core = protocol
@@ -444,6 +445,7 @@ class _Connection:
         self.closed_reason: str | None = None
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
+        self._drain = drain
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._drained_lot = trio.lowlevel.ParkingLot()
         self._flushing = False
@@ -542,6 +544,8 @@ class _Connection:
                 nursery.start_soon(self._guard, self._writer)
                 nursery.start_soon(self._guard, self._reader)
                 nursery.start_soon(self._guard, self._keepalive)
+                if self._drain is not None:
+                    nursery.start_soon(self._guard, self._goaway_on_drain)
                 task_status.started()
         finally:
             self._terminate(self.closed_reason or "connection closed")
@@ -580,6 +584,16 @@ class _Connection:
             self._pong.set()
         if self._tasks is not None:
             self._tasks.cancel_scope.cancel()
+
+    async def _goaway_on_drain(self) -> None:
+        """Once draining starts: a graceful GOAWAY (open streams go on, the peer opens new ones
+        elsewhere); the connection closes when its last stream is done."""
+        assert self._drain is not None
+        await self._drain.wait()
+        self.core.close(proto.ErrorCodes.NO_ERROR, "draining")
+        self.emit()
+        if not self.streams:
+            self._terminate("drained: no open streams")
 
     async def _writer(self) -> None:
         """Send ciphertext queued by tasks that did not send it themselves (frames produced
@@ -946,6 +960,7 @@ class _ServerConnection(_Connection):
         keepalive_interval: float,
         keepalive_timeout: float,
         max_concurrent_streams: int,
+        drain: trio.Event | None,
     ) -> None:
         super().__init__(
             tls,
@@ -953,6 +968,7 @@ class _ServerConnection(_Connection):
             client_identity,
             keepalive_interval=keepalive_interval,
             keepalive_timeout=keepalive_timeout,
+            drain=drain,
         )
         self.client_identity = client_identity
         self.peer_address = _address(tls.socket.getpeername)
@@ -1006,6 +1022,7 @@ async def serve_hbone_connection(
     keepalive_interval: float = KEEPALIVE_INTERVAL,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     max_concurrent_streams: int = proto.SERVER_MAX_CONCURRENT_STREAMS,
+    drain: trio.Event | None = None,
 ) -> None:
     """Serve one accepted TCP connection as an HBONE server until it closes.
 
@@ -1015,6 +1032,9 @@ async def serve_hbone_connection(
     task; a handler that returns without answering gets a 503 sent for it, and its stream is
     reset if still open. Raises `HboneHandshakeError` if the connection could not be set up
     (the socket is closed); returns normally when an established connection ends.
+
+    Once `drain` is set the connection sends a graceful GOAWAY and ends when the streams it
+    already carries are done.
     """
     _no_delay(sock)
     tls = TlsTransport(sock, ssl_context, server_side=True, handshake_timeout=handshake_timeout)
@@ -1038,5 +1058,6 @@ async def serve_hbone_connection(
         keepalive_interval=keepalive_interval,
         keepalive_timeout=keepalive_timeout,
         max_concurrent_streams=max_concurrent_streams,
+        drain=drain,
     )
     await conn.serve()

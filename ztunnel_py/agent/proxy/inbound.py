@@ -69,8 +69,11 @@ class Inbound:
         original_destination: Callable[[trio.socket.SocketType], tuple[str, int]] = (
             local_destination
         ),
+        drain: trio.Event | None = None,
     ) -> None:
         self.pod_uid = pod_uid
+        # Set when the process drains: HBONE connections GOAWAY and end with their streams.
+        self.drain = drain
         # Bind upstream sockets to the client's IP so the app sees it; only with capture on,
         # whose egress program brings the app's replies back to the agent.
         self.preserve_source = preserve_source
@@ -135,6 +138,7 @@ class Inbound:
                 server_context(cert),
                 verify_client=lambda der: verify_client_identity(der, td),
                 handler=on_request,
+                drain=self.drain,
             )
         except HboneHandshakeError as e:
             connection_failed(
