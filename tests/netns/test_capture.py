@@ -4,6 +4,7 @@ leaving a pod as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -149,13 +150,27 @@ def readiness(bed: Testbed, node: str) -> str:
     return done.stdout.strip()
 
 
-def test_sigterm_drains_open_connections_then_the_agent_exits(bed: Testbed) -> None:
+@contextlib.contextmanager
+def node2_agent_terminated_with_a_connection_open(
+    bed: Testbed,
+) -> Iterator[tuple[KeepAliveClient, Path]]:
+    """web-1 holds a keep-alive connection to echo-2, then node2's agent gets SIGTERM; yields
+    the client and the agent's log. Afterwards the agent is started again and serves."""
     echo2 = pod(bed, "echo-2")
     client = KeepAliveClient(bed, "web-1", echo2["ip"], 8080)
     try:
         assert client.get("before") == "echo-2"
         agent = bed.status()["nodes"][1]["agent"]
         os.kill(agent["pid"], signal.SIGTERM)
+        yield client, Path(agent["log"])
+    finally:
+        client.close()
+        bed.start_agent("node2")
+    assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
+
+
+def test_sigterm_drains_open_connections_then_the_agent_exits(bed: Testbed) -> None:
+    with node2_agent_terminated_with_a_connection_open(bed) as (client, log):
         deadline = time.monotonic() + 5
         while not readiness(bed, "node2").endswith(" 500"):
             assert time.monotonic() < deadline, "readiness never turned false"
@@ -163,11 +178,8 @@ def test_sigterm_drains_open_connections_then_the_agent_exits(bed: Testbed) -> N
         assert "draining" in readiness(bed, "node2")
         # The open connection goes on; new ones find no listener (capture fails closed).
         assert client.get("during") == "echo-2"
-        refused = bed.exec(
-            "web-1",
-            ["curl", "-sS", "--max-time", "3", f"http://{echo2['ip']}:8080/?ztdrain-new"],
-            timeout=15,
-        )
+        url = f"http://{pod(bed, 'echo-2')['ip']}:8080/?ztdrain-new"
+        refused = bed.exec("web-1", ["curl", "-sS", "--max-time", "3", url], timeout=15)
         assert refused.returncode != 0
         assert "ztdrain-new" not in server_log(bed, "echo-2")
         assert client.get("still") == "echo-2"
@@ -175,32 +187,18 @@ def test_sigterm_drains_open_connections_then_the_agent_exits(bed: Testbed) -> N
         client.close()
         # The agent leaves as soon as its last connection ended, well before the 5 s deadline.
         assert wait_exit(bed, 1, timeout=4) < 3
-        log = Path(agent["log"]).read_text()
-        assert "received SIGTERM: draining" in log
-        assert "all connections ended" in log
-    finally:
-        client.close()
-        bed.start_agent("node2")
-    assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
+        text = log.read_text()
+        assert "received SIGTERM: draining" in text
+        assert "all connections ended" in text
 
 
 def test_connections_still_open_at_the_termination_deadline_are_closed(bed: Testbed) -> None:
-    echo2 = pod(bed, "echo-2")
-    client = KeepAliveClient(bed, "web-1", echo2["ip"], 8080)
-    try:
-        assert client.get("before") == "echo-2"
-        agent = bed.status()["nodes"][1]["agent"]
-        os.kill(agent["pid"], signal.SIGTERM)
+    with node2_agent_terminated_with_a_connection_open(bed) as (client, log):
         # The default deadline is 5 s; the testbed's SIGKILL would only come at 8 s.
         waited = wait_exit(bed, 1, timeout=8)
         assert 4 < waited < 7
         assert client.get("after") in ("closed", "ConnectionResetError", "BrokenPipeError")
-        log = Path(agent["log"]).read_text()
-        assert "termination deadline passed: closing 1 open connection" in log
-    finally:
-        client.close()
-        bed.start_agent("node2")
-    assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
+        assert "termination deadline passed: closing 1 open connection" in log.read_text()
 
 
 def network_state(netns: str) -> dict[str, str]:
