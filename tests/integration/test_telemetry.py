@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ztunnel_py.admin import serve_metrics
 from ztunnel_py.model import Identity, NetworkAddress, Service, Workload
+from ztunnel_py.redirect.model import PodCounters
 from ztunnel_py.telemetry import accesslog
 from ztunnel_py.telemetry.labels import (
     DENY,
@@ -31,7 +32,7 @@ from ztunnel_py.telemetry.logs import (
     parse_level_spec,
     setup_logging,
 )
-from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.telemetry.metrics import CaptureMetrics, Metrics
 
 CLIENT = Workload(
     uid="u-client",
@@ -244,6 +245,26 @@ def test_workload_manager_metrics(registry: CollectorRegistry) -> None:
     assert s["workload_manager_pending_proxy_count"] == [({}, 1)]
     assert s["workload_manager_proxies_started_total"] == [({}, 2)]
     assert s["workload_manager_proxies_stopped_total"] == [({}, 1)]
+
+
+def test_capture_counters_of_each_pod(registry: CollectorRegistry) -> None:
+    pods = [("apps", "web-1", PodCounters(inbound=2, outbound=20, assigns=5, drops=1, exempt=4))]
+    CaptureMetrics(registry, lambda: pods)
+    s = samples(registry)
+    web = {"namespace": "apps", "pod": "web-1"}
+    assert s["ztunnel_py_capture_connections_total"] == [
+        ({**web, "direction": "inbound"}, 2),
+        ({**web, "direction": "outbound"}, 3),
+    ]
+    assert s["ztunnel_py_capture_redirected_packets_total"] == [(web, 20)]
+    assert s["ztunnel_py_capture_dropped_packets_total"] == [
+        ({**web, "reason": "fail_closed"}, 1),
+        ({**web, "reason": "spoofed_source"}, 0),
+    ]
+    assert s["ztunnel_py_capture_exempt_packets_total"] == [(web, 4)]
+    # Read at every scrape: a pod gone from the map is gone from the metrics.
+    pods.clear()
+    assert "ztunnel_py_capture_connections_total" not in samples(registry)
 
 
 def test_two_metrics_on_one_registry_collide(registry: CollectorRegistry) -> None:

@@ -81,6 +81,55 @@ def test_agent_down_fails_closed_then_restart_re_enrolls(bed: Testbed) -> None:
     assert (answer.pod, answer.client.rsplit(":", 1)[0]) == ("echo-2", pod(bed, "web-1")["ip"])
     agent_log = Path(bed.status()["nodes"][1]["log"]).read_text()
     assert "restored 2 of 2 previously enrolled pods" in agent_log
+    # The programs counted the drops while no agent was there; the new agent reports them.
+    dropped = capture_metric(bed, "node2", "dropped_packets", "echo-2", reason="fail_closed")
+    assert dropped >= 2
+
+
+def capture_metric(bed: Testbed, node: str, family: str, pod_name: str, **labels: str) -> float:
+    """A `ztunnel_py_capture_*_total` sample of `pod_name` (namespace apps) from the agent of
+    `node`."""
+    done = bed.exec(node, ["curl", "-sS", "http://127.0.0.1:15020/metrics"], timeout=10)
+    assert done.returncode == 0, done.stderr
+    wanted = {"namespace": "apps", "pod": pod_name, **labels}
+    for line in done.stdout.splitlines():
+        name, _, rest = line.partition("{")
+        if name != f"ztunnel_py_capture_{family}_total":
+            continue
+        label_text, _, value = rest.rpartition("} ")
+        found = dict(item.split("=", 1) for item in label_text.split(","))
+        if {k: v.strip('"') for k, v in found.items()} == wanted:
+            return float(value)
+    raise AssertionError(f"no {family} sample for {wanted} in the metrics of {node}")
+
+
+def test_capture_counters_are_metrics_of_each_pod(bed: Testbed) -> None:
+    def snapshot() -> dict[str, float]:
+        return {
+            "web-1 outbound": capture_metric(
+                bed, "node1", "connections", "web-1", direction="outbound"
+            ),
+            "web-1 redirected": capture_metric(bed, "node1", "redirected_packets", "web-1"),
+            "echo-2 inbound": capture_metric(
+                bed, "node2", "connections", "echo-2", direction="inbound"
+            ),
+        }
+
+    echo2 = pod(bed, "echo-2")["ip"]
+    before = snapshot()
+    for _ in range(3):
+        assert http_get(bed, "web-1", echo2, 8080).pod == "echo-2"
+        # Plaintext from outside the mesh: a connection of its own into echo-2 each time
+        # (web-1's requests share one pooled HBONE connection between the agents).
+        assert http_get(bed, "legacy-1", echo2, 8080).pod == "echo-2"
+    after = snapshot()
+    assert after["web-1 outbound"] >= before["web-1 outbound"] + 3
+    # A request and its answer take several packets each way.
+    assert after["web-1 redirected"] >= before["web-1 redirected"] + 3 * 3
+    assert after["echo-2 inbound"] >= before["echo-2 inbound"] + 3
+    # Nobody in this testbed sends from outside with a pod's address.
+    assert capture_metric(bed, "node2", "dropped_packets", "echo-2", reason="spoofed_source") == 0
+    capture_metric(bed, "node2", "exempt_packets", "echo-2")  # served for every pod
 
 
 # One HTTP/1.1 keep-alive connection, one GET per line on stdin; prints the answering pod, or

@@ -45,7 +45,7 @@ from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.model import Workload
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels, setup_logging
-from ztunnel_py.telemetry.metrics import Metrics, XdsMetrics
+from ztunnel_py.telemetry.metrics import CaptureMetrics, Metrics, XdsMetrics
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
 
 log = logging.getLogger("ztunnel_py.agent")
@@ -183,6 +183,7 @@ class ProxyRuntime:
     dump: ConfigDump
     nursery: trio.Nursery
     drain: Drain
+    registry: CollectorRegistry
 
 
 async def run_proxy(
@@ -272,7 +273,9 @@ async def run_proxy(
                     task_status=task_status,
                 )
             )
-            runtime = ProxyRuntime(config, state, certs, outbound, metrics, dump, nursery, drain)
+            runtime = ProxyRuntime(
+                config, state, certs, outbound, metrics, dump, nursery, drain, registry
+            )
             await start_pods(runtime)
             readiness.mark_ready(ready_task)
             log.info("%s ready", config.proxy_type)
@@ -310,6 +313,8 @@ async def _run(
             config, state, rt.certs, rt.outbound, rt.metrics, rt.nursery, rt.drain, capture
         )
         rt.dump.add_section("workloadState", pods.dump)
+        if capture is not None:
+            CaptureMetrics(rt.registry, pods.capture_counters)
         await pods.restore()
 
         async def enrollment(*, task_status: trio.TaskStatus[None]) -> None:

@@ -42,6 +42,7 @@ from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.model import IPAddress
 from ztunnel_py.model.workload import canonical_ip
 from ztunnel_py.protocol.rbac import Connection
+from ztunnel_py.redirect.model import PodCounters, RedirectError
 from ztunnel_py.telemetry.metrics import Metrics
 
 log = logging.getLogger("ztunnel_py.inpod")
@@ -77,6 +78,8 @@ class Capture(Protocol):
     def forget(self, pod_id: int) -> None: ...
 
     def enrolled_pods(self) -> set[int]: ...
+
+    def all_counters(self) -> dict[int, PodCounters]: ...
 
 
 @dataclass(slots=True)
@@ -420,6 +423,22 @@ class PodManager:
 
     def dump(self) -> dict[str, Any]:
         return {uid: pod.dump() for uid, pod in self.pods.items()}
+
+    def capture_counters(self) -> list[tuple[str, str, PodCounters]]:
+        """(namespace, name, counters) of every captured pod, for the metrics scrape; none
+        when the map cannot be read (a scrape must not fail)."""
+        if self.capture is None:
+            return []
+        try:
+            counters = self.capture.all_counters()
+        except RedirectError as e:
+            log.warning("capture counters unreadable: %s", e)
+            return []
+        return [
+            (pod.info.namespace, pod.info.name, counters[pod.pod_id])
+            for pod in self.pods.values()
+            if pod.pod_id in counters
+        ]
 
 
 async def _guarded(

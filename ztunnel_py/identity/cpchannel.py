@@ -15,6 +15,7 @@ from a process that does not also run a gRPC server.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +35,9 @@ _RECONNECT_OPTIONS: tuple[ChannelOption, ...] = (
     ("grpc.min_reconnect_backoff_ms", 5000),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
+
+# A little longer than grpcio's connectivity watch period (`_poll_connectivity` waits 0.2 s).
+_WATCH_PERIOD = 0.25
 
 
 class ChannelError(Exception):
@@ -108,6 +112,10 @@ class ControlPlaneChannel:
     def _close_locked(self) -> None:
         if self._channel is not None:
             self._channel.unsubscribe(self._watch)
+            # grpcio's watcher thread notices the unsubscription only when its current wait
+            # (0.2 s) ends; closing the channel before that makes it die with "Channel
+            # deallocated!" on stderr.
+            time.sleep(_WATCH_PERIOD)
             self._channel.close()
             self._channel = None
 

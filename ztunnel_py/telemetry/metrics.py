@@ -20,7 +20,8 @@ two are swapped into the families (istio/istio#32399); the access log shows them
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -308,3 +309,87 @@ class XdsMetrics:
     def received(self, type_url: str, size: int) -> None:
         self._messages.cell((type_url,))[0] += 1
         self._bytes.cell((type_url,))[0] += size
+
+
+class CaptureCounts(Protocol):
+    """What the BPF capture programs counted for one pod (`redirect.model.PodCounters`)."""
+
+    @property
+    def inbound(self) -> int: ...
+    @property
+    def outbound(self) -> int: ...
+    @property
+    def assigns(self) -> int: ...
+    @property
+    def drops(self) -> int: ...
+    @property
+    def exempt(self) -> int: ...
+    @property
+    def spoofed(self) -> int: ...
+
+
+# (pod namespace, pod name, its counts) for every enrolled pod
+CaptureReader = Callable[[], Iterable[tuple[str, str, CaptureCounts]]]
+
+
+class CaptureMetrics:
+    """The capture programs' per-pod counters, read from their BPF map at every scrape.
+
+    ztunnel has no such families (iptables keeps its counters in the kernel), so they carry
+    our own prefix, each labelled with the pod's `namespace` and `pod`:
+
+    - `ztunnel_py_capture_connections_total{direction}`: connections handed to an agent
+      listener, `inbound` (to 15008/15006) or `outbound` (to 15001);
+    - `ztunnel_py_capture_redirected_packets_total`: packets of the pod's outbound connections
+      turned back into the agent (every packet of such a connection is);
+    - `ztunnel_py_capture_dropped_packets_total{reason}`: `fail_closed` (no agent listener to
+      take a new connection, or a packet that cannot be inspected) or `spoofed_source` (from
+      outside with the pod's own address);
+    - `ztunnel_py_capture_exempt_packets_total`: left uncaptured (probes, excluded ports).
+    """
+
+    def __init__(self, registry: CollectorRegistry, read: CaptureReader) -> None:
+        self._read = read
+        registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
+        connections, redirected, dropped, exempt = families
+        for namespace, pod, c in self._read():
+            # `assigns` counts the connections of both directions, `inbound` the inbound ones.
+            connections.add_metric([namespace, pod, "inbound"], c.inbound)
+            connections.add_metric([namespace, pod, "outbound"], c.assigns - c.inbound)
+            redirected.add_metric([namespace, pod], c.outbound)
+            dropped.add_metric([namespace, pod, "fail_closed"], c.drops)
+            dropped.add_metric([namespace, pod, "spoofed_source"], c.spoofed)
+            exempt.add_metric([namespace, pod], c.exempt)
+        return families
+
+    @staticmethod
+    def _families() -> list[CounterMetricFamily]:
+        pod = ["namespace", "pod"]
+        return [
+            CounterMetricFamily(
+                "ztunnel_py_capture_connections",
+                "Connections the capture programs handed to an agent listener",
+                labels=[*pod, "direction"],
+            ),
+            CounterMetricFamily(
+                "ztunnel_py_capture_redirected_packets",
+                "Packets of outbound connections the capture programs turned into the agent",
+                labels=pod,
+            ),
+            CounterMetricFamily(
+                "ztunnel_py_capture_dropped_packets",
+                "Packets the capture programs dropped",
+                labels=[*pod, "reason"],
+            ),
+            CounterMetricFamily(
+                "ztunnel_py_capture_exempt_packets",
+                "Packets left uncaptured (probes, excluded ports)",
+                labels=pod,
+            ),
+        ]
