@@ -208,10 +208,13 @@ class _RuleIndex:
             live = [m for m in clause if not m.empty]
             if not live:
                 return  # this clause never passes, so the rule never matches
-            for rank, (name, _) in enumerate(self._guards):
-                if best is not None and rank >= best[0]:
-                    break
-                if all(getattr(m, name) for m in live):
+            common = _ALL_GUARDS
+            for m in live:
+                common &= _guard_mask(m)
+            if common:
+                # The lowest bit is the most selective attribute every live match sets.
+                rank = (common & -common).bit_length() - 1
+                if best is None or rank < best[0]:
                     best = (rank, live)
         if best is None:
             self._always.append(rule_id)
@@ -251,6 +254,21 @@ class _RuleIndex:
             if (not positions or positions[-1] != position) and _rule_matches(rule, s):
                 positions.append(position)
         return [self.policies[p] for p in positions]
+
+
+_ALL_GUARDS = 0b111111
+
+
+def _guard_mask(m: Match) -> int:
+    """Bit i set: `m` sets the attribute of `_RuleIndex._guards[i]` (same order)."""
+    return (
+        (1 if m.service_accounts else 0)
+        | (2 if m.principals else 0)
+        | (4 if m.namespaces else 0)
+        | (8 if m.source_ips else 0)
+        | (16 if m.destination_ports else 0)
+        | (32 if m.destination_ips else 0)
+    )
 
 
 class _Filing(Protocol):
