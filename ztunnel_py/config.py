@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+
+from ztunnel_py.identity.roots import RootCerts
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -52,12 +55,36 @@ def termination_deadline(explicit: str, grace_period_seconds: str) -> timedelta:
     return timedelta(seconds=max(grace - (5 if grace > 10 else 1), 0))
 
 
+_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def parse_headers(items: Sequence[str], what: str) -> tuple[tuple[str, str], ...]:
+    """`NAME=VALUE` items as gRPC metadata: names are lowercased (gRPC requires it, and
+    environment variable names are usually upper case); reserved or malformed names and values
+    with control characters are refused."""
+    headers: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not _HEADER_NAME.match(name) or name.startswith("grpc-"):
+            raise ConfigValueError(
+                f"{what}: {item!r} is not NAME=VALUE with a header name of letters, digits, "
+                "'-', '_' or '.' (names starting with grpc- are reserved)"
+            )
+        if name.endswith("-bin"):
+            raise ConfigValueError(f"{what}: binary (-bin) headers like {name!r} are not supported")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ConfigValueError(f"{what}: the value of {name!r} must be printable text")
+        headers.append((name, value))
+    return tuple(headers)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     node: str
     local_config: Path | None
     ca_address: tuple[str, int]
-    ca_root_cert: Path
+    ca_root_cert: RootCerts
     ca_hostname: str
     auth_token: Path
     secret_ttl: timedelta
@@ -77,7 +104,10 @@ class AgentConfig:
     termination_deadline: timedelta = DEFAULT_TERMINATION_DEADLINE
     # workload xDS (None: state from local_config); its roots default to ca_root_cert
     xds_address: tuple[str, int] | None = None
-    xds_root_cert: Path | None = None
+    xds_root_cert: RootCerts | None = None
+    # extra gRPC metadata on CA calls and on the xDS stream (CA_HEADER_*, XDS_HEADER_*)
+    ca_headers: tuple[tuple[str, str], ...] = ()
+    xds_headers: tuple[tuple[str, str], ...] = ()
     xds_hostname: str = "istiod.istio-system.svc"
     # who this agent is, for the xDS node id ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local
     instance_ip: str = ""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -77,6 +79,7 @@ def start_ca(
     *,
     port: int = 0,
     max_ttl: timedelta = timedelta(hours=24),
+    interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
 ) -> RunningCa:
     ca = load_or_create_ca(data_dir / CA_SUBDIR, TRUST_DOMAIN)
     registry = LocalConfigRegistry(local_config)
@@ -88,7 +91,7 @@ def start_ca(
         TRUST_DOMAIN,
         max_ttl,
     )
-    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), interceptors=list(interceptors))
     ca_service.add_to_server(service, server)
     bound = server.add_secure_port(f"127.0.0.1:{port}", ServingCredentials(ca, []).credentials())
     server.start()

@@ -6,6 +6,7 @@ import ssl
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -13,13 +14,15 @@ import trio
 from cryptography import x509
 
 from tests.integration.ca_support import RunningCa, start_ca, write_workloads
-from ztunnel_py.identity.caclient import CREATE_CERTIFICATE, CaError
+from ztunnel_py.config import parse_headers
+from ztunnel_py.identity.caclient import CREATE_CERTIFICATE, CaError, GrpcCaClient
 from ztunnel_py.identity.pki import (
     generate_key,
     identities_from_cert,
     load_certificate,
     make_csr,
 )
+from ztunnel_py.identity.roots import RootCerts
 from ztunnel_py.model import Identity
 from ztunnel_py.proto import citadel_pb2
 
@@ -203,3 +206,57 @@ async def test_serving_certificate_names_istiod_and_chains_to_the_root(ca: Runni
     san = load_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.value.get_values_for_type(x509.DNSName) == ["istiod.istio-system.svc"]
     await tls.aclose()
+
+
+if TYPE_CHECKING:
+    Interceptor = grpc.ServerInterceptor[Any, Any]
+else:  # generic only in grpc's type stubs
+    Interceptor = grpc.ServerInterceptor
+
+
+class MetadataRecorder(Interceptor):
+    """Keeps the metadata of every call the CA server receives."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, str]] = []
+
+    def intercept_service(self, continuation: Any, details: Any) -> Any:
+        self.calls.append(dict(details.invocation_metadata))
+        return continuation(details)
+
+
+async def test_inline_pem_roots_and_extra_headers(tmp_path: Path) -> None:
+    config = tmp_path / "local.yaml"
+    write_workloads(config, {"node-1": [("demo", "alice")]})
+    recorder = MetadataRecorder()
+    running = start_ca(tmp_path / "data", config, interceptors=[recorder])
+    try:
+        # CA_ROOT_CA given as the PEM text itself, and CA_HEADER_X_TEAM=payments.
+        roots = RootCerts.parse(running.root_path.read_text())
+        headers = parse_headers(["X_TEAM=payments"], "--ca-header")
+        client = GrpcCaClient(running.address, roots, running.token_file("node-1"), headers=headers)
+        try:
+            chain = await client.sign(make_csr(generate_key(), ALICE), ALICE, timedelta(hours=1))
+        finally:
+            client.close()
+        assert identities_from_cert(chain[0]) == [ALICE]
+        (call,) = recorder.calls
+        assert call["x_team"] == "payments"
+        assert call["clusterid"] == "Kubernetes"
+    finally:
+        running.stop()
+
+
+async def test_system_roots_do_not_trust_the_mesh_ca(ca: RunningCa) -> None:
+    # CA_ROOT_CA=SYSTEM reads the machine's trust store, which knows nothing of our CA.
+    client = GrpcCaClient(
+        ca.address,
+        RootCerts.parse("SYSTEM"),
+        ca.token_file("node-1"),
+        timeout=timedelta(seconds=3),
+    )
+    try:
+        with pytest.raises(CaError, match="UNAVAILABLE"):
+            await client.sign(make_csr(generate_key(), ALICE), ALICE, timedelta(hours=1))
+    finally:
+        client.close()

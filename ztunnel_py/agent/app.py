@@ -37,12 +37,14 @@ from ztunnel_py.config import (
     AgentConfig,
     ConfigValueError,
     parse_duration,
+    parse_headers,
     parse_host_port,
     termination_deadline,
 )
 from ztunnel_py.identity.caclient import GrpcCaClient
 from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.identity.roots import RootCerts
 from ztunnel_py.model import Workload
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels, setup_logging
 from ztunnel_py.telemetry.metrics import CaptureMetrics, Metrics, XdsMetrics
@@ -59,6 +61,13 @@ def _xds_address(text: str) -> tuple[str, int] | None:
     return parse_host_port(text.removeprefix("https://").rstrip("/"), "--xds-address")
 
 
+def _roots(value: str, what: str) -> RootCerts:
+    try:
+        return RootCerts.parse(value)
+    except ValueError as e:
+        raise ConfigValueError(f"{what}: {e}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if not args.node:
         raise ConfigValueError("--node (env NODE_NAME) is required: the name of this node")
@@ -72,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         node=args.node,
         local_config=Path(args.local_config) if args.local_config else None,
         ca_address=parse_host_port(args.ca_address, "--ca-address"),
-        ca_root_cert=Path(args.ca_root_cert),
+        ca_root_cert=_roots(args.ca_root_cert, "--ca-root-cert"),
         ca_hostname=args.ca_hostname,
         auth_token=Path(args.auth_token),
         secret_ttl=parse_duration(args.secret_ttl, "--secret-ttl"),
@@ -84,7 +93,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         capture=not args.no_capture,
         bpf_pin_root=Path(args.bpf_pin_root),
         xds_address=xds_address,
-        xds_root_cert=Path(args.xds_root_cert) if args.xds_root_cert else None,
+        xds_root_cert=_roots(args.xds_root_cert, "--xds-root-cert") if args.xds_root_cert else None,
+        ca_headers=parse_headers(args.ca_header, "--ca-header"),
+        xds_headers=parse_headers(args.xds_header, "--xds-header"),
         xds_hostname=args.xds_hostname,
         instance_ip=args.instance_ip,
         pod_name=args.pod_name or f"ztunnel-{args.node}",
@@ -204,6 +215,7 @@ async def run_proxy(
         config.ca_root_cert,
         config.auth_token,
         hostname=config.ca_hostname,
+        headers=config.ca_headers,
     )
     certs = CertificateManager(signer, config.secret_ttl)
     xds: XdsClient | None = None
@@ -216,6 +228,7 @@ async def run_proxy(
             hostname=config.xds_hostname,
             purpose="xDS",
             options=XDS_CHANNEL_OPTIONS,
+            headers=config.xds_headers,
         )
         node = agent_node(
             config.instance_ip,

@@ -11,6 +11,37 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def _add_server_arguments(
+    parser: argparse.ArgumentParser, flag: str, env: str, server: str, calls: str
+) -> None:
+    """--<flag>-root-cert and --<flag>-header, from <env>_ROOT_CA and <env>_HEADER_*."""
+    # The xDS roots default to the CA's; the CA's to where Istio mounts them.
+    roots_default = "./var/run/secrets/istio/root-cert.pem" if flag == "ca" else ""
+    also = "" if flag == "ca" else "; default: --ca-root-cert"
+    parser.add_argument(
+        f"--{flag}-root-cert",
+        default=_env(f"{env}_ROOT_CA", roots_default),
+        metavar="FILE|SYSTEM|PEM",
+        help=f"roots for {server}'s certificate: a PEM file, SYSTEM (the system trust store) "
+        f"or the PEM text itself (env {env}_ROOT_CA{also})",
+    )
+    parser.add_argument(
+        f"--{flag}-header",
+        action="append",
+        default=_env_headers(f"{env}_HEADER_"),
+        metavar="NAME=VALUE",
+        help=f"a header sent on {calls}; repeatable (env {env}_HEADER_<NAME>=VALUE)",
+    )
+
+
+def _env_headers(prefix: str) -> list[str]:
+    """`PREFIX<NAME>=value` environment entries as NAME=value items (ztunnel's XDS_HEADER_*
+    and CA_HEADER_*)."""
+    return [
+        f"{k[len(prefix) :]}={v}" for k, v in sorted(os.environ.items()) if k.startswith(prefix)
+    ]
+
+
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     _add_proxy_arguments(parser)
     parser.add_argument(
@@ -94,13 +125,7 @@ def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         help="take workloads, services and policies from the control plane's workload xDS at "
         "HOST:PORT (or https://HOST:PORT) instead of --local-config (env XDS_ADDRESS)",
     )
-    parser.add_argument(
-        "--xds-root-cert",
-        default=_env("XDS_ROOT_CA"),
-        metavar="FILE",
-        help="PEM roots for the xDS server's certificate (env XDS_ROOT_CA; default: "
-        "--ca-root-cert)",
-    )
+    _add_server_arguments(parser, "xds", "XDS", "the xDS server", "the xDS stream")
     parser.add_argument(
         "--xds-hostname",
         default=_env("ALT_XDS_HOSTNAME", "istiod.istio-system.svc"),
@@ -118,12 +143,7 @@ def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the control plane's CA (env CA_ADDRESS)",
     )
-    parser.add_argument(
-        "--ca-root-cert",
-        default=_env("CA_ROOT_CA", "./var/run/secrets/istio/root-cert.pem"),
-        metavar="FILE",
-        help="PEM roots that sign the control plane's serving certificate (env CA_ROOT_CA)",
-    )
+    _add_server_arguments(parser, "ca", "CA", "the CA", "certificate requests")
     parser.add_argument(
         "--ca-hostname",
         default=_env("ALT_CA_HOSTNAME", "istiod.istio-system.svc"),

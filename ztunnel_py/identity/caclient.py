@@ -27,8 +27,10 @@ from ztunnel_py.identity.cpchannel import (
     DEFAULT_CONTROL_PLANE_HOSTNAME,
     ChannelError,
     ControlPlaneChannel,
+    Metadata,
 )
 from ztunnel_py.identity.pki import CertificateAuthority, CsrError
+from ztunnel_py.identity.roots import RootCerts
 from ztunnel_py.model.identity import Identity
 from ztunnel_py.proto import citadel_pb2
 
@@ -55,21 +57,23 @@ class GrpcCaClient:
     def __init__(
         self,
         address: str,
-        root_cert: Path,
+        roots: RootCerts | Path,
         token_file: Path | None,
         *,
         hostname: str = DEFAULT_CA_HOSTNAME,
         cluster_id: str = DEFAULT_CLUSTER_ID,
         timeout: timedelta = timedelta(seconds=10),
+        headers: Metadata = (),
     ) -> None:
         self._address = address
         self._channel = ControlPlaneChannel(
             address,
-            root_cert,
+            roots,
             token_file,
             hostname=hostname,
             cluster_id=cluster_id,
             purpose="CA",
+            headers=headers,
         )
         self._timeout = timeout.total_seconds()
 

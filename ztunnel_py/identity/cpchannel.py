@@ -1,8 +1,9 @@
 """The agent's gRPC/TLS channel to the control plane, shared by the CA and xDS clients.
 
 As ztunnel does for both (reference sections 3.1 and 4): the server certificate is verified
-against root certificates read from a file, under an overridable expected hostname; the channel
-is rebuilt when that file's contents change. Every call carries `clusterid` and, when a token
+against root certificates (`RootCerts`: a file, the system store or inline PEM) under an
+overridable expected hostname; the channel is rebuilt when the roots change. Every call carries
+`clusterid`, the operator's extra headers (`XDS_HEADER_*` / `CA_HEADER_*`) and, when a token
 file is configured, `authorization: Bearer <token>` with the token re-read per call (projected
 Kubernetes tokens rotate). grpcio blocks: use this from worker threads.
 
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+
+from ztunnel_py.identity.roots import RootCerts, RootCertsError
 
 DEFAULT_CONTROL_PLANE_HOSTNAME = "istiod.istio-system.svc"
 DEFAULT_CLUSTER_ID = "Kubernetes"
@@ -48,18 +51,21 @@ class ControlPlaneChannel:
     def __init__(
         self,
         address: str,
-        root_cert: Path,
+        roots: RootCerts | Path,
         token_file: Path | None,
         *,
         hostname: str = DEFAULT_CONTROL_PLANE_HOSTNAME,
         cluster_id: str = DEFAULT_CLUSTER_ID,
         purpose: str = "control plane",
         options: Sequence[ChannelOption] = (),
+        headers: Metadata = (),
     ) -> None:
-        """`purpose` names the service in error messages ("CA", "xDS"); `options` are extra
-        grpc channel options, replacing defaults of the same name."""
+        """`roots`: a `RootCerts`, or a path meaning a root certificate file. `purpose` names
+        the service in error messages ("CA", "xDS"); `options` are extra grpc channel options,
+        replacing defaults of the same name; `headers` go on every call."""
         self.address = address
-        self._root_cert = root_cert
+        self._roots_source = RootCerts.of(roots)
+        self._headers = tuple(headers)
         self._token_file = token_file
         self._hostname = hostname
         self._cluster_id = cluster_id
@@ -71,7 +77,7 @@ class ControlPlaneChannel:
 
     def metadata(self) -> Metadata:
         """Call metadata: `clusterid`, and the bearer token read from its file now."""
-        metadata: Metadata = (("clusterid", self._cluster_id),)
+        metadata: Metadata = (("clusterid", self._cluster_id), *self._headers)
         if self._token_file is not None:
             metadata += (("authorization", f"Bearer {self._read_token(self._token_file)}"),)
         return metadata
@@ -79,11 +85,9 @@ class ControlPlaneChannel:
     def get(self) -> grpc.Channel:
         """The channel, rebuilt when the root certificate file's contents change."""
         try:
-            roots = self._root_cert.read_bytes()
-        except OSError as e:
-            raise ChannelError(
-                f"cannot read the {self._purpose} root certificate {self._root_cert}: {e}"
-            ) from None
+            roots = self._roots_source.read()
+        except RootCertsError as e:
+            raise ChannelError(f"{self._purpose} roots: {e}") from None
         with self._lock:
             if self._channel is None or roots != self._roots:
                 self._close_locked()

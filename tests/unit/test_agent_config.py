@@ -1,0 +1,99 @@
+"""The agent's configuration as ztunnel's environment gives it: control-plane roots (file,
+SYSTEM, inline PEM), extra headers (CA_HEADER_*, XDS_HEADER_*), and what is refused."""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from pathlib import Path
+
+import pytest
+
+from ztunnel_py.agent.app import config_from_args
+from ztunnel_py.agent.args import add_agent_arguments
+from ztunnel_py.config import ConfigValueError, parse_headers
+from ztunnel_py.identity.roots import RootCerts, RootCertsError
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+
+
+def test_roots_from_a_file_are_read_each_time(tmp_path: Path) -> None:
+    path = tmp_path / "root-cert.pem"
+    roots = RootCerts.parse(str(path))
+    assert roots == RootCerts(path=path)
+    path.write_text("first")
+    assert roots.read() == b"first"
+    path.write_text("rotated")
+    assert roots.read() == b"rotated"
+
+
+def test_missing_root_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(RootCertsError, match=f"cannot read root certificate file {tmp_path}/x"):
+        RootCerts.parse(str(tmp_path / "x")).read()
+
+
+def test_inline_pem_roots() -> None:
+    roots = RootCerts.parse(PEM)
+    assert roots.read() == PEM.encode() + b"\n"
+    assert str(roots) == "the inline PEM roots"
+
+
+def test_system_roots_are_the_bundle_openssl_uses() -> None:
+    roots = RootCerts.parse("SYSTEM")
+    paths = ssl.get_default_verify_paths()
+    bundle = Path(paths.cafile or paths.openssl_cafile)
+    assert roots.read() == bundle.read_bytes()
+    assert b"BEGIN CERTIFICATE" in roots.read()
+
+
+def test_empty_roots_are_refused() -> None:
+    with pytest.raises(ValueError, match="give a file path, SYSTEM or PEM text"):
+        RootCerts.parse("  ")
+
+
+def test_headers_are_lowercased_metadata() -> None:
+    assert parse_headers(["X_TEAM=payments", "x-env=a=b", "empty="], "--xds-header") == (
+        ("x_team", "payments"),
+        ("x-env", "a=b"),
+        ("empty", ""),
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("novalue", "is not NAME=VALUE"),
+        ("=v", "is not NAME=VALUE"),
+        ("bad name=v", "is not NAME=VALUE"),
+        ("grpc-timeout=1S", "names starting with grpc- are reserved"),
+        ("x=line\nbreak", "must be printable text"),
+        ("x-bin=abc", "binary \\(-bin\\) headers like 'x-bin' are not supported"),
+    ],
+)
+def test_bad_headers_say_why(item: str, message: str) -> None:
+    with pytest.raises(ConfigValueError, match=message):
+        parse_headers([item], "--xds-header")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)
+    return parser.parse_args(["--node", "n1", *argv])
+
+
+def test_environment_gives_roots_and_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CA_ROOT_CA", PEM)
+    monkeypatch.setenv("XDS_ROOT_CA", "SYSTEM")
+    monkeypatch.setenv("XDS_HEADER_X_TEAM", "payments")
+    monkeypatch.setenv("CA_HEADER_X_REGION", "eu")
+    config = config_from_args(parse(["--xds-header", "x-extra=1"]))
+    assert config.ca_root_cert == RootCerts(pem=PEM.encode() + b"\n")
+    assert config.xds_root_cert == RootCerts(system=True)
+    assert config.xds_headers == (("x_team", "payments"), ("x-extra", "1"))
+    assert config.ca_headers == (("x_region", "eu"),)
+
+
+def test_a_bad_header_stops_the_agent_naming_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDS_HEADER_GRPC-TIMEOUT", "1S")
+    with pytest.raises(ConfigValueError, match="--xds-header: 'GRPC-TIMEOUT=1S'"):
+        config_from_args(parse([]))
