@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Transparent TCP capture for one pod, attached (clsact, direct-action) to the pod's interface
- * inside the pod's network namespace. Compiled once per agent by bcc; the same two programs
- * serve every pod, found in zt_pods by its IP (the destination of inbound packets, the source
- * of outbound and hairpinned ones).
+ * Transparent TCP capture for one pod: two tc programs attached (clsact, direct-action) to
+ * the pod's interface inside the pod's network namespace, and a socket lookup program linked
+ * to that namespace. Compiled once per agent by bcc; the same programs serve every pod, found
+ * in zt_pods by its IP (the destination of inbound packets, the source of outbound and
+ * hairpinned ones).
  *
  * zt_ingress (packets arriving on the pod's interface):
  *   - hairpinned by zt_egress (they carry ZT_ROUTE_MARK): the type is set to PACKET_HOST (the
  *     destination MAC is the gateway's); packets of existing flows go to normal demux, which
- *     the fwmark rule routes to the local table; a new SYN is assigned to the agent's 15001.
+ *     the fwmark rule routes to the local table; a new SYN is assigned to the agent's 15001,
+ *     except a SYN on the tuple of a TIME_WAIT socket, which zt_lookup serves (see there).
  *   - to a pod IP: a pod IP as source is a spoof (dropped: accept_local=1 would admit it);
  *     existing flows (the app's or the agent's sockets, found by the packet's own tuple;
  *     listeners and, for SYNs, TIME_WAIT do not count) go to normal demux; the probe source
@@ -44,6 +46,9 @@ BPF_TABLE_PINNED("hash", struct zt_addr, struct zt_pod_config, zt_pods,
                  ZT_MAX_PODS * 2, ZT_PIN_DIR "/pods");
 BPF_TABLE_PINNED("hash", __u64, struct zt_pod_counters, zt_counters, ZT_MAX_PODS,
                  ZT_PIN_DIR "/counters");
+/* Each pod's outbound (15001) listener by pod id, for zt_lookup; the agent inserts it, and the
+ * kernel removes it when the socket closes. */
+BPF_TABLE_PINNED("sockhash", __u64, __u32, zt_listeners, ZT_MAX_PODS, ZT_PIN_DIR "/listeners");
 
 struct zt_packet {
     __u8 family;       /* 4 or 6; 0: not IP */
@@ -230,23 +235,30 @@ static __always_inline int zt_is_syn(const struct zt_packet *p)
     return (p->flags & (ZT_TCP_FLAG_SYN | ZT_TCP_FLAG_ACK)) == ZT_TCP_FLAG_SYN;
 }
 
-/* Is there a local socket, other than a listener, that owns this packet's tuple?
- * TIME_WAIT does not count for a SYN, so a reused tuple is captured again. */
-static __always_inline int zt_existing_flow(struct __sk_buff *skb, const struct zt_packet *p)
+/* The state of the local socket, other than a listener, that owns this packet's tuple, or
+ * ZT_NO_SOCKET. */
+#define ZT_NO_SOCKET 0xff
+static __always_inline __u32 zt_owner_state(struct __sk_buff *skb, const struct zt_packet *p)
 {
     struct bpf_sock_tuple t = {};
     __u32 size = 0;
     zt_tuple(p, &t, p->dport, &size);
     struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
     if (!sk)
-        return 0;
+        return ZT_NO_SOCKET;
     __u32 state = sk->state;
     bpf_sk_release(sk);
-    if (state == BPF_TCP_LISTEN)
+    return state == BPF_TCP_LISTEN ? ZT_NO_SOCKET : state;
+}
+
+/* Does a local socket own this packet's flow? TIME_WAIT does not count for a SYN, so a reused
+ * tuple is captured again. */
+static __always_inline int zt_existing_flow(struct __sk_buff *skb, const struct zt_packet *p)
+{
+    __u32 state = zt_owner_state(skb, p);
+    if (state == ZT_NO_SOCKET)
         return 0;
-    if (state == BPF_TCP_TIME_WAIT && zt_is_syn(p))
-        return 0;
-    return 1;
+    return !(state == BPF_TCP_TIME_WAIT && zt_is_syn(p));
 }
 
 static __always_inline void zt_count(__u64 *field)
@@ -295,7 +307,14 @@ int zt_ingress(struct __sk_buff *skb)
             return TC_ACT_OK;
         struct zt_pod_counters *cnt = zt_counters.lookup(&cfg->pod_id);
         bpf_skb_change_type(skb, PACKET_HOST);
-        if (zt_existing_flow(skb, &p) || !zt_is_syn(&p))
+        __u32 owner = zt_owner_state(skb, &p);
+        if (!zt_is_syn(&p) || (owner != ZT_NO_SOCKET && owner != BPF_TCP_TIME_WAIT))
+            return TC_ACT_OK;
+        /* A SYN reusing the tuple of the agent's TIME_WAIT socket goes to the kernel, which
+         * retires that socket and looks up a listener: zt_lookup answers with 15001. Not for
+         * a pod of this node as destination, which zt_lookup cannot tell from the delivery to
+         * that pod: that SYN is assigned (and waits for the TIME_WAIT socket to expire). */
+        if (owner == BPF_TCP_TIME_WAIT && !zt_pod(&p, p.daddr))
             return TC_ACT_OK;
         return zt_assign(skb, &p, ZT_PORT_OUTBOUND, cnt);
     }
@@ -374,4 +393,56 @@ int zt_egress(struct __sk_buff *skb)
     if (cnt)
         zt_count(&cnt->outbound);
     return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+/*
+ * zt_lookup (BPF_SK_LOOKUP, linked to each pod netns) answers the kernel's listener lookups
+ * for new connections tc did not assign. For a hairpinned SYN (from a pod IP to an address
+ * that is no pod of this node, arriving on the pod's interface) that happens only when its
+ * tuple still belongs to a TIME_WAIT socket: the agent's end of an earlier connection from
+ * the same client port.
+ * zt_ingress leaves such a SYN to the kernel, which retires the TIME_WAIT socket and looks up
+ * a listener; the answer here is the pod's 15001 listener, or a drop without one (fail
+ * closed, never the app's own listener). Assigning the SYN in tc instead makes the kernel drop
+ * it as a duplicate of the TIME_WAIT tuple, every retry, until that socket expires (60 s).
+ * Every other lookup passes untouched.
+ */
+int zt_lookup(struct bpf_sk_lookup *ctx)
+{
+    if (ctx->protocol != IPPROTO_TCP)
+        return SK_PASS;
+    struct zt_packet p = {};
+    if (ctx->family == 2 /* AF_INET */) {
+        p.family = 4;
+        p.saddr[0] = ctx->remote_ip4;
+        p.daddr[0] = ctx->local_ip4;
+    } else if (ctx->family == 10 /* AF_INET6 */) {
+        p.family = 6;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            p.saddr[i] = ctx->remote_ip6[i];
+            p.daddr[i] = ctx->local_ip6[i];
+        }
+    } else {
+        return SK_PASS;
+    }
+    /* A lookup made in another pod's netns can look the same (interface indexes repeat
+     * across namespaces, and IPv6 reports a local delivery on the address's interface), so
+     * only a destination outside this node's pods counts, and never an agent port (the tc
+     * programs look those up). */
+    __u32 port = ctx->local_port;
+    if (port == ZT_PORT_OUTBOUND || port == ZT_PORT_INBOUND || port == ZT_PORT_HBONE)
+        return SK_PASS;
+    struct zt_pod_config *cfg = zt_pod(&p, p.saddr);
+    if (!cfg || ctx->ingress_ifindex != cfg->ifindex || zt_pod(&p, p.daddr))
+        return SK_PASS;
+    /* No counting here: the socket lookups of zt_ingress and zt_egress run through this
+     * program too (and get the same answer), so it would count their packets twice. */
+    __u64 key = cfg->pod_id;
+    struct bpf_sock *sk = (struct bpf_sock *)zt_listeners.lookup(&key);
+    if (!sk)
+        return SK_DROP;
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    return err ? SK_DROP : SK_PASS;
 }

@@ -250,6 +250,47 @@ def test_connections_still_open_at_the_termination_deadline_are_closed(bed: Test
         assert "termination deadline passed: closing 1 open connection" in log.read_text()
 
 
+# Two HTTP/1.0 requests from one fixed client port: the server closes first, so the agent ends
+# the first connection as the active closer and keeps its tuple in TIME_WAIT; the second
+# connection reuses exactly that tuple. Prints, per request, seconds taken and the status line
+# (or the error).
+REUSE_CLIENT = """
+import socket, sys, time
+host, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for attempt in range(2):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", sport))
+    s.settimeout(5)
+    start = time.monotonic()
+    try:
+        s.connect((host, port))
+        s.sendall(b"GET /?ztreuse HTTP/1.0\\r\\nHost: t\\r\\n\\r\\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        result = data.split(b"\\r\\n")[0].decode()
+    except OSError as e:
+        result = type(e).__name__
+    finally:
+        s.close()
+    print(f"{time.monotonic() - start:.3f} {result}", flush=True)
+    time.sleep(0.3)
+"""
+
+
+def test_a_client_port_reused_while_the_agent_holds_it_in_time_wait(bed: Testbed) -> None:
+    # The kernel would drop a SYN assigned by tc as a duplicate of the TIME_WAIT tuple, for
+    # 60 s; the lookup program has it retire that socket and gives the SYN to the agent.
+    port = 61500  # outside the ephemeral range, so no other connection takes it meanwhile
+    argv = [sys.executable, "-c", REUSE_CLIENT, pod(bed, "echo-2")["ip"], "8080", str(port)]
+    done = bed.exec("web-1", argv, timeout=30)
+    assert done.returncode == 0, done.stderr
+    (first, second) = [line.split(" ", 1) for line in done.stdout.splitlines()]
+    assert first[1] == second[1] == "HTTP/1.1 200 OK", done.stdout
+    assert float(second[0]) < 1.0, done.stdout
+
+
 def network_state(netns: str) -> dict[str, str]:
     return {
         "qdisc": in_netns(netns, ["tc", "qdisc", "show", "dev", "eth0"]),

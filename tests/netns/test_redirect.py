@@ -29,7 +29,7 @@ import trio
 
 from ztunnel_py.agent.netns import PodNetns
 from ztunnel_py.redirect.bpffs import is_bpffs, unmount
-from ztunnel_py.redirect.loader import Redirector, default_route_interface
+from ztunnel_py.redirect.loader import Redirector, default_route_interface, netns_cookie
 from ztunnel_py.redirect.model import PodSettings, RedirectError
 
 pytestmark = pytest.mark.netns
@@ -175,14 +175,18 @@ class Accepted:
 
 
 class ToyAgent:
-    """Listeners 15001/15006/15008 in the pod netns that relay to the original destination."""
+    """Listeners 15001/15006/15008 in the pod netns that relay to the original destination;
+    like the agent, it hands its 15001 listener to the redirector."""
 
-    def __init__(self, pod_fd: int) -> None:
+    def __init__(self, pod_fd: int, redirector: Redirector) -> None:
         self.ns = PodNetns(pod_fd)
+        self.pod_fd = pod_fd
+        self.redirector = redirector
         self.accepted: list[Accepted] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = [(port, self.ns.listener("::", port)) for port in (15001, 15006, 15008)]
+        self.redirector.register_listener(netns_cookie(self.pod_fd), listeners[0][1].fileno())
         try:
             async with trio.open_nursery() as n:
                 for port, listener in listeners:
@@ -275,10 +279,12 @@ class Scene:
 
 
 @contextlib.asynccontextmanager
-async def scene(topo: Topology, *, agent: bool = True) -> AsyncIterator[Scene]:
+async def scene(
+    topo: Topology, redirector: Redirector, *, agent: bool = True
+) -> AsyncIterator[Scene]:
     async with trio.open_nursery() as n:
         s = Scene(
-            ToyAgent(topo.pod),
+            ToyAgent(topo.pod, redirector),
             Whoami(topo.pod, APP_PORT),
             Whoami(topo.pod, APP_EXCLUDED_PORT),
             Whoami(topo.fds["rem"], REMOTE_PORT),
@@ -303,7 +309,7 @@ async def test_outbound_from_an_unmodified_process_is_captured(
         "print(s.makefile().readline().strip())\n"
     )
     before = enrolled.counters(topo.pod)
-    async with scene(topo) as s:
+    async with scene(topo, enrolled) as s:
         result = await trio.run_process(
             ["ip", "netns", "exec", topo.name("pod"), "/usr/bin/python3", "-c", client],
             capture_stdout=True,
@@ -326,7 +332,7 @@ async def test_inbound_is_captured_and_the_app_sees_the_client(
 ) -> None:
     rem = topo.fds["rem"]
     before = enrolled.counters(topo.pod)
-    async with scene(topo) as s:
+    async with scene(topo, enrolled) as s:
         payload = os.urandom(2 << 20)
         peer, echoed = await talk(rem, (POD4, APP_PORT), payload)
         assert peer == REM4  # transparent upstream: the app sees the real client
@@ -344,7 +350,7 @@ async def test_inbound_is_captured_and_the_app_sees_the_client(
 
 
 async def test_ipv6_inbound_and_outbound_are_captured(topo: Topology, enrolled: Redirector) -> None:
-    async with scene(topo) as s:
+    async with scene(topo, enrolled) as s:
         peer, echoed = await talk(topo.pod, (REM6, REMOTE_PORT), b"six")
         assert (peer, echoed) == (POD6, b"six")
         peer, echoed = await talk(topo.fds["rem"], (POD6, APP_PORT), b"six")
@@ -367,7 +373,7 @@ async def refused_or_timed_out(
 
 async def test_without_listeners_capture_fails_closed(topo: Topology, enrolled: Redirector) -> None:
     before = enrolled.counters(topo.pod)
-    async with scene(topo, agent=False) as s:
+    async with scene(topo, enrolled, agent=False) as s:
         results: dict[str, bool] = {}
 
         async def attempt(name: str, netns_fd: int, dst: tuple[str, int]) -> None:
@@ -397,7 +403,7 @@ async def test_exclusions_probe_source_and_agent_mark_bypass_capture(
     )
     await trio.to_thread.run_sync(redirector.enroll, topo.pod, "eth0", POD_IPS, settings)
     try:
-        async with scene(topo) as s:
+        async with scene(topo, redirector) as s:
             before = redirector.counters(topo.pod)
             peer, _ = await talk(topo.fds["rem"], (POD4, APP_EXCLUDED_PORT))
             assert peer == REM4 and s.app_excluded.peers == [REM4]
@@ -428,7 +434,7 @@ async def test_packets_from_outside_with_the_pod_source_are_dropped(
     topo: Topology, enrolled: Redirector
 ) -> None:
     before = enrolled.counters(topo.pod)
-    async with scene(topo) as s:
+    async with scene(topo, enrolled) as s:
         # The node binds (transparently) to the pod's own IP.
         assert await refused_or_timed_out(topo.fds["node"], (POD4, APP_PORT), 1.0, POD4)
         assert s.app.peers == [] and s.agent.accepted == []
@@ -533,7 +539,7 @@ async def test_an_ip_held_by_a_stale_pod_is_taken_over(
             redirector.forget(stale)  # what the agent does for a namespace that is gone
             assert redirector.enrolled_pods() == {pod}
             assert redirector.settings(topo.pod) == (POD_IPS, PodSettings())
-            async with scene(topo) as s:
+            async with scene(topo, redirector) as s:
                 peer, _ = await talk(topo.fds["rem"], (POD4, APP_PORT))
                 assert peer == REM4
                 assert [a.port for a in s.agent.accepted] == [15006]
@@ -547,22 +553,25 @@ async def test_an_ip_held_by_a_stale_pod_is_taken_over(
 async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
     topo: Topology, enrolled: Redirector, pin_root: Path
 ) -> None:
-    async with scene(topo) as s:
+    async with scene(topo, enrolled) as s:
         await talk(topo.pod, (REM4, REMOTE_PORT))
         counted = enrolled.counters(topo.pod)
         assert counted.assigns >= 1
         assert is_bpffs(pin_root)
-        assert sorted(p.name for p in (pin_root / "v1").iterdir()) == [
+        assert sorted(p.name for p in (pin_root / "v2").iterdir()) == [
             "counters",
             "egress",
             "ingress",
+            "links",
+            "listeners",
+            "lookup",
             "pods",
         ]
 
         restarted = await trio.to_thread.run_sync(Redirector, pin_root)
         try:
             assert restarted.mounted is None  # the bpffs is already there
-            assert restarted.reused_pins == {"ingress", "egress"}
+            assert restarted.reused_pins == {"ingress", "egress", "lookup"}
             assert restarted.program_ids() == enrolled.program_ids()
             assert restarted.counters(topo.pod) == counted  # same maps, same contents
             assert restarted.settings(topo.pod) == (POD_IPS, PodSettings())

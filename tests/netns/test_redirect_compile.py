@@ -22,8 +22,8 @@ import pytest
 
 from ztunnel_py.redirect import bpfsys
 from ztunnel_py.redirect.bpffs import ensure_bpffs, unmount
-from ztunnel_py.redirect.compile import MODULE, CompileReport, compile_and_pin
-from ztunnel_py.redirect.loader import BPF_DIR, CountersMap, PodsMap, Redirector
+from ztunnel_py.redirect.compile import MODULE, PROGRAMS, CompileReport, compile_and_pin
+from ztunnel_py.redirect.loader import BPF_DIR, LAYOUT_VERSION, CountersMap, PodsMap, Redirector
 from ztunnel_py.redirect.model import (
     AddrKey,
     PodAddresses,
@@ -100,8 +100,8 @@ def compile_children() -> list[int]:
 def pinned_programs(pin_dir: Path) -> dict[str, tuple[str, int]]:
     """(tag, kernel id) of each pinned program."""
     found = {}
-    for name in ("ingress", "egress"):
-        fd = bpfsys.open_program(pin_dir / name)
+    for name, spec in PROGRAMS.items():
+        fd = bpfsys.open_program(pin_dir / name, spec.prog_type)
         try:
             found[name] = (bpfsys.program_tag(fd), bpfsys.program_id(fd))
         finally:
@@ -130,7 +130,11 @@ def test_the_agent_process_never_loads_bcc(bpffs: Path) -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"bcc": [], "libs": [], "programs": ["egress", "ingress"]}
+    assert json.loads(done.stdout) == {
+        "bcc": [],
+        "libs": [],
+        "programs": ["egress", "ingress", "lookup"],
+    }
     (bpffs / "agent").rmdir()
 
 
@@ -139,11 +143,18 @@ def test_unchanged_programs_are_reused_and_changed_ones_replaced(
 ) -> None:
     first = compile_and_pin(pin_dir, BPF_DIR)
     assert first.reused == frozenset()
-    assert sorted(p.name for p in pin_dir.iterdir()) == ["counters", "egress", "ingress", "pods"]
+    assert sorted(p.name for p in pin_dir.iterdir()) == [
+        "counters",
+        "egress",
+        "ingress",
+        "listeners",
+        "lookup",
+        "pods",
+    ]
     before = pinned_programs(pin_dir)
 
     again = compile_and_pin(pin_dir, BPF_DIR)
-    assert again.reused == {"ingress", "egress"}
+    assert again.reused == {"ingress", "egress", "lookup"}
     assert again.tags == first.tags
     assert pinned_programs(pin_dir) == before  # the very same programs
 
@@ -155,7 +166,7 @@ def test_unchanged_programs_are_reused_and_changed_ones_replaced(
         source.read_text().replace("#define ZT_MAX_EXT_HDRS 4", "#define ZT_MAX_EXT_HDRS 3")
     )
     replaced = compile_and_pin(pin_dir, changed)
-    assert replaced.reused == frozenset()
+    assert replaced.reused == {"lookup"}  # the only program that does not parse headers
     after = pinned_programs(pin_dir)
     for name in ("ingress", "egress"):
         tag, prog_id = after[name]
@@ -174,7 +185,7 @@ def test_a_restarted_redirector_reuses_the_pins_and_keeps_the_maps(bpffs: Path) 
             counters.update(ctypes.c_uint64(77), PodCountersStruct(assigns=3))
         restarted = Redirector(root)
         try:
-            assert restarted.reused_pins == {"ingress", "egress"}
+            assert restarted.reused_pins == {"ingress", "egress", "lookup"}
             assert restarted.program_ids() == first.program_ids()
             assert restarted.enrolled_pods() == {77}
             assert restarted.all_counters() == {77: PodCounters(assigns=3)}
@@ -271,7 +282,7 @@ def test_a_compile_failure_is_explained_and_leaves_nothing_behind(
     assert "'redirect.h' file not found" in message
     assert compile_children() == []
     assert open_fds() == fds
-    assert list((bpffs / "broken" / "v1").iterdir()) == []
+    assert list((bpffs / "broken" / f"v{LAYOUT_VERSION}").iterdir()) == []
 
     with pytest.raises(RedirectError, match="cannot read the BPF sources"):
         Redirector(bpffs / "broken", bpf_dir=tmp_path / "nowhere")
@@ -279,5 +290,5 @@ def test_a_compile_failure_is_explained_and_leaves_nothing_behind(
         Redirector(bpffs / "broken", compile_timeout=0.01)
     assert compile_children() == []
     assert open_fds() == fds
-    for d in (bpffs / "broken" / "v1", bpffs / "broken"):
+    for d in (bpffs / "broken" / f"v{LAYOUT_VERSION}", bpffs / "broken"):
         d.rmdir()

@@ -73,6 +73,8 @@ class Capture(Protocol):
 
     def enroll(self, netns_fd: int, ifname: str, pod_ips: Sequence[str]) -> int: ...
 
+    def register_listener(self, pod_id: int, listener_fd: int) -> None: ...
+
     def unenroll(self, netns_fd: int, ifname: str) -> None: ...
 
     def forget(self, pod_id: int) -> None: ...
@@ -209,7 +211,7 @@ class PodManager:
             netns.close()
             raise EnrollRefused(f"cannot start proxy for {info.uid}: {e}") from e
         try:
-            await self._capture(pod)
+            await self._capture(pod, listeners[OUTBOUND_PORT])
         except Exception as e:
             for s in listeners.values():
                 s.close()
@@ -226,7 +228,7 @@ class PodManager:
         self._update_counts()
         log.info("enrolled pod %s (%s/%s)", info.uid, info.namespace, info.name)
 
-    async def _capture(self, pod: PodProxy) -> None:
+    async def _capture(self, pod: PodProxy, outbound: trio.socket.SocketType) -> None:
         # Listeners exist before the programs are attached: captured traffic never finds the
         # pod without its proxy (and would be dropped, not leaked, if it did).
         if self.capture is None:
@@ -235,6 +237,7 @@ class PodManager:
         ifname, ips = await trio.to_thread.run_sync(capture.pod_interface, pod.netns.fd)
         pod.ifname = ifname
         pod.pod_id = await trio.to_thread.run_sync(capture.enroll, pod.netns.fd, ifname, ips)
+        capture.register_listener(pod.pod_id, outbound.fileno())
 
     async def _remove(self, pod: PodProxy) -> None:
         """Stop the pod's proxy and take its capture programs off (best effort: the pod's

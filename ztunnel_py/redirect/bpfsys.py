@@ -32,6 +32,11 @@ BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_SK_LOOKUP = 36  # attach type
+BPF_PROG_TYPE_SK_LOOKUP = 30
+BPF_MAP_TYPE_SOCKHASH = 18
 BPF_ANY = 0
 BPF_MAP_TYPE_HASH = 1
 BPF_PROG_TYPE_SCHED_CLS = 3
@@ -79,10 +84,22 @@ class _ObjAttr(ctypes.Structure):
     )
 
 
+class _LinkAttr(ctypes.Structure):
+    """The BPF_LINK_CREATE and BPF_LINK_UPDATE members of `union bpf_attr` (same offsets:
+    create's prog_fd, target_fd and attach_type are update's link_fd, new_prog_fd and flags)."""
+
+    _fields_ = (
+        ("first", ctypes.c_uint32),
+        ("second", ctypes.c_uint32),
+        ("third", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+    )
+
+
 class _Attr(ctypes.Union):
     """The part of `union bpf_attr` these commands use; the kernel zero-fills the rest."""
 
-    _fields_ = (("elem", _ElemAttr), ("batch", _BatchAttr), ("obj", _ObjAttr))
+    _fields_ = (("elem", _ElemAttr), ("batch", _BatchAttr), ("obj", _ObjAttr), ("link", _LinkAttr))
 
 
 def _bpf(cmd: int, attr: _Attr, path: Path) -> int:
@@ -93,6 +110,24 @@ def _bpf(cmd: int, attr: _Attr, path: Path) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(path))
     return ret
+
+
+def link_netns(prog_fd: int, netns_fd: int, path: Path) -> int:
+    """Link the BPF_SK_LOOKUP program `prog_fd` to the network namespace `netns_fd`; returns
+    the link's fd (`path` names it in errors). The link lasts while an fd or a pin holds it."""
+    attr = _Attr()
+    attr.link.first = prog_fd
+    attr.link.second = netns_fd
+    attr.link.third = BPF_SK_LOOKUP
+    return _bpf(BPF_LINK_CREATE, attr, path)
+
+
+def link_update(link_fd: int, prog_fd: int, path: Path) -> None:
+    """Swap the program of a link for `prog_fd`, atomically."""
+    attr = _Attr()
+    attr.link.first = link_fd
+    attr.link.second = prog_fd
+    _bpf(BPF_LINK_UPDATE, attr, path)
 
 
 def obj_get(path: Path) -> int:
@@ -145,7 +180,7 @@ def open_program(path: Path, prog_type: int = BPF_PROG_TYPE_SCHED_CLS) -> int:
 
 
 K = TypeVar("K", bound=ctypes.Structure | ctypes.c_uint64)
-V = TypeVar("V", bound=ctypes.Structure | ctypes.c_uint64)
+V = TypeVar("V", bound=ctypes.Structure | ctypes.c_uint64 | ctypes.c_uint32)
 
 
 class PinnedMap(Generic[K, V]):

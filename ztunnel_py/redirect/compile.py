@@ -4,8 +4,8 @@ bcc compiles `bpf/redirect.c` with LLVM and clang inside the calling process, an
 libraries (about 85 MB of file pages) and the compile's heap (about 50 MB) stay in it. So the
 agent never imports bcc: `compile_and_pin` runs this module in a new interpreter
 (`python -m ztunnel_py.redirect.compile --pin-dir DIR --bpf-dir DIR`), which compiles the
-programs, loads both SCHED_CLS programs, pins the maps and the programs in DIR, prints a report
-and exits; the agent then opens the pins through bpf(2) (`bpfsys`).
+programs, loads them (two SCHED_CLS, one SK_LOOKUP), pins the maps and the programs in DIR,
+prints a report and exits; the agent then opens the pins through bpf(2) (`bpfsys`).
 
 - The maps are pinned by the C itself (BPF_TABLE_PINNED): an existing pin is reopened, so
   every pod's settings and counters survive an agent restart.
@@ -39,12 +39,29 @@ from ztunnel_py.redirect.model import AddrKey, PodConfigStruct, PodCountersStruc
 
 MODULE = "ztunnel_py.redirect.compile"
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-PROGRAMS = {"ingress": "zt_ingress", "egress": "zt_egress"}  # pin name -> function in the C
-MAPS = ("pods", "counters")  # pin names, as in BPF_TABLE_PINNED in the C
+MAPS = ("pods", "counters", "listeners")  # pin names, as in BPF_TABLE_PINNED in the C
 COMPILE_TIMEOUT = 120.0
 DIAGNOSTIC_LINES = 30
 
 log = logging.getLogger("ztunnel_py.redirect")
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSpec:
+    """A function of bpf/redirect.c and how it is loaded (bcc takes -1 for no attach type)."""
+
+    func: str
+    prog_type: int
+    attach_type: int = -1
+
+
+# pin name -> program; ingress and egress are the tc programs attached to each pod's
+# interface, lookup is linked to each pod's netns
+PROGRAMS = {
+    "ingress": ProgramSpec("zt_ingress", bpfsys.BPF_PROG_TYPE_SCHED_CLS),
+    "egress": ProgramSpec("zt_egress", bpfsys.BPF_PROG_TYPE_SCHED_CLS),
+    "lookup": ProgramSpec("zt_lookup", bpfsys.BPF_PROG_TYPE_SK_LOOKUP, bpfsys.BPF_SK_LOOKUP),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,11 +236,13 @@ def build(pin_dir: Path, bpf_dir: Path) -> dict[str, Any]:
     seconds = time.monotonic() - started
     _check_layout(bpf)
     programs: dict[str, dict[str, Any]] = {}
-    for pin_name, func in PROGRAMS.items():
+    for pin_name, spec in PROGRAMS.items():
         try:
-            loaded = bpf.load_func(func.encode(), BPF.SCHED_CLS)
+            loaded = bpf.load_func(spec.func.encode(), spec.prog_type, attach_type=spec.attach_type)
         except Exception as e:  # the verifier's log is on stderr
-            raise RedirectError(f"cannot load {func} from {bpf_dir / 'redirect.c'}: {e}") from e
+            raise RedirectError(
+                f"cannot load {spec.func} from {bpf_dir / 'redirect.c'}: {e}"
+            ) from e
         reused = _adopt(loaded.fd, pin_dir / pin_name)
         programs[pin_name] = {"tag": bpfsys.program_tag(loaded.fd), "reused": reused}
     return {"compile_seconds": seconds, "programs": programs}

@@ -2,13 +2,16 @@
 
 `Redirector` has `compile` build `bpf/redirect.c` in a child process once, when it is created
 (the agent never loads bcc and its compiler), then opens what the child pinned and attaches the
-same two programs to every enrolled pod. The maps and both programs are pinned under
-`<pin_root>/v<LAYOUT_VERSION>/` (`pods`, `counters`, `ingress`, `egress`) on a bpffs, which is
-mounted when missing. A restarted agent reopens the pinned maps, with every pod's settings and
-counters, and keeps using the pinned programs when they are the same code (same program tag),
-so re-enrolling after a restart changes nothing; new code is pinned in their place and
-re-enrolling swaps it in with `replace-filter`. The maps are read and written with plain bpf(2)
-calls (`bpfsys`), whose key and value types are checked against the pinned maps.
+same programs to every enrolled pod: the tc programs to its interface, the socket lookup
+program to its netns (a link pinned under `links/<pod id>`, so it outlives the agent like the
+filters do), and `register_listener` gives that program the pod's 15001 socket. The maps and
+programs are pinned under `<pin_root>/v<LAYOUT_VERSION>/` (`pods`, `counters`, `listeners`,
+`ingress`, `egress`, `lookup`) on a bpffs, which is mounted when missing. A restarted agent
+reopens the pinned maps, with every pod's settings and counters, and keeps using the pinned
+programs when they are the same code (same program tag), so re-enrolling after a restart
+changes nothing; new code is pinned in their place and re-enrolling swaps it in with
+`replace-filter` (and a link update). The maps are read and written with plain bpf(2) calls
+(`bpfsys`), whose key and value types are checked against the pinned maps.
 
 All methods block (a child process, bpf(2), netlink, setns); the agent calls them through
 `trio.to_thread`. Namespace work happens on the calling thread inside the pod netns (`entered`),
@@ -55,12 +58,14 @@ from ztunnel_py.redirect.model import (
 
 # Bump with any change to the structs in bpf/redirect.h: pinned maps of another layout live in
 # another directory and are never reopened with the wrong sizes.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SO_NETNS_COOKIE = 71
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")
 PodsMap = bpfsys.PinnedMap[AddrKey, PodConfigStruct]
 CountersMap = bpfsys.PinnedMap[ctypes.c_uint64, PodCountersStruct]
+ListenersMap = bpfsys.PinnedMap[ctypes.c_uint64, ctypes.c_uint32]
+LINKS = "links"  # pin subdirectory: each pod's zt_lookup link, named by pod id
 
 
 def netns_cookie_here() -> int:
@@ -139,21 +144,29 @@ class Redirector:
                     self.pin_dir / "counters", ctypes.c_uint64, PodCountersStruct
                 )
                 self._fds.callback(self._counters.close)
-                for pin_name, func in PROGRAMS.items():
-                    fd = bpfsys.open_program(self.pin_dir / pin_name)
+                self._listeners = ListenersMap(
+                    self.pin_dir / "listeners",
+                    ctypes.c_uint64,
+                    ctypes.c_uint32,
+                    map_type=bpfsys.BPF_MAP_TYPE_SOCKHASH,
+                )
+                self._fds.callback(self._listeners.close)
+                for pin_name, spec in PROGRAMS.items():
+                    fd = bpfsys.open_program(self.pin_dir / pin_name, spec.prog_type)
                     self._fds.callback(os.close, fd)
                     if bpfsys.program_tag(fd) != report.tags[pin_name]:
                         raise RedirectError(
                             f"{self.pin_dir / pin_name} was replaced while it was loaded (by "
                             "another agent on the same pin root?)"
                         )
-                    self.programs[pin_name] = podnet.Program(fd, func)
+                    self.programs[pin_name] = podnet.Program(fd, spec.func)
+                (self.pin_dir / LINKS).mkdir(mode=0o700, exist_ok=True)
         except BaseException:
             self.close()
             raise
 
     def program_ids(self) -> dict[str, int]:
-        """Kernel ids of the programs this instance attaches ("ingress", "egress")."""
+        """Kernel ids of the programs this instance attaches ("ingress", "egress", "lookup")."""
         return {name: bpfsys.program_id(p.fd) for name, p in self.programs.items()}
 
     def close(self) -> None:
@@ -166,6 +179,12 @@ class Redirector:
         for name in (*PROGRAMS, *MAPS):
             with contextlib.suppress(FileNotFoundError):
                 (self.pin_dir / name).unlink()
+        links = self.pin_dir / LINKS
+        for link in links.glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+        with contextlib.suppress(OSError):
+            links.rmdir()
         with contextlib.suppress(OSError):
             self.pin_dir.rmdir()
 
@@ -254,7 +273,39 @@ class Redirector:
                 podnet.ensure_routing(ipr, family, self.route_table)
             else:
                 podnet.remove_routing(ipr, family, self.route_table)
+        # The lookup program first: zt_ingress counts on it for SYNs on a TIME_WAIT tuple.
+        self._link_lookup(pod_id)
         podnet.attach(ipr, ifindex, self.programs["ingress"], self.programs["egress"])
+
+    def _link_lookup(self, pod_id: int) -> None:
+        """Link zt_lookup to the calling thread's netns (the pod's), pinned so the link
+        outlives this process like the tc filters do; an existing link gets this program."""
+        pin = self.pin_dir / LINKS / str(pod_id)
+        prog_fd = self.programs["lookup"].fd
+        with _os_errors("link the lookup program at"):
+            try:
+                link_fd = bpfsys.obj_get(pin)
+            except FileNotFoundError:
+                netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    link_fd = bpfsys.link_netns(prog_fd, netns_fd, pin)
+                finally:
+                    os.close(netns_fd)
+                try:
+                    bpfsys.obj_pin(link_fd, pin)
+                finally:
+                    os.close(link_fd)
+                return
+            try:
+                bpfsys.link_update(link_fd, prog_fd, pin)
+            finally:
+                os.close(link_fd)
+
+    def register_listener(self, pod_id: int, listener_fd: int) -> None:
+        """Make `listener_fd` (the pod's 15001 socket) zt_lookup's answer for the pod; the
+        entry goes away by itself when the socket is closed."""
+        with _os_errors("update the listener map"):
+            self._listeners.update(ctypes.c_uint64(pod_id), ctypes.c_uint32(listener_fd))
 
     def pod_interface(self, netns_fd: int) -> tuple[str, list[str]]:
         """The pod's default-route interface and its global addresses: where capture goes."""
@@ -292,6 +343,9 @@ class Redirector:
             for raw in entries:
                 self._pods.delete(AddrKey.from_buffer_copy(raw))
             self._counters.delete(ctypes.c_uint64(pod_id))
+        # Unpinning the link detaches the lookup program from the pod's netns.
+        with contextlib.suppress(FileNotFoundError):
+            (self.pin_dir / LINKS / str(pod_id)).unlink()
 
     def forget(self, pod_id: int) -> None:
         """Drop a pod's map entries without touching its netns (for a netns that is gone)."""

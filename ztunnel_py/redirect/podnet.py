@@ -11,7 +11,7 @@ What the hairpin needs (reference/ebpf-redirect.md, 4.3):
 - `ip rule pref 100 fwmark 0x400/0xf00 lookup 1024` with `local 0.0.0.0/0 dev lo table 1024`
   (and the IPv6 twins), so hairpinned packets to remote addresses are delivered locally. Table
   1024 rather than Istio's 100, so leftovers of Istio's in-pod rules never collide with ours.
-- clsact on the interface with the two programs attached by fd (iproute2's `tc` cannot take an
+- clsact on the interface with the two tc programs attached by fd (iproute2's `tc` cannot take an
   fd), at prio 1, handle 1, named after the programs.
 """
 
