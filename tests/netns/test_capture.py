@@ -12,11 +12,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.netns.conftest import unique_prefix
+from tests.netns.conftest import pod, unique_prefix
 from ztunnel_py.testbed import runtime
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.traffic import http_get
@@ -31,11 +30,6 @@ def bed() -> Iterator[Testbed]:
         yield tb
     finally:
         tb.down()
-
-
-def pod(bed: Testbed, name: str) -> dict[str, Any]:
-    pods: list[dict[str, Any]] = bed.status()["pods"]
-    return next(p for p in pods if p["name"] == name)
 
 
 def in_netns(netns: str, argv: list[str]) -> str:

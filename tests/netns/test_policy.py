@@ -9,11 +9,10 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.netns.conftest import unique_prefix
+from tests.netns.conftest import pod, unique_prefix
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.traffic import http_get
@@ -42,11 +41,6 @@ def bed() -> Iterator[Testbed]:
         yield tb
     finally:
         tb.down()
-
-
-def pod(bed: Testbed, name: str) -> dict[str, Any]:
-    pods: list[dict[str, Any]] = bed.status()["pods"]
-    return next(p for p in pods if p["name"] == name)
 
 
 def long_lived(bed: Testbed, client: str, server_ip: str, port: int) -> subprocess.Popen[str]:

@@ -235,7 +235,7 @@ class Redirector:
                     pod_id = netns_cookie_here()
                     previous = self._current(pod_id)
                     try:
-                        self._enroll_here(ipr, pod_id, ifname, addrs, settings, previous)
+                        self._enroll_here(ipr, netns_fd, pod_id, ifname, addrs, settings, previous)
                     except RedirectError:
                         if previous is None:
                             self._unenroll_here(ipr, pod_id, ifname)
@@ -247,6 +247,7 @@ class Redirector:
     def _enroll_here(
         self,
         ipr: IPRoute,
+        netns_fd: int,
         pod_id: int,
         ifname: str,
         addrs: PodAddresses,
@@ -274,23 +275,19 @@ class Redirector:
             else:
                 podnet.remove_routing(ipr, family, self.route_table)
         # The lookup program first: zt_ingress counts on it for SYNs on a TIME_WAIT tuple.
-        self._link_lookup(pod_id)
+        self._link_lookup(netns_fd, pod_id)
         podnet.attach(ipr, ifindex, self.programs["ingress"], self.programs["egress"])
 
-    def _link_lookup(self, pod_id: int) -> None:
-        """Link zt_lookup to the calling thread's netns (the pod's), pinned so the link
-        outlives this process like the tc filters do; an existing link gets this program."""
+    def _link_lookup(self, netns_fd: int, pod_id: int) -> None:
+        """Link zt_lookup to the pod's netns, pinned so the link outlives this process like
+        the tc filters do; an existing link gets this program."""
         pin = self.pin_dir / LINKS / str(pod_id)
         prog_fd = self.programs["lookup"].fd
         with _os_errors("link the lookup program at"):
             try:
                 link_fd = bpfsys.obj_get(pin)
             except FileNotFoundError:
-                netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    link_fd = bpfsys.link_netns(prog_fd, netns_fd, pin)
-                finally:
-                    os.close(netns_fd)
+                link_fd = bpfsys.link_netns(prog_fd, netns_fd, pin)
                 try:
                     bpfsys.obj_pin(link_fd, pin)
                 finally:
