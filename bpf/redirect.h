@@ -9,7 +9,7 @@
  * zt_counters is keyed by pod_id, the pod netns cookie chosen by the agent.
  * Any change to these structs must bump LAYOUT_VERSION in ztunnel_py/redirect/loader.py (the
  * pin directory), so an agent never reopens pinned maps written with another layout; the
- * loader also refuses to start when ztunnel_py/redirect/model.py disagrees with this file.
+ * loader also refuses to start when ztunnel_py/redirect/maps.py disagrees with this file.
  */
 #ifndef ZTUNNEL_PY_REDIRECT_H
 #define ZTUNNEL_PY_REDIRECT_H

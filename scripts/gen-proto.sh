@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate the Python modules for every .proto in ztunnel_py/proto (messages, .pyi stubs and
-# gRPC stubs), then rewrite the generated cross-file imports so they resolve inside the package:
+# Regenerate the Python modules for every .proto in ztunnel_py/proto (messages and .pyi stubs;
+# no gRPC stubs: our servers and clients wire their methods with grpcio's generic handlers), then
+# rewrite the generated cross-file imports so they resolve inside the package:
 # protoc emits `import workload_pb2`, we need `from ztunnel_py.proto import workload_pb2`.
 # Imports of google.protobuf's well-known types are left alone.
 set -euo pipefail
@@ -16,16 +17,16 @@ if [ ${#protos[@]} -eq 0 ]; then
     exit 1
 fi
 
-rm -f ./*_pb2.py ./*_pb2.pyi ./*_pb2_grpc.py
+rm -f ./*_pb2.py ./*_pb2.pyi
 "$venv/bin/python" -m grpc_tools.protoc -I. \
-    --python_out=. --pyi_out=. --grpc_python_out=. "${protos[@]}"
+    --python_out=. --pyi_out=. "${protos[@]}"
 
 modules=()
 for p in "${protos[@]}"; do
     modules+=("${p%.proto}_pb2")
 done
 pattern="$(IFS='|'; echo "${modules[*]}")"
-for f in ./*_pb2.py ./*_pb2.pyi ./*_pb2_grpc.py; do
+for f in ./*_pb2.py ./*_pb2.pyi; do
     sed -i -E \
         -e "s/^import (${pattern}) as /from ztunnel_py.proto import \1 as /" \
         -e "s/^import (${pattern})$/from ztunnel_py.proto import \1/" \

@@ -17,13 +17,6 @@ from typing import Any
 
 import trio
 
-from ztunnel_py.agent.proxy.hbone import (
-    HboneClientConnection,
-    HboneHandshakeError,
-    HboneRequest,
-    connect_hbone,
-    serve_hbone_connection,
-)
 from ztunnel_py.identity.pki import (
     CertificateAuthority,
     WorkloadCertificate,
@@ -38,6 +31,13 @@ from ztunnel_py.identity.tls import (
     verify_server_identity,
 )
 from ztunnel_py.model import Identity
+from ztunnel_py.transport.hbone import (
+    HboneClientConnection,
+    HboneHandshakeError,
+    HboneRequest,
+    connect_hbone,
+    serve_hbone_connection,
+)
 
 TRUST_DOMAIN = "cluster.local"
 SERVER_ID = Identity(TRUST_DOMAIN, "default", "server")

@@ -22,9 +22,9 @@ from ztunnel_py.identity.pki import (
     load_certificate,
     make_csr,
 )
-from ztunnel_py.identity.roots import RootCerts
 from ztunnel_py.model import Identity
 from ztunnel_py.proto import citadel_pb2
+from ztunnel_py.transport.roots import RootCerts
 
 ALICE = Identity("cluster.local", "demo", "alice")  # on node-1
 BOB = Identity("cluster.local", "demo", "bob")  # on node-2

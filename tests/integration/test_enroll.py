@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from ztunnel_py.agent.enroll import EnrollRefused, serve_enrollment
-from ztunnel_py.agent.enroll_client import EnrollError, enroll_pod, unenroll_pod
-from ztunnel_py.agent.zds import MAX_MESSAGE, PodInfo, decode_ack, decode_hello, encode_add
+from ztunnel_py.cni.enroll import EnrollError, enroll_pod, unenroll_pod
+from ztunnel_py.protocol.zds import MAX_MESSAGE, PodInfo, decode_ack, decode_hello, encode_add
 
 
 class Recorder:

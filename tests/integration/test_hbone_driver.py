@@ -27,7 +27,9 @@ from tests.integration.hbone_support import (
     tcp_connect,
     workload_cert,
 )
-from ztunnel_py.agent.proxy.hbone import (
+from ztunnel_py.identity.tls import ALPN_H2, client_context
+from ztunnel_py.model import Identity
+from ztunnel_py.transport.hbone import (
     HboneHandshakeError,
     HboneRequest,
     HboneStatusError,
@@ -35,8 +37,6 @@ from ztunnel_py.agent.proxy.hbone import (
     HboneStreamError,
     HboneUnavailableError,
 )
-from ztunnel_py.identity.tls import ALPN_H2, client_context
-from ztunnel_py.model import Identity
 
 MiB = 1024 * 1024
 
@@ -540,7 +540,7 @@ async def test_tls_peer_that_speaks_no_http2() -> None:
 
     async def tls_garbage() -> None:
         conn, _ = await sock.accept()
-        from ztunnel_py.agent.proxy.tls import TlsTransport
+        from ztunnel_py.transport.tls import TlsTransport
 
         tls = TlsTransport(conn, ctx, server_side=True)
         await tls.handshake()
@@ -560,7 +560,7 @@ async def test_tls_peer_that_speaks_no_http2() -> None:
 async def test_server_survives_a_client_sending_garbage_after_tls() -> None:
     with trio.fail_after(10):
         async with hbone_server(echo_handler) as server:
-            from ztunnel_py.agent.proxy.tls import TlsTransport
+            from ztunnel_py.transport.tls import TlsTransport
 
             tls = TlsTransport(await tcp_connect(server.address), client_ctx(), server_side=False)
             await tls.handshake()

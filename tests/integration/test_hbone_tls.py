@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from tests.integration.hbone_support import SERVER_ID, client_ctx, server_ctx, workload_cert
-from ztunnel_py.agent.proxy.tls import TlsError, TlsTransport
+from ztunnel_py.transport.tls import TlsError, TlsTransport
 
 MiB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from tests.integration.hbone_support import (
     echo_handler,
     hbone_server,
 )
-from ztunnel_py.agent.proxy.hbone import (
+from ztunnel_py.transport.hbone import (
     HboneClientConnection,
     HboneRequest,
     HboneStatusError,
@@ -23,7 +23,7 @@ from ztunnel_py.agent.proxy.hbone import (
     HboneStreamError,
     HboneUnavailableError,
 )
-from ztunnel_py.agent.proxy.pool import HbonePool, PoolKey
+from ztunnel_py.transport.pool import HbonePool, PoolKey
 
 KEY = PoolKey(
     source_identity=CLIENT_ID,

@@ -13,8 +13,8 @@ import trio
 import trio.lowlevel
 
 from tests.integration.hbone_support import dial, hbone_server, tcp_connect
-from ztunnel_py.agent.proxy.hbone import HboneClientConnection, HboneRequest
-from ztunnel_py.agent.proxy.relay import RelayError, SocketByteStream, relay, splice_relay
+from ztunnel_py.transport.hbone import HboneClientConnection, HboneRequest
+from ztunnel_py.transport.relay import RelayError, SocketByteStream, relay, splice_relay
 
 MiB = 1024 * 1024
 

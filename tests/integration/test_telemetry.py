@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ztunnel_py.admin import serve_metrics
 from ztunnel_py.model import Identity, NetworkAddress, Service, Workload
-from ztunnel_py.redirect.model import PodCounters
+from ztunnel_py.redirect.maps import PodCounters
 from ztunnel_py.telemetry import accesslog
 from ztunnel_py.telemetry.labels import (
     DENY,

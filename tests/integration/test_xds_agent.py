@@ -25,7 +25,7 @@ from tests.integration.xds_support import (
     service,
     workload,
 )
-from ztunnel_py.xds.memsource import MemorySnapshotSource
+from ztunnel_py.controlplane.memsource import MemorySnapshotSource
 
 
 @dataclasses.dataclass

@@ -20,11 +20,12 @@ from tests.integration.ca_support import free_port, write_workloads
 from tests.integration.xds_support import eventually, http_get
 from ztunnel_py.admin.readiness import Readiness
 from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.agent.xdsfeed import StateFeed
 from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore
 from ztunnel_py.identity.caclient import CaError, GrpcCaClient
-from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.pki import generate_key, make_csr
 from ztunnel_py.model import Identity
+from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
 
 ALICE = Identity("cluster.local", "demo", "alice")
@@ -133,7 +134,7 @@ async def test_the_xds_client_resyncs_after_a_control_plane_restart(
     )
     state, readiness = ProxyState(), Readiness()
     xds = XdsClient(
-        channel, agent_node("127.0.0.1", "z", "istio-system", "node-1"), state, readiness=readiness
+        channel, agent_node("127.0.0.1", "z", "istio-system", "node-1"), StateFeed(state, readiness)
     )
     get: Callable[[str], tuple[int, str]] = http_get
     try:

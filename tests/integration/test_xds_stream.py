@@ -24,12 +24,13 @@ from tests.integration.xds_support import (
 )
 from ztunnel_py.admin.readiness import Readiness
 from ztunnel_py.agent.state import ProxyState
-from ztunnel_py.identity.cpchannel import ControlPlaneChannel
+from ztunnel_py.agent.xdsfeed import StateFeed
+from ztunnel_py.controlplane.memsource import MemorySnapshotSource
 from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Request
 from ztunnel_py.telemetry.metrics import XdsMetrics
+from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
 from ztunnel_py.xds.client import DELTA_ADS, XdsClient, agent_node
 from ztunnel_py.xds.convert import encode_request
-from ztunnel_py.xds.memsource import MemorySnapshotSource
 
 
 @pytest.fixture
@@ -303,7 +304,7 @@ async def test_a_node_may_not_claim_another_nodes_name(cp: ControlPlane) -> None
     client = XdsClient(
         cp.channel(cp.token_file("node-1")),
         agent_node("10.0.0.11", "ztunnel-x", "istio-system", "node-2"),
-        state,
+        StateFeed(state),
     )
     async with running(client):
         await eventually(lambda: "PERMISSION_DENIED" in client.status.last_error, within=5)

@@ -21,10 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from ztunnel_py.admin.readiness import Readiness
 from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.agent.xdsfeed import StateFeed
+from ztunnel_py.controlplane import xds_server
 from ztunnel_py.controlplane.app import CA_SUBDIR, ServingCredentials, load_or_create_ca
+from ztunnel_py.controlplane.memsource import MemorySnapshotSource
 from ztunnel_py.controlplane.monitoring import MonitoringServer
 from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore, TokenAuthenticator
-from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.pki import ROOT_CERT_FILE
 from ztunnel_py.model import (
     Action,
@@ -37,9 +39,8 @@ from ztunnel_py.model import (
     Workload,
 )
 from ztunnel_py.telemetry.metrics import XdsMetrics
-from ztunnel_py.xds import server as xds_server
+from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
-from ztunnel_py.xds.memsource import MemorySnapshotSource
 
 TRUST_DOMAIN = "cluster.local"
 
@@ -181,8 +182,7 @@ class ControlPlane:
         return XdsClient(
             self.channel(token_file or self.token_file(node)),
             agent_node("10.0.0.10", f"ztunnel-{node}", "istio-system", node),
-            state,
-            readiness=readiness,
+            StateFeed(state, readiness),
             metrics=metrics,
         )
 

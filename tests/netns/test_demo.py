@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.netns.conftest import unique_prefix
-from ztunnel_py.testbed import netns
+from ztunnel_py.testbed import namespaces
 
 pytestmark = pytest.mark.netns
 
@@ -26,4 +26,4 @@ def test_demo_passes_every_check_and_leaves_nothing_behind() -> None:
     assert "7/7 checks passed" in done.stdout
     assert "[FAIL" not in done.stdout
     assert f"testbed {prefix} is down" in done.stdout
-    assert not any(netns.exists(f"{prefix}{n}") for n in ("fabric", "cp", "node1", "node2"))
+    assert not any(namespaces.exists(f"{prefix}{n}") for n in ("fabric", "cp", "node1", "node2"))

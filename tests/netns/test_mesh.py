@@ -20,13 +20,6 @@ import pytest
 import trio
 
 from tests.netns.conftest import unique_prefix
-from ztunnel_py.agent.netns import PodNetns
-from ztunnel_py.agent.proxy.hbone import (
-    HboneClientConnection,
-    HboneHandshakeError,
-    HboneStatusError,
-    connect_hbone,
-)
 from ztunnel_py.identity.pki import (
     CertificateAuthority,
     WorkloadCertificate,
@@ -37,10 +30,17 @@ from ztunnel_py.identity.pki import (
 )
 from ztunnel_py.identity.tls import client_context, verify_server_identity
 from ztunnel_py.model import Identity
-from ztunnel_py.testbed.capture import FabricCapture, analyze
+from ztunnel_py.testbed.pcap import FabricCapture, analyze
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import FABRIC_BRIDGE
 from ztunnel_py.testbed.traffic import gbps, http_get, iperf3
+from ztunnel_py.transport.hbone import (
+    HboneClientConnection,
+    HboneHandshakeError,
+    HboneStatusError,
+    connect_hbone,
+)
+from ztunnel_py.transport.podsockets import PodNetns
 
 pytestmark = pytest.mark.netns
 

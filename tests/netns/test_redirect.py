@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from ztunnel_py.agent.netns import PodNetns
 from ztunnel_py.redirect.bpffs import is_bpffs, unmount
 from ztunnel_py.redirect.loader import Redirector, default_route_interface, netns_cookie
-from ztunnel_py.redirect.model import PodSettings, RedirectError
+from ztunnel_py.redirect.maps import PodSettings, RedirectError
+from ztunnel_py.transport.podsockets import PodNetns
 
 pytestmark = pytest.mark.netns
 

@@ -24,7 +24,7 @@ from ztunnel_py.redirect import bpfsys
 from ztunnel_py.redirect.bpffs import ensure_bpffs, unmount
 from ztunnel_py.redirect.compile import MODULE, PROGRAMS, CompileReport, compile_and_pin
 from ztunnel_py.redirect.loader import BPF_DIR, LAYOUT_VERSION, CountersMap, PodsMap, Redirector
-from ztunnel_py.redirect.model import (
+from ztunnel_py.redirect.maps import (
     AddrKey,
     PodAddresses,
     PodConfigStruct,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns.conftest import unique_prefix
-from ztunnel_py.testbed import netns
+from ztunnel_py.testbed import namespaces
 
 pytestmark = pytest.mark.netns
 
@@ -45,12 +45,12 @@ def readable_dir() -> Iterator[Path]:
 @pytest.fixture
 def ns() -> Iterator[str]:
     name = unique_prefix("sp") + "pod"
-    netns.add(name)
+    namespaces.add(name)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         yield name
     finally:
-        netns.delete(name)
+        namespaces.delete(name)
 
 
 def sidecar(ns: str, directory: Path, *extra: str) -> subprocess.Popen[str]:
@@ -81,7 +81,7 @@ def ready(ns: str) -> bool:
         except OSError:
             return False
 
-    return netns.run_in(ns, probe)
+    return namespaces.run_in(ns, probe)
 
 
 def test_sidecar_serves_its_pod_unprivileged_and_stops_on_sigterm(
@@ -106,7 +106,7 @@ def test_sidecar_serves_its_pod_unprivileged_and_stops_on_sigterm(
             body: dict[str, object] = json.loads(data.split(b"\r\n\r\n", 1)[1])
             return body
 
-        state = netns.run_in(ns, dump)["workloadState"]
+        state = namespaces.run_in(ns, dump)["workloadState"]
         assert isinstance(state, dict)
         assert state["Kubernetes//Pod/apps/app-1"]["state"] == "Up"
     finally:
@@ -123,7 +123,7 @@ def test_sidecar_whose_ports_are_taken_exits_with_the_reason(ns: str, readable_d
         s.listen()
         return s
 
-    taken = netns.run_in(ns, occupy)
+    taken = namespaces.run_in(ns, occupy)
     try:
         proc = sidecar(ns, readable_dir, "--pod-name", "app-1", "--pod-namespace", "apps")
         _, err = proc.communicate(timeout=30)

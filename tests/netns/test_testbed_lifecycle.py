@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.netns.conftest import unique_prefix
-from ztunnel_py.testbed import netns
+from ztunnel_py.testbed import namespaces
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
@@ -60,7 +60,7 @@ def root_snapshot() -> dict[str, Any]:
 
 
 def our_namespaces(prefix: str) -> list[str]:
-    return [name for name in os.listdir(netns.NETNS_DIR) if name.startswith(prefix)]
+    return [name for name in os.listdir(namespaces.NETNS_DIR) if name.startswith(prefix)]
 
 
 def running(pid: int) -> bool:
@@ -164,21 +164,21 @@ def test_down_finds_a_process_whose_pid_was_never_recorded(tmp_path: Path) -> No
     ns = f"{prefix}node1"
     state = State.create(state_dir, prefix, 1, 2, "none")
     state.add_namespace(ns)
-    netns.add(ns)
+    namespaces.add(ns)
     record = ProcessRecord("node1/sleep", ns, ["sleep", "60"], str(state_dir / "logs" / "x.log"))
     state.add_process(record)
     # As if `up` died after starting the process but before writing its pid.
     orphan = subprocess.Popen(record.launch_argv, start_new_session=True)
     try:
         deadline = time.monotonic() + 10
-        while orphan.pid not in netns.pids(ns) and time.monotonic() < deadline:
+        while orphan.pid not in namespaces.pids(ns) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert down(prefix, state_dir) is True
         assert orphan.wait(timeout=10) == -signal.SIGTERM
     finally:
         orphan.kill()
         orphan.wait()
-        netns.delete(ns)
+        namespaces.delete(ns)
     assert_gone(prefix, state_dir, [orphan.pid])
 
 
@@ -196,14 +196,14 @@ def test_failed_up_removes_what_it_built() -> None:
 
 def test_up_refuses_to_adopt_existing_namespaces() -> None:
     prefix = unique_prefix("ex")
-    netns.add(f"{prefix}fabric")
+    namespaces.add(f"{prefix}fabric")
     try:
         with pytest.raises(TestbedError, match=f"namespaces {prefix}fabric already exist"):
             Testbed.up(prefix, nodes=1, pods_per_node=2, mode="none")
-        assert netns.exists(f"{prefix}fabric")
+        assert namespaces.exists(f"{prefix}fabric")
         assert not default_state_dir(prefix).exists()
     finally:
-        netns.delete(f"{prefix}fabric")
+        namespaces.delete(f"{prefix}fabric")
 
 
 def test_commands_on_a_testbed_that_is_not_up_explain_what_to_do() -> None:
@@ -230,4 +230,4 @@ def test_sidecar_mode_refuses_dual_stack_before_building_anything(tmp_path: Path
         Testbed.up(prefix, nodes=1, pods_per_node=2, mode="sidecar", dual_stack=True,
                    state_dir=state_dir)  # fmt: skip
     assert not state_dir.exists()
-    assert not netns.exists(f"{prefix}node1")
+    assert not namespaces.exists(f"{prefix}node1")

@@ -12,7 +12,7 @@ import pytest
 from ztunnel_py.agent.app import config_from_args
 from ztunnel_py.agent.args import add_agent_arguments
 from ztunnel_py.config import ConfigValueError, parse_headers
-from ztunnel_py.identity.roots import RootCerts, RootCertsError
+from ztunnel_py.transport.roots import RootCerts, RootCertsError
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
 

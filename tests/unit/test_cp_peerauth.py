@@ -20,7 +20,7 @@ from ztunnel_py.model import (
     StringMatchKind,
     Workload,
 )
-from ztunnel_py.protocol.rbac import Connection, evaluate
+from ztunnel_py.policy.rbac import Connection, evaluate
 
 PRESENCE = StringMatch(StringMatchKind.PRESENCE)
 STRICT_KEY = "istio-system/istio_converted_static_strict"

@@ -11,12 +11,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ztunnel_py.agent.localconfig import (
-    ConfigError,
-    LocalConfig,
-    load_local_config,
-    parse_local_config,
-)
 from ztunnel_py.model import (
     Action,
     GatewayAddress,
@@ -28,6 +22,12 @@ from ztunnel_py.model import (
     StringMatchKind,
     TunnelProtocol,
     WorkloadStatus,
+)
+from ztunnel_py.xds.localconfig import (
+    ConfigError,
+    LocalConfig,
+    load_local_config,
+    parse_local_config,
 )
 
 EXAMPLE = """\

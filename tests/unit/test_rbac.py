@@ -20,7 +20,7 @@ from ztunnel_py.model import (
     StringMatch,
     StringMatchKind,
 )
-from ztunnel_py.protocol.rbac import (
+from ztunnel_py.policy.rbac import (
     NO_ALLOW_POLICIES,
     NONE_ALLOWED,
     Connection,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ztunnel_py.redirect.bpffs import is_bpffs
-from ztunnel_py.redirect.model import (
+from ztunnel_py.redirect.maps import (
     AddrKey,
     PodAddresses,
     PodConfigStruct,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from ztunnel_py.agent.localconfig import ConfigError
 from ztunnel_py.agent.state import ProxyState, StateChange
 from ztunnel_py.model import (
     Action,
@@ -27,6 +26,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.xds.localconfig import ConfigError
 
 WEB = "demo/web.demo.svc.cluster.local"
 

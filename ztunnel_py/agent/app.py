@@ -29,10 +29,9 @@ from ztunnel_py.admin.readiness import Readiness, serve_readiness
 from ztunnel_py.agent.drain import Drain, Shutdown
 from ztunnel_py.agent.enroll import serve_enrollment
 from ztunnel_py.agent.inpod import Capture, PodManager
-from ztunnel_py.agent.localconfig import ConfigError
 from ztunnel_py.agent.proxy.outbound import Outbound
-from ztunnel_py.agent.proxy.pool import HbonePool
 from ztunnel_py.agent.state import ProxyState, StateChange
+from ztunnel_py.agent.xdsfeed import StateFeed
 from ztunnel_py.config import (
     AgentConfig,
     ConfigValueError,
@@ -42,13 +41,15 @@ from ztunnel_py.config import (
     termination_deadline,
 )
 from ztunnel_py.identity.caclient import GrpcCaClient
-from ztunnel_py.identity.cpchannel import ControlPlaneChannel
 from ztunnel_py.identity.manager import CertificateManager
-from ztunnel_py.identity.roots import RootCerts
 from ztunnel_py.model import Workload
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels, setup_logging
 from ztunnel_py.telemetry.metrics import CaptureMetrics, Metrics, XdsMetrics
+from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
+from ztunnel_py.transport.pool import HbonePool
+from ztunnel_py.transport.roots import RootCerts
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
+from ztunnel_py.xds.localconfig import ConfigError
 
 log = logging.getLogger("ztunnel_py.agent")
 
@@ -160,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
     if config.capture:
         # Imported here: the capture code (pyroute2, bpf(2)) is only needed with capture on.
         from ztunnel_py.redirect.loader import Redirector
-        from ztunnel_py.redirect.model import RedirectError
+        from ztunnel_py.redirect.maps import RedirectError
 
         try:
             capture = Redirector(config.bpf_pin_root)
@@ -237,7 +238,9 @@ async def run_proxy(
             config.node,
             proxy_type=config.proxy_type,
         )
-        xds = XdsClient(xds_channel, node, state, readiness=readiness, metrics=XdsMetrics(registry))
+        xds = XdsClient(
+            xds_channel, node, StateFeed(state, readiness), metrics=XdsMetrics(registry)
+        )
     pool = HbonePool(idle_timeout=config.pool_idle_timeout.total_seconds())
     dump = ConfigDump()
     dump.add_sections(state.dump)

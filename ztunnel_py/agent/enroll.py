@@ -16,7 +16,7 @@ from typing import Protocol
 
 import trio
 
-from ztunnel_py.agent.zds import (
+from ztunnel_py.protocol.zds import (
     MAX_MESSAGE,
     AddPod,
     DelPod,

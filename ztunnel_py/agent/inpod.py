@@ -25,25 +25,25 @@ import trio
 from ztunnel_py.agent import persist
 from ztunnel_py.agent.drain import Drain
 from ztunnel_py.agent.enroll import EnrollRefused
-from ztunnel_py.agent.netns import (
-    NetnsError,
-    PodNetns,
-    local_destination,
-    original_destination,
-)
 from ztunnel_py.agent.proxy.accounting import POLICY_CHANGE
 from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.agent.proxy.outbound import Outbound, Ready
 from ztunnel_py.agent.proxy.socks5 import serve_socks5
 from ztunnel_py.agent.state import ProxyState, StateChange
-from ztunnel_py.agent.zds import PodInfo
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
+from ztunnel_py.linux.netns import NetnsError
 from ztunnel_py.model import IPAddress
 from ztunnel_py.model.workload import canonical_ip
-from ztunnel_py.protocol.rbac import Connection
-from ztunnel_py.redirect.model import PodCounters, RedirectError
+from ztunnel_py.policy.rbac import Connection
+from ztunnel_py.protocol.zds import PodInfo
+from ztunnel_py.redirect.maps import PodCounters, RedirectError
 from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.transport.podsockets import (
+    PodNetns,
+    local_destination,
+    original_destination,
+)
 
 log = logging.getLogger("ztunnel_py.inpod")
 

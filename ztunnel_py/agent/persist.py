@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ztunnel_py.agent.zds import PodInfo
+from ztunnel_py.protocol.zds import PodInfo
 
 log = logging.getLogger("ztunnel_py.persist")
 

@@ -20,9 +20,10 @@ import trio
 from ztunnel_py.agent.app import ProxyRuntime, prefetch_certificates, prepare, run_proxy
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.inpod import PodManager
-from ztunnel_py.agent.netns import NetnsError, PodNetns
-from ztunnel_py.agent.zds import PodInfo
-from ztunnel_py.cni.spec import PodRef
+from ztunnel_py.linux.netns import NetnsError
+from ztunnel_py.model.workload import pod_uid
+from ztunnel_py.protocol.zds import PodInfo
+from ztunnel_py.transport.podsockets import PodNetns
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,7 +32,7 @@ def main(args: argparse.Namespace) -> int:
         return prepared
     config, levels, state = prepared
     info = PodInfo(
-        PodRef(args.pod_namespace, args.pod_name).uid,
+        pod_uid(args.pod_namespace, args.pod_name),
         args.pod_name,
         args.pod_namespace,
         args.service_account,

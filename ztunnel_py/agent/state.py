@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ztunnel_py.agent.localconfig import LocalConfig, load_local_config
 from ztunnel_py.model import (
     Authorization,
     GatewayAddress,
@@ -35,7 +34,8 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
-from ztunnel_py.protocol.rbac import PolicySet
+from ztunnel_py.policy.rbac import PolicySet
+from ztunnel_py.xds.localconfig import LocalConfig, load_local_config
 
 log = logging.getLogger(__name__)
 

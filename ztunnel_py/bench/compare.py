@@ -54,7 +54,7 @@ from ztunnel_py.bench.results import (
     PathCheck,
     Settings,
 )
-from ztunnel_py.testbed import netns
+from ztunnel_py.testbed import namespaces
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import HTTP_PORT, IPERF_PORT
@@ -194,7 +194,7 @@ def _opened(netns_name: str) -> dict[str, float]:
         finally:
             conn.close()
 
-    text = netns.run_in(netns_name, scrape)
+    text = namespaces.run_in(netns_name, scrape)
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name != OPENED:

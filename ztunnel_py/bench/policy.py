@@ -39,7 +39,7 @@ from ztunnel_py.controlplane.sources.yamldocs import Parsed
 from ztunnel_py.controlplane.store import ConfigStore
 from ztunnel_py.controlplane.translate import MeshOptions, translate
 from ztunnel_py.model import Action, Identity, Workload
-from ztunnel_py.protocol.rbac import Connection, Decision, PolicySet
+from ztunnel_py.policy.rbac import Connection, Decision, PolicySet
 
 NAMESPACE = "bench"
 POD = "server"

@@ -48,6 +48,7 @@ from ztunnel_py.model import (
     TunnelProtocol,
     Workload,
 )
+from ztunnel_py.model.workload import pod_uid
 
 NODE = "bench-node"
 SYNC_TIMEOUT = 120.0
@@ -97,7 +98,7 @@ def build_mesh(workloads: int, services: int, policies: int = 10) -> MeshSnapsho
         endpoint_of = svc[keys[i % len(keys)]] if keys else None
         ns = endpoint_of.namespace if endpoint_of else namespaces[i % len(namespaces)]
         w = Workload(
-            uid=f"Kubernetes//Pod/{ns}/pod-{i}",
+            uid=pod_uid(ns, f"pod-{i}"),
             name=f"pod-{i}",
             namespace=ns,
             addresses=(_ip("10.128.0.1", i),),
@@ -169,11 +170,11 @@ def run_bench(
     workloads: int, services: int, changes: int, say: Callable[[str], None]
 ) -> XdsBenchResult:
     # Imported here: the control plane is only needed on this side.
+    from ztunnel_py.controlplane import xds_server
     from ztunnel_py.controlplane.app import ServingCredentials
+    from ztunnel_py.controlplane.memsource import MemorySnapshotSource
     from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore, TokenAuthenticator
     from ztunnel_py.identity.pki import CertificateAuthority
-    from ztunnel_py.xds import server as xds_server
-    from ztunnel_py.xds.memsource import MemorySnapshotSource
 
     say(f"building {workloads:,} workloads and {services:,} services")
     snapshot = build_mesh(workloads, services)
@@ -319,9 +320,10 @@ def _emit(out: IO[str], event: str, **fields: Any) -> None:
 
 async def _client(args: argparse.Namespace) -> None:
     from ztunnel_py.agent.state import ProxyState
-    from ztunnel_py.identity.cpchannel import ControlPlaneChannel
+    from ztunnel_py.agent.xdsfeed import StateFeed
     from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE
     from ztunnel_py.telemetry.metrics import XdsMetrics
+    from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
     from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
 
     out = sys.stdout
@@ -333,7 +335,7 @@ async def _client(args: argparse.Namespace) -> None:
     client = XdsClient(
         channel,
         agent_node("127.0.0.1", "bench", "istio-system", NODE),
-        state,
+        StateFeed(state),
         metrics=XdsMetrics(registry),
     )
     synced = trio.Event()

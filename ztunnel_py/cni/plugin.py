@@ -22,9 +22,8 @@ import socket
 import sys
 from collections.abc import Mapping
 
-from ztunnel_py.agent.enroll_client import EnrollError, enroll_pod, unenroll_pod
-from ztunnel_py.agent.zds import MAX_MESSAGE, ZdsError, decode_hello
 from ztunnel_py.cni import kube
+from ztunnel_py.cni.enroll import EnrollError, enroll_pod, unenroll_pod
 from ztunnel_py.cni.spec import (
     DEFAULT_ERROR_VERSION,
     ENROLLMENT_REFUSED,
@@ -43,6 +42,7 @@ from ztunnel_py.cni.spec import (
     parse_invocation,
     version_answer,
 )
+from ztunnel_py.protocol.zds import MAX_MESSAGE, ZdsError, decode_hello
 
 ENROLL_TIMEOUT = 30.0
 PROBE_TIMEOUT = 5.0
@@ -109,7 +109,7 @@ def _add(inv: Invocation) -> str:
             timeout=ENROLL_TIMEOUT,
         )
     except EnrollError as e:
-        # enroll_client chains the socket error when the exchange failed; a NACK has no cause.
+        # cni.enroll chains the socket error when the exchange failed; a NACK has no cause.
         if e.__cause__ is not None:
             raise _unreachable(socket_path, str(e)) from None
         raise CniError(

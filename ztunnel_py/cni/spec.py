@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ztunnel_py.model.workload import pod_uid
+
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 DEFAULT_ERROR_VERSION = "1.0.0"
 DEFAULT_ENROLL_SOCKET = "/var/run/ztunnel/ztunnel.sock"
@@ -93,7 +95,7 @@ class PodRef:
     @property
     def uid(self) -> str:
         """The workload uid the agent knows the pod by (ztunnel's `Kubernetes//Pod/ns/name`)."""
-        return f"Kubernetes//Pod/{self.namespace}/{self.name}"
+        return pod_uid(self.namespace, self.name)
 
     @property
     def key(self) -> str:

@@ -29,7 +29,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from ztunnel_py.controlplane import ca as ca_service
-from ztunnel_py.controlplane import validate_cli
+from ztunnel_py.controlplane import validate_cli, xds_server
 from ztunnel_py.controlplane.monitoring import MonitoringServer
 from ztunnel_py.controlplane.nodeauth import (
     TOKEN_FILE,
@@ -40,7 +40,6 @@ from ztunnel_py.controlplane.nodeauth import (
 from ztunnel_py.controlplane.pipeline import open_pipeline
 from ztunnel_py.controlplane.translate import MeshOptions
 from ztunnel_py.identity.pki import ROOT_CERT_FILE, CertificateAuthority, IPAddress
-from ztunnel_py.xds import server as xds_server
 
 log = logging.getLogger("ztunnel_py.controlplane")
 

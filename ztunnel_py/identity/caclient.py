@@ -22,17 +22,17 @@ import grpc
 import trio
 from google.protobuf import struct_pb2
 
-from ztunnel_py.identity.cpchannel import (
+from ztunnel_py.identity.pki import CertificateAuthority, CsrError
+from ztunnel_py.model.identity import Identity
+from ztunnel_py.proto import citadel_pb2
+from ztunnel_py.transport.grpc_channel import (
     DEFAULT_CLUSTER_ID,
     DEFAULT_CONTROL_PLANE_HOSTNAME,
     ChannelError,
     ControlPlaneChannel,
     Metadata,
 )
-from ztunnel_py.identity.pki import CertificateAuthority, CsrError
-from ztunnel_py.identity.roots import RootCerts
-from ztunnel_py.model.identity import Identity
-from ztunnel_py.proto import citadel_pb2
+from ztunnel_py.transport.roots import RootCerts
 
 CREATE_CERTIFICATE = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 DEFAULT_CA_HOSTNAME = DEFAULT_CONTROL_PLANE_HOSTNAME

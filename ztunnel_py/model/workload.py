@@ -13,6 +13,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 HBONE_PORT = 15008
 
 
+DEFAULT_CLUSTER_ID = "Kubernetes"
+
+
+def pod_uid(namespace: str, name: str, cluster_id: str = DEFAULT_CLUSTER_ID) -> str:
+    """The workload uid istiod gives a pod (`<cluster>//Pod/<namespace>/<name>`), by which
+    the agent knows an enrolled pod."""
+    return f"{cluster_id}//Pod/{namespace}/{name}"
+
+
 def canonical_ip(ip: IPAddress) -> IPAddress:
     """Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; the mesh knows them as a.b.c.d."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

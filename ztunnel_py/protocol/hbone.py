@@ -3,7 +3,7 @@
 `HboneClient` opens CONNECT streams, `HboneServer` accepts and answers them. Both turn received
 bytes into `Event`s (`receive_data`) and queue the bytes to write (`data_to_send`, or
 `buffers_to_send` without copying payloads); neither does any I/O. The trio driver lives in
-`ztunnel_py.agent.proxy.hbone`.
+`ztunnel_py.transport.hbone`.
 
 Why DATA frames bypass h2. Stock h2 4.4.1 `repr()`s every received frame for a trace log line,
 and hyperframe's repr hex-encodes the whole DATA payload: 78% of decode time at 1 MiB frames

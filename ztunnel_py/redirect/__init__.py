@@ -1,6 +1,6 @@
 """Transparent capture of pod traffic with eBPF: the only code that touches bcc and netlink.
 
-- `model`: per-pod settings and counters and their map encoding (pure; no bcc).
+- `maps`: per-pod settings and counters and their encoding into the BPF maps (pure; no bcc).
 - `bpffs`: the BPF filesystem the programs and maps are pinned on.
 - `podnet`: the routing, sysctl and tc setup inside a pod's netns (pyroute2).
 - `compile`: builds, loads and pins `bpf/redirect.c` with bcc in a short-lived child process,

@@ -12,7 +12,7 @@ import ctypes
 import os
 from pathlib import Path
 
-from ztunnel_py.redirect.model import RedirectError
+from ztunnel_py.redirect.maps import RedirectError
 
 BPF_FS_MAGIC = 0xCAFE4A11
 SYS_FS_BPF = Path("/sys/fs/bpf")

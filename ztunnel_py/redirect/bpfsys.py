@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from ztunnel_py.redirect.model import RedirectError
+from ztunnel_py.redirect.maps import RedirectError
 
 # include/uapi/linux/bpf.h
 BPF_MAP_LOOKUP_ELEM = 1

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.model import AddrKey, PodConfigStruct, PodCountersStruct, RedirectError
+from ztunnel_py.redirect.maps import AddrKey, PodConfigStruct, PodCountersStruct, RedirectError
 
 MODULE = "ztunnel_py.redirect.compile"
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ def _check_layout(bpf: Any) -> None:
         (bpf[b"zt_counters"], ctypes.c_uint64, PodCountersStruct),
     ):
         if _layout(table.Key) != _layout(key) or _layout(table.Leaf) != _layout(leaf):
-            raise RedirectError("map layout in bpf/ differs from ztunnel_py.redirect.model")
+            raise RedirectError("map layout in bpf/ differs from ztunnel_py.redirect.maps")
 
 
 def _adopt(fresh_fd: int, pin: Path) -> bool:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ztunnel_py.agent.netns import NetnsError, entered
+from ztunnel_py.linux.netns import NetnsError, entered
 from ztunnel_py.redirect import bpfsys, podnet
 from ztunnel_py.redirect.bpffs import DEFAULT_PIN_ROOT, ensure_bpffs
 from ztunnel_py.redirect.compile import (
@@ -42,7 +42,7 @@ from ztunnel_py.redirect.compile import (
     check_cflag_path,
     compile_and_pin,
 )
-from ztunnel_py.redirect.model import (
+from ztunnel_py.redirect.maps import (
     AddrKey,
     PodAddresses,
     PodConfigStruct,

@@ -1,7 +1,7 @@
 """The per-pod network setup that goes with the capture programs, done inside the pod netns.
 
 Every function here expects the calling thread to be inside the pod's network namespace
-(`ztunnel_py.agent.netns.entered`) and takes an `IPRoute` created there: a netlink socket
+(`ztunnel_py.linux.netns.entered`) and takes an `IPRoute` created there: a netlink socket
 belongs to the namespace it was opened in, and sysctls under /proc/sys/net resolve against the
 calling thread's namespace.
 
@@ -27,7 +27,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.protocols import ETH_P_ALL
 
-from ztunnel_py.redirect.model import RedirectError
+from ztunnel_py.redirect.maps import RedirectError
 
 ROUTE_MARK = 0x400
 ROUTE_MARK_MASK = 0xF00

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.testbed.capture import FabricCapture, analyze
 from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.pcap import FabricCapture, analyze
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import FABRIC_BRIDGE, HTTP_PORT
 from ztunnel_py.testbed.traffic import gbps, http_get, iperf3

@@ -33,7 +33,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
-from ztunnel_py.testbed import netns, runtime
+from ztunnel_py.testbed import namespaces, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
@@ -84,7 +84,7 @@ def _tcp_open(ns: str, host: str, port: int) -> bool:
         except OSError:
             return False
 
-    return netns.run_in(ns, probe)
+    return namespaces.run_in(ns, probe)
 
 
 def http_ready(ns: str) -> bool:
@@ -98,7 +98,7 @@ def http_ready(ns: str) -> bool:
         finally:
             conn.close()
 
-    return netns.run_in(ns, probe)
+    return namespaces.run_in(ns, probe)
 
 
 def issue_token(state: State, node: NodePlan) -> None:
@@ -264,8 +264,8 @@ def unenroll(topology: Topology, state: State, progress: Progress) -> None:
     pods = [
         p
         for p in topology.pods
-        if netns.exists(p.netns)
-        and netns.exists(topology.node(p.node).netns)
+        if namespaces.exists(p.netns)
+        and namespaces.exists(topology.node(p.node).netns)
         and runtime.config_path(state, p.node).exists()
     ]
     for outcome in runtime.invoke(topology, state, "DEL", pods):

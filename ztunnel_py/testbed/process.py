@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ztunnel_py.testbed import netns
+from ztunnel_py.testbed import namespaces
 from ztunnel_py.testbed.errors import TestbedError
 
 
@@ -61,7 +61,7 @@ class ProcessRecord:
 
     @property
     def launch_argv(self) -> list[str]:
-        return ["nsenter", f"--net={netns.netns_path(self.netns)}", "--", *self.argv]
+        return ["nsenter", f"--net={namespaces.netns_path(self.netns)}", "--", *self.argv]
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -120,7 +120,7 @@ def exit_code(record: ProcessRecord) -> int | None:
 def find_unrecorded(record: ProcessRecord) -> None:
     """Fill in pid and start time of a process started just before `up` died, if it runs."""
     wanted = (record.argv, record.launch_argv)
-    for pid in netns.pids(record.netns):
+    for pid in namespaces.pids(record.netns):
         if _cmdline(pid) in wanted:
             stat = _stat(pid)
             if stat is not None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.testbed import netns
+from ztunnel_py.testbed import namespaces
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import NodePlan, PodPlan, Topology
@@ -104,10 +104,10 @@ def prev_result(pod: PodPlan, node: NodePlan) -> dict[str, Any]:
     return {
         "cniVersion": CNI_VERSION,
         "interfaces": [
-            {"name": pod.host_iface, "mac": netns.mac_address(node.netns, pod.host_iface)},
+            {"name": pod.host_iface, "mac": namespaces.mac_address(node.netns, pod.host_iface)},
             {
                 "name": "eth0",
-                "mac": netns.mac_address(pod.netns, "eth0"),
+                "mac": namespaces.mac_address(pod.netns, "eth0"),
                 "sandbox": pod.netns_path,
             },
         ],
@@ -155,7 +155,7 @@ def run_plugin(node: NodePlan, env: dict[str, str], stdin: bytes) -> tuple[int, 
     """Run `ztunnel-py cni` in the node's namespace: (exit status, stdout, stderr)."""
     argv = [
         "nsenter",
-        f"--net={netns.netns_path(node.netns)}",
+        f"--net={namespaces.netns_path(node.netns)}",
         "--",
         sys.executable,
         "-m",

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.testbed import mesh, netns, process, resources, sidecar
+from ztunnel_py.testbed import mesh, namespaces, process, resources, sidecar
 from ztunnel_py.testbed.errors import TestbedError
-from ztunnel_py.testbed.netns import ip
+from ztunnel_py.testbed.namespaces import ip
 from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import (
@@ -66,7 +66,7 @@ def _state_dir(prefix: str, state_dir: str | os.PathLike[str] | None) -> Path:
 
 def _serving(pid: int) -> bool:
     """Both pod servers listen (they share the namespace of `pid`)."""
-    return {HTTP_PORT, IPERF_PORT} <= netns.listening_ports(pid)
+    return {HTTP_PORT, IPERF_PORT} <= namespaces.listening_ports(pid)
 
 
 def http_name(pod: str) -> str:
@@ -125,7 +125,7 @@ class Testbed:
                 f"testbed {prefix} is already up (or was interrupted): {directory} exists; "
                 f"run `ztunnel-py testbed down --prefix {prefix}` first"
             )
-        taken = [ns for ns in topology.namespaces if netns.exists(ns)]
+        taken = [ns for ns in topology.namespaces if namespaces.exists(ns)]
         if taken:
             raise TestbedError(
                 f"network namespaces {', '.join(taken)} already exist, but {directory} does not "
@@ -186,14 +186,14 @@ class Testbed:
         for name in t.namespaces:
             self.state.add_namespace(name)
         for name in t.namespaces:
-            netns.add(name)
+            namespaces.add(name)
             ip("link", "set", "lo", "up", netns=name)
             if t.dual_stack:
                 # No duplicate address detection on the interfaces to come: while a node's
                 # link-local addresses are tentative, the first IPv6 connections through it
                 # stall for 2 s.
                 for scope in ("all", "default"):
-                    netns.set_sysctl(name, f"net/ipv6/conf/{scope}/accept_dad", "0")
+                    namespaces.set_sysctl(name, f"net/ipv6/conf/{scope}/accept_dad", "0")
         self._build_fabric(progress)
         for node in t.nodes:
             self._build_node(node, progress)
@@ -213,7 +213,7 @@ class Testbed:
         self, member: str, fabric_iface: str, address: str, address6: str | None = None
     ) -> None:
         fabric = self.topology.fabric_netns
-        netns.add_veth("eth0", member, fabric_iface, fabric)
+        namespaces.add_veth("eth0", member, fabric_iface, fabric)
         ip("link", "set", fabric_iface, "master", FABRIC_BRIDGE, "up", netns=fabric)
         ip("addr", "add", f"{address}/{FABRIC_PREFIX_LEN}", "dev", "eth0", netns=member)
         if address6 is not None:
@@ -240,9 +240,9 @@ class Testbed:
     def _build_node(self, node: NodePlan, progress: Progress) -> None:
         t = self.topology
         self._fabric_port(node.netns, node.fabric_iface, node.ip, node.ipv6)
-        netns.set_sysctl(node.netns, "net/ipv4/ip_forward", "1")
+        namespaces.set_sysctl(node.netns, "net/ipv4/ip_forward", "1")
         if node.ipv6 is not None:
-            netns.set_sysctl(node.netns, "net/ipv6/conf/all/forwarding", "1")
+            namespaces.set_sysctl(node.netns, "net/ipv6/conf/all/forwarding", "1")
         for other in t.nodes:
             if other is not node:
                 ip("route", "add", other.pod_cidr, "via", other.ip, netns=node.netns)
@@ -260,7 +260,7 @@ class Testbed:
             )
 
     def _build_pod(self, node: NodePlan, pod: PodPlan) -> None:
-        netns.add_veth("eth0", pod.netns, pod.host_iface, node.netns)
+        namespaces.add_veth("eth0", pod.netns, pod.host_iface, node.netns)
         ip("addr", "add", f"{node.gateway}/32", "dev", pod.host_iface, netns=node.netns)
         ip("link", "set", pod.host_iface, "up", netns=node.netns)
         ip("route", "add", f"{pod.ip}/32", "dev", pod.host_iface, netns=node.netns)
@@ -607,14 +607,14 @@ def _teardown(state: State, progress: Progress) -> None:
         )
     removed = []
     for name in reversed(state.namespaces):
-        strangers = netns.pids(name)
+        strangers = namespaces.pids(name)
         if strangers:
             progress(
                 f"warning: processes {' '.join(map(str, strangers))} are still in {name}; they "
                 "were not started by the testbed and keep running"
             )
-        if netns.exists(name):
-            netns.delete(name)
+        if namespaces.exists(name):
+            namespaces.delete(name)
             removed.append(name)
     if removed:
         progress(f"deleted {len(removed)} namespaces")

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 
 from ztunnel_py.cni.spec import DATAPLANE_MODE, should_enroll
 from ztunnel_py.model import NetworkAddress, Service, TunnelProtocol, Workload
+from ztunnel_py.model.workload import pod_uid
 from ztunnel_py.testbed.errors import TestbedError
 
 FABRIC_SUBNET = "10.250.0.0/24"
@@ -151,7 +152,7 @@ class PodPlan:
 
     @property
     def uid(self) -> str:
-        return f"Kubernetes//Pod/{self.namespace}/{self.name}"
+        return pod_uid(self.namespace, self.name)
 
     @property
     def netns_path(self) -> str:

@@ -1,1 +1,2 @@
-"""Workload xDS: protobuf conversion, the control plane's Delta ADS server, the agent's client."""
+"""The consuming side of xDS: protobuf <-> model conversion, the Delta ADS client, and ztunnel's
+local-config file (the other source of the same state)."""

@@ -1,14 +1,14 @@
-"""The agent's workload xDS client: Delta ADS from the control plane into `ProxyState`.
+"""The workload xDS client: Delta ADS from the control plane into an `XdsHandler`.
 
 As ztunnel's (reference section 3.2):
 - one stream over the control-plane channel (TLS with the CA roots and hostname override, the
   node credential as `authorization: Bearer`), opened with one wildcard request per type
   (Address, then Authorization) carrying the node and `initial_resource_versions`, i.e. every
   resource already held, so a reconnect is not resent what it has;
-- each response is converted resource by resource; the valid ones are applied to `ProxyState`
-  (`apply_delta`), and the response is ACKed, or NACKed with the per-resource reasons joined
-  by `"; "` when any resource was rejected;
-- readiness: one task per type, marked done at that type's first ACK;
+- each response is converted resource by resource; the valid ones go to the handler
+  (`XdsHandler.apply`), and the response is ACKed, or NACKed with the per-resource reasons
+  joined by `"; "` when any resource was rejected;
+- the handler hears of each type's first ACK (`XdsHandler.synced`): the agent's readiness;
 - reconnect: 10 ms backoff doubling to 15 s after connection errors and errors, immediately
   (10 ms) after benign terminations (the server's max connection age and the like) and after
   a stream that had worked. The state is never cleared on disconnect: with the control plane
@@ -19,7 +19,8 @@ As ztunnel's (reference section 3.2):
 grpcio blocks: the stream lives in worker threads. Requests go through a queue the gRPC
 request thread drains; a pump thread reads responses, parses and converts them (the costly
 part, kept off the trio thread) and hands them to the trio task over a memory channel of
-size 1, which applies them to the state and answers. Protobuf stays in `convert`.
+size 1, which applies them and answers. Protobuf stays in `convert`. Like ztunnel's
+`Handler<T>`, the handler is the client's only view of its user: the client names no store.
 """
 
 from __future__ import annotations
@@ -34,9 +35,6 @@ from typing import Protocol, cast
 import grpc
 import trio
 
-from ztunnel_py.admin.readiness import Readiness
-from ztunnel_py.agent.state import ProxyState
-from ztunnel_py.identity.cpchannel import ChannelError, ChannelOption, ControlPlaneChannel
 from ztunnel_py.protocol.xds import (
     ADDRESS_TYPE,
     AUTHORIZATION_TYPE,
@@ -46,6 +44,7 @@ from ztunnel_py.protocol.xds import (
     XdsProtocolError,
 )
 from ztunnel_py.telemetry.metrics import XdsMetrics
+from ztunnel_py.transport.grpc_channel import ChannelError, ChannelOption, ControlPlaneChannel
 from ztunnel_py.xds.convert import (
     DecodedResponse,
     NodeInfo,
@@ -70,7 +69,7 @@ XDS_CHANNEL_OPTIONS: tuple[ChannelOption, ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
-_SHORT_TYPE = {ADDRESS_TYPE: "Address", AUTHORIZATION_TYPE: "Authorization"}
+SHORT_TYPE = {ADDRESS_TYPE: "Address", AUTHORIZATION_TYPE: "Authorization"}
 _BENIGN = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 _BENIGN_UNAVAILABLE = ("transport is closing", "received prior goaway")
 
@@ -133,34 +132,39 @@ class XdsClientStatus:
     nacks: int = 0
 
 
+class XdsHandler(Protocol):
+    """Where a client's updates go."""
+
+    def apply(self, update: DecodedResponse) -> None:
+        """Apply one response's converted resources and its removals (rejected resources are
+        already left out; they are NACKed)."""
+
+    def synced(self, type_url: str) -> None:
+        """The first ACK of `type_url` went out: that type's initial state is in."""
+
+
 class XdsClient:
     def __init__(
         self,
         channel: ControlPlaneChannel,
         node: NodeInfo,
-        state: ProxyState,
+        handler: XdsHandler,
         *,
-        readiness: Readiness | None = None,
         metrics: XdsMetrics | None = None,
         initial_backoff: float = INITIAL_BACKOFF,
         max_backoff: float = MAX_BACKOFF,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        """`channel` should carry `XDS_CHANNEL_OPTIONS`. Readiness tasks (one per type) are
-        registered here, so the agent is not ready before the first ACKs."""
+        """`channel` should carry `XDS_CHANNEL_OPTIONS`."""
         self._channel = channel
         self._node = node
-        self._state = state
-        self._readiness = readiness
+        self._handler = handler
         self._metrics = metrics
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
         self._connect_timeout = connect_timeout
         self._core = ClientStream(WORKLOAD_TYPES)
-        self._ready_tasks: dict[str, str] = {}
-        if readiness is not None:
-            for type_url in WORKLOAD_TYPES:
-                self._ready_tasks[type_url] = readiness.register(f"xds {_SHORT_TYPE[type_url]}")
+        self._synced: set[str] = set()
         self.status = XdsClientStatus()
 
     def known(self, type_url: str) -> dict[str, str]:
@@ -286,15 +290,8 @@ class XdsClient:
         if self._metrics is not None:
             self._metrics.received(type_url, response.size)
         removed = response.removed
-        if type_url == ADDRESS_TYPE:
-            self._state.apply_delta(
-                workloads=response.workloads,
-                services=response.services,
-                removed_workloads=removed,
-                removed_services=removed,
-            )
-        elif type_url == AUTHORIZATION_TYPE:
-            self._state.apply_delta(policies=response.policies, removed_policies=removed)
+        if type_url in WORKLOAD_TYPES:
+            self._handler.apply(response)
         try:
             answer = self._core.response(
                 type_url, response.nonce, response.accepted, removed, response.rejected
@@ -303,7 +300,7 @@ class XdsClient:
             answer = Request(type_url, response_nonce=response.nonce, error=str(e))
         log.info(
             "xDS %s version %s: %d resources, %d removed%s",
-            _SHORT_TYPE.get(type_url, type_url),
+            SHORT_TYPE.get(type_url, type_url),
             response.system_version,
             len(response.accepted),
             len(removed),
@@ -314,9 +311,9 @@ class XdsClient:
             log.error("NACK %s nonce %s: %s", type_url, response.nonce, answer.error)
         else:
             status.acks += 1
-            task = self._ready_tasks.get(type_url)
-            if task is not None and self._readiness is not None:
-                self._readiness.mark_ready(task)
+            if type_url not in self._synced:
+                self._synced.add(type_url)
+                self._handler.synced(type_url)
         return encode_request(answer)
 
 

@@ -1,1 +1,1 @@
-"""The agent's data plane: outbound, inbound HBONE, inbound plaintext, SOCKS5, pool, relay."""
+"""The agent's proxies: outbound, inbound HBONE and plaintext, SOCKS5, and their accounting."""

@@ -11,10 +11,10 @@ from typing import Protocol
 
 import trio
 
-from ztunnel_py.agent.proxy.hbone import HboneError
-from ztunnel_py.agent.proxy.relay import RelayError
-from ztunnel_py.protocol.rbac import Connection
+from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.telemetry.metrics import ConnectionMetrics
+from ztunnel_py.transport.hbone import HboneError
+from ztunnel_py.transport.relay import RelayError
 
 POLICY_CHANGE = "connection closed due to policy change"
 

@@ -18,18 +18,7 @@ from datetime import timedelta
 
 import trio
 
-from ztunnel_py.agent.netns import PodNetns
 from ztunnel_py.agent.proxy.accounting import Tracker, carry
-from ztunnel_py.agent.proxy.hbone import (
-    HboneClientConnection,
-    HboneError,
-    HboneHandshakeError,
-    HboneStatusError,
-    HboneStream,
-    connect_hbone,
-)
-from ztunnel_py.agent.proxy.pool import HbonePool, PoolKey
-from ztunnel_py.agent.proxy.relay import SocketByteStream, relay, splice_relay
 from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import client_context, verify_server_identity
@@ -39,6 +28,17 @@ from ztunnel_py.protocol.hbone import format_authority
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import SOURCE, TrafficLabels
 from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.transport.hbone import (
+    HboneClientConnection,
+    HboneError,
+    HboneHandshakeError,
+    HboneStatusError,
+    HboneStream,
+    connect_hbone,
+)
+from ztunnel_py.transport.podsockets import PodNetns
+from ztunnel_py.transport.pool import HbonePool, PoolKey
+from ztunnel_py.transport.relay import SocketByteStream, relay, splice_relay
 
 log = logging.getLogger("ztunnel_py.outbound")
 

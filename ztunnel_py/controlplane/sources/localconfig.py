@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ztunnel_py.agent.localconfig import ConfigError, load_local_config
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
+from ztunnel_py.xds.localconfig import ConfigError, load_local_config
 
 log = logging.getLogger("ztunnel_py.controlplane.localconfig")
 

@@ -31,6 +31,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.workload import pod_uid
 
 DEFAULT_DOMAIN_SUFFIX = "cluster.local"
 DEFAULT_CLUSTER_ID = "Kubernetes"
@@ -439,7 +440,7 @@ class _Translator:
             canonical, revision = wl.canonical_service(r.labels, name)
             spec = r.spec
             return Workload(
-                uid=f"{o.cluster_id}//Pod/{r.namespace}/{r.name}",
+                uid=pod_uid(r.namespace, r.name, o.cluster_id),
                 name=r.name,
                 namespace=r.namespace,
                 addresses=member.addresses,

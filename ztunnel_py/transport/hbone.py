@@ -44,9 +44,9 @@ from typing import Any
 
 import trio
 
-from ztunnel_py.agent.proxy.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsError, TlsTransport
 from ztunnel_py.model.identity import Identity
 from ztunnel_py.protocol import hbone as proto
+from ztunnel_py.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsError, TlsTransport
 
 __all__ = [
     "HboneClientConnection",

@@ -8,7 +8,6 @@ into it: a network namespace switch is per thread, so the rest of the process is
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -16,10 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from ztunnel_py.linux.netns import setns
 from ztunnel_py.testbed.errors import TestbedError
 
 NETNS_DIR = "/run/netns"
-_CLONE_NEWNET = 0x40000000
 # /proc/net/tcp state column value of a listening socket.
 _TCP_LISTEN = "0A"
 
@@ -77,7 +76,6 @@ def pids(name: str) -> list[int]:
 
 def run_in(name: str, fn: Callable[[], T]) -> T:
     """Call `fn` on a thread that has joined network namespace `name`; return its result."""
-    libc = ctypes.CDLL(None, use_errno=True)
     outcome: list[T] = []
     failure: list[BaseException] = []
 
@@ -88,10 +86,10 @@ def run_in(name: str, fn: Callable[[], T]) -> T:
             failure.append(TestbedError(f"network namespace {name} does not exist"))
             return
         try:
-            if libc.setns(fd, _CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                failure.append(OSError(err, f"setns into {name}: {os.strerror(err)}"))
-                return
+            setns(fd)
+        except OSError as e:
+            failure.append(OSError(e.errno, f"setns into {name}: {e.strerror}"))
+            return
         finally:
             os.close(fd)
         try:

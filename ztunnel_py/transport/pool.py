@@ -22,14 +22,14 @@ from typing import Any
 
 import trio
 
-from ztunnel_py.agent.proxy.hbone import (
+from ztunnel_py.model.identity import Identity
+from ztunnel_py.model.workload import IPAddress
+from ztunnel_py.transport.hbone import (
     HboneClientConnection,
     HboneStream,
     HboneStreamError,
     HboneUnavailableError,
 )
-from ztunnel_py.model.identity import Identity
-from ztunnel_py.model.workload import IPAddress
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "HbonePool", "PoolKey"]
 

@@ -13,16 +13,14 @@ connection is `original_destination(sock)` (SO_ORIGINAL_DST), not its local addr
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import ipaddress
 import os
 import socket
 import struct
-import threading
-from collections.abc import Iterator
 
 import trio
+
+from ztunnel_py.linux.netns import NetnsError, entered, netns_inode
 
 PACKET_MARK = 0x539
 IP_TRANSPARENT = 19
@@ -30,51 +28,8 @@ IPV6_TRANSPARENT = 75
 IP_FREEBIND = 15
 LISTEN_BACKLOG = 128
 
-CLONE_NEWNET = 0x40000000
 # getsockopt(SOL_IP / SOL_IPV6, SO_ORIGINAL_DST): the destination before a nat REDIRECT
 SO_ORIGINAL_DST = 80
-
-_setns_lock = threading.Lock()
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
-    """setns(2) for the calling thread (os.setns arrives only in Python 3.12)."""
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-class NetnsError(Exception):
-    """A pod network namespace could not be entered or a socket could not be made in it."""
-
-
-def _own_netns_fd() -> int:
-    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-
-
-def netns_inode(fd: int) -> tuple[int, int]:
-    """(device, inode) of a netns fd: two fds name the same netns exactly when these are equal."""
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino)
-
-
-@contextlib.contextmanager
-def entered(netns_fd: int) -> Iterator[None]:
-    """Run the body with the calling thread inside `netns_fd`, then return to where it was."""
-    with _setns_lock:
-        home = _own_netns_fd()
-        try:
-            try:
-                setns(netns_fd)
-            except OSError as e:
-                raise NetnsError(f"cannot enter pod network namespace: {e}") from e
-            try:
-                yield
-            finally:
-                setns(home)
-        finally:
-            os.close(home)
 
 
 class PodNetns:

@@ -9,7 +9,7 @@ import array
 import os
 import socket
 
-from ztunnel_py.agent.zds import (
+from ztunnel_py.protocol.zds import (
     MAX_MESSAGE,
     PodInfo,
     ZdsError,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from ztunnel_py.identity.roots import RootCerts, RootCertsError
+from ztunnel_py.transport.roots import RootCerts, RootCertsError
 
 DEFAULT_CONTROL_PLANE_HOSTNAME = "istiod.istio-system.svc"
 DEFAULT_CLUSTER_ID = "Kubernetes"

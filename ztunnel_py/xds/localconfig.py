@@ -40,6 +40,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.workload import pod_uid
 from ztunnel_py.yamlpos import (
     Position,
     PositionLoader,
@@ -450,7 +451,7 @@ class _Reader:
         protocol = self.optional(f, "protocol", lambda n: self.choice(n, ("TCP", "HBONE")), "TCP")
         status = self.optional(f, "status", lambda n: self.choice(n, ("Healthy", "Unhealthy")), "")
         return Workload(
-            uid=self.optional(f, "uid", text, "") or f"{cluster_id}//Pod/{namespace}/{name}",
+            uid=self.optional(f, "uid", text, "") or pod_uid(namespace, name, cluster_id),
             name=name,
             namespace=namespace,
             addresses=addresses,

@@ -57,7 +57,7 @@ from ztunnel_py.xds.convert import (
     encode_response,
 )
 
-log = logging.getLogger("ztunnel_py.xds.server")
+log = logging.getLogger("ztunnel_py.controlplane.xds_server")
 
 SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD_NAME = "DeltaAggregatedResources"

@@ -1,0 +1,1 @@
+"""Thin wrappers of Linux kernel interfaces that the standard library lacks; no policy here."""

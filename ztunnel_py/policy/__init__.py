@@ -1,0 +1,2 @@
+"""Authorization evaluation: Istio's policy semantics over one connection (and, at waypoints, one
+request)."""
