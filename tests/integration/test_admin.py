@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from ztunnel_py.admin import ConfigDump, Readiness, serve_admin, serve_metrics, serve_readiness
 from ztunnel_py.admin.http import Limits, Request, Response, Router, serve_http
 from ztunnel_py.admin.readiness import readiness_router
-from ztunnel_py.agent.state import ProxyState
+from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.logs import LogLevels
 from ztunnel_py.telemetry.metrics import Metrics
 from ztunnel_py.xds.localconfig import parse_local_config

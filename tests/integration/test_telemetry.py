@@ -389,7 +389,7 @@ def test_level_changes_merge_and_reset() -> None:
         assert logging.getLogger("ztunnel_py.agent").level == 5
         levels.set("off")
         assert not logging.getLogger("ztunnel_py.admin").isEnabledFor(logging.CRITICAL)
-        assert logging.getLogger("ztunnel_py.agent.state").isEnabledFor(5)  # agent=trace stays
+        assert logging.getLogger("ztunnel_py.agent.inpod").isEnabledFor(5)  # agent=trace stays
         levels.reset()
         assert levels.describe() == "warn,access=info"
         assert logging.getLogger("ztunnel_py.agent").level == logging.NOTSET

@@ -19,12 +19,12 @@ import trio
 from tests.integration.ca_support import free_port, write_workloads
 from tests.integration.xds_support import eventually, http_get
 from ztunnel_py.admin.readiness import Readiness
-from ztunnel_py.agent.state import ProxyState
-from ztunnel_py.agent.xdsfeed import StateFeed
 from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore
 from ztunnel_py.identity.caclient import CaError, GrpcCaClient
 from ztunnel_py.identity.pki import generate_key, make_csr
 from ztunnel_py.model import Identity
+from ztunnel_py.state.feed import StateFeed
+from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node
 

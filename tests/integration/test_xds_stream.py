@@ -23,10 +23,10 @@ from tests.integration.xds_support import (
     workload,
 )
 from ztunnel_py.admin.readiness import Readiness
-from ztunnel_py.agent.state import ProxyState
-from ztunnel_py.agent.xdsfeed import StateFeed
 from ztunnel_py.controlplane.memsource import MemorySnapshotSource
 from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Request
+from ztunnel_py.state.feed import StateFeed
+from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.metrics import XdsMetrics
 from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
 from ztunnel_py.xds.client import DELTA_ADS, XdsClient, agent_node

@@ -20,8 +20,6 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from ztunnel_py.admin.readiness import Readiness
-from ztunnel_py.agent.state import ProxyState
-from ztunnel_py.agent.xdsfeed import StateFeed
 from ztunnel_py.controlplane import xds_server
 from ztunnel_py.controlplane.app import CA_SUBDIR, ServingCredentials, load_or_create_ca
 from ztunnel_py.controlplane.memsource import MemorySnapshotSource
@@ -38,6 +36,8 @@ from ztunnel_py.model import (
     TunnelProtocol,
     Workload,
 )
+from ztunnel_py.state.feed import StateFeed
+from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.metrics import XdsMetrics
 from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node

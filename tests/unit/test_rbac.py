@@ -20,12 +20,14 @@ from ztunnel_py.model import (
     StringMatch,
     StringMatchKind,
 )
+from ztunnel_py.model.policy import HeaderCondition
 from ztunnel_py.policy.rbac import (
     NO_ALLOW_POLICIES,
     NONE_ALLOWED,
     Connection,
     Decision,
     DryRunMatch,
+    HttpAttributes,
     PolicySet,
     evaluate,
     policy_matches,
@@ -341,6 +343,35 @@ def naive_evaluate(
                 result = False
         return result
 
+    def host_ok(m: StringMatch) -> bool:
+        return c.http is not None and string_ok(
+            StringMatch(m.kind, m.value.lower()), c.http.host.lower()
+        )
+
+    def header_ok(h: HeaderCondition) -> bool:
+        if c.http is None:
+            return False
+        value = c.http.headers.get(h.name)
+        return value is not None and any(string_ok(v, value) for v in h.values)
+
+    def http_ok(m: Match) -> bool:
+        http_fields = [m.paths, m.not_paths, m.methods, m.not_methods, m.hosts, m.not_hosts]
+        http_fields += [m.headers, m.not_headers]
+        if all(len(f) == 0 for f in http_fields):
+            return True
+        if c.http is None:
+            return False
+        path, method = c.http.path, c.http.method
+        headers_ok = all(header_ok(h) for h in m.headers) and not any(
+            header_ok(h) for h in m.not_headers
+        )
+        return (
+            both(m.paths, m.not_paths, lambda x: string_ok(x, path))
+            and both(m.methods, m.not_methods, lambda x: string_ok(x, method))
+            and both(m.hosts, m.not_hosts, host_ok)
+            and headers_ok
+        )
+
     def match_ok(m: Match) -> bool:
         fields = [
             m.namespaces,
@@ -355,6 +386,14 @@ def naive_evaluate(
             m.not_destination_ips,
             m.destination_ports,
             m.not_destination_ports,
+            m.paths,
+            m.not_paths,
+            m.methods,
+            m.not_methods,
+            m.hosts,
+            m.not_hosts,
+            m.headers,
+            m.not_headers,
         ]
         if all(len(f) == 0 for f in fields):
             return False
@@ -365,6 +404,7 @@ def naive_evaluate(
             and both(m.source_ips, m.not_source_ips, lambda n: cidr_ok(n, src))
             and both(m.destination_ips, m.not_destination_ips, lambda n: cidr_ok(n, c.dst_ip))
             and both(m.destination_ports, m.not_destination_ports, lambda p: p == c.dst_port)
+            and http_ok(m)
         )
 
     def policy_ok(p: Authorization) -> bool:
@@ -379,8 +419,10 @@ def naive_evaluate(
                 return True
         return False
 
-    dry_runs = [p.key for p in policies if p.dry_run and policy_ok(p)]
-    enforced = [p for p in policies if not p.dry_run]
+    # AUDIT policies (waypoints) are reported with the dry runs and never decide
+    reported = [p for p in policies if p.dry_run or p.action == Action.AUDIT]
+    dry_runs = [p.key for p in reported if policy_ok(p)]
+    enforced = [p for p in policies if p not in reported]
     for p in enforced:
         if p.action == Action.DENY and policy_ok(p):
             return False, p.key, dry_runs
@@ -421,6 +463,22 @@ def few(s: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[Any, ...]]:
     return st.one_of(st.just(()), st.just(()), st.lists(s, min_size=1, max_size=2).map(tuple))
 
 
+paths = st.builds(
+    StringMatch, st.sampled_from(list(StringMatchKind)), st.sampled_from(["/", "/api", "/api/x"])
+)
+methods = st.builds(
+    StringMatch, st.sampled_from(list(StringMatchKind)), st.sampled_from(["GET", "DEL", "ETE"])
+)
+hosts = st.builds(
+    StringMatch,
+    st.sampled_from(list(StringMatchKind)),
+    st.sampled_from(["Echo.apps", "echo", ":80"]),
+)
+header_conditions = st.builds(
+    HeaderCondition,
+    st.sampled_from(["X-User", "x-env"]),
+    st.lists(string_matches, min_size=1, max_size=2).map(tuple),
+)
 matches = st.builds(
     Match,
     namespaces=few(string_matches),
@@ -435,6 +493,14 @@ matches = st.builds(
     not_destination_ips=few(cidrs),
     destination_ports=few(ports),
     not_destination_ports=few(ports),
+    paths=few(paths),
+    not_paths=few(paths),
+    methods=few(methods),
+    not_methods=few(methods),
+    hosts=few(hosts),
+    not_hosts=few(hosts),
+    headers=few(header_conditions),
+    not_headers=few(header_conditions),
 )
 policies = st.builds(
     Authorization,
@@ -455,6 +521,16 @@ connections = st.builds(
     src_identity=st.sampled_from([ALICE, BOB, None]),
     dst_ip=st.sampled_from([ipaddress.ip_address(a) for a in ("10.1.0.1", "fd00::1")]),
     dst_port=ports,
+    http=st.one_of(
+        st.none(),
+        st.builds(
+            HttpAttributes,
+            method=st.sampled_from(["GET", "DELETE"]),
+            path=st.sampled_from(["/", "/api", "/api/x", "/apix"]),
+            host=st.sampled_from(["echo.apps:80", "ECHO.apps", "other"]),
+            headers=st.sampled_from([{}, {"x-user": "alice"}, {"x-env": "ns-a,ns-b"}]),
+        ),
+    ),
 )
 
 

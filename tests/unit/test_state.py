@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from ztunnel_py.agent.state import ProxyState, StateChange
 from ztunnel_py.model import (
     Action,
     Authorization,
@@ -26,6 +25,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.xds.localconfig import ConfigError
 
 WEB = "demo/web.demo.svc.cluster.local"

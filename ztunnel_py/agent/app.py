@@ -30,8 +30,6 @@ from ztunnel_py.agent.drain import Drain, Shutdown
 from ztunnel_py.agent.enroll import serve_enrollment
 from ztunnel_py.agent.inpod import Capture, PodManager
 from ztunnel_py.agent.proxy.outbound import Outbound
-from ztunnel_py.agent.state import ProxyState, StateChange
-from ztunnel_py.agent.xdsfeed import StateFeed
 from ztunnel_py.config import (
     AgentConfig,
     ConfigValueError,
@@ -43,6 +41,8 @@ from ztunnel_py.config import (
 from ztunnel_py.identity.caclient import GrpcCaClient
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.model import Workload
+from ztunnel_py.state.feed import StateFeed
+from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels, setup_logging
 from ztunnel_py.telemetry.metrics import CaptureMetrics, Metrics, XdsMetrics
 from ztunnel_py.transport.grpc_channel import ControlPlaneChannel

@@ -29,7 +29,6 @@ from ztunnel_py.agent.proxy.accounting import POLICY_CHANGE
 from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.agent.proxy.outbound import Outbound, Ready
 from ztunnel_py.agent.proxy.socks5 import serve_socks5
-from ztunnel_py.agent.state import ProxyState, StateChange
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.linux.netns import NetnsError
@@ -38,6 +37,7 @@ from ztunnel_py.model.workload import canonical_ip
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.protocol.zds import PodInfo
 from ztunnel_py.redirect.maps import PodCounters, RedirectError
+from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.metrics import Metrics
 from ztunnel_py.transport.podsockets import (
     PodNetns,

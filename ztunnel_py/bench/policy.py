@@ -33,13 +33,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.controlplane.resources import Document, Origin
 from ztunnel_py.controlplane.sources.yamldocs import Parsed
 from ztunnel_py.controlplane.store import ConfigStore
 from ztunnel_py.controlplane.translate import MeshOptions, translate
 from ztunnel_py.model import Action, Identity, Workload
 from ztunnel_py.policy.rbac import Connection, Decision, PolicySet
+from ztunnel_py.state.mesh import ProxyState
 
 NAMESPACE = "bench"
 POD = "server"

@@ -319,9 +319,9 @@ def _emit(out: IO[str], event: str, **fields: Any) -> None:
 
 
 async def _client(args: argparse.Namespace) -> None:
-    from ztunnel_py.agent.state import ProxyState
-    from ztunnel_py.agent.xdsfeed import StateFeed
     from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE
+    from ztunnel_py.state.feed import StateFeed
+    from ztunnel_py.state.mesh import ProxyState
     from ztunnel_py.telemetry.metrics import XdsMetrics
     from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
     from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, agent_node

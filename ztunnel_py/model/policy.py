@@ -1,4 +1,9 @@
-"""L4 authorization policies as the workload API carries them (istio.security.Authorization)."""
+"""Authorization policies: L4 as the workload API carries them (istio.security.Authorization),
+extended with the HTTP attributes a waypoint evaluates (paths, methods, hosts, request headers).
+
+The HTTP attributes never reach a node agent: the control plane sends policies that use them
+only to waypoints (in our own L7 type), and rewrites them out of what agents get as istiod does.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ class PolicyScope(enum.Enum):
 class Action(enum.Enum):
     ALLOW = "Allow"
     DENY = "Deny"
+    # waypoints only: a match is logged, never enforced
+    AUDIT = "Audit"
 
 
 class StringMatchKind(enum.Enum):
@@ -50,6 +57,17 @@ Cidr = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
+class HeaderCondition:
+    """`when: request.headers[<name>]` with `values` (any of); names are case-insensitive."""
+
+    name: str
+    values: tuple[StringMatch, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.name.lower())
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     """One match: every attribute type that is set must pass (positive any-of, negative none-of)."""
 
@@ -65,15 +83,40 @@ class Match:
     not_destination_ips: tuple[Cidr, ...] = ()
     destination_ports: tuple[int, ...] = ()
     not_destination_ports: tuple[int, ...] = ()
+    # HTTP attributes (waypoints only): the request path without its query, the method, the
+    # authority (compared case-insensitively), request headers
+    paths: tuple[StringMatch, ...] = ()
+    not_paths: tuple[StringMatch, ...] = ()
+    methods: tuple[StringMatch, ...] = ()
+    not_methods: tuple[StringMatch, ...] = ()
+    hosts: tuple[StringMatch, ...] = ()
+    not_hosts: tuple[StringMatch, ...] = ()
+    headers: tuple[HeaderCondition, ...] = ()
+    not_headers: tuple[HeaderCondition, ...] = ()
     # computed once: evaluation asks for every match of every policy on every connection
     empty: bool = field(init=False, repr=False, compare=False)
+    http: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        empty = not any(getattr(self, f.name) for f in fields(self) if f.name != "empty")
+        computed = ("empty", "http")
+        empty = not any(getattr(self, f.name) for f in fields(self) if f.name not in computed)
         object.__setattr__(self, "empty", empty)
+        object.__setattr__(self, "http", any(getattr(self, n) for n in HTTP_ATTRIBUTES))
 
     def is_empty(self) -> bool:
         return self.empty
+
+
+HTTP_ATTRIBUTES = (
+    "paths",
+    "not_paths",
+    "methods",
+    "not_methods",
+    "hosts",
+    "not_hosts",
+    "headers",
+    "not_headers",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +132,20 @@ class Authorization:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointPolicy:
+    """A policy a waypoint enforces (an AuthorizationPolicy with `targetRefs`): on every request
+    it serves (`services` empty: the Gateway or GatewayClass was targeted) or on requests for
+    the listed services (`namespace/hostname`)."""
+
+    policy: Authorization
+    services: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.policy.key
+
+    def applies_to(self, service: str) -> bool:
+        return not self.services or service in self.services

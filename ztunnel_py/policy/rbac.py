@@ -1,8 +1,10 @@
-"""L4 authorization: evaluate a workload's policies against one inbound connection.
+"""Authorization: evaluate policies against one inbound connection (agents) or request
+(waypoints: the same evaluator, with the request's HTTP attributes).
 
 Pure functions, exactly ztunnel's semantics (`src/rbac.rs`, `src/state.rs::assert_rbac`):
 
-- dry-run policies are evaluated and reported, never enforced;
+- dry-run policies (and, at waypoints, AUDIT policies) are evaluated and reported, never
+  enforced;
 - any matching DENY rejects ("explicitly denied by: ns/name");
 - with no ALLOW policy the connection is allowed; otherwise a matching ALLOW allows it and
   anything else is rejected ("allow policies exist, but none allowed").
@@ -16,11 +18,17 @@ Attributes come from the peer's mTLS identity (absent for plaintext), the source
 destination IP and port (the upstream target port, never 15008). Principals are compared without
 `spiffe://`, and with no identity no positive principal matches. Namespaces are compared against
 the identity's namespace, or the empty string without one, as ztunnel does.
+
+HTTP attributes (Envoy's RBAC as istiod programs it for a waypoint): `paths` against the
+normalized path without its query, `methods` against the method as sent (case-sensitive),
+`hosts` against the authority case-insensitively (its port included, as Envoy does), header
+conditions against the request header's values joined with `,`. A match that sets an HTTP
+attribute never matches a connection without HTTP attributes (an agent's L4 decision).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,7 +43,21 @@ from ztunnel_py.model import (
     StringMatch,
     StringMatchKind,
 )
+from ztunnel_py.model.policy import HeaderCondition
 from ztunnel_py.model.workload import canonical_ip
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAttributes:
+    """The request attributes a waypoint's policies may test."""
+
+    method: str
+    # normalized, without the query string
+    path: str
+    # the :authority / Host as sent
+    host: str
+    # request header -> its values joined with "," (lower-case names)
+    headers: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +66,7 @@ class Connection:
     src_identity: Identity | None
     dst_ip: IPAddress
     dst_port: int
+    http: HttpAttributes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +106,8 @@ class PolicySet:
         denies: list[Authorization] = []
         allows: list[Authorization] = []
         for p in self.policies:
-            if p.dry_run:
+            # AUDIT (waypoints) is reported like a dry run and never decides
+            if p.dry_run or p.action is Action.AUDIT:
                 dry_runs.append(p)
             elif p.action is Action.DENY:
                 denies.append(p)
@@ -121,9 +145,20 @@ def evaluate(policies: Iterable[Authorization], conn: Connection) -> Decision:
 class _Subject:
     """The connection's attributes, computed once per evaluation."""
 
-    __slots__ = ("dst_ip", "dst_port", "identity", "namespace", "principal", "src_ip")
+    __slots__ = (
+        "dst_ip",
+        "dst_port",
+        "host",
+        "http",
+        "identity",
+        "namespace",
+        "principal",
+        "src_ip",
+    )
 
     def __init__(self, conn: Connection) -> None:
+        self.http = conn.http
+        self.host = conn.http.host.lower() if conn.http is not None else ""
         self.src_ip = canonical_ip(conn.src_ip)
         self.dst_ip = canonical_ip(conn.dst_ip)
         self.dst_port = conn.dst_port
@@ -377,7 +412,39 @@ def _match(m: Match, s: _Subject) -> bool:
         return False
     if m.destination_ips and not any(s.dst_ip in c for c in m.destination_ips):
         return False
-    return not (m.not_destination_ips and any(s.dst_ip in c for c in m.not_destination_ips))
+    if m.not_destination_ips and any(s.dst_ip in c for c in m.not_destination_ips):
+        return False
+    return not m.http or _http_match(m, s)
+
+
+def _http_match(m: Match, s: _Subject) -> bool:
+    http = s.http
+    if http is None:
+        return False
+    if m.paths and not any(p.matches(http.path) for p in m.paths):
+        return False
+    if m.not_paths and any(p.matches(http.path) for p in m.not_paths):
+        return False
+    if m.methods and not any(x.matches(http.method) for x in m.methods):
+        return False
+    if m.not_methods and any(x.matches(http.method) for x in m.not_methods):
+        return False
+    if m.hosts and not any(_host(h, s.host) for h in m.hosts):
+        return False
+    if m.not_hosts and any(_host(h, s.host) for h in m.not_hosts):
+        return False
+    if m.headers and not all(_header(c, http) for c in m.headers):
+        return False
+    return not (m.not_headers and any(_header(c, http) for c in m.not_headers))
+
+
+def _host(m: StringMatch, host: str) -> bool:
+    return StringMatch(m.kind, m.value.lower()).matches(host)
+
+
+def _header(c: HeaderCondition, http: HttpAttributes) -> bool:
+    value = http.headers.get(c.name)
+    return value is not None and any(v.matches(value) for v in c.values)
 
 
 def _account(a: ServiceAccountMatch, s: _Subject) -> bool:

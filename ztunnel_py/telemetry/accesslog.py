@@ -3,6 +3,8 @@
 - `connection opened` (DEBUG) when a proxied connection starts;
 - `connection complete` when it ends: INFO, or ERROR with `error=...` if it failed;
 - `connection failed` (WARN) for failures before the connection's context is known.
+- `request complete` for each HTTP request a waypoint or sidecar proxied (see
+  `request_complete`).
 
 Fields (reference 7.4): src.addr, src.workload, src.namespace, src.identity, dst.addr,
 dst.hbone_addr, dst.service, dst.workload, dst.namespace, dst.identity, direction, then at
@@ -85,3 +87,14 @@ def connection_failed(src_addr: str, dst_addr: str, reporter: str, error: str) -
         "error": error,
     }
     access_log.warning("connection failed", extra={"fields": fields})
+
+
+def request_complete(fields: dict[str, object], *, error: bool = False) -> None:
+    """One HTTP request through a waypoint (or sidecar): `request complete` with Envoy's access
+    log fields under their Istio names (method, path, protocol, response_code, response_flags,
+    response_code_details, bytes_received, bytes_sent, duration, upstream_host,
+    upstream_cluster, authority, request_id, user_agent, route_name) plus the peers (src.addr,
+    src.identity, dst.service, dst.workload, ...). 5xx and local failures log at WARN."""
+    level = logging.WARNING if error else logging.INFO
+    if access_log.isEnabledFor(level):
+        access_log.log(level, "request complete", extra={"fields": fields})

@@ -38,7 +38,6 @@ import trio
 from ztunnel_py.protocol.xds import (
     ADDRESS_TYPE,
     AUTHORIZATION_TYPE,
-    WORKLOAD_TYPES,
     ClientStream,
     Request,
     XdsProtocolError,
@@ -46,8 +45,10 @@ from ztunnel_py.protocol.xds import (
 from ztunnel_py.telemetry.metrics import XdsMetrics
 from ztunnel_py.transport.grpc_channel import ChannelError, ChannelOption, ControlPlaneChannel
 from ztunnel_py.xds.convert import (
+    WORKLOAD_DECODERS,
     DecodedResponse,
     NodeInfo,
+    PayloadDecoder,
     XdsDecodeError,
     decode_response,
     encode_request,
@@ -150,20 +151,23 @@ class XdsClient:
         node: NodeInfo,
         handler: XdsHandler,
         *,
+        decoders: Mapping[str, PayloadDecoder] = WORKLOAD_DECODERS,
         metrics: XdsMetrics | None = None,
         initial_backoff: float = INITIAL_BACKOFF,
         max_backoff: float = MAX_BACKOFF,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        """`channel` should carry `XDS_CHANNEL_OPTIONS`."""
+        """`channel` should carry `XDS_CHANNEL_OPTIONS`. The client subscribes to every type
+        of `decoders` (wildcard), in their order."""
         self._channel = channel
+        self._decoders = decoders
         self._node = node
         self._handler = handler
         self._metrics = metrics
         self._initial_backoff = initial_backoff
         self._max_backoff = max_backoff
         self._connect_timeout = connect_timeout
-        self._core = ClientStream(WORKLOAD_TYPES)
+        self._core = ClientStream(tuple(decoders))
         self._synced: set[str] = set()
         self.status = XdsClientStatus()
 
@@ -256,7 +260,7 @@ class XdsClient:
         try:
             try:
                 for raw in call:
-                    trio.from_thread.run(send.send, decode_response(raw))
+                    trio.from_thread.run(send.send, decode_response(raw, self._decoders))
                 end = StreamEnd(None, "")
             except grpc.RpcError as e:
                 end = StreamEnd(e.code(), e.details() or "")
@@ -290,7 +294,7 @@ class XdsClient:
         if self._metrics is not None:
             self._metrics.received(type_url, response.size)
         removed = response.removed
-        if type_url in WORKLOAD_TYPES:
+        if type_url in self._decoders:
             self._handler.apply(response)
         try:
             answer = self._core.response(

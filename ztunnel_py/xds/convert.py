@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -168,7 +168,7 @@ def address_to_proto(obj: Workload | Service) -> workload_pb2.Address:
     return workload_pb2.Address(service=service_to_proto(obj))
 
 
-def _string_match_to_proto(m: StringMatch) -> authorization_pb2.StringMatch:
+def string_match_to_proto(m: StringMatch) -> authorization_pb2.StringMatch:
     if m.kind is StringMatchKind.EXACT:
         return authorization_pb2.StringMatch(exact=m.value)
     if m.kind is StringMatchKind.PREFIX:
@@ -191,8 +191,8 @@ def _sa_to_proto(m: ServiceAccountMatch) -> authorization_pb2.ServiceAccountMatc
     return pb
 
 
-def _match_to_proto(m: Match) -> authorization_pb2.Match:
-    s, c, sa = _string_match_to_proto, _cidr_to_proto, _sa_to_proto
+def match_to_proto(m: Match) -> authorization_pb2.Match:
+    s, c, sa = string_match_to_proto, _cidr_to_proto, _sa_to_proto
     return authorization_pb2.Match(
         namespaces=[s(x) for x in m.namespaces],
         not_namespaces=[s(x) for x in m.not_namespaces],
@@ -218,7 +218,7 @@ def authorization_to_proto(p: Authorization) -> authorization_pb2.Authorization:
         rules=[
             authorization_pb2.Rule(
                 clauses=[
-                    authorization_pb2.Clause(matches=[_match_to_proto(m) for m in clause])
+                    authorization_pb2.Clause(matches=[match_to_proto(m) for m in clause])
                     for clause in rule
                 ]
             )
@@ -253,7 +253,7 @@ def _ports(ports: Iterable[workload_pb2.Port], what: str) -> dict[int, int]:
     return out
 
 
-def _enum(value: int, names: Mapping[int, _T], what: str) -> _T:
+def enum_from_proto(value: int, names: Mapping[int, _T], what: str) -> _T:
     found = names.get(value)
     if found is None:
         raise ConversionError(f"unsupported {what} {value}")
@@ -305,15 +305,15 @@ def workload_from_proto(pb: workload_pb2.Workload) -> Workload:
         node=pb.node,
         network=pb.network,
         hostname=pb.hostname,
-        tunnel_protocol=_enum(pb.tunnel_protocol, _TUNNEL_NAMES, "tunnel protocol"),
+        tunnel_protocol=enum_from_proto(pb.tunnel_protocol, _TUNNEL_NAMES, "tunnel protocol"),
         canonical_name=pb.canonical_name,
         canonical_revision=pb.canonical_revision,
         workload_name=pb.workload_name,
-        workload_type=_enum(pb.workload_type, _WORKLOAD_TYPE_NAMES, "workload type"),
+        workload_type=enum_from_proto(pb.workload_type, _WORKLOAD_TYPE_NAMES, "workload type"),
         waypoint=gateway_from_proto(pb.waypoint, "waypoint") if pb.HasField("waypoint") else None,
         services=services,
         authorization_policies=tuple(pb.authorization_policies),
-        status=_enum(pb.status, _STATUS_NAMES, "workload status"),
+        status=enum_from_proto(pb.status, _STATUS_NAMES, "workload status"),
         cluster_id=pb.cluster_id or DEFAULT_CLUSTER_ID,
         capacity=pb.capacity.value if pb.HasField("capacity") else 1,
     )
@@ -342,7 +342,7 @@ def address_from_proto(pb: workload_pb2.Address) -> Workload | Service:
     raise ConversionError("address has neither a workload nor a service")
 
 
-def _string_match(pb: authorization_pb2.StringMatch) -> StringMatch:
+def string_match_from_proto(pb: authorization_pb2.StringMatch) -> StringMatch:
     kind = pb.WhichOneof("match_type")
     if kind == "exact":
         return StringMatch(StringMatchKind.EXACT, pb.exact)
@@ -366,11 +366,11 @@ def _sa_match(pb: authorization_pb2.ServiceAccountMatch) -> ServiceAccountMatch:
     return ServiceAccountMatch(pb.namespace, pb.serviceAccount)
 
 
-def _match(pb: authorization_pb2.Match) -> Match:
+def match_from_proto(pb: authorization_pb2.Match) -> Match:
     def ports(values: Iterable[int]) -> tuple[int, ...]:
         return tuple(_port(v, "destination port", allow_zero=True) for v in values)
 
-    s, c, sa = _string_match, _cidr, _sa_match
+    s, c, sa = string_match_from_proto, _cidr, _sa_match
     return Match(
         namespaces=tuple(s(x) for x in pb.namespaces),
         not_namespaces=tuple(s(x) for x in pb.not_namespaces),
@@ -393,10 +393,10 @@ def authorization_from_proto(pb: authorization_pb2.Authorization) -> Authorizati
     return Authorization(
         name=pb.name,
         namespace=pb.namespace,
-        scope=_enum(pb.scope, _SCOPE_NAMES, "policy scope"),
-        action=_enum(pb.action, _ACTION_NAMES, "policy action"),
+        scope=enum_from_proto(pb.scope, _SCOPE_NAMES, "policy scope"),
+        action=enum_from_proto(pb.action, _ACTION_NAMES, "policy action"),
         rules=tuple(
-            tuple(tuple(_match(m) for m in clause.matches) for clause in rule.clauses)
+            tuple(tuple(match_from_proto(m) for m in clause.matches) for clause in rule.clauses)
             for rule in pb.rules
         ),
         dry_run=pb.dry_run,
@@ -527,6 +527,8 @@ class DecodedResponse:
     workloads: list[Workload] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     policies: list[Authorization] = field(default_factory=list)
+    # resources of the other types a client subscribed to (see `PayloadDecoder`)
+    others: list[object] = field(default_factory=list)
     removed: tuple[str, ...] = ()
     # resource name -> version, for the resources that converted
     accepted: dict[str, str] = field(default_factory=dict)
@@ -534,16 +536,30 @@ class DecodedResponse:
     rejected: dict[str, str] = field(default_factory=dict)
 
 
-def _decode_payload(type_url: str, name: str, payload: bytes) -> Workload | Service | Authorization:
+# Decodes one resource payload of a type into its model object and that object's key, which
+# must equal the resource name. Raises ConversionError (or protobuf's DecodeError).
+PayloadDecoder = Callable[[bytes], tuple[object, str]]
+
+
+def _decode_address(payload: bytes) -> tuple[object, str]:
+    obj = address_from_proto(workload_pb2.Address.FromString(payload))
+    return obj, obj.uid if isinstance(obj, Workload) else obj.key
+
+
+def _decode_authorization(payload: bytes) -> tuple[object, str]:
+    obj = authorization_from_proto(authorization_pb2.Authorization.FromString(payload))
+    return obj, obj.key
+
+
+WORKLOAD_DECODERS: Mapping[str, PayloadDecoder] = {
+    ADDRESS_TYPE: _decode_address,
+    AUTHORIZATION_TYPE: _decode_authorization,
+}
+
+
+def _decode_payload(decoder: PayloadDecoder, name: str, payload: bytes) -> object:
     try:
-        if type_url == ADDRESS_TYPE:
-            obj: Workload | Service | Authorization = address_from_proto(
-                workload_pb2.Address.FromString(payload)
-            )
-            key = obj.uid if isinstance(obj, Workload) else obj.key
-        else:
-            obj = authorization_from_proto(authorization_pb2.Authorization.FromString(payload))
-            key = obj.key
+        obj, key = decoder(payload)
     except DecodeError as e:
         raise ConversionError(f"cannot decode the payload: {e}") from None
     if key != name:
@@ -551,9 +567,12 @@ def _decode_payload(type_url: str, name: str, payload: bytes) -> Workload | Serv
     return obj
 
 
-def decode_response(raw: bytes) -> DecodedResponse:
-    """Parse a DeltaDiscoveryResponse and convert each resource; a resource that does not
-    convert is listed in `rejected` with its reason and the others are still returned.
+def decode_response(
+    raw: bytes, decoders: Mapping[str, PayloadDecoder] = WORKLOAD_DECODERS
+) -> DecodedResponse:
+    """Parse a DeltaDiscoveryResponse and convert each resource with its type's decoder; a
+    resource that does not convert is listed in `rejected` with its reason and the others are
+    still returned. A type without a decoder converts nothing (the caller refuses it).
 
     Raises `XdsDecodeError` if the message itself does not parse.
     """
@@ -568,7 +587,8 @@ def decode_response(raw: bytes) -> DecodedResponse:
         size=len(raw),
         removed=tuple(pb.removed_resources),
     )
-    if pb.type_url not in (ADDRESS_TYPE, AUTHORIZATION_TYPE):
+    decoder = decoders.get(pb.type_url)
+    if decoder is None:
         # The caller sees the unknown type and refuses the whole response.
         return out
     for r in pb.resources:
@@ -583,7 +603,7 @@ def decode_response(raw: bytes) -> DecodedResponse:
             out.rejected[name] = f"payload is a {r.resource.type_url}, not a {pb.type_url}"
             continue
         try:
-            obj = _decode_payload(pb.type_url, name, r.resource.value)
+            obj = _decode_payload(decoder, name, r.resource.value)
         except ConversionError as e:
             out.rejected[name] = str(e)
             continue
@@ -591,7 +611,9 @@ def decode_response(raw: bytes) -> DecodedResponse:
             out.workloads.append(obj)
         elif isinstance(obj, Service):
             out.services.append(obj)
-        else:
+        elif isinstance(obj, Authorization):
             out.policies.append(obj)
+        else:
+            out.others.append(obj)
         out.accepted[name] = r.version
     return out

@@ -536,7 +536,8 @@ class _Reader:
     def policy(self, node: _Node) -> Authorization:
         f = self.mapping(node, _POLICY_KEYS, _POLICY_KEYS)
         scopes = tuple(s.value for s in PolicyScope)
-        actions = tuple(a.value for a in Action)
+        # ztunnel's format knows Allow and Deny; Audit exists only for waypoints
+        actions = (Action.ALLOW.value, Action.DENY.value)
         rules = self.listof(
             f["rules"],
             lambda rule: self.listof(rule, lambda clause: self.listof(clause, self.match)),

@@ -19,13 +19,13 @@ import trio
 
 from ztunnel_py.agent.proxy.accounting import Tracker, carry_enforced
 from ztunnel_py.agent.proxy.outbound import SELF_PORTS
-from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import server_context, verify_client_identity
 from ztunnel_py.model import IPAddress, Service, Workload
 from ztunnel_py.model.workload import canonical_ip
 from ztunnel_py.policy.rbac import Connection, Decision
 from ztunnel_py.protocol.hbone import format_authority, parse_authority
+from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import TrafficLabels
 from ztunnel_py.telemetry.metrics import Metrics

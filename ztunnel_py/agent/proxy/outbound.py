@@ -19,12 +19,12 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.proxy.accounting import Tracker, carry
-from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import client_context, verify_server_identity
 from ztunnel_py.model import IPAddress, Service, TunnelProtocol, Workload
 from ztunnel_py.model.workload import HBONE_PORT, canonical_ip
 from ztunnel_py.protocol.hbone import format_authority
+from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import SOURCE, TrafficLabels
 from ztunnel_py.telemetry.metrics import Metrics

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ztunnel_py.agent.proxy.outbound import OutboundError, Ready
-from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.model import IPAddress
 from ztunnel_py.protocol.socks5 import ReplyCode, Socks5Error, Socks5Server
+from ztunnel_py.state.mesh import ProxyState
 
 log = logging.getLogger("ztunnel_py.socks5")
 

@@ -1,9 +1,9 @@
-"""The agent's view of the mesh: workloads, services, their endpoints and authorization policies.
+"""The mesh as a proxy sees it: workloads, services, their endpoints and authorization policies.
 
-One `ProxyState` per agent. It is fed whole (a local-config load or reload: `replace`) or by
-deltas (the xDS client: `apply_delta`), answers the lookups the proxies make on every connection
-(workload by IP, service by VIP, endpoint selection, the policies that guard a workload, the
-identities an upstream may present) and renders the `/config_dump` sections.
+One `ProxyState` per agent or waypoint. It is fed whole (a local-config load or reload:
+`replace`) or by deltas (the xDS client: `apply_delta`), answers the lookups the proxies make on
+every connection (workload by IP, service by VIP, endpoint selection, the policies that guard a
+workload, the identities an upstream may present) and renders the `/config_dump` sections.
 
 It is plain synchronous code with no I/O and no locks: mutate and read it from one thread (the
 trio thread). Subscribers registered with `subscribe` are called synchronously after every change,

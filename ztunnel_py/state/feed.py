@@ -1,6 +1,7 @@
-"""The agent's xDS handler: workload xDS updates into `ProxyState`, readiness held until synced.
+"""The xDS handler of agents and waypoints: workload xDS updates into `ProxyState`, readiness
+held until synced.
 
-The xDS client knows only the `XdsHandler` protocol; this is the agent's implementation. Each
+The xDS client knows only the `XdsHandler` protocol; this is the proxies' implementation. Each
 type subscribed registers a readiness task at construction, so the agent reports not ready
 until the control plane's first answer of every type has been applied and ACKed.
 """
@@ -8,8 +9,8 @@ until the control plane's first answer of every type has been applied and ACKed.
 from __future__ import annotations
 
 from ztunnel_py.admin.readiness import Readiness
-from ztunnel_py.agent.state import ProxyState
 from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, WORKLOAD_TYPES
+from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.xds.client import SHORT_TYPE
 from ztunnel_py.xds.convert import DecodedResponse
 

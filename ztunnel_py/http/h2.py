@@ -1,0 +1,323 @@
+"""Sans-IO HTTP/2 codecs (server and client) over h2, speaking the engine's events.
+
+h2 does framing, HPACK, stream states and flow-control bookkeeping; this module maps its events
+to the engine's (pseudo-headers into `RequestHead`/`ResponseHead`, trailers into
+`MessageEnded`) and applies the proxy's limits:
+
+- at most `MAX_HEADERS` fields and `MAX_HEADER_BYTES` (RFC 9113 accounting) per request head,
+  else the server codec reports `BadRequest(431)` for that stream only; HPACK refuses header
+  lists beyond twice that before decoding them whole;
+- SETTINGS as Envoy's HTTP/2 defaults for a proxy: 100 concurrent streams per connection,
+  1 MiB stream windows, 16 KiB frames;
+- received DATA is acknowledged (WINDOW_UPDATE) only when the driver says it was consumed
+  (`acknowledge`), so a slow upstream slows the sender instead of filling memory;
+- sending respects the peer's windows: `send_data` sends what fits and returns how much it took;
+  a `WindowOpened` event tells the driver when to continue.
+
+A protocol error h2 detects ends the connection (h2 has queued the GOAWAY) and is reported as
+`ConnectionEnded(error=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from ztunnel_py.http.events import (
+    BadRequest,
+    ConnectionEnded,
+    DataReceived,
+    Event,
+    InformationalReceived,
+    MessageEnded,
+    RequestReceived,
+    ResponseReceived,
+    StreamReset,
+    WindowOpened,
+)
+from ztunnel_py.http.h1 import MAX_HEADER_BYTES, MAX_HEADERS, HttpCodecError
+from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, strip_hop_by_hop
+
+__all__ = ["PREFACE", "H2Client", "H2Server"]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_CONCURRENT_STREAMS = 100
+STREAM_WINDOW = 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+_DEFAULT_WINDOW = 65535
+
+_Raw = list[tuple[bytes, bytes]]
+
+
+def _decode(raw: _Raw) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    pseudo: dict[str, str] = {}
+    fields: list[tuple[str, str]] = []
+    for n, v in raw:
+        name = n.decode("latin-1")
+        if name.startswith(":"):
+            pseudo[name] = v.decode("latin-1")
+        else:
+            fields.append((name, v.decode("latin-1")))
+    return pseudo, fields
+
+
+def _encode(headers: Headers) -> _Raw:
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+class _Codec:
+    def __init__(self, client_side: bool) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            normalize_inbound_headers=True,
+            validate_outbound_headers=True,
+        )
+        self._conn = h2.connection.H2Connection(config=config)
+        self._conn.local_settings = h2.settings.Settings(
+            client=client_side,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 2 * MAX_HEADER_BYTES,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self._conn.initiate_connection()
+        self._conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
+        self._closed = False
+        # streams whose head was reported with end_stream=True (no StreamEnded to report)
+        self._ended: set[int] = set()
+
+    def data_to_send(self) -> bytes:
+        return self._conn.data_to_send()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self._closed:
+            return []
+        if not data:
+            self._closed = True
+            return [ConnectionEnded()]
+        try:
+            h2_events = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._closed = True
+            return [ConnectionEnded(f"HTTP/2 protocol error: {e}", error=True)]
+        events: list[Event] = []
+        for ev in h2_events:
+            self._translate(ev, events)
+        return events
+
+    def _translate(self, ev: h2.events.Event, events: list[Event]) -> None:
+        if isinstance(ev, h2.events.DataReceived):
+            assert ev.stream_id is not None
+            events.append(
+                DataReceived(ev.stream_id, ev.data or b"", ev.flow_controlled_length or 0)
+            )
+        elif isinstance(ev, h2.events.TrailersReceived):
+            assert ev.stream_id is not None
+            _pseudo, fields = _decode(list(ev.headers or []))
+            self._ended.add(ev.stream_id)
+            events.append(MessageEnded(ev.stream_id, Headers.trusted(fields)))
+        elif isinstance(ev, h2.events.StreamEnded):
+            assert ev.stream_id is not None
+            if ev.stream_id in self._ended:
+                self._ended.discard(ev.stream_id)
+            else:
+                events.append(MessageEnded(ev.stream_id))
+        elif isinstance(ev, h2.events.StreamReset):
+            assert ev.stream_id is not None
+            self._ended.discard(ev.stream_id)
+            events.append(
+                StreamReset(ev.stream_id, int(ev.error_code or 0), remote=bool(ev.remote_reset))
+            )
+        elif isinstance(ev, h2.events.WindowUpdated):
+            events.append(WindowOpened(ev.stream_id or 0))
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            # a new INITIAL_WINDOW_SIZE may open every stream's window
+            events.append(WindowOpened(0))
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._closed = True
+            code = ev.error_code
+            error = code not in (None, h2.errors.ErrorCodes.NO_ERROR)
+            events.append(ConnectionEnded(f"GOAWAY {getattr(code, 'name', code)}", error=error))
+        else:
+            self._translate_head(ev, events)
+
+    def _translate_head(self, ev: h2.events.Event, events: list[Event]) -> None:
+        raise NotImplementedError
+
+    # sending
+
+    def send_data(self, stream_id: int, data: bytes | memoryview, end_stream: bool = False) -> int:
+        """Send as much of `data` as the windows allow (all of it when `end_stream` fits);
+        returns the count taken. With `end_stream`, the stream ends only once all is sent."""
+        conn = self._conn
+        total = len(data)
+        sent = 0
+        try:
+            while sent < total:
+                room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+                if room <= 0:
+                    return sent
+                n = min(room, total - sent)
+                last = end_stream and sent + n == total
+                conn.send_data(stream_id, bytes(data[sent : sent + n]), end_stream=last)
+                sent += n
+            if end_stream and total == 0:
+                conn.end_stream(stream_id)
+        except h2.exceptions.ProtocolError as e:
+            raise HttpCodecError(str(e)) from None
+        return sent
+
+    def send_window(self, stream_id: int) -> int:
+        try:
+            return min(
+                self._conn.local_flow_control_window(stream_id),
+                self._conn.max_outbound_frame_size,
+            )
+        except h2.exceptions.ProtocolError:
+            return 0
+
+    def send_end(self, stream_id: int, trailers: Headers | None = None) -> None:
+        try:
+            if trailers:
+                self._conn.send_headers(stream_id, _encode(trailers), end_stream=True)
+            else:
+                self._conn.end_stream(stream_id)
+        except h2.exceptions.ProtocolError as e:
+            raise HttpCodecError(str(e)) from None
+
+    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        """RST_STREAM, unless the stream is already closed."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._conn.reset_stream(stream_id, error_code)
+        self._ended.discard(stream_id)
+
+    def acknowledge(self, stream_id: int, count: int) -> None:
+        """`count` received bytes were consumed: let the peer send that much more."""
+        if count <= 0:
+            return
+        try:
+            self._conn.acknowledge_received_data(count, stream_id)
+        except h2.exceptions.ProtocolError:
+            # the stream closed meanwhile; the connection window is acknowledged anyway
+            self._conn.increment_flow_control_window(count)
+
+    def close(self, error_code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        """GOAWAY: no new streams; open ones may finish."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._conn.close_connection(error_code)
+
+    @property
+    def open_stream_count(self) -> int:
+        return int(self._conn.open_outbound_streams + self._conn.open_inbound_streams)
+
+
+class H2Server(_Codec):
+    """The server side of one HTTP/2 connection (prior knowledge: the client's preface first)."""
+
+    def __init__(self, *, scheme: str = "http") -> None:
+        super().__init__(client_side=False)
+        self._scheme = scheme
+
+    def _translate_head(self, ev: h2.events.Event, events: list[Event]) -> None:
+        if not isinstance(ev, h2.events.RequestReceived):
+            return
+        sid = ev.stream_id
+        assert sid is not None
+        pseudo, fields = _decode(list(ev.headers or []))
+        headers = Headers.trusted(fields)
+        if len(fields) > MAX_HEADERS or headers.size() > MAX_HEADER_BYTES:
+            events.append(BadRequest(sid, 431, f"{len(fields)} request headers, too large"))
+            return
+        method = pseudo.get(":method", "")
+        authority = pseudo.get(":authority") or headers.get("host") or ""
+        headers.remove("host")
+        head = RequestHead(
+            method,
+            pseudo.get(":path", ""),
+            authority,
+            headers,
+            pseudo.get(":scheme", self._scheme),
+            "HTTP/2",
+        )
+        end = bool(ev.stream_ended)
+        if end:
+            self._ended.add(sid)
+        events.append(RequestReceived(sid, head, end))
+
+    def send_headers(self, stream_id: int, head: ResponseHead, end_stream: bool = False) -> None:
+        headers = head.headers.copy()
+        strip_hop_by_hop(headers)
+        headers.remove("te")
+        raw = [(b":status", str(head.status).encode()), *_encode(headers)]
+        try:
+            self._conn.send_headers(stream_id, raw, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as e:
+            raise HttpCodecError(str(e)) from None
+
+
+class H2Client(_Codec):
+    """The client side of one HTTP/2 connection (to an upstream)."""
+
+    def __init__(self) -> None:
+        super().__init__(client_side=True)
+
+    def _translate_head(self, ev: h2.events.Event, events: list[Event]) -> None:
+        if isinstance(ev, h2.events.ResponseReceived):
+            sid = ev.stream_id
+            assert sid is not None
+            pseudo, fields = _decode(list(ev.headers or []))
+            end = bool(ev.stream_ended)
+            if end:
+                self._ended.add(sid)
+            status = int(pseudo.get(":status", "0") or 0)
+            events.append(ResponseReceived(sid, ResponseHead(status, Headers.trusted(fields)), end))
+        elif isinstance(ev, h2.events.InformationalResponseReceived):
+            sid = ev.stream_id
+            assert sid is not None
+            pseudo, fields = _decode(list(ev.headers or []))
+            status = int(pseudo.get(":status", "0") or 0)
+            events.append(InformationalReceived(sid, ResponseHead(status, Headers.trusted(fields))))
+
+    @property
+    def can_open(self) -> bool:
+        """A new stream fits under the peer's concurrency limit and no GOAWAY was received."""
+        conn = self._conn
+        return (
+            not self._closed
+            and conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams
+        )
+
+    def send_headers(self, head: RequestHead, end_stream: bool = False) -> int:
+        """Open a stream with a request head; returns its id."""
+        headers = head.headers.copy()
+        strip_hop_by_hop(headers)
+        sid = self._conn.get_next_available_stream_id()
+        if head.method == "CONNECT":
+            raw = [(b":method", b"CONNECT"), (b":authority", head.authority.encode("latin-1"))]
+        else:
+            raw = [
+                (b":method", head.method.encode("latin-1")),
+                (b":scheme", head.scheme.encode("latin-1")),
+                (b":authority", head.authority.encode("latin-1")),
+                (b":path", head.path.encode("latin-1")),
+            ]
+        raw.extend(_encode(headers))
+        try:
+            self._conn.send_headers(sid, raw, end_stream=end_stream)
+        except h2.exceptions.ProtocolError as e:
+            raise HttpCodecError(str(e)) from None
+        return sid

@@ -1,0 +1,539 @@
+"""One request through the filter chain to an upstream and back: the engine's router.
+
+`HttpProxy.handle` is the request handler a `ServerConnection` runs per request:
+
+1. the app's `Resolver` says which routes apply (the waypoint: the routes of the service the
+   HBONE tunnel was addressed to) and the first matching route is chosen;
+2. the request filters run (authorization, user filters, ...); a `LocalReply` ends here;
+3. the route acts: no route is `404` (`NR`), a direct response or a redirect is answered here,
+   otherwise a backend is picked by weight, the route's rewrite and header edits are applied,
+   and the request is forwarded;
+4. forwarding tries an endpoint (`Resolver.target`, a different one on each retry when there is
+   one), streams the request body while waiting for the response head, and retries as the
+   route's (or Istio's default) retry policy says, replaying the body it kept (up to
+   `RETRY_BUFFER` bytes; a longer body is not retried);
+5. the response head, body and trailers go back through the response filters; `on_log` runs last.
+
+Failures answer as Envoy does, so dashboards and habits carry over: no healthy endpoint `503 no
+healthy upstream` (`UH`), connect failure or reset before the response head `503 upstream
+connect error or disconnect/reset before headers. reset reason: ...` (`UF`/`UR`/`UC`, `URX` when
+retries ran out), route timeout `504 upstream request timeout` (`UT`); once the response has
+started, a failure resets the downstream stream instead. A gRPC request gets local replies as
+gRPC trailers-only responses (HTTP 200 with `grpc-status` mapped from the HTTP status).
+
+HTTP/1.1 upgrades (WebSocket): the request goes to the upstream over HTTP/1.1 with its
+`Upgrade` header; a `101` switches both connections to raw bytes, relayed both ways.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import quote
+
+import trio
+
+from ztunnel_py.http.connection import ClientStream, ServerStream, StreamError
+from ztunnel_py.http.events import Switched
+from ztunnel_py.http.filter import Downstream, FilterChain, LocalReply, RequestContext
+from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, strip_hop_by_hop
+from ztunnel_py.http.routing import (
+    apply_header_ops,
+    match_route,
+    pick_backend,
+    redirect_location,
+    rewrite_request,
+)
+from ztunnel_py.http.upstream import UpstreamConnectError, UpstreamPool, UpstreamTarget
+from ztunnel_py.model.http import Backend, RetryPolicy, Route
+from ztunnel_py.transport.relay import RelayError, relay
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_RETRY", "RETRY_BUFFER", "HttpProxy", "Resolver", "grpc_status_for"]
+
+# Istio's retry policy for routes that set none (pilot's route/retry DefaultPolicy).
+DEFAULT_RETRY = RetryPolicy(
+    attempts=2,
+    retry_on=(
+        "connect-failure",
+        "refused-stream",
+        "unavailable",
+        "cancelled",
+        "retriable-status-codes",
+    ),
+    retriable_status_codes=(503,),
+)
+# Request body bytes kept for replay on a retry (Envoy's per-request buffer limit default).
+RETRY_BUFFER = 1024 * 1024
+_BACKOFF_BASE = 0.025
+_BACKOFF_MAX = 0.25
+_GRPC_CODES = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8"}
+_GRPC_CODES.update({"internal": "13", "unavailable": "14"})
+
+
+def grpc_status_for(http_status: int) -> int:
+    """The gRPC status a local HTTP reply maps to (Envoy's httpToGrpcStatus)."""
+    return {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}.get(
+        http_status, 2
+    )
+
+
+def is_grpc(head: RequestHead) -> bool:
+    return (head.headers.get("content-type") or "").startswith("application/grpc")
+
+
+class Resolver(Protocol):
+    """What the app tells the engine about a request's destination."""
+
+    def routes(self, ctx: RequestContext) -> Sequence[Route]:
+        """The routes that apply to `ctx.request` (also set `ctx.service` and `ctx.port`)."""
+        ...
+
+    def target(
+        self, ctx: RequestContext, backend: Backend, exclude: Collection[str], *, http1: bool
+    ) -> UpstreamTarget | None:
+        """An endpoint of `backend`, preferably not one of `exclude` (addresses already
+        tried); None when it has no healthy endpoint. `http1` forces HTTP/1.1 upstream (an
+        upgrade)."""
+        ...
+
+
+@dataclass(slots=True)
+class _Body:
+    """The request body as forwarded, kept for replay while it fits `RETRY_BUFFER`."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    complete: bool = False
+    overflowed: bool = False
+    trailers: Headers | None = None
+
+    def keep(self, chunk: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(chunk)
+        if self.size > RETRY_BUFFER:
+            self.overflowed = True
+            self.chunks.clear()
+        else:
+            self.chunks.append(chunk)
+
+    @property
+    def replayable(self) -> bool:
+        return not self.overflowed
+
+
+class _Retry(Exception):
+    """An attempt failed in a way the policy may retry: why, and the flag if it is final."""
+
+    def __init__(self, condition: str, reason: str, flag: str, status: int = 503) -> None:
+        super().__init__(reason)
+        self.condition = condition
+        self.reason = reason
+        self.flag = flag
+        self.status = status
+        self.response: tuple[ClientStream, ResponseHead] | None = None
+
+
+class HttpProxy:
+    def __init__(
+        self,
+        chain: FilterChain,
+        resolver: Resolver,
+        pool: UpstreamPool,
+        *,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.chain = chain
+        self.resolver = resolver
+        self.pool = pool
+        self._rand = rand
+
+    async def handle(self, s: ServerStream, downstream: Downstream) -> None:
+        ctx = RequestContext(s.request, downstream)
+        try:
+            await self._handle(s, ctx)
+        except StreamError:
+            if not s.sent_end:
+                ctx.flag("DC")
+        finally:
+            ctx.end = time.monotonic()
+            ctx.request_body_bytes = s.body_bytes_in
+            ctx.response_body_bytes = s.body_bytes_out
+            try:
+                self.chain.log(ctx)
+            except Exception:
+                log.exception("an HTTP filter's on_log failed")
+
+    async def _handle(self, s: ServerStream, ctx: RequestContext) -> None:
+        req = ctx.request
+        if (req.headers.get("expect") or "").lower() == "100-continue":
+            # answered here, as Envoy does by default: the client need not wait for upstream
+            req.headers.remove("expect")
+            if req.version != "HTTP/2":
+                await s.send_head(ResponseHead(100))
+        routes = self.resolver.routes(ctx)
+        if req.method != "CONNECT":
+            matched = match_route(routes, req, ctx.port)
+            if matched is not None:
+                ctx.route, ctx.route_match = matched
+        try:
+            reply = await self.chain.request_headers(ctx)
+        except Exception:
+            log.exception("an HTTP filter failed on request headers")
+            reply = LocalReply(500, "internal error", details="filter_failed")
+        if reply is not None:
+            await self._local_reply(s, ctx, reply)
+            return
+        route = ctx.route
+        if route is None:
+            await self._local_reply(s, ctx, LocalReply(404, flag="NR", details="route_not_found"))
+            return
+        if route.direct_response is not None:
+            d = route.direct_response
+            await self._local_reply(s, ctx, LocalReply(d.status, d.body, details="direct_response"))
+            return
+        if route.redirect is not None:
+            assert ctx.route_match is not None
+            location = redirect_location(req, route.redirect, ctx.route_match)
+            reply = LocalReply(route.redirect.status, headers=(("location", location),))
+            await self._local_reply(s, ctx, reply)
+            return
+        backend = pick_backend(route.backends, self._rand)
+        if backend is None:
+            # Gateway API: a rule whose backends all have weight 0 (or are invalid) answers 500
+            await self._local_reply(s, ctx, LocalReply(500, details="no_valid_backend"))
+            return
+        ctx.backend = backend
+        head = req.copy()
+        if route.rewrite is not None and ctx.route_match is not None:
+            rewrite_request(head, route.rewrite, ctx.route_match)
+        apply_header_ops(head.headers, route.request_headers)
+        apply_header_ops(head.headers, backend.request_headers)
+        upgrade = "upgrade" in head.headers and req.version != "HTTP/2"
+        strip_hop_by_hop(head.headers, keep_upgrade=upgrade)
+        head.headers.setdefault("x-forwarded-proto", req.scheme)
+        await self._forward(s, ctx, head, route, backend, upgrade=upgrade)
+
+    # forwarding
+
+    async def _forward(
+        self,
+        s: ServerStream,
+        ctx: RequestContext,
+        head: RequestHead,
+        route: Route,
+        backend: Backend,
+        *,
+        upgrade: bool,
+    ) -> None:
+        policy = route.retries if route.retries is not None else DEFAULT_RETRY
+        body = _Body(complete=s.read_done)
+        tried: list[str] = []
+        timeout = route.timeout if route.timeout else math.inf
+        last: _Retry | None = None
+        with trio.move_on_after(timeout) as deadline:
+            for attempt in range(policy.attempts + 1):
+                if attempt:
+                    await trio.sleep(self._backoff(attempt))
+                target = self.resolver.target(ctx, backend, tried, http1=upgrade)
+                if target is None:
+                    if last is None:
+                        await self._local_reply(
+                            s,
+                            ctx,
+                            LocalReply(
+                                503, "no healthy upstream", flag="UH", details="no_healthy_upstream"
+                            ),
+                        )
+                        return
+                    break
+                tried.append(target.address)
+                ctx.upstream_host = target.address
+                ctx.attempts = attempt + 1
+                try:
+                    await self._attempt(s, ctx, head, target, body, policy, upgrade=upgrade)
+                    return
+                except _Retry as r:
+                    last = r
+                    can_retry = (
+                        attempt < policy.attempts
+                        and body.replayable
+                        and _retry_allowed(policy, r.condition)
+                    )
+                    if not can_retry:
+                        break
+                    if r.response is not None:
+                        r.response[0].reset()
+        if deadline.cancelled_caught:
+            ctx.flag("UT")
+            if s.response_started:
+                s.reset()
+                return
+            await self._local_reply(
+                s,
+                ctx,
+                LocalReply(504, "upstream request timeout", details="upstream_response_timeout"),
+            )
+            return
+        assert last is not None
+        if ctx.attempts > 1:
+            ctx.flag("URX")
+        if last.response is not None:
+            # retries ran out on a retriable status: that response goes to the client
+            up, resp_head = last.response
+            await self._respond(s, ctx, up, resp_head)
+            return
+        ctx.flag(last.flag)
+        await self._local_reply(
+            s,
+            ctx,
+            LocalReply(
+                last.status,
+                "upstream connect error or disconnect/reset before headers. reset reason: "
+                + last.reason,
+                details=f"upstream_reset_before_response_started{{{last.reason}}}",
+            ),
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        # Envoy: fully jittered exponential back-off from 25 ms, capped at 250 ms
+        return float(self._rand() * min(_BACKOFF_MAX, _BACKOFF_BASE * 2 ** (attempt - 1)))
+
+    async def _attempt(
+        self,
+        s: ServerStream,
+        ctx: RequestContext,
+        head: RequestHead,
+        target: UpstreamTarget,
+        body: _Body,
+        policy: RetryPolicy,
+        *,
+        upgrade: bool,
+    ) -> None:
+        no_body = body.complete and not body.chunks and body.trailers is None
+        try:
+            up = await self.pool.open_stream(target, head, end_stream=no_body)
+        except UpstreamConnectError as e:
+            raise _Retry("connect-failure", "connection failure", "UF") from e
+        except StreamError as e:
+            raise _Retry("refused-stream" if e.refused else "reset", "remote reset", "UR") from e
+        per_try = policy.per_try_timeout or math.inf
+        # Nothing is raised inside the nursery (trio would wrap it in an ExceptionGroup): the
+        # outcome is kept and acted on once the request-body task is done or cancelled.
+        outcome: ResponseHead | Switched | _Retry
+        failure: StreamError | None = None
+        async with trio.open_nursery() as nursery:
+            if not no_body:
+                nursery.start_soon(self._send_body, s, up, ctx, body)
+            outcome = await self._response_head(up, per_try)
+            if isinstance(outcome, ResponseHead):
+                condition = _status_condition(
+                    policy, outcome.status, outcome.headers.get("grpc-status")
+                )
+                if condition:
+                    retry = _Retry(condition, f"status {outcome.status}", "", outcome.status)
+                    retry.response = (up, outcome)
+                    outcome = retry
+                else:
+                    try:
+                        await self._respond(s, ctx, up, outcome)
+                    except StreamError as e:
+                        failure = e
+            # the exchange is over (or will be retried): a request body still arriving is not
+            # needed any more
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if isinstance(outcome, _Retry):
+            raise outcome
+        if isinstance(outcome, Switched):
+            await self._switch(s, ctx, up, outcome)
+
+    async def _response_head(
+        self, up: ClientStream, per_try: float
+    ) -> ResponseHead | Switched | _Retry:
+        with trio.move_on_after(per_try):
+            try:
+                return await up.receive_head()
+            except StreamError as e:
+                if e.refused:
+                    return _Retry("refused-stream", "remote refused stream reset", "UR")
+                return _Retry("reset", "connection termination", "UC")
+        up.reset()
+        return _Retry("per-try-timeout", "per try timeout", "UT", status=504)
+
+    async def _send_body(
+        self, s: ServerStream, up: ClientStream, ctx: RequestContext, body: _Body
+    ) -> None:
+        try:
+            for kept in body.chunks:
+                await up.send_data(kept)
+            if body.complete:
+                await up.send_end(body.trailers)
+                return
+            while (chunk := await s.read_body()) is not None:
+                chunk = await self.chain.request_body(ctx, chunk, False)
+                body.keep(chunk)
+                await up.send_data(chunk)
+            trailers = s.trailers
+            if trailers is not None:
+                await self.chain.request_trailers(ctx, trailers)
+            body.trailers = trailers
+            body.complete = True
+            await up.send_end(trailers)
+        except StreamError:
+            # either side went away; the response side notices and reports it
+            return
+        except Exception:
+            log.exception("an HTTP filter failed on the request body")
+            up.reset()
+
+    async def _respond(
+        self, s: ServerStream, ctx: RequestContext, up: ClientStream, head: ResponseHead
+    ) -> None:
+        ctx.response = head
+        route, backend = ctx.route, ctx.backend
+        if route is not None:
+            apply_header_ops(head.headers, route.response_headers)
+        if backend is not None:
+            apply_header_ops(head.headers, backend.response_headers)
+        if is_grpc(ctx.request):
+            ctx.grpc_status = head.headers.get("grpc-status")
+        try:
+            reply = await self.chain.response_headers(ctx)
+        except Exception:
+            log.exception("an HTTP filter failed on response headers")
+            reply = LocalReply(500, "internal error", details="filter_failed")
+        if reply is not None:
+            up.reset()
+            await self._local_reply(s, ctx, reply, run_filters=False)
+            return
+        strip_hop_by_hop(head.headers)
+        ended = up.read_done
+        try:
+            await s.send_head(head, end_stream=ended)
+        except StreamError:
+            up.reset()
+            raise
+        if ended:
+            return
+        try:
+            while (chunk := await up.read_body()) is not None:
+                chunk = await self.chain.response_body(ctx, chunk, False)
+                await s.send_data(chunk)
+        except StreamError as e:
+            if s.error is not None:
+                up.reset()
+                raise
+            # the upstream failed mid-body: the client must not take a cut body as complete
+            ctx.flag("UR")
+            ctx.details = f"upstream_reset_after_response_started{{{e.reason}}}"
+            s.reset()
+            return
+        trailers = up.trailers
+        if trailers is not None:
+            if ctx.grpc_status is None and is_grpc(ctx.request):
+                ctx.grpc_status = trailers.get("grpc-status")
+            await self.chain.response_trailers(ctx, trailers)
+        await s.send_end(trailers)
+
+    async def _switch(
+        self, s: ServerStream, ctx: RequestContext, up: ClientStream, got: Switched
+    ) -> None:
+        head = got.head or ResponseHead(101)
+        ctx.response = head
+        downstream, client_early = await s.switch(head)
+        upstream, _ = up.raw()
+        try:
+            if got.trailing:
+                await downstream.send_all(got.trailing)
+            if client_early:
+                await upstream.send_all(client_early)
+            await relay(downstream, upstream)
+        except (RelayError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            ctx.flag("UC")
+
+    # local replies
+
+    async def _local_reply(
+        self, s: ServerStream, ctx: RequestContext, reply: LocalReply, *, run_filters: bool = True
+    ) -> None:
+        ctx.flag(reply.flag)
+        if reply.details:
+            ctx.details = reply.details
+        body = reply.body.encode() if isinstance(reply.body, str) else reply.body
+        if is_grpc(ctx.request) and reply.status >= 300:
+            code = grpc_status_for(reply.status)
+            headers = Headers(
+                [
+                    ("content-type", "application/grpc"),
+                    ("grpc-status", str(code)),
+                    ("grpc-message", quote(body.decode("utf-8", "replace"), safe=" ")),
+                    *reply.headers,
+                ]
+            )
+            head = ResponseHead(200, headers)
+            ctx.grpc_status = str(code)
+            body = b""
+        else:
+            headers = Headers(reply.headers)
+            if body:
+                headers.setdefault("content-type", "text/plain")
+            headers.set("content-length", str(len(body)))
+            head = ResponseHead(reply.status, headers)
+        ctx.response = head
+        if run_filters:
+            try:
+                again = await self.chain.response_headers(ctx)
+            except Exception:
+                log.exception("an HTTP filter failed on a local reply")
+                again = None
+            if again is not None:
+                await self._local_reply(s, ctx, again, run_filters=False)
+                return
+        if s.response_started:
+            s.reset()
+            return
+        await s.send_head(head, end_stream=not body)
+        if body:
+            await s.send_data(body)
+            await s.send_end()
+
+
+def _retry_allowed(policy: RetryPolicy, condition: str) -> bool:
+    on = policy.retry_on
+    if condition in on:
+        return True
+    if condition in ("connect-failure", "reset", "refused-stream", "per-try-timeout"):
+        # Envoy: 5xx covers connect failures, resets and per-try timeouts; gateway-error too
+        return (
+            "5xx" in on
+            or "gateway-error" in on
+            or (condition == "refused-stream" and "reset" in on)
+        )
+    return False
+
+
+def _status_condition(policy: RetryPolicy, status: int, grpc: str | None) -> str:
+    """The retry_on condition a response meets, or "" (only conditions the policy lists)."""
+    on = policy.retry_on
+    if "5xx" in on and status >= 500:
+        return "5xx"
+    if "gateway-error" in on and status in (502, 503, 504):
+        return "gateway-error"
+    if "retriable-status-codes" in on and status in policy.retriable_status_codes:
+        return "retriable-status-codes"
+    if "retriable-4xx" in on and status == 409:
+        return "retriable-4xx"
+    if grpc is not None:
+        for name, code in _GRPC_CODES.items():
+            if name in on and grpc == code:
+                return name
+    return ""

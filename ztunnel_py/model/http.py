@@ -1,0 +1,293 @@
+"""L7 traffic configuration as a waypoint applies it: routes, backends, per-service settings.
+
+The control plane compiles Istio's and Gateway API's resources (HTTPRoute, VirtualService,
+DestinationRule) into these types, one `HttpService` per service a waypoint serves; they travel
+to the waypoint in our own xDS type (`ztunnel_py.l7.HttpService`, see `xds/l7convert.py`) and the
+filter engine (`http/routing.py`) matches requests against them. Pure data: no I/O.
+
+Semantics follow Envoy's route table as istiod programs it for a waypoint:
+- routes are tried in order and the first whose any-of `matches` passes wins (the control plane
+  has already ordered them by Gateway API precedence or VirtualService order);
+- within a `RouteMatch` every condition set must hold (path, method, each header and query
+  parameter, the destination port);
+- a route forwards to weighted `backends`, or redirects, or answers directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Backend",
+    "DirectResponse",
+    "Fault",
+    "HeaderMatch",
+    "HeaderOps",
+    "HttpService",
+    "MatchKind",
+    "Mirror",
+    "PathMatch",
+    "QueryMatch",
+    "Redirect",
+    "RetryPolicy",
+    "Rewrite",
+    "Route",
+    "RouteMatch",
+    "Subset",
+]
+
+
+class MatchKind(enum.Enum):
+    EXACT = "Exact"
+    PREFIX = "Prefix"
+    SUFFIX = "Suffix"
+    REGEX = "Regex"
+    PRESENT = "Present"
+
+
+def _compile(kind: MatchKind, value: str) -> re.Pattern[str] | None:
+    if kind is not MatchKind.REGEX:
+        return None
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {value!r}: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatch:
+    """Path conditions. PREFIX is Gateway API's: segment-wise (`/api` matches `/api` and
+    `/api/x`, not `/apix`), unless `segment_prefix` is False (VirtualService's plain string
+    prefix)."""
+
+    kind: MatchKind
+    value: str
+    segment_prefix: bool = True
+    ignore_case: bool = False
+    pattern: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", _compile(self.kind, self.value))
+
+    def matches(self, path: str) -> bool:
+        if self.ignore_case:
+            path = path.lower()
+            value = self.value.lower()
+        else:
+            value = self.value
+        if self.kind is MatchKind.EXACT:
+            return path == value
+        if self.kind is MatchKind.PREFIX:
+            if not path.startswith(value):
+                return False
+            if not self.segment_prefix or value.endswith("/") or len(path) == len(value):
+                return True
+            return path[len(value)] == "/"
+        if self.kind is MatchKind.REGEX:
+            assert self.pattern is not None
+            return self.pattern.fullmatch(path) is not None
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    """A request header condition; `invert` makes it a must-not (VirtualService withoutHeaders)."""
+
+    name: str
+    kind: MatchKind
+    value: str = ""
+    invert: bool = False
+    pattern: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.name.lower())
+        object.__setattr__(self, "pattern", _compile(self.kind, self.value))
+
+    def value_matches(self, value: str | None) -> bool:
+        if value is None:
+            return False
+        kind = self.kind
+        if kind is MatchKind.EXACT:
+            return value == self.value
+        if kind is MatchKind.PREFIX:
+            return value.startswith(self.value)
+        if kind is MatchKind.SUFFIX:
+            return value.endswith(self.value)
+        if kind is MatchKind.REGEX:
+            assert self.pattern is not None
+            return self.pattern.fullmatch(value) is not None
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMatch:
+    name: str
+    kind: MatchKind
+    value: str = ""
+    pattern: re.Pattern[str] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", _compile(self.kind, self.value))
+
+    def value_matches(self, value: str | None) -> bool:
+        if value is None:
+            return False
+        if self.kind is MatchKind.EXACT:
+            return value == self.value
+        if self.kind is MatchKind.PREFIX:
+            return value.startswith(self.value)
+        if self.kind is MatchKind.REGEX:
+            assert self.pattern is not None
+            return self.pattern.fullmatch(value) is not None
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    path: PathMatch | None = None
+    method: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+    query: tuple[QueryMatch, ...] = ()
+    # the destination (service) port the request arrived for; None: any
+    port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """Header edits in Envoy's order: remove, then set (replace), then add (append)."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A weighted destination: a service (`namespace/hostname`) and port, optionally a subset."""
+
+    service: str
+    port: int
+    weight: int = 1
+    subset: str = ""
+    request_headers: HeaderOps = HeaderOps()
+    response_headers: HeaderOps = HeaderOps()
+
+    @property
+    def cluster(self) -> str:
+        """Envoy-style cluster name (`outbound|port|subset|hostname`), used in logs and
+        metrics."""
+        hostname = self.service.partition("/")[2]
+        return f"outbound|{self.port}|{self.subset}|{hostname}"
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """An HTTP redirect; unset parts keep the request's."""
+
+    status: int = 302
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    # replace the matched prefix instead of the whole path
+    prefix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    path: str | None = None
+    # replace the matched prefix (Gateway API ReplacePrefixMatch, VirtualService uri rewrite
+    # of a prefix match)
+    prefix: str | None = None
+    authority: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    status: int
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int
+    per_try_timeout: float | None = None
+    # Envoy retry_on conditions ("5xx", "gateway-error", "connect-failure", "refused-stream",
+    # "reset", "retriable-status-codes", ...)
+    retry_on: tuple[str, ...] = ()
+    retriable_status_codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    backend: Backend
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Fault injection (VirtualService `fault`): delay and/or abort a share of requests."""
+
+    delay_percent: float = 0.0
+    delay: float = 0.0
+    abort_percent: float = 0.0
+    abort_status: int = 0
+    # a gRPC status to abort gRPC requests with (0: abort with `abort_status`)
+    abort_grpc_status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    matches: tuple[RouteMatch, ...] = (RouteMatch(),)
+    backends: tuple[Backend, ...] = ()
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite: Rewrite | None = None
+    request_headers: HeaderOps = HeaderOps()
+    response_headers: HeaderOps = HeaderOps()
+    # seconds; None: no timeout (Istio's default for VirtualService and HTTPRoute alike)
+    timeout: float | None = None
+    retries: RetryPolicy | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    fault: Fault | None = None
+    # where it came from, for logs and config dumps ("HTTPRoute apps/echo rule 0")
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    """A DestinationRule subset, resolved by the control plane to the workloads it selects."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...] = ()
+    workload_uids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpService:
+    """Everything a waypoint applies to requests for one service (`namespace/hostname`)."""
+
+    service: str
+    routes: tuple[Route, ...] = ()
+    # subsets of every service the routes reference, by `namespace/hostname` then name
+    subsets: tuple[tuple[str, tuple[Subset, ...]], ...] = ()
+    # where the routes came from ("HTTPRoute apps/echo", "VirtualService apps/echo")
+    sources: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.service
+
+    def subset(self, service: str, name: str) -> Subset | None:
+        for svc, subsets in self.subsets:
+            if svc == service:
+                for s in subsets:
+                    if s.name == name:
+                        return s
+        return None

@@ -1,0 +1,309 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from ztunnel_py.proto import authorization_pb2 as _authorization_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class MatchKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXACT: _ClassVar[MatchKind]
+    PREFIX: _ClassVar[MatchKind]
+    SUFFIX: _ClassVar[MatchKind]
+    REGEX: _ClassVar[MatchKind]
+    PRESENT: _ClassVar[MatchKind]
+
+class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALLOW: _ClassVar[Action]
+    DENY: _ClassVar[Action]
+    AUDIT: _ClassVar[Action]
+EXACT: MatchKind
+PREFIX: MatchKind
+SUFFIX: MatchKind
+REGEX: MatchKind
+PRESENT: MatchKind
+ALLOW: Action
+DENY: Action
+AUDIT: Action
+
+class HttpService(_message.Message):
+    __slots__ = ("name", "routes", "subsets", "sources")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    SUBSETS_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    routes: _containers.RepeatedCompositeFieldContainer[Route]
+    subsets: _containers.RepeatedCompositeFieldContainer[ServiceSubsets]
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("name", "matches", "backends", "redirect", "direct_response", "rewrite", "request_headers", "response_headers", "timeout", "retries", "mirrors", "origin", "fault")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    MIRRORS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    matches: _containers.RepeatedCompositeFieldContainer[RouteMatch]
+    backends: _containers.RepeatedCompositeFieldContainer[Backend]
+    redirect: Redirect
+    direct_response: DirectResponse
+    rewrite: Rewrite
+    request_headers: HeaderOps
+    response_headers: HeaderOps
+    timeout: _duration_pb2.Duration
+    retries: RetryPolicy
+    mirrors: _containers.RepeatedCompositeFieldContainer[Mirror]
+    origin: str
+    fault: Fault
+    def __init__(self, name: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[RouteMatch, _Mapping]]] = ..., backends: _Optional[_Iterable[_Union[Backend, _Mapping]]] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ..., direct_response: _Optional[_Union[DirectResponse, _Mapping]] = ..., rewrite: _Optional[_Union[Rewrite, _Mapping]] = ..., request_headers: _Optional[_Union[HeaderOps, _Mapping]] = ..., response_headers: _Optional[_Union[HeaderOps, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retries: _Optional[_Union[RetryPolicy, _Mapping]] = ..., mirrors: _Optional[_Iterable[_Union[Mirror, _Mapping]]] = ..., origin: _Optional[str] = ..., fault: _Optional[_Union[Fault, _Mapping]] = ...) -> None: ...
+
+class RouteMatch(_message.Message):
+    __slots__ = ("path", "method", "headers", "query", "port")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    path: PathMatch
+    method: str
+    headers: _containers.RepeatedCompositeFieldContainer[HeaderMatch]
+    query: _containers.RepeatedCompositeFieldContainer[QueryMatch]
+    port: int
+    def __init__(self, path: _Optional[_Union[PathMatch, _Mapping]] = ..., method: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[HeaderMatch, _Mapping]]] = ..., query: _Optional[_Iterable[_Union[QueryMatch, _Mapping]]] = ..., port: _Optional[int] = ...) -> None: ...
+
+class PathMatch(_message.Message):
+    __slots__ = ("kind", "value", "segment_prefix", "ignore_case")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_CASE_FIELD_NUMBER: _ClassVar[int]
+    kind: MatchKind
+    value: str
+    segment_prefix: bool
+    ignore_case: bool
+    def __init__(self, kind: _Optional[_Union[MatchKind, str]] = ..., value: _Optional[str] = ..., segment_prefix: bool = ..., ignore_case: bool = ...) -> None: ...
+
+class HeaderMatch(_message.Message):
+    __slots__ = ("name", "kind", "value", "invert")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    INVERT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: MatchKind
+    value: str
+    invert: bool
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[MatchKind, str]] = ..., value: _Optional[str] = ..., invert: bool = ...) -> None: ...
+
+class QueryMatch(_message.Message):
+    __slots__ = ("name", "kind", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: MatchKind
+    value: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[MatchKind, str]] = ..., value: _Optional[str] = ...) -> None: ...
+
+class Header(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class HeaderOps(_message.Message):
+    __slots__ = ("set", "add", "remove")
+    SET_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    set: _containers.RepeatedCompositeFieldContainer[Header]
+    add: _containers.RepeatedCompositeFieldContainer[Header]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, set: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., add: _Optional[_Iterable[_Union[Header, _Mapping]]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Backend(_message.Message):
+    __slots__ = ("service", "port", "weight", "subset", "request_headers", "response_headers")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SUBSET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    port: int
+    weight: int
+    subset: str
+    request_headers: HeaderOps
+    response_headers: HeaderOps
+    def __init__(self, service: _Optional[str] = ..., port: _Optional[int] = ..., weight: _Optional[int] = ..., subset: _Optional[str] = ..., request_headers: _Optional[_Union[HeaderOps, _Mapping]] = ..., response_headers: _Optional[_Union[HeaderOps, _Mapping]] = ...) -> None: ...
+
+class Redirect(_message.Message):
+    __slots__ = ("status", "scheme", "host", "port", "path", "prefix")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    scheme: str
+    host: str
+    port: int
+    path: str
+    prefix: str
+    def __init__(self, status: _Optional[int] = ..., scheme: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., path: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class Rewrite(_message.Message):
+    __slots__ = ("path", "prefix", "authority")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    prefix: str
+    authority: str
+    def __init__(self, path: _Optional[str] = ..., prefix: _Optional[str] = ..., authority: _Optional[str] = ...) -> None: ...
+
+class DirectResponse(_message.Message):
+    __slots__ = ("status", "body")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    body: str
+    def __init__(self, status: _Optional[int] = ..., body: _Optional[str] = ...) -> None: ...
+
+class RetryPolicy(_message.Message):
+    __slots__ = ("attempts", "per_try_timeout", "retry_on", "retriable_status_codes")
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    PER_TRY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    RETRIABLE_STATUS_CODES_FIELD_NUMBER: _ClassVar[int]
+    attempts: int
+    per_try_timeout: _duration_pb2.Duration
+    retry_on: _containers.RepeatedScalarFieldContainer[str]
+    retriable_status_codes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, attempts: _Optional[int] = ..., per_try_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_on: _Optional[_Iterable[str]] = ..., retriable_status_codes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Mirror(_message.Message):
+    __slots__ = ("backend", "percent")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    backend: Backend
+    percent: float
+    def __init__(self, backend: _Optional[_Union[Backend, _Mapping]] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class Fault(_message.Message):
+    __slots__ = ("delay_percent", "delay", "abort_percent", "abort_status", "abort_grpc_status")
+    DELAY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    ABORT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ABORT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    delay_percent: float
+    delay: _duration_pb2.Duration
+    abort_percent: float
+    abort_status: int
+    abort_grpc_status: int
+    def __init__(self, delay_percent: _Optional[float] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., abort_percent: _Optional[float] = ..., abort_status: _Optional[int] = ..., abort_grpc_status: _Optional[int] = ...) -> None: ...
+
+class ServiceSubsets(_message.Message):
+    __slots__ = ("service", "subsets")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SUBSETS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    subsets: _containers.RepeatedCompositeFieldContainer[Subset]
+    def __init__(self, service: _Optional[str] = ..., subsets: _Optional[_Iterable[_Union[Subset, _Mapping]]] = ...) -> None: ...
+
+class Subset(_message.Message):
+    __slots__ = ("name", "labels", "workload_uids")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_UIDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    workload_uids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., workload_uids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HttpAuthorization(_message.Message):
+    __slots__ = ("name", "namespace", "action", "rules", "dry_run", "services")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    action: Action
+    rules: _containers.RepeatedCompositeFieldContainer[Rule]
+    dry_run: bool
+    services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., action: _Optional[_Union[Action, str]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., dry_run: bool = ..., services: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Rule(_message.Message):
+    __slots__ = ("clauses",)
+    CLAUSES_FIELD_NUMBER: _ClassVar[int]
+    clauses: _containers.RepeatedCompositeFieldContainer[Clause]
+    def __init__(self, clauses: _Optional[_Iterable[_Union[Clause, _Mapping]]] = ...) -> None: ...
+
+class Clause(_message.Message):
+    __slots__ = ("matches",)
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    matches: _containers.RepeatedCompositeFieldContainer[Match]
+    def __init__(self, matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ...) -> None: ...
+
+class Match(_message.Message):
+    __slots__ = ("l4", "paths", "not_paths", "methods", "not_methods", "hosts", "not_hosts", "headers", "not_headers")
+    L4_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    NOT_PATHS_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    NOT_METHODS_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    NOT_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    NOT_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    l4: _authorization_pb2.Match
+    paths: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    not_paths: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    methods: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    not_methods: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    hosts: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    not_hosts: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    headers: _containers.RepeatedCompositeFieldContainer[HeaderCondition]
+    not_headers: _containers.RepeatedCompositeFieldContainer[HeaderCondition]
+    def __init__(self, l4: _Optional[_Union[_authorization_pb2.Match, _Mapping]] = ..., paths: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_paths: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_methods: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_hosts: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., headers: _Optional[_Iterable[_Union[HeaderCondition, _Mapping]]] = ..., not_headers: _Optional[_Iterable[_Union[HeaderCondition, _Mapping]]] = ...) -> None: ...
+
+class HeaderCondition(_message.Message):
+    __slots__ = ("name", "values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ...) -> None: ...

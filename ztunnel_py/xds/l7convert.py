@@ -1,0 +1,472 @@
+"""Our waypoint xDS types (`ztunnel_py.l7`, see `proto/l7.proto`) <-> model types, both ways.
+
+Like `convert.py` for the workload API: protobuf stops here. Decoding checks what the model
+relies on (ports in range, statuses valid, regular expressions that compile, weights and
+percentages in range) and raises `ConversionError` with a one-line reason, which becomes the
+resource's NACK reason; a waypoint then keeps serving that resource's last good version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from google.protobuf.duration_pb2 import Duration
+
+from ztunnel_py.model.http import (
+    Backend,
+    DirectResponse,
+    Fault,
+    HeaderMatch,
+    HeaderOps,
+    HttpService,
+    MatchKind,
+    Mirror,
+    PathMatch,
+    QueryMatch,
+    Redirect,
+    RetryPolicy,
+    Rewrite,
+    Route,
+    RouteMatch,
+    Subset,
+)
+from ztunnel_py.model.policy import (
+    Action,
+    Authorization,
+    HeaderCondition,
+    Match,
+    PolicyScope,
+    WaypointPolicy,
+)
+from ztunnel_py.proto import l7_pb2
+from ztunnel_py.xds.convert import (
+    ConversionError,
+    PayloadDecoder,
+    match_from_proto,
+    match_to_proto,
+    string_match_from_proto,
+    string_match_to_proto,
+)
+
+__all__ = [
+    "HTTP_SERVICE_TYPE",
+    "L7_DECODERS",
+    "L7_TYPES",
+    "WAYPOINT_POLICY_TYPE",
+    "http_service_from_proto",
+    "http_service_to_proto",
+    "waypoint_policy_from_proto",
+    "waypoint_policy_to_proto",
+]
+
+HTTP_SERVICE_TYPE = "type.googleapis.com/ztunnel_py.l7.HttpService"
+WAYPOINT_POLICY_TYPE = "type.googleapis.com/ztunnel_py.l7.HttpAuthorization"
+L7_TYPES = (HTTP_SERVICE_TYPE, WAYPOINT_POLICY_TYPE)
+
+_KINDS = {
+    MatchKind.EXACT: l7_pb2.EXACT,
+    MatchKind.PREFIX: l7_pb2.PREFIX,
+    MatchKind.SUFFIX: l7_pb2.SUFFIX,
+    MatchKind.REGEX: l7_pb2.REGEX,
+    MatchKind.PRESENT: l7_pb2.PRESENT,
+}
+_KIND_NAMES: dict[int, MatchKind] = {int(v): k for k, v in _KINDS.items()}
+_ACTIONS = {Action.ALLOW: l7_pb2.ALLOW, Action.DENY: l7_pb2.DENY, Action.AUDIT: l7_pb2.AUDIT}
+_ACTION_NAMES: dict[int, Action] = {int(v): k for k, v in _ACTIONS.items()}
+
+
+# --- model -> proto ------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> Duration:
+    d = Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _ops_to_proto(ops: HeaderOps) -> l7_pb2.HeaderOps:
+    return l7_pb2.HeaderOps(
+        set=[l7_pb2.Header(name=n, value=v) for n, v in ops.set],
+        add=[l7_pb2.Header(name=n, value=v) for n, v in ops.add],
+        remove=list(ops.remove),
+    )
+
+
+def _backend_to_proto(b: Backend) -> l7_pb2.Backend:
+    return l7_pb2.Backend(
+        service=b.service,
+        port=b.port,
+        weight=b.weight,
+        subset=b.subset,
+        request_headers=_ops_to_proto(b.request_headers),
+        response_headers=_ops_to_proto(b.response_headers),
+    )
+
+
+def _match_to_proto(m: RouteMatch) -> l7_pb2.RouteMatch:
+    pb = l7_pb2.RouteMatch(
+        method=m.method or "",
+        port=m.port or 0,
+        headers=[
+            l7_pb2.HeaderMatch(name=h.name, kind=_KINDS[h.kind], value=h.value, invert=h.invert)
+            for h in m.headers
+        ],
+        query=[l7_pb2.QueryMatch(name=q.name, kind=_KINDS[q.kind], value=q.value) for q in m.query],
+    )
+    if m.path is not None:
+        p = m.path
+        pb.path.CopyFrom(
+            l7_pb2.PathMatch(
+                kind=_KINDS[p.kind],
+                value=p.value,
+                segment_prefix=p.segment_prefix,
+                ignore_case=p.ignore_case,
+            )
+        )
+    return pb
+
+
+def _route_to_proto(r: Route) -> l7_pb2.Route:
+    pb = l7_pb2.Route(
+        name=r.name,
+        matches=[_match_to_proto(m) for m in r.matches],
+        backends=[_backend_to_proto(b) for b in r.backends],
+        request_headers=_ops_to_proto(r.request_headers),
+        response_headers=_ops_to_proto(r.response_headers),
+        mirrors=[
+            l7_pb2.Mirror(backend=_backend_to_proto(m.backend), percent=m.percent)
+            for m in r.mirrors
+        ],
+        origin=r.origin,
+    )
+    if r.redirect is not None:
+        rd = r.redirect
+        pb.redirect.CopyFrom(
+            l7_pb2.Redirect(
+                status=rd.status,
+                scheme=rd.scheme,
+                host=rd.host,
+                port=rd.port,
+                path=rd.path,
+                prefix=rd.prefix,
+            )
+        )
+    if r.direct_response is not None:
+        pb.direct_response.CopyFrom(
+            l7_pb2.DirectResponse(status=r.direct_response.status, body=r.direct_response.body)
+        )
+    if r.rewrite is not None:
+        rw = r.rewrite
+        pb.rewrite.CopyFrom(l7_pb2.Rewrite(path=rw.path, prefix=rw.prefix, authority=rw.authority))
+    if r.timeout is not None:
+        pb.timeout.CopyFrom(_duration(r.timeout))
+    if r.retries is not None:
+        rt = r.retries
+        pb.retries.CopyFrom(
+            l7_pb2.RetryPolicy(
+                attempts=rt.attempts,
+                retry_on=list(rt.retry_on),
+                retriable_status_codes=list(rt.retriable_status_codes),
+            )
+        )
+        if rt.per_try_timeout is not None:
+            pb.retries.per_try_timeout.CopyFrom(_duration(rt.per_try_timeout))
+    if r.fault is not None:
+        f = r.fault
+        pb.fault.CopyFrom(
+            l7_pb2.Fault(
+                delay_percent=f.delay_percent,
+                delay=_duration(f.delay),
+                abort_percent=f.abort_percent,
+                abort_status=f.abort_status,
+                abort_grpc_status=f.abort_grpc_status,
+            )
+        )
+    return pb
+
+
+def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
+    return l7_pb2.HttpService(
+        name=s.service,
+        routes=[_route_to_proto(r) for r in s.routes],
+        subsets=[
+            l7_pb2.ServiceSubsets(
+                service=service,
+                subsets=[
+                    l7_pb2.Subset(
+                        name=sub.name,
+                        labels=dict(sub.labels),
+                        workload_uids=sorted(sub.workload_uids),
+                    )
+                    for sub in subsets
+                ],
+            )
+            for service, subsets in s.subsets
+        ],
+        sources=list(s.sources),
+    )
+
+
+def _l7_match_to_proto(m: Match) -> l7_pb2.Match:
+    s = string_match_to_proto
+
+    def conditions(cs: Iterable[HeaderCondition]) -> list[l7_pb2.HeaderCondition]:
+        return [l7_pb2.HeaderCondition(name=c.name, values=[s(v) for v in c.values]) for c in cs]
+
+    return l7_pb2.Match(
+        l4=match_to_proto(m),
+        paths=[s(x) for x in m.paths],
+        not_paths=[s(x) for x in m.not_paths],
+        methods=[s(x) for x in m.methods],
+        not_methods=[s(x) for x in m.not_methods],
+        hosts=[s(x) for x in m.hosts],
+        not_hosts=[s(x) for x in m.not_hosts],
+        headers=conditions(m.headers),
+        not_headers=conditions(m.not_headers),
+    )
+
+
+def waypoint_policy_to_proto(wp: WaypointPolicy) -> l7_pb2.HttpAuthorization:
+    p = wp.policy
+    return l7_pb2.HttpAuthorization(
+        name=p.name,
+        namespace=p.namespace,
+        action=_ACTIONS[p.action],
+        rules=[
+            l7_pb2.Rule(
+                clauses=[
+                    l7_pb2.Clause(matches=[_l7_match_to_proto(m) for m in clause])
+                    for clause in rule
+                ]
+            )
+            for rule in p.rules
+        ],
+        dry_run=p.dry_run,
+        services=list(wp.services),
+    )
+
+
+# --- proto -> model ------------------------------------------------------------------------------
+
+
+def _seconds(d: Duration, what: str) -> float:
+    if d.seconds < 0 or d.nanos < 0:
+        raise ConversionError(f"{what} is negative")
+    return d.seconds + d.nanos / 1e9
+
+
+def _kind(value: int, what: str) -> MatchKind:
+    kind = _KIND_NAMES.get(value)
+    if kind is None:
+        raise ConversionError(f"unsupported {what} match kind {value}")
+    return kind
+
+
+def _status(value: int, what: str) -> int:
+    if not 100 <= value <= 599:
+        raise ConversionError(f"{what} {value} is not an HTTP status")
+    return value
+
+
+def _port(value: int, what: str) -> int:
+    if not 1 <= value <= 65535:
+        raise ConversionError(f"{what} {value} is not a port")
+    return value
+
+
+def _ops(pb: l7_pb2.HeaderOps) -> HeaderOps:
+    return HeaderOps(
+        set=tuple((h.name.lower(), h.value) for h in pb.set),
+        add=tuple((h.name.lower(), h.value) for h in pb.add),
+        remove=tuple(n.lower() for n in pb.remove),
+    )
+
+
+def _backend(pb: l7_pb2.Backend) -> Backend:
+    if "/" not in pb.service:
+        raise ConversionError(f"backend service {pb.service!r} is not <namespace>/<hostname>")
+    return Backend(
+        service=pb.service,
+        port=_port(pb.port, "backend port"),
+        weight=pb.weight,
+        subset=pb.subset,
+        request_headers=_ops(pb.request_headers),
+        response_headers=_ops(pb.response_headers),
+    )
+
+
+def _route_match(pb: l7_pb2.RouteMatch) -> RouteMatch:
+    try:
+        path = None
+        if pb.HasField("path"):
+            p = pb.path
+            path = PathMatch(_kind(p.kind, "path"), p.value, p.segment_prefix, p.ignore_case)
+        return RouteMatch(
+            path=path,
+            method=pb.method or None,
+            headers=tuple(
+                HeaderMatch(h.name, _kind(h.kind, "header"), h.value, h.invert) for h in pb.headers
+            ),
+            query=tuple(QueryMatch(q.name, _kind(q.kind, "query"), q.value) for q in pb.query),
+            port=_port(pb.port, "match port") if pb.port else None,
+        )
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
+
+
+def _route(pb: l7_pb2.Route) -> Route:
+    redirect = rewrite = direct = timeout = retries = fault = None
+    if pb.HasField("redirect"):
+        rd = pb.redirect
+        redirect = Redirect(
+            status=_status(rd.status, "redirect status"),
+            scheme=rd.scheme if rd.HasField("scheme") else None,
+            host=rd.host if rd.HasField("host") else None,
+            port=_port(rd.port, "redirect port") if rd.HasField("port") else None,
+            path=rd.path if rd.HasField("path") else None,
+            prefix=rd.prefix if rd.HasField("prefix") else None,
+        )
+    if pb.HasField("rewrite"):
+        rw = pb.rewrite
+        rewrite = Rewrite(
+            path=rw.path if rw.HasField("path") else None,
+            prefix=rw.prefix if rw.HasField("prefix") else None,
+            authority=rw.authority if rw.HasField("authority") else None,
+        )
+    if pb.HasField("direct_response"):
+        direct = DirectResponse(
+            _status(pb.direct_response.status, "direct response status"), pb.direct_response.body
+        )
+    if pb.HasField("timeout"):
+        timeout = _seconds(pb.timeout, "route timeout") or None
+    if pb.HasField("retries"):
+        rt = pb.retries
+        per_try = (
+            _seconds(rt.per_try_timeout, "per-try timeout")
+            if rt.HasField("per_try_timeout")
+            else None
+        )
+        retries = RetryPolicy(
+            attempts=rt.attempts,
+            per_try_timeout=per_try or None,
+            retry_on=tuple(rt.retry_on),
+            retriable_status_codes=tuple(
+                _status(c, "retriable status") for c in rt.retriable_status_codes
+            ),
+        )
+    if pb.HasField("fault"):
+        f = pb.fault
+        for what, pct in (("fault delay", f.delay_percent), ("fault abort", f.abort_percent)):
+            if not 0 <= pct <= 100:
+                raise ConversionError(f"{what} percentage {pct} is not within 0-100")
+        fault = Fault(
+            delay_percent=f.delay_percent,
+            delay=_seconds(f.delay, "fault delay"),
+            abort_percent=f.abort_percent,
+            abort_status=_status(f.abort_status, "fault abort status") if f.abort_status else 0,
+            abort_grpc_status=f.abort_grpc_status,
+        )
+    mirrors = []
+    for m in pb.mirrors:
+        if not 0 <= m.percent <= 100:
+            raise ConversionError(f"mirror percentage {m.percent} is not within 0-100")
+        mirrors.append(Mirror(_backend(m.backend), m.percent))
+    return Route(
+        name=pb.name,
+        matches=tuple(_route_match(m) for m in pb.matches) or (RouteMatch(),),
+        backends=tuple(_backend(b) for b in pb.backends),
+        redirect=redirect,
+        direct_response=direct,
+        rewrite=rewrite,
+        request_headers=_ops(pb.request_headers),
+        response_headers=_ops(pb.response_headers),
+        timeout=timeout,
+        retries=retries,
+        mirrors=tuple(mirrors),
+        fault=fault,
+        origin=pb.origin,
+    )
+
+
+def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
+    if "/" not in pb.name:
+        raise ConversionError(f"HTTP service name {pb.name!r} is not <namespace>/<hostname>")
+    routes = []
+    for i, r in enumerate(pb.routes):
+        try:
+            routes.append(_route(r))
+        except ConversionError as e:
+            raise ConversionError(f"route {i} ({r.name or 'unnamed'}): {e}") from None
+    return HttpService(
+        service=pb.name,
+        routes=tuple(routes),
+        subsets=tuple(
+            (
+                ss.service,
+                tuple(
+                    Subset(s.name, tuple(sorted(s.labels.items())), frozenset(s.workload_uids))
+                    for s in ss.subsets
+                ),
+            )
+            for ss in pb.subsets
+        ),
+        sources=tuple(pb.sources),
+    )
+
+
+def _l7_match(pb: l7_pb2.Match) -> Match:
+    base = match_from_proto(pb.l4)
+    s = string_match_from_proto
+
+    def conditions(cs: Iterable[l7_pb2.HeaderCondition]) -> tuple[HeaderCondition, ...]:
+        return tuple(HeaderCondition(c.name, tuple(s(v) for v in c.values)) for c in cs)
+
+    return dataclasses.replace(
+        base,
+        paths=tuple(s(x) for x in pb.paths),
+        not_paths=tuple(s(x) for x in pb.not_paths),
+        methods=tuple(s(x) for x in pb.methods),
+        not_methods=tuple(s(x) for x in pb.not_methods),
+        hosts=tuple(s(x) for x in pb.hosts),
+        not_hosts=tuple(s(x) for x in pb.not_hosts),
+        headers=conditions(pb.headers),
+        not_headers=conditions(pb.not_headers),
+    )
+
+
+def waypoint_policy_from_proto(pb: l7_pb2.HttpAuthorization) -> WaypointPolicy:
+    if not pb.name or not pb.namespace:
+        raise ConversionError("authorization policy needs a name and a namespace")
+    action = _ACTION_NAMES.get(pb.action)
+    if action is None:
+        raise ConversionError(f"unsupported policy action {pb.action}")
+    policy = Authorization(
+        name=pb.name,
+        namespace=pb.namespace,
+        # waypoint policies are attached by target, not by scope
+        scope=PolicyScope.WORKLOAD_SELECTOR,
+        action=action,
+        rules=tuple(
+            tuple(tuple(_l7_match(m) for m in clause.matches) for clause in rule.clauses)
+            for rule in pb.rules
+        ),
+        dry_run=pb.dry_run,
+    )
+    return WaypointPolicy(policy, tuple(pb.services))
+
+
+def _decode_http_service(payload: bytes) -> tuple[object, str]:
+    obj = http_service_from_proto(l7_pb2.HttpService.FromString(payload))
+    return obj, obj.key
+
+
+def _decode_waypoint_policy(payload: bytes) -> tuple[object, str]:
+    obj = waypoint_policy_from_proto(l7_pb2.HttpAuthorization.FromString(payload))
+    return obj, obj.key
+
+
+L7_DECODERS: Mapping[str, PayloadDecoder] = {
+    HTTP_SERVICE_TYPE: _decode_http_service,
+    WAYPOINT_POLICY_TYPE: _decode_waypoint_policy,
+}
