@@ -99,6 +99,8 @@ class RequestContext:
     route_match: RouteMatch | None = None
     backend: Backend | None = None
     upstream_host: str = ""
+    # what the app attached to the chosen endpoint (`UpstreamTarget.info`, e.g. its workload)
+    upstream_info: Any = None
     # the service the request was addressed to (`namespace/hostname`), when known
     service: str = ""
     # the destination port the request arrived for

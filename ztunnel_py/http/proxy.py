@@ -256,6 +256,7 @@ class HttpProxy:
                     break
                 tried.append(target.address)
                 ctx.upstream_host = target.address
+                ctx.upstream_info = target.info
                 ctx.attempts = attempt + 1
                 try:
                     await self._attempt(s, ctx, head, target, body, policy, upgrade=upgrade)

@@ -34,6 +34,18 @@ class TunnelProtocol(enum.Enum):
     HBONE = "HBONE"
 
 
+class AppProtocol(enum.Enum):
+    """A service port's application protocol (the workload API's `AppProtocol`): from the
+    port's `appProtocol` or its name prefix (`http-`, `grpc-`, ...), as istiod reads them."""
+
+    UNKNOWN = "UNKNOWN"
+    HTTP11 = "HTTP11"
+    HTTP2 = "HTTP2"
+    GRPC = "GRPC"
+    TCP = "TCP"
+    TLS = "TLS"
+
+
 class WorkloadStatus(enum.Enum):
     HEALTHY = "Healthy"
     UNHEALTHY = "Unhealthy"
@@ -120,6 +132,11 @@ class Service:
     ports: dict[int, int] = field(default_factory=dict, hash=False)
     subject_alt_names: tuple[str, ...] = ()
     waypoint: GatewayAddress | None = None
+    # service port -> its application protocol (absent: UNKNOWN)
+    app_protocols: dict[int, AppProtocol] = field(default_factory=dict, hash=False)
+
+    def app_protocol(self, port: int) -> AppProtocol:
+        return self.app_protocols.get(port, AppProtocol.UNKNOWN)
 
     @property
     def key(self) -> str:
