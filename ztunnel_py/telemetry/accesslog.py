@@ -4,11 +4,11 @@
 - `connection complete` when it ends: INFO, or ERROR with `error=...` if it failed;
 - `connection failed` (WARN) for failures before the connection's context is known.
 
-Fields (reference 7.4): src.addr, src.workload, src.namespace, src.identity, dst.addr,
-dst.hbone_addr, dst.service, dst.workload, dst.namespace, dst.identity, direction, then at
+Fields (docs/istio-compat.md, "Access log"): src.addr, src.workload, src.namespace, src.identity,
+dst.addr, dst.hbone_addr, dst.service, dst.workload, dst.namespace, dst.identity, direction, then at
 completion bytes_sent, bytes_recv, duration (`<n>ms`) and error. Unknown values are left out;
-identities appear only for mTLS connections. Fields travel in the record's `fields` attribute,
-which `telemetry.logs`' formatters render as `key=value`.
+identities appear only for mTLS connections. Fields travel in the record's `fields` attribute, which
+`telemetry.logs`' formatters render as `key=value`.
 """
 
 from __future__ import annotations
