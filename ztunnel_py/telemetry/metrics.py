@@ -312,7 +312,7 @@ class XdsMetrics:
 
 
 class CaptureCounts(Protocol):
-    """What the BPF capture programs counted for one pod (`redirect.model.PodCounters`)."""
+    """What the BPF capture programs counted for one pod (`redirect.maps.PodCounters`)."""
 
     @property
     def inbound(self) -> int: ...
