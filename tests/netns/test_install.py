@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.bpffs import ensure_bpffs, unmount
 from ztunnel_py.redirect.compile import PROGRAMS
 
 pytestmark = pytest.mark.netns
@@ -77,23 +76,6 @@ def installed(tmp_path: Path) -> Iterator[Install]:
     )
     shutil.rmtree(source)  # the install must stand on its own
     yield Install(python, purelib)
-
-
-@pytest.fixture
-def pin_dir(tmp_path: Path) -> Iterator[Path]:
-    """An empty directory on a bpffs of its own, unmounted afterwards."""
-    root = tmp_path / "bpffs"
-    mounted = ensure_bpffs(root)
-    path = root / "pins"
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        for pin in path.iterdir():
-            pin.unlink()
-        path.rmdir()
-        if mounted is not None:
-            unmount(mounted)
 
 
 @pytest.mark.skipif(

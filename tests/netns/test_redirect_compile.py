@@ -1,7 +1,7 @@
 """The capture programs are built in a child process and used through bpf(2) (real kernel).
 
-No network namespace is needed: everything is pinned on a bpffs mounted on a temporary
-directory for this module and unmounted afterwards.
+No network namespace is needed: everything is pinned on a bpffs mounted on a temporary directory for
+this module and unmounted afterwards (the `bpffs` and `pin_dir` fixtures).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.bpffs import ensure_bpffs, unmount
 from ztunnel_py.redirect.compile import (
     MODULE,
     PROGRAMS,
@@ -46,31 +45,6 @@ from ztunnel_py.redirect.maps import (
 pytestmark = pytest.mark.netns
 
 BPF_NOEXIST = 1
-
-
-@pytest.fixture(scope="module")
-def bpffs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A directory on a bpffs of its own."""
-    root = tmp_path_factory.mktemp("bpffs") / "pins"
-    mounted = ensure_bpffs(root)
-    try:
-        yield root
-    finally:
-        if mounted is not None:
-            unmount(mounted)
-
-
-@pytest.fixture
-def pin_dir(bpffs: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """An empty pin directory for one test, emptied again afterwards."""
-    path = bpffs / request.node.name
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        for pin in path.iterdir():
-            pin.unlink()
-        path.rmdir()
 
 
 @pytest.fixture(scope="module")
