@@ -7,7 +7,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY scripts ./scripts
 COPY ztunnel_py ./ztunnel_py
-COPY bpf ./bpf
 RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 ca-certificates \
     && bash scripts/install.sh --no-dev \
     && rm -rf /var/lib/apt/lists/*

@@ -1,13 +1,16 @@
-"""Fixtures for kernel tests: a shared no-mesh testbed with a unique prefix, always torn down."""
+"""Fixtures for kernel tests: a shared no-mesh testbed with a unique prefix, always torn down;
+pin directories on a bpffs of their own."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ztunnel_py.redirect.bpffs import ensure_bpffs, unmount
 from ztunnel_py.testbed.testbed import Testbed
 
 
@@ -31,3 +34,28 @@ def pod(bed: Testbed, name: str) -> dict[str, Any]:
     """The pod's entry in `testbed status` (ip, node, processes, ...)."""
     pods: list[dict[str, Any]] = bed.status()["pods"]
     return next(p for p in pods if p["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def bpffs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory on a bpffs of its own, for one test module."""
+    root = tmp_path_factory.mktemp("bpffs") / "pins"
+    mounted = ensure_bpffs(root)
+    try:
+        yield root
+    finally:
+        if mounted is not None:
+            unmount(mounted)
+
+
+@pytest.fixture
+def pin_dir(bpffs: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """An empty pin directory for one test, emptied again afterwards."""
+    path = bpffs / request.node.name
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        for pin in path.iterdir():
+            pin.unlink()
+        path.rmdir()

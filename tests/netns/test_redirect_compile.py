@@ -1,7 +1,7 @@
 """The capture programs are built in a child process and used through bpf(2) (real kernel).
 
-No network namespace is needed: everything is pinned on a bpffs mounted on a temporary
-directory for this module and unmounted afterwards.
+No network namespace is needed: everything is pinned on a bpffs mounted on a temporary directory for
+this module and unmounted afterwards (the `bpffs` and `pin_dir` fixtures).
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ from pathlib import Path
 import pytest
 
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.bpffs import ensure_bpffs, unmount
-from ztunnel_py.redirect.compile import MODULE, PROGRAMS, CompileReport, compile_and_pin
-from ztunnel_py.redirect.loader import BPF_DIR, LAYOUT_VERSION, CountersMap, PodsMap, Redirector
+from ztunnel_py.redirect.compile import (
+    MODULE,
+    PROGRAMS,
+    CompileReport,
+    compile_and_pin,
+    packaged_sources,
+)
+from ztunnel_py.redirect.loader import LAYOUT_VERSION, CountersMap, PodsMap, Redirector
 from ztunnel_py.redirect.maps import (
     AddrKey,
     PodAddresses,
@@ -43,37 +48,12 @@ BPF_NOEXIST = 1
 
 
 @pytest.fixture(scope="module")
-def bpffs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A directory on a bpffs of its own."""
-    root = tmp_path_factory.mktemp("bpffs") / "pins"
-    mounted = ensure_bpffs(root)
-    try:
-        yield root
-    finally:
-        if mounted is not None:
-            unmount(mounted)
-
-
-@pytest.fixture
-def pin_dir(bpffs: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """An empty pin directory for one test, emptied again afterwards."""
-    path = bpffs / request.node.name
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        for pin in path.iterdir():
-            pin.unlink()
-        path.rmdir()
-
-
-@pytest.fixture(scope="module")
 def compiled(bpffs: Path) -> Iterator[tuple[Path, CompileReport]]:
     """Programs and maps pinned once for the map tests."""
     path = bpffs / "shared"
     path.mkdir()
     try:
-        yield path, compile_and_pin(path, BPF_DIR)
+        yield path, compile_and_pin(path)
     finally:
         for pin in path.iterdir():
             pin.unlink()
@@ -141,7 +121,7 @@ def test_the_agent_process_never_loads_bcc(bpffs: Path) -> None:
 def test_unchanged_programs_are_reused_and_changed_ones_replaced(
     pin_dir: Path, tmp_path: Path
 ) -> None:
-    first = compile_and_pin(pin_dir, BPF_DIR)
+    first = compile_and_pin(pin_dir)
     assert first.reused == frozenset()
     assert sorted(p.name for p in pin_dir.iterdir()) == [
         "counters",
@@ -153,14 +133,14 @@ def test_unchanged_programs_are_reused_and_changed_ones_replaced(
     ]
     before = pinned_programs(pin_dir)
 
-    again = compile_and_pin(pin_dir, BPF_DIR)
+    again = compile_and_pin(pin_dir)
     assert again.reused == {"ingress", "egress", "lookup"}
     assert again.tags == first.tags
     assert pinned_programs(pin_dir) == before  # the very same programs
 
     # Other code (here: a smaller extension header limit) is pinned in place of the old.
     changed = tmp_path / "bpf"
-    shutil.copytree(BPF_DIR, changed)
+    shutil.copytree(packaged_sources(), changed)
     source = changed / "redirect.c"
     source.write_text(
         source.read_text().replace("#define ZT_MAX_EXT_HDRS 4", "#define ZT_MAX_EXT_HDRS 3")
@@ -273,7 +253,7 @@ def test_a_compile_failure_is_explained_and_leaves_nothing_behind(
 ) -> None:
     broken = tmp_path / "bpf"
     broken.mkdir()
-    shutil.copy(BPF_DIR / "redirect.c", broken)  # redirect.h is missing
+    shutil.copy(packaged_sources() / "redirect.c", broken)  # redirect.h is missing
     fds = open_fds()
     with pytest.raises(RedirectError) as failure:
         Redirector(bpffs / "broken", bpf_dir=broken)

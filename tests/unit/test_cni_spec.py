@@ -6,15 +6,19 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ztunnel_py.cni.plugin import run
 from ztunnel_py.cni.spec import (
     DEFAULT_ENROLL_SOCKET,
+    SUPPORTED_VERSIONS,
     CniError,
     Command,
     PodMeta,
     PodRef,
     add_result,
+    declared_version,
     parse_cni_args,
     parse_command,
     parse_config,
@@ -243,3 +247,68 @@ def test_kubeconfig_mode_fails_closed_with_a_lookup_error() -> None:
     error = error_of(out)
     assert error["code"] == 101
     assert error["msg"] == "cannot load kubeconfig /nonexistent/kubeconfig"
+
+
+# --- whatever the runtime hands in, the answer is a result or the spec's error object ---------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+_config_keys = st.sampled_from(
+    [
+        "cniVersion",
+        "name",
+        "type",
+        "prevResult",
+        "enrollSocket",
+        "kubeconfig",
+        "namespaceLabels",
+        "pods",
+        "x",
+    ]
+)
+_configs = st.dictionaries(
+    _config_keys,
+    st.sampled_from([*SUPPORTED_VERSIONS, "9.9.9", "k8s-pod-network", "a/b"]) | _json_values,
+    max_size=7,
+).map(lambda body: json.dumps(body).encode())
+_nested = st.tuples(st.integers(1, 200_000), st.sampled_from([b"[", b'{"a":'])).map(
+    lambda t: t[1] * t[0]
+)
+_stdins = _configs | st.binary(max_size=200) | _nested
+# Error codes of the CNI spec and this plugin's own (100+); INTERNAL_ERROR (199) is not one.
+_KNOWN_CODES = {1, 2, 3, 4, 5, 6, 7, 11, 50, 100, 101}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["ADD", "DEL", "CHECK", "GC", "VERSION"]),
+    st.dictionaries(
+        st.sampled_from(["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"]),
+        st.text(max_size=12),
+    ),
+    _stdins,
+)
+def test_any_request_gets_a_result_or_the_cni_error_object(
+    command: str, environ: dict[str, str], body: bytes
+) -> None:
+    # No K8S_POD_* in CNI_ARGS: no request here is for a pod, so none reaches for the agent.
+    environ["CNI_ARGS"] = environ.get("CNI_ARGS", "").replace("K8S_POD", "")
+    out, status = run(env(command, **environ), body)
+    if status != 0:
+        error = error_of(out)
+        assert error["code"] in _KNOWN_CODES and error["msg"]
+        assert error["cniVersion"] == declared_version(body)
+    elif command == "VERSION":
+        assert json.loads(out)["supportedVersions"] == list(SUPPORTED_VERSIONS)
+    elif command == "ADD":
+        assert json.loads(out) == {
+            "cniVersion": declared_version(body),
+            **json.loads(body)["prevResult"],
+        }
+    else:
+        assert out == ""

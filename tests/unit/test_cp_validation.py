@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.cp_support import diagnostics, store_with, yaml_text
-from ztunnel_py.controlplane.resources import Document, Origin
+from ztunnel_py.controlplane.resources import Document, Origin, Resource, ResourceKey
 from ztunnel_py.controlplane.sources.yamldocs import Parsed, parse_documents
 from ztunnel_py.controlplane.store import ConfigStore
+from ztunnel_py.controlplane.translate import translate
 from ztunnel_py.controlplane.validation import validate_document
 
 POD = """
@@ -749,6 +752,39 @@ def _objects(draw: st.DrawFn) -> dict[object, object]:
     return body
 
 
+def assert_consistent(
+    store: ConfigStore, docs: tuple[Document, ...], before: Mapping[ResourceKey, Resource]
+) -> None:
+    """What the store promises after applying `docs` over the resources it served `before`:
+    it serves the translation of exactly the resources it accepted; every problem validation
+    finds is reported, and every rejected object has an error saying why; a valid object is
+    served, unless a reported conflict names it; a rejected object it served before is still
+    served in its last good version, unless a reported conflict names it."""
+    served = store.resources()
+    reported = set(store.diagnostics())
+    snapshot, translation = store.current(), translate(served.values(), store.options)
+    assert (snapshot.workloads, snapshot.services, snapshot.policies) == (
+        translation.workloads,
+        translation.services,
+        translation.policies,
+    )
+
+    def conflict(key: ResourceKey) -> bool:
+        return any(str(key) in d.reason for d in reported)
+
+    outcomes = [outcome for doc in docs for outcome in validate_document(doc)]
+    accepted = {o.key for o in outcomes if o.resource is not None}
+    for outcome in outcomes:
+        assert set(outcome.diagnostics) <= reported
+        if outcome.resource is not None:
+            assert served.get(outcome.resource.key) == outcome.resource or conflict(outcome.key)
+            continue
+        assert any(d.is_error for d in outcome.diagnostics)
+        key = outcome.key
+        if key is not None and key in before and key not in accepted:
+            assert served.get(key) == before[key] or conflict(key)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_objects(), max_size=4), st.lists(_objects(), max_size=4))
 def test_store_never_crashes_and_keeps_a_consistent_state(
@@ -756,19 +792,29 @@ def test_store_never_crashes_and_keeps_a_consistent_state(
 ) -> None:
     store = ConfigStore(report=False)
     for batch in (first, second):
+        before = dict(store.resources())
+        version = store.current().version
         docs = tuple(Document(Origin("f.yaml", i), body) for i, body in enumerate(batch))
-        for doc in docs:
-            validate_document(doc)
         result = store.apply({"f.yaml": Parsed(docs)})
         assert result.snapshot is store.current()
-    assert all(isinstance(str(d), str) for d in store.diagnostics())
+        assert store.current().version == version + result.changed
+        assert_consistent(store, docs, before)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200) | st.binary(max_size=200))
 def test_arbitrary_file_contents_never_crash(text: str | bytes) -> None:
+    """Either the file is refused as a whole with one error naming it, or every document in it
+    is served or rejected with a reason."""
     store = ConfigStore(report=False)
-    store.apply({"f.yaml": parse_documents(text, "f.yaml")})
+    parsed = parse_documents(text, "f.yaml")
+    store.apply({"f.yaml": parsed})
+    assert all(str(d).startswith("f.yaml:doc[") for d in store.diagnostics())
+    if parsed.error is not None:
+        assert store.diagnostics() == (parsed.error,)
+        assert store.current().version == 0 and not store.resources()
+    else:
+        assert_consistent(store, parsed.documents, {})
 
 
 VALID = parse_documents(
@@ -833,12 +879,14 @@ def test_mutated_valid_documents_never_crash(data: st.DataObject) -> None:
     store.apply({"f.yaml": Parsed(VALID)})
     good = store.current()
     assert len(good.workloads) == 2 and not [d for d in store.diagnostics() if d.is_error]
+    before = dict(store.resources())
     mutated = []
     for doc in VALID:
         path = data.draw(st.sampled_from(_paths(doc.body)))
         mutated.append(Document(doc.origin, _replace(doc.body, path, data.draw(_trees))))
     store.apply({"f.yaml": Parsed(tuple(mutated))})
     assert store.current().version >= good.version
+    assert_consistent(store, tuple(mutated), before)
 
 
 def test_last_good_version_is_served_when_the_new_one_is_invalid() -> None:

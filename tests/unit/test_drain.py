@@ -63,7 +63,9 @@ async def test_accept_loops_stop_when_draining_starts_and_late_ones_never_run() 
     drain.start()  # idempotent
 
 
-async def test_wait_idle_waits_for_every_held_connection() -> None:
+async def test_wait_idle_waits_for_every_held_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     drain = Drain()
     release = [trio.Event(), trio.Event()]
 

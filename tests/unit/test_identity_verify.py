@@ -1,4 +1,5 @@
-"""SPIFFE peer checks (reference 2.2) and the retry backoff schedule, without sockets."""
+"""SPIFFE peer checks (docs/istio-compat.md, "Identities and peer verification") and the retry
+backoff schedule, without sockets."""
 
 from __future__ import annotations
 

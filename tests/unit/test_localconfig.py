@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 from pathlib import Path
 
@@ -13,14 +12,17 @@ from hypothesis import strategies as st
 
 from ztunnel_py.model import (
     Action,
+    Authorization,
     GatewayAddress,
     NamespacedHostname,
     NetworkAddress,
     PolicyScope,
+    Service,
     ServiceAccountMatch,
     StringMatch,
     StringMatchKind,
     TunnelProtocol,
+    Workload,
     WorkloadStatus,
 )
 from ztunnel_py.xds.localconfig import (
@@ -352,6 +354,22 @@ documents = st.recursive(
 )
 
 
+def config_or_error(text: str | bytes, source: str) -> None:
+    """The parser's documented outcome for any input: a LocalConfig of model objects, or one
+    ConfigError whose message starts with the file (and, for a value, its line and column)."""
+    try:
+        result = parse_local_config(text, source)
+    except ConfigError as e:
+        assert e.source == source and e.problem
+        where = source if e.line is None else f"{source}:{e.line}:{e.column}"
+        assert str(e).startswith(f"{where}: ") and "\n" not in e.problem
+    else:
+        assert isinstance(result, LocalConfig)
+        assert all(isinstance(w, Workload) for w in result.workloads)
+        assert all(isinstance(s, Service) for s in result.services)
+        assert all(isinstance(p, Authorization) for p in result.policies)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     doc=st.dictionaries(st.sampled_from(["workloads", "services", "policies"]), documents),
@@ -361,19 +379,13 @@ documents = st.recursive(
 def test_random_documents_give_config_or_config_error(doc: object, cut: int, junk: str) -> None:
     text = yaml.safe_dump(doc)
     for candidate in (text, text[:cut] + junk + text[cut:]):
-        try:
-            result = parse_local_config(candidate, "fuzz.yaml")
-        except ConfigError as e:
-            assert str(e).startswith("fuzz.yaml")
-        else:
-            assert isinstance(result, LocalConfig)
+        config_or_error(candidate, "fuzz.yaml")
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_give_config_or_config_error(data: bytes) -> None:
-    with contextlib.suppress(ConfigError):
-        parse_local_config(data, "bytes.yaml")
+    config_or_error(data, "bytes.yaml")
 
 
 def _mutate(data: st.DataObject, node: object, depth: int = 0) -> object:
@@ -399,7 +411,4 @@ def _mutate(data: st.DataObject, node: object, depth: int = 0) -> object:
 @given(st.data())
 def test_mutated_valid_document_gives_config_or_config_error(data: st.DataObject) -> None:
     doc = _mutate(data, yaml.safe_load(EXAMPLE))
-    try:
-        parse_local_config(yaml.safe_dump(doc), "mut.yaml")
-    except ConfigError as e:
-        assert str(e).startswith("mut.yaml")
+    config_or_error(yaml.safe_dump(doc), "mut.yaml")

@@ -1,5 +1,5 @@
-"""L4 authorization semantics (reference section 6), attribute by attribute, and a property test
-against a deliberately naive reference implementation."""
+"""L4 authorization semantics (docs/istio-compat.md, "Authorization"), attribute by attribute, and a
+property test against a deliberately naive reference implementation."""
 
 from __future__ import annotations
 
@@ -296,7 +296,7 @@ def test_dry_run_policies_are_reported_never_enforced() -> None:
 def naive_evaluate(
     policies: list[Authorization], c: Connection
 ) -> tuple[bool, str | None, list[str]]:
-    """Written straight from the reference text, with no shared code."""
+    """Written straight from the rules in docs/istio-compat.md, with no shared code."""
     identity = "" if c.src_identity is None else str(c.src_identity)
     namespace = "" if c.src_identity is None else c.src_identity.namespace
     src = c.src_ip

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ztunnel_py.protocol.socks5 import ReplyCode, Socks5Error, Socks5Request, Socks5Server
 
@@ -170,3 +173,65 @@ def test_reply_needs_a_request() -> None:
     server = negotiated()
     with pytest.raises(RuntimeError):
         server.reply_success(ipaddress.IPv4Address("1.1.1.1"), 1)
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+_wires = (
+    st.binary(max_size=40)
+    | st.binary(max_size=40).map(lambda tail: GREETING + tail)
+    | st.builds(
+        lambda head, tail: GREETING + bytes([5, 1, 0]) + head + tail,
+        st.sampled_from([b"\x01", b"\x03", b"\x04", b"\x03\x00", b"\x03\x05"]),
+        st.binary(max_size=30),
+    )
+    | st.builds(
+        lambda target, port, tail: GREETING + request(*target, port) + tail,
+        st.sampled_from([(1, bytes(4)), (4, bytes(16)), (3, b"\x04mesh"), (3, b"\x071.2.3.4")]),
+        st.integers(0, 65535),
+        st.binary(max_size=8),
+    )
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_wires, st.lists(st.integers(0, 64), max_size=6))
+def test_any_bytes_in_any_pieces_give_a_request_a_wait_or_a_clean_refusal(
+    wire: bytes, cuts: list[int]
+) -> None:
+    """The module's contract for every input: a request (after the no-auth answer), a wait for
+    more bytes, or Socks5Error with the reply it queued (the failure reply for `reply`, else
+    nothing or the "no acceptable method" answer); nothing else, and no input after the end."""
+    server = Socks5Server()
+    fed = b""
+    outcome: Socks5Request | Socks5Error | None = None
+    for piece in _pieces(wire, cuts):
+        fed += piece
+        try:
+            outcome = server.receive_data(piece)
+        except Socks5Error as e:
+            outcome = e
+        if outcome is not None:
+            break
+    out = server.data_to_send()
+    if outcome is None:
+        assert out in (b"", b"\x05\x00")
+        return
+    with pytest.raises(RuntimeError):
+        server.receive_data(b"\x05")
+    if isinstance(outcome, Socks5Request):
+        assert out == b"\x05\x00"
+        assert 0 < outcome.port < 65536
+        host = outcome.host
+        assert not isinstance(host, str) or (
+            host.isascii() and host.isprintable() and " " not in host
+        )
+        assert fed.endswith(server.remaining)
+    elif outcome.reply is None:
+        assert out in (b"", b"\x05\xff")
+    else:
+        assert outcome.reply is not ReplyCode.SUCCEEDED and outcome.reason
+        assert out == b"\x05\x00" + bytes([5, outcome.reply, 0, 1]) + bytes(6)

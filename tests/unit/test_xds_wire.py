@@ -1,11 +1,12 @@
 """Wire compatibility with Istio's workload API, both ways, by golden bytes.
 
-Messages are hand-encoded here with a few lines of protobuf wire format and the field numbers of
-reference/istio-ambient.md sections 3.1, 3.3 and 3.4 (not with our generated classes):
+Messages are hand-encoded here with a few lines of protobuf wire format and Istio's field numbers,
+written out again here (not taken from our generated classes; docs/istio-compat.md, "Workload
+xDS"):
 - Istio-shaped responses (as istiod would send them, with fields we do not model and unknown
   fields) are decoded by the agent's decoder into the expected model objects;
 - our server's and client's encodings are parsed back field by field and checked against the
-  reference numbering.
+  numbering written here.
 """
 
 from __future__ import annotations
@@ -362,7 +363,7 @@ def test_istio_shaped_requests_are_understood_by_the_server() -> None:
     assert nack == Request(AUTHORIZATION_TYPE, response_nonce="n-3", error="x")
 
 
-# --- our encodings, read back with the reference numbering --------------------------------------
+# --- our encodings, read back with Istio's numbering --------------------------------------------
 
 
 def test_our_workload_encoding_matches_istio_numbering() -> None:

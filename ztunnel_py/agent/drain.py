@@ -1,4 +1,5 @@
-"""Graceful shutdown of a proxy process, as ztunnel drains on SIGTERM (reference 5.4).
+"""Graceful shutdown of a proxy process, as ztunnel drains on SIGTERM (docs/istio-compat.md,
+"Draining and upgrades").
 
 Draining starts on the first SIGTERM/SIGINT or on POST /quitquitquit:
 

@@ -172,7 +172,7 @@ class CompareResult:
         )
 
 
-# Istio's published figures (performance.md section 1), printed beside ours with their
+# Istio's published figures (docs/performance.md), printed beside ours with their
 # conditions: they come from other hardware and another implementation.
 ISTIO_PUBLISHED = [
     Published(

@@ -208,12 +208,20 @@ def parse_cni_args(text: str) -> dict[str, str]:
     return result
 
 
+def _json(stdin: bytes) -> Any:
+    """json.loads, with every way it refuses input as ValueError."""
+    try:
+        return json.loads(stdin)
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise ValueError("nested too deeply") from None
+
+
 def _decode(stdin: bytes) -> dict[str, Any]:
     if len(stdin) > MAX_STDIN:
         raise CniError(DECODING_FAILURE, f"network configuration larger than {MAX_STDIN} bytes")
     try:
-        value = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as e:
+        value = _json(stdin)
+    except ValueError as e:  # UnicodeDecodeError included
         raise CniError(
             DECODING_FAILURE, "network configuration on stdin is not JSON", str(e)
         ) from None
@@ -228,8 +236,8 @@ def _decode(stdin: bytes) -> dict[str, Any]:
 
 def _declared(stdin: bytes) -> str | None:
     try:
-        value = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError):
+        value = _json(stdin)
+    except ValueError:
         return None
     version = value.get("cniVersion") if isinstance(value, dict) else None
     return version if version in SUPPORTED_VERSIONS else None

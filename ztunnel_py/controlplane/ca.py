@@ -1,4 +1,5 @@
-"""The CA service: `istio.v1.auth.IstioCertificateService/CreateCertificate` (reference section 4).
+"""The CA service: `istio.v1.auth.IstioCertificateService/CreateCertificate` (docs/istio-compat.md,
+"CA").
 
 A request is signed only if all of these hold, checked in this order:
 1. the caller authenticates as a node (UNAUTHENTICATED otherwise);

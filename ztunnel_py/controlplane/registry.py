@@ -1,10 +1,10 @@
 """Which identities each node hosts: the knowledge the CA needs for node authorization.
 
 `WorkloadRegistry` is the interface the CA asks. `LocalConfigRegistry` answers from a YAML file in
-ztunnel's local-config format (reference section 9.2): only the `workloads` list matters here
-(`namespace`, `serviceAccount`, `trustDomain`, `node`); services and policies are other code's
-business. The file is re-read when it changes; a broken edit is reported and the previous
-contents stay in force, so a typo never revokes every node's certificates.
+ztunnel's local-config format (docs/istio-compat.md, "Local configuration file"): only the
+`workloads` list matters here (`namespace`, `serviceAccount`, `trustDomain`, `node`); services and
+policies are other code's business. The file is re-read when it changes; a broken edit is reported
+and the previous contents stay in force, so a typo never revokes every node's certificates.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The control plane's workload xDS server: Delta ADS over the existing gRPC/TLS server.
 
 `XdsServer` serves `envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`
-for the Address and Authorization types (reference section 3). It owns:
+for the Address and Authorization types (docs/istio-compat.md, "Workload xDS"). It owns:
 
 - the resource index: the current `MeshSnapshot` encoded once per resource with a content
   version (a hash of the encoding, so versions survive control-plane restarts and a reconnecting

@@ -1,6 +1,6 @@
 """The certificate manager: one certificate per workload identity, fetched, cached and rotated.
 
-Modelled on ztunnel's `SecretManager` (reference section 4):
+Modelled on ztunnel's `SecretManager` (docs/istio-compat.md, "CA"):
 - one state per identity: Initializing (first request in flight), Available (a valid certificate),
   Unavailable (no valid certificate; the last error is kept and shown);
 - `fetch` returns the cached certificate, or waits for the identity's in-flight request: concurrent

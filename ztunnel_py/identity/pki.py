@@ -3,7 +3,7 @@
 The only file access here is explicit: `CertificateAuthority.load` / `save`. Everything else turns
 bytes into bytes with `cryptography`.
 
-Certificates follow what Istio's CA issues and ztunnel expects (reference section 4):
+Certificates follow what Istio's CA issues and ztunnel expects (docs/istio-compat.md, "CA"):
 - workload keys are ECDSA P-256, CSRs are PKCS#10 signed with SHA-256 carrying a single URI SAN;
 - a workload leaf has an empty subject, a critical URI SAN, EKU serverAuth + clientAuth and key
   usage digitalSignature + keyEncipherment, so it serves both sides of an HBONE connection;

@@ -1,4 +1,5 @@
-"""TLS contexts for HBONE and the peer checks that complete them (reference section 2.1, 2.2).
+"""TLS contexts for HBONE and the peer checks that complete them (docs/istio-compat.md, "TLS"
+and "Identities and peer verification").
 
 Both sides speak TLS 1.3 only, offer ALPN `h2` only, allow only the two AES-GCM suites, issue and
 use no session tickets (no resumption) and send no SNI. Each side presents its workload chain and

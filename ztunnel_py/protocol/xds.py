@@ -1,4 +1,5 @@
-"""Delta xDS bookkeeping, both ends of a stream, without I/O or protobuf (reference section 3.2).
+"""Delta xDS bookkeeping, both ends of a stream, without I/O or protobuf (docs/istio-compat.md,
+"Stream flow").
 
 A Delta ADS stream carries, per type URL, subscriptions and ACK/NACKs from the client and
 resource deltas from the server. This module keeps the state that decides what goes on the wire

@@ -3,9 +3,12 @@
 bcc compiles `bpf/redirect.c` with LLVM and clang inside the calling process, and those
 libraries (about 85 MB of file pages) and the compile's heap (about 50 MB) stay in it. So the
 agent never imports bcc: `compile_and_pin` runs this module in a new interpreter
-(`python -m ztunnel_py.redirect.compile --pin-dir DIR --bpf-dir DIR`), which compiles the
+(`python -m ztunnel_py.redirect.compile --pin-dir DIR [--bpf-dir DIR]`), which compiles the
 programs, loads them (two SCHED_CLS, one SK_LOOKUP), pins the maps and the programs in DIR,
 prints a report and exits; the agent then opens the pins through bpf(2) (`bpfsys`).
+
+The C sources ship inside this package (`ztunnel_py/redirect/bpf/`, package data) and are found
+with `importlib.resources`, so an installed ztunnel_py compiles them as a source checkout does.
 
 - The maps are pinned by the C itself (BPF_TABLE_PINNED): an existing pin is reopened, so
   every pod's settings and counters survive an agent restart.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib.resources
 import json
 import logging
 import os
@@ -38,6 +42,7 @@ from ztunnel_py.redirect import bpfsys
 from ztunnel_py.redirect.maps import AddrKey, PodConfigStruct, PodCountersStruct, RedirectError
 
 MODULE = "ztunnel_py.redirect.compile"
+# The directory holding this copy of the ztunnel_py package (a checkout or site-packages).
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 MAPS = ("pods", "counters", "listeners")  # pin names, as in BPF_TABLE_PINNED in the C
 COMPILE_TIMEOUT = 120.0
@@ -74,6 +79,19 @@ class CompileReport:
     reused: frozenset[str]
 
 
+def packaged_sources() -> Path:
+    """The directory of the C sources shipped in this package (redirect.c, redirect.h)."""
+    sources = importlib.resources.files("ztunnel_py.redirect").joinpath("bpf")
+    # bcc reads redirect.c's #include from a directory, so the sources must be files on disk,
+    # as they are in a checkout and in any pip install (a zipped package would not do).
+    if not isinstance(sources, Path) or not sources.is_dir():
+        raise RedirectError(
+            f"the BPF sources are not a directory on disk ({sources}): reinstall ztunnel_py "
+            "with pip"
+        )
+    return sources
+
+
 def check_cflag_path(path: Path) -> None:
     """`path` goes into a -D string macro: refuse what would end or escape the string."""
     if '"' in str(path) or "\\" in str(path):
@@ -84,13 +102,16 @@ def check_cflag_path(path: Path) -> None:
 
 
 def compile_and_pin(
-    pin_dir: Path, bpf_dir: Path, *, timeout: float = COMPILE_TIMEOUT
+    pin_dir: Path, bpf_dir: Path | None = None, *, timeout: float = COMPILE_TIMEOUT
 ) -> CompileReport:
     """Run the child on `pin_dir` (an existing directory on a bpffs) and return its report.
 
-    The child is waited for (or killed when it takes longer than `timeout` seconds) before
-    this returns or raises, so no process is left behind.
+    `bpf_dir` holds the C sources (default: the ones shipped in this package). The child is
+    waited for (or killed when it takes longer than `timeout` seconds) before this returns or
+    raises, so no process is left behind.
     """
+    if bpf_dir is None:
+        bpf_dir = packaged_sources()
     pin_dir, bpf_dir = Path(os.path.abspath(pin_dir)), Path(os.path.abspath(bpf_dir))
     argv = [sys.executable, "-m", MODULE, "--pin-dir", str(pin_dir), "--bpf-dir", str(bpf_dir)]
     try:
@@ -255,13 +276,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and their maps in PIN_DIR (an existing directory on a bpffs); print a JSON report.",
     )
     parser.add_argument("--pin-dir", type=Path, required=True, help="where to pin (bpffs)")
-    parser.add_argument("--bpf-dir", type=Path, required=True, help="holds redirect.c/.h")
+    parser.add_argument(
+        "--bpf-dir", type=Path, help="holds redirect.c/.h (default: the sources in this package)"
+    )
     args = parser.parse_args(argv)
     # The report gets stdout to itself: whatever bcc or clang print goes to stderr.
     report_fd = os.dup(1)
     os.dup2(2, 1)
     try:
-        report = build(Path(os.path.abspath(args.pin_dir)), Path(os.path.abspath(args.bpf_dir)))
+        bpf_dir = packaged_sources() if args.bpf_dir is None else args.bpf_dir
+        report = build(Path(os.path.abspath(args.pin_dir)), Path(os.path.abspath(bpf_dir)))
         status = 0
     except RedirectError as e:
         report, status = {"error": str(e)}, 1

@@ -59,7 +59,6 @@ from ztunnel_py.redirect.maps import (
 # Bump with any change to the structs in bpf/redirect.h: pinned maps of another layout live in
 # another directory and are never reopened with the wrong sizes.
 LAYOUT_VERSION = 2
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SO_NETNS_COOKIE = 71
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")
 PodsMap = bpfsys.PinnedMap[AddrKey, PodConfigStruct]
@@ -114,7 +113,7 @@ class Redirector:
         self,
         pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT,
         *,
-        bpf_dir: Path = BPF_DIR,
+        bpf_dir: Path | None = None,
         route_table: int = podnet.ROUTE_TABLE,
         compile_timeout: float = COMPILE_TIMEOUT,
     ) -> None:
@@ -131,7 +130,7 @@ class Redirector:
         except OSError as e:
             raise RedirectError(f"cannot create {self.pin_dir}: {e.strerror}") from e
         self._lock = threading.Lock()
-        report = compile_and_pin(self.pin_dir, Path(bpf_dir).resolve(), timeout=compile_timeout)
+        report = compile_and_pin(self.pin_dir, bpf_dir, timeout=compile_timeout)
         self.compile_seconds = report.compile_seconds
         self.reused_pins = set(report.reused)
         self.programs: dict[str, podnet.Program] = {}

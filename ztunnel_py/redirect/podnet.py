@@ -5,7 +5,7 @@ Every function here expects the calling thread to be inside the pod's network na
 belongs to the namespace it was opened in, and sysctls under /proc/sys/net resolve against the
 calling thread's namespace.
 
-What the hairpin needs (reference/ebpf-redirect.md, 4.3):
+What the hairpin needs (docs/architecture.md, "Capture"):
 - `accept_local=1` on the interface, or IPv4 drops the hairpinned packets as martians (their
   source is the pod's own IP). IPv6 has no such check and needs no sysctl.
 - `ip rule pref 100 fwmark 0x400/0xf00 lookup 1024` with `local 0.0.0.0/0 dev lo table 1024`

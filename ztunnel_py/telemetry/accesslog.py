@@ -6,11 +6,11 @@
 - `request complete` for each HTTP request a waypoint or sidecar proxied (see
   `request_complete`).
 
-Fields (reference 7.4): src.addr, src.workload, src.namespace, src.identity, dst.addr,
-dst.hbone_addr, dst.service, dst.workload, dst.namespace, dst.identity, direction, then at
+Fields (docs/istio-compat.md, "Access log"): src.addr, src.workload, src.namespace, src.identity,
+dst.addr, dst.hbone_addr, dst.service, dst.workload, dst.namespace, dst.identity, direction, then at
 completion bytes_sent, bytes_recv, duration (`<n>ms`) and error. Unknown values are left out;
-identities appear only for mTLS connections. Fields travel in the record's `fields` attribute,
-which `telemetry.logs`' formatters render as `key=value`.
+identities appear only for mTLS connections. Fields travel in the record's `fields` attribute, which
+`telemetry.logs`' formatters render as `key=value`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Istio's traffic label set (ztunnel's `CommonTrafficLabels`), built from model types.
 
-Label names and their order are a contract with Istio's dashboards and Kiali (reference 7.3).
+Label names and their order are a contract with Istio's dashboards and Kiali (docs/istio-compat.md,
+"Metrics").
 Missing values render as `unknown`; `source_principal` comes only from the mTLS peer identity.
 """
 

@@ -1,9 +1,9 @@
 """Istio's metric families, declared on a registry the app passes in, and per-connection tracking.
 
-Names and label order follow ztunnel exactly (reference 7.3): `istio_tcp_connections_opened_total`,
-`istio_tcp_connections_closed_total`, `istio_tcp_received_bytes_total`,
-`istio_tcp_sent_bytes_total`, `istio_tcp_connections_failed_total` (traffic labels),
-`istio_tcp_sockets_open` (`reporter`), `istio_build` (`component`, `tag`), the
+Names and label order follow ztunnel exactly (docs/istio-compat.md, "Metrics"):
+`istio_tcp_connections_opened_total`, `istio_tcp_connections_closed_total`,
+`istio_tcp_received_bytes_total`, `istio_tcp_sent_bytes_total`, `istio_tcp_connections_failed_total`
+(traffic labels), `istio_tcp_sockets_open` (`reporter`), `istio_build` (`component`, `tag`), the
 `workload_manager_*` families, and prometheus_client's `process_*` metrics.
 
 The families are served by one custom collector over plain Python counters rather than
@@ -271,7 +271,7 @@ class ConnectionMetrics:
 
 
 class XdsMetrics:
-    """The xDS client's families (reference 7.3), on the agent's registry.
+    """The xDS client's families, on the agent's registry.
 
     `istio_xds_connection_terminations_total{reason}` (ConnectionError, Error, Reconnect,
     Complete), `istio_xds_message_total{url}` and `istio_xds_message_bytes_total{url}` (responses
@@ -312,7 +312,7 @@ class XdsMetrics:
 
 
 class CaptureCounts(Protocol):
-    """What the BPF capture programs counted for one pod (`redirect.model.PodCounters`)."""
+    """What the BPF capture programs counted for one pod (`redirect.maps.PodCounters`)."""
 
     @property
     def inbound(self) -> int: ...

@@ -1,11 +1,11 @@
 """The agent's gRPC/TLS channel to the control plane, shared by the CA and xDS clients.
 
-As ztunnel does for both (reference sections 3.1 and 4): the server certificate is verified
-against root certificates (`RootCerts`: a file, the system store or inline PEM) under an
+As ztunnel does for both (docs/istio-compat.md, "Workload xDS" and "CA"): the server certificate is
+verified against root certificates (`RootCerts`: a file, the system store or inline PEM) under an
 overridable expected hostname; the channel is rebuilt when the roots change. Every call carries
-`clusterid`, the operator's extra headers (`XDS_HEADER_*` / `CA_HEADER_*`) and, when a token
-file is configured, `authorization: Bearer <token>` with the token re-read per call (projected
-Kubernetes tokens rotate). grpcio blocks: use this from worker threads.
+`clusterid`, the operator's extra headers (`XDS_HEADER_*` / `CA_HEADER_*`) and, when a token file is
+configured, `authorization: Bearer <token>` with the token re-read per call (projected Kubernetes
+tokens rotate). grpcio blocks: use this from worker threads.
 
 The channel's connectivity is watched for as long as it exists. grpcio only makes progress on a
 connection attempt while some thread polls the channel; calls that fail fast while it

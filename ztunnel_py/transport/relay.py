@@ -4,12 +4,13 @@
 `trio.SocketStream`): one task per direction, the end of one direction is passed on as a
 half-close (`send_eof`), and both streams are closed when done or when either side fails.
 Reads are large (up to 256 KiB) and go into reused buffers: the per-chunk interpreter cost, not
-the byte count, is what a Python relay pays for (performance.md 3.4).
+the byte count, is what a Python relay pays for (docs/performance.md, "The limit is per-chunk
+interpreter work, not crypto").
 
 `splice_relay(a, b)` is the plaintext TCP<->TCP variant (passthrough to non-mesh destinations):
-`os.splice` moves the bytes socket -> pipe -> socket inside the kernel, at a third of the CPU of
-a user-space copy (performance.md 2.1). It never passes SPLICE_F_MORE: that flag corks the
-output socket and stalled a 1-byte round trip for 0.41 s.
+`os.splice` moves the bytes socket -> pipe -> socket inside the kernel, at a third of the CPU of a
+user-space copy (docs/performance.md, "`os.splice` for plaintext passthrough"). It never passes
+SPLICE_F_MORE: that flag corks the output socket and stalled a 1-byte round trip for 0.41 s.
 """
 
 from __future__ import annotations

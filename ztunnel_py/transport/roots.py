@@ -1,6 +1,6 @@
 """Where the control plane's trust roots come from: ztunnel's `CA_ROOT_CA` / `XDS_ROOT_CA`.
 
-A value is one of (reference sections 3 and 4):
+A value is one of (docs/istio-compat.md, "Environment variables"):
 
 - a file path: read on every connection attempt, so the channel follows a rotated file;
 - `SYSTEM`: the operating system's trust store (a control plane with a publicly trusted

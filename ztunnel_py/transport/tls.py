@@ -2,7 +2,7 @@
 
 Not `trio.SSLStream`: it returns one 16 KiB record per `receive_some`, which capped a TLS hop
 near 1.6 Gbit/s on our VM, while draining every buffered record per wakeup and encrypting each
-large write in one call reached 5-6 Gbit/s (performance.md 2.2 and 3.3). So:
+large write in one call reached 5-6 Gbit/s (docs/performance.md, "TLS on `MemoryBIO`"). So:
 
 - `receive_into` reads as much ciphertext as the socket has (up to the caller's buffer size),
   then decrypts every complete record into the caller's buffer before returning;

@@ -1,6 +1,6 @@
 """The workload xDS client: Delta ADS from the control plane into an `XdsHandler`.
 
-As ztunnel's (reference section 3.2):
+As ztunnel's (docs/istio-compat.md, "Stream flow"):
 - one stream over the control-plane channel (TLS with the CA roots and hostname override, the
   node credential as `authorization: Bearer`), opened with one wildcard request per type
   (Address, then Authorization) carrying the node and `initial_resource_versions`, i.e. every

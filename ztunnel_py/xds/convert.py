@@ -1,8 +1,8 @@
 """The one place where protobuf and our types meet, both ways.
 
-- Model <-> workload API: `Workload` and `Service` <-> `istio.workload.Address`, `Authorization`
-  <-> `istio.security.Authorization` (reference sections 3.3 and 3.4). Decoding checks what the
-  model relies on and raises `ConversionError` with a one-line reason (it becomes a per-resource
+- Model <-> workload API: `Workload` and `Service` <-> `istio.workload.Address`, `Authorization` <->
+  `istio.security.Authorization` (docs/istio-compat.md, "The workload API"). Decoding checks what
+  the model relies on and raises `ConversionError` with a one-line reason (it becomes a per-resource
   NACK reason). Fields our model does not carry (locality, network gateway, load balancing,
   extensions, ...) are ignored on input and not sent.
 - xDS messages <-> the sans-IO bookkeeping types of `ztunnel_py.protocol.xds`: requests both

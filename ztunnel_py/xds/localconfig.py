@@ -1,9 +1,10 @@
 """ztunnel's local-config file (`LOCAL_XDS_PATH` / `LOCAL_XDS`): YAML in, model types out.
 
-The format is ztunnel's own (reference section 9.2): top-level `workloads`, `services` and
-`policies`, camelCase keys, unknown keys rejected, required keys enforced. Every problem becomes a
-`ConfigError` naming the file, the line and column, the field path (`workloads[2].workloadIps[0]`)
-and what was expected; no other exception escapes, whatever the input.
+The format is ztunnel's own (docs/istio-compat.md, "Local configuration file"): top-level
+`workloads`, `services` and `policies`, camelCase keys, unknown keys rejected, required keys
+enforced. Every problem becomes a `ConfigError` naming the file, the line and column, the field path
+(`workloads[2].workloadIps[0]`) and what was expected; no other exception escapes, whatever the
+input.
 
 Keys that ztunnel accepts but ztunnel_py does not act on yet (`networkGateway`, `nativeTunnel`,
 `applicationTunnel`, `locality`, `networkMode` on workloads; `canonical`, `loadBalancer`,

@@ -1,6 +1,7 @@
 """Outbound: a connection from a pod (captured on 15001 or asked for over SOCKS5) to a destination.
 
-Decides where the connection goes (reference 2.7, without waypoints and gateways yet):
+Decides where the connection goes (docs/istio-compat.md, "Outbound decision"; no waypoints or
+gateways yet):
 a service VIP picks a healthy endpoint; a mesh workload (HBONE) gets an HBONE tunnel from a
 socket created inside the source pod's netns, so the source IP stays the pod's; a workload
 without HBONE or an unknown destination gets plain TCP passthrough.
@@ -73,7 +74,8 @@ class Route:
 
 
 def route(state: ProxyState, dst_ip: IPAddress, dst_port: int, network: str = "") -> Route:
-    """Resolve the original destination to an upstream (reference 2.7 steps 2, 3 and 6)."""
+    """Resolve the original destination to an upstream: a service VIP to one of its endpoints,
+    a workload IP to that workload, anything else to itself (passthrough)."""
     service = state.service_by_vip(dst_ip, network)
     if service is not None:
         picked = state.select_endpoint(service, dst_port, _rng)
@@ -102,7 +104,8 @@ def _address_for(workload: Workload, version: int) -> IPAddress:
 
 
 def baggage(workload: Workload) -> str:
-    """W3C baggage describing a workload, keys as ztunnel sends them (reference 2.3)."""
+    """W3C baggage describing a workload, keys as ztunnel sends them (docs/istio-compat.md,
+    "CONNECT request")."""
     pairs = [
         ("k8s.cluster.name", workload.cluster_id),
         ("k8s.namespace.name", workload.namespace),

@@ -1,4 +1,5 @@
-"""ztunnel's local-config file (reference 9.2) as a snapshot source, for development: the
+"""ztunnel's local-config file (docs/istio-compat.md, "Local configuration file") as a
+snapshot source, for development: the
 control plane can serve, over xDS, the same file an agent could load with LOCAL_XDS_PATH.
 
 The file is parsed with the agent's own parser (strict: unknown keys rejected) and re-read when

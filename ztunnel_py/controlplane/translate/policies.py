@@ -10,13 +10,14 @@ source whose only fields were HTTP ones as an empty match, which ztunnel treats 
 matches", so such a DENY rule silently did nothing; we drop the whole clause instead, so the rule
 applies at L4 as istiod's code comment and Istio's documentation promise ("more restrictive").
 
-PeerAuthentication (reference 6.1): the effective mode for a workload is resolved mesh ->
-namespace -> workload (oldest policy wins at each level). STRICT references the static DENY
-policy `<root>/istio_converted_static_strict` ("principal not present" = plaintext); a workload
-policy with port-level exceptions becomes `converted_peer_authentication_<name>`. Where istiod's
-conditions for inheriting the parent mode disagree with its own comments (a namespace policy
-with mode UNSET, a PERMISSIVE workload policy with a STRICT port under a STRICT mesh), we follow
-the documented inheritance, so the converted policy always exists when a workload references it.
+PeerAuthentication (docs/istio-compat.md, "PeerAuthentication"): the effective mode for a workload
+is resolved mesh -> namespace -> workload (oldest policy wins at each level). STRICT references the
+static DENY policy `<root>/istio_converted_static_strict` ("principal not present" = plaintext); a
+workload policy with port-level exceptions becomes `converted_peer_authentication_<name>`. Where
+istiod's conditions for inheriting the parent mode disagree with its own comments (a namespace
+policy with mode UNSET, a PERMISSIVE workload policy with a STRICT port under a STRICT mesh), we
+follow the documented inheritance, so the converted policy always exists when a workload references
+it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,113 @@
+"""A regular `pip install` (not editable) of this repository compiles and loads the capture
+programs, run from a directory outside the checkout: the C sources ship as package data.
+
+The fresh virtual environment is made as `scripts/install.sh` makes one (Debian's python3, with
+bcc linked in from Debian's python3-bpfcc) and gets the package and its dependencies through pip's
+ordinary configuration; pip's cache makes a second run quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ztunnel_py.redirect import bpfsys
+from ztunnel_py.redirect.compile import PROGRAMS
+
+pytestmark = pytest.mark.netns
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+SYSTEM_BCC = Path("/usr/lib/python3/dist-packages/bcc")
+INSTALL_TIMEOUT = 150
+
+
+def run(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    # Without PYTHONPATH (the test run points it at the checkout), only the install is seen.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert done.returncode == 0, f"{argv} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@dataclass(frozen=True)
+class Install:
+    python: Path
+    site_packages: Path
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Iterator[Install]:
+    """A fresh venv with ztunnel_py installed by pip from a copy of the repository's sources
+    (pyproject.toml, README.md, ztunnel_py/), which is deleted once installed."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source)
+    shutil.copytree(
+        REPO / "ztunnel_py",
+        source / "ztunnel_py",
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    venv = tmp_path / "venv"
+    run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)], tmp_path, 60)
+    python = venv / "bin" / "python"
+    purelib = Path(
+        run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            tmp_path,
+            30,
+        ).stdout.strip()
+    )
+    (purelib / "bcc").symlink_to(SYSTEM_BCC)
+    run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+        tmp_path,
+        INSTALL_TIMEOUT,
+    )
+    shutil.rmtree(source)  # the install must stand on its own
+    yield Install(python, purelib)
+
+
+@pytest.mark.skipif(
+    not SYSTEM_PYTHON.exists() or not SYSTEM_BCC.is_dir(),
+    reason="needs Debian's python3 and python3-bpfcc (scripts/install.sh installs them)",
+)
+def test_a_pip_installed_package_compiles_and_loads_the_capture_programs(
+    installed: Install, pin_dir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = run(
+        [str(installed.python), "-c", "import ztunnel_py.redirect as r; print(r.__file__)"],
+        elsewhere,
+        30,
+    ).stdout.strip()
+    # A regular install: the package's files are in the venv, not links back to a checkout.
+    assert Path(where) == installed.site_packages / "ztunnel_py" / "redirect" / "__init__.py"
+    assert (installed.site_packages / "ztunnel_py" / "redirect" / "bpf" / "redirect.h").is_file()
+
+    done = run(
+        [str(installed.python), "-m", "ztunnel_py.redirect.compile", "--pin-dir", str(pin_dir)],
+        elsewhere,
+        120,
+    )
+    report = json.loads(done.stdout)
+    assert set(report["programs"]) == set(PROGRAMS)
+    # The pinned programs are loaded in the kernel, with the tags the child reported.
+    for name, spec in PROGRAMS.items():
+        fd = bpfsys.open_program(pin_dir / name, spec.prog_type)
+        try:
+            assert bpfsys.program_tag(fd) == report["programs"][name]["tag"]
+        finally:
+            os.close(fd)
+    assert {p.name for p in pin_dir.iterdir()} == {*PROGRAMS, "pods", "counters", "listeners"}
