@@ -68,6 +68,8 @@ class LocalReply:
     flag: str = ""
     # why, for the access log's response_code_details
     details: str = ""
+    # for gRPC requests: the grpc-status to answer with (None: mapped from `status`)
+    grpc_status: int | None = None
 
 
 @dataclass(slots=True)

@@ -470,8 +470,12 @@ class HttpProxy:
         if reply.details:
             ctx.details = reply.details
         body = reply.body.encode() if isinstance(reply.body, str) else reply.body
-        if is_grpc(ctx.request) and reply.status >= 300:
-            code = grpc_status_for(reply.status)
+        if is_grpc(ctx.request) and (reply.status >= 300 or reply.grpc_status is not None):
+            code = (
+                reply.grpc_status
+                if reply.grpc_status is not None
+                else grpc_status_for(reply.status)
+            )
             headers = Headers(
                 [
                     ("content-type", "application/grpc"),
