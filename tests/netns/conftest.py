@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.testbed.testbed import Testbed
 
 
@@ -25,6 +26,11 @@ def nomesh_testbed() -> Iterator[Testbed]:
         yield bed
     finally:
         bed.down()
+
+
+def client_ip(answer: dict[str, Any]) -> str:
+    """The IP a pod server's JSON answer says the request came from."""
+    return str(SocketAddr.parse(answer["client"]).host)
 
 
 def pod(bed: Testbed, name: str) -> dict[str, Any]:
