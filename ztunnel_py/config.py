@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import PACKET_MARK
 from ztunnel_py.transport.roots import RootCerts
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -26,12 +28,20 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def parse_host_port(text: str, what: str = "address") -> tuple[str, int]:
-    """Parse `host:port` or `[v6]:port`."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigValueError(f"{what}: {text!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
+def parse_address(text: str, what: str = "address", *, hostname: bool = False) -> SocketAddr:
+    """`IP:PORT` or `[IPv6]:PORT` (and `NAME:PORT` with `hostname`) as a socket address."""
+    try:
+        return SocketAddr.parse(text, hostname=hostname, what=what)
+    except ValueError as e:
+        raise ConfigValueError(str(e)) from None
+
+
+def parse_control_plane_address(text: str, what: str) -> SocketAddr:
+    """Where the control plane's CA or xDS server is: `HOST:PORT`, or `https://HOST:PORT` as
+    ztunnel's CA_ADDRESS and XDS_ADDRESS are written."""
+    if "://" in text and not text.startswith("https://"):
+        raise ConfigValueError(f"{what}: {text!r}: only https:// (TLS) is supported")
+    return parse_address(text.removeprefix("https://").rstrip("/"), what, hostname=True)
 
 
 DEFAULT_TERMINATION_DEADLINE = timedelta(seconds=5)
@@ -83,27 +93,27 @@ def parse_headers(items: Sequence[str], what: str) -> tuple[tuple[str, str], ...
 class AgentConfig:
     node: str
     local_config: Path | None
-    ca_address: tuple[str, int]
+    ca_address: SocketAddr
     ca_root_cert: RootCerts
     ca_hostname: str
     auth_token: Path
     secret_ttl: timedelta
     enroll_socket: Path
     state_dir: Path
-    admin_address: tuple[str, int]
-    metrics_address: tuple[str, int]
-    readiness_address: tuple[str, int]
+    admin_address: SocketAddr
+    metrics_address: SocketAddr
+    readiness_address: SocketAddr
     capture: bool = True
     bpf_pin_root: Path = Path("/sys/fs/bpf/ztunnel-py")
     trust_domain: str = "cluster.local"
-    packet_mark: int = 0x539
+    packet_mark: int = PACKET_MARK
     pool_max_streams: int = 100
     pool_idle_timeout: timedelta = timedelta(minutes=5)
     connect_timeout: timedelta = timedelta(seconds=10)
     workload_wait: timedelta = timedelta(seconds=5)
     termination_deadline: timedelta = DEFAULT_TERMINATION_DEADLINE
     # workload xDS (None: state from local_config); its roots default to ca_root_cert
-    xds_address: tuple[str, int] | None = None
+    xds_address: SocketAddr | None = None
     xds_root_cert: RootCerts | None = None
     # extra gRPC metadata on CA calls and on the xDS stream (CA_HEADER_*, XDS_HEADER_*)
     ca_headers: tuple[tuple[str, str], ...] = ()

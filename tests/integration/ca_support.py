@@ -18,6 +18,7 @@ from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore, TokenAu
 from ztunnel_py.controlplane.registry import LocalConfigRegistry
 from ztunnel_py.identity.caclient import GrpcCaClient
 from ztunnel_py.identity.pki import ROOT_CERT_FILE
+from ztunnel_py.model.address import SocketAddr
 
 TRUST_DOMAIN = "cluster.local"
 
@@ -53,8 +54,8 @@ class RunningCa:
     registry: LocalConfigRegistry
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def address(self) -> SocketAddr:
+        return SocketAddr("127.0.0.1", self.port)
 
     @property
     def root_path(self) -> Path:

@@ -16,10 +16,14 @@ from prometheus_client import CollectorRegistry
 from ztunnel_py.admin import ConfigDump, Readiness, serve_admin, serve_metrics, serve_readiness
 from ztunnel_py.admin.http import Limits, Request, Response, Router, serve_http
 from ztunnel_py.admin.readiness import readiness_router
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.logs import LogLevels
 from ztunnel_py.telemetry.metrics import Metrics
 from ztunnel_py.xds.localconfig import parse_local_config
+
+# listen on loopback, on any free port
+ANY_LOOPBACK_PORT = SocketAddr("127.0.0.1", 0)
 
 LOCAL = """
 workloads:
@@ -92,7 +96,7 @@ async def admin(nursery: trio.Nursery) -> AsyncIterator[Admin]:
             config_dump=dump,
             log_levels=levels,
             shutdown=lambda: shutdowns.append("bye"),
-            port=0,
+            address=ANY_LOOPBACK_PORT,
             task_status=task_status,
         )
     )
@@ -211,7 +215,7 @@ async def test_oversized_body_is_refused(nursery: trio.Nursery) -> None:
     limits = Limits(max_body_bytes=1024)
     listeners = await nursery.start(
         lambda task_status: serve_http(
-            router, "127.0.0.1", 0, name="t", limits=limits, task_status=task_status
+            router, ANY_LOOPBACK_PORT, name="t", limits=limits, task_status=task_status
         )
     )
     url = f"http://127.0.0.1:{port_of(listeners)}/echo"
@@ -233,7 +237,7 @@ async def test_handler_error_is_500_and_server_survives(nursery: trio.Nursery) -
             config_dump=dump,
             log_levels=LogLevels(),
             shutdown=lambda: None,
-            port=0,
+            address=ANY_LOOPBACK_PORT,
             task_status=task_status,
         )
     )
@@ -250,8 +254,7 @@ async def test_slow_and_silent_clients_do_not_block_others(nursery: trio.Nursery
     listeners = await nursery.start(
         lambda task_status: serve_http(
             readiness_router(readiness),
-            "127.0.0.1",
-            0,
+            ANY_LOOPBACK_PORT,
             name="t",
             limits=limits,
             task_status=task_status,
@@ -278,7 +281,7 @@ async def test_too_many_connections_get_503(nursery: trio.Nursery) -> None:
     limits = Limits(max_connections=2, request_timeout=5)
     listeners = await nursery.start(
         lambda task_status: serve_http(
-            Router(), "127.0.0.1", 0, name="t", limits=limits, task_status=task_status
+            Router(), ANY_LOOPBACK_PORT, name="t", limits=limits, task_status=task_status
         )
     )
     port = port_of(listeners)
@@ -298,7 +301,9 @@ async def test_readiness_transitions(nursery: trio.Nursery) -> None:
     xds = readiness.register("xds")
     readiness.register("workload proxy manager")
     listeners = await nursery.start(
-        lambda task_status: serve_readiness(readiness=readiness, port=0, task_status=task_status)
+        lambda task_status: serve_readiness(
+            readiness=readiness, address=ANY_LOOPBACK_PORT, task_status=task_status
+        )
     )
     url = f"http://127.0.0.1:{port_of(listeners)}/healthz/ready"
     assert await curl(url) == (500, "not ready, pending: xds, workload proxy manager\n")
@@ -319,7 +324,9 @@ async def test_metrics_text_and_openmetrics(nursery: trio.Nursery) -> None:
     registry = CollectorRegistry()
     Metrics(registry, tag="1.2.3")
     listeners = await nursery.start(
-        lambda task_status: serve_metrics(registry=registry, port=0, task_status=task_status)
+        lambda task_status: serve_metrics(
+            registry=registry, address=ANY_LOOPBACK_PORT, task_status=task_status
+        )
     )
     base = f"http://127.0.0.1:{port_of(listeners)}"
     for path in ("/metrics", "/stats/prometheus"):
@@ -344,4 +351,4 @@ async def test_bind_conflict_is_an_oserror() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(OSError):
-            await serve_readiness(readiness=Readiness(), host="127.0.0.1", port=port)
+            await serve_readiness(readiness=Readiness(), address=SocketAddr("127.0.0.1", port))

@@ -17,6 +17,7 @@ from tests.integration.ca_support import free_port, write_workloads
 from ztunnel_py.identity.caclient import CaError, GrpcCaClient
 from ztunnel_py.identity.pki import generate_key, identities_from_cert, make_csr
 from ztunnel_py.model import Identity
+from ztunnel_py.model.address import SocketAddr
 
 ALICE = Identity("cluster.local", "demo", "alice")
 BOB = Identity("cluster.local", "demo", "bob")
@@ -87,7 +88,7 @@ async def test_controlplane_cli_end_to_end(
     token_file = tmp_path / "token"
     token_file.write_text(token)
 
-    client = GrpcCaClient(f"127.0.0.1:{port}", root, token_file)
+    client = GrpcCaClient(SocketAddr("127.0.0.1", port), root, token_file)
     chain = await client.sign(make_csr(generate_key(), ALICE), ALICE, timedelta(hours=1))
     assert identities_from_cert(chain[0]) == [ALICE]
     assert chain[-1] == root.read_text()

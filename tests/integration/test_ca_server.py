@@ -130,7 +130,7 @@ def raw_call(ca: RunningCa, request: citadel_pb2.IstioCertificateRequest, token:
     """Send a hand-built request; returns the status name."""
     creds = grpc.ssl_channel_credentials(root_certificates=ca.root_path.read_bytes())
     options = [("grpc.ssl_target_name_override", "istiod.istio-system.svc")]
-    with grpc.secure_channel(ca.address, creds, options=options) as channel:
+    with grpc.secure_channel(ca.address.grpc_target, creds, options=options) as channel:
         call = channel.unary_unary(
             CREATE_CERTIFICATE,
             request_serializer=citadel_pb2.IstioCertificateRequest.SerializeToString,

@@ -19,6 +19,7 @@ from tests.integration.ca_support import free_port
 from ztunnel_py.identity.caclient import CaError, GrpcCaClient
 from ztunnel_py.identity.pki import generate_key, make_csr
 from ztunnel_py.model import Identity
+from ztunnel_py.model.address import SocketAddr
 
 CLI = [sys.executable, "-m", "ztunnel_py.cli", "controlplane"]
 WEB = Identity("cluster.local", "demo", "web")
@@ -161,7 +162,9 @@ async def test_ca_follows_pods_in_the_config_dir(
     token = issued.stdout.decode().strip()
     (tmp_path / "token").write_text(token)
     client = GrpcCaClient(
-        f"127.0.0.1:{port}", tmp_path / "data" / "ca" / "root-cert.pem", tmp_path / "token"
+        SocketAddr("127.0.0.1", port),
+        tmp_path / "data" / "ca" / "root-cert.pem",
+        tmp_path / "token",
     )
     try:
         with pytest.raises(CaError, match="PERMISSION_DENIED"):

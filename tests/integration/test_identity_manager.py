@@ -20,6 +20,7 @@ from ztunnel_py.identity.caclient import CertificateSigner, GrpcCaClient
 from ztunnel_py.identity.manager import CertificateManager, CertState, IdentityError
 from ztunnel_py.identity.pki import load_certificate
 from ztunnel_py.model import Identity
+from ztunnel_py.model.address import SocketAddr
 
 NODE = "node-1"
 ACCOUNTS = [f"sa{i}" for i in range(12)]
@@ -214,7 +215,7 @@ async def test_backs_off_while_the_ca_is_down_then_recovers(tmp_path: Path, conf
     token = tmp_path / "token"
     token.write_text(NodeTokenStore(data / TOKEN_FILE).issue(NODE, timedelta(hours=1)))
     recorder = Recorder(
-        GrpcCaClient(f"127.0.0.1:{port}", data / CA_SUBDIR / "root-cert.pem", token)
+        GrpcCaClient(SocketAddr("127.0.0.1", port), data / CA_SUBDIR / "root-cert.pem", token)
     )
     running: RunningCa | None = None
     try:

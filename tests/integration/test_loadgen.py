@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from ztunnel_py.bench.loadgen import LatencyReport, run_connections, run_latency
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.testbed.podserver import MAX_BYTES, PodHTTPServer
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -51,13 +52,13 @@ def podserver() -> Iterator[CountingPodServer]:
         thread.join(timeout=5)
 
 
-def _target(srv: PodHTTPServer) -> tuple[str, int]:
-    return "127.0.0.1", srv.server_address[1]
+def _target(srv: PodHTTPServer) -> SocketAddr:
+    return SocketAddr("127.0.0.1", srv.server_address[1])
 
 
-async def _serve(nursery: trio.Nursery, handler: Handler) -> tuple[str, int]:
+async def _serve(nursery: trio.Nursery, handler: Handler) -> SocketAddr:
     listeners = await nursery.start(trio.serve_tcp, handler, 0)
-    return "127.0.0.1", listeners[0].socket.getsockname()[1]
+    return SocketAddr("127.0.0.1", listeners[0].socket.getsockname()[1])
 
 
 async def _read_request(stream: trio.SocketStream, pending: bytearray) -> bool:
@@ -80,7 +81,7 @@ def _assert_ordered(report: LatencyReport) -> None:
 def test_pod_server_bytes_answers_exact_sizes_and_rejects_bad_ones(
     podserver: CountingPodServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    conn = http.client.HTTPConnection(*_target(podserver), timeout=5)
+    conn = http.client.HTTPConnection(str(_target(podserver)), timeout=5)
     try:
         for size in (0, 1, 1024, MAX_BYTES):
             conn.request("GET", f"/bytes/{size}")
@@ -145,7 +146,7 @@ async def test_a_slow_server_shows_as_queueing_not_as_its_service_time() -> None
 async def test_a_refused_target_gives_errors_and_ends_on_schedule() -> None:
     with socket.socket() as reserved:
         reserved.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
-        target = ("127.0.0.1", reserved.getsockname()[1])
+        target = SocketAddr("127.0.0.1", reserved.getsockname()[1])
         began = time.monotonic()
         report = await run_latency(target, "/", rate=100, connections=4, duration=0.5, warmup=0)
         latency_took = time.monotonic() - began

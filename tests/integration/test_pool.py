@@ -15,6 +15,8 @@ from tests.integration.hbone_support import (
     echo_handler,
     hbone_server,
 )
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import HBONE_PORT
 from ztunnel_py.transport.hbone import (
     HboneClientConnection,
     HboneRequest,
@@ -28,7 +30,7 @@ from ztunnel_py.transport.pool import HbonePool, PoolKey
 KEY = PoolKey(
     source_identity=CLIENT_ID,
     destination_identities=frozenset({SERVER_ID}),
-    destination=(ipaddress.ip_address("127.0.0.1"), 15008),
+    destination=SocketAddr("127.0.0.1", HBONE_PORT),
     source_ip=ipaddress.ip_address("10.0.0.1"),
 )
 

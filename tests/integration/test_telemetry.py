@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ztunnel_py.admin import serve_metrics
 from ztunnel_py.model import Identity, NetworkAddress, Service, Workload
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.redirect.maps import PodCounters
 from ztunnel_py.telemetry import accesslog
 from ztunnel_py.telemetry.labels import (
@@ -405,7 +406,7 @@ async def test_scrape_after_traffic_with_curl(
     conn.add_bytes(10, 20)
     listeners = await nursery.start(
         lambda task_status: serve_metrics(
-            registry=registry, host="127.0.0.1", port=0, task_status=task_status
+            registry=registry, address=SocketAddr("127.0.0.1", 0), task_status=task_status
         )
     )
     port = listeners[0].socket.getsockname()[1]

@@ -50,18 +50,18 @@ def test_answers_with_pod_and_peer_over_one_keepalive_connection(server: PodHTTP
         conn.close()
 
 
-def test_dual_stack_server_reports_both_families_plainly() -> None:
+def test_dual_stack_server_reports_ipv4_clients_plainly_and_brackets_ipv6() -> None:
     srv = PodHTTPServer(("::", 0), "echo-1", "apps", "node1")
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
         port = srv.server_address[1]
-        for host in ("127.0.0.1", "::1"):
+        for host, shown in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")):
             conn = http.client.HTTPConnection(host, port, timeout=5)
             try:
                 conn.request("GET", "/")
                 body = json.loads(conn.getresponse().read())
-                assert body["client"] == f"{host}:{conn.sock.getsockname()[1]}"
+                assert body["client"] == f"{shown}:{conn.sock.getsockname()[1]}"
             finally:
                 conn.close()
     finally:

@@ -117,7 +117,7 @@ def test_agent_follows_the_control_plane(
     source.replace(**by_key([workload(1), workload(2)], [service()], [policy()]))
     wait_for(lambda: agent.get(agent.readiness, "/healthz/ready")[0] == 200, 5, "readiness")
     assert [p["name"] for p in agent.config_dump()["policies"]] == [policy().name]
-    assert agent.config_dump()["config"]["xdsAddress"] == cp.address
+    assert agent.config_dump()["config"]["xdsAddress"] == str(cp.address)
 
     # add, change and delete each show in /config_dump within a second
     source.replace(**by_key([workload(1), workload(2), workload(3)], [service()], [policy()]))

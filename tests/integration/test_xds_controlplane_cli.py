@@ -23,6 +23,7 @@ from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore
 from ztunnel_py.identity.caclient import CaError, GrpcCaClient
 from ztunnel_py.identity.pki import generate_key, make_csr
 from ztunnel_py.model import Identity
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.state.feed import StateFeed
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.transport.grpc_channel import ControlPlaneChannel
@@ -98,7 +99,10 @@ async def test_the_ca_client_recovers_after_a_control_plane_restart(
 ) -> None:
     await trio.to_thread.run_sync(cp.start)
     ca = GrpcCaClient(
-        f"127.0.0.1:{cp.port}", cp.root, token_for(cp, tmp_path), timeout=timedelta(seconds=5)
+        SocketAddr("127.0.0.1", cp.port),
+        cp.root,
+        token_for(cp, tmp_path),
+        timeout=timedelta(seconds=5),
     )
 
     async def sign() -> list[str]:
@@ -126,7 +130,7 @@ async def test_the_xds_client_resyncs_after_a_control_plane_restart(
 ) -> None:
     await trio.to_thread.run_sync(cp.start)
     channel = ControlPlaneChannel(
-        f"127.0.0.1:{cp.port}",
+        SocketAddr("127.0.0.1", cp.port),
         cp.root,
         token_for(cp, tmp_path),
         purpose="xDS",

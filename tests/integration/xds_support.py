@@ -33,6 +33,7 @@ from ztunnel_py.model import (
     NetworkAddress,
     PolicyScope,
     Service,
+    SocketAddr,
     TunnelProtocol,
     Workload,
 )
@@ -125,7 +126,7 @@ class ControlPlane:
             f"127.0.0.1:{self.port}", ServingCredentials(ca, []).credentials()
         )
         self.server.start()
-        self.monitoring = MonitoringServer("127.0.0.1", 0, self.registry, lambda: True)
+        self.monitoring = MonitoringServer(SocketAddr("127.0.0.1", 0), self.registry, lambda: True)
         self.monitoring.add_json("/debug/xds", self.xds.debug)
         self.monitoring.start()
         return self
@@ -142,8 +143,8 @@ class ControlPlane:
             self.monitoring = None
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def address(self) -> SocketAddr:
+        return SocketAddr("127.0.0.1", self.port)
 
     @property
     def root_path(self) -> Path:

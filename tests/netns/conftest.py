@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.redirect.bpffs import ensure_bpffs, unmount
 from ztunnel_py.testbed.testbed import Testbed
 
@@ -28,6 +29,11 @@ def nomesh_testbed() -> Iterator[Testbed]:
         yield bed
     finally:
         bed.down()
+
+
+def client_ip(answer: dict[str, Any]) -> str:
+    """The IP a pod server's JSON answer says the request came from."""
+    return str(SocketAddr.parse(answer["client"]).host)
 
 
 def pod(bed: Testbed, name: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns.conftest import unique_prefix
+from tests.netns.conftest import client_ip, unique_prefix
 from ztunnel_py.testbed import mesh, runtime
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import PodPlan
@@ -260,14 +260,14 @@ def test_plain_clients_over_ipv6_and_from_outside_the_mesh(bed: Testbed) -> None
     # A meshed pod over IPv6: captured, carried over HBONE, the source address preserved.
     answer = get(bed, web.name, f"http://[{echo.ipv6}]:8080/v6")
     assert answer["pod"] == echo.name
-    assert answer["client"].rpartition(":")[0] == web.ipv6
+    assert client_ip(answer) == web.ipv6
     hbone = inbound_log_lines(bed, f"dst.hbone_addr=[{echo.ipv6}]:8080")
     assert any("spiffe://cluster.local/ns/apps/sa/web" in line for line in hbone)
     # legacy-1 is not enrolled: its plaintext reaches the meshed pod (PERMISSIVE), both families.
     for target in (echo.ip, f"[{echo.ipv6}]"):
         answer = get(bed, legacy.name, f"http://{target}:8080/plain")
         assert answer["pod"] == echo.name
-        assert answer["client"].rpartition(":")[0] in legacy.ips
+        assert client_ip(answer) in legacy.ips
     plain = inbound_log_lines(bed, "src.workload=legacy-1")
     assert plain and not any("src.identity=" in line for line in plain)
 

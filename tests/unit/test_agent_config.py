@@ -1,5 +1,6 @@
-"""The agent's configuration as ztunnel's environment gives it: control-plane roots (file,
-SYSTEM, inline PEM), extra headers (CA_HEADER_*, XDS_HEADER_*), and what is refused."""
+"""The agent's configuration as ztunnel's environment gives it: control-plane addresses (IPv4,
+bracketed IPv6, names, https://), roots (file, SYSTEM, inline PEM), extra headers (CA_HEADER_*,
+XDS_HEADER_*), and what is refused."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ztunnel_py.agent.app import config_from_args
+from ztunnel_py.agent.app import _config_dump, config_from_args
 from ztunnel_py.agent.args import add_agent_arguments
 from ztunnel_py.config import ConfigValueError, parse_headers
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.transport.roots import RootCerts, RootCertsError
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
@@ -97,3 +99,40 @@ def test_a_bad_header_stops_the_agent_naming_the_flag(monkeypatch: pytest.Monkey
     monkeypatch.setenv("XDS_HEADER_GRPC-TIMEOUT", "1S")
     with pytest.raises(ConfigValueError, match="--xds-header: 'GRPC-TIMEOUT=1S'"):
         config_from_args(parse([]))
+
+
+@pytest.mark.parametrize(
+    ("flag", "target"),
+    [
+        ("[fd00::2]:15012", "ipv6:[fd00::2]:15012"),
+        ("https://[fd00::2]:15012/", "ipv6:[fd00::2]:15012"),
+        ("10.250.0.2:15012", "ipv4:10.250.0.2:15012"),
+        ("https://istiod.istio-system.svc:15012", "dns:///istiod.istio-system.svc:15012"),
+    ],
+)
+def test_control_plane_addresses_keep_their_host(flag: str, target: str) -> None:
+    config = config_from_args(parse(["--xds-address", flag, "--ca-address", flag]))
+    assert config.xds_address is not None
+    # What the agent dials: an IPv6 address stays in brackets.
+    assert config.xds_address.grpc_target == target
+    assert config.ca_address == config.xds_address
+    assert _config_dump(config)["xdsAddress"] == target.partition(":")[2].removeprefix("///")
+
+
+def test_the_ca_address_defaults_to_localhost() -> None:
+    assert config_from_args(parse([])).ca_address == SocketAddr("localhost", 15012)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--xds-address", "fd00::2:15012"], r"--xds-address: .* goes in brackets"),
+        (["--xds-address", "http://cp:15012"], "only https:// \\(TLS\\) is supported"),
+        (["--ca-address", "cp"], r"--ca-address: 'cp' is not HOST:PORT, IP:PORT or \[IPv6\]:PORT"),
+        (["--admin-address", "localhost:15000"], r"--admin-address: .*an IP address, not a name"),
+        (["--metrics-address", "0.0.0.0:0"], "--metrics-address: .* from 1 to 65535"),
+    ],
+)
+def test_bad_addresses_stop_the_agent_naming_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigValueError, match=message):
+        config_from_args(parse(argv))

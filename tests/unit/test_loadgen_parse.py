@@ -1,4 +1,4 @@
-"""The load generator's sans-IO parts: response heads, targets and argument bounds."""
+"""The load generator's sans-IO parts: response heads and argument bounds."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from ztunnel_py.bench.loadgen import (
     check_connection_arguments,
     check_latency_arguments,
     parse_response_head,
-    parse_target,
 )
 
 OK_1K = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1024\r\n\r\n"
@@ -94,14 +93,6 @@ def test_a_head_without_end_is_refused_once_it_reaches_the_limit() -> None:
     assert parse_response_head(endless[: MAX_HEAD - 1]) is None
     with pytest.raises(ResponseError, match="no end of the response head"):
         parse_response_head(endless)
-
-
-def test_targets_are_ip_and_port() -> None:
-    assert parse_target("10.0.1.5:8080") == ("10.0.1.5", 8080)
-    assert parse_target("[fd00::1]:8080") == ("fd00::1", 8080)
-    for bad in ("pod-a:8080", "10.0.1.5", "10.0.1.5:0", "10.0.1.5:65536", "fd00::1", ":80", ""):
-        with pytest.raises(ValueError, match="target"):
-            parse_target(bad)
 
 
 def test_arguments_out_of_bounds_are_named() -> None:

@@ -122,3 +122,19 @@ def test_dual_stack_gives_every_address_an_ipv6_twin() -> None:
         "echo": ["/10.96.0.10", "/fd00:10:96::10"],
         "store": ["/10.96.0.20", "/fd00:10:96::20"],
     }
+    assert t.controlplane_ips == ("10.250.0.2", "fd00:10:250::2")
+
+
+def test_the_control_plane_is_addressed_over_ipv4_unless_asked() -> None:
+    v4 = plan("zt-", dual_stack=True)
+    assert (str(v4.controlplane_address), str(v4.controlplane_monitoring)) == (
+        "10.250.0.2:15012",
+        "10.250.0.2:15014",
+    )
+    v6 = plan("zt-", dual_stack=True, controlplane_ipv6=True)
+    assert (str(v6.controlplane_address), str(v6.controlplane_monitoring)) == (
+        "[fd00:10:250::2]:15012",
+        "[fd00:10:250::2]:15014",
+    )
+    with pytest.raises(TestbedError, match="--controlplane-ipv6 needs --dual-stack"):
+        plan("zt-", controlplane_ipv6=True)

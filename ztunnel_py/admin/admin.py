@@ -16,12 +16,13 @@ from typing import Any
 import trio
 
 from ztunnel_py.admin.http import Request, Response, Router, serve_http
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import ADMIN_PORT
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 15000
+DEFAULT_ADDRESS = SocketAddr("127.0.0.1", ADMIN_PORT)
 
 
 class ConfigDump:
@@ -108,10 +109,9 @@ async def serve_admin(
     config_dump: ConfigDump,
     log_levels: LogLevels,
     shutdown: Callable[[], None],
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    address: SocketAddr = DEFAULT_ADDRESS,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the admin endpoints until cancelled; `shutdown()` runs after /quitquitquit replies."""
     router = admin_router(config_dump, log_levels, shutdown)
-    await serve_http(router, host, port, name="admin", task_status=task_status)
+    await serve_http(router, address, name="admin", task_status=task_status)

@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
+from ztunnel_py.model.address import SocketAddr
+
 log = logging.getLogger(__name__)
 
 
@@ -86,17 +88,17 @@ class _BadRequest(Exception):
 
 async def serve_http(
     router: Router,
-    host: str,
-    port: int,
+    address: SocketAddr,
     *,
     name: str,
     limits: Limits | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Bind host:port, report the listeners through `task_status`, serve until cancelled."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    """Bind `address`, report the listeners through `task_status`, serve until cancelled."""
+    listeners = await trio.open_tcp_listeners(address.port, host=str(address.host))
     for listener in listeners:
-        log.info("%s listening on %s", name, listener.socket.getsockname()[:2])
+        host, port = listener.socket.getsockname()[:2]
+        log.info("%s listening on %s", name, SocketAddr(host, port))
     server = _Server(router, limits or Limits(), name)
     await trio.serve_listeners(server.handle, listeners, task_status=task_status)
 

@@ -12,11 +12,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 
 from ztunnel_py.admin.http import Request, Response, Router, serve_http
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import METRICS_PORT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 15020
+DEFAULT_ADDRESS = SocketAddr("0.0.0.0", METRICS_PORT)
 
 
 def metrics_router(registry: CollectorRegistry) -> Router:
@@ -37,8 +38,7 @@ def metrics_router(registry: CollectorRegistry) -> Router:
 async def serve_metrics(
     *,
     registry: CollectorRegistry,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    address: SocketAddr = DEFAULT_ADDRESS,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve_http(metrics_router(registry), host, port, name="metrics", task_status=task_status)
+    await serve_http(metrics_router(registry), address, name="metrics", task_status=task_status)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import trio
 
 from ztunnel_py.admin.http import Request, Response, Router, serve_http
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import READINESS_PORT
 
-DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 15021
+DEFAULT_ADDRESS = SocketAddr("0.0.0.0", READINESS_PORT)
 
 
 class Readiness:
@@ -56,9 +57,8 @@ def readiness_router(readiness: Readiness) -> Router:
 async def serve_readiness(
     *,
     readiness: Readiness,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    address: SocketAddr = DEFAULT_ADDRESS,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     router = readiness_router(readiness)
-    await serve_http(router, host, port, name="readiness", task_status=task_status)
+    await serve_http(router, address, name="readiness", task_status=task_status)

@@ -33,9 +33,10 @@ from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.config import (
     AgentConfig,
     ConfigValueError,
+    parse_address,
+    parse_control_plane_address,
     parse_duration,
     parse_headers,
-    parse_host_port,
     termination_deadline,
 )
 from ztunnel_py.identity.caclient import GrpcCaClient
@@ -54,14 +55,6 @@ from ztunnel_py.xds.localconfig import ConfigError
 log = logging.getLogger("ztunnel_py.agent")
 
 
-def _xds_address(text: str) -> tuple[str, int] | None:
-    if not text:
-        return None
-    if "://" in text and not text.startswith("https://"):
-        raise ConfigValueError(f"--xds-address: {text!r}: only https:// (TLS) is supported")
-    return parse_host_port(text.removeprefix("https://").rstrip("/"), "--xds-address")
-
-
 def _roots(value: str, what: str) -> RootCerts:
     try:
         return RootCerts.parse(value)
@@ -72,7 +65,9 @@ def _roots(value: str, what: str) -> RootCerts:
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if not args.node:
         raise ConfigValueError("--node (env NODE_NAME) is required: the name of this node")
-    xds_address = _xds_address(args.xds_address)
+    xds_address = (
+        parse_control_plane_address(args.xds_address, "--xds-address") if args.xds_address else None
+    )
     if xds_address is not None and args.local_config:
         raise ConfigValueError(
             "--xds-address (env XDS_ADDRESS) and --local-config (env LOCAL_XDS_PATH) are both "
@@ -81,16 +76,16 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         node=args.node,
         local_config=Path(args.local_config) if args.local_config else None,
-        ca_address=parse_host_port(args.ca_address, "--ca-address"),
+        ca_address=parse_control_plane_address(args.ca_address, "--ca-address"),
         ca_root_cert=_roots(args.ca_root_cert, "--ca-root-cert"),
         ca_hostname=args.ca_hostname,
         auth_token=Path(args.auth_token),
         secret_ttl=parse_duration(args.secret_ttl, "--secret-ttl"),
         enroll_socket=Path(args.enroll_socket),
         state_dir=Path(args.state_dir),
-        admin_address=parse_host_port(args.admin_address, "--admin-address"),
-        metrics_address=parse_host_port(args.metrics_address, "--metrics-address"),
-        readiness_address=parse_host_port(args.readiness_address, "--readiness-address"),
+        admin_address=parse_address(args.admin_address, "--admin-address"),
+        metrics_address=parse_address(args.metrics_address, "--metrics-address"),
+        readiness_address=parse_address(args.readiness_address, "--readiness-address"),
         capture=not args.no_capture,
         bpf_pin_root=Path(args.bpf_pin_root),
         xds_address=xds_address,
@@ -121,11 +116,11 @@ def prepare(
     state = ProxyState()
     if config.xds_address is not None:
         log.info(
-            "starting ztunnel-py %s %s on node %s: workloads from xDS at %s:%d",
+            "starting ztunnel-py %s %s on node %s: workloads from xDS at %s",
             program,
             __version__,
             config.node,
-            *config.xds_address,
+            config.xds_address,
         )
     elif config.local_config is None:
         print(
@@ -212,7 +207,7 @@ async def run_proxy(
     readiness = Readiness()
     ready_task = readiness.register("workload proxy manager")
     signer = GrpcCaClient(
-        f"{config.ca_address[0]}:{config.ca_address[1]}",
+        config.ca_address,
         config.ca_root_cert,
         config.auth_token,
         hostname=config.ca_hostname,
@@ -223,7 +218,7 @@ async def run_proxy(
     xds_channel: ControlPlaneChannel | None = None
     if config.xds_address is not None:
         xds_channel = ControlPlaneChannel(
-            f"{config.xds_address[0]}:{config.xds_address[1]}",
+            config.xds_address,
             config.xds_root_cert or config.ca_root_cert,
             config.auth_token,
             hostname=config.xds_hostname,
@@ -268,24 +263,21 @@ async def run_proxy(
                     config_dump=dump,
                     log_levels=levels,
                     shutdown=lambda: shutdown.request("/quitquitquit"),
-                    host=config.admin_address[0],
-                    port=config.admin_address[1],
+                    address=config.admin_address,
                     task_status=task_status,
                 )
             )
             await nursery.start(
                 lambda task_status: serve_metrics(
                     registry=registry,
-                    host=config.metrics_address[0],
-                    port=config.metrics_address[1],
+                    address=config.metrics_address,
                     task_status=task_status,
                 )
             )
             await nursery.start(
                 lambda task_status: serve_readiness(
                     readiness=readiness,
-                    host=config.readiness_address[0],
-                    port=config.readiness_address[1],
+                    address=config.readiness_address,
                     task_status=task_status,
                 )
             )
@@ -360,10 +352,8 @@ def _config_dump(config: AgentConfig) -> dict[str, Any]:
     return {
         "nodeName": config.node,
         "localConfig": str(config.local_config or ""),
-        "xdsAddress": f"{config.xds_address[0]}:{config.xds_address[1]}"
-        if config.xds_address
-        else "",
-        "caAddress": f"{config.ca_address[0]}:{config.ca_address[1]}",
+        "xdsAddress": str(config.xds_address or ""),
+        "caAddress": str(config.ca_address),
         "secretTtl": f"{int(config.secret_ttl.total_seconds())}s",
         "inpodUds": str(config.enroll_socket),
         "trustDomain": config.trust_domain,

@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from ztunnel_py.admin import admin, metrics, readiness
+from ztunnel_py.model.ports import CONTROL_PLANE_PORT
+
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
@@ -139,9 +142,9 @@ def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ca-address",
-        default=_env("CA_ADDRESS", "localhost:15012"),
+        default=_env("CA_ADDRESS", f"localhost:{CONTROL_PLANE_PORT}"),
         metavar="HOST:PORT",
-        help="the control plane's CA (env CA_ADDRESS)",
+        help="the control plane's CA at HOST:PORT or https://HOST:PORT (env CA_ADDRESS)",
     )
     _add_server_arguments(parser, "ca", "CA", "the CA", "certificate requests")
     parser.add_argument(
@@ -176,9 +179,10 @@ def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         help="the pod's terminationGracePeriodSeconds, from which the default termination "
         "deadline is derived as ztunnel does (env TERMINATION_GRACE_PERIOD_SECONDS)",
     )
-    parser.add_argument("--admin-address", default="127.0.0.1:15000", metavar="HOST:PORT")
-    parser.add_argument("--metrics-address", default="0.0.0.0:15020", metavar="HOST:PORT")
-    parser.add_argument("--readiness-address", default="0.0.0.0:15021", metavar="HOST:PORT")
+    for name, server in (("admin", admin), ("metrics", metrics), ("readiness", readiness)):
+        parser.add_argument(
+            f"--{name}-address", default=str(server.DEFAULT_ADDRESS), metavar="IP:PORT"
+        )
     parser.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", _env("RUST_LOG", "info")),

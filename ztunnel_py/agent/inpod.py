@@ -32,8 +32,8 @@ from ztunnel_py.agent.proxy.socks5 import serve_socks5
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.linux.netns import NetnsError
-from ztunnel_py.model import IPAddress
-from ztunnel_py.model.workload import canonical_ip
+from ztunnel_py.model.address import IPAddress, canonical_ip
+from ztunnel_py.model.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, SOCKS5_PORT
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.protocol.zds import PodInfo
 from ztunnel_py.redirect.maps import PodCounters, RedirectError
@@ -46,11 +46,6 @@ from ztunnel_py.transport.podsockets import (
 )
 
 log = logging.getLogger("ztunnel_py.inpod")
-
-OUTBOUND_PORT = 15001
-INBOUND_PLAINTEXT_PORT = 15006
-INBOUND_HBONE_PORT = 15008
-SOCKS5_PORT = 15080
 
 
 @dataclass(slots=True)
@@ -318,7 +313,7 @@ class PodManager:
     def _listeners(self, netns: PodNetns) -> dict[int, trio.socket.SocketType]:
         made: dict[int, trio.socket.SocketType] = {}
         try:
-            for port in (INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT):
+            for port in (HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT):
                 made[port] = netns.listener("::", port, transparent=not self.redirected)
             made[SOCKS5_PORT] = netns.listener("127.0.0.1", SOCKS5_PORT, transparent=False)
         except NetnsError:
@@ -354,9 +349,7 @@ class PodManager:
         try:
             with pod.cancel:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(
-                        self._accept, listeners[INBOUND_HBONE_PORT], inbound.serve_hbone
-                    )
+                    nursery.start_soon(self._accept, listeners[HBONE_PORT], inbound.serve_hbone)
                     nursery.start_soon(
                         self._accept, listeners[INBOUND_PLAINTEXT_PORT], inbound.serve_plaintext
                     )

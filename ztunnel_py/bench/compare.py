@@ -54,6 +54,8 @@ from ztunnel_py.bench.results import (
     PathCheck,
     Settings,
 )
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import METRICS_PORT
 from ztunnel_py.testbed import namespaces
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
@@ -64,7 +66,6 @@ Say = Callable[[str], None]
 
 CLIENT_POD = "web-1"
 SERVER_POD = "echo-2"
-METRICS_PORT = 15020
 OPENED = "istio_tcp_connections_opened"
 
 
@@ -165,7 +166,7 @@ def _latency_argv(plan: Plan, ep: Endpoints, seconds: float, warmup: float) -> l
     return [
         "latency",
         "--target",
-        f"{ep.server_ip}:{HTTP_PORT}",
+        str(SocketAddr(ep.server_ip, HTTP_PORT)),
         "--path",
         f"/bytes/{plan.response_bytes}",
         "--rate",
@@ -250,7 +251,7 @@ def connection_rate_and_path(
     report = ep.loadgen(
         "connections",
         "--target",
-        f"{ep.server_ip}:{HTTP_PORT}",
+        str(SocketAddr(ep.server_ip, HTTP_PORT)),
         "--path",
         "/",
         "--duration",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import ipaddress
 import json
 import math
 import os
@@ -39,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import trio
+
+from ztunnel_py.model.address import SocketAddr
 
 REQUEST_TIMEOUT = 5.0
 LATE_SEND = 0.001
@@ -123,20 +124,6 @@ def parse_response_head(data: bytes | bytearray, end: int | None = None) -> Resp
     return ResponseHead(status, blank + 4, content_length, keep_alive)
 
 
-def parse_target(text: str) -> tuple[str, int]:
-    """`IP:PORT` or `[IPv6]:PORT` as a socket address; raises ValueError with the reason."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"target {text!r} is not IP:PORT (an IP address, not a name)") from None
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"target {text!r} has no port from 1 to 65535")
-    return str(address), int(port)
-
-
 def _check_path(path: str) -> None:
     if not path.startswith("/") or not path.isascii() or not all(33 <= ord(c) < 127 for c in path):
         raise ValueError(f"path {path!r} must start with / and hold visible ASCII only")
@@ -147,11 +134,10 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name} must be from {low:g} to {high:g}, got {value:g}")
 
 
-def _request(target: tuple[str, int], path: str, close: bool) -> bytes:
-    host = f"[{target[0]}]" if ":" in target[0] else target[0]
+def _request(target: SocketAddr, path: str, close: bool) -> bytes:
     connection = "Connection: close\r\n" if close else ""
     return (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{target[1]}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {target}\r\n"
         f"User-Agent: ztunnel-py-loadgen\r\n{connection}\r\n"
     ).encode("ascii")
 
@@ -208,13 +194,13 @@ class _Timer:
         os.close(self._fd)
 
 
-async def _connect(target: tuple[str, int]) -> socket.socket:
-    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+async def _connect(target: SocketAddr) -> socket.socket:
+    family = socket.AF_INET6 if target.ip.version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = sock.connect_ex(target)
+        err = sock.connect_ex((str(target.ip), target.port))
         if err == errno.EINPROGRESS:
             await trio.lowlevel.wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -333,7 +319,7 @@ class _Errors:
 class _LatencyRun:
     def __init__(
         self,
-        target: tuple[str, int],
+        target: SocketAddr,
         path: str,
         rate: int,
         connections: int,
@@ -471,7 +457,7 @@ def check_latency_arguments(
 
 
 async def run_latency(
-    target: tuple[str, int],
+    target: SocketAddr,
     path: str = "/bytes/1024",
     rate: int = 1000,
     connections: int = 16,
@@ -495,7 +481,7 @@ async def run_latency(
             if progress:
                 progress(
                     f"latency: {rate} req/s over {connections} connections to "
-                    f"{target[0]}:{target[1]}{path}, {warmup:g} s warmup + {duration:g} s"
+                    f"{target}{path}, {warmup:g} s warmup + {duration:g} s"
                 )
             async with trio.open_nursery() as outer:
                 if progress:
@@ -524,7 +510,7 @@ def check_connection_arguments(
 
 
 async def run_connections(
-    target: tuple[str, int],
+    target: SocketAddr,
     path: str = "/",
     duration: float = 5.0,
     concurrency: int = 4,
@@ -577,7 +563,7 @@ async def run_connections(
 
     if progress:
         progress(
-            f"connections: {concurrency} workers to {target[0]}:{target[1]}{path}, "
+            f"connections: {concurrency} workers to {target}{path}, "
             f"{duration:g} s or {max_connections} connections"
         )
     with trio.move_on_after(duration + 2 * request_timeout):
@@ -597,9 +583,9 @@ async def run_connections(
     )
 
 
-def _target(text: str) -> tuple[str, int]:
+def _target(text: str) -> SocketAddr:
     try:
-        return parse_target(text)
+        return SocketAddr.parse(text, what="target")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -45,6 +45,7 @@ from ztunnel_py.model import (
     NetworkAddress,
     PolicyScope,
     Service,
+    SocketAddr,
     TunnelProtocol,
     Workload,
 )
@@ -204,7 +205,7 @@ def run_bench(
                 "-m",
                 "ztunnel_py.bench.xds",
                 "--address",
-                f"127.0.0.1:{port}",
+                str(SocketAddr("127.0.0.1", port)),
                 "--root-cert",
                 str(data / "ca" / "root-cert.pem"),
                 "--token",
@@ -383,7 +384,7 @@ async def _client(args: argparse.Namespace) -> None:
 
 def _client_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m ztunnel_py.bench.xds")
-    parser.add_argument("--address", required=True)
+    parser.add_argument("--address", type=SocketAddr.parse, required=True)
     parser.add_argument("--root-cert", required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--workloads", type=int, required=True)

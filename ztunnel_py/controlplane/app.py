@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -39,7 +39,8 @@ from ztunnel_py.controlplane.nodeauth import (
 )
 from ztunnel_py.controlplane.pipeline import open_pipeline
 from ztunnel_py.controlplane.translate import MeshOptions
-from ztunnel_py.identity.pki import ROOT_CERT_FILE, CertificateAuthority, IPAddress
+from ztunnel_py.identity.pki import ROOT_CERT_FILE, CertificateAuthority
+from ztunnel_py.model.address import IPAddress, SocketAddr
 
 log = logging.getLogger("ztunnel_py.controlplane")
 
@@ -121,10 +122,6 @@ class ServingCredentials:
         )
 
 
-def _grpc_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -167,30 +164,24 @@ def run(args: argparse.Namespace) -> int:
     metrics_registry = CollectorRegistry()
     xds = xds_server.XdsServer(pipeline.snapshots, authenticator, metrics_registry)
     xds_server.add_to_server(xds, server)
-    host, port = args.listen
+    listen: SocketAddr = args.listen
     serving_ips: list[IPAddress] = list(args.serving_ip)
     try:
+        # grpc servers take the bracketed `[v6]:port` form (no resolver scheme).
         bound = server.add_secure_port(
-            _grpc_address(host, port), ServingCredentials(ca, serving_ips).credentials()
+            str(listen), ServingCredentials(ca, serving_ips).credentials()
         )
     except RuntimeError as e:
-        log.error("cannot listen on %s: %s", _grpc_address(host, port), e)
+        log.error("cannot listen on %s: %s", listen, e)
         return 1
     if bound == 0:
-        log.error("cannot listen on %s", _grpc_address(host, port))
+        log.error("cannot listen on %s", listen)
         return 1
     serving = threading.Event()
-    monitoring_host, monitoring_port = args.monitoring
     try:
-        monitoring = MonitoringServer(
-            monitoring_host, monitoring_port, metrics_registry, serving.is_set
-        )
+        monitoring = MonitoringServer(args.monitoring, metrics_registry, serving.is_set)
     except OSError as e:
-        log.error(
-            "cannot serve monitoring on %s: %s",
-            _grpc_address(monitoring_host, monitoring_port),
-            e,
-        )
+        log.error("cannot serve monitoring on %s: %s", args.monitoring, e)
         return 1
     monitoring.add_json("/debug/xds", xds.debug)
     monitoring.add_json("/debug/config", pipeline.debug)
@@ -212,11 +203,11 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "serving the CA on %s (TLS names %s, trust domain %s, root %s), workload xDS on the "
         "same port, monitoring on %s",
-        _grpc_address(host, bound),
+        replace(listen, port=bound),
         ", ".join(names),
         trust_domain,
         data_dir / CA_SUBDIR / ROOT_CERT_FILE,
-        _grpc_address(monitoring_host, monitoring.port),
+        replace(args.monitoring, port=monitoring.port),
     )
     stop.wait()
     serving.clear()

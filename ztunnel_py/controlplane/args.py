@@ -8,12 +8,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
-from ztunnel_py.config import ConfigValueError, parse_duration, parse_host_port
+from ztunnel_py.config import ConfigValueError, parse_duration
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import CONTROL_PLANE_MONITORING_PORT, CONTROL_PLANE_PORT
 
 T = TypeVar("T")
 
-DEFAULT_LISTEN = "0.0.0.0:15012"
-DEFAULT_MONITORING = "0.0.0.0:15014"
+DEFAULT_LISTEN = SocketAddr("0.0.0.0", CONTROL_PLANE_PORT)
+DEFAULT_MONITORING = SocketAddr("0.0.0.0", CONTROL_PLANE_MONITORING_PORT)
 DEFAULT_DATA_DIR = "/var/lib/ztunnel-py/controlplane"
 
 
@@ -49,16 +51,16 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
     _data_dir(run)
     run.add_argument(
         "--listen",
-        type=_checked(parse_host_port),
-        default=parse_host_port(DEFAULT_LISTEN),
-        metavar="HOST:PORT",
+        type=_checked(SocketAddr.parse),
+        default=DEFAULT_LISTEN,
+        metavar="IP:PORT",
         help=f"gRPC/TLS listen address (default {DEFAULT_LISTEN})",
     )
     run.add_argument(
         "--monitoring",
-        type=_checked(parse_host_port),
-        default=parse_host_port(DEFAULT_MONITORING),
-        metavar="HOST:PORT",
+        type=_checked(SocketAddr.parse),
+        default=DEFAULT_MONITORING,
+        metavar="IP:PORT",
         help=f"HTTP /ready, /metrics and /debug/xds (default {DEFAULT_MONITORING})",
     )
     sources = run.add_argument_group(

@@ -8,8 +8,10 @@ answers 500 with the error; the server keeps running.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,16 +19,20 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ztunnel_py.model.address import SocketAddr
+
 log = logging.getLogger("ztunnel_py.controlplane.monitoring")
 
-DEFAULT_PORT = 15014
+
+class _HTTPServer6(ThreadingHTTPServer):
+    # socketserver binds an AF_INET socket unless the class says otherwise.
+    address_family = socket.AF_INET6
 
 
 class MonitoringServer:
     def __init__(
         self,
-        host: str,
-        port: int,
+        address: SocketAddr,
         registry: CollectorRegistry,
         ready: Callable[[], bool],
     ) -> None:
@@ -34,7 +40,9 @@ class MonitoringServer:
         self._ready = ready
         self._views: dict[str, Callable[[], Any]] = {}
         handler = _handler_class(self)
-        self._httpd = ThreadingHTTPServer((host, port), handler)
+        ip = address.ip
+        server = _HTTPServer6 if isinstance(ip, ipaddress.IPv6Address) else ThreadingHTTPServer
+        self._httpd = server((str(ip), address.port), handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -32,7 +32,7 @@ from ztunnel_py.controlplane.sources.yamldocs import Parsed
 from ztunnel_py.controlplane.translate import MeshOptions, TranslationCache, translate
 from ztunnel_py.controlplane.translate.services import cluster_ips
 from ztunnel_py.controlplane.validation import validate_document
-from ztunnel_py.model import Identity
+from ztunnel_py.model import Identity, IPAddress
 
 log = logging.getLogger("ztunnel_py.controlplane.store")
 
@@ -188,7 +188,7 @@ class ConfigStore:
     def _resolve_cluster_ips(
         self, accepted: dict[ResourceKey, Resource], conflicts: list[Diagnostic]
     ) -> None:
-        owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Resource] = {}
+        owners: dict[IPAddress, Resource] = {}
         services = [r for r in accepted.values() if r.kind == "Service"]
         # Services already served on their IPs claim them first, then the others in file order.
         services.sort(key=lambda r: (self._accepted.get(r.key) != r, r.origin))
@@ -214,9 +214,7 @@ class ConfigStore:
                 del accepted[service.key]
 
 
-def _clash(
-    service: Resource, owners: Mapping[ipaddress.IPv4Address | ipaddress.IPv6Address, Resource]
-) -> tuple[str, Resource] | None:
+def _clash(service: Resource, owners: Mapping[IPAddress, Resource]) -> tuple[str, Resource] | None:
     for text in cluster_ips(service):
         owner = owners.get(ipaddress.ip_address(text))
         if owner is not None and owner.key != service.key:
@@ -224,9 +222,7 @@ def _clash(
     return None
 
 
-def _claim(
-    service: Resource, owners: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, Resource]
-) -> None:
+def _claim(service: Resource, owners: dict[IPAddress, Resource]) -> None:
     for text in cluster_ips(service):
         owners[ipaddress.ip_address(text)] = service
 

@@ -23,10 +23,11 @@ import trio
 from google.protobuf import struct_pb2
 
 from ztunnel_py.identity.pki import CertificateAuthority, CsrError
+from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.identity import Identity
+from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID
 from ztunnel_py.proto import citadel_pb2
 from ztunnel_py.transport.grpc_channel import (
-    DEFAULT_CLUSTER_ID,
     DEFAULT_CONTROL_PLANE_HOSTNAME,
     ChannelError,
     ControlPlaneChannel,
@@ -56,7 +57,7 @@ class CertificateSigner(Protocol):
 class GrpcCaClient:
     def __init__(
         self,
-        address: str,
+        address: SocketAddr,
         roots: RootCerts | Path,
         token_file: Path | None,
         *,

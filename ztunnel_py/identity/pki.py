@@ -12,7 +12,6 @@ Certificates follow what Istio's CA issues and ztunnel expects (docs/istio-compa
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ztunnel_py.model.address import IPAddress
 from ztunnel_py.model.identity import Identity
 
 ROOT_CERT_FILE = "root-cert.pem"
@@ -36,7 +36,6 @@ _PEM_CERT_RE = re.compile(
     r"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL
 )
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 CertInput = bytes | str | x509.Certificate
 
 

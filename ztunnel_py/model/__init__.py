@@ -1,5 +1,7 @@
-"""Pure domain types of the mesh (identities, workloads, services, policies); no I/O."""
+"""Pure domain types of the mesh (identities, workloads, services, policies) and its shared
+vocabulary (socket addresses, well-known ports, pod uids); no I/O."""
 
+from ztunnel_py.model.address import IPAddress, SocketAddr
 from ztunnel_py.model.identity import DEFAULT_TRUST_DOMAIN, Identity
 from ztunnel_py.model.policy import (
     Action,
@@ -13,7 +15,6 @@ from ztunnel_py.model.policy import (
 )
 from ztunnel_py.model.workload import (
     GatewayAddress,
-    IPAddress,
     NamespacedHostname,
     NetworkAddress,
     Service,
@@ -36,6 +37,7 @@ __all__ = [
     "PolicyScope",
     "Service",
     "ServiceAccountMatch",
+    "SocketAddr",
     "StringMatch",
     "StringMatchKind",
     "TunnelProtocol",

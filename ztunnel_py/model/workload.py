@@ -6,12 +6,9 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from ztunnel_py.model.address import IPAddress
 from ztunnel_py.model.identity import DEFAULT_TRUST_DOMAIN, Identity
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-HBONE_PORT = 15008
-
+from ztunnel_py.model.ports import HBONE_PORT
 
 DEFAULT_CLUSTER_ID = "Kubernetes"
 
@@ -20,13 +17,6 @@ def pod_uid(namespace: str, name: str, cluster_id: str = DEFAULT_CLUSTER_ID) -> 
     """The workload uid istiod gives a pod (`<cluster>//Pod/<namespace>/<name>`), by which
     the agent knows an enrolled pod."""
     return f"{cluster_id}//Pod/{namespace}/{name}"
-
-
-def canonical_ip(ip: IPAddress) -> IPAddress:
-    """Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; the mesh knows them as a.b.c.d."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 class TunnelProtocol(enum.Enum):
@@ -110,7 +100,7 @@ class Workload:
     services: dict[str, dict[int, int]] = field(default_factory=dict, hash=False)
     authorization_policies: tuple[str, ...] = ()
     status: WorkloadStatus = WorkloadStatus.HEALTHY
-    cluster_id: str = "Kubernetes"
+    cluster_id: str = DEFAULT_CLUSTER_ID
     capacity: int = 1
 
     @property

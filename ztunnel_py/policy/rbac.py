@@ -43,8 +43,8 @@ from ztunnel_py.model import (
     StringMatch,
     StringMatchKind,
 )
+from ztunnel_py.model.address import canonical_ip
 from ztunnel_py.model.policy import HeaderCondition
-from ztunnel_py.model.workload import canonical_ip
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from ztunnel_py.model.address import IPAddress
+
 __all__ = ["ReplyCode", "Socks5Error", "Socks5Request", "Socks5Server"]
 
 VERSION = 5
@@ -26,8 +28,6 @@ _ATYP_IPV4 = 0x01
 _ATYP_DOMAIN = 0x03
 _ATYP_IPV6 = 0x04
 _PORT = struct.Struct(">H")
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ReplyCode(enum.IntEnum):
@@ -58,7 +58,7 @@ class Socks5Error(Exception):
 class Socks5Request:
     """A CONNECT request: an IP address, or a domain name left for the caller to resolve."""
 
-    host: Address | str
+    host: IPAddress | str
     port: int
 
 
@@ -106,7 +106,7 @@ class Socks5Server:
             self._state = _State.FAILED
             raise
 
-    def reply_success(self, bound_address: Address, bound_port: int) -> None:
+    def reply_success(self, bound_address: IPAddress, bound_port: int) -> None:
         """Tell the client its connection is up, from `bound_address:bound_port`."""
         self._reply(ReplyCode.SUCCEEDED, bound_address, bound_port)
         self._state = _State.DONE
@@ -118,7 +118,7 @@ class Socks5Server:
         self._reply(code, ipaddress.IPv4Address(0), 0)
         self._state = _State.FAILED
 
-    def _reply(self, code: ReplyCode, address: Address, port: int) -> None:
+    def _reply(self, code: ReplyCode, address: IPAddress, port: int) -> None:
         if self._state is not _State.AWAITING_REPLY:
             raise RuntimeError(f"no SOCKS5 request is waiting for a reply ({self._state.name})")
         atyp = _ATYP_IPV4 if address.version == 4 else _ATYP_IPV6
@@ -180,7 +180,7 @@ class Socks5Server:
             )
         if len(buf) < end + 2:
             return None
-        host: Address | str
+        host: IPAddress | str
         if atyp == _ATYP_IPV4:
             host = ipaddress.IPv4Address(bytes(buf[4:end]))
         elif atyp == _ATYP_IPV6:
@@ -195,7 +195,7 @@ class Socks5Server:
         self._state = _State.AWAITING_REPLY
         return Socks5Request(host, port)
 
-    def _domain(self, raw: bytes) -> Address | str:
+    def _domain(self, raw: bytes) -> IPAddress | str:
         if not raw:
             raise self._fail("empty domain name", ReplyCode.GENERAL_FAILURE)
         try:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ztunnel_py.model.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PACKET_MARK
 from ztunnel_py.redirect import bpfsys
 from ztunnel_py.redirect.maps import AddrKey, PodConfigStruct, PodCountersStruct, RedirectError
 
@@ -236,6 +237,18 @@ def _adopt(fresh_fd: int, pin: Path) -> bool:
     return False
 
 
+def cflags(pin_dir: Path) -> list[str]:
+    """The macros redirect.c takes from the compiler: the pin directory, and the agent's ports
+    and packet mark (whose one definition is `model/ports.py`)."""
+    return [
+        f'-DZT_PIN_DIR="{pin_dir}"',
+        f"-DZT_PORT_OUTBOUND={OUTBOUND_PORT}",
+        f"-DZT_PORT_INBOUND={INBOUND_PLAINTEXT_PORT}",
+        f"-DZT_PORT_HBONE={HBONE_PORT}",
+        f"-DZT_AGENT_MARK={PACKET_MARK:#x}",
+    ]
+
+
 def build(pin_dir: Path, bpf_dir: Path) -> dict[str, Any]:
     """Compile, load and pin; the report as a JSON-ready dict. Only call this in the child."""
     try:
@@ -251,7 +264,7 @@ def build(pin_dir: Path, bpf_dir: Path) -> dict[str, Any]:
     except OSError as e:
         raise RedirectError(f"cannot read the BPF sources in {bpf_dir}: {e.strerror}") from e
     try:
-        bpf = BPF(text=source.encode(), cflags=[f"-I{bpf_dir}", f'-DZT_PIN_DIR="{pin_dir}"'])
+        bpf = BPF(text=source.encode(), cflags=[f"-I{bpf_dir}", *cflags(pin_dir)])
     except Exception as e:  # bcc raises bare Exception for compile and load failures
         raise RedirectError(f"cannot compile {bpf_dir / 'redirect.c'}: {e}") from e
     seconds = time.monotonic() - started

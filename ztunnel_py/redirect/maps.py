@@ -23,9 +23,11 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from ztunnel_py.model.address import MAX_PORT, IPAddress
+from ztunnel_py.model.ports import CAPTURE_PORTS
+
 MAX_ADDRS = 4
 MAX_PORT_RANGES = 16
-AGENT_PORTS = frozenset({15001, 15006, 15008})
 PROBE_SOURCE_V4 = "169.254.7.127"
 PROBE_SOURCE_V6 = "fd16:9254:7127:1337:ffff:ffff:ffff:ffff"
 
@@ -101,8 +103,8 @@ class PodCounters:
 def _ports(value: Iterable[int], what: str) -> frozenset[int]:
     ports = frozenset(value)
     for p in ports:
-        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 65535:
-            raise RedirectError(f"{what}: {p!r} is not a TCP port (1-65535)")
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= MAX_PORT:
+            raise RedirectError(f"{what}: {p!r} is not a TCP port (1-{MAX_PORT})")
     return ports
 
 
@@ -129,7 +131,7 @@ class PodSettings:
 
     def __post_init__(self) -> None:
         inbound = _ports(self.excluded_inbound_ports, "excluded inbound port")
-        reserved = sorted(inbound & AGENT_PORTS)
+        reserved = sorted(inbound & CAPTURE_PORTS)
         if reserved:
             raise RedirectError(f"the agent's ports {reserved} cannot be excluded inbound")
         object.__setattr__(self, "excluded_inbound_ports", inbound)
@@ -185,7 +187,7 @@ class PodAddresses:
         return cls(tuple(v4), tuple(v6))
 
     @property
-    def all(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    def all(self) -> tuple[IPAddress, ...]:
         return (*self.v4, *self.v6)
 
     @property
@@ -227,7 +229,7 @@ def _set_ranges(dst: ctypes.Array[PortRange], ports: frozenset[int], what: str) 
     return len(ranges)
 
 
-def addr_key(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> AddrKey:
+def addr_key(ip: IPAddress) -> AddrKey:
     """The zt_pods key of one pod IP."""
     packed = ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed
     key = AddrKey()

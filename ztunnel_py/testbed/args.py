@@ -74,6 +74,12 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         help="give nodes and pods IPv6 addresses too (fd00:10:244:<node>::/64 for pods)",
     )
     up.add_argument(
+        "--controlplane-ipv6",
+        action="store_true",
+        help="with --dual-stack: the control plane serves on [fd00:10:250::2]:15012 only, and "
+        "the proxies reach it there",
+    )
+    up.add_argument(
         "--secret-ttl",
         default="24h",
         metavar="DURATION",

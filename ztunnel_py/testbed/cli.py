@@ -31,6 +31,7 @@ def _up(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         secret_ttl=args.secret_ttl,
         dual_stack=args.dual_stack,
+        controlplane_ipv6=args.controlplane_ipv6,
     )
     client = next(p for p in bed.topology.pods if p.role == CLIENT)
     # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import HBONE_PORT
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
 from ztunnel_py.testbed.testbed import Testbed
-from ztunnel_py.testbed.topology import FABRIC_BRIDGE, HTTP_PORT
+from ztunnel_py.testbed.topology import FABRIC_BRIDGE, HTTP_PORT, IPERF_PORT
 from ztunnel_py.testbed.traffic import gbps, http_get, iperf3
-
-HBONE_PORT = 15008
 
 
 @dataclass
@@ -78,12 +78,13 @@ class Demo:
             self.record(name, False, str(e))
             return
         identity = f"spiffe://cluster.local/ns/{client['namespace']}/sa/{client['service_account']}"
-        logged = self.logged_identity(server["node"], identity, f"{server['ip']}:{HTTP_PORT}")
+        target = SocketAddr(server["ip"], HTTP_PORT)
+        logged = self.logged_identity(server["node"], identity, str(target))
         ok = answer.pod == server["name"] and logged and answer.client_ip == client["ip"]
         self.record(
             name,
             ok,
-            f"{client['name']} -> {server['name']} ({server['ip']}:{HTTP_PORT}): answered by "
+            f"{client['name']} -> {server['name']} ({target}): answered by "
             f"{answer.pod}, which saw client {answer.client}; {server['node']}'s agent "
             + ("logged " + identity if logged else "did NOT log the caller's identity"),
         )
@@ -117,8 +118,8 @@ class Demo:
         self.record(
             "service VIP",
             ok,
-            f"{client['name']} -> echo.{svc['namespace']} {svc['vip']}:{port}, 8 requests "
-            f"answered by {spread}",
+            f"{client['name']} -> echo.{svc['namespace']} {SocketAddr(svc['vip'], port)}, "
+            f"8 requests answered by {spread}",
         )
 
     def run(self, seconds: int) -> bool:
@@ -149,14 +150,15 @@ class Demo:
         records = report.tls_records.get(HBONE_PORT, {})
         self.out(f"what the fabric capture holds ({report.packets} packets):")
         self.record(
-            "TLS 1.3 on 15008",
+            f"TLS 1.3 on {HBONE_PORT}",
             report.tls13_negotiated.get(HBONE_PORT, False)
             and records.get("application_data", 0) > 0,
-            f"{report.tcp_payload_bytes.get(HBONE_PORT, 0)} bytes on port 15008 in TLS records "
+            f"{report.tcp_payload_bytes.get(HBONE_PORT, 0)} bytes on port {HBONE_PORT} in TLS "
+            "records "
             f"{dict(sorted(records.items()))}; ServerHello selected "
             + ("TLS 1.3" if report.tls13_negotiated.get(HBONE_PORT) else "no TLS 1.3"),
         )
-        clear_ports = sorted(p for p in report.tcp_payload_bytes if p in (HTTP_PORT, 5201))
+        clear_ports = sorted(p for p in report.tcp_payload_bytes if p in (HTTP_PORT, IPERF_PORT))
         self.record(
             "no payload in clear",
             not report.markers_in_clear and not clear_ports,

@@ -5,9 +5,10 @@ The commands and their readiness signals are the contract with `controlplane` an
 - `ztunnel-py controlplane run --data-dir DIR --listen 10.250.0.2:15012 --serving-ip 10.250.0.2
   --monitoring 10.250.0.2:15014 --config-dir STATE/config` in `<prefix>cp` (it watches the
   Kubernetes YAML the testbed writes there, `resources.py`); ready once DIR/ca/root-cert.pem
-  exists and the port accepts TCP;
+  exists and the port accepts TCP. With `controlplane_ipv6` the addresses are
+  `[fd00:10:250::2]:15012` and `[fd00:10:250::2]:15014` (`Topology.controlplane_address`);
 - `ztunnel-py controlplane node-token NODE --data-dir DIR` prints node NODE's CA credential;
-- `ztunnel-py agent --node NODE --xds-address 10.250.0.2:15012 --ca-address 10.250.0.2:15012
+- `ztunnel-py agent --node NODE --xds-address ADDRESS --ca-address ADDRESS (that address)
   --ca-root-cert DIR/ca/root-cert.pem --auth-token TOKENFILE --enroll-socket
   NODEDIR/ztunnel.sock --state-dir NODEDIR --bpf-pin-root
   /sys/fs/bpf/ztunnel-py/testbed/<prefix><node>` in `<prefix><node>` (the CA root also
@@ -33,18 +34,15 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import READINESS_PORT
 from ztunnel_py.testbed import namespaces, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
-from ztunnel_py.testbed.topology import CONTROLPLANE_IP, NodePlan, Topology
+from ztunnel_py.testbed.topology import NodePlan, Topology
 
-CA_PORT = 15012
-MONITORING_PORT = 15014
-READINESS_PORT = 15021
 CONTROLPLANE = "controlplane"
-# where agents and sidecars reach the control plane (CA and xDS)
-CA_ADDRESS = f"{CONTROLPLANE_IP}:{CA_PORT}"
 
 Launch = Callable[[ProcessRecord], None]
 Progress = Callable[[str], None]
@@ -76,10 +74,10 @@ def token_file(state: State, node: str) -> str:
     return str(state.node_dir(node) / "token")
 
 
-def _tcp_open(ns: str, host: str, port: int) -> bool:
+def _tcp_open(ns: str, address: SocketAddr) -> bool:
     def probe() -> bool:
         try:
-            with socket.create_connection((host, port), timeout=1.0):
+            with socket.create_connection((str(address.host), address.port), timeout=1.0):
                 return True
         except OSError:
             return False
@@ -128,7 +126,7 @@ def start(
     for node in topology.nodes:
         issue_token(state, node)
         runtime.write_config(topology, state, node, enroll_socket(state, node.name))
-        record = agent_record(state, node, CA_ADDRESS)
+        record = agent_record(state, node, topology.controlplane_address)
         launch(record)
         agents.append((node, record))
     for node, record in agents:
@@ -143,7 +141,9 @@ def start_controlplane(
     cp = controlplane_record(topology, state)
     launch(cp)
     wait_controlplane_ready(topology, state, cp, timeout)
-    progress(f"  control plane ready on {CA_ADDRESS} (pid {cp.pid}, log {cp.log})")
+    progress(
+        f"  control plane ready on {topology.controlplane_address} (pid {cp.pid}, log {cp.log})"
+    )
 
 
 def controlplane_record(topology: Topology, state: State) -> ProcessRecord:
@@ -157,11 +157,11 @@ def controlplane_record(topology: Topology, state: State) -> ProcessRecord:
             "--data-dir",
             str(state.controlplane_dir),
             "--listen",
-            CA_ADDRESS,
+            str(topology.controlplane_address),
             "--serving-ip",
-            CONTROLPLANE_IP,
+            *topology.controlplane_ips,
             "--monitoring",
-            f"{CONTROLPLANE_IP}:{MONITORING_PORT}",
+            str(topology.controlplane_monitoring),
             "--config-dir",
             str(state.config_dir),
         ),
@@ -175,15 +175,15 @@ def wait_controlplane_ready(
     wait_for(
         lambda: (
             os.path.exists(root_cert(state))
-            and _tcp_open(topology.cp_netns, CONTROLPLANE_IP, CA_PORT)
+            and _tcp_open(topology.cp_netns, topology.controlplane_address)
         ),
         [record],
         timeout,
-        f"the control plane to serve {CA_ADDRESS}",
+        f"the control plane to serve {topology.controlplane_address}",
     )
 
 
-def agent_record(state: State, node: NodePlan, ca_address: str) -> ProcessRecord:
+def agent_record(state: State, node: NodePlan, controlplane: SocketAddr) -> ProcessRecord:
     """How the agent of `node` runs (the same command line for every start)."""
     return ProcessRecord(
         name=agent_name(node.name),
@@ -193,9 +193,9 @@ def agent_record(state: State, node: NodePlan, ca_address: str) -> ProcessRecord
             "--node",
             node.name,
             "--xds-address",
-            ca_address,
+            str(controlplane),
             "--ca-address",
-            ca_address,
+            str(controlplane),
             "--ca-root-cert",
             root_cert(state),
             "--auth-token",

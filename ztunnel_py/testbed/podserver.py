@@ -2,10 +2,11 @@
 
 `python -m ztunnel_py.testbed.podserver --pod NAME --namespace NS --node NODE [--port 8080]`
 answers every GET with JSON `{"pod", "namespace", "node", "client", "path"}`, where `client` is
-the peer address the server saw (`ip:port`). That makes routing (which endpoint answered) and
-source preservation (which address the server saw) visible in one request. HTTP/1.1 keep-alive
-is supported, so load generators can reuse connections. With `--bind ::` it serves IPv4 and
-IPv6 on one socket (dual-stack pods) and still reports IPv4 clients as plain `a.b.c.d`.
+the peer address the server saw (`a.b.c.d:port` or `[v6]:port`). That makes routing (which
+endpoint answered) and source preservation (which address the server saw) visible in one
+request. HTTP/1.1 keep-alive is supported, so load generators can reuse connections. With
+`--bind ::` it serves IPv4 and IPv6 on one socket (dual-stack pods) and still reports IPv4
+clients as plain `a.b.c.d:port`.
 
 `GET /bytes/N` (0 <= N <= 1 MiB) answers exactly N bytes of `application/octet-stream` instead:
 the fixed-size response body of Istio's latency method (1 KiB, like nighthawk's
@@ -19,6 +20,7 @@ none waits for the client's delayed ACK.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 import signal
@@ -27,6 +29,8 @@ import sys
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
+
+from ztunnel_py.model.address import SocketAddr, canonical_ip
 
 BYTES_PREFIX = "/bytes/"
 MAX_BYTES = 1 << 20
@@ -69,13 +73,13 @@ class PodHandler(BaseHTTPRequestHandler):
             self._send_bytes(self.path[len(BYTES_PREFIX) :].partition("?")[0])
             return
         host, port = self.client_address[:2]
-        host = host.removeprefix("::ffff:") if "." in host else host
+        client = SocketAddr(canonical_ip(ipaddress.ip_address(host)), port)
         body = json.dumps(
             {
                 "pod": self.server.pod,
                 "namespace": self.server.namespace,
                 "node": self.server.node,
-                "client": f"{host}:{port}",
+                "client": str(client),
                 "path": self.path,
             }
         ).encode()
@@ -124,16 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pod", required=True, help="pod name reported in every answer")
     parser.add_argument("--namespace", required=True, help="the pod's Kubernetes namespace")
     parser.add_argument("--node", required=True, help="the node the pod runs on")
-    parser.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    parser.add_argument(
+        "--bind", type=ipaddress.ip_address, default="0.0.0.0", help="address to listen on"
+    )
     parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    address = SocketAddr(args.bind, args.port)
     try:
-        server = PodHTTPServer((args.bind, args.port), args.pod, args.namespace, args.node)
+        server = PodHTTPServer((str(args.bind), args.port), args.pod, args.namespace, args.node)
     except OSError as exc:
-        print(f"podserver: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
+        print(f"podserver: cannot listen on {address}: {exc}", file=sys.stderr)
         return 1
-    print(f"podserver {args.pod}: listening on {args.bind}:{args.port}", file=sys.stderr)
+    print(f"podserver {args.pod}: listening on {address}", file=sys.stderr)
     sys.stderr.flush()
     with server:
         server.serve_forever()

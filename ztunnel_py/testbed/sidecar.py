@@ -25,6 +25,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import (
+    HBONE_PORT,
+    INBOUND_PLAINTEXT_PORT,
+    METRICS_PORT,
+    OUTBOUND_PORT,
+    READINESS_PORT,
+)
 from ztunnel_py.testbed import mesh
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, wait_for
@@ -32,11 +40,8 @@ from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import PodPlan, Topology
 
 PROXY_UID = 1337
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
-HBONE_PORT = 15008
 # the proxy's own ports that callers outside the pod reach directly (metrics, readiness)
-EXCLUDED_INBOUND_PORTS = (HBONE_PORT, 15020, 15021)
+EXCLUDED_INBOUND_PORTS = (HBONE_PORT, METRICS_PORT, READINESS_PORT)
 
 RULES = "\n".join(
     [
@@ -48,7 +53,7 @@ RULES = "\n".join(
         "-A PREROUTING -p tcp -j ISTIO_INBOUND",
         *(f"-A ISTIO_INBOUND -p tcp --dport {p} -j RETURN" for p in EXCLUDED_INBOUND_PORTS),
         "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT",
-        f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_PORT}",
+        f"-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}",
         "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
         f"-A ISTIO_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN",
         f"-A ISTIO_OUTPUT -m owner --gid-owner {PROXY_UID} -j RETURN",
@@ -104,7 +109,7 @@ def _credentials(state: State, pod: PodPlan) -> tuple[str, str]:
     return str(token), str(root)
 
 
-def sidecar_record(state: State, pod: PodPlan) -> ProcessRecord:
+def sidecar_record(state: State, pod: PodPlan, controlplane: SocketAddr) -> ProcessRecord:
     token, root = _credentials(state, pod)
     return ProcessRecord(
         name=sidecar_name(pod.name),
@@ -128,9 +133,9 @@ def sidecar_record(state: State, pod: PodPlan) -> ProcessRecord:
                 "--instance-ip",
                 pod.ip,
                 "--xds-address",
-                mesh.CA_ADDRESS,
+                str(controlplane),
                 "--ca-address",
-                mesh.CA_ADDRESS,
+                str(controlplane),
                 "--ca-root-cert",
                 root,
                 "--auth-token",
@@ -160,7 +165,7 @@ def start(
         if not pod.ambient:
             continue
         install_rules(pod)
-        record = sidecar_record(state, pod)
+        record = sidecar_record(state, pod, topology.controlplane_address)
         launch(record)
         started.append((pod, record))
     for pod, record in started:
@@ -172,6 +177,7 @@ def start(
         )
     skipped = [p.name for p in topology.pods if not p.ambient]
     progress(
-        f"  {len(started)} sidecars ready (iptables REDIRECT to 15001/15006, uid {PROXY_UID})"
+        f"  {len(started)} sidecars ready (iptables REDIRECT to {OUTBOUND_PORT}/"
+        f"{INBOUND_PLAINTEXT_PORT}, uid {PROXY_UID})"
         + (f"; no sidecar in {', '.join(skipped)} (namespace not in the mesh)" if skipped else "")
     )

@@ -42,6 +42,8 @@ class State:
         # lifetime of workload certificates the agents ask for (their --secret-ttl)
         self.secret_ttl: str = str(data.get("secret_ttl", "24h"))
         self.dual_stack: bool = bool(data.get("dual_stack", False))
+        # the proxies reach the control plane at its IPv6 address (Topology.controlplane_ip)
+        self.controlplane_ipv6: bool = bool(data.get("controlplane_ipv6", False))
         # Kubernetes namespace -> labels (what the CNI plugin decides enrollment by)
         self.namespace_labels: dict[str, dict[str, str]] = {
             str(ns): {str(k): str(v) for k, v in labels.items()}
@@ -78,6 +80,7 @@ class State:
         secret_ttl: str = "24h",
         dual_stack: bool = False,
         namespace_labels: dict[str, dict[str, str]] | None = None,
+        controlplane_ipv6: bool = False,
     ) -> State:
         """Claim `state_dir` for a new testbed; fails if a testbed (or its remains) is there."""
         try:
@@ -96,6 +99,7 @@ class State:
                 "mode": mode,
                 "secret_ttl": secret_ttl,
                 "dual_stack": dual_stack,
+                "controlplane_ipv6": controlplane_ipv6,
                 "namespace_labels": namespace_labels or {},
             },
         )
@@ -127,6 +131,7 @@ class State:
             "mode": self.mode,
             "secret_ttl": self.secret_ttl,
             "dual_stack": self.dual_stack,
+            "controlplane_ipv6": self.controlplane_ipv6,
             "namespace_labels": self.namespace_labels,
             "complete": self.complete,
             "namespaces": self.namespaces,

@@ -30,7 +30,6 @@ from ztunnel_py.testbed.namespaces import ip
 from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import (
-    CONTROLPLANE_IP,
     FABRIC_BRIDGE,
     FABRIC_SUBNET,
     FABRIC_SUBNET6,
@@ -86,7 +85,12 @@ class Testbed:
     def __init__(self, state: State) -> None:
         self.state = state
         self.topology: Topology = plan(
-            state.prefix, state.nodes, state.pods_per_node, state.dual_stack, state.mode
+            state.prefix,
+            state.nodes,
+            state.pods_per_node,
+            state.dual_stack,
+            state.mode,
+            state.controlplane_ipv6,
         )
 
     @property
@@ -109,14 +113,16 @@ class Testbed:
         timeout: float = 60.0,
         secret_ttl: str = "24h",
         dual_stack: bool = False,
+        controlplane_ipv6: bool = False,
     ) -> Testbed:
         """Build a testbed and wait until every process is ready.
 
         On any failure (or Ctrl-C) what was built is torn down again before the error propagates.
-        `timeout` bounds each readiness wait. `dual_stack` gives pods and nodes IPv6 addresses
-        too.
+        `timeout` bounds each readiness wait. `dual_stack` gives pods, nodes and the control
+        plane IPv6 addresses too; `controlplane_ipv6` (with `dual_stack`) has the control plane
+        serve on its IPv6 address only, and the proxies reach it there.
         """
-        topology = plan(prefix, nodes, pods_per_node, dual_stack, mode)
+        topology = plan(prefix, nodes, pods_per_node, dual_stack, mode, controlplane_ipv6)
         if mode == MODE_SIDECAR and dual_stack:
             raise TestbedError("sidecar mode is IPv4 only: drop --dual-stack or use --mode ambient")
         directory = _state_dir(prefix, state_dir)
@@ -140,6 +146,7 @@ class Testbed:
             secret_ttl,
             dual_stack=dual_stack,
             namespace_labels=topology.namespace_labels,
+            controlplane_ipv6=controlplane_ipv6,
         )
         bed = cls(state)
         try:
@@ -234,8 +241,8 @@ class Testbed:
         ip("link", "add", FABRIC_BRIDGE, "type", "bridge", netns=t.fabric_netns)
         ip("link", "set", FABRIC_BRIDGE, "up", netns=t.fabric_netns)
         progress(f"  fabric {t.fabric_netns}: bridge {FABRIC_BRIDGE}, {FABRIC_SUBNET}")
-        self._fabric_port(t.cp_netns, "vcp", CONTROLPLANE_IP)
-        progress(f"  control plane namespace {t.cp_netns}: {CONTROLPLANE_IP}")
+        self._fabric_port(t.cp_netns, "vcp", *t.controlplane_ips)
+        progress(f"  control plane namespace {t.cp_netns}: {', '.join(t.controlplane_ips)}")
 
     def _build_node(self, node: NodePlan, progress: Progress) -> None:
         t = self.topology
@@ -439,9 +446,9 @@ class Testbed:
             "fabric": {"netns": t.fabric_netns, "bridge": FABRIC_BRIDGE, "subnet": FABRIC_SUBNET},
             "controlplane": {
                 "netns": t.cp_netns,
-                "ip": CONTROLPLANE_IP,
-                "address": f"{CONTROLPLANE_IP}:{mesh.CA_PORT}",
-                "monitoring": f"{CONTROLPLANE_IP}:{mesh.MONITORING_PORT}",
+                "ip": t.controlplane_ip,
+                "address": str(t.controlplane_address),
+                "monitoring": str(t.controlplane_monitoring),
                 "debug_config": self.controlplane_debug_url,
                 "log": cp["log"],
                 "pid": cp["pid"],
@@ -578,7 +585,7 @@ class Testbed:
     def controlplane_debug_url(self) -> str:
         """Where the control plane reports what it loaded and every validation error (reached
         from inside the control plane's namespace, e.g. with `testbed exec`)."""
-        return f"http://{CONTROLPLANE_IP}:{mesh.MONITORING_PORT}/debug/config"
+        return f"http://{self.topology.controlplane_monitoring}/debug/config"
 
     # -- tearing down -----------------------------------------------------------------------
 

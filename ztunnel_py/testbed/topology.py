@@ -1,6 +1,7 @@
 """The testbed's plan: every name and address `testbed up` creates, decided without any I/O.
 
-`plan(prefix, nodes, pods_per_node, dual_stack, mode)` is deterministic, so `up`, `status`,
+`plan(prefix, nodes, pods_per_node, dual_stack, mode, controlplane_ipv6)` is deterministic, so
+`up`, `status`,
 `down` and the Kubernetes resources (`resources.py`) all derive the same picture from the values
 stored in the state file.
 
@@ -24,9 +25,13 @@ Addressing and wiring:
 - services: VIPs come from 10.96.0.0/16. A VIP is only reachable through the mesh (there is no
   kube-proxy), as in an ambient cluster whose dataplane is the mesh.
 - dual stack (`dual_stack=True`): every address above gets an IPv6 twin that reads the same,
-  all /128 (pods, gateways) or /64 (fabric) with DAD off: node i's fabric address is
-  fd00:10:250::(10+i), its pods are in fd00:10:244:i::/64 (pod slot k is fd00:10:244:i::(10+k),
-  the gateway fd00:10:244:i::1), and VIPs come from fd00:10:96::/64 (echo fd00:10:96::10).
+  all /128 (pods, gateways) or /64 (fabric) with DAD off: the control plane is also
+  fd00:10:250::2, node i's fabric address is fd00:10:250::(10+i), its pods are in
+  fd00:10:244:i::/64 (pod slot k is fd00:10:244:i::(10+k), the gateway fd00:10:244:i::1), and
+  VIPs come from fd00:10:96::/64 (echo fd00:10:96::10).
+- the control plane is addressed over IPv4 (10.250.0.2:15012) unless `controlplane_ipv6=True`
+  (dual stack only): then it serves on [fd00:10:250::2]:15012 (monitoring on :15014) and the
+  agents reach it there.
 
 Pods (Kubernetes-like, so identities differ), by slot k on node i:
 
@@ -56,13 +61,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ztunnel_py.cni.spec import DATAPLANE_MODE, should_enroll
-from ztunnel_py.model import NetworkAddress, Service, TunnelProtocol, Workload
+from ztunnel_py.model import NetworkAddress, Service, SocketAddr, TunnelProtocol, Workload
+from ztunnel_py.model.ports import CONTROL_PLANE_MONITORING_PORT, CONTROL_PLANE_PORT
 from ztunnel_py.model.workload import pod_uid
 from ztunnel_py.testbed.errors import TestbedError
 
 FABRIC_SUBNET = "10.250.0.0/24"
 FABRIC_SUBNET6 = "fd00:10:250::/64"
 CONTROLPLANE_IP = "10.250.0.2"
+CONTROLPLANE_IP6 = "fd00:10:250::2"
 FABRIC_BRIDGE = "br0"
 HTTP_PORT = 8080
 IPERF_PORT = 5201
@@ -169,6 +176,26 @@ class Topology:
     services: tuple[ServicePlan, ...]
     dual_stack: bool = False
     mode: str = MODE_AMBIENT
+    controlplane_ipv6: bool = False
+
+    @property
+    def controlplane_ips(self) -> tuple[str, ...]:
+        """The control plane namespace's fabric addresses."""
+        return (CONTROLPLANE_IP, CONTROLPLANE_IP6) if self.dual_stack else (CONTROLPLANE_IP,)
+
+    @property
+    def controlplane_ip(self) -> str:
+        """The address the control plane serves on and the proxies reach it at."""
+        return CONTROLPLANE_IP6 if self.controlplane_ipv6 else CONTROLPLANE_IP
+
+    @property
+    def controlplane_address(self) -> SocketAddr:
+        """The control plane's gRPC address (CA and workload xDS)."""
+        return SocketAddr(self.controlplane_ip, CONTROL_PLANE_PORT)
+
+    @property
+    def controlplane_monitoring(self) -> SocketAddr:
+        return SocketAddr(self.controlplane_ip, CONTROL_PLANE_MONITORING_PORT)
 
     @property
     def namespace_labels(self) -> dict[str, dict[str, str]]:
@@ -317,11 +344,14 @@ def plan(
     pods_per_node: int = 2,
     dual_stack: bool = False,
     mode: str = MODE_AMBIENT,
+    controlplane_ipv6: bool = False,
 ) -> Topology:
     """Decide the whole testbed; raises TestbedError for sizes or prefixes we cannot build."""
     validate_prefix(prefix)
     if mode not in MODES:
         raise TestbedError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
+    if controlplane_ipv6 and not dual_stack:
+        raise TestbedError("--controlplane-ipv6 needs --dual-stack (IPv6 on the fabric)")
     if not 1 <= nodes <= MAX_NODES:
         raise TestbedError(f"--nodes must be between 1 and {MAX_NODES} (got {nodes})")
     if not 2 <= pods_per_node <= MAX_PODS_PER_NODE:
@@ -361,4 +391,5 @@ def plan(
         services=services,
         dual_stack=dual_stack,
         mode=mode,
+        controlplane_ipv6=controlplane_ipv6,
     )

@@ -14,10 +14,12 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import SOCKS5_PORT
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
 
-SOCKS5 = "127.0.0.1:15080"
+SOCKS5 = SocketAddr("127.0.0.1", SOCKS5_PORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,7 @@ class HttpAnswer:
     @property
     def client_ip(self) -> str:
         """The address the server saw the request come from (without the port)."""
-        return self.client.rpartition(":")[0]
+        return str(SocketAddr.parse(self.client).host)
 
 
 def http_get(
@@ -38,9 +40,8 @@ def http_get(
     """GET http://host:port/path from `pod`; the answer of the testbed's pod HTTP server."""
     argv = ["curl", "-sS", "--max-time", "10"]
     if socks5:
-        argv += ["--socks5", SOCKS5]
-    # An IPv6 literal goes in brackets in a URL.
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        argv += ["--socks5", str(SOCKS5)]
+    authority = SocketAddr(host, port)
     argv.append(f"http://{authority}{path}")
     done = bed.exec(pod, argv, timeout=20)
     if done.returncode != 0:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import grpc
 
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID
 from ztunnel_py.transport.roots import RootCerts, RootCertsError
 
 DEFAULT_CONTROL_PLANE_HOSTNAME = "istiod.istio-system.svc"
-DEFAULT_CLUSTER_ID = "Kubernetes"
 
 ChannelOption = tuple[str, str | int]
 Metadata = tuple[tuple[str, str], ...]
@@ -50,7 +51,7 @@ class ChannelError(Exception):
 class ControlPlaneChannel:
     def __init__(
         self,
-        address: str,
+        address: SocketAddr,
         roots: RootCerts | Path,
         token_file: Path | None,
         *,
@@ -92,7 +93,7 @@ class ControlPlaneChannel:
             if self._channel is None or roots != self._roots:
                 self._close_locked()
                 self._channel = grpc.secure_channel(
-                    self.address,
+                    self.address.grpc_target,
                     grpc.ssl_channel_credentials(root_certificates=roots),
                     options=list(self._channel_options().items()),
                 )

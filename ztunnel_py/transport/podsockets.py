@@ -3,7 +3,8 @@
 The agent stays in its own netns; to make a socket that lives in a pod's netns it briefly enters
 that netns on the calling thread (`setns` is per thread), creates the socket and returns. The
 socket stays bound to the pod's netns for its whole life. Every socket made here carries
-SO_MARK 0x539 so the pod's capture programs never capture the agent's own traffic.
+SO_MARK `PACKET_MARK` (0x539) so the pod's capture programs never capture the agent's own
+traffic.
 
 A sidecar proxy (`agent/sidecar.py`) lives in its pod's netns and runs without privileges: its
 handle (`PodNetns.own()`) makes sockets where it is, with no setns and no mark (iptables tells
@@ -21,8 +22,9 @@ import struct
 import trio
 
 from ztunnel_py.linux.netns import NetnsError, entered, netns_inode
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import PACKET_MARK
 
-PACKET_MARK = 0x539
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
 IP_FREEBIND = 15
@@ -98,7 +100,9 @@ class PodNetns:
             sock.setblocking(False)
         except OSError as e:
             sock.close()
-            raise NetnsError(f"cannot listen on {host}:{port} in pod netns: {e.strerror}") from e
+            raise NetnsError(
+                f"cannot listen on {SocketAddr(host, port)} in pod netns: {e.strerror}"
+            ) from e
         return trio.socket.from_stdlib_socket(sock)
 
     async def connect(

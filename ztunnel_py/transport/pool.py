@@ -23,8 +23,8 @@ from typing import Any
 
 import trio
 
+from ztunnel_py.model.address import IPAddress, SocketAddr
 from ztunnel_py.model.identity import Identity
-from ztunnel_py.model.workload import IPAddress
 from ztunnel_py.transport.hbone import (
     HboneClientConnection,
     HboneStream,
@@ -50,14 +50,12 @@ class PoolKey:
 
     source_identity: Identity
     destination_identities: frozenset[Identity]
-    destination: tuple[IPAddress, int]
+    destination: SocketAddr
     source_ip: IPAddress | None
 
     def __str__(self) -> str:
         ids = ",".join(sorted(str(i) for i in self.destination_identities))
-        host, port = self.destination
-        address = f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"
-        return f"{self.source_identity}@{self.source_ip or '*'} -> {address} ({ids})"
+        return f"{self.source_identity}@{self.source_ip or '*'} -> {self.destination} ({ids})"
 
 
 class HbonePool:

@@ -43,7 +43,9 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
-from ztunnel_py.model.workload import HBONE_PORT
+from ztunnel_py.model.address import MAX_PORT
+from ztunnel_py.model.ports import HBONE_PORT
+from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID
 from ztunnel_py.proto import (
     authorization_pb2,
     discovery_pb2,
@@ -54,8 +56,6 @@ from ztunnel_py.proto import (
 from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Delta, Request
 
 DEFAULT_SERVICE_ACCOUNT = "default"
-DEFAULT_CLUSTER_ID = "Kubernetes"
-MAX_PORT = 65535
 MAX_UINT32 = 2**32 - 1
 
 _T = TypeVar("_T")

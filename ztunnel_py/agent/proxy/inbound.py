@@ -18,13 +18,12 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.proxy.accounting import Tracker, carry_enforced
-from ztunnel_py.agent.proxy.outbound import SELF_PORTS
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import server_context, verify_client_identity
-from ztunnel_py.model import IPAddress, Service, Workload
-from ztunnel_py.model.workload import canonical_ip
+from ztunnel_py.model import IPAddress, Service, SocketAddr, Workload
+from ztunnel_py.model.address import canonical_ip
+from ztunnel_py.model.ports import HBONE_PORT, POD_LISTENER_PORTS
 from ztunnel_py.policy.rbac import Connection, Decision
-from ztunnel_py.protocol.hbone import format_authority, parse_authority
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import TrafficLabels
@@ -45,10 +44,10 @@ DESTINATION = "destination"
 def authority_target(authority: str) -> tuple[IPAddress, int] | None:
     """The IP and port a CONNECT authority names; None for hostnames and malformed input."""
     try:
-        host, port = parse_authority(authority)
-        return ipaddress.ip_address(host), port
+        target = SocketAddr.parse(authority, what="authority")
     except ValueError:
         return None
+    return target.ip, target.port
 
 
 class Inbound:
@@ -124,7 +123,7 @@ class Inbound:
             workload = await self.workload()
             cert = await self.certs.fetch(workload.identity)
         except Exception as e:
-            connection_failed(format_authority(peer[0], peer[1]), "15008", DESTINATION, str(e))
+            connection_failed(str(SocketAddr(*peer[:2])), str(HBONE_PORT), DESTINATION, str(e))
             sock.close()
             return
         td = workload.trust_domain or self.trust_domain
@@ -142,21 +141,21 @@ class Inbound:
             )
         except HboneHandshakeError as e:
             connection_failed(
-                format_authority(peer[0], peer[1]), "15008", DESTINATION, f"handshake: {e}"
+                str(SocketAddr(*peer[:2])), str(HBONE_PORT), DESTINATION, f"handshake: {e}"
             )
 
     async def _on_connect(
         self, workload: Workload, req: HboneRequest, peer: tuple[str, int]
     ) -> None:
         src_ip = canonical_ip(ipaddress.ip_address(peer[0]))
-        src_addr = format_authority(src_ip, peer[1])
+        src_addr = str(SocketAddr(src_ip, peer[1]))
         target = authority_target(req.authority)
         if target is None:
             connection_failed(src_addr, req.authority, DESTINATION, "malformed authority")
             await req.respond(400)
             return
         dst_ip, dst_port = target
-        if dst_ip not in workload.addresses or dst_port in SELF_PORTS:
+        if dst_ip not in workload.addresses or dst_port in POD_LISTENER_PORTS:
             connection_failed(
                 src_addr, req.authority, DESTINATION, f"authority {req.authority} is not this pod"
             )
@@ -171,7 +170,9 @@ class Inbound:
             destination_service=self._guess_service(workload, dst_port),
             mtls=True,
         )
-        conn = self.metrics.open(labels, src_addr, format_authority(dst_ip, 15008), req.authority)
+        conn = self.metrics.open(
+            labels, src_addr, str(SocketAddr(dst_ip, HBONE_PORT)), req.authority
+        )
         authz = Connection(src_ip, req.peer_identity, dst_ip, dst_port)
         decision = self._authorize(workload, authz, f"{req.peer_identity} -> {req.authority}")
         if not decision.allowed:
@@ -210,14 +211,14 @@ class Inbound:
         local = self.original_destination(sock)
         src_ip = canonical_ip(ipaddress.ip_address(peer[0]))
         dst_ip = canonical_ip(ipaddress.ip_address(local[0]))
-        src_addr, dst_addr = format_authority(src_ip, peer[1]), format_authority(dst_ip, local[1])
+        src_addr, dst_addr = str(SocketAddr(src_ip, peer[1])), str(SocketAddr(dst_ip, local[1]))
         try:
             workload = await self.workload()
         except LookupError as e:
             connection_failed(src_addr, dst_addr, DESTINATION, str(e))
             sock.close()
             return
-        if local[1] in SELF_PORTS:
+        if local[1] in POD_LISTENER_PORTS:
             connection_failed(src_addr, dst_addr, DESTINATION, "self-call refused")
             sock.close()
             return

@@ -22,9 +22,9 @@ import trio
 from ztunnel_py.agent.proxy.accounting import Tracker, carry
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import client_context, verify_server_identity
-from ztunnel_py.model import IPAddress, Service, TunnelProtocol, Workload
-from ztunnel_py.model.workload import HBONE_PORT, canonical_ip
-from ztunnel_py.protocol.hbone import format_authority
+from ztunnel_py.model import IPAddress, Service, SocketAddr, TunnelProtocol, Workload
+from ztunnel_py.model.address import canonical_ip
+from ztunnel_py.model.ports import HBONE_PORT, POD_LISTENER_PORTS
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import SOURCE, TrafficLabels
@@ -44,9 +44,6 @@ from ztunnel_py.transport.relay import SocketByteStream, relay, splice_relay
 log = logging.getLogger("ztunnel_py.outbound")
 
 _rng = random.Random()
-
-# Ports of the agent's own listeners: a pod dialling them through the mesh would loop.
-SELF_PORTS = frozenset({15001, 15006, 15008, 15080})
 
 
 class OutboundError(Exception):
@@ -70,7 +67,7 @@ class Route:
 
     @property
     def authority(self) -> str:
-        return format_authority(self.dst_ip, self.dst_port)
+        return str(SocketAddr(self.dst_ip, self.dst_port))
 
 
 def route(state: ProxyState, dst_ip: IPAddress, dst_port: int, network: str = "") -> Route:
@@ -162,11 +159,11 @@ class Outbound:
         after its SOCKS5 request), forwarded first.
         """
         peer = client.getpeername()
-        client_addr = (str(canonical_ip(ipaddress.ip_address(peer[0]))), peer[1])
-        src_text = format_authority(*client_addr)
-        dst_text = format_authority(dst_ip, dst_port)
+        client_addr = SocketAddr(canonical_ip(ipaddress.ip_address(peer[0])), peer[1])
+        src_text = str(client_addr)
+        dst_text = str(SocketAddr(dst_ip, dst_port))
         try:
-            if dst_ip.is_loopback and dst_port in SELF_PORTS:
+            if dst_ip.is_loopback and dst_port in POD_LISTENER_PORTS:
                 raise OutboundError(f"refusing a self-call to {dst_text}")
             rt = route(self.state, dst_ip, dst_port)
         except OutboundError as e:
@@ -182,7 +179,7 @@ class Outbound:
             destination_service=rt.service,
             mtls=rt.hbone,
         )
-        upstream_addr = format_authority(rt.dst_ip, HBONE_PORT if rt.hbone else rt.dst_port)
+        upstream_addr = str(SocketAddr(rt.dst_ip, HBONE_PORT if rt.hbone else rt.dst_port))
         conn = self.metrics.open(
             labels, src_text, upstream_addr, rt.authority if rt.hbone else None
         )
@@ -232,14 +229,15 @@ class Outbound:
         source: Workload,
         netns: PodNetns,
         rt: Route,
-        client_addr: tuple[str, int],
+        client_addr: SocketAddr,
     ) -> HboneStream:
         """A CONNECT stream to the route's workload, on a pooled HBONE connection."""
         assert rt.workload is not None
         src_identity = source.identity
         expected = self.state.upstream_identities(rt.workload, rt.service)
         src_ip = _address_for(source, rt.dst_ip.version)
-        key = PoolKey(src_identity, frozenset(expected), (rt.dst_ip, HBONE_PORT), src_ip)
+        upstream = SocketAddr(rt.dst_ip, HBONE_PORT)
+        key = PoolKey(src_identity, frozenset(expected), upstream, src_ip)
         try:
             cert = await self.certs.fetch(src_identity)
         except Exception as e:
@@ -257,7 +255,7 @@ class Outbound:
                 nursery=self.connections,
             )
 
-        forwarded = f'for="{format_authority(*client_addr)}"'
+        forwarded = f'for="{client_addr}"'
         if rt.service is not None:
             forwarded += f";host={rt.service.hostname}"
         headers = [
@@ -271,10 +269,10 @@ class Outbound:
             flag = "DENY" if e.status == 401 else "CONNECT"
             raise OutboundError(f"upstream answered HTTP {e.status}", flag) from e
         except trio.TooSlowError as e:
-            raise OutboundError(f"timed out connecting to {rt.dst_ip}:{HBONE_PORT}") from e
+            raise OutboundError(f"timed out connecting to {upstream}") from e
         except HboneHandshakeError as e:
             raise OutboundError(
                 f"HBONE handshake with {rt.dst_ip} failed: {e}", "TLS_FAILURE"
             ) from e
         except (HboneError, OSError) as e:
-            raise OutboundError(f"cannot connect to {rt.dst_ip}:{HBONE_PORT}: {e}") from e
+            raise OutboundError(f"cannot connect to {upstream}: {e}") from e

@@ -31,10 +31,9 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
-from ztunnel_py.model.workload import pod_uid
+from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID, pod_uid
 
 DEFAULT_DOMAIN_SUFFIX = "cluster.local"
-DEFAULT_CLUSTER_ID = "Kubernetes"
 
 
 @dataclass(frozen=True, slots=True)

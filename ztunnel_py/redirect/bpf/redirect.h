@@ -18,13 +18,14 @@
 #define ZT_MAX_ADDRS 4        /* pod IPs per family */
 #define ZT_MAX_PORT_RANGES 16 /* excluded port ranges per direction */
 
-/* Ports of the agent's listeners inside the pod netns. */
-#define ZT_PORT_OUTBOUND 15001
-#define ZT_PORT_INBOUND 15006
-#define ZT_PORT_HBONE 15008
-
-/* The agent's sockets carry SO_MARK 0x539 (compared under mask 0xfff, as Istio does). */
-#define ZT_AGENT_MARK 0x539
+/* The ports of the agent's listeners inside the pod netns (ZT_PORT_OUTBOUND, ZT_PORT_INBOUND,
+ * ZT_PORT_HBONE) and the SO_MARK of the agent's sockets (ZT_AGENT_MARK) are defined once, in
+ * ztunnel_py/model/ports.py; ztunnel_py/redirect/compile.py passes them as -D flags. */
+#if !defined(ZT_PORT_OUTBOUND) || !defined(ZT_PORT_INBOUND) || !defined(ZT_PORT_HBONE) || \
+    !defined(ZT_AGENT_MARK)
+#error "compile with -DZT_PORT_OUTBOUND, -DZT_PORT_INBOUND, -DZT_PORT_HBONE and -DZT_AGENT_MARK"
+#endif
+/* The agent's mark is compared under this mask, as Istio does. */
 #define ZT_AGENT_MARK_MASK 0xfff
 /* Set on hairpinned packets; `ip rule fwmark 0x400/0xf00` routes them to the local table. */
 #define ZT_ROUTE_MARK 0x400
