@@ -23,7 +23,8 @@ import trio
 
 from ztunnel_py.bench.loadgen import LatencyReport, run_connections, run_latency
 from ztunnel_py.model.address import SocketAddr
-from ztunnel_py.testbed.podserver import MAX_BYTES, PodHTTPServer
+from ztunnel_py.testbed.podapp import MAX_BYTES, PodInfo
+from ztunnel_py.testbed.podserver import PodHTTPServer
 
 Handler = Callable[[trio.SocketStream], Awaitable[None]]
 
@@ -41,7 +42,7 @@ class CountingPodServer(PodHTTPServer):
 
 @pytest.fixture
 def podserver() -> Iterator[CountingPodServer]:
-    srv = CountingPodServer(("127.0.0.1", 0), "echo-1", "apps", "node1")
+    srv = CountingPodServer(("127.0.0.1", 0), PodInfo("echo-1", "apps", "node1"))
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:

@@ -13,12 +13,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from ztunnel_py.testbed.podapp import PodInfo
 from ztunnel_py.testbed.podserver import PodHTTPServer
+
+INFO = PodInfo("echo-1", "apps", "node1")
 
 
 @pytest.fixture
 def server() -> Iterator[PodHTTPServer]:
-    srv = PodHTTPServer(("127.0.0.1", 0), "echo-1", "apps", "node1")
+    srv = PodHTTPServer(("127.0.0.1", 0), INFO)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -37,21 +40,29 @@ def test_answers_with_pod_and_peer_over_one_keepalive_connection(server: PodHTTP
             resp = conn.getresponse()
             assert resp.status == 200
             assert resp.getheader("Content-Type") == "application/json"
+            assert resp.getheader("x-served-by") == "echo-1"
             body = json.loads(resp.read())
             client_port = conn.sock.getsockname()[1]
+            port = server.server_address[1]
             assert body == {
                 "pod": "echo-1",
                 "namespace": "apps",
                 "node": "node1",
+                "version": "",
                 "client": f"127.0.0.1:{client_port}",
+                "method": "GET",
                 "path": path,
+                "host": f"127.0.0.1:{port}",
+                "headers": {"host": f"127.0.0.1:{port}", "accept-encoding": "identity"},
+                "body_bytes": 0,
+                "protocol": "HTTP/1.1",
             }
     finally:
         conn.close()
 
 
 def test_dual_stack_server_reports_ipv4_clients_plainly_and_brackets_ipv6() -> None:
-    srv = PodHTTPServer(("::", 0), "echo-1", "apps", "node1")
+    srv = PodHTTPServer(("::", 0), INFO)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -82,7 +93,7 @@ def test_garbage_and_unsupported_methods_get_errors_and_the_server_lives(
         assert b"Error code: 400" in reply
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("POST", "/", body=b"x")
+        conn.request("BREW", "/", body=b"x")
         assert conn.getresponse().status == 501
     finally:
         conn.close()
