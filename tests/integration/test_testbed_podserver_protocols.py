@@ -440,7 +440,7 @@ def test_dual_stack_pod_serves_h2_and_grpc_on_both_families(tmp_path: Path) -> N
             answer = curl(
                 tmp_path, "--http2-prior-knowledge", f"http://{url_host}:{pod.ports['h2c']}/"
             )
-            assert str(answer.json()["client"]).rpartition(":")[0] == host
+            assert str(answer.json()["client"]).rpartition(":")[0].strip("[]") == host
             (reply,) = grpcclient.call(f"{url_host}:{pod.ports['grpc']}", UNARY, {})
             assert str(reply["client"]).rpartition(":")[0] == host
     finally:
