@@ -442,7 +442,7 @@ def test_dual_stack_pod_serves_h2_and_grpc_on_both_families(tmp_path: Path) -> N
             )
             assert str(answer.json()["client"]).rpartition(":")[0].strip("[]") == host
             (reply,) = grpcclient.call(f"{url_host}:{pod.ports['grpc']}", UNARY, {})
-            assert str(reply["client"]).rpartition(":")[0] == host
+            assert str(reply["client"]).rpartition(":")[0].strip("[]") == host
     finally:
         stop_pod(pod)
 
