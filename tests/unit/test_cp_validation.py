@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.cp_support import diagnostics, store_with, yaml_text
-from ztunnel_py.controlplane.resources import Document, Origin
+from ztunnel_py.controlplane.resources import Document, Origin, Resource, ResourceKey
 from ztunnel_py.controlplane.sources.yamldocs import Parsed, parse_documents
 from ztunnel_py.controlplane.store import ConfigStore
+from ztunnel_py.controlplane.translate import translate
+from ztunnel_py.controlplane.translate.services import cluster_ips as service_cluster_ips
 from ztunnel_py.controlplane.validation import validate_document
 
 POD = """
@@ -67,8 +71,8 @@ CASES = [
         "apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n",
         "kind",
         "unknown kind 'Deployment' (supported: Namespace, Pod, Service, ServiceEntry, "
-        "WorkloadEntry, AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, "
-        "VirtualService, DestinationRule)",
+        "WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
+        "PeerAuthentication, Gateway, HTTPRoute)",
     ),
     (
         "kind in the wrong case",
@@ -151,6 +155,13 @@ CASES = [
         POD.replace("labels: {app: web}", "labels: {on: yes}"),
         "metadata.labels[True]",
         "label key True must be a string",
+    ),
+    (
+        "boolean where a string belongs, said once",
+        POD.replace("namespace: demo", "namespace: no"),
+        "metadata.namespace",
+        "expected a string, got a boolean (YAML reads yes/no/on/off/true/false as booleans: "
+        "quote it)",
     ),
     (
         "service port out of range",
@@ -438,7 +449,7 @@ CASES = [
           ports: [{number: 80, name: http}, {number: 80, name: web}]
         """),
         "spec.ports[1]",
-        "duplicate port number (same as [0])",
+        "duplicate port number 80 (same as [0])",
     ),
     (
         "service entry selector and endpoints",
@@ -512,7 +523,7 @@ CASES = [
           subsets: [{name: v1, labels: {version: v1}}, {name: v1}]
         """,
         "spec.subsets[1]",
-        "duplicate subset name (same as [0])",
+        "duplicate subset name 'v1' (same as [0])",
     ),
 ]
 
@@ -749,21 +760,6 @@ def _objects(draw: st.DrawFn) -> dict[object, object]:
     return body
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_objects(), max_size=4), st.lists(_objects(), max_size=4))
-def test_store_never_crashes_and_keeps_a_consistent_state(
-    first: list[dict[object, object]], second: list[dict[object, object]]
-) -> None:
-    store = ConfigStore(report=False)
-    for batch in (first, second):
-        docs = tuple(Document(Origin("f.yaml", i), body) for i, body in enumerate(batch))
-        for doc in docs:
-            validate_document(doc)
-        result = store.apply({"f.yaml": Parsed(docs)})
-        assert result.snapshot is store.current()
-    assert all(isinstance(str(d), str) for d in store.diagnostics())
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200) | st.binary(max_size=200))
 def test_arbitrary_file_contents_never_crash(text: str | bytes) -> None:
@@ -839,6 +835,85 @@ def test_mutated_valid_documents_never_crash(data: st.DataObject) -> None:
         mutated.append(Document(doc.origin, _replace(doc.body, path, data.draw(_trees))))
     store.apply({"f.yaml": Parsed(tuple(mutated))})
     assert store.current().version >= good.version
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> dict[object, object]:
+    """Random objects, valid documents and new valid versions of them, renamed copies
+    (clusterIP clashes, duplicates) and broken versions of valid ones (the store falls back to
+    their last good version)."""
+    choice = draw(st.integers(0, 4))
+    if choice == 0:
+        return draw(_objects())
+    body = draw(st.sampled_from([doc.body for doc in VALID]))
+    assert isinstance(body, dict)
+    if choice == 1:
+        return body
+    if choice == 2:
+        meta = body["metadata"]
+        labels = {**meta.get("labels", {}), "rev": draw(st.sampled_from(["1", "2"]))}
+        return {**body, "metadata": {**meta, "labels": labels}}
+    if choice == 3:
+        name = draw(st.sampled_from(["web", "web2"]))
+        renamed = _replace(body, ("metadata", "name"), name)
+    else:
+        renamed = _replace(body, draw(st.sampled_from(_paths(body))), draw(_trees))
+    return renamed if isinstance(renamed, dict) else body
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_documents(), max_size=5), st.lists(_documents(), max_size=5))
+def test_store_never_crashes_and_keeps_a_consistent_state(
+    first: list[dict[object, object]], second: list[dict[object, object]]
+) -> None:
+    """After each change the store serves only resources that validate (this version's, or the
+    last good one of a resource whose new version is rejected), every valid resource unless
+    another one owns its clusterIP, no clusterIP twice, and a snapshot that is the translation
+    of what it serves."""
+    store = ConfigStore(report=False)
+    served: dict[ResourceKey, Resource] = {}
+    for batch in (first, second):
+        docs = tuple(Document(Origin("f.yaml", i), body) for i, body in enumerate(batch))
+        valid: dict[ResourceKey, Resource] = {}
+        for doc in docs:
+            for outcome in validate_document(doc):
+                if outcome.resource is not None:
+                    valid.setdefault(outcome.resource.key, outcome.resource)
+        before = store.current()
+        result = store.apply({"f.yaml": Parsed(docs)})
+        accepted = store.resources()
+        for key, resource in accepted.items():
+            assert resource in (valid.get(key), served.get(key))
+        cluster_ips = [
+            ipaddress.ip_address(ip)
+            for r in accepted.values()
+            if r.kind == "Service"
+            for ip in service_cluster_ips(r)
+        ]
+        assert len(cluster_ips) == len(set(cluster_ips))
+        for key, resource in valid.items():
+            if accepted.get(key) == resource:
+                continue
+            assert any(
+                d.path == "spec.clusterIP" and f"{key} rejected" in d.reason
+                for d in store.diagnostics()
+            ), key
+        snapshot = store.current()
+        assert result.snapshot is snapshot
+        expected = translate(accepted.values(), store.options)
+        assert (snapshot.workloads, snapshot.services, snapshot.policies) == (
+            expected.workloads,
+            expected.services,
+            expected.policies,
+        )
+        changed = (before.workloads, before.services, before.policies) != (
+            snapshot.workloads,
+            snapshot.services,
+            snapshot.policies,
+        )
+        assert result.changed == changed
+        assert snapshot.version == before.version + changed
+        served = dict(accepted)
 
 
 def test_last_good_version_is_served_when_the_new_one_is_invalid() -> None:

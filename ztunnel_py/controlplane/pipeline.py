@@ -16,12 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.controlplane.registry import (
-    EmptyRegistry,
-    LocalConfigError,
-    LocalConfigRegistry,
-    WorkloadRegistry,
-)
+from ztunnel_py.controlplane.registry import EmptyRegistry, WorkloadRegistry
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot, SnapshotSource
 from ztunnel_py.controlplane.sources.files import DirectorySource
 from ztunnel_py.controlplane.sources.kube import KubeSource
@@ -149,19 +144,12 @@ def _kube_client(kubeconfig: str | None) -> Any:
 
 
 def _local_config(path: Path) -> Pipeline:
-    registry = LocalConfigRegistry(path)
-    try:
-        registry.reload_if_changed()
-        log.info("loaded %s: %s", registry.path, registry.summary())
-    except (LocalConfigError, OSError) as e:
-        log.error("%s; fix the file: it is re-read when it changes", e)
-    snapshots = LocalConfigSource(path)
-    snapshots.reload_if_changed()
-    pipeline = Pipeline(snapshots, registry)
+    source = LocalConfigSource(path)
+    source.reload_if_changed()
+    pipeline = Pipeline(source, source)
 
     def start(stop: threading.Event) -> None:
-        pipeline.spawn(registry.watch, stop, "local-config-registry")
-        pipeline.spawn(snapshots.watch, stop, "local-config")
+        pipeline.spawn(source.watch, stop, "local-config")
 
     pipeline.starters.append(start)
     return pipeline
