@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ztunnel_py.controlplane.config import ControlPlaneConfig
 from ztunnel_py.controlplane.registry import EmptyRegistry, WorkloadRegistry
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot, SnapshotSource
 from ztunnel_py.controlplane.sources.files import DirectorySource
@@ -85,29 +86,22 @@ class Pipeline:
         return out
 
 
-def open_pipeline(
-    *,
-    config_dir: str | None,
-    kubernetes: bool,
-    kubeconfig: str | None,
-    local_config: str | None,
-    options: MeshOptions,
-) -> Pipeline:
-    """The sources named on the command line; ValueError if they cannot be used."""
-    if local_config:
-        if config_dir or kubernetes:
-            raise ValueError("--local-config cannot be combined with --config-dir or --kubernetes")
-        return _local_config(Path(local_config))
-    if not config_dir and not kubernetes:
+def open_pipeline(config: ControlPlaneConfig) -> Pipeline:
+    """The sources `config` names; ValueError if they cannot be used."""
+    if config.local_config is not None:
+        return _local_config(config.local_config)
+    if config.config_dir is None and not config.kubernetes:
         log.warning(
             "no --config-dir, --kubernetes or --local-config: no workload is known, every "
             "signing request is refused"
         )
         return Pipeline(_NoSnapshots(), EmptyRegistry())
+    options = MeshOptions(trust_domain=config.trust_domain, root_namespace=config.root_namespace)
     store = ConfigStore(options)
     pipeline = Pipeline(store, store, store)
-    if config_dir:
-        directory = DirectorySource(Path(config_dir), store)
+    config_dir = config.config_dir
+    if config_dir is not None:
+        directory = DirectorySource(config_dir, store)
 
         def start_files(stop: threading.Event) -> None:
             directory.sync()
@@ -115,8 +109,8 @@ def open_pipeline(
             pipeline.spawn(directory.run, stop, "config-dir")
 
         pipeline.starters.append(start_files)
-    if kubernetes:
-        source = KubeSource(store, _kube_client(kubeconfig))
+    if config.kubernetes:
+        source = KubeSource(store, _kube_client(config.kubeconfig))
 
         def start_kube(stop: threading.Event) -> None:
             source.start()
@@ -127,7 +121,7 @@ def open_pipeline(
     return pipeline
 
 
-def _kube_client(kubeconfig: str | None) -> Any:
+def _kube_client(kubeconfig: Path | None) -> Any:
     """In-cluster credentials when running in a pod, else the kubeconfig."""
     from kubernetes import client, config
 
@@ -138,7 +132,8 @@ def _kube_client(kubeconfig: str | None) -> Any:
         except config.ConfigException:
             pass
     try:
-        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        path = None if kubeconfig is None else str(kubeconfig)
+        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
     except (config.ConfigException, OSError) as e:
         raise ValueError(f"--kubernetes: cannot load credentials: {e}") from None
 
