@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -25,9 +24,3 @@ def nomesh_testbed() -> Iterator[Testbed]:
         yield bed
     finally:
         bed.down()
-
-
-def pod(bed: Testbed, name: str) -> dict[str, Any]:
-    """The pod's entry in `testbed status` (ip, node, processes, ...)."""
-    pods: list[dict[str, Any]] = bed.status()["pods"]
-    return next(p for p in pods if p["name"] == name)

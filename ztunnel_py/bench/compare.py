@@ -112,18 +112,17 @@ class Endpoints:
     def __init__(self, bed: Testbed) -> None:
         self.bed = bed
         status = bed.status()
-        pods = {p["name"]: p for p in status["pods"]}
-        self.server_ip = str(pods[SERVER_POD]["ip"])
-        self.mode = str(status["mode"])
-        self.controlplane_pid: int | None = status["controlplane"]["pid"]
+        self.server_ip = status.pod(SERVER_POD).ip
+        self.mode = status.mode
+        self.controlplane_pid = status.controlplane.pid
         # name -> pid of every data-plane process
         self.proxies: dict[str, int] = {}
-        for node in status["nodes"]:
-            if node["agent"]["pid"]:
-                self.proxies[f"agent {node['name']}"] = int(node["agent"]["pid"])
-        for pod in status["pods"]:
-            if pod.get("sidecar") and pod["sidecar"]["pid"]:
-                self.proxies[f"sidecar {pod['name']}"] = int(pod["sidecar"]["pid"])
+        for node in status.nodes:
+            if node.agent.pid:
+                self.proxies[f"agent {node.name}"] = node.agent.pid
+        for pod in status.pods:
+            if pod.sidecar is not None and pod.sidecar.pid:
+                self.proxies[f"sidecar {pod.name}"] = pod.sidecar.pid
 
     def loadgen(self, *argv: str, timeout: float) -> dict[str, Any]:
         """Run the load generator in the client pod; its JSON report."""
