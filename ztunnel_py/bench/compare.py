@@ -35,7 +35,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from ztunnel_py.bench.results import (
     Cost,
     ModeResult,
     PathCheck,
+    Plan,
     Settings,
 )
 from ztunnel_py.testbed import namespaces
@@ -66,21 +66,6 @@ CLIENT_POD = "web-1"
 SERVER_POD = "echo-2"
 METRICS_PORT = 15020
 OPENED = "istio_tcp_connections_opened"
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How long and how hard each measurement runs."""
-
-    throughput_seconds: int
-    latency_seconds: float
-    warmup_seconds: float
-    cost_seconds: float
-    connection_rate_seconds: float
-    rate: int
-    connections: int
-    response_bytes: int
-    pods_per_node: tuple[int, ...]
 
 
 FULL = Plan(
@@ -384,18 +369,7 @@ def machine() -> dict[str, str]:
 def run(plan: Plan, repeat: int, quick: bool, prefix: str, say: Say) -> CompareResult:
     started = time.monotonic()
     result = CompareResult(
-        settings=Settings(
-            quick=quick,
-            repeat=repeat,
-            throughput_seconds=plan.throughput_seconds,
-            latency_seconds=plan.latency_seconds,
-            cost_seconds=plan.cost_seconds,
-            rate=plan.rate,
-            connections=plan.connections,
-            response_bytes=plan.response_bytes,
-            connection_rate_seconds=plan.connection_rate_seconds,
-            pods_per_node=sorted(plan.pods_per_node),
-        ),
+        settings=Settings(plan, repeat, quick),
         machine=machine(),
         modes={},
         published=list(ISTIO_PUBLISHED),
