@@ -15,7 +15,7 @@ import grpc
 from ztunnel_py.controlplane import ca as ca_service
 from ztunnel_py.controlplane.app import CA_SUBDIR, ServingCredentials, load_or_create_ca
 from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore, TokenAuthenticator
-from ztunnel_py.controlplane.registry import LocalConfigRegistry
+from ztunnel_py.controlplane.sources.localconfig import LocalConfigSource
 from ztunnel_py.identity.caclient import GrpcCaClient
 from ztunnel_py.identity.pki import ROOT_CERT_FILE
 from ztunnel_py.model.address import SocketAddr
@@ -51,7 +51,7 @@ class RunningCa:
     data_dir: Path
     port: int
     server: grpc.Server
-    registry: LocalConfigRegistry
+    registry: LocalConfigSource
 
     @property
     def address(self) -> SocketAddr:
@@ -83,7 +83,7 @@ def start_ca(
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
 ) -> RunningCa:
     ca = load_or_create_ca(data_dir / CA_SUBDIR, TRUST_DOMAIN)
-    registry = LocalConfigRegistry(local_config)
+    registry = LocalConfigSource(local_config)
     registry.reload_if_changed()
     service = ca_service.CertificateService(
         ca,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,12 @@ async def test_controlplane_cli_end_to_end(
     proc, port, tmp_path = server
     log = tmp_path / "controlplane.log"
     await wait_serving(trio.Path(log), proc)
+    # the agent's log format: time, level, target, message, tab-separated
+    (serving,) = [line for line in log.read_text().splitlines() if "serving the CA on" in line]
+    timestamp, level, target, message = serving.split("\t")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", timestamp)
+    assert (level, target) == ("info", "controlplane")
+    assert message.startswith(f"serving the CA on 127.0.0.1:{port} ")
     root = tmp_path / "data" / "ca" / "root-cert.pem"
     assert root.read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert (tmp_path / "data" / "ca" / "root-key.pem").stat().st_mode & 0o077 == 0

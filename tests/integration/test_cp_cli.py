@@ -93,8 +93,8 @@ def test_validate_reports_every_problem_and_fails(tmp_path: Path) -> None:
         "denies more than requested. Use a waypoint (targetRefs) for HTTP rules (line 13, "
         "column 11)",
         f"{bad}:doc[2]: kind: unknown kind 'Deployment' (supported: Namespace, Pod, Service, "
-        "ServiceEntry, WorkloadEntry, AuthorizationPolicy, PeerAuthentication, Gateway, "
-        "HTTPRoute, VirtualService, DestinationRule) (line 15, column 7)",
+        "ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
+        "PeerAuthentication, Gateway, HTTPRoute) (line 15, column 7)",
         f"{bad}:doc[3]: <document>: invalid YAML: while parsing a flow mapping: expected ',' or "
         "'}', but got '<stream end>' (line 22, column 1)",
     ]

@@ -36,12 +36,6 @@ def client_ip(answer: dict[str, Any]) -> str:
     return str(SocketAddr.parse(answer["client"]).host)
 
 
-def pod(bed: Testbed, name: str) -> dict[str, Any]:
-    """The pod's entry in `testbed status` (ip, node, processes, ...)."""
-    pods: list[dict[str, Any]] = bed.status()["pods"]
-    return next(p for p in pods if p["name"] == name)
-
-
 @pytest.fixture(scope="module")
 def bpffs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory on a bpffs of its own, for one test module."""

@@ -50,9 +50,9 @@ def test_quick_compare_measures_every_mode_on_its_own_path(tmp_path: Path) -> No
         lat = r.latency_ms
         assert 0 < lat.p50.median <= lat.p90.median <= lat.p99.median
         assert lat.errors.median == 0
-        assert lat.achieved_rps.median > 0.9 * result.settings.rate
+        assert lat.achieved_rps.median > 0.9 * result.settings.plan.rate
         assert r.connections_per_s.median > 10
-        assert [c.pods_per_node for c in r.costs] == result.settings.pods_per_node
+        assert tuple(c.pods_per_node for c in r.costs) == result.settings.plan.pods_per_node
     # who carried the traffic: nobody, the two sidecars, the two node agents
     assert result.modes[NONE].path.evidence[0] == "no control plane, agent or sidecar process runs"
     assert all("sidecar of" in line for line in result.modes[SIDECAR].path.evidence)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.conftest import pod, unique_prefix
+from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed import runtime
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.traffic import http_get
@@ -53,27 +53,28 @@ def test_no_iptables_or_nftables_rule_in_any_testbed_namespace(bed: Testbed) -> 
 
 
 def server_log(bed: Testbed, name: str) -> str:
-    log = pod(bed, name)["processes"][0]["log"]
+    log = bed.status().pod(name).processes[0].log
+    assert log is not None
     return Path(log).read_text(errors="replace")
 
 
 def test_agent_down_fails_closed_then_restart_re_enrolls(bed: Testbed) -> None:
-    echo2 = pod(bed, "echo-2")
-    assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
+    echo2 = bed.status().pod("echo-2")
+    assert http_get(bed, "web-1", echo2.ip, 8080).pod == "echo-2"
     bed.kill_agent("node2")
     # Meshed (HBONE) and plaintext callers alike: captured, nobody listening, dropped.
     for client, marker in (("web-1", "ztdown-mesh"), ("legacy-1", "ztdown-plain")):
         done = bed.exec(
             client,
-            ["curl", "-sS", "--max-time", "3", f"http://{echo2['ip']}:8080/?{marker}"],
+            ["curl", "-sS", "--max-time", "3", f"http://{echo2.ip}:8080/?{marker}"],
             timeout=15,
         )
         assert done.returncode != 0, done.stdout
         assert marker not in server_log(bed, "echo-2")
     bed.start_agent("node2")
-    answer = http_get(bed, "web-1", echo2["ip"], 8080)
-    assert (answer.pod, answer.client.rsplit(":", 1)[0]) == ("echo-2", pod(bed, "web-1")["ip"])
-    agent_log = Path(bed.status()["nodes"][1]["log"]).read_text()
+    answer = http_get(bed, "web-1", echo2.ip, 8080)
+    assert (answer.pod, answer.client.rsplit(":", 1)[0]) == ("echo-2", bed.status().pod("web-1").ip)
+    agent_log = Path(str(bed.status().nodes[1].log)).read_text()
     assert "restored 2 of 2 previously enrolled pods" in agent_log
     # The programs counted the drops while no agent was there; the new agent reports them.
     dropped = capture_metric(bed, "node2", "dropped_packets", "echo-2", reason="fail_closed")
@@ -109,7 +110,7 @@ def test_capture_counters_are_metrics_of_each_pod(bed: Testbed) -> None:
             ),
         }
 
-    echo2 = pod(bed, "echo-2")["ip"]
+    echo2 = bed.status().pod("echo-2").ip
     before = snapshot()
     for _ in range(3):
         assert http_get(bed, "web-1", echo2, 8080).pod == "echo-2"
@@ -181,7 +182,7 @@ class KeepAliveClient:
 def wait_exit(bed: Testbed, node_index: int, timeout: float) -> float:
     """Seconds until the node's agent has exited."""
     start = time.monotonic()
-    while bed.status()["nodes"][node_index]["agent"]["alive"]:
+    while bed.status().nodes[node_index].agent.alive:
         assert time.monotonic() - start < timeout, "the agent did not exit"
         time.sleep(0.05)
     return time.monotonic() - start
@@ -199,17 +200,18 @@ def node2_agent_terminated_with_a_connection_open(
 ) -> Iterator[tuple[KeepAliveClient, Path]]:
     """web-1 holds a keep-alive connection to echo-2, then node2's agent gets SIGTERM; yields
     the client and the agent's log. Afterwards the agent is started again and serves."""
-    echo2 = pod(bed, "echo-2")
-    client = KeepAliveClient(bed, "web-1", echo2["ip"], 8080)
+    echo2 = bed.status().pod("echo-2")
+    client = KeepAliveClient(bed, "web-1", echo2.ip, 8080)
     try:
         assert client.get("before") == "echo-2"
-        agent = bed.status()["nodes"][1]["agent"]
-        os.kill(agent["pid"], signal.SIGTERM)
-        yield client, Path(agent["log"])
+        agent = bed.status().nodes[1].agent
+        assert agent.pid is not None and agent.log is not None
+        os.kill(agent.pid, signal.SIGTERM)
+        yield client, Path(agent.log)
     finally:
         client.close()
         bed.start_agent("node2")
-    assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
+    assert http_get(bed, "web-1", echo2.ip, 8080).pod == "echo-2"
 
 
 def test_sigterm_drains_open_connections_then_the_agent_exits(bed: Testbed) -> None:
@@ -221,12 +223,12 @@ def test_sigterm_drains_open_connections_then_the_agent_exits(bed: Testbed) -> N
         assert "draining" in readiness(bed, "node2")
         # The open connection goes on; new ones find no listener (capture fails closed).
         assert client.get("during") == "echo-2"
-        url = f"http://{pod(bed, 'echo-2')['ip']}:8080/?ztdrain-new"
+        url = f"http://{bed.status().pod('echo-2').ip}:8080/?ztdrain-new"
         refused = bed.exec("web-1", ["curl", "-sS", "--max-time", "3", url], timeout=15)
         assert refused.returncode != 0
         assert "ztdrain-new" not in server_log(bed, "echo-2")
         assert client.get("still") == "echo-2"
-        assert bed.status()["nodes"][1]["agent"]["alive"]
+        assert bed.status().nodes[1].agent.alive
         client.close()
         # The agent leaves as soon as its last connection ended, well before the 5 s deadline.
         assert wait_exit(bed, 1, timeout=4) < 3
@@ -277,7 +279,7 @@ def test_a_client_port_reused_while_the_agent_holds_it_in_time_wait(bed: Testbed
     # The kernel would drop a SYN assigned by tc as a duplicate of the TIME_WAIT tuple, for
     # 60 s; the lookup program has it retire that socket and gives the SYN to the agent.
     port = 61500  # outside the ephemeral range, so no other connection takes it meanwhile
-    argv = [sys.executable, "-c", REUSE_CLIENT, pod(bed, "echo-2")["ip"], "8080", str(port)]
+    argv = [sys.executable, "-c", REUSE_CLIENT, bed.status().pod("echo-2").ip, "8080", str(port)]
     done = bed.exec("web-1", argv, timeout=30)
     assert done.returncode == 0, done.stderr
     (first, second) = [line.split(" ", 1) for line in done.stdout.splitlines()]
@@ -308,16 +310,16 @@ def test_cni_del_leaves_the_pod_as_it_was_and_add_captures_again(bed: Testbed) -
     assert "fwmark" not in after_del["rules"] + after_del["rules6"]
     assert after_del["accept_local"].strip() == "0"
     # An unenrolled pod is a plain pod: its traffic reaches echo-1 directly, not via the mesh.
-    assert http_get(bed, "curl-2", pod(bed, "echo-1")["ip"], 8080).pod == "echo-1"
+    assert http_get(bed, "curl-2", bed.status().pod("echo-1").ip, 8080).pod == "echo-1"
     (outcome,) = runtime.invoke(bed.topology, bed.state, "ADD", [plan])
     assert outcome.returncode == 0, outcome.stderr
     assert network_state(plan.netns) == enrolled
-    assert http_get(bed, "curl-2", pod(bed, "echo-1")["ip"], 8080).pod == "echo-1"
+    assert http_get(bed, "curl-2", bed.status().pod("echo-1").ip, 8080).pod == "echo-1"
     # The inbound agent logs the connection once its relay has wound down: give it a moment.
     curl_id = "spiffe://cluster.local/ns/clients/sa/curl"
     deadline = time.monotonic() + 5
     while True:
-        node1_log = Path(bed.status()["nodes"][0]["log"]).read_text()
+        node1_log = Path(str(bed.status().nodes[0].log)).read_text()
         if any("connection complete" in ln and curl_id in ln for ln in node1_log.splitlines()):
             break
         assert time.monotonic() < deadline, "node1's agent did not log curl-2's connection"

@@ -20,6 +20,7 @@ import pytest
 
 from tests.netns.conftest import client_ip, unique_prefix
 from ztunnel_py.testbed import mesh, runtime
+from ztunnel_py.testbed.status import NamespaceStatus
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import PodPlan
 
@@ -83,12 +84,12 @@ def test_the_testbed_enrolled_the_ambient_pods_through_the_plugin(bed: Testbed) 
     t = bed.topology
     assert enrolled(bed) == {t.pod("echo-1").uid, t.pod("web-1").uid}
     status = bed.status()
-    assert {p["name"]: p["enrolled"] for p in status["pods"]} == {
+    assert {p.name: p.enrolled for p in status.pods} == {
         "echo-1": True,
         "web-1": True,
         "legacy-1": False,
     }
-    assert {"name": "legacy", "labels": {}} in status["namespaces"]
+    assert NamespaceStatus("legacy", {}) in status.namespaces
     config = json.loads(runtime.config_path(bed.state, "node1").read_text())
     assert config["type"] == "ztunnel-py-cni"
     assert config["namespaceLabels"]["apps"] == {"istio.io/dataplane-mode": "ambient"}
@@ -208,9 +209,9 @@ def test_agent_down_fails_add_and_status_and_restart_reenrolls_without_cni(bed: 
     assert "node1 ready" in done.stdout
     assert agent_alive(bed)
     # The restart went into the state file, which this process reads again.
-    restarted = bed.status()["nodes"][0]["agent"]
-    assert restarted["alive"] and restarted["pid"] != old_pid
-    assert f"pid {restarted['pid']}" in done.stdout
+    restarted = bed.status().nodes[0].agent
+    assert restarted.alive and restarted.pid != old_pid
+    assert f"pid {restarted.pid}" in done.stdout
     # The agent re-enrolled both pods from its own saved state, with no CNI call.
     assert enrolled(bed) == {echo.uid, web.uid}
     code, _, _ = raw_plugin(bed, {**env, "CNI_COMMAND": "STATUS"}, status_stdin)
@@ -241,7 +242,7 @@ def get(bed: Testbed, client: str, url: str) -> dict[str, Any]:
 def inbound_log_lines(bed: Testbed, needle: str) -> list[str]:
     """The agent's inbound access-log lines containing `needle`, waiting up to 5 s for one (the
     agent logs a connection when it closes, which may be just after the client is done)."""
-    log = bed.status()["nodes"][0]["log"]
+    log = str(bed.status().nodes[0].log)
     deadline = time.monotonic() + 5
     while True:
         with open(log, errors="replace") as f:

@@ -130,7 +130,7 @@ def workload(dump: Dump, uid: str) -> Dump | None:
 
 
 def agent_pids(bed: Testbed) -> list[int]:
-    return [int(n["agent"]["pid"]) for n in bed.status()["nodes"]]
+    return [n.agent.pid for n in bed.status().nodes if n.agent.pid is not None]
 
 
 def long_lived(bed: Testbed, seconds: int) -> subprocess.Popen[str]:
@@ -308,7 +308,7 @@ def test_data_plane_survives_a_controlplane_outage_and_resyncs(bed: Testbed) -> 
         assert debug_config(bed)["services"] == 2  # echo and echo-extra
     finally:
         bed.delete(EXTRA_SERVICE)
-        if bed.status()["controlplane"]["alive"] is False:
+        if not bed.status().controlplane.alive:
             bed.start_controlplane()
         assert_survived(connection, timeout=OUTAGE_SECONDS + 60)
     assert agent_pids(bed) == pids

@@ -31,6 +31,7 @@ from ztunnel_py.identity.pki import (
 from ztunnel_py.identity.tls import client_context, verify_server_identity
 from ztunnel_py.model import Identity
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
+from ztunnel_py.testbed.status import PodStatus
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import FABRIC_BRIDGE
 from ztunnel_py.testbed.traffic import gbps, http_get, iperf3
@@ -54,20 +55,18 @@ def bed() -> Iterator[Testbed]:
         tb.down()
 
 
-def pod(bed: Testbed, prefix: str, node: str) -> dict[str, Any]:
-    pods: list[dict[str, Any]] = bed.status()["pods"]
-    return next(p for p in pods if p["name"].startswith(prefix) and p["node"] == node)
+def pod(bed: Testbed, prefix: str, node: str) -> PodStatus:
+    return next(p for p in bed.status().pods if p.name.startswith(prefix) and p.node == node)
 
 
-def identity_of(p: dict[str, Any]) -> Identity:
-    return Identity("cluster.local", p["namespace"], p["service_account"])
+def identity_of(p: PodStatus) -> Identity:
+    return Identity("cluster.local", p.namespace, p.service_account)
 
 
 def agent_log(bed: Testbed, node: str) -> str:
-    for n in bed.status()["nodes"]:
-        if n["name"] == node:
-            return Path(n["log"]).read_text(errors="replace")
-    raise AssertionError(f"no node {node}")
+    log = bed.status().node(node).log
+    assert log is not None, f"node {node} has no agent log"
+    return Path(log).read_text(errors="replace")
 
 
 def config_dump(bed: Testbed, node: str) -> dict[str, Any]:
@@ -82,9 +81,9 @@ def test_plain_curl_is_captured_reaches_pod_and_is_logged_with_identity(
     bed: Testbed, client_node: str, server_node: str
 ) -> None:
     client, server = pod(bed, "web-", client_node), pod(bed, "echo-", server_node)
-    answer = http_get(bed, client["name"], server["ip"], 8080)
-    assert answer.pod == server["name"]
-    assert answer.client.startswith(client["ip"] + ":")  # the source IP is preserved
+    answer = http_get(bed, client.name, server.ip, 8080)
+    assert answer.pod == server.name
+    assert answer.client.startswith(client.ip + ":")  # the source IP is preserved
     time.sleep(0.3)
     lines = [
         line
@@ -98,9 +97,9 @@ def test_pod_outside_the_mesh_reaches_meshed_pods_in_plaintext(bed: Testbed) -> 
     """legacy-1 is in a namespace without the ambient label: not captured, and PERMISSIVE
     meshed pods accept its plaintext with its own source address."""
     legacy, server = pod(bed, "legacy-", "node1"), pod(bed, "echo-", "node2")
-    assert not legacy["enrolled"]
-    answer = http_get(bed, legacy["name"], server["ip"], 8080)
-    assert answer.pod == server["name"] and answer.client_ip == legacy["ip"]
+    assert not legacy.enrolled
+    answer = http_get(bed, legacy.name, server.ip, 8080)
+    assert answer.pod == server.name and answer.client_ip == legacy.ip
     deadline = time.monotonic() + 5
     while True:  # the agent logs the connection as it closes, maybe just after curl is done
         lines = [
@@ -116,16 +115,16 @@ def test_pod_outside_the_mesh_reaches_meshed_pods_in_plaintext(bed: Testbed) -> 
 
 def test_service_vip_is_balanced_over_both_nodes(bed: Testbed) -> None:
     client = pod(bed, "web-", "node1")
-    seen = {http_get(bed, client["name"], "10.96.0.10", 80).pod for _ in range(16)}
+    seen = {http_get(bed, client.name, "10.96.0.10", 80).pod for _ in range(16)}
     assert seen == {"echo-1", "echo-2"}
 
 
 def test_socks5_listener_serves_pod_ips_and_service_hostnames(bed: Testbed) -> None:
     client, server = pod(bed, "web-", "node1"), pod(bed, "echo-", "node2")
-    answer = http_get(bed, client["name"], server["ip"], 8080, socks5=True)
-    assert answer.pod == server["name"] and answer.client_ip == client["ip"]
+    answer = http_get(bed, client.name, server.ip, 8080, socks5=True)
+    assert answer.pod == server.name and answer.client_ip == client.ip
     done = bed.exec(
-        client["name"],
+        client.name,
         [
             "curl",
             "-sS",
@@ -144,19 +143,19 @@ def test_fabric_capture_shows_only_tls_on_15008(bed: Testbed, tmp_path: Path) ->
     client, server = pod(bed, "web-", "node1"), pod(bed, "echo-", "node2")
     marker = "ZTTEST-marker-7f3a9c"
     pcap = tmp_path / "fabric.pcap"
-    fabric = bed.status()["fabric"]["netns"]
+    fabric = bed.status().fabric.netns
     with FabricCapture(fabric, FABRIC_BRIDGE, pcap, "tcp", max_packets=3000):
         # A new source identity/IP pair forces a fresh HBONE connection (so the handshake is
         # on the wire): curl-2 on node2 talks to echo-1 on node1.
         http_get(
             bed,
-            pod(bed, "curl-", "node2")["name"],
-            pod(bed, "echo-", "node1")["ip"],
+            pod(bed, "curl-", "node2").name,
+            pod(bed, "echo-", "node1").ip,
             8080,
             path=f"/?{marker}",
         )
-        http_get(bed, client["name"], server["ip"], 8080, path=f"/?{marker}")
-        iperf3(bed, client["name"], server["ip"], seconds=2)
+        http_get(bed, client.name, server.ip, 8080, path=f"/?{marker}")
+        iperf3(bed, client.name, server.ip, seconds=2)
     report = analyze(pcap, {15008}, [marker.encode()])
     assert report.tls13_negotiated.get(15008), report
     assert report.tls_records[15008].get("application_data", 0) > 0
@@ -167,7 +166,7 @@ def test_fabric_capture_shows_only_tls_on_15008(bed: Testbed, tmp_path: Path) ->
 
 def test_iperf3_across_nodes_for_10s(bed: Testbed) -> None:
     client, server = pod(bed, "web-", "node1"), pod(bed, "echo-", "node2")
-    result = iperf3(bed, client["name"], server["ip"], seconds=10)
+    result = iperf3(bed, client.name, server.ip, seconds=10)
     assert gbps(result) > 0.05
     assert result["end"]["sum_received"]["seconds"] >= 9
 
@@ -198,14 +197,14 @@ def no_cert_context(cert: WorkloadCertificate) -> ssl.SSLContext:
 async def dial(
     bed: Testbed,
     cert: WorkloadCertificate,
-    server: dict[str, Any],
+    server: PodStatus,
     nursery: trio.Nursery,
     context: ssl.SSLContext | None = None,
 ) -> HboneClientConnection:
     client = pod(bed, "web-", "node1")
-    netns = PodNetns.open_path(f"/run/netns/{client['netns']}")
+    netns = PodNetns.open_path(f"/run/netns/{client.netns}")
     try:
-        sock = await netns.connect((server["ip"], 15008))
+        sock = await netns.connect((server.ip, 15008))
     finally:
         netns.close()
     return await connect_hbone(
@@ -228,7 +227,7 @@ def test_bad_clients_are_refused_and_others_unaffected(bed: Testbed) -> None:
                 foreign = cert_from(CertificateAuthority.create("cluster.local"), web)
                 with pytest.raises(HboneHandshakeError):
                     conn = await dial(bed, foreign, server, nursery)
-                    await conn.open_stream(f"{server['ip']}:8080")
+                    await conn.open_stream(f"{server.ip}:8080")
                 # Our CA, but another trust domain: closed right after the handshake.
                 other_td = cert_from(mesh_ca(bed), Identity("evil.local", "apps", "web"))
                 with pytest.raises(HboneHandshakeError):
@@ -243,20 +242,20 @@ def test_bad_clients_are_refused_and_others_unaffected(bed: Testbed) -> None:
                     await conn.open_stream("10.244.9.9:8080")
                 assert status.value.status == 400
                 with pytest.raises(HboneStatusError) as status:
-                    await conn.open_stream(f"{server['ip']}:9999")
+                    await conn.open_stream(f"{server.ip}:9999")
                 assert status.value.status == 503
-                stream = await conn.open_stream(f"{server['ip']}:8080")
+                stream = await conn.open_stream(f"{server.ip}:8080")
                 await stream.send_all(b"GET / HTTP/1.0\r\n\r\n")
                 body = b""
                 while chunk := bytes(await stream.receive_some()):
                     body += chunk
-                assert b'"pod": "' + server["name"].encode() in body.replace(b'":"', b'": "')
+                assert b'"pod": "' + server.name.encode() in body.replace(b'":"', b'": "')
                 await conn.aclose()
             nursery.cancel_scope.cancel()
 
     trio.run(main)
     # Everyone else is unaffected.
-    assert http_get(bed, "web-1", server["ip"], 8080).pod == server["name"]
+    assert http_get(bed, "web-1", server.ip, 8080).pod == server.name
 
 
 def test_certificate_rotation_keeps_connections_and_new_ones_use_new_cert(
@@ -286,7 +285,7 @@ def test_certificate_rotation_keeps_connections_and_new_ones_use_new_cert(
     assert first == serial_in_dump()
     # A long-lived connection through the mesh, opened before the rotation.
     long_lived = subprocess.Popen(
-        bed.exec_argv("web-1", ["iperf3", "-c", server["ip"], "-t", "40", "-b", "10M", "-J"]),
+        bed.exec_argv("web-1", ["iperf3", "-c", server.ip, "-t", "40", "-b", "10M", "-J"]),
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.conftest import pod, unique_prefix
+from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.traffic import http_get
@@ -53,7 +53,7 @@ def long_lived(bed: Testbed, client: str, server_ip: str, port: int) -> subproce
 
 
 def test_policy_change_denies_new_and_closes_open_connections_within_1s(bed: Testbed) -> None:
-    echo2 = pod(bed, "echo-2")
+    echo2 = bed.status().pod("echo-2")
     extra = subprocess.Popen(
         bed.exec_argv("echo-2", ["iperf3", "-s", "-p", "5202", "-1"]),
         stdout=subprocess.DEVNULL,
@@ -61,8 +61,8 @@ def test_policy_change_denies_new_and_closes_open_connections_within_1s(bed: Tes
     )
     try:
         time.sleep(0.5)
-        denied = long_lived(bed, "web-1", echo2["ip"], 5201)
-        unrelated = long_lived(bed, "curl-2", echo2["ip"], 5202)
+        denied = long_lived(bed, "web-1", echo2.ip, 5201)
+        unrelated = long_lived(bed, "curl-2", echo2.ip, 5202)
         time.sleep(3)
         assert denied.poll() is None and unrelated.poll() is None
         changed = time.monotonic()
@@ -71,9 +71,9 @@ def test_policy_change_denies_new_and_closes_open_connections_within_1s(bed: Tes
         assert time.monotonic() - changed < 2.5  # iperf3 notices within its 1 s report tick
         assert unrelated.poll() is None
         # New connections from web are refused (HBONE 401); others still work.
-        done = bed.exec("web-1", ["curl", "-sS", "--max-time", "5", f"http://{echo2['ip']}:8080/"])
+        done = bed.exec("web-1", ["curl", "-sS", "--max-time", "5", f"http://{echo2.ip}:8080/"])
         assert done.returncode != 0
-        assert http_get(bed, "curl-2", echo2["ip"], 8080).pod == "echo-2"
+        assert http_get(bed, "curl-2", echo2.ip, 8080).pod == "echo-2"
         out, _ = unrelated.communicate(timeout=30)
         assert unrelated.returncode == 0
         assert "error" not in json.loads(out)
@@ -81,14 +81,14 @@ def test_policy_change_denies_new_and_closes_open_connections_within_1s(bed: Tes
         bed.delete(DENY_WEB)
         extra.kill()
         extra.wait()
-    log = Path(bed.status()["nodes"][1]["log"]).read_text()
+    log = Path(str(bed.status().nodes[1].log)).read_text()
     assert "connection closed due to policy change" in log
     assert "explicitly denied by: apps/deny-web" in log
     # Deleting the policy file lets web in again once the push arrives (well within 3 s).
     deadline = time.monotonic() + 3
     while True:
         try:
-            assert http_get(bed, "web-1", echo2["ip"], 8080).pod == "echo-2"
+            assert http_get(bed, "web-1", echo2.ip, 8080).pod == "echo-2"
             break
         except TestbedError:
             if time.monotonic() > deadline:

@@ -235,7 +235,7 @@ def test_policy_case(bed: Testbed, case: Case) -> None:
         )  # fmt: skip
         assert (done.returncode == 0) == case.allowed, (done.stdout, done.stderr)
         if "dry-run" in case.name:
-            log = Path(bed.status()["nodes"][int(node[-1]) - 1]["log"]).read_text()
+            log = Path(str(bed.status().node(node).log)).read_text()
             assert "dry-run policy apps/p would DENY" in log
     finally:
         if case.resources:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.conftest import pod, unique_prefix
+from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.traffic import http_get
@@ -42,7 +42,9 @@ def bed() -> Iterator[Testbed]:
 
 
 def sidecar_log(bed: Testbed, name: str) -> str:
-    return Path(pod(bed, name)["sidecar"]["log"]).read_text()
+    sidecar = bed.status().pod(name).sidecar
+    assert sidecar is not None and sidecar.log is not None
+    return Path(sidecar.log).read_text()
 
 
 def wait_for_line(bed: Testbed, name: str, *needles: str) -> str:
@@ -59,29 +61,30 @@ def wait_for_line(bed: Testbed, name: str, *needles: str) -> str:
 
 def test_every_mesh_pod_has_an_unprivileged_sidecar_and_no_agent_runs(bed: Testbed) -> None:
     status = bed.status()
-    assert status["mode"] == "sidecar"
-    assert all(not n["agent"]["pid"] for n in status["nodes"])
-    for p in status["pods"]:
-        if p["name"] == "legacy-1":
-            assert p["sidecar"] is None
+    assert status.mode == "sidecar"
+    assert all(not n.agent.pid for n in status.nodes)
+    for p in status.pods:
+        if p.name == "legacy-1":
+            assert p.sidecar is None
             continue
-        proc = Path(f"/proc/{p['sidecar']['pid']}/status").read_text()
+        assert p.sidecar is not None
+        proc = Path(f"/proc/{p.sidecar.pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in proc.splitlines() if ":" in line)
         assert fields["Uid"].split()[:2] == ["1337", "1337"]
         assert int(fields["CapEff"].strip(), 16) == 0
-        rules = bed.exec(p["name"], ["iptables-save", "-t", "nat"]).stdout
+        rules = bed.exec(p.name, ["iptables-save", "-t", "nat"]).stdout
         assert "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN" in rules
         assert "-j REDIRECT --to-ports 15001" in rules
         assert "-j REDIRECT --to-ports 15006" in rules
         # no BPF capture: the pod's interface carries no tc filter
-        tc = bed.exec(p["name"], ["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
+        tc = bed.exec(p.name, ["tc", "filter", "show", "dev", "eth0", "ingress"]).stdout
         assert tc.strip() == ""
 
 
 def test_vip_call_goes_sidecar_to_sidecar_over_hbone(bed: Testbed) -> None:
     answer = http_get(bed, "web-1", "10.96.0.10", 80)
     assert answer.pod in {"echo-1", "echo-2"}
-    web_ip = pod(bed, "web-1")["ip"]
+    web_ip = bed.status().pod("web-1").ip
     line = wait_for_line(bed, "web-1", "direction=outbound", "dst.hbone_addr=", ":8080")
     assert "dst.identity=spiffe://cluster.local/ns/apps/sa/echo" in line
     inbound = wait_for_line(
@@ -95,9 +98,9 @@ def test_vip_call_goes_sidecar_to_sidecar_over_hbone(bed: Testbed) -> None:
 
 
 def test_pod_outside_the_mesh_reaches_a_sidecar_pod_in_plaintext(bed: Testbed) -> None:
-    echo2 = pod(bed, "echo-2")
-    assert http_get(bed, "legacy-1", echo2["ip"], 8080).pod == "echo-2"
-    legacy_ip = pod(bed, "legacy-1")["ip"]
+    echo2 = bed.status().pod("echo-2")
+    assert http_get(bed, "legacy-1", echo2.ip, 8080).pod == "echo-2"
+    legacy_ip = bed.status().pod("legacy-1").ip
     line = wait_for_line(bed, "echo-2", "direction=inbound", f"src.addr={legacy_ip}:")
     assert "src.identity" not in line and "hbone_addr" not in line
     # ...and a sidecar pod calls it in plaintext (it is not HBONE-capable)
@@ -105,26 +108,26 @@ def test_pod_outside_the_mesh_reaches_a_sidecar_pod_in_plaintext(bed: Testbed) -
 
 
 def test_policy_is_enforced_by_the_servers_sidecar(bed: Testbed) -> None:
-    echo1 = pod(bed, "echo-1")
+    echo1 = bed.status().pod("echo-1")
     bed.apply(DENY_CURL)
     try:
         deadline = time.monotonic() + 5
         while True:
             done = bed.exec(
-                "curl-2", ["curl", "-sS", "--max-time", "3", f"http://{echo1['ip']}:8080/"]
+                "curl-2", ["curl", "-sS", "--max-time", "3", f"http://{echo1.ip}:8080/"]
             )
             if done.returncode != 0:
                 break
             assert time.monotonic() < deadline, "the DENY policy never took effect"
             time.sleep(0.2)
-        assert http_get(bed, "web-1", echo1["ip"], 8080).pod == "echo-1"
+        assert http_get(bed, "web-1", echo1.ip, 8080).pod == "echo-1"
         assert "explicitly denied by: apps/deny-curl" in sidecar_log(bed, "echo-1")
     finally:
         bed.delete(DENY_CURL)
     deadline = time.monotonic() + 5
     while True:
         try:
-            assert http_get(bed, "curl-2", echo1["ip"], 8080).pod == "echo-1"
+            assert http_get(bed, "curl-2", echo1.ip, 8080).pod == "echo-1"
             return
         except TestbedError:
             assert time.monotonic() < deadline, "deleting the policy did not let curl in again"

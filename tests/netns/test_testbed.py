@@ -170,4 +170,4 @@ def test_second_up_with_the_same_prefix_is_refused(nomesh_testbed: Testbed) -> N
     assert result.returncode == 1
     assert f"testbed {nomesh_testbed.prefix} is already up" in result.stderr
     status = nomesh_testbed.status()
-    assert status["complete"] and all(p["alive"] for p in status["processes"])
+    assert status.complete and all(p.alive for p in status.processes)

@@ -33,6 +33,7 @@ from ztunnel_py.bench.results import (
     Latency,
     ModeResult,
     PathCheck,
+    Plan,
     Settings,
 )
 
@@ -92,16 +93,19 @@ def compare(repeat: int = 1) -> CompareResult:
     growing with pods, and a failed path check in sidecar mode."""
     return CompareResult(
         settings=Settings(
-            quick=False,
+            plan=Plan(
+                throughput_seconds=10,
+                latency_seconds=30.0,
+                warmup_seconds=2.0,
+                cost_seconds=20.0,
+                connection_rate_seconds=10.0,
+                rate=1000,
+                connections=16,
+                response_bytes=1024,
+                pods_per_node=tuple(PODS),
+            ),
             repeat=repeat,
-            throughput_seconds=10,
-            latency_seconds=30.0,
-            cost_seconds=20.0,
-            rate=1000,
-            connections=16,
-            response_bytes=1024,
-            connection_rate_seconds=10.0,
-            pods_per_node=PODS,
+            quick=False,
         ),
         machine={"cpus": "2", "kernel": "6.18.44", "python": "3.11.7", "cpu": "AMD EPYC"},
         modes={
@@ -267,7 +271,7 @@ def test_zero_baseline_missing_cost_and_empty_figures_show_na() -> None:
 def test_a_run_with_nothing_measured_still_renders(tmp_path: Path) -> None:
     result = compare()
     result.modes = {NONE: ModeResult(mode=NONE)}
-    result.settings.pods_per_node = []
+    result.settings = replace(result.settings, plan=replace(result.settings.plan, pods_per_node=()))
     result.published = []
     result.machine = {}
     text = table(result)

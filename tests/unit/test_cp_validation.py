@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
 import pytest
@@ -13,6 +14,7 @@ from ztunnel_py.controlplane.resources import Document, Origin, Resource, Resour
 from ztunnel_py.controlplane.sources.yamldocs import Parsed, parse_documents
 from ztunnel_py.controlplane.store import ConfigStore
 from ztunnel_py.controlplane.translate import translate
+from ztunnel_py.controlplane.translate.services import cluster_ips as service_cluster_ips
 from ztunnel_py.controlplane.validation import validate_document
 
 POD = """
@@ -70,8 +72,8 @@ CASES = [
         "apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n",
         "kind",
         "unknown kind 'Deployment' (supported: Namespace, Pod, Service, ServiceEntry, "
-        "WorkloadEntry, AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, "
-        "VirtualService, DestinationRule)",
+        "WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
+        "PeerAuthentication, Gateway, HTTPRoute)",
     ),
     (
         "kind in the wrong case",
@@ -154,6 +156,13 @@ CASES = [
         POD.replace("labels: {app: web}", "labels: {on: yes}"),
         "metadata.labels[True]",
         "label key True must be a string",
+    ),
+    (
+        "boolean where a string belongs, said once",
+        POD.replace("namespace: demo", "namespace: no"),
+        "metadata.namespace",
+        "expected a string, got a boolean (YAML reads yes/no/on/off/true/false as booleans: "
+        "quote it)",
     ),
     (
         "service port out of range",
@@ -441,7 +450,7 @@ CASES = [
           ports: [{number: 80, name: http}, {number: 80, name: web}]
         """),
         "spec.ports[1]",
-        "duplicate port number (same as [0])",
+        "duplicate port number 80 (same as [0])",
     ),
     (
         "service entry selector and endpoints",
@@ -515,7 +524,7 @@ CASES = [
           subsets: [{name: v1, labels: {version: v1}}, {name: v1}]
         """,
         "spec.subsets[1]",
-        "duplicate subset name (same as [0])",
+        "duplicate subset name 'v1' (same as [0])",
     ),
 ]
 
@@ -752,55 +761,6 @@ def _objects(draw: st.DrawFn) -> dict[object, object]:
     return body
 
 
-def assert_consistent(
-    store: ConfigStore, docs: tuple[Document, ...], before: Mapping[ResourceKey, Resource]
-) -> None:
-    """What the store promises after applying `docs` over the resources it served `before`:
-    it serves the translation of exactly the resources it accepted; every problem validation
-    finds is reported, and every rejected object has an error saying why; a valid object is
-    served, unless a reported conflict names it; a rejected object it served before is still
-    served in its last good version, unless a reported conflict names it."""
-    served = store.resources()
-    reported = set(store.diagnostics())
-    snapshot, translation = store.current(), translate(served.values(), store.options)
-    assert (snapshot.workloads, snapshot.services, snapshot.policies) == (
-        translation.workloads,
-        translation.services,
-        translation.policies,
-    )
-
-    def conflict(key: ResourceKey) -> bool:
-        return any(str(key) in d.reason for d in reported)
-
-    outcomes = [outcome for doc in docs for outcome in validate_document(doc)]
-    accepted = {o.key for o in outcomes if o.resource is not None}
-    for outcome in outcomes:
-        assert set(outcome.diagnostics) <= reported
-        if outcome.resource is not None:
-            assert served.get(outcome.resource.key) == outcome.resource or conflict(outcome.key)
-            continue
-        assert any(d.is_error for d in outcome.diagnostics)
-        key = outcome.key
-        if key is not None and key in before and key not in accepted:
-            assert served.get(key) == before[key] or conflict(key)
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(_objects(), max_size=4), st.lists(_objects(), max_size=4))
-def test_store_never_crashes_and_keeps_a_consistent_state(
-    first: list[dict[object, object]], second: list[dict[object, object]]
-) -> None:
-    store = ConfigStore(report=False)
-    for batch in (first, second):
-        before = dict(store.resources())
-        version = store.current().version
-        docs = tuple(Document(Origin("f.yaml", i), body) for i, body in enumerate(batch))
-        result = store.apply({"f.yaml": Parsed(docs)})
-        assert result.snapshot is store.current()
-        assert store.current().version == version + result.changed
-        assert_consistent(store, docs, before)
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=200) | st.binary(max_size=200))
 def test_arbitrary_file_contents_never_crash(text: str | bytes) -> None:
@@ -887,6 +847,118 @@ def test_mutated_valid_documents_never_crash(data: st.DataObject) -> None:
     store.apply({"f.yaml": Parsed(tuple(mutated))})
     assert store.current().version >= good.version
     assert_consistent(store, tuple(mutated), before)
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> dict[object, object]:
+    """Random objects, valid documents and new valid versions of them, renamed copies
+    (clusterIP clashes, duplicates) and broken versions of valid ones (the store falls back to
+    their last good version)."""
+    choice = draw(st.integers(0, 4))
+    if choice == 0:
+        return draw(_objects())
+    body = draw(st.sampled_from([doc.body for doc in VALID]))
+    assert isinstance(body, dict)
+    if choice == 1:
+        return body
+    if choice == 2:
+        meta = body["metadata"]
+        labels = {**meta.get("labels", {}), "rev": draw(st.sampled_from(["1", "2"]))}
+        return {**body, "metadata": {**meta, "labels": labels}}
+    if choice == 3:
+        name = draw(st.sampled_from(["web", "web2"]))
+        renamed = _replace(body, ("metadata", "name"), name)
+    else:
+        renamed = _replace(body, draw(st.sampled_from(_paths(body))), draw(_trees))
+    return renamed if isinstance(renamed, dict) else body
+
+
+def assert_consistent(
+    store: ConfigStore, docs: tuple[Document, ...], before: Mapping[ResourceKey, Resource]
+) -> None:
+    """What the store promises after applying `docs` over the resources it served `before`:
+    it serves the translation of exactly the resources it accepted; every problem validation
+    finds is reported, and every rejected object has an error saying why; a valid object is
+    served, unless a reported conflict names it; a rejected object it served before is still
+    served in its last good version, unless a reported conflict names it."""
+    served = store.resources()
+    reported = set(store.diagnostics())
+    snapshot, translation = store.current(), translate(served.values(), store.options)
+    assert (snapshot.workloads, snapshot.services, snapshot.policies) == (
+        translation.workloads,
+        translation.services,
+        translation.policies,
+    )
+
+    def conflict(key: ResourceKey) -> bool:
+        return any(str(key) in d.reason for d in reported)
+
+    outcomes = [outcome for doc in docs for outcome in validate_document(doc)]
+    accepted = {o.key for o in outcomes if o.resource is not None}
+    for outcome in outcomes:
+        assert set(outcome.diagnostics) <= reported
+        if outcome.resource is not None:
+            assert served.get(outcome.resource.key) == outcome.resource or conflict(outcome.key)
+            continue
+        assert any(d.is_error for d in outcome.diagnostics)
+        key = outcome.key
+        if key is not None and key in before and key not in accepted:
+            assert served.get(key) == before[key] or conflict(key)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_documents(), max_size=5), st.lists(_documents(), max_size=5))
+def test_store_never_crashes_and_keeps_a_consistent_state(
+    first: list[dict[object, object]], second: list[dict[object, object]]
+) -> None:
+    """After each change the store serves only resources that validate (this version's, or the
+    last good one of a resource whose new version is rejected), every valid resource unless
+    another one owns its clusterIP, no clusterIP twice, and a snapshot that is the translation
+    of what it serves."""
+    store = ConfigStore(report=False)
+    served: dict[ResourceKey, Resource] = {}
+    for batch in (first, second):
+        docs = tuple(Document(Origin("f.yaml", i), body) for i, body in enumerate(batch))
+        valid: dict[ResourceKey, Resource] = {}
+        for doc in docs:
+            for outcome in validate_document(doc):
+                if outcome.resource is not None:
+                    valid.setdefault(outcome.resource.key, outcome.resource)
+        before = store.current()
+        result = store.apply({"f.yaml": Parsed(docs)})
+        accepted = store.resources()
+        for key, resource in accepted.items():
+            assert resource in (valid.get(key), served.get(key))
+        cluster_ips = [
+            ipaddress.ip_address(ip)
+            for r in accepted.values()
+            if r.kind == "Service"
+            for ip in service_cluster_ips(r)
+        ]
+        assert len(cluster_ips) == len(set(cluster_ips))
+        for key, resource in valid.items():
+            if accepted.get(key) == resource:
+                continue
+            assert any(
+                d.path == "spec.clusterIP" and f"{key} rejected" in d.reason
+                for d in store.diagnostics()
+            ), key
+        snapshot = store.current()
+        assert result.snapshot is snapshot
+        expected = translate(accepted.values(), store.options)
+        assert (snapshot.workloads, snapshot.services, snapshot.policies) == (
+            expected.workloads,
+            expected.services,
+            expected.policies,
+        )
+        changed = (before.workloads, before.services, before.policies) != (
+            snapshot.workloads,
+            snapshot.services,
+            snapshot.policies,
+        )
+        assert result.changed == changed
+        assert snapshot.version == before.version + changed
+        served = dict(accepted)
 
 
 def test_last_good_version_is_served_when_the_new_one_is_invalid() -> None:

@@ -160,15 +160,19 @@ P = "policies:\n- {name: p, namespace: n, scope: Global, action: Allow, dryRun: 
 
 ERRORS = [
     # (document, expected message)
-    ("a: [", "f.yaml:1:5: invalid YAML: expected the node content, but found '<stream end>'"),
+    (
+        "a: [",
+        "f.yaml:1:5: invalid YAML: while parsing a flow node: expected the node content, but "
+        "found '<stream end>'",
+    ),
     ("a: b: c", "f.yaml:1:5: invalid YAML: mapping values are not allowed here"),
     ("[1, 2]", "f.yaml: expected a mapping, got a list"),
-    ("x: 1", "f.yaml:1:4: x: unknown key 'x' (expected one of: policies, services, workloads)"),
+    ("x: 1", "f.yaml:1:4: x: unknown field 'x' (expected one of: policies, services, workloads)"),
     ("workloads: {}", "f.yaml:1:12: workloads: expected a list, got a mapping"),
     ("workloads: [3]", "f.yaml:1:13: workloads[0]: expected a mapping, got an integer"),
     (
         "workloads:\n- namespace: a\n  services: {}\n",
-        "f.yaml:2:3: workloads[0]: missing required key 'workloadIps'",
+        "f.yaml:2:3: workloads[0].workloadIps: required field is missing",
     ),
     (
         W.replace("10.0.0.1", "10.0.0.300"),
@@ -179,10 +183,13 @@ ERRORS = [
         "workloads[0].workloadIps[0]: 'net9/10.0.0.1' names network 'net9' but the "
         "workload's network is ''",
     ),
-    (W + "  workloadIp: x\n", "workloads[0].workloadIp: unknown key 'workloadIp'; use"),
-    (W + "  protocol: UDP\n", "workloads[0].protocol: 'UDP' is not one of: TCP, HBONE"),
-    (W + "  status: ok\n", "workloads[0].status: 'ok' is not one of: Healthy, Unhealthy"),
-    (W + "  capacity: -1\n", "workloads[0].capacity: -1 is out of range"),
+    (
+        W + "  workloadIp: x\n",
+        "workloads[0].workloadIp: unknown field 'workloadIp' (did you mean 'workloadIps'?)",
+    ),
+    (W + "  protocol: UDP\n", "workloads[0].protocol: 'UDP' is not one of TCP, HBONE"),
+    (W + "  status: ok\n", "workloads[0].status: 'ok' is not one of Healthy, Unhealthy"),
+    (W + "  capacity: -1\n", "workloads[0].capacity: capacity -1 out of range 0-4294967295"),
     (W + "  capacity: many\n", "workloads[0].capacity: expected an integer, got a string"),
     (
         W.replace("namespace: demo", "namespace: no"),
@@ -190,53 +197,65 @@ ERRORS = [
     ),
     (
         W.replace("services: {}", "services: {web: {}}"),
-        "workloads[0].services[\"web\"]: 'web' is not a 'namespace/hostname' key",
+        "workloads[0].services.web: 'web' is not a 'namespace/hostname' key",
     ),
     (
         W.replace("services: {}", "services: {a/b: {80: 70000}}"),
-        'workloads[0].services["a/b"][80]: 70000 is out of range: expected a port number in',
+        'workloads[0].services["a/b"][80]: port 70000 out of range 1-65535',
     ),
     (
         W.replace("services: {}", "services: {a/b: {0: 80}}"),
-        'workloads[0].services["a/b"][0]: 0 is out of range',
+        'workloads[0].services["a/b"][0]: port 0 out of range 1-65535',
     ),
     (
         W.replace("services: {}", "services: {a/b: {http: 80}}"),
-        "expected a port number, got a string",
+        "'http' is not a port number (1-65535, as a string)",
     ),
     (W + "  authorizationPolicies: [nope]\n", "'nope' is not a 'namespace/name' key"),
     (
         W + "  waypoint: {destination: '/1.2.3.4', port: 1}\n",
-        "workloads[0].waypoint.port: unknown key 'port'",
+        "workloads[0].waypoint.port: unknown field 'port' (expected one of: destination,",
     ),
     (
         W + "  waypoint: {destination: bogus}\n",
         "workloads[0].waypoint.destination: 'bogus' is neither a 'network/IP' address nor",
     ),
-    (W + "  applicationTunnel: {protocol: SOCKS}\n", "'SOCKS' is not one of: NONE, PROXY"),
-    (W + W[len("workloads:\n") :], "workloads[1]: duplicate uid 'Kubernetes//Pod/demo/' (already"),
+    (W + "  applicationTunnel: {protocol: SOCKS}\n", "'SOCKS' is not one of NONE, PROXY"),
+    (
+        W + W[len("workloads:\n") :],
+        "workloads[1]: duplicate uid 'Kubernetes//Pod/demo/' (same as [0])",
+    ),
     (S.replace("[/10.1.0.1]", "[10.1.0.1.5]"), "services[0].vips[0]: '10.1.0.1.5' is not a"),
     (S.replace("ports: {80: 80}", "ports: []"), "services[0].ports: expected a mapping, got a"),
-    (S.replace("name: s, ", ""), "services[0]: missing required key 'name'"),
+    (S.replace("name: s, ", ""), "services[0].name: required field is missing"),
     (S + "- {name: t, namespace: n, hostname: h2, vips: [/10.1.0.1], ports: {}}\n", "services[1]"),
     (S.replace("ports:", "endpoints: {}, ports:"), "endpoints are derived from each workload"),
     (S.replace("ports: {80: 80}", "ports: {80: 80, '80': 81}"), "port 80 is listed twice"),
     (P % "[[[{}]]]", None),
-    (P.replace("dryRun: false, ", "") % "[]", "policies[0]: missing required key 'dryRun'"),
-    (P.replace("Global", "Cluster") % "[]", "'Cluster' is not one of: Global, Namespace"),
-    (P.replace("Allow", "Audit") % "[]", "policies[0].action: 'Audit' is not one of: Allow, Deny"),
+    (P.replace("dryRun: false, ", "") % "[]", "policies[0].dryRun: required field is missing"),
+    (P.replace("Global", "Cluster") % "[]", "'Cluster' is not one of Global, Namespace"),
+    (P.replace("Allow", "Audit") % "[]", "policies[0].action: 'Audit' is not one of Allow, Deny"),
     (P % "[[{ports: [1]}]]", "policies[0].rules[0][0]: expected a list, got a mapping"),
-    (P % "[[[{ports: [1]}]]]", "policies[0].rules[0][0][0].ports: unknown key 'ports'"),
+    (P % "[[[{ports: [1]}]]]", "policies[0].rules[0][0][0].ports: unknown field 'ports'"),
     (
         P % "[[[{principals: [x]}]]]",
         "policies[0].rules[0][0][0].principals[0]: expected a mapping, got a string",
     ),
-    (P % "[[[{principals: [{Regex: x}]}]]]", "principals[0].Regex: unknown key 'Regex'"),
+    (
+        P % "[[[{principals: [{Regex: x}]}]]]",
+        "principals[0].Regex: unknown field 'Regex' (expected one of: Exact, Prefix",
+    ),
     (P % "[[[{principals: [{Exact: a, Prefix: b}]}]]]", "expected exactly one of Exact, Prefix"),
     (P % "[[[{principals: [{Presence: x}]}]]]", "Presence takes no value"),
     (P % "[[[{sourceIps: [10.0.0.0/33]}]]]", "'10.0.0.0/33' is not a CIDR"),
-    (P % "[[[{destinationPorts: [99999]}]]]", "destinationPorts[0]: 99999 is out of range"),
-    (P % "[[[{serviceAccounts: [{namespace: a}]}]]]", "missing required key 'serviceAccount'"),
+    (
+        P % "[[[{destinationPorts: [99999]}]]]",
+        "destinationPorts[0]: port 99999 out of range 0-65535",
+    ),
+    (
+        P % "[[[{serviceAccounts: [{namespace: a}]}]]]",
+        "serviceAccounts[0].serviceAccount: required field is missing",
+    ),
     ("workloads:\n- namespace: a\n  namespace: b\n", "f.yaml:3:3: invalid YAML: duplicate key"),
     ("a: 2001-02-30", "f.yaml: invalid YAML: day is out of range for month"),
     ("a: &a [*a]", "f.yaml: recursive YAML aliases are not supported"),
@@ -266,6 +285,19 @@ def test_error_attributes() -> None:
     assert e.problem == "'10.0.0.300' is not an IP address"
 
 
+def test_every_problem_is_reported_at_once() -> None:
+    text = W.replace("10.0.0.1", "10.0.0.300") + "  protocol: UDP\n" + S.replace("name: s, ", "")
+    with pytest.raises(ConfigError) as info:
+        parse_local_config(text, "f.yaml")
+    assert str(info.value).splitlines() == [
+        "f.yaml:3:17: workloads[0].workloadIps[0]: '10.0.0.300' is not an IP address",
+        "f.yaml:5:13: workloads[0].protocol: 'UDP' is not one of TCP, HBONE",
+        "f.yaml:7:3: services[0].name: required field is missing",
+    ]
+    # the first problem is the one callers that show a single problem see
+    assert (info.value.path, info.value.line) == ("workloads[0].workloadIps[0]", 3)
+
+
 def test_alias_bomb_is_refused() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 8):
@@ -282,7 +314,7 @@ workloads:
   name: a
   workloadIps: [10.0.0.1]
 """
-    with pytest.raises(ConfigError, match="unknown key 'x-common'"):
+    with pytest.raises(ConfigError, match="unknown field 'x-common'"):
         parse_local_config(text)
     text = """
 workloads:

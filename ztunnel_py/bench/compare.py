@@ -35,7 +35,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from ztunnel_py.bench.results import (
     Cost,
     ModeResult,
     PathCheck,
+    Plan,
     Settings,
 )
 from ztunnel_py.model.address import SocketAddr
@@ -67,21 +67,6 @@ Say = Callable[[str], None]
 CLIENT_POD = "web-1"
 SERVER_POD = "echo-2"
 OPENED = "istio_tcp_connections_opened"
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How long and how hard each measurement runs."""
-
-    throughput_seconds: int
-    latency_seconds: float
-    warmup_seconds: float
-    cost_seconds: float
-    connection_rate_seconds: float
-    rate: int
-    connections: int
-    response_bytes: int
-    pods_per_node: tuple[int, ...]
 
 
 FULL = Plan(
@@ -113,18 +98,17 @@ class Endpoints:
     def __init__(self, bed: Testbed) -> None:
         self.bed = bed
         status = bed.status()
-        pods = {p["name"]: p for p in status["pods"]}
-        self.server_ip = str(pods[SERVER_POD]["ip"])
-        self.mode = str(status["mode"])
-        self.controlplane_pid: int | None = status["controlplane"]["pid"]
+        self.server_ip = status.pod(SERVER_POD).ip
+        self.mode = status.mode
+        self.controlplane_pid = status.controlplane.pid
         # name -> pid of every data-plane process
         self.proxies: dict[str, int] = {}
-        for node in status["nodes"]:
-            if node["agent"]["pid"]:
-                self.proxies[f"agent {node['name']}"] = int(node["agent"]["pid"])
-        for pod in status["pods"]:
-            if pod.get("sidecar") and pod["sidecar"]["pid"]:
-                self.proxies[f"sidecar {pod['name']}"] = int(pod["sidecar"]["pid"])
+        for node in status.nodes:
+            if node.agent.pid:
+                self.proxies[f"agent {node.name}"] = node.agent.pid
+        for pod in status.pods:
+            if pod.sidecar is not None and pod.sidecar.pid:
+                self.proxies[f"sidecar {pod.name}"] = pod.sidecar.pid
 
     def loadgen(self, *argv: str, timeout: float) -> dict[str, Any]:
         """Run the load generator in the client pod; its JSON report."""
@@ -386,18 +370,7 @@ def machine() -> dict[str, str]:
 def run(plan: Plan, repeat: int, quick: bool, prefix: str, say: Say) -> CompareResult:
     started = time.monotonic()
     result = CompareResult(
-        settings=Settings(
-            quick=quick,
-            repeat=repeat,
-            throughput_seconds=plan.throughput_seconds,
-            latency_seconds=plan.latency_seconds,
-            cost_seconds=plan.cost_seconds,
-            rate=plan.rate,
-            connections=plan.connections,
-            response_bytes=plan.response_bytes,
-            connection_rate_seconds=plan.connection_rate_seconds,
-            pods_per_node=sorted(plan.pods_per_node),
-        ),
+        settings=Settings(plan, repeat, quick),
         machine=machine(),
         modes={},
         published=list(ISTIO_PUBLISHED),

@@ -198,7 +198,7 @@ def _percentile(name: str) -> Callable[[ModeResult], Figure]:
 
 def rows(result: CompareResult) -> list[Row]:
     """The results table, one row per figure, cells in `MODES` order."""
-    rate = result.settings.rate
+    rate = result.settings.plan.rate
     out = [
         Row(
             "throughput, 1 stream (Gbit/s)",
@@ -222,7 +222,7 @@ def rows(result: CompareResult) -> list[Row]:
             _compared(result, lambda m: m.connections_per_s, _num, _ratio_text),
         )
     )
-    for pods in result.settings.pods_per_node:
+    for pods in result.settings.plan.pods_per_node:
         out.append(
             Row(
                 f"latency p99 @ {pods} pods/node (ms)",
@@ -263,14 +263,14 @@ def _throughput_target(result: CompareResult) -> Target:
 
 
 def _latency_target(result: CompareResult) -> Target:
-    name = f"ambient p99 below sidecar p99 @ {result.settings.rate} req/s"
+    name = f"ambient p99 below sidecar p99 @ {result.settings.plan.rate} req/s"
     amb, side = _mode(result, AMBIENT).latency_ms.p99, _mode(result, SIDECAR).latency_ms.p99
     if not amb.values or not side.values:
         return Target(name, NA, ("not measured",))
     status = MET if amb.median < side.median else NOT_MET
     details = [f"ambient {_num(amb.median)} ms, sidecar {_num(side.median)} ms"]
-    if result.settings.pods_per_node:
-        pods = max(result.settings.pods_per_node)
+    if result.settings.plan.pods_per_node:
+        pods = max(result.settings.plan.pods_per_node)
         amb_cost, side_cost = _mode(result, AMBIENT).cost(pods), _mode(result, SIDECAR).cost(pods)
         if amb_cost and side_cost and amb_cost.p99_ms.values and side_cost.p99_ms.values:
             details.append(
@@ -281,9 +281,9 @@ def _latency_target(result: CompareResult) -> Target:
 
 
 def _memory_target(result: CompareResult) -> Target:
-    if not result.settings.pods_per_node:
+    if not result.settings.plan.pods_per_node:
         return Target("ambient memory below sidecar", NA, ("no pods-per-node values",))
-    pods = max(result.settings.pods_per_node)
+    pods = max(result.settings.plan.pods_per_node)
     name = f"ambient memory @ {pods} pods/node below sidecar"
     amb, side = _mode(result, AMBIENT).cost(pods), _mode(result, SIDECAR).cost(pods)
     if amb is None or side is None or not amb.rss_mib.values or not side.rss_mib.values:
@@ -300,7 +300,7 @@ def _cpu_target(result: CompareResult) -> Target:
     name = f"ambient CPU per 1000 req/s vs Istio's {ISTIO_ZTUNNEL_VCPU} vCPU per ztunnel"
     measured = [
         (pods, cost)
-        for pods in result.settings.pods_per_node
+        for pods in result.settings.plan.pods_per_node
         if (cost := _mode(result, AMBIENT).cost(pods)) is not None
         and cost.cpu_s_per_1000_requests.values
     ]
@@ -340,15 +340,15 @@ def _seconds(v: float) -> str:
 
 def settings_lines(result: CompareResult) -> list[tuple[str, str]]:
     """The run's settings as (name, value) pairs, for the header of every format."""
-    s = result.settings
+    s, plan = result.settings, result.settings.plan
     return [
-        ("load", f"{s.rate} req/s open loop over {s.connections} connections, HTTP/1.1"),
-        ("response body", f"{s.response_bytes} bytes"),
-        ("throughput run", _seconds(s.throughput_seconds)),
-        ("latency run", _seconds(s.latency_seconds)),
-        ("cost run", f"{_seconds(s.cost_seconds)} per pods-per-node value"),
-        ("connection-rate run", _seconds(s.connection_rate_seconds)),
-        ("pods per node", ", ".join(str(p) for p in s.pods_per_node) or "none"),
+        ("load", f"{plan.rate} req/s open loop over {plan.connections} connections, HTTP/1.1"),
+        ("response body", f"{plan.response_bytes} bytes"),
+        ("throughput run", _seconds(plan.throughput_seconds)),
+        ("latency run", _seconds(plan.latency_seconds)),
+        ("cost run", f"{_seconds(plan.cost_seconds)} per pods-per-node value"),
+        ("connection-rate run", _seconds(plan.connection_rate_seconds)),
+        ("pods per node", ", ".join(str(p) for p in plan.pods_per_node) or "none"),
         ("repeat", str(s.repeat)),
         ("quick", "yes" if s.quick else "no"),
     ]
@@ -525,7 +525,7 @@ def _latency(ax: Axes, result: CompareResult) -> None:
         ]
         _label_bars(ax, positions, figures, labels, fontsize=7)
     ax.set_xticks(xs, list(PERCENTILES))
-    ax.set_title(f"latency @ {result.settings.rate} req/s (deltas vs no mesh)")
+    ax.set_title(f"latency @ {result.settings.plan.rate} req/s (deltas vs no mesh)")
     ax.set_ylabel("ms")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=8)
@@ -536,7 +536,7 @@ def _cost_lines(
     ax: Axes, result: CompareResult, pick: Callable[[Cost], Figure], title: str, unit: str
 ) -> None:
     """One line per mesh mode over pods per node; no mesh has no processes, so a zero line."""
-    pods_values = result.settings.pods_per_node
+    pods_values = result.settings.plan.pods_per_node
     for name in MESH_MODES:
         points = [
             (pods, pick(cost))
@@ -623,13 +623,13 @@ def write_png(result: CompareResult, path: Path) -> None:
 
 def methodology(result: CompareResult) -> list[str]:
     """How the figures were measured and what they are worth on this machine, as paragraphs."""
-    s = result.settings
+    s, plan = result.settings, result.settings.plan
     return [
-        f"Throughput: one iperf3 stream for {s.throughput_seconds} s from a pod on one node to a "
-        "pod on the other node.",
-        f"Latency: HTTP/1.1 requests with a {s.response_bytes}-byte response body, sent open loop "
-        f"at a fixed {s.rate} requests/s over {s.connections} connections for "
-        f"{s.latency_seconds:g} s. The load generator keeps its schedule and counts each "
+        f"Throughput: one iperf3 stream for {plan.throughput_seconds} s from a pod on one node "
+        "to a pod on the other node.",
+        f"Latency: HTTP/1.1 requests with a {plan.response_bytes}-byte response body, sent open "
+        f"loop at a fixed {plan.rate} requests/s over {plan.connections} connections for "
+        f"{plan.latency_seconds:g} s. The load generator keeps its schedule and counts each "
         "request's latency from its scheduled send time, so queueing is not hidden "
         "(no coordinated omission).",
         "CPU: user + system time of every data-plane process (the node agents in ambient mode, "
@@ -640,7 +640,7 @@ def methodology(result: CompareResult) -> list[str]:
         "map them, so counted once). The p99 of each cost run shows how the number of pods, "
         "and so of sidecars, affects latency. The control plane is reported apart.",
         f"Connection rate: new TCP connections per second, each carrying one request, over "
-        f"{s.connection_rate_seconds:g} s.",
+        f"{plan.connection_rate_seconds:g} s.",
         f"Each figure is the median of {s.repeat} repeat(s); with more than one, the range "
         "(low-high) is shown. Mesh figures sit beside the no-mesh baseline of the same run.",
         "Caveats: on a small VM such as the 2-vCPU reference machine, every process shares the "

@@ -97,18 +97,28 @@ class ModeResult:
         return next((c for c in self.costs if c.pods_per_node == pods_per_node), None)
 
 
-@dataclass(slots=True)
-class Settings:
-    quick: bool
-    repeat: int
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long and how hard each measurement runs."""
+
     throughput_seconds: int
     latency_seconds: float
+    warmup_seconds: float
     cost_seconds: float
+    connection_rate_seconds: float
     rate: int
     connections: int
     response_bytes: int
-    connection_rate_seconds: float
-    pods_per_node: list[int]
+    pods_per_node: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a run was asked for: the plan, how often each measurement ran, `--quick` or not."""
+
+    plan: Plan
+    repeat: int
+    quick: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +148,8 @@ class CompareResult:
         def figure(d: dict[str, Any]) -> Figure:
             return Figure([float(v) for v in d["values"]])
 
+        settings = data["settings"]
+        pods = settings["plan"]["pods_per_node"]
         modes = {}
         for name, m in data["modes"].items():
             lat = m["latency_ms"]
@@ -163,7 +175,11 @@ class CompareResult:
                 path=PathCheck(**m["path"]),
             )
         return cls(
-            settings=Settings(**data["settings"]),
+            settings=Settings(
+                plan=Plan(**{**settings["plan"], "pods_per_node": tuple(pods)}),
+                repeat=int(settings["repeat"]),
+                quick=bool(settings["quick"]),
+            ),
             machine=dict(data["machine"]),
             modes=modes,
             published=[Published(**p) for p in data["published"]],

@@ -13,10 +13,10 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from ztunnel_py.bench.procstat import cpu_seconds
 from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.status import TestbedStatus
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.traffic import gbps, iperf3
 
@@ -33,15 +33,15 @@ class ThroughputResult:
     agent_cpu_seconds_per_gb: dict[str, float]
 
 
-def _agent_pids(status: dict[str, Any]) -> dict[str, int]:
-    return {n["name"]: int(n["agent"]["pid"]) for n in status["nodes"] if n["agent"]["pid"]}
+def _agent_pids(status: TestbedStatus) -> dict[str, int]:
+    return {n.name: n.agent.pid for n in status.nodes if n.agent.pid}
 
 
 def _endpoints(bed: Testbed) -> tuple[str, str]:
-    pods: list[dict[str, Any]] = bed.status()["pods"]
-    client = next(p for p in pods if p["node"] == "node1" and p["role"] == "client")
-    server = next(p for p in pods if p["node"] == "node2" and p["app"] == "echo")
-    return str(client["name"]), str(server["ip"])
+    pods = bed.status().pods
+    client = next(p for p in pods if p.node == "node1" and p.role == "client")
+    server = next(p for p in pods if p.node == "node2" and p.app == "echo")
+    return client.name, server.ip
 
 
 def _run(

@@ -1,6 +1,7 @@
 """`ztunnel-py controlplane`: wires the CA, node authentication, the workload registry and the
-workload xDS server into a gRPC/TLS server, with a monitoring HTTP server beside it (`run`), and
-issues node credentials (`node-token`).
+workload xDS server into a gRPC/TLS server, with a monitoring HTTP server beside it (`run`, from
+a `ControlPlaneConfig`, logging in the agent's format), and issues node credentials
+(`node-token`).
 
 Layout of the data directory:
   ca/root-cert.pem, ca/root-key.pem   the root CA, created on first start and kept (key 0600)
@@ -28,8 +29,10 @@ from typing import cast
 import grpc
 from prometheus_client import CollectorRegistry
 
+from ztunnel_py.config import ConfigValueError
 from ztunnel_py.controlplane import ca as ca_service
 from ztunnel_py.controlplane import validate_cli, xds_server
+from ztunnel_py.controlplane.config import ControlPlaneConfig, config_from_args
 from ztunnel_py.controlplane.monitoring import MonitoringServer
 from ztunnel_py.controlplane.nodeauth import (
     TOKEN_FILE,
@@ -38,9 +41,9 @@ from ztunnel_py.controlplane.nodeauth import (
     TokenAuthenticator,
 )
 from ztunnel_py.controlplane.pipeline import open_pipeline
-from ztunnel_py.controlplane.translate import MeshOptions
 from ztunnel_py.identity.pki import ROOT_CERT_FILE, CertificateAuthority
 from ztunnel_py.model.address import IPAddress, SocketAddr
+from ztunnel_py.telemetry.logs import LevelSpecError, setup_logging
 
 log = logging.getLogger("ztunnel_py.controlplane")
 
@@ -62,7 +65,13 @@ def main(args: argparse.Namespace) -> int:
         return node_token(Path(args.data_dir), args.node, args.ttl)
     if command == "validate":
         return validate_cli.main(args)
-    return run(args)
+    try:
+        setup_logging(args.log_level)
+        config = config_from_args(args)
+    except (ConfigValueError, LevelSpecError) as e:
+        print(f"ztunnel-py controlplane: {e}", file=sys.stderr)
+        return 2
+    return run(config)
 
 
 def node_token(data_dir: Path, node: str, ttl: timedelta) -> int:
@@ -122,14 +131,9 @@ class ServingCredentials:
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    data_dir = Path(args.data_dir)
-    trust_domain: str = args.trust_domain
+def run(config: ControlPlaneConfig) -> int:
+    data_dir = config.data_dir
+    trust_domain = config.trust_domain
     try:
         ca = load_or_create_ca(data_dir / CA_SUBDIR, trust_domain)
     except (OSError, ValueError) as e:
@@ -137,13 +141,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     try:
-        pipeline = open_pipeline(
-            config_dir=args.config_dir,
-            kubernetes=args.kubernetes,
-            kubeconfig=args.kubeconfig,
-            local_config=args.local_config,
-            options=MeshOptions(trust_domain=trust_domain, root_namespace=args.root_namespace),
-        )
+        pipeline = open_pipeline(config)
     except ValueError as e:
         log.error("%s", e)
         return 1
@@ -154,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         authenticator,
         pipeline.registry,
         trust_domain,
-        args.max_cert_ttl,
+        config.max_cert_ttl,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
@@ -164,8 +162,8 @@ def run(args: argparse.Namespace) -> int:
     metrics_registry = CollectorRegistry()
     xds = xds_server.XdsServer(pipeline.snapshots, authenticator, metrics_registry)
     xds_server.add_to_server(xds, server)
-    listen: SocketAddr = args.listen
-    serving_ips: list[IPAddress] = list(args.serving_ip)
+    listen: SocketAddr = config.listen
+    serving_ips: list[IPAddress] = list(config.serving_ips)
     try:
         # grpc servers take the bracketed `[v6]:port` form (no resolver scheme).
         bound = server.add_secure_port(
@@ -179,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     serving = threading.Event()
     try:
-        monitoring = MonitoringServer(args.monitoring, metrics_registry, serving.is_set)
+        monitoring = MonitoringServer(config.monitoring, metrics_registry, serving.is_set)
     except OSError as e:
-        log.error("cannot serve monitoring on %s: %s", args.monitoring, e)
+        log.error("cannot serve monitoring on %s: %s", config.monitoring, e)
         return 1
     monitoring.add_json("/debug/xds", xds.debug)
     monitoring.add_json("/debug/config", pipeline.debug)
@@ -207,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         ", ".join(names),
         trust_domain,
         data_dir / CA_SUBDIR / ROOT_CERT_FILE,
-        replace(args.monitoring, port=monitoring.port),
+        replace(config.monitoring, port=monitoring.port),
     )
     stop.wait()
     serving.clear()

@@ -1,4 +1,5 @@
-"""Arguments of `ztunnel-py controlplane`: `run` (the server) and `node-token` (offline tool)."""
+"""Arguments of `ztunnel-py controlplane`: `run` (the server; `config.py` turns its flags into a
+`ControlPlaneConfig`), `validate` and `node-token` (offline tools)."""
 
 from __future__ import annotations
 
@@ -106,7 +107,13 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IP",
         help="IP SANs of the serving certificate, besides DNS istiod.istio-system.svc",
     )
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        default="info",
+        metavar="LEVELS",
+        help="as the agent's: a level (off, error, warn, info, debug, trace), optionally with "
+        "per-module levels, e.g. info,controlplane.store=debug (default info)",
+    )
 
     validate = sub.add_parser(
         "validate",

@@ -16,12 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.controlplane.registry import (
-    EmptyRegistry,
-    LocalConfigError,
-    LocalConfigRegistry,
-    WorkloadRegistry,
-)
+from ztunnel_py.controlplane.config import ControlPlaneConfig
+from ztunnel_py.controlplane.registry import EmptyRegistry, WorkloadRegistry
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot, SnapshotSource
 from ztunnel_py.controlplane.sources.files import DirectorySource
 from ztunnel_py.controlplane.sources.kube import KubeSource
@@ -90,29 +86,22 @@ class Pipeline:
         return out
 
 
-def open_pipeline(
-    *,
-    config_dir: str | None,
-    kubernetes: bool,
-    kubeconfig: str | None,
-    local_config: str | None,
-    options: MeshOptions,
-) -> Pipeline:
-    """The sources named on the command line; ValueError if they cannot be used."""
-    if local_config:
-        if config_dir or kubernetes:
-            raise ValueError("--local-config cannot be combined with --config-dir or --kubernetes")
-        return _local_config(Path(local_config))
-    if not config_dir and not kubernetes:
+def open_pipeline(config: ControlPlaneConfig) -> Pipeline:
+    """The sources `config` names; ValueError if they cannot be used."""
+    if config.local_config is not None:
+        return _local_config(config.local_config)
+    if config.config_dir is None and not config.kubernetes:
         log.warning(
             "no --config-dir, --kubernetes or --local-config: no workload is known, every "
             "signing request is refused"
         )
         return Pipeline(_NoSnapshots(), EmptyRegistry())
+    options = MeshOptions(trust_domain=config.trust_domain, root_namespace=config.root_namespace)
     store = ConfigStore(options)
     pipeline = Pipeline(store, store, store)
-    if config_dir:
-        directory = DirectorySource(Path(config_dir), store)
+    config_dir = config.config_dir
+    if config_dir is not None:
+        directory = DirectorySource(config_dir, store)
 
         def start_files(stop: threading.Event) -> None:
             directory.sync()
@@ -120,8 +109,8 @@ def open_pipeline(
             pipeline.spawn(directory.run, stop, "config-dir")
 
         pipeline.starters.append(start_files)
-    if kubernetes:
-        source = KubeSource(store, _kube_client(kubeconfig))
+    if config.kubernetes:
+        source = KubeSource(store, _kube_client(config.kubeconfig))
 
         def start_kube(stop: threading.Event) -> None:
             source.start()
@@ -132,7 +121,7 @@ def open_pipeline(
     return pipeline
 
 
-def _kube_client(kubeconfig: str | None) -> Any:
+def _kube_client(kubeconfig: Path | None) -> Any:
     """In-cluster credentials when running in a pod, else the kubeconfig."""
     from kubernetes import client, config
 
@@ -143,25 +132,19 @@ def _kube_client(kubeconfig: str | None) -> Any:
         except config.ConfigException:
             pass
     try:
-        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        path = None if kubeconfig is None else str(kubeconfig)
+        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
     except (config.ConfigException, OSError) as e:
         raise ValueError(f"--kubernetes: cannot load credentials: {e}") from None
 
 
 def _local_config(path: Path) -> Pipeline:
-    registry = LocalConfigRegistry(path)
-    try:
-        registry.reload_if_changed()
-        log.info("loaded %s: %s", registry.path, registry.summary())
-    except (LocalConfigError, OSError) as e:
-        log.error("%s; fix the file: it is re-read when it changes", e)
-    snapshots = LocalConfigSource(path)
-    snapshots.reload_if_changed()
-    pipeline = Pipeline(snapshots, registry)
+    source = LocalConfigSource(path)
+    source.reload_if_changed()
+    pipeline = Pipeline(source, source)
 
     def start(stop: threading.Event) -> None:
-        pipeline.spawn(registry.watch, stop, "local-config-registry")
-        pipeline.spawn(snapshots.watch, stop, "local-config")
+        pipeline.spawn(source.watch, stop, "local-config")
 
     pipeline.starters.append(start)
     return pipeline

@@ -8,10 +8,11 @@ or into `Diagnostic`s; every diagnostic names the origin, the field path and the
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ztunnel_py.yamlschema.problems import Positions, Problem, Severity
 
 ROOT_NAMESPACE = "istio-system"
 
@@ -27,11 +28,6 @@ class Origin:
         return f"{self.source}:doc[{self.index}]"
 
 
-class Severity(enum.Enum):
-    ERROR = "error"
-    WARNING = "warning"
-
-
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
     """One problem: `file:doc[index]: field.path: reason` (warnings say `warning:`)."""
@@ -42,6 +38,13 @@ class Diagnostic:
     severity: Severity = Severity.ERROR
     line: int | None = None
     column: int | None = None
+
+    @classmethod
+    def of(cls, origin: Origin, problem: Problem) -> Diagnostic:
+        """A problem found in the document from `origin`."""
+        return cls(
+            origin, problem.path, problem.reason, problem.severity, problem.line, problem.column
+        )
 
     @property
     def is_error(self) -> bool:
@@ -113,10 +116,6 @@ class Resource:
     def status(self) -> Mapping[str, Any]:
         status: Mapping[str, Any] = self.body.get("status") or {}
         return status
-
-
-# (line, column), both 1-based, of each child of a container: id(container) -> key -> position
-Positions = Mapping[int, Mapping[Any, tuple[int, int]]]
 
 
 @dataclass(frozen=True, slots=True)

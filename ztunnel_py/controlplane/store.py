@@ -25,7 +25,6 @@ from ztunnel_py.controlplane.resources import (
     Origin,
     Resource,
     ResourceKey,
-    Severity,
 )
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
 from ztunnel_py.controlplane.sources.yamldocs import Parsed
@@ -33,6 +32,7 @@ from ztunnel_py.controlplane.translate import MeshOptions, TranslationCache, tra
 from ztunnel_py.controlplane.translate.services import cluster_ips
 from ztunnel_py.controlplane.validation import validate_document
 from ztunnel_py.model import Identity, IPAddress
+from ztunnel_py.yamlschema.problems import Severity
 
 log = logging.getLogger("ztunnel_py.controlplane.store")
 

@@ -9,9 +9,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.status import PodStatus, ProcessStatus, TestbedStatus
 from ztunnel_py.testbed.testbed import Testbed, down
 from ztunnel_py.testbed.topology import CLIENT, MODE_NONE
 
@@ -124,10 +124,14 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _alive(proc: dict[str, Any]) -> str:
-    if proc["pid"] is None:
+def _alive(pid: int | None, alive: bool) -> str:
+    if pid is None:
         return "-"
-    return f"pid {proc['pid']} " + ("running" if proc["alive"] else "EXITED")
+    return f"pid {pid} " + ("running" if alive else "EXITED")
+
+
+def _process(proc: ProcessStatus) -> str:
+    return _alive(proc.pid, proc.alive)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -137,77 +141,77 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     ]
 
 
-def _mesh_column(pod: dict[str, Any]) -> str:
-    if pod["enrolled"]:
+def _mesh_column(pod: PodStatus) -> str:
+    if pod.enrolled:
         return "enrolled"
-    if pod["sidecar"] is not None:
-        return f"sidecar {_alive(pod['sidecar'])}"
+    if pod.sidecar is not None:
+        return f"sidecar {_process(pod.sidecar)}"
     return "-"
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: TestbedStatus) -> str:
     """The human-readable form of `Testbed.status()`."""
     phase = (
         "up"
-        if status["complete"]
+        if status.complete
         else "NOT COMPLETE (still coming up, or `up` was interrupted: run `testbed down`)"
     )
-    mesh = {"ambient": "ambient mode", "sidecar": "sidecar mode", "none": "no mesh"}[status["mode"]]
-    mesh += ", dual stack" if status["dual_stack"] else ""
-    cp = status["controlplane"]
+    mesh = {"ambient": "ambient mode", "sidecar": "sidecar mode", "none": "no mesh"}[status.mode]
+    mesh += ", dual stack" if status.dual_stack else ""
+    cp = status.controlplane
     lines = [
-        f"testbed {status['prefix']}: {phase}, {mesh}; state {status['state_dir']}",
-        f"fabric         {status['fabric']['netns']}  {status['fabric']['subnet']}",
-        f"control plane  {cp['netns']}  {cp['ip']}"
-        + (f"  {_alive(cp)}  log {cp['log']}" if cp["pid"] is not None else ""),
+        f"testbed {status.prefix}: {phase}, {mesh}; state {status.state_dir}",
+        f"fabric         {status.fabric.netns}  {status.fabric.subnet}",
+        f"control plane  {cp.netns}  {cp.ip}"
+        + (f"  {_alive(cp.pid, cp.alive)}  log {cp.log}" if cp.pid is not None else ""),
         "namespaces     "
         + ", ".join(
-            ns["name"] + "".join(f" {k}={v}" for k, v in ns["labels"].items())
-            for ns in status["namespaces"]
+            ns.name + "".join(f" {k}={v}" for k, v in ns.labels.items()) for ns in status.namespaces
         ),
         "",
     ]
     rows = [["NODE", "NETNS", "IP", "POD CIDR", "AGENT", "LOG"]]
-    for node in status["nodes"]:
-        agent = node["agent"]
-        log = agent["log"] or "-"
-        rows.append([node["name"], node["netns"], node["ip"], node["pod_cidr"], _alive(agent), log])
+    for node in status.nodes:
+        agent = node.agent
+        rows.append(
+            [node.name, node.netns, node.ip, node.pod_cidr, _process(agent), agent.log or "-"]
+        )
     lines += [*_table(rows), ""]
     rows = [
         ["POD", "NAMESPACE", "SERVICE ACCOUNT", "NODE", "IP", "MESH", "NETNS", "HTTP", "IPERF3"]
     ]
-    for pod in status["pods"]:
-        http, iperf = pod["processes"]
+    for pod in status.pods:
+        http, iperf = pod.processes
         rows.append(
             [
-                pod["name"],
-                pod["namespace"],
-                pod["service_account"],
-                pod["node"],
-                " ".join(pod["ips"]),
+                pod.name,
+                pod.namespace,
+                pod.service_account,
+                pod.node,
+                " ".join(pod.ips),
                 _mesh_column(pod),
-                pod["netns"],
-                _alive(http),
-                _alive(iperf),
+                pod.netns,
+                _process(http),
+                _process(iperf),
             ]
         )
     lines += [*_table(rows), ""]
     rows = [["SERVICE", "NAMESPACE", "VIP", "PORTS", "ENDPOINTS"]]
-    for svc in status["services"]:
-        ports = ",".join(f"{p['port']}->{p['target_port']}" for p in svc["ports"])
-        rows.append([svc["name"], svc["namespace"], svc["vip"], ports, ",".join(svc["endpoints"])])
+    for svc in status.services:
+        ports = ",".join(f"{p.port}->{p.target_port}" for p in svc.ports)
+        rows.append([svc.name, svc.namespace, svc.vip, ports, ",".join(svc.endpoints)])
     lines += _table(rows)
     lines += [
         "",
-        f"logs in {status['state_dir']}/logs; Kubernetes resources in {status['config_dir']} "
-        f"(control plane: {cp['debug_config']})",
+        f"logs in {status.state_dir}/logs; Kubernetes resources in {status.config_dir} "
+        f"(control plane: {cp.debug_config})",
     ]
     return "\n".join(lines)
 
 
 def _status(args: argparse.Namespace) -> int:
     status = Testbed.attach(args.prefix, args.state_dir).status()
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    print(json.dumps(status.to_json(), indent=2) if args.json else format_status(status))
     return 0
 
 

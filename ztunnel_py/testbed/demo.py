@@ -19,12 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import HBONE_PORT
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
+from ztunnel_py.testbed.status import PodStatus
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import FABRIC_BRIDGE, HTTP_PORT, IPERF_PORT
 from ztunnel_py.testbed.traffic import gbps, http_get, iperf3
@@ -41,13 +41,12 @@ class Demo:
     def __init__(self, bed: Testbed, out: Callable[[str], None]) -> None:
         self.bed = bed
         self.out = out
-        self.status: dict[str, Any] = bed.status()
+        self.status = bed.status()
         self.checks: list[Check] = []
 
-    def pod(self, name_prefix: str, node: str) -> dict[str, Any]:
-        pods: list[dict[str, Any]] = self.status["pods"]
-        for p in pods:
-            if p["name"].startswith(name_prefix) and p["node"] == node:
+    def pod(self, name_prefix: str, node: str) -> PodStatus:
+        for p in self.status.pods:
+            if p.name.startswith(name_prefix) and p.node == node:
                 return p
         raise TestbedError(f"the testbed has no {name_prefix}* pod on {node}")
 
@@ -56,9 +55,9 @@ class Demo:
         self.out(f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}")
 
     def agent_log(self, node: str) -> str:
-        for n in self.status["nodes"]:
-            if n["name"] == node and n["log"]:
-                return Path(n["log"]).read_text(errors="replace")
+        for n in self.status.nodes:
+            if n.name == node and n.log:
+                return Path(n.log).read_text(errors="replace")
         return ""
 
     def logged_identity(self, node: str, identity: str, target: str) -> bool:
@@ -71,45 +70,45 @@ class Demo:
             time.sleep(0.2)
         return False
 
-    def http(self, name: str, client: dict[str, Any], server: dict[str, Any]) -> None:
+    def http(self, name: str, client: PodStatus, server: PodStatus) -> None:
         try:
-            answer = http_get(self.bed, client["name"], server["ip"], HTTP_PORT)
+            answer = http_get(self.bed, client.name, server.ip, HTTP_PORT)
         except TestbedError as e:
             self.record(name, False, str(e))
             return
-        identity = f"spiffe://cluster.local/ns/{client['namespace']}/sa/{client['service_account']}"
-        target = SocketAddr(server["ip"], HTTP_PORT)
-        logged = self.logged_identity(server["node"], identity, str(target))
-        ok = answer.pod == server["name"] and logged and answer.client_ip == client["ip"]
+        identity = f"spiffe://cluster.local/ns/{client.namespace}/sa/{client.service_account}"
+        target = SocketAddr(server.ip, HTTP_PORT)
+        logged = self.logged_identity(server.node, identity, str(target))
+        ok = answer.pod == server.name and logged and answer.client_ip == client.ip
         self.record(
             name,
             ok,
-            f"{client['name']} -> {server['name']} ({target}): answered by "
-            f"{answer.pod}, which saw client {answer.client}; {server['node']}'s agent "
+            f"{client.name} -> {server.name} ({target}): answered by "
+            f"{answer.pod}, which saw client {answer.client}; {server.node}'s agent "
             + ("logged " + identity if logged else "did NOT log the caller's identity"),
         )
 
-    def plaintext(self, client: dict[str, Any], server: dict[str, Any]) -> None:
+    def plaintext(self, client: PodStatus, server: PodStatus) -> None:
         try:
-            answer = http_get(self.bed, client["name"], server["ip"], HTTP_PORT)
+            answer = http_get(self.bed, client.name, server.ip, HTTP_PORT)
         except TestbedError as e:
             self.record("from outside the mesh", False, str(e))
             return
         self.record(
             "from outside the mesh",
-            answer.pod == server["name"] and answer.client_ip == client["ip"],
-            f"{client['name']} (namespace {client['namespace']}, not ambient, not enrolled) -> "
-            f"{server['name']}: plaintext accepted (PERMISSIVE), answered by {answer.pod}, which "
+            answer.pod == server.name and answer.client_ip == client.ip,
+            f"{client.name} (namespace {client.namespace}, not ambient, not enrolled) -> "
+            f"{server.name}: plaintext accepted (PERMISSIVE), answered by {answer.pod}, which "
             f"saw client {answer.client}",
         )
 
-    def vip(self, client: dict[str, Any]) -> None:
-        svc = next(s for s in self.status["services"] if s["name"] == "echo")
-        port = svc["ports"][0]["port"]
+    def vip(self, client: PodStatus) -> None:
+        svc = next(s for s in self.status.services if s.name == "echo")
+        port = svc.ports[0].port
         seen: Counter[str] = Counter()
         try:
             for _ in range(8):
-                seen[http_get(self.bed, client["name"], svc["vip"], port).pod] += 1
+                seen[http_get(self.bed, client.name, svc.vip, port).pod] += 1
         except TestbedError as e:
             self.record("service VIP", False, str(e))
             return
@@ -118,7 +117,7 @@ class Demo:
         self.record(
             "service VIP",
             ok,
-            f"{client['name']} -> echo.{svc['namespace']} {SocketAddr(svc['vip'], port)}, "
+            f"{client.name} -> echo.{svc.namespace} {SocketAddr(svc.vip, port)}, "
             f"8 requests answered by {spread}",
         )
 
@@ -127,8 +126,8 @@ class Demo:
         echo1, echo2 = self.pod("echo-", "node1"), self.pod("echo-", "node2")
         marker = f"ZTDEMO-{secrets.token_hex(8)}"
         pcap = self.bed.state_dir / "fabric.pcap"
-        self.out(f"capturing the fabric ({FABRIC_BRIDGE} in {self.status['fabric']['netns']})")
-        with FabricCapture(self.status["fabric"]["netns"], FABRIC_BRIDGE, pcap, "tcp"):
+        self.out(f"capturing the fabric ({FABRIC_BRIDGE} in {self.status.fabric.netns})")
+        with FabricCapture(self.status.fabric.netns, FABRIC_BRIDGE, pcap, "tcp"):
             self.out("plain clients, captured by the mesh (no proxy settings):")
             self.http("same node", web, echo1)
             self.http("across nodes", web, echo2)
@@ -136,12 +135,12 @@ class Demo:
             # Same node, so no plaintext crosses the fabric the capture below inspects.
             self.plaintext(legacy, echo1)
             try:
-                http_get(self.bed, web["name"], echo2["ip"], HTTP_PORT, path=f"/?m={marker}")
-                result = iperf3(self.bed, web["name"], echo2["ip"], seconds=seconds)
+                http_get(self.bed, web.name, echo2.ip, HTTP_PORT, path=f"/?m={marker}")
+                result = iperf3(self.bed, web.name, echo2.ip, seconds=seconds)
                 self.record(
                     "iperf3 across nodes",
                     True,
-                    f"{web['name']} -> {echo2['name']} for {seconds} s: {gbps(result):.2f} Gbit/s",
+                    f"{web.name} -> {echo2.name} for {seconds} s: {gbps(result):.2f} Gbit/s",
                 )
             except TestbedError as e:
                 self.record("iperf3 across nodes", False, str(e))

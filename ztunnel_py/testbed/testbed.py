@@ -22,13 +22,23 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from ztunnel_py.testbed import mesh, namespaces, process, resources, sidecar
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.namespaces import ip
 from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
+from ztunnel_py.testbed.status import (
+    ControlPlaneStatus,
+    FabricStatus,
+    NamespaceStatus,
+    NodeStatus,
+    PodStatus,
+    ProcessStatus,
+    ServicePortStatus,
+    ServiceStatus,
+    TestbedStatus,
+)
 from ztunnel_py.testbed.topology import (
     FABRIC_BRIDGE,
     FABRIC_SUBNET,
@@ -360,19 +370,14 @@ class Testbed:
             check=False,
         )
 
-    def _proc(self, name: str) -> dict[str, Any]:
+    def _proc(self, name: str) -> ProcessStatus:
         record = self.state.process(name)
         if record is None:
-            return {"name": name, "pid": None, "alive": False, "log": None}
-        return {
-            "name": name,
-            "pid": record.pid,
-            "alive": process.is_alive(record),
-            "log": record.log,
-        }
+            return ProcessStatus(name, None, False, None)
+        return ProcessStatus(name, record.pid, process.is_alive(record), record.log)
 
-    def status(self) -> dict[str, Any]:
-        """Everything a person or a test needs to know about the testbed, JSON-ready."""
+    def status(self) -> TestbedStatus:
+        """Everything a person or a test needs to know about the testbed."""
         self.refresh()
         t = self.topology
         state = self.state
@@ -381,88 +386,84 @@ class Testbed:
         for node in t.nodes:
             agent = self._proc(mesh.agent_name(node.name))
             nodes.append(
-                {
-                    "name": node.name,
-                    "netns": node.netns,
-                    "ip": node.ip,
-                    "pod_cidr": node.pod_cidr,
-                    "ipv6": node.ipv6,
-                    "pod_cidr6": node.pod_cidr6,
-                    "log": agent["log"],
-                    "agent": agent,
-                    "enroll_socket": mesh.enroll_socket(state, node.name)
-                    if state.ambient
-                    else None,
-                }
+                NodeStatus(
+                    name=node.name,
+                    netns=node.netns,
+                    ip=node.ip,
+                    pod_cidr=node.pod_cidr,
+                    ipv6=node.ipv6,
+                    pod_cidr6=node.pod_cidr6,
+                    log=agent.log,
+                    agent=agent,
+                    enroll_socket=mesh.enroll_socket(state, node.name) if state.ambient else None,
+                )
             )
         pods = [
-            {
-                "name": pod.name,
-                "namespace": pod.namespace,
-                "node": pod.node,
-                "netns": pod.netns,
-                "ip": pod.ip,
-                "ipv6": pod.ipv6,
-                "ips": list(pod.ips),
-                # in a mesh namespace: the CNI plugin enrolls it in ambient mode, it gets a
-                # sidecar in sidecar mode
-                "ambient": pod.ambient,
-                "enrolled": pod.ambient and state.ambient,
-                "sidecar": self._proc(sidecar.sidecar_name(pod.name))
+            PodStatus(
+                name=pod.name,
+                namespace=pod.namespace,
+                node=pod.node,
+                netns=pod.netns,
+                ip=pod.ip,
+                ipv6=pod.ipv6,
+                ips=tuple(pod.ips),
+                ambient=pod.ambient,
+                enrolled=pod.ambient and state.ambient,
+                sidecar=self._proc(sidecar.sidecar_name(pod.name))
                 if pod.ambient and state.mode == MODE_SIDECAR
                 else None,
-                "service_account": pod.service_account,
-                "app": pod.app,
-                "role": pod.role,
-                "uid": pod.uid,
-                "http_port": HTTP_PORT,
-                "iperf_port": IPERF_PORT,
-                "host_iface": pod.host_iface,
-                "services": list(pod.services),
-                "processes": [self._proc(http_name(pod.name)), self._proc(iperf_name(pod.name))],
-            }
+                service_account=pod.service_account,
+                app=pod.app,
+                role=pod.role,
+                uid=pod.uid,
+                http_port=HTTP_PORT,
+                iperf_port=IPERF_PORT,
+                host_iface=pod.host_iface,
+                services=tuple(pod.services),
+                processes=(self._proc(http_name(pod.name)), self._proc(iperf_name(pod.name))),
+            )
             for pod in t.pods
         ]
         services = [
-            {
-                "name": svc.name,
-                "namespace": svc.namespace,
-                "hostname": svc.hostname,
-                "vip": svc.vip,
-                "vips": list(svc.vips),
-                "ports": [{"port": p, "target_port": tp} for p, tp in svc.ports],
-                "endpoints": [p.name for p in t.endpoints(svc.name)],
-            }
+            ServiceStatus(
+                name=svc.name,
+                namespace=svc.namespace,
+                hostname=svc.hostname,
+                vip=svc.vip,
+                vips=tuple(svc.vips),
+                ports=tuple(ServicePortStatus(p, tp) for p, tp in svc.ports),
+                endpoints=tuple(p.name for p in t.endpoints(svc.name)),
+            )
             for svc in t.services
         ]
-        return {
-            "prefix": self.prefix,
-            "state_dir": str(self.state_dir),
-            "complete": state.complete,
-            "mesh": state.mesh,
-            "mode": state.mode,
-            "dual_stack": state.dual_stack,
-            "config_dir": str(state.config_dir),
-            "fabric": {"netns": t.fabric_netns, "bridge": FABRIC_BRIDGE, "subnet": FABRIC_SUBNET},
-            "controlplane": {
-                "netns": t.cp_netns,
-                "ip": t.controlplane_ip,
-                "address": str(t.controlplane_address),
-                "monitoring": str(t.controlplane_monitoring),
-                "debug_config": self.controlplane_debug_url,
-                "log": cp["log"],
-                "pid": cp["pid"],
-                "alive": cp["alive"],
-                "root_cert": mesh.root_cert(state) if state.mesh else None,
-            },
-            "namespaces": [
-                {"name": name, "labels": labels} for name, labels in state.namespace_labels.items()
-            ],
-            "nodes": nodes,
-            "pods": pods,
-            "services": services,
-            "processes": [self._proc(r.name) for r in state.processes],
-        }
+        return TestbedStatus(
+            prefix=self.prefix,
+            state_dir=str(self.state_dir),
+            complete=state.complete,
+            mesh=state.mesh,
+            mode=state.mode,
+            dual_stack=state.dual_stack,
+            config_dir=str(state.config_dir),
+            fabric=FabricStatus(t.fabric_netns, FABRIC_BRIDGE, FABRIC_SUBNET),
+            controlplane=ControlPlaneStatus(
+                netns=t.cp_netns,
+                ip=t.controlplane_ip,
+                address=str(t.controlplane_address),
+                monitoring=str(t.controlplane_monitoring),
+                debug_config=self.controlplane_debug_url,
+                log=cp.log,
+                pid=cp.pid,
+                alive=cp.alive,
+                root_cert=mesh.root_cert(state) if state.mesh else None,
+            ),
+            namespaces=tuple(
+                NamespaceStatus(name, labels) for name, labels in state.namespace_labels.items()
+            ),
+            nodes=tuple(nodes),
+            pods=tuple(pods),
+            services=tuple(services),
+            processes=tuple(self._proc(r.name) for r in state.processes),
+        )
 
     def refresh(self) -> None:
         """Re-read the state file: another process (`testbed agent ...`) may have changed it."""

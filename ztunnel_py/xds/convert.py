@@ -600,7 +600,7 @@ def decode_response(
             out.rejected[name] = "no resource payload"
             continue
         if r.resource.type_url and r.resource.type_url != pb.type_url:
-            out.rejected[name] = f"payload is a {r.resource.type_url}, not a {pb.type_url}"
+            out.rejected[name] = f"payload is a {r.resource.type_url!r}, not a {pb.type_url}"
             continue
         try:
             obj = _decode_payload(decoder, name, r.resource.value)

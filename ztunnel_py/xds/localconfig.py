@@ -1,10 +1,11 @@
 """ztunnel's local-config file (`LOCAL_XDS_PATH` / `LOCAL_XDS`): YAML in, model types out.
 
-The format is ztunnel's own (docs/istio-compat.md, "Local configuration file"): top-level
-`workloads`, `services` and `policies`, camelCase keys, unknown keys rejected, required keys
-enforced. Every problem becomes a `ConfigError` naming the file, the line and column, the field path
-(`workloads[2].workloadIps[0]`) and what was expected; no other exception escapes, whatever the
-input.
+The format is ztunnel's own: top-level `workloads`, `services` and `policies` lists, camelCase
+keys as in Istio's workload API, unknown keys rejected, required keys enforced. The file is
+checked with the shared schema language (`CONFIG` below) and every problem is reported at once,
+each with the file, line and column and the field path (`workloads[2].workloadIps[0]`), in one
+`ConfigError`; no other exception escapes, whatever the input. Only a file without problems is
+turned into model values, so the builders at the end trust the shapes they read.
 
 Keys that ztunnel accepts but ztunnel_py does not act on yet (`networkGateway`, `nativeTunnel`,
 `applicationTunnel`, `locality`, `networkMode` on workloads; `canonical`, `loadBalancer`,
@@ -14,19 +15,17 @@ that works with ztunnel works here and a typo is still reported, and then droppe
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import yaml
+from typing import Any
 
 from ztunnel_py.model import (
     DEFAULT_TRUST_DOMAIN,
     Action,
     Authorization,
-    Cidr,
     GatewayAddress,
     IPAddress,
     Match,
@@ -41,39 +40,77 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
-from ztunnel_py.model.workload import pod_uid
-from ztunnel_py.yamlpos import (
-    Position,
+from ztunnel_py.model.ports import HBONE_PORT
+from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID, pod_uid
+from ztunnel_py.yamlschema.loading import (
+    YAML_ERRORS,
     PositionLoader,
-    describe_value,
     expansion_problem,
-    position,
+    syntax_problem,
+)
+from ztunnel_py.yamlschema.problems import Problem
+from ztunnel_py.yamlschema.schema import (
+    ANY,
+    BOOL,
+    PORT,
+    STR,
+    Checker,
+    Int,
+    IntOrStr,
+    ListOf,
+    MapOf,
+    Node,
+    Schema,
+    Str,
+    StrCheck,
+    cidr,
+    expected,
+    ip_address,
+    obj,
+    port_key,
+    port_string,
+    strings,
 )
 
 # Aliases let a small file expand into a huge tree; past this many nodes we refuse the file.
 MAX_EXPANDED_NODES = 1_000_000
 
-_T = TypeVar("_T")
-
 
 class ConfigError(Exception):
-    """A local-config file that cannot be used; the message says where and what is wrong."""
+    """A local-config file that cannot be used; the message has one line per problem,
+    `file:line:column: field.path: reason`."""
 
-    def __init__(
-        self,
-        source: str,
-        path: str,
-        problem: str,
-        line: int | None = None,
-        column: int | None = None,
-    ) -> None:
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
         self.source = source
-        self.path = path
-        self.problem = problem
-        self.line = line
-        self.column = column
-        where = source if line is None else f"{source}:{line}:{column}"
-        super().__init__(f"{where}: {path}: {problem}" if path else f"{where}: {problem}")
+        self.problems = tuple(problems)
+        super().__init__("\n".join(_describe(source, p) for p in self.problems))
+
+    # The first problem, for callers that show one.
+
+    @property
+    def path(self) -> str:
+        return self.problems[0].path
+
+    @property
+    def problem(self) -> str:
+        return self.problems[0].reason
+
+    @property
+    def line(self) -> int | None:
+        return self.problems[0].line
+
+    @property
+    def column(self) -> int | None:
+        return self.problems[0].column
+
+
+def _describe(source: str, problem: Problem) -> str:
+    where = source if problem.line is None else f"{source}:{problem.line}:{problem.column}"
+    return (
+        f"{where}: {problem.path}: {problem.reason}"
+        if problem.path
+        else f"{where}: {problem.reason}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +126,9 @@ def load_local_config(path: str | Path) -> LocalConfig:
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(source, "", f"cannot read the file: {e.strerror or e}") from None
+        raise ConfigError(
+            source, [Problem("", f"cannot read the file: {e.strerror or e}")]
+        ) from None
     return parse_local_config(data, source)
 
 
@@ -99,497 +138,396 @@ def parse_local_config(text: str | bytes, source: str = "<inline>") -> LocalConf
     try:
         loader = PositionLoader(text)
         doc = loader.get_single_data()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = e.problem or "syntax error"
-        if e.context:
-            problem += f" ({e.context})"
-        raise _at(
-            source, "", f"invalid YAML: {problem}", position(mark) if mark else None
-        ) from None
-    except yaml.reader.ReaderError as e:
-        problem = f"{e.reason} (character {e.character!r} at offset {e.position})"
-        raise ConfigError(source, "", f"invalid YAML: {problem}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(source, "", f"invalid YAML: {e}") from None
-    except RecursionError:
-        raise ConfigError(source, "", "invalid YAML: nested too deeply") from None
-    except Exception as e:  # PyYAML's constructors raise ValueError & co on odd input
-        raise ConfigError(source, "", f"invalid YAML: {e}") from None
+    except YAML_ERRORS as e:
+        raise ConfigError(source, [syntax_problem(e)]) from None
     finally:
         if loader is not None:
             loader.dispose()
-    _check_expansion(doc, source)
-    return _Reader(source, loader.positions).config(_Node(doc, "", None))
+    too_big = expansion_problem(doc, MAX_EXPANDED_NODES)
+    if too_big is not None:
+        raise ConfigError(source, [Problem("", too_big)])
+    if doc is None:
+        return LocalConfig()
+    checker = Checker(loader.positions)
+    CONFIG.check(checker, Node(doc, ""))
+    if checker.problems:
+        raise ConfigError(source, checker.problems)
+    return _config(doc)
 
 
-# --- YAML loading with positions ---------------------------------------------------------------
+# --- the format --------------------------------------------------------------------------------
 
 
-def _at(source: str, path: str, problem: str, mark: Position | None) -> ConfigError:
-    if mark is None:
-        return ConfigError(source, path, problem)
-    return ConfigError(source, path, problem, *mark)
-
-
-def _check_expansion(doc: object, source: str) -> None:
-    problem = expansion_problem(doc, MAX_EXPANDED_NODES)
-    if problem is not None:
-        raise ConfigError(source, "", problem)
-
-
-# --- schema walking ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Node:
-    value: object
-    path: str
-    mark: Position | None
-
-
-def _key_text(key: object) -> str:
-    return key if isinstance(key, str) else repr(key)
-
-
-_WORKLOAD_KEYS = frozenset(
-    {
-        "uid",
-        "name",
-        "namespace",
-        "serviceAccount",
-        "trustDomain",
-        "workloadIps",
-        "protocol",
-        "node",
-        "network",
-        "hostname",
-        "canonicalName",
-        "canonicalRevision",
-        "workloadName",
-        "workloadType",
-        "waypoint",
-        "networkGateway",
-        "nativeTunnel",
-        "applicationTunnel",
-        "authorizationPolicies",
-        "status",
-        "clusterId",
-        "locality",
-        "networkMode",
-        "capacity",
-        "services",
-    }
-)
-_SERVICE_KEYS = frozenset(
-    {
-        "name",
-        "namespace",
-        "hostname",
-        "vips",
-        "ports",
-        "subjectAltNames",
-        "waypoint",
-        "canonical",
-        "loadBalancer",
-        "ipFamilies",
-        "cidrVips",
-        "weightedWaypoints",
-        "visibility",
-    }
-)
-_POLICY_KEYS = frozenset({"name", "namespace", "scope", "action", "rules", "dryRun"})
-_MATCH_KEYS = frozenset(
-    {
-        "namespaces",
-        "notNamespaces",
-        "serviceAccounts",
-        "notServiceAccounts",
-        "principals",
-        "notPrincipals",
-        "sourceIps",
-        "notSourceIps",
-        "destinationIps",
-        "notDestinationIps",
-        "destinationPorts",
-        "notDestinationPorts",
-    }
-)
-_HINTS = {
-    "endpoints": "endpoints are derived from each workload's 'services' map",
-    "workloadIp": "use 'workloadIps', a list",
-}
-
-
-class _Reader:
-    """Walks the loaded document; each method validates one shape and returns model values."""
-
-    def __init__(self, source: str, marks: dict[int, dict[Any, Position]]) -> None:
-        self.source = source
-        self.positions = marks
-
-    def error(self, node: _Node, problem: str) -> ConfigError:
-        return _at(self.source, node.path, problem, node.mark)
-
-    # generic shapes
-
-    def child(self, parent: _Node, key: object, value: object, path: str) -> _Node:
-        mark = self.positions.get(id(parent.value), {}).get(key, parent.mark)
-        return _Node(value, path, mark)
-
-    def mapping(
-        self, node: _Node, allowed: frozenset[str], required: frozenset[str] = frozenset()
-    ) -> dict[str, _Node]:
-        value = node.value
-        if not isinstance(value, dict):
-            raise self.error(node, f"expected a mapping, got {describe_value(value)}")
-        fields: dict[str, _Node] = {}
-        for key, item in value.items():
-            path = f"{node.path}.{_key_text(key)}" if node.path else _key_text(key)
-            child = self.child(node, key, item, path)
-            if not isinstance(key, str) or key not in allowed:
-                hint = _HINTS.get(key) if isinstance(key, str) else None
-                expected = (
-                    "; " + hint if hint else f" (expected one of: {', '.join(sorted(allowed))})"
-                )
-                raise self.error(child, f"unknown key {_key_text(key)!r}{expected}")
-            fields[key] = child
-        for key in sorted(required - fields.keys()):
-            raise self.error(node, f"missing required key {key!r}")
-        return fields
-
-    def items(self, node: _Node) -> list[_Node]:
-        value = node.value
-        if not isinstance(value, list):
-            raise self.error(node, f"expected a list, got {describe_value(value)}")
-        return [self.child(node, i, item, f"{node.path}[{i}]") for i, item in enumerate(value)]
-
-    def entries(self, node: _Node) -> list[tuple[_Node, _Node]]:
-        """(key, value) nodes of a mapping with free-form keys."""
-        value = node.value
-        if not isinstance(value, dict):
-            raise self.error(node, f"expected a mapping, got {describe_value(value)}")
-        out = []
-        for key, item in value.items():
-            label = f'"{key}"' if isinstance(key, str) else repr(key)
-            path = f"{node.path}[{label}]"
-            child = self.child(node, key, item, path)
-            out.append((_Node(key, path, child.mark), child))
-        return out
-
-    def listof(self, node: _Node, parse: Callable[[_Node], _T]) -> tuple[_T, ...]:
-        return tuple(parse(item) for item in self.items(node))
-
-    def string(self, node: _Node) -> str:
-        if not isinstance(node.value, str):
-            raise self.error(node, f"expected a string, got {describe_value(node.value)}")
-        return node.value
-
-    def boolean(self, node: _Node) -> bool:
-        if not isinstance(node.value, bool):
-            raise self.error(node, f"expected true or false, got {describe_value(node.value)}")
-        return node.value
-
-    def integer(self, node: _Node, low: int, high: int, what: str = "an integer") -> int:
-        value = node.value
-        # Ports may be written as strings ("80"); the length bound keeps int() cheap and safe.
-        if isinstance(value, str) and value.strip().isdecimal() and len(value) <= 20:
-            value = int(value.strip())
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.error(node, f"expected {what}, got {describe_value(value)}")
-        if not low <= value <= high:
-            raise self.error(node, f"{value} is out of range: expected {what} in {low}..{high}")
-        return value
-
-    def port(self, node: _Node, allow_zero: bool = False) -> int:
-        return self.integer(node, 0 if allow_zero else 1, 65535, "a port number")
-
-    def choice(self, node: _Node, choices: tuple[str, ...]) -> str:
-        value = node.value
-        if not isinstance(value, str) or value not in choices:
-            shown = repr(value) if isinstance(value, str) else describe_value(value)
-            raise self.error(node, f"{shown} is not one of: {', '.join(choices)}")
-        return value
-
-    def optional(
-        self, fields: dict[str, _Node], key: str, parse: Callable[[_Node], _T], default: _T
-    ) -> _T:
-        node = fields.get(key)
-        return default if node is None else parse(node)
-
-    def optional_list(
-        self, fields: dict[str, _Node], key: str, parse: Callable[[_Node], _T]
-    ) -> tuple[_T, ...]:
-        node = fields.get(key)
-        return () if node is None else self.listof(node, parse)
-
-    # addresses
-
-    def ip(self, node: _Node) -> IPAddress:
-        text = self.string(node)
-        try:
-            return ipaddress.ip_address(text)
-        except ValueError:
-            raise self.error(node, f"{text!r} is not an IP address") from None
-
-    def network_address(self, node: _Node) -> NetworkAddress:
-        text = self.string(node)
-        try:
-            return NetworkAddress.parse(text)
-        except ValueError:
-            raise self.error(
-                node, f"{text!r} is not a 'network/IP' address (e.g. '/10.0.0.1')"
-            ) from None
-
-    def cidr(self, node: _Node) -> Cidr:
-        text = self.string(node)
-        try:
-            return ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise self.error(
-                node, f"{text!r} is not a CIDR (e.g. '10.0.0.0/8' or '10.0.0.1')"
-            ) from None
-
-    def namespaced(self, node: _Node, what: str) -> str:
-        text = self.string(node)
+def _namespaced(what: str) -> StrCheck:
+    def check(text: str) -> str | None:
         namespace, sep, name = text.partition("/")
         if not sep or not namespace or not name:
-            raise self.error(node, f"{text!r} is not a '{what}' key")
-        return text
+            return f"{text!r} is not a '{what}' key"
+        return None
 
-    def gateway(self, node: _Node, extra_keys: frozenset[str] = frozenset()) -> GatewayAddress:
-        keys = frozenset({"destination", "hboneMtlsPort"}) | extra_keys
-        fields = self.mapping(node, keys, frozenset({"destination"}))
-        dest_node = fields["destination"]
-        destination: NetworkAddress | NamespacedHostname
-        if isinstance(dest_node.value, dict):
-            keys = frozenset({"namespace", "hostname"})
-            dest = self.mapping(dest_node, keys, keys)
-            destination = NamespacedHostname(
-                self.string(dest["namespace"]), self.string(dest["hostname"])
+    return check
+
+
+_service_name = _namespaced("namespace/hostname")
+
+
+def _service_key(key: object) -> str | None:
+    return _service_name(str(key))
+
+
+def _network_address(text: str) -> str | None:
+    try:
+        NetworkAddress.parse(text)
+    except ValueError:
+        return f"{text!r} is not a 'network/IP' address (e.g. '/10.0.0.1')"
+    return None
+
+
+def _workload_ip(text: str) -> str | None:
+    return _network_address(text) if "/" in text else ip_address(text)
+
+
+def _port(low: int) -> Schema:
+    """A port as a number or a decimal string ("80"), as YAML map keys often are."""
+    return IntOrStr(Int(low, 65535, "port"), Str(checks=(functools.partial(port_string, low=low),)))
+
+
+def _destination(text: str) -> NetworkAddress | NamespacedHostname | None:
+    try:
+        return NetworkAddress.parse(text)
+    except ValueError:
+        namespace, sep, hostname = text.partition("/")
+        return NamespacedHostname(namespace, hostname) if sep and namespace and hostname else None
+
+
+NAMESPACED_HOSTNAME = obj({"namespace": STR, "hostname": STR}, required=("namespace", "hostname"))
+
+
+class _Destination(Schema):
+    """Where a gateway is: `network/IP`, `namespace/hostname`, or {namespace, hostname}."""
+
+    def walk(self, c: Checker, node: Node) -> None:
+        if isinstance(node.value, dict):
+            NAMESPACED_HOSTNAME.walk(c, node)
+        elif not isinstance(node.value, str):
+            expected(c, node, "a string")
+        elif _destination(node.value) is None:
+            c.error(
+                node, f"{node.value!r} is neither a 'network/IP' address nor a 'namespace/hostname'"
             )
-        else:
-            text = self.string(dest_node)
-            try:
-                destination = NetworkAddress.parse(text)
-            except ValueError:
-                namespace, sep, hostname = text.partition("/")
-                if not sep or not namespace or not hostname:
-                    raise self.error(
-                        dest_node,
-                        f"{text!r} is neither a 'network/IP' address nor a 'namespace/hostname'",
-                    ) from None
-                destination = NamespacedHostname(namespace, hostname)
-        port = self.optional(fields, "hboneMtlsPort", self.port, 15008)
-        return GatewayAddress(destination, port)
 
-    def port_map(self, node: _Node, allow_zero_target: bool) -> dict[int, int]:
-        ports: dict[int, int] = {}
-        for key, value in self.entries(node):
-            service_port = self.port(key)
-            if service_port in ports:
-                raise self.error(key, f"port {service_port} is listed twice")
-            ports[service_port] = self.port(value, allow_zero=allow_zero_target)
-        return ports
 
-    # the document
+@dataclass(frozen=True)
+class _PortMap(Schema):
+    """{service port: target port}; `null` means no ports where `null_is_empty`."""
 
-    def config(self, node: _Node) -> LocalConfig:
-        if node.value is None:
-            return LocalConfig()
-        fields = self.mapping(node, frozenset({"workloads", "services", "policies"}))
-        workloads = self.optional_list(fields, "workloads", self.workload)
-        services = self.optional_list(fields, "services", self.service)
-        policies = self.optional_list(fields, "policies", self.policy)
-        self.unique(fields, "workloads", [w.uid for w in workloads], "uid")
-        self.unique(fields, "services", [s.key for s in services], "service")
-        self.unique(fields, "policies", [p.key for p in policies], "policy")
-        vips = [[str(v) for v in s.vips] for s in services]
-        self.unique_nested(fields, "services", vips, "vips", "VIP")
-        return LocalConfig(workloads, services, policies)
+    target: Schema
+    null_is_empty: bool = False
 
-    def unique(self, fields: dict[str, _Node], section: str, keys: list[str], what: str) -> None:
-        seen: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            if key in seen:
-                item = self.items(fields[section])[i]
-                raise self.error(
-                    item, f"duplicate {what} {key!r} (already defined by {section}[{seen[key]}])"
-                )
-            seen[key] = i
+    def walk(self, c: Checker, node: Node) -> None:
+        if node.value is None and self.null_is_empty:
+            return
+        if not isinstance(node.value, dict):
+            expected(c, node, "a mapping")
+            return
+        seen: set[int] = set()
+        for key in node.value:
+            child = c.child(node, key)
+            problem = port_key(key)
+            if problem:
+                c.error(child, problem)
+                continue
+            if int(key) in seen:
+                c.error(child, f"port {int(key)} is listed twice")
+                continue
+            seen.add(int(key))
+            self.target.walk(c, child)
 
-    def unique_nested(
-        self, fields: dict[str, _Node], section: str, keys: list[list[str]], sub: str, what: str
-    ) -> None:
-        seen: dict[str, int] = {}
-        for i, group in enumerate(keys):
-            for j, key in enumerate(group):
-                if key in seen and seen[key] != i:
-                    item = self.items(fields[section])[i]
-                    node = self.items(self.mapping(item, _SERVICE_KEYS)[sub])[j]
-                    raise self.error(
-                        node, f"duplicate {what} {key!r} (already used by {section}[{seen[key]}])"
-                    )
-                seen.setdefault(key, i)
 
-    def workload(self, node: _Node) -> Workload:
-        f = self.mapping(node, _WORKLOAD_KEYS, frozenset({"namespace", "workloadIps", "services"}))
-        text = self.string
-        namespace = text(f["namespace"])
-        name = self.optional(f, "name", text, "")
-        network = self.optional(f, "network", text, "")
-        cluster_id = self.optional(f, "clusterId", text, "") or "Kubernetes"
-        addresses = tuple(self.workload_ip(n, network) for n in self.items(f["workloadIps"]))
-        services: dict[str, dict[int, int]] = {}
-        for key, value in self.entries(f["services"]):
-            service = self.namespaced(key, "namespace/hostname")
-            services[service] = {} if value.value is None else self.port_map(value, False)
-        self.optional(f, "networkGateway", self.gateway, None)
-        self.optional(f, "nativeTunnel", self.boolean, False)
-        self.optional(f, "applicationTunnel", self.application_tunnel, None)
-        self.optional(f, "locality", self.locality, None)
-        self.optional(f, "networkMode", lambda n: self.choice(n, ("Standard", "HostNetwork")), "")
-        protocol = self.optional(f, "protocol", lambda n: self.choice(n, ("TCP", "HBONE")), "TCP")
-        status = self.optional(f, "status", lambda n: self.choice(n, ("Healthy", "Unhealthy")), "")
-        return Workload(
-            uid=self.optional(f, "uid", text, "") or pod_uid(namespace, name, cluster_id),
-            name=name,
-            namespace=namespace,
-            addresses=addresses,
-            service_account=self.optional(f, "serviceAccount", text, "") or "default",
-            trust_domain=self.optional(f, "trustDomain", text, "") or DEFAULT_TRUST_DOMAIN,
-            node=self.optional(f, "node", text, ""),
-            network=network,
-            hostname=self.optional(f, "hostname", text, ""),
-            tunnel_protocol=TunnelProtocol(protocol),
-            canonical_name=self.optional(f, "canonicalName", text, ""),
-            canonical_revision=self.optional(f, "canonicalRevision", text, ""),
-            workload_name=self.optional(f, "workloadName", text, ""),
-            workload_type=self.optional(f, "workloadType", text, "") or "deployment",
-            waypoint=self.optional(f, "waypoint", self.gateway, None),
-            services=services,
-            authorization_policies=self.optional_list(
-                f, "authorizationPolicies", lambda p: self.namespaced(p, "namespace/name")
-            ),
-            status=WorkloadStatus(status) if status else WorkloadStatus.HEALTHY,
-            cluster_id=cluster_id,
-            capacity=self.optional(f, "capacity", lambda n: self.integer(n, 0, 2**32 - 1), 1),
-        )
+def _gateway(extra: Mapping[str, Schema] | None = None) -> Schema:
+    return obj(
+        {"destination": _Destination(), "hboneMtlsPort": _port(1), **(extra or {})},
+        required=("destination",),
+    )
 
-    def workload_ip(self, node: _Node, network: str) -> IPAddress:
-        text = self.string(node)
-        if "/" not in text:
-            return self.ip(node)
-        address = self.network_address(node)
-        if address.network != network:
-            raise self.error(
-                node,
-                f"{text!r} names network {address.network!r} but the workload's network is "
-                f"{network!r} (set 'network', or list plain IPs)",
+
+GATEWAY = _gateway()
+
+
+def _addresses_on_network(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
+    network = fields["network"].value if "network" in fields else ""
+    ips = fields["workloadIps"]
+    for i, text in enumerate(ips.value):
+        if "/" in text and NetworkAddress.parse(text).network != network:
+            c.error(
+                c.index(ips, i),
+                f"{text!r} names network {NetworkAddress.parse(text).network!r} but the "
+                f"workload's network is {network!r} (set 'network', or list plain IPs)",
             )
-        return address.address
 
-    def application_tunnel(self, node: _Node) -> None:
-        f = self.mapping(node, frozenset({"protocol", "port"}), frozenset({"protocol"}))
-        self.choice(f["protocol"], ("NONE", "PROXY"))
-        self.optional(f, "port", self.port, 0)
 
-    def locality(self, node: _Node) -> None:
-        for child in self.mapping(node, frozenset({"region", "zone", "subzone"})).values():
-            self.string(child)
+WORKLOAD = obj(
+    {
+        "uid": STR,
+        "name": STR,
+        "namespace": STR,
+        "serviceAccount": STR,
+        "trustDomain": STR,
+        "workloadIps": strings(_workload_ip),
+        "protocol": Str(choices=tuple(p.value for p in TunnelProtocol)),
+        "node": STR,
+        "network": STR,
+        "hostname": STR,
+        "canonicalName": STR,
+        "canonicalRevision": STR,
+        "workloadName": STR,
+        "workloadType": STR,
+        "waypoint": GATEWAY,
+        "networkGateway": GATEWAY,
+        "nativeTunnel": BOOL,
+        "applicationTunnel": obj(
+            {"protocol": Str(choices=("NONE", "PROXY")), "port": PORT}, required=("protocol",)
+        ),
+        "authorizationPolicies": strings(_namespaced("namespace/name")),
+        "status": Str(choices=tuple(s.value for s in WorkloadStatus)),
+        "clusterId": STR,
+        "locality": obj({"region": STR, "zone": STR, "subzone": STR}),
+        "networkMode": Str(choices=("Standard", "HostNetwork")),
+        "capacity": Int(0, 2**32 - 1, "capacity"),
+        "services": MapOf(_PortMap(_port(1), null_is_empty=True), key=_service_key),
+    },
+    required=("namespace", "workloadIps", "services"),
+    hooks=(_addresses_on_network,),
+)
 
-    def service(self, node: _Node) -> Service:
-        f = self.mapping(
-            node, _SERVICE_KEYS, frozenset({"name", "namespace", "hostname", "vips", "ports"})
-        )
-        self.optional(f, "canonical", self.boolean, False)
-        self.optional(f, "loadBalancer", self.load_balancer, None)
-        self.optional(f, "ipFamilies", lambda n: self.choice(n, ("Dual", "IPv4", "IPv6")), "")
-        self.optional_list(f, "cidrVips", self.cidr)
-        self.optional_list(f, "weightedWaypoints", self.weighted)
-        self.optional(f, "visibility", lambda n: self.choice(n, ("Public", "Namespace")), "")
-        return Service(
-            name=self.string(f["name"]),
-            namespace=self.string(f["namespace"]),
-            hostname=self.string(f["hostname"]),
-            vips=self.listof(f["vips"], self.network_address),
-            ports=self.port_map(f["ports"], allow_zero_target=True),
-            subject_alt_names=self.optional_list(f, "subjectAltNames", self.string),
-            waypoint=self.optional(f, "waypoint", self.gateway, None),
-        )
+_LOAD_BALANCER = obj(
+    {
+        "mode": Str(choices=("Standard", "Strict", "Failover", "Passthrough")),
+        "routingPreferences": ListOf(
+            Str(choices=("Region", "Zone", "Subzone", "Node", "Cluster", "Network"))
+        ),
+        "healthPolicy": Str(choices=("OnlyHealthy", "AllowAll")),
+    }
+)
 
-    def load_balancer(self, node: _Node) -> None:
-        f = self.mapping(node, frozenset({"mode", "routingPreferences", "healthPolicy"}))
-        modes = ("Standard", "Strict", "Failover", "Passthrough")
-        self.optional(f, "mode", lambda n: self.choice(n, modes), "")
-        self.optional(f, "healthPolicy", lambda n: self.choice(n, ("OnlyHealthy", "AllowAll")), "")
-        scopes = ("Region", "Zone", "Subzone", "Node", "Cluster", "Network")
-        self.optional_list(f, "routingPreferences", lambda s: self.choice(s, scopes))
+SERVICE = obj(
+    {
+        "name": STR,
+        "namespace": STR,
+        "hostname": STR,
+        "vips": strings(_network_address),
+        "ports": _PortMap(_port(0)),
+        "subjectAltNames": strings(),
+        "waypoint": GATEWAY,
+        "canonical": BOOL,
+        "loadBalancer": _LOAD_BALANCER,
+        "ipFamilies": Str(choices=("Dual", "IPv4", "IPv6")),
+        "cidrVips": strings(cidr),
+        "weightedWaypoints": ListOf(_gateway({"weight": Int(0, 2**32 - 1, "weight")})),
+        "visibility": Str(choices=("Public", "Namespace")),
+    },
+    required=("name", "namespace", "hostname", "vips", "ports"),
+    hints={"endpoints": "endpoints are derived from each workload's 'services' map"},
+)
 
-    def weighted(self, node: _Node) -> None:
-        self.gateway(node, frozenset({"weight"}))
-        weight = self.mapping(node, frozenset({"destination", "hboneMtlsPort", "weight"})).get(
-            "weight"
-        )
-        if weight is not None:
-            self.integer(weight, 0, 2**32 - 1)
 
-    def policy(self, node: _Node) -> Authorization:
-        f = self.mapping(node, _POLICY_KEYS, _POLICY_KEYS)
-        scopes = tuple(s.value for s in PolicyScope)
+def _one_match(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
+    # Every key is a match kind here (others are unknown fields); a null value is in
+    # node.value but not in fields.
+    if len(node.value) != 1:
+        c.error(node, "expected exactly one of Exact, Prefix, Suffix, Presence (e.g. {Exact: x})")
+        return
+    ((key, value),) = node.value.items()
+    if key == StringMatchKind.PRESENCE.value:
+        if value not in (None, {}, []):
+            c.error(c.child(node, key), "Presence takes no value (write {Presence: {}})")
+    elif value is None:
+        expected(c, c.child(node, key), "a string")
+
+
+STRING_MATCH = obj(
+    {
+        **{kind.value: STR for kind in StringMatchKind if kind is not StringMatchKind.PRESENCE},
+        StringMatchKind.PRESENCE.value: ANY,
+    },
+    hooks=(_one_match,),
+)
+SERVICE_ACCOUNT_MATCH = obj(
+    {"namespace": STR, "serviceAccount": STR}, required=("namespace", "serviceAccount")
+)
+
+
+def _string_match(m: Mapping[str, str | None]) -> StringMatch:
+    ((key, value),) = m.items()
+    kind = StringMatchKind(key)
+    return StringMatch(kind) if kind is StringMatchKind.PRESENCE else StringMatch(kind, value or "")
+
+
+def _service_account_match(m: Mapping[str, str]) -> ServiceAccountMatch:
+    return ServiceAccountMatch(m["namespace"], m["serviceAccount"])
+
+
+def _cidr(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text, strict=False)
+
+
+# A match's lists: YAML key -> (Match attribute, item schema, item value).
+_MATCH_LISTS: dict[str, tuple[str, Schema, Callable[[Any], Any]]] = {
+    "namespaces": ("namespaces", STRING_MATCH, _string_match),
+    "notNamespaces": ("not_namespaces", STRING_MATCH, _string_match),
+    "serviceAccounts": ("service_accounts", SERVICE_ACCOUNT_MATCH, _service_account_match),
+    "notServiceAccounts": ("not_service_accounts", SERVICE_ACCOUNT_MATCH, _service_account_match),
+    "principals": ("principals", STRING_MATCH, _string_match),
+    "notPrincipals": ("not_principals", STRING_MATCH, _string_match),
+    "sourceIps": ("source_ips", Str(checks=(cidr,)), _cidr),
+    "notSourceIps": ("not_source_ips", Str(checks=(cidr,)), _cidr),
+    "destinationIps": ("destination_ips", Str(checks=(cidr,)), _cidr),
+    "notDestinationIps": ("not_destination_ips", Str(checks=(cidr,)), _cidr),
+    "destinationPorts": ("destination_ports", _port(0), int),
+    "notDestinationPorts": ("not_destination_ports", _port(0), int),
+}
+
+MATCH = obj({key: ListOf(item) for key, (_, item, _) in _MATCH_LISTS.items()})
+
+POLICY = obj(
+    {
+        "name": STR,
+        "namespace": STR,
+        "scope": Str(choices=tuple(s.value for s in PolicyScope)),
         # ztunnel's format knows Allow and Deny; Audit exists only for waypoints
-        actions = (Action.ALLOW.value, Action.DENY.value)
-        rules = self.listof(
-            f["rules"],
-            lambda rule: self.listof(rule, lambda clause: self.listof(clause, self.match)),
-        )
-        return Authorization(
-            name=self.string(f["name"]),
-            namespace=self.string(f["namespace"]),
-            scope=PolicyScope(self.choice(f["scope"], scopes)),
-            action=Action(self.choice(f["action"], actions)),
-            rules=rules,
-            dry_run=self.boolean(f["dryRun"]),
-        )
+        "action": Str(choices=(Action.ALLOW.value, Action.DENY.value)),
+        # rules: any rule matches; a rule's clauses must all match; a clause is a list of matches
+        "rules": ListOf(ListOf(ListOf(MATCH))),
+        "dryRun": BOOL,
+    },
+    required=("name", "namespace", "scope", "action", "rules", "dryRun"),
+)
 
-    def match(self, node: _Node) -> Match:
-        f = self.mapping(node, _MATCH_KEYS)
-        strings, cidrs = self.string_match, self.cidr
 
-        def ports(n: _Node) -> int:
-            return self.port(n, allow_zero=True)
+def _uid(w: Mapping[str, Any]) -> str:
+    """A workload's uid, defaulted from its name as istiod names pods."""
+    cluster_id = w.get("clusterId") or DEFAULT_CLUSTER_ID
+    return w.get("uid") or pod_uid(w["namespace"], w.get("name") or "", cluster_id)
 
-        return Match(
-            namespaces=self.optional_list(f, "namespaces", strings),
-            not_namespaces=self.optional_list(f, "notNamespaces", strings),
-            service_accounts=self.optional_list(f, "serviceAccounts", self.sa_match),
-            not_service_accounts=self.optional_list(f, "notServiceAccounts", self.sa_match),
-            principals=self.optional_list(f, "principals", strings),
-            not_principals=self.optional_list(f, "notPrincipals", strings),
-            source_ips=self.optional_list(f, "sourceIps", cidrs),
-            not_source_ips=self.optional_list(f, "notSourceIps", cidrs),
-            destination_ips=self.optional_list(f, "destinationIps", cidrs),
-            not_destination_ips=self.optional_list(f, "notDestinationIps", cidrs),
-            destination_ports=self.optional_list(f, "destinationPorts", ports),
-            not_destination_ports=self.optional_list(f, "notDestinationPorts", ports),
-        )
 
-    def string_match(self, node: _Node) -> StringMatch:
-        kinds = frozenset(k.value for k in StringMatchKind)
-        f = self.mapping(node, kinds)
-        if len(f) != 1:
-            raise self.error(
-                node, "expected exactly one of Exact, Prefix, Suffix, Presence (e.g. {Exact: x})"
-            )
-        ((key, child),) = f.items()
-        kind = StringMatchKind(key)
-        if kind is StringMatchKind.PRESENCE:
-            if child.value not in (None, {}, []):
-                raise self.error(child, "Presence takes no value (write {Presence: {}})")
-            return StringMatch(kind)
-        return StringMatch(kind, self.string(child))
+def _vips_unique(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
+    services = fields.get("services")
+    if services is None:
+        return
+    owners: dict[str, int] = {}
+    for i in range(len(services.value)):
+        vips = c.child(c.index(services, i), "vips")
+        for j, text in enumerate(vips.value):
+            vip = str(NetworkAddress.parse(text))
+            owner = owners.setdefault(vip, i)
+            if owner != i:
+                c.error(
+                    c.index(vips, j), f"duplicate VIP {vip!r} (already used by services[{owner}])"
+                )
 
-    def sa_match(self, node: _Node) -> ServiceAccountMatch:
-        keys = frozenset({"namespace", "serviceAccount"})
-        f = self.mapping(node, keys, keys)
-        return ServiceAccountMatch(self.string(f["namespace"]), self.string(f["serviceAccount"]))
+
+CONFIG = obj(
+    {
+        "workloads": ListOf(WORKLOAD, unique_by=_uid, unique_what="uid"),
+        "services": ListOf(
+            SERVICE, unique_by=lambda s: f"{s['namespace']}/{s['hostname']}", unique_what="service"
+        ),
+        "policies": ListOf(
+            POLICY, unique_by=lambda p: f"{p['namespace']}/{p['name']}", unique_what="policy"
+        ),
+    },
+    hooks=(_vips_unique,),
+)
+
+# --- model values from a checked document ------------------------------------------------------
+
+
+def _config(doc: Mapping[str, Any]) -> LocalConfig:
+    return LocalConfig(
+        workloads=tuple(_workload(w) for w in doc.get("workloads") or ()),
+        services=tuple(_service(s) for s in doc.get("services") or ()),
+        policies=tuple(_policy(p) for p in doc.get("policies") or ()),
+    )
+
+
+def _ports(ports: Mapping[int | str, int | str] | None) -> dict[int, int]:
+    return {int(port): int(target) for port, target in (ports or {}).items()}
+
+
+def _gateway_address(g: Mapping[str, Any] | None) -> GatewayAddress | None:
+    if g is None:
+        return None
+    dest = g["destination"]
+    destination = (
+        NamespacedHostname(dest["namespace"], dest["hostname"])
+        if isinstance(dest, dict)
+        else _destination(dest)
+    )
+    assert destination is not None  # checked by _Destination
+    port = g.get("hboneMtlsPort")
+    return GatewayAddress(destination, HBONE_PORT if port is None else int(port))
+
+
+def _address(text: str) -> IPAddress:
+    return NetworkAddress.parse(text).address if "/" in text else ipaddress.ip_address(text)
+
+
+def _workload(w: Mapping[str, Any]) -> Workload:
+    status = w.get("status")
+    capacity = w.get("capacity")
+    return Workload(
+        uid=_uid(w),
+        name=w.get("name") or "",
+        namespace=w["namespace"],
+        addresses=tuple(_address(text) for text in w["workloadIps"]),
+        service_account=w.get("serviceAccount") or "default",
+        trust_domain=w.get("trustDomain") or DEFAULT_TRUST_DOMAIN,
+        node=w.get("node") or "",
+        network=w.get("network") or "",
+        hostname=w.get("hostname") or "",
+        tunnel_protocol=TunnelProtocol(w.get("protocol") or TunnelProtocol.NONE.value),
+        canonical_name=w.get("canonicalName") or "",
+        canonical_revision=w.get("canonicalRevision") or "",
+        workload_name=w.get("workloadName") or "",
+        workload_type=w.get("workloadType") or "deployment",
+        waypoint=_gateway_address(w.get("waypoint")),
+        services={name: _ports(ports) for name, ports in w["services"].items()},
+        authorization_policies=tuple(w.get("authorizationPolicies") or ()),
+        status=WorkloadStatus(status) if status else WorkloadStatus.HEALTHY,
+        cluster_id=w.get("clusterId") or DEFAULT_CLUSTER_ID,
+        capacity=1 if capacity is None else capacity,
+    )
+
+
+def _service(s: Mapping[str, Any]) -> Service:
+    return Service(
+        name=s["name"],
+        namespace=s["namespace"],
+        hostname=s["hostname"],
+        vips=tuple(NetworkAddress.parse(text) for text in s["vips"]),
+        ports=_ports(s["ports"]),
+        subject_alt_names=tuple(s.get("subjectAltNames") or ()),
+        waypoint=_gateway_address(s.get("waypoint")),
+    )
+
+
+def _match(m: Mapping[str, Any]) -> Match:
+    return Match(
+        **{
+            attribute: tuple(value(item) for item in m.get(key) or ())
+            for key, (attribute, _, value) in _MATCH_LISTS.items()
+        }
+    )
+
+
+def _policy(p: Mapping[str, Any]) -> Authorization:
+    return Authorization(
+        name=p["name"],
+        namespace=p["namespace"],
+        scope=PolicyScope(p["scope"]),
+        action=Action(p["action"]),
+        rules=tuple(
+            tuple(tuple(_match(m) for m in clause) for clause in rule) for rule in p["rules"]
+        ),
+        dry_run=p["dryRun"],
+    )

@@ -1,9 +1,11 @@
-"""ztunnel's local-config file (docs/istio-compat.md, "Local configuration file") as a
-snapshot source, for development: the
-control plane can serve, over xDS, the same file an agent could load with LOCAL_XDS_PATH.
+"""ztunnel's local-config file as the control plane's only source, for development: it serves,
+over xDS, the same file an agent could load with LOCAL_XDS_PATH, and tells the CA which
+identities each node hosts (the `node`, `namespace`, `serviceAccount` and `trustDomain` of
+its workloads).
 
-The file is parsed with the agent's own parser (strict: unknown keys rejected) and re-read when
-it changes; a broken edit is logged and the previous snapshot stays in force.
+The file is parsed with the agent's own parser (strict: every problem reported, unknown keys
+rejected) and re-read when it changes; a broken edit is logged and the previous snapshot stays
+in force, so a typo never revokes every node's certificates.
 """
 
 from __future__ import annotations
@@ -15,21 +17,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
+from ztunnel_py.model import Identity, Workload
 from ztunnel_py.xds.localconfig import ConfigError, load_local_config
 
 log = logging.getLogger("ztunnel_py.controlplane.localconfig")
 
 
 class LocalConfigSource:
+    """A `SnapshotSource` for the xDS server and a `WorkloadRegistry` for the CA."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._snapshot = EMPTY_SNAPSHOT
+        self._nodes: dict[str, frozenset[Identity]] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._subscribers: list[Callable[[MeshSnapshot], None]] = []
         self._lock = threading.Lock()
 
     def current(self) -> MeshSnapshot:
         return self._snapshot
+
+    def identities_on_node(self, node: str) -> frozenset[Identity]:
+        return self._nodes.get(node, frozenset())
 
     def subscribe(self, callback: Callable[[MeshSnapshot], None]) -> Callable[[], None]:
         with self._lock:
@@ -68,6 +77,7 @@ class LocalConfigSource:
         if (workloads, services, policies) == (old.workloads, old.services, old.policies):
             return False
         snapshot = MeshSnapshot(old.version + 1, workloads, services, policies)
+        self._nodes = _nodes(config.workloads)
         self._snapshot = snapshot
         log.info(
             "loaded %s: version %d, %d workloads, %d services, %d policies",
@@ -91,3 +101,12 @@ class LocalConfigSource:
         self.reload_if_changed()
         while not stop.wait(interval):
             self.reload_if_changed()
+
+
+def _nodes(workloads: tuple[Workload, ...]) -> dict[str, frozenset[Identity]]:
+    """node -> identities of the workloads on it (workloads without a node are on none)."""
+    nodes: dict[str, set[Identity]] = {}
+    for w in workloads:
+        if w.node:
+            nodes.setdefault(w.node, set()).add(w.identity)
+    return {node: frozenset(ids) for node, ids in nodes.items()}

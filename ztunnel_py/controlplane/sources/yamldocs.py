@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import yaml
-
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Origin
-from ztunnel_py.yamlpos import PositionLoader, expansion_problem, position
+from ztunnel_py.yamlschema.loading import (
+    YAML_ERRORS,
+    PositionLoader,
+    expansion_problem,
+    syntax_problem,
+)
 
 # Aliases let a small file expand into a huge tree; past this many values we refuse a document.
 MAX_EXPANDED_VALUES = 200_000
@@ -55,29 +58,8 @@ def parse_documents(text: str | bytes, source: str) -> Parsed:
             if too_big:
                 return Parsed(tuple(documents), Diagnostic(origin, "", too_big, line=line))
             documents.append(Document(origin, body, line, loader.positions))
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        problem = e.problem or "syntax error"
-        if e.context:
-            problem = f"{e.context}: {problem}"
-        line, column = position(mark) if mark is not None else (None, None)
-        error = Diagnostic(
-            Origin(source, index), "", f"invalid YAML: {problem}", line=line, column=column
-        )
-        return Parsed(tuple(documents), error)
-    except yaml.reader.ReaderError as e:
-        problem = f"{e.reason} (character {e.character!r} at offset {e.position})"
-        return Parsed(
-            tuple(documents), Diagnostic(Origin(source, index), "", f"invalid YAML: {problem}")
-        )
-    except RecursionError:
-        return Parsed(
-            tuple(documents),
-            Diagnostic(Origin(source, index), "", "invalid YAML: nested too deeply"),
-        )
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
-        # PyYAML's scalar constructors raise ValueError & co on odd input (e.g. `!!int x`).
-        return Parsed(tuple(documents), Diagnostic(Origin(source, index), "", f"invalid YAML: {e}"))
+    except YAML_ERRORS as e:
+        return Parsed(tuple(documents), Diagnostic.of(Origin(source, index), syntax_problem(e)))
     finally:
         if loader is not None:
             loader.dispose()

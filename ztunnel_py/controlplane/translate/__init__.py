@@ -18,7 +18,6 @@ from ztunnel_py.controlplane.resources import (
     Diagnostic,
     Resource,
     ResourceKey,
-    Severity,
 )
 from ztunnel_py.controlplane.translate import policies as pol
 from ztunnel_py.controlplane.translate import services as svc
@@ -32,6 +31,7 @@ from ztunnel_py.model import (
     WorkloadStatus,
 )
 from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID, pod_uid
+from ztunnel_py.yamlschema.problems import Severity
 
 DEFAULT_DOMAIN_SUFFIX = "cluster.local"
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
-from ztunnel_py.controlplane.validation.kinds import L4_CONDITIONS, l7_attributes
+from ztunnel_py.controlplane.validation.istio_security import L4_CONDITIONS, l7_attributes
 from ztunnel_py.model import (
     Action,
     Authorization,

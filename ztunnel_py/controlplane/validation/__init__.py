@@ -2,7 +2,8 @@
 it is rejected out.
 
 `validate_document` checks one document alone: its kind and apiVersion, every field against the
-kind's schema (`kinds.py`), and the semantic rules (CIDRs, ports, principals, selectors...).
+kind's schema (`kinds.py` collects them from one module per API group), and the semantic rules
+(CIDRs, ports, principals, selectors...).
 Errors reject the resource; warnings (e.g. HTTP attributes in an L4 AuthorizationPolicy) are
 reported and the resource is accepted. Conflicts between resources (duplicates, two Services on
 one clusterIP) are the store's business (`store.py`), since they depend on what else is loaded.
@@ -14,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
-from ztunnel_py.controlplane.validation.kinds import KINDS, KindInfo
-from ztunnel_py.controlplane.validation.schema import Checker, Node
-from ztunnel_py.yamlpos import describe_value
+from ztunnel_py.controlplane.validation.kinds import KINDS
+from ztunnel_py.controlplane.validation.kube import KindInfo
+from ztunnel_py.yamlschema.schema import Checker, Node, describe_value
 
 DEFAULT_NAMESPACE = "default"
 
@@ -38,7 +39,7 @@ def validate_document(doc: Document) -> list[Validated]:
 
 
 def _validate(doc: Document, node: Node) -> list[Validated]:
-    c = Checker(doc.origin, doc.positions, doc.strict)
+    c = Checker(doc.positions, doc.strict)
     body = node.value
     if not isinstance(body, dict):
         c.error(
@@ -46,19 +47,17 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
             "expected a Kubernetes object (a mapping with apiVersion, kind and metadata), "
             f"got {describe_value(body)}",
         )
-        return [Validated(None, None, tuple(c.diagnostics))]
+        return [Validated(None, None, _diagnostics(doc, c))]
     kind = body.get("kind")
     if kind == "List" and body.get("apiVersion") == "v1" and isinstance(body.get("items"), list):
         items = c.child(node, "items")
         return [r for i in range(len(items.value)) for r in _validate(doc, c.index(items, i))]
     info = _kind(c, node, kind)
     if info is None:
-        return [Validated(None, None, tuple(c.diagnostics))]
+        return [Validated(None, None, _diagnostics(doc, c))]
     api_version = body.get("apiVersion")
     if api_version not in info.api_versions:
-        where = (
-            c.child(node, "apiVersion") if "apiVersion" in body else _missing(node, "apiVersion")
-        )
+        where = c.child(node, "apiVersion") if "apiVersion" in body else node.missing("apiVersion")
         served = ", ".join(info.api_versions)
         reason = (
             f"apiVersion {api_version!r} is not served for kind {info.kind} (use {served})"
@@ -68,19 +67,19 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
         c.error(where, reason)
     key = _key(c, node, info)
     info.schema.check(c, node)
-    diagnostics = tuple(c.diagnostics)
+    diagnostics = _diagnostics(doc, c)
     if c.error_count or key is None or not isinstance(api_version, str):
         return [Validated(None, key, diagnostics)]
     return [Validated(Resource(key, api_version, body, doc.origin), key, diagnostics)]
 
 
-def _missing(node: Node, key: str) -> Node:
-    return Node(None, node.field_path(key), node.pos)
+def _diagnostics(doc: Document, c: Checker) -> tuple[Diagnostic, ...]:
+    return tuple(Diagnostic.of(doc.origin, p) for p in c.problems)
 
 
 def _kind(c: Checker, node: Node, kind: object) -> KindInfo | None:
     if kind is None:
-        c.error(_missing(node, "kind"), "required field is missing")
+        c.error(node.missing("kind"), "required field is missing")
         return None
     where = c.child(node, "kind")
     if not isinstance(kind, str):

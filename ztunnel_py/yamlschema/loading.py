@@ -1,20 +1,23 @@
 """YAML loading for configuration people write: positions of every value, strict keys, no bombs.
 
-Shared by the agent's local-config reader and the control plane's resource reader, so both
-point at the same line and column for a bad value, refuse duplicate keys (as ztunnel's serde and
-Kubernetes' strict YAML do) and refuse recursive aliases or alias bombs before walking a tree.
+Every reader of YAML uses this loader, so all of them point at the same line and column for a
+bad value, refuse duplicate keys (as ztunnel's serde and Kubernetes' strict YAML do), refuse
+recursive aliases or alias bombs before walking a tree, and word a syntax error the same way.
 """
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Iterator
 from typing import Any
 
 import yaml
 from yaml.error import Mark
 
-Position = tuple[int, int]  # 1-based (line, column)
+from ztunnel_py.yamlschema.problems import Position, Problem
+
+# What PyYAML raises on bad input: its own errors, RecursionError on deep nesting, and
+# ValueError & co from its scalar constructors on odd input (e.g. `!!int x`, `2001-02-30`).
+YAML_ERRORS = (yaml.YAMLError, RecursionError, ValueError, TypeError, OverflowError)
 
 
 def position(mark: Mark) -> Position:
@@ -61,6 +64,26 @@ PositionLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 PositionLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
+def syntax_problem(error: BaseException) -> Problem:
+    """The `invalid YAML` problem for one of YAML_ERRORS, with the position PyYAML knows."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        reason = error.problem or "syntax error"
+        if error.context:
+            reason = f"{error.context}: {reason}"
+        line, column = position(mark) if mark is not None else (None, None)
+        return Problem("", f"invalid YAML: {reason}", line=line, column=column)
+    if isinstance(error, yaml.reader.ReaderError):
+        return Problem(
+            "",
+            f"invalid YAML: {error.reason} (character {error.character!r} at offset "
+            f"{error.position})",
+        )
+    if isinstance(error, RecursionError):
+        return Problem("", "invalid YAML: nested too deeply")
+    return Problem("", f"invalid YAML: {error}")
+
+
 def expansion_problem(doc: object, limit: int) -> str | None:
     """Why `doc` must be refused (recursive aliases, or more than `limit` values once aliases
     are expanded), or None."""
@@ -89,24 +112,3 @@ def expansion_problem(doc: object, limit: int) -> str | None:
             stack.append((obj, True))
             stack.extend((c, False) for c in children)
     return None
-
-
-def describe_value(value: object) -> str:
-    """How a loaded YAML value reads in an error message ("expected a list, got a string")."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean (YAML reads yes/no/on/off/true/false as booleans: quote it)"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, datetime.date):
-        return "a date (quote it)"
-    return f"a {type(value).__name__}"

@@ -1,15 +1,20 @@
-"""A small schema language for Kubernetes-style documents, written as Python data.
+"""A small schema language for YAML documents, written as Python data.
 
 Each schema checks one value and reports every problem it finds (not just the first) through a
-`Checker`, with the value's field path (`spec.ports[0].targetPort`) and, for YAML files, its
-line and column. Objects know their fields: an unknown field is an error in strict mode (files)
-and ignored otherwise (objects from a Kubernetes API server, possibly newer than our tables).
-Semantic checks that need several fields run as `Obj` hooks, only when the object's own fields
-are well-formed, so a hook can trust the shapes it reads.
+`Checker`, with the value's field path (`spec.ports[0].targetPort`) and its line and column when
+the document came from YAML text. Objects know their fields: an unknown field is an error in
+strict mode (files) and ignored otherwise (objects from a Kubernetes API server, possibly newer
+than our tables). Semantic checks that need several fields run as `Obj` hooks, only when the
+object's own fields are well-formed, so a hook can trust the shapes it reads, and so can a
+reader that builds typed values from a document without problems.
+
+A format is a module of schema constants (see `controlplane/validation/` and
+`xds/localconfig.py`); a shape this module lacks is a small `Schema` subclass next to them.
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import ipaddress
 import re
@@ -17,11 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ztunnel_py.controlplane.resources import Diagnostic, Origin, Positions, Severity
-from ztunnel_py.yamlpos import describe_value
+from ztunnel_py.yamlschema.problems import Position, Positions, Problem, Severity
 
 # A value check: returns the reason the value is wrong, or None.
 StrCheck = Callable[[str], str | None]
+
+# Unknown-field errors list the expected fields when an object has at most this many.
+_LISTED_FIELDS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +37,7 @@ class Node:
 
     value: Any
     path: str
-    pos: tuple[int, int] | None = None
+    pos: Position | None = None
 
     def field_path(self, key: object) -> str:
         if isinstance(key, str) and _PLAIN_KEY.match(key):
@@ -38,18 +45,21 @@ class Node:
         label = f'"{key}"' if isinstance(key, str) else repr(key)
         return f"{self.path}[{label}]"
 
+    def missing(self, key: str) -> Node:
+        """The absent field `key` of this object, located at the object."""
+        return Node(None, self.field_path(key), self.pos)
+
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 
 
 class Checker:
-    """Collects the diagnostics of one document."""
+    """Collects the problems of one document."""
 
-    def __init__(self, origin: Origin, positions: Positions, strict: bool) -> None:
-        self.origin = origin
+    def __init__(self, positions: Positions, strict: bool = True) -> None:
         self.positions = positions
         self.strict = strict
-        self.diagnostics: list[Diagnostic] = []
+        self.problems: list[Problem] = []
         self.error_count = 0
 
     def error(self, node: Node, reason: str) -> None:
@@ -61,7 +71,7 @@ class Checker:
 
     def _add(self, node: Node, reason: str, severity: Severity) -> None:
         line, column = node.pos if node.pos is not None else (None, None)
-        self.diagnostics.append(Diagnostic(self.origin, node.path, reason, severity, line, column))
+        self.problems.append(Problem(node.path, reason, severity, line, column))
 
     def child(self, parent: Node, key: object, path: str | None = None) -> Node:
         value = parent.value[key]
@@ -73,12 +83,35 @@ class Checker:
         return Node(parent.value[i], f"{parent.path}[{i}]", pos)
 
 
-def _expected(c: Checker, node: Node, what: str) -> None:
-    hint = ""
-    if isinstance(node.value, bool) and what == "a string":
-        hint = " (YAML reads yes/no/on/off/true/false as booleans: quote it)"
-    elif isinstance(node.value, int | float) and what == "a string":
-        hint = " (quote it)"
+def describe_value(value: object) -> str:
+    """How a loaded YAML value reads in an error message ("expected a list, got a string")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean (YAML reads yes/no/on/off/true/false as booleans: quote it)"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, datetime.date):
+        return "a date (quote it)"
+    return f"a {type(value).__name__}"
+
+
+def expected(c: Checker, node: Node, what: str) -> None:
+    """Report that `node` is not `what` ("a string", "a mapping"...)."""
+    number_for_text = (
+        what == "a string"
+        and isinstance(node.value, int | float)
+        and not isinstance(node.value, bool)
+    )
+    hint = " (quote it)" if number_for_text else ""
     c.error(node, f"expected {what}, got {describe_value(node.value)}{hint}")
 
 
@@ -107,7 +140,7 @@ class Str(Schema):
 
     def walk(self, c: Checker, node: Node) -> None:
         if not isinstance(node.value, str):
-            _expected(c, node, "a string")
+            expected(c, node, "a string")
             return
         if self.choices and node.value not in self.choices:
             c.error(node, f"{node.value!r} is not one of {', '.join(self.choices)}")
@@ -128,7 +161,7 @@ class Int(Schema):
     def walk(self, c: Checker, node: Node) -> None:
         value = node.value
         if isinstance(value, bool) or not isinstance(value, int):
-            _expected(c, node, "an integer")
+            expected(c, node, "an integer")
             return
         if (self.low is not None and value < self.low) or (
             self.high is not None and value > self.high
@@ -136,19 +169,16 @@ class Int(Schema):
             c.error(node, f"{self.what} {value} out of range {self.low}-{self.high}")
 
 
-PORT = Int(1, 65535, "port")
-
-
 class Bool(Schema):
     def walk(self, c: Checker, node: Node) -> None:
         if not isinstance(node.value, bool):
-            _expected(c, node, "a boolean")
+            expected(c, node, "a boolean")
 
 
 class Number(Schema):
     def walk(self, c: Checker, node: Node) -> None:
         if isinstance(node.value, bool) or not isinstance(node.value, int | float):
-            _expected(c, node, "a number")
+            expected(c, node, "a number")
 
 
 @dataclass(frozen=True)
@@ -158,7 +188,7 @@ class IntOrStr(Schema):
 
     def walk(self, c: Checker, node: Node) -> None:
         if isinstance(node.value, bool) or not isinstance(node.value, int | str):
-            _expected(c, node, "an integer or a string")
+            expected(c, node, "an integer or a string")
         elif isinstance(node.value, int):
             self.as_int.walk(c, node)
         else:
@@ -169,13 +199,14 @@ class IntOrStr(Schema):
 class ListOf(Schema):
     item: Schema
     min_items: int = 0
-    # a function of the item giving the value that must be unique, and what to call it
+    # a function of a well-formed item giving the value that must be unique (None: not
+    # compared), and what to call that value
     unique_by: Callable[[Any], object] | None = None
     unique_what: str = "entry"
 
     def walk(self, c: Checker, node: Node) -> None:
         if not isinstance(node.value, list):
-            _expected(c, node, "a list")
+            expected(c, node, "a list")
             return
         if len(node.value) < self.min_items:
             c.error(node, f"at least {self.min_items} entries are required")
@@ -187,7 +218,7 @@ class ListOf(Schema):
                 if key is None:
                     continue
                 if key in seen:
-                    c.error(item, f"duplicate {self.unique_what} (same as [{seen[key]}])")
+                    c.error(item, f"duplicate {self.unique_what} {key!r} (same as [{seen[key]}])")
                 else:
                     seen[key] = i
 
@@ -199,7 +230,7 @@ class MapOf(Schema):
 
     def walk(self, c: Checker, node: Node) -> None:
         if not isinstance(node.value, dict):
-            _expected(c, node, "a mapping")
+            expected(c, node, "a mapping")
             return
         for key in node.value:
             child = c.child(node, key)
@@ -222,6 +253,8 @@ class Obj(Schema):
     hooks: tuple[Hook, ...] = ()
     # unknown fields are accepted and left unchecked (objects we only partly describe)
     open: bool = False
+    # what to tell someone who writes one of these unknown fields
+    hints: Mapping[str, str] = field(default_factory=dict)
     names: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -229,7 +262,7 @@ class Obj(Schema):
 
     def walk(self, c: Checker, node: Node) -> None:
         if not isinstance(node.value, dict):
-            _expected(c, node, "a mapping")
+            expected(c, node, "a mapping")
             return
         fields: dict[str, Node] = {}
         ok = True
@@ -239,28 +272,33 @@ class Obj(Schema):
             if schema is None:
                 if self.open or not c.strict:
                     continue
-                c.error(child, _unknown_field(key, self.names))
+                c.error(child, self._unknown_field(key))
                 ok = False
                 continue
             if child.value is None and key not in self.required:
-                # `field:` with no value is null, which Kubernetes treats as absent.
+                # `field:` with no value is null, which Kubernetes and serde treat as absent.
                 continue
             ok = schema.check(c, child) and ok
             fields[key] = child
         for key in self.required:
             if key not in fields and (key not in node.value or node.value[key] is None):
-                c.error(Node(None, node.field_path(key), node.pos), "required field is missing")
+                c.error(node.missing(key), "required field is missing")
                 ok = False
         if ok:
             for hook in self.hooks:
                 hook(c, node, fields)
 
-
-def _unknown_field(key: object, names: frozenset[str]) -> str:
-    text = key if isinstance(key, str) else repr(key)
-    close = difflib.get_close_matches(str(text), sorted(names), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown field {text!r}{hint}"
+    def _unknown_field(self, key: object) -> str:
+        text = key if isinstance(key, str) else repr(key)
+        hint = self.hints.get(text)
+        if hint:
+            return f"unknown field {text!r}: {hint}"
+        close = difflib.get_close_matches(text, sorted(self.names), n=1)
+        if close:
+            return f"unknown field {text!r} (did you mean {close[0]!r}?)"
+        if len(self.names) <= _LISTED_FIELDS:
+            return f"unknown field {text!r} (expected one of: {', '.join(sorted(self.names))})"
+        return f"unknown field {text!r}"
 
 
 def obj(
@@ -269,96 +307,25 @@ def obj(
     required: Sequence[str] = (),
     hooks: Sequence[Hook] = (),
     open: bool = False,
+    hints: Mapping[str, str] | None = None,
 ) -> Obj:
-    return Obj(dict(fields), tuple(required), tuple(hooks), open)
+    return Obj(dict(fields), tuple(required), tuple(hooks), open, dict(hints or {}))
 
 
 def strings(*checks: StrCheck, min_items: int = 0) -> ListOf:
     return ListOf(Str(checks=checks), min_items)
 
 
+ANY = AnyValue()
+STR = Str()
+INT = Int()
+BOOL = Bool()
+
 # --- value checks ------------------------------------------------------------------------------
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_IANA_SVC_NAME = re.compile(r"^[-a-z0-9]+$")
 _FQDN = re.compile(
     r"^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?$"
 )
-
-
-def dns1123_label(text: str) -> str | None:
-    if len(text) > 63 or not _DNS1123_LABEL.match(text):
-        return (
-            f"{text!r} is not a valid name: at most 63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return None
-
-
-def dns1123_subdomain(text: str) -> str | None:
-    if len(text) > 253 or not _DNS1123_SUBDOMAIN.match(text):
-        return (
-            f"{text!r} is not a valid name: lowercase letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit, at most 253 characters"
-        )
-    return None
-
-
-def dns1035_label(text: str) -> str | None:
-    if len(text) > 63 or not _DNS1035_LABEL.match(text):
-        return (
-            f"{text!r} is not a valid name: at most 63 lowercase letters, digits and '-', "
-            "starting with a letter and ending with a letter or digit"
-        )
-    return None
-
-
-def label_key(key: object) -> str | None:
-    """A qualified name: `[prefix/]name` (Kubernetes label and annotation keys)."""
-    if not isinstance(key, str):
-        return f"label key {key!r} must be a string"
-    if not key:
-        return "label key must not be empty: an empty key can never match"
-    prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or dns1123_subdomain(prefix)):
-        return f"invalid label key {key!r}: the prefix must be a DNS subdomain"
-    if len(name) > 63 or not _LABEL_NAME.match(name):
-        return (
-            f"invalid label key {key!r}: the name part must be 1-63 characters of letters, "
-            "digits, '-', '_' and '.', starting and ending with a letter or digit"
-        )
-    return None
-
-
-def label_value(text: str) -> str | None:
-    if text and (len(text) > 63 or not _LABEL_NAME.match(text)):
-        return (
-            f"invalid label value {text!r}: at most 63 letters, digits, '-', '_' and '.', "
-            "starting and ending with a letter or digit"
-        )
-    return None
-
-
-def port_name(text: str) -> str | None:
-    """IANA_SVC_NAME, as Kubernetes requires for container port names and named targetPorts."""
-    if (
-        not 1 <= len(text) <= 15
-        or not _IANA_SVC_NAME.match(text)
-        or not any(ch.isalpha() for ch in text)
-        or text.startswith("-")
-        or text.endswith("-")
-        or "--" in text
-    ):
-        return (
-            f"invalid port name {text!r}: 1-15 lowercase letters, digits and '-', with at least "
-            "one letter, no '-' at either end and no '--'"
-        )
-    return None
 
 
 def ip_address(text: str) -> str | None:
@@ -389,11 +356,23 @@ def hostname(text: str) -> str | None:
     return f"{text!r} is not a valid host name"
 
 
-def port_string(text: str) -> str | None:
-    """A port number written as a string (AuthorizationPolicy `ports`, `destination.port`)."""
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
-        return f"{text!r} is not a port number (1-65535, as a string)"
+def port_string(text: str, low: int = 1) -> str | None:
+    """A port number written as a string (AuthorizationPolicy `ports`, a JSON map key)."""
+    # The length bound keeps int() cheap (and below Python's limit on digits it converts).
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or not low <= int(text) <= 65535:
+        return f"{text!r} is not a port number ({low}-65535, as a string)"
     return None
 
 
-LABELS = MapOf(Str(checks=(label_value,)), key=label_key)
+def port_key(key: object) -> str | None:
+    """A port as a map key: 8080 in YAML, "8080" in JSON."""
+    if isinstance(key, bool):
+        return f"port {key!r} must be a number"
+    if isinstance(key, int):
+        return None if 1 <= key <= 65535 else f"port {key} out of range 1-65535"
+    if isinstance(key, str):
+        return port_string(key)
+    return f"port {key!r} must be a number"
+
+
+PORT = Int(1, 65535, "port")
