@@ -214,8 +214,8 @@ def test_half_close_both_ways() -> None:
     pair.pump()
     assert pair.take("client") == [StreamEnded(stream_id)]
     assert pair.client_data[stream_id] == b"response"
-    assert pair.client.open_streams == 0
-    assert pair.server.open_streams == 0
+    assert pair.client.stream_count == 0
+    assert pair.server.stream_count == 0
 
 
 def test_server_half_closes_first() -> None:
@@ -476,7 +476,7 @@ def test_non_connect_methods_get_400(method: str) -> None:
     assert any(
         isinstance(e, h2.events.StreamReset) and e.error_code == ErrorCodes.NO_ERROR for e in answer
     )
-    assert server.open_streams == 0
+    assert server.stream_count == 0
 
 
 @pytest.mark.parametrize(
@@ -570,8 +570,8 @@ def test_error_status_closes_the_stream(status: int) -> None:
     assert pair.take("client") == [Response(stream_id, status, ())]
     with pytest.raises(StreamClosedError):
         pair.client.send_data(stream_id, b"x")
-    assert pair.client.open_streams == 0
-    assert pair.server.open_streams == 0
+    assert pair.client.stream_count == 0
+    assert pair.server.stream_count == 0
     assert pair.client.available_streams == 100
     with pytest.raises(StreamClosedError):
         pair.server.respond(stream_id, 200)
@@ -675,7 +675,7 @@ def test_graceful_goaway_drains_existing_streams() -> None:
     pair.pump()
     assert pair.server_data[stream_id] == b"after goaway"
     assert pair.client_data[stream_id] == b"still answering"
-    assert pair.client.open_streams == 0 and pair.server.open_streams == 0
+    assert pair.client.stream_count == 0 and pair.server.stream_count == 0
 
 
 def test_goaway_refuses_client_streams_above_last_stream_id() -> None:

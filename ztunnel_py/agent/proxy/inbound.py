@@ -1,7 +1,7 @@
 """Inbound: HBONE on 15008 and plaintext on 15006, into one enrolled pod's application.
 
-HBONE (reference 2.9): TLS with the pod's certificate and a required client certificate from our
-trust domain, then per CONNECT: the authority must name this pod (400 otherwise), L4
+HBONE, as ztunnel does it: TLS with the pod's certificate and a required client certificate
+from our trust domain, then per CONNECT: the authority must name this pod (400 otherwise), L4
 authorization (401), a connection to the application (503 if it fails), and only then 200 and
 the byte relay. Plaintext: the original destination is the accepted socket's local address (with
 BPF capture) or its SO_ORIGINAL_DST (behind a sidecar's iptables REDIRECT);
