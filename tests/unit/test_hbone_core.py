@@ -25,6 +25,7 @@ from ztunnel_py.protocol.hbone import (
     HboneClient,
     HboneServer,
     PingAcknowledged,
+    RequestRefused,
     RequestRejected,
     Response,
     StreamClosedError,
@@ -851,3 +852,91 @@ def test_hash_of_interleaved_streams_survives_partial_delivery() -> None:
             assert isinstance(event, DataReceived)
             got.setdefault(event.stream_id, bytearray()).extend(event.data)
     assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items()} == expected
+
+
+# --- abuse: rapid reset (CVE-2023-44487) and unfinished work ------------------------------
+
+
+def rapid_reset(pair: Pair, count: int) -> list[Event]:
+    """`count` CONNECTs, each reset by the client right after its HEADERS, in batches of 100
+    that the server's application finishes at once (it drops the work of reset streams)."""
+    events: list[Event] = []
+    for start in range(0, count, 100):
+        for _ in range(min(100, count - start)):
+            pair.client.reset_stream(pair.client.start_connect("10.0.0.1:80"))
+        batch = pair.server.receive_data(pair.client.data_to_send())
+        for event in batch:
+            if isinstance(event, StreamReset):
+                pair.server.finish_request(event.stream_id)
+        events += batch
+    return events
+
+
+def test_rapid_reset_closes_the_connection_with_enhance_your_calm() -> None:
+    pair = Pair()
+    events = rapid_reset(pair, 400)
+    assert sum(isinstance(e, ConnectRequest) for e in events) == 400
+    assert not pair.server.is_closed
+    events = rapid_reset(pair, 200)
+    end = terminated(events)
+    assert end.error_code == ErrorCodes.ENHANCE_YOUR_CALM and not end.remote
+    assert "rapid reset" in end.reason
+    # Envoy's rule: checked from the 500th request on, at least half of them reset early.
+    assert sum(isinstance(e, ConnectRequest) for e in events) == 100
+    goaway = [f for f in frames(pair.server.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert goaway[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert goaway[-1].last_stream_id == 2 * 500 - 1
+
+
+def test_streams_reset_after_their_answer_are_not_premature() -> None:
+    pair = Pair()
+    for _ in range(600):
+        stream_id = pair.open()
+        pair.client.reset_stream(stream_id)
+        pair.pump()
+        pair.server.finish_request(stream_id)
+    assert not pair.server.is_closed and not pair.client.is_closed
+
+
+def test_unfinished_requests_count_toward_the_stream_limit() -> None:
+    client = HboneClient()
+    server = HboneServer(max_concurrent_streams=3)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    first = [client.start_connect("10.0.0.1:80") for _ in range(3)]
+    for stream_id in first:
+        client.reset_stream(stream_id)
+    events = server.receive_data(client.data_to_send())
+    assert [e.stream_id for e in events if isinstance(e, ConnectRequest)] == first
+    # The streams are gone on the wire, but their handlers have not finished: no slot is free.
+    fourth = client.start_connect("10.0.0.1:80")
+    events = server.receive_data(client.data_to_send())
+    assert events == [
+        RequestRefused(fourth, ErrorCodes.REFUSED_STREAM, "3 requests are still being handled")
+    ]
+    answer = client.receive_data(server.data_to_send())
+    assert answer == [StreamReset(fourth, ErrorCodes.REFUSED_STREAM, remote=True)]
+    server.finish_request(first[0])
+    fifth = client.start_connect("10.0.0.1:80")
+    events = server.receive_data(client.data_to_send())
+    assert [e.stream_id for e in events if isinstance(e, ConnectRequest)] == [fifth]
+
+
+def test_a_client_that_keeps_hitting_the_stream_limit_is_disconnected() -> None:
+    client = HboneClient()
+    server = HboneServer(max_concurrent_streams=1)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.reset_stream(client.start_connect("10.0.0.1:80"))
+    server.receive_data(client.data_to_send())
+    refused = 0
+    events: list[Event] = []
+    for _ in range(2000):
+        client.reset_stream(client.start_connect("10.0.0.1:80"))
+        events = server.receive_data(client.data_to_send())
+        if server.is_closed:
+            break
+        refused += sum(isinstance(e, RequestRefused) for e in events)
+    assert terminated(events).error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    # The Rust h2 crate's budget of streams reset for the client's misbehaviour.
+    assert refused == 1024

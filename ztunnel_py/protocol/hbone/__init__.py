@@ -9,7 +9,7 @@ The package, along its seams:
 
 - `events`: what `receive_data` returns.
 - `errors`: what the sending methods raise (`HboneCoreError` and its subclasses).
-- `settings`: ztunnel's HTTP/2 settings.
+- `settings`: ztunnel's HTTP/2 settings and the abuse limits.
 - `authority`: the CONNECT `:authority` and header rules.
 - `framing`: the frames that bypass h2 (DATA, WINDOW_UPDATE, GOAWAY) and why.
 - `connection`: what client and server share (streams, flow control, GOAWAY, PING).
@@ -35,6 +35,7 @@ from ztunnel_py.protocol.hbone.events import (
     GoAwayReceived,
     Header,
     PingAcknowledged,
+    RequestRefused,
     RequestRejected,
     Response,
     StreamEnded,
@@ -72,6 +73,7 @@ __all__ = [
     "HboneServer",
     "Header",
     "PingAcknowledged",
+    "RequestRefused",
     "RequestRejected",
     "Response",
     "StreamClosedError",

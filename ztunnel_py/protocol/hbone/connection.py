@@ -346,8 +346,9 @@ class HboneConnectionCore:
                     del self._streams[event.stream_id]
                 self._events.append(StreamEnded(event.stream_id))
         elif isinstance(event, h2.events.StreamReset):
-            if self._streams.pop(event.stream_id, None) is not None:
-                self._on_stream_reset(event.stream_id, event.error_code, event.remote_reset)
+            stream = self._streams.pop(event.stream_id, None)
+            if stream is not None:
+                self._on_stream_reset(stream, event.error_code, event.remote_reset)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._on_remote_settings(event)
         elif isinstance(event, h2.events.PingAckReceived):
@@ -355,9 +356,9 @@ class HboneConnectionCore:
         else:
             self._on_h2_message(event)
 
-    def _on_stream_reset(self, stream_id: int, error_code: int, remote: bool) -> None:
+    def _on_stream_reset(self, stream: StreamState, error_code: int, remote: bool) -> None:
         """A stream this core tracked was reset (it is already forgotten)."""
-        self._events.append(StreamReset(stream_id, error_code, remote=remote))
+        self._events.append(StreamReset(stream.stream_id, error_code, remote=remote))
 
     def _on_h2_message(self, event: h2.events.Event) -> None:
         """Role-specific h2 events (requests, responses); others are of no interest."""

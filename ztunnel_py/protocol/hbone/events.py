@@ -1,7 +1,7 @@
 """What the HBONE core reports: everything `receive_data` returns is an `Event`.
 
-Events are plain frozen data. A server sees `ConnectRequest` / `RequestRejected`, a
-client sees `Response`; both see the stream and connection events.
+Events are plain frozen data. A server sees `ConnectRequest` / `RequestRejected` /
+`RequestRefused`, a client sees `Response`; both see the stream and connection events.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ __all__ = [
     "GoAwayReceived",
     "Header",
     "PingAcknowledged",
+    "RequestRefused",
     "RequestRejected",
     "Response",
     "StreamEnded",
@@ -33,7 +34,11 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class ConnectRequest(Event):
-    """Server: a valid CONNECT arrived; answer it with `HboneServer.respond`."""
+    """Server: a valid CONNECT arrived; answer it with `HboneServer.respond`.
+
+    It holds one of the connection's MAX_CONCURRENT_STREAMS slots until the application calls
+    `HboneServer.finish_request`, even once the stream is closed or reset.
+    """
 
     stream_id: int
     authority: str
@@ -46,6 +51,15 @@ class RequestRejected(Event):
 
     stream_id: int
     status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRefused(Event):
+    """Server: a request was refused with RST_STREAM before the application saw it."""
+
+    stream_id: int
+    error_code: int
     reason: str
 
 

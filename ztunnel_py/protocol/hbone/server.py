@@ -1,5 +1,15 @@
 """The server side of the HBONE core: validates CONNECT requests and answers them (the inbound
-HBONE listener of an agent, a waypoint's downstream side)."""
+HBONE listener of an agent, a waypoint's downstream side).
+
+Requests are bounded by the work they cause, not by open streams. A stream the client resets
+is closed at once on the wire, but the application may still be working on its request
+(authorizing it, connecting upstream): so every `ConnectRequest` holds one of the
+MAX_CONCURRENT_STREAMS slots until the application calls `finish_request`, and CONNECTs beyond
+that are refused with RST_STREAM(REFUSED_STREAM). Two abuse rules end the connection with GOAWAY
+ENHANCE_YOUR_CALM (the limits are in `settings`): most requests reset by the client before they
+were answered (the "rapid reset" attack), and too many streams reset for the client's own
+faults.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +21,16 @@ from h2.errors import ErrorCodes
 
 from ztunnel_py.protocol.hbone.authority import parse_authority, split_headers, validate_headers
 from ztunnel_py.protocol.hbone.connection import HboneConnectionCore, StreamState
-from ztunnel_py.protocol.hbone.errors import StreamClosedError
-from ztunnel_py.protocol.hbone.events import ConnectRequest, Header, RequestRejected
+from ztunnel_py.protocol.hbone.errors import ProtocolViolation, StreamClosedError
+from ztunnel_py.protocol.hbone.events import (
+    ConnectRequest,
+    Header,
+    RequestRefused,
+    RequestRejected,
+)
 from ztunnel_py.protocol.hbone.settings import (
+    MAX_LOCAL_ERROR_RESETS,
+    PREMATURE_RESET_MIN_REQUESTS,
     SERVER_MAX_CONCURRENT_STREAMS,
     SERVER_MAX_HEADER_LIST_SIZE,
 )
@@ -25,8 +42,9 @@ class HboneServer(HboneConnectionCore):
     """Server side: reports valid CONNECTs as `ConnectRequest` and answers them (`respond`).
 
     A request that is not CONNECT, or whose authority is not `host:port`, is answered 400 by the
-    core itself (`RequestRejected`). Malformed requests (bad pseudo-headers, oversized header
-    lists, too many streams) are connection errors, as h2 treats them.
+    core itself (`RequestRejected`); one beyond the stream limit is refused (`RequestRefused`).
+    Malformed requests (bad pseudo-headers, oversized header lists) are connection errors, as h2
+    treats them.
     """
 
     _client_side = False
@@ -38,6 +56,17 @@ class HboneServer(HboneConnectionCore):
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams
             },
         )
+        self._max_concurrent_streams = max_concurrent_streams
+        # Requests handed to the application and not finished by it yet.
+        self._unfinished: set[int] = set()
+        self._requests = 0
+        self._premature_resets = 0
+        self._local_error_resets = 0
+
+    def finish_request(self, stream_id: int) -> None:
+        """The application is done with the request on `stream_id` (its handler returned): its
+        slot counts no more toward MAX_CONCURRENT_STREAMS. Idempotent."""
+        self._unfinished.discard(stream_id)
 
     def respond(self, stream_id: int, status: int, headers: Sequence[Header] = ()) -> None:
         """Answer a `ConnectRequest`. 200 opens the tunnel; any other status ends the stream
@@ -80,6 +109,12 @@ class HboneServer(HboneConnectionCore):
         if self._goaway_sent and stream_id > self._goaway_last_stream_id:
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
+        if len(self._unfinished) >= self._max_concurrent_streams:
+            self._count_local_reset()
+            self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            reason = f"{len(self._unfinished)} requests are still being handled"
+            self._events.append(RequestRefused(stream_id, ErrorCodes.REFUSED_STREAM, reason))
+            return
         pseudo, headers = split_headers(event.headers)
         method = pseudo.get(":method", "")
         authority = pseudo.get(":authority", "")
@@ -98,4 +133,33 @@ class HboneServer(HboneConnectionCore):
         self._streams[stream_id] = StreamState(
             stream_id, self._peer_initial_window, receiving=True, answered=False
         )
+        self._unfinished.add(stream_id)
+        self._requests += 1
         self._events.append(ConnectRequest(stream_id, authority, headers))
+
+    def _on_stream_reset(self, stream: StreamState, error_code: int, remote: bool) -> None:
+        super()._on_stream_reset(stream, error_code, remote)
+        if not remote or stream.answered:
+            return
+        self._premature_resets += 1
+        requests, premature = self._requests, self._premature_resets
+        if requests >= PREMATURE_RESET_MIN_REQUESTS and 2 * premature >= requests:
+            raise ProtocolViolation(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"the client reset {premature} of {requests} requests before they were answered "
+                "(HTTP/2 rapid reset)",
+            )
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        self._count_local_reset()
+        super()._stream_error(stream_id, code)
+
+    def _count_local_reset(self) -> None:
+        """One more stream reset because of the client's misbehaviour; past the budget the
+        client is abusive."""
+        if self._local_error_resets >= MAX_LOCAL_ERROR_RESETS:
+            raise ProtocolViolation(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"the client caused more than {MAX_LOCAL_ERROR_RESETS} stream errors",
+            )
+        self._local_error_resets += 1

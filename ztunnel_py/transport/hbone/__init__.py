@@ -19,7 +19,12 @@ Serving (an agent's inbound 15008, a waypoint's downstream side)::
 
 `serve_hbone_connection` runs one accepted connection until it ends, each CONNECT's handler in
 its own task. A handler that returns without answering gets a 503 sent for it; its stream is
-reset once the handler returns.
+reset once the handler returns. A handler whose stream is reset by the client, or whose
+connection ends, before it answered is cancelled (it may be cancelled before its first
+checkpoint, so release what it acquired in `finally`/`except`). Handlers that have not finished
+count toward the connection's stream limit: CONNECTs beyond it are refused with RST_STREAM
+(REFUSED_STREAM), and a client resetting most of its requests before they are answered is
+disconnected with GOAWAY ENHANCE_YOUR_CALM.
 
 Connecting (an agent's outbound side, a waypoint's upstream side)::
 

@@ -1,5 +1,12 @@
 """The server side: `serve_hbone_connection` runs one accepted connection and hands each CONNECT
-to an async handler as an `HboneRequest`."""
+to an async handler as an `HboneRequest`.
+
+A handler runs in its own task under a cancel scope that is cancelled if the client resets the
+stream, or the connection ends, before the handler answered: the work of a request nobody waits
+for stops at once (the HTTP/2 "rapid reset" attack turns that work into the cost). Until the
+handler returns its request keeps counting toward the connection's stream limit (see
+`protocol.hbone.server`).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,9 @@ from ztunnel_py.protocol.hbone import (
     HboneCoreError,
     HboneServer,
     Header,
+    RequestRefused,
     RequestRejected,
+    StreamReset,
 )
 from ztunnel_py.transport.hbone.connection import (
     KEEPALIVE_INTERVAL,
@@ -117,6 +126,8 @@ class HboneServerConnection(HboneConnection):
         self.local_address = _address(tls.socket.getsockname)
         self._handler = handler
         self._handlers: trio.Nursery | None = None
+        # The cancel scopes of handlers that have not answered yet, by stream id.
+        self._unanswered: dict[int, trio.CancelScope] = {}
 
     async def serve(self) -> None:
         """Run the connection and its handlers until both are done."""
@@ -129,6 +140,8 @@ class HboneServerConnection(HboneConnection):
         self, stream: HboneStream, status: int, headers: Sequence[Header]
     ) -> HboneStream | None:
         """Send the response to the CONNECT on `stream` (see `HboneRequest.respond`)."""
+        # Answered (or trying to): a reset from now on reaches the handler through the stream.
+        self._unanswered.pop(stream.stream_id, None)
         if stream.error is not None:
             raise stream.error
         try:
@@ -146,25 +159,45 @@ class HboneServerConnection(HboneConnection):
             stream = HboneStream(self, event.stream_id)
             self._track(stream)
             request = HboneRequest(self, stream, event.authority, event.headers)
+            scope = self._unanswered[event.stream_id] = trio.CancelScope()
             assert self._handlers is not None
-            self._handlers.start_soon(self._handle, request, stream)
+            self._handlers.start_soon(self._handle, request, stream, scope)
         elif isinstance(event, RequestRejected):
             logger.info("HBONE request rejected with %d: %s", event.status, event.reason)
+        elif isinstance(event, RequestRefused):
+            logger.info("HBONE request refused: %s", event.reason)
 
-    async def _handle(self, request: HboneRequest, stream: HboneStream) -> None:
+    def _on_reset(self, event: StreamReset) -> None:
+        super()._on_reset(event)
+        scope = self._unanswered.pop(event.stream_id, None)
+        if scope is not None:
+            scope.cancel()
+
+    def _terminate(self, reason: str) -> None:
+        super()._terminate(reason)
+        for scope in self._unanswered.values():
+            scope.cancel()
+        self._unanswered.clear()
+
+    async def _handle(
+        self, request: HboneRequest, stream: HboneStream, scope: trio.CancelScope
+    ) -> None:
         try:
-            await self._handler(request)
+            with scope:
+                await self._handler(request)
         except HboneStreamError as e:
             logger.debug("HBONE stream %d ended with an error: %s", stream.stream_id, e)
         except Exception:
             logger.exception("HBONE handler failed for %s", request.authority)
         finally:
+            self._unanswered.pop(stream.stream_id, None)
             if not request.responded and not self.is_closed:
                 # A handler that returns without an answer must not leave the client hanging.
                 request.responded = True
                 with contextlib.suppress(HboneStreamError):
                     self.answer(stream, 503, ())
             stream.reset()
+            self._core.finish_request(stream.stream_id)
 
 
 def _address(getter: Callable[[], Any]) -> tuple[str, int]:
