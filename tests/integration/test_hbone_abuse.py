@@ -11,6 +11,7 @@ import socket
 import trio
 
 from tests.integration.hbone_support import (
+    TcpApp,
     client_ctx,
     dial,
     echo_handler,
@@ -20,26 +21,6 @@ from tests.integration.hbone_support import (
 from ztunnel_py.protocol.hbone import ConnectionTerminated, ErrorCodes, Event, HboneClient
 from ztunnel_py.transport.hbone import HboneRequest
 from ztunnel_py.transport.tls import TlsError, TlsTransport
-
-
-class AppServer:
-    """A TCP listener standing for the application behind the HBONE server."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.address: tuple[str, int] = ("127.0.0.1", 0)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        with listener:
-            await listener.bind(("127.0.0.1", 0))
-            listener.listen(4096)
-            self.address = listener.getsockname()
-            task_status.started()
-            while True:
-                conn, _ = await listener.accept()
-                self.accepted += 1
-                conn.close()
 
 
 class RawClient:
@@ -79,7 +60,7 @@ class RawClient:
 
 
 async def test_rapid_reset_flood_is_bounded_and_cut_with_enhance_your_calm() -> None:
-    app = AppServer()
+    app = TcpApp()
     handlers_started = 0
 
     async def handler(request: HboneRequest) -> None:

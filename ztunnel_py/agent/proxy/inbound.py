@@ -32,6 +32,7 @@ from ztunnel_py.telemetry.metrics import Metrics
 from ztunnel_py.transport.hbone import (
     HboneHandshakeError,
     HboneRequest,
+    HboneStreamError,
     serve_hbone_connection,
 )
 from ztunnel_py.transport.podsockets import PodNetns, local_destination
@@ -49,6 +50,15 @@ def authority_target(authority: str) -> tuple[IPAddress, int] | None:
         return ipaddress.ip_address(host), port
     except ValueError:
         return None
+
+
+def _not_opened(error: BaseException) -> str:
+    """Why a tunnel never opened, for the access log."""
+    if isinstance(error, trio.Cancelled):
+        return "the client reset the stream or closed the connection before the tunnel opened"
+    if isinstance(error, HboneStreamError):
+        return f"the client went away before the tunnel opened: {error}"
+    return f"the tunnel could not open: {error}"
 
 
 class Inbound:
@@ -173,22 +183,29 @@ class Inbound:
         )
         conn = self.metrics.open(labels, src_addr, format_authority(dst_ip, 15008), req.authority)
         authz = Connection(src_ip, req.peer_identity, dst_ip, dst_port)
-        decision = self._authorize(workload, authz, f"{req.peer_identity} -> {req.authority}")
-        if not decision.allowed:
-            await req.respond(401)
-            conn.close("DENY", decision.reason)
-            return
+        app: trio.socket.SocketType | None = None
+        # Until the tunnel opens, whatever ends the request (an answer, the client resetting the
+        # stream, which cancels this task, or its connection closing) closes the app socket and
+        # the connection's books: counted and logged once.
         try:
-            app = await self._connect_app(src_ip, dst_ip, dst_port)
-        except (OSError, trio.TooSlowError) as e:
-            await req.respond(503)
-            conn.close("CONNECT", f"cannot connect to {req.authority}: {e}")
-            return
-        stream = await req.respond(200)
-        if stream is None:
-            app.close()
-            conn.close("CONNECT", "client went away before the tunnel opened")
-            return
+            decision = self._authorize(workload, authz, f"{req.peer_identity} -> {req.authority}")
+            if not decision.allowed:
+                conn.close("DENY", decision.reason)
+                await req.respond(401)
+                return
+            try:
+                app = await self._connect_app(src_ip, dst_ip, dst_port)
+            except (OSError, trio.TooSlowError) as e:
+                conn.close("CONNECT", f"cannot connect to {req.authority}: {e}")
+                await req.respond(503)
+                return
+            stream = await req.respond(200)
+        except BaseException as e:
+            if app is not None:
+                app.close()
+            conn.close("CONNECT", _not_opened(e))
+            raise
+        assert stream is not None and app is not None
         await carry_enforced(
             conn,
             relay(stream, SocketByteStream(app)),
