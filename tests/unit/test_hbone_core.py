@@ -940,3 +940,38 @@ def test_a_client_that_keeps_hitting_the_stream_limit_is_disconnected() -> None:
     assert terminated(events).error_code == ErrorCodes.ENHANCE_YOUR_CALM
     # The Rust h2 crate's budget of streams reset for the client's misbehaviour.
     assert refused == 1024
+
+
+# --- abuse: CONTINUATION flood --------------------------------------------------------------
+
+
+def test_a_header_block_larger_than_the_header_list_limit_ends_the_connection_early() -> None:
+    pair = Pair()
+    # HEADERS without END_HEADERS, then CONTINUATION frames of 16 KiB that never end the block:
+    # buffering them all would cost up to 64 frames x 1 MiB per connection.
+    block = b"\x00" * 16 * 1024
+    headers = struct.pack(">I", len(block) << 8 | 0x1) + b"\x00" + struct.pack(">I", 1)
+    events = pair.server.receive_data(headers + block)
+    assert not pair.server.is_closed
+    continuation = struct.pack(">I", len(block) << 8 | 0x9) + b"\x00" + struct.pack(">I", 1)
+    frames_sent = 1
+    while not pair.server.is_closed and frames_sent < 64:
+        events = pair.server.receive_data(continuation + block)
+        frames_sent += 1
+    end = terminated(events)
+    assert end.error_code == ErrorCodes.ENHANCE_YOUR_CALM and "header block" in end.reason
+    # 64 KiB is the server's header list limit: the block was cut at the frame that passed it.
+    assert frames_sent == 5
+
+
+def test_a_large_header_block_within_the_limit_is_accepted_across_continuations() -> None:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    server = HboneServer()
+    server.receive_data(client.data_to_send())
+    # The client has not seen our SETTINGS: it cuts the block into 16 KiB frames.
+    baggage = "x" * 60_000
+    client.send_headers(1, [(":method", "CONNECT"), (":authority", "a:1"), ("baggage", baggage)])
+    wire = client.data_to_send()
+    assert sum(1 for f in frames(wire) if f.type == 0x9) >= 3
+    assert server.receive_data(wire) == [ConnectRequest(1, "a:1", (("baggage", baggage),))]

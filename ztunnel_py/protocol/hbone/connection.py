@@ -145,7 +145,11 @@ class HboneConnectionCore:
         self._send_frame_size = _RFC_DEFAULT_FRAME_SIZE
         self._peer_settings_received = False
 
-        self._frames = FrameSplitter(self, expect_preface=not self._client_side)
+        self._frames = FrameSplitter(
+            self,
+            expect_preface=not self._client_side,
+            max_header_list_size=max_header_list_size,
+        )
         # Consecutive frames for h2, fed to it in one call.
         self._h2_run: list[bytes] = []
 

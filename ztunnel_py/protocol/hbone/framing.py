@@ -71,6 +71,8 @@ _ZERO_COPY_MIN = 16 * 1024
 _U32 = struct.Struct(">I")
 _GOAWAY_FIXED = struct.Struct(">II")
 _MAX_WINDOW_INCREMENT = 2**31 - 1
+# What a HEADERS frame may carry besides its header block: pad length, padding, priority.
+_HEADERS_FRAME_EXTRA = 1 + 255 + 5
 
 # Parser states.
 _S_PREFACE, _S_HEADER, _S_BODY, _S_PADLEN, _S_PAYLOAD, _S_PADDING = range(6)
@@ -119,6 +121,13 @@ class FrameSplitter:
     Enforces what framing alone decides: the client preface, our maximum frame size, the sizes
     of WINDOW_UPDATE and GOAWAY frames, DATA padding, and that nothing but CONTINUATION follows
     an unfinished header block (that one is left to h2).
+
+    Header blocks are bounded by `max_header_list_size`: h2 buffers a block until its last
+    CONTINUATION frame before decoding it, up to 64 frames of our 1 MiB maximum, so a client
+    could park 64 MiB per connection in unfinished blocks (the CONTINUATION flood). A block is
+    compressed and never needs more bytes than the header list it decodes to (each field of the
+    list counts 32 bytes on top of its name and value), plus the padding and priority fields a
+    HEADERS frame may carry: a longer one is refused as it arrives, with ENHANCE_YOUR_CALM.
     """
 
     __slots__ = (
@@ -131,6 +140,8 @@ class FrameSplitter:
         "_frame_stream",
         "_halted",
         "_header_block_open",
+        "_header_block_size",
+        "_max_header_block",
         "_need",
         "_pad_left",
         "_sink",
@@ -138,8 +149,10 @@ class FrameSplitter:
         "_state",
     )
 
-    def __init__(self, sink: FrameSink, *, expect_preface: bool) -> None:
+    def __init__(self, sink: FrameSink, *, expect_preface: bool, max_header_list_size: int) -> None:
         self._sink = sink
+        self._max_header_block = max_header_list_size + _HEADERS_FRAME_EXTRA
+        self._header_block_size = 0
         self._state = _S_PREFACE if expect_preface else _S_HEADER
         self._need = len(PREFACE) if expect_preface else 9
         self._stash = bytearray()
@@ -234,6 +247,7 @@ class FrameSplitter:
         if self._header_block_open:
             # Only CONTINUATION may follow an unfinished header block; h2 judges the rest.
             self._header_block_open = not (ftype == _CONTINUATION and flags & _FLAG_END_HEADERS)
+            self._count_header_block(length)
             self._start_body(_BODY_H2, unit)
         elif ftype == _DATA:
             self._on_data_header()
@@ -248,9 +262,20 @@ class FrameSplitter:
                 raise ProtocolViolation(ErrorCodes.FRAME_SIZE_ERROR, f"GOAWAY frame of {length}")
             self._start_body(_BODY_GOAWAY, unit)
         else:
-            if ftype in (_HEADERS, _PUSH_PROMISE) and not flags & _FLAG_END_HEADERS:
-                self._header_block_open = True
+            if ftype in (_HEADERS, _PUSH_PROMISE):
+                self._header_block_size = 0
+                self._count_header_block(length)
+                self._header_block_open = not flags & _FLAG_END_HEADERS
             self._start_body(_BODY_H2, unit)
+
+    def _count_header_block(self, length: int) -> None:
+        self._header_block_size += length
+        if self._header_block_size > self._max_header_block:
+            raise ProtocolViolation(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"a header block of {self._header_block_size} bytes exceeds the header list "
+                f"limit of {self._max_header_block - _HEADERS_FRAME_EXTRA} bytes",
+            )
 
     def _start_body(self, kind: int, header: memoryview) -> None:
         self._body_kind = kind
