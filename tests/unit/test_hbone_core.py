@@ -541,20 +541,79 @@ def test_client_refuses_bad_authority_and_headers() -> None:
         client.start_connect("10.0.0.1:80", [("baggage", "a\r\nb")])
 
 
-def test_malformed_connect_is_a_connection_error() -> None:
+def lax_client() -> tuple[h2.connection.H2Connection, HboneServer]:
+    """A stock h2 client that sends what it is told, and has not seen the server's SETTINGS
+    (so it knows no stream limit)."""
     client = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+        h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
     )
     client.initiate_connection()
-    server = HboneServer()
+    server = HboneServer(max_concurrent_streams=2)
     server.receive_data(client.data_to_send())
-    client.send_headers(
-        1, [(":method", "CONNECT"), (":authority", "a:1"), (":scheme", "https"), (":path", "/")]
-    )
+    return client, server
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        (
+            [(":method", "CONNECT"), (":authority", "a:1"), (":scheme", "https"), (":path", "/")],
+            ":path",
+        ),
+        ([(":method", "CONNECT")], ":authority"),
+        ([(":authority", "a:1")], ":method"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":authority", "b:1")], "duplicate"),
+        ([(":method", "CONNECT"), ("baggage", "x"), (":authority", "a:1")], "out of sequence"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), ("Baggage", "x")], "uppercase"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), ("connection", "close")], "Connection"),
+        # Extended CONNECT (RFC 8441) is not HBONE, and this one lacks its :scheme and :path.
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":protocol", "x")], ":scheme"),
+    ],
+)
+def test_a_malformed_request_is_a_stream_error(
+    headers: list[tuple[str, str]], problem: str
+) -> None:
+    """RFC 9113 8.1.1: a malformed request resets its stream; the streams beside it go on."""
+    client, server = lax_client()
+    keep = 1
+    client.send_headers(keep, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    client.send_headers(3, headers)
     events = server.receive_data(client.data_to_send())
-    assert terminated(events).error_code == ErrorCodes.PROTOCOL_ERROR
-    goaway = [f for f in frames(server.data_to_send()) if isinstance(f, GoAwayFrame)]
-    assert goaway and goaway[-1].error_code == ErrorCodes.PROTOCOL_ERROR
+    assert events[0] == ConnectRequest(keep, "10.0.0.1:80", ())
+    refused = events[1]
+    assert isinstance(refused, RequestRefused) and refused.stream_id == 3, events
+    assert refused.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert problem.lower() in refused.reason.lower()
+    assert not server.is_closed
+    answer = client.receive_data(server.data_to_send())
+    assert any(
+        isinstance(e, h2.events.StreamReset) and e.stream_id == 3 and e.error_code == 1
+        for e in answer
+    )
+    server.respond(keep, 200)
+    client.receive_data(server.data_to_send())
+    client.send_data(keep, b"still carried")
+    assert [bytes(e.data) for e in server.receive_data(client.data_to_send())] == [b"still carried"]
+
+
+def test_a_stream_beyond_max_concurrent_streams_is_refused_alone() -> None:
+    """RFC 9113 5.1.2: REFUSED_STREAM for the extra stream, not a connection error."""
+    client, server = lax_client()
+    for stream_id in (1, 3, 5):
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":authority", "a:1")])
+    events = server.receive_data(client.data_to_send())
+    assert events[:2] == [ConnectRequest(1, "a:1", ()), ConnectRequest(3, "a:1", ())]
+    assert events[2:] == [
+        RequestRefused(5, ErrorCodes.REFUSED_STREAM, "2 requests are still being handled")
+    ]
+    assert not server.is_closed
+    answer = client.receive_data(server.data_to_send())
+    assert any(
+        isinstance(e, h2.events.StreamReset) and e.stream_id == 5 and e.error_code == 7
+        for e in answer
+    )
 
 
 # --- responses ----------------------------------------------------------------------------

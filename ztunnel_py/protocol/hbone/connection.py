@@ -105,11 +105,17 @@ class HboneConnectionCore:
 
     _client_side: bool
 
-    def __init__(self, *, max_header_list_size: int, extra_settings: dict[int, int]) -> None:
+    def __init__(
+        self,
+        *,
+        max_header_list_size: int,
+        extra_settings: dict[int, int],
+        validate_inbound_headers: bool = True,
+    ) -> None:
         config = h2.config.H2Configuration(
             client_side=self._client_side,
             header_encoding=None,
-            validate_inbound_headers=True,
+            validate_inbound_headers=validate_inbound_headers,
             normalize_inbound_headers=True,
             validate_outbound_headers=True,
         )

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import h2.events
+import h2.exceptions
 import h2.settings
+import h2.utilities
 from h2.errors import ErrorCodes
 
 from ztunnel_py.protocol.hbone.authority import parse_authority, split_headers, validate_headers
@@ -37,24 +39,37 @@ from ztunnel_py.protocol.hbone.settings import (
 
 __all__ = ["HboneServer"]
 
+_NO_STREAM_LIMIT = 2**31 - 1
+_REQUEST = h2.utilities.HeaderValidationFlags(
+    is_client=False, is_trailer=False, is_response_header=False, is_push_promise=False
+)
+
 
 class HboneServer(HboneConnectionCore):
     """Server side: reports valid CONNECTs as `ConnectRequest` and answers them (`respond`).
 
     A request that is not CONNECT, or whose authority is not `host:port`, is answered 400 by the
-    core itself (`RequestRejected`); one beyond the stream limit is refused (`RequestRefused`).
-    Malformed requests (bad pseudo-headers, oversized header lists) are connection errors, as h2
-    treats them.
+    core itself (`RequestRejected`). A malformed request (pseudo-headers, field names or values
+    HTTP/2 forbids) and one beyond the stream limit are stream errors, as RFC 9113 wants: their
+    stream alone is reset (`RequestRefused`), the tunnels beside it go on. (h2 would end the
+    connection for either, so it is told neither: it validates no inbound headers and enforces
+    no stream limit here; this class does both.) Header lists over 64 KiB end the connection.
     """
 
     _client_side = False
 
     def __init__(self, *, max_concurrent_streams: int = SERVER_MAX_CONCURRENT_STREAMS) -> None:
+        limit = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
         super().__init__(
             max_header_list_size=SERVER_MAX_HEADER_LIST_SIZE,
-            extra_settings={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams
-            },
+            extra_settings={limit: max_concurrent_streams},
+            validate_inbound_headers=False,
+        )
+        # Our SETTINGS are queued with the limit; h2 itself now enforces none.
+        in_force = dict(self._h2.local_settings.items())
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={**in_force, limit: _NO_STREAM_LIMIT},  # type: ignore[dict-item]
         )
         self._max_concurrent_streams = max_concurrent_streams
         # Requests handed to the application and not finished by it yet.
@@ -109,11 +124,17 @@ class HboneServer(HboneConnectionCore):
         if self._goaway_sent and stream_id > self._goaway_last_stream_id:
             self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        if len(self._unfinished) >= self._max_concurrent_streams:
-            self._count_local_reset()
-            self._h2_reset(stream_id, ErrorCodes.REFUSED_STREAM)
-            reason = f"{len(self._unfinished)} requests are still being handled"
-            self._events.append(RequestRefused(stream_id, ErrorCodes.REFUSED_STREAM, reason))
+        # A stream counts while it is open or the application is still working on it.
+        in_use = len(self._unfinished.union(self._streams))
+        if in_use >= self._max_concurrent_streams:
+            reason = f"{in_use} requests are still being handled"
+            self._refuse(stream_id, ErrorCodes.REFUSED_STREAM, reason)
+            return
+        try:
+            for _ in h2.utilities.validate_headers(event.headers, _REQUEST):
+                pass
+        except h2.exceptions.ProtocolError as e:
+            self._refuse(stream_id, ErrorCodes.PROTOCOL_ERROR, f"malformed request: {e}")
             return
         pseudo, headers = split_headers(event.headers)
         method = pseudo.get(":method", "")
@@ -136,6 +157,11 @@ class HboneServer(HboneConnectionCore):
         self._unfinished.add(stream_id)
         self._requests += 1
         self._events.append(ConnectRequest(stream_id, authority, headers))
+
+    def _refuse(self, stream_id: int, code: int, reason: str) -> None:
+        self._count_local_reset()
+        self._h2_reset(stream_id, code)
+        self._events.append(RequestRefused(stream_id, code, reason))
 
     def _on_stream_reset(self, stream: StreamState, error_code: int, remote: bool) -> None:
         super()._on_stream_reset(stream, error_code, remote)
