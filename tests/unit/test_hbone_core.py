@@ -947,6 +947,25 @@ def test_rapid_reset_closes_the_connection_with_enhance_your_calm() -> None:
     assert goaway[-1].last_stream_id == 2 * 500 - 1
 
 
+def test_requests_reset_after_a_second_unanswered_are_not_premature() -> None:
+    """A client giving up on a slow upstream is not attacking."""
+    now = [0.0]
+    client = HboneClient()
+    server = HboneServer(clock=lambda: now[0])
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    for _ in range(600):
+        stream_id = client.start_connect("10.0.0.1:80")
+        server.receive_data(client.data_to_send())
+        now[0] += 1.5
+        client.reset_stream(stream_id)
+        assert server.receive_data(client.data_to_send()) == [
+            StreamReset(stream_id, ErrorCodes.CANCEL, remote=True)
+        ]
+        server.finish_request(stream_id)
+    assert not server.is_closed
+
+
 def test_streams_reset_after_their_answer_are_not_premature() -> None:
     pair = Pair()
     for _ in range(600):

@@ -74,11 +74,13 @@ class StreamState:
     """A stream as long as it is open in at least one direction.
 
     `sending` stays true on a server stream until it is answered, but DATA may only go out once
-    `answered` (a 200 was sent); client streams are answered from the start.
+    `answered` (a 200 was sent); client streams are answered from the start. `opened_at` is
+    when a server stream's request arrived (by the server's clock).
     """
 
     __slots__ = (
         "answered",
+        "opened_at",
         "receiving",
         "recv_unacked",
         "recv_window",
@@ -97,6 +99,7 @@ class StreamState:
         self.receiving = receiving
         self.sending = True
         self.answered = answered
+        self.opened_at = 0.0
 
 
 class HboneConnectionCore:

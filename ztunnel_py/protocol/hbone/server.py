@@ -6,14 +6,15 @@ is closed at once on the wire, but the application may still be working on its r
 (authorizing it, connecting upstream): so every `ConnectRequest` holds one of the
 MAX_CONCURRENT_STREAMS slots until the application calls `finish_request`, and CONNECTs beyond
 that are refused with RST_STREAM(REFUSED_STREAM). Two abuse rules end the connection with GOAWAY
-ENHANCE_YOUR_CALM (the limits are in `settings`): most requests reset by the client before they
-were answered (the "rapid reset" attack), and too many streams reset for the client's own
-faults.
+ENHANCE_YOUR_CALM (the limits are in `settings`): most requests reset by the client within a
+second, before they were answered (the "rapid reset" attack), and too many streams reset for
+the client's own faults. The core reads time only through the `clock` it is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import h2.events
 import h2.exceptions
@@ -32,6 +33,7 @@ from ztunnel_py.protocol.hbone.events import (
 )
 from ztunnel_py.protocol.hbone.settings import (
     MAX_LOCAL_ERROR_RESETS,
+    PREMATURE_RESET_MAX_LIFETIME,
     PREMATURE_RESET_MIN_REQUESTS,
     SERVER_MAX_CONCURRENT_STREAMS,
     SERVER_MAX_HEADER_LIST_SIZE,
@@ -58,7 +60,12 @@ class HboneServer(HboneConnectionCore):
 
     _client_side = False
 
-    def __init__(self, *, max_concurrent_streams: int = SERVER_MAX_CONCURRENT_STREAMS) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrent_streams: int = SERVER_MAX_CONCURRENT_STREAMS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         limit = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
         super().__init__(
             max_header_list_size=SERVER_MAX_HEADER_LIST_SIZE,
@@ -72,6 +79,7 @@ class HboneServer(HboneConnectionCore):
             initial_values={**in_force, limit: _NO_STREAM_LIMIT},  # type: ignore[dict-item]
         )
         self._max_concurrent_streams = max_concurrent_streams
+        self._clock = clock
         # Requests handed to the application and not finished by it yet.
         self._unfinished: set[int] = set()
         self._requests = 0
@@ -151,9 +159,9 @@ class HboneServer(HboneConnectionCore):
             self._reject(stream_id, [(":status", "400")], request_ended=ended)
             self._events.append(RequestRejected(stream_id, 400, reason))
             return
-        self._streams[stream_id] = StreamState(
-            stream_id, self._peer_initial_window, receiving=True, answered=False
-        )
+        stream = StreamState(stream_id, self._peer_initial_window, receiving=True, answered=False)
+        stream.opened_at = self._clock()
+        self._streams[stream_id] = stream
         self._unfinished.add(stream_id)
         self._requests += 1
         self._events.append(ConnectRequest(stream_id, authority, headers))
@@ -166,6 +174,8 @@ class HboneServer(HboneConnectionCore):
     def _on_stream_reset(self, stream: StreamState, error_code: int, remote: bool) -> None:
         super()._on_stream_reset(stream, error_code, remote)
         if not remote or stream.answered:
+            return
+        if self._clock() - stream.opened_at > PREMATURE_RESET_MAX_LIFETIME:
             return
         self._premature_resets += 1
         requests, premature = self._requests, self._premature_resets

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_MAX_STREAMS_PER_CONNECTION",
     "MAX_FRAME_SIZE",
     "MAX_LOCAL_ERROR_RESETS",
+    "PREMATURE_RESET_MAX_LIFETIME",
     "PREMATURE_RESET_MIN_REQUESTS",
     "SERVER_MAX_CONCURRENT_STREAMS",
     "SERVER_MAX_HEADER_LIST_SIZE",
@@ -33,11 +34,12 @@ SERVER_MAX_HEADER_LIST_SIZE = 64 * 1024
 SERVER_MAX_CONCURRENT_STREAMS = 200
 DEFAULT_MAX_STREAMS_PER_CONNECTION = 100
 
-# Envoy's rule for premature resets: once a connection carried this many requests, it is closed
-# when at least half of them were reset by the client before they were answered. (Envoy also
-# requires the reset within 1 s of the request; this core keeps no clock, and a request still
-# unanswered when its client gives up costs the same work whatever its age.)
+# Envoy's rule for premature resets: once a connection carried PREMATURE_RESET_MIN_REQUESTS
+# requests, it is closed when at least half of them were premature: reset by the client before
+# they were answered and within PREMATURE_RESET_MAX_LIFETIME seconds of arriving (a client
+# giving up on a slow upstream is not an attack).
 PREMATURE_RESET_MIN_REQUESTS = 500
+PREMATURE_RESET_MAX_LIFETIME = 1.0
 # The Rust h2 crate's bound on streams a server resets because the client misbehaved on them
 # (malformed requests, streams beyond the limit, flow-control errors): past it, the client is
 # abusive and the connection is closed.

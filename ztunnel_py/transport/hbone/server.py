@@ -115,7 +115,7 @@ class HboneServerConnection(HboneConnection):
     ) -> None:
         super().__init__(
             tls,
-            HboneServer(max_concurrent_streams=max_concurrent_streams),
+            HboneServer(max_concurrent_streams=max_concurrent_streams, clock=trio.current_time),
             client_identity,
             keepalive_interval=keepalive_interval,
             keepalive_timeout=keepalive_timeout,
