@@ -229,3 +229,36 @@ class TcpProxy:
     async def _wait_killed(self, nursery: trio.Nursery) -> None:
         await self.killed.wait()
         nursery.cancel_scope.cancel()
+
+
+@dataclass
+class TcpApp:
+    """An application behind an HBONE server: a TCP server on loopback that counts the
+    connections it accepted and those whose other end closed."""
+
+    address: tuple[str, int] = ("127.0.0.1", 0)
+    accepted: int = 0
+    closed: int = 0
+    events: trio.Event = field(default_factory=trio.Event)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with listener:
+            await listener.bind(("127.0.0.1", 0))
+            listener.listen(4096)
+            self.address = listener.getsockname()
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                while True:
+                    conn, _ = await listener.accept()
+                    self.accepted += 1
+                    nursery.start_soon(self._until_closed, conn)
+
+    async def _until_closed(self, conn: trio.socket.SocketType) -> None:
+        with conn:
+            try:
+                while await conn.recv(65536):
+                    pass
+            except OSError:
+                pass
+        self.closed += 1

@@ -2,7 +2,7 @@
 
 Every import in every module under ztunnel_py/ (function-level and TYPE_CHECKING imports
 included: they are dependencies too) is folded into packages: a top-level subpackage
-(`ztunnel_py/agent/...` is `agent`), a top-level module (`cli`, `config`, `__version__`), or the root
+(`ztunnel_py/agent/...` is `agent`), a top-level module (`cli`, `config`), or the root
 package itself (`ztunnel_py`, for `from ztunnel_py import __version__`). On that graph:
 
 - no import cycle between packages;

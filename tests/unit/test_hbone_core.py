@@ -25,6 +25,7 @@ from ztunnel_py.protocol.hbone import (
     HboneClient,
     HboneServer,
     PingAcknowledged,
+    RequestRefused,
     RequestRejected,
     Response,
     StreamClosedError,
@@ -32,8 +33,6 @@ from ztunnel_py.protocol.hbone import (
     StreamLimitError,
     StreamReset,
     WindowOpened,
-    format_authority,
-    parse_authority,
 )
 
 MiB = 1024 * 1024
@@ -214,8 +213,8 @@ def test_half_close_both_ways() -> None:
     pair.pump()
     assert pair.take("client") == [StreamEnded(stream_id)]
     assert pair.client_data[stream_id] == b"response"
-    assert pair.client.open_streams == 0
-    assert pair.server.open_streams == 0
+    assert pair.client.stream_count == 0
+    assert pair.server.stream_count == 0
 
 
 def test_server_half_closes_first() -> None:
@@ -476,7 +475,7 @@ def test_non_connect_methods_get_400(method: str) -> None:
     assert any(
         isinstance(e, h2.events.StreamReset) and e.error_code == ErrorCodes.NO_ERROR for e in answer
     )
-    assert server.open_streams == 0
+    assert server.stream_count == 0
 
 
 @pytest.mark.parametrize(
@@ -512,27 +511,9 @@ def test_malformed_authority_gets_400(authority: str) -> None:
     assert (b":status", b"400") in response.headers
 
 
-@pytest.mark.parametrize(
-    ("authority", "expected"),
-    [
-        ("10.0.0.1:80", ("10.0.0.1", 80)),
-        ("[fd00::1]:15008", ("fd00::1", 15008)),
-        ("reviews.default.svc.cluster.local:9080", ("reviews.default.svc.cluster.local", 9080)),
-        ("a:65535", ("a", 65535)),
-    ],
-)
-def test_parse_authority(authority: str, expected: tuple[str, int]) -> None:
-    assert parse_authority(authority) == expected
-
-
-def test_format_authority_brackets_ipv6() -> None:
-    assert format_authority("fd00::1", 80) == "[fd00::1]:80"
-    assert format_authority("10.0.0.1", 80) == "10.0.0.1:80"
-
-
 def test_client_refuses_bad_authority_and_headers() -> None:
     client = HboneClient()
-    with pytest.raises(ValueError, match="port"):
+    with pytest.raises(ValueError, match="PORT"):
         client.start_connect("10.0.0.1")
     with pytest.raises(ValueError, match="connection-specific"):
         client.start_connect("10.0.0.1:80", [("connection", "close")])
@@ -540,20 +521,79 @@ def test_client_refuses_bad_authority_and_headers() -> None:
         client.start_connect("10.0.0.1:80", [("baggage", "a\r\nb")])
 
 
-def test_malformed_connect_is_a_connection_error() -> None:
+def lax_client() -> tuple[h2.connection.H2Connection, HboneServer]:
+    """A stock h2 client that sends what it is told, and has not seen the server's SETTINGS
+    (so it knows no stream limit)."""
     client = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+        h2.config.H2Configuration(
+            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
     )
     client.initiate_connection()
-    server = HboneServer()
+    server = HboneServer(max_concurrent_streams=2)
     server.receive_data(client.data_to_send())
-    client.send_headers(
-        1, [(":method", "CONNECT"), (":authority", "a:1"), (":scheme", "https"), (":path", "/")]
-    )
+    return client, server
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        (
+            [(":method", "CONNECT"), (":authority", "a:1"), (":scheme", "https"), (":path", "/")],
+            ":path",
+        ),
+        ([(":method", "CONNECT")], ":authority"),
+        ([(":authority", "a:1")], ":method"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":authority", "b:1")], "duplicate"),
+        ([(":method", "CONNECT"), ("baggage", "x"), (":authority", "a:1")], "out of sequence"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), ("Baggage", "x")], "uppercase"),
+        ([(":method", "CONNECT"), (":authority", "a:1"), ("connection", "close")], "Connection"),
+        # Extended CONNECT (RFC 8441) is not HBONE, and this one lacks its :scheme and :path.
+        ([(":method", "CONNECT"), (":authority", "a:1"), (":protocol", "x")], ":scheme"),
+    ],
+)
+def test_a_malformed_request_is_a_stream_error(
+    headers: list[tuple[str, str]], problem: str
+) -> None:
+    """RFC 9113 8.1.1: a malformed request resets its stream; the streams beside it go on."""
+    client, server = lax_client()
+    keep = 1
+    client.send_headers(keep, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    client.send_headers(3, headers)
     events = server.receive_data(client.data_to_send())
-    assert terminated(events).error_code == ErrorCodes.PROTOCOL_ERROR
-    goaway = [f for f in frames(server.data_to_send()) if isinstance(f, GoAwayFrame)]
-    assert goaway and goaway[-1].error_code == ErrorCodes.PROTOCOL_ERROR
+    assert events[0] == ConnectRequest(keep, "10.0.0.1:80", ())
+    refused = events[1]
+    assert isinstance(refused, RequestRefused) and refused.stream_id == 3, events
+    assert refused.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert problem.lower() in refused.reason.lower()
+    assert not server.is_closed
+    answer = client.receive_data(server.data_to_send())
+    assert any(
+        isinstance(e, h2.events.StreamReset) and e.stream_id == 3 and e.error_code == 1
+        for e in answer
+    )
+    server.respond(keep, 200)
+    client.receive_data(server.data_to_send())
+    client.send_data(keep, b"still carried")
+    assert [bytes(e.data) for e in server.receive_data(client.data_to_send())] == [b"still carried"]
+
+
+def test_a_stream_beyond_max_concurrent_streams_is_refused_alone() -> None:
+    """RFC 9113 5.1.2: REFUSED_STREAM for the extra stream, not a connection error."""
+    client, server = lax_client()
+    for stream_id in (1, 3, 5):
+        client.send_headers(stream_id, [(":method", "CONNECT"), (":authority", "a:1")])
+    events = server.receive_data(client.data_to_send())
+    assert events[:2] == [ConnectRequest(1, "a:1", ()), ConnectRequest(3, "a:1", ())]
+    assert events[2:] == [
+        RequestRefused(5, ErrorCodes.REFUSED_STREAM, "2 requests are still being handled")
+    ]
+    assert not server.is_closed
+    answer = client.receive_data(server.data_to_send())
+    assert any(
+        isinstance(e, h2.events.StreamReset) and e.stream_id == 5 and e.error_code == 7
+        for e in answer
+    )
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -570,8 +610,8 @@ def test_error_status_closes_the_stream(status: int) -> None:
     assert pair.take("client") == [Response(stream_id, status, ())]
     with pytest.raises(StreamClosedError):
         pair.client.send_data(stream_id, b"x")
-    assert pair.client.open_streams == 0
-    assert pair.server.open_streams == 0
+    assert pair.client.stream_count == 0
+    assert pair.server.stream_count == 0
     assert pair.client.available_streams == 100
     with pytest.raises(StreamClosedError):
         pair.server.respond(stream_id, 200)
@@ -675,7 +715,7 @@ def test_graceful_goaway_drains_existing_streams() -> None:
     pair.pump()
     assert pair.server_data[stream_id] == b"after goaway"
     assert pair.client_data[stream_id] == b"still answering"
-    assert pair.client.open_streams == 0 and pair.server.open_streams == 0
+    assert pair.client.stream_count == 0 and pair.server.stream_count == 0
 
 
 def test_goaway_refuses_client_streams_above_last_stream_id() -> None:
@@ -851,3 +891,145 @@ def test_hash_of_interleaved_streams_survives_partial_delivery() -> None:
             assert isinstance(event, DataReceived)
             got.setdefault(event.stream_id, bytearray()).extend(event.data)
     assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items()} == expected
+
+
+# --- abuse: rapid reset (CVE-2023-44487) and unfinished work ------------------------------
+
+
+def rapid_reset(pair: Pair, count: int) -> list[Event]:
+    """`count` CONNECTs, each reset by the client right after its HEADERS, in batches of 100
+    that the server's application finishes at once (it drops the work of reset streams)."""
+    events: list[Event] = []
+    for start in range(0, count, 100):
+        for _ in range(min(100, count - start)):
+            pair.client.reset_stream(pair.client.start_connect("10.0.0.1:80"))
+        batch = pair.server.receive_data(pair.client.data_to_send())
+        for event in batch:
+            if isinstance(event, StreamReset):
+                pair.server.finish_request(event.stream_id)
+        events += batch
+    return events
+
+
+def test_rapid_reset_closes_the_connection_with_enhance_your_calm() -> None:
+    pair = Pair()
+    events = rapid_reset(pair, 400)
+    assert sum(isinstance(e, ConnectRequest) for e in events) == 400
+    assert not pair.server.is_closed
+    events = rapid_reset(pair, 200)
+    end = terminated(events)
+    assert end.error_code == ErrorCodes.ENHANCE_YOUR_CALM and not end.remote
+    assert "rapid reset" in end.reason
+    # Envoy's rule: checked from the 500th request on, at least half of them reset early.
+    assert sum(isinstance(e, ConnectRequest) for e in events) == 100
+    goaway = [f for f in frames(pair.server.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert goaway[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert goaway[-1].last_stream_id == 2 * 500 - 1
+
+
+def test_requests_reset_after_a_second_unanswered_are_not_premature() -> None:
+    """A client giving up on a slow upstream is not attacking."""
+    now = [0.0]
+    client = HboneClient()
+    server = HboneServer(clock=lambda: now[0])
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    for _ in range(600):
+        stream_id = client.start_connect("10.0.0.1:80")
+        server.receive_data(client.data_to_send())
+        now[0] += 1.5
+        client.reset_stream(stream_id)
+        assert server.receive_data(client.data_to_send()) == [
+            StreamReset(stream_id, ErrorCodes.CANCEL, remote=True)
+        ]
+        server.finish_request(stream_id)
+    assert not server.is_closed
+
+
+def test_streams_reset_after_their_answer_are_not_premature() -> None:
+    pair = Pair()
+    for _ in range(600):
+        stream_id = pair.open()
+        pair.client.reset_stream(stream_id)
+        pair.pump()
+        pair.server.finish_request(stream_id)
+    assert not pair.server.is_closed and not pair.client.is_closed
+
+
+def test_unfinished_requests_count_toward_the_stream_limit() -> None:
+    client = HboneClient()
+    server = HboneServer(max_concurrent_streams=3)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    first = [client.start_connect("10.0.0.1:80") for _ in range(3)]
+    for stream_id in first:
+        client.reset_stream(stream_id)
+    events = server.receive_data(client.data_to_send())
+    assert [e.stream_id for e in events if isinstance(e, ConnectRequest)] == first
+    # The streams are gone on the wire, but their handlers have not finished: no slot is free.
+    fourth = client.start_connect("10.0.0.1:80")
+    events = server.receive_data(client.data_to_send())
+    assert events == [
+        RequestRefused(fourth, ErrorCodes.REFUSED_STREAM, "3 requests are still being handled")
+    ]
+    answer = client.receive_data(server.data_to_send())
+    assert answer == [StreamReset(fourth, ErrorCodes.REFUSED_STREAM, remote=True)]
+    server.finish_request(first[0])
+    fifth = client.start_connect("10.0.0.1:80")
+    events = server.receive_data(client.data_to_send())
+    assert [e.stream_id for e in events if isinstance(e, ConnectRequest)] == [fifth]
+
+
+def test_a_client_that_keeps_hitting_the_stream_limit_is_disconnected() -> None:
+    client = HboneClient()
+    server = HboneServer(max_concurrent_streams=1)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    client.reset_stream(client.start_connect("10.0.0.1:80"))
+    server.receive_data(client.data_to_send())
+    refused = 0
+    events: list[Event] = []
+    for _ in range(2000):
+        client.reset_stream(client.start_connect("10.0.0.1:80"))
+        events = server.receive_data(client.data_to_send())
+        if server.is_closed:
+            break
+        refused += sum(isinstance(e, RequestRefused) for e in events)
+    assert terminated(events).error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    # The Rust h2 crate's budget of streams reset for the client's misbehaviour.
+    assert refused == 1024
+
+
+# --- abuse: CONTINUATION flood --------------------------------------------------------------
+
+
+def test_a_header_block_larger_than_the_header_list_limit_ends_the_connection_early() -> None:
+    pair = Pair()
+    # HEADERS without END_HEADERS, then CONTINUATION frames of 16 KiB that never end the block:
+    # buffering them all would cost up to 64 frames x 1 MiB per connection.
+    block = b"\x00" * 16 * 1024
+    headers = struct.pack(">I", len(block) << 8 | 0x1) + b"\x00" + struct.pack(">I", 1)
+    events = pair.server.receive_data(headers + block)
+    assert not pair.server.is_closed
+    continuation = struct.pack(">I", len(block) << 8 | 0x9) + b"\x00" + struct.pack(">I", 1)
+    frames_sent = 1
+    while not pair.server.is_closed and frames_sent < 64:
+        events = pair.server.receive_data(continuation + block)
+        frames_sent += 1
+    end = terminated(events)
+    assert end.error_code == ErrorCodes.ENHANCE_YOUR_CALM and "header block" in end.reason
+    # 64 KiB is the server's header list limit: the block was cut at the frame that passed it.
+    assert frames_sent == 5
+
+
+def test_a_large_header_block_within_the_limit_is_accepted_across_continuations() -> None:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    server = HboneServer()
+    server.receive_data(client.data_to_send())
+    # The client has not seen our SETTINGS: it cuts the block into 16 KiB frames.
+    baggage = "x" * 60_000
+    client.send_headers(1, [(":method", "CONNECT"), (":authority", "a:1"), ("baggage", baggage)])
+    wire = client.data_to_send()
+    assert sum(1 for f in frames(wire) if f.type == 0x9) >= 3
+    assert server.receive_data(wire) == [ConnectRequest(1, "a:1", (("baggage", baggage),))]

@@ -1,5 +1,4 @@
-"""The HBONE connection pool (ztunnel's `src/proxy/pool.rs`; docs/istio-compat.md, "Connection
-pool").
+"""The HBONE connection pool, shaped like ztunnel's (`src/proxy/pool.rs`).
 
 Tunnels to the same peer share HTTP/2 connections. A connection is keyed by (source identity,
 expected destination identities, destination address, source IP): the source IP is part of the

@@ -1,11 +1,11 @@
 """Inbound: HBONE on 15008 and plaintext on 15006, into one enrolled pod's application.
 
-HBONE (docs/istio-compat.md, "Inbound decision"): TLS with the pod's certificate and a required
-client certificate from our trust domain, then per CONNECT: the authority must name this pod (400
-otherwise), L4 authorization (401), a connection to the application (503 if it fails), and only then
-200 and the byte relay. Plaintext: the original destination is the accepted socket's local address
-(with BPF capture) or its SO_ORIGINAL_DST (behind a sidecar's iptables REDIRECT); authorization runs
-with no peer identity, so STRICT mTLS denies it.
+HBONE, as ztunnel does it: TLS with the pod's certificate and a required client certificate
+from our trust domain, then per CONNECT: the authority must name this pod (400 otherwise), L4
+authorization (401), a connection to the application (503 if it fails), and only then 200 and
+the byte relay. Plaintext: the original destination is the accepted socket's local address (with
+BPF capture) or its SO_ORIGINAL_DST (behind a sidecar's iptables REDIRECT);
+authorization runs with no peer identity, so STRICT mTLS denies it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ztunnel_py.telemetry.metrics import Metrics
 from ztunnel_py.transport.hbone import (
     HboneHandshakeError,
     HboneRequest,
+    HboneStreamError,
     serve_hbone_connection,
 )
 from ztunnel_py.transport.podsockets import PodNetns, local_destination
@@ -48,6 +49,15 @@ def authority_target(authority: str) -> tuple[IPAddress, int] | None:
     except ValueError:
         return None
     return target.ip, target.port
+
+
+def _not_opened(error: BaseException) -> str:
+    """Why a tunnel never opened, for the access log."""
+    if isinstance(error, trio.Cancelled):
+        return "the client reset the stream or closed the connection before the tunnel opened"
+    if isinstance(error, HboneStreamError):
+        return f"the client went away before the tunnel opened: {error}"
+    return f"the tunnel could not open: {error}"
 
 
 class Inbound:
@@ -174,22 +184,29 @@ class Inbound:
             labels, src_addr, str(SocketAddr(dst_ip, HBONE_PORT)), req.authority
         )
         authz = Connection(src_ip, req.peer_identity, dst_ip, dst_port)
-        decision = self._authorize(workload, authz, f"{req.peer_identity} -> {req.authority}")
-        if not decision.allowed:
-            await req.respond(401)
-            conn.close("DENY", decision.reason)
-            return
+        app: trio.socket.SocketType | None = None
+        # Until the tunnel opens, whatever ends the request (an answer, the client resetting the
+        # stream, which cancels this task, or its connection closing) closes the app socket and
+        # the connection's books: counted and logged once.
         try:
-            app = await self._connect_app(src_ip, dst_ip, dst_port)
-        except (OSError, trio.TooSlowError) as e:
-            await req.respond(503)
-            conn.close("CONNECT", f"cannot connect to {req.authority}: {e}")
-            return
-        stream = await req.respond(200)
-        if stream is None:
-            app.close()
-            conn.close("CONNECT", "client went away before the tunnel opened")
-            return
+            decision = self._authorize(workload, authz, f"{req.peer_identity} -> {req.authority}")
+            if not decision.allowed:
+                conn.close("DENY", decision.reason)
+                await req.respond(401)
+                return
+            try:
+                app = await self._connect_app(src_ip, dst_ip, dst_port)
+            except (OSError, trio.TooSlowError) as e:
+                conn.close("CONNECT", f"cannot connect to {req.authority}: {e}")
+                await req.respond(503)
+                return
+            stream = await req.respond(200)
+        except BaseException as e:
+            if app is not None:
+                app.close()
+            conn.close("CONNECT", _not_opened(e))
+            raise
+        assert stream is not None and app is not None
         await carry_enforced(
             conn,
             relay(stream, SocketByteStream(app)),
