@@ -219,6 +219,8 @@ async def run_proxy(
         headers=config.ca_headers,
     )
     certs = CertificateManager(signer, config.secret_ttl)
+    # The control plane is back: certificates retry now, not after a backoff grown meanwhile.
+    signer.on_reconnect(certs.ca_reachable)
     xds: XdsClient | None = None
     xds_channel: ControlPlaneChannel | None = None
     if config.xds_address is not None:
@@ -231,6 +233,7 @@ async def run_proxy(
             options=XDS_CHANNEL_OPTIONS,
             headers=config.xds_headers,
         )
+        xds_channel.on_reconnect(certs.ca_reachable)
         node = agent_node(
             config.instance_ip,
             config.pod_name,
