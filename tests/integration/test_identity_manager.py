@@ -15,18 +15,13 @@ import trio
 import trio.testing
 
 from tests.integration.ca_support import RunningCa, free_port, start_ca, write_workloads
+from tests.unit.test_retry import grown
 from ztunnel_py.controlplane.app import CA_SUBDIR, load_or_create_ca
 from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore
 from ztunnel_py.identity.caclient import CertificateSigner, GrpcCaClient
-from ztunnel_py.identity.manager import (
-    CertificateManager,
-    CertState,
-    IdentityError,
-    retry_backoff,
-)
+from ztunnel_py.identity.manager import CertificateManager, CertState, IdentityError
 from ztunnel_py.identity.pki import load_certificate
 from ztunnel_py.model import Identity
-from ztunnel_py.transport.backoff import Backoff
 
 NODE = "node-1"
 ACCOUNTS = [f"sa{i}" for i in range(12)]
@@ -251,14 +246,6 @@ async def test_backs_off_while_the_ca_is_down_then_recovers(tmp_path: Path, conf
     assert 0.75 <= gaps[1] <= 1.5  # then doubled
 
 
-def grown_backoff() -> Backoff:
-    """The certificate schedule as after a 30 s outage: the next delay is 16 s (+- 20 %)."""
-    backoff = retry_backoff()
-    for _ in range(5):
-        backoff.next_delay()
-    return backoff
-
-
 async def test_a_backoff_grown_during_an_outage_is_cut_short_when_the_ca_returns(
     tmp_path: Path, config: Path
 ) -> None:
@@ -267,9 +254,7 @@ async def test_a_backoff_grown_during_an_outage_is_cut_short_when_the_ca_returns
     running: RunningCa | None = None
     try:
         async with trio.open_nursery() as nursery:
-            manager = await start_manager(
-                nursery, recorder, timedelta(hours=1), backoff=grown_backoff
-            )
+            manager = await start_manager(nursery, recorder, timedelta(hours=1), backoff=grown)
             client.on_reconnect(manager.ca_reachable)  # as the agent wires it
             with pytest.raises(IdentityError, match="UNAVAILABLE"):
                 await manager.fetch(ident("sa0"))

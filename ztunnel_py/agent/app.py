@@ -35,6 +35,7 @@ from ztunnel_py.agent.xdsfeed import StateFeed
 from ztunnel_py.config import (
     AgentConfig,
     ConfigValueError,
+    connection_limits,
     parse_duration,
     parse_headers,
     parse_host_port,
@@ -78,6 +79,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             "--xds-address (env XDS_ADDRESS) and --local-config (env LOCAL_XDS_PATH) are both "
             "set: choose one source of workloads"
         )
+    max_connections, per_listener = connection_limits(
+        args.max_connections, args.max_connections_per_listener
+    )
     return AgentConfig(
         node=args.node,
         local_config=Path(args.local_config) if args.local_config else None,
@@ -103,6 +107,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         pod_namespace=args.pod_namespace,
         termination_deadline=termination_deadline(
             args.connection_termination_deadline, args.termination_grace_period_seconds
+        ),
+        max_connections=max_connections,
+        max_connections_per_listener=per_listener,
+        plaintext_idle_timeout=parse_duration(
+            args.plaintext_idle_timeout, "--plaintext-idle-timeout"
         ),
     )
 
@@ -374,4 +383,7 @@ def _config_dump(config: AgentConfig) -> dict[str, Any]:
         "poolMaxStreamsPerConnection": config.pool_max_streams,
         "poolUnusedReleaseTimeout": f"{int(config.pool_idle_timeout.total_seconds())}s",
         "connectionTerminationDeadline": (f"{config.termination_deadline.total_seconds():g}s"),
+        "maxConnections": config.max_connections,
+        "maxConnectionsPerListener": config.max_connections_per_listener,
+        "plaintextIdleTimeout": f"{config.plaintext_idle_timeout.total_seconds():g}s",
     }
