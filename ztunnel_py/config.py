@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import resource
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,6 +43,36 @@ def parse_control_plane_address(text: str, what: str) -> SocketAddr:
     if "://" in text and not text.startswith("https://"):
         raise ConfigValueError(f"{what}: {text!r}: only https:// (TLS) is supported")
     return parse_address(text.removeprefix("https://").rstrip("/"), what, hostname=True)
+
+
+def parse_count(text: str, what: str) -> int:
+    """A whole number of at least 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigValueError(f"{what}: {text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def default_max_connections() -> int:
+    """Half the process's open-file limit (at least 64): a proxied connection holds two
+    descriptors, the accepted one and the one to the other side."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(64, soft // 2)
+
+
+def listener_share(max_connections: int) -> int:
+    """The default cap of one listener: a quarter of the process's, so a flood on one pod's port
+    leaves three quarters to the others."""
+    return max(1, max_connections // 4)
+
+
+def connection_limits(total: str, per_listener: str) -> tuple[int, int]:
+    """(--max-connections, --max-connections-per-listener), each defaulted when empty."""
+    cap = parse_count(total, "--max-connections") if total else default_max_connections()
+    if not per_listener:
+        return cap, listener_share(cap)
+    return cap, parse_count(per_listener, "--max-connections-per-listener")
 
 
 DEFAULT_TERMINATION_DEADLINE = timedelta(seconds=5)
@@ -112,6 +143,13 @@ class AgentConfig:
     connect_timeout: timedelta = timedelta(seconds=10)
     workload_wait: timedelta = timedelta(seconds=5)
     termination_deadline: timedelta = DEFAULT_TERMINATION_DEADLINE
+    # open connections accepted by the pods' listeners: in all, and per listener (one pod's port)
+    max_connections: int = field(default_factory=default_max_connections)
+    max_connections_per_listener: int = field(
+        default_factory=lambda: listener_share(default_max_connections())
+    )
+    # inbound plaintext (15006) connections with no byte either way for this long are closed
+    plaintext_idle_timeout: timedelta = timedelta(hours=1)
     # workload xDS (None: state from local_config); its roots default to ca_root_cert
     xds_address: SocketAddr | None = None
     xds_root_cert: RootCerts | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.zds_support import lone_snapshot
+from ztunnel_py.cni.enroll import enroll_pod
 
 WORKLOAD = """
 workloads:
@@ -112,3 +116,43 @@ def test_sighup_reload_keeps_last_good_state(
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     assert "reload failed, keeping the last good state" in err
+
+
+@contextlib.contextmanager
+def pod_namespace() -> Iterator[subprocess.Popen[bytes]]:
+    """A process alone in a new network namespace (with loopback up), as a pod's sandbox."""
+    proc = subprocess.Popen(["unshare", "--net", "sh", "-c", "ip link set lo up && exec sleep 60"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "sleep":
+            assert time.monotonic() < deadline, "the pod namespace did not come up"
+            time.sleep(0.02)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.netns
+def test_a_snapshot_removes_only_pods_whose_namespace_is_gone(
+    agent: tuple[subprocess.Popen[str], Path, int], tmp_path: Path
+) -> None:
+    proc, _, admin = agent
+    socket_path = str(tmp_path / "ztunnel.sock")
+    config_dump(admin)  # the agent is up
+    with pod_namespace() as running, pod_namespace() as gone:
+        for name, holder in (("running", running), ("gone", gone)):
+            enroll_pod(socket_path, name, name, "apps", "web", f"/proc/{holder.pid}/ns/net")
+        assert set(config_dump(admin)["workloadState"]) == {"running", "gone"}
+        gone.kill()
+        gone.wait()
+        assert lone_snapshot(socket_path) == ""  # a snapshot naming no pod
+        assert set(config_dump(admin)["workloadState"]) == {"running"}
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    assert (
+        "pod running (apps/running) is missing from the enrollment snapshot but still runs" in err
+    )
+    assert (
+        "pod gone is missing from the enrollment snapshot and its network namespace is gone" in err
+    )

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import array
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.integration.zds_support import connect, lone_snapshot, send
 from ztunnel_py.agent.enroll import EnrollRefused, serve_enrollment
 from ztunnel_py.cni.enroll import EnrollError, enroll_pod, unenroll_pod
-from ztunnel_py.protocol.zds import MAX_MESSAGE, PodInfo, decode_ack, decode_hello, encode_add
+from ztunnel_py.protocol.zds import (
+    MAX_MESSAGE,
+    PodInfo,
+    encode_add,
+    encode_del,
+    encode_keep,
+    encode_snapshot_sent,
+)
 
 
 class Recorder:
     def __init__(self) -> None:
         self.pods: dict[str, PodInfo] = {}
         self.fd_inodes: dict[str, int] = {}
-        self.snapshots = 0
+        self.snapshots: list[frozenset[str]] = []
 
     async def add_pod(self, info: PodInfo, netns_fd: int) -> None:
         self.fd_inodes[info.uid] = os.fstat(netns_fd).st_ino
@@ -28,31 +34,21 @@ class Recorder:
             raise EnrollRefused(f"cannot start proxy for {info.uid}: port in use")
         self.pods[info.uid] = info
 
-    async def keep_pod(self, uid: str) -> None:
-        pass
-
     async def del_pod(self, uid: str) -> None:
         if uid not in self.pods:
             raise EnrollRefused(f"unknown pod {uid}")
         del self.pods[uid]
 
-    async def snapshot_sent(self) -> None:
-        self.snapshots += 1
+    async def snapshot_sent(self, named: frozenset[str]) -> None:
+        self.snapshots.append(named)
 
 
 NETNS = "/proc/self/ns/net"
 
 
 def _raw_exchange(path: str, payload: bytes, fds: list[int]) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.settimeout(5)
-        s.connect(path)
-        decode_hello(s.recv(MAX_MESSAGE))
-        anc = []
-        if fds:
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        s.sendmsg([payload], anc)
-        answer = decode_ack(s.recv(MAX_MESSAGE))
+    with connect(path) as s:
+        answer = send(s, payload, fds)
         # A rejected message closes the connection.
         if answer:
             assert s.recv(MAX_MESSAGE) == b""
@@ -97,3 +93,36 @@ async def test_unreachable_agent_says_what_to_do(tmp_path: Path) -> None:
         await trio.to_thread.run_sync(
             enroll_pod, str(tmp_path / "none.sock"), "u", "n", "ns", "sa", NETNS
         )
+
+
+async def test_a_snapshot_is_what_its_own_connection_named(tmp_path: Path) -> None:
+    path = str(tmp_path / "ztunnel.sock")
+    rec = Recorder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_enrollment, path, rec)
+
+        def client_work() -> None:
+            with connect(path) as s:
+                fd = os.open(NETNS, os.O_RDONLY)
+                try:
+                    assert send(s, encode_add(PodInfo("uid-a", "a", "apps", "sa")), [fd]) == ""
+                finally:
+                    os.close(fd)
+                assert send(s, encode_keep("uid-b")) == ""
+                assert send(s, encode_keep("uid-c")) == ""
+                assert send(s, encode_del("uid-c")) == "unknown pod uid-c"
+                assert send(s, encode_snapshot_sent()) == ""
+                assert (
+                    send(s, encode_keep("uid-d"))
+                    == "keep for pod uid-d after the snapshot was sent"
+                )
+                assert (
+                    send(s, encode_snapshot_sent())
+                    == "the snapshot was sent already on this connection"
+                )
+            # A lone SnapshotSent on a new connection names no pod: the handler decides.
+            assert lone_snapshot(path) == ""
+
+        await trio.to_thread.run_sync(client_work)
+        nursery.cancel_scope.cancel()
+    assert rec.snapshots == [frozenset({"uid-a", "uid-b"}), frozenset()]

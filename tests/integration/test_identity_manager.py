@@ -8,12 +8,14 @@ import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from tests.integration.ca_support import RunningCa, free_port, start_ca, write_workloads
+from tests.unit.test_retry import grown
 from ztunnel_py.controlplane.app import CA_SUBDIR, load_or_create_ca
 from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore
 from ztunnel_py.identity.caclient import CertificateSigner, GrpcCaClient
@@ -75,9 +77,9 @@ async def ca(tmp_path: Path, config: Path) -> AsyncIterator[RunningCa]:
 
 
 async def start_manager(
-    nursery: trio.Nursery, signer: CertificateSigner, ttl: timedelta, **kw: int
+    nursery: trio.Nursery, signer: CertificateSigner, ttl: timedelta, **kw: Any
 ) -> CertificateManager:
-    manager = CertificateManager(signer, ttl, **kw)  # type: ignore[arg-type]
+    manager = CertificateManager(signer, ttl, **kw)
     await nursery.start(manager.run)
     return manager
 
@@ -208,15 +210,24 @@ async def test_keeps_a_valid_certificate_while_the_ca_is_down(ca: RunningCa) -> 
         nursery.cancel_scope.cancel()
 
 
-async def test_backs_off_while_the_ca_is_down_then_recovers(tmp_path: Path, config: Path) -> None:
+def offline_ca(tmp_path: Path) -> tuple[Path, int, GrpcCaClient]:
+    """The data directory and port of a CA that is not running yet, and a client of it (the
+    agent has the root already)."""
     data = tmp_path / "data"
-    load_or_create_ca(data / CA_SUBDIR, "cluster.local")  # the agent has the root already
+    load_or_create_ca(data / CA_SUBDIR, "cluster.local")
     port = free_port()
     token = tmp_path / "token"
     token.write_text(NodeTokenStore(data / TOKEN_FILE).issue(NODE, timedelta(hours=1)))
-    recorder = Recorder(
-        GrpcCaClient(SocketAddr("127.0.0.1", port), data / CA_SUBDIR / "root-cert.pem", token)
+    return (
+        data,
+        port,
+        GrpcCaClient(SocketAddr("127.0.0.1", port), data / CA_SUBDIR / "root-cert.pem", token),
     )
+
+
+async def test_backs_off_while_the_ca_is_down_then_recovers(tmp_path: Path, config: Path) -> None:
+    data, port, client = offline_ca(tmp_path)
+    recorder = Recorder(client)
     running: RunningCa | None = None
     try:
         async with trio.open_nursery() as nursery:
@@ -230,6 +241,7 @@ async def test_backs_off_while_the_ca_is_down_then_recovers(tmp_path: Path, conf
             assert cert.identity == ident("sa0")
             nursery.cancel_scope.cancel()
     finally:
+        client.close()
         if running is not None:
             running.stop()
     times = [t for t, _ in recorder.calls]
@@ -237,6 +249,32 @@ async def test_backs_off_while_the_ca_is_down_then_recovers(tmp_path: Path, conf
     assert len(gaps) >= 2
     assert 0.35 <= gaps[0] <= 0.8  # 500 ms +- 20 %
     assert 0.75 <= gaps[1] <= 1.5  # then doubled
+
+
+async def test_a_backoff_grown_during_an_outage_is_cut_short_when_the_ca_returns(
+    tmp_path: Path, config: Path
+) -> None:
+    data, port, client = offline_ca(tmp_path)
+    recorder = Recorder(client)
+    running: RunningCa | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            manager = await start_manager(nursery, recorder, timedelta(hours=1), backoff=grown)
+            client.on_reconnect(manager.ca_reachable)  # as the agent wires it
+            with pytest.raises(IdentityError, match="UNAVAILABLE"):
+                await manager.fetch(ident("sa0"))
+            await trio.sleep(1.0)
+            running = start_ca(data, config, port=port)
+            back = trio.current_time()
+            await eventually(lambda: manager.state(ident("sa0")) is CertState.AVAILABLE, 4.0)
+            assert trio.current_time() - back < 4.0
+            assert (await manager.fetch(ident("sa0"))).identity == ident("sa0")
+            nursery.cancel_scope.cancel()
+    finally:
+        client.close()
+        if running is not None:
+            running.stop()
+    assert len(recorder.calls) == 2  # the failure, then one retry once the CA answered
 
 
 async def test_forget_drops_the_certificate_and_releases_waiters(ca: RunningCa) -> None:

@@ -308,3 +308,36 @@ async def test_splice_relay_reports_a_reset() -> None:
                 await trio.sleep(0.01)
             assert errors[0].a_to_b >= 4
             a_far.close()
+
+
+async def test_splice_relay_closes_a_connection_idle_either_way() -> None:
+    a_near, a_far = trio.socket.socketpair()
+    b_near, b_far = trio.socket.socketpair()
+    ended: list[tuple[float, RelayError]] = []
+
+    async def run() -> None:
+        try:
+            await splice_relay(a_near, b_near, idle_timeout=0.3)
+        except RelayError as e:
+            ended.append((trio.current_time(), e))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            # A byte every 0.1 s, one way or the other, keeps it open well past 0.3 s.
+            for i in range(8):
+                sender, receiver = (a_far, b_far) if i % 2 else (b_far, a_far)
+                await send_all(sender, b"x")
+                assert await receiver.recv(1) == b"x"
+                last = trio.current_time()
+                await trio.sleep(0.1)
+            assert not ended
+            while not ended:
+                await trio.sleep(0.01)
+    at, error = ended[0]
+    assert 0.3 <= at - last < 0.6
+    assert str(error) == "relay failed: no data either way for 0.3 s"
+    assert (error.a_to_b, error.b_to_a) == (4, 4)
+    assert await a_far.recv(1) == b"" and await b_far.recv(1) == b""
+    a_far.close()
+    b_far.close()

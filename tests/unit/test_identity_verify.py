@@ -1,14 +1,12 @@
-"""SPIFFE peer checks (docs/istio-compat.md, "Identities and peer verification") and the retry
-backoff schedule, without sockets."""
+"""SPIFFE peer checks (docs/istio-compat.md, "Identities and peer verification"), without
+sockets."""
 
 from __future__ import annotations
 
-import random
 from datetime import timedelta
 
 import pytest
 
-from ztunnel_py.identity.manager import Backoff
 from ztunnel_py.identity.pki import (
     CertificateAuthority,
     WorkloadCertificate,
@@ -60,14 +58,3 @@ def test_client_refused_from_another_trust_domain() -> None:
         verify_client_identity(leaf_der(FOREIGN), "cluster.local")
     with pytest.raises(PeerIdentityError, match="no certificate"):
         verify_client_identity(None, "cluster.local")
-
-
-def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
-    backoff = Backoff(rng=random.Random(7))
-    delays = [backoff.next_delay() for _ in range(12)]
-    nominal = [min(0.5 * 2**i, 150.0) for i in range(12)]
-    for delay, base in zip(delays, nominal, strict=True):
-        assert base * 0.8 <= delay <= min(base * 1.2, 150.0)
-    assert delays[-1] <= 150.0
-    backoff.reset()
-    assert 0.4 <= backoff.next_delay() <= 0.6

@@ -33,6 +33,7 @@ from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.config import (
     AgentConfig,
     ConfigValueError,
+    connection_limits,
     parse_address,
     parse_control_plane_address,
     parse_duration,
@@ -73,6 +74,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             "--xds-address (env XDS_ADDRESS) and --local-config (env LOCAL_XDS_PATH) are both "
             "set: choose one source of workloads"
         )
+    max_connections, per_listener = connection_limits(
+        args.max_connections, args.max_connections_per_listener
+    )
     return AgentConfig(
         node=args.node,
         local_config=Path(args.local_config) if args.local_config else None,
@@ -98,6 +102,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         pod_namespace=args.pod_namespace,
         termination_deadline=termination_deadline(
             args.connection_termination_deadline, args.termination_grace_period_seconds
+        ),
+        max_connections=max_connections,
+        max_connections_per_listener=per_listener,
+        plaintext_idle_timeout=parse_duration(
+            args.plaintext_idle_timeout, "--plaintext-idle-timeout"
         ),
     )
 
@@ -214,6 +223,8 @@ async def run_proxy(
         headers=config.ca_headers,
     )
     certs = CertificateManager(signer, config.secret_ttl)
+    # The control plane is back: certificates retry now, not after a backoff grown meanwhile.
+    signer.on_reconnect(certs.ca_reachable)
     xds: XdsClient | None = None
     xds_channel: ControlPlaneChannel | None = None
     if config.xds_address is not None:
@@ -226,6 +237,7 @@ async def run_proxy(
             options=XDS_CHANNEL_OPTIONS,
             headers=config.xds_headers,
         )
+        xds_channel.on_reconnect(certs.ca_reachable)
         node = agent_node(
             config.instance_ip,
             config.pod_name,
@@ -361,4 +373,7 @@ def _config_dump(config: AgentConfig) -> dict[str, Any]:
         "poolMaxStreamsPerConnection": config.pool_max_streams,
         "poolUnusedReleaseTimeout": f"{int(config.pool_idle_timeout.total_seconds())}s",
         "connectionTerminationDeadline": (f"{config.termination_deadline.total_seconds():g}s"),
+        "maxConnections": config.max_connections,
+        "maxConnectionsPerListener": config.max_connections_per_listener,
+        "plaintextIdleTimeout": f"{config.plaintext_idle_timeout.total_seconds():g}s",
     }

@@ -179,6 +179,28 @@ def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         help="the pod's terminationGracePeriodSeconds, from which the default termination "
         "deadline is derived as ztunnel does (env TERMINATION_GRACE_PERIOD_SECONDS)",
     )
+    parser.add_argument(
+        "--max-connections",
+        default=_env("ZTUNNEL_MAX_CONNECTIONS"),
+        metavar="N",
+        help="at most N connections accepted by the pods' listeners are open at once; more are "
+        "reset at once (env ZTUNNEL_MAX_CONNECTIONS; default: half the open-file limit)",
+    )
+    parser.add_argument(
+        "--max-connections-per-listener",
+        default=_env("ZTUNNEL_MAX_CONNECTIONS_PER_LISTENER"),
+        metavar="N",
+        help="at most N open at once per listener (one pod's port), so a flood on one pod "
+        "leaves the others served (env ZTUNNEL_MAX_CONNECTIONS_PER_LISTENER; default: a "
+        "quarter of --max-connections)",
+    )
+    parser.add_argument(
+        "--plaintext-idle-timeout",
+        default=_env("ZTUNNEL_PLAINTEXT_IDLE_TIMEOUT", "1h"),
+        metavar="DURATION",
+        help="close an inbound plaintext (15006) connection after this long without a byte "
+        "either way (env ZTUNNEL_PLAINTEXT_IDLE_TIMEOUT)",
+    )
     for name, server in (("admin", admin), ("metrics", metrics), ("readiness", readiness)):
         parser.add_argument(
             f"--{name}-address", default=str(server.DEFAULT_ADDRESS), metavar="IP:PORT"

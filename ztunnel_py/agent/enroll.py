@@ -2,7 +2,13 @@
 
 Each connection gets a ZdsHello, then any number of requests, each answered by an Ack (an
 empty error is an ACK, a non-empty one a NACK). A bad message is NACKed and the connection
-closed; the server keeps serving everyone else.
+closed; the server keeps serving everyone else, also through a shortage of descriptors
+(`transport/accept.py`).
+
+A snapshot belongs to one connection, as in ztunnel: the pods added or kept on it before its
+`SnapshotSent` are the ones the enrolling side still knows, and the handler reconciles with
+that list (`EnrollHandler.snapshot_sent`). A second `SnapshotSent`, or a keep after the
+snapshot, is NACKed.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ztunnel_py.protocol.zds import (
     encode_ack,
     encode_hello,
 )
+from ztunnel_py.transport.accept import serve_connections
 
 log = logging.getLogger("ztunnel_py.enroll")
 
@@ -42,12 +49,11 @@ class EnrollHandler(Protocol):
     async def add_pod(self, info: PodInfo, netns_fd: int) -> None:
         """Enroll; takes ownership of netns_fd. Raise EnrollRefused to NACK."""
 
-    async def keep_pod(self, uid: str) -> None: ...
-
     async def del_pod(self, uid: str) -> None:
         """Unenroll; raise EnrollRefused for an unknown pod."""
 
-    async def snapshot_sent(self) -> None: ...
+    async def snapshot_sent(self, named: frozenset[str]) -> None:
+        """The enrolling side sent its snapshot: `named` are the uids it added or kept."""
 
 
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -61,6 +67,8 @@ def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 
 async def _serve_connection(conn: trio.socket.SocketType, handler: EnrollHandler) -> None:
+    named: set[str] = set()  # this connection's snapshot
+    snapshot_sent = False
     with conn:
         await conn.send(encode_hello())
         while True:
@@ -80,13 +88,20 @@ async def _serve_connection(conn: trio.socket.SocketType, handler: EnrollHandler
             error = ""
             try:
                 if isinstance(req, AddPod):
+                    named.add(req.info.uid)
                     await handler.add_pod(req.info, req.netns_fd)
                 elif isinstance(req, KeepPod):
-                    await handler.keep_pod(req.uid)
+                    if snapshot_sent:
+                        raise EnrollRefused(f"keep for pod {req.uid} after the snapshot was sent")
+                    named.add(req.uid)
                 elif isinstance(req, DelPod):
+                    named.discard(req.uid)
                     await handler.del_pod(req.uid)
                 elif isinstance(req, SnapshotSent):
-                    await handler.snapshot_sent()
+                    if snapshot_sent:
+                        raise EnrollRefused("the snapshot was sent already on this connection")
+                    snapshot_sent = True
+                    await handler.snapshot_sent(frozenset(named))
             except EnrollRefused as e:
                 error = str(e)
                 log.warning("enrollment: %s", e)
@@ -114,9 +129,12 @@ async def serve_enrollment(
         log.info("enrollment socket listening on %s", path)
         task_status.started()
         async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_guarded, conn, handler)
+            await serve_connections(
+                listener,
+                lambda conn: _guarded(conn, handler),
+                nursery,
+                name=f"enrollment socket {path}",
+            )
 
 
 async def _guarded(conn: trio.socket.SocketType, handler: EnrollHandler) -> None:

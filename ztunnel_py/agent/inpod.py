@@ -5,6 +5,16 @@ listeners there (15008 HBONE, 15006 plaintext, 15001 outbound, 15080 SOCKS5 on 1
 serves them until the pod is unenrolled. An Add for a known pod with the same netns is a no-op;
 with a different netns (the sandbox was recreated) the old proxy is drained and replaced.
 
+Only a Del for the pod, or its network namespace being gone, takes a pod's capture off. A
+snapshot that leaves out a pod whose namespace is still in use (a named namespace or a process
+in it) keeps the pod enrolled and says so in the log: removing the capture of a running pod
+would send its traffic across the network in clear. (Istio keeps a pod's redirection when
+ztunnel drops it, so there the traffic fails closed; here the agent owns the capture.)
+
+Every listener counts its open connections against its own cap and the agent's
+(`--max-connections-per-listener`, `--max-connections`; `transport/accept.py` resets what is
+over a cap and rides out a process out of descriptors).
+
 A sidecar proxy (`sidecar.py`) uses the same manager for its one pod, with `redirected=True`:
 iptables REDIRECT brings the pod's connections to ordinary (not transparent) listeners and the
 original destination comes from SO_ORIGINAL_DST; nothing is persisted (`persist=False`).
@@ -18,6 +28,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import trio
@@ -39,6 +50,7 @@ from ztunnel_py.protocol.zds import PodInfo
 from ztunnel_py.redirect.maps import PodCounters, RedirectError
 from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.transport.accept import ConnectionLimit, serve_connections
 from ztunnel_py.transport.podsockets import (
     PodNetns,
     local_destination,
@@ -158,7 +170,7 @@ class PodManager:
         self.nursery = nursery
         self.drain = drain
         self.pods: dict[str, PodProxy] = {}
-        self.snapshot_seen: set[str] | None = None
+        self.connections = ConnectionLimit("the agent", config.max_connections)
         state.subscribe(self._recheck)
 
     def _recheck(self, change: StateChange) -> None:
@@ -195,7 +207,6 @@ class PodManager:
         if existing is not None:
             if existing.netns.inode == netns.inode:
                 netns.close()
-                self._seen(info.uid)
                 return
             log.info("pod %s has a new network namespace; replacing its proxy", info.uid)
             await self._remove(self.pods.pop(info.uid))
@@ -214,7 +225,6 @@ class PodManager:
             raise EnrollRefused(f"cannot capture traffic of {info.uid}: {e}") from e
         self.pods[info.uid] = pod
         self._persist()
-        self._seen(info.uid)
         self.nursery.start_soon(self._run, pod, listeners)
         workload = self.state.workload_by_uid(info.uid)
         if workload is not None:
@@ -284,9 +294,6 @@ class PodManager:
             ],
         )
 
-    async def keep_pod(self, uid: str) -> None:
-        self._seen(uid)
-
     async def del_pod(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
         if pod is None:
@@ -295,20 +302,36 @@ class PodManager:
         self._persist()
         log.info("unenrolled pod %s", uid)
 
-    async def snapshot_sent(self) -> None:
-        """A full snapshot was sent: pods not named since the last one are gone."""
-        seen = self.snapshot_seen or set()
-        for uid in [u for u in self.pods if u not in seen]:
-            log.info("pod %s missing from the enrollment snapshot; removing it", uid)
+    async def snapshot_sent(self, named: frozenset[str]) -> None:
+        """Reconcile with the enrolling side's snapshot: a pod it did not name is removed only
+        if its network namespace is gone (see the module doc)."""
+        missing = {uid: pod for uid, pod in self.pods.items() if uid not in named}
+        if not missing:
+            return
+        wanted = {pod.netns.inode for pod in missing.values()}
+        running = await trio.to_thread.run_sync(persist.find_netns, wanted)
+        for uid, pod in missing.items():
+            if self.pods.get(uid) is not pod:
+                continue  # removed or replaced meanwhile
+            if pod.netns.inode in running:
+                log.warning(
+                    "pod %s (%s/%s) is missing from the enrollment snapshot but still runs "
+                    "(its network namespace is in use): keeping it enrolled and captured; "
+                    "only a delete for the pod removes it",
+                    uid,
+                    pod.info.namespace,
+                    pod.info.name,
+                )
+                continue
+            log.info(
+                "pod %s is missing from the enrollment snapshot and its network namespace is "
+                "gone: removing it",
+                uid,
+            )
             await self._remove(self.pods.pop(uid))
         self._persist()
-        self.snapshot_seen = set()
 
     # --- internals -------------------------------------------------------------------------
-
-    def _seen(self, uid: str) -> None:
-        if self.snapshot_seen is not None:
-            self.snapshot_seen.add(uid)
 
     def _listeners(self, netns: PodNetns) -> dict[int, trio.socket.SocketType]:
         made: dict[int, trio.socket.SocketType] = {}
@@ -345,24 +368,20 @@ class PodManager:
             preserve_source=self.capture is not None,
             original_destination=self.original_destination,
             drain=self.drain.started,
+            plaintext_idle_timeout=self.config.plaintext_idle_timeout,
         )
+        handlers: dict[int, Callable[[trio.socket.SocketType], Awaitable[None]]] = {
+            HBONE_PORT: inbound.serve_hbone,
+            INBOUND_PLAINTEXT_PORT: inbound.serve_plaintext,
+            OUTBOUND_PORT: lambda s: self._outbound(pod, inbound, s),
+            SOCKS5_PORT: lambda s: self._socks5(pod, inbound, s),
+        }
         try:
             with pod.cancel:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._accept, listeners[HBONE_PORT], inbound.serve_hbone)
-                    nursery.start_soon(
-                        self._accept, listeners[INBOUND_PLAINTEXT_PORT], inbound.serve_plaintext
-                    )
-                    nursery.start_soon(
-                        self._accept,
-                        listeners[OUTBOUND_PORT],
-                        lambda s: self._outbound(pod, inbound, s),
-                    )
-                    nursery.start_soon(
-                        self._accept,
-                        listeners[SOCKS5_PORT],
-                        lambda s: self._socks5(pod, inbound, s),
-                    )
+                    for port, handle in handlers.items():
+                        name = f"{pod.info.namespace}/{pod.info.name} port {port}"
+                        nursery.start_soon(self._accept, name, listeners[port], handle)
                     pod.state = "Up"
                     self._update_counts()
         finally:
@@ -373,14 +392,16 @@ class PodManager:
 
     async def _accept(
         self,
+        name: str,
         listener: trio.socket.SocketType,
         handle: Callable[[trio.socket.SocketType], Awaitable[None]],
     ) -> None:
+        limits = (ConnectionLimit(name, self.config.max_connections_per_listener), self.connections)
         async with trio.open_nursery() as nursery:
             with self.drain.accepting():
-                while True:
-                    sock, _ = await listener.accept()
-                    nursery.start_soon(self._serve, handle, sock)
+                await serve_connections(
+                    listener, partial(self._serve, handle), nursery, limits, name=name
+                )
             # Draining: new connections go to whoever else listens on the port (REUSEPORT),
             # or are refused; the accepted ones run on.
             listener.close()

@@ -3,7 +3,8 @@
 A netns fd cannot outlive the process that holds it, so the agent records, for each enrolled
 pod, its identity and its network namespace's (device, inode). A restarted agent finds each
 namespace again by that inode among the named namespaces and the namespaces of running
-processes, and re-enrolls the pod without the CNI plugin being called again.
+processes, and re-enrolls the pod without the CNI plugin being called again. The same search
+tells whether an enrolled pod still runs (`find_netns`).
 """
 
 from __future__ import annotations
@@ -65,13 +66,16 @@ def _candidates() -> Iterator[str]:
         except OSError:
             continue
         yield from (os.path.join(directory, n) for n in names)
+    # Not this process: it holds pod namespaces itself (fds, sockets) and enters them briefly.
+    own = str(os.getpid())
     for pid in os.listdir("/proc"):
-        if pid.isdigit():
+        if pid.isdigit() and pid != own:
             yield f"/proc/{pid}/ns/net"
 
 
 def find_netns(wanted: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
-    """Paths of the network namespaces with the given (device, inode), where they still exist."""
+    """Paths of the network namespaces with the given (device, inode) that still exist apart
+    from this process: named (a bind mount) or the namespace of a running process."""
     found: dict[tuple[int, int], str] = {}
     for path in _candidates():
         if len(found) == len(wanted):

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 import trio
 
 from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.transport.backoff import Backoff
 
 REQUEST_TIMEOUT = 5.0
 LATE_SEND = 0.001
@@ -353,7 +354,7 @@ class _LatencyRun:
         timer = _Timer()
         buf = bytearray(RECV_BUFFER)
         retry_at = 0.0
-        backoff = BACKOFF_MIN
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         down_reason = ""
         try:
             for i in range(k, self.total, self.connections):
@@ -383,11 +384,10 @@ class _LatencyRun:
                     if sock is not None:
                         _close(sock)
                         sock = None
-                    retry_at = _now() + backoff
-                    backoff = min(2 * backoff, BACKOFF_MAX)
+                    retry_at = _now() + backoff.next_delay()
                     continue
                 done = _now()
-                backoff = BACKOFF_MIN
+                backoff.reset()
                 if counted:
                     if sent - due > LATE_SEND:
                         self.late += 1
@@ -534,7 +534,7 @@ async def run_connections(
     async def worker() -> None:
         nonlocal attempts, last_done
         buf = bytearray(RECV_BUFFER)
-        backoff = BACKOFF_MIN
+        backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
         while attempts < max_connections and _now() < end:
             attempts += 1
             began = _now()
@@ -550,10 +550,9 @@ async def run_connections(
             except (OSError, ResponseError, trio.TooSlowError) as exc:
                 errors.add(_reason(phase, exc, request_timeout))
                 # Spaces out attempts against a dead target instead of spinning on refusals.
-                await trio.sleep(backoff)
-                backoff = min(2 * backoff, BACKOFF_MAX)
+                await trio.sleep(backoff.next_delay())
                 continue
-            backoff = BACKOFF_MIN
+            backoff.reset()
             done = _now()
             last_done = max(last_done, done)
             if 200 <= head.status < 300:

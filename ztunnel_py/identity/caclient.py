@@ -14,6 +14,7 @@ Both raise `CaError` for every failure, carrying the gRPC status name when there
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -84,6 +85,11 @@ class GrpcCaClient:
         return await trio.to_thread.run_sync(
             self._sign_blocking, csr_pem, identity, ttl, abandon_on_cancel=True
         )
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (thread-safe, from a grpcio thread) when the channel to the CA
+        connects again after failing to."""
+        self._channel.on_reconnect(callback)
 
     def close(self) -> None:
         self._channel.close()

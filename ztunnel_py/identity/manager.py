@@ -9,6 +9,10 @@ Modelled on ztunnel's `SecretManager` (docs/istio-compat.md, "CA"):
 - every identity has a worker task that rotates its certificate at half-life, retries failures
   with exponential backoff (500 ms doubling, jitter 0.2, capped at 150 s, never past the current
   certificate's expiry) and keeps the old certificate while it is valid;
+- `ca_reachable()` (called when the channel to the CA or the control plane connects again after
+  an outage) restarts every failing identity's backoff: each retries within its first step
+  (400-600 ms) instead of waiting out a delay grown during the outage. A 150 s outage otherwise
+  left new connections failing for up to 2 more minutes after the CA came back;
 - at most 8 CSRs are in flight; waiting requests go in priority order (a connection needing a
   certificate now, then prefetch, then rotation).
 
@@ -24,7 +28,7 @@ import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +45,7 @@ from ztunnel_py.identity.pki import (
     make_csr,
 )
 from ztunnel_py.model.identity import Identity
+from ztunnel_py.transport.backoff import Backoff
 
 log = logging.getLogger("ztunnel_py.identity.manager")
 
@@ -66,26 +71,9 @@ class IdentityError(Exception):
     """No certificate can be provided for an identity now (ztunnel's IDENTITY_ERROR)."""
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter: sans-IO, returns delays in seconds."""
-
-    initial: float = 0.5
-    multiplier: float = 2.0
-    jitter: float = 0.2
-    cap: float = 150.0
-    rng: random.Random = field(default_factory=random.Random)
-    _current: float = field(default=0.0, init=False)
-
-    def next_delay(self) -> float:
-        self._current = (
-            self.initial if self._current == 0 else min(self._current * self.multiplier, self.cap)
-        )
-        spread = self._current * self.jitter
-        return min(self._current + self.rng.uniform(-spread, spread), self.cap)
-
-    def reset(self) -> None:
-        self._current = 0.0
+def retry_backoff(rng: random.Random | None = None) -> Backoff:
+    """ztunnel's certificate retry schedule: 500 ms doubling, jitter 0.2, capped at 150 s."""
+    return Backoff(0.5, 150.0, jitter=0.2, rng=rng or random.Random())
 
 
 @dataclass(order=True)
@@ -167,7 +155,7 @@ class CertificateManager:
         ttl: timedelta,
         *,
         max_concurrent: int = MAX_CONCURRENT_FETCHES,
-        backoff: Callable[[], Backoff] = Backoff,
+        backoff: Callable[[], Backoff] = retry_backoff,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._signer = signer
@@ -177,16 +165,22 @@ class CertificateManager:
         self._clock = clock
         self._entries: dict[Identity, _Entry] = {}
         self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        # `ca_reachable` calls so far, and the event the failing workers wait on
+        self._reconnects = 0
+        self._reachable = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the per-identity workers until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._token = trio.lowlevel.current_trio_token()
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
                 self._nursery = None
+                self._token = None
                 for entry in self._entries.values():
                     entry.notify()  # waiters see the manager stopped
 
@@ -211,6 +205,20 @@ class CertificateManager:
             if self._nursery is None:
                 raise IdentityError(f"no certificate for {identity}: the manager is stopped")
             await entry.changed.wait()
+
+    def ca_reachable(self) -> None:
+        """The CA can be reached again: failing identities retry now, with a fresh backoff.
+        Thread-safe (gRPC's connectivity watcher calls it); a no-op unless `run` is running."""
+        token = self._token
+        if token is None:
+            return
+        with suppress(trio.RunFinishedError):  # the agent is stopping
+            token.run_sync_soon(self._wake_failing)
+
+    def _wake_failing(self) -> None:
+        self._reconnects += 1
+        self._reachable.set()
+        self._reachable = trio.Event()
 
     def prefetch(self, identity: Identity) -> None:
         """Start fetching `identity` in the background (warm-up), if not already known."""
@@ -269,6 +277,7 @@ class CertificateManager:
         backoff = self._new_backoff()
         with entry.scope:
             while True:
+                reconnects = self._reconnects
                 try:
                     cert = await self._request(entry, priority)
                 except Exception as e:
@@ -277,6 +286,13 @@ class CertificateManager:
                     if not isinstance(e, CaError | CertificateError):
                         log.error("unexpected error fetching %s", entry.identity, exc_info=e)
                     delay = self._failed(entry, e, backoff.next_delay())
+                    if await self._reachable_within(delay, reconnects):
+                        backoff.reset()
+                        delay = backoff.next_delay()
+                        log.info(
+                            "the CA is reachable again: retrying %s in %.1fs", entry.identity, delay
+                        )
+                        await trio.sleep(delay)
                 else:
                     backoff.reset()
                     entry.cert, entry.state, entry.error = cert, CertState.AVAILABLE, ""
@@ -290,11 +306,21 @@ class CertificateManager:
                     )
                     # The floor keeps a CA that issues certificates already past half-life (clock
                     # skew, backdating) from being asked again in a tight loop.
-                    delay = max(
-                        MIN_REFRESH_DELAY, (cert.refresh_at - self._clock()).total_seconds()
+                    await trio.sleep(
+                        max(MIN_REFRESH_DELAY, (cert.refresh_at - self._clock()).total_seconds())
                     )
                 priority = Priority.BACKGROUND
-                await trio.sleep(max(0.0, delay))
+
+    async def _reachable_within(self, delay: float, reconnects: int) -> bool:
+        """Wait `delay` s; True as soon as the CA was reported reachable (also if that happened
+        since `reconnects` was read, while the failed request was under way)."""
+        if self._reconnects != reconnects:
+            return True
+        reachable = self._reachable
+        with trio.move_on_after(max(0.0, delay)):
+            await reachable.wait()
+            return True
+        return False
 
     def _failed(self, entry: _Entry, error: Exception, delay: float) -> float:
         """Record a failed request; returns how long to wait before the next attempt."""

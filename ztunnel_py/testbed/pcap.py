@@ -198,6 +198,9 @@ class FabricCapture:
             "-i",
             interface,
             "-U",
+            # Each packet is handed over at once: buffered ones would be lost when the capture
+            # is stopped right after short traffic.
+            "--immediate-mode",
             "-s",
             "0",
             "-c",

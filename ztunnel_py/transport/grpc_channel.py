@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -75,6 +75,13 @@ class ControlPlaneChannel:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._roots: bytes | None = None
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._failed = False  # the channel failed to connect since it was last READY
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from a grpcio thread: it must be thread-safe and quick) whenever the
+        channel connects again after a failure to connect."""
+        self._reconnect_callbacks.append(callback)
 
     def metadata(self) -> Metadata:
         """Call metadata: `clusterid`, and the bearer token read from its file now."""
@@ -97,6 +104,7 @@ class ControlPlaneChannel:
                     grpc.ssl_channel_credentials(root_certificates=roots),
                     options=list(self._channel_options().items()),
                 )
+                self._failed = False
                 self._channel.subscribe(self._watch, try_to_connect=True)
                 self._roots = roots
             return self._channel
@@ -124,9 +132,14 @@ class ControlPlaneChannel:
             self._channel.close()
             self._channel = None
 
-    @staticmethod
-    def _watch(_state: grpc.ChannelConnectivity) -> None:
-        """Subscribed only so that grpcio keeps polling the channel (see the module doc)."""
+    def _watch(self, state: grpc.ChannelConnectivity) -> None:
+        """Keeps grpcio polling the channel, and reports reconnections (see the module doc)."""
+        if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            self._failed = True
+        elif state is grpc.ChannelConnectivity.READY and self._failed:
+            self._failed = False
+            for callback in self._reconnect_callbacks:
+                callback()
 
     def _read_token(self, path: Path) -> str:
         try:

@@ -8,9 +8,12 @@ the byte count, is what a Python relay pays for (docs/performance.md, "The limit
 interpreter work, not crypto").
 
 `splice_relay(a, b)` is the plaintext TCP<->TCP variant (passthrough to non-mesh destinations):
-`os.splice` moves the bytes socket -> pipe -> socket inside the kernel, at a third of the CPU of a
-user-space copy (docs/performance.md, "`os.splice` for plaintext passthrough"). It never passes
-SPLICE_F_MORE: that flag corks the output socket and stalled a 1-byte round trip for 0.41 s.
+`os.splice` moves the bytes socket -> pipe -> socket inside the kernel, at a third of the CPU of
+a user-space copy (docs/performance.md, "`os.splice` for plaintext passthrough"). It never
+passes SPLICE_F_MORE: that flag corks the output socket and stalled a 1-byte round trip for
+0.41 s. With an `idle_timeout` it ends (as a
+failure) once no byte moved either way for that long: inbound plaintext comes from anyone who
+can reach a pod, and an idle connection would otherwise hold two descriptors forever.
 """
 
 from __future__ import annotations
@@ -21,11 +24,20 @@ import fcntl
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import trio
 
-__all__ = ["ByteStream", "RelayError", "Resettable", "SocketByteStream", "relay", "splice_relay"]
+__all__ = [
+    "ByteStream",
+    "RelayError",
+    "Resettable",
+    "SocketByteStream",
+    "close_with_reset",
+    "relay",
+    "splice_relay",
+]
 
 Bytes = bytes | bytearray | memoryview
 
@@ -113,14 +125,19 @@ class SocketByteStream:
                 raise
 
     def reset(self) -> None:
-        """Close with a TCP RST (SO_LINGER 0), so the peer sees an error, not an EOF."""
-        with contextlib.suppress(OSError):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        self.socket.close()
+        close_with_reset(self.socket)
 
     async def aclose(self) -> None:
         self.socket.close()
         await trio.lowlevel.checkpoint()
+
+
+def close_with_reset(sock: trio.socket.SocketType) -> None:
+    """Close with a TCP RST (SO_LINGER 0): the peer sees an error, not an EOF, and this side
+    keeps no TIME_WAIT."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    sock.close()
 
 
 def _no_delay(sock: trio.socket.SocketType) -> None:
@@ -172,30 +189,46 @@ async def relay(a: ByteStream, b: ByteStream, *, chunk: int = RELAY_CHUNK) -> tu
     return counts[0], counts[1]
 
 
-async def splice_relay(a: trio.socket.SocketType, b: trio.socket.SocketType) -> tuple[int, int]:
+async def splice_relay(
+    a: trio.socket.SocketType, b: trio.socket.SocketType, *, idle_timeout: float | None = None
+) -> tuple[int, int]:
     """`relay` for two plain TCP sockets, with `os.splice` through a pipe per direction.
 
-    Returns (bytes a->b, bytes b->a); closes both sockets at the end. Raises `RelayError`.
+    Returns (bytes a->b, bytes b->a); closes both sockets at the end. Raises `RelayError`, also
+    when no byte moved either way for `idle_timeout` seconds.
     """
     _no_delay(a)
     _no_delay(b)
     counts = [0, 0]
     failures: list[Exception] = []
+    # Every chunk moved pushes the deadline on; reaching it cancels both directions.
+    idle = trio.CancelScope()
+    progress: Callable[[], None] | None = None
+    if idle_timeout is not None:
+        timeout = idle_timeout
+
+        def progress() -> None:
+            idle.deadline = trio.current_time() + timeout
+
+        progress()
 
     async def guarded(src: trio.socket.SocketType, dst: trio.socket.SocketType, index: int) -> None:
         try:
-            await _splice_one_way(src, dst, counts, index)
+            await _splice_one_way(src, dst, counts, index, progress)
         except Exception as e:
             failures.append(e)
             nursery.cancel_scope.cancel()
 
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(guarded, a, b, 0)
-            nursery.start_soon(guarded, b, a, 1)
+        with idle:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(guarded, a, b, 0)
+                nursery.start_soon(guarded, b, a, 1)
     finally:
         a.close()
         b.close()
+    if idle.cancelled_caught:
+        failures.append(TimeoutError(f"no data either way for {idle_timeout:g} s"))
     if failures:
         error = failures[0]
         raise RelayError(f"relay failed: {error}", counts[0], counts[1]) from error
@@ -203,7 +236,11 @@ async def splice_relay(a: trio.socket.SocketType, b: trio.socket.SocketType) -> 
 
 
 async def _splice_one_way(
-    src: trio.socket.SocketType, dst: trio.socket.SocketType, counts: list[int], index: int
+    src: trio.socket.SocketType,
+    dst: trio.socket.SocketType,
+    counts: list[int],
+    index: int,
+    on_progress: Callable[[], None] | None,
 ) -> None:
     flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -229,6 +266,8 @@ async def _splice_one_way(
                     continue
                 pending -= moved
                 counts[index] += moved
+            if on_progress is not None:
+                on_progress()
             # Data kept coming without a wait: let other tasks run.
             await trio.lowlevel.checkpoint()
     finally:

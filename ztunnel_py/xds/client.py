@@ -9,9 +9,10 @@ As ztunnel's (docs/istio-compat.md, "Stream flow"):
   (`XdsHandler.apply`), and the response is ACKed, or NACKed with the per-resource reasons
   joined by `"; "` when any resource was rejected;
 - the handler hears of each type's first ACK (`XdsHandler.synced`): the agent's readiness;
-- reconnect: 10 ms backoff doubling to 15 s after connection errors and errors, immediately
-  (10 ms) after benign terminations (the server's max connection age and the like) and after
-  a stream that had worked. The state is never cleared on disconnect: with the control plane
+- reconnect: 10 ms backoff doubling to 15 s after connection errors and errors (doubled before
+  the first wait, as ztunnel does: 20 ms, 40 ms, ...), immediately (10 ms) after benign
+  terminations (the server's max connection age and the like) and after a stream that had
+  worked. The state is never cleared on disconnect: with the control plane
   gone the agent keeps serving its last state;
 - metrics: `istio_xds_connection_terminations_total{reason}`, `istio_xds_message_total{url}`,
   `istio_xds_message_bytes_total{url}`.
@@ -43,6 +44,7 @@ from ztunnel_py.protocol.xds import (
     XdsProtocolError,
 )
 from ztunnel_py.telemetry.metrics import XdsMetrics
+from ztunnel_py.transport.backoff import Backoff
 from ztunnel_py.transport.grpc_channel import ChannelError, ChannelOption, ControlPlaneChannel
 from ztunnel_py.xds.convert import (
     WORKLOAD_DECODERS,
@@ -153,8 +155,6 @@ class XdsClient:
         *,
         decoders: Mapping[str, PayloadDecoder] = WORKLOAD_DECODERS,
         metrics: XdsMetrics | None = None,
-        initial_backoff: float = INITIAL_BACKOFF,
-        max_backoff: float = MAX_BACKOFF,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         """`channel` should carry `XDS_CHANNEL_OPTIONS`. The client subscribes to every type
@@ -164,8 +164,6 @@ class XdsClient:
         self._node = node
         self._handler = handler
         self._metrics = metrics
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
         self._connect_timeout = connect_timeout
         self._core = ClientStream(tuple(decoders))
         self._synced: set[str] = set()
@@ -178,22 +176,20 @@ class XdsClient:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a stream to the control plane until cancelled."""
         task_status.started()
-        backoff = self._initial_backoff
+        backoff = Backoff(2 * INITIAL_BACKOFF, MAX_BACKOFF)
         try:
             while True:
                 end, worked = await self._stream_once()
                 reason = termination_reason(end, worked)
                 if self._metrics is not None:
                     self._metrics.terminated(reason)
-                if worked:
-                    backoff = self._initial_backoff
-                if reason in ("Reconnect", "Complete"):
-                    delay = backoff = self._initial_backoff
-                else:
-                    backoff = delay = min(self._max_backoff, backoff * 2)
+                benign = reason in ("Reconnect", "Complete")
+                if worked or benign:
+                    backoff.reset()
+                delay = INITIAL_BACKOFF if benign else backoff.next_delay()
                 detail = f"{end.code.name}: {end.details}" if end.code else "stream completed"
                 self.status.last_error = "" if reason == "Complete" else detail
-                log_at = logging.DEBUG if reason in ("Reconnect", "Complete") else logging.WARNING
+                log_at = logging.DEBUG if benign else logging.WARNING
                 log.log(
                     log_at,
                     "xDS stream to %s ended (%s: %s), reconnecting in %.2f s",

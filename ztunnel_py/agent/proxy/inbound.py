@@ -5,7 +5,9 @@ from our trust domain, then per CONNECT: the authority must name this pod (400 o
 authorization (401), a connection to the application (503 if it fails), and only then 200 and
 the byte relay. Plaintext: the original destination is the accepted socket's local address (with
 BPF capture) or its SO_ORIGINAL_DST (behind a sidecar's iptables REDIRECT);
-authorization runs with no peer identity, so STRICT mTLS denies it.
+authorization runs with no peer identity, so STRICT mTLS denies it. Anyone who reaches the pod
+can open plaintext connections, so one with no byte either way for `plaintext_idle_timeout`
+(1 h by default, Envoy's TCP idle timeout) is closed.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Inbound:
             local_destination
         ),
         drain: trio.Event | None = None,
+        plaintext_idle_timeout: timedelta | None = None,
     ) -> None:
         self.pod_uid = pod_uid
         # Set when the process drains: HBONE connections GOAWAY and end with their streams.
@@ -95,6 +98,9 @@ class Inbound:
         self.workload_wait = workload_wait.total_seconds()
         self.track = track
         self.original_destination = original_destination
+        self.plaintext_idle_timeout = (
+            plaintext_idle_timeout.total_seconds() if plaintext_idle_timeout else None
+        )
 
     async def _connect_app(
         self, src_ip: IPAddress, dst_ip: IPAddress, port: int
@@ -260,5 +266,9 @@ class Inbound:
             conn.close("CONNECT", f"cannot connect to {dst_addr}: {e}")
             return
         await carry_enforced(
-            conn, splice_relay(sock, app), self.track, ("inbound", src_addr, dst_addr, "TCP"), authz
+            conn,
+            splice_relay(sock, app, idle_timeout=self.plaintext_idle_timeout),
+            self.track,
+            ("inbound", src_addr, dst_addr, "TCP"),
+            authz,
         )

@@ -35,12 +35,14 @@ from typing import Any
 from ztunnel_py.controlplane.resources import Document, Origin
 from ztunnel_py.controlplane.sources.yamldocs import Parsed
 from ztunnel_py.controlplane.store import ConfigStore
+from ztunnel_py.transport.backoff import Backoff
 
 log = logging.getLogger("ztunnel_py.controlplane.kube")
 
 WATCH_TIMEOUT_SECONDS = 300
 LIST_TIMEOUT_SECONDS = 60.0
 MISSING_KIND_RETRY = 60.0
+INITIAL_BACKOFF = 1.0
 MAX_BACKOFF = 30.0
 
 
@@ -288,14 +290,14 @@ class KubeSource:
         call = list_function(self.api_client, kind)
         state = KindState(kind)
         delay = 0.0
-        failures = 0
+        backoff = Backoff(INITIAL_BACKOFF, MAX_BACKOFF)
         while not self._stop.wait(delay):
             delay = 0.0
             try:
                 if state.needs_list:
                     self._list(call, state)
                 if not self._stream(call, state).restart:
-                    failures = 0
+                    backoff.reset()
                     continue
                 problem = "the server reported an error"
             except ApiException as e:
@@ -312,8 +314,7 @@ class KubeSource:
                 if self._stop.is_set():
                     return
                 problem = str(e)
-            failures += 1
-            delay = min(MAX_BACKOFF, 0.5 * 2**failures)
+            delay = backoff.next_delay()
             log.error("%s list/watch failed: %s; retrying in %.0f s", kind.kind, problem, delay)
 
     def _list(self, call: ListFunction, state: KindState) -> None:

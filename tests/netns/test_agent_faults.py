@@ -1,0 +1,120 @@
+"""Faults an agent must ride out without dropping pods off the mesh or letting their traffic out
+in clear: running out of file descriptors under a connection flood, and an enrollment snapshot
+that names none of its pods.
+
+One 2-node testbed with the mesh. node2's agent is the one under attack; node1's pods are the
+clients (legacy-1 is outside the mesh, as an attacker from any pod would be).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.zds_support import lone_snapshot
+from tests.netns.conftest import pod, unique_prefix
+from ztunnel_py.testbed.pcap import FabricCapture, analyze
+from ztunnel_py.testbed.testbed import Testbed
+from ztunnel_py.testbed.topology import FABRIC_BRIDGE
+from ztunnel_py.testbed.traffic import http_get
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    tb = Testbed.up(prefix=unique_prefix("f"), nodes=2, pods_per_node=2)
+    try:
+        yield tb
+    finally:
+        tb.down()
+
+
+def node2(bed: Testbed) -> dict[str, Any]:
+    node: dict[str, Any] = bed.status()["nodes"][1]
+    assert node["name"] == "node2"
+    return node
+
+
+def enrolled(bed: Testbed) -> set[str]:
+    done = bed.exec(
+        "node2", ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15000/config_dump"]
+    )
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout)["workloadState"])
+
+
+# Opens `count` TCP connections to ip:port and holds them `hold` seconds without sending a byte;
+# prints how many the kernel completed.
+FLOOD = """
+import socket, sys, time
+ip, port, count, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+held = []
+for _ in range(count):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((ip, port))
+        held.append(s)
+    except OSError:
+        s.close()
+print(len(held), flush=True)
+time.sleep(hold)
+"""
+
+
+def test_an_agent_out_of_descriptors_rides_out_a_flood_and_serves_after_it(bed: Testbed) -> None:
+    agent = node2(bed)
+    pid = agent["agent"]["pid"]
+    echo2 = pod(bed, "echo-2")["ip"]
+    # A few dozen descriptors to spare, and a flood of connections well beyond them. (Only the
+    # soft limit counts for EMFILE; the hard one stays, so the old limit can be put back.)
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")) + 40, hard))
+    try:
+        done = bed.exec(
+            "legacy-1", [sys.executable, "-c", FLOOD, echo2, "15008", "100", "3"], timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert int(done.stdout) == 100  # accepted, or waiting in the listener's backlog
+        # The flood is over (its connections closed); the descriptor limit stays this low.
+        assert node2(bed)["agent"]["alive"]
+        log = Path(agent["log"]).read_text()
+        assert "apps/echo-2 port 15008: cannot accept connections: Too many open files" in log
+        # New connections, plaintext and HBONE (a client that had none pooled to echo-2).
+        assert http_get(bed, "legacy-1", echo2, 8080).pod == "echo-2"
+        assert http_get(bed, "echo-1", echo2, 8080).pod == "echo-2"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert node2(bed)["agent"]["pid"] == pid  # the same agent, never restarted
+
+
+def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_mesh(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    agent = node2(bed)
+    pods = {bed.topology.pod("echo-2").uid, bed.topology.pod("curl-2").uid}
+    assert enrolled(bed) == pods
+    assert lone_snapshot(agent["enroll_socket"]) == ""
+    assert enrolled(bed) == pods
+    log = Path(agent["log"]).read_text()
+    assert log.count("is missing from the enrollment snapshot but still runs") == 2
+    # echo-2's outbound and its inbound still go through the agents: TLS on the fabric, the
+    # marker never in clear.
+    marker = "ZTTEST-lone-snapshot-5d1e"
+    echo1, echo2 = pod(bed, "echo-1")["ip"], pod(bed, "echo-2")["ip"]
+    pcap = tmp_path / "fabric.pcap"
+    with FabricCapture(bed.status()["fabric"]["netns"], FABRIC_BRIDGE, pcap, "tcp"):
+        assert http_get(bed, "echo-2", echo1, 8080, path=f"/?{marker}").pod == "echo-1"
+        assert http_get(bed, "web-1", echo2, 8080, path=f"/?{marker}").pod == "echo-2"
+    report = analyze(pcap, {15008}, [marker.encode()])
+    assert report.markers_in_clear == []
+    assert report.tls_records[15008].get("application_data", 0) > 0
+    assert 8080 not in report.tcp_payload_bytes
