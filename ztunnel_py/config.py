@@ -161,5 +161,8 @@ class AgentConfig:
     instance_ip: str = ""
     pod_name: str = ""
     pod_namespace: str = "istio-system"
-    # "ztunnel" (the node agent) or "sidecar" (one pod's proxy): the xDS node id's first field
+    # "ztunnel" (the node agent), "sidecar" (one pod's proxy) or "waypoint": the xDS node id's
+    # first field
     proxy_type: str = "ztunnel"
+    # extra string metadata on the xDS node (a waypoint names its Gateway there)
+    node_metadata: tuple[tuple[str, str], ...] = ()

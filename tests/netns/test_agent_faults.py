@@ -14,13 +14,13 @@ import resource
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.integration.zds_support import lone_snapshot
-from tests.netns.conftest import pod, unique_prefix
+from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
+from ztunnel_py.testbed.status import NodeStatus
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import FABRIC_BRIDGE
 from ztunnel_py.testbed.traffic import http_get
@@ -37,10 +37,8 @@ def bed() -> Iterator[Testbed]:
         tb.down()
 
 
-def node2(bed: Testbed) -> dict[str, Any]:
-    node: dict[str, Any] = bed.status()["nodes"][1]
-    assert node["name"] == "node2"
-    return node
+def node2(bed: Testbed) -> NodeStatus:
+    return bed.status().node("node2")
 
 
 def enrolled(bed: Testbed) -> set[str]:
@@ -72,8 +70,9 @@ time.sleep(hold)
 
 def test_an_agent_out_of_descriptors_rides_out_a_flood_and_serves_after_it(bed: Testbed) -> None:
     agent = node2(bed)
-    pid = agent["agent"]["pid"]
-    echo2 = pod(bed, "echo-2")["ip"]
+    pid = agent.agent.pid
+    assert pid is not None
+    echo2 = bed.status().pod("echo-2").ip
     # A few dozen descriptors to spare, and a flood of connections well beyond them. (Only the
     # soft limit counts for EMFILE; the hard one stays, so the old limit can be put back.)
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
@@ -85,15 +84,15 @@ def test_an_agent_out_of_descriptors_rides_out_a_flood_and_serves_after_it(bed: 
         assert done.returncode == 0, done.stderr
         assert int(done.stdout) == 100  # accepted, or waiting in the listener's backlog
         # The flood is over (its connections closed); the descriptor limit stays this low.
-        assert node2(bed)["agent"]["alive"]
-        log = Path(agent["log"]).read_text()
+        assert node2(bed).agent.alive
+        log = Path(agent.log or "").read_text()
         assert "apps/echo-2 port 15008: cannot accept connections: Too many open files" in log
         # New connections, plaintext and HBONE (a client that had none pooled to echo-2).
         assert http_get(bed, "legacy-1", echo2, 8080).pod == "echo-2"
         assert http_get(bed, "echo-1", echo2, 8080).pod == "echo-2"
     finally:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-    assert node2(bed)["agent"]["pid"] == pid  # the same agent, never restarted
+    assert node2(bed).agent.pid == pid  # the same agent, never restarted
 
 
 def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_mesh(
@@ -102,16 +101,17 @@ def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_m
     agent = node2(bed)
     pods = {bed.topology.pod("echo-2").uid, bed.topology.pod("curl-2").uid}
     assert enrolled(bed) == pods
-    assert lone_snapshot(agent["enroll_socket"]) == ""
+    assert lone_snapshot(agent.enroll_socket or "") == ""
     assert enrolled(bed) == pods
-    log = Path(agent["log"]).read_text()
+    log = Path(agent.log or "").read_text()
     assert log.count("is missing from the enrollment snapshot but still runs") == 2
     # echo-2's outbound and its inbound still go through the agents: TLS on the fabric, the
     # marker never in clear.
     marker = "ZTTEST-lone-snapshot-5d1e"
-    echo1, echo2 = pod(bed, "echo-1")["ip"], pod(bed, "echo-2")["ip"]
+    status = bed.status()
+    echo1, echo2 = status.pod("echo-1").ip, status.pod("echo-2").ip
     pcap = tmp_path / "fabric.pcap"
-    with FabricCapture(bed.status()["fabric"]["netns"], FABRIC_BRIDGE, pcap, "tcp"):
+    with FabricCapture(status.fabric.netns, FABRIC_BRIDGE, pcap, "tcp"):
         assert http_get(bed, "echo-2", echo1, 8080, path=f"/?{marker}").pod == "echo-1"
         assert http_get(bed, "web-1", echo2, 8080, path=f"/?{marker}").pod == "echo-2"
     report = analyze(pcap, {15008}, [marker.encode()])

@@ -57,9 +57,9 @@ def nodes(bed: Testbed) -> list[str]:
 
 
 def test_the_agents_are_given_the_bracketed_ipv6_address(bed: Testbed) -> None:
-    status = bed.status()["controlplane"]
-    assert status["address"] == "[fd00:10:250::2]:15012"
-    assert status["debug_config"] == "http://[fd00:10:250::2]:15014/debug/config"
+    status = bed.status().controlplane
+    assert status.address == "[fd00:10:250::2]:15012"
+    assert status.debug_config == "http://[fd00:10:250::2]:15014/debug/config"
     for node in nodes(bed):
         config = config_dump(bed, node)["config"]
         assert config["xdsAddress"] == config["caAddress"] == str(CONTROLPLANE)
@@ -105,7 +105,7 @@ def test_curl_through_the_mesh_across_nodes(bed: Testbed, family: str) -> None:
     assert answer.pod == server.name
     assert answer.client_ip == (client.ip if family == "ip" else client.ipv6)
     # The server's agent accepted it over HBONE, with the client's certificate.
-    log = Path(bed.status()["nodes"][1]["log"])
+    log = Path(bed.status().node("node2").log or "")
     needle = f"dst.hbone_addr={SocketAddr(target, HTTP_PORT)}"
     deadline = time.monotonic() + 5
     while True:  # the agent logs the connection as it closes, maybe just after curl is done

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ztunnel_py.agent.app import _config_dump, config_from_args
 from ztunnel_py.agent.args import add_agent_arguments
 from ztunnel_py.config import ConfigValueError, parse_headers
 from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.runtime.proxy import _config_dump, config_from_args
 from ztunnel_py.transport.roots import RootCerts, RootCertsError
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"

@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from ztunnel_py.agent.drain import Drain, Shutdown
 from ztunnel_py.config import ConfigValueError, termination_deadline
+from ztunnel_py.runtime.drain import Drain, Shutdown
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,6 @@ from typing import Any, Protocol
 import trio
 
 from ztunnel_py.agent import persist
-from ztunnel_py.agent.drain import Drain
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.proxy.accounting import POLICY_CHANGE
 from ztunnel_py.agent.proxy.inbound import Inbound
@@ -48,6 +47,7 @@ from ztunnel_py.model.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.protocol.zds import PodInfo
 from ztunnel_py.redirect.maps import PodCounters, RedirectError
+from ztunnel_py.runtime.drain import Drain
 from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.metrics import Metrics
 from ztunnel_py.transport.accept import ConnectionLimit, serve_connections

@@ -17,12 +17,13 @@ import sys
 
 import trio
 
-from ztunnel_py.agent.app import ProxyRuntime, prefetch_certificates, prepare, run_proxy
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.inpod import PodManager
+from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.linux.netns import NetnsError
 from ztunnel_py.model.workload import pod_uid
 from ztunnel_py.protocol.zds import PodInfo
+from ztunnel_py.runtime.proxy import ProxyRuntime, prefetch_certificates, prepare, run_proxy
 from ztunnel_py.transport.podsockets import PodNetns
 
 
@@ -40,11 +41,14 @@ def main(args: argparse.Namespace) -> int:
 
     async def start_pod(rt: ProxyRuntime) -> None:
         prefetch_certificates(rt, lambda w: w.uid == info.uid)
+        outbound = Outbound(
+            state, rt.certs, rt.pool, rt.metrics, config.connect_timeout, rt.nursery
+        )
         pods = PodManager(
             config,
             state,
             rt.certs,
-            rt.outbound,
+            outbound,
             rt.metrics,
             rt.nursery,
             rt.drain,
