@@ -27,6 +27,12 @@ def _sidecar(args: argparse.Namespace) -> int:
     return sidecar_main(args)
 
 
+def _waypoint(args: argparse.Namespace) -> int:
+    from ztunnel_py.waypoint.app import main as waypoint_main
+
+    return waypoint_main(args)
+
+
 def _controlplane(args: argparse.Namespace) -> int:
     from ztunnel_py.controlplane.app import main as cp_main
 
@@ -60,7 +66,7 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ztunnel-py",
-        description="Istio-ambient-style service mesh: node agent, control plane, testbed.",
+        description="Istio-ambient-style service mesh: node agent, waypoint, control plane, testbed.",
     )
     parser.add_argument("--version", action="version", version=f"ztunnel-py {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -69,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ztunnel_py.bench.args import add_bench_arguments
     from ztunnel_py.controlplane.args import add_controlplane_arguments
     from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
+    from ztunnel_py.waypoint.args import add_waypoint_arguments
 
     p = sub.add_parser(
         "agent",
@@ -88,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sidecar_arguments(p)
     p.set_defaults(handler=_sidecar)
+
+    p = sub.add_parser(
+        "waypoint",
+        help="run a waypoint: the L7 proxy (routing, L7 policy, resilience, telemetry)",
+        description="Run a waypoint for the Gateway (class istio-waypoint) it implements, inside "
+        "its pod's network namespace: HBONE in on 15008, every HTTP request through the filter "
+        "engine (HTTPRoute/VirtualService routing, L7 AuthorizationPolicy, retries, timeouts, "
+        "faults, user filters, Istio's request metrics and an access log), HBONE out to the "
+        "chosen endpoint. `ztunnel-py testbed apply -f gateway.yaml` starts one per Gateway.",
+    )
+    add_waypoint_arguments(p)
+    p.set_defaults(handler=_waypoint)
 
     p = sub.add_parser(
         "controlplane",

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "Backend",
     "DirectResponse",
     "Fault",
+    "FilterConfig",
     "HeaderMatch",
     "HeaderOps",
     "HttpService",
@@ -270,6 +273,19 @@ class Subset:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterConfig:
+    """A user filter a waypoint runs (from a `WasmPlugin`-shaped resource whose url is
+    `python://<name>`): the entry point name, Istio's plugin phase and priority, its
+    configuration mapping, and the resource it came from."""
+
+    name: str
+    phase: str = "UNSPECIFIED_PHASE"
+    priority: int = 0
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    origin: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class HttpService:
     """Everything a waypoint applies to requests for one service (`namespace/hostname`)."""
 
@@ -279,6 +295,9 @@ class HttpService:
     subsets: tuple[tuple[str, tuple[Subset, ...]], ...] = ()
     # where the routes came from ("HTTPRoute apps/echo", "VirtualService apps/echo")
     sources: tuple[str, ...] = ()
+    # user filters for requests to this service, in no particular order (phase and priority
+    # place them)
+    filters: tuple[FilterConfig, ...] = ()
 
     @property
     def key(self) -> str:

@@ -1,0 +1,444 @@
+"""`ztunnel-py waypoint`: wiring of the L7 proxy on the shared proxy runtime.
+
+The process runs inside its own pod's network namespace (a waypoint pod is never captured by a
+node agent: it speaks HBONE itself, as Envoy waypoints do) and:
+
+- gets its certificate (`spiffe://<td>/ns/<ns>/sa/<service account>`) from the CA and its
+  configuration over Delta ADS: the workload API (where services and endpoints are) plus our
+  L7 types (`HttpService`, `HttpAuthorization`), scoped by the control plane to its Gateway;
+- accepts HBONE on 15008 (TLS 1.3 with a client certificate of the mesh's trust domain; the
+  client's identity is the request's source principal). Each CONNECT names where the client was
+  going (`:authority` = service VIP:port, or pod IP:port for a workload waypoint). A destination
+  this waypoint does not serve is refused (400). A TCP port (app protocol `tcp`/`tls`) is
+  proxied at L4 after the L4 part of its policies; every other port runs HTTP/1.1 or HTTP/2
+  (prior knowledge) through the filter engine: tracing, authorization, user filters, faults,
+  then routing, retries and timeouts, with metrics and the access log at the end;
+- opens HBONE (pooled per destination) to the chosen endpoint's node agent with
+  `:authority = <pod IP>:<target port>`; the destination agent sees the waypoint's identity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ztunnel_py.config import AgentConfig
+from ztunnel_py.http.connection import ServerStream, serve_http
+from ztunnel_py.http.filter import Downstream, Filter, FilterChain, FilterError, load_filter
+from ztunnel_py.http.filters.authz import AuthorizationFilter
+from ztunnel_py.http.filters.fault import FaultFilter
+from ztunnel_py.http.filters.telemetry import TelemetryFilter
+from ztunnel_py.http.filters.tracing import TracingFilter
+from ztunnel_py.http.proxy import HttpProxy
+from ztunnel_py.http.upstream import UpstreamPool
+from ztunnel_py.identity.tls import (
+    client_context,
+    server_context,
+    verify_client_identity,
+    verify_server_identity,
+)
+from ztunnel_py.model import Identity, IPAddress, Service, Workload
+from ztunnel_py.model.address import SocketAddr, canonical_ip
+from ztunnel_py.model.http import FilterConfig
+from ztunnel_py.model.ports import HBONE_PORT
+from ztunnel_py.model.workload import AppProtocol, GatewayAddress, NamespacedHostname, pod_uid
+from ztunnel_py.policy.rbac import Connection
+from ztunnel_py.runtime.proxy import ProxyRuntime, prepare, run_proxy
+from ztunnel_py.state.mesh import ProxyState
+from ztunnel_py.telemetry.accesslog import connection_failed
+from ztunnel_py.telemetry.labels import WAYPOINT, TrafficLabels
+from ztunnel_py.telemetry.requests import Peer, RequestMetrics
+from ztunnel_py.transport.hbone import (
+    HboneClientConnection,
+    HboneError,
+    HboneHandshakeError,
+    HboneRequest,
+    connect_hbone,
+    serve_hbone_connection,
+)
+from ztunnel_py.transport.pool import HbonePool, PoolKey
+from ztunnel_py.transport.relay import ByteStream, RelayError, relay
+from ztunnel_py.waypoint.feed import WaypointFeed
+from ztunnel_py.waypoint.l7state import L7State
+from ztunnel_py.waypoint.resolver import WaypointResolver
+from ztunnel_py.xds.convert import WORKLOAD_DECODERS
+from ztunnel_py.xds.l7convert import L7_DECODERS
+
+log = logging.getLogger("ztunnel_py.waypoint")
+
+# Where built-in filters sit relative to user filters of each WasmPlugin phase (Istio's order:
+# AUTHN before authorization, AUTHZ after it, STATS last, UNSPECIFIED before the router).
+_PHASES = ("AUTHN", "AUTHZ", "UNSPECIFIED_PHASE", "STATS")
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointIdentity:
+    gateway: str
+    namespace: str
+    service_account: str
+    trust_domain: str
+    # this waypoint's own Service hostname, as GatewayAddresses name it
+    hostname: str
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.trust_domain, self.namespace, self.service_account)
+
+    def serves(self, waypoint: GatewayAddress | None, own_ips: Sequence[IPAddress]) -> bool:
+        """Whether a service's or workload's `waypoint` is this one (hostname or address form)."""
+        if waypoint is None:
+            return False
+        dest = waypoint.destination
+        if isinstance(dest, NamespacedHostname):
+            return dest.namespace == self.namespace and dest.hostname == self.hostname
+        return dest.address in own_ips
+
+
+def main(args: argparse.Namespace) -> int:
+    gateway = args.gateway_name or args.service_account
+    prepared = prepare(
+        args,
+        "waypoint",
+        capture=False,
+        proxy_type="waypoint",
+        node_metadata=(("GATEWAY_NAME", gateway), ("GATEWAY_NAMESPACE", args.pod_namespace)),
+    )
+    if isinstance(prepared, int):
+        return prepared
+    config, levels, state = prepared
+    me = WaypointIdentity(
+        gateway=gateway,
+        namespace=args.pod_namespace,
+        service_account=args.service_account,
+        trust_domain=config.trust_domain,
+        hostname=f"{gateway}.{args.pod_namespace}.svc.{args.domain_suffix}",
+    )
+    try:
+        listen = SocketAddr.parse(args.hbone_address, what="--hbone-address")
+    except ValueError as e:
+        print(f"ztunnel-py waypoint: {e}", file=sys.stderr)
+        return 2
+    l7 = L7State()
+    waypoint = Waypoint(config, state, l7, me)
+    trio.run(
+        lambda: run_proxy(
+            config,
+            state,
+            levels,
+            lambda rt: waypoint.start(rt, listen),
+            feed=lambda readiness: WaypointFeed(state, l7, readiness),
+            decoders={**WORKLOAD_DECODERS, **L7_DECODERS},
+        )
+    )
+    return 0
+
+
+@dataclass
+class _Chains:
+    """Filter chains per service, rebuilt when the L7 configuration changes."""
+
+    version: int = -1
+    by_service: dict[str, HttpProxy] = field(default_factory=dict)
+
+
+class Waypoint:
+    def __init__(
+        self, config: AgentConfig, state: ProxyState, l7: L7State, me: WaypointIdentity
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.l7 = l7
+        self.me = me
+        self._chains = _Chains()
+        self._rng = random.Random()
+
+    # --- startup ------------------------------------------------------------------------------
+
+    async def start(self, rt: ProxyRuntime, listen: SocketAddr) -> None:
+        self.rt = rt
+        self.hbone_pool: HbonePool = rt.pool
+        self.upstreams = UpstreamPool(
+            rt.nursery, connect_timeout=self.config.connect_timeout.total_seconds()
+        )
+        self.request_metrics = RequestMetrics(rt.registry)
+        self.resolver = WaypointResolver(self.state, self.l7, self._connect_endpoint)
+        self.builtin_front: list[Filter] = [TracingFilter(), AuthorizationFilter(self._policies)]
+        self.builtin_back: list[Filter] = [
+            FaultFilter(),
+            TelemetryFilter(
+                self.request_metrics,
+                reporter=WAYPOINT,
+                source=self._source_peer,
+                destination=self._destination_peer,
+                service=lambda ctx: self.state.service_by_key(ctx.service) if ctx.service else None,
+            ),
+        ]
+        rt.dump.add_sections(self.l7.dump)
+        rt.certs.prefetch(self.me.identity)
+        listener = trio.socket.socket(
+            trio.socket.AF_INET6 if listen.ip.version == 6 else trio.socket.AF_INET
+        )
+        listener.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        if listen.ip.version == 6:
+            listener.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 0)
+        await listener.bind((str(listen.ip), listen.port))
+        listener.listen(1024)
+        log.info(
+            "waypoint %s/%s (%s) serving HBONE on %s",
+            self.me.namespace,
+            self.me.gateway,
+            self.me.identity,
+            listen,
+        )
+        rt.nursery.start_soon(self._accept, listener)
+
+    async def _accept(self, listener: trio.socket.SocketType) -> None:
+        async with trio.open_nursery() as nursery:
+            with self.rt.drain.accepting():
+                while True:
+                    try:
+                        sock, _ = await listener.accept()
+                    except OSError as e:
+                        # out of descriptors or buffers: back off, keep the listener
+                        log.warning("accept on 15008 failed: %s", e)
+                        await trio.sleep(0.1)
+                        continue
+                    nursery.start_soon(self._serve_connection, sock)
+            listener.close()
+
+    # --- inbound HBONE ------------------------------------------------------------------------
+
+    async def _serve_connection(self, sock: trio.socket.SocketType) -> None:
+        with self.rt.drain.holding():
+            peer = sock.getpeername()
+            try:
+                cert = await self.rt.certs.fetch(self.me.identity)
+            except Exception as e:
+                connection_failed(
+                    str(SocketAddr(peer[0], peer[1])), str(HBONE_PORT), WAYPOINT, str(e)
+                )
+                sock.close()
+                return
+            td = self.me.trust_domain
+            try:
+                await serve_hbone_connection(
+                    sock,
+                    server_context(cert),
+                    verify_client=lambda der: verify_client_identity(der, td),
+                    handler=self._on_connect,
+                    drain=self.rt.drain.started,
+                )
+            except HboneHandshakeError as e:
+                connection_failed(
+                    str(SocketAddr(peer[0], peer[1])), str(HBONE_PORT), WAYPOINT, f"handshake: {e}"
+                )
+
+    async def _on_connect(self, req: HboneRequest) -> None:
+        peer_ip = canonical_ip(ipaddress.ip_address(req.peer_address[0]))
+        peer = str(SocketAddr(peer_ip, req.peer_address[1]))
+        try:
+            target = SocketAddr.parse(req.authority, what="authority")
+        except ValueError:
+            connection_failed(peer, req.authority, WAYPOINT, "authority is not IP:PORT")
+            await req.respond(400)
+            return
+        service = self.state.service_by_vip(target.ip)
+        workload = None if service is not None else self.state.workload_by_ip(target.ip)
+        if not self._serves(service, workload):
+            connection_failed(
+                peer, req.authority, WAYPOINT, f"{req.authority} is not served by this waypoint"
+            )
+            await req.respond(400)
+            return
+        downstream = Downstream(
+            peer_identity=req.peer_identity,
+            peer_address=peer,
+            destination=req.authority,
+            baggage=_baggage(req.header("baggage")),
+        )
+        protocol = service.app_protocol(target.port) if service is not None else AppProtocol.UNKNOWN
+        if protocol in (AppProtocol.TCP, AppProtocol.TLS):
+            await self._proxy_tcp(req, downstream, service, workload, target, peer_ip)
+            return
+        stream = await req.respond(200)
+        if stream is None:
+            return
+        proxy = self._proxy_for(service.key if service is not None else "")
+
+        async def handle(s: ServerStream) -> None:
+            await proxy.handle(s, downstream)
+
+        await serve_http(stream, handle, idle_timeout=3600.0)
+
+    def _serves(self, service: Service | None, workload: Workload | None) -> bool:
+        own = self.state.workload_by_uid(self._own_uid())
+        own_ips = own.addresses if own is not None else ()
+        if service is not None:
+            return self.me.serves(service.waypoint, own_ips)
+        return workload is not None and self.me.serves(workload.waypoint, own_ips)
+
+    def _own_uid(self) -> str:
+        return pod_uid(self.config.pod_namespace, self.config.pod_name)
+
+    # --- the filter chain -----------------------------------------------------------------------
+
+    def _proxy_for(self, service: str) -> HttpProxy:
+        chains = self._chains
+        if chains.version != self.l7.version:
+            chains.version = self.l7.version
+            chains.by_service.clear()
+        proxy = chains.by_service.get(service)
+        if proxy is None:
+            config = self.l7.service(service)
+            user = self._user_filters(config.filters if config is not None else ())
+            chain = FilterChain(
+                [
+                    *user["AUTHN"],
+                    *self.builtin_front,
+                    *user["AUTHZ"],
+                    *user["UNSPECIFIED_PHASE"],
+                    *self.builtin_back[:1],
+                    *user["STATS"],
+                    *self.builtin_back[1:],
+                ]
+            )
+            proxy = chains.by_service[service] = HttpProxy(chain, self.resolver, self.upstreams)
+        return proxy
+
+    def _user_filters(self, configs: Sequence[FilterConfig]) -> dict[str, list[Filter]]:
+        out: dict[str, list[Filter]] = {phase: [] for phase in _PHASES}
+        # Higher priority runs first within a phase, as Istio orders WasmPlugins.
+        for fc in sorted(configs, key=lambda f: -f.priority):
+            try:
+                made = load_filter(fc.name, fc.config)
+            except FilterError as e:
+                log.error("HTTP filter %s from %s not loaded: %s", fc.name, fc.origin, e)
+                continue
+            out[fc.phase if fc.phase in out else "UNSPECIFIED_PHASE"].append(made)
+        return out
+
+    def _policies(self, ctx: Any) -> Any:
+        return self.l7.policies_for(ctx.service) if ctx.service else None
+
+    def _source_peer(self, ctx: Any) -> Peer:
+        down: Downstream = ctx.downstream
+        if down.baggage:
+            return Peer.from_baggage(dict(down.baggage), down.peer_identity)
+        host = SocketAddr.parse(down.peer_address).ip
+        return Peer.of(self.state.workload_by_ip(host), down.peer_identity)
+
+    def _destination_peer(self, ctx: Any) -> Peer:
+        workload = ctx.upstream_info if isinstance(ctx.upstream_info, Workload) else None
+        return Peer.of(workload, None)
+
+    # --- upstream -------------------------------------------------------------------------------
+
+    async def _connect_endpoint(
+        self, workload: Workload, ip: IPAddress, port: int, service: Service | None
+    ) -> ByteStream:
+        """An HBONE tunnel to `ip:port` through the endpoint's node agent, pooled."""
+        cert = await self.rt.certs.fetch(self.me.identity)
+        expected = self.state.upstream_identities(workload, service)
+        upstream = SocketAddr(ip, HBONE_PORT)
+        key = PoolKey(self.me.identity, frozenset(expected), upstream, None)
+        timeout = self.config.connect_timeout.total_seconds()
+
+        async def dial() -> HboneClientConnection:
+            sock = trio.socket.socket(
+                trio.socket.AF_INET6 if ip.version == 6 else trio.socket.AF_INET
+            )
+            try:
+                with trio.fail_after(timeout):
+                    await sock.connect((str(ip), HBONE_PORT))
+            except BaseException:
+                sock.close()
+                raise
+            return await connect_hbone(
+                sock,
+                client_context(cert),
+                expected_identities=expected,
+                verify=verify_server_identity,
+                nursery=self.rt.nursery,
+            )
+
+        try:
+            return await self.hbone_pool.stream(key, dial, str(SocketAddr(ip, port)), ())
+        except (HboneError, trio.TooSlowError) as e:
+            raise OSError(f"HBONE to {upstream} failed: {e}") from e
+
+    async def _proxy_tcp(
+        self,
+        req: HboneRequest,
+        downstream: Downstream,
+        service: Service | None,
+        workload: Workload | None,
+        target: SocketAddr,
+        peer_ip: IPAddress,
+    ) -> None:
+        """A TCP port: the L4 part of the waypoint's policies, then bytes both ways."""
+        key = service.key if service is not None else ""
+        policies = self.l7.policies_for(key)
+        decision = policies.evaluate(Connection(peer_ip, req.peer_identity, target.ip, target.port))
+        labels = TrafficLabels.build(
+            WAYPOINT,
+            source=self.state.workload_by_ip(peer_ip),
+            source_identity=req.peer_identity,
+            destination=workload,
+            destination_service=service,
+            mtls=True,
+        )
+        conn = self.rt.metrics.open(labels, downstream.peer_address, str(target), req.authority)
+        if not decision.allowed:
+            conn.close("DENY", decision.reason)
+            await req.respond(401)
+            return
+        picked = None
+        if service is not None:
+            found = self.state.select_endpoint(service, target.port, self._rng)
+            if found is not None:
+                picked = found
+        elif workload is not None:
+            picked = (workload, target.port)
+        if picked is None:
+            conn.close("CONNECT", f"no healthy upstream for {req.authority}")
+            await req.respond(503)
+            return
+        endpoint, port = picked
+        ip = next((a for a in endpoint.addresses if a.version == 4), endpoint.addresses[0])
+        try:
+            upstream = await self._connect_endpoint(endpoint, ip, port, service)
+        except OSError as e:
+            conn.close("CONNECT", str(e))
+            await req.respond(503)
+            return
+        stream = await req.respond(200)
+        if stream is None:
+            await upstream.aclose()
+            conn.close("CONNECT", "the client went away")
+            return
+        started = time.monotonic()
+        try:
+            sent, received = await relay(stream, upstream)
+            conn.add_bytes(sent=received, recv=sent)
+            conn.close()
+        except RelayError as e:
+            conn.close("CONNECT", f"relay failed after {time.monotonic() - started:.1f}s: {e}")
+
+
+def _baggage(header: str | None) -> dict[str, str]:
+    """W3C baggage members (`k=v,k=v`) as a dict; malformed members are skipped."""
+    out: dict[str, str] = {}
+    for member in (header or "").split(","):
+        key, sep, value = member.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = value.split(";", 1)[0].strip()
+    return out
