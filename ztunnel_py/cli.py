@@ -66,7 +66,8 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ztunnel-py",
-        description="Istio-ambient-style service mesh: node agent, waypoint, control plane, testbed.",
+        description="Istio-ambient-style service mesh: node agent, waypoint, control plane, "
+        "testbed.",
     )
     parser.add_argument("--version", action="version", version=f"ztunnel-py {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -25,6 +25,7 @@ from ztunnel_py.model import (
     Identity,
     IPAddress,
     Match,
+    NamespacedHostname,
     NetworkAddress,
     PolicyScope,
     Service,
@@ -268,6 +269,27 @@ class ProxyState:
         if not candidates:
             return None
         return rng.choices(candidates, weights=[w.capacity for w, _ in candidates])[0]
+
+    def waypoint_endpoint(
+        self, waypoint: GatewayAddress, rng: random.Random
+    ) -> tuple[Workload, int] | None:
+        """The waypoint workload a `GatewayAddress` leads to, and its HBONE port: the hostname
+        form names a service (an endpoint taking `hbone_mtls_port` is picked), the address form
+        a service VIP or a workload IP. None when nothing healthy answers to it."""
+        port = waypoint.hbone_mtls_port
+        dest = waypoint.destination
+        if isinstance(dest, NamespacedHostname):
+            service = self.service_by_key(f"{dest.namespace}/{dest.hostname}")
+            if service is not None:
+                return self.select_endpoint(service, port, rng)
+            return None
+        service = self.service_by_vip(dest.address, dest.network)
+        if service is not None:
+            return self.select_endpoint(service, port, rng)
+        workload = self.workload_by_ip(dest.address, dest.network)
+        if workload is None or workload.status is not WorkloadStatus.HEALTHY:
+            return None
+        return workload, port
 
     def policies_for(self, workload: Workload) -> PolicySet:
         """The policies guarding `workload`: its namespace's, the global ones, and its selector

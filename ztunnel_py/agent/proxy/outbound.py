@@ -25,6 +25,7 @@ from ztunnel_py.identity.tls import client_context, verify_server_identity
 from ztunnel_py.model import IPAddress, Service, SocketAddr, TunnelProtocol, Workload
 from ztunnel_py.model.address import canonical_ip
 from ztunnel_py.model.ports import HBONE_PORT, POD_LISTENER_PORTS
+from ztunnel_py.model.workload import GatewayAddress, NamespacedHostname
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import SOURCE, TrafficLabels
@@ -57,24 +58,63 @@ class OutboundError(Exception):
 
 @dataclass(slots=True)
 class Route:
-    """Where a connection goes: HBONE to a workload, or plain TCP."""
+    """Where a connection goes: HBONE to a workload (or a waypoint), or plain TCP."""
 
     dst_ip: IPAddress
     dst_port: int
     workload: Workload | None
     service: Service | None
     hbone: bool
+    # through a waypoint: the CONNECT names the original destination, not the waypoint
+    via_waypoint: SocketAddr | None = None
+
+    @property
+    def hbone_port(self) -> int:
+        """Where the tunnel goes: a waypoint's HBONE port, or every agent's 15008."""
+        return self.dst_port if self.via_waypoint is not None else HBONE_PORT
 
     @property
     def authority(self) -> str:
+        if self.via_waypoint is not None:
+            return str(self.via_waypoint)
         return str(SocketAddr(self.dst_ip, self.dst_port))
 
 
-def route(state: ProxyState, dst_ip: IPAddress, dst_port: int, network: str = "") -> Route:
-    """Resolve the original destination to an upstream: a service VIP to one of its endpoints,
-    a workload IP to that workload, anything else to itself (passthrough)."""
+def _via_waypoint(
+    state: ProxyState,
+    waypoint: GatewayAddress,
+    original: SocketAddr,
+    service: Service | None,
+    what: str,
+) -> Route:
+    """HBONE to the waypoint's 15008 with the original destination as `:authority` (ztunnel's
+    outbound steps 2 and 5). A waypoint that cannot be found fails the connection: traffic that
+    must be seen by a waypoint never goes around it."""
+    picked = state.waypoint_endpoint(waypoint, _rng)
+    if picked is None:
+        raise OutboundError(f"waypoint of {what} not found (no healthy endpoint)", "CONNECT")
+    workload, port = picked
+    ip = _address_for(workload, original.ip.version)
+    return Route(ip, port, workload, service, True, via_waypoint=original)
+
+
+def route(
+    state: ProxyState,
+    dst_ip: IPAddress,
+    dst_port: int,
+    network: str = "",
+    source: Workload | None = None,
+) -> Route:
+    """Resolve the original destination to an upstream: a service VIP to its waypoint when it
+    has one, else to one of its endpoints; a workload IP to its workload waypoint (unless the
+    caller is that waypoint) or to that workload; anything else to itself (passthrough)."""
     service = state.service_by_vip(dst_ip, network)
+    original = SocketAddr(dst_ip, dst_port)
     if service is not None:
+        if service.waypoint is not None and not _is_waypoint_itself(
+            state, service.waypoint, source
+        ):
+            return _via_waypoint(state, service.waypoint, original, service, service.hostname)
         picked = state.select_endpoint(service, dst_port, _rng)
         if picked is None:
             raise OutboundError(f"no healthy upstream for {service.hostname}:{dst_port}", "CONNECT")
@@ -84,7 +124,22 @@ def route(state: ProxyState, dst_ip: IPAddress, dst_port: int, network: str = ""
     target = state.workload_by_ip(dst_ip, network)
     if target is None:
         return Route(dst_ip, dst_port, None, None, False)
+    if target.waypoint is not None and not _is_waypoint_itself(state, target.waypoint, source):
+        return _via_waypoint(state, target.waypoint, original, None, target.name)
     return Route(dst_ip, dst_port, target, None, _is_hbone(target))
+
+
+def _is_waypoint_itself(
+    state: ProxyState, waypoint: GatewayAddress, source: Workload | None
+) -> bool:
+    """Whether `source` is (one of the pods of) that waypoint: its own traffic never goes back
+    to it (ztunnel's `check_from_waypoint`)."""
+    if source is None:
+        return False
+    dest = waypoint.destination
+    if isinstance(dest, NamespacedHostname):
+        return f"{dest.namespace}/{dest.hostname}" in source.services
+    return dest.address in source.addresses
 
 
 def _is_hbone(workload: Workload) -> bool:
@@ -165,7 +220,7 @@ class Outbound:
         try:
             if dst_ip.is_loopback and dst_port in POD_LISTENER_PORTS:
                 raise OutboundError(f"refusing a self-call to {dst_text}")
-            rt = route(self.state, dst_ip, dst_port)
+            rt = route(self.state, dst_ip, dst_port, source=source)
         except OutboundError as e:
             connection_failed(src_text, dst_text, SOURCE, str(e))
             if ready is not None:
@@ -179,7 +234,7 @@ class Outbound:
             destination_service=rt.service,
             mtls=rt.hbone,
         )
-        upstream_addr = str(SocketAddr(rt.dst_ip, HBONE_PORT if rt.hbone else rt.dst_port))
+        upstream_addr = str(SocketAddr(rt.dst_ip, rt.hbone_port if rt.hbone else rt.dst_port))
         conn = self.metrics.open(
             labels, src_text, upstream_addr, rt.authority if rt.hbone else None
         )
@@ -236,7 +291,7 @@ class Outbound:
         src_identity = source.identity
         expected = self.state.upstream_identities(rt.workload, rt.service)
         src_ip = _address_for(source, rt.dst_ip.version)
-        upstream = SocketAddr(rt.dst_ip, HBONE_PORT)
+        upstream = SocketAddr(rt.dst_ip, rt.hbone_port)
         key = PoolKey(src_identity, frozenset(expected), upstream, src_ip)
         try:
             cert = await self.certs.fetch(src_identity)
@@ -245,7 +300,7 @@ class Outbound:
 
         async def dial() -> HboneClientConnection:
             sock = await netns.connect(
-                (str(rt.dst_ip), HBONE_PORT), connect_timeout=self.connect_timeout
+                (str(rt.dst_ip), rt.hbone_port), connect_timeout=self.connect_timeout
             )
             return await connect_hbone(
                 sock,
