@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from ztunnel_py.proto import authorization_pb2 as _authorization_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -34,16 +35,32 @@ DENY: Action
 AUDIT: Action
 
 class HttpService(_message.Message):
-    __slots__ = ("name", "routes", "subsets", "sources")
+    __slots__ = ("name", "routes", "subsets", "sources", "filters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     SUBSETS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     subsets: _containers.RepeatedCompositeFieldContainer[ServiceSubsets]
     sources: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+    filters: _containers.RepeatedCompositeFieldContainer[FilterConfig]
+    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ...) -> None: ...
+
+class FilterConfig(_message.Message):
+    __slots__ = ("name", "phase", "priority", "config", "origin")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    phase: str
+    priority: int
+    config: _struct_pb2.Struct
+    origin: str
+    def __init__(self, name: _Optional[str] = ..., phase: _Optional[str] = ..., priority: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("name", "matches", "backends", "redirect", "direct_response", "rewrite", "request_headers", "response_headers", "timeout", "retries", "mirrors", "origin", "fault")

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
 
 from ztunnel_py.model.http import (
     Backend,
     DirectResponse,
     Fault,
+    FilterConfig,
     HeaderMatch,
     HeaderOps,
     HttpService,
@@ -205,6 +208,15 @@ def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
             for service, subsets in s.subsets
         ],
         sources=list(s.sources),
+        filters=[_filter_to_proto(f) for f in s.filters],
+    )
+
+
+def _filter_to_proto(f: FilterConfig) -> l7_pb2.FilterConfig:
+    config = Struct()
+    config.update(dict(f.config))
+    return l7_pb2.FilterConfig(
+        name=f.name, phase=f.phase, priority=f.priority, config=config, origin=f.origin
     )
 
 
@@ -412,7 +424,31 @@ def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
             for ss in pb.subsets
         ),
         sources=tuple(pb.sources),
+        filters=tuple(_filter(f) for f in pb.filters),
     )
+
+
+_PHASES = ("AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE")
+
+
+def _filter(pb: l7_pb2.FilterConfig) -> FilterConfig:
+    if not pb.name:
+        raise ConversionError("a filter needs a name")
+    phase = pb.phase or "UNSPECIFIED_PHASE"
+    if phase not in _PHASES:
+        raise ConversionError(f"filter {pb.name}: unknown phase {pb.phase!r}")
+    return FilterConfig(pb.name, phase, pb.priority, _plain(pb.config), pb.origin)
+
+
+def _plain(value: Any) -> Any:
+    """A protobuf Struct as plain Python (whole numbers as ints: JSON has one number type)."""
+    if isinstance(value, Struct) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list) or (hasattr(value, "__iter__") and not isinstance(value, str)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _l7_match(pb: l7_pb2.Match) -> Match:
