@@ -16,14 +16,14 @@ import pytest
 
 from ztunnel_py.agent.proxy.outbound import OutboundError, route
 from ztunnel_py.http.filter import Downstream, RequestContext
+from ztunnel_py.http.mesh import MeshResolver
 from ztunnel_py.http.message import Headers, RequestHead
 from ztunnel_py.model import GatewayAddress, NetworkAddress, Service, TunnelProtocol, Workload
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.http import Backend, HttpService, Route, Subset
 from ztunnel_py.model.workload import AppProtocol, NamespacedHostname, WorkloadStatus
+from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
-from ztunnel_py.waypoint.l7state import L7State
-from ztunnel_py.waypoint.resolver import WaypointResolver
 
 ECHO = "apps/echo.apps.svc.cluster.local"
 WP_SVC = "apps/waypoint.apps.svc.cluster.local"
@@ -161,8 +161,8 @@ async def _never(*_: object) -> object:
     raise AssertionError("not dialled in these tests")
 
 
-def resolver(state: ProxyState, l7: L7State, seed: int = 7) -> WaypointResolver:
-    return WaypointResolver(state, l7, _never, rng=random.Random(seed))  # type: ignore[arg-type]
+def resolver(state: ProxyState, l7: L7State, seed: int = 7) -> MeshResolver:
+    return MeshResolver(state, l7, _never, rng=random.Random(seed))  # type: ignore[arg-type]
 
 
 def test_without_routes_a_service_gets_a_default_route_to_itself() -> None:

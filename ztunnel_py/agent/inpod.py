@@ -36,13 +36,14 @@ import trio
 from ztunnel_py.agent import persist
 from ztunnel_py.agent.enroll import EnrollRefused
 from ztunnel_py.agent.proxy.accounting import POLICY_CHANGE
+from ztunnel_py.agent.proxy.http import SidecarHttp
 from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.agent.proxy.outbound import Outbound, Ready
 from ztunnel_py.agent.proxy.socks5 import serve_socks5
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.linux.netns import NetnsError
-from ztunnel_py.model.address import IPAddress, canonical_ip
+from ztunnel_py.model.address import IPAddress, SocketAddr, canonical_ip
 from ztunnel_py.model.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, SOCKS5_PORT
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.protocol.zds import PodInfo
@@ -50,6 +51,7 @@ from ztunnel_py.redirect.maps import PodCounters, RedirectError
 from ztunnel_py.runtime.drain import Drain
 from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.telemetry.requests import RequestMetrics
 from ztunnel_py.transport.accept import ConnectionLimit, serve_connections
 from ztunnel_py.transport.podsockets import (
     PodNetns,
@@ -100,6 +102,8 @@ class PodProxy:
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     state: str = "Pending"
     connections: dict[int, TrackedConnection] = field(default_factory=dict)
+    # sidecar mode: the HTTP engine for outbound HTTP ports
+    http: SidecarHttp | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def track(
@@ -157,8 +161,12 @@ class PodManager:
         *,
         redirected: bool = False,
         persist: bool = True,
+        request_metrics: RequestMetrics | None = None,
     ) -> None:
+        """With `request_metrics` (sidecar mode), outbound connections to HTTP service ports
+        go through the HTTP filter engine (`proxy/http.py`) instead of being relayed."""
         self.config = config
+        self.request_metrics = request_metrics
         self.capture = capture
         self.redirected = redirected
         self.original_destination = original_destination if redirected else local_destination
@@ -211,6 +219,16 @@ class PodManager:
             log.info("pod %s has a new network namespace; replacing its proxy", info.uid)
             await self._remove(self.pods.pop(info.uid))
         pod = PodProxy(info, netns)
+        if self.request_metrics is not None:
+            pod.http = SidecarHttp(
+                info.uid,
+                netns,
+                self.state,
+                self.outbound,
+                self.request_metrics,
+                self.nursery,
+                self.config.connect_timeout.total_seconds(),
+            )
         try:
             listeners = self._listeners(netns)
         except NetnsError as e:
@@ -419,11 +437,22 @@ class PodManager:
     ) -> None:
         host, port = self.original_destination(sock)
         source = await inbound.workload()
+        ip = canonical_ip(ipaddress.ip_address(host))
+        if pod.http is not None and pod.http.handles(self.state.service_by_vip(ip), port):
+            peer = sock.getpeername()
+            untrack = pod.track(
+                "outbound", str(SocketAddr(peer[0], peer[1])), str(SocketAddr(ip, port)), "HTTP"
+            )
+            try:
+                await pod.http.serve(sock, ip, port)
+            finally:
+                untrack()
+            return
         await self.outbound.proxy(
             source,
             pod.netns,
             sock,
-            canonical_ip(ipaddress.ip_address(host)),
+            ip,
             port,
             track=pod.track,
         )

@@ -8,6 +8,8 @@ TCP to 15001 and inbound TCP to 15006, except traffic of uid 1337 and inbound HB
 The proxy is the node agent's proxy (`run_proxy`, `PodManager`) with one pod in its own netns:
 HBONE/mTLS to the other sidecars, plaintext passthrough for the rest, L4 policy inbound, the same
 metrics, admin and readiness endpoints, its certificate from the CA with its node's credential.
+Outbound connections to HTTP service ports go through the HTTP filter engine, as istio-proxy
+routes them (`proxy/http.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ztunnel_py.linux.netns import NetnsError
 from ztunnel_py.model.workload import pod_uid
 from ztunnel_py.protocol.zds import PodInfo
 from ztunnel_py.runtime.proxy import ProxyRuntime, prefetch_certificates, prepare, run_proxy
+from ztunnel_py.telemetry.requests import RequestMetrics
 from ztunnel_py.transport.podsockets import PodNetns
 
 
@@ -55,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
             None,
             redirected=True,
             persist=False,
+            request_metrics=RequestMetrics(rt.registry),
         )
         rt.dump.add_section("workloadState", pods.dump)
         try:

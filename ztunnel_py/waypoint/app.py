@@ -38,6 +38,7 @@ from ztunnel_py.http.filters.authz import AuthorizationFilter
 from ztunnel_py.http.filters.fault import FaultFilter
 from ztunnel_py.http.filters.telemetry import TelemetryFilter
 from ztunnel_py.http.filters.tracing import TracingFilter
+from ztunnel_py.http.mesh import MeshResolver
 from ztunnel_py.http.proxy import HttpProxy
 from ztunnel_py.http.upstream import UpstreamPool
 from ztunnel_py.identity.tls import (
@@ -53,6 +54,7 @@ from ztunnel_py.model.ports import HBONE_PORT
 from ztunnel_py.model.workload import AppProtocol, GatewayAddress, NamespacedHostname, pod_uid
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.runtime.proxy import ProxyRuntime, prepare, run_proxy
+from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import WAYPOINT, TrafficLabels
@@ -68,8 +70,6 @@ from ztunnel_py.transport.hbone import (
 from ztunnel_py.transport.pool import HbonePool, PoolKey
 from ztunnel_py.transport.relay import ByteStream, RelayError, relay
 from ztunnel_py.waypoint.feed import WaypointFeed
-from ztunnel_py.waypoint.l7state import L7State
-from ztunnel_py.waypoint.resolver import WaypointResolver
 from ztunnel_py.xds.convert import WORKLOAD_DECODERS
 from ztunnel_py.xds.l7convert import L7_DECODERS
 
@@ -170,7 +170,7 @@ class Waypoint:
             rt.nursery, connect_timeout=self.config.connect_timeout.total_seconds()
         )
         self.request_metrics = RequestMetrics(rt.registry)
-        self.resolver = WaypointResolver(self.state, self.l7, self._connect_endpoint)
+        self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
         self.builtin_front: list[Filter] = [TracingFilter(), AuthorizationFilter(self._policies)]
         self.builtin_back: list[Filter] = [
             FaultFilter(),

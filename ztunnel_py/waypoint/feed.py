@@ -10,8 +10,8 @@ from ztunnel_py.admin.readiness import Readiness
 from ztunnel_py.model.http import HttpService
 from ztunnel_py.model.policy import WaypointPolicy
 from ztunnel_py.state.feed import StateFeed
+from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
-from ztunnel_py.waypoint.l7state import L7State
 from ztunnel_py.xds.convert import DecodedResponse
 from ztunnel_py.xds.l7convert import HTTP_SERVICE_TYPE, L7_TYPES, WAYPOINT_POLICY_TYPE
 

@@ -40,7 +40,7 @@ from ztunnel_py.transport.hbone import (
 )
 from ztunnel_py.transport.podsockets import PodNetns
 from ztunnel_py.transport.pool import HbonePool, PoolKey
-from ztunnel_py.transport.relay import SocketByteStream, relay, splice_relay
+from ztunnel_py.transport.relay import ByteStream, SocketByteStream, relay, splice_relay
 
 log = logging.getLogger("ztunnel_py.outbound")
 
@@ -269,6 +269,23 @@ class Outbound:
 
         await carry(conn, transfer(), a_is_peer=False, untrack=untrack, already_sent=len(initial))
 
+    async def open_upstream(
+        self,
+        source: Workload,
+        netns: PodNetns,
+        workload: Workload,
+        ip: IPAddress,
+        port: int,
+        service: Service | None,
+    ) -> ByteStream:
+        """A byte stream from `source`'s pod to one endpoint, for a proxy that already chose it
+        (the sidecar's HTTP engine): an HBONE tunnel when the endpoint is in the mesh, else
+        plain TCP. `OutboundError` when it cannot be opened."""
+        rt = Route(ip, port, workload, service, _is_hbone(workload))
+        if rt.hbone:
+            return await self._open_hbone(source, netns, rt, None)
+        return SocketByteStream(await self._open_tcp(netns, rt))
+
     async def _open_tcp(self, netns: PodNetns, rt: Route) -> trio.socket.SocketType:
         try:
             return await netns.connect(
@@ -284,7 +301,7 @@ class Outbound:
         source: Workload,
         netns: PodNetns,
         rt: Route,
-        client_addr: SocketAddr,
+        client_addr: SocketAddr | None,
     ) -> HboneStream:
         """A CONNECT stream to the route's workload, on a pooled HBONE connection."""
         assert rt.workload is not None
@@ -310,14 +327,13 @@ class Outbound:
                 nursery=self.connections,
             )
 
-        forwarded = f'for="{client_addr}"'
+        forwarded = [f'for="{client_addr}"'] if client_addr is not None else []
         if rt.service is not None:
-            forwarded += f";host={rt.service.hostname}"
-        headers = [
-            ("baggage", baggage(source)),
-            ("forwarded", forwarded),
-            ("traceparent", traceparent()),
-        ]
+            forwarded.append(f"host={rt.service.hostname}")
+        headers = [("baggage", baggage(source))]
+        if forwarded:
+            headers.append(("forwarded", ";".join(forwarded)))
+        headers.append(("traceparent", traceparent()))
         try:
             return await self.pool.stream(key, dial, rt.authority, headers)
         except HboneStatusError as e:

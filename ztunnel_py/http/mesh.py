@@ -1,8 +1,11 @@
-"""Where a waypoint sends a request: its routes, and the endpoint each attempt goes to.
+"""Where a mesh proxy sends a request: its routes, and the endpoint each attempt goes to.
 
-The HBONE tunnel's `:authority` is where the client was going (ztunnel sends the original
-destination): a service VIP and port (a service waypoint), or a pod IP and port (a workload
-waypoint). For a service, the routes are its `HttpService`'s (HTTPRoute / VirtualService), or,
+The engine's `Resolver` over the mesh state, for a waypoint and for a sidecar's HTTP ports alike.
+The request's destination (`Downstream.destination`) is where the client was going: for a
+waypoint the HBONE tunnel's `:authority` (ztunnel sends the original destination), for a sidecar
+the captured connection's original destination. It is a service VIP and port, or a pod IP and
+port (a workload waypoint). For a service, the routes are its `HttpService`'s (HTTPRoute /
+VirtualService), or,
 without any, one default route to the service itself on the same port (Envoy's `inbound-vip`
 cluster); for a pod, one route to that pod.
 
@@ -27,11 +30,11 @@ from ztunnel_py.http.upstream import UpstreamTarget
 from ztunnel_py.model import IPAddress, Service, Workload, WorkloadStatus
 from ztunnel_py.model.http import Backend, Route
 from ztunnel_py.model.workload import AppProtocol
+from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.transport.relay import ByteStream
-from ztunnel_py.waypoint.l7state import L7State
 
-__all__ = ["WORKLOAD_BACKEND", "Connector", "WaypointResolver", "format_address"]
+__all__ = ["WORKLOAD_BACKEND", "Connector", "MeshResolver", "format_address"]
 
 # The backend of a workload-addressed request's default route: the pod the client dialled.
 WORKLOAD_BACKEND = ""
@@ -52,7 +55,7 @@ def _ip(text: str) -> IPAddress | None:
         return None
 
 
-class WaypointResolver:
+class MeshResolver:
     def __init__(
         self,
         state: ProxyState,
