@@ -71,7 +71,7 @@ CASES = [
         "kind",
         "unknown kind 'Deployment' (supported: Namespace, Pod, Service, ServiceEntry, "
         "WorkloadEntry, AuthorizationPolicy, PeerAuthentication, Gateway, HTTPRoute, "
-        "VirtualService, DestinationRule)",
+        "VirtualService, DestinationRule, WasmPlugin)",
     ),
     (
         "kind in the wrong case",

@@ -194,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     monitoring.add_json("/debug/xds", xds.debug)
     monitoring.add_json("/debug/config", pipeline.debug)
+    monitoring.add_json("/debug/waypoints", pipeline.waypoints)
 
     stop = threading.Event()
 

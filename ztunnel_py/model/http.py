@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "Backend",
     "DirectResponse",
     "Fault",
+    "FilterConfig",
+    "FilterPhase",
     "HeaderMatch",
     "HeaderOps",
     "HttpService",
@@ -168,7 +172,12 @@ class HeaderOps:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """A weighted destination: a service (`namespace/hostname`) and port, optionally a subset."""
+    """A weighted destination: a service (`namespace/hostname`) and port, optionally a subset.
+
+    An empty hostname (`<namespace>/`) is a backend the control plane could not resolve (an
+    HTTPRoute backendRef to a missing or forbidden service): its share of the traffic gets
+    `500`, as Gateway API requires and Envoy answers for an unknown cluster on such routes.
+    """
 
     service: str
     port: int
@@ -176,6 +185,10 @@ class Backend:
     subset: str = ""
     request_headers: HeaderOps = HeaderOps()
     response_headers: HeaderOps = HeaderOps()
+
+    @property
+    def unresolved(self) -> bool:
+        return self.service.endswith("/")
 
     @property
     def cluster(self) -> str:
@@ -269,6 +282,34 @@ class Subset:
     workload_uids: frozenset[str] = frozenset()
 
 
+class FilterPhase(enum.Enum):
+    """Where a user filter runs in the chain (Istio's WasmPlugin `phase`): before the built-in
+    authentication, before authorization, before telemetry, or (UNSPECIFIED) last, just before
+    routing."""
+
+    AUTHN = "AUTHN"
+    AUTHZ = "AUTHZ"
+    STATS = "STATS"
+    UNSPECIFIED = "UNSPECIFIED_PHASE"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterConfig:
+    """A user HTTP filter enabled for a service: the entry point `name` (group
+    `ztunnel_py.http_filters`), its chain position and its configuration (a JSON object)."""
+
+    name: str
+    phase: FilterPhase = FilterPhase.UNSPECIFIED
+    # within a phase, higher priorities run first
+    priority: int = 0
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # the filter cannot be loaded or configured: skip it (True) or fail every request it would
+    # have seen with a 500 (False, Istio's FAIL_CLOSE default)
+    fail_open: bool = False
+    # the resource it came from ("WasmPlugin apps/ratelimit")
+    origin: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class HttpService:
     """Everything a waypoint applies to requests for one service (`namespace/hostname`)."""
@@ -279,6 +320,8 @@ class HttpService:
     subsets: tuple[tuple[str, tuple[Subset, ...]], ...] = ()
     # where the routes came from ("HTTPRoute apps/echo", "VirtualService apps/echo")
     sources: tuple[str, ...] = ()
+    # user filters, in chain order: by phase, then priority (highest first)
+    filters: tuple[FilterConfig, ...] = ()
 
     @property
     def key(self) -> str:

@@ -11,6 +11,13 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FilterPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNSPECIFIED_PHASE: _ClassVar[FilterPhase]
+    AUTHN: _ClassVar[FilterPhase]
+    AUTHZ: _ClassVar[FilterPhase]
+    STATS: _ClassVar[FilterPhase]
+
 class MatchKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EXACT: _ClassVar[MatchKind]
@@ -24,6 +31,10 @@ class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOW: _ClassVar[Action]
     DENY: _ClassVar[Action]
     AUDIT: _ClassVar[Action]
+UNSPECIFIED_PHASE: FilterPhase
+AUTHN: FilterPhase
+AUTHZ: FilterPhase
+STATS: FilterPhase
 EXACT: MatchKind
 PREFIX: MatchKind
 SUFFIX: MatchKind
@@ -34,16 +45,34 @@ DENY: Action
 AUDIT: Action
 
 class HttpService(_message.Message):
-    __slots__ = ("name", "routes", "subsets", "sources")
+    __slots__ = ("name", "routes", "subsets", "sources", "filters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     SUBSETS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     subsets: _containers.RepeatedCompositeFieldContainer[ServiceSubsets]
     sources: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ...) -> None: ...
+    filters: _containers.RepeatedCompositeFieldContainer[FilterConfig]
+    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ...) -> None: ...
+
+class FilterConfig(_message.Message):
+    __slots__ = ("name", "phase", "priority", "config_json", "fail_open", "origin")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    FAIL_OPEN_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    phase: FilterPhase
+    priority: int
+    config_json: str
+    fail_open: bool
+    origin: str
+    def __init__(self, name: _Optional[str] = ..., phase: _Optional[_Union[FilterPhase, str]] = ..., priority: _Optional[int] = ..., config_json: _Optional[str] = ..., fail_open: bool = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("name", "matches", "backends", "redirect", "direct_response", "rewrite", "request_headers", "response_headers", "timeout", "retries", "mirrors", "origin", "fault")
