@@ -315,9 +315,11 @@ def _ops(pb: l7_pb2.HeaderOps) -> HeaderOps:
 def _backend(pb: l7_pb2.Backend) -> Backend:
     if "/" not in pb.service:
         raise ConversionError(f"backend service {pb.service!r} is not <namespace>/<hostname>")
+    # An unresolved backend (empty hostname: it answers 500) may lack a port.
+    unresolved = pb.service.endswith("/") and pb.port <= 65535
     return Backend(
         service=pb.service,
-        port=_port(pb.port, "backend port"),
+        port=pb.port if unresolved else _port(pb.port, "backend port"),
         weight=pb.weight,
         subset=pb.subset,
         request_headers=_ops(pb.request_headers),

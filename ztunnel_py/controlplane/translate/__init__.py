@@ -236,7 +236,11 @@ class _Translator:
         problem = binding.problem
         if problem is None:
             return
-        if problem.labelled is not target and problem.reason == "UnsupportedTrafficType":
+        if (
+            problem.labelled is not target
+            and problem.reason == "UnsupportedTrafficType"
+            and target.kind in ("Pod", "WorkloadEntry")
+        ):
             # A namespace label is usually meant for the services; istiod reports nothing for
             # the workloads of such a namespace either.
             return

@@ -12,6 +12,7 @@ reported as ignored; `type: NETWORK` (network filters) is refused.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -34,7 +35,6 @@ from ztunnel_py.controlplane.validation.schema import (
     dns1123_subdomain,
     obj,
 )
-from ztunnel_py.yamlpos import describe_value
 
 PYTHON_SCHEME = "python://"
 # An entry point name as the waypoint looks it up (see xds/l7convert.py).
@@ -63,25 +63,24 @@ def plugin_url_problem(url: str) -> str | None:
 
 
 def _json_problem(value: object, depth: int = 0) -> str | None:
+    """Why a parsed YAML value cannot travel as a JSON object (None if it can): YAML allows
+    keys that are not strings and infinite or NaN numbers, JSON does not."""
     if depth > _MAX_DEPTH:
         return f"nested more than {_MAX_DEPTH} levels deep"
-    if value is None or isinstance(value, bool | int | float | str):
-        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a JSON number"
+    items: list[tuple[object, object]] = []
     if isinstance(value, list):
-        for item in value:
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return problem
-        return None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return f"key {key!r} is not a string"
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return f"{key}: {problem}"
-        return None
-    return f"{describe_value(value)} cannot be sent as JSON (quote it)"
+        items = [(None, v) for v in value]
+    elif isinstance(value, dict):
+        items = list(value.items())
+    for key, item in items:
+        if key is not None and not isinstance(key, str):
+            return f"key {key!r} is not a string (quote it)"
+        problem = _json_problem(item, depth + 1)
+        if problem:
+            return f"{key}: {problem}" if key is not None else problem
+    return None
 
 
 def _wasm_plugin_spec(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:

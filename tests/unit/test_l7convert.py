@@ -1,0 +1,172 @@
+"""Our waypoint xDS types both ways: every field survives model -> wire -> model, and what the
+model cannot hold is refused with a one-line reason (the NACK text)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ztunnel_py.model import Action, Authorization, Match, PolicyScope, StringMatch, StringMatchKind
+from ztunnel_py.model.http import (
+    Backend,
+    DirectResponse,
+    Fault,
+    FilterConfig,
+    FilterPhase,
+    HeaderMatch,
+    HeaderOps,
+    HttpService,
+    MatchKind,
+    Mirror,
+    PathMatch,
+    QueryMatch,
+    Redirect,
+    RetryPolicy,
+    Rewrite,
+    Route,
+    RouteMatch,
+    Subset,
+)
+from ztunnel_py.model.policy import HeaderCondition, WaypointPolicy
+from ztunnel_py.proto import l7_pb2
+from ztunnel_py.xds.convert import ConversionError
+from ztunnel_py.xds.l7convert import (
+    HTTP_SERVICE_TYPE,
+    L7_DECODERS,
+    WAYPOINT_POLICY_TYPE,
+    encode_l7_resource,
+    http_service_from_proto,
+    http_service_to_proto,
+)
+
+SVC = "apps/echo.apps.svc.cluster.local"
+
+FULL = HttpService(
+    SVC,
+    routes=(
+        Route(
+            "r0",
+            matches=(
+                RouteMatch(
+                    path=PathMatch(
+                        MatchKind.PREFIX, "/api", segment_prefix=False, ignore_case=True
+                    ),
+                    method="GET",
+                    headers=(HeaderMatch("x-a", MatchKind.REGEX, "a+", invert=True),),
+                    query=(QueryMatch("q", MatchKind.EXACT, "1"),),
+                    port=80,
+                ),
+            ),
+            backends=(
+                Backend(
+                    SVC, 80, 90, "v1", HeaderOps(set=(("x-b", "1"),)), HeaderOps(remove=("x-c",))
+                ),
+                Backend("apps/", 0, 10),
+            ),
+            rewrite=Rewrite(prefix="/"),
+            request_headers=HeaderOps(add=(("x-d", "2"),)),
+            timeout=1.5,
+            retries=RetryPolicy(3, 0.25, ("5xx", "retriable-status-codes"), (503,)),
+            mirrors=(Mirror(Backend(SVC, 80, 1, "v2"), 10.0),),
+            fault=Fault(0.1, 0.1, 5.0, 0, 14),
+            origin="VirtualService apps/echo http[0]",
+        ),
+        Route("r1", redirect=Redirect(301, "https", "x", 8443, None, "/new")),
+        Route("r2", direct_response=DirectResponse(410, "gone")),
+    ),
+    subsets=((SVC, (Subset("v1", (("version", "v1"),), frozenset({"uid-1", "uid-2"})),)),),
+    sources=("VirtualService apps/echo",),
+    filters=(
+        FilterConfig(
+            "local_ratelimit",
+            FilterPhase.AUTHZ,
+            7,
+            {"max_tokens": 10, "nested": {"list": [1, 2.5, None, True]}},
+            fail_open=True,
+            origin="WasmPlugin apps/ratelimit",
+        ),
+        FilterConfig("stats_extra", FilterPhase.STATS),
+    ),
+)
+
+POLICY = WaypointPolicy(
+    Authorization(
+        "p",
+        "apps",
+        PolicyScope.WORKLOAD_SELECTOR,
+        Action.AUDIT,
+        (
+            (
+                (
+                    Match(
+                        source_ips=(ipaddress.ip_network("10.0.0.0/8"),),
+                        paths=(StringMatch(StringMatchKind.PREFIX, "/a/"),),
+                        not_methods=(StringMatch(StringMatchKind.EXACT, "DELETE"),),
+                        hosts=(StringMatch(StringMatchKind.SUFFIX, ".example.com"),),
+                        headers=(HeaderCondition("x-t", (StringMatch(StringMatchKind.PRESENCE),)),),
+                    ),
+                ),
+            ),
+        ),
+        dry_run=True,
+    ),
+    (SVC,),
+)
+
+
+@pytest.mark.parametrize(
+    ("type_url", "obj"), [(HTTP_SERVICE_TYPE, FULL), (WAYPOINT_POLICY_TYPE, POLICY)]
+)
+def test_round_trip(type_url: str, obj: HttpService | WaypointPolicy) -> None:
+    encoded = encode_l7_resource(type_url, obj.key, obj)
+    decoded, key = L7_DECODERS[type_url](encoded.resource.resource.value)
+    assert (decoded, key) == (obj, obj.key)
+    # content versions follow the content
+    assert encode_l7_resource(type_url, obj.key, obj).version == encoded.version
+
+
+def test_integers_stay_integers_in_filter_configuration() -> None:
+    decoded = http_service_from_proto(http_service_to_proto(FULL))
+    assert type(decoded.filters[0].config["max_tokens"]) is int
+
+
+def _damaged(**changes: object) -> l7_pb2.HttpService:
+    pb = http_service_to_proto(FULL)
+    for path, value in changes.items():
+        target: object = pb
+        *parents, leaf = path.split("__")
+        for part in parents:
+            target = (
+                getattr(target, part)[0]
+                if part in ("routes", "backends", "filters")
+                else getattr(target, part)
+            )
+        setattr(target, leaf, value)
+    return pb
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"filters__name": "no spaces"}, "filter name 'no spaces' is not an entry point name"),
+        (
+            {"filters__config_json": "[1]"},
+            "filter local_ratelimit: configuration is not a JSON object",
+        ),
+        ({"filters__config_json": "{"}, "filter local_ratelimit: configuration is not JSON"),
+        ({"filters__phase": 9}, "filter local_ratelimit: unsupported phase 9"),
+        ({"routes__backends__port": 0}, "route 0 (r0): backend port 0 is not a port"),
+        ({"name": "no-slash"}, "HTTP service name 'no-slash' is not <namespace>/<hostname>"),
+    ],
+)
+def test_what_the_model_cannot_hold_is_refused(changes: dict[str, object], reason: str) -> None:
+    with pytest.raises(ConversionError) as e:
+        http_service_from_proto(_damaged(**changes))
+    assert str(e.value).startswith(reason)
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_object_for_the_type() -> None:
+    with pytest.raises(ConversionError, match="a WaypointPolicy is not a"):
+        encode_l7_resource(HTTP_SERVICE_TYPE, "x", POLICY)
