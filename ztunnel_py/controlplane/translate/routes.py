@@ -43,13 +43,12 @@ leaving it out would route traffic somewhere it should not go, the route is left
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
+from ztunnel_py.controlplane.validation.routing import parse_duration
 from ztunnel_py.model import Service
 from ztunnel_py.model.http import (
     Backend,
@@ -81,27 +80,6 @@ GATEWAY_RETRY_ON = ("connect-failure", "refused-stream", "unavailable", "cancell
 DEFAULT_RETRY_ON = (*GATEWAY_RETRY_ON, "retriable-status-codes")
 DEFAULT_RETRIABLE_CODES = (503,)
 RETRIABLE_STATUS_CODES = "retriable-status-codes"
-# Envoy's HTTP and gRPC retry conditions, as Istio's validation accepts them in retryOn.
-RETRY_CONDITIONS = frozenset(
-    {
-        "5xx",
-        "gateway-error",
-        "reset",
-        "reset-before-request",
-        "connect-failure",
-        "envoy-ratelimited",
-        "retriable-4xx",
-        "refused-stream",
-        "retriable-status-codes",
-        "retriable-headers",
-        "http3-post-connect-failure",
-        "cancelled",
-        "deadline-exceeded",
-        "internal",
-        "resource-exhausted",
-        "unavailable",
-    }
-)
 _GRPC_STATUS_NAMES = (
     "OK CANCELLED UNKNOWN INVALID_ARGUMENT DEADLINE_EXCEEDED NOT_FOUND ALREADY_EXISTS "
     "PERMISSION_DENIED RESOURCE_EXHAUSTED FAILED_PRECONDITION ABORTED OUT_OF_RANGE "
@@ -109,23 +87,8 @@ _GRPC_STATUS_NAMES = (
 )
 GRPC_STATUS = {name: code for code, name in enumerate(_GRPC_STATUS_NAMES.split(" "))}
 _WHOLE_PATH_PATTERNS = ("/.*", "^/.*$", ".*", "^.*$", "/(.*)", "^/(.*)$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 # a destination port to fill in with the port the request arrived on
 _REQUEST_PORT = 0
-
-
-def parse_duration(text: object) -> float | None:
-    """A Go/protobuf duration (`15s`, `1.5s`, `100ms`, `1h30m`) in seconds; None if malformed."""
-    if not isinstance(text, str) or not text:
-        return None
-    position, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != position:
-            return None
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        position = m.end()
-    return total if position == len(text) else None
 
 
 def resolve_host(host: str, namespace: str, domain_suffix: str) -> str:
@@ -317,14 +280,10 @@ class RouteCompiler:
         if problem is not None:
             self.warn(route, f"{where}.backendRef", f"{problem}: not mirrored")
             return None
-        percent = 100.0
+        percent = float(m.get("percent", 100))
         fraction = m.get("fraction")
-        if isinstance(fraction, Mapping) and isinstance(fraction.get("numerator"), int):
-            denominator = fraction.get("denominator", 100)
-            if isinstance(denominator, int) and denominator > 0:
-                percent = min(100.0, fraction["numerator"] * 100 / denominator)
-        elif "percent" in m:
-            percent = float(m["percent"])
+        if fraction is not None:
+            percent = fraction["numerator"] * 100 / fraction.get("denominator", 100)
         return Mirror(backend, percent)
 
     def _backend_ref(self, route: Resource, ref: Mapping[str, Any]) -> tuple[Backend, str | None]:
@@ -370,7 +329,7 @@ class RouteCompiler:
                 self.warn(route, at, f"{problem}: its share of the requests gets 500")
             request = response = HeaderOps()
             for k, f in enumerate(ref.get("filters") or ()):
-                kind = f.get("type") if isinstance(f, Mapping) else None
+                kind = f["type"]
                 if kind == "RequestHeaderModifier":
                     request = _header_ops(f.get("requestHeaderModifier"), listed=True)
                 elif kind == "ResponseHeaderModifier":
@@ -392,33 +351,21 @@ class RouteCompiler:
         self, route: Resource, rule: Mapping[str, Any], where: str
     ) -> tuple[float | None, RetryPolicy | None]:
         timeouts = rule.get("timeouts") or {}
-        durations: dict[str, float | None] = {}
-        for key in ("request", "backendRequest"):
-            if key in timeouts:
-                seconds = parse_duration(timeouts[key])
-                if seconds is None:
-                    self.warn(
-                        route,
-                        f"{where}.timeouts.{key}",
-                        f"{timeouts[key]!r} is not a duration (e.g. 10s, 500ms): ignored",
-                    )
-                durations[key] = seconds or None
-        timeout = durations.get("request")
-        retries = None
+        # "0s" means no timeout
+        request = parse_duration(timeouts.get("request")) or None
+        backend = parse_duration(timeouts.get("backendRequest")) or None
         retry = rule.get("retry")
-        if retry is not None:
-            codes = tuple(retry.get("codes") or ())
-            if retry.get("backoff"):
-                self.warn(route, f"{where}.retry.backoff", "retry backoff is not supported")
-            retries = RetryPolicy(
-                attempts=retry.get("attempts", 2),
-                per_try_timeout=durations.get("backendRequest"),
-                retry_on=GATEWAY_RETRY_ON + ((RETRIABLE_STATUS_CODES,) if codes else ()),
-                retriable_status_codes=codes,
-            )
-        elif durations.get("backendRequest") is not None:
-            timeout = durations["backendRequest"]
-        return timeout, retries
+        if retry is None:
+            return backend or request, None
+        codes = tuple(retry.get("codes") or ())
+        if retry.get("backoff"):
+            self.warn(route, f"{where}.retry.backoff", "retry backoff is not supported")
+        return request, RetryPolicy(
+            attempts=retry.get("attempts", 2),
+            per_try_timeout=backend,
+            retry_on=GATEWAY_RETRY_ON + ((RETRIABLE_STATUS_CODES,) if codes else ()),
+            retriable_status_codes=codes,
+        )
 
     # --- VirtualService ------------------------------------------------------------------------
 
@@ -556,9 +503,7 @@ class RouteCompiler:
                 )
             )
         redirect = self._vs_redirect(vs, entry.get("redirect"), f"{where}.redirect")
-        direct = self._vs_direct_response(
-            vs, entry.get("directResponse"), f"{where}.directResponse"
-        )
+        direct = self._vs_direct_response(entry.get("directResponse"))
         if destinations and not backends and redirect is None and direct is None:
             self.warn(vs, f"{where}.route", "every destination has weight 0: requests get 500")
             direct = DirectResponse(500)
@@ -567,9 +512,6 @@ class RouteCompiler:
             return None
         if entry.get("corsPolicy"):
             self.warn(vs, f"{where}.corsPolicy", "CORS is not supported by waypoints: ignored")
-        timeout = None
-        if "timeout" in entry:
-            timeout = self._duration(vs, entry["timeout"], f"{where}.timeout")
         return Route(
             name=entry.get("name") or f"{vs.namespace}.{vs.name}.{index}",
             matches=matches,
@@ -579,61 +521,46 @@ class RouteCompiler:
             rewrite=self._vs_rewrite(vs, entry.get("rewrite"), f"{where}.rewrite"),
             request_headers=_header_ops(headers.get("request"), listed=False),
             response_headers=_header_ops(headers.get("response"), listed=False),
-            timeout=timeout or None,
+            timeout=parse_duration(entry.get("timeout")) or None,
             retries=self._vs_retries(vs, entry.get("retries"), f"{where}.retries"),
             mirrors=tuple(self._vs_mirrors(vs, entry, where)),
             fault=self._vs_fault(vs, entry.get("fault"), f"{where}.fault"),
             origin=f"VirtualService {vs.namespace}/{vs.name} http[{index}]",
         )
 
-    def _duration(self, vs: Resource, value: object, where: str) -> float | None:
-        seconds = parse_duration(value)
-        if seconds is None:
-            self.warn(vs, where, f"{value!r} is not a duration (e.g. 10s, 500ms): ignored")
-        return seconds
-
-    def _vs_redirect(self, vs: Resource, r: Any, where: str) -> Redirect | None:
-        if not isinstance(r, Mapping):
+    def _vs_redirect(
+        self, vs: Resource, r: Mapping[str, Any] | None, where: str
+    ) -> Redirect | None:
+        if not r:
             return None
         if r.get("derivePort") == "FROM_PROTOCOL_DEFAULT":
             self.warn(vs, f"{where}.derivePort", "FROM_PROTOCOL_DEFAULT is not supported")
-        status = r.get("redirectCode", 301)
-        if not isinstance(status, int) or not 300 <= status <= 399:
-            self.warn(vs, f"{where}.redirectCode", f"{status!r} is not a redirect status: 301")
-            status = 301
         return Redirect(
-            status=status,
+            status=r.get("redirectCode", 301),
             scheme=r.get("scheme"),
             host=r.get("authority"),
             port=r.get("port"),
             path=r.get("uri"),
         )
 
-    def _vs_direct_response(self, vs: Resource, d: Any, where: str) -> DirectResponse | None:
-        if not isinstance(d, Mapping):
-            return None
-        status = d.get("status")
-        if not isinstance(status, int) or not 200 <= status <= 599:
-            self.warn(vs, f"{where}.status", f"{status!r} is not an HTTP status: route left out")
+    @staticmethod
+    def _vs_direct_response(d: Mapping[str, Any] | None) -> DirectResponse | None:
+        if not d:
             return None
         body = d.get("body") or {}
-        text = body.get("string", "") if isinstance(body, Mapping) else ""
-        if isinstance(body, Mapping) and "bytes" in body:
-            try:
-                text = base64.b64decode(body["bytes"], validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError, TypeError, ValueError):
-                self.warn(vs, f"{where}.body.bytes", "not base64 of UTF-8 text: empty body")
-                text = ""
-        return DirectResponse(status, text)
+        text = body.get("string", "")
+        if "bytes" in body:
+            text = base64.b64decode(body["bytes"]).decode()
+        return DirectResponse(d["status"], text)
 
-    def _vs_rewrite(self, vs: Resource, r: Any, where: str) -> Rewrite | None:
-        if not isinstance(r, Mapping):
+    def _vs_rewrite(self, vs: Resource, r: Mapping[str, Any] | None, where: str) -> Rewrite | None:
+        if not r:
             return None
         path = None
         regex = r.get("uriRegexRewrite")
-        if isinstance(regex, Mapping):
-            rewrite = regex.get("rewrite", "")
-            if regex.get("match") in _WHOLE_PATH_PATTERNS and "\\" not in rewrite:
+        if regex:
+            rewrite = regex["rewrite"]
+            if regex["match"] in _WHOLE_PATH_PATTERNS and "\\" not in rewrite:
                 path = rewrite
             else:
                 self.warn(
@@ -646,8 +573,10 @@ class RouteCompiler:
             return None
         return Rewrite(path=path, prefix=prefix, authority=r.get("authority"))
 
-    def _vs_retries(self, vs: Resource, r: Any, where: str) -> RetryPolicy | None:
-        if not isinstance(r, Mapping):
+    def _vs_retries(
+        self, vs: Resource, r: Mapping[str, Any] | None, where: str
+    ) -> RetryPolicy | None:
+        if r is None:
             return None
         attempts = r.get("attempts", 0)
         if attempts <= 0:
@@ -655,68 +584,59 @@ class RouteCompiler:
         retry_on: list[str] = []
         codes: list[int] = []
         if r.get("retryOn"):
-            for part in (p.strip() for p in r["retryOn"].split(",")):
-                if part.isdigit() and 100 <= int(part) <= 599:
+            for part in filter(None, (p.strip() for p in r["retryOn"].split(","))):
+                if part.isdigit():
                     codes.append(int(part))
-                elif part in RETRY_CONDITIONS:
+                elif part not in retry_on:
                     retry_on.append(part)
-                elif part:
-                    self.warn(vs, f"{where}.retryOn", f"unknown retry condition {part!r}: ignored")
             if codes and RETRIABLE_STATUS_CODES not in retry_on:
                 retry_on.append(RETRIABLE_STATUS_CODES)
         else:
             retry_on, codes = list(DEFAULT_RETRY_ON), list(DEFAULT_RETRIABLE_CODES)
-        per_try = None
-        if "perTryTimeout" in r:
-            per_try = self._duration(vs, r["perTryTimeout"], f"{where}.perTryTimeout")
         for key in ("backoff", "retryRemoteLocalities"):
             if key in r:
                 self.warn(vs, f"{where}.{key}", "not supported by waypoints: ignored")
         return RetryPolicy(
             attempts=attempts,
-            per_try_timeout=per_try or None,
+            per_try_timeout=parse_duration(r.get("perTryTimeout")) or None,
             retry_on=tuple(retry_on),
             retriable_status_codes=tuple(codes),
         )
 
     def _percent(self, vs: Resource, spec: Mapping[str, Any], where: str) -> float:
         percentage = spec.get("percentage")
-        if isinstance(percentage, Mapping) and isinstance(percentage.get("value"), int | float):
-            value = float(percentage["value"])
-        elif isinstance(spec.get("percent"), int):
-            value = float(spec["percent"])
-        else:
-            self.warn(vs, where, "no percentage: no request is affected")
-            return 0.0
-        if not 0 <= value <= 100:
-            self.warn(vs, f"{where}.percentage", f"{value} is not within 0-100: clamped")
-        return min(100.0, max(0.0, value))
+        if percentage is not None:
+            return float(percentage.get("value", 0))
+        if "percent" in spec:
+            return float(spec["percent"])
+        self.warn(vs, where, "no percentage: no request is affected")
+        return 0.0
 
-    def _vs_fault(self, vs: Resource, f: Any, where: str) -> Fault | None:
-        if not isinstance(f, Mapping):
+    def _vs_fault(self, vs: Resource, f: Mapping[str, Any] | None, where: str) -> Fault | None:
+        if not f:
             return None
         delay_percent = delay = abort_percent = 0.0
         abort_status = abort_grpc = 0
         d = f.get("delay")
-        if isinstance(d, Mapping):
+        if d:
             if "fixedDelay" in d:
-                delay = self._duration(vs, d["fixedDelay"], f"{where}.delay.fixedDelay") or 0.0
+                delay = parse_duration(d["fixedDelay"]) or 0.0
                 delay_percent = self._percent(vs, d, f"{where}.delay")
             else:
                 self.warn(vs, f"{where}.delay", "only fixedDelay is supported: no delay")
         a = f.get("abort")
-        if isinstance(a, Mapping):
-            if isinstance(a.get("httpStatus"), int) and 200 <= a["httpStatus"] <= 599:
+        if a:
+            if "httpStatus" in a:
                 abort_status = a["httpStatus"]
             elif "grpcStatus" in a:
-                status = str(a["grpcStatus"])
+                status = a["grpcStatus"]
                 code = int(status) if status.isdigit() else GRPC_STATUS.get(status.upper())
                 if code is None or not 1 <= code <= 16:
                     self.warn(vs, f"{where}.abort.grpcStatus", f"{status!r}: not a gRPC error")
                 else:
                     abort_grpc = code
             else:
-                self.warn(vs, f"{where}.abort", "needs httpStatus or grpcStatus: no abort")
+                self.warn(vs, f"{where}.abort", "only httpStatus and grpcStatus are supported")
             if abort_status or abort_grpc:
                 abort_percent = self._percent(vs, a, f"{where}.abort")
         if not (delay and delay_percent) and not abort_percent:

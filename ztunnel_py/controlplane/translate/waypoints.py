@@ -29,7 +29,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.controlplane.translate.services import service_hostname
@@ -105,34 +104,27 @@ def is_waypoint_gateway(gateway: Resource) -> bool:
 def _status_address(gateway: Resource) -> GatewayAddress | None:
     """istiod's `getGatewayAddress`: the first Hostname in `status.addresses`, else the first
     IP address (an entry without a type is an IP address, the Gateway API default)."""
-    entries = [a for a in gateway.status.get("addresses") or () if isinstance(a, Mapping)]
+    entries = gateway.status.get("addresses") or ()
     for entry in entries:
-        if entry.get("type") == "Hostname" and isinstance(entry.get("value"), str):
+        if entry.get("type") == "Hostname":
             return GatewayAddress(NamespacedHostname(gateway.namespace, entry["value"]))
     for entry in entries:
         if entry.get("type", "IPAddress") == "IPAddress":
             try:
-                ip = ipaddress.ip_address(entry.get("value", ""))
+                return GatewayAddress(NetworkAddress("", ipaddress.ip_address(entry["value"])))
             except ValueError:
                 continue
-            return GatewayAddress(NetworkAddress("", ip))
     return None
 
 
-def _hbone_listener_allowed(gateway: Resource) -> tuple[str, dict[str, str]]:
-    """`allowedRoutes.namespaces` of the HBONE/15008 listener (Same when absent or unreadable)."""
+def _hbone_listener_allowed(gateway: Resource) -> tuple[str, Mapping[str, str]]:
+    """`allowedRoutes.namespaces` of the HBONE/15008 listener (Same when there is none)."""
     for listener in gateway.spec.get("listeners") or ():
-        if listener.get("protocol") != "HBONE" or listener.get("port") != HBONE_LISTENER_PORT:
-            continue
-        namespaces: Any = (listener.get("allowedRoutes") or {}).get("namespaces") or {}
-        if not isinstance(namespaces, Mapping):
-            return "Same", {}
-        source = namespaces.get("from", "Same")
-        selector = namespaces.get("selector") or {}
-        labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
-        if source == "Selector" and isinstance(labels, Mapping):
-            return "Selector", {str(k): str(v) for k, v in labels.items()}
-        return (source, {}) if source in ("All", "Same") else ("Same", {})
+        if listener.get("protocol") == "HBONE" and listener.get("port") == HBONE_LISTENER_PORT:
+            namespaces = (listener.get("allowedRoutes") or {}).get("namespaces") or {}
+            source: str = namespaces.get("from", "Same")
+            labels: Mapping[str, str] = (namespaces.get("selector") or {}).get("matchLabels") or {}
+            return source, labels if source == "Selector" else {}
     return "Same", {}
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
-from ztunnel_py.controlplane.validation import extensions, kinds
+from ztunnel_py.controlplane.validation import extensions, kinds, routing
 from ztunnel_py.controlplane.validation.kinds import KindInfo
 from ztunnel_py.controlplane.validation.schema import Checker, Node
 from ztunnel_py.yamlpos import describe_value
 
 DEFAULT_NAMESPACE = "default"
-KINDS: dict[str, KindInfo] = {**kinds.KINDS, **extensions.KINDS}
+KINDS: dict[str, KindInfo] = {**kinds.KINDS, **extensions.KINDS, **routing.KINDS}
 
 
 @dataclass(frozen=True, slots=True)
