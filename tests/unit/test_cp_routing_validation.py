@@ -7,8 +7,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.unit.cp_support import diagnostics
+from tests.unit.test_cp_validation import _paths, _replace, _trees, assert_consistent
+from tests.unit.waypoint_support import documents, namespace, pod, service, waypoint
+from ztunnel_py.controlplane.resources import Document
+from ztunnel_py.controlplane.sources.yamldocs import Parsed, parse_documents
+from ztunnel_py.controlplane.store import ConfigStore
 
 
 def virtual_service(**route: Any) -> dict[str, Any]:
@@ -220,3 +227,89 @@ def test_unknown_waypoint_traffic_type_is_a_warning() -> None:
             False,
         )
     ]
+
+
+WAYPOINT_MESH = parse_documents(
+    "\n---\n".join(
+        [
+            waypoint(),
+            documents(
+                namespace("apps", **{"istio.io/use-waypoint": "waypoint"}),
+                service("echo"),
+                pod("echo-0", labels={"app": "echo", "version": "v1"}),
+                {
+                    "apiVersion": "networking.istio.io/v1",
+                    "kind": "DestinationRule",
+                    "metadata": {"name": "echo", "namespace": "apps"},
+                    "spec": {
+                        "host": "echo",
+                        "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
+                    },
+                },
+                virtual_service(
+                    match=[{"uri": {"prefix": "/a"}, "headers": {"x": {"exact": "1"}}}],
+                    timeout="1s",
+                    retries={"attempts": 2, "retryOn": "5xx,503"},
+                    fault={"delay": {"fixedDelay": "1s", "percentage": {"value": 1}}},
+                    mirror={"host": "echo", "subset": "v1"},
+                    headers={"request": {"set": {"a": "b"}}},
+                ),
+                http_route(
+                    matches=[{"path": {"type": "PathPrefix", "value": "/b"}, "method": "GET"}],
+                    filters=[{"type": "URLRewrite", "urlRewrite": {"hostname": "x"}}],
+                    backendRefs=[{"name": "echo", "port": 80, "weight": 2}],
+                    timeouts={"request": "1s"},
+                ),
+                {
+                    "apiVersion": "security.istio.io/v1",
+                    "kind": "AuthorizationPolicy",
+                    "metadata": {"name": "p", "namespace": "apps"},
+                    "spec": {
+                        "targetRefs": [{"kind": "Service", "group": "", "name": "echo"}],
+                        "rules": [
+                            {
+                                "to": [{"operation": {"paths": ["/x*"], "methods": ["GET"]}}],
+                                "when": [{"key": "request.headers[a]", "values": ["b"]}],
+                            }
+                        ],
+                    },
+                },
+                {
+                    "apiVersion": "extensions.istio.io/v1alpha1",
+                    "kind": "WasmPlugin",
+                    "metadata": {"name": "w", "namespace": "apps"},
+                    "spec": {
+                        "targetRefs": [
+                            {
+                                "kind": "Gateway",
+                                "group": "gateway.networking.k8s.io",
+                                "name": "waypoint",
+                            }
+                        ],
+                        "url": "python://f",
+                        "pluginConfig": {"a": [1, {"b": 2}]},
+                    },
+                },
+            ),
+        ]
+    ),
+    "f.yaml",
+).documents
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_waypoint_configuration_never_crashes(data: st.DataObject) -> None:
+    """The waypoint kinds with one value replaced anywhere: validation, translation and the
+    store must not raise, and keep serving the last good state of what they reject."""
+    store = ConfigStore(report=False)
+    store.apply({"f.yaml": Parsed(WAYPOINT_MESH)})
+    good = store.current()
+    assert good.http_services and not [d for d in store.diagnostics() if d.is_error]
+    before = dict(store.resources())
+    mutated = []
+    for doc in WAYPOINT_MESH:
+        path = data.draw(st.sampled_from(_paths(doc.body)))
+        mutated.append(Document(doc.origin, _replace(doc.body, path, data.draw(_trees))))
+    store.apply({"f.yaml": Parsed(tuple(mutated))})
+    assert_consistent(store, tuple(mutated), before)

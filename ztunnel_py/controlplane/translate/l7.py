@@ -215,7 +215,10 @@ class L7Builder:
             for key in ("tcp", "tls"):
                 if vs.spec.get(key):
                     self.warn(vs, f"spec.{key}", f"{key} routes are not applied by waypoints")
-            hosts = [resolve_host(h, vs.namespace, self.domain_suffix) for h in vs.spec["hosts"]]
+            hosts = [
+                resolve_host(h, vs.namespace, self.domain_suffix)
+                for h in vs.spec.get("hosts") or ()
+            ]
             out.append((hosts, vs))
         return out
 
