@@ -145,3 +145,11 @@ def test_wasm_fields_are_reported_as_ignored() -> None:
     assert found == [
         ("spec.sha256", "ignored: python:// filters are installed packages, not modules", False)
     ]
+
+
+def test_match_is_reported_as_not_supported() -> None:
+    found = [
+        (d.path, d.reason)
+        for d in diagnostics(documents(plugin("p", match=[{"ports": [{"number": 80}]}])))
+    ]
+    assert found == [("spec.match", "not supported by waypoints: the filter applies to every port")]

@@ -4,6 +4,7 @@ Workloads get a waypoint address, and what is reported when they cannot."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from tests.unit.waypoint_support import (
     waypoint_pod,
     waypoint_service,
 )
+from ztunnel_py.controlplane.debugviews import waypoints_view
+from ztunnel_py.controlplane.snapshot import MeshSnapshot
 from ztunnel_py.controlplane.translate.services import kubernetes_port_protocol
 from ztunnel_py.model import GatewayAddress, NamespacedHostname, NetworkAddress
 from ztunnel_py.model.workload import AppProtocol
@@ -298,3 +301,29 @@ def test_port_protocols_as_istiod_converts_them(
     port: dict[str, Any], protocol: AppProtocol
 ) -> None:
     assert kubernetes_port_protocol(port) is protocol
+
+
+def test_debug_view_shows_each_waypoint_in_full() -> None:
+    t, _ = translation(documents(namespace("apps", **{USE: "waypoint"})), waypoint(), app())
+    snapshot = MeshSnapshot(1, t.workloads, t.services, t.policies, t.http_services, t.waypoints)
+    view = json.loads(json.dumps(waypoints_view(snapshot)))
+    assert view == {
+        "version": 1,
+        "waypoints": {
+            "apps/waypoint": {
+                "address": "apps/waypoint.apps.svc.cluster.local:15008",
+                "ready": True,
+                "pods": {"apps/waypoint-0": "node-1"},
+                "httpServices": {
+                    ECHO: {
+                        "service": ECHO,
+                        "routes": [],
+                        "subsets": [],
+                        "sources": [],
+                        "filters": [],
+                    }
+                },
+                "policies": {},
+            }
+        },
+    }

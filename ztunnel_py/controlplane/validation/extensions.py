@@ -7,7 +7,8 @@ group `ztunnel_py.http_filters`). Any other scheme (`oci://`, `file://`, `http(s
 refused with an error that says what to do instead. `pluginConfig` must be representable as JSON
 (it reaches the waypoint as a JSON object). Fields about fetching and running Wasm modules
 (`sha256`, `imagePullPolicy`, `imagePullSecret`, `vmConfig`, `pluginName`) are accepted and
-reported as ignored; `type: NETWORK` (network filters) is refused.
+reported as ignored, and so is `match` (a waypoint applies the filter to every port);
+`type: NETWORK` (network filters) is refused.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def _wasm_plugin_spec(c: Checker, node: Node, fields: Mapping[str, Node]) -> Non
     for key in _IGNORED:
         if key in fields:
             c.warn(fields[key], "ignored: python:// filters are installed packages, not modules")
+    if "match" in fields:
+        c.warn(fields["match"], "not supported by waypoints: the filter applies to every port")
 
 
 WASM_PLUGIN_SPEC = obj(
