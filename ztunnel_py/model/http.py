@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "FILTER_NAME",
     "Backend",
     "DirectResponse",
     "Fault",
@@ -280,6 +281,10 @@ class Subset:
     name: str
     labels: tuple[tuple[str, str], ...] = ()
     workload_uids: frozenset[str] = frozenset()
+
+
+# An entry point name as the waypoint looks a user filter up (no spaces, '=' or ':').
+FILTER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 class FilterPhase(enum.Enum):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
 from ztunnel_py.model.http import (
+    FILTER_NAME,
     Backend,
     DirectResponse,
     Fault,
@@ -89,8 +89,6 @@ _PHASES = {
     FilterPhase.STATS: l7_pb2.STATS,
 }
 _PHASE_NAMES: dict[int, FilterPhase] = {int(v): k for k, v in _PHASES.items()}
-# An entry point name as Python packaging allows it (no spaces, no '=' or ':').
-_FILTER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 
 # --- model -> proto ------------------------------------------------------------------------------
@@ -421,7 +419,7 @@ def _route(pb: l7_pb2.Route) -> Route:
 
 
 def _filter(pb: l7_pb2.FilterConfig) -> FilterConfig:
-    if not _FILTER_NAME.match(pb.name):
+    if not FILTER_NAME.match(pb.name):
         raise ConversionError(
             f"filter name {pb.name!r} is not an entry point name (letters, digits, '_', '.', '-')"
         )

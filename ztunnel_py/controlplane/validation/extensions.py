@@ -14,7 +14,6 @@ reported as ignored, and so is `match` (a waypoint applies the filter to every p
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 
 from ztunnel_py.controlplane.validation.kinds import (
@@ -36,10 +35,9 @@ from ztunnel_py.controlplane.validation.schema import (
     dns1123_subdomain,
     obj,
 )
+from ztunnel_py.model.http import FILTER_NAME
 
 PYTHON_SCHEME = "python://"
-# An entry point name as the waypoint looks it up (see xds/l7convert.py).
-_ENTRY_POINT = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _IGNORED = ("sha256", "imagePullPolicy", "imagePullSecret", "vmConfig", "pluginName")
 _MAX_DEPTH = 64
 
@@ -48,7 +46,7 @@ def plugin_url_problem(url: str) -> str | None:
     """Why a WasmPlugin url cannot be used (None: `python://<entry point name>`)."""
     if url.startswith(PYTHON_SCHEME):
         name = url[len(PYTHON_SCHEME) :]
-        if _ENTRY_POINT.match(name):
+        if FILTER_NAME.match(name):
             return None
         return (
             f"{name!r} is not an entry point name (letters, digits, '_', '.', '-'): "
