@@ -74,7 +74,8 @@ def test_validate_clean_directory(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == ""
     assert result.stderr == (
-        "1 files, 2 resources accepted (1 workloads, 0 services, 0 policies): "
+        "1 files, 2 resources accepted (1 workloads, 0 services, 0 policies, 0 waypoints, "
+        "0 HTTP services): "
         "0 errors, 0 warnings\n"
     )
 
@@ -94,7 +95,7 @@ def test_validate_reports_every_problem_and_fails(tmp_path: Path) -> None:
         "column 11)",
         f"{bad}:doc[2]: kind: unknown kind 'Deployment' (supported: Namespace, Pod, Service, "
         "ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
-        "PeerAuthentication, Gateway, HTTPRoute) (line 15, column 7)",
+        "PeerAuthentication, Gateway, HTTPRoute, WasmPlugin) (line 15, column 7)",
         f"{bad}:doc[3]: <document>: invalid YAML: while parsing a flow mapping: expected ',' or "
         "'}', but got '<stream end>' (line 22, column 1)",
     ]

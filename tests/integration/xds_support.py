@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry
 from ztunnel_py.admin.readiness import Readiness
 from ztunnel_py.controlplane import xds_server
 from ztunnel_py.controlplane.app import CA_SUBDIR, ServingCredentials, load_or_create_ca
-from ztunnel_py.controlplane.memsource import MemorySnapshotSource
 from ztunnel_py.controlplane.monitoring import MonitoringServer
 from ztunnel_py.controlplane.nodeauth import TOKEN_FILE, NodeTokenStore, TokenAuthenticator
+from ztunnel_py.controlplane.snapshot import SnapshotSource
 from ztunnel_py.identity.pki import ROOT_CERT_FILE
 from ztunnel_py.model import (
     Action,
@@ -100,7 +100,7 @@ def by_key(
 @dataclass
 class ControlPlane:
     data_dir: Path
-    source: MemorySnapshotSource
+    source: SnapshotSource
     port: int = 0
     debounce: float = 0.05
     server: grpc.Server | None = None

@@ -21,6 +21,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.workload import AppProtocol
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -108,6 +109,8 @@ def test_service() -> None:
             vips=(NetworkAddress("", ip("10.96.0.10")), NetworkAddress("", ip("fd00:96::10"))),
             ports={80: 0, 9000: 9001, 7000: 7000},
             subject_alt_names=("spiffe://cluster.local/ns/demo/sa/web-sa",),
+            # the port names say HTTP and gRPC; "plain" says nothing
+            app_protocols={80: AppProtocol.HTTP11, 9000: AppProtocol.GRPC},
         )
     }
 
@@ -305,6 +308,7 @@ def test_service_entry_with_endpoints() -> None:
         vips=(NetworkAddress("", ip("240.0.0.10")),),
         ports={443: 8443},
         subject_alt_names=("spiffe://cluster.local/ns/pay/sa/payments",),
+        app_protocols={443: AppProtocol.TLS},
     )
     assert list(snapshot.services) == keys
     first = snapshot.workloads["Kubernetes/networking.istio.io/ServiceEntry/demo/payments/10.9.0.1"]
@@ -552,48 +556,3 @@ def test_waypoint_policies_are_not_sent_to_ztunnel() -> None:
     store = store_with(("f.yaml", text))
     assert store.current().policies == {}
     assert ResourceKey("AuthorizationPolicy", "demo", "l7") in store.resources()
-
-
-def test_waypoint_and_routing_kinds_are_stored_not_translated() -> None:
-    text = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: demo, labels: {istio.io/waypoint-for: service}}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web-split, namespace: demo}
-spec:
-  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /api}}]
-    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: b}]}}]
-    backendRefs: [{name: web-v1, port: 80, weight: 90}, {name: web-v2, port: 80, weight: 10}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: web, namespace: demo}
-spec:
-  hosts: [web.demo.svc.cluster.local]
-  http: [{route: [{destination: {host: web, subset: v1}, weight: 100}], timeout: 2s}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web, namespace: demo}
-spec:
-  host: web.demo.svc.cluster.local
-  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
-  subsets: [{name: v1, labels: {version: v1}}]
-"""
-    store = store_with(("f.yaml", text))
-    assert store.diagnostics() == ()
-    assert store.current().version == 0
-    assert sorted(k.kind for k in store.resources()) == [
-        "DestinationRule",
-        "Gateway",
-        "HTTPRoute",
-        "VirtualService",
-    ]

@@ -73,7 +73,7 @@ CASES = [
         "kind",
         "unknown kind 'Deployment' (supported: Namespace, Pod, Service, ServiceEntry, "
         "WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
-        "PeerAuthentication, Gateway, HTTPRoute)",
+        "PeerAuthentication, Gateway, HTTPRoute, WasmPlugin)",
     ),
     (
         "kind in the wrong case",
@@ -742,6 +742,7 @@ _kinds = st.sampled_from(
         "HTTPRoute",
         "VirtualService",
         "DestinationRule",
+        "WasmPlugin",
         "List",
     ]
 )
@@ -753,7 +754,13 @@ def _objects(draw: st.DrawFn) -> dict[object, object]:
     body["kind"] = draw(_kinds)
     body["apiVersion"] = draw(
         st.sampled_from(
-            ["v1", "networking.istio.io/v1", "security.istio.io/v1", "gateway.networking.k8s.io/v1"]
+            [
+                "v1",
+                "networking.istio.io/v1",
+                "security.istio.io/v1",
+                "gateway.networking.k8s.io/v1",
+                "extensions.istio.io/v1alpha1",
+            ]
         )
     )
     if draw(st.booleans()):
@@ -884,10 +891,18 @@ def assert_consistent(
     served = store.resources()
     reported = set(store.diagnostics())
     snapshot, translation = store.current(), translate(served.values(), store.options)
-    assert (snapshot.workloads, snapshot.services, snapshot.policies) == (
+    assert (
+        snapshot.workloads,
+        snapshot.services,
+        snapshot.policies,
+        snapshot.http_services,
+        snapshot.waypoints,
+    ) == (
         translation.workloads,
         translation.services,
         translation.policies,
+        translation.http_services,
+        translation.waypoints,
     )
 
     def conflict(key: ResourceKey) -> bool:

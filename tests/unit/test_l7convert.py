@@ -1,18 +1,19 @@
-"""Our waypoint xDS types both ways: every field survives a round trip, damaged resources are
-refused with a one-line reason (the NACK) while the rest of a response is applied."""
+"""Our waypoint xDS types both ways: every field survives model -> wire -> model, and what the
+model cannot hold is refused with a one-line reason (the NACK text)."""
 
 from __future__ import annotations
 
-import pytest
-from google.protobuf.any_pb2 import Any as AnyPb
+import ipaddress
 
-from ztunnel_py.model import Action, Authorization, Match, PolicyScope, StringMatch
-from ztunnel_py.model import StringMatchKind as K
+import pytest
+
+from ztunnel_py.model import Action, Authorization, Match, PolicyScope, StringMatch, StringMatchKind
 from ztunnel_py.model.http import (
     Backend,
     DirectResponse,
     Fault,
     FilterConfig,
+    FilterPhase,
     HeaderMatch,
     HeaderOps,
     HttpService,
@@ -28,156 +29,144 @@ from ztunnel_py.model.http import (
     Subset,
 )
 from ztunnel_py.model.policy import HeaderCondition, WaypointPolicy
-from ztunnel_py.proto import discovery_pb2, l7_pb2
-from ztunnel_py.xds.convert import ConversionError, decode_response
+from ztunnel_py.proto import l7_pb2
+from ztunnel_py.xds.convert import ConversionError
 from ztunnel_py.xds.l7convert import (
     HTTP_SERVICE_TYPE,
     L7_DECODERS,
     WAYPOINT_POLICY_TYPE,
+    encode_l7_resource,
     http_service_from_proto,
     http_service_to_proto,
-    waypoint_policy_from_proto,
-    waypoint_policy_to_proto,
 )
 
-ECHO = "apps/echo.apps.svc.cluster.local"
+SVC = "apps/echo.apps.svc.cluster.local"
 
-SERVICE = HttpService(
-    ECHO,
+FULL = HttpService(
+    SVC,
     routes=(
         Route(
-            "api",
+            "r0",
             matches=(
                 RouteMatch(
-                    path=PathMatch(MatchKind.PREFIX, "/api", segment_prefix=True),
-                    method="POST",
-                    headers=(HeaderMatch("x-user", MatchKind.REGEX, "a.*"),),
-                    query=(QueryMatch("debug", MatchKind.PRESENT),),
+                    path=PathMatch(
+                        MatchKind.PREFIX, "/api", segment_prefix=False, ignore_case=True
+                    ),
+                    method="GET",
+                    headers=(HeaderMatch("x-a", MatchKind.REGEX, "a+", invert=True),),
+                    query=(QueryMatch("q", MatchKind.EXACT, "1"),),
                     port=80,
                 ),
-                RouteMatch(path=PathMatch(MatchKind.EXACT, "/v1", ignore_case=True)),
             ),
             backends=(
-                Backend(ECHO, 80, 90, "v1", HeaderOps(set=(("x-a", "1"),))),
-                Backend(ECHO, 80, 10, "v2", response_headers=HeaderOps(remove=("server",))),
+                Backend(
+                    SVC, 80, 90, "v1", HeaderOps(set=(("x-b", "1"),)), HeaderOps(remove=("x-c",))
+                ),
+                Backend("apps/", 0, 10),
             ),
             rewrite=Rewrite(prefix="/"),
-            request_headers=HeaderOps(add=(("x-b", "2"),)),
-            timeout=15.0,
-            retries=RetryPolicy(3, 5.0, ("5xx", "retriable-status-codes"), (503,)),
-            mirrors=(Mirror(Backend(ECHO, 80, subset="v2"), 10.0),),
-            fault=Fault(0.1, 0.1, 0.0, 503),
-            origin="VirtualService apps/echo http 0",
+            request_headers=HeaderOps(add=(("x-d", "2"),)),
+            timeout=1.5,
+            retries=RetryPolicy(3, 0.25, ("5xx", "retriable-status-codes"), (503,)),
+            mirrors=(Mirror(Backend(SVC, 80, 1, "v2"), 10.0),),
+            fault=Fault(0.1, 0.1, 5.0, 0, 14),
+            origin="VirtualService apps/echo http[0]",
         ),
-        Route("moved", redirect=Redirect(301, "https", None, 8443, None, "/new")),
-        Route("teapot", direct_response=DirectResponse(418, "short and stout")),
+        Route("r1", redirect=Redirect(301, "https", "x", 8443, None, "/new")),
+        Route("r2", direct_response=DirectResponse(410, "gone")),
     ),
-    subsets=((ECHO, (Subset("v1", (("version", "v1"),), frozenset({"uid-1"})),)),),
+    subsets=((SVC, (Subset("v1", (("version", "v1"),), frozenset({"uid-1", "uid-2"})),)),),
     sources=("VirtualService apps/echo",),
     filters=(
-        FilterConfig("local_ratelimit", "AUTHZ", 10, {"max_tokens": 5}, "WasmPlugin apps/rl"),
+        FilterConfig(
+            "local_ratelimit",
+            FilterPhase.AUTHZ,
+            7,
+            {"max_tokens": 10, "nested": {"list": [1, 2.5, None, True]}},
+            fail_open=True,
+            origin="WasmPlugin apps/ratelimit",
+        ),
+        FilterConfig("stats_extra", FilterPhase.STATS),
     ),
 )
 
 POLICY = WaypointPolicy(
     Authorization(
-        "deny-delete",
+        "p",
         "apps",
         PolicyScope.WORKLOAD_SELECTOR,
-        Action.DENY,
+        Action.AUDIT,
         (
             (
                 (
                     Match(
-                        principals=(StringMatch(K.SUFFIX, "/sa/web"),),
-                        methods=(StringMatch(K.EXACT, "DELETE"),),
-                        not_paths=(StringMatch(K.PREFIX, "/public/"),),
-                        hosts=(StringMatch(K.PRESENCE),),
+                        source_ips=(ipaddress.ip_network("10.0.0.0/8"),),
+                        paths=(StringMatch(StringMatchKind.PREFIX, "/a/"),),
+                        not_methods=(StringMatch(StringMatchKind.EXACT, "DELETE"),),
+                        hosts=(StringMatch(StringMatchKind.SUFFIX, ".example.com"),),
+                        headers=(HeaderCondition("x-t", (StringMatch(StringMatchKind.PRESENCE),)),),
                     ),
                 ),
-                (Match(headers=(HeaderCondition("x-env", (StringMatch(K.EXACT, "prod"),)),)),),
             ),
         ),
         dry_run=True,
     ),
-    services=(ECHO,),
+    (SVC,),
 )
 
 
-def test_an_http_service_survives_the_round_trip() -> None:
-    wire = http_service_to_proto(SERVICE).SerializeToString()
-    back = http_service_from_proto(l7_pb2.HttpService.FromString(wire))
-    assert back == SERVICE
-    assert back.filters[0].config == {"max_tokens": 5}
+@pytest.mark.parametrize(
+    ("type_url", "obj"), [(HTTP_SERVICE_TYPE, FULL), (WAYPOINT_POLICY_TYPE, POLICY)]
+)
+def test_round_trip(type_url: str, obj: HttpService | WaypointPolicy) -> None:
+    encoded = encode_l7_resource(type_url, obj.key, obj)
+    decoded, key = L7_DECODERS[type_url](encoded.resource.resource.value)
+    assert (decoded, key) == (obj, obj.key)
+    # content versions follow the content
+    assert encode_l7_resource(type_url, obj.key, obj).version == encoded.version
 
 
-def test_a_waypoint_policy_survives_the_round_trip() -> None:
-    wire = waypoint_policy_to_proto(POLICY).SerializeToString()
-    assert waypoint_policy_from_proto(l7_pb2.HttpAuthorization.FromString(wire)) == POLICY
+def test_integers_stay_integers_in_filter_configuration() -> None:
+    decoded = http_service_from_proto(http_service_to_proto(FULL))
+    assert type(decoded.filters[0].config["max_tokens"]) is int
 
 
-def _damaged(edit: str) -> l7_pb2.HttpService:
-    pb = http_service_to_proto(SERVICE)
-    route = pb.routes[0]
-    if edit == "status":
-        pb.routes[2].direct_response.status = 99
-    elif edit == "regex":
-        route.matches[0].headers[0].value = "(unclosed"
-    elif edit == "port":
-        route.backends[0].port = 70000
-    elif edit == "backend":
-        route.backends[0].service = "no-namespace"
-    elif edit == "percent":
-        route.mirrors[0].percent = 120
-    elif edit == "kind":
-        route.matches[0].path.kind = 42  # type: ignore[assignment]
-    elif edit == "duration":
-        route.timeout.seconds = -1
+def _damaged(**changes: object) -> l7_pb2.HttpService:
+    pb = http_service_to_proto(FULL)
+    for path, value in changes.items():
+        target: object = pb
+        *parents, leaf = path.split("__")
+        for part in parents:
+            target = (
+                getattr(target, part)[0]
+                if part in ("routes", "backends", "filters")
+                else getattr(target, part)
+            )
+        setattr(target, leaf, value)
     return pb
 
 
 @pytest.mark.parametrize(
-    ("edit", "reason"),
+    ("changes", "reason"),
     [
-        ("status", "route 2 (teapot): direct response status 99 is not an HTTP status"),
-        ("regex", "route 0 (api): invalid regular expression '(unclosed'"),
-        ("port", "route 0 (api): backend port 70000 is not a port"),
-        ("backend", "route 0 (api): backend service 'no-namespace' is not <namespace>/<hostname>"),
-        ("percent", "route 0 (api): mirror percentage 120.0 is not within 0-100"),
-        ("kind", "route 0 (api): unsupported path match kind 42"),
-        ("duration", "route 0 (api): route timeout is negative"),
+        ({"filters__name": "no spaces"}, "filter name 'no spaces' is not an entry point name"),
+        (
+            {"filters__config_json": "[1]"},
+            "filter local_ratelimit: configuration is not a JSON object",
+        ),
+        ({"filters__config_json": "{"}, "filter local_ratelimit: configuration is not JSON"),
+        ({"filters__phase": 9}, "filter local_ratelimit: unsupported phase 9"),
+        ({"routes__backends__port": 0}, "route 0 (r0): backend port 0 is not a port"),
+        ({"name": "no-slash"}, "HTTP service name 'no-slash' is not <namespace>/<hostname>"),
     ],
 )
-def test_damaged_resources_are_refused_with_a_reason(edit: str, reason: str) -> None:
-    with pytest.raises(ConversionError) as caught:
-        http_service_from_proto(_damaged(edit))
-    assert str(caught.value).startswith(reason)
-    assert "\n" not in str(caught.value)
+def test_what_the_model_cannot_hold_is_refused(changes: dict[str, object], reason: str) -> None:
+    with pytest.raises(ConversionError) as e:
+        http_service_from_proto(_damaged(**changes))
+    assert str(e.value).startswith(reason)
+    assert "\n" not in str(e.value)
 
 
-def _response(type_url: str, *resources: tuple[str, bytes]) -> bytes:
-    pb = discovery_pb2.DeltaDiscoveryResponse(type_url=type_url, nonce="n1")
-    for name, payload in resources:
-        r = pb.resources.add(name=name, version="v")
-        r.resource.CopyFrom(AnyPb(type_url=type_url, value=payload))
-    return pb.SerializeToString()
-
-
-def test_a_response_keeps_its_valid_resources_and_names_the_others() -> None:
-    good = http_service_to_proto(SERVICE).SerializeToString()
-    bad = _damaged("status").SerializeToString()
-    raw = _response(HTTP_SERVICE_TYPE, (ECHO, good), ("apps/other", bad), ("apps/x", good))
-    decoded = decode_response(raw, L7_DECODERS)
-    assert decoded.others == [SERVICE] and list(decoded.accepted) == [ECHO]
-    assert decoded.rejected["apps/other"].startswith("route 2 (teapot)")
-    assert decoded.rejected["apps/x"] == f"resource name does not match its key {ECHO!r}"
-
-
-def test_policies_decode_by_their_own_type_url() -> None:
-    raw = _response(
-        WAYPOINT_POLICY_TYPE,
-        ("apps/deny-delete", waypoint_policy_to_proto(POLICY).SerializeToString()),
-    )
-    assert decode_response(raw, L7_DECODERS).others == [POLICY]
-    # a client that did not ask for the L7 types converts nothing of them
-    assert decode_response(raw).others == []
+def test_wrong_object_for_the_type() -> None:
+    with pytest.raises(ConversionError, match="a WaypointPolicy is not a"):
+        encode_l7_resource(HTTP_SERVICE_TYPE, "x", POLICY)

@@ -267,7 +267,7 @@ def test_a_partly_invalid_response_keeps_its_valid_part() -> None:
         "bad": "address 0 has 1 bytes (an IP address has 4 or 16)",
         WORKLOAD.uid: "listed twice in one response",
         "empty": "no resource payload",
-        "typed": f"payload is a {AUTHORIZATION_TYPE!r}, not a {ADDRESS_TYPE}",
+        "typed": f"payload is a {AUTHORIZATION_TYPE!r}, not a {ADDRESS_TYPE!r}",
     }
 
 

@@ -29,6 +29,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.workload import AppProtocol
 from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Delta, Request
 from ztunnel_py.xds.convert import (
     NodeInfo,
@@ -194,7 +195,7 @@ ISTIO_SERVICE = ld(
     ld(2, "default"),
     ld(3, "productpage.default.svc.cluster.local"),
     ld(4, ld(1, ""), ld(2, ip("10.96.0.15"))),
-    ld(5, vint(1, 9080), vint(2, 9080), vint(3, 1)),
+    ld(5, vint(1, 9080), vint(2, 9080), vint(3, 1)),  # app_protocol HTTP11
     ld(5, vint(1, 9443)),  # target_port 0: named port, resolved per workload
     ld(6, "spiffe://example.org/ns/default/sa/extra"),
     # waypoint: GatewayAddress{hostname = 1: NamespacedHostname{1 namespace, 2 hostname}}
@@ -292,6 +293,7 @@ def test_istio_service_is_understood() -> None:
         waypoint=GatewayAddress(
             NamespacedHostname("default", "waypoint.default.svc.cluster.local")
         ),
+        app_protocols={9080: AppProtocol.HTTP11},
     )
 
 

@@ -183,6 +183,7 @@ def run(config: ControlPlaneConfig) -> int:
         return 1
     monitoring.add_json("/debug/xds", xds.debug)
     monitoring.add_json("/debug/config", pipeline.debug)
+    monitoring.add_json("/debug/waypoints", pipeline.waypoints)
 
     stop = threading.Event()
 

@@ -10,8 +10,9 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
+from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot, WaypointScope
 from ztunnel_py.model import Authorization, Service, Workload
+from ztunnel_py.model.http import HttpService
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class MemorySnapshotSource:
         workloads: Mapping[str, Workload] | None = None,
         services: Mapping[str, Service] | None = None,
         policies: Mapping[str, Authorization] | None = None,
+        http_services: Mapping[str, HttpService] | None = None,
+        waypoints: Mapping[str, WaypointScope] | None = None,
     ) -> MeshSnapshot:
         """Set the next version with the given parts replaced (the others kept); returns it."""
         with self._lock:
@@ -63,6 +66,8 @@ class MemorySnapshotSource:
             workloads=dict(old.workloads if workloads is None else workloads),
             services=dict(old.services if services is None else services),
             policies=dict(old.policies if policies is None else policies),
+            http_services=dict(old.http_services if http_services is None else http_services),
+            waypoints=dict(old.waypoints if waypoints is None else waypoints),
         )
         self.set(snapshot)
         return snapshot

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ztunnel_py.controlplane.config import ControlPlaneConfig
+from ztunnel_py.controlplane.debugviews import waypoints_view
 from ztunnel_py.controlplane.registry import EmptyRegistry, WorkloadRegistry
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot, SnapshotSource
 from ztunnel_py.controlplane.sources.files import DirectorySource
@@ -69,6 +70,10 @@ class Pipeline:
         thread.start()
         self._threads.append(thread)
 
+    def waypoints(self) -> dict[str, Any]:
+        """`/debug/waypoints`: per waypoint, its address, pods, HttpServices and policies."""
+        return waypoints_view(self.snapshots.current())
+
     def debug(self) -> dict[str, Any]:
         """`/debug/config`: what is loaded and every current validation problem."""
         snapshot = self.snapshots.current()
@@ -77,6 +82,8 @@ class Pipeline:
             "workloads": len(snapshot.workloads),
             "services": len(snapshot.services),
             "policies": len(snapshot.policies),
+            "waypoints": len(snapshot.waypoints),
+            "httpServices": len(snapshot.http_services),
         }
         if self.store is not None:
             diagnostics = self.store.diagnostics()

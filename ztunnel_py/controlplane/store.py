@@ -130,6 +130,8 @@ class ConfigStore:
                 translation.workloads != old.workloads
                 or translation.services != old.services
                 or translation.policies != old.policies
+                or translation.http_services != old.http_services
+                or translation.waypoints != old.waypoints
             )
             if changed:
                 self._snapshot = MeshSnapshot(
@@ -137,17 +139,22 @@ class ConfigStore:
                     translation.workloads,
                     translation.services,
                     translation.policies,
+                    translation.http_services,
+                    translation.waypoints,
                 )
             if self._report:
                 _log(fresh)
             if changed and self._report:
                 s = self._snapshot
                 log.info(
-                    "configuration version %d: %d workloads, %d services, %d policies",
+                    "configuration version %d: %d workloads, %d services, %d policies, "
+                    "%d waypoints, %d HTTP services",
                     s.version,
                     len(s.workloads),
                     len(s.services),
                     len(s.policies),
+                    len(s.waypoints),
+                    len(s.http_services),
                 )
             if changed:
                 self._notify(self._snapshot)

@@ -40,7 +40,8 @@ def validate_directory(directory: Path, options: MeshOptions, out: TextIO, err: 
     print(
         f"{len(files)} files, {len(store.resources())} resources accepted "
         f"({len(snapshot.workloads)} workloads, {len(snapshot.services)} services, "
-        f"{len(snapshot.policies)} policies): {errors} errors, {warnings} warnings",
+        f"{len(snapshot.policies)} policies, {len(snapshot.waypoints)} waypoints, "
+        f"{len(snapshot.http_services)} HTTP services): {errors} errors, {warnings} warnings",
         file=err,
     )
     return 1 if errors else 0

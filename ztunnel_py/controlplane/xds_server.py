@@ -1,7 +1,9 @@
-"""The control plane's workload xDS server: Delta ADS over the existing gRPC/TLS server.
+"""The control plane's xDS server: Delta ADS over the existing gRPC/TLS server.
 
 `XdsServer` serves `envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`
-for the Address and Authorization types (docs/istio-compat.md, "Workload xDS"). It owns:
+for the workload API's Address and Authorization types (docs/istio-compat.md, "Workload xDS"),
+which every client sees whole, and for the waypoints' L7 types HttpService and HttpAuthorization
+(docs/waypoints.md), which are scoped per stream. It owns:
 
 - the resource index: the current `MeshSnapshot` encoded once per resource with a content
   version (a hash of the encoding, so versions survive control-plane restarts and a reconnecting
@@ -15,6 +17,13 @@ for the Address and Authorization types (docs/istio-compat.md, "Workload xDS"). 
   what changed for it, coalesced: a slow client is sent the latest state, never a backlog;
 - authentication with the node credential (the CA's `authorization: Bearer` token):
   UNAUTHENTICATED otherwise; a node whose `NODE_NAME` metadata names another node is refused;
+- scoping of the L7 types: a waypoint's node (id `waypoint~<ip>~<pod>.<ns>~...`, metadata
+  `NAME`, `NAMESPACE`, `GATEWAY_NAME`, `GATEWAY_NAMESPACE`) is sent the HttpServices of the
+  services bound to its Gateway and the policies that target it, once its pod is known to be an
+  instance of that Gateway running on the credential's node (until the pod shows up in the
+  configuration, it is sent none); a stream claiming a waypoint whose pod runs on another node,
+  or is not one of that Gateway's pods, is refused with PERMISSION_DENIED, also later, when the
+  configuration changes. Any other client subscribing to the L7 types is sent none;
 - `/debug/xds`: clients, their subscriptions, nonces, ACKed versions and rejected resources with
   the client's reasons; and metrics (`pilot_xds`, `pilot_xds_pushes`, `pilot_total_xds_rejects`).
 
@@ -40,6 +49,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
 from ztunnel_py.controlplane.snapshot import MeshSnapshot, SnapshotSource
 from ztunnel_py.model import Authorization, Service, Workload
+from ztunnel_py.model.http import HttpService
+from ztunnel_py.model.policy import WaypointPolicy
 from ztunnel_py.protocol.xds import (
     ADDRESS_TYPE,
     AUTHORIZATION_TYPE,
@@ -56,6 +67,12 @@ from ztunnel_py.xds.convert import (
     encode_resource,
     encode_response,
 )
+from ztunnel_py.xds.l7convert import (
+    HTTP_SERVICE_TYPE,
+    L7_TYPES,
+    WAYPOINT_POLICY_TYPE,
+    encode_l7_resource,
+)
 
 log = logging.getLogger("ztunnel_py.controlplane.xds_server")
 
@@ -63,7 +80,16 @@ SERVICE_NAME = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD_NAME = "DeltaAggregatedResources"
 DEFAULT_DEBOUNCE = 0.1
 DEFAULT_DEBOUNCE_MAX = 0.5
-_SHORT_TYPE = {ADDRESS_TYPE: "Address", AUTHORIZATION_TYPE: "Authorization"}
+_SHORT_TYPE = {
+    ADDRESS_TYPE: "Address",
+    AUTHORIZATION_TYPE: "Authorization",
+    HTTP_SERVICE_TYPE: "HttpService",
+    WAYPOINT_POLICY_TYPE: "HttpAuthorization",
+}
+SERVED_TYPES = (*WORKLOAD_TYPES, *L7_TYPES)
+WAYPOINT_PROXY_TYPE = "waypoint"
+_NO_RESOURCES: Mapping[str, EncodedResource] = {}
+_NO_VERSIONS: Mapping[str, str] = {}
 
 
 # --- the resource index ------------------------------------------------------------------------
@@ -71,16 +97,38 @@ _SHORT_TYPE = {ADDRESS_TYPE: "Address", AUTHORIZATION_TYPE: "Authorization"}
 
 @dataclass(frozen=True)
 class ResourceIndex:
-    """One snapshot, encoded: per type, resource name -> encoded resource and version."""
+    """One snapshot, encoded: per type, resource name -> encoded resource and version; the L7
+    types per waypoint (its Gateway's `namespace/name`)."""
 
     version: str
     resources: Mapping[str, Mapping[str, EncodedResource]]
     versions: Mapping[str, Mapping[str, str]]
     # resource name -> reason, for snapshot objects that could not be encoded (not served)
     invalid: Mapping[str, str] = field(default_factory=dict)
+    # waypoint -> L7 type -> name -> encoded resource
+    scoped: Mapping[str, Mapping[str, Mapping[str, EncodedResource]]] = field(default_factory=dict)
+    scoped_versions: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
+    # every pod, "namespace/name" -> its node, and waypoint pods -> their waypoint
+    pods: Mapping[str, str] = field(default_factory=dict)
+    instances: Mapping[str, str] = field(default_factory=dict)
+
+    def view(
+        self, type_url: str, scope: str | None
+    ) -> tuple[Mapping[str, str], Mapping[str, EncodedResource]]:
+        """(versions, resources) of `type_url` as a client with `scope` sees them: the workload
+        types whole, the L7 types of its waypoint (none without one)."""
+        if type_url not in L7_TYPES:
+            return self.versions.get(type_url, _NO_VERSIONS), self.resources.get(
+                type_url, _NO_RESOURCES
+            )
+        if scope is None:
+            return _NO_VERSIONS, _NO_RESOURCES
+        versions = self.scoped_versions.get(scope, {}).get(type_url, _NO_VERSIONS)
+        return versions, self.scoped.get(scope, {}).get(type_url, _NO_RESOURCES)
 
 
 _Obj = Workload | Service | Authorization
+_L7Obj = HttpService | WaypointPolicy
 
 
 class IndexBuilder:
@@ -90,6 +138,9 @@ class IndexBuilder:
         self._cache: dict[str, dict[str, tuple[_Obj, EncodedResource]]] = {
             t: {} for t in WORKLOAD_TYPES
         }
+        # (L7 type, name) -> the variants in use (a policy targeting several waypoints may
+        # differ per waypoint in the services it applies to)
+        self._l7_cache: dict[tuple[str, str], list[tuple[_L7Obj, EncodedResource]]] = {}
 
     def build(self, snapshot: MeshSnapshot) -> ResourceIndex:
         addresses: dict[str, _Obj] = {}
@@ -116,12 +167,78 @@ class IndexBuilder:
                     log.error("not serving %s %s: %s", _SHORT_TYPE[type_url], name, e)
             self._cache[type_url] = new
             resources[type_url] = {name: enc for name, (_, enc) in new.items()}
+        scoped = self._scoped(snapshot, invalid)
+        pods = {
+            f"{w.namespace}/{w.name}": w.node
+            for w in snapshot.workloads.values()
+            if "//Pod/" in w.uid
+        }
+        instances = {
+            pod: waypoint.name
+            for waypoint in snapshot.waypoints.values()
+            for pod in waypoint.instances
+        }
         return ResourceIndex(
             version=str(snapshot.version),
             resources=resources,
             versions={t: {n: r.version for n, r in rs.items()} for t, rs in resources.items()},
             invalid=invalid,
+            scoped=scoped,
+            scoped_versions={
+                w: {t: {n: r.version for n, r in rs.items()} for t, rs in types.items()}
+                for w, types in scoped.items()
+            },
+            pods=pods,
+            instances=instances,
         )
+
+    def _scoped(
+        self, snapshot: MeshSnapshot, invalid: dict[str, str]
+    ) -> dict[str, dict[str, dict[str, EncodedResource]]]:
+        used: dict[tuple[str, str], list[tuple[_L7Obj, EncodedResource]]] = {}
+        out: dict[str, dict[str, dict[str, EncodedResource]]] = {}
+        for waypoint in snapshot.waypoints.values():
+            objects: dict[str, Mapping[str, _L7Obj]] = {
+                HTTP_SERVICE_TYPE: {
+                    name: snapshot.http_services[name]
+                    for name in waypoint.services
+                    if name in snapshot.http_services
+                },
+                WAYPOINT_POLICY_TYPE: waypoint.policies,
+            }
+            out[waypoint.name] = {
+                type_url: {
+                    name: enc
+                    for name, obj in named.items()
+                    if (enc := self._encode_l7(type_url, name, obj, used, invalid)) is not None
+                }
+                for type_url, named in objects.items()
+            }
+        self._l7_cache = used
+        return out
+
+    def _encode_l7(
+        self,
+        type_url: str,
+        name: str,
+        obj: _L7Obj,
+        used: dict[tuple[str, str], list[tuple[_L7Obj, EncodedResource]]],
+        invalid: dict[str, str],
+    ) -> EncodedResource | None:
+        variants = used.setdefault((type_url, name), [])
+        for known, enc in variants + self._l7_cache.get((type_url, name), []):
+            if known is obj or known == obj:
+                if not any(v is enc for _, v in variants):
+                    variants.append((known, enc))
+                return enc
+        try:
+            enc = encode_l7_resource(type_url, name, obj)
+        except ConversionError as e:
+            invalid[name] = str(e)
+            log.error("not serving %s %s: %s", _SHORT_TYPE[type_url], name, e)
+            return None
+        variants.append((obj, enc))
+        return enc
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -155,6 +272,53 @@ _PUSH = _Signal("push")
 _CLOSED = _Signal("closed")
 
 
+@dataclass(frozen=True, slots=True)
+class WaypointClaim:
+    """Who a waypoint's node says it is: its Gateway and its pod (both `namespace/name`)."""
+
+    gateway: str
+    pod: str
+
+
+def waypoint_claim(node: NodeInfo) -> WaypointClaim | None:
+    """The claim of a waypoint node (id `waypoint~<ip>~<pod>.<ns>~<ns>.svc.<domain>`, metadata
+    NAME, NAMESPACE, GATEWAY_NAME and GATEWAY_NAMESPACE); None for other nodes. Raises
+    ValueError for a waypoint node that does not say which Gateway it serves."""
+    parts = node.id.split("~")
+    if parts[0] != WAYPOINT_PROXY_TYPE and "GATEWAY_NAME" not in node.metadata:
+        return None
+    pod_part = parts[2] if len(parts) > 2 else ""
+    id_pod, _, id_namespace = pod_part.rpartition(".")
+    pod = node.metadata.get("NAME") or id_pod
+    namespace = node.metadata.get("NAMESPACE") or id_namespace
+    gateway = node.metadata.get("GATEWAY_NAME", "")
+    if not gateway or not pod or not namespace:
+        raise ValueError(
+            "a waypoint node needs GATEWAY_NAME, NAME and NAMESPACE metadata (or a node id "
+            "waypoint~<ip>~<pod>.<namespace>~...)"
+        )
+    gateway_namespace = node.metadata.get("GATEWAY_NAMESPACE") or namespace
+    return WaypointClaim(f"{gateway_namespace}/{gateway}", f"{namespace}/{pod}")
+
+
+def authorize_waypoint(
+    index: ResourceIndex, claim: WaypointClaim, node: str
+) -> tuple[str | None, str | None]:
+    """(the waypoint a stream is served as, None while its pod is not known yet; the reason to
+    refuse it)."""
+    pod_node = index.pods.get(claim.pod)
+    if not pod_node:
+        return None, None
+    if pod_node != node:
+        return None, (
+            f"waypoint pod {claim.pod} runs on node {pod_node!r}, not on the credential's "
+            f"node {node!r}"
+        )
+    if index.instances.get(claim.pod) != claim.gateway:
+        return None, f"pod {claim.pod} is not a pod of waypoint {claim.gateway}"
+    return claim.gateway, None
+
+
 class _Stream:
     def __init__(self, stream_id: int, node: str, peer: str) -> None:
         self.id = stream_id
@@ -162,7 +326,10 @@ class _Stream:
         self.peer = peer
         self.connected_at = datetime.now(UTC)
         self.node_info = NodeInfo()
-        self.core = ServerStream(WORKLOAD_TYPES, nonce_prefix=f"{stream_id}-")
+        self.core = ServerStream(SERVED_TYPES, nonce_prefix=f"{stream_id}-")
+        self.claim: WaypointClaim | None = None
+        # the waypoint whose L7 resources this stream is sent (None: none)
+        self.scope: str | None = None
         # guards `core` and `node_info` between the stream's thread and debug readers
         self.lock = threading.Lock()
         self._events: queue.SimpleQueue[bytes | _Signal] = queue.SimpleQueue()
@@ -216,6 +383,9 @@ class _Stream:
                 "nodeId": self.node_info.id,
                 "peer": self.peer,
                 "connectedAt": self.connected_at.isoformat(timespec="seconds"),
+                "waypoint": None
+                if self.claim is None
+                else {"gateway": self.claim.gateway, "pod": self.claim.pod, "served": self.scope},
                 "types": self.core.describe(),
             }
 
@@ -354,15 +524,17 @@ class XdsServer:
                 return
             index = self._index
             if event is _PUSH:
+                self._authorize(stream, index, context)
                 with stream.lock:
-                    deltas = [
-                        stream.core.push(t, index.versions[t], index.version)
-                        for t in stream.core.subscribed_types
-                    ]
-                for delta in deltas:
-                    if delta is not None:
-                        self._metrics.pushes.labels(_SHORT_TYPE[delta.type_url]).inc()
-                        yield encode_response(delta, index.resources[delta.type_url])
+                    deltas = []
+                    for t in stream.core.subscribed_types:
+                        versions, resources = index.view(t, stream.scope)
+                        delta = stream.core.push(t, versions, index.version)
+                        if delta is not None:
+                            deltas.append((delta, resources))
+                for delta, resources in deltas:
+                    self._metrics.pushes.labels(_SHORT_TYPE[delta.type_url]).inc()
+                    yield encode_response(delta, resources)
                 continue
             assert isinstance(event, bytes)
             try:
@@ -371,9 +543,10 @@ class XdsServer:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             if node_info is not None:
                 self._check_node(stream, node_info, context)
+                self._authorize(stream, index, context)
             try:
                 with stream.lock:
-                    versions = index.versions.get(request.type_url, {})
+                    versions, resources = index.view(request.type_url, stream.scope)
                     delta = stream.core.receive(request, versions, index.version)
                     nack = stream.core.last_nack(request.type_url) if request.is_nack else None
             except XdsProtocolError as e:
@@ -391,7 +564,7 @@ class XdsServer:
                 )
             if delta is not None:
                 self._metrics.pushes.labels(_SHORT_TYPE[delta.type_url]).inc()
-                yield encode_response(delta, index.resources[delta.type_url])
+                yield encode_response(delta, resources)
 
     def _check_node(
         self, stream: _Stream, node_info: NodeInfo, context: grpc.ServicerContext
@@ -404,8 +577,46 @@ class XdsServer:
             )
             log.warning("refused xDS stream %d: %s", stream.id, message)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        try:
+            claim = waypoint_claim(node_info)
+        except ValueError as e:
+            log.warning("refused xDS stream %d: %s", stream.id, e)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         with stream.lock:
             stream.node_info = node_info
+            if claim is not None and stream.claim is None:
+                log.info(
+                    "xDS stream %d is waypoint %s (pod %s)", stream.id, claim.gateway, claim.pod
+                )
+            if claim is not None:
+                stream.claim = claim
+
+    def _authorize(
+        self, stream: _Stream, index: ResourceIndex, context: grpc.ServicerContext
+    ) -> None:
+        """Decide which waypoint's L7 resources a waypoint stream gets with `index`."""
+        claim = stream.claim
+        if claim is None:
+            return
+        scope, denial = authorize_waypoint(index, claim, stream.node)
+        if denial is not None:
+            log.warning(
+                "refused xDS stream %d as waypoint %s: %s", stream.id, claim.gateway, denial
+            )
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, denial)
+        if scope != stream.scope:
+            if scope is None:
+                log.info(
+                    "xDS stream %d: pod %s is not known yet; serving waypoint %s nothing until "
+                    "it is",
+                    stream.id,
+                    claim.pod,
+                    claim.gateway,
+                )
+            else:
+                log.info("xDS stream %d serves waypoint %s", stream.id, scope)
+            with stream.lock:
+                stream.scope = scope
 
     # debug
 
@@ -419,6 +630,10 @@ class XdsServer:
             "version": index.version,
             "pushes": pushes,
             "resources": {t: len(v) for t, v in index.versions.items()},
+            "waypoints": {
+                waypoint: {_SHORT_TYPE[t]: len(v) for t, v in types.items()}
+                for waypoint, types in index.scoped_versions.items()
+            },
             "invalid": dict(index.invalid),
             "clients": [s.describe() for s in streams],
             "rejected": [r for s in streams for r in s.rejected()],

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "FILTER_NAME",
     "Backend",
     "DirectResponse",
     "Fault",
     "FilterConfig",
+    "FilterPhase",
     "HeaderMatch",
     "HeaderOps",
     "HttpService",
@@ -171,7 +173,12 @@ class HeaderOps:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """A weighted destination: a service (`namespace/hostname`) and port, optionally a subset."""
+    """A weighted destination: a service (`namespace/hostname`) and port, optionally a subset.
+
+    An empty hostname (`<namespace>/`) is a backend the control plane could not resolve (an
+    HTTPRoute backendRef to a missing or forbidden service): its share of the traffic gets
+    `500`, as Gateway API requires and Envoy answers for an unknown cluster on such routes.
+    """
 
     service: str
     port: int
@@ -179,6 +186,10 @@ class Backend:
     subset: str = ""
     request_headers: HeaderOps = HeaderOps()
     response_headers: HeaderOps = HeaderOps()
+
+    @property
+    def unresolved(self) -> bool:
+        return self.service.endswith("/")
 
     @property
     def cluster(self) -> str:
@@ -272,16 +283,35 @@ class Subset:
     workload_uids: frozenset[str] = frozenset()
 
 
+# An entry point name as the waypoint looks a user filter up (no spaces, '=' or ':').
+FILTER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+class FilterPhase(enum.Enum):
+    """Where a user filter runs in the chain (Istio's WasmPlugin `phase`): before the built-in
+    authentication, before authorization, before telemetry, or (UNSPECIFIED) last, just before
+    routing."""
+
+    AUTHN = "AUTHN"
+    AUTHZ = "AUTHZ"
+    STATS = "STATS"
+    UNSPECIFIED = "UNSPECIFIED_PHASE"
+
+
 @dataclass(frozen=True, slots=True)
 class FilterConfig:
-    """A user filter a waypoint runs (from a `WasmPlugin`-shaped resource whose url is
-    `python://<name>`): the entry point name, Istio's plugin phase and priority, its
-    configuration mapping, and the resource it came from."""
+    """A user HTTP filter enabled for a service: the entry point `name` (group
+    `ztunnel_py.http_filters`), its chain position and its configuration (a JSON object)."""
 
     name: str
-    phase: str = "UNSPECIFIED_PHASE"
+    phase: FilterPhase = FilterPhase.UNSPECIFIED
+    # within a phase, higher priorities run first
     priority: int = 0
-    config: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # the filter cannot be loaded or configured: skip it (True) or fail every request it would
+    # have seen with a 500 (False, Istio's FAIL_CLOSE default)
+    fail_open: bool = False
+    # the resource it came from ("WasmPlugin apps/ratelimit")
     origin: str = ""
 
 
@@ -295,8 +325,7 @@ class HttpService:
     subsets: tuple[tuple[str, tuple[Subset, ...]], ...] = ()
     # where the routes came from ("HTTPRoute apps/echo", "VirtualService apps/echo")
     sources: tuple[str, ...] = ()
-    # user filters for requests to this service, in no particular order (phase and priority
-    # place them)
+    # user filters, in chain order: by phase, then priority (highest first)
     filters: tuple[FilterConfig, ...] = ()
 
     @property

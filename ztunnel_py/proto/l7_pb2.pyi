@@ -1,7 +1,6 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
-from google.protobuf import struct_pb2 as _struct_pb2
 from ztunnel_py.proto import authorization_pb2 as _authorization_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -11,6 +10,13 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FilterPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNSPECIFIED_PHASE: _ClassVar[FilterPhase]
+    AUTHN: _ClassVar[FilterPhase]
+    AUTHZ: _ClassVar[FilterPhase]
+    STATS: _ClassVar[FilterPhase]
 
 class MatchKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +31,10 @@ class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOW: _ClassVar[Action]
     DENY: _ClassVar[Action]
     AUDIT: _ClassVar[Action]
+UNSPECIFIED_PHASE: FilterPhase
+AUTHN: FilterPhase
+AUTHZ: FilterPhase
+STATS: FilterPhase
 EXACT: MatchKind
 PREFIX: MatchKind
 SUFFIX: MatchKind
@@ -49,18 +59,20 @@ class HttpService(_message.Message):
     def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ...) -> None: ...
 
 class FilterConfig(_message.Message):
-    __slots__ = ("name", "phase", "priority", "config", "origin")
+    __slots__ = ("name", "phase", "priority", "config_json", "fail_open", "origin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    FAIL_OPEN_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
     name: str
-    phase: str
+    phase: FilterPhase
     priority: int
-    config: _struct_pb2.Struct
+    config_json: str
+    fail_open: bool
     origin: str
-    def __init__(self, name: _Optional[str] = ..., phase: _Optional[str] = ..., priority: _Optional[int] = ..., config: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., origin: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., phase: _Optional[_Union[FilterPhase, str]] = ..., priority: _Optional[int] = ..., config_json: _Optional[str] = ..., fail_open: bool = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
     __slots__ = ("name", "matches", "backends", "redirect", "direct_response", "rewrite", "request_headers", "response_headers", "timeout", "retries", "mirrors", "origin", "fault")

@@ -33,7 +33,15 @@ import trio
 
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.http.connection import ServerStream, serve_http
-from ztunnel_py.http.filter import Downstream, Filter, FilterChain, FilterError, load_filter
+from ztunnel_py.http.filter import (
+    Downstream,
+    Filter,
+    FilterChain,
+    FilterError,
+    LocalReply,
+    RequestContext,
+    load_filter,
+)
 from ztunnel_py.http.filters.authz import AuthorizationFilter
 from ztunnel_py.http.filters.fault import FaultFilter
 from ztunnel_py.http.filters.telemetry import TelemetryFilter
@@ -49,7 +57,7 @@ from ztunnel_py.identity.tls import (
 )
 from ztunnel_py.model import Identity, IPAddress, Service, Workload
 from ztunnel_py.model.address import SocketAddr, canonical_ip
-from ztunnel_py.model.http import FilterConfig
+from ztunnel_py.model.http import FilterConfig, FilterPhase
 from ztunnel_py.model.ports import HBONE_PORT
 from ztunnel_py.model.workload import AppProtocol, GatewayAddress, NamespacedHostname, pod_uid
 from ztunnel_py.policy.rbac import Connection
@@ -75,9 +83,22 @@ from ztunnel_py.xds.l7convert import L7_DECODERS
 
 log = logging.getLogger("ztunnel_py.waypoint")
 
-# Where built-in filters sit relative to user filters of each WasmPlugin phase (Istio's order:
-# AUTHN before authorization, AUTHZ after it, STATS last, UNSPECIFIED before the router).
-_PHASES = ("AUTHN", "AUTHZ", "UNSPECIFIED_PHASE", "STATS")
+
+class Unavailable(Filter):
+    """Stands in for a user filter that cannot be loaded (Istio's FAIL_CLOSE): every request it
+    would have seen gets a 500 naming it, rather than skipping a filter that may enforce
+    something."""
+
+    name = "unavailable"
+
+    def __init__(self, filter_name: str, reason: str) -> None:
+        self.filter_name = filter_name
+        self.reason = reason
+
+    async def on_request_headers(self, ctx: RequestContext) -> LocalReply | None:
+        return LocalReply(
+            500, f"filter {self.filter_name} unavailable", details="filter_config_not_found"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,17 +192,16 @@ class Waypoint:
         )
         self.request_metrics = RequestMetrics(rt.registry)
         self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
-        self.builtin_front: list[Filter] = [TracingFilter(), AuthorizationFilter(self._policies)]
-        self.builtin_back: list[Filter] = [
-            FaultFilter(),
-            TelemetryFilter(
-                self.request_metrics,
-                reporter=WAYPOINT,
-                source=self._source_peer,
-                destination=self._destination_peer,
-                service=lambda ctx: self.state.service_by_key(ctx.service) if ctx.service else None,
-            ),
-        ]
+        self.tracing = TracingFilter()
+        self.authz = AuthorizationFilter(self._policies)
+        self.fault = FaultFilter()
+        self.telemetry = TelemetryFilter(
+            self.request_metrics,
+            reporter=WAYPOINT,
+            source=self._source_peer,
+            destination=self._destination_peer,
+            service=lambda ctx: self.state.service_by_key(ctx.service) if ctx.service else None,
+        )
         rt.dump.add_sections(self.l7.dump)
         rt.certs.prefetch(self.me.identity)
         listener = trio.socket.socket(
@@ -300,30 +320,38 @@ class Waypoint:
         if proxy is None:
             config = self.l7.service(service)
             user = self._user_filters(config.filters if config is not None else ())
+            # Istio's WasmPlugin phases: AUTHN before authentication, AUTHZ before
+            # authorization, STATS before telemetry, unspecified last, before the router.
             chain = FilterChain(
                 [
-                    *user["AUTHN"],
-                    *self.builtin_front,
-                    *user["AUTHZ"],
-                    *user["UNSPECIFIED_PHASE"],
-                    *self.builtin_back[:1],
-                    *user["STATS"],
-                    *self.builtin_back[1:],
+                    self.tracing,
+                    *user[FilterPhase.AUTHN],
+                    *user[FilterPhase.AUTHZ],
+                    self.authz,
+                    self.fault,
+                    *user[FilterPhase.STATS],
+                    self.telemetry,
+                    *user[FilterPhase.UNSPECIFIED],
                 ]
             )
             proxy = chains.by_service[service] = HttpProxy(chain, self.resolver, self.upstreams)
         return proxy
 
-    def _user_filters(self, configs: Sequence[FilterConfig]) -> dict[str, list[Filter]]:
-        out: dict[str, list[Filter]] = {phase: [] for phase in _PHASES}
-        # Higher priority runs first within a phase, as Istio orders WasmPlugins.
-        for fc in sorted(configs, key=lambda f: -f.priority):
+    def _user_filters(self, configs: Sequence[FilterConfig]) -> dict[FilterPhase, list[Filter]]:
+        """The service's user filters by phase; the control plane sent them in chain order."""
+        out: dict[FilterPhase, list[Filter]] = {phase: [] for phase in FilterPhase}
+        for fc in configs:
             try:
-                made = load_filter(fc.name, fc.config)
+                made: Filter = load_filter(fc.name, fc.config)
             except FilterError as e:
-                log.error("HTTP filter %s from %s not loaded: %s", fc.name, fc.origin, e)
-                continue
-            out[fc.phase if fc.phase in out else "UNSPECIFIED_PHASE"].append(made)
+                if fc.fail_open:
+                    log.error("skipping HTTP filter %s (%s, fail open): %s", fc.name, fc.origin, e)
+                    continue
+                log.error(
+                    "HTTP filter %s (%s) unavailable, failing closed: %s", fc.name, fc.origin, e
+                )
+                made = Unavailable(fc.name, str(e))
+            out[fc.phase].append(made)
         return out
 
     def _policies(self, ctx: Any) -> Any:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from google.protobuf import struct_pb2, wrappers_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from ztunnel_py.model import (
     DEFAULT_TRUST_DOMAIN,
@@ -45,7 +45,7 @@ from ztunnel_py.model import (
 )
 from ztunnel_py.model.address import MAX_PORT
 from ztunnel_py.model.ports import HBONE_PORT
-from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID
+from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID, AppProtocol
 from ztunnel_py.proto import (
     authorization_pb2,
     discovery_pb2,
@@ -93,10 +93,29 @@ _SCOPES = {
 _SCOPE_NAMES: dict[int, PolicyScope] = {int(v): k for k, v in _SCOPES.items()}
 _ACTIONS = {Action.ALLOW: authorization_pb2.ALLOW, Action.DENY: authorization_pb2.DENY}
 _ACTION_NAMES: dict[int, Action] = {int(v): k for k, v in _ACTIONS.items()}
+_APP_PROTOCOLS = {
+    AppProtocol.UNKNOWN: workload_pb2.UNKNOWN,
+    AppProtocol.HTTP11: workload_pb2.HTTP11,
+    AppProtocol.HTTP2: workload_pb2.HTTP2,
+    AppProtocol.GRPC: workload_pb2.GRPC,
+    AppProtocol.TCP: workload_pb2.TCP,
+    AppProtocol.TLS: workload_pb2.TLS,
+}
+_APP_PROTOCOL_NAMES: dict[int, AppProtocol] = {int(v): k for k, v in _APP_PROTOCOLS.items()}
 
 
-def _ports_to_proto(ports: Mapping[int, int]) -> list[workload_pb2.Port]:
-    return [workload_pb2.Port(service_port=sp, target_port=tp) for sp, tp in sorted(ports.items())]
+def _ports_to_proto(
+    ports: Mapping[int, int], app_protocols: Mapping[int, AppProtocol] | None = None
+) -> list[workload_pb2.Port]:
+    protocols = app_protocols or {}
+    return [
+        workload_pb2.Port(
+            service_port=sp,
+            target_port=tp,
+            app_protocol=_APP_PROTOCOLS[protocols.get(sp, AppProtocol.UNKNOWN)],
+        )
+        for sp, tp in sorted(ports.items())
+    ]
 
 
 def _network_address_to_proto(a: NetworkAddress) -> workload_pb2.NetworkAddress:
@@ -154,7 +173,7 @@ def service_to_proto(s: Service) -> workload_pb2.Service:
         namespace=s.namespace,
         hostname=s.hostname,
         addresses=[_network_address_to_proto(v) for v in s.vips],
-        ports=_ports_to_proto(s.ports),
+        ports=_ports_to_proto(s.ports, s.app_protocols),
         subject_alt_names=list(s.subject_alt_names),
     )
     if s.waypoint is not None:
@@ -253,6 +272,18 @@ def _ports(ports: Iterable[workload_pb2.Port], what: str) -> dict[int, int]:
     return out
 
 
+def _app_protocols(ports: Iterable[workload_pb2.Port]) -> dict[int, AppProtocol]:
+    """Service port -> application protocol, for the ports that declare one. A value this
+    version does not know reads as UNKNOWN (the port still works, its traffic is sniffed):
+    a newer control plane must not make its services unusable."""
+    out: dict[int, AppProtocol] = {}
+    for p in ports:
+        protocol = _APP_PROTOCOL_NAMES.get(p.app_protocol, AppProtocol.UNKNOWN)
+        if protocol is not AppProtocol.UNKNOWN:
+            out[p.service_port] = protocol
+    return out
+
+
 def enum_from_proto(value: int, names: Mapping[int, _T], what: str) -> _T:
     found = names.get(value)
     if found is None:
@@ -330,6 +361,7 @@ def service_from_proto(pb: workload_pb2.Service) -> Service:
         ports=_ports(pb.ports, "service"),
         subject_alt_names=tuple(pb.subject_alt_names),
         waypoint=gateway_from_proto(pb.waypoint, "waypoint") if pb.HasField("waypoint") else None,
+        app_protocols=_app_protocols(pb.ports),
     )
 
 
@@ -419,6 +451,23 @@ def resource_version(payload: bytes) -> str:
     return hashlib.blake2b(payload, digest_size=8).hexdigest()
 
 
+def encode_message(type_url: str, name: str, message: Message) -> EncodedResource:
+    """Encode a protobuf message as a Delta xDS `Resource` of `type_url` named `name`, its
+    version a hash of the deterministic encoding.
+
+    Raises `ConversionError` if the message cannot be encoded.
+    """
+    try:
+        payload = message.SerializeToString(deterministic=True)
+    except ValueError as e:  # e.g. an integer out of its field's range
+        raise ConversionError(f"cannot encode: {e}") from None
+    version = resource_version(payload)
+    resource = discovery_pb2.Resource(name=name, version=version)
+    resource.resource.type_url = type_url
+    resource.resource.value = payload
+    return EncodedResource(name, version, resource)
+
+
 def encode_resource(
     type_url: str, name: str, obj: Workload | Service | Authorization
 ) -> EncodedResource:
@@ -434,16 +483,11 @@ def encode_resource(
             message = authorization_to_proto(obj)
         else:
             raise ConversionError(f"a {type(obj).__name__} is not a {type_url} resource")
-        payload = message.SerializeToString(deterministic=True)
     except ValueError as e:  # e.g. an integer out of its field's range
         if isinstance(e, ConversionError):
             raise
         raise ConversionError(f"cannot encode: {e}") from None
-    version = resource_version(payload)
-    resource = discovery_pb2.Resource(name=name, version=version)
-    resource.resource.type_url = type_url
-    resource.resource.value = payload
-    return EncodedResource(name, version, resource)
+    return encode_message(type_url, name, message)
 
 
 def encode_response(delta: Delta, resources: Mapping[str, EncodedResource]) -> bytes:
@@ -600,7 +644,7 @@ def decode_response(
             out.rejected[name] = "no resource payload"
             continue
         if r.resource.type_url and r.resource.type_url != pb.type_url:
-            out.rejected[name] = f"payload is a {r.resource.type_url!r}, not a {pb.type_url}"
+            out.rejected[name] = f"payload is a {r.resource.type_url!r}, not a {pb.type_url!r}"
             continue
         try:
             obj = _decode_payload(decoder, name, r.resource.value)

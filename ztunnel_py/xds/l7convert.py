@@ -9,17 +9,19 @@ resource's NACK reason; a waypoint then keeps serving that resource's last good 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.struct_pb2 import Struct
 
 from ztunnel_py.model.http import (
+    FILTER_NAME,
     Backend,
     DirectResponse,
     Fault,
     FilterConfig,
+    FilterPhase,
     HeaderMatch,
     HeaderOps,
     HttpService,
@@ -45,7 +47,9 @@ from ztunnel_py.model.policy import (
 from ztunnel_py.proto import l7_pb2
 from ztunnel_py.xds.convert import (
     ConversionError,
+    EncodedResource,
     PayloadDecoder,
+    encode_message,
     match_from_proto,
     match_to_proto,
     string_match_from_proto,
@@ -57,6 +61,7 @@ __all__ = [
     "L7_DECODERS",
     "L7_TYPES",
     "WAYPOINT_POLICY_TYPE",
+    "encode_l7_resource",
     "http_service_from_proto",
     "http_service_to_proto",
     "waypoint_policy_from_proto",
@@ -77,6 +82,13 @@ _KINDS = {
 _KIND_NAMES: dict[int, MatchKind] = {int(v): k for k, v in _KINDS.items()}
 _ACTIONS = {Action.ALLOW: l7_pb2.ALLOW, Action.DENY: l7_pb2.DENY, Action.AUDIT: l7_pb2.AUDIT}
 _ACTION_NAMES: dict[int, Action] = {int(v): k for k, v in _ACTIONS.items()}
+_PHASES = {
+    FilterPhase.UNSPECIFIED: l7_pb2.UNSPECIFIED_PHASE,
+    FilterPhase.AUTHN: l7_pb2.AUTHN,
+    FilterPhase.AUTHZ: l7_pb2.AUTHZ,
+    FilterPhase.STATS: l7_pb2.STATS,
+}
+_PHASE_NAMES: dict[int, FilterPhase] = {int(v): k for k, v in _PHASES.items()}
 
 
 # --- model -> proto ------------------------------------------------------------------------------
@@ -189,6 +201,17 @@ def _route_to_proto(r: Route) -> l7_pb2.Route:
     return pb
 
 
+def _filter_to_proto(f: FilterConfig) -> l7_pb2.FilterConfig:
+    return l7_pb2.FilterConfig(
+        name=f.name,
+        phase=_PHASES[f.phase],
+        priority=f.priority,
+        config_json=json.dumps(f.config, sort_keys=True, separators=(",", ":")),
+        fail_open=f.fail_open,
+        origin=f.origin,
+    )
+
+
 def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
     return l7_pb2.HttpService(
         name=s.service,
@@ -209,14 +232,6 @@ def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
         ],
         sources=list(s.sources),
         filters=[_filter_to_proto(f) for f in s.filters],
-    )
-
-
-def _filter_to_proto(f: FilterConfig) -> l7_pb2.FilterConfig:
-    config = Struct()
-    config.update(dict(f.config))
-    return l7_pb2.FilterConfig(
-        name=f.name, phase=f.phase, priority=f.priority, config=config, origin=f.origin
     )
 
 
@@ -298,9 +313,11 @@ def _ops(pb: l7_pb2.HeaderOps) -> HeaderOps:
 def _backend(pb: l7_pb2.Backend) -> Backend:
     if "/" not in pb.service:
         raise ConversionError(f"backend service {pb.service!r} is not <namespace>/<hostname>")
+    # An unresolved backend (empty hostname: it answers 500) may lack a port.
+    unresolved = pb.service.endswith("/") and pb.port <= 65535
     return Backend(
         service=pb.service,
-        port=_port(pb.port, "backend port"),
+        port=pb.port if unresolved else _port(pb.port, "backend port"),
         weight=pb.weight,
         subset=pb.subset,
         request_headers=_ops(pb.request_headers),
@@ -401,6 +418,30 @@ def _route(pb: l7_pb2.Route) -> Route:
     )
 
 
+def _filter(pb: l7_pb2.FilterConfig) -> FilterConfig:
+    if not FILTER_NAME.match(pb.name):
+        raise ConversionError(
+            f"filter name {pb.name!r} is not an entry point name (letters, digits, '_', '.', '-')"
+        )
+    phase = _PHASE_NAMES.get(pb.phase)
+    if phase is None:
+        raise ConversionError(f"filter {pb.name}: unsupported phase {pb.phase}")
+    try:
+        config: Any = json.loads(pb.config_json) if pb.config_json else {}
+    except (ValueError, RecursionError) as e:
+        raise ConversionError(f"filter {pb.name}: configuration is not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"filter {pb.name}: configuration is not a JSON object")
+    return FilterConfig(
+        name=pb.name,
+        phase=phase,
+        priority=pb.priority,
+        config=config,
+        fail_open=pb.fail_open,
+        origin=pb.origin,
+    )
+
+
 def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
     if "/" not in pb.name:
         raise ConversionError(f"HTTP service name {pb.name!r} is not <namespace>/<hostname>")
@@ -426,29 +467,6 @@ def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
         sources=tuple(pb.sources),
         filters=tuple(_filter(f) for f in pb.filters),
     )
-
-
-_PHASES = ("AUTHN", "AUTHZ", "STATS", "UNSPECIFIED_PHASE")
-
-
-def _filter(pb: l7_pb2.FilterConfig) -> FilterConfig:
-    if not pb.name:
-        raise ConversionError("a filter needs a name")
-    phase = pb.phase or "UNSPECIFIED_PHASE"
-    if phase not in _PHASES:
-        raise ConversionError(f"filter {pb.name}: unknown phase {pb.phase!r}")
-    return FilterConfig(pb.name, phase, pb.priority, _plain(pb.config), pb.origin)
-
-
-def _plain(value: Any) -> Any:
-    """A protobuf Struct as plain Python (whole numbers as ints: JSON has one number type)."""
-    if isinstance(value, Struct) or hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list) or (hasattr(value, "__iter__") and not isinstance(value, str)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def _l7_match(pb: l7_pb2.Match) -> Match:
@@ -490,6 +508,28 @@ def waypoint_policy_from_proto(pb: l7_pb2.HttpAuthorization) -> WaypointPolicy:
         dry_run=pb.dry_run,
     )
     return WaypointPolicy(policy, tuple(pb.services))
+
+
+def encode_l7_resource(
+    type_url: str, name: str, obj: HttpService | WaypointPolicy
+) -> EncodedResource:
+    """Encode an HttpService or a WaypointPolicy as a Delta xDS `Resource` named `name`.
+
+    Raises `ConversionError` if the object does not fit the wire types.
+    """
+    message: l7_pb2.HttpService | l7_pb2.HttpAuthorization
+    try:
+        if type_url == HTTP_SERVICE_TYPE and isinstance(obj, HttpService):
+            message = http_service_to_proto(obj)
+        elif type_url == WAYPOINT_POLICY_TYPE and isinstance(obj, WaypointPolicy):
+            message = waypoint_policy_to_proto(obj)
+        else:
+            raise ConversionError(f"a {type(obj).__name__} is not a {type_url} resource")
+    except (ValueError, TypeError) as e:  # out-of-range integers, unencodable configuration
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"cannot encode: {e}") from None
+    return encode_message(type_url, name, message)
 
 
 def _decode_http_service(payload: bytes) -> tuple[object, str]:

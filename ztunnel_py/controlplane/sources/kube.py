@@ -71,6 +71,7 @@ WATCHED_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes"),
     WatchedKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
     WatchedKind("DestinationRule", "networking.istio.io", "v1", "destinationrules"),
+    WatchedKind("WasmPlugin", "extensions.istio.io", "v1alpha1", "wasmplugins"),
 )
 
 

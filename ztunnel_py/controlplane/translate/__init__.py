@@ -1,14 +1,24 @@
-"""Translation: validated resources in, the workload API's view of the mesh out.
+"""Translation: validated resources in, the workload API's view of the mesh and the waypoints'
+L7 configuration out.
 
 `translate` is a pure function of the accepted resources and the mesh options. It indexes pods
 and WorkloadEntries by namespace and label, so selecting endpoints for a Service or workloads
 for a policy costs the size of the answer, not of the mesh. Problems only visible across
 resources (a named targetPort a selected pod does not declare, two ServiceEntries claiming one
-host, competing PeerAuthentications) come back as warnings; translation never rejects.
+host, competing PeerAuthentications, a waypoint that is not ready, a route to a missing service,
+an unknown subset) come back as warnings; translation never rejects.
+
+Waypoints (`waypoints.py`) set the `waypoint` address of the Services and Workloads bound to
+them; every service bound to a waypoint then gets an `HttpService` (even without routes, so its
+filters and policies have somewhere to live) from its HTTPRoutes or VirtualService
+(`routes.py`), DestinationRule subsets resolved to the workloads that carry their labels, and
+the filters of the WasmPlugins that target it (`extensions.py`). AuthorizationPolicies with
+targetRefs become the `WaypointPolicy`s of the waypoints they target (`l7policies.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,17 +29,28 @@ from ztunnel_py.controlplane.resources import (
     Resource,
     ResourceKey,
 )
+from ztunnel_py.controlplane.snapshot import WaypointScope
 from ztunnel_py.controlplane.translate import policies as pol
 from ztunnel_py.controlplane.translate import services as svc
 from ztunnel_py.controlplane.translate import workloads as wl
+from ztunnel_py.controlplane.translate.l7 import L7Builder
+from ztunnel_py.controlplane.translate.waypoints import (
+    USE_WAYPOINT_PATH,
+    WAYPOINT_CLASS,
+    Binding,
+    Waypoint,
+    WaypointIndex,
+)
 from ztunnel_py.model import (
     DEFAULT_TRUST_DOMAIN,
     Authorization,
+    GatewayAddress,
     IPAddress,
     Service,
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.http import HttpService
 from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID, pod_uid
 from ztunnel_py.yamlschema.problems import Severity
 
@@ -52,6 +73,7 @@ class _Built:
     namespace_labels: Mapping[str, str]
     services: dict[str, dict[int, int]]
     policies: tuple[str, ...]
+    waypoint: GatewayAddress | None
     workload: Workload
 
 
@@ -82,6 +104,8 @@ class Translation:
     policies: dict[str, Authorization]
     diagnostics: tuple[Diagnostic, ...] = ()
     cache: TranslationCache = field(default_factory=TranslationCache)
+    http_services: dict[str, HttpService] = field(default_factory=dict)
+    waypoints: dict[str, WaypointScope] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -134,11 +158,25 @@ class _Translator:
             self.by_kind[resource.kind].append(resource)
         for items in self.by_kind.values():
             items.sort(key=pol.creation_order)
+        self.namespace_resources = {ns.name: ns for ns in self.by_kind["Namespace"]}
         self.namespace_labels = {ns.name: ns.labels for ns in self.by_kind["Namespace"]}
         self.namespaces: dict[str, _Namespace] = defaultdict(_Namespace)
         self.services: dict[str, Service] = {}
         self.policies: dict[str, Authorization] = {}
         self.diagnostics: list[Diagnostic] = []
+        self.waypoints = WaypointIndex(
+            self.by_kind["Gateway"],
+            self.by_kind["Service"],
+            self.by_kind["Pod"],
+            self.namespace_resources,
+            options.domain_suffix,
+        )
+        # service key -> the Service or ServiceEntry that defines it
+        self.owners: dict[str, Resource] = {}
+        # service key -> (its waypoint, the Service or ServiceEntry it comes from)
+        self.bound: dict[str, tuple[Waypoint, Resource]] = {}
+        # workload uid -> its labels (for DestinationRule subsets)
+        self.labels: dict[str, Mapping[str, str]] = {}
 
     def warn(self, resource: Resource, path: str, reason: str) -> None:
         self.diagnostics.append(Diagnostic(resource.origin, path, reason, Severity.WARNING))
@@ -157,8 +195,70 @@ class _Translator:
         for entry in self.by_kind["ServiceEntry"]:
             for workload in self._service_entry_workloads(entry):
                 workloads[workload.uid] = workload
+        endpoints: dict[str, list[tuple[str, Mapping[str, str]]]] = defaultdict(list)
+        for workload in workloads.values():
+            for key in workload.services:
+                endpoints[key].append((workload.uid, self.labels.get(workload.uid, {})))
+        http_services, scopes = L7Builder(
+            by_kind=self.by_kind,
+            services=self.services,
+            owners=self.owners,
+            bound=self.bound,
+            waypoints=self.waypoints,
+            endpoints=endpoints,
+            domain_suffix=self.options.domain_suffix,
+            root_namespace=self.options.root_namespace,
+            warn=self.warn,
+        ).build()
         cache = TranslationCache(self.built, self.built_policies)
-        return Translation(workloads, self.services, self.policies, tuple(self.diagnostics), cache)
+        return Translation(
+            workloads,
+            self.services,
+            self.policies,
+            tuple(dict.fromkeys(self.diagnostics)),
+            cache,
+            http_services,
+            scopes,
+        )
+
+    # --- waypoint binding ----------------------------------------------------------------------
+
+    def _bind_service(self, service: Service, resource: Resource) -> Service:
+        binding = self.waypoints.for_service(resource)
+        self._report_binding(binding, resource)
+        if binding.waypoint is None:
+            return service
+        self.bound[service.key] = (binding.waypoint, resource)
+        return dataclasses.replace(service, waypoint=binding.waypoint.address)
+
+    def _report_binding(self, binding: Binding, target: Resource) -> None:
+        problem = binding.problem
+        if problem is None:
+            return
+        if (
+            problem.labelled is not target
+            and problem.reason == "UnsupportedTrafficType"
+            and target.kind in ("Pod", "WorkloadEntry")
+        ):
+            # A namespace label is usually meant for the services; istiod reports nothing for
+            # the workloads of such a namespace either.
+            return
+        hint = {
+            "WaypointIsNotReady": (
+                "no waypoint is used and traffic goes direct: create a Gateway of class "
+                f"{WAYPOINT_CLASS} with that name (and its Service), or fix the label"
+            ),
+            "AttachmentDenied": (
+                "allow this namespace in allowedRoutes.namespaces of the waypoint's HBONE "
+                "listener, or use a waypoint in this namespace"
+            ),
+            "UnsupportedTrafficType": "set the Gateway's istio.io/waypoint-for label to all",
+        }[problem.reason]
+        self.warn(
+            problem.labelled,
+            USE_WAYPOINT_PATH,
+            f"{problem.reason}: {problem.message}; {hint}",
+        )
 
     # --- endpoints -----------------------------------------------------------------------------
 
@@ -192,7 +292,8 @@ class _Translator:
                 f"{existing.name}: ignored",
             )
             return False
-        self.services[service.key] = service
+        self.services[service.key] = self._bind_service(service, owner)
+        self.owners[service.key] = owner
         return True
 
     def _kubernetes_services(self) -> None:
@@ -292,8 +393,8 @@ class _Translator:
                 p["number"]: named.get(p["name"], p.get("targetPort", p["number"])) for p in ports
             }
             name, revision = wl.canonical_service(labels, entry.name)
-            uid = f"{o.cluster_id}/networking.istio.io/ServiceEntry/{entry.namespace}/{entry.name}"
-            uid += f"/{address}"
+            uid = self._service_entry_uid(entry, address)
+            self.labels[uid] = labels
             out.append(
                 Workload(
                     uid=uid,
@@ -412,6 +513,9 @@ class _Translator:
         policy_keys = sorted(k for k in member.policies if not _is_peer_authentication_key(k))
         policy_keys += [k for k in member.policies if _is_peer_authentication_key(k)]
         policies = tuple(policy_keys)
+        binding = self.waypoints.for_workload(r, member.labels)
+        self._report_binding(binding, r)
+        waypoint = binding.waypoint.address if binding.waypoint is not None else None
         built = self.cache.workloads.get(r.key)
         if not (
             built is not None
@@ -419,27 +523,34 @@ class _Translator:
             and built.policies == policies
             and built.services == member.services
             and built.namespace_labels == ns_labels
+            and built.waypoint == waypoint
         ):
-            workload = self._build(member, ns_labels, policies)
-            built = _Built(r, ns_labels, member.services, policies, workload)
+            workload = self._build(member, ns_labels, policies, waypoint)
+            built = _Built(r, ns_labels, member.services, policies, waypoint, workload)
         elif built.resource is not r:
             # Equal but re-read (its file changed): remember the new object, so the next
             # check is an identity check again.
-            built = _Built(r, built.namespace_labels, built.services, policies, built.workload)
+            built = dataclasses.replace(built, resource=r)
         self.built[r.key] = built
+        self.labels[built.workload.uid] = member.labels
         return built.workload
 
     def _build(
-        self, member: _Member, ns_labels: Mapping[str, str], policy_keys: tuple[str, ...]
+        self,
+        member: _Member,
+        ns_labels: Mapping[str, str],
+        policy_keys: tuple[str, ...],
+        waypoint: GatewayAddress | None,
     ) -> Workload:
         r = member.resource
         o = self.options
+        uid = self._member_uid(member)
         if r.kind == "Pod":
             name, kind = wl.pod_workload_name(r)
             canonical, revision = wl.canonical_service(r.labels, name)
             spec = r.spec
             return Workload(
-                uid=pod_uid(r.namespace, r.name, o.cluster_id),
+                uid=uid,
                 name=r.name,
                 namespace=r.namespace,
                 addresses=member.addresses,
@@ -454,6 +565,7 @@ class _Translator:
                 canonical_revision=revision,
                 workload_name=name,
                 workload_type=kind,
+                waypoint=waypoint,
                 services=member.services,
                 authorization_policies=policy_keys,
                 status=wl.pod_status(r),
@@ -467,7 +579,7 @@ class _Translator:
         canonical, revision = wl.canonical_service(member.labels, name)
         tunnel = wl.entry_tunnel(member.labels, r.annotations)
         return Workload(
-            uid=f"{o.cluster_id}/networking.istio.io/WorkloadEntry/{r.namespace}/{r.name}",
+            uid=uid,
             name=r.name,
             namespace=r.namespace,
             addresses=addresses,
@@ -480,11 +592,24 @@ class _Translator:
             canonical_revision=revision,
             workload_name=name,
             workload_type="pod",
+            waypoint=waypoint,
             services=member.services,
             authorization_policies=policy_keys,
             status=WorkloadStatus.HEALTHY,
             cluster_id=o.cluster_id,
             capacity=wl.capacity(spec),
+        )
+
+    def _member_uid(self, member: _Member) -> str:
+        r, cluster = member.resource, self.options.cluster_id
+        if r.kind == "Pod":
+            return pod_uid(r.namespace, r.name, cluster)
+        return f"{cluster}/networking.istio.io/WorkloadEntry/{r.namespace}/{r.name}"
+
+    def _service_entry_uid(self, entry: Resource, address: str) -> str:
+        cluster = self.options.cluster_id
+        return (
+            f"{cluster}/networking.istio.io/ServiceEntry/{entry.namespace}/{entry.name}/{address}"
         )
 
 

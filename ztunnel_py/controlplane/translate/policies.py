@@ -88,39 +88,39 @@ def _rule(action: Action, rule: Mapping[str, Any], namespace: str) -> _Rule | No
     if action is Action.ALLOW and l7_attributes(rule):
         return None
     clauses: list[tuple[Match, ...]] = []
-    to = [_operation(entry["operation"]) for entry in rule.get("to") or ()]
+    to = [operation_match(entry["operation"]) for entry in rule.get("to") or ()]
     if to and all(not m.is_empty() for m in to):
         clauses.append(tuple(to))
-    sources = [_source(entry["source"], namespace) for entry in rule.get("from") or ()]
+    sources = [source_match(entry["source"], namespace) for entry in rule.get("from") or ()]
     if sources and all(not m.is_empty() for m in sources):
         clauses.append(tuple(sources))
     for when in rule.get("when") or ():
         if when["key"] in L4_CONDITIONS:
-            clauses.append((_condition(when),))
+            clauses.append((condition_match(when),))
     return tuple(clauses)
 
 
-def _operation(op: Mapping[str, Any]) -> Match:
+def operation_match(op: Mapping[str, Any]) -> Match:
     return Match(
         destination_ports=_ports(op.get("ports")),
         not_destination_ports=_ports(op.get("notPorts")),
     )
 
 
-def _source(src: Mapping[str, Any], namespace: str) -> Match:
+def source_match(src: Mapping[str, Any], namespace: str) -> Match:
     return Match(
         source_ips=_cidrs(src.get("ipBlocks")),
         not_source_ips=_cidrs(src.get("notIpBlocks")),
         namespaces=string_matches(src.get("namespaces")),
         not_namespaces=string_matches(src.get("notNamespaces")),
-        service_accounts=_accounts(src.get("serviceAccounts"), namespace),
-        not_service_accounts=_accounts(src.get("notServiceAccounts"), namespace),
+        service_accounts=account_matches(src.get("serviceAccounts"), namespace),
+        not_service_accounts=account_matches(src.get("notServiceAccounts"), namespace),
         principals=string_matches(src.get("principals")),
         not_principals=string_matches(src.get("notPrincipals")),
     )
 
 
-def _condition(when: Mapping[str, Any]) -> Match:
+def condition_match(when: Mapping[str, Any]) -> Match:
     key = when["key"]
     values, not_values = when.get("values"), when.get("notValues")
     fields: dict[str, Any] = {}
@@ -158,7 +158,9 @@ def string_matches(values: Iterable[str] | None) -> tuple[StringMatch, ...]:
     return tuple(out)
 
 
-def _accounts(values: Iterable[str] | None, namespace: str) -> tuple[ServiceAccountMatch, ...]:
+def account_matches(
+    values: Iterable[str] | None, namespace: str
+) -> tuple[ServiceAccountMatch, ...]:
     out = []
     for v in values or ():
         ns, slash, sa = v.partition("/")

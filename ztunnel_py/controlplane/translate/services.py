@@ -4,6 +4,16 @@ A Service becomes `<name>.<ns>.svc.<domain>` with its cluster IPs as VIPs on the
 network and `{port: targetPort}` (0 for a named targetPort: each workload resolves the name
 against its own container ports). A ServiceEntry becomes one Service per host, its single-IP
 `addresses` as VIPs. Only TCP ports are carried: ztunnel proxies TCP only.
+
+Each port's application protocol is read as istiod reads it (`kube.ConvertProtocol` and
+`protocol.Parse`): a Service port's `appProtocol`, else the prefix of its name before the first
+`-` (`http-web` is HTTP; `grpc-web...` is gRPC-Web), case-insensitively; the Kubernetes names
+`kubernetes.io/h2c` (HTTP/2), `kubernetes.io/ws` (HTTP) and `kubernetes.io/wss` (HTTPS) in
+`appProtocol`; anything else unknown, except the well-known ports 25, 53, 3306 and 27017, which
+are TCP. A ServiceEntry port's `protocol` is parsed the same way. istiod sends HTTP as HTTP11,
+HTTP2 as HTTP2 and GRPC as GRPC, and everything else as UNKNOWN; we also send TCP for TCP, Mongo,
+Redis and MySQL ports and TLS for TLS and HTTPS ports (values 4 and 5 of the enum, which an
+Istio ztunnel ignores), so a waypoint proxies those ports at L4 instead of sniffing them.
 """
 
 from __future__ import annotations
@@ -14,12 +24,62 @@ from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.model import NetworkAddress, Service
+from ztunnel_py.model.workload import AppProtocol
 
 # Service annotations listing the identities a service's endpoints run as (Istio's alpha API).
 KUBERNETES_SERVICE_ACCOUNTS = "alpha.istio.io/kubernetes-serviceaccounts"
 CANONICAL_SERVICE_ACCOUNTS = "alpha.istio.io/canonical-serviceaccounts"
 
 _NOT_TCP_SERVICE_ENTRY = frozenset({"UDP"})
+
+# istio's protocol names (lower case) -> the workload API's application protocol
+_PROTOCOLS = {
+    "http": AppProtocol.HTTP11,
+    "http2": AppProtocol.HTTP2,
+    "grpc": AppProtocol.GRPC,
+    "grpc-web": AppProtocol.UNKNOWN,
+    "http_proxy": AppProtocol.UNKNOWN,
+    "tcp": AppProtocol.TCP,
+    "mongo": AppProtocol.TCP,
+    "redis": AppProtocol.TCP,
+    "mysql": AppProtocol.TCP,
+    "tls": AppProtocol.TLS,
+    "https": AppProtocol.TLS,
+}
+_KUBERNETES_APP_PROTOCOLS = {
+    "kubernetes.io/h2c": AppProtocol.HTTP2,
+    "kubernetes.io/ws": AppProtocol.HTTP11,
+    "kubernetes.io/wss": AppProtocol.TLS,
+}
+# ports that are TCP when their name says nothing: SMTP, DNS, MySQL, MongoDB
+_WELL_KNOWN_TCP_PORTS = frozenset({25, 53, 3306, 27017})
+
+
+def protocol_name(name: str) -> AppProtocol | None:
+    """istio's `protocol.Parse`: a protocol name, case-insensitively; None if unsupported."""
+    return _PROTOCOLS.get(name.lower())
+
+
+def kubernetes_port_protocol(port: Mapping[str, Any]) -> AppProtocol:
+    """The application protocol of a Service port, as istiod's `ConvertProtocol` reads it."""
+    app_protocol = port.get("appProtocol")
+    if app_protocol is not None:
+        known = _KUBERNETES_APP_PROTOCOLS.get(app_protocol)
+        if known is not None:
+            return known
+        name = app_protocol
+    else:
+        name = port.get("name") or ""
+    if name[:8].lower() == "grpc-web":
+        return AppProtocol.UNKNOWN
+    parsed = protocol_name(name.partition("-")[0])
+    if parsed is None:
+        return AppProtocol.TCP if port["port"] in _WELL_KNOWN_TCP_PORTS else AppProtocol.UNKNOWN
+    return parsed
+
+
+def _known(protocols: Mapping[int, AppProtocol]) -> dict[int, AppProtocol]:
+    return {p: v for p, v in protocols.items() if v is not AppProtocol.UNKNOWN}
 
 
 def service_hostname(name: str, namespace: str, domain_suffix: str) -> str:
@@ -43,9 +103,11 @@ def kubernetes_service(service: Resource, trust_domain: str, domain_suffix: str)
     if spec.get("type") == "ExternalName":
         return None
     ports: dict[int, int] = {}
+    protocols: dict[int, AppProtocol] = {}
     for port in tcp_ports(service):
         target = port.get("targetPort", port["port"])
         ports[port["port"]] = target if isinstance(target, int) else 0
+        protocols[port["port"]] = kubernetes_port_protocol(port)
     return Service(
         name=service.name,
         namespace=service.namespace,
@@ -53,6 +115,7 @@ def kubernetes_service(service: Resource, trust_domain: str, domain_suffix: str)
         vips=tuple(NetworkAddress("", ipaddress.ip_address(ip)) for ip in cluster_ips(service)),
         ports=ports,
         subject_alt_names=_service_sans(service, trust_domain),
+        app_protocols=_known(protocols),
     )
 
 
@@ -81,7 +144,14 @@ def service_entry_services(entry: Resource) -> list[Service]:
         network = ipaddress.ip_network(address, strict=False)
         if network.num_addresses == 1:
             vips.append(NetworkAddress("", network.network_address))
-    ports = {p["number"]: p.get("targetPort", p["number"]) for p in service_entry_ports(entry)}
+    entry_ports = service_entry_ports(entry)
+    ports = {p["number"]: p.get("targetPort", p["number"]) for p in entry_ports}
+    protocols = _known(
+        {
+            p["number"]: protocol_name(p.get("protocol", "")) or AppProtocol.UNKNOWN
+            for p in entry_ports
+        }
+    )
     sans = tuple(entry.spec.get("subjectAltNames") or ())
     return [
         Service(
@@ -91,6 +161,7 @@ def service_entry_services(entry: Resource) -> list[Service]:
             vips=tuple(vips),
             ports=dict(ports),
             subject_alt_names=sans,
+            app_protocols=dict(protocols),
         )
         for host in entry.spec["hosts"]
     ]

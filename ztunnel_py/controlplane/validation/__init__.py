@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
-from ztunnel_py.controlplane.validation.kinds import KINDS
+from ztunnel_py.controlplane.validation import extensions, kinds, routing
 from ztunnel_py.controlplane.validation.kube import KindInfo
 from ztunnel_py.yamlschema.schema import Checker, Node, describe_value
 
 DEFAULT_NAMESPACE = "default"
+KINDS: dict[str, KindInfo] = {**kinds.KINDS, **extensions.KINDS, **routing.KINDS}
 
 
 @dataclass(frozen=True, slots=True)
