@@ -22,6 +22,7 @@ import yaml
 
 from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed import namespaces
+from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.status import WaypointStatus
 from ztunnel_py.testbed.testbed import Testbed, default_state_dir, down
 
@@ -119,9 +120,15 @@ def test_a_waypoint_gateway_gets_a_ready_pod_with_its_own_identity(bed: Testbed)
     ready = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2"]
     probe = bed.exec("legacy-1", [*ready, f"http://{wp.ip}:15021/healthz/ready"])
     assert (probe.returncode, probe.stdout) == (0, "200"), probe.stderr
-    # Its certificate, from our CA.
-    certificates = config_dump(bed, wp.pod)["certificates"]
-    assert [(c["identity"], c["state"]) for c in certificates] == [(IDENTITY, "Available")]
+
+    # Its certificate, from our CA (fetched as it starts; readiness does not wait for it).
+    def certificates() -> list[tuple[str, str]]:
+        return [(c["identity"], c["state"]) for c in config_dump(bed, wp.pod)["certificates"]]
+
+    deadline = time.monotonic() + PUSH_DEADLINE
+    while (certs := certificates()) != [(IDENTITY, "Available")] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert certs == [(IDENTITY, "Available")]
     # The control plane serves its Pod as a workload and its Service, to every agent.
     uid = f"Kubernetes//Pod/apps/{wp.pod}"
 
@@ -203,8 +210,8 @@ def test_deleting_the_gateway_removes_the_waypoint_pod(bed: Testbed) -> None:
             and all(s["hostname"] != HOSTNAME for s in dump["services"])
         ),
     )
-    result = bed.exec(wp.pod, ["true"])  # the pod is gone for exec too
-    assert result.returncode != 0
+    with pytest.raises(TestbedError, match=f"no pod named '{wp.pod}'"):
+        bed.exec(wp.pod, ["true"])
 
 
 def test_down_removes_a_waypoint_even_after_the_applying_cli_was_killed() -> None:

@@ -87,3 +87,9 @@ def test_status_is_typed(tmp_path: Path) -> None:
     assert status.controlplane.pid == 4001
     with pytest.raises(KeyError):
         status.pod("nope")
+    with pytest.raises(KeyError):
+        status.waypoint("waypoint", "apps")
+    ambient = Testbed.attach(PREFIX, recorded_testbed(tmp_path / "a", MODE_AMBIENT, False)).status()
+    waypoint = ambient.waypoint("waypoint", "apps")
+    assert (waypoint.node, waypoint.ip, waypoint.vip) == ("node1", "10.244.1.200", "10.96.0.200")
+    assert (waypoint.process.name, waypoint.process.pid) == ("waypoint/apps/waypoint", 4004)

@@ -18,6 +18,7 @@ from ztunnel_py.model import Identity
 from ztunnel_py.testbed import resources, waypoints
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.state import State
+from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import plan
 from ztunnel_py.testbed.waypoints import WaypointPlan, plan_waypoint
 
@@ -225,3 +226,21 @@ def test_applying_an_unchanged_object_leaves_its_file_alone(tmp_path: Path) -> N
     resources.write(tmp_path, [gateway(metadata__labels={"istio.io/waypoint-for": "all"})])
     assert path.stat().st_ino != before.st_ino
     assert "waypoint-for: all" in path.read_text()
+
+
+def test_a_testbed_without_the_mesh_refuses_a_waypoint_before_writing_anything(
+    tmp_path: Path,
+) -> None:
+    state = State.create(tmp_path / "state", "zt-", 1, 2, "none")
+    bed = Testbed(state)
+    with pytest.raises(TestbedError, match="runs without the mesh: a waypoint needs the control"):
+        bed.apply(GATEWAY)
+    assert not bed.config_dir.exists() or list(bed.config_dir.iterdir()) == []
+    # a Gateway of another class is only written
+    lines: list[str] = []
+    other = GATEWAY.replace("istio-waypoint", "istio")
+    assert [str(r) for r in bed.apply(other, progress=lines.append)] == ["Gateway apps/waypoint"]
+    assert lines == [
+        f"Gateway apps/waypoint written to {bed.config_dir}/gateway_apps_waypoint.yaml"
+    ]
+    assert State.load(state.state_dir).waypoints == []  # type: ignore[union-attr]

@@ -23,8 +23,8 @@ The commands and their readiness signals are the contract with `controlplane` an
   `ztunnel-py waypoint --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
   DIR/ca/root-cert.pem --auth-token <its node's token file> --instance-ip IP --pod-name POD
   --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY` in the pod's namespace;
-  ready when `GET 127.0.0.1:15021/healthz/ready` there answers 200 (held until its certificate
-  is prefetched and its first xDS responses, workload and L7, are applied).
+  ready when `GET 127.0.0.1:15021/healthz/ready` there answers 200 (held until its first xDS
+  responses, workload and L7 types, are applied; its certificate is fetched meanwhile).
 
 An agent restarted with `start_agent` gets the same command line; it re-enrolls its pods from
 its own saved state, so the plugin is not run again.
