@@ -53,6 +53,7 @@ def test_pod_reaches_pod_on_another_node(nomesh_testbed: Testbed) -> None:
     assert answer["pod"] == target.name
     assert answer["namespace"] == "apps"
     assert answer["node"] == "node2"
+    assert answer["version"] == target.version == "v2"
     assert answer["path"] == "/hello"
     assert client_ip(answer) == client.ip
 
@@ -74,6 +75,25 @@ def test_pods_reach_each_other_over_ipv6(
     assert client_ip(answer) == client.ipv6
     # ...and IPv4 still reaches the same dual-stack server, reported as a plain IPv4 address.
     assert client_ip(http_get(nomesh_testbed, client, target)) == client.ip
+
+
+def test_echo_pods_also_speak_h2c_and_grpc(nomesh_testbed: Testbed) -> None:
+    client, target = client_on(nomesh_testbed, "node1"), echo_on(nomesh_testbed, "node2")
+    h2 = nomesh_testbed.exec(
+        client.name,
+        ["curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", f"http://{target.ip}:8082/"],
+        timeout=10,
+    )
+    assert h2.returncode == 0, h2.stderr
+    assert json.loads(h2.stdout)["pod"] == target.name
+    grpc = nomesh_testbed.exec(
+        client.name,
+        [sys.executable, "-m", "ztunnel_py.testbed.grpcclient", "--target", f"{target.ip}:9090",
+         "unary"],
+        timeout=30,
+    )  # fmt: skip
+    assert grpc.returncode == 0, grpc.stderr
+    assert json.loads(grpc.stdout)["pod"] == target.name
 
 
 def test_iperf3_runs_between_pods(nomesh_testbed: Testbed) -> None:
@@ -127,7 +147,13 @@ def test_status_json_describes_everything(nomesh_testbed: Testbed) -> None:
     assert legacy["ips"] == ["10.244.1.250", "fd00:10:244:1::250"]
     echo = next(s for s in status["services"] if s["name"] == "echo")
     assert echo["namespace"] == "apps" and echo["vip"] == "10.96.0.10"
-    assert echo["ports"] == [{"port": 80, "target_port": 8080}, {"port": 5201, "target_port": 5201}]
+    assert [(p["name"], p["port"], p["target_port"]) for p in echo["ports"]] == [
+        ("http", 80, 8080),
+        ("http2", 8082, 8082),
+        ("grpc", 9090, 9090),
+        ("tcp-iperf", 5201, 5201),
+    ]
+    assert status["waypoints"] == []
     for proc in status["processes"]:
         assert proc["alive"] and proc["pid"] > 0
         assert proc["log"].startswith(str(nomesh_testbed.state_dir))

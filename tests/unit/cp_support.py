@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 from ztunnel_py.controlplane.resources import Diagnostic
+from ztunnel_py.controlplane.sources.files import load_directory
 from ztunnel_py.controlplane.sources.yamldocs import parse_documents
 from ztunnel_py.controlplane.store import ConfigStore
 from ztunnel_py.controlplane.translate import MeshOptions, Translation, translate
 from ztunnel_py.controlplane.validation import validate_document
+from ztunnel_py.model import Service, Workload
 
 
 def yaml_text(text: str) -> str:
@@ -41,3 +44,10 @@ def translated(text: str, options: MeshOptions | None = None) -> Translation:
     errors = [str(d) for d in store.diagnostics() if d.is_error]
     assert not errors, errors
     return translate(store.resources().values(), options)
+
+
+def translate_directory(directory: Path) -> tuple[dict[str, Workload], dict[str, Service]]:
+    """Workloads by uid and services by key, as the control plane serves a watched directory."""
+    store = ConfigStore(MeshOptions(), report=False)
+    snapshot = store.apply(dict(load_directory(directory))).snapshot
+    return dict(snapshot.workloads), dict(snapshot.services)

@@ -11,20 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ztunnel_py.controlplane.sources.files import load_directory
-from ztunnel_py.controlplane.store import ConfigStore
+from tests.unit.cp_support import translate_directory
 from ztunnel_py.controlplane.translate import MeshOptions
 from ztunnel_py.controlplane.validate_cli import validate_directory
-from ztunnel_py.model import Service, TunnelProtocol, Workload
+from ztunnel_py.model import TunnelProtocol
 from ztunnel_py.testbed import resources
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.topology import plan
-
-
-def translate(directory: Path) -> tuple[dict[str, Workload], dict[str, Service]]:
-    store = ConfigStore(MeshOptions(), report=False)
-    snapshot = store.apply(dict(load_directory(directory))).snapshot
-    return dict(snapshot.workloads), dict(snapshot.services)
 
 
 @pytest.mark.parametrize("dual_stack", [False, True])
@@ -44,7 +37,7 @@ def test_generated_directory_validates_and_translates_to_the_planned_mesh(
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout == ""
     assert f"{len(t.pods)} workloads, {len(t.services)} services" in done.stderr
-    workloads, services = translate(tmp_path)
+    workloads, services = translate_directory(tmp_path)
     for planned in t.workloads():
         got = workloads[planned.uid]
         assert got.uid == f"Kubernetes//Pod/{planned.namespace}/{planned.name}"

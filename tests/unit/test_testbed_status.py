@@ -1,6 +1,7 @@
 """`ztunnel-py testbed status --json`: the shape scripts and people read, pinned byte for byte
 (golden files), as the typed `Testbed.status()` renders it. No root needed: the testbed is only
-its recorded state (one node, two pods per node; processes recorded with pids that do not run)."""
+its recorded state (one node, two pods per node, in ambient mode a waypoint; processes recorded
+with pids that do not run)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.testbed import Testbed, http_name
 from ztunnel_py.testbed.topology import MODE_AMBIENT, MODE_SIDECAR, plan
+from ztunnel_py.testbed.waypoints import plan_waypoint
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "testbed"
 PREFIX = "zt-s-"
@@ -36,7 +38,13 @@ def recorded_testbed(root: Path, mode: str, dual_stack: bool) -> Path:
         namespace_labels=topology.namespace_labels,
     )
     names = [mesh.CONTROLPLANE, http_name("echo-1")]
-    names += [mesh.agent_name("node1")] if mode == MODE_AMBIENT else [sidecar.sidecar_name("web-1")]
+    if mode == MODE_AMBIENT:
+        # ...and a waypoint applied since
+        waypoint = plan_waypoint(topology, "apps", "waypoint", [], set())
+        state.add_waypoint(waypoint)
+        names += [mesh.agent_name("node1"), mesh.waypoint_name(waypoint)]
+    else:
+        names += [sidecar.sidecar_name("web-1")]
     for pid, name in enumerate(names, start=4001):
         state.add_process(
             ProcessRecord(
@@ -79,3 +87,9 @@ def test_status_is_typed(tmp_path: Path) -> None:
     assert status.controlplane.pid == 4001
     with pytest.raises(KeyError):
         status.pod("nope")
+    with pytest.raises(KeyError):
+        status.waypoint("waypoint", "apps")
+    ambient = Testbed.attach(PREFIX, recorded_testbed(tmp_path / "a", MODE_AMBIENT, False)).status()
+    waypoint = ambient.waypoint("waypoint", "apps")
+    assert (waypoint.node, waypoint.ip, waypoint.vip) == ("node1", "10.244.1.200", "10.96.0.200")
+    assert (waypoint.process.name, waypoint.process.pid) == ("waypoint/apps/waypoint", 4004)

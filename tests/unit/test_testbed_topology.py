@@ -21,8 +21,32 @@ def test_default_plan_has_distinct_identities_and_a_client_per_node() -> None:
         assert any(p.role == CLIENT for p in t.pods_on(node.name)), node.name
     echo = t.service("echo")
     assert echo.vip == "10.96.0.10" and echo.hostname == "echo.apps.svc.cluster.local"
-    assert dict(echo.ports) == {80: 8080, 5201: 5201}
+    assert echo.port_map == {80: 8080, 8082: 8082, 9090: 9090, 5201: 5201}
     assert len({p.node for p in t.endpoints("echo")}) == 2
+
+
+def test_echo_has_two_versions_and_declares_its_ports_as_a_user_would() -> None:
+    t = plan("zt-", nodes=3, pods_per_node=4)
+    versions = {p.name: p.version for p in t.endpoints("echo")}
+    assert versions == {
+        "echo-1": "v1", "echo-1-3": "v1", "echo-2": "v2", "echo-2-3": "v2",
+        "echo-3": "v1", "echo-3-3": "v1",
+    }  # fmt: skip
+    assert t.pod("echo-2").labels == {"app": "echo", "version": "v2"}
+    assert t.pod("web-1").labels == {"app": "web"} and t.pod("web-1").version is None
+    echo = t.service("echo")
+    # istiod reads the protocol from appProtocol, else from the name's prefix: both forms occur
+    assert [(p.name, p.port, p.target_port, p.app_protocol) for p in echo.ports] == [
+        ("http", 80, 8080, None),
+        ("http2", 8082, 8082, "kubernetes.io/h2c"),
+        ("grpc", 9090, 9090, "grpc"),
+        ("tcp-iperf", 5201, 5201, None),
+    ]
+    # only echo's endpoints run the h2c and gRPC servers
+    assert t.server_ports(t.pod("echo-1-3")) == (5201, 8080, 8082, 9090)
+    assert t.server_ports(t.pod("store-1")) == t.server_ports(t.pod("curl-2")) == (5201, 8080)
+    revisions = {w.name: w.canonical_revision for w in t.workloads()}
+    assert (revisions["echo-2"], revisions["web-1"]) == ("v2", "latest")
 
 
 def test_addresses_follow_the_node_subnets() -> None:
@@ -53,7 +77,9 @@ def test_workloads_carry_identity_and_service_ports() -> None:
     echo = by_name["echo-2"]
     assert echo.uid == "Kubernetes//Pod/apps/echo-2"
     assert str(echo.identity) == "spiffe://cluster.local/ns/apps/sa/echo"
-    assert echo.services == {"apps/echo.apps.svc.cluster.local": {80: 8080, 5201: 5201}}
+    assert echo.services == {
+        "apps/echo.apps.svc.cluster.local": {80: 8080, 8082: 8082, 9090: 9090, 5201: 5201}
+    }
     assert by_name["curl-2"].services == {}
     assert by_name["curl-2"].node == "node2"
 

@@ -160,9 +160,21 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long `start` waits for the control plane to serve (default: 60)",
     )
 
-    for action, verb, effect in (
-        ("apply", "add or replace", "writes each object into"),
-        ("delete", "remove", "removes each object from"),
+    for action, verb, effect, waypoint in (
+        (
+            "apply",
+            "add or replace",
+            "writes each object into",
+            "A Gateway of class istio-waypoint also gets its waypoint pod (own network namespace "
+            "and IP, running `ztunnel-py waypoint`) and Service, as istiod's deployment "
+            "controller would have them created; the command returns once the pod is ready.",
+        ),
+        (
+            "delete",
+            "remove",
+            "removes each object from",
+            "Deleting a waypoint Gateway stops its pod and removes its Pod and Service.",
+        ),
     ):
         files = sub.add_parser(
             action,
@@ -171,7 +183,7 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
             description=f"Read Kubernetes YAML (multi-document) from FILE and {effect} the "
             "directory the control plane watches (STATE_DIR/config), one file per object named "
             "after its kind, namespace and name. The control plane validates: see its "
-            "/debug/config and its log for errors.",
+            f"/debug/config and its log for errors. {waypoint}",
         )
         files.add_argument(
             "-f",
@@ -180,6 +192,14 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="FILE",
             help="the YAML file, or - for standard input",
         )
+        if action == "apply":
+            files.add_argument(
+                "--timeout",
+                type=float,
+                default=60.0,
+                metavar="SECONDS",
+                help="how long to wait for a waypoint pod to be ready (default: 60)",
+            )
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:

@@ -104,9 +104,7 @@ def _read_input(filename: str) -> str:
 def _apply(args: argparse.Namespace) -> int:
     bed = Testbed.attach(args.prefix, args.state_dir)
     source = "<stdin>" if args.filename == "-" else args.filename
-    refs = bed.apply(_read_input(args.filename), source)
-    for ref in refs:
-        _say(f"{ref} written to {bed.config_dir / ref.file_name}")
+    bed.apply(_read_input(args.filename), source, progress=_say, timeout=args.timeout)
     netns = bed.topology.cp_netns
     _say(
         "the control plane validates it: errors show on its /debug/config "
@@ -119,8 +117,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     bed = Testbed.attach(args.prefix, args.state_dir)
     source = "<stdin>" if args.filename == "-" else args.filename
-    for ref, existed in bed.delete(_read_input(args.filename), source):
-        _say(f"{ref} deleted" if existed else f"{ref} not found (nothing to delete)")
+    bed.delete(_read_input(args.filename), source, progress=_say)
     return 0
 
 
@@ -198,9 +195,26 @@ def format_status(status: TestbedStatus) -> str:
     lines += [*_table(rows), ""]
     rows = [["SERVICE", "NAMESPACE", "VIP", "PORTS", "ENDPOINTS"]]
     for svc in status.services:
-        ports = ",".join(f"{p.port}->{p.target_port}" for p in svc.ports)
+        ports = ",".join(f"{p.name}:{p.port}->{p.target_port}" for p in svc.ports)
         rows.append([svc.name, svc.namespace, svc.vip, ports, ",".join(svc.endpoints)])
     lines += _table(rows)
+    if status.waypoints:
+        rows = [["WAYPOINT", "NAMESPACE", "POD", "NODE", "IP", "VIP", "NETNS", "PROXY", "LOG"]]
+        for wp in status.waypoints:
+            rows.append(
+                [
+                    wp.gateway,
+                    wp.namespace,
+                    wp.pod,
+                    wp.node,
+                    " ".join(wp.ips),
+                    " ".join(wp.vips),
+                    wp.netns,
+                    _process(wp.process),
+                    wp.log or "-",
+                ]
+            )
+        lines += ["", *_table(rows)]
     lines += [
         "",
         f"logs in {status.state_dir}/logs; Kubernetes resources in {status.config_dir} "

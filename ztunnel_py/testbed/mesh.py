@@ -19,6 +19,13 @@ The commands and their readiness signals are the contract with `controlplane` an
   ambient namespaces with their node's agent; `down` runs `ztunnel-py cni DEL` for every pod
   before it stops the agents.
 
+- a waypoint pod (`testbed apply` of a Gateway of class istio-waypoint, `waypoints.py`) runs
+  `ztunnel-py waypoint --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
+  DIR/ca/root-cert.pem --auth-token <its node's token file> --instance-ip IP --pod-name POD
+  --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY` in the pod's namespace;
+  ready when `GET 127.0.0.1:15021/healthz/ready` there answers 200 (held until its first xDS
+  responses, workload and L7 types, are applied; its certificate is fetched meanwhile).
+
 An agent restarted with `start_agent` gets the same command line; it re-enrolls its pods from
 its own saved state, so the plugin is not run again.
 """
@@ -41,6 +48,7 @@ from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import NodePlan, Topology
+from ztunnel_py.testbed.waypoints import WaypointPlan
 
 CONTROLPLANE = "controlplane"
 
@@ -210,6 +218,46 @@ def agent_record(state: State, node: NodePlan, controlplane: SocketAddr) -> Proc
             bpf_pin_root(state, node.name),
         ),
         log=agent_log(state, node.name),
+    )
+
+
+def waypoint_name(waypoint: WaypointPlan) -> str:
+    return f"waypoint/{waypoint.namespace}/{waypoint.gateway}"
+
+
+def waypoint_record(
+    state: State, waypoint: WaypointPlan, controlplane: SocketAddr
+) -> ProcessRecord:
+    """How the waypoint pod's proxy runs: with its node's credential, as the agents do."""
+    return ProcessRecord(
+        name=waypoint_name(waypoint),
+        netns=waypoint.netns,
+        argv=ztunnel_py(
+            "waypoint",
+            "--node",
+            waypoint.node,
+            "--xds-address",
+            str(controlplane),
+            "--ca-address",
+            str(controlplane),
+            "--ca-root-cert",
+            root_cert(state),
+            "--auth-token",
+            token_file(state, waypoint.node),
+            "--secret-ttl",
+            state.secret_ttl,
+            "--instance-ip",
+            waypoint.ip,
+            "--pod-name",
+            waypoint.name,
+            "--pod-namespace",
+            waypoint.namespace,
+            "--service-account",
+            waypoint.service_account,
+            "--gateway-name",
+            waypoint.gateway,
+        ),
+        log=str(state.log_dir / f"waypoint-{waypoint.namespace}-{waypoint.gateway}.log"),
     )
 
 

@@ -209,6 +209,6 @@ def wait_for(
                     f"last lines of {record.log}:\n" + log_tail(record.log)
                 )
         if time.monotonic() > deadline:
-            logs = ", ".join(r.log for r in watched)
-            raise TestbedError(f"timed out after {timeout:.0f} s waiting for {what}; see {logs}")
+            tails = "".join(f"\nlast lines of {r.log}:\n{log_tail(r.log)}" for r in watched)
+            raise TestbedError(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
         time.sleep(0.05)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ import yaml
 
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.topology import (
+    GRPC_PORT,
+    H2_PORT,
     HTTP_PORT,
     IPERF_PORT,
     MODE_AMBIENT,
@@ -50,6 +52,14 @@ TUNNEL_LABEL = "networking.istio.io/tunnel"
 SIDECAR_STATUS = "sidecar.istio.io/status"
 SIDECAR_STATUS_VALUE = '{"containers":["istio-proxy"],"initContainers":["istio-init"]}'
 
+# The pod app's container ports by number.
+_CONTAINER_PORT_NAMES = {
+    HTTP_PORT: "http",
+    H2_PORT: "http2",
+    GRPC_PORT: "grpc",
+    IPERF_PORT: "iperf3",
+}
+
 
 def namespace_resource(name: str, labels: Mapping[str, str]) -> Document:
     metadata: Document = {"name": name}
@@ -58,10 +68,11 @@ def namespace_resource(name: str, labels: Mapping[str, str]) -> Document:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
-def pod_resource(pod: PodPlan, mode: str = MODE_AMBIENT) -> Document:
-    """The Pod as the API server would report it once running (status with its IPs); in
-    sidecar mode a pod of the mesh carries what the injector adds for an HBONE sidecar."""
-    metadata: Document = {"name": pod.name, "namespace": pod.namespace, "labels": {"app": pod.app}}
+def pod_resource(pod: PodPlan, ports: Sequence[int], mode: str = MODE_AMBIENT) -> Document:
+    """The Pod as the API server would report it once running (status with its IPs), its
+    container listening on `ports`; in sidecar mode a pod of the mesh carries what the injector
+    adds for an HBONE sidecar."""
+    metadata: Document = {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels}
     if mode == MODE_SIDECAR and pod.ambient:
         metadata["labels"][TUNNEL_LABEL] = "http"
         metadata["annotations"] = {SIDECAR_STATUS: SIDECAR_STATUS_VALUE}
@@ -77,8 +88,8 @@ def pod_resource(pod: PodPlan, mode: str = MODE_AMBIENT) -> Document:
                     "name": pod.app,
                     "image": "ztunnel-py/podserver",
                     "ports": [
-                        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-                        {"name": "iperf3", "containerPort": IPERF_PORT, "protocol": "TCP"},
+                        {"name": _CONTAINER_PORT_NAMES[p], "containerPort": p, "protocol": "TCP"}
+                        for p in ports
                     ],
                 }
             ],
@@ -96,8 +107,9 @@ def service_resource(service: ServicePlan) -> Document:
     spec: Document = {
         "selector": {"app": service.name},
         "ports": [
-            {"name": f"tcp-{port}", "port": port, "targetPort": target, "protocol": "TCP"}
-            for port, target in service.ports
+            {"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": "TCP"}
+            | ({"appProtocol": p.app_protocol} if p.app_protocol else {})
+            for p in service.ports
         ],
         "clusterIP": service.vip,
         "clusterIPs": list(service.vips),
@@ -118,7 +130,7 @@ def topology_resources(topology: Topology) -> list[Document]:
     namespaces = dict.fromkeys(p.namespace for p in topology.pods)
     return [
         *(namespace_resource(ns, topology.namespace_labels[ns]) for ns in namespaces),
-        *(pod_resource(p, topology.mode) for p in topology.pods),
+        *(pod_resource(p, topology.server_ports(p), topology.mode) for p in topology.pods),
         *(service_resource(s) for s in topology.services),
     ]
 
@@ -200,14 +212,50 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def write(directory: Path, documents: Iterable[Document]) -> list[ObjectRef]:
-    """Write each document to its own file in `directory`, replacing earlier versions."""
+    """Write each document to its own file in `directory`, replacing earlier versions; a file
+    that already says exactly this is left alone (kubectl's "unchanged": no reload, no push)."""
     directory.mkdir(parents=True, exist_ok=True)
     refs = []
     for index, document in enumerate(documents):
         ref = object_ref(document, f"document {index}")
-        write_atomically(directory / ref.file_name, yaml.safe_dump(document, sort_keys=False))
+        path, text = directory / ref.file_name, yaml.safe_dump(document, sort_keys=False)
+        try:
+            unchanged = path.read_text() == text
+        except (OSError, UnicodeDecodeError):
+            unchanged = False
+        if not unchanged:
+            write_atomically(path, text)
         refs.append(ref)
     return refs
+
+
+def addresses_in_use(directory: Path) -> set[str]:
+    """Pod IPs and cluster IPs of the Pods and Services in `directory` (files that do not parse
+    are skipped: the control plane reports them)."""
+    found: set[str] = set()
+    for path in directory.glob("*.yaml"):
+        try:
+            documents = list(yaml.safe_load_all(path.read_text()))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        for document in documents:
+            if not isinstance(document, dict):
+                continue
+            spec, status = document.get("spec"), document.get("status")
+            if document.get("kind") == "Service" and isinstance(spec, dict):
+                found.update(_strings([spec.get("clusterIP"), *(spec.get("clusterIPs") or [])]))
+            elif document.get("kind") == "Pod" and isinstance(status, dict):
+                ips = [
+                    entry.get("ip")
+                    for entry in status.get("podIPs") or []
+                    if isinstance(entry, dict)
+                ]
+                found.update(_strings([status.get("podIP"), *ips]))
+    return found
+
+
+def _strings(values: Iterable[object]) -> list[str]:
+    return [v for v in values if isinstance(v, str)]
 
 
 def remove(directory: Path, refs: Iterable[ObjectRef]) -> list[tuple[ObjectRef, bool]]:

@@ -8,7 +8,8 @@ Layout of a state directory:
 
     state.json          this file's contents (see `State.to_dict`)
     config/             Kubernetes YAML the control plane watches (`--config-dir`): what the
-                        testbed created, and what `testbed apply` added (see resources.py)
+                        testbed created, what `testbed apply` added (see resources.py), and
+                        the Pod and Service of every waypoint (waypoints.py)
     logs/<name>.log     stdout+stderr of every process
     controlplane/       the control plane's data dir (its CA under controlplane/ca/)
     node<i>/            agent state dir of node i: auth token, enrollment socket, the CNI
@@ -26,6 +27,7 @@ from typing import Any
 
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord
+from ztunnel_py.testbed.waypoints import WaypointPlan
 
 STATE_FILE = "state.json"
 FORMAT_VERSION = 2
@@ -53,6 +55,11 @@ class State:
         self.namespaces: list[str] = [str(n) for n in data.get("namespaces", [])]
         self.processes: list[ProcessRecord] = [
             ProcessRecord.from_dict(p) for p in data.get("processes", [])
+        ]
+        # waypoint pods started by `testbed apply` of a Gateway (their namespaces and processes
+        # are in the lists above too, so `down` removes them like everything else)
+        self.waypoints: list[WaypointPlan] = [
+            WaypointPlan.from_dict(w) for w in data.get("waypoints", [])
         ]
 
     @property
@@ -136,6 +143,7 @@ class State:
             "complete": self.complete,
             "namespaces": self.namespaces,
             "processes": [p.to_dict() for p in self.processes],
+            "waypoints": [w.to_dict() for w in self.waypoints],
         }
 
     def save(self) -> None:
@@ -158,6 +166,28 @@ class State:
         """Swap in a new record for the process of the same name (a restart), and save."""
         self.processes = [record if r.name == record.name else r for r in self.processes]
         self.save()
+
+    def remove_process(self, name: str) -> None:
+        self.processes = [r for r in self.processes if r.name != name]
+        self.save()
+
+    def remove_namespace(self, name: str) -> None:
+        self.namespaces = [n for n in self.namespaces if n != name]
+        self.save()
+
+    def add_waypoint(self, waypoint: WaypointPlan) -> None:
+        self.waypoints.append(waypoint)
+        self.save()
+
+    def remove_waypoint(self, waypoint: WaypointPlan) -> None:
+        self.waypoints = [w for w in self.waypoints if w != waypoint]
+        self.save()
+
+    def waypoint(self, namespace: str, gateway: str) -> WaypointPlan | None:
+        for waypoint in self.waypoints:
+            if (waypoint.namespace, waypoint.gateway) == (namespace, gateway):
+                return waypoint
+        return None
 
     def process(self, name: str) -> ProcessRecord | None:
         for record in self.processes:

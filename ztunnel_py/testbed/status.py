@@ -49,10 +49,13 @@ class PodStatus:
     sidecar: ProcessStatus | None
     service_account: str
     app: str
+    version: str | None  # its `version` label (the echo pods')
     role: str
     uid: str
     http_port: int
     iperf_port: int
+    h2_port: int | None  # where its servers speak h2c and gRPC (echo's endpoints)
+    grpc_port: int | None
     host_iface: str
     services: tuple[str, ...]
     processes: tuple[ProcessStatus, ProcessStatus]  # the HTTP server, the iperf3 server
@@ -62,6 +65,28 @@ class PodStatus:
 class ServicePortStatus:
     port: int
     target_port: int
+    name: str
+    app_protocol: str | None  # None: istiod reads the protocol from the name
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointStatus:
+    """A waypoint pod the testbed runs for a Gateway of class istio-waypoint."""
+
+    gateway: str
+    namespace: str
+    pod: str
+    node: str
+    netns: str
+    ip: str
+    ips: tuple[str, ...]
+    service_account: str
+    hostname: str  # of its Service, as services bound to it name it
+    vip: str
+    vips: tuple[str, ...]
+    host_iface: str
+    log: str | None
+    process: ProcessStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +144,7 @@ class TestbedStatus:
     nodes: tuple[NodeStatus, ...]
     pods: tuple[PodStatus, ...]
     services: tuple[ServiceStatus, ...]
+    waypoints: tuple[WaypointStatus, ...]
     processes: tuple[ProcessStatus, ...]
 
     def pod(self, name: str) -> PodStatus:
@@ -127,6 +153,13 @@ class TestbedStatus:
             if pod.name == name:
                 return pod
         raise KeyError(name)
+
+    def waypoint(self, gateway: str, namespace: str) -> WaypointStatus:
+        """The waypoint of Gateway `namespace/gateway`; KeyError if there is none."""
+        for waypoint in self.waypoints:
+            if (waypoint.gateway, waypoint.namespace) == (gateway, namespace):
+                return waypoint
+        raise KeyError(f"{namespace}/{gateway}")
 
     def node(self, name: str) -> NodeStatus:
         """The node named `name`; KeyError if there is none."""

@@ -9,7 +9,15 @@ control plane and gives every pod of the mesh iptables rules and its own proxy (
 even after `up` or any process was killed. `stop_agent`, `start_agent` and `kill_agent` act on
 one node's agent, `stop_controlplane` and `start_controlplane` on the control plane, for
 operators and fault tests; the state file follows every restart. `apply` and `delete` put
-Kubernetes objects into (or take them out of) the directory the control plane watches.
+Kubernetes objects into (or take them out of) the directory the control plane watches; as
+Kubernetes' deployment controller would for istiod, `apply` of a Gateway of class istio-waypoint
+also starts its waypoint pod (`waypoints.py`: a network namespace wired like every pod's, its Pod
+and Service, `ztunnel-py waypoint` inside) and `delete` of it stops and removes that pod. The
+Pod is written before the process starts (the CA signs only for identities scheduled on the
+caller's node) and the Service once it is ready, because the Service is what binds services to
+the waypoint: no traffic is sent to a waypoint that cannot serve it yet. Waypoints are in the
+state file too (recorded before anything is created), so `status`, `down` and another CLI
+process know them.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
-from ztunnel_py.testbed import mesh, namespaces, process, resources, sidecar
+from ztunnel_py.testbed import mesh, namespaces, process, resources, sidecar, waypoints
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.namespaces import ip
 from ztunnel_py.testbed.process import ProcessRecord
@@ -38,11 +47,14 @@ from ztunnel_py.testbed.status import (
     ServicePortStatus,
     ServiceStatus,
     TestbedStatus,
+    WaypointStatus,
 )
 from ztunnel_py.testbed.topology import (
     FABRIC_BRIDGE,
     FABRIC_SUBNET,
     FABRIC_SUBNET6,
+    GRPC_PORT,
+    H2_PORT,
     HTTP_PORT,
     IPERF_PORT,
     MODE_AMBIENT,
@@ -53,6 +65,7 @@ from ztunnel_py.testbed.topology import (
     Topology,
     plan,
 )
+from ztunnel_py.testbed.waypoints import WaypointPlan
 
 DEFAULT_STATE_ROOT = Path("/run/ztunnel-py/testbed")
 FABRIC_PREFIX_LEN = FABRIC_SUBNET.split("/")[1]
@@ -73,9 +86,42 @@ def _state_dir(prefix: str, state_dir: str | os.PathLike[str] | None) -> Path:
     return Path(state_dir) if state_dir is not None else default_state_dir(prefix)
 
 
-def _serving(pid: int) -> bool:
-    """Both pod servers listen (they share the namespace of `pid`)."""
-    return {HTTP_PORT, IPERF_PORT} <= namespaces.listening_ports(pid)
+def _serving(pid: int, ports: tuple[int, ...]) -> bool:
+    """Every server of the pod listens (they share the namespace of `pid`)."""
+    return set(ports) <= namespaces.listening_ports(pid)
+
+
+class Wired(Protocol):
+    """What wiring a pod's network namespace needs (a planned pod or a waypoint pod)."""
+
+    @property
+    def netns(self) -> str: ...
+    @property
+    def host_iface(self) -> str: ...
+    @property
+    def ip(self) -> str: ...
+    @property
+    def ipv6(self) -> str | None: ...
+
+
+def wire_pod(node: NodePlan, pod: Wired) -> None:
+    """The pod's veth to its node, addresses and routes (the layout of `topology.py`)."""
+    namespaces.add_veth("eth0", pod.netns, pod.host_iface, node.netns)
+    ip("addr", "add", f"{node.gateway}/32", "dev", pod.host_iface, netns=node.netns)
+    ip("link", "set", pod.host_iface, "up", netns=node.netns)
+    ip("route", "add", f"{pod.ip}/32", "dev", pod.host_iface, netns=node.netns)
+    ip("addr", "add", f"{pod.ip}/32", "dev", "eth0", netns=pod.netns)
+    ip("link", "set", "eth0", "up", netns=pod.netns)
+    ip("route", "add", node.gateway, "dev", "eth0", "scope", "link", netns=pod.netns)
+    ip("route", "add", "default", "via", node.gateway, "dev", "eth0", netns=pod.netns)
+    if pod.ipv6 is not None and node.gateway6 is not None:
+        # The same layout in IPv6: the gateway /128 on every host veth, a /128 route per pod.
+        host, gw = pod.host_iface, node.gateway6
+        ip("-6", "addr", "add", f"{gw}/128", "dev", host, "nodad", netns=node.netns)
+        ip("-6", "route", "add", f"{pod.ipv6}/128", "dev", host, netns=node.netns)
+        ip("-6", "addr", "add", f"{pod.ipv6}/128", "dev", "eth0", "nodad", netns=pod.netns)
+        ip("-6", "route", "add", gw, "dev", "eth0", netns=pod.netns)
+        ip("-6", "route", "add", "default", "via", gw, "dev", "eth0", netns=pod.netns)
 
 
 def http_name(pod: str) -> str:
@@ -203,14 +249,7 @@ class Testbed:
         for name in t.namespaces:
             self.state.add_namespace(name)
         for name in t.namespaces:
-            namespaces.add(name)
-            ip("link", "set", "lo", "up", netns=name)
-            if t.dual_stack:
-                # No duplicate address detection on the interfaces to come: while a node's
-                # link-local addresses are tentative, the first IPv6 connections through it
-                # stall for 2 s.
-                for scope in ("all", "default"):
-                    namespaces.set_sysctl(name, f"net/ipv6/conf/{scope}/accept_dad", "0")
+            self._add_netns(name)
         self._build_fabric(progress)
         for node in t.nodes:
             self._build_node(node, progress)
@@ -225,6 +264,16 @@ class Testbed:
         self.state.complete = True
         self.state.save()
         progress(f"testbed {self.prefix} is up")
+
+    def _add_netns(self, name: str) -> None:
+        namespaces.add(name)
+        ip("link", "set", "lo", "up", netns=name)
+        if self.topology.dual_stack:
+            # No duplicate address detection on the interfaces to come: while a node's
+            # link-local addresses are tentative, the first IPv6 connections through it
+            # stall for 2 s.
+            for scope in ("all", "default"):
+                namespaces.set_sysctl(name, f"net/ipv6/conf/{scope}/accept_dad", "0")
 
     def _fabric_port(
         self, member: str, fabric_iface: str, address: str, address6: str | None = None
@@ -270,33 +319,16 @@ class Testbed:
         v6 = f", {node.ipv6}, pods in {node.pod_cidr6}" if node.ipv6 else ""
         progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}{v6}")
         for pod in t.pods_on(node.name):
-            self._build_pod(node, pod)
+            wire_pod(node, pod)
             progress(
                 f"    pod {pod.name} ({pod.namespace}, sa {pod.service_account}): "
                 + " ".join(pod.ips)
             )
 
-    def _build_pod(self, node: NodePlan, pod: PodPlan) -> None:
-        namespaces.add_veth("eth0", pod.netns, pod.host_iface, node.netns)
-        ip("addr", "add", f"{node.gateway}/32", "dev", pod.host_iface, netns=node.netns)
-        ip("link", "set", pod.host_iface, "up", netns=node.netns)
-        ip("route", "add", f"{pod.ip}/32", "dev", pod.host_iface, netns=node.netns)
-        ip("addr", "add", f"{pod.ip}/32", "dev", "eth0", netns=pod.netns)
-        ip("link", "set", "eth0", "up", netns=pod.netns)
-        ip("route", "add", node.gateway, "dev", "eth0", "scope", "link", netns=pod.netns)
-        ip("route", "add", "default", "via", node.gateway, "dev", "eth0", netns=pod.netns)
-        if pod.ipv6 is not None and node.gateway6 is not None:
-            # The same layout in IPv6: the gateway /128 on every host veth, a /128 route per pod.
-            host, gw = pod.host_iface, node.gateway6
-            ip("-6", "addr", "add", f"{gw}/128", "dev", host, "nodad", netns=node.netns)
-            ip("-6", "route", "add", f"{pod.ipv6}/128", "dev", host, netns=node.netns)
-            ip("-6", "addr", "add", f"{pod.ipv6}/128", "dev", "eth0", "nodad", netns=pod.netns)
-            ip("-6", "route", "add", gw, "dev", "eth0", netns=pod.netns)
-            ip("-6", "route", "add", "default", "via", gw, "dev", "eth0", netns=pod.netns)
-
     def _start_pod_servers(self, progress: Progress, timeout: float) -> None:
         started: list[tuple[PodPlan, ProcessRecord, ProcessRecord]] = []
         for pod in self.topology.pods:
+            ports = self.topology.server_ports(pod)
             server = ProcessRecord(
                 name=http_name(pod.name),
                 netns=pod.netns,
@@ -314,6 +346,12 @@ class Testbed:
                     str(HTTP_PORT),
                     "--bind",
                     "::" if pod.ipv6 else "0.0.0.0",
+                    "--version",
+                    pod.version or "",
+                    "--h2-port",
+                    str(H2_PORT if H2_PORT in ports else 0),
+                    "--grpc-port",
+                    str(GRPC_PORT if GRPC_PORT in ports else 0),
                 ],
                 log=str(self.state.log_dir / f"pod-{pod.name}-http.log"),
             )
@@ -328,25 +366,37 @@ class Testbed:
             started.append((pod, server, iperf))
         for pod, server, iperf in started:
             assert server.pid is not None
+            ports = self.topology.server_ports(pod)
             process.wait_for(
-                functools.partial(_serving, server.pid),
+                functools.partial(_serving, server.pid, ports),
                 [server, iperf],
                 timeout,
-                f"pod {pod.name} to listen on {HTTP_PORT} and {IPERF_PORT}",
+                f"pod {pod.name} to listen on {', '.join(map(str, ports))}",
             )
-        progress(f"  servers up in {len(started)} pods: http :{HTTP_PORT}, iperf3 :{IPERF_PORT}")
+        progress(
+            f"  servers up in {len(started)} pods: http :{HTTP_PORT}, iperf3 :{IPERF_PORT}; "
+            f"h2c :{H2_PORT} and grpc :{GRPC_PORT} in the endpoints of "
+            + ", ".join(s.name for s in self.topology.services if H2_PORT in s.port_map.values())
+        )
 
     # -- using ------------------------------------------------------------------------------
 
     def netns_of(self, target: str) -> str:
-        """The namespace of a pod or node name; TestbedError naming the choices otherwise."""
+        """The namespace of a pod (waypoint pods too) or node name; TestbedError naming the
+        choices otherwise."""
         for pod in self.topology.pods:
             if pod.name == target:
                 return pod.netns
         for node in self.topology.nodes:
             if node.name == target:
                 return node.netns
-        pods = ", ".join(p.name for p in self.topology.pods)
+        self.refresh()
+        for waypoint in self.state.waypoints:
+            if waypoint.name == target:
+                return waypoint.netns
+        pods = ", ".join(
+            [p.name for p in self.topology.pods] + [w.name for w in self.state.waypoints]
+        )
         nodes = ", ".join(n.name for n in self.topology.nodes)
         raise TestbedError(f"no pod named {target!r}; pods: {pods} (nodes: {nodes})")
 
@@ -414,10 +464,13 @@ class Testbed:
                 else None,
                 service_account=pod.service_account,
                 app=pod.app,
+                version=pod.version,
                 role=pod.role,
                 uid=pod.uid,
                 http_port=HTTP_PORT,
                 iperf_port=IPERF_PORT,
+                h2_port=H2_PORT if H2_PORT in t.server_ports(pod) else None,
+                grpc_port=GRPC_PORT if GRPC_PORT in t.server_ports(pod) else None,
                 host_iface=pod.host_iface,
                 services=tuple(pod.services),
                 processes=(self._proc(http_name(pod.name)), self._proc(iperf_name(pod.name))),
@@ -431,7 +484,10 @@ class Testbed:
                 hostname=svc.hostname,
                 vip=svc.vip,
                 vips=tuple(svc.vips),
-                ports=tuple(ServicePortStatus(p, tp) for p, tp in svc.ports),
+                ports=tuple(
+                    ServicePortStatus(p.port, p.target_port, p.name, p.app_protocol)
+                    for p in svc.ports
+                ),
                 endpoints=tuple(p.name for p in t.endpoints(svc.name)),
             )
             for svc in t.services
@@ -462,7 +518,27 @@ class Testbed:
             nodes=tuple(nodes),
             pods=tuple(pods),
             services=tuple(services),
+            waypoints=tuple(self._waypoint_status(w) for w in state.waypoints),
             processes=tuple(self._proc(r.name) for r in state.processes),
+        )
+
+    def _waypoint_status(self, waypoint: WaypointPlan) -> WaypointStatus:
+        proc = self._proc(mesh.waypoint_name(waypoint))
+        return WaypointStatus(
+            gateway=waypoint.gateway,
+            namespace=waypoint.namespace,
+            pod=waypoint.name,
+            node=waypoint.node,
+            netns=waypoint.netns,
+            ip=waypoint.ip,
+            ips=waypoint.ips,
+            service_account=waypoint.service_account,
+            hostname=waypoint.hostname,
+            vip=waypoint.vip,
+            vips=waypoint.vips,
+            host_iface=waypoint.host_iface,
+            log=proc.log,
+            process=proc,
         )
 
     def refresh(self) -> None:
@@ -568,19 +644,158 @@ class Testbed:
         """The directory of Kubernetes YAML the control plane watches."""
         return self.state.config_dir
 
-    def apply(self, text: str, source: str = "-") -> list[resources.ObjectRef]:
+    def apply(
+        self,
+        text: str,
+        source: str = "-",
+        progress: Progress = _quiet,
+        timeout: float = 60.0,
+    ) -> list[resources.ObjectRef]:
         """Write every object of a multi-document YAML text into the watched directory,
         replacing earlier versions of the same objects (kubectl apply). TestbedError for text
         that is not YAML or an object without kind or metadata.name; anything else is for the
-        control plane to judge (`controlplane_debug_url`, its log)."""
-        return resources.write(
-            self.config_dir, [document for _, document in resources.parse(text, source)]
+        control plane to judge (`controlplane_debug_url`, its log).
+
+        A Gateway of class istio-waypoint also gets its waypoint pod, ready (within `timeout`)
+        before this returns; applying it again leaves a running pod alone (its Pod and Service
+        follow the Gateway's labels and listeners). A Gateway whose class is no longer
+        istio-waypoint loses its pod; Gateways of other classes are only written."""
+        objects = resources.parse(text, source)
+        self.refresh()
+        gateways: list[tuple[tuple[str, str], resources.Document]] = []
+        for ref, document in objects:
+            if waypoints.is_waypoint(document):
+                gateways.append((waypoints.gateway_key(document, f"{source}: {ref}"), document))
+            elif waypoints.is_gateway(document):
+                gateways.append(
+                    ((ref.namespace or waypoints.DEFAULT_NAMESPACE, ref.name), document)
+                )
+        if not self.state.mesh and any(waypoints.is_waypoint(d) for _, d in gateways):
+            raise TestbedError(
+                f"testbed {self.prefix} runs without the mesh: a waypoint needs the control "
+                "plane (bring the testbed up in ambient mode)"
+            )
+        refs = resources.write(self.config_dir, [document for _, document in objects])
+        for ref in refs:
+            progress(f"{ref} written to {self.config_dir / ref.file_name}")
+        for (namespace, name), document in gateways:
+            self._reconcile_waypoint(namespace, name, document, progress, timeout)
+        return refs
+
+    def delete(
+        self, text: str, source: str = "-", progress: Progress = _quiet
+    ) -> list[tuple[resources.ObjectRef, bool]]:
+        """Remove the objects named in a multi-document YAML text (kubectl delete -f); each
+        with whether it was there. A waypoint Gateway's pod is stopped and removed after it
+        (as Kubernetes' garbage collector removes what the Gateway owns)."""
+        objects = resources.parse(text, source)
+        self.refresh()
+        removed = resources.remove(self.config_dir, [ref for ref, _ in objects])
+        for ref, existed in removed:
+            progress(f"{ref} deleted" if existed else f"{ref} not found (nothing to delete)")
+        for ref, document in objects:
+            if waypoints.is_gateway(document):
+                existing = self.state.waypoint(
+                    ref.namespace or waypoints.DEFAULT_NAMESPACE, ref.name
+                )
+                if existing is not None:
+                    self._remove_waypoint(existing, progress)
+        return removed
+
+    # -- the gateway controller: waypoint pods ------------------------------------------------
+
+    def _reconcile_waypoint(
+        self,
+        namespace: str,
+        gateway: str,
+        document: resources.Document,
+        progress: Progress,
+        timeout: float,
+    ) -> None:
+        existing = self.state.waypoint(namespace, gateway)
+        if not waypoints.is_waypoint(document):
+            if existing is not None:
+                progress(f"Gateway {namespace}/{gateway} is no longer of class istio-waypoint")
+                self._remove_waypoint(existing, progress)
+            return
+        if existing is not None:
+            record = self.state.process(mesh.waypoint_name(existing))
+            if record is not None and process.is_alive(record):
+                resources.write(
+                    self.config_dir,
+                    [
+                        waypoints.pod_resource(existing, document),
+                        waypoints.service_resource(existing, document),
+                    ],
+                )
+                progress(
+                    f"waypoint pod {namespace}/{existing.name} keeps running (pid {record.pid})"
+                )
+                return
+            # Crashed, or an earlier apply was interrupted: build it afresh.
+            progress(f"waypoint pod {namespace}/{existing.name} is not running: replacing it")
+            self._remove_waypoint(existing, progress)
+        self._create_waypoint(namespace, gateway, document, progress, timeout)
+
+    def _create_waypoint(
+        self,
+        namespace: str,
+        gateway: str,
+        document: resources.Document,
+        progress: Progress,
+        timeout: float,
+    ) -> None:
+        wp = waypoints.plan_waypoint(
+            self.topology,
+            namespace,
+            gateway,
+            self.state.waypoints,
+            resources.addresses_in_use(self.config_dir),
+        )
+        self.state.add_waypoint(wp)
+        self.state.add_namespace(wp.netns)
+        try:
+            self._add_netns(wp.netns)
+            wire_pod(self.topology.node(wp.node), wp)
+            resources.write(self.config_dir, [waypoints.pod_resource(wp, document)])
+            record = mesh.waypoint_record(self.state, wp, self.topology.controlplane_address)
+            self._launch(record)
+            process.wait_for(
+                functools.partial(mesh.http_ready, wp.netns),
+                [record],
+                timeout,
+                f"waypoint pod {namespace}/{wp.name} to be ready",
+            )
+            resources.write(self.config_dir, [waypoints.service_resource(wp, document)])
+        except BaseException as exc:
+            self._remove_waypoint(wp, _quiet)
+            if isinstance(exc, TestbedError):
+                raise TestbedError(
+                    f"{exc}\nthe waypoint pod was removed again; Gateway {namespace}/{gateway} "
+                    "stays applied: apply it again to retry, or delete it"
+                ) from None
+            raise
+        progress(
+            f"waypoint pod {namespace}/{wp.name} ready on {wp.node}: {' '.join(wp.ips)}, "
+            f"Service {wp.hostname} {' '.join(wp.vips)} (pid {record.pid}, log {record.log})"
         )
 
-    def delete(self, text: str, source: str = "-") -> list[tuple[resources.ObjectRef, bool]]:
-        """Remove the objects named in a multi-document YAML text (kubectl delete -f); each
-        with whether it was there."""
-        return resources.remove(self.config_dir, [ref for ref, _ in resources.parse(text, source)])
+    def _remove_waypoint(self, wp: WaypointPlan, progress: Progress) -> None:
+        """Service first (services stop binding to it), then the process, Pod and namespace."""
+        resources.remove(
+            self.config_dir, [resources.ObjectRef("Service", wp.namespace, wp.gateway)]
+        )
+        record = self.state.process(mesh.waypoint_name(wp))
+        if record is not None:
+            if record.pid is None:
+                process.find_unrecorded(record)
+            self._stop(record, f"the waypoint pod {wp.namespace}/{wp.name}")
+            self.state.remove_process(record.name)
+        resources.remove(self.config_dir, [resources.ObjectRef("Pod", wp.namespace, wp.name)])
+        namespaces.delete(wp.netns)
+        self.state.remove_namespace(wp.netns)
+        self.state.remove_waypoint(wp)
+        progress(f"waypoint pod {wp.namespace}/{wp.name} stopped and removed")
 
     @property
     def controlplane_debug_url(self) -> str:

@@ -35,13 +35,14 @@ Addressing and wiring:
 
 Pods (Kubernetes-like, so identities differ), by slot k on node i:
 
-- k=0: `echo-<i>` in `apps`, service account `echo`: endpoint of service `echo`
-  (echo.apps.svc.cluster.local, VIP 10.96.0.10, ports 80->8080 and 5201->5201);
+- k=0: `echo-<i>` in `apps`, service account `echo`, label `version: v1` on odd nodes and `v2`
+  on even ones (two versions of one service, for subsets and splits): endpoint of service
+  `echo` (echo.apps.svc.cluster.local, VIP 10.96.0.10);
 - k=1: a client: `web-<i>` (`apps`/`web`) on odd nodes, `curl-<i>` (`clients`/`curl`) on even
   nodes, so a same-namespace and a cross-namespace caller exist as soon as there are two nodes;
 - k=2: `store-<i>` in `db`, service account `store`: endpoint of service `store`
   (store.db.svc.cluster.local, VIP 10.96.0.20, port 80->8080);
-- k>=3: more `echo` endpoints, `echo-<i>-<k>`.
+- k>=3: more `echo` endpoints, `echo-<i>-<k>` (the version of their node).
 
 Besides those, node 1 always has `legacy-1` (`legacy`/`legacy`, 10.244.1.250, veth `vlegacy`),
 a client in namespace `legacy`, which is not labelled for ambient: the CNI plugin does not enroll
@@ -49,7 +50,16 @@ it, its workload speaks plain TCP (not HBONE), and it shows how meshed pods acce
 from outside the mesh (PERMISSIVE). Namespaces `apps`, `clients` and `db` carry
 `istio.io/dataplane-mode=ambient`.
 
-Every pod runs an HTTP server on 8080 (`podserver`) and `iperf3 -s` on 5201.
+Every pod carries the labels `app: <service account>` (and `version` where it has one), runs the
+pod app (`podserver`) with HTTP/1.1 on 8080 and `iperf3 -s` on 5201. The endpoints of `echo`
+also serve HTTP/2 with prior knowledge on 8082 and gRPC on 9090, the ports their service
+declares as a Kubernetes user would, the application protocol in both forms istiod reads:
+
+    echo:  http 80->8080 (name), http2 8082->8082 (appProtocol kubernetes.io/h2c),
+           grpc 9090->9090 (name and appProtocol grpc), tcp-iperf 5201->5201 (name)
+    store: http 80->8080 (name)
+
+Other pods leave the h2c and gRPC servers off (gRPC alone costs a pod about 18 MB).
 """
 
 from __future__ import annotations
@@ -72,6 +82,8 @@ CONTROLPLANE_IP = "10.250.0.2"
 CONTROLPLANE_IP6 = "fd00:10:250::2"
 FABRIC_BRIDGE = "br0"
 HTTP_PORT = 8080
+H2_PORT = 8082
+GRPC_PORT = 9090
 IPERF_PORT = 5201
 CLUSTER_DOMAIN = "svc.cluster.local"
 MAX_NODES = 100
@@ -112,13 +124,27 @@ class NodePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PortPlan:
+    """A Service port as a Kubernetes user declares it (`appProtocol` None: read from the name)."""
+
+    name: str
+    port: int
+    target_port: int
+    app_protocol: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServicePlan:
     name: str
     namespace: str
     vip: str
-    # (service port, target port)
-    ports: tuple[tuple[int, int], ...]
+    ports: tuple[PortPlan, ...]
     vip6: str | None = None
+
+    @property
+    def port_map(self) -> dict[int, int]:
+        """Service port -> target port."""
+        return {p.port: p.target_port for p in self.ports}
 
     @property
     def vips(self) -> tuple[str, ...]:
@@ -147,10 +173,16 @@ class PodPlan:
     host_iface: str
     services: tuple[str, ...]
     ipv6: str | None = None
+    version: str | None = None
 
     @property
     def ips(self) -> tuple[str, ...]:
         return (self.ip,) if self.ipv6 is None else (self.ip, self.ipv6)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The Pod's labels, as a Deployment's pod template would set them."""
+        return {"app": self.app} | ({"version": self.version} if self.version else {})
 
     @property
     def ambient(self) -> bool:
@@ -242,12 +274,21 @@ class Topology:
     def endpoints(self, service: str) -> tuple[PodPlan, ...]:
         return tuple(p for p in self.pods if service in p.services)
 
+    def server_ports(self, pod: PodPlan) -> tuple[int, ...]:
+        """The ports the pod's servers listen on: HTTP/1.1 and iperf3, and the target ports of
+        the services it is an endpoint of."""
+        ports = {HTTP_PORT, IPERF_PORT}
+        for svc in self.services:
+            if svc.name in pod.services:
+                ports.update(p.target_port for p in svc.ports)
+        return tuple(sorted(ports))
+
     def workloads(self) -> list[Workload]:
         """The pods as mesh workloads: HBONE for enrolled pods, plain TCP for the others."""
         by_name = {s.name: s for s in self.services}
         result = []
         for pod in self.pods:
-            services = {by_name[s].key: dict(by_name[s].ports) for s in pod.services}
+            services = {by_name[s].key: by_name[s].port_map for s in pod.services}
             result.append(
                 Workload(
                     uid=pod.uid,
@@ -258,7 +299,7 @@ class Topology:
                     node=pod.node,
                     tunnel_protocol=TunnelProtocol.HBONE if pod.ambient else TunnelProtocol.NONE,
                     canonical_name=pod.app,
-                    canonical_revision="latest",
+                    canonical_revision=pod.version or "latest",
                     workload_name=pod.app,
                     services=services,
                 )
@@ -272,14 +313,24 @@ class Topology:
                 namespace=s.namespace,
                 hostname=s.hostname,
                 vips=tuple(NetworkAddress.parse("/" + vip) for vip in s.vips),
-                ports=dict(s.ports),
+                ports=s.port_map,
             )
             for s in self.services
         ]
 
 
-_ECHO = ServicePlan("echo", "apps", "10.96.0.10", ((80, HTTP_PORT), (IPERF_PORT, IPERF_PORT)))
-_STORE = ServicePlan("store", "db", "10.96.0.20", ((80, HTTP_PORT),))
+_ECHO = ServicePlan(
+    "echo",
+    "apps",
+    "10.96.0.10",
+    (
+        PortPlan("http", 80, HTTP_PORT),
+        PortPlan("http2", H2_PORT, H2_PORT, "kubernetes.io/h2c"),
+        PortPlan("grpc", GRPC_PORT, GRPC_PORT, "grpc"),
+        PortPlan("tcp-iperf", IPERF_PORT, IPERF_PORT),
+    ),
+)
+_STORE = ServicePlan("store", "db", "10.96.0.20", (PortPlan("http", 80, HTTP_PORT),))
 _VIP6 = {"echo": "fd00:10:96::10", "store": "fd00:10:96::20"}
 
 
@@ -304,7 +355,9 @@ def _pod(prefix: str, node: NodePlan, slot: int) -> PodPlan:
     else:
         name, ns, sa, role = f"echo-{node.index}-{slot}", "apps", "echo", SERVER
         services = ("echo",)
-    return _pod_plan(prefix, node, name, ns, sa, role, services, 10 + slot, f"veth{slot}")
+    # two versions of echo: v1 on odd nodes, v2 on even ones
+    version = ("v1" if node.index % 2 == 1 else "v2") if "echo" in services else None
+    return _pod_plan(prefix, node, name, ns, sa, role, services, 10 + slot, f"veth{slot}", version)
 
 
 def _pod_plan(
@@ -317,6 +370,7 @@ def _pod_plan(
     services: tuple[str, ...],
     host: int,
     host_iface: str,
+    version: str | None = None,
 ) -> PodPlan:
     return PodPlan(
         name=name,
@@ -330,6 +384,7 @@ def _pod_plan(
         host_iface=host_iface,
         services=services,
         ipv6=f"fd00:10:244:{node.index}::{host}" if node.ipv6 else None,
+        version=version,
     )
 
 
