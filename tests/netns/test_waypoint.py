@@ -1,0 +1,407 @@
+"""Waypoints end to end: Istio's resources applied to the testbed, real clients, real kernel path.
+
+One 2-node ambient testbed with Istio's waypoint Gateway applied and namespace `apps` labelled
+`istio.io/use-waypoint: waypoint`. Clients in `web-1` call the `echo` service (VIP 10.96.0.10;
+echo-1 is version v1, echo-2 v2) with curl, nghttp, a grpcio client and a keep-alive Python
+client; the control plane compiles HTTPRoute, VirtualService, DestinationRule and
+AuthorizationPolicy into the waypoint's configuration over xDS. Each test restores what it
+applied, so they can run in any order.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.netns.conftest import unique_prefix
+from ztunnel_py.testbed.status import WaypointStatus
+from ztunnel_py.testbed.testbed import Testbed
+
+pytestmark = pytest.mark.netns
+
+ECHO_VIP = "10.96.0.10"
+WAYPOINT_ID = "spiffe://cluster.local/ns/apps/sa/waypoint"
+
+GATEWAY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"""
+
+
+def apps_namespace(*, waypoint: bool) -> str:
+    labels = "istio.io/dataplane-mode: ambient"
+    if waypoint:
+        labels += ", istio.io/use-waypoint: waypoint"
+    return f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: apps, labels: {{{labels}}}}}\n"
+
+
+# Per-version services for HTTPRoute backends (Gateway API routes to Services, not subsets).
+VERSION_SERVICES = """\
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v1, namespace: apps}
+spec:
+  selector: {app: echo, version: v1}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v2, namespace: apps}
+spec:
+  selector: {app: echo, version: v2}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+HTTP_ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-route, value: v2-only}]}
+    backendRefs: [{name: echo-v2, port: 80}]
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-route, value: split}]}
+    backendRefs: [{name: echo-v1, port: 80, weight: 80}, {name: echo-v2, port: 80, weight: 20}]
+"""
+
+VIRTUAL_SERVICE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: apps}
+spec:
+  host: echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: apps}
+spec:
+  hosts: [echo]
+  http:
+  - match: [{headers: {x-canary: {exact: "yes"}}}]
+    route: [{destination: {host: echo, subset: v2}}]
+    headers: {response: {set: {x-served-through: canary}}}
+  - route: [{destination: {host: echo, subset: v1}}]
+"""
+
+
+def policy(name: str, action: str, rule: str) -> str:
+    return (
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: {name}, namespace: apps}}\n"
+        'spec:\n  targetRefs: [{kind: Service, group: "", name: echo}]\n'
+        f"  action: {action}\n  rules:\n{rule}"
+    )
+
+
+DENY_DELETE = policy("no-delete", "DENY", '  - to: [{operation: {methods: ["DELETE"]}}]\n')
+ALLOW_PUBLIC = policy("public-only", "ALLOW", '  - to: [{operation: {paths: ["/public/*"]}}]\n')
+
+# Sends `count` requests on one keep-alive connection (a new one if the server closes it),
+# `interval` seconds apart, and prints one JSON line per answer: status, the answering pod
+# and version, and the headers the app saw.
+CLIENT = r"""
+import http.client, json, sys, time
+host, path, count, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+headers = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+conn = None
+for _ in range(count):
+    for attempt in range(2):
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(host, 80, timeout=10)
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            body = r.read()
+            break
+        except (OSError, http.client.HTTPException) as e:
+            conn = None
+            if attempt:
+                print(json.dumps({"error": str(e)}), flush=True)
+                body = None
+    if body is None:
+        continue
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    print(json.dumps({"status": r.status, "pod": answer.get("pod"),
+                      "version": answer.get("version"), "client": answer.get("client"),
+                      "headers": answer.get("headers", {}),
+                      "served_through": r.getheader("x-served-through")}), flush=True)
+    time.sleep(interval)
+"""
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    tb = Testbed.up(prefix=unique_prefix("wp"), nodes=2, pods_per_node=2)
+    try:
+        tb.apply(GATEWAY + "---\n" + apps_namespace(waypoint=True))
+        wait_until(lambda: answered_by_waypoint(tb), "traffic to take the waypoint")
+        yield tb
+    finally:
+        tb.down()
+
+
+def wait_until(check: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def waypoint(bed: Testbed) -> WaypointStatus:
+    (only,) = bed.status().waypoints
+    return only
+
+
+def curl(bed: Testbed, *args: str, pod: str = "web-1") -> subprocess.CompletedProcess[str]:
+    return bed.exec(pod, ["curl", "-sS", "--max-time", "10", *args], timeout=30)
+
+
+def answer(bed: Testbed, path: str = "/", *args: str) -> dict[str, Any]:
+    done = curl(bed, *args, f"http://{ECHO_VIP}{path}")
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def status(bed: Testbed, path: str) -> str:
+    return curl(bed, "-o", "/dev/null", "-w", "%{http_code}", f"http://{ECHO_VIP}{path}").stdout
+
+
+def answered_by_waypoint(bed: Testbed) -> bool:
+    done = curl(bed, f"http://{ECHO_VIP}/")
+    if done.returncode != 0:
+        return False
+    return str(json.loads(done.stdout)["client"]).startswith(waypoint(bed).ip + ":")
+
+
+def requests(
+    bed: Testbed,
+    path: str,
+    count: int,
+    *,
+    interval: float = 0.0,
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    argv = [sys.executable, "-c", CLIENT, ECHO_VIP, path, str(count), str(interval)]
+    if headers:
+        argv.append(json.dumps(headers))
+    done = bed.exec("web-1", argv, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def waypoint_metrics(bed: Testbed) -> str:
+    done = bed.exec(
+        waypoint(bed).pod, ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"]
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def waypoint_requests(bed: Testbed, **labels: str) -> float:
+    """istio_requests_total{reporter="waypoint", ...} summed over the other labels."""
+    total = 0.0
+    for line in waypoint_metrics(bed).splitlines():
+        if not line.startswith("istio_requests_total{"):
+            continue
+        tags = line[line.index("{") + 1 : line.rindex("}")]
+        wanted = {"reporter": "waypoint", **labels}
+        if all(f'{k}="{v}"' in tags for k, v in wanted.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def agent_opened(bed: Testbed, node: str) -> str:
+    """The node agent's istio_tcp_connections_opened_total lines (reporter=destination)."""
+    done = bed.exec(node, ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"])
+    assert done.returncode == 0, done.stderr
+    return "\n".join(
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("istio_tcp_connections_opened_total{")
+        and 'reporter="destination"' in line
+    )
+
+
+def log_of(path: str | None) -> str:
+    return Path(path or "").read_text(errors="replace")
+
+
+def test_service_traffic_traverses_the_waypoint(bed: Testbed) -> None:
+    wp = waypoint(bed)
+    before = waypoint_requests(bed, destination_service="echo.apps.svc.cluster.local")
+    answers = requests(bed, "/", 20)
+    assert len(answers) == 20 and {a["status"] for a in answers} == {200}
+    # The app sees the waypoint as its client, and both versions serve.
+    assert {a["client"].rsplit(":", 1)[0] for a in answers} == {wp.ip}
+    assert {a["pod"] for a in answers} == {"echo-1", "echo-2"}
+    # Istio's request metrics count exactly the requests made, from web to echo.
+    wait_until(
+        lambda: (
+            waypoint_requests(bed, destination_service="echo.apps.svc.cluster.local") == before + 20
+        ),
+        "the waypoint's istio_requests_total",
+        within=5,
+    )
+    counted = waypoint_requests(
+        bed, source_workload="web-1", response_code="200", connection_security_policy="mutual_tls"
+    )
+    assert counted >= 20
+    # The destination agents accepted the waypoint's tunnels: their L4 view of the caller is
+    # the waypoint's identity, not web's.
+    wait_until(
+        lambda: f'source_principal="{WAYPOINT_ID}"' in agent_opened(bed, "node2"),
+        "node2's agent to count a connection from the waypoint",
+    )
+    # The waypoint's access log names the caller and the request.
+    wp_log = log_of(wp.log)
+    assert "src.identity=spiffe://cluster.local/ns/apps/sa/web" in wp_log
+    assert "method=GET path=/ protocol=HTTP/1.1" in wp_log and "response_code=200" in wp_log
+
+
+def test_an_httproute_adds_headers_routes_by_path_and_splits_80_20(bed: Testbed) -> None:
+    bed.apply(VERSION_SERVICES)
+    bed.apply(HTTP_ROUTE)
+    try:
+        wait_until(
+            lambda: answer(bed, "/v2/x")["headers"].get("x-route") == "v2-only", "the HTTPRoute"
+        )
+        for _ in range(5):
+            routed = answer(bed, "/v2/x")
+            assert routed["version"] == "v2" and routed["headers"]["x-route"] == "v2-only"
+        answers = requests(bed, "/", 1000)
+        assert len(answers) == 1000 and {a["status"] for a in answers} == {200}
+        assert {a["headers"]["x-route"] for a in answers} == {"split"}
+        share = Counter(a["version"] for a in answers)["v1"] / 1000
+        assert 0.75 <= share <= 0.85, share
+    finally:
+        bed.delete(HTTP_ROUTE)
+        bed.delete(VERSION_SERVICES)
+
+
+def test_a_virtualservice_routes_to_destinationrule_subsets(bed: Testbed) -> None:
+    bed.apply(VIRTUAL_SERVICE)
+    try:
+        wait_until(
+            lambda: {a["version"] for a in requests(bed, "/", 10)} == {"v1"},
+            "the VirtualService's default route to subset v1",
+        )
+        canary = requests(bed, "/", 10, headers={"x-canary": "yes"})
+        assert {a["version"] for a in canary} == {"v2"}
+        assert {a["served_through"] for a in canary} == {"canary"}
+    finally:
+        bed.delete(VIRTUAL_SERVICE)
+
+
+def test_grpc_unary_and_streaming_pass_through_the_waypoint(bed: Testbed) -> None:
+    client = [sys.executable, "-m", "ztunnel_py.testbed.grpcclient", "--target", f"{ECHO_VIP}:9090"]
+    done = bed.exec("web-1", [*client, "unary", "--request", '{"hello": "mesh"}'], timeout=60)
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout.splitlines()[0])
+    assert reply["pod"] in ("echo-1", "echo-2")
+    streamed = bed.exec("web-1", [*client, "stream", "--count", "5"], timeout=60)
+    assert streamed.returncode == 0, streamed.stderr
+    assert len(streamed.stdout.splitlines()) == 5
+    failing = bed.exec("web-1", [*client, "unary", "--request", '{"status": 7}'], timeout=60)
+    assert failing.returncode == 7  # PERMISSION_DENIED, from the app, through trailers
+    wait_until(
+        lambda: waypoint_requests(bed, request_protocol="grpc", grpc_response_status="7") >= 1,
+        "a grpc_response_status=7 request in the waypoint's metrics",
+    )
+    assert waypoint_requests(bed, request_protocol="grpc", grpc_response_status="0") >= 2
+
+
+def test_http2_with_prior_knowledge_works_with_nghttp_and_curl(bed: Testbed) -> None:
+    done = bed.exec("web-1", ["nghttp", "-v", f"http://{ECHO_VIP}:8082/headers"], timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert ":status: 200" in done.stdout
+    prior = curl(bed, "--http2-prior-knowledge", f"http://{ECHO_VIP}:8082/")
+    assert prior.returncode == 0 and json.loads(prior.stdout)["protocol"] == "HTTP/2"
+
+
+def test_l7_policies_deny_delete_and_allow_only_public_paths(bed: Testbed) -> None:
+    bed.apply(DENY_DELETE)
+    try:
+        wait_until(
+            lambda: (
+                curl(bed, "-X", "DELETE", f"http://{ECHO_VIP}/x").stdout == "RBAC: access denied"
+            ),
+            "the DENY policy",
+        )
+        denied = curl(
+            bed, "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", f"http://{ECHO_VIP}/x"
+        )
+        assert denied.stdout == "403"
+        assert answer(bed, "/x")["pod"].startswith("echo-")
+        wp_log = log_of(waypoint(bed).log)
+        assert "method=DELETE path=/x" in wp_log and "response_code=403" in wp_log
+        assert "explicitly denied by: apps/no-delete" in wp_log
+    finally:
+        bed.delete(DENY_DELETE)
+    bed.apply(ALLOW_PUBLIC)
+    try:
+        code = ["-o", "/dev/null", "-w", "%{http_code}"]
+        wait_until(
+            lambda: curl(bed, *code, f"http://{ECHO_VIP}/private").stdout == "403",
+            "the ALLOW policy",
+        )
+        assert status(bed, "/public/page") == "200"
+        assert status(bed, "/publicity") == "403"
+        assert "allowed by: apps/public-only" in log_of(waypoint(bed).log)
+    finally:
+        bed.delete(ALLOW_PUBLIC)
+        wait_until(
+            lambda: curl(bed, *code, f"http://{ECHO_VIP}/private").stdout == "200", "no policy"
+        )
+
+
+def test_removing_the_label_returns_to_the_direct_path_without_dropping_connections(
+    bed: Testbed,
+) -> None:
+    web1 = bed.status().pod("web-1").ip
+    # A keep-alive client that lives across the change: 30 requests, 0.2 s apart.
+    argv = [sys.executable, "-c", CLIENT, ECHO_VIP, "/", "30", "0.2"]
+    long_lived = subprocess.Popen(
+        bed.exec_argv("web-1", argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(1.0)
+        bed.apply(apps_namespace(waypoint=False))
+        changed = time.monotonic()
+        wait_until(
+            lambda: answer(bed)["client"].rsplit(":", 1)[0] == web1,
+            "new connections to skip the waypoint",
+            within=5,
+        )
+        assert time.monotonic() - changed < 2.0
+        out, err = long_lived.communicate(timeout=60)
+    finally:
+        if long_lived.poll() is None:
+            long_lived.kill()
+        bed.apply(apps_namespace(waypoint=True))
+        wait_until(lambda: answered_by_waypoint(bed), "traffic to take the waypoint again")
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert len(answers) == 30 and all(a.get("status") == 200 for a in answers), err
