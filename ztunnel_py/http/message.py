@@ -203,10 +203,22 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> None:
     drop = set(HOP_BY_HOP)
     if named:
         drop.update(t.strip().lower() for t in named.split(",") if t.strip())
-    te = headers.joined("te")
     if keep_upgrade:
         drop.discard("upgrade")
         drop.discard("connection")
-    headers.discard(drop)
-    if te is not None and "trailers" in (t.strip().lower() for t in te.split(",")):
-        headers.add("te", "trailers")
+    if not any(n in drop for n, _ in headers):
+        return
+    kept: list[tuple[str, str]] = []
+    te_kept = False
+    for n, v in headers:
+        if n not in drop:
+            kept.append((n, v))
+        elif n == "te" and not te_kept and "trailers" in _tokens(v):
+            # in place, so the field order stays the client's
+            kept.append(("te", "trailers"))
+            te_kept = True
+    headers._fields = kept
+
+
+def _tokens(value: str) -> list[str]:
+    return [t.strip().lower() for t in value.split(",")]
