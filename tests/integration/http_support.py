@@ -193,9 +193,10 @@ class H1Upstream(Upstream):
             )
         elif path.startswith("/status/"):
             code = int(path.split("/")[2])
+            body = b"" if code in (204, 304) else b"status"
             await send(
-                h11.Response(status_code=code, headers=[("content-length", "6")]),
-                h11.Data(data=b"status"),
+                h11.Response(status_code=code, headers=[("content-length", str(len(body)))]),
+                h11.Data(data=body),
                 h11.EndOfMessage(),
             )
         elif path == "/flaky":
@@ -212,6 +213,11 @@ class H1Upstream(Upstream):
             await send(
                 h11.Response(status_code=200, headers=[("content-length", "7")]),
                 h11.Data(data=b"delayed"),
+                h11.EndOfMessage(),
+            )
+        elif path.startswith("/bytes/") and req.method == b"HEAD":
+            await send(
+                h11.Response(status_code=200, headers=[("content-length", path.split("/")[2])]),
                 h11.EndOfMessage(),
             )
         elif path.startswith("/bytes/"):
@@ -302,6 +308,9 @@ class H2Upstream(Upstream):
                 ).encode()
                 conn.send_headers(sid, [(":status", "200"), ("content-type", "application/json")])
                 await send_body(sid, body, [])
+            elif path.startswith("/status/") and path.split("/")[2] in ("204", "304"):
+                conn.send_headers(sid, [(":status", path.split("/")[2])], end_stream=True)
+                await flush()
             elif path.startswith("/status/"):
                 conn.send_headers(sid, [(":status", path.split("/")[2])])
                 await send_body(sid, b"status", [])
@@ -309,6 +318,9 @@ class H2Upstream(Upstream):
                 await trio.sleep(int(path.split("/")[2]) / 1000)
                 conn.send_headers(sid, [(":status", "200")])
                 await send_body(sid, b"delayed", [])
+            elif path.startswith("/bytes/") and headers[":method"] == "HEAD":
+                conn.send_headers(sid, [(":status", "200")], end_stream=True)
+                await flush()
             elif path.startswith("/bytes/"):
                 body = pattern(int(path.split("/")[2]))
                 conn.send_headers(sid, [(":status", "200")])

@@ -371,3 +371,17 @@ async def test_refused_streams_are_retried_then_503(
         assert logs[0].attempts == 3 and set(logs[0].response_flags) == {"UR", "URX"}
         # refused streams do not cost the connection
         assert h2up.connections == 1 and proxy.pool.connection_count == 1
+
+
+@pytest.mark.parametrize(
+    ("http2", "prefix"), [(False, ""), (True, ""), (False, "/h2"), (True, "/h2")]
+)
+async def test_head_and_bodiless_statuses(proxy: ProxyUnderTest, http2: bool, prefix: str) -> None:
+    code, out, err = await curl("-I", f"{proxy.url}{prefix}/bytes/5000", http2=http2)
+    assert code == 0 and status_of(err) == [200], err
+    code, out, err = await curl(f"{proxy.url}{prefix}/status/204", http2=http2)
+    assert code == 0 and status_of(err) == [204] and out == b"", err
+    code, out, err = await curl(f"{proxy.url}{prefix}/status/304", http2=http2)
+    assert code == 0 and status_of(err) == [304] and out == b"", err
+    logs = await proxy.log.wait_for(3)
+    assert [c.flags_text for c in logs] == ["-"] * 3

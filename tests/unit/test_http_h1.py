@@ -632,3 +632,14 @@ def test_round_trip_through_our_client_and_server(exchanges: list[tuple]) -> Non
             want = Headers(resp_trailers) if resp_trailers and not resp_len else None
             assert end.trailers == want  # type: ignore[attr-defined]
         assert client.idle and server.idle
+
+
+def test_server_drops_body_framing_from_a_204() -> None:
+    p = ServerPair()
+    p.send(h11_request("GET", "/", [("Host", "a")]), h11.EndOfMessage())
+    headers = Headers([("content-length", "6"), ("transfer-encoding", "chunked"), ("x-a", "1")])
+    p.server.send_headers(1, ResponseHead(204, headers), end_stream=True)
+    got = p.responses()
+    assert isinstance(got[0], h11.Response)
+    assert list(got[0].headers) == [(b"x-a", b"1")]
+    assert p.server.idle

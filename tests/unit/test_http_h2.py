@@ -616,3 +616,16 @@ def test_our_client_and_server_back_to_back_with_flow_control() -> None:
         if done:
             break
     assert sent == len(body) and bytes(received) == body
+
+
+@pytest.mark.parametrize("status", [204, 103])
+def test_server_drops_body_framing_from_bodiless_responses(status: int) -> None:
+    """An upstream's `204` with Content-Length would make nghttp2 clients reset the stream."""
+    p = ServerPair()
+    p.client.send_headers(1, REQ, end_stream=True)
+    p.pump()
+    headers = Headers([("content-length", "6"), ("x-a", "1")])
+    p.server.send_headers(1, ResponseHead(status, headers), end_stream=status >= 200)
+    p.pump()
+    got = [e for e in p.take_client() if hasattr(e, "headers")]
+    assert got[0].headers == [(":status", str(status)), ("x-a", "1")]

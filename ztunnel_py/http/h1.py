@@ -33,7 +33,7 @@ from ztunnel_py.http.events import (
     ResponseReceived,
     Switched,
 )
-from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
+from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, drop_body_framing
 
 __all__ = ["MAX_HEADERS", "MAX_HEADER_BYTES", "H1Client", "H1Server", "HttpCodecError"]
 
@@ -254,7 +254,11 @@ class H1Server(_Codec):
     def send_headers(self, stream_id: int, head: ResponseHead, end_stream: bool = False) -> None:
         """Send a response head (a 1xx is informational; 101 switches protocols)."""
         self._check(stream_id)
-        fields = _encode(head.headers)
+        headers = head.headers
+        if head.status < 200 or head.status == 204:
+            headers = headers.copy()
+            drop_body_framing(headers, head.status)
+        fields = _encode(headers)
         reason = _reason(head)
         if head.status < 200:
             self._send(

@@ -51,7 +51,13 @@ from ztunnel_py.http.events import (
     WindowOpened,
 )
 from ztunnel_py.http.h1 import MAX_HEADER_BYTES, MAX_HEADERS, HttpCodecError
-from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, strip_hop_by_hop
+from ztunnel_py.http.message import (
+    Headers,
+    RequestHead,
+    ResponseHead,
+    drop_body_framing,
+    strip_hop_by_hop,
+)
 
 __all__ = ["PREFACE", "H2Client", "H2Server"]
 
@@ -397,6 +403,7 @@ class H2Server(_Codec):
     def send_headers(self, stream_id: int, head: ResponseHead, end_stream: bool = False) -> None:
         headers = head.headers.copy()
         strip_hop_by_hop(headers)
+        drop_body_framing(headers, head.status)
         headers.remove("te")
         raw = [(b":status", str(head.status).encode()), *_encode(headers)]
         try:

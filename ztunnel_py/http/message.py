@@ -24,6 +24,7 @@ __all__ = [
     "HttpVersion",
     "RequestHead",
     "ResponseHead",
+    "drop_body_framing",
     "strip_hop_by_hop",
 ]
 
@@ -194,6 +195,17 @@ def split_authority(authority: str) -> tuple[str, int | None]:
         if ":" in host:  # an unbracketed IPv6 literal: no port
             return authority, None
     return host, int(port_text) if port_text.isdigit() else None
+
+
+def drop_body_framing(headers: Headers, status: int) -> None:
+    """A 1xx or 204 response has no body and must not carry Content-Length or
+    Transfer-Encoding (RFC 9110 sections 8.6 and 6.1): an upstream's is dropped rather than
+    forwarded to a client that would refuse the response (nghttp2 resets the stream)."""
+    if status < 200 or status == 204:
+        headers.discard(_BODY_FRAMING)
+
+
+_BODY_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 
 def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> None:
