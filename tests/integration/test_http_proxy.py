@@ -351,9 +351,12 @@ async def test_upstream_reset_mid_body_resets_the_client(
     code, out, err = await curl(f"{proxy.url}{prefix}/reset-mid", http2=http2)
     # a cut body must never look complete: curl reports a transfer error
     assert code != 0, err
-    assert status_of(err) == [200]
-    assert 0 < len(out) < 10 * MiB
+    assert len(out) < 10 * MiB
+    if not http2:
+        # (over HTTP/2 curl may drop what it had of a stream reset in the same read)
+        assert status_of(err) == [200] and len(out) > 0
     logs = await proxy.log.wait_for(1)
+    assert logs[0].response is not None and logs[0].response.status == 200
     assert "UR" in logs[0].response_flags
     assert logs[0].details.startswith("upstream_reset_after_response_started")
 

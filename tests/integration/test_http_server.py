@@ -29,6 +29,7 @@ from tests.integration.http_support import (
     run,
     run_proxy,
 )
+from ztunnel_py.http import connection
 from ztunnel_py.http.connection import MAX_PENDING_HANDLERS
 from ztunnel_py.model.http import Backend, MatchKind, PathMatch, Rewrite, Route, RouteMatch
 
@@ -428,3 +429,20 @@ async def test_idle_client_connections_are_closed(nursery: trio.Nursery, h1: H1U
         assert trio.current_time() - start < 3
         # silent from the start: closed as well
         assert await exchange(proxy.port, b"") == b""
+
+
+async def test_a_client_that_stops_reading_is_cut_off(
+    proxy: ProxyUnderTest, h1: H1Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that makes no progress for WRITE_TIMEOUT ends the connection: a client that
+    never reads cannot hold the proxy and its upstream forever."""
+    monkeypatch.setattr(connection, "WRITE_TIMEOUT", 0.5)
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        await stream.send_all(b"GET /bytes/%d HTTP/1.1\r\nHost: a\r\n\r\n" % (256 * MiB))
+        logs = await proxy.log.wait_for(1, limit=15)
+        assert "DC" in logs[0].response_flags
+        await eventually(lambda: proxy.pool.connection_count == 0)
+        assert h1.sent < 256 * MiB
+        await stream.aclose()

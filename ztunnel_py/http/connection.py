@@ -86,6 +86,8 @@ MAX_PENDING_HANDLERS = 2 * MAX_CONCURRENT_STREAMS
 _REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
 # Envoy's delayed_close_timeout: how long a closing HTTP/1.1 connection drains its input
 LINGER = 1.0
+# Envoy's stream_idle_timeout: how long one write may wait for a peer that does not read
+WRITE_TIMEOUT = 300.0
 _SOCKET_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -323,17 +325,18 @@ class _Connection:
 
     async def flush(self) -> None:
         # Taken and written under the lock, shielded: bytes a codec handed out must reach the
-        # socket whole and in order. A write stuck on a dead peer ends when the connection is
-        # closed (closing the socket wakes it with an error).
+        # socket whole and in order. A write that makes no progress for `WRITE_TIMEOUT` (a peer
+        # that stopped reading) ends the connection, as does one on a closed connection.
         with trio.CancelScope(shield=True):
             async with self._send_lock:
                 data = self.codec.data_to_send()
                 if not data:
                     return
                 try:
-                    await self._stream.send_all(data)
-                except _SOCKET_ERRORS as e:
-                    self.end_all(f"connection lost while writing: {e}")
+                    with trio.fail_after(WRITE_TIMEOUT):
+                        await self._stream.send_all(data)
+                except (*_SOCKET_ERRORS, trio.TooSlowError) as e:
+                    self.end_all(f"connection lost while writing: {e!r}")
                     raise StreamError("connection lost") from None
 
     def _flush_soon(self) -> None:
@@ -732,7 +735,9 @@ class ServerConnection(_Connection):
                 self.streams.pop(s.stream_id, None)
                 s._release()
             s.done.set()
-            self._wake_reader()
+            if self.is_h1:
+                # the reader waits on this exchange to read on (or close)
+                self._wake_reader()
             with contextlib.suppress(StreamError):
                 await self.flush()
 
