@@ -66,6 +66,7 @@ def matches(m: RouteMatch, head: RequestHead, port: int | None = 80) -> bool:
         (PathMatch(PREFIX, "/abc"), "/abc/def", True),
         (PathMatch(PREFIX, "/abc"), "/abcd", False),
         (PathMatch(PREFIX, "/abc/"), "/abc/def", True),
+        (PathMatch(PREFIX, "/abc/"), "/abc", True),
         (PathMatch(PREFIX, "/abc/"), "/abcd", False),
         (PathMatch(PREFIX, "/"), "/anything", True),
         (PathMatch(PREFIX, "/v1", ignore_case=True), "/V1/x", True),
@@ -154,6 +155,9 @@ def test_every_condition_of_a_match_must_hold() -> None:
         (QueryMatch("debug", EXACT, ""), "debug=", True),
         (QueryMatch("v", REGEX, "[0-9]+"), "v=42", True),
         (QueryMatch("v", REGEX, "[0-9]+"), "v=4x", False),
+        (QueryMatch("v", PREFIX, "ab"), "v=abc", True),
+        (QueryMatch("v", SUFFIX, "bc"), "v=abc", True),
+        (QueryMatch("v", SUFFIX, "bc"), "v=abx", False),
         (QueryMatch("v", PRESENT), "v", True),
         (QueryMatch("v", PRESENT), "w=1", False),
         # percent-encoded values are compared decoded
