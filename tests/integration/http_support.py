@@ -45,7 +45,7 @@ from ztunnel_py.http.connection import ServerStream, serve_http
 from ztunnel_py.http.filter import Downstream, Filter, FilterChain, RequestContext
 from ztunnel_py.http.proxy import HttpProxy
 from ztunnel_py.http.upstream import UpstreamPool, UpstreamTarget
-from ztunnel_py.model.http import Backend, Route
+from ztunnel_py.model.http import Backend, MatchKind, PathMatch, Rewrite, Route, RouteMatch
 
 MiB = 1024 * 1024
 _LINGER_ZERO = struct.pack("ii", 1, 0)
@@ -552,6 +552,28 @@ async def run_proxy(
         finally:
             await pool.aclose()
             nursery.cancel_scope.cancel()
+
+
+H1_SERVICE = "test/h1"
+H2_SERVICE = "test/h2"
+
+
+@asynccontextmanager
+async def front_proxy(h1: H1Upstream, h2: H2Upstream) -> AsyncIterator[ProxyUnderTest]:
+    """The proxy most tests use: `/h2/...` to the HTTP/2 upstream (the prefix stripped), the
+    rest to the HTTP/1.1 one, Istio's default retry policy."""
+    routes = [
+        Route(
+            "h2",
+            matches=(RouteMatch(path=PathMatch(MatchKind.PREFIX, "/h2")),),
+            rewrite=Rewrite(prefix="/"),
+            backends=(Backend(H2_SERVICE, 80),),
+        ),
+        Route("h1", backends=(Backend(H1_SERVICE, 80),)),
+    ]
+    endpoints = {H1_SERVICE: [(h1.address, False)], H2_SERVICE: [(h2.address, True)]}
+    async with run_proxy(StaticResolver(routes, endpoints)) as put:
+        yield put
 
 
 async def run(

@@ -13,11 +13,14 @@ import pytest
 import trio
 
 from tests.integration.http_support import (
+    H1_SERVICE,
+    H2_SERVICE,
     H1Upstream,
     H2Upstream,
     MiB,
     ProxyUnderTest,
     StaticResolver,
+    front_proxy,
     pattern,
     run,
     run_proxy,
@@ -37,8 +40,8 @@ from ztunnel_py.model.http import (
 
 pytestmark = pytest.mark.timeout(60)
 
-H1 = "test/h1"
-H2 = "test/h2"
+H1 = H1_SERVICE
+H2 = H2_SERVICE
 
 
 def to(service: str, **kw: object) -> Route:
@@ -75,16 +78,7 @@ async def h2up(nursery: trio.Nursery) -> H2Upstream:
 
 @pytest.fixture
 async def proxy(h1: H1Upstream, h2up: H2Upstream) -> AsyncIterator[ProxyUnderTest]:
-    routes = [
-        to(
-            H2,
-            matches=(RouteMatch(path=PathMatch(MatchKind.PREFIX, "/h2")),),
-            rewrite=Rewrite(prefix="/"),
-        ),
-        to(H1, matches=(RouteMatch(path=PathMatch(MatchKind.PREFIX, "/")),)),
-    ]
-    resolver = StaticResolver(routes, {H1: [(h1.address, False)], H2: [(h2up.address, True)]})
-    async with run_proxy(resolver) as put:
+    async with front_proxy(h1, h2up) as put:
         yield put
 
 

@@ -20,23 +20,26 @@ import pytest
 import trio
 
 from tests.integration.http_support import (
+    H1_SERVICE,
+    H2_SERVICE,
     H1Upstream,
     H2Upstream,
     MiB,
     ProxyUnderTest,
     StaticResolver,
+    front_proxy,
     pattern,
     run,
     run_proxy,
 )
 from ztunnel_py.http import connection
 from ztunnel_py.http.connection import MAX_PENDING_HANDLERS
-from ztunnel_py.model.http import Backend, MatchKind, PathMatch, Rewrite, Route, RouteMatch
+from ztunnel_py.model.http import Backend, Route
 
 pytestmark = pytest.mark.timeout(60)
 
-H1 = "test/h1"
-H2 = "test/h2"
+H1 = H1_SERVICE
+H2 = H2_SERVICE
 
 
 @pytest.fixture
@@ -51,17 +54,7 @@ async def h2up(nursery: trio.Nursery) -> H2Upstream:
 
 @pytest.fixture
 async def proxy(h1: H1Upstream, h2up: H2Upstream) -> AsyncIterator[ProxyUnderTest]:
-    routes = [
-        Route(
-            "h2",
-            matches=(RouteMatch(path=PathMatch(MatchKind.PREFIX, "/h2")),),
-            rewrite=Rewrite(prefix="/"),
-            backends=(Backend(H2, 80),),
-        ),
-        Route("h1", backends=(Backend(H1, 80),)),
-    ]
-    resolver = StaticResolver(routes, {H1: [(h1.address, False)], H2: [(h2up.address, True)]})
-    async with run_proxy(resolver) as put:
+    async with front_proxy(h1, h2up) as put:
         yield put
 
 
@@ -110,49 +103,27 @@ async def test_malformed_request_is_400_and_a_clean_close(
     assert h1.requests == []
 
 
+async def status_code(proxy: ProxyUnderTest, *args: str) -> bytes:
+    proc = await run(
+        "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *args, f"{proxy.url}/echo"
+    )
+    return proc.stdout
+
+
 async def test_oversized_headers_are_431_with_curl(proxy: ProxyUnderTest) -> None:
     big = "x" * (61 * 1024)
-    proc = await run(
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        f"X-Big: {big}",
-        f"{proxy.url}/echo",
-    )
-    assert proc.stdout == b"431", proc.stderr
+    assert await status_code(proxy, "-H", f"X-Big: {big}") == b"431"
     headers = " ".join(f"-H X-H{i}:v" for i in range(101)).split()
-    proc = await run(
-        "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *headers, f"{proxy.url}/echo"
-    )
-    assert proc.stdout == b"431", proc.stderr
+    assert await status_code(proxy, *headers) == b"431"
     # 100 fields in all (curl adds Host, User-Agent and Accept) are fine
     headers = " ".join(f"-H X-H{i}:v" for i in range(97)).split()
-    proc = await run(
-        "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *headers, f"{proxy.url}/echo"
-    )
-    assert proc.stdout == b"200", proc.stderr
+    assert await status_code(proxy, *headers) == b"200"
 
 
 async def test_oversized_headers_over_http2_refuse_only_that_stream(proxy: ProxyUnderTest) -> None:
     # over our 60 KiB; curl (nghttp2) sends no header block over 64 KiB at all
     big = "x" * 62000
-    proc = await run(
-        "curl",
-        "-sS",
-        "--http2-prior-knowledge",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-H",
-        f"X-Big: {big}",
-        f"{proxy.url}/echo",
-    )
-    assert proc.stdout == b"431", proc.stderr
+    assert await status_code(proxy, "--http2-prior-knowledge", "-H", f"X-Big: {big}") == b"431"
 
 
 async def test_a_post_to_no_route_does_not_wedge_the_connection(nursery: trio.Nursery) -> None:

@@ -9,8 +9,9 @@ import h2.errors
 import h2.events
 import h2.settings
 import pytest
-from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import GoAwayFrame, RstStreamFrame, SettingsFrame
 
+from tests.unit.test_hbone_core import frames
 from ztunnel_py.http.events import (
     BadRequest,
     ConnectionEnded,
@@ -38,17 +39,6 @@ MiB = 1024 * 1024
 REQ = [(":method", "GET"), (":scheme", "http"), (":authority", "svc:80"), (":path", "/a?b=1")]
 
 
-def frames(data: bytes) -> list[Frame]:
-    out = []
-    view = memoryview(data)
-    while view:
-        frame, length = Frame.parse_frame_header(view[:9])
-        frame.parse_body(view[9 : 9 + length])
-        out.append(frame)
-        view = view[9 + length :]
-    return out
-
-
 def send_body(conn: h2.connection.H2Connection, sid: int, data: bytes, end: bool = False) -> None:
     """h2 sends no frame larger than the peer's maximum: cut the body to fit."""
     size = conn.max_outbound_frame_size
@@ -64,31 +54,25 @@ def of(events: list[Event], kind: type) -> list[Event]:
     return [e for e in events if isinstance(e, kind)]
 
 
-class ServerPair:
-    """Our server and an h2 client; `pump` moves bytes both ways until both are quiet."""
+class Pair:
+    """Our codec and an h2 peer; `pump` moves bytes both ways until both are quiet."""
 
-    def __init__(self, *, client_window: int | None = None) -> None:
-        self.server = H2Server()
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        self.client = h2.connection.H2Connection(config)
-        self.client.initiate_connection()
-        if client_window is not None:
-            self.client.update_settings(
-                {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: client_window}
-            )
+    def __init__(self, ours: H2Server | H2Client, peer: h2.connection.H2Connection) -> None:
+        self.ours = ours
+        self.peer = peer
         self.events: list[Event] = []
-        self.client_events: list[h2.events.Event] = []
+        self.peer_events: list[h2.events.Event] = []
         self.pump()
 
     def pump(self) -> None:
         for _ in range(1000):
-            to_server = self.client.data_to_send()
-            if to_server:
-                self.events += self.server.receive_data(to_server)
-            to_client = self.server.data_to_send()
-            if to_client:
-                self.client_events += self.client.receive_data(to_client)
-            if not to_server and not to_client:
+            to_ours = self.peer.data_to_send()
+            if to_ours:
+                self.events += self.ours.receive_data(to_ours)
+            to_peer = self.ours.data_to_send()
+            if to_peer:
+                self.peer_events += self.peer.receive_data(to_peer)
+            if not to_ours and not to_peer:
                 return
         raise AssertionError("never went quiet")
 
@@ -97,10 +81,34 @@ class ServerPair:
         self.events.clear()
         return out
 
-    def take_client(self) -> list[h2.events.Event]:
-        out = self.client_events
-        self.client_events = []
+    def take_peer(self) -> list[h2.events.Event]:
+        out = self.peer_events
+        self.peer_events = []
         return out
+
+
+def h2_peer(
+    *, client_side: bool, settings: dict[int, int] | None = None
+) -> h2.connection.H2Connection:
+    config = h2.config.H2Configuration(client_side=client_side, header_encoding="utf-8")
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    if settings:
+        conn.update_settings(settings)
+    return conn
+
+
+class ServerPair(Pair):
+    """Our server and an h2 client."""
+
+    def __init__(self, *, client_window: int | None = None) -> None:
+        settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: client_window}
+        self.server = H2Server()
+        self.client = h2_peer(client_side=True, settings=settings if client_window else None)
+        super().__init__(self.server, self.client)
+
+    def take_client(self) -> list[h2.events.Event]:
+        return self.take_peer()
 
 
 def test_server_advertises_proxy_settings_and_connection_window() -> None:
@@ -379,41 +387,17 @@ def test_server_header_limits_refuse_the_stream_not_the_connection(
 # Our client against an h2 server
 
 
-class ClientPair:
+class ClientPair(Pair):
+    """Our client and an h2 server."""
+
     def __init__(self, *, max_streams: int | None = None) -> None:
+        settings = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams}
         self.client = H2Client()
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        self.server = h2.connection.H2Connection(config)
-        self.server.initiate_connection()
-        if max_streams is not None:
-            self.server.update_settings(
-                {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams}
-            )
-        self.events: list[Event] = []
-        self.server_events: list[h2.events.Event] = []
-        self.pump()
-
-    def pump(self) -> None:
-        for _ in range(1000):
-            to_server = self.client.data_to_send()
-            if to_server:
-                self.server_events += self.server.receive_data(to_server)
-            to_client = self.server.data_to_send()
-            if to_client:
-                self.events += self.client.receive_data(to_client)
-            if not to_server and not to_client:
-                return
-        raise AssertionError("never went quiet")
-
-    def take(self) -> list[Event]:
-        out = [e for e in self.events if not isinstance(e, WindowOpened)]
-        self.events.clear()
-        return out
+        self.server = h2_peer(client_side=False, settings=settings if max_streams else None)
+        super().__init__(self.client, self.server)
 
     def take_server(self) -> list[h2.events.Event]:
-        out = self.server_events
-        self.server_events = []
-        return out
+        return self.take_peer()
 
 
 def test_client_request_pseudo_headers_and_stripped_hop_by_hop() -> None:
