@@ -428,6 +428,8 @@ class _Connection:
 
     def reset(self, s: _Stream) -> None:
         complete = s.sent_end and s.received_end and s.error is None
+        # out first: what follows is our doing, not the peer's (`peer_gone`)
+        self.streams.pop(s.stream_id, None)
         if not complete:
             s._fail(StreamError("reset locally"))
             codec = self.codec
@@ -440,7 +442,6 @@ class _Connection:
                 codec.must_close = True
                 # ending the connection wakes its reader, which closes it
                 self.end_all("exchange aborted")
-        self.streams.pop(s.stream_id, None)
         s._release()
 
     def _retire_if_done(self, s: _Stream) -> None:
