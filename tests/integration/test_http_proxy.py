@@ -383,3 +383,22 @@ async def test_head_and_bodiless_statuses(proxy: ProxyUnderTest, http2: bool, pr
     assert code == 0 and status_of(err) == [304] and out == b"", err
     logs = await proxy.log.wait_for(3)
     assert [c.flags_text for c in logs] == ["-"] * 3
+
+
+async def test_route_timeout_runs_from_the_end_of_the_request(
+    nursery: trio.Nursery, h1: H1Upstream, tmp_path: Path
+) -> None:
+    """A slow upload is not cut by the route timeout: Envoy starts it once the request is
+    complete."""
+    async with run_proxy(
+        StaticResolver([to(H1, timeout=0.5)], {H1: [(h1.address, False)]})
+    ) as proxy:
+        body = tmp_path / "body"
+        body.write_bytes(pattern(300 * 1024))
+        start = trio.current_time()
+        code, out, err = await curl(
+            "--limit-rate", "200K", "--data-binary", f"@{body}", f"{proxy.url}/echo"
+        )
+        assert code == 0 and status_of(err) == [200], err
+        assert trio.current_time() - start > 1.0
+        assert json.loads(out)["body_len"] == 300 * 1024

@@ -130,6 +130,15 @@ class _Body:
     complete: bool = False
     overflowed: bool = False
     trailers: Headers | None = None
+    # the route timeout's scope: it runs from the end of the request (Envoy's route timeout
+    # "spans between the point at which the entire downstream request has been processed and
+    # when the upstream response has been completely processed")
+    deadline: trio.CancelScope | None = None
+    timeout: float = math.inf
+
+    def start_timeout(self) -> None:
+        if self.deadline is not None and self.deadline.deadline == math.inf:
+            self.deadline.deadline = trio.current_time() + self.timeout
 
     def keep(self, chunk: bytes) -> None:
         if self.overflowed:
@@ -264,11 +273,12 @@ class HttpProxy:
         upgrade: bool,
     ) -> None:
         policy = route.retries if route.retries is not None else DEFAULT_RETRY
-        body = _Body(complete=s.read_done)
         tried: list[str] = []
-        timeout = route.timeout if route.timeout else math.inf
         last: _Retry | None = None
-        with trio.move_on_after(timeout) as deadline:
+        with trio.CancelScope() as deadline:
+            body = _Body(complete=s.read_done, deadline=deadline, timeout=route.timeout or math.inf)
+            if body.complete:
+                body.start_timeout()
             for attempt in range(policy.attempts + 1):
                 if attempt:
                     await trio.sleep(self._backoff(attempt))
@@ -442,6 +452,7 @@ class HttpProxy:
                 await self.chain.request_trailers(ctx, trailers)
             body.trailers = trailers
             body.complete = True
+            body.start_timeout()
             await _send_last(up, chunk, trailers)
         except StreamError:
             # either side went away; the response side notices and reports it
