@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from ztunnel_py.model.http import (
     Route,
     RouteMatch,
 )
+from ztunnel_py.testbed.podserver import PodHTTPServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -402,3 +404,31 @@ async def test_route_timeout_runs_from_the_end_of_the_request(
         assert code == 0 and status_of(err) == [200], err
         assert trio.current_time() - start > 1.0
         assert json.loads(out)["body_len"] == 300 * 1024
+
+
+async def test_the_testbed_pod_app_behind_the_proxy(nursery: trio.Nursery) -> None:
+    """The app every testbed pod runs, in a thread: over both client protocols, one pooled
+    upstream connection, and the pod sees the proxy as its client."""
+    pod = PodHTTPServer(("127.0.0.1", 0), "echo-1", "apps", "node1")
+    thread = threading.Thread(target=pod.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{pod.server_address[1]}"
+        async with run_proxy(
+            StaticResolver([to("apps/echo")], {"apps/echo": [(address, False)]})
+        ) as proxy:
+            answers = []
+            for http2 in (False, True, False):
+                code, out, err = await curl(f"{proxy.url}/hello?x=1", http2=http2)
+                assert code == 0, err
+                answers.append(json.loads(out))
+            code, out, err = await curl(f"{proxy.url}/bytes/65536", http2=True)
+            assert code == 0 and out == bytes(65536), err
+        assert {a["pod"] for a in answers} == {"echo-1"}
+        assert {a["path"] for a in answers} == {"/hello?x=1"}
+        # one upstream connection from the proxy served all four requests
+        assert len({a["client"] for a in answers}) == 1
+    finally:
+        pod.shutdown()
+        pod.server_close()
+        thread.join(5)
