@@ -4,22 +4,38 @@
 told apart by the client's first bytes) and runs a handler per request, given a `ServerStream`;
 `ClientConnection` is one upstream connection opening `ClientStream`s. Each connection runs one
 reader task that feeds the codec and routes its events to the streams' inboxes; writes go out
-under a lock right after each codec call.
+under a lock right after each codec call. Bytes taken from a codec are always written whole
+(the write is shielded from cancellation): a cut frame or an HPACK block that never arrives
+would break the connection for every stream on it.
 
 Backpressure: an HTTP/1.1 reader waits while a stream's inbox is full, so a slow consumer stops
 reading from the socket; an HTTP/2 reader cannot stop for one stream, so its inboxes are
 unbounded and bounded instead by flow control: received DATA is acknowledged only when the
-stream's consumer takes it (`read_body`).
+stream's consumer takes it (`read_body`), or when the stream is given up (what it still held
+is acknowledged then, so the connection's window never shrinks for good).
 
 HTTP/1.1 server connections read the next request only once the current response is complete
 (h11 would hold a pipelined request anyway), which is also what lets a protocol switch (101 to
 an Upgrade, 2xx to CONNECT) hand the raw connection to the handler with no reader racing it.
+While a response is being made the reader still watches for the client closing the connection
+(a request that cannot switch protocols only): the handler is cancelled then, as Envoy resets a
+request whose downstream went away, instead of running on for nobody. A connection that must
+not be reused (the response ended before the request did, `Connection: close`, a 400 or 431)
+is closed the way Envoy does after a response the client may still be sending to: the write
+side is shut, input is read and dropped for up to `LINGER` seconds, then the socket closes.
+Closing with unread input would make the kernel answer with a reset, which can destroy the
+response before the client read it.
 
 Errors: a stream reset by the peer, or whose connection ended, raises `StreamError` from its
 reads and writes. Each request handler runs in its own cancel scope: a reset stream cancels its
 handler, and an HTTP/2 connection refuses new streams (REFUSED_STREAM) while
-`MAX_PENDING_HANDLERS` handlers are still running, so resetting streams cannot pile up work
-(the HTTP/2 rapid-reset pattern, CVE-2023-44487).
+`MAX_PENDING_HANDLERS` handlers are still running, so resetting streams cannot pile up work;
+a connection that resets most of its streams before any response is closed with GOAWAY
+ENHANCE_YOUR_CALM (the HTTP/2 rapid-reset pattern, CVE-2023-44487).
+
+`reset()` gives a stream up: it aborts the exchange if it is still open (HTTP/2 RST_STREAM,
+HTTP/1.1 closes the connection, the only way to abort there) and frees what the stream holds;
+on a finished exchange it only frees, so a complete HTTP/1.1 connection stays reusable.
 """
 
 from __future__ import annotations
@@ -67,19 +83,28 @@ _READ_SIZE = 64 * 1024
 _H1_INBOX = 8
 # HTTP/2: handlers (finished or reset streams included) one connection may have running
 MAX_PENDING_HANDLERS = 2 * MAX_CONCURRENT_STREAMS
-_REFUSED_STREAM = 7
+_REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
+# Envoy's delayed_close_timeout: how long a closing HTTP/1.1 connection drains its input
+LINGER = 1.0
+# Envoy's stream_idle_timeout: how long one write may wait for a peer that does not read
+WRITE_TIMEOUT = 300.0
+_SOCKET_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 class StreamError(Exception):
     """The stream cannot go on: reset by the peer, refused, or its connection ended."""
 
-    def __init__(self, reason: str, *, refused: bool = False, code: int = 0) -> None:
+    def __init__(
+        self, reason: str, *, refused: bool = False, code: int = 0, reset: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
-        # the peer never saw the request through (REFUSED_STREAM, or the connection ended
-        # before any response): retrying it elsewhere is safe
+        # the peer never processed the request (REFUSED_STREAM, or a stream above a GOAWAY's
+        # last stream id): retrying it elsewhere is safe
         self.refused = refused
         self.code = code
+        # the peer reset the stream (RST_STREAM); False when the connection ended under it
+        self.reset = reset
 
 
 @dataclass(slots=True)
@@ -108,6 +133,8 @@ class _Stream:
         self.received_end = False
         self.sent_end = False
         self.error: StreamError | None = None
+        # the peer went away (reset the stream or ended the connection), not we
+        self.peer_gone = False
         self.body_bytes_in = 0
         self.body_bytes_out = 0
         self.cancel_scope = trio.CancelScope()
@@ -115,13 +142,17 @@ class _Stream:
     # the reader's side of the inbox
 
     async def _put(self, item: _Inbox) -> None:
+        # without a checkpoint unless an HTTP/1.1 inbox is full: the events of one read land
+        # together, so a consumer sees a body's last bytes and its end at once (`at_end`)
         try:
-            if self._conn.is_h1:
-                await self._inbox_in.send(item)
-            else:
+            try:
                 self._inbox_in.send_nowait(item)
+            except trio.WouldBlock:
+                await self._inbox_in.send(item)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+            if isinstance(item, DataReceived):
+                # nobody will read it: hand its flow-control window back at once
+                self._conn.acknowledge_soon(self.stream_id, item.flow_controlled)
 
     def _fail(self, error: StreamError) -> None:
         if self.error is not None:
@@ -130,12 +161,26 @@ class _Stream:
         self.received_end = True
         self._inbox_in.close()
 
+    def _release(self) -> None:
+        """The consumer is done with the stream: acknowledge what it never read and let the
+        reader drop whatever still arrives for it."""
+        unread = 0
+        while True:
+            try:
+                item = self._inbox_out.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(item, DataReceived):
+                unread += item.flow_controlled
+        self._inbox_out.close()
+        self._conn.acknowledge_soon(self.stream_id, unread)
+
     # the consumer's side
 
     async def _take(self) -> _Inbox:
         try:
             return await self._inbox_out.receive()
-        except trio.EndOfChannel:
+        except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self.error or StreamError("stream closed") from None
 
     async def read_body(self) -> bytes | None:
@@ -154,12 +199,31 @@ class _Stream:
             return None
         raise StreamError(f"unexpected {type(item).__name__} in a message body")
 
-    async def send_data(self, data: bytes | memoryview) -> None:
+    @property
+    def at_end(self) -> bool:
+        """Only the end of the received message is left to read: the next `read_body` returns
+        None at once (and sets `trailers`)."""
+        return (
+            self.received_end
+            and self.error is None
+            and not self.read_done
+            and self._inbox_out.statistics().current_buffer_used == 1
+        )
+
+    async def send_data(self, data: bytes | memoryview, end_stream: bool = False) -> None:
+        """Send body bytes; with `end_stream` they end the message (for HTTP/2 in the same
+        frame, so a client counting Content-Length bytes does not see the body complete before
+        the stream)."""
         if self.error is not None:
             raise self.error
-        if data:
-            self.body_bytes_out += len(data)
-            await self._conn.send_data(self, data)
+        if end_stream:
+            if self.sent_end:
+                return
+            self.sent_end = True
+        elif not data:
+            return
+        self.body_bytes_out += len(data)
+        await self._conn.send_data(self, data, end_stream)
 
     async def send_end(self, trailers: Headers | None = None) -> None:
         if self.error is not None:
@@ -169,7 +233,8 @@ class _Stream:
             await self._conn.send_end(self, trailers)
 
     def reset(self) -> None:
-        """Abort the stream (HTTP/2 RST_STREAM; HTTP/1.1 can only close the connection)."""
+        """Give the stream up: abort the exchange if it is still open (HTTP/2 RST_STREAM;
+        HTTP/1.1 closes the connection), and free what the stream holds."""
         self._conn.reset(self)
 
 
@@ -221,7 +286,7 @@ class ClientStream(_Stream):
             return item
         if isinstance(item, _End):
             self.read_done = True
-            raise StreamError("response ended before its head", refused=not self.response_seen)
+            raise StreamError("response ended before its head")
         raise StreamError(f"unexpected {type(item).__name__} before a response head")
 
     def raw(self) -> tuple[ByteStream, bytes]:
@@ -248,21 +313,48 @@ class _Connection:
         self.closed = False
         self.reason = ""
         self._raw_taken = False
+        # the reader's current receive: cancelled to make the reader look at its state again
+        self._read_scope: trio.CancelScope | None = None
+        # where flushes that cannot wait for the caller run (a reset from synchronous code)
+        self._nursery: trio.Nursery | None = None
+        self._flush_pending = False
 
     @property
     def protocol(self) -> str:
         return "HTTP/1.1" if self.is_h1 else "HTTP/2"
 
     async def flush(self) -> None:
-        data = self.codec.data_to_send()
-        if not data:
+        # Taken and written under the lock, shielded: bytes a codec handed out must reach the
+        # socket whole and in order. A write that makes no progress for `WRITE_TIMEOUT` (a peer
+        # that stopped reading) ends the connection, as does one on a closed connection.
+        with trio.CancelScope(shield=True):
+            async with self._send_lock:
+                data = self.codec.data_to_send()
+                if not data:
+                    return
+                try:
+                    with trio.fail_after(WRITE_TIMEOUT):
+                        await self._stream.send_all(data)
+                except (*_SOCKET_ERRORS, trio.TooSlowError) as e:
+                    self.end_all(f"connection lost while writing: {e!r}")
+                    raise StreamError("connection lost") from None
+
+    def _flush_soon(self) -> None:
+        """Write what the codec holds from a task of our own (callers that cannot wait)."""
+        if self._flush_pending or self._nursery is None or self._raw_taken:
             return
-        async with self._send_lock:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                self.end_all(f"connection lost while writing: {e}")
-                raise StreamError("connection lost") from None
+        self._flush_pending = True
+
+        async def flush() -> None:
+            self._flush_pending = False
+            with contextlib.suppress(StreamError):
+                await self.flush()
+
+        try:
+            self._nursery.start_soon(flush)
+        except RuntimeError:
+            # the connection's tasks are gone: so is the connection
+            self._flush_pending = False
 
     async def acknowledge(self, stream_id: int, count: int) -> None:
         codec = self.codec
@@ -273,21 +365,37 @@ class _Connection:
             with contextlib.suppress(StreamError):
                 await self.flush()
 
-    async def send_data(self, s: _Stream, data: bytes | memoryview) -> None:
+    def acknowledge_soon(self, stream_id: int, count: int) -> None:
+        codec = self.codec
+        if count > 0 and isinstance(codec, (H2Server, H2Client)) and not self.closed:
+            codec.acknowledge(stream_id, count)
+            self._flush_soon()
+
+    async def send_data(self, s: _Stream, data: bytes | memoryview, end: bool = False) -> None:
         codec = self.codec
         if isinstance(codec, (H1Server, H1Client)):
             try:
                 codec.send_data(s.stream_id, data)
+                if end:
+                    codec.send_end(s.stream_id)
             except HttpCodecError as e:
                 raise StreamError(str(e)) from None
             await self.flush()
+            if end:
+                self._retire_if_done(s)
             return
         view = memoryview(data)
+        if end and not view:
+            await self.send_end(s, None)
+            return
         while view:
             if s.error is not None:
                 raise s.error
+            # taken before the codec looks at the window: a WINDOW_UPDATE that arrives while
+            # we flush sets this event, not a later one
+            window = self._window
             try:
-                n = codec.send_data(s.stream_id, view)
+                n = codec.send_data(s.stream_id, view, end_stream=end)
             except HttpCodecError as e:
                 raise StreamError(str(e)) from None
             view = view[n:]
@@ -295,7 +403,9 @@ class _Connection:
             if view and n == 0:
                 if self.closed:
                     raise StreamError(self.reason or "connection closed")
-                await self._window.wait()
+                await window.wait()
+        if end:
+            self._retire_if_done(s)
 
     async def send_end(self, s: _Stream, trailers: Headers | None) -> None:
         try:
@@ -317,32 +427,46 @@ class _Connection:
             self._retire_if_done(s)
 
     def reset(self, s: _Stream) -> None:
-        s._fail(StreamError("reset locally"))
-        codec = self.codec
-        if isinstance(codec, (H2Server, H2Client)):
-            codec.reset(s.stream_id)
-            self.streams.pop(s.stream_id, None)
-        else:
-            codec.must_close = True
-            self.end_all("exchange aborted")
+        complete = s.sent_end and s.received_end and s.error is None
+        # out first: what follows is our doing, not the peer's (`peer_gone`)
+        self.streams.pop(s.stream_id, None)
+        if not complete:
+            s._fail(StreamError("reset locally"))
+            codec = self.codec
+            if isinstance(codec, (H2Server, H2Client)):
+                codec.reset(s.stream_id)
+                self._flush_soon()
+                # a sender waiting for window on this stream must see the reset
+                self._wake_senders()
+            else:
+                codec.must_close = True
+                # ending the connection wakes its reader, which closes it
+                self.end_all("exchange aborted")
+        s._release()
 
     def _retire_if_done(self, s: _Stream) -> None:
         if s.sent_end and s.received_end:
             self.streams.pop(s.stream_id, None)
-            if isinstance(s, ServerStream):
-                s.done.set()
+
+    def _wake_senders(self) -> None:
+        self._window.set()
+        self._window = trio.Event()
+
+    def _wake_reader(self) -> None:
+        if self._read_scope is not None:
+            self._read_scope.cancel()
 
     def end_all(self, reason: str) -> None:
         self.closed = True
         self.reason = self.reason or reason
         for s in list(self.streams.values()):
-            refused = isinstance(s, ClientStream) and not s.response_seen
-            s._fail(StreamError(reason, refused=refused))
+            s.peer_gone = True
+            s._fail(StreamError(reason))
             if isinstance(s, ServerStream):
                 s.cancel_scope.cancel()
-                s.done.set()
         self.streams.clear()
-        self._window.set()
+        self._wake_senders()
+        self._wake_reader()
 
     async def switch(self, s: ServerStream, head: ResponseHead) -> tuple[ByteStream, bytes]:
         codec = self.codec
@@ -358,21 +482,25 @@ class _Connection:
             raise StreamError(str(e)) from None
         await self.flush()
         self.streams.pop(s.stream_id, None)
-        s.done.set()
         return self.take_raw()[0], trailing
 
     def take_raw(self) -> tuple[ByteStream, bytes]:
         self._raw_taken = True
+        # the connection is the caller's now: never pooled, never closed by us
+        self.closed = True
+        self._wake_reader()
         return self._stream, b""
 
     async def dispatch(self, ev: Event) -> None:
         if isinstance(ev, WindowOpened):
-            self._window.set()
-            self._window = trio.Event()
+            self._wake_senders()
             return
         sid = getattr(ev, "stream_id", None)
         s = self.streams.get(sid) if sid is not None else None
         if s is None:
+            if isinstance(ev, DataReceived) and sid is not None:
+                # a stream given up or refused: its DATA still counts against the connection
+                self.acknowledge_soon(sid, ev.flow_controlled)
             return
         if isinstance(ev, DataReceived):
             await s._put(ev)
@@ -381,17 +509,19 @@ class _Connection:
             s.received_end = True
             self._retire_if_done(s)
         elif isinstance(ev, StreamReset):
+            s.peer_gone = True
             s._fail(
                 StreamError(
                     f"stream reset by peer (error code {ev.error_code})",
                     refused=ev.error_code == _REFUSED_STREAM,
                     code=ev.error_code,
+                    reset=True,
                 )
             )
             self.streams.pop(s.stream_id, None)
+            self._wake_senders()
             if isinstance(s, ServerStream):
                 s.cancel_scope.cancel()
-                s.done.set()
         elif isinstance(ev, ResponseReceived):
             assert isinstance(s, ClientStream)
             s.response_seen = True
@@ -400,13 +530,31 @@ class _Connection:
                 s.received_end = True
                 self._retire_if_done(s)
         elif isinstance(ev, Switched):
+            # the connection carries raw bytes now and is the switched stream's consumer's to
+            # take: never pooled again, never closed by us
+            self._raw_taken = True
+            self.closed = True
             await s._put(ev)
+
+    async def _receive(self) -> bytes | None:
+        """One read: the bytes, b"" when the peer closed; None when the reader was woken
+        (`_wake_reader`) or the socket failed (the connection is ended then: a reset must not
+        pass for the clean end of a close-delimited body)."""
+        with trio.CancelScope() as scope:
+            self._read_scope = scope
+            try:
+                return bytes(await self._stream.receive_some(_READ_SIZE))
+            except _SOCKET_ERRORS as e:
+                self.end_all(f"connection lost: {e}")
+            finally:
+                self._read_scope = None
+        return None
 
     async def aclose(self) -> None:
         self.end_all("connection closed")
         with (
             trio.CancelScope(shield=True),
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError),
+            contextlib.suppress(*_SOCKET_ERRORS),
         ):
             await self._stream.aclose()
 
@@ -429,10 +577,11 @@ class ServerConnection(_Connection):
         self._idle_timeout = idle_timeout
         self._pending = 0
         self._current: ServerStream | None = None
+        # HTTP/1.1: bytes received while a response was being made (a pipelined request)
+        self._held = b""
         # HTTP/2 abuse accounting: streams opened, and reset by the client before a response
         self.opened = 0
         self.early_resets = 0
-        self._nursery: trio.Nursery | None = None
 
     async def run(self, initial: bytes = b"") -> None:
         async with trio.open_nursery() as nursery:
@@ -445,35 +594,71 @@ class ServerConnection(_Connection):
             except StreamError:
                 pass
             finally:
-                self.end_all(self.reason or "connection closed")
-        if not self._raw_taken:
-            await self.aclose()
+                if not self._raw_taken:
+                    self.end_all(self.reason or "connection closed")
+        self._nursery = None
+        if self._raw_taken:
+            return
+        if isinstance(self.codec, H1Server):
+            await self._linger()
+        await self.aclose()
+
+    async def _linger(self) -> None:
+        """Shut our side, drop what the client still sends (bounded), so the kernel does not
+        answer unread input with a reset that could destroy our last response."""
+        with trio.move_on_after(LINGER), contextlib.suppress(*_SOCKET_ERRORS):
+            await self._stream.send_eof()
+            while await self._stream.receive_some(_READ_SIZE):
+                pass
 
     async def _read_loop(self) -> None:
         codec = self.codec
         while not self.closed:
             current = self._current
-            if isinstance(codec, H1Server) and current is not None and current.received_end:
-                # wait for the response before reading on (see the module docstring)
-                await current.done.wait()
-                if self._raw_taken or codec.switched:
+            if isinstance(codec, H1Server) and current is not None:
+                if current.done.is_set():
+                    # the exchange is over
+                    if self._raw_taken or codec.switched or codec.must_close:
+                        return
+                    self._current = None
+                    held, self._held = self._held, b""
+                    await self._dispatch_events(
+                        codec.receive_data(held) if held else codec.next_events()
+                    )
+                    continue
+                if current.received_end:
+                    await self._await_response(current)
+                    continue
+                # the request body is still arriving; the handler may finish first
+                data = await self._receive()
+            else:
+                timeout = self._idle_timeout if not self.streams else math.inf
+                with trio.move_on_after(timeout) as idle:
+                    data = await self._receive()
+                if idle.cancelled_caught:
+                    self.end_all("idle timeout")
                     return
-                if codec.must_close:
-                    return
-                self._current = None
-                await self._dispatch_events(codec.next_events())
+            if data is None:
                 continue
-            timeout = self._idle_timeout if not self.streams else math.inf
-            with trio.move_on_after(timeout) as idle:
-                try:
-                    data = bytes(await self._stream.receive_some(_READ_SIZE))
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                    self.end_all(f"connection lost: {e}")
-                    return
-            if idle.cancelled_caught:
-                self.end_all("idle timeout")
-                return
             await self._feed(data)
+
+    async def _await_response(self, current: ServerStream) -> None:
+        """Wait for the response to the request received whole, watching for the client
+        closing the connection meanwhile. A request that may switch protocols is not watched:
+        what follows it belongs to the new protocol."""
+        head = current.request
+        if self._held or head.method == "CONNECT" or "upgrade" in head.headers:
+            await current.done.wait()
+            return
+        data = await self._receive()
+        if data is None:
+            return
+        if not data:
+            self.end_all(self.reason or "client closed the connection before the response")
+            return
+        # a pipelined request: kept for when this exchange is over
+        self._held = data
+        await current.done.wait()
 
     async def _feed(self, data: bytes) -> None:
         """Feed received bytes (`b""`: the peer closed) and act on the events."""
@@ -494,14 +679,15 @@ class ServerConnection(_Connection):
                         self.early_resets += 1
                 await self.dispatch(ev)
         await self.flush()
-        self._check_abuse()
+        await self._check_abuse()
 
-    def _check_abuse(self) -> None:
+    async def _check_abuse(self) -> None:
         """Close an HTTP/2 connection that resets most of its streams before any response (as
         Envoy does since CVE-2023-44487: at least 100 streams, more than half reset early)."""
         codec = self.codec
         if (
             isinstance(codec, H2Server)
+            and not self.closed
             and self.opened >= 100
             and 2 * self.early_resets > self.opened
         ):
@@ -511,6 +697,8 @@ class ServerConnection(_Connection):
                 self.opened,
             )
             codec.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            with contextlib.suppress(StreamError):
+                await self.flush()
             self.end_all("too many streams reset by the client (ENHANCE_YOUR_CALM)")
 
     def _start(self, ev: RequestReceived) -> None:
@@ -537,11 +725,22 @@ class ServerConnection(_Connection):
             log.exception("request handler failed")
         finally:
             self._pending -= 1
-            if not s.sent_end and not self.closed:
+            if not s.sent_end:
                 # the handler gave up without finishing the response
                 s.reset()
-            self.streams.pop(s.stream_id, None)
+            else:
+                if not s.received_end and isinstance(self.codec, H2Server):
+                    # answered before the request ended: ask the client to stop sending
+                    # (RFC 9113 section 8.1)
+                    self.codec.reset(s.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                self.streams.pop(s.stream_id, None)
+                s._release()
             s.done.set()
+            if self.is_h1:
+                # the reader waits on this exchange to read on (or close)
+                self._wake_reader()
+            with contextlib.suppress(StreamError):
+                await self.flush()
 
     async def _bad_request(self, ev: BadRequest) -> None:
         codec = self.codec
@@ -582,23 +781,25 @@ async def serve_http(
     """Serve one downstream connection: HTTP/2 when it starts with the HTTP/2 preface (prior
     knowledge), HTTP/1.1 otherwise."""
     buf = b""
-    while len(buf) < len(PREFACE) and PREFACE.startswith(buf):
-        with trio.move_on_after(idle_timeout):
+    with trio.move_on_after(idle_timeout):
+        while len(buf) < len(PREFACE) and PREFACE.startswith(buf):
             try:
                 chunk = bytes(await stream.receive_some(_READ_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            except _SOCKET_ERRORS:
                 chunk = b""
             if not chunk:
                 break
             buf += chunk
-            continue
-        break
     codec: H1Server | H2Server = (
         H2Server(scheme=scheme) if buf.startswith(PREFACE) else H1Server(scheme=scheme)
     )
     conn = ServerConnection(
         stream, codec, handler, on_bad_request=on_bad_request, idle_timeout=idle_timeout
     )
+    if not buf:
+        # closed, or silent for the whole idle timeout, before a first byte
+        await conn.aclose()
+        return
     await conn.run(buf)
 
 
@@ -621,21 +822,27 @@ class ClientConnection(_Connection):
         return codec.can_open
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await self.flush()
-        except StreamError:
-            task_status.started()
-            return
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                with contextlib.suppress(StreamError):
+                    await self.flush()
+                task_status.started()
+                await self._read_loop()
+            finally:
+                if not self._raw_taken:
+                    self.end_all(self.reason or "upstream connection closed")
+        self._nursery = None
+        if not self._raw_taken:
+            await self.aclose()
+
+    async def _read_loop(self) -> None:
         codec = self.codec
         while not self.closed:
-            try:
-                data = bytes(await self._stream.receive_some(_READ_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                self.end_all(f"upstream connection lost: {e}")
-                break
-            events = codec.receive_data(data)
-            for ev in events:
+            data = await self._receive()
+            if data is None:
+                continue
+            for ev in codec.receive_data(data):
                 if isinstance(ev, ConnectionEnded):
                     self.end_all(ev.reason or "upstream closed the connection")
                 else:
@@ -645,11 +852,13 @@ class ClientConnection(_Connection):
             try:
                 await self.flush()
             except StreamError:
-                break
-            if isinstance(codec, H1Client) and codec.must_close and not self.streams:
-                break
-        if not self._raw_taken:
-            await self.aclose()
+                return
+            if self.streams:
+                continue
+            if isinstance(codec, H1Client) and codec.must_close:
+                return
+            if isinstance(codec, H2Client) and codec.draining:
+                return
 
     async def open_stream(self, head: RequestHead, *, end_stream: bool) -> ClientStream:
         codec = self.codec

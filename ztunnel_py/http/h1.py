@@ -18,6 +18,8 @@ Both codecs take bytes in (`receive_data`, `b""` for EOF) and queue bytes out (`
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import h11
 
 from ztunnel_py.http.events import (
@@ -31,7 +33,7 @@ from ztunnel_py.http.events import (
     ResponseReceived,
     Switched,
 )
-from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
+from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, drop_body_framing
 
 __all__ = ["MAX_HEADERS", "MAX_HEADER_BYTES", "H1Client", "H1Server", "HttpCodecError"]
 
@@ -51,6 +53,16 @@ def _fields(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 
 def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+def _reason(head: ResponseHead) -> bytes:
+    """The reason phrase: the head's, else the standard one (`404 Not Found`)."""
+    if head.reason:
+        return head.reason.encode("latin-1")
+    try:
+        return HTTPStatus(head.status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _has_framing(headers: Headers) -> bool:
@@ -112,6 +124,10 @@ class _Codec:
             self._stream_id += 2
             self._skip_end = False
         elif h11.MUST_CLOSE in (conn.our_state, conn.their_state):
+            self.must_close = True
+        elif conn.our_role is h11.SERVER and conn.our_state is h11.DONE:
+            # answered before the request was received whole: the rest of it cannot be told
+            # apart from a next request, and reading it all could take forever
             self.must_close = True
 
     def _end_received(self, ev: h11.EndOfMessage, events: list[Event]) -> None:
@@ -182,10 +198,16 @@ class H1Server(_Codec):
 
     def _request(self, ev: h11.Request, events: list[Event]) -> bool:
         fields = _fields(list(ev.headers))
-        if len(fields) > MAX_HEADERS:
+        # h11 bounds only a head still incomplete; one that arrived whole is measured here, as
+        # Envoy measures its header map (names and values, the method and path included)
+        size = len(ev.method) + len(ev.target) + sum(len(n) + len(v) for n, v in fields)
+        if len(fields) > MAX_HEADERS or size > MAX_HEADER_BYTES:
             events.append(
                 BadRequest(
-                    self._stream_id, 431, f"{len(fields)} request headers (limit {MAX_HEADERS})"
+                    self._stream_id,
+                    431,
+                    f"{len(fields)} request headers of {size} bytes "
+                    f"(limits {MAX_HEADERS}, {MAX_HEADER_BYTES})",
                 )
             )
             self.must_close = True
@@ -232,8 +254,12 @@ class H1Server(_Codec):
     def send_headers(self, stream_id: int, head: ResponseHead, end_stream: bool = False) -> None:
         """Send a response head (a 1xx is informational; 101 switches protocols)."""
         self._check(stream_id)
-        fields = _encode(head.headers)
-        reason = head.reason.encode("latin-1")
+        headers = head.headers
+        if head.status < 200 or head.status == 204:
+            headers = headers.copy()
+            drop_body_framing(headers, head.status)
+        fields = _encode(headers)
+        reason = _reason(head)
         if head.status < 200:
             self._send(
                 h11.InformationalResponse(status_code=head.status, headers=fields, reason=reason)
@@ -243,8 +269,11 @@ class H1Server(_Codec):
         if end_stream and not no_body_allowed and not _has_framing(head.headers):
             fields.append((b"content-length", b"0"))
         self._send(h11.Response(status_code=head.status, headers=fields, reason=reason))
-        self._response_chunked = self._conn.their_http_version == b"1.1" and not any(
-            n == b"content-length" for n, _ in fields
+        # h11 chunks a body of unknown length to an HTTP/1.1 client; only then can trailers go
+        self._response_chunked = (
+            not no_body_allowed
+            and self._conn.their_http_version == b"1.1"
+            and not any(n == b"content-length" for n, _ in fields)
         )
         if self._request_method == b"CONNECT" and 200 <= head.status < 300:
             return

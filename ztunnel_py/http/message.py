@@ -24,6 +24,7 @@ __all__ = [
     "HttpVersion",
     "RequestHead",
     "ResponseHead",
+    "drop_body_framing",
     "strip_hop_by_hop",
 ]
 
@@ -196,6 +197,17 @@ def split_authority(authority: str) -> tuple[str, int | None]:
     return host, int(port_text) if port_text.isdigit() else None
 
 
+def drop_body_framing(headers: Headers, status: int) -> None:
+    """A 1xx or 204 response has no body and must not carry Content-Length or
+    Transfer-Encoding (RFC 9110 sections 8.6 and 6.1): an upstream's is dropped rather than
+    forwarded to a client that would refuse the response (nghttp2 resets the stream)."""
+    if status < 200 or status == 204:
+        headers.discard(_BODY_FRAMING)
+
+
+_BODY_FRAMING = frozenset({"content-length", "transfer-encoding"})
+
+
 def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> None:
     """Remove connection-specific fields in place: the fixed set plus every field named in
     `Connection`. `te: trailers` is kept (gRPC relies on it); `upgrade` when `keep_upgrade`."""
@@ -203,10 +215,22 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> None:
     drop = set(HOP_BY_HOP)
     if named:
         drop.update(t.strip().lower() for t in named.split(",") if t.strip())
-    te = headers.joined("te")
     if keep_upgrade:
         drop.discard("upgrade")
         drop.discard("connection")
-    headers.discard(drop)
-    if te is not None and "trailers" in (t.strip().lower() for t in te.split(",")):
-        headers.add("te", "trailers")
+    if not any(n in drop for n, _ in headers):
+        return
+    kept: list[tuple[str, str]] = []
+    te_kept = False
+    for n, v in headers:
+        if n not in drop:
+            kept.append((n, v))
+        elif n == "te" and not te_kept and "trailers" in _tokens(v):
+            # in place, so the field order stays the client's
+            kept.append(("te", "trailers"))
+            te_kept = True
+    headers._fields = kept
+
+
+def _tokens(value: str) -> list[str]:
+    return [t.strip().lower() for t in value.split(",")]

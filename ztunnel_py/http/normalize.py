@@ -66,14 +66,16 @@ def _remove_dot_segments(path: str) -> str:
 
 def normalize_path(target: str) -> str:
     """The normalized request target (path and query); `InvalidPath` for a bad one."""
-    if not target.startswith("/"):
-        if target == "*":
-            return target
-        raise InvalidPath(f"request target {target[:60]!r} is not an absolute path")
+    if target == "*":
+        return target
     path, sep, query = target.partition("?")
+    # a backslash is a slash, the first one too (Istio: `\da` is `/da`)
+    path = path.replace("\\", "/")
+    if not path.startswith("/"):
+        raise InvalidPath(f"request target {target[:60]!r} is not an absolute path")
     if "\x00" in path:
         raise InvalidPath("path contains a NUL")
-    path = _decode_unreserved(path.replace("\\", "/"))
+    path = _decode_unreserved(path)
     if "/." in path:
         path = _remove_dot_segments(path)
     return path + sep + query

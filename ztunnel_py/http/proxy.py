@@ -2,6 +2,8 @@
 
 `HttpProxy.handle` is the request handler a `ServerConnection` runs per request:
 
+0. the path is normalized as Envoy does by default for Istio (`normalize.py`; an invalid one is
+   `400`): routes, filters and the upstream all see the normalized path;
 1. the app's `Resolver` says which routes apply (the waypoint: the routes of the service the
    HBONE tunnel was addressed to) and the first matching route is chosen;
 2. the request filters run (authorization, user filters, ...); a `LocalReply` ends here;
@@ -17,9 +19,18 @@
 Failures answer as Envoy does, so dashboards and habits carry over: no healthy endpoint `503 no
 healthy upstream` (`UH`), connect failure or reset before the response head `503 upstream
 connect error or disconnect/reset before headers. reset reason: ...` (`UF`/`UR`/`UC`, `URX` when
-retries ran out), route timeout `504 upstream request timeout` (`UT`); once the response has
-started, a failure resets the downstream stream instead. A gRPC request gets local replies as
-gRPC trailers-only responses (HTTP 200 with `grpc-status` mapped from the HTTP status).
+retries ran out), route timeout, and a per-try timeout once attempts ran out, `504 upstream
+request timeout` (`UT`); once the response has started, a failure resets the downstream stream
+instead. Every upstream stream an attempt opened is given up when the attempt ends, however it
+ends (finished, timed out, the client gone): reset if its exchange is unfinished, so the
+upstream stops and the pool keeps only healthy connections.
+
+Body filters may change a body's length: with any installed, `Content-Length` is dropped and
+the body goes with the framing of unknown length (chunked on HTTP/1.1); they see `end=True`
+on the last piece exactly once (an empty piece when the end came alone).
+
+A gRPC request gets local replies as gRPC trailers-only responses (HTTP 200 with `grpc-status`
+mapped from the HTTP status).
 
 HTTP/1.1 upgrades (WebSocket): the request goes to the upstream over HTTP/1.1 with its
 `Upgrade` header; a `101` switches both connections to raw bytes, relayed both ways.
@@ -27,6 +38,7 @@ HTTP/1.1 upgrades (WebSocket): the request goes to the upstream over HTTP/1.1 wi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -42,6 +54,7 @@ from ztunnel_py.http.connection import ClientStream, ServerStream, StreamError
 from ztunnel_py.http.events import Switched
 from ztunnel_py.http.filter import Downstream, FilterChain, LocalReply, RequestContext
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, strip_hop_by_hop
+from ztunnel_py.http.normalize import InvalidPath, normalize_path
 from ztunnel_py.http.routing import (
     apply_header_ops,
     match_route,
@@ -73,6 +86,10 @@ DEFAULT_RETRY = RetryPolicy(
 RETRY_BUFFER = 1024 * 1024
 _BACKOFF_BASE = 0.025
 _BACKOFF_MAX = 0.25
+# A response replaced by a retry is read to its end (so an HTTP/1.1 connection stays reusable)
+# when it is this short and quick; otherwise its stream is reset.
+_DISCARD_LIMIT = 64 * 1024
+_DISCARD_TIME = 1.0
 _GRPC_CODES = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8"}
 _GRPC_CODES.update({"internal": "13", "unavailable": "14"})
 
@@ -113,6 +130,15 @@ class _Body:
     complete: bool = False
     overflowed: bool = False
     trailers: Headers | None = None
+    # the route timeout's scope: it runs from the end of the request (Envoy's route timeout
+    # "spans between the point at which the entire downstream request has been processed and
+    # when the upstream response has been completely processed")
+    deadline: trio.CancelScope | None = None
+    timeout: float = math.inf
+
+    def start_timeout(self) -> None:
+        if self.deadline is not None and self.deadline.deadline == math.inf:
+            self.deadline.deadline = trio.current_time() + self.timeout
 
     def keep(self, chunk: bytes) -> None:
         if self.overflowed:
@@ -160,9 +186,11 @@ class HttpProxy:
         try:
             await self._handle(s, ctx)
         except StreamError:
-            if not s.sent_end:
-                ctx.flag("DC")
+            pass
         finally:
+            if s.peer_gone and not s.sent_end:
+                # the client reset the stream or closed the connection before the end
+                ctx.flag("DC")
             ctx.end = time.monotonic()
             ctx.request_body_bytes = s.body_bytes_in
             ctx.response_body_bytes = s.body_bytes_out
@@ -173,6 +201,14 @@ class HttpProxy:
 
     async def _handle(self, s: ServerStream, ctx: RequestContext) -> None:
         req = ctx.request
+        if req.method != "CONNECT":
+            try:
+                req.path = normalize_path(req.path)
+            except InvalidPath:
+                await self._local_reply(
+                    s, ctx, LocalReply(400, details="path_normalization_failed"), run_filters=False
+                )
+                return
         if (req.headers.get("expect") or "").lower() == "100-continue":
             # answered here, as Envoy does by default: the client need not wait for upstream
             req.headers.remove("expect")
@@ -218,6 +254,9 @@ class HttpProxy:
         apply_header_ops(head.headers, backend.request_headers)
         upgrade = "upgrade" in head.headers and req.version != "HTTP/2"
         strip_hop_by_hop(head.headers, keep_upgrade=upgrade)
+        if self.chain.touches_request_body and not s.read_done:
+            # a filter may change the body's length: it goes with the framing of unknown length
+            head.headers.remove("content-length")
         head.headers.setdefault("x-forwarded-proto", req.scheme)
         await self._forward(s, ctx, head, route, backend, upgrade=upgrade)
 
@@ -234,11 +273,12 @@ class HttpProxy:
         upgrade: bool,
     ) -> None:
         policy = route.retries if route.retries is not None else DEFAULT_RETRY
-        body = _Body(complete=s.read_done)
         tried: list[str] = []
-        timeout = route.timeout if route.timeout else math.inf
         last: _Retry | None = None
-        with trio.move_on_after(timeout) as deadline:
+        with trio.CancelScope() as deadline:
+            body = _Body(complete=s.read_done, deadline=deadline, timeout=route.timeout or math.inf)
+            if body.complete:
+                body.start_timeout()
             for attempt in range(policy.attempts + 1):
                 if attempt:
                     await trio.sleep(self._backoff(attempt))
@@ -271,7 +311,7 @@ class HttpProxy:
                     if not can_retry:
                         break
                     if r.response is not None:
-                        r.response[0].reset()
+                        await _discard(r.response[0])
         if deadline.cancelled_caught:
             ctx.flag("UT")
             if s.response_started:
@@ -289,9 +329,19 @@ class HttpProxy:
         if last.response is not None:
             # retries ran out on a retriable status: that response goes to the client
             up, resp_head = last.response
-            await self._respond(s, ctx, up, resp_head)
+            try:
+                await self._respond(s, ctx, up, resp_head)
+            finally:
+                up.reset()
             return
         ctx.flag(last.flag)
+        if last.condition == "per-try-timeout":
+            await self._local_reply(
+                s,
+                ctx,
+                LocalReply(504, "upstream request timeout", details="upstream_per_try_timeout"),
+            )
+            return
         await self._local_reply(
             s,
             ctx,
@@ -330,26 +380,37 @@ class HttpProxy:
         # outcome is kept and acted on once the request-body task is done or cancelled.
         outcome: ResponseHead | Switched | _Retry
         failure: StreamError | None = None
-        async with trio.open_nursery() as nursery:
-            if not no_body:
-                nursery.start_soon(self._send_body, s, up, ctx, body)
-            outcome = await self._response_head(up, per_try)
-            if isinstance(outcome, ResponseHead):
-                condition = _status_condition(
-                    policy, outcome.status, outcome.headers.get("grpc-status")
-                )
-                if condition:
-                    retry = _Retry(condition, f"status {outcome.status}", "", outcome.status)
-                    retry.response = (up, outcome)
-                    outcome = retry
-                else:
-                    try:
-                        await self._respond(s, ctx, up, outcome)
-                    except StreamError as e:
-                        failure = e
-            # the exchange is over (or will be retried): a request body still arriving is not
-            # needed any more
-            nursery.cancel_scope.cancel()
+        # `up` is given up when this attempt ends however it ends (a timeout, the client gone):
+        # reset if its exchange is unfinished, else only freed; unless a retriable response in
+        # it is handed on
+        handed_on = False
+        try:
+            async with trio.open_nursery() as nursery:
+                if not no_body:
+                    nursery.start_soon(self._send_body, s, up, ctx, body)
+                outcome = await self._response_head(up, per_try)
+                if isinstance(outcome, ResponseHead):
+                    condition = _status_condition(
+                        policy, outcome.status, outcome.headers.get("grpc-status")
+                    )
+                    if condition:
+                        retry = _Retry(condition, f"status {outcome.status}", "", outcome.status)
+                        retry.response = (up, outcome)
+                        outcome = retry
+                        handed_on = True
+                    else:
+                        try:
+                            await self._respond(s, ctx, up, outcome)
+                        except StreamError as e:
+                            failure = e
+                elif isinstance(outcome, Switched):
+                    handed_on = True
+                # the exchange is over (or will be retried): a request body still arriving is
+                # not needed any more
+                nursery.cancel_scope.cancel()
+        finally:
+            if not handed_on:
+                up.reset()
         if failure is not None:
             raise failure
         if isinstance(outcome, _Retry):
@@ -366,8 +427,9 @@ class HttpProxy:
             except StreamError as e:
                 if e.refused:
                     return _Retry("refused-stream", "remote refused stream reset", "UR")
+                if e.reset:
+                    return _Retry("reset", "remote reset", "UR")
                 return _Retry("reset", "connection termination", "UC")
-        up.reset()
         return _Retry("per-try-timeout", "per try timeout", "UT", status=504)
 
     async def _send_body(
@@ -379,16 +441,20 @@ class HttpProxy:
             if body.complete:
                 await up.send_end(body.trailers)
                 return
-            while (chunk := await s.read_body()) is not None:
-                chunk = await self.chain.request_body(ctx, chunk, False)
+            while True:
+                chunk, last = await _next_chunk(s)
+                chunk = await self.chain.request_body(ctx, chunk, last)
                 body.keep(chunk)
+                if last:
+                    break
                 await up.send_data(chunk)
             trailers = s.trailers
             if trailers is not None:
                 await self.chain.request_trailers(ctx, trailers)
             body.trailers = trailers
             body.complete = True
-            await up.send_end(trailers)
+            body.start_timeout()
+            await _send_last(up, chunk, trailers)
         except StreamError:
             # either side went away; the response side notices and reports it
             return
@@ -418,6 +484,9 @@ class HttpProxy:
             return
         strip_hop_by_hop(head.headers)
         ended = up.read_done
+        if self.chain.touches_response_body and not ended:
+            # a filter may change the body's length
+            head.headers.remove("content-length")
         try:
             await s.send_head(head, end_stream=ended)
         except StreamError:
@@ -426,8 +495,11 @@ class HttpProxy:
         if ended:
             return
         try:
-            while (chunk := await up.read_body()) is not None:
-                chunk = await self.chain.response_body(ctx, chunk, False)
+            while True:
+                chunk, last = await _next_chunk(up)
+                chunk = await self.chain.response_body(ctx, chunk, last)
+                if last:
+                    break
                 await s.send_data(chunk)
         except StreamError as e:
             if s.error is not None:
@@ -443,7 +515,7 @@ class HttpProxy:
             if ctx.grpc_status is None and is_grpc(ctx.request):
                 ctx.grpc_status = trailers.get("grpc-status")
             await self.chain.response_trailers(ctx, trailers)
-        await s.send_end(trailers)
+        await _send_last(s, chunk, trailers)
 
     async def _switch(
         self, s: ServerStream, ctx: RequestContext, up: ClientStream, got: Switched
@@ -476,14 +548,11 @@ class HttpProxy:
                 if reply.grpc_status is not None
                 else grpc_status_for(reply.status)
             )
-            headers = Headers(
-                [
-                    ("content-type", "application/grpc"),
-                    ("grpc-status", str(code)),
-                    ("grpc-message", quote(body.decode("utf-8", "replace"), safe=" ")),
-                    *reply.headers,
-                ]
-            )
+            headers = Headers([("content-type", "application/grpc"), ("grpc-status", str(code))])
+            if body:
+                headers.add("grpc-message", quote(body.decode("utf-8", "replace"), safe=" "))
+            for name, value in reply.headers:
+                headers.add(name, value)
             head = ResponseHead(200, headers)
             ctx.grpc_status = str(code)
             body = b""
@@ -508,22 +577,56 @@ class HttpProxy:
             return
         await s.send_head(head, end_stream=not body)
         if body:
-            await s.send_data(body)
-            await s.send_end()
+            await s.send_data(body, end_stream=True)
+
+
+async def _discard(up: ClientStream) -> None:
+    """Drop a response that will not be forwarded: read it to its end if that is quick, so its
+    connection can be reused, then give the stream up."""
+    size = 0
+    try:
+        with trio.move_on_after(_DISCARD_TIME), contextlib.suppress(StreamError):
+            while size <= _DISCARD_LIMIT and (chunk := await up.read_body()) is not None:
+                size += len(chunk)
+    finally:
+        up.reset()
+
+
+async def _next_chunk(stream: ServerStream | ClientStream) -> tuple[bytes, bool]:
+    """The next piece of a received body and whether it is the last (an empty last piece when
+    the end came alone). Body filters see `end=True` exactly once."""
+    chunk = await stream.read_body()
+    if chunk is None:
+        return b"", True
+    if stream.at_end:
+        await stream.read_body()
+        return chunk, True
+    return chunk, False
+
+
+async def _send_last(
+    stream: ServerStream | ClientStream, chunk: bytes, trailers: Headers | None
+) -> None:
+    """The last piece of a body with the end of the message: in one frame when there are no
+    trailers."""
+    if trailers is None:
+        await stream.send_data(chunk, end_stream=True)
+        return
+    await stream.send_data(chunk)
+    await stream.send_end(trailers)
 
 
 def _retry_allowed(policy: RetryPolicy, condition: str) -> bool:
+    """Envoy's retry decision for a failed attempt: a reset of any kind (a connect failure, a
+    refused stream, a per-try timeout included) is retried under `reset`, `5xx` and
+    `gateway-error`; a connect failure also under `connect-failure`, a refused stream under
+    `refused-stream`."""
     on = policy.retry_on
-    if condition in on:
-        return True
     if condition in ("connect-failure", "reset", "refused-stream", "per-try-timeout"):
-        # Envoy: 5xx covers connect failures, resets and per-try timeouts; gateway-error too
-        return (
-            "5xx" in on
-            or "gateway-error" in on
-            or (condition == "refused-stream" and "reset" in on)
-        )
-    return False
+        if "reset" in on or "5xx" in on or "gateway-error" in on:
+            return True
+        return condition in ("connect-failure", "refused-stream") and condition in on
+    return condition in on
 
 
 def _status_condition(policy: RetryPolicy, status: int, grpc: str | None) -> str:

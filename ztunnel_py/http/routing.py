@@ -128,14 +128,17 @@ def rewrite_request(head: RequestHead, rewrite: Rewrite, match: RouteMatch) -> N
 
 def redirect_location(head: RequestHead, redirect: Redirect, match: RouteMatch) -> str:
     """The Location of a redirect: the request's URL with the redirect's parts replaced. The
-    port is left out when it is the scheme's default (Gateway API)."""
+    port is left out when it is the scheme's default, and a scheme given without a port means
+    that default (Gateway API)."""
     scheme = redirect.scheme or head.scheme
     host, port = split_authority(head.authority)
     if redirect.host is not None:
         host = redirect.host
     if redirect.port is not None:
         port = redirect.port
-    elif redirect.scheme is not None and redirect.scheme != head.scheme:
+    elif redirect.scheme is not None:
+        # Gateway API: a redirect naming a scheme and no port goes to the scheme's well-known
+        # port, even when the scheme is the request's own
         port = None
     path = head.path_only
     if redirect.path is not None:

@@ -62,7 +62,8 @@ class UpstreamPool:
 
     @property
     def connection_count(self) -> int:
-        return sum(len(c) for c in self._conns.values())
+        """Connections open now (a protocol switch takes one out of the pool)."""
+        return sum(1 for conns in self._conns.values() for c in conns if not c.closed)
 
     def _available(self, key: tuple[Hashable, bool]) -> ClientConnection | None:
         conns = self._conns.get(key)
@@ -87,12 +88,29 @@ class UpstreamPool:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise UpstreamConnectError(f"connect to {target.address} failed: {e}") from None
         conn = ClientConnection(stream, http2=target.http2)
-        await self._nursery.start(conn.run)
-        self._conns.setdefault((target.key, target.http2), []).append(conn)
+        await self._nursery.start(self._run, conn, (target.key, target.http2))
         if not self._reaper_started:
             self._reaper_started = True
             self._nursery.start_soon(self._reap)
         return conn
+
+    async def _run(
+        self,
+        conn: ClientConnection,
+        key: tuple[Hashable, bool],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the connection while it is pooled; it leaves the pool when it ends."""
+        self._conns.setdefault(key, []).append(conn)
+        try:
+            await conn.run(task_status=task_status)
+        finally:
+            conns = self._conns.get(key)
+            if conns is not None and conn in conns:
+                conns.remove(conn)
+                if not conns:
+                    del self._conns[key]
 
     async def open_stream(
         self, target: UpstreamTarget, head: RequestHead, *, end_stream: bool
@@ -114,27 +132,21 @@ class UpstreamPool:
             conn = await self._connect(target)
             return await conn.open_stream(head, end_stream=end_stream)
 
+    def _all(self) -> list[ClientConnection]:
+        return [c for conns in self._conns.values() for c in conns]
+
     async def _reap(self) -> None:
         while True:
             await trio.sleep(min(self._idle_timeout, 30.0))
             now = trio.current_time()
-            for key, conns in list(self._conns.items()):
-                keep: list[ClientConnection] = []
-                for c in conns:
-                    if c.closed:
-                        continue
-                    if not c.streams and now - c.last_used > self._idle_timeout:
-                        self._nursery.start_soon(c.aclose)
-                        continue
-                    keep.append(c)
-                if keep:
-                    self._conns[key] = keep
-                else:
-                    del self._conns[key]
-                    self._locks.pop(key, None)
+            for c in self._all():
+                if not c.closed and not c.streams and now - c.last_used > self._idle_timeout:
+                    # it leaves the pool when its reader ends
+                    self._nursery.start_soon(c.aclose)
+            for key in [k for k, lock in self._locks.items() if k not in self._conns]:
+                if not self._locks[key].locked():
+                    del self._locks[key]
 
     async def aclose(self) -> None:
-        for conns in self._conns.values():
-            for c in conns:
-                await c.aclose()
-        self._conns.clear()
+        for c in self._all():
+            await c.aclose()

@@ -85,11 +85,11 @@ class PathMatch:
         if self.kind is MatchKind.EXACT:
             return path == value
         if self.kind is MatchKind.PREFIX:
-            if not path.startswith(value):
-                return False
-            if not self.segment_prefix or value.endswith("/") or len(path) == len(value):
-                return True
-            return path[len(value)] == "/"
+            if not self.segment_prefix:
+                return path.startswith(value)
+            # element-wise, a trailing "/" in the value ignored: "/abc/" matches "/abc" too
+            base = value.rstrip("/")
+            return path.startswith(base) and (len(path) == len(base) or path[len(base)] == "/")
         if self.kind is MatchKind.REGEX:
             assert self.pattern is not None
             return self.pattern.fullmatch(path) is not None
@@ -143,6 +143,8 @@ class QueryMatch:
             return value == self.value
         if self.kind is MatchKind.PREFIX:
             return value.startswith(self.value)
+        if self.kind is MatchKind.SUFFIX:
+            return value.endswith(self.value)
         if self.kind is MatchKind.REGEX:
             assert self.pattern is not None
             return self.pattern.fullmatch(value) is not None
