@@ -405,3 +405,24 @@ def test_removing_the_label_returns_to_the_direct_path_without_dropping_connecti
         wait_until(lambda: answered_by_waypoint(bed), "traffic to take the waypoint again")
     answers = [json.loads(line) for line in out.splitlines()]
     assert len(answers) == 30 and all(a.get("status") == 200 for a in answers), err
+
+
+def test_a_waypoint_for_all_traffic_also_takes_pod_addressed_calls(bed: Testbed) -> None:
+    wp, echo2 = waypoint(bed), bed.status().pod("echo-2").ip
+
+    def client_of_pod_call() -> str:
+        done = curl(bed, f"http://{echo2}:8080/")
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(done.stdout)["client"]).rsplit(":", 1)[0]
+
+    # istio.io/waypoint-for: service (the default): a pod IP is reached directly.
+    assert client_of_pod_call() == bed.status().pod("web-1").ip
+    bed.apply(GATEWAY.replace("waypoint-for: service", "waypoint-for: all"))
+    try:
+        wait_until(lambda: client_of_pod_call() == wp.ip, "pod traffic to take the waypoint")
+        assert answered_by_waypoint(bed)  # and service traffic still does
+    finally:
+        bed.apply(GATEWAY)
+        wait_until(
+            lambda: client_of_pod_call() == bed.status().pod("web-1").ip, "the direct path back"
+        )
