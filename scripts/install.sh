@@ -80,6 +80,11 @@ fi
 log "installing ztunnel_py${extra} into $venv"
 "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
 "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo$extra"
+if [ -n "$extra" ]; then
+    # The example user filter (a separate package with an entry point), so the waypoint tests
+    # and the README's WasmPlugin example find it installed, as a user's filter would be.
+    "$venv/bin/pip" install -q --disable-pip-version-check "$repo/examples/ratelimit-filter"
+fi
 "$venv/bin/python" -c 'import bcc' || { echo "bcc is not importable from $venv" >&2; exit 1; }
 ln -sfn "$venv/bin/ztunnel-py" /usr/local/bin/ztunnel-py
 log "done: $("$venv/bin/ztunnel-py" --version)"

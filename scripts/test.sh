@@ -7,10 +7,10 @@ cd "$repo"
 bash scripts/install.sh
 venv="${ZTUNNEL_VENV:-$repo/.venv}"
 echo "== ruff"
-"$venv/bin/ruff" check ztunnel_py tests
-"$venv/bin/ruff" format --check ztunnel_py tests
+"$venv/bin/ruff" check ztunnel_py tests examples
+"$venv/bin/ruff" format --check ztunnel_py tests examples
 echo "== mypy --strict"
-"$venv/bin/mypy" ztunnel_py
+"$venv/bin/mypy" ztunnel_py examples/ratelimit-filter/ztunnel_ratelimit
 echo "== pytest"
 export ZTUNNEL_FAIL_ON_SKIP=1
 exec "$venv/bin/pytest" -q -p no:cacheprovider "$@"

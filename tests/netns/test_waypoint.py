@@ -426,3 +426,29 @@ def test_a_waypoint_for_all_traffic_also_takes_pod_addressed_calls(bed: Testbed)
         wait_until(
             lambda: client_of_pod_call() == bed.status().pod("web-1").ip, "the direct path back"
         )
+
+
+RATE_LIMIT = """\
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: ratelimit, namespace: apps}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  url: python://local_ratelimit
+  phase: AUTHZ
+  pluginConfig: {max_tokens: 5, tokens_per_fill: 5, fill_interval: 60s}
+"""
+
+
+def test_an_installed_user_filter_enabled_by_a_wasmplugin_limits_the_rate(bed: Testbed) -> None:
+    # The example filter package (examples/ratelimit-filter) is installed by scripts/install.sh.
+    bed.apply(RATE_LIMIT)
+    try:
+        wait_until(lambda: status(bed, "/") == "429", "the rate limiter", within=20)
+        done = curl(bed, "-i", f"http://{ECHO_VIP}/")
+        assert "429" in done.stdout.splitlines()[0] and "x-ratelimit-limit: 5" in done.stdout
+        assert done.stdout.endswith("local_rate_limited")
+        assert "response_code=429 response_flags=RL" in log_of(waypoint(bed).log)
+    finally:
+        bed.delete(RATE_LIMIT)
+        wait_until(lambda: status(bed, "/") == "200", "no rate limit")
