@@ -452,3 +452,71 @@ def test_an_installed_user_filter_enabled_by_a_wasmplugin_limits_the_rate(bed: T
     finally:
         bed.delete(RATE_LIMIT)
         wait_until(lambda: status(bed, "/") == "200", "no rate limit")
+
+
+# An Upgrade request to the pod app, which answers 101 and then echoes raw bytes.
+UPGRADE = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+s.sendall(b"GET /chat HTTP/1.1\r\nHost: echo\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    head += chunk
+status = head.split(b"\r\n", 1)[0].decode()
+s.sendall(b"raw bytes after the switch")
+echoed = b""
+while len(echoed) < 26:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    echoed += chunk
+print(status)
+print(echoed.decode())
+"""
+
+
+def test_a_websocket_style_upgrade_passes_through_the_waypoint(bed: Testbed) -> None:
+    done = bed.exec("web-1", [sys.executable, "-c", UPGRADE, ECHO_VIP], timeout=30)
+    assert done.returncode == 0, done.stderr
+    status_line, echoed = done.stdout.splitlines()[:2]
+    assert status_line.startswith("HTTP/1.1 101") and echoed == "raw bytes after the switch"
+
+
+def test_a_tcp_port_is_proxied_at_l4_by_the_waypoint(bed: Testbed) -> None:
+    def tcp_opened() -> float:
+        total = 0.0
+        for line in waypoint_metrics(bed).splitlines():
+            if (
+                line.startswith("istio_tcp_connections_opened_total{")
+                and 'reporter="waypoint"' in line
+            ):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    before = tcp_opened()
+    done = bed.exec("web-1", ["iperf3", "-c", ECHO_VIP, "-p", "5201", "-t", "1", "-J"], timeout=60)
+    assert done.returncode == 0, done.stderr or done.stdout[-300:]
+    assert json.loads(done.stdout)["end"]["sum_received"]["bytes"] > 0
+    wait_until(lambda: tcp_opened() >= before + 1, "the waypoint to count the TCP connection")
+
+
+def test_the_waypoint_keeps_its_last_configuration_while_the_control_plane_is_down(
+    bed: Testbed,
+) -> None:
+    bed.apply(VERSION_SERVICES)
+    bed.apply(HTTP_ROUTE)
+    try:
+        wait_until(lambda: answer(bed, "/v2/x")["headers"].get("x-route") == "v2-only", "routes")
+        bed.stop_controlplane()
+        try:
+            for _ in range(3):
+                routed = answer(bed, "/v2/x")
+                assert routed["version"] == "v2" and routed["headers"]["x-route"] == "v2-only"
+        finally:
+            bed.start_controlplane()
+    finally:
+        bed.delete(HTTP_ROUTE)
+        bed.delete(VERSION_SERVICES)
