@@ -485,22 +485,46 @@ def test_a_websocket_style_upgrade_passes_through_the_waypoint(bed: Testbed) -> 
     assert status_line.startswith("HTTP/1.1 101") and echoed == "raw bytes after the switch"
 
 
+# A service whose port is declared TCP (name prefix `tcp-`), with one endpoint: the waypoint
+# relays its connections at L4 instead of parsing HTTP.
+TCP_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata: {name: echo-tcp, namespace: apps}
+spec:
+  clusterIP: 10.96.5.5
+  selector: {app: echo, version: v1}
+  ports: [{name: tcp-web, port: 8080, targetPort: 8080}]
+"""
+
+
 def test_a_tcp_port_is_proxied_at_l4_by_the_waypoint(bed: Testbed) -> None:
-    def tcp_opened() -> float:
-        total = 0.0
+    def waypoint_counts() -> tuple[float, float]:
+        tcp = 0.0
         for line in waypoint_metrics(bed).splitlines():
             if (
                 line.startswith("istio_tcp_connections_opened_total{")
                 and 'reporter="waypoint"' in line
             ):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
+                tcp += float(line.rsplit(" ", 1)[1])
+        return tcp, waypoint_requests(bed, destination_service="echo-tcp.apps.svc.cluster.local")
 
-    before = tcp_opened()
-    done = bed.exec("web-1", ["iperf3", "-c", ECHO_VIP, "-p", "5201", "-t", "1", "-J"], timeout=60)
-    assert done.returncode == 0, done.stderr or done.stdout[-300:]
-    assert json.loads(done.stdout)["end"]["sum_received"]["bytes"] > 0
-    wait_until(lambda: tcp_opened() >= before + 1, "the waypoint to count the TCP connection")
+    bed.apply(TCP_SERVICE)
+    try:
+        before = waypoint_counts()
+
+        def through_waypoint() -> bool:
+            done = curl(bed, "http://10.96.5.5:8080/")
+            if done.returncode != 0:
+                return False
+            return str(json.loads(done.stdout)["client"]).startswith(waypoint(bed).ip + ":")
+
+        wait_until(through_waypoint, "echo-tcp through the waypoint")
+        tcp, requests_counted = waypoint_counts()
+        assert tcp > before[0]  # relayed as TCP connections...
+        assert requests_counted == before[1] == 0  # ...not parsed as HTTP requests
+    finally:
+        bed.delete(TCP_SERVICE)
 
 
 def test_the_waypoint_keeps_its_last_configuration_while_the_control_plane_is_down(
