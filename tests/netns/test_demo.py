@@ -23,7 +23,7 @@ def test_demo_passes_every_check_and_leaves_nothing_behind() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "7/7 checks passed" in done.stdout
+    assert "11/11 checks passed" in done.stdout
     assert "[FAIL" not in done.stdout
     assert f"testbed {prefix} is down" in done.stdout
     assert not any(namespaces.exists(f"{prefix}{n}") for n in ("fabric", "cp", "node1", "node2"))
