@@ -245,15 +245,15 @@ def test_custom_denies_everything_it_targets() -> None:
 
 def test_unsupported_attributes_drop_an_allow_rule() -> None:
     rules = [
-        {"from": [{"source": {"requestPrincipals": ["*"]}}]},
+        {"from": [{"source": {"remoteIpBlocks": ["10.0.0.0/8"]}}]},
         {"to": [{"operation": {"paths": ["/api/{*}"]}}]},
         {"to": [{"operation": {"methods": ["GET"]}}]},
     ]
     found, problems = single(policy(rules=rules))
     assert found.policy.rules == (((Match(methods=(sm(E, "GET"),)),),),)
     assert problems == [
-        "spec.rules[0].from[0].source.requestPrincipals: waypoints cannot evaluate "
-        "requestPrincipals: in an ALLOW policy the whole rule is left out (it allows nothing)",
+        "spec.rules[0].from[0].source.remoteIpBlocks: waypoints cannot evaluate "
+        "remoteIpBlocks: in an ALLOW policy the whole rule is left out (it allows nothing)",
         "spec.rules[1].to[0].operation.paths: waypoints cannot evaluate path templates "
         "({*}, {**}): in an ALLOW policy the whole rule is left out (it allows nothing)",
     ]
@@ -262,14 +262,14 @@ def test_unsupported_attributes_drop_an_allow_rule() -> None:
 def test_unsupported_attributes_widen_a_deny_rule() -> None:
     rule = {
         "to": [{"operation": {"methods": ["POST"], "paths": ["/a/{**}"]}}],
-        "when": [{"key": "request.auth.claims[group]", "values": ["admin"]}],
+        "when": [{"key": "connection.sni", "values": ["echo.example"]}],
     }
     found, problems = single(policy(action="DENY", rules=[rule]))
     assert found.policy.rules == (((Match(methods=(sm(E, "POST"),)),),),)
     assert problems == [
         "spec.rules[0].to[0].operation.paths: waypoints cannot evaluate path templates "
         "({*}, {**}): ignored, which denies more than requested",
-        "spec.rules[0].when[0]: waypoints cannot evaluate request.auth.claims[group]: "
+        "spec.rules[0].when[0]: waypoints cannot evaluate connection.sni: "
         "ignored, which denies more than requested",
     ]
 
