@@ -2,9 +2,9 @@
 AuthorizationPolicy applied to the testbed, tokens signed with a key made here, curl as the
 client, the control plane fetching a `jwksUri` served by a pod.
 
-One 2-node ambient testbed with the `apps` waypoint (as tests/netns/test_waypoint.py). Clients
-in `web-1` call the `echo` service through the waypoint; the echo app answers with the headers it
-received, so the tests also see what the waypoint forwarded. A JWKS server (Python's
+One 2-node ambient testbed with the `apps` waypoint (tests/netns/test_waypoint.py's fixture).
+Clients in `web-1` call the `echo` service through the waypoint; the echo app answers with the
+headers it received, so the tests also see what the waypoint forwarded. A JWKS server (Python's
 http.server, started here) runs in pod echo-1 on port 8443 behind a Service `jwks`: the control
 plane finds it as istiod would through cluster DNS, by the Service's hostname. Each test removes
 what it applied.
@@ -27,11 +27,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from tests.netns.conftest import unique_prefix
-from tests.netns.test_waypoint import GATEWAY, answered_by_waypoint, apps_namespace, waypoint
+from tests.netns import test_waypoint
+from tests.netns.test_waypoint import wait_until as wait_until_within
+from tests.netns.test_waypoint import waypoint
 from ztunnel_py.testbed.testbed import Testbed
 
 pytestmark = pytest.mark.netns
+
+# The waypoint tests' testbed (a module-scoped fixture: this module gets one of its own).
+bed = test_waypoint.bed
 
 ECHO_VIP = "10.96.0.10"
 ISSUER = "https://auth.example.com"
@@ -96,17 +100,6 @@ spec:
 
 
 @pytest.fixture(scope="module")
-def bed() -> Iterator[Testbed]:
-    tb = Testbed.up(prefix=unique_prefix("ra"), nodes=2, pods_per_node=2)
-    try:
-        tb.apply(GATEWAY + "---\n" + apps_namespace(waypoint=True))
-        wait_until(lambda: answered_by_waypoint(tb), "traffic to take the waypoint")
-        yield tb
-    finally:
-        tb.down()
-
-
-@pytest.fixture(scope="module")
 def jwks_server(bed: Testbed) -> Iterator[None]:
     """http.server in pod echo-1 serving jwks.json (started and stopped here, by pid)."""
     with tempfile.TemporaryDirectory() as directory:
@@ -138,12 +131,8 @@ def jwks_server(bed: Testbed) -> Iterator[None]:
             server.wait(10)
 
 
-def wait_until(check: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    wait_until_within(check, what, within=20.0)
 
 
 def call(

@@ -107,15 +107,15 @@ _BASE64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 _MAX_UINT64 = 2**64
 
 
-def _b64decode(text: str) -> bytes:
-    """base64url with or without padding; ValueError for anything else."""
-    if not _BASE64URL.match(text) or len(text.rstrip("=")) % 4 == 1:
-        raise ValueError("not base64url")
+def _b64decode(text: str, status: JwtStatus) -> bytes:
+    """base64url with or without padding; JwtError(status) for anything else."""
     stripped = text.rstrip("=")
+    if not _BASE64URL.match(text) or len(stripped) % 4 == 1:
+        raise JwtError(status)
     try:
         return base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-    except (binascii.Error, ValueError) as e:
-        raise ValueError(str(e)) from None
+    except (binascii.Error, ValueError):
+        raise JwtError(status) from None
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:
@@ -207,11 +207,7 @@ def parse_token(text: str) -> Token:
     if len(sections) != 3:
         raise JwtError(JwtStatus.BAD_FORMAT)
     header_text, payload_text, signature_text = sections
-    try:
-        header_bytes = _b64decode(header_text)
-    except ValueError:
-        raise JwtError(JwtStatus.HEADER_BAD_BASE64) from None
-    header = _json_object(header_bytes)
+    header = _json_object(_b64decode(header_text, JwtStatus.HEADER_BAD_BASE64))
     if header is None:
         raise JwtError(JwtStatus.HEADER_BAD_JSON)
     alg = header.get("alg")
@@ -222,11 +218,7 @@ def parse_token(text: str) -> Token:
     kid = header.get("kid", "")
     if not isinstance(kid, str):
         raise JwtError(JwtStatus.HEADER_BAD_KID)
-    try:
-        payload_bytes = _b64decode(payload_text)
-    except ValueError:
-        raise JwtError(JwtStatus.PAYLOAD_BAD_BASE64) from None
-    payload = _json_object(payload_bytes)
+    payload = _json_object(_b64decode(payload_text, JwtStatus.PAYLOAD_BAD_BASE64))
     if payload is None:
         raise JwtError(JwtStatus.PAYLOAD_BAD_JSON)
     for claim, status in (
@@ -249,10 +241,7 @@ def parse_token(text: str) -> Token:
     audiences = [aud] if isinstance(aud, str) else aud
     if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
         raise JwtError(JwtStatus.AUD_NOT_STRING)
-    try:
-        signature = _b64decode(signature_text)
-    except ValueError:
-        raise JwtError(JwtStatus.SIGNATURE_BAD_BASE64) from None
+    signature = _b64decode(signature_text, JwtStatus.SIGNATURE_BAD_BASE64)
     return Token(
         text=text,
         alg=alg,
