@@ -75,7 +75,8 @@ class FetchError(Exception):
 
 
 def fetch_document(url: str, timeout: float, hosts: HostAddresses = _no_mesh_hosts) -> bytes:
-    """GET `url` (http or https) within `timeout` seconds per network step; FetchError."""
+    """GET `url` (http or https) within `timeout` seconds in all (name lookups through the
+    system resolver excepted: its own timeouts apply); FetchError."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"{url!r} is not an http(s) URL")
@@ -87,9 +88,14 @@ def fetch_document(url: str, timeout: float, hosts: HostAddresses = _no_mesh_hos
     candidates = list(hosts(host, port)) or [(host, port)]
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     problems: list[str] = []
+    deadline = time.monotonic() + timeout
     for address, dial_port in candidates:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            problems.append(f"no time left for {address}:{dial_port} ({timeout:g}s in all)")
+            break
         try:
-            return _get(parts.scheme, host, address, dial_port, parts.netloc, target, timeout)
+            return _get(parts.scheme, host, address, dial_port, parts.netloc, target, left)
         except (OSError, http.client.HTTPException, FetchError) as e:
             problems.append(f"{address}:{dial_port}: {e}")
     raise FetchError(f"GET {url}: " + "; ".join(problems))
