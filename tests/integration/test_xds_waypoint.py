@@ -1,6 +1,7 @@
 """The waypoints' L7 xDS end to end: the control plane (configuration directory, store,
 translation, xDS server) in process, real xDS clients over gRPC/TLS on 127.0.0.1. A client
-configured as a waypoint receives exactly its own HttpServices and policies, follows file
+configured as a waypoint receives exactly its own HttpServices, policies and request
+authentications, follows file
 changes within a second, is refused when its credential's node does not host its pod; agents
 see the waypoint address in the workload API and nothing of the L7 types."""
 
@@ -22,6 +23,7 @@ from ztunnel_py.controlplane.snapshot import WaypointScope
 from ztunnel_py.controlplane.sources.files import DirectorySource
 from ztunnel_py.controlplane.store import ConfigStore
 from ztunnel_py.model import GatewayAddress, NamespacedHostname
+from ztunnel_py.model.authn import WaypointAuthentication
 from ztunnel_py.model.http import Backend, HttpService, Route
 from ztunnel_py.model.policy import WaypointPolicy
 from ztunnel_py.protocol.xds import WORKLOAD_TYPES
@@ -30,7 +32,12 @@ from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.xds.client import XdsClient, agent_node
 from ztunnel_py.xds.convert import WORKLOAD_DECODERS, DecodedResponse
-from ztunnel_py.xds.l7convert import HTTP_SERVICE_TYPE, L7_DECODERS, WAYPOINT_POLICY_TYPE
+from ztunnel_py.xds.l7convert import (
+    AUTHENTICATION_TYPE,
+    HTTP_SERVICE_TYPE,
+    L7_DECODERS,
+    WAYPOINT_POLICY_TYPE,
+)
 
 ECHO = "apps/echo.apps.svc.cluster.local"
 WAYPOINT_GA = GatewayAddress(NamespacedHostname("apps", "waypoint.apps.svc.cluster.local"))
@@ -102,6 +109,25 @@ spec:
 """
 
 
+# An EC P-256 public key (any key set will do: the waypoint side is not exercised here).
+JWKS = (
+    '{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", '
+    '"x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", '
+    '"y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}'
+)
+
+
+def request_authentication(ns: str, issuer: str) -> str:
+    return f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: {ns}}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  jwtRules: [{{issuer: {issuer}, jwks: '{JWKS}'}}]
+"""
+
+
 def virtual_service(prefix: str) -> str:
     return f"""
 apiVersion: networking.istio.io/v1
@@ -134,6 +160,9 @@ class WaypointFeed:
         elif update.type_url == WAYPOINT_POLICY_TYPE:
             policies = [o for o in update.others if isinstance(o, WaypointPolicy)]
             self.l7.apply_policies(policies, update.removed)
+        elif update.type_url == AUTHENTICATION_TYPE:
+            found = [o for o in update.others if isinstance(o, WaypointAuthentication)]
+            self.l7.apply_authentications(found, update.removed)
         else:
             self.feed.apply(update)
 
@@ -145,6 +174,9 @@ class WaypointFeed:
 
     def policies(self) -> set[str]:
         return {f"{p['namespace']}/{p['name']}" for p in self.l7.dump()["waypointPolicies"]}
+
+    def issuers(self) -> set[str]:
+        return {r.issuer for r in self.l7.jwt_rules_for(ECHO)}
 
 
 def waypoint_client(
@@ -192,6 +224,12 @@ def mesh(tmp_path: Path) -> Iterator[FileMesh]:
         deny("no-delete", "apps", "DELETE") + "---" + deny("no-put", "shop", "PUT"),
     )
     write(config / "routes.yaml", virtual_service("/v1"))
+    write(
+        config / "authn.yaml",
+        request_authentication("apps", "https://apps.example")
+        + "---"
+        + request_authentication("shop", "https://shop.example"),
+    )
     store = ConfigStore(report=False)
     source = DirectorySource(config, store)
     source.sync()
@@ -212,7 +250,12 @@ async def test_a_waypoint_gets_exactly_its_own_configuration(mesh: FileMesh) -> 
     feed = WaypointFeed()
     async with running(waypoint_client(mesh.cp, feed, node="node-1")):
         await eventually(
-            lambda: feed.services() == {ECHO} and feed.policies() == {"apps/no-delete"}, within=5
+            lambda: (
+                feed.services() == {ECHO}
+                and feed.policies() == {"apps/no-delete"}
+                and feed.issuers() == {"https://apps.example"}
+            ),
+            within=5,
         )
         config = feed.l7.service(ECHO)
         assert config is not None and config.sources == ("VirtualService apps/echo",)
@@ -220,7 +263,7 @@ async def test_a_waypoint_gets_exactly_its_own_configuration(mesh: FileMesh) -> 
         # the workload API, whole, with the waypoint address where istiod sets it
         await eventually(lambda: feed.state.service_by_key(ECHO) is not None)
         assert feed.state.service_by_key(ECHO).waypoint == WAYPOINT_GA  # type: ignore[union-attr]
-        assert feed.synced_types == {*WORKLOAD_TYPES, HTTP_SERVICE_TYPE, WAYPOINT_POLICY_TYPE}
+        assert feed.synced_types == {*WORKLOAD_TYPES, *L7_DECODERS}
         (client,) = mesh.cp.debug()["clients"]
         assert client["waypoint"] == {
             "gateway": "apps/waypoint",

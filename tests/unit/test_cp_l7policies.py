@@ -18,6 +18,7 @@ from tests.unit.waypoint_support import (
     warnings,
     waypoint,
 )
+from ztunnel_py.controlplane.translate.l7policies import request_principal
 from ztunnel_py.model import (
     Action,
     Identity,
@@ -26,7 +27,12 @@ from ztunnel_py.model import (
     StringMatch,
     StringMatchKind,
 )
-from ztunnel_py.model.policy import HeaderCondition, WaypointPolicy
+from ztunnel_py.model.policy import (
+    ClaimCondition,
+    HeaderCondition,
+    RequestPrincipalMatch,
+    WaypointPolicy,
+)
 from ztunnel_py.policy.rbac import Connection, HttpAttributes, PolicySet
 
 USE = "istio.io/use-waypoint"
@@ -243,17 +249,82 @@ def test_custom_denies_everything_it_targets() -> None:
     ]
 
 
+# istiod's requestPrincipalGenerator (generator.go), value by value
+@pytest.mark.parametrize(
+    ("value", "issuer", "subject"),
+    [
+        ("*", sm(PRESENT), sm(PRESENT)),
+        ("https://example.com/alice", sm(E, "https://example.com"), sm(E, "alice")),
+        ("https://example.com/*", sm(E, "https://example.com"), sm(PRESENT)),
+        ("https://example.com/al*", sm(E, "https://example.com"), sm(P, "al")),
+        ("*/alice", sm(PRESENT), sm(E, "alice")),
+        ("*.example.com/alice", sm(S, ".example.com"), sm(E, "alice")),
+        ("*@example.com", sm(PRESENT), sm(S, "@example.com")),
+        ("issuer-foo*", sm(P, "issuer-foo"), sm(PRESENT)),
+        ("no-slash", sm(E, "no-slash"), sm(E, "")),
+    ],
+)
+def test_request_principals_split_at_the_last_slash(
+    value: str, issuer: StringMatch, subject: StringMatch
+) -> None:
+    assert request_principal(value) == RequestPrincipalMatch(issuer, subject)
+
+
+def test_request_principals_and_end_user_conditions() -> None:
+    rule = {
+        "from": [{"source": {"requestPrincipals": ["*"], "notRequestPrincipals": ["x/bot"]}}],
+        "when": [
+            {"key": "request.auth.principal", "values": ["iss/alice"]},
+            {"key": "request.auth.audiences", "values": ["echo*"]},
+            {"key": "request.auth.presenter", "notValues": ["cli"]},
+            {"key": "request.auth.claims[groups]", "values": ["admin"]},
+            {"key": "request.auth.claims[org][team]", "values": ["mesh", "*-ops"]},
+        ],
+    }
+    found, problems = single(policy(rules=[rule]))
+    assert problems == []
+    any_principal = RequestPrincipalMatch(sm(PRESENT), sm(PRESENT))
+    assert found.policy.rules == (
+        (
+            (
+                Match(
+                    request_principals=(any_principal,),
+                    not_request_principals=(RequestPrincipalMatch(sm(E, "x"), sm(E, "bot")),),
+                ),
+            ),
+            (Match(request_principals=(RequestPrincipalMatch(sm(E, "iss"), sm(E, "alice")),)),),
+            (Match(claims=(ClaimCondition(("aud",), (sm(P, "echo"),)),)),),
+            (Match(not_claims=(ClaimCondition(("azp",), (sm(E, "cli"),)),)),),
+            (Match(claims=(ClaimCondition(("groups",), (sm(E, "admin"),)),)),),
+            (Match(claims=(ClaimCondition(("org", "team"), (sm(E, "mesh"), sm(S, "-ops"))),)),),
+        ),
+    )
+
+
+def test_a_malformed_claims_key_is_an_attribute_waypoints_cannot_evaluate() -> None:
+    rule = {
+        "to": [{"operation": {"methods": ["GET"]}}],
+        "when": [{"key": "request.auth.claims[]", "values": ["x"]}],
+    }
+    found, problems = single(policy(action="DENY", rules=[rule]))
+    assert found.policy.rules == (((Match(methods=(sm(E, "GET"),)),),),)
+    assert problems == [
+        "spec.rules[0].when[0]: waypoints cannot evaluate request.auth.claims[]: ignored, which "
+        "denies more than requested"
+    ]
+
+
 def test_unsupported_attributes_drop_an_allow_rule() -> None:
     rules = [
-        {"from": [{"source": {"requestPrincipals": ["*"]}}]},
+        {"from": [{"source": {"remoteIpBlocks": ["10.0.0.0/8"]}}]},
         {"to": [{"operation": {"paths": ["/api/{*}"]}}]},
         {"to": [{"operation": {"methods": ["GET"]}}]},
     ]
     found, problems = single(policy(rules=rules))
     assert found.policy.rules == (((Match(methods=(sm(E, "GET"),)),),),)
     assert problems == [
-        "spec.rules[0].from[0].source.requestPrincipals: waypoints cannot evaluate "
-        "requestPrincipals: in an ALLOW policy the whole rule is left out (it allows nothing)",
+        "spec.rules[0].from[0].source.remoteIpBlocks: waypoints cannot evaluate "
+        "remoteIpBlocks: in an ALLOW policy the whole rule is left out (it allows nothing)",
         "spec.rules[1].to[0].operation.paths: waypoints cannot evaluate path templates "
         "({*}, {**}): in an ALLOW policy the whole rule is left out (it allows nothing)",
     ]
@@ -262,14 +333,14 @@ def test_unsupported_attributes_drop_an_allow_rule() -> None:
 def test_unsupported_attributes_widen_a_deny_rule() -> None:
     rule = {
         "to": [{"operation": {"methods": ["POST"], "paths": ["/a/{**}"]}}],
-        "when": [{"key": "request.auth.claims[group]", "values": ["admin"]}],
+        "when": [{"key": "connection.sni", "values": ["echo.example"]}],
     }
     found, problems = single(policy(action="DENY", rules=[rule]))
     assert found.policy.rules == (((Match(methods=(sm(E, "POST"),)),),),)
     assert problems == [
         "spec.rules[0].to[0].operation.paths: waypoints cannot evaluate path templates "
         "({*}, {**}): ignored, which denies more than requested",
-        "spec.rules[0].when[0]: waypoints cannot evaluate request.auth.claims[group]: "
+        "spec.rules[0].when[0]: waypoints cannot evaluate connection.sni: "
         "ignored, which denies more than requested",
     ]
 
@@ -277,13 +348,19 @@ def test_unsupported_attributes_widen_a_deny_rule() -> None:
 # --- decisions, by the evaluator the waypoint runs -----------------------------------------------
 
 
-def decide(policies: dict[str, WaypointPolicy], method: str, path: str, **headers: str) -> bool:
+def decide(
+    policies: dict[str, WaypointPolicy],
+    method: str,
+    path: str,
+    jwt: dict[str, Any] | None = None,
+    **headers: str,
+) -> bool:
     conn = Connection(
         ipaddress.ip_address("10.1.0.99"),
         Identity("cluster.local", "apps", "client"),
         ipaddress.ip_address("10.96.0.10"),
         80,
-        HttpAttributes(method, path, "echo.apps:80", headers),
+        HttpAttributes(method, path, "echo.apps:80", headers, jwt=jwt),
     )
     chosen = [p.policy for p in policies.values() if p.applies_to(ECHO)]
     return PolicySet(chosen).evaluate(conn).allowed
@@ -310,3 +387,32 @@ def test_decisions() -> None:
     assert not decide(policies, "DELETE", "/public/x")
     assert not decide(policies, "GET", "/private")
     assert decide(policies, "GET", "/private", **{"x-admin": "yes"})
+
+
+def test_decisions_on_the_end_user() -> None:
+    """Istio's documented pattern: only admins may DELETE, everyone else needs a token."""
+    policies, problems = waypoint_policies(
+        policy(
+            "require-jwt",
+            rules=[{"from": [{"source": {"requestPrincipals": ["https://issuer.example/*"]}}]}],
+        ),
+        policy(
+            "admins-delete",
+            action="DENY",
+            rules=[
+                {
+                    "to": [{"operation": {"methods": ["DELETE"]}}],
+                    "when": [{"key": "request.auth.claims[group]", "notValues": ["admin"]}],
+                }
+            ],
+        ),
+    )
+    assert problems == []
+    admin = {"iss": "https://issuer.example", "sub": "alice", "group": "admin"}
+    user = {"iss": "https://issuer.example", "sub": "bob", "group": "dev"}
+    other = {"iss": "https://elsewhere", "sub": "alice", "group": "admin"}
+    assert decide(policies, "DELETE", "/x", jwt=admin)
+    assert not decide(policies, "DELETE", "/x", jwt=user)
+    assert decide(policies, "GET", "/x", jwt=user)
+    assert not decide(policies, "GET", "/x", jwt=other)
+    assert not decide(policies, "GET", "/x")

@@ -324,6 +324,7 @@ def test_debug_view_shows_each_waypoint_in_full() -> None:
                     }
                 },
                 "policies": {},
+                "requestAuthentications": {},
             }
         },
     }

@@ -4,10 +4,12 @@ model cannot hold is refused with a one-line reason (the NACK text)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 import pytest
 
 from ztunnel_py.model import Action, Authorization, Match, PolicyScope, StringMatch, StringMatchKind
+from ztunnel_py.model.authn import ClaimToHeader, JwtHeader, JwtRule, WaypointAuthentication
 from ztunnel_py.model.http import (
     Backend,
     DirectResponse,
@@ -28,13 +30,21 @@ from ztunnel_py.model.http import (
     RouteMatch,
     Subset,
 )
-from ztunnel_py.model.policy import HeaderCondition, WaypointPolicy
+from ztunnel_py.model.policy import (
+    ClaimCondition,
+    HeaderCondition,
+    RequestPrincipalMatch,
+    WaypointPolicy,
+)
 from ztunnel_py.proto import l7_pb2
 from ztunnel_py.xds.convert import ConversionError
 from ztunnel_py.xds.l7convert import (
+    AUTHENTICATION_TYPE,
     HTTP_SERVICE_TYPE,
     L7_DECODERS,
     WAYPOINT_POLICY_TYPE,
+    authentication_from_proto,
+    authentication_to_proto,
     encode_l7_resource,
     http_service_from_proto,
     http_service_to_proto,
@@ -105,6 +115,26 @@ POLICY = WaypointPolicy(
                         not_methods=(StringMatch(StringMatchKind.EXACT, "DELETE"),),
                         hosts=(StringMatch(StringMatchKind.SUFFIX, ".example.com"),),
                         headers=(HeaderCondition("x-t", (StringMatch(StringMatchKind.PRESENCE),)),),
+                        request_principals=(
+                            RequestPrincipalMatch(
+                                StringMatch(StringMatchKind.EXACT, "https://issuer"),
+                                StringMatch(StringMatchKind.PRESENCE),
+                            ),
+                        ),
+                        not_request_principals=(
+                            RequestPrincipalMatch(
+                                StringMatch(StringMatchKind.PRESENCE),
+                                StringMatch(StringMatchKind.SUFFIX, "@bots"),
+                            ),
+                        ),
+                        claims=(
+                            ClaimCondition(
+                                ("org", "team"), (StringMatch(StringMatchKind.EXACT, "mesh"),)
+                            ),
+                        ),
+                        not_claims=(
+                            ClaimCondition(("aud",), (StringMatch(StringMatchKind.PREFIX, "x"),)),
+                        ),
                     ),
                 ),
             ),
@@ -115,10 +145,40 @@ POLICY = WaypointPolicy(
 )
 
 
-@pytest.mark.parametrize(
-    ("type_url", "obj"), [(HTTP_SERVICE_TYPE, FULL), (WAYPOINT_POLICY_TYPE, POLICY)]
+AUTHENTICATION = WaypointAuthentication(
+    "jwt",
+    "apps",
+    (
+        JwtRule(
+            "https://issuer",
+            audiences=("echo",),
+            jwks='{"keys": []}',
+            forward_original_token=True,
+            output_payload_to_header="x-jwt-payload",
+            output_claim_to_headers=(ClaimToHeader("x-group", "groups.main"),),
+            from_headers=(JwtHeader("x-token", "Token "),),
+            from_params=("jwt",),
+            from_cookies=("session",),
+            space_delimited_claims=("permission", "roles", "scope"),
+            origin="RequestAuthentication apps/jwt",
+        ),
+        JwtRule("other", jwks_error="cannot fetch the keys of issuer other: status 503"),
+    ),
+    (SVC,),
 )
-def test_round_trip(type_url: str, obj: HttpService | WaypointPolicy) -> None:
+
+
+@pytest.mark.parametrize(
+    ("type_url", "obj"),
+    [
+        (HTTP_SERVICE_TYPE, FULL),
+        (WAYPOINT_POLICY_TYPE, POLICY),
+        (AUTHENTICATION_TYPE, AUTHENTICATION),
+    ],
+)
+def test_round_trip(
+    type_url: str, obj: HttpService | WaypointPolicy | WaypointAuthentication
+) -> None:
     encoded = encode_l7_resource(type_url, obj.key, obj)
     decoded, key = L7_DECODERS[type_url](encoded.resource.resource.value)
     assert (decoded, key) == (obj, obj.key)
@@ -170,3 +230,46 @@ def test_what_the_model_cannot_hold_is_refused(changes: dict[str, object], reaso
 def test_wrong_object_for_the_type() -> None:
     with pytest.raises(ConversionError, match="a WaypointPolicy is not a"):
         encode_l7_resource(HTTP_SERVICE_TYPE, "x", POLICY)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda pb: setattr(pb, "name", ""), "request authentication needs a name"),
+        (lambda pb: setattr(pb.rules[0], "issuer", ""), "a JWT rule needs an issuer"),
+        (
+            lambda pb: setattr(pb.rules[1], "jwks_error", ""),
+            "JWT rule for other: neither keys nor why they are missing",
+        ),
+        (
+            lambda pb: setattr(pb.rules[0].from_headers[0], "name", ""),
+            "JWT rule for https://issuer: an empty header or claim name",
+        ),
+        (
+            lambda pb: pb.rules[0].from_params.append(""),
+            "JWT rule for https://issuer: an empty parameter or cookie name",
+        ),
+    ],
+)
+def test_authentications_the_waypoint_cannot_use_are_refused(
+    change: Callable[[l7_pb2.HttpAuthentication], object], reason: str
+) -> None:
+    pb = authentication_to_proto(AUTHENTICATION)
+    change(pb)
+    with pytest.raises(ConversionError) as e:
+        authentication_from_proto(pb)
+    assert str(e.value).startswith(reason)
+
+
+def test_a_claim_condition_needs_a_path() -> None:
+    pb = l7_pb2.HttpAuthorization(
+        name="p",
+        namespace="apps",
+        rules=[
+            l7_pb2.Rule(
+                clauses=[l7_pb2.Clause(matches=[l7_pb2.Match(claims=[l7_pb2.ClaimCondition()])])]
+            )
+        ],
+    )
+    with pytest.raises(ConversionError, match="a claim condition needs a path"):
+        L7_DECODERS[WAYPOINT_POLICY_TYPE](pb.SerializeToString())

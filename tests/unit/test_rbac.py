@@ -20,7 +20,7 @@ from ztunnel_py.model import (
     StringMatch,
     StringMatchKind,
 )
-from ztunnel_py.model.policy import HeaderCondition
+from ztunnel_py.model.policy import ClaimCondition, HeaderCondition, RequestPrincipalMatch
 from ztunnel_py.policy.rbac import (
     NO_ALLOW_POLICIES,
     NONE_ALLOWED,
@@ -191,6 +191,135 @@ ATTRIBUTE_CASES: list[tuple[str, Match, Connection, bool]] = [
     ("empty match never matches", Match(), conn(), False),
 ]
 
+ISS = "https://issuer.example"
+ALICE_JWT = {
+    "iss": ISS,
+    "sub": "alice",
+    "aud": ["echo", "web"],
+    "groups": ["admin", "dev"],
+    "org": {"team": {"name": "mesh"}, "size": 3},
+    "scope": ["read", "write"],
+    "admin": True,
+    "level": 7,
+}
+
+
+def jwt_request(payload: dict[str, Any] | None = ALICE_JWT) -> Connection:
+    http = HttpAttributes("GET", "/", "echo", {}, jwt=payload)
+    return Connection(
+        ipaddress.ip_address("10.0.0.1"), ALICE, ipaddress.ip_address("10.1.0.1"), 80, http
+    )
+
+
+def principal(issuer: StringMatch, subject: StringMatch) -> Match:
+    return Match(request_principals=(RequestPrincipalMatch(issuer, subject),))
+
+
+def claim(*path: str, values: tuple[StringMatch, ...]) -> ClaimCondition:
+    return ClaimCondition(path, values)
+
+
+# (name, match, request, expected): end-user attributes from a verified JWT (waypoints)
+JWT_CASES: list[tuple[str, Match, Connection, bool]] = [
+    ("principal exact", principal(exact(ISS), exact("alice")), jwt_request(), True),
+    ("principal other subject", principal(exact(ISS), exact("bob")), jwt_request(), False),
+    ("principal any", principal(PRESENT, PRESENT), jwt_request(), True),
+    ("principal any, no token", principal(PRESENT, PRESENT), jwt_request(None), False),
+    ("principal issuer suffix", principal(suffix(".example"), exact("alice")), jwt_request(), True),
+    ("principal without sub", principal(exact(ISS), PRESENT), jwt_request({"iss": ISS}), False),
+    (
+        "principal needs string claims",
+        principal(PRESENT, PRESENT),
+        jwt_request({"iss": ISS, "sub": 5}),
+        False,
+    ),
+    (
+        "not principal any, no token",
+        Match(not_request_principals=(RequestPrincipalMatch(PRESENT, PRESENT),)),
+        jwt_request(None),
+        True,
+    ),
+    (
+        "not principal any, token",
+        Match(not_request_principals=(RequestPrincipalMatch(PRESENT, PRESENT),)),
+        jwt_request(),
+        False,
+    ),
+    (
+        "claim in a list",
+        Match(claims=(claim("groups", values=(exact("admin"),)),)),
+        jwt_request(),
+        True,
+    ),
+    (
+        "claim not in the list",
+        Match(claims=(claim("groups", values=(exact("ops"),)),)),
+        jwt_request(),
+        False,
+    ),
+    ("claim string", Match(claims=(claim("sub", values=(prefix("al"),)),)), jwt_request(), True),
+    (
+        "nested claim",
+        Match(claims=(claim("org", "team", "name", values=(exact("mesh"),)),)),
+        jwt_request(),
+        True,
+    ),
+    (
+        "nested claim through a non-object",
+        Match(claims=(claim("sub", "x", values=(PRESENT,)),)),
+        jwt_request(),
+        False,
+    ),
+    (
+        "numbers and booleans never match",
+        Match(claims=(claim("level", values=(exact("7"),)), claim("admin", values=(PRESENT,)))),
+        jwt_request(),
+        False,
+    ),
+    (
+        "an object never matches",
+        Match(claims=(claim("org", values=(PRESENT,)),)),
+        jwt_request(),
+        False,
+    ),
+    ("audiences", Match(claims=(claim("aud", values=(exact("web"),)),)), jwt_request(), True),
+    (
+        "claim conditions are ANDed",
+        Match(
+            claims=(
+                claim("groups", values=(exact("admin"),)),
+                claim("scope", values=(exact("delete"),)),
+            )
+        ),
+        jwt_request(),
+        False,
+    ),
+    (
+        "not claim hit",
+        Match(not_claims=(claim("groups", values=(exact("dev"),)),)),
+        jwt_request(),
+        False,
+    ),
+    (
+        "not claim without token",
+        Match(not_claims=(claim("groups", values=(exact("dev"),)),)),
+        jwt_request(None),
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("match", "connection", "expected"),
+    [case[1:] for case in JWT_CASES],
+    ids=[case[0] for case in JWT_CASES],
+)
+def test_end_user_attribute(match: Match, connection: Connection, expected: bool) -> None:
+    assert policy_matches(pol(match), connection) is expected
+    # An agent's L4 decision has no request: end-user attributes never match there.
+    l4 = Connection(connection.src_ip, connection.src_identity, connection.dst_ip, 80)
+    assert policy_matches(pol(match), l4) is False
+
 
 @pytest.mark.parametrize(
     ("match", "connection", "expected"),
@@ -354,9 +483,28 @@ def naive_evaluate(
         value = c.http.headers.get(h.name)
         return value is not None and any(string_ok(v, value) for v in h.values)
 
+    def request_principal_ok(p: RequestPrincipalMatch) -> bool:
+        jwt = c.http.jwt if c.http is not None else None
+        if jwt is None:
+            return False
+        iss, sub = jwt.get("iss"), jwt.get("sub")
+        if type(iss) is not str or type(sub) is not str:
+            return False
+        return string_ok(p.issuer, iss) and string_ok(p.subject, sub)
+
+    def claim_ok(cond: ClaimCondition) -> bool:
+        value: Any = c.http.jwt if c.http is not None else None
+        for name in cond.path:
+            if type(value) is not dict or name not in value:
+                return False
+            value = value[name]
+        candidates = [value] if type(value) is str else value if type(value) is list else []
+        return any(type(x) is str and string_ok(v, x) for x in candidates for v in cond.values)
+
     def http_ok(m: Match) -> bool:
         http_fields = [m.paths, m.not_paths, m.methods, m.not_methods, m.hosts, m.not_hosts]
-        http_fields += [m.headers, m.not_headers]
+        http_fields += [m.headers, m.not_headers, m.request_principals, m.not_request_principals]
+        http_fields += [m.claims, m.not_claims]
         if all(len(f) == 0 for f in http_fields):
             return True
         if c.http is None:
@@ -365,11 +513,16 @@ def naive_evaluate(
         headers_ok = all(header_ok(h) for h in m.headers) and not any(
             header_ok(h) for h in m.not_headers
         )
+        claims_ok = all(claim_ok(x) for x in m.claims) and not any(
+            claim_ok(x) for x in m.not_claims
+        )
         return (
             both(m.paths, m.not_paths, lambda x: string_ok(x, path))
             and both(m.methods, m.not_methods, lambda x: string_ok(x, method))
             and both(m.hosts, m.not_hosts, host_ok)
             and headers_ok
+            and both(m.request_principals, m.not_request_principals, request_principal_ok)
+            and claims_ok
         )
 
     def match_ok(m: Match) -> bool:
@@ -394,6 +547,10 @@ def naive_evaluate(
             m.not_hosts,
             m.headers,
             m.not_headers,
+            m.request_principals,
+            m.not_request_principals,
+            m.claims,
+            m.not_claims,
         ]
         if all(len(f) == 0 for f in fields):
             return False
@@ -479,6 +636,23 @@ header_conditions = st.builds(
     st.sampled_from(["X-User", "x-env"]),
     st.lists(string_matches, min_size=1, max_size=2).map(tuple),
 )
+jwt_texts = st.sampled_from(["", "alice", "admin", "https://issuer.example", "https://"])
+jwt_strings = st.builds(StringMatch, st.sampled_from(list(StringMatchKind)), jwt_texts)
+request_principals = st.builds(RequestPrincipalMatch, jwt_strings, jwt_strings)
+claim_conditions = st.builds(
+    ClaimCondition,
+    st.sampled_from([("sub",), ("groups",), ("org", "team"), ("level",), ("missing",)]),
+    st.lists(jwt_strings, min_size=1, max_size=2).map(tuple),
+)
+jwt_payloads = st.sampled_from(
+    [
+        None,
+        {"iss": "https://issuer.example", "sub": "alice", "groups": ["admin", 3]},
+        {"iss": "https://issuer.example", "sub": "admin", "org": {"team": "alice"}, "level": 2},
+        {"iss": 7, "sub": "alice", "groups": "admin"},
+        {"sub": "alice", "org": ["alice"], "groups": [3, True]},
+    ]
+)
 matches = st.builds(
     Match,
     namespaces=few(string_matches),
@@ -501,6 +675,10 @@ matches = st.builds(
     not_hosts=few(hosts),
     headers=few(header_conditions),
     not_headers=few(header_conditions),
+    request_principals=few(request_principals),
+    not_request_principals=few(request_principals),
+    claims=few(claim_conditions),
+    not_claims=few(claim_conditions),
 )
 policies = st.builds(
     Authorization,
@@ -529,6 +707,7 @@ connections = st.builds(
             path=st.sampled_from(["/", "/api", "/api/x", "/apix"]),
             host=st.sampled_from(["echo.apps:80", "ECHO.apps", "other"]),
             headers=st.sampled_from([{}, {"x-user": "alice"}, {"x-env": "ns-a,ns-b"}]),
+            jwt=jwt_payloads,
         ),
     ),
 )
@@ -539,9 +718,57 @@ connections = st.builds(
 def test_evaluate_agrees_with_naive_reference(
     ps: list[Authorization], cs: list[Connection]
 ) -> None:
+    agrees_with_naive_reference(ps, cs)
+
+
+def agrees_with_naive_reference(ps: list[Authorization], cs: list[Connection]) -> None:
     # One compiled set decides several connections, as an agent's does.
     compiled = PolicySet(ps)
     for c in cs:
         d = compiled.evaluate(c)
         dry_runs = [m.policy_key for m in d.dry_run_matches]
         assert (d.allowed, d.policy_key, dry_runs) == naive_evaluate(ps, c)
+
+
+# End-user attributes alone: in the mixed matches above they are rarely the deciding ones.
+jwt_matches = st.builds(
+    Match,
+    request_principals=few(request_principals),
+    not_request_principals=few(request_principals),
+    claims=few(claim_conditions),
+    not_claims=few(claim_conditions),
+)
+jwt_policies = st.builds(
+    Authorization,
+    name=st.sampled_from(["p1", "p2", "p3"]),
+    namespace=st.just("demo"),
+    scope=st.just(PolicyScope.NAMESPACE),
+    action=st.sampled_from(list(Action)),
+    rules=st.lists(
+        st.lists(st.lists(jwt_matches, min_size=1, max_size=2).map(tuple), max_size=2).map(tuple),
+        max_size=2,
+    ).map(tuple),
+)
+jwt_connections = st.builds(
+    Connection,
+    src_ip=st.just(ipaddress.ip_address("10.0.0.1")),
+    src_identity=st.just(ALICE),
+    dst_ip=st.just(ipaddress.ip_address("10.1.0.1")),
+    dst_port=st.just(80),
+    http=st.builds(
+        HttpAttributes,
+        method=st.just("GET"),
+        path=st.just("/"),
+        host=st.just("echo"),
+        headers=st.just({}),
+        jwt=jwt_payloads,
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(jwt_policies, max_size=4), st.lists(jwt_connections, min_size=1, max_size=4))
+def test_end_user_attributes_agree_with_naive_reference(
+    ps: list[Authorization], cs: list[Connection]
+) -> None:
+    agrees_with_naive_reference(ps, cs)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ztunnel_py.controlplane.snapshot import MeshSnapshot
 from ztunnel_py.model import GatewayAddress
+from ztunnel_py.model.authn import WaypointAuthentication
 
 
 def jsonable(value: object) -> Any:
@@ -44,6 +45,15 @@ def _address(address: GatewayAddress | None) -> str | None:
     return f"{address.destination}:{address.hbone_mtls_port}"
 
 
+def _authentication(a: WaypointAuthentication) -> dict[str, Any]:
+    """A request authentication with each key set summarized (the keys themselves are long)."""
+    view: dict[str, Any] = jsonable(a)
+    for rule in view["rules"]:
+        keys = rule.pop("jwks")
+        rule["jwks"] = f"{len(keys)} bytes" if keys else None
+    return view
+
+
 def waypoints_view(snapshot: MeshSnapshot) -> dict[str, Any]:
     return {
         "version": snapshot.version,
@@ -58,6 +68,9 @@ def waypoints_view(snapshot: MeshSnapshot) -> dict[str, Any]:
                     if key in snapshot.http_services
                 },
                 "policies": {key: jsonable(p) for key, p in sorted(scope.policies.items())},
+                "requestAuthentications": {
+                    key: _authentication(a) for key, a in sorted(scope.authentications.items())
+                },
             }
             for name, scope in sorted(snapshot.waypoints.items())
         },

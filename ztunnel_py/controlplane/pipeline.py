@@ -18,6 +18,7 @@ from typing import Any
 
 from ztunnel_py.controlplane.config import ControlPlaneConfig
 from ztunnel_py.controlplane.debugviews import waypoints_view
+from ztunnel_py.controlplane.jwks import JwksResolver
 from ztunnel_py.controlplane.registry import EmptyRegistry, WorkloadRegistry
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot, SnapshotSource
 from ztunnel_py.controlplane.sources.files import DirectorySource
@@ -44,6 +45,7 @@ class Pipeline:
     snapshots: SnapshotSource
     registry: WorkloadRegistry
     store: ConfigStore | None = None
+    jwks: JwksResolver | None = None
     # run in order by `start`: each loads its source, then watches it (in a thread of its own)
     starters: list[Callable[[threading.Event], None]] = field(default_factory=list)
     # run by `join`, for sources that must be told to stop besides the event
@@ -90,6 +92,8 @@ class Pipeline:
             out["resources"] = dict(Counter(key.kind for key in self.store.resources()))
             out["errors"] = [str(d) for d in diagnostics if d.is_error]
             out["warnings"] = [str(d) for d in diagnostics if not d.is_error]
+        if self.jwks is not None:
+            out["jwks"] = self.jwks.describe()
         return out
 
 
@@ -104,8 +108,16 @@ def open_pipeline(config: ControlPlaneConfig) -> Pipeline:
         )
         return Pipeline(_NoSnapshots(), EmptyRegistry())
     options = MeshOptions(trust_domain=config.trust_domain, root_namespace=config.root_namespace)
-    store = ConfigStore(options)
-    pipeline = Pipeline(store, store, store)
+    jwks = JwksResolver()
+    store = ConfigStore(options, keys=jwks)
+    jwks.on_change = store.refresh
+    pipeline = Pipeline(store, store, store, jwks)
+
+    def start_jwks(stop: threading.Event) -> None:
+        pipeline.spawn(jwks.run, stop, "jwks-refresh")
+
+    pipeline.starters.append(start_jwks)
+    pipeline.stoppers.append(jwks.stop_waiting)
     config_dir = config.config_dir
     if config_dir is not None:
         directory = DirectorySource(config_dir, store)

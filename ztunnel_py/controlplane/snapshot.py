@@ -3,10 +3,10 @@
 A `MeshSnapshot` is an immutable view of the translated mesh at one version: the workload API's
 workloads, services and authorization policies, which every client may see, and the waypoints'
 L7 configuration: one `HttpService` per service bound to a waypoint, and per waypoint a
-`WaypointScope` saying which of them it is sent, the policies that target it (as it applies
-them) and the pods allowed to ask for them. A `SnapshotSource` (the ConfigStore) hands out the
-current snapshot and notifies subscribers after each change; `changed` computes the per-type
-delta the xDS server sends.
+`WaypointScope` saying which of them it is sent, the policies and request authentications that
+target it (as it applies them) and the pods allowed to ask for them. A `SnapshotSource` (the
+ConfigStore) hands out the current snapshot and notifies subscribers after each change;
+`changed` computes the per-type delta the xDS server sends.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from ztunnel_py.model import Authorization, GatewayAddress, Service, Workload
+from ztunnel_py.model.authn import WaypointAuthentication
 from ztunnel_py.model.http import HttpService
 from ztunnel_py.model.policy import WaypointPolicy
 
@@ -35,6 +36,8 @@ class WaypointScope:
     services: frozenset[str] = frozenset()
     # the policies that target it, as this waypoint applies them (by "namespace/name")
     policies: Mapping[str, WaypointPolicy] = field(default_factory=dict)
+    # the RequestAuthentications that target it, keys resolved (by "namespace/name")
+    authentications: Mapping[str, WaypointAuthentication] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from ztunnel_py.controlplane.resources import (
 )
 from ztunnel_py.controlplane.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
 from ztunnel_py.controlplane.sources.yamldocs import Parsed
-from ztunnel_py.controlplane.translate import MeshOptions, TranslationCache, translate
+from ztunnel_py.controlplane.translate import JwksSource, MeshOptions, TranslationCache, translate
 from ztunnel_py.controlplane.translate.services import cluster_ips
 from ztunnel_py.controlplane.validation import validate_document
 from ztunnel_py.model import Identity, IPAddress
@@ -54,10 +54,18 @@ class ApplyResult:
 
 
 class ConfigStore:
-    def __init__(self, options: MeshOptions | None = None, *, report: bool = True) -> None:
-        """`report`: log new diagnostics and snapshot versions (off for one-shot tools)."""
+    def __init__(
+        self,
+        options: MeshOptions | None = None,
+        *,
+        report: bool = True,
+        keys: JwksSource | None = None,
+    ) -> None:
+        """`report`: log new diagnostics and snapshot versions (off for one-shot tools);
+        `keys`: where JWT key sets come from (None: not fetched, as for one-shot tools)."""
         self.options = options or MeshOptions()
         self._report = report
+        self._keys = keys
         self._apply_lock = threading.Lock()
         self._sources: dict[str, _SourceState] = {}
         self._accepted: dict[ResourceKey, Resource] = {}
@@ -113,7 +121,7 @@ class ConfigStore:
                 else:
                     self._sources[source] = _evaluate(content, previous)
             accepted, conflicts = self._resolve()
-            translation = translate(accepted.values(), self.options, self._cache)
+            translation = translate(accepted.values(), self.options, self._cache, self._keys)
             self._cache = translation.cache
             diagnostics = (
                 tuple(d for state in self._sources.values() for d in state.diagnostics)
@@ -159,6 +167,11 @@ class ConfigStore:
             if changed:
                 self._notify(self._snapshot)
             return ApplyResult(self._snapshot, changed, fresh)
+
+    def refresh(self) -> ApplyResult:
+        """Translate the same resources again: something they refer to outside the
+        configuration changed (a JWT key set)."""
+        return self.apply({})
 
     def _notify(self, snapshot: MeshSnapshot) -> None:
         with self._subscribers_lock:

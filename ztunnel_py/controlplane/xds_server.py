@@ -2,8 +2,8 @@
 
 `XdsServer` serves `envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`
 for the workload API's Address and Authorization types (docs/istio-compat.md, "Workload xDS"),
-which every client sees whole, and for the waypoints' L7 types HttpService and HttpAuthorization
-(docs/waypoints.md), which are scoped per stream. It owns:
+which every client sees whole, and for the waypoints' L7 types HttpService, HttpAuthorization and
+HttpAuthentication (docs/waypoints.md), which are scoped per stream. It owns:
 
 - the resource index: the current `MeshSnapshot` encoded once per resource with a content
   version (a hash of the encoding, so versions survive control-plane restarts and a reconnecting
@@ -19,11 +19,12 @@ which every client sees whole, and for the waypoints' L7 types HttpService and H
   UNAUTHENTICATED otherwise; a node whose `NODE_NAME` metadata names another node is refused;
 - scoping of the L7 types: a waypoint's node (id `waypoint~<ip>~<pod>.<ns>~...`, metadata
   `NAME`, `NAMESPACE`, `GATEWAY_NAME`, `GATEWAY_NAMESPACE`) is sent the HttpServices of the
-  services bound to its Gateway and the policies that target it, once its pod is known to be an
-  instance of that Gateway running on the credential's node (until the pod shows up in the
-  configuration, it is sent none); a stream claiming a waypoint whose pod runs on another node,
-  or is not one of that Gateway's pods, is refused with PERMISSION_DENIED, also later, when the
-  configuration changes. Any other client subscribing to the L7 types is sent none;
+  services bound to its Gateway and the policies and request authentications that target it,
+  once its pod is known to be an instance of that Gateway running on the credential's node
+  (until the pod shows up in the configuration, it is sent none); a stream claiming a waypoint
+  whose pod runs on another node, or is not one of that Gateway's pods, is refused with
+  PERMISSION_DENIED, also later, when the configuration changes. Any other client subscribing
+  to the L7 types is sent none;
 - `/debug/xds`: clients, their subscriptions, nonces, ACKed versions and rejected resources with
   the client's reasons; and metrics (`pilot_xds`, `pilot_xds_pushes`, `pilot_total_xds_rejects`).
 
@@ -49,6 +50,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
 from ztunnel_py.controlplane.snapshot import MeshSnapshot, SnapshotSource
 from ztunnel_py.model import Authorization, Service, Workload
+from ztunnel_py.model.authn import WaypointAuthentication
 from ztunnel_py.model.http import HttpService
 from ztunnel_py.model.policy import WaypointPolicy
 from ztunnel_py.protocol.xds import (
@@ -68,6 +70,7 @@ from ztunnel_py.xds.convert import (
     encode_response,
 )
 from ztunnel_py.xds.l7convert import (
+    AUTHENTICATION_TYPE,
     HTTP_SERVICE_TYPE,
     L7_TYPES,
     WAYPOINT_POLICY_TYPE,
@@ -85,6 +88,7 @@ _SHORT_TYPE = {
     AUTHORIZATION_TYPE: "Authorization",
     HTTP_SERVICE_TYPE: "HttpService",
     WAYPOINT_POLICY_TYPE: "HttpAuthorization",
+    AUTHENTICATION_TYPE: "HttpAuthentication",
 }
 SERVED_TYPES = (*WORKLOAD_TYPES, *L7_TYPES)
 WAYPOINT_PROXY_TYPE = "waypoint"
@@ -128,7 +132,7 @@ class ResourceIndex:
 
 
 _Obj = Workload | Service | Authorization
-_L7Obj = HttpService | WaypointPolicy
+_L7Obj = HttpService | WaypointPolicy | WaypointAuthentication
 
 
 class IndexBuilder:
@@ -205,6 +209,7 @@ class IndexBuilder:
                     if name in snapshot.http_services
                 },
                 WAYPOINT_POLICY_TYPE: waypoint.policies,
+                AUTHENTICATION_TYPE: waypoint.authentications,
             }
             out[waypoint.name] = {
                 type_url: {

@@ -115,6 +115,9 @@ class RequestContext:
     attempts: int = 0
     # gRPC status from the response trailers or a trailers-only response; None: not gRPC
     grpc_status: str | None = None
+    # filled by the JWT authentication filter: the verified token's payload (None: no token),
+    # the end-user identity authorization tests (`requestPrincipals`, `request.auth.claims`)
+    jwt_payload: Mapping[str, Any] | None = None
     # filled by the authorization filter: the policy that decided, for the access log
     authz_decision: str = ""
     end: float | None = None

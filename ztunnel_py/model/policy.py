@@ -1,5 +1,6 @@
 """Authorization policies: L4 as the workload API carries them (istio.security.Authorization),
-extended with the HTTP attributes a waypoint evaluates (paths, methods, hosts, request headers).
+extended with the HTTP attributes a waypoint evaluates (paths, methods, hosts, request headers,
+and the end-user attributes of a verified JWT: request principals and claims).
 
 The HTTP attributes never reach a node agent: the control plane sends policies that use them
 only to waypoints (in our own L7 type), and rewrites them out of what agents get as istiod does.
@@ -68,6 +69,25 @@ class HeaderCondition:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestPrincipalMatch:
+    """`requestPrincipals` / `request.auth.principal` (`iss/sub`, split at the last `/`): the
+    verified JWT's `iss` and `sub` claims must both match (istiod's matchers for the value)."""
+
+    issuer: StringMatch
+    subject: StringMatch
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCondition:
+    """`request.auth.claims[a][b]` (and `audiences` = claim `aud`, `presenter` = `azp`): the
+    claim at `path` of the verified JWT, a string that matches one of `values` or a list with
+    such a string."""
+
+    path: tuple[str, ...]
+    values: tuple[StringMatch, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Match:
     """One match: every attribute type that is set must pass (positive any-of, negative none-of)."""
 
@@ -93,6 +113,12 @@ class Match:
     not_hosts: tuple[StringMatch, ...] = ()
     headers: tuple[HeaderCondition, ...] = ()
     not_headers: tuple[HeaderCondition, ...] = ()
+    # end-user attributes (waypoints only): from the JWT the request authentication verified;
+    # a request without one matches no positive entry. Claim conditions are ANDed, like headers.
+    request_principals: tuple[RequestPrincipalMatch, ...] = ()
+    not_request_principals: tuple[RequestPrincipalMatch, ...] = ()
+    claims: tuple[ClaimCondition, ...] = ()
+    not_claims: tuple[ClaimCondition, ...] = ()
     # computed once: evaluation asks for every match of every policy on every connection
     empty: bool = field(init=False, repr=False, compare=False)
     http: bool = field(init=False, repr=False, compare=False)
@@ -116,6 +142,10 @@ HTTP_ATTRIBUTES = (
     "not_hosts",
     "headers",
     "not_headers",
+    "request_principals",
+    "not_request_principals",
+    "claims",
+    "not_claims",
 )
 
 

@@ -24,6 +24,12 @@ normalized path without its query, `methods` against the method as sent (case-se
 `hosts` against the authority case-insensitively (its port included, as Envoy does), header
 conditions against the request header's values joined with `,`. A match that sets an HTTP
 attribute never matches a connection without HTTP attributes (an agent's L4 decision).
+
+End-user attributes (istiod's matchers on the `jwt_authn` payload): a request principal matches
+when the verified token's `iss` and `sub` are strings that match its issuer and subject; a claim
+condition when the claim at its path (through nested objects) is a string that one of its values
+matches, or a list holding such a string; numbers, booleans and objects never match. Without a
+verified token nothing matches, so `notRequestPrincipals: ["*"]` holds for anonymous requests.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from ztunnel_py.model import (
     StringMatchKind,
 )
 from ztunnel_py.model.address import canonical_ip
-from ztunnel_py.model.policy import HeaderCondition
+from ztunnel_py.model.policy import ClaimCondition, HeaderCondition, RequestPrincipalMatch
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,9 @@ class HttpAttributes:
     host: str
     # request header -> its values joined with "," (lower-case names)
     headers: Mapping[str, str]
+    # the payload of the JWT the request authentication verified (None: no verified token),
+    # with space-delimited claims already split into lists
+    jwt: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,7 +444,18 @@ def _http_match(m: Match, s: _Subject) -> bool:
         return False
     if m.headers and not all(_header(c, http) for c in m.headers):
         return False
-    return not (m.not_headers and any(_header(c, http) for c in m.not_headers))
+    if m.not_headers and any(_header(c, http) for c in m.not_headers):
+        return False
+    jwt = http.jwt
+    if m.request_principals and not any(_request_principal(p, jwt) for p in m.request_principals):
+        return False
+    if m.not_request_principals and any(
+        _request_principal(p, jwt) for p in m.not_request_principals
+    ):
+        return False
+    if m.claims and not all(_claim(c, jwt) for c in m.claims):
+        return False
+    return not (m.not_claims and any(_claim(c, jwt) for c in m.not_claims))
 
 
 def _host(m: StringMatch, host: str) -> bool:
@@ -445,6 +465,31 @@ def _host(m: StringMatch, host: str) -> bool:
 def _header(c: HeaderCondition, http: HttpAttributes) -> bool:
     value = http.headers.get(c.name)
     return value is not None and any(v.matches(value) for v in c.values)
+
+
+def _request_principal(p: RequestPrincipalMatch, jwt: Mapping[str, Any] | None) -> bool:
+    if jwt is None:
+        return False
+    issuer, subject = jwt.get("iss"), jwt.get("sub")
+    return (
+        isinstance(issuer, str)
+        and isinstance(subject, str)
+        and p.issuer.matches(issuer)
+        and p.subject.matches(subject)
+    )
+
+
+def _claim(c: ClaimCondition, jwt: Mapping[str, Any] | None) -> bool:
+    value: Any = jwt
+    for key in c.path:
+        if not isinstance(value, Mapping):
+            return False
+        value = value.get(key)
+    if isinstance(value, str):
+        return any(v.matches(value) for v in c.values)
+    if isinstance(value, list):
+        return any(isinstance(e, str) and v.matches(e) for e in value for v in c.values)
+    return False
 
 
 def _account(a: ServiceAccountMatch, s: _Subject) -> bool:

@@ -308,7 +308,7 @@ class Clause(_message.Message):
     def __init__(self, matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("l4", "paths", "not_paths", "methods", "not_methods", "hosts", "not_hosts", "headers", "not_headers")
+    __slots__ = ("l4", "paths", "not_paths", "methods", "not_methods", "hosts", "not_hosts", "headers", "not_headers", "request_principals", "not_request_principals", "claims", "not_claims")
     L4_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     NOT_PATHS_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,10 @@ class Match(_message.Message):
     NOT_HOSTS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     NOT_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    NOT_REQUEST_PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    NOT_CLAIMS_FIELD_NUMBER: _ClassVar[int]
     l4: _authorization_pb2.Match
     paths: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
     not_paths: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
@@ -327,7 +331,27 @@ class Match(_message.Message):
     not_hosts: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
     headers: _containers.RepeatedCompositeFieldContainer[HeaderCondition]
     not_headers: _containers.RepeatedCompositeFieldContainer[HeaderCondition]
-    def __init__(self, l4: _Optional[_Union[_authorization_pb2.Match, _Mapping]] = ..., paths: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_paths: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_methods: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_hosts: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., headers: _Optional[_Iterable[_Union[HeaderCondition, _Mapping]]] = ..., not_headers: _Optional[_Iterable[_Union[HeaderCondition, _Mapping]]] = ...) -> None: ...
+    request_principals: _containers.RepeatedCompositeFieldContainer[RequestPrincipal]
+    not_request_principals: _containers.RepeatedCompositeFieldContainer[RequestPrincipal]
+    claims: _containers.RepeatedCompositeFieldContainer[ClaimCondition]
+    not_claims: _containers.RepeatedCompositeFieldContainer[ClaimCondition]
+    def __init__(self, l4: _Optional[_Union[_authorization_pb2.Match, _Mapping]] = ..., paths: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_paths: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_methods: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., hosts: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., not_hosts: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ..., headers: _Optional[_Iterable[_Union[HeaderCondition, _Mapping]]] = ..., not_headers: _Optional[_Iterable[_Union[HeaderCondition, _Mapping]]] = ..., request_principals: _Optional[_Iterable[_Union[RequestPrincipal, _Mapping]]] = ..., not_request_principals: _Optional[_Iterable[_Union[RequestPrincipal, _Mapping]]] = ..., claims: _Optional[_Iterable[_Union[ClaimCondition, _Mapping]]] = ..., not_claims: _Optional[_Iterable[_Union[ClaimCondition, _Mapping]]] = ...) -> None: ...
+
+class RequestPrincipal(_message.Message):
+    __slots__ = ("issuer", "subject")
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    issuer: _authorization_pb2.StringMatch
+    subject: _authorization_pb2.StringMatch
+    def __init__(self, issuer: _Optional[_Union[_authorization_pb2.StringMatch, _Mapping]] = ..., subject: _Optional[_Union[_authorization_pb2.StringMatch, _Mapping]] = ...) -> None: ...
+
+class ClaimCondition(_message.Message):
+    __slots__ = ("path", "values")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    path: _containers.RepeatedScalarFieldContainer[str]
+    values: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
+    def __init__(self, path: _Optional[_Iterable[str]] = ..., values: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ...) -> None: ...
 
 class HeaderCondition(_message.Message):
     __slots__ = ("name", "values")
@@ -336,3 +360,59 @@ class HeaderCondition(_message.Message):
     name: str
     values: _containers.RepeatedCompositeFieldContainer[_authorization_pb2.StringMatch]
     def __init__(self, name: _Optional[str] = ..., values: _Optional[_Iterable[_Union[_authorization_pb2.StringMatch, _Mapping]]] = ...) -> None: ...
+
+class HttpAuthentication(_message.Message):
+    __slots__ = ("name", "namespace", "rules", "services")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    namespace: str
+    rules: _containers.RepeatedCompositeFieldContainer[JwtRule]
+    services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., namespace: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[JwtRule, _Mapping]]] = ..., services: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JwtRule(_message.Message):
+    __slots__ = ("issuer", "audiences", "jwks", "jwks_error", "forward_original_token", "output_payload_to_header", "output_claim_to_headers", "from_headers", "from_params", "from_cookies", "space_delimited_claims", "origin")
+    ISSUER_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    JWKS_FIELD_NUMBER: _ClassVar[int]
+    JWKS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_ORIGINAL_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PAYLOAD_TO_HEADER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CLAIM_TO_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    FROM_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    FROM_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FROM_COOKIES_FIELD_NUMBER: _ClassVar[int]
+    SPACE_DELIMITED_CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    issuer: str
+    audiences: _containers.RepeatedScalarFieldContainer[str]
+    jwks: str
+    jwks_error: str
+    forward_original_token: bool
+    output_payload_to_header: str
+    output_claim_to_headers: _containers.RepeatedCompositeFieldContainer[ClaimToHeader]
+    from_headers: _containers.RepeatedCompositeFieldContainer[JwtHeader]
+    from_params: _containers.RepeatedScalarFieldContainer[str]
+    from_cookies: _containers.RepeatedScalarFieldContainer[str]
+    space_delimited_claims: _containers.RepeatedScalarFieldContainer[str]
+    origin: str
+    def __init__(self, issuer: _Optional[str] = ..., audiences: _Optional[_Iterable[str]] = ..., jwks: _Optional[str] = ..., jwks_error: _Optional[str] = ..., forward_original_token: bool = ..., output_payload_to_header: _Optional[str] = ..., output_claim_to_headers: _Optional[_Iterable[_Union[ClaimToHeader, _Mapping]]] = ..., from_headers: _Optional[_Iterable[_Union[JwtHeader, _Mapping]]] = ..., from_params: _Optional[_Iterable[str]] = ..., from_cookies: _Optional[_Iterable[str]] = ..., space_delimited_claims: _Optional[_Iterable[str]] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class JwtHeader(_message.Message):
+    __slots__ = ("name", "prefix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    prefix: str
+    def __init__(self, name: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class ClaimToHeader(_message.Message):
+    __slots__ = ("header", "claim")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_FIELD_NUMBER: _ClassVar[int]
+    header: str
+    claim: str
+    def __init__(self, header: _Optional[str] = ..., claim: _Optional[str] = ...) -> None: ...

@@ -1,9 +1,11 @@
-"""The waypoint's L7 configuration: routes per service and the policies that target it.
+"""The waypoint's L7 configuration: routes per service, the policies and the request
+authentications that target it.
 
-Fed by the xDS client (`HttpService` and `HttpAuthorization` resources, see `xds/l7convert.py`),
-last good state kept when the control plane is away or a resource is rejected. Answers the engine:
-the routes of a service, its subsets, and the policies that apply to a request for it, compiled
-into a `PolicySet` once per service after each change.
+Fed by the xDS client (`HttpService`, `HttpAuthorization` and `HttpAuthentication` resources, see
+`xds/l7convert.py`), last good state kept when the control plane is away or a resource is
+rejected. Answers the engine: the routes of a service, its subsets, the policies that apply to a
+request for it (compiled into a `PolicySet` once per service after each change) and the JWT rules
+(merged from every RequestAuthentication that applies, ordered by issuer as istiod orders them).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ztunnel_py.model.authn import JwtRule, WaypointAuthentication
 from ztunnel_py.model.http import HttpService, Subset
 from ztunnel_py.model.policy import WaypointPolicy
 from ztunnel_py.policy.rbac import PolicySet
@@ -23,6 +26,8 @@ class L7State:
         self._services: dict[str, HttpService] = {}
         self._policies: dict[str, WaypointPolicy] = {}
         self._compiled: dict[str, PolicySet] = {}
+        self._authentications: dict[str, WaypointAuthentication] = {}
+        self._jwt_rules: dict[str, tuple[JwtRule, ...]] = {}
         self.version = 0
 
     def apply_services(self, upserts: Iterable[HttpService], removed: Iterable[str]) -> None:
@@ -38,6 +43,16 @@ class L7State:
         for p in upserts:
             self._policies[p.key] = p
         self._compiled.clear()
+        self.version += 1
+
+    def apply_authentications(
+        self, upserts: Iterable[WaypointAuthentication], removed: Iterable[str]
+    ) -> None:
+        for key in removed:
+            self._authentications.pop(key, None)
+        for a in upserts:
+            self._authentications[a.key] = a
+        self._jwt_rules.clear()
         self.version += 1
 
     def service(self, key: str) -> HttpService | None:
@@ -59,8 +74,23 @@ class L7State:
             compiled = self._compiled[service] = PolicySet(chosen)
         return compiled
 
+    def jwt_rules_for(self, service: str) -> tuple[JwtRule, ...]:
+        """The JWT rules of every RequestAuthentication targeting the waypoint as a whole or
+        `service`, ordered by issuer (stable for equal issuers: in resource-name order)."""
+        rules = self._jwt_rules.get(service)
+        if rules is None:
+            merged = [
+                rule
+                for _, a in sorted(self._authentications.items())
+                if a.applies_to(service)
+                for rule in a.rules
+            ]
+            rules = self._jwt_rules[service] = tuple(sorted(merged, key=lambda r: r.issuer))
+        return rules
+
     def dump(self) -> dict[str, Any]:
-        """`/config_dump` sections `httpRoutes` and `waypointPolicies`."""
+        """`/config_dump` sections `httpRoutes`, `waypointPolicies` and
+        `requestAuthentications`."""
         return {
             "httpRoutes": [
                 {
@@ -86,5 +116,17 @@ class L7State:
                     "dryRun": p.policy.dry_run,
                 }
                 for _, p in sorted(self._policies.items())
+            ],
+            "requestAuthentications": [
+                {
+                    "name": a.name,
+                    "namespace": a.namespace,
+                    "services": list(a.services) or ["*"],
+                    "issuers": [
+                        {"issuer": r.issuer, "keys": "inline" if r.jwks else r.jwks_error}
+                        for r in a.rules
+                    ],
+                }
+                for _, a in sorted(self._authentications.items())
             ],
         }

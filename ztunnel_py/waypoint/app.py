@@ -5,14 +5,16 @@ node agent: it speaks HBONE itself, as Envoy waypoints do) and:
 
 - gets its certificate (`spiffe://<td>/ns/<ns>/sa/<service account>`) from the CA and its
   configuration over Delta ADS: the workload API (where services and endpoints are) plus our
-  L7 types (`HttpService`, `HttpAuthorization`), scoped by the control plane to its Gateway;
+  L7 types (`HttpService`, `HttpAuthorization`, `HttpAuthentication`), scoped by the control
+  plane to its Gateway;
 - accepts HBONE on 15008 (TLS 1.3 with a client certificate of the mesh's trust domain; the
   client's identity is the request's source principal). Each CONNECT names where the client was
   going (`:authority` = service VIP:port, or pod IP:port for a workload waypoint). A destination
   this waypoint does not serve is refused (400). A TCP port (app protocol `tcp`/`tls`) is
   proxied at L4 after the L4 part of its policies; every other port runs HTTP/1.1 or HTTP/2
-  (prior knowledge) through the filter engine: tracing, authorization, user filters, faults,
-  then routing, retries and timeouts, with metrics and the access log at the end;
+  (prior knowledge) through the filter engine: tracing, user AUTHN filters, JWT authentication
+  (RequestAuthentication), user AUTHZ filters, authorization, faults, then routing, retries and
+  timeouts, with metrics and the access log at the end;
 - opens HBONE (pooled per destination) to the chosen endpoint's node agent with
   `:authority = <pod IP>:<target port>`; the destination agent sees the waypoint's identity.
 """
@@ -44,6 +46,7 @@ from ztunnel_py.http.filter import (
 )
 from ztunnel_py.http.filters.authz import AuthorizationFilter
 from ztunnel_py.http.filters.fault import FaultFilter
+from ztunnel_py.http.filters.jwt import JwtAuthnFilter
 from ztunnel_py.http.filters.telemetry import TelemetryFilter
 from ztunnel_py.http.filters.tracing import TracingFilter
 from ztunnel_py.http.mesh import MeshResolver
@@ -193,6 +196,9 @@ class Waypoint:
         self.request_metrics = RequestMetrics(rt.registry)
         self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
         self.tracing = TracingFilter()
+        self.jwt = JwtAuthnFilter(
+            lambda ctx: self.l7.jwt_rules_for(ctx.service) if ctx.service else ()
+        )
         self.authz = AuthorizationFilter(self._policies)
         self.fault = FaultFilter()
         self.telemetry = TelemetryFilter(
@@ -326,6 +332,7 @@ class Waypoint:
                 [
                     self.tracing,
                     *user[FilterPhase.AUTHN],
+                    self.jwt,
                     *user[FilterPhase.AUTHZ],
                     self.authz,
                     self.fault,

@@ -1,19 +1,25 @@
 """The waypoint's xDS handler: the workload API into `ProxyState`, our L7 types into `L7State`.
 
-Readiness waits for the first ACK of all four types, so a waypoint never answers requests with
+Readiness waits for the first ACK of all five types, so a waypoint never answers requests with
 routes or policies it has not received yet.
 """
 
 from __future__ import annotations
 
 from ztunnel_py.admin.readiness import Readiness
+from ztunnel_py.model.authn import WaypointAuthentication
 from ztunnel_py.model.http import HttpService
 from ztunnel_py.model.policy import WaypointPolicy
 from ztunnel_py.state.feed import StateFeed
 from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.xds.convert import DecodedResponse
-from ztunnel_py.xds.l7convert import HTTP_SERVICE_TYPE, L7_TYPES, WAYPOINT_POLICY_TYPE
+from ztunnel_py.xds.l7convert import (
+    AUTHENTICATION_TYPE,
+    HTTP_SERVICE_TYPE,
+    L7_TYPES,
+    WAYPOINT_POLICY_TYPE,
+)
 
 __all__ = ["WaypointFeed"]
 
@@ -35,6 +41,9 @@ class WaypointFeed:
         elif update.type_url == WAYPOINT_POLICY_TYPE:
             policies = [o for o in update.others if isinstance(o, WaypointPolicy)]
             self.l7.apply_policies(policies, update.removed)
+        elif update.type_url == AUTHENTICATION_TYPE:
+            authentications = [o for o in update.others if isinstance(o, WaypointAuthentication)]
+            self.l7.apply_authentications(authentications, update.removed)
         else:
             self._workloads.apply(update)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
+from ztunnel_py.model.authn import ClaimToHeader, JwtHeader, JwtRule, WaypointAuthentication
 from ztunnel_py.model.http import (
     FILTER_NAME,
     Backend,
@@ -39,9 +40,11 @@ from ztunnel_py.model.http import (
 from ztunnel_py.model.policy import (
     Action,
     Authorization,
+    ClaimCondition,
     HeaderCondition,
     Match,
     PolicyScope,
+    RequestPrincipalMatch,
     WaypointPolicy,
 )
 from ztunnel_py.proto import l7_pb2
@@ -57,10 +60,13 @@ from ztunnel_py.xds.convert import (
 )
 
 __all__ = [
+    "AUTHENTICATION_TYPE",
     "HTTP_SERVICE_TYPE",
     "L7_DECODERS",
     "L7_TYPES",
     "WAYPOINT_POLICY_TYPE",
+    "authentication_from_proto",
+    "authentication_to_proto",
     "encode_l7_resource",
     "http_service_from_proto",
     "http_service_to_proto",
@@ -70,7 +76,8 @@ __all__ = [
 
 HTTP_SERVICE_TYPE = "type.googleapis.com/ztunnel_py.l7.HttpService"
 WAYPOINT_POLICY_TYPE = "type.googleapis.com/ztunnel_py.l7.HttpAuthorization"
-L7_TYPES = (HTTP_SERVICE_TYPE, WAYPOINT_POLICY_TYPE)
+AUTHENTICATION_TYPE = "type.googleapis.com/ztunnel_py.l7.HttpAuthentication"
+L7_TYPES = (HTTP_SERVICE_TYPE, WAYPOINT_POLICY_TYPE, AUTHENTICATION_TYPE)
 
 _KINDS = {
     MatchKind.EXACT: l7_pb2.EXACT,
@@ -241,6 +248,14 @@ def _l7_match_to_proto(m: Match) -> l7_pb2.Match:
     def conditions(cs: Iterable[HeaderCondition]) -> list[l7_pb2.HeaderCondition]:
         return [l7_pb2.HeaderCondition(name=c.name, values=[s(v) for v in c.values]) for c in cs]
 
+    def principals(ps: Iterable[RequestPrincipalMatch]) -> list[l7_pb2.RequestPrincipal]:
+        return [l7_pb2.RequestPrincipal(issuer=s(p.issuer), subject=s(p.subject)) for p in ps]
+
+    def claims(cs: Iterable[ClaimCondition]) -> list[l7_pb2.ClaimCondition]:
+        return [
+            l7_pb2.ClaimCondition(path=list(c.path), values=[s(v) for v in c.values]) for c in cs
+        ]
+
     return l7_pb2.Match(
         l4=match_to_proto(m),
         paths=[s(x) for x in m.paths],
@@ -251,6 +266,10 @@ def _l7_match_to_proto(m: Match) -> l7_pb2.Match:
         not_hosts=[s(x) for x in m.not_hosts],
         headers=conditions(m.headers),
         not_headers=conditions(m.not_headers),
+        request_principals=principals(m.request_principals),
+        not_request_principals=principals(m.not_request_principals),
+        claims=claims(m.claims),
+        not_claims=claims(m.not_claims),
     )
 
 
@@ -271,6 +290,34 @@ def waypoint_policy_to_proto(wp: WaypointPolicy) -> l7_pb2.HttpAuthorization:
         ],
         dry_run=p.dry_run,
         services=list(wp.services),
+    )
+
+
+def _jwt_rule_to_proto(r: JwtRule) -> l7_pb2.JwtRule:
+    return l7_pb2.JwtRule(
+        issuer=r.issuer,
+        audiences=list(r.audiences),
+        jwks=r.jwks,
+        jwks_error=r.jwks_error,
+        forward_original_token=r.forward_original_token,
+        output_payload_to_header=r.output_payload_to_header,
+        output_claim_to_headers=[
+            l7_pb2.ClaimToHeader(header=c.header, claim=c.claim) for c in r.output_claim_to_headers
+        ],
+        from_headers=[l7_pb2.JwtHeader(name=h.name, prefix=h.prefix) for h in r.from_headers],
+        from_params=list(r.from_params),
+        from_cookies=list(r.from_cookies),
+        space_delimited_claims=list(r.space_delimited_claims),
+        origin=r.origin,
+    )
+
+
+def authentication_to_proto(a: WaypointAuthentication) -> l7_pb2.HttpAuthentication:
+    return l7_pb2.HttpAuthentication(
+        name=a.name,
+        namespace=a.namespace,
+        rules=[_jwt_rule_to_proto(r) for r in a.rules],
+        services=list(a.services),
     )
 
 
@@ -476,6 +523,17 @@ def _l7_match(pb: l7_pb2.Match) -> Match:
     def conditions(cs: Iterable[l7_pb2.HeaderCondition]) -> tuple[HeaderCondition, ...]:
         return tuple(HeaderCondition(c.name, tuple(s(v) for v in c.values)) for c in cs)
 
+    def principals(ps: Iterable[l7_pb2.RequestPrincipal]) -> tuple[RequestPrincipalMatch, ...]:
+        return tuple(RequestPrincipalMatch(s(p.issuer), s(p.subject)) for p in ps)
+
+    def claims(cs: Iterable[l7_pb2.ClaimCondition]) -> tuple[ClaimCondition, ...]:
+        out = []
+        for c in cs:
+            if not c.path or not all(c.path):
+                raise ConversionError("a claim condition needs a path of non-empty names")
+            out.append(ClaimCondition(tuple(c.path), tuple(s(v) for v in c.values)))
+        return tuple(out)
+
     return dataclasses.replace(
         base,
         paths=tuple(s(x) for x in pb.paths),
@@ -486,6 +544,10 @@ def _l7_match(pb: l7_pb2.Match) -> Match:
         not_hosts=tuple(s(x) for x in pb.not_hosts),
         headers=conditions(pb.headers),
         not_headers=conditions(pb.not_headers),
+        request_principals=principals(pb.request_principals),
+        not_request_principals=principals(pb.not_request_principals),
+        claims=claims(pb.claims),
+        not_claims=claims(pb.not_claims),
     )
 
 
@@ -510,19 +572,64 @@ def waypoint_policy_from_proto(pb: l7_pb2.HttpAuthorization) -> WaypointPolicy:
     return WaypointPolicy(policy, tuple(pb.services))
 
 
-def encode_l7_resource(
-    type_url: str, name: str, obj: HttpService | WaypointPolicy
-) -> EncodedResource:
-    """Encode an HttpService or a WaypointPolicy as a Delta xDS `Resource` named `name`.
+def _jwt_rule(pb: l7_pb2.JwtRule) -> JwtRule:
+    if not pb.issuer:
+        raise ConversionError("a JWT rule needs an issuer")
+    if not pb.jwks and not pb.jwks_error:
+        raise ConversionError(f"JWT rule for {pb.issuer}: neither keys nor why they are missing")
+    names = [h.name for h in pb.from_headers]
+    names += [pb.output_payload_to_header] if pb.output_payload_to_header else []
+    names += [c.header for c in pb.output_claim_to_headers]
+    if not all(names) or any(not c.claim for c in pb.output_claim_to_headers):
+        raise ConversionError(f"JWT rule for {pb.issuer}: an empty header or claim name")
+    if not all(pb.from_params) or not all(pb.from_cookies):
+        raise ConversionError(f"JWT rule for {pb.issuer}: an empty parameter or cookie name")
+    return JwtRule(
+        issuer=pb.issuer,
+        audiences=tuple(pb.audiences),
+        jwks=pb.jwks,
+        jwks_error=pb.jwks_error,
+        forward_original_token=pb.forward_original_token,
+        output_payload_to_header=pb.output_payload_to_header.lower(),
+        output_claim_to_headers=tuple(
+            ClaimToHeader(c.header.lower(), c.claim) for c in pb.output_claim_to_headers
+        ),
+        from_headers=tuple(JwtHeader(h.name.lower(), h.prefix) for h in pb.from_headers),
+        from_params=tuple(pb.from_params),
+        from_cookies=tuple(pb.from_cookies),
+        space_delimited_claims=tuple(pb.space_delimited_claims),
+        origin=pb.origin,
+    )
+
+
+def authentication_from_proto(pb: l7_pb2.HttpAuthentication) -> WaypointAuthentication:
+    if not pb.name or not pb.namespace:
+        raise ConversionError("request authentication needs a name and a namespace")
+    return WaypointAuthentication(
+        name=pb.name,
+        namespace=pb.namespace,
+        rules=tuple(_jwt_rule(r) for r in pb.rules),
+        services=tuple(pb.services),
+    )
+
+
+_L7Object = HttpService | WaypointPolicy | WaypointAuthentication
+
+
+def encode_l7_resource(type_url: str, name: str, obj: _L7Object) -> EncodedResource:
+    """Encode an HttpService, a WaypointPolicy or a WaypointAuthentication as a Delta xDS
+    `Resource` named `name`.
 
     Raises `ConversionError` if the object does not fit the wire types.
     """
-    message: l7_pb2.HttpService | l7_pb2.HttpAuthorization
+    message: l7_pb2.HttpService | l7_pb2.HttpAuthorization | l7_pb2.HttpAuthentication
     try:
         if type_url == HTTP_SERVICE_TYPE and isinstance(obj, HttpService):
             message = http_service_to_proto(obj)
         elif type_url == WAYPOINT_POLICY_TYPE and isinstance(obj, WaypointPolicy):
             message = waypoint_policy_to_proto(obj)
+        elif type_url == AUTHENTICATION_TYPE and isinstance(obj, WaypointAuthentication):
+            message = authentication_to_proto(obj)
         else:
             raise ConversionError(f"a {type(obj).__name__} is not a {type_url} resource")
     except (ValueError, TypeError) as e:  # out-of-range integers, unencodable configuration
@@ -542,7 +649,13 @@ def _decode_waypoint_policy(payload: bytes) -> tuple[object, str]:
     return obj, obj.key
 
 
+def _decode_authentication(payload: bytes) -> tuple[object, str]:
+    obj = authentication_from_proto(l7_pb2.HttpAuthentication.FromString(payload))
+    return obj, obj.key
+
+
 L7_DECODERS: Mapping[str, PayloadDecoder] = {
     HTTP_SERVICE_TYPE: _decode_http_service,
     WAYPOINT_POLICY_TYPE: _decode_waypoint_policy,
+    AUTHENTICATION_TYPE: _decode_authentication,
 }

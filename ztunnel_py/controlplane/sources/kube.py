@@ -67,6 +67,7 @@ WATCHED_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind("WorkloadEntry", "networking.istio.io", "v1", "workloadentries"),
     WatchedKind("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
     WatchedKind("PeerAuthentication", "security.istio.io", "v1", "peerauthentications"),
+    WatchedKind("RequestAuthentication", "security.istio.io", "v1", "requestauthentications"),
     WatchedKind("Gateway", "gateway.networking.k8s.io", "v1", "gateways"),
     WatchedKind("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes"),
     WatchedKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),

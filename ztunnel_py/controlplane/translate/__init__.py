@@ -13,7 +13,10 @@ them; every service bound to a waypoint then gets an `HttpService` (even without
 filters and policies have somewhere to live) from its HTTPRoutes or VirtualService
 (`routes.py`), DestinationRule subsets resolved to the workloads that carry their labels, and
 the filters of the WasmPlugins that target it (`extensions.py`). AuthorizationPolicies with
-targetRefs become the `WaypointPolicy`s of the waypoints they target (`l7policies.py`).
+targetRefs become the `WaypointPolicy`s of the waypoints they target (`l7policies.py`), and
+RequestAuthentications with targetRefs their `WaypointAuthentication`s, with the keys of each
+issuer resolved through the `KeyLookup` given to `translate` (`l7authn.py`; none: offline, as
+`controlplane validate` runs).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from ztunnel_py.controlplane.jwks import HostAddresses, JwksResult
 from ztunnel_py.controlplane.resources import (
     ROOT_NAMESPACE,
     Diagnostic,
@@ -34,6 +39,7 @@ from ztunnel_py.controlplane.translate import policies as pol
 from ztunnel_py.controlplane.translate import services as svc
 from ztunnel_py.controlplane.translate import workloads as wl
 from ztunnel_py.controlplane.translate.l7 import L7Builder
+from ztunnel_py.controlplane.translate.l7authn import KeyLookup, mesh_hosts
 from ztunnel_py.controlplane.translate.waypoints import (
     USE_WAYPOINT_PATH,
     WAYPOINT_CLASS,
@@ -63,6 +69,14 @@ class MeshOptions:
     root_namespace: str = ROOT_NAMESPACE
     domain_suffix: str = DEFAULT_DOMAIN_SUFFIX
     cluster_id: str = DEFAULT_CLUSTER_ID
+
+
+class JwksSource(Protocol):
+    """Key sets by issuer and jwksUri (the control plane's `JwksResolver`)."""
+
+    def resolve(
+        self, issuer: str, uri: str, timeout: float, hosts: HostAddresses
+    ) -> JwksResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +161,15 @@ class _Namespace:
 
 class _Translator:
     def __init__(
-        self, resources: Iterable[Resource], options: MeshOptions, cache: TranslationCache
+        self,
+        resources: Iterable[Resource],
+        options: MeshOptions,
+        cache: TranslationCache,
+        keys: JwksSource | None,
     ) -> None:
         self.options = options
         self.cache = cache
+        self.keys = keys
         self.built: dict[ResourceKey, _Built] = {}
         self.built_policies: dict[ResourceKey, _BuiltPolicy] = {}
         self.by_kind: dict[str, list[Resource]] = defaultdict(list)
@@ -181,6 +200,13 @@ class _Translator:
     def warn(self, resource: Resource, path: str, reason: str) -> None:
         self.diagnostics.append(Diagnostic(resource.origin, path, reason, Severity.WARNING))
 
+    def _key_lookup(self, workloads: Mapping[str, Workload]) -> KeyLookup | None:
+        source = self.keys
+        if source is None:
+            return None
+        hosts = mesh_hosts(self.services, list(workloads.values()))
+        return lambda issuer, uri, timeout: source.resolve(issuer, uri, timeout, hosts)
+
     def run(self) -> Translation:
         self._members()
         self._kubernetes_services()
@@ -209,6 +235,7 @@ class _Translator:
             domain_suffix=self.options.domain_suffix,
             root_namespace=self.options.root_namespace,
             warn=self.warn,
+            keys=self._key_lookup(workloads),
         ).build()
         cache = TranslationCache(self.built, self.built_policies)
         return Translation(
@@ -622,9 +649,11 @@ def translate(
     resources: Iterable[Resource],
     options: MeshOptions | None = None,
     cache: TranslationCache | None = None,
+    keys: JwksSource | None = None,
 ) -> Translation:
-    """The mesh model for `resources` (all validated). `cache`: the previous translation's."""
-    return _Translator(resources, options or MeshOptions(), cache or TranslationCache()).run()
+    """The mesh model for `resources` (all validated). `cache`: the previous translation's;
+    `keys`: where the JWT rules' key sets come from (None: not fetched)."""
+    return _Translator(resources, options or MeshOptions(), cache or TranslationCache(), keys).run()
 
 
-__all__ = ["MeshOptions", "Translation", "TranslationCache", "translate"]
+__all__ = ["JwksSource", "MeshOptions", "Translation", "TranslationCache", "translate"]

@@ -1,5 +1,6 @@
 """The waypoints' L7 configuration: one `HttpService` per service bound to a waypoint, and per
-waypoint a `WaypointScope` (its services, the policies that target it, its pods).
+waypoint a `WaypointScope` (its services, the policies and request authentications that target
+it, its pods).
 
 Which routes a service gets (istiod's `buildWaypointInboundHTTPRouteConfig` and
 `getVirtualServiceForWaypoint`): the candidates are the HTTPRoutes attached to the service
@@ -20,6 +21,7 @@ from typing import Any
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.controlplane.snapshot import WaypointScope
 from ztunnel_py.controlplane.translate import extensions as ext
+from ztunnel_py.controlplane.translate.l7authn import KeyLookup, jwt_rules
 from ztunnel_py.controlplane.translate.l7policies import waypoint_authorization
 from ztunnel_py.controlplane.translate.policies import has_target_refs
 from ztunnel_py.controlplane.translate.routes import (
@@ -38,6 +40,7 @@ from ztunnel_py.controlplane.translate.routes import (
 )
 from ztunnel_py.controlplane.translate.waypoints import WAYPOINT_CLASS, Waypoint, WaypointIndex
 from ztunnel_py.model import Service
+from ztunnel_py.model.authn import WaypointAuthentication
 from ztunnel_py.model.http import HttpService, Route, Subset
 from ztunnel_py.model.policy import WaypointPolicy
 
@@ -60,6 +63,7 @@ class L7Builder:
         domain_suffix: str,
         root_namespace: str,
         warn: Warn,
+        keys: KeyLookup | None = None,
     ) -> None:
         self.by_kind = by_kind
         self.services = services
@@ -70,6 +74,7 @@ class L7Builder:
         self.domain_suffix = domain_suffix
         self.root_namespace = root_namespace
         self.warn = warn
+        self.keys = keys
         self.compiler = RouteCompiler(
             services,
             {(r.namespace, r.name): r for r in by_kind.get("Service", ())},
@@ -107,6 +112,7 @@ class L7Builder:
                 ext.ordered(filters.get(key, ())),
             )
         policies = self._policies()
+        authentications = self._authentications()
         scopes = {
             key: WaypointScope(
                 key,
@@ -114,6 +120,7 @@ class L7Builder:
                 dict(waypoint.instances),
                 frozenset(k for k, (w, _) in self.bound.items() if w.key == key),
                 policies.get(key, {}),
+                authentications.get(key, {}),
             )
             for key, waypoint in self.waypoints.all.items()
         }
@@ -369,6 +376,27 @@ class L7Builder:
                 out[waypoint][authorization.key] = WaypointPolicy(
                     authorization, tuple(sorted(services)) if services is not None else ()
                 )
+        return out
+
+    def _authentications(self) -> dict[str, dict[str, WaypointAuthentication]]:
+        out: dict[str, dict[str, WaypointAuthentication]] = defaultdict(dict)
+        for resource in self.by_kind.get("RequestAuthentication", ()):
+            if not has_target_refs(resource):
+                continue
+            attachments = self._attachments(resource)
+            if not attachments:
+                continue
+            rules, problems = jwt_rules(resource, self.keys)
+            for path, reason in problems:
+                self.warn(resource, path, reason)
+            for waypoint, services in attachments.items():
+                authentication = WaypointAuthentication(
+                    resource.name,
+                    resource.namespace,
+                    rules,
+                    tuple(sorted(services)) if services is not None else (),
+                )
+                out[waypoint][authentication.key] = authentication
         return out
 
     def _filters(self) -> dict[str, list[Resource]]:

@@ -1,5 +1,5 @@
-"""security.istio.io: AuthorizationPolicy and PeerAuthentication, with the rules istiod applies
-and what ztunnel can enforce at L4.
+"""security.istio.io: AuthorizationPolicy, PeerAuthentication and RequestAuthentication, with
+the rules istiod applies and what ztunnel can enforce at L4.
 
 An AuthorizationPolicy that targets a waypoint (`targetRefs`) is checked for shape only; one
 enforced by ztunnel gets errors for what L4 cannot do (AUDIT, CUSTOM) and warnings for rules
@@ -9,8 +9,10 @@ so validation and enforcement agree on what L4 means.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from ztunnel_py.controlplane.validation.kube import (
     SELECTOR_MATCH_LABELS,
@@ -19,7 +21,9 @@ from ztunnel_py.controlplane.validation.kube import (
     dns1123_label,
     dns1123_subdomain,
 )
+from ztunnel_py.identity.jwt import JwtError, parse_jwks
 from ztunnel_py.yamlschema.schema import (
+    BOOL,
     STR,
     Checker,
     Hook,
@@ -351,6 +355,111 @@ PEER_AUTHENTICATION_SPEC = obj(
     hooks=(_peer_authentication_spec,),
 )
 
+# --- RequestAuthentication ---------------------------------------------------------------------
+
+# istiod's check of header names in a JWT rule.
+_HEADER_NAME = re.compile(r"^[-_A-Za-z0-9]+$")
+
+
+def _header_name(text: str) -> str | None:
+    if not _HEADER_NAME.match(text):
+        return f"{text!r} is not a valid HTTP header name (letters, digits, '-' and '_')"
+    return None
+
+
+def jwks_uri(text: str) -> str | None:
+    """istiod's `ParseJwksURI`: an http or https URL with a host (and a valid port)."""
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as e:
+        return f"invalid jwksUri {text!r}: {e}"
+    if url.scheme not in ("http", "https"):
+        return f"invalid jwksUri {text!r}: the scheme must be http or https"
+    if not url.hostname:
+        return f"invalid jwksUri {text!r}: no host"
+    if port == 0:
+        return f"invalid jwksUri {text!r}: port 0"
+    return None
+
+
+def jwks_problem(text: str) -> str | None:
+    """Why a JSON Web Key Set cannot be used (None: it has at least one usable key)."""
+    try:
+        parse_jwks(text)
+    except JwtError as e:
+        return f"jwks parse error: {e}"
+    return None
+
+
+def _timeout(text: str) -> str | None:
+    # Imported here: routing.py wraps this group's kinds, so a module-level import would cycle.
+    from ztunnel_py.controlplane.validation.routing import parse_duration
+
+    seconds = parse_duration(text)
+    if seconds is None or seconds <= 0:
+        return f"{text!r} is not a positive duration (e.g. 5s, 500ms)"
+    return None
+
+
+def _jwt_rule(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
+    if "jwks" in fields and "jwksUri" in fields:
+        c.warn(fields["jwksUri"], "ignored: the inline jwks is used")
+
+
+JWT_RULE = obj(
+    {
+        "issuer": Str(checks=(_no_empty,)),
+        "audiences": strings(_no_empty),
+        "jwksUri": Str(checks=(jwks_uri,)),
+        "jwks": Str(checks=(jwks_problem,)),
+        "fromHeaders": ListOf(
+            obj({"name": Str(checks=(_no_empty,)), "prefix": STR}, required=("name",))
+        ),
+        "fromParams": strings(_no_empty),
+        "fromCookies": strings(_no_empty),
+        "outputPayloadToHeader": Str(checks=(_header_name,)),
+        "forwardOriginalToken": BOOL,
+        "outputClaimToHeaders": ListOf(
+            obj(
+                {"header": Str(checks=(_header_name,)), "claim": Str(checks=(_no_empty,))},
+                required=("header", "claim"),
+            ),
+            unique_by=lambda item: str(item["header"]).lower(),
+            unique_what="header",
+        ),
+        "timeout": Str(checks=(_timeout,)),
+        "spaceDelimitedClaims": strings(_no_empty),
+    },
+    required=("issuer",),
+    hooks=(_jwt_rule,),
+)
+
+
+def _request_authentication_spec(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
+    targets = [fields[k] for k in ("targetRef", "targetRefs") if k in fields]
+    if "selector" in fields and targets:
+        c.error(fields["selector"], "selector and targetRef(s) are mutually exclusive")
+        return
+    if not targets:
+        c.warn(
+            node,
+            "not applied: ztunnel cannot verify JWTs, and waypoints only apply "
+            "RequestAuthentications that target them (targetRefs to their Gateway or a Service "
+            "they serve)",
+        )
+
+
+REQUEST_AUTHENTICATION_SPEC = obj(
+    {
+        "selector": SELECTOR_MATCH_LABELS,
+        "targetRef": POLICY_TARGET_REF,
+        "targetRefs": ListOf(POLICY_TARGET_REF),
+        "jwtRules": ListOf(JWT_RULE),
+    },
+    hooks=(_request_authentication_spec,),
+)
+
 KINDS: tuple[KindInfo, ...] = (
     custom_resource(
         "AuthorizationPolicy",
@@ -361,5 +470,8 @@ KINDS: tuple[KindInfo, ...] = (
     ),
     custom_resource(
         "PeerAuthentication", API_VERSIONS, PEER_AUTHENTICATION_SPEC, spec_required=False
+    ),
+    custom_resource(
+        "RequestAuthentication", API_VERSIONS, REQUEST_AUTHENTICATION_SPEC, spec_required=False
     ),
 )

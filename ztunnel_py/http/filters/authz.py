@@ -3,7 +3,8 @@ runs them at a waypoint (istiod's CUSTOM > DENY > ALLOW order; AUDIT only logged
 
 The decision is `policy.rbac.PolicySet.evaluate` on a `Connection` carrying the request's HTTP
 attributes: one evaluator for L4 and L7. The source is the client's mTLS identity and address,
-the destination the address and port the client's tunnel named (the service VIP and port). A
+the destination the address and port the client's tunnel named (the service VIP and port), the
+end user the payload of the JWT the authentication filter verified (if any). A
 denied request gets `403` with body `RBAC: access denied` and response code details
 `rbac_access_denied_matched_policy[ns[<ns>]-policy[<name>]]` (or `[none]` when ALLOW policies
 exist and none matched), and no response flag, as Envoy reports it.
@@ -56,7 +57,9 @@ class AuthorizationFilter(Filter):
             src_identity=down.peer_identity,
             dst_ip=_ip(dst_host),
             dst_port=dst_port or ctx.port or 0,
-            http=HttpAttributes(req.method, req.path_only, req.authority, headers),
+            http=HttpAttributes(
+                req.method, req.path_only, req.authority, headers, jwt=ctx.jwt_payload
+            ),
         )
         decision = policies.evaluate(conn)
         what = f"{req.method} {req.path_only} from {down.peer_identity or down.peer_address}"
