@@ -55,6 +55,7 @@ from ztunnel_py.http.events import Switched
 from ztunnel_py.http.filter import Downstream, FilterChain, LocalReply, RequestContext
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, strip_hop_by_hop
 from ztunnel_py.http.normalize import InvalidPath, normalize_path
+from ztunnel_py.http.outlier import LocalOrigin
 from ztunnel_py.http.routing import (
     apply_header_ops,
     match_route,
@@ -62,7 +63,12 @@ from ztunnel_py.http.routing import (
     redirect_location,
     rewrite_request,
 )
-from ztunnel_py.http.upstream import UpstreamConnectError, UpstreamPool, UpstreamTarget
+from ztunnel_py.http.upstream import (
+    UpstreamConnectError,
+    UpstreamOverflow,
+    UpstreamPool,
+    UpstreamTarget,
+)
 from ztunnel_py.model.http import Backend, RetryPolicy, Route
 from ztunnel_py.transport.relay import RelayError, relay
 
@@ -158,12 +164,21 @@ class _Body:
 class _Retry(Exception):
     """An attempt failed in a way the policy may retry: why, and the flag if it is final."""
 
-    def __init__(self, condition: str, reason: str, flag: str, status: int = 503) -> None:
+    def __init__(
+        self,
+        condition: str,
+        reason: str,
+        flag: str,
+        status: int = 503,
+        local: LocalOrigin | None = None,
+    ) -> None:
         super().__init__(reason)
         self.condition = condition
         self.reason = reason
         self.flag = flag
         self.status = status
+        # how outlier detection counts it (None: a response, or not the endpoint's doing)
+        self.local = local
         self.response: tuple[ClientStream, ResponseHead] | None = None
 
 
@@ -275,44 +290,64 @@ class HttpProxy:
         policy = route.retries if route.retries is not None else DEFAULT_RETRY
         tried: list[str] = []
         last: _Retry | None = None
+        target: UpstreamTarget | None = None
         with trio.CancelScope() as deadline:
             body = _Body(complete=s.read_done, deadline=deadline, timeout=route.timeout or math.inf)
             if body.complete:
                 body.start_timeout()
             for attempt in range(policy.attempts + 1):
-                if attempt:
-                    await trio.sleep(self._backoff(attempt))
-                target = self.resolver.target(ctx, backend, tried, http1=upgrade)
-                if target is None:
-                    if last is None:
-                        await self._local_reply(
-                            s,
-                            ctx,
-                            LocalReply(
-                                503, "no healthy upstream", flag="UH", details="no_healthy_upstream"
-                            ),
-                        )
-                        return
-                    break
-                tried.append(target.address)
-                ctx.upstream_host = target.address
-                ctx.upstream_info = target.info
-                ctx.attempts = attempt + 1
-                try:
-                    await self._attempt(s, ctx, head, target, body, policy, upgrade=upgrade)
-                    return
-                except _Retry as r:
-                    last = r
-                    can_retry = (
-                        attempt < policy.attempts
-                        and body.replayable
-                        and _retry_allowed(policy, r.condition)
-                    )
-                    if not can_retry:
+                retrying = target.cluster if target is not None else None
+                if retrying is not None:
+                    # the cluster's retry budget (DestinationRule maxRetries / retryBudget)
+                    if not retrying.can_retry():
+                        retrying.stats["upstream_rq_retry_overflow"] += 1
+                        ctx.flag("UO")
                         break
-                    if r.response is not None:
-                        await _discard(r.response[0])
+                    retrying.retry_started()
+                try:
+                    if attempt:
+                        await trio.sleep(self._backoff(attempt))
+                    target = self.resolver.target(ctx, backend, tried, http1=upgrade)
+                    if target is None:
+                        if last is None:
+                            await self._local_reply(
+                                s,
+                                ctx,
+                                LocalReply(
+                                    503,
+                                    "no healthy upstream",
+                                    flag="UH",
+                                    details="no_healthy_upstream",
+                                ),
+                            )
+                            return
+                        break
+                    tried.append(target.address)
+                    ctx.upstream_host = target.address
+                    ctx.upstream_info = target.info
+                    ctx.attempts = attempt + 1
+                    try:
+                        await self._attempt(s, ctx, head, target, body, policy, upgrade=upgrade)
+                        return
+                    except _Retry as r:
+                        last = r
+                        can_retry = (
+                            attempt < policy.attempts
+                            and body.replayable
+                            and _retry_allowed(policy, r.condition)
+                        )
+                        if not can_retry:
+                            break
+                        if r.response is not None:
+                            await _discard(r.response[0])
+                finally:
+                    if retrying is not None:
+                        retrying.retry_ended()
         if deadline.cancelled_caught:
+            if target is not None and target.cluster is not None:
+                # Envoy counts the request in flight at the route timeout as a timeout
+                cluster = target.cluster
+                cluster.report_local(target.address, LocalOrigin.TIMEOUT, cluster.clock())
             ctx.flag("UT")
             if s.response_started:
                 s.reset()
@@ -324,7 +359,7 @@ class HttpProxy:
             )
             return
         assert last is not None
-        if ctx.attempts > 1:
+        if ctx.attempts > 1 and "UO" not in ctx.response_flags:
             ctx.flag("URX")
         if last.response is not None:
             # retries ran out on a retriable status: that response goes to the client
@@ -349,6 +384,8 @@ class HttpProxy:
                 last.status,
                 "upstream connect error or disconnect/reset before headers. reset reason: "
                 + last.reason,
+                # Envoy tells the client a request was dropped by a circuit breaker
+                headers=(("x-envoy-overloaded", "true"),) if last.condition == "overflow" else (),
                 details=f"upstream_reset_before_response_started{{{last.reason}}}",
             ),
         )
@@ -370,11 +407,21 @@ class HttpProxy:
     ) -> None:
         no_body = body.complete and not body.chunks and body.trailers is None
         try:
-            up = await self.pool.open_stream(target, head, end_stream=no_body)
-        except UpstreamConnectError as e:
-            raise _Retry("connect-failure", "connection failure", "UF") from e
-        except StreamError as e:
-            raise _Retry("refused-stream" if e.refused else "reset", "remote reset", "UR") from e
+            try:
+                up = await self.pool.open_stream(target, head, end_stream=no_body)
+            except UpstreamOverflow as e:
+                # not retried (Envoy never retries an overflow), not the endpoint's fault
+                raise _Retry("overflow", "overflow", "UO") from e
+            except UpstreamConnectError as e:
+                raise _Retry(
+                    "connect-failure", "connection failure", "UF", local=LocalOrigin.CONNECT_FAILED
+                ) from e
+            except StreamError as e:
+                condition = "refused-stream" if e.refused else "reset"
+                raise _Retry(condition, "remote reset", "UR", local=LocalOrigin.RESET) from e
+        except _Retry as r:
+            self._report(target, r)
+            raise
         per_try = policy.per_try_timeout or math.inf
         # Nothing is raised inside the nursery (trio would wrap it in an ExceptionGroup): the
         # outcome is kept and acted on once the request-body task is done or cancelled.
@@ -389,6 +436,7 @@ class HttpProxy:
                 if not no_body:
                     nursery.start_soon(self._send_body, s, up, ctx, body)
                 outcome = await self._response_head(up, per_try)
+                self._report(target, outcome)
                 if isinstance(outcome, ResponseHead):
                     condition = _status_condition(
                         policy, outcome.status, outcome.headers.get("grpc-status")
@@ -418,19 +466,36 @@ class HttpProxy:
         if isinstance(outcome, Switched):
             await self._switch(s, ctx, up, outcome)
 
+    @staticmethod
+    def _report(target: UpstreamTarget, outcome: ResponseHead | Switched | _Retry) -> None:
+        """Tell the target's cluster (its outlier detection) how the attempt went."""
+        cluster = target.cluster
+        if cluster is None:
+            return
+        now = cluster.clock()
+        if isinstance(outcome, ResponseHead):
+            cluster.report_status(target.address, outcome.status, now)
+        elif isinstance(outcome, _Retry) and outcome.local is not None:
+            cluster.report_local(target.address, outcome.local, now)
+
     async def _response_head(
         self, up: ClientStream, per_try: float
     ) -> ResponseHead | Switched | _Retry:
+        reset = LocalOrigin.RESET
         with trio.move_on_after(per_try):
             try:
                 return await up.receive_head()
             except StreamError as e:
                 if e.refused:
-                    return _Retry("refused-stream", "remote refused stream reset", "UR")
+                    return _Retry(
+                        "refused-stream", "remote refused stream reset", "UR", local=reset
+                    )
                 if e.reset:
-                    return _Retry("reset", "remote reset", "UR")
-                return _Retry("reset", "connection termination", "UC")
-        return _Retry("per-try-timeout", "per try timeout", "UT", status=504)
+                    return _Retry("reset", "remote reset", "UR", local=reset)
+                return _Retry("reset", "connection termination", "UC", local=reset)
+        return _Retry(
+            "per-try-timeout", "per try timeout", "UT", status=504, local=LocalOrigin.TIMEOUT
+        )
 
     async def _send_body(
         self, s: ServerStream, up: ClientStream, ctx: RequestContext, body: _Body
@@ -471,6 +536,8 @@ class HttpProxy:
             apply_header_ops(head.headers, route.response_headers)
         if backend is not None:
             apply_header_ops(head.headers, backend.response_headers)
+        for name, value in ctx.upstream_response_headers:
+            head.headers.add(name, value)
         if is_grpc(ctx.request):
             ctx.grpc_status = head.headers.get("grpc-status")
         try:

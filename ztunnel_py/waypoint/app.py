@@ -203,6 +203,7 @@ class Waypoint:
             service=lambda ctx: self.state.service_by_key(ctx.service) if ctx.service else None,
         )
         rt.dump.add_sections(self.l7.dump)
+        rt.dump.add_sections(self.resolver.dump)
         rt.certs.prefetch(self.me.identity)
         listener = trio.socket.socket(
             trio.socket.AF_INET6 if listen.ip.version == 6 else trio.socket.AF_INET
