@@ -48,7 +48,8 @@ class Cluster:
         self._known: frozenset[str] = frozenset()
         # requests in flight by endpoint address
         self.active: dict[str, int] = {}
-        # circuit breaker counters
+        # circuit breaker counters: connections open or being made, requests waiting for a
+        # connection, upstream requests in flight (the waiting ones included), retries in flight
         self.connections = 0
         self.pending = 0
         self.requests = 0
@@ -119,13 +120,11 @@ class Cluster:
 
     def can_retry(self) -> bool:
         """Whether one more retry may be in flight: the retry budget's share of the requests
-        in flight and pending (at least its minimum), else `max_retries`."""
+        in flight (those waiting for a connection included; at least its minimum), else
+        `max_retries`."""
         budget = self.policy.retry_budget
         if budget is not None:
-            limit = max(
-                budget.min_concurrency,
-                math.floor(budget.percent / 100 * (self.requests + self.pending)),
-            )
+            limit = max(budget.min_concurrency, math.floor(budget.percent / 100 * self.requests))
             return self.retries < limit
         return self._under(self.retries, self.policy.connection_pool.max_retries)
 

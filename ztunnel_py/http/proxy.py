@@ -54,6 +54,7 @@ from ztunnel_py.http.connection import ClientStream, ServerStream, StreamError
 from ztunnel_py.http.events import Switched
 from ztunnel_py.http.filter import Downstream, FilterChain, LocalReply, RequestContext
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, strip_hop_by_hop
+from ztunnel_py.http.mirror import Mirrors
 from ztunnel_py.http.normalize import InvalidPath, normalize_path
 from ztunnel_py.http.outlier import LocalOrigin
 from ztunnel_py.http.routing import (
@@ -141,10 +142,16 @@ class _Body:
     # when the upstream response has been completely processed")
     deadline: trio.CancelScope | None = None
     timeout: float = math.inf
+    # runs once the request is complete (mirroring it)
+    on_complete: Callable[[_Body], None] | None = None
 
-    def start_timeout(self) -> None:
+    def finish(self) -> None:
+        """The request is complete: the route timeout starts, the mirrors go."""
         if self.deadline is not None and self.deadline.deadline == math.inf:
             self.deadline.deadline = trio.current_time() + self.timeout
+        callback, self.on_complete = self.on_complete, None
+        if callback is not None:
+            callback(self)
 
     def keep(self, chunk: bytes) -> None:
         if self.overflowed:
@@ -190,11 +197,14 @@ class HttpProxy:
         pool: UpstreamPool,
         *,
         rand: Callable[[], float] = random.random,
+        mirrors: Mirrors | None = None,
     ) -> None:
         self.chain = chain
         self.resolver = resolver
         self.pool = pool
         self._rand = rand
+        # where route mirrors go (None: routes are not mirrored)
+        self.mirrors = mirrors
 
     async def handle(self, s: ServerStream, downstream: Downstream) -> None:
         ctx = RequestContext(s.request, downstream)
@@ -266,14 +276,41 @@ class HttpProxy:
         if route.rewrite is not None and ctx.route_match is not None:
             rewrite_request(head, route.rewrite, ctx.route_match)
         apply_header_ops(head.headers, route.request_headers)
-        apply_header_ops(head.headers, backend.request_headers)
         upgrade = "upgrade" in head.headers and req.version != "HTTP/2"
+        mirror = self._mirror(ctx, head, route, upgrade)
+        apply_header_ops(head.headers, backend.request_headers)
+        self._finish_head(s, head, upgrade)
+        await self._forward(s, ctx, head, route, backend, upgrade=upgrade, mirror=mirror)
+
+    def _finish_head(self, s: ServerStream, head: RequestHead, upgrade: bool) -> None:
         strip_hop_by_hop(head.headers, keep_upgrade=upgrade)
         if self.chain.touches_request_body and not s.read_done:
             # a filter may change the body's length: it goes with the framing of unknown length
             head.headers.remove("content-length")
-        head.headers.setdefault("x-forwarded-proto", req.scheme)
-        await self._forward(s, ctx, head, route, backend, upgrade=upgrade)
+        head.headers.setdefault("x-forwarded-proto", s.request.scheme)
+
+    def _mirror(
+        self, ctx: RequestContext, head: RequestHead, route: Route, upgrade: bool
+    ) -> Callable[[_Body], None] | None:
+        """What mirrors the request once it is complete: the route's mirrors that its
+        percentage picks, sent the request as routed (before backend header edits)."""
+        mirrors = self.mirrors
+        if mirrors is None or upgrade or not route.mirrors:
+            return None
+        backends = [m.backend for m in route.mirrors if self._rand() * 100.0 < m.percent]
+        if not backends:
+            return None
+        copy = head.copy()
+        copy.headers.remove("upgrade")
+        copy.headers.remove("content-length")
+        strip_hop_by_hop(copy.headers)
+        copy.headers.setdefault("x-forwarded-proto", ctx.request.scheme)
+
+        def send(body: _Body) -> None:
+            if body.replayable:
+                mirrors.submit(ctx, copy, backends, body.chunks, body.trailers, route.timeout)
+
+        return send
 
     # forwarding
 
@@ -286,15 +323,21 @@ class HttpProxy:
         backend: Backend,
         *,
         upgrade: bool,
+        mirror: Callable[[_Body], None] | None = None,
     ) -> None:
         policy = route.retries if route.retries is not None else DEFAULT_RETRY
         tried: list[str] = []
         last: _Retry | None = None
         target: UpstreamTarget | None = None
         with trio.CancelScope() as deadline:
-            body = _Body(complete=s.read_done, deadline=deadline, timeout=route.timeout or math.inf)
+            body = _Body(
+                complete=s.read_done,
+                deadline=deadline,
+                timeout=route.timeout or math.inf,
+                on_complete=mirror,
+            )
             if body.complete:
-                body.start_timeout()
+                body.finish()
             for attempt in range(policy.attempts + 1):
                 retrying = target.cluster if target is not None else None
                 if retrying is not None:
@@ -518,7 +561,7 @@ class HttpProxy:
                 await self.chain.request_trailers(ctx, trailers)
             body.trailers = trailers
             body.complete = True
-            body.start_timeout()
+            body.finish()
             await _send_last(up, chunk, trailers)
         except StreamError:
             # either side went away; the response side notices and reports it

@@ -21,7 +21,7 @@ Envoy's circuit breakers and connection pools do it:
   closed after `idle_timeout` idle, and dialling it may take `connect_timeout`.
 
 The pool keeps the cluster's counters (connections, pending, requests in flight overall and
-per endpoint) from the moment a dial starts or a stream opens until it ends.
+per endpoint) from the moment a dial starts or a request asks for a stream until it ends.
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ class UpstreamPool:
         self._locks: dict[tuple[Hashable, bool], trio.Lock] = {}
         # dials in progress per key: a connection to come counts as the endpoint's
         self._dialing: dict[tuple[Hashable, bool], int] = {}
+        # new HTTP/1.1 connections kept for the request that dialled them until it opened its
+        # stream: a pending request must not take one first
+        self._reserved: set[ClientConnection] = set()
         self._reaper_started = False
         self._reap_every = min(idle_timeout, _REAP_INTERVAL)
         # set (and replaced) whenever a stream or a connection ends: pending requests look again
@@ -123,7 +126,7 @@ class UpstreamPool:
             settings = self._settings.get(c)
             if settings is not None and settings.expired(c, now):
                 self._retire(c)
-            if c.available:
+            if c.available and c not in self._reserved:
                 return c
         return None
 
@@ -142,34 +145,38 @@ class UpstreamPool:
             cluster.stats["upstream_cx_total"] += 1
         self._dialing[key] = self._dialing.get(key, 0) + 1
         try:
-            with trio.fail_after(timeout):
-                stream = await target.connect()
-        except BaseException as e:
+            try:
+                with trio.fail_after(timeout):
+                    stream = await target.connect()
+            except BaseException as e:
+                if cluster is not None:
+                    cluster.connections -= 1
+                    self._notify()
+                if isinstance(e, trio.TooSlowError):
+                    raise UpstreamConnectError(f"connect to {target.address} timed out") from None
+                if isinstance(e, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+                    raise UpstreamConnectError(f"connect to {target.address} failed: {e}") from None
+                raise
             if cluster is not None:
-                cluster.connections -= 1
-                self._notify()
-            if isinstance(e, trio.TooSlowError):
-                raise UpstreamConnectError(f"connect to {target.address} timed out") from None
-            if isinstance(e, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
-                raise UpstreamConnectError(f"connect to {target.address} failed: {e}") from None
-            raise
+                cluster.report_connected(target.address)
+            conn = ClientConnection(stream, http2=target.http2)
+            idle = (pool.idle_timeout if pool else None) or self._idle_timeout
+            self._settings[conn] = _Settings(
+                idle,
+                pool.max_requests_per_connection if pool else 0,
+                pool.max_connection_duration if pool else None,
+            )
+            self._reap_every = min(self._reap_every, idle)
+            if not target.http2:
+                self._reserved.add(conn)
+            await self._nursery.start(self._run, conn, key, cluster)
         finally:
+            # counted as a dial until it is in the pool
             left = self._dialing[key] - 1
             if left:
                 self._dialing[key] = left
             else:
                 del self._dialing[key]
-        if cluster is not None:
-            cluster.report_connected(target.address)
-        conn = ClientConnection(stream, http2=target.http2)
-        idle = (pool.idle_timeout if pool else None) or self._idle_timeout
-        self._settings[conn] = _Settings(
-            idle,
-            pool.max_requests_per_connection if pool else 0,
-            pool.max_connection_duration if pool else None,
-        )
-        self._reap_every = min(self._reap_every, idle)
-        await self._nursery.start(self._run, conn, key, cluster)
         if not self._reaper_started:
             self._reaper_started = True
             self._nursery.start_soon(self._reap)
@@ -194,6 +201,7 @@ class UpstreamPool:
                 if not conns:
                     del self._conns[key]
             self._settings.pop(conn, None)
+            self._reserved.discard(conn)
             if cluster is not None:
                 cluster.connections -= 1
             self._notify()
@@ -242,27 +250,46 @@ class UpstreamPool:
         """A stream to `target` carrying `head`: on a pooled connection when one is free.
         `UpstreamOverflow` when the target's cluster is at its limits."""
         cluster = target.cluster
-        if cluster is not None and not cluster.can_request():
-            cluster.stats["upstream_rq_overflow"] += 1
-            raise UpstreamOverflow(f"{cluster.name}: too many requests in flight")
+        if cluster is not None:
+            # the request counts from now (waiting for a connection included), so concurrent
+            # requests cannot all pass the check while their connections are being made
+            if not cluster.can_request():
+                cluster.stats["upstream_rq_overflow"] += 1
+                raise UpstreamOverflow(f"{cluster.name}: too many requests in flight")
+            cluster.stream_opened(target.address)
+        try:
+            stream, conn = await self._open(target, head, end_stream)
+        except BaseException:
+            if cluster is not None:
+                cluster.stream_closed(target.address)
+            raise
+        self._opened(conn, stream, target)
+        return stream
+
+    async def _open(
+        self, target: UpstreamTarget, head: RequestHead, end_stream: bool
+    ) -> tuple[ClientStream, ClientConnection]:
         key = (target.key, target.http2)
         conn = await self._connection(target, key)
         try:
             stream = await conn.open_stream(head, end_stream=end_stream)
         except StreamError:
             # the pooled connection died under us: one fresh try
+            self._reserved.discard(conn)
             conn = await self._connect(target)
-            stream = await conn.open_stream(head, end_stream=end_stream)
-        self._opened(conn, stream, target)
-        return stream
+            try:
+                stream = await conn.open_stream(head, end_stream=end_stream)
+            finally:
+                self._reserved.discard(conn)
+        finally:
+            self._reserved.discard(conn)
+        return stream, conn
 
     def _opened(self, conn: ClientConnection, stream: ClientStream, target: UpstreamTarget) -> None:
         limits = self._settings.get(conn)
         if limits is not None and limits.max_requests and conn.opened >= limits.max_requests:
             conn.retiring = True
         cluster = target.cluster
-        if cluster is not None:
-            cluster.stream_opened(target.address)
 
         def released() -> None:
             if cluster is not None:

@@ -12,7 +12,10 @@ node agent: it speaks HBONE itself, as Envoy waypoints do) and:
   this waypoint does not serve is refused (400). A TCP port (app protocol `tcp`/`tls`) is
   proxied at L4 after the L4 part of its policies; every other port runs HTTP/1.1 or HTTP/2
   (prior knowledge) through the filter engine: tracing, authorization, user filters, faults,
-  then routing, retries and timeouts, with metrics and the access log at the end;
+  then routing, retries and timeouts, mirroring, with metrics and the access log at the end;
+  each destination (service, subset, port) is a cluster with its DestinationRule traffic
+  policy (load balancing, circuit breakers, outlier detection), shown in `/config_dump`
+  (`clusters`);
 - opens HBONE (pooled per destination) to the chosen endpoint's node agent with
   `:authority = <pod IP>:<target port>`; the destination agent sees the waypoint's identity.
 """
@@ -47,6 +50,7 @@ from ztunnel_py.http.filters.fault import FaultFilter
 from ztunnel_py.http.filters.telemetry import TelemetryFilter
 from ztunnel_py.http.filters.tracing import TracingFilter
 from ztunnel_py.http.mesh import MeshResolver
+from ztunnel_py.http.mirror import Mirrors
 from ztunnel_py.http.proxy import HttpProxy
 from ztunnel_py.http.upstream import UpstreamPool
 from ztunnel_py.identity.tls import (
@@ -192,6 +196,7 @@ class Waypoint:
         )
         self.request_metrics = RequestMetrics(rt.registry)
         self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
+        self.mirrors = Mirrors(rt.nursery, self.upstreams, self.resolver)
         self.tracing = TracingFilter()
         self.authz = AuthorizationFilter(self._policies)
         self.fault = FaultFilter()
@@ -335,7 +340,9 @@ class Waypoint:
                     *user[FilterPhase.UNSPECIFIED],
                 ]
             )
-            proxy = chains.by_service[service] = HttpProxy(chain, self.resolver, self.upstreams)
+            proxy = chains.by_service[service] = HttpProxy(
+                chain, self.resolver, self.upstreams, mirrors=self.mirrors
+            )
         return proxy
 
     def _user_filters(self, configs: Sequence[FilterConfig]) -> dict[FilterPhase, list[Filter]]:
