@@ -75,6 +75,17 @@ class Mirrors:
         self.dropped = 0
         self.failed = 0
 
+    def dump(self) -> dict[str, dict[str, int]]:
+        """`/config_dump` section `mirrors`: copies in flight, sent, dropped, failed."""
+        return {
+            "mirrors": {
+                "inFlight": self.in_flight,
+                "sent": self.sent,
+                "dropped": self.dropped,
+                "failed": self.failed,
+            }
+        }
+
     def submit(
         self,
         ctx: RequestContext,

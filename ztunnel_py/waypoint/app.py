@@ -209,6 +209,7 @@ class Waypoint:
         )
         rt.dump.add_sections(self.l7.dump)
         rt.dump.add_sections(self.resolver.dump)
+        rt.dump.add_sections(self.mirrors.dump)
         rt.certs.prefetch(self.me.identity)
         listener = trio.socket.socket(
             trio.socket.AF_INET6 if listen.ip.version == 6 else trio.socket.AF_INET
