@@ -84,6 +84,13 @@ def pool(**limits: int) -> TrafficPolicy:
     return TrafficPolicy(connection_pool=ConnectionPool(**limits))
 
 
+def one_service(up: H1Upstream, policy: TrafficPolicy) -> ClusterResolver:
+    """Every request to `up`, its cluster under `policy`."""
+    return ClusterResolver(
+        [Route("r", backends=(Backend(SVC, 80),))], {SVC: [up.address]}, {SVC: policy}
+    )
+
+
 async def curl_status(url: str, *headers: str) -> tuple[int, str]:
     """The status and the response headers (lower-case) of one request."""
     extra = [arg for h in headers for arg in ("-H", h)]
@@ -110,11 +117,7 @@ async def test_over_the_connection_and_pending_limits_requests_get_503_uo(
     nursery: trio.Nursery,
 ) -> None:
     up = await H1Upstream().serve(nursery)
-    resolver = ClusterResolver(
-        [Route("r", backends=(Backend(SVC, 80),))],
-        {SVC: [up.address]},
-        {SVC: pool(max_connections=1, max_pending_requests=1)},
-    )
+    resolver = one_service(up, pool(max_connections=1, max_pending_requests=1))
     async with run_proxy(resolver) as proxy:
         results = await concurrently(10, f"{proxy.url}/delay/1500")
         statuses = sorted(s for s, _ in results)
@@ -140,11 +143,7 @@ async def test_over_the_connection_and_pending_limits_requests_get_503_uo(
 
 async def test_requests_in_flight_over_max_requests_overflow(nursery: trio.Nursery) -> None:
     up = await H1Upstream().serve(nursery)
-    resolver = ClusterResolver(
-        [Route("r", backends=(Backend(SVC, 80),))],
-        {SVC: [up.address]},
-        {SVC: pool(max_requests=2)},
-    )
+    resolver = one_service(up, pool(max_requests=2))
     async with run_proxy(resolver) as proxy:
         results = await concurrently(6, f"{proxy.url}/delay/2000")
         assert sorted(s for s, _ in results) == [200, 200, 503, 503, 503, 503]
@@ -155,11 +154,7 @@ async def test_a_connection_serves_at_most_max_requests_per_connection(
     nursery: trio.Nursery,
 ) -> None:
     up = await H1Upstream().serve(nursery)
-    resolver = ClusterResolver(
-        [Route("r", backends=(Backend(SVC, 80),))],
-        {SVC: [up.address]},
-        {SVC: pool(max_requests_per_connection=2)},
-    )
+    resolver = one_service(up, pool(max_requests_per_connection=2))
     async with run_proxy(resolver) as proxy:
         for _ in range(5):
             assert (await curl_status(f"{proxy.url}/echo"))[0] == 200

@@ -25,17 +25,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.netns.conftest import unique_prefix
 from tests.netns.test_controlplane import debug_config
 from tests.netns.test_waypoint import (
     ECHO_VIP,
-    GATEWAY,
-    answered_by_waypoint,
-    apps_namespace,
     curl,
     wait_until,
     waypoint,
     waypoint_requests,
+    waypoint_testbed,
 )
 from ztunnel_py.testbed.resources import ObjectRef
 from ztunnel_py.testbed.testbed import Testbed
@@ -90,13 +87,7 @@ for w in workers:
 
 @pytest.fixture(scope="module")
 def bed() -> Iterator[Testbed]:
-    tb = Testbed.up(prefix=unique_prefix("tp"), nodes=2, pods_per_node=4)
-    try:
-        tb.apply(GATEWAY + "---\n" + apps_namespace(waypoint=True))
-        wait_until(lambda: answered_by_waypoint(tb), "traffic to take the waypoint")
-        yield tb
-    finally:
-        tb.down()
+    yield from waypoint_testbed("tp", pods_per_node=4)
 
 
 def load(

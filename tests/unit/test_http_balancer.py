@@ -19,6 +19,7 @@ from ztunnel_py.http.balancer import (
     HashRing,
     LeastRequest,
     MaglevTable,
+    Pick,
     Random,
     RoundRobin,
     hash64,
@@ -26,6 +27,8 @@ from ztunnel_py.http.balancer import (
 )
 from ztunnel_py.http.message import Headers, RequestHead
 from ztunnel_py.model.http import ConsistentHash, HashSource, HashTable
+
+NONE = Pick()
 
 # --- naive references ---------------------------------------------------------------------------
 
@@ -181,15 +184,13 @@ def test_hash_balancer_rebuilds_only_when_the_endpoints_change() -> None:
     assert balancer.table(list(reversed(endpoints))) is table
     assert balancer.table(endpoints[:1]) is not table
     key = hash64("alice")
-    chosen = balancer.pick(endpoints, {}, key, frozenset())
-    assert {balancer.pick(endpoints, {}, key, frozenset()).address for _ in range(20)} == {
-        chosen.address
-    }
+    chosen = balancer.pick(endpoints, Pick(key=key))
+    assert {balancer.pick(endpoints, Pick(key=key)).address for _ in range(20)} == {chosen.address}
     # a retry avoids the endpoint it tried
-    other = balancer.pick(endpoints, {}, key, frozenset({chosen.address}))
+    other = balancer.pick(endpoints, Pick(key=key, avoid=frozenset({chosen.address})))
     assert other.address != chosen.address
     # no key: random among the endpoints
-    seen = {balancer.pick(endpoints, {}, None, frozenset()).address for _ in range(50)}
+    seen = {balancer.pick(endpoints, NONE).address for _ in range(50)}
     assert seen == {"10.0.0.1:80", "10.0.0.2:80"}
 
 
@@ -197,13 +198,13 @@ def test_hash_balancer_rebuilds_only_when_the_endpoints_change() -> None:
 
 
 def test_round_robin_gives_each_its_weight_interleaved() -> None:
-    rr = RoundRobin()
+    rr = RoundRobin(random.Random(0))
     endpoints = [Endpoint("a", 3), Endpoint("b", 1)]
-    picks = [rr.pick(endpoints, {}, None, frozenset()).address for _ in range(8)]
+    picks = [rr.pick(endpoints, NONE).address for _ in range(8)]
     assert Counter(picks) == {"a": 6, "b": 2}
     assert "b" in picks[:4] and "b" in picks[4:]
     equal = [Endpoint("a"), Endpoint("b"), Endpoint("c")]
-    assert [rr.pick(equal, {}, None, frozenset()).address for _ in range(6)] == [
+    assert [rr.pick(equal, NONE).address for _ in range(6)] == [
         "a",
         "b",
         "c",
@@ -216,26 +217,21 @@ def test_round_robin_gives_each_its_weight_interleaved() -> None:
 def test_least_request_prefers_the_endpoint_with_fewer_requests_in_flight() -> None:
     lr = LeastRequest(random.Random(3))
     endpoints = [Endpoint("busy"), Endpoint("idle")]
-    picks = Counter(lr.pick(endpoints, {"busy": 5}, None, frozenset()).address for _ in range(200))
+    picks = Counter(lr.pick(endpoints, Pick({"busy": 5})).address for _ in range(200))
     assert picks == {"idle": 200}
     # three endpoints: the better of two random ones, so the busiest is never chosen
     three = [*endpoints, Endpoint("some")]
-    picks = Counter(
-        lr.pick(three, {"busy": 5, "some": 1}, None, frozenset()).address for _ in range(300)
-    )
+    picks = Counter(lr.pick(three, Pick({"busy": 5, "some": 1})).address for _ in range(300))
     assert picks["busy"] == 0 and picks["idle"] > picks["some"] > 0
     # unequal weights: weight / (in flight + 1)
     weighted = [Endpoint("heavy", 4), Endpoint("light", 1)]
-    picks = Counter(lr.pick(weighted, {"heavy": 3}, None, frozenset()).address for _ in range(2000))
+    picks = Counter(lr.pick(weighted, Pick({"heavy": 3})).address for _ in range(2000))
     assert 0.4 < picks["heavy"] / 2000 < 0.6
 
 
 def test_random_follows_the_weights() -> None:
     r = Random(random.Random(5))
-    picks = Counter(
-        r.pick([Endpoint("a", 9), Endpoint("b", 1)], {}, None, frozenset()).address
-        for _ in range(2000)
-    )
+    picks = Counter(r.pick([Endpoint("a", 9), Endpoint("b", 1)], NONE).address for _ in range(2000))
     assert 0.85 < picks["a"] / 2000 < 0.95
 
 

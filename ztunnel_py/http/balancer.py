@@ -28,7 +28,7 @@ import hashlib
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from ztunnel_py.http.message import RequestHead
@@ -48,6 +48,7 @@ __all__ = [
     "HashRing",
     "LeastRequest",
     "MaglevTable",
+    "Pick",
     "Random",
     "RoundRobin",
     "balancer_for",
@@ -75,55 +76,43 @@ class Endpoint:
     weight: int = 1
 
 
-class Balancer:
-    """Picks one of `endpoints` (never empty). `active` gives requests in flight by address;
-    `key` is the request's hash (None: none); `avoid` are addresses to skip where possible
-    (only hash balancers need it: the others are given the allowed endpoints)."""
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """What one pick goes by: requests in flight by address, the request's hash (None: it has
+    none), and addresses to skip where possible (only hash balancers are given any: the others
+    are offered the allowed endpoints alone)."""
 
-    def pick(
-        self,
-        endpoints: Sequence[Endpoint],
-        active: Mapping[str, int],
-        key: int | None,
-        avoid: frozenset[str],
-    ) -> Endpoint:
+    active: Mapping[str, int] = field(default_factory=dict)
+    key: int | None = None
+    avoid: frozenset[str] = frozenset()
+
+
+class Balancer:
+    """Picks one of `endpoints` (never empty)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def pick(self, endpoints: Sequence[Endpoint], how: Pick) -> Endpoint:
         raise NotImplementedError
 
 
 class Random(Balancer):
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def pick(
-        self,
-        endpoints: Sequence[Endpoint],
-        active: Mapping[str, int],
-        key: int | None,
-        avoid: frozenset[str],
-    ) -> Endpoint:
+    def pick(self, endpoints: Sequence[Endpoint], how: Pick) -> Endpoint:
         if len(endpoints) == 1:
             return endpoints[0]
         return self.rng.choices(endpoints, weights=[e.weight for e in endpoints])[0]
 
 
 class LeastRequest(Balancer):
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def pick(
-        self,
-        endpoints: Sequence[Endpoint],
-        active: Mapping[str, int],
-        key: int | None,
-        avoid: frozenset[str],
-    ) -> Endpoint:
+    def pick(self, endpoints: Sequence[Endpoint], how: Pick) -> Endpoint:
         if len(endpoints) == 1:
             return endpoints[0]
         if len({e.weight for e in endpoints}) == 1:
             first, second = self.rng.sample(range(len(endpoints)), 2)
             a, b = endpoints[first], endpoints[second]
-            return b if active.get(b.address, 0) < active.get(a.address, 0) else a
-        weights = [e.weight / (active.get(e.address, 0) + 1) for e in endpoints]
+            return b if how.active.get(b.address, 0) < how.active.get(a.address, 0) else a
+        weights = [e.weight / (how.active.get(e.address, 0) + 1) for e in endpoints]
         return self.rng.choices(endpoints, weights=weights)[0]
 
 
@@ -132,16 +121,11 @@ class RoundRobin(Balancer):
     takes the endpoint with the most, which then pays the total; over any window of total
     weight picks each endpoint gets exactly its weight, spread out."""
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__(rng)
         self._credit: dict[str, int] = {}
 
-    def pick(
-        self,
-        endpoints: Sequence[Endpoint],
-        active: Mapping[str, int],
-        key: int | None,
-        avoid: frozenset[str],
-    ) -> Endpoint:
+    def pick(self, endpoints: Sequence[Endpoint], how: Pick) -> Endpoint:
         # only the endpoints offered now keep their credit: one that was left out (ejected,
         # tried) comes back even, not behind
         old = self._credit
@@ -239,9 +223,9 @@ class HashBalancer(Balancer):
     """A ring or Maglev table over the endpoints, rebuilt only when they change."""
 
     def __init__(self, table: HashTable, size: int, rng: random.Random) -> None:
+        super().__init__(rng)
         self.kind = table
         self.size = size
-        self.rng = rng
         self._built: tuple[frozenset[tuple[str, int]], HashRing | MaglevTable] | None = None
 
     def table(self, endpoints: Sequence[Endpoint]) -> HashRing | MaglevTable:
@@ -255,17 +239,11 @@ class HashBalancer(Balancer):
             self._built = (hosts, built)
         return self._built[1]
 
-    def pick(
-        self,
-        endpoints: Sequence[Endpoint],
-        active: Mapping[str, int],
-        key: int | None,
-        avoid: frozenset[str],
-    ) -> Endpoint:
-        allowed = [e for e in endpoints if e.address not in avoid] or list(endpoints)
-        if key is None:
+    def pick(self, endpoints: Sequence[Endpoint], how: Pick) -> Endpoint:
+        allowed = [e for e in endpoints if e.address not in how.avoid] or list(endpoints)
+        if how.key is None:
             return self.rng.choice(allowed)
-        address = self.table(endpoints).lookup(key, avoid)
+        address = self.table(endpoints).lookup(how.key, how.avoid)
         return next(e for e in endpoints if e.address == address)
 
 
@@ -274,7 +252,7 @@ def balancer_for(lb: LoadBalancer, rng: random.Random) -> Balancer:
     if ch is not None:
         return HashBalancer(ch.table, ch.table_size, rng)
     if lb.kind is LoadBalancerKind.ROUND_ROBIN:
-        return RoundRobin()
+        return RoundRobin(rng)
     if lb.kind is LoadBalancerKind.RANDOM:
         return Random(rng)
     return LeastRequest(rng)

@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from ztunnel_py.http.balancer import Endpoint, HashBalancer, balancer_for
+from ztunnel_py.http.balancer import Endpoint, HashBalancer, Pick, balancer_for
 from ztunnel_py.http.outlier import LocalOrigin, OutlierDetector
 from ztunnel_py.model.http import TrafficPolicy
 
@@ -94,9 +94,9 @@ class Cluster:
         if len(avoid) == len(healthy):
             avoid = frozenset()
         if isinstance(self.balancer, HashBalancer):
-            return self.balancer.pick(healthy, self.active, key, avoid)
+            return self.balancer.pick(healthy, Pick(self.active, key, avoid))
         allowed = [e for e in healthy if e.address not in avoid]
-        return self.balancer.pick(allowed, self.active, key, frozenset())
+        return self.balancer.pick(allowed, Pick(self.active))
 
     @property
     def idle(self) -> bool:

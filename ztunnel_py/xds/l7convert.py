@@ -9,9 +9,10 @@ resource's NACK reason; a waypoint then keeps serving that resource's last good 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 
@@ -104,25 +105,18 @@ _PHASES = {
     FilterPhase.STATS: l7_pb2.STATS,
 }
 _PHASE_NAMES: dict[int, FilterPhase] = {int(v): k for k, v in _PHASES.items()}
-_LB = {
-    LoadBalancerKind.LEAST_REQUEST: l7_pb2.LoadBalancer.LEAST_REQUEST,
-    LoadBalancerKind.ROUND_ROBIN: l7_pb2.LoadBalancer.ROUND_ROBIN,
-    LoadBalancerKind.RANDOM: l7_pb2.LoadBalancer.RANDOM,
-    LoadBalancerKind.PASSTHROUGH: l7_pb2.LoadBalancer.PASSTHROUGH,
-}
-_LB_NAMES: dict[int, LoadBalancerKind] = {int(v): k for k, v in _LB.items()}
-_HASH_SOURCES = {
-    HashSource.HEADER: l7_pb2.ConsistentHash.HEADER,
-    HashSource.COOKIE: l7_pb2.ConsistentHash.COOKIE,
-    HashSource.SOURCE_IP: l7_pb2.ConsistentHash.SOURCE_IP,
-    HashSource.QUERY_PARAMETER: l7_pb2.ConsistentHash.QUERY_PARAMETER,
-}
-_HASH_SOURCE_NAMES: dict[int, HashSource] = {int(v): k for k, v in _HASH_SOURCES.items()}
-_HASH_TABLES = {
-    HashTable.RING_HASH: l7_pb2.ConsistentHash.RING_HASH,
-    HashTable.MAGLEV: l7_pb2.ConsistentHash.MAGLEV,
-}
-_HASH_TABLE_NAMES: dict[int, HashTable] = {int(v): k for k, v in _HASH_TABLES.items()}
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _same_names(model: type[_E], wire: Any) -> tuple[dict[_E, Any], dict[int, _E]]:
+    """Both ways between a model enum and a wire enum whose names are the model's values."""
+    to_wire = {member: wire.Value(member.value) for member in model}
+    return to_wire, {int(v): k for k, v in to_wire.items()}
+
+
+_LB, _LB_NAMES = _same_names(LoadBalancerKind, l7_pb2.LoadBalancer.Simple)
+_HASH_SOURCES, _HASH_SOURCE_NAMES = _same_names(HashSource, l7_pb2.ConsistentHash.Source)
+_HASH_TABLES, _HASH_TABLE_NAMES = _same_names(HashTable, l7_pb2.ConsistentHash.Table)
 
 
 # --- model -> proto ------------------------------------------------------------------------------

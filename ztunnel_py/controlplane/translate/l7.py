@@ -9,6 +9,9 @@ namespace's own clients). The HTTPRoutes in the waypoint's namespace come first,
 age, and only the first candidate is used: a waypoint never merges VirtualServices, nor mixes
 them with HTTPRoutes (the ones left out are reported). Without any, the HttpService has no
 routes and the waypoint routes every request to the service on the port it arrived on.
+
+Each HttpService also carries the DestinationRule traffic policies of the services it may send
+to (the served one and every route backend), for the subsets the routes use (`traffic.py`).
 """
 
 from __future__ import annotations
