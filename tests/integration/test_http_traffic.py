@@ -8,6 +8,7 @@ copies are bounded)."""
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -280,3 +281,50 @@ async def test_a_mirror_gets_the_request_with_a_shadow_authority_and_body(
         assert (method, path, headers["host"]) == ("POST", "/echo", "echo.apps-shadow:80")
         assert len(shadow.requests) == 1  # the 0 % mirror sent nothing
         assert main.requests[0][2]["host"] == "echo.apps:80"
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "codes", "path", "tries"),
+    [
+        (("5xx",), (), "/status/500", 3),
+        (("5xx",), (), "/status/404", 1),
+        (("5xx",), (), "/reset-before", 3),
+        (("gateway-error",), (), "/status/502", 3),
+        (("gateway-error",), (), "/status/504", 3),
+        (("gateway-error",), (), "/status/500", 1),
+        (("reset",), (), "/reset-before", 3),
+        (("reset",), (), "/status/503", 1),
+        (("retriable-4xx",), (), "/status/409", 3),
+        (("retriable-4xx",), (), "/status/404", 1),
+        (("retriable-status-codes",), (418,), "/status/418", 3),
+        (("retriable-status-codes",), (418,), "/status/500", 1),
+        (("connect-failure", "refused-stream"), (), "/status/503", 1),
+    ],
+)
+async def test_each_retry_condition(
+    nursery: trio.Nursery, retry_on: tuple[str, ...], codes: tuple[int, ...], path: str, tries: int
+) -> None:
+    up = await H1Upstream().serve(nursery)
+    route = Route("r", backends=(Backend(SVC, 80),), retries=RetryPolicy(2, None, retry_on, codes))
+    async with run_proxy(ClusterResolver([route], {SVC: [up.address]}), rand=lambda: 0.0) as proxy:
+        await curl_status(f"{proxy.url}{path}")
+        (ctx,) = await proxy.log.wait_for(1)
+        assert (ctx.attempts, len(up.requests)) == (tries, tries)
+        assert ("URX" in ctx.response_flags) is (tries > 1)
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "tries"), [(("connect-failure",), 3), (("reset",), 3), (("retriable-4xx",), 1)]
+)
+async def test_connect_failures_are_retried_under_connect_failure_and_reset(
+    nursery: trio.Nursery, retry_on: tuple[str, ...], tries: int
+) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    route = Route("r", backends=(Backend(SVC, 80),), retries=RetryPolicy(2, None, retry_on))
+    async with run_proxy(ClusterResolver([route], {SVC: [address]}), rand=lambda: 0.0) as proxy:
+        status, _ = await curl_status(f"{proxy.url}/")
+        (ctx,) = await proxy.log.wait_for(1)
+        assert status == 503 and ctx.attempts == tries and "UF" in ctx.response_flags
