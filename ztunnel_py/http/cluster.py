@@ -128,12 +128,12 @@ class Cluster:
             return self.retries < limit
         return self._under(self.retries, self.policy.connection_pool.max_retries)
 
-    def stream_opened(self, address: str) -> None:
+    def request_started(self, address: str) -> None:
+        """An upstream request to `address` asked for a stream (it may still wait)."""
         self.requests += 1
         self.active[address] = self.active.get(address, 0) + 1
-        self.stats["upstream_rq_total"] += 1
 
-    def stream_closed(self, address: str) -> None:
+    def request_ended(self, address: str) -> None:
         self.requests -= 1
         left = self.active.get(address, 0) - 1
         if left > 0:

@@ -256,12 +256,12 @@ class UpstreamPool:
             if not cluster.can_request():
                 cluster.stats["upstream_rq_overflow"] += 1
                 raise UpstreamOverflow(f"{cluster.name}: too many requests in flight")
-            cluster.stream_opened(target.address)
+            cluster.request_started(target.address)
         try:
             stream, conn = await self._open(target, head, end_stream)
         except BaseException:
             if cluster is not None:
-                cluster.stream_closed(target.address)
+                cluster.request_ended(target.address)
             raise
         self._opened(conn, stream, target)
         return stream
@@ -290,10 +290,12 @@ class UpstreamPool:
         if limits is not None and limits.max_requests and conn.opened >= limits.max_requests:
             conn.retiring = True
         cluster = target.cluster
+        if cluster is not None:
+            cluster.stats["upstream_rq_total"] += 1
 
         def released() -> None:
             if cluster is not None:
-                cluster.stream_closed(target.address)
+                cluster.request_ended(target.address)
             if conn.retiring:
                 self._retire(conn)
             self._notify()
