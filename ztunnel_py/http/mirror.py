@@ -128,6 +128,10 @@ class Mirrors:
         except (StreamError, UpstreamConnectError, UpstreamOverflow) as e:
             self.failed += 1
             log.debug("mirror to %s failed: %s", copy.backend.cluster, e)
+        except Exception:
+            # a copy runs in the proxy's own nursery: whatever goes wrong stays with it
+            self.failed += 1
+            log.exception("mirror to %s failed", copy.backend.cluster)
         finally:
             self.in_flight -= 1
 
