@@ -243,6 +243,30 @@ def test_three_retries_turn_a_backend_failing_half_its_requests_into_success(
         bed.delete(THREE_RETRIES)
 
 
+def test_retries_also_mask_failures_that_strike_at_random(bed: Testbed) -> None:
+    """Every endpoint fails half its requests at random (`/flaky/50`): four tries all fail
+    for one request in sixteen, whatever endpoints they reach."""
+
+    def echo_retries(attempts: int) -> str:
+        return virtual_service(
+            "echo",
+            "  - route: [{destination: {host: echo}}]\n"
+            f'    retries: {{attempts: {attempts}, retryOn: "5xx"}}\n',
+        )
+
+    bed.apply(echo_retries(0))
+    try:
+        wait_until(lambda: statuses(load(bed, ECHO_VIP, "/flaky/100", 3))[503] == 3, "no retries")
+        plain = statuses(load(bed, ECHO_VIP, "/flaky/50", 300))
+        assert 0.38 < plain[200] / 300 < 0.62, plain
+        bed.apply(echo_retries(3))
+        wait_until(lambda: statuses(load(bed, ECHO_VIP, "/flaky/50", 20))[200] >= 17, "3 retries")
+        retried = statuses(load(bed, ECHO_VIP, "/flaky/50", 300))
+        assert retried[200] / 300 > 0.88, retried  # 15/16 expected
+    finally:
+        bed.delete(echo_retries(3))
+
+
 # --- outlier detection ---------------------------------------------------------------------------
 
 EJECTING = destination_rule(
