@@ -190,6 +190,15 @@ def test_status_delay_and_headers_endpoints(pod: Pod, tmp_path: Path) -> None:
     assert headers["user-agent"].startswith("curl/")
 
 
+def test_flaky_fails_its_share_of_requests(pod: Pod, tmp_path: Path) -> None:
+    assert curl(tmp_path, pod.url("http", "/flaky/0")).status == 200
+    always = curl(tmp_path, pod.url("http", "/flaky/100"))
+    assert always.status == 503 and always.json()["pod"] == "echo-1"
+    statuses = [curl(tmp_path, pod.url("http", "/flaky/50")).status for _ in range(40)]
+    assert set(statuses) == {200, 503}
+    assert curl(tmp_path, pod.url("http", "/flaky/101")).status == 400
+
+
 def test_bodies_of_any_length_chunked_or_not_are_read(pod: Pod, tmp_path: Path) -> None:
     upload = tmp_path / "upload"
     upload.write_bytes(b"z" * (3 << 20))

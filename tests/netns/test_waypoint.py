@@ -151,15 +151,20 @@ for _ in range(count):
 """
 
 
-@pytest.fixture(scope="module")
-def bed() -> Iterator[Testbed]:
-    tb = Testbed.up(prefix=unique_prefix("wp"), nodes=2, pods_per_node=2)
+def waypoint_testbed(tag: str, pods_per_node: int) -> Iterator[Testbed]:
+    """A 2-node ambient testbed whose namespace `apps` uses a waypoint, torn down after."""
+    tb = Testbed.up(prefix=unique_prefix(tag), nodes=2, pods_per_node=pods_per_node)
     try:
         tb.apply(GATEWAY + "---\n" + apps_namespace(waypoint=True))
         wait_until(lambda: answered_by_waypoint(tb), "traffic to take the waypoint")
         yield tb
     finally:
         tb.down()
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    yield from waypoint_testbed("wp", pods_per_node=2)
 
 
 def wait_until(check: Callable[[], bool], what: str, within: float = 15.0) -> None:

@@ -243,7 +243,32 @@ WAYPOINT_MESH = parse_documents(
                     "metadata": {"name": "echo", "namespace": "apps"},
                     "spec": {
                         "host": "echo",
-                        "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
+                        "trafficPolicy": {
+                            "loadBalancer": {
+                                "consistentHash": {
+                                    "httpCookie": {"name": "s", "path": "/", "ttl": "1h"},
+                                    "maglev": {"tableSize": 251},
+                                }
+                            },
+                            "connectionPool": {
+                                "tcp": {"maxConnections": 1, "connectTimeout": "2s"},
+                                "http": {"http1MaxPendingRequests": 1, "maxRetries": 3},
+                            },
+                            "outlierDetection": {"consecutive5xxErrors": 2, "interval": "1s"},
+                            "portLevelSettings": [
+                                {"port": {"number": 80}, "loadBalancer": {"simple": "RANDOM"}}
+                            ],
+                            "retryBudget": {"percent": 10, "minRetryConcurrency": 1},
+                        },
+                        "subsets": [
+                            {
+                                "name": "v1",
+                                "labels": {"version": "v1"},
+                                "trafficPolicy": {
+                                    "loadBalancer": {"consistentHash": {"httpHeaderName": "u"}}
+                                },
+                            }
+                        ],
                     },
                 },
                 virtual_service(

@@ -321,6 +321,7 @@ def test_debug_view_shows_each_waypoint_in_full() -> None:
                         "subsets": [],
                         "sources": [],
                         "filters": [],
+                        "clusters": [],
                     }
                 },
                 "policies": {},

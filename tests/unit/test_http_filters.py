@@ -3,6 +3,8 @@ context and request ids, fault injection, and the example user filter loaded as 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import trio
 import trio.testing
@@ -172,6 +174,25 @@ def test_a_fault_delays_then_aborts_the_chosen_share() -> None:
     assert reply is None and waited == pytest.approx(2.0)
     reply, ctx, waited = faulted(fault, 0.9)  # neither
     assert reply is None and waited == 0 and ctx.response_flags == []
+
+
+def test_fractional_percentages_hit_their_share() -> None:
+    fault = Fault(delay_percent=0.1, delay=0.1)
+    assert faulted(fault, 0.0009)[1].response_flags == ["DI"]  # under 0.1 %
+    assert faulted(fault, 0.0011)[1].response_flags == []
+    f = FaultFilter(rand=random.Random(14).random)
+
+    async def main() -> int:
+        hits = 0
+        for _ in range(20_000):
+            ctx = request()
+            ctx.route = Route("r", fault=fault)
+            await f.on_request_headers(ctx)
+            hits += ctx.response_flags == ["DI"]
+        return hits
+
+    hits = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert 8 <= hits <= 35  # 20 expected
 
 
 def test_a_grpc_abort_carries_its_grpc_status() -> None:

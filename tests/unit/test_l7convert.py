@@ -12,23 +12,33 @@ from ztunnel_py.model import Action, Authorization, Match, PolicyScope, StringMa
 from ztunnel_py.model.authn import ClaimToHeader, JwtHeader, JwtRule, WaypointAuthentication
 from ztunnel_py.model.http import (
     Backend,
+    ClusterPolicy,
+    ConnectionPool,
+    ConsistentHash,
     DirectResponse,
     Fault,
     FilterConfig,
     FilterPhase,
+    HashSource,
+    HashTable,
     HeaderMatch,
     HeaderOps,
     HttpService,
+    LoadBalancer,
+    LoadBalancerKind,
     MatchKind,
     Mirror,
+    OutlierDetection,
     PathMatch,
     QueryMatch,
     Redirect,
+    RetryBudget,
     RetryPolicy,
     Rewrite,
     Route,
     RouteMatch,
     Subset,
+    TrafficPolicy,
 )
 from ztunnel_py.model.policy import (
     ClaimCondition,
@@ -97,6 +107,35 @@ FULL = HttpService(
             origin="WasmPlugin apps/ratelimit",
         ),
         FilterConfig("stats_extra", FilterPhase.STATS),
+    ),
+    clusters=(
+        ClusterPolicy(
+            SVC,
+            "",
+            0,
+            TrafficPolicy(
+                LoadBalancer(
+                    LoadBalancerKind.ROUND_ROBIN,
+                    ConsistentHash(HashSource.COOKIE, "session", "/", 60.0, HashTable.MAGLEV, 251),
+                ),
+                ConnectionPool(100, 2.5, 10, 1000, 2, 3, 60.0, 3600.0),
+                OutlierDetection(7, 3, 5.0, 15.0, 50, 25, True, 4),
+                RetryBudget(25.0, 5),
+                "DestinationRule apps/echo",
+            ),
+        ),
+        ClusterPolicy(SVC, "v1", 8080, TrafficPolicy()),
+        ClusterPolicy(
+            SVC,
+            "v2",
+            0,
+            TrafficPolicy(
+                LoadBalancer(
+                    LoadBalancerKind.LEAST_REQUEST,
+                    ConsistentHash(HashSource.HEADER, "x-user", cookie_ttl=0.0, table_size=4096),
+                )
+            ),
+        ),
     ),
 )
 
@@ -199,7 +238,7 @@ def _damaged(**changes: object) -> l7_pb2.HttpService:
         for part in parents:
             target = (
                 getattr(target, part)[0]
-                if part in ("routes", "backends", "filters")
+                if part in ("routes", "backends", "filters", "clusters")
                 else getattr(target, part)
             )
         setattr(target, leaf, value)
@@ -218,6 +257,29 @@ def _damaged(**changes: object) -> l7_pb2.HttpService:
         ({"filters__phase": 9}, "filter local_ratelimit: unsupported phase 9"),
         ({"routes__backends__port": 0}, "route 0 (r0): backend port 0 is not a port"),
         ({"name": "no-slash"}, "HTTP service name 'no-slash' is not <namespace>/<hostname>"),
+        (
+            {"clusters__policy__load_balancer__consistent_hash__name": ""},
+            f"traffic policy of {SVC} subset - port *: a consistent hash on a cookie needs its "
+            "name",
+        ),
+        (
+            {"clusters__policy__load_balancer__consistent_hash__table_size": 256},
+            f"traffic policy of {SVC} subset - port *: Maglev table size 256 is not a prime",
+        ),
+        (
+            {"clusters__policy__outlier_detection__max_ejection_percent": 101},
+            f"traffic policy of {SVC} subset - port *: max ejection percent 101 is not within",
+        ),
+        (
+            {"clusters__policy__outlier_detection__interval__seconds": 0},
+            f"traffic policy of {SVC} subset - port *: outlier interval must be longer than 0",
+        ),
+        (
+            {"clusters__policy__connection_pool__idle_timeout__seconds": -1},
+            f"traffic policy of {SVC} subset - port *: idle timeout is negative",
+        ),
+        ({"clusters__service": "apps/"}, "cluster service 'apps/' is not <namespace>/<hostname>"),
+        ({"clusters__port": 70000}, f"traffic policy of {SVC} subset - port 70000: cluster port"),
     ],
 )
 def test_what_the_model_cannot_hold_is_refused(changes: dict[str, object], reason: str) -> None:
@@ -225,6 +287,40 @@ def test_what_the_model_cannot_hold_is_refused(changes: dict[str, object], reaso
         http_service_from_proto(_damaged(**changes))
     assert str(e.value).startswith(reason)
     assert "\n" not in str(e.value)
+
+
+def test_unset_policy_fields_decode_to_istios_defaults() -> None:
+    pb = l7_pb2.HttpService(
+        name=SVC,
+        clusters=[
+            l7_pb2.ClusterPolicy(
+                service=SVC,
+                policy=l7_pb2.TrafficPolicy(
+                    outlier_detection=l7_pb2.OutlierDetection(consecutive_gateway_errors=2)
+                ),
+            )
+        ],
+    )
+    (cluster,) = http_service_from_proto(pb).clusters
+    policy = cluster.policy
+    assert policy.load_balancer == LoadBalancer(LoadBalancerKind.LEAST_REQUEST)
+    assert policy.connection_pool == ConnectionPool()
+    assert policy.outlier_detection is not None
+    assert (policy.outlier_detection.interval, policy.outlier_detection.base_ejection_time) == (
+        10.0,
+        30.0,
+    )
+    assert policy.retry_budget is None
+
+
+def test_a_clusters_policy_is_the_ports_own_else_the_services() -> None:
+    (rr, _, _) = FULL.clusters
+    assert FULL.traffic_policy(SVC, "", 80) == rr.policy
+    assert FULL.traffic_policy(SVC, "v1", 8080) == TrafficPolicy()
+    # subset v1 on another port: no policy for it (a subset's policy is resolved in full by the
+    # control plane, it does not inherit at the waypoint)
+    assert FULL.traffic_policy(SVC, "v1", 80) == TrafficPolicy()
+    assert FULL.traffic_policy("apps/other", "", 80) == TrafficPolicy()
 
 
 def test_wrong_object_for_the_type() -> None:

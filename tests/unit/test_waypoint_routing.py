@@ -20,7 +20,18 @@ from ztunnel_py.http.mesh import MeshResolver
 from ztunnel_py.http.message import Headers, RequestHead
 from ztunnel_py.model import GatewayAddress, NetworkAddress, Service, TunnelProtocol, Workload
 from ztunnel_py.model.address import SocketAddr
-from ztunnel_py.model.http import Backend, HttpService, Route, Subset
+from ztunnel_py.model.http import (
+    Backend,
+    ClusterPolicy,
+    ConsistentHash,
+    HashSource,
+    HttpService,
+    LoadBalancer,
+    LoadBalancerKind,
+    Route,
+    Subset,
+    TrafficPolicy,
+)
 from ztunnel_py.model.workload import AppProtocol, NamespacedHostname, WorkloadStatus
 from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
@@ -243,3 +254,76 @@ def test_the_upstream_protocol_follows_the_ports_app_protocol(
 def test_unknown_destinations_have_no_routes() -> None:
     assert resolver(mesh(), L7State()).routes(ctx("10.99.0.1:80")) == ()
     assert str(SocketAddr(ip("fd00::1"), 80)) == "[fd00::1]:80"
+
+
+# --- traffic policies at the waypoint -----------------------------------------------------------
+
+
+def policy_for(*clusters: ClusterPolicy) -> L7State:
+    l7 = L7State()
+    v2 = Subset("v2", (("version", "v2"),), frozenset({"Kubernetes//Pod/apps/echo-2"}))
+    l7.apply_services([HttpService(ECHO, (), subsets=((ECHO, (v2,)),), clusters=clusters)], [])
+    return l7
+
+
+def test_each_backend_is_a_cluster_with_its_policy() -> None:
+    rr = TrafficPolicy(LoadBalancer(LoadBalancerKind.ROUND_ROBIN))
+    l7 = policy_for(ClusterPolicy(ECHO, "", 0, rr))
+    r = resolver(mesh(), l7)
+    c = ctx("10.96.0.10:80")
+    r.routes(c)
+    picks = [r.target(c, Backend(ECHO, 80), (), http1=False) for _ in range(4)]
+    assert [t.address for t in picks if t] == ["10.244.1.10:8080", "10.244.2.10:8080"] * 2
+    cluster = picks[0].cluster if picks[0] else None
+    assert cluster is not None and cluster.name == "outbound|80||echo.apps.svc.cluster.local"
+    assert cluster.policy == rr
+    # the subset's cluster is another, with the default policy
+    v2 = r.target(c, Backend(ECHO, 80, subset="v2"), (), http1=False)
+    assert v2 is not None and v2.cluster is not cluster
+    assert v2.cluster is not None and v2.cluster.policy == TrafficPolicy()
+    # a new policy is a new cluster; the same policy keeps the cluster (and its state)
+    assert r.cluster(c, Backend(ECHO, 80)) is cluster
+    l7.apply_services([HttpService(ECHO)], [])
+    assert r.cluster(c, Backend(ECHO, 80)) is not cluster
+    view = r.dump()["clusters"]
+    assert [v["name"] for v in view] == [
+        "outbound|80||echo.apps.svc.cluster.local",
+        "outbound|80|v2|echo.apps.svc.cluster.local",
+    ]
+
+
+def test_a_cookie_hash_sets_the_cookie_once_and_sticks() -> None:
+    sticky = TrafficPolicy(
+        LoadBalancer(consistent_hash=ConsistentHash(HashSource.COOKIE, "s", "/", 60.0))
+    )
+    r = resolver(mesh(), policy_for(ClusterPolicy(ECHO, "", 80, sticky)))
+    first = ctx("10.96.0.10:80")
+    r.routes(first)
+    chosen = r.target(first, Backend(ECHO, 80), (), http1=False)
+    again = r.target(first, Backend(ECHO, 80), (), http1=False)  # a retry: no second cookie
+    assert chosen is not None and again is not None and chosen.address == again.address
+    ((name, cookie),) = first.upstream_response_headers
+    assert name == "set-cookie" and cookie.startswith('s="') and "Max-Age=60; Path=/" in cookie
+    value = cookie.split(";")[0].split("=", 1)[1]
+    for _ in range(10):
+        follow = RequestContext(
+            RequestHead("GET", "/", "echo", Headers([("cookie", f"s={value}")])),
+            Downstream(None, "10.244.1.99:1234", "10.96.0.10:80"),
+        )
+        r.routes(follow)
+        target = r.target(follow, Backend(ECHO, 80), (), http1=False)
+        assert target is not None and target.address == chosen.address
+        assert follow.upstream_response_headers == []
+
+
+def test_passthrough_goes_to_the_address_the_client_dialled() -> None:
+    passthrough = TrafficPolicy(LoadBalancer(LoadBalancerKind.PASSTHROUGH))
+    r = resolver(mesh(), policy_for(ClusterPolicy(ECHO, "", 0, passthrough)))
+    c = ctx("10.96.0.10:80")
+    r.routes(c)
+    # a service address is not an endpoint
+    assert r.target(c, Backend(ECHO, 80), (), http1=False) is None
+    pod_call = ctx("10.244.2.10:8080")
+    pod_call.service = ECHO
+    target = r.target(pod_call, Backend(ECHO, 80), (), http1=False)
+    assert target is not None and target.address == "10.244.2.10:8080"

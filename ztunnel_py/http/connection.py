@@ -269,11 +269,23 @@ class ServerStream(_Stream):
 
 
 class ClientStream(_Stream):
-    """One request sent upstream, and its response."""
+    """One request sent upstream, and its response. `on_release` (set by whoever opened it, the
+    upstream pool) runs once when the stream is given up, or its connection switched
+    protocols."""
 
     def __init__(self, conn: _Connection, stream_id: int) -> None:
         super().__init__(conn, stream_id)
         self.response_seen = False
+        self.on_release: Callable[[], None] | None = None
+
+    def _release(self) -> None:
+        super()._release()
+        self._released()
+
+    def _released(self) -> None:
+        callback, self.on_release = self.on_release, None
+        if callback is not None:
+            callback()
 
     async def receive_head(self) -> ResponseHead | Switched:
         """The final response head (1xx skipped), or `Switched` after a protocol switch."""
@@ -290,7 +302,9 @@ class ClientStream(_Stream):
         raise StreamError(f"unexpected {type(item).__name__} before a response head")
 
     def raw(self) -> tuple[ByteStream, bytes]:
-        """After `Switched`: the raw upstream connection (the reader has stopped)."""
+        """After `Switched`: the raw upstream connection (the reader has stopped); the stream
+        is released, the connection is no longer HTTP."""
+        self._released()
         return self._conn.take_raw()
 
 
@@ -808,13 +822,17 @@ class ClientConnection(_Connection):
 
     def __init__(self, stream: ByteStream, *, http2: bool) -> None:
         super().__init__(stream, H2Client() if http2 else H1Client())
-        self.last_used = trio.current_time()
+        self.last_used = self.created = trio.current_time()
+        # streams opened so far
+        self.opened = 0
+        # takes no new stream (its request or age limit was reached); closed once idle
+        self.retiring = False
 
     @property
     def available(self) -> bool:
         """Can take one more request now."""
         codec = self.codec
-        if self.closed:
+        if self.closed or self.retiring:
             return False
         if isinstance(codec, H1Client):
             return codec.idle and not self.streams
@@ -876,6 +894,7 @@ class ClientConnection(_Connection):
                 self.streams[sid] = s
         except HttpCodecError as e:
             raise StreamError(str(e), refused=True) from None
+        self.opened += 1
         s.sent_end = end_stream
         await self.flush()
         return s

@@ -103,6 +103,8 @@ class RequestContext:
     upstream_host: str = ""
     # what the app attached to the chosen endpoint (`UpstreamTarget.info`, e.g. its workload)
     upstream_info: Any = None
+    # headers the router adds to the upstream's response (a consistent hash's new cookie)
+    upstream_response_headers: list[tuple[str, str]] = field(default_factory=list)
     # the service the request was addressed to (`namespace/hostname`), when known
     service: str = ""
     # the destination port the request arrived for

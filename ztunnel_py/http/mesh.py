@@ -11,8 +11,14 @@ cluster); for a pod, one route to that pod.
 
 Endpoints come from the workload API state: the backend service's healthy endpoints that take
 the port (a subset narrows them to the workloads the control plane resolved for it), weighted by
-capacity, avoiding endpoints an earlier attempt already tried while others remain (Envoy's
-`previous_hosts` retry predicate, which istiod sets). The upstream protocol follows the port's
+capacity. Each backend (service, subset, port) is a `Cluster` with the traffic policy the
+service's `HttpService` carries for it (DestinationRule; Istio's defaults otherwise): it picks
+the endpoint (its load balancer, outlier detection, avoiding endpoints an earlier attempt
+already tried while others remain) and holds the circuit breakers the upstream pool and the
+router enforce. A consistent hash is computed once per request and cluster (a cookie the proxy
+makes is added to the response). PASSTHROUGH sends the request to the address the client
+dialled: a pod; a service address has no endpoint of its own. The upstream protocol follows the
+port's
 application protocol: HTTP/2 for `http2` and `grpc` ports, HTTP/1.1 for `http`, and the client's
 own protocol when the port does not say (Istio's auto-detected ports), except that an upgrade
 always goes over HTTP/1.1.
@@ -22,13 +28,23 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any
 
+from ztunnel_py.http.balancer import Endpoint, request_hash
+from ztunnel_py.http.cluster import Cluster
 from ztunnel_py.http.filter import RequestContext
 from ztunnel_py.http.message import split_authority
 from ztunnel_py.http.upstream import UpstreamTarget
 from ztunnel_py.model import IPAddress, Service, Workload, WorkloadStatus
-from ztunnel_py.model.http import Backend, Route
+from ztunnel_py.model.http import (
+    DEFAULT_TRAFFIC_POLICY,
+    Backend,
+    LoadBalancerKind,
+    Route,
+    TrafficPolicy,
+)
 from ztunnel_py.model.workload import AppProtocol
 from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
@@ -38,6 +54,8 @@ __all__ = ["WORKLOAD_BACKEND", "Connector", "MeshResolver", "format_address"]
 
 # The backend of a workload-addressed request's default route: the pod the client dialled.
 WORKLOAD_BACKEND = ""
+# Clusters kept before idle ones (no request, connection or retry) are forgotten.
+_MAX_CLUSTERS = 4096
 
 # How the waypoint reaches an endpoint: (workload, its address, target port, the service or
 # None) -> a byte stream to the app (an HBONE tunnel to the workload's node agent).
@@ -63,12 +81,15 @@ class MeshResolver:
         connect: Connector,
         *,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._state = state
         self._l7 = l7
         self._connect = connect
         self._rng = rng or random.Random()
+        self._clock = clock
         self._defaults: dict[tuple[str, int], tuple[Route, ...]] = {}
+        self._clusters: dict[tuple[str, str, int], Cluster] = {}
 
     def _default(self, service: str, port: int) -> tuple[Route, ...]:
         routes = self._defaults.get((service, port))
@@ -104,36 +125,84 @@ class MeshResolver:
             return self._default(WORKLOAD_BACKEND, port)
         return ()
 
-    def target(
-        self, ctx: RequestContext, backend: Backend, exclude: Collection[str], *, http1: bool
-    ) -> UpstreamTarget | None:
-        service: Service | None = None
+    def cluster(self, ctx: RequestContext, backend: Backend) -> Cluster:
+        """The backend's cluster, with the policy the request's service has for it (a new
+        cluster, with fresh state, when that policy changed)."""
+        config = self._l7.service(ctx.service) if ctx.service else None
+        policy: TrafficPolicy = (
+            config.traffic_policy(backend.service, backend.subset, backend.port)
+            if config is not None
+            else DEFAULT_TRAFFIC_POLICY
+        )
+        key = (backend.service, backend.subset, backend.port)
+        cluster = self._clusters.get(key)
+        if cluster is None or cluster.policy != policy:
+            if len(self._clusters) >= _MAX_CLUSTERS:
+                for old in [k for k, c in self._clusters.items() if c.idle]:
+                    del self._clusters[old]
+            cluster = Cluster(backend.cluster, policy, rng=self._rng, clock=self._clock)
+            self._clusters[key] = cluster
+        return cluster
+
+    def _candidates(
+        self, ctx: RequestContext, backend: Backend, cluster: Cluster
+    ) -> tuple[Service | None, list[tuple[Workload, int]]]:
         if backend.service == WORKLOAD_BACKEND:
             workload = ctx.state.get("workload")
             if not isinstance(workload, Workload) or not workload.addresses:
-                return None
-            candidates = [(workload, backend.port)]
-        else:
-            service = self._state.service_by_key(backend.service)
-            if service is None:
-                return None
-            candidates = [
-                (w, port)
-                for w, port in self._state.endpoints(service, backend.port)
-                if w.status is WorkloadStatus.HEALTHY and w.capacity > 0 and w.addresses
-            ]
-            if backend.subset:
-                config = self._l7.service(ctx.service) if ctx.service else None
-                subset = self._l7.subset(config, backend.service, backend.subset)
-                members = subset.workload_uids if subset is not None else frozenset()
-                candidates = [(w, p) for w, p in candidates if w.uid in members]
-        if not candidates:
-            return None
-        fresh = [
-            (w, p) for w, p in candidates if format_address(self._address(w), p) not in exclude
+                return None, []
+            return None, [(workload, backend.port)]
+        service = self._state.service_by_key(backend.service)
+        if service is None:
+            return None, []
+        if cluster.policy.load_balancer.kind is LoadBalancerKind.PASSTHROUGH:
+            # the address the client dialled, as an ORIGINAL_DST cluster connects to it
+            host, port = split_authority(ctx.downstream.destination)
+            ip = _ip(host)
+            dialled = self._state.workload_by_ip(ip) if ip is not None else None
+            if dialled is None or port is None:
+                return service, []
+            return service, [(dialled, port)]
+        candidates = [
+            (w, port)
+            for w, port in self._state.endpoints(service, backend.port)
+            if w.status is WorkloadStatus.HEALTHY and w.capacity > 0 and w.addresses
         ]
-        pool = fresh or candidates
-        workload, port = self._rng.choices(pool, weights=[w.capacity for w, _ in pool])[0]
+        if backend.subset:
+            config = self._l7.service(ctx.service) if ctx.service else None
+            subset = self._l7.subset(config, backend.service, backend.subset)
+            members = subset.workload_uids if subset is not None else frozenset()
+            candidates = [(w, p) for w, p in candidates if w.uid in members]
+        return service, candidates
+
+    def _hash(self, ctx: RequestContext, cluster: Cluster) -> int | None:
+        """The request's consistent hash for `cluster` (computed once per request)."""
+        ch = cluster.policy.load_balancer.consistent_hash
+        if ch is None:
+            return None
+        keys: dict[str, int | None] = ctx.state.setdefault("hash", {})
+        if cluster.name not in keys:
+            down = ctx.downstream
+            source, _ = split_authority(down.peer_address)
+            key, cookie = request_hash(
+                ch, ctx.request, source, lambda: f"{down.peer_address}|{down.destination}"
+            )
+            if cookie is not None:
+                ctx.upstream_response_headers.append(("set-cookie", cookie))
+            keys[cluster.name] = key
+        return keys[cluster.name]
+
+    def target(
+        self, ctx: RequestContext, backend: Backend, exclude: Collection[str], *, http1: bool
+    ) -> UpstreamTarget | None:
+        cluster = self.cluster(ctx, backend)
+        service, candidates = self._candidates(ctx, backend, cluster)
+        by_address = {format_address(self._address(w), p): (w, p) for w, p in candidates}
+        endpoints = [Endpoint(a, w.capacity) for a, (w, _) in by_address.items()]
+        chosen = cluster.choose(endpoints, exclude, self._hash(ctx, cluster), self._clock())
+        if chosen is None:
+            return None
+        workload, port = by_address[chosen.address]
         ip = self._address(workload)
         http2 = not http1 and self._http2(service, backend.port, ctx)
         connect = self._connect
@@ -142,12 +211,19 @@ class MeshResolver:
             return await connect(workload, ip, port, service)
 
         return UpstreamTarget(
-            key=(workload.uid, str(ip), port),
-            address=format_address(ip, port),
+            key=(cluster.name, workload.uid, str(ip), port),
+            address=chosen.address,
             http2=http2,
             connect=dial,
             info=workload,
+            cluster=cluster,
         )
+
+    def dump(self) -> dict[str, Any]:
+        """`/config_dump` section `clusters`: each cluster's policy, counters and outlier
+        detection state."""
+        now = self._clock()
+        return {"clusters": [c.dump(now) for _, c in sorted(self._clusters.items())]}
 
     @staticmethod
     def _address(workload: Workload) -> IPAddress:

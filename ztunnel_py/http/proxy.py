@@ -54,7 +54,9 @@ from ztunnel_py.http.connection import ClientStream, ServerStream, StreamError
 from ztunnel_py.http.events import Switched
 from ztunnel_py.http.filter import Downstream, FilterChain, LocalReply, RequestContext
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead, strip_hop_by_hop
+from ztunnel_py.http.mirror import Mirrors
 from ztunnel_py.http.normalize import InvalidPath, normalize_path
+from ztunnel_py.http.outlier import LocalOrigin
 from ztunnel_py.http.routing import (
     apply_header_ops,
     match_route,
@@ -62,7 +64,12 @@ from ztunnel_py.http.routing import (
     redirect_location,
     rewrite_request,
 )
-from ztunnel_py.http.upstream import UpstreamConnectError, UpstreamPool, UpstreamTarget
+from ztunnel_py.http.upstream import (
+    UpstreamConnectError,
+    UpstreamOverflow,
+    UpstreamPool,
+    UpstreamTarget,
+)
 from ztunnel_py.model.http import Backend, RetryPolicy, Route
 from ztunnel_py.transport.relay import RelayError, relay
 
@@ -135,10 +142,16 @@ class _Body:
     # when the upstream response has been completely processed")
     deadline: trio.CancelScope | None = None
     timeout: float = math.inf
+    # runs once the request is complete (mirroring it)
+    on_complete: Callable[[_Body], None] | None = None
 
-    def start_timeout(self) -> None:
+    def finish(self) -> None:
+        """The request is complete: the route timeout starts, the mirrors go."""
         if self.deadline is not None and self.deadline.deadline == math.inf:
             self.deadline.deadline = trio.current_time() + self.timeout
+        callback, self.on_complete = self.on_complete, None
+        if callback is not None:
+            callback(self)
 
     def keep(self, chunk: bytes) -> None:
         if self.overflowed:
@@ -158,12 +171,21 @@ class _Body:
 class _Retry(Exception):
     """An attempt failed in a way the policy may retry: why, and the flag if it is final."""
 
-    def __init__(self, condition: str, reason: str, flag: str, status: int = 503) -> None:
+    def __init__(
+        self,
+        condition: str,
+        reason: str,
+        flag: str,
+        status: int = 503,
+        local: LocalOrigin | None = None,
+    ) -> None:
         super().__init__(reason)
         self.condition = condition
         self.reason = reason
         self.flag = flag
         self.status = status
+        # how outlier detection counts it (None: a response, or not the endpoint's doing)
+        self.local = local
         self.response: tuple[ClientStream, ResponseHead] | None = None
 
 
@@ -175,11 +197,14 @@ class HttpProxy:
         pool: UpstreamPool,
         *,
         rand: Callable[[], float] = random.random,
+        mirrors: Mirrors | None = None,
     ) -> None:
         self.chain = chain
         self.resolver = resolver
         self.pool = pool
         self._rand = rand
+        # where route mirrors go (None: routes are not mirrored)
+        self.mirrors = mirrors
 
     async def handle(self, s: ServerStream, downstream: Downstream) -> None:
         ctx = RequestContext(s.request, downstream)
@@ -251,14 +276,41 @@ class HttpProxy:
         if route.rewrite is not None and ctx.route_match is not None:
             rewrite_request(head, route.rewrite, ctx.route_match)
         apply_header_ops(head.headers, route.request_headers)
-        apply_header_ops(head.headers, backend.request_headers)
         upgrade = "upgrade" in head.headers and req.version != "HTTP/2"
+        mirror = self._mirror(ctx, head, route, upgrade)
+        apply_header_ops(head.headers, backend.request_headers)
+        self._finish_head(s, head, upgrade)
+        await self._forward(s, ctx, head, route, backend, upgrade=upgrade, mirror=mirror)
+
+    def _finish_head(self, s: ServerStream, head: RequestHead, upgrade: bool) -> None:
         strip_hop_by_hop(head.headers, keep_upgrade=upgrade)
         if self.chain.touches_request_body and not s.read_done:
             # a filter may change the body's length: it goes with the framing of unknown length
             head.headers.remove("content-length")
-        head.headers.setdefault("x-forwarded-proto", req.scheme)
-        await self._forward(s, ctx, head, route, backend, upgrade=upgrade)
+        head.headers.setdefault("x-forwarded-proto", s.request.scheme)
+
+    def _mirror(
+        self, ctx: RequestContext, head: RequestHead, route: Route, upgrade: bool
+    ) -> Callable[[_Body], None] | None:
+        """What mirrors the request once it is complete: the route's mirrors that its
+        percentage picks, sent the request as routed (before backend header edits)."""
+        mirrors = self.mirrors
+        if mirrors is None or upgrade or not route.mirrors:
+            return None
+        backends = [m.backend for m in route.mirrors if self._rand() * 100.0 < m.percent]
+        if not backends:
+            return None
+        copy = head.copy()
+        copy.headers.remove("upgrade")
+        copy.headers.remove("content-length")
+        strip_hop_by_hop(copy.headers)
+        copy.headers.setdefault("x-forwarded-proto", ctx.request.scheme)
+
+        def send(body: _Body) -> None:
+            if body.replayable:
+                mirrors.submit(ctx, copy, backends, body.chunks, body.trailers, route.timeout)
+
+        return send
 
     # forwarding
 
@@ -271,48 +323,74 @@ class HttpProxy:
         backend: Backend,
         *,
         upgrade: bool,
+        mirror: Callable[[_Body], None] | None = None,
     ) -> None:
         policy = route.retries if route.retries is not None else DEFAULT_RETRY
         tried: list[str] = []
         last: _Retry | None = None
+        target: UpstreamTarget | None = None
         with trio.CancelScope() as deadline:
-            body = _Body(complete=s.read_done, deadline=deadline, timeout=route.timeout or math.inf)
+            body = _Body(
+                complete=s.read_done,
+                deadline=deadline,
+                timeout=route.timeout or math.inf,
+                on_complete=mirror,
+            )
             if body.complete:
-                body.start_timeout()
+                body.finish()
             for attempt in range(policy.attempts + 1):
-                if attempt:
-                    await trio.sleep(self._backoff(attempt))
-                target = self.resolver.target(ctx, backend, tried, http1=upgrade)
-                if target is None:
-                    if last is None:
-                        await self._local_reply(
-                            s,
-                            ctx,
-                            LocalReply(
-                                503, "no healthy upstream", flag="UH", details="no_healthy_upstream"
-                            ),
-                        )
-                        return
-                    break
-                tried.append(target.address)
-                ctx.upstream_host = target.address
-                ctx.upstream_info = target.info
-                ctx.attempts = attempt + 1
-                try:
-                    await self._attempt(s, ctx, head, target, body, policy, upgrade=upgrade)
-                    return
-                except _Retry as r:
-                    last = r
-                    can_retry = (
-                        attempt < policy.attempts
-                        and body.replayable
-                        and _retry_allowed(policy, r.condition)
-                    )
-                    if not can_retry:
+                retrying = target.cluster if target is not None else None
+                if retrying is not None:
+                    # the cluster's retry budget (DestinationRule maxRetries / retryBudget)
+                    if not retrying.can_retry():
+                        retrying.stats["upstream_rq_retry_overflow"] += 1
+                        ctx.flag("UO")
                         break
-                    if r.response is not None:
-                        await _discard(r.response[0])
+                    retrying.retry_started()
+                try:
+                    if attempt:
+                        await trio.sleep(self._backoff(attempt))
+                    target = self.resolver.target(ctx, backend, tried, http1=upgrade)
+                    if target is None:
+                        if last is None:
+                            await self._local_reply(
+                                s,
+                                ctx,
+                                LocalReply(
+                                    503,
+                                    "no healthy upstream",
+                                    flag="UH",
+                                    details="no_healthy_upstream",
+                                ),
+                            )
+                            return
+                        break
+                    tried.append(target.address)
+                    ctx.upstream_host = target.address
+                    ctx.upstream_info = target.info
+                    ctx.attempts = attempt + 1
+                    try:
+                        await self._attempt(s, ctx, head, target, body, policy, upgrade=upgrade)
+                        return
+                    except _Retry as r:
+                        last = r
+                        can_retry = (
+                            attempt < policy.attempts
+                            and body.replayable
+                            and _retry_allowed(policy, r.condition)
+                        )
+                        if not can_retry:
+                            break
+                        if r.response is not None:
+                            await _discard(r.response[0])
+                finally:
+                    if retrying is not None:
+                        retrying.retry_ended()
         if deadline.cancelled_caught:
+            if target is not None and target.cluster is not None:
+                # Envoy counts the request in flight at the route timeout as a timeout
+                cluster = target.cluster
+                cluster.report_local(target.address, LocalOrigin.TIMEOUT, cluster.clock())
             ctx.flag("UT")
             if s.response_started:
                 s.reset()
@@ -324,7 +402,7 @@ class HttpProxy:
             )
             return
         assert last is not None
-        if ctx.attempts > 1:
+        if ctx.attempts > 1 and "UO" not in ctx.response_flags:
             ctx.flag("URX")
         if last.response is not None:
             # retries ran out on a retriable status: that response goes to the client
@@ -349,6 +427,8 @@ class HttpProxy:
                 last.status,
                 "upstream connect error or disconnect/reset before headers. reset reason: "
                 + last.reason,
+                # Envoy tells the client a request was dropped by a circuit breaker
+                headers=(("x-envoy-overloaded", "true"),) if last.condition == "overflow" else (),
                 details=f"upstream_reset_before_response_started{{{last.reason}}}",
             ),
         )
@@ -370,11 +450,21 @@ class HttpProxy:
     ) -> None:
         no_body = body.complete and not body.chunks and body.trailers is None
         try:
-            up = await self.pool.open_stream(target, head, end_stream=no_body)
-        except UpstreamConnectError as e:
-            raise _Retry("connect-failure", "connection failure", "UF") from e
-        except StreamError as e:
-            raise _Retry("refused-stream" if e.refused else "reset", "remote reset", "UR") from e
+            try:
+                up = await self.pool.open_stream(target, head, end_stream=no_body)
+            except UpstreamOverflow as e:
+                # not retried (Envoy never retries an overflow), not the endpoint's fault
+                raise _Retry("overflow", "overflow", "UO") from e
+            except UpstreamConnectError as e:
+                raise _Retry(
+                    "connect-failure", "connection failure", "UF", local=LocalOrigin.CONNECT_FAILED
+                ) from e
+            except StreamError as e:
+                condition = "refused-stream" if e.refused else "reset"
+                raise _Retry(condition, "remote reset", "UR", local=LocalOrigin.RESET) from e
+        except _Retry as r:
+            self._report(target, r)
+            raise
         per_try = policy.per_try_timeout or math.inf
         # Nothing is raised inside the nursery (trio would wrap it in an ExceptionGroup): the
         # outcome is kept and acted on once the request-body task is done or cancelled.
@@ -389,6 +479,7 @@ class HttpProxy:
                 if not no_body:
                     nursery.start_soon(self._send_body, s, up, ctx, body)
                 outcome = await self._response_head(up, per_try)
+                self._report(target, outcome)
                 if isinstance(outcome, ResponseHead):
                     condition = _status_condition(
                         policy, outcome.status, outcome.headers.get("grpc-status")
@@ -418,19 +509,36 @@ class HttpProxy:
         if isinstance(outcome, Switched):
             await self._switch(s, ctx, up, outcome)
 
+    @staticmethod
+    def _report(target: UpstreamTarget, outcome: ResponseHead | Switched | _Retry) -> None:
+        """Tell the target's cluster (its outlier detection) how the attempt went."""
+        cluster = target.cluster
+        if cluster is None:
+            return
+        now = cluster.clock()
+        if isinstance(outcome, ResponseHead):
+            cluster.report_status(target.address, outcome.status, now)
+        elif isinstance(outcome, _Retry) and outcome.local is not None:
+            cluster.report_local(target.address, outcome.local, now)
+
     async def _response_head(
         self, up: ClientStream, per_try: float
     ) -> ResponseHead | Switched | _Retry:
+        reset = LocalOrigin.RESET
         with trio.move_on_after(per_try):
             try:
                 return await up.receive_head()
             except StreamError as e:
                 if e.refused:
-                    return _Retry("refused-stream", "remote refused stream reset", "UR")
+                    return _Retry(
+                        "refused-stream", "remote refused stream reset", "UR", local=reset
+                    )
                 if e.reset:
-                    return _Retry("reset", "remote reset", "UR")
-                return _Retry("reset", "connection termination", "UC")
-        return _Retry("per-try-timeout", "per try timeout", "UT", status=504)
+                    return _Retry("reset", "remote reset", "UR", local=reset)
+                return _Retry("reset", "connection termination", "UC", local=reset)
+        return _Retry(
+            "per-try-timeout", "per try timeout", "UT", status=504, local=LocalOrigin.TIMEOUT
+        )
 
     async def _send_body(
         self, s: ServerStream, up: ClientStream, ctx: RequestContext, body: _Body
@@ -453,7 +561,7 @@ class HttpProxy:
                 await self.chain.request_trailers(ctx, trailers)
             body.trailers = trailers
             body.complete = True
-            body.start_timeout()
+            body.finish()
             await _send_last(up, chunk, trailers)
         except StreamError:
             # either side went away; the response side notices and reports it
@@ -471,6 +579,8 @@ class HttpProxy:
             apply_header_ops(head.headers, route.response_headers)
         if backend is not None:
             apply_header_ops(head.headers, backend.response_headers)
+        for name, value in ctx.upstream_response_headers:
+            head.headers.add(name, value)
         if is_grpc(ctx.request):
             ctx.grpc_status = head.headers.get("grpc-status")
         try:

@@ -11,6 +11,11 @@ Semantics follow Envoy's route table as istiod programs it for a waypoint:
 - within a `RouteMatch` every condition set must hold (path, method, each header and query
   parameter, the destination port);
 - a route forwards to weighted `backends`, or redirects, or answers directly.
+
+Where a backend's requests go once routed is its cluster's `TrafficPolicy` (DestinationRule
+`trafficPolicy`, resolved per service, subset and port by the control plane): the load
+balancer, the connection pool limits (Envoy's circuit breakers) and outlier detection, with
+Istio's defaults when a field is unset (least request, no limits, no outlier detection).
 """
 
 from __future__ import annotations
@@ -22,25 +27,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DEFAULT_MAGLEV_SIZE",
+    "DEFAULT_RING_SIZE",
+    "DEFAULT_TRAFFIC_POLICY",
     "FILTER_NAME",
+    "MAX_MAGLEV_SIZE",
+    "MAX_RING_SIZE",
+    "UNLIMITED",
     "Backend",
+    "ClusterPolicy",
+    "ConnectionPool",
+    "ConsistentHash",
     "DirectResponse",
     "Fault",
     "FilterConfig",
     "FilterPhase",
+    "HashSource",
+    "HashTable",
     "HeaderMatch",
     "HeaderOps",
     "HttpService",
+    "LoadBalancer",
+    "LoadBalancerKind",
     "MatchKind",
     "Mirror",
+    "OutlierDetection",
     "PathMatch",
     "QueryMatch",
     "Redirect",
+    "RetryBudget",
     "RetryPolicy",
     "Rewrite",
     "Route",
     "RouteMatch",
     "Subset",
+    "TrafficPolicy",
+    "valid_maglev_size",
 ]
 
 
@@ -285,6 +307,160 @@ class Subset:
     workload_uids: frozenset[str] = frozenset()
 
 
+# A connection pool limit of 0 means none (Istio sends Envoy 2^32-1 for an unset one).
+UNLIMITED = 0
+
+
+class LoadBalancerKind(enum.Enum):
+    """DestinationRule `loadBalancer.simple` (LEAST_CONN is the deprecated name of
+    LEAST_REQUEST). PASSTHROUGH sends each request to the address the client dialled, as
+    istiod's ORIGINAL_DST cluster does."""
+
+    LEAST_REQUEST = "LEAST_REQUEST"
+    ROUND_ROBIN = "ROUND_ROBIN"
+    RANDOM = "RANDOM"
+    PASSTHROUGH = "PASSTHROUGH"
+
+
+class HashSource(enum.Enum):
+    """What a consistent hash is computed over (DestinationRule `consistentHash`)."""
+
+    HEADER = "HEADER"
+    COOKIE = "COOKIE"
+    SOURCE_IP = "SOURCE_IP"
+    QUERY_PARAMETER = "QUERY_PARAMETER"
+
+
+class HashTable(enum.Enum):
+    RING_HASH = "RING_HASH"
+    MAGLEV = "MAGLEV"
+
+
+# Envoy's defaults: a ring of at least 1024 entries, a Maglev table of 65537 (a prime); its
+# bounds: a ring of at most 8M entries, a Maglev table size below 5000011 (Istio's check).
+DEFAULT_RING_SIZE = 1024
+DEFAULT_MAGLEV_SIZE = 65537
+MAX_RING_SIZE = 8 * 1024 * 1024
+MAX_MAGLEV_SIZE = 5000011
+
+
+def valid_maglev_size(n: int) -> bool:
+    """A Maglev table size must be a prime (each entry's permutation must visit every slot)
+    below `MAX_MAGLEV_SIZE`."""
+    if not 2 <= n < MAX_MAGLEV_SIZE:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistentHash:
+    """Requests with the same key go to the same endpoint while the endpoints stay the same,
+    and mostly still when endpoints come and go (a ring or Maglev table, never a modulo).
+
+    `name` is the header (lower case), cookie or query parameter. A cookie hash with a
+    `cookie_ttl` makes the proxy set the cookie on the response when the request had none
+    (0: a session cookie); without a ttl a request lacking the cookie is not hashed. A request
+    without its key is balanced at random."""
+
+    source: HashSource
+    name: str = ""
+    cookie_path: str = ""
+    cookie_ttl: float | None = None
+    table: HashTable = HashTable.RING_HASH
+    # the ring's minimum size, or the Maglev table's size (a prime)
+    table_size: int = DEFAULT_RING_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    kind: LoadBalancerKind = LoadBalancerKind.LEAST_REQUEST
+    consistent_hash: ConsistentHash | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPool:
+    """DestinationRule `connectionPool`, Envoy's circuit breakers for one cluster: limits of 0
+    are none. Overflowing `max_connections` queues requests as pending; overflowing
+    `max_pending_requests` or `max_requests` (upstream requests in flight, any protocol)
+    answers `503` flag `UO`; `max_retries` bounds the retries in flight (a retry over it is not
+    made). `max_requests_per_connection` closes a connection after that many requests;
+    `idle_timeout` and `connect_timeout` of None keep the proxy's defaults."""
+
+    max_connections: int = UNLIMITED
+    connect_timeout: float | None = None
+    max_pending_requests: int = UNLIMITED
+    max_requests: int = UNLIMITED
+    max_requests_per_connection: int = UNLIMITED
+    max_retries: int = UNLIMITED
+    idle_timeout: float | None = None
+    max_connection_duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """TrafficPolicy `retryBudget`: retries in flight may be `percent` of the requests in
+    flight, and at least `min_concurrency`; it replaces `max_retries`."""
+
+    percent: float = 20.0
+    min_concurrency: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """DestinationRule `outlierDetection` with Envoy's defaults, as istiod programs it.
+
+    An endpoint that answers `consecutive_5xx` 5xx in a row (0: never), or
+    `consecutive_gateway_errors` 502/503/504 in a row (0: never), is ejected for
+    `base_ejection_time` times the number of its ejections (at most 300 s, and the multiplier
+    shrinks again while it stays healthy); an ejection only happens while the ejected share
+    stays within `max_ejection_percent`. Ejections end at the `interval` sweeps. Connection
+    failures and resets count as 503, timeouts as 504, unless `split_local_origin` counts them
+    separately (`consecutive_local_origin`). When fewer than `min_health_percent` of the
+    endpoints are healthy, ejections are ignored (Envoy's panic threshold; 0: never)."""
+
+    consecutive_5xx: int = 5
+    consecutive_gateway_errors: int = 0
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0
+    split_local_origin: bool = False
+    consecutive_local_origin: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    """What a DestinationRule decides for one cluster (service, subset, port)."""
+
+    load_balancer: LoadBalancer = LoadBalancer()
+    connection_pool: ConnectionPool = ConnectionPool()
+    # None: no outlier detection
+    outlier_detection: OutlierDetection | None = None
+    # None: `connection_pool.max_retries` bounds the retries in flight
+    retry_budget: RetryBudget | None = None
+    # the resource it came from ("DestinationRule apps/echo")
+    origin: str = ""
+
+
+DEFAULT_TRAFFIC_POLICY = TrafficPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPolicy:
+    """The traffic policy of a service's requests for one subset ("" : the whole service) and
+    port (0: every port without a policy of its own)."""
+
+    service: str
+    subset: str = ""
+    port: int = 0
+    policy: TrafficPolicy = DEFAULT_TRAFFIC_POLICY
+
+
 # An entry point name as the waypoint looks a user filter up (no spaces, '=' or ':').
 FILTER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
@@ -329,6 +505,8 @@ class HttpService:
     sources: tuple[str, ...] = ()
     # user filters, in chain order: by phase, then priority (highest first)
     filters: tuple[FilterConfig, ...] = ()
+    # traffic policies of every service the routes reference (DestinationRule trafficPolicy)
+    clusters: tuple[ClusterPolicy, ...] = ()
 
     @property
     def key(self) -> str:
@@ -341,3 +519,15 @@ class HttpService:
                     if s.name == name:
                         return s
         return None
+
+    def traffic_policy(self, service: str, subset: str, port: int) -> TrafficPolicy:
+        """The policy of `service`'s cluster for `subset` and `port`: the port's own, else the
+        one for every port, else Istio's defaults."""
+        fallback = DEFAULT_TRAFFIC_POLICY
+        for c in self.clusters:
+            if c.service == service and c.subset == subset:
+                if c.port == port:
+                    return c.policy
+                if c.port == 0:
+                    fallback = c.policy
+        return fallback

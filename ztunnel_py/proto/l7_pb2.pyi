@@ -45,18 +45,144 @@ DENY: Action
 AUDIT: Action
 
 class HttpService(_message.Message):
-    __slots__ = ("name", "routes", "subsets", "sources", "filters")
+    __slots__ = ("name", "routes", "subsets", "sources", "filters", "clusters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     SUBSETS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     subsets: _containers.RepeatedCompositeFieldContainer[ServiceSubsets]
     sources: _containers.RepeatedScalarFieldContainer[str]
     filters: _containers.RepeatedCompositeFieldContainer[FilterConfig]
-    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ...) -> None: ...
+    clusters: _containers.RepeatedCompositeFieldContainer[ClusterPolicy]
+    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterPolicy, _Mapping]]] = ...) -> None: ...
+
+class ClusterPolicy(_message.Message):
+    __slots__ = ("service", "subset", "port", "policy")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SUBSET_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    subset: str
+    port: int
+    policy: TrafficPolicy
+    def __init__(self, service: _Optional[str] = ..., subset: _Optional[str] = ..., port: _Optional[int] = ..., policy: _Optional[_Union[TrafficPolicy, _Mapping]] = ...) -> None: ...
+
+class TrafficPolicy(_message.Message):
+    __slots__ = ("load_balancer", "connection_pool", "outlier_detection", "retry_budget", "origin")
+    LOAD_BALANCER_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_POOL_FIELD_NUMBER: _ClassVar[int]
+    OUTLIER_DETECTION_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    load_balancer: LoadBalancer
+    connection_pool: ConnectionPool
+    outlier_detection: OutlierDetection
+    retry_budget: RetryBudget
+    origin: str
+    def __init__(self, load_balancer: _Optional[_Union[LoadBalancer, _Mapping]] = ..., connection_pool: _Optional[_Union[ConnectionPool, _Mapping]] = ..., outlier_detection: _Optional[_Union[OutlierDetection, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., origin: _Optional[str] = ...) -> None: ...
+
+class LoadBalancer(_message.Message):
+    __slots__ = ("simple", "consistent_hash")
+    class Simple(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        LEAST_REQUEST: _ClassVar[LoadBalancer.Simple]
+        ROUND_ROBIN: _ClassVar[LoadBalancer.Simple]
+        RANDOM: _ClassVar[LoadBalancer.Simple]
+        PASSTHROUGH: _ClassVar[LoadBalancer.Simple]
+    LEAST_REQUEST: LoadBalancer.Simple
+    ROUND_ROBIN: LoadBalancer.Simple
+    RANDOM: LoadBalancer.Simple
+    PASSTHROUGH: LoadBalancer.Simple
+    SIMPLE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    simple: LoadBalancer.Simple
+    consistent_hash: ConsistentHash
+    def __init__(self, simple: _Optional[_Union[LoadBalancer.Simple, str]] = ..., consistent_hash: _Optional[_Union[ConsistentHash, _Mapping]] = ...) -> None: ...
+
+class ConsistentHash(_message.Message):
+    __slots__ = ("source", "name", "cookie_path", "cookie_ttl", "table", "table_size")
+    class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        HEADER: _ClassVar[ConsistentHash.Source]
+        COOKIE: _ClassVar[ConsistentHash.Source]
+        SOURCE_IP: _ClassVar[ConsistentHash.Source]
+        QUERY_PARAMETER: _ClassVar[ConsistentHash.Source]
+    HEADER: ConsistentHash.Source
+    COOKIE: ConsistentHash.Source
+    SOURCE_IP: ConsistentHash.Source
+    QUERY_PARAMETER: ConsistentHash.Source
+    class Table(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RING_HASH: _ClassVar[ConsistentHash.Table]
+        MAGLEV: _ClassVar[ConsistentHash.Table]
+    RING_HASH: ConsistentHash.Table
+    MAGLEV: ConsistentHash.Table
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_PATH_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_TTL_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    TABLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    source: ConsistentHash.Source
+    name: str
+    cookie_path: str
+    cookie_ttl: _duration_pb2.Duration
+    table: ConsistentHash.Table
+    table_size: int
+    def __init__(self, source: _Optional[_Union[ConsistentHash.Source, str]] = ..., name: _Optional[str] = ..., cookie_path: _Optional[str] = ..., cookie_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., table: _Optional[_Union[ConsistentHash.Table, str]] = ..., table_size: _Optional[int] = ...) -> None: ...
+
+class ConnectionPool(_message.Message):
+    __slots__ = ("max_connections", "connect_timeout", "max_pending_requests", "max_requests", "max_requests_per_connection", "max_retries", "idle_timeout", "max_connection_duration")
+    MAX_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PENDING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_PER_CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONNECTION_DURATION_FIELD_NUMBER: _ClassVar[int]
+    max_connections: int
+    connect_timeout: _duration_pb2.Duration
+    max_pending_requests: int
+    max_requests: int
+    max_requests_per_connection: int
+    max_retries: int
+    idle_timeout: _duration_pb2.Duration
+    max_connection_duration: _duration_pb2.Duration
+    def __init__(self, max_connections: _Optional[int] = ..., connect_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_pending_requests: _Optional[int] = ..., max_requests: _Optional[int] = ..., max_requests_per_connection: _Optional[int] = ..., max_retries: _Optional[int] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_connection_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class OutlierDetection(_message.Message):
+    __slots__ = ("consecutive_5xx", "consecutive_gateway_errors", "interval", "base_ejection_time", "max_ejection_percent", "min_health_percent", "split_local_origin", "consecutive_local_origin")
+    CONSECUTIVE_5XX_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_GATEWAY_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    BASE_EJECTION_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_HEALTH_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_LOCAL_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_LOCAL_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    consecutive_5xx: int
+    consecutive_gateway_errors: int
+    interval: _duration_pb2.Duration
+    base_ejection_time: _duration_pb2.Duration
+    max_ejection_percent: int
+    min_health_percent: int
+    split_local_origin: bool
+    consecutive_local_origin: int
+    def __init__(self, consecutive_5xx: _Optional[int] = ..., consecutive_gateway_errors: _Optional[int] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., base_ejection_time: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_ejection_percent: _Optional[int] = ..., min_health_percent: _Optional[int] = ..., split_local_origin: bool = ..., consecutive_local_origin: _Optional[int] = ...) -> None: ...
+
+class RetryBudget(_message.Message):
+    __slots__ = ("percent", "min_concurrency")
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    percent: float
+    min_concurrency: int
+    def __init__(self, percent: _Optional[float] = ..., min_concurrency: _Optional[int] = ...) -> None: ...
 
 class FilterConfig(_message.Message):
     __slots__ = ("name", "phase", "priority", "config_json", "fail_open", "origin")

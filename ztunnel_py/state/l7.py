@@ -104,6 +104,17 @@ class L7State:
                         }
                         for r in s.routes
                     ],
+                    # the DestinationRule policies the waypoint will apply (their state, once
+                    # a request used them, is in `clusters`)
+                    "trafficPolicies": [
+                        {
+                            "service": c.service,
+                            "subset": c.subset or None,
+                            "port": c.port or None,
+                            "origin": c.policy.origin or None,
+                        }
+                        for c in s.clusters
+                    ],
                 }
                 for _, s in sorted(self._services.items())
             ],

@@ -8,14 +8,16 @@ The HTTP/1.1 server (`podserver`) and the HTTP/2 one (`podh2`) parse their wire 
 - `/bytes/N` (0 <= N <= 1 MiB): exactly N bytes of `application/octet-stream` (zeros);
 - `/status/CODE` (a final status, 200 to 599): that status, with the JSON body unless 204/304;
 - `/delay/MS` (0 to 30000): the JSON body after waiting MS milliseconds;
+- `/flaky/P` (0 to 100): `503` with the JSON body for P percent of the requests, at random,
+  else `200` (a backend failing a share of its requests, for retries and outlier detection);
 - `/headers` and anything else: the JSON body.
 
 The JSON body says who answered and who asked: `pod`, `namespace`, `node`, `version` (the pod's
 version label, empty unless set), `client` (the peer address the server saw, `ip:port`),
 `method`, `path` (with the query), `host` (Host header or `:authority`), `headers` (request
 headers, lower-case names, repeated ones joined with ", "), `body_bytes` (length of the request
-body) and `protocol` (`HTTP/1.1`, `HTTP/1.0` or `HTTP/2`). A malformed N, CODE or MS answers 400
-with a text message naming the accepted range. Informational codes (1xx) are not accepted by
+body) and `protocol` (`HTTP/1.1`, `HTTP/1.0` or `HTTP/2`). A malformed N, CODE, MS or P answers
+400 with a text message naming the accepted range. Informational codes (1xx) are not accepted by
 `/status`: they are interim responses, and a 1xx that ends a response is invalid in both
 HTTP/1.1 and HTTP/2.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import random
 import re
 import socket
 import socketserver
@@ -39,6 +42,7 @@ from ztunnel_py.model.address import SocketAddr, canonical_ip
 BYTES_PREFIX = "/bytes/"
 STATUS_PREFIX = "/status/"
 DELAY_PREFIX = "/delay/"
+FLAKY_PREFIX = "/flaky/"
 MAX_BYTES = 1 << 20
 MAX_DELAY_MS = 30_000
 JSON_TYPE = "application/json"
@@ -121,7 +125,7 @@ def describe(info: PodInfo, request: Request) -> dict[str, object]:
     }
 
 
-def answer(info: PodInfo, request: Request) -> Reply:
+def answer(info: PodInfo, request: Request, rand: Callable[[], float] = random.random) -> Reply:
     path = request.path.partition("?")[0]
     if path.startswith(BYTES_PREFIX):
         arg = path[len(BYTES_PREFIX) :]
@@ -138,6 +142,12 @@ def answer(info: PodInfo, request: Request) -> Reply:
         if code in NO_BODY_STATUSES:
             return Reply(code, None, b"")
         return Reply(code, JSON_TYPE, body)
+    if path.startswith(FLAKY_PREFIX):
+        arg = path[len(FLAKY_PREFIX) :]
+        percent = _number(arg)
+        if not 0 <= percent <= 100:
+            return _bad("/flaky/P wants P as a percentage from 0 to 100", arg)
+        return Reply(503 if rand() * 100 < percent else 200, JSON_TYPE, body)
     if path.startswith(DELAY_PREFIX):
         arg = path[len(DELAY_PREFIX) :]
         ms = _number(arg)

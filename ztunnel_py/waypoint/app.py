@@ -14,7 +14,9 @@ node agent: it speaks HBONE itself, as Envoy waypoints do) and:
   proxied at L4 after the L4 part of its policies; every other port runs HTTP/1.1 or HTTP/2
   (prior knowledge) through the filter engine: tracing, user AUTHN filters, JWT authentication
   (RequestAuthentication), user AUTHZ filters, authorization, faults, then routing, retries and
-  timeouts, with metrics and the access log at the end;
+  timeouts, mirroring, with metrics and the access log at the end; each destination (service,
+  subset, port) is a cluster with its DestinationRule traffic policy (load balancing, circuit
+  breakers, outlier detection), shown in `/config_dump` (`clusters`);
 - opens HBONE (pooled per destination) to the chosen endpoint's node agent with
   `:authority = <pod IP>:<target port>`; the destination agent sees the waypoint's identity.
 """
@@ -50,6 +52,7 @@ from ztunnel_py.http.filters.jwt import JwtAuthnFilter
 from ztunnel_py.http.filters.telemetry import TelemetryFilter
 from ztunnel_py.http.filters.tracing import TracingFilter
 from ztunnel_py.http.mesh import MeshResolver
+from ztunnel_py.http.mirror import Mirrors
 from ztunnel_py.http.proxy import HttpProxy
 from ztunnel_py.http.upstream import UpstreamPool
 from ztunnel_py.identity.tls import (
@@ -195,6 +198,7 @@ class Waypoint:
         )
         self.request_metrics = RequestMetrics(rt.registry)
         self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
+        self.mirrors = Mirrors(rt.nursery, self.upstreams, self.resolver)
         self.tracing = TracingFilter()
         self.jwt = JwtAuthnFilter(
             lambda ctx: self.l7.jwt_rules_for(ctx.service) if ctx.service else ()
@@ -209,6 +213,8 @@ class Waypoint:
             service=lambda ctx: self.state.service_by_key(ctx.service) if ctx.service else None,
         )
         rt.dump.add_sections(self.l7.dump)
+        rt.dump.add_sections(self.resolver.dump)
+        rt.dump.add_sections(self.mirrors.dump)
         rt.certs.prefetch(self.me.identity)
         listener = trio.socket.socket(
             trio.socket.AF_INET6 if listen.ip.version == 6 else trio.socket.AF_INET
@@ -341,7 +347,9 @@ class Waypoint:
                     *user[FilterPhase.UNSPECIFIED],
                 ]
             )
-            proxy = chains.by_service[service] = HttpProxy(chain, self.resolver, self.upstreams)
+            proxy = chains.by_service[service] = HttpProxy(
+                chain, self.resolver, self.upstreams, mirrors=self.mirrors
+            )
         return proxy
 
     def _user_filters(self, configs: Sequence[FilterConfig]) -> dict[FilterPhase, list[Filter]]:

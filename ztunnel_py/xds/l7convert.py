@@ -9,33 +9,49 @@ resource's NACK reason; a waypoint then keeps serving that resource's last good 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 
 from ztunnel_py.model.authn import ClaimToHeader, JwtHeader, JwtRule, WaypointAuthentication
 from ztunnel_py.model.http import (
+    DEFAULT_MAGLEV_SIZE,
+    DEFAULT_RING_SIZE,
     FILTER_NAME,
+    MAX_MAGLEV_SIZE,
+    MAX_RING_SIZE,
     Backend,
+    ClusterPolicy,
+    ConnectionPool,
+    ConsistentHash,
     DirectResponse,
     Fault,
     FilterConfig,
     FilterPhase,
+    HashSource,
+    HashTable,
     HeaderMatch,
     HeaderOps,
     HttpService,
+    LoadBalancer,
+    LoadBalancerKind,
     MatchKind,
     Mirror,
+    OutlierDetection,
     PathMatch,
     QueryMatch,
     Redirect,
+    RetryBudget,
     RetryPolicy,
     Rewrite,
     Route,
     RouteMatch,
     Subset,
+    TrafficPolicy,
+    valid_maglev_size,
 )
 from ztunnel_py.model.policy import (
     Action,
@@ -96,6 +112,18 @@ _PHASES = {
     FilterPhase.STATS: l7_pb2.STATS,
 }
 _PHASE_NAMES: dict[int, FilterPhase] = {int(v): k for k, v in _PHASES.items()}
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _same_names(model: type[_E], wire: Any) -> tuple[dict[_E, Any], dict[int, _E]]:
+    """Both ways between a model enum and a wire enum whose names are the model's values."""
+    to_wire = {member: wire.Value(member.value) for member in model}
+    return to_wire, {int(v): k for k, v in to_wire.items()}
+
+
+_LB, _LB_NAMES = _same_names(LoadBalancerKind, l7_pb2.LoadBalancer.Simple)
+_HASH_SOURCES, _HASH_SOURCE_NAMES = _same_names(HashSource, l7_pb2.ConsistentHash.Source)
+_HASH_TABLES, _HASH_TABLE_NAMES = _same_names(HashTable, l7_pb2.ConsistentHash.Table)
 
 
 # --- model -> proto ------------------------------------------------------------------------------
@@ -219,6 +247,60 @@ def _filter_to_proto(f: FilterConfig) -> l7_pb2.FilterConfig:
     )
 
 
+def _optional_duration(pb: Any, name: str, seconds: float | None) -> None:
+    if seconds is not None:
+        getattr(pb, name).CopyFrom(_duration(seconds))
+
+
+def _traffic_policy_to_proto(p: TrafficPolicy) -> l7_pb2.TrafficPolicy:
+    lb = l7_pb2.LoadBalancer(simple=_LB[p.load_balancer.kind])
+    ch = p.load_balancer.consistent_hash
+    if ch is not None:
+        lb.consistent_hash.CopyFrom(
+            l7_pb2.ConsistentHash(
+                source=_HASH_SOURCES[ch.source],
+                name=ch.name,
+                cookie_path=ch.cookie_path,
+                table=_HASH_TABLES[ch.table],
+                table_size=ch.table_size,
+            )
+        )
+        _optional_duration(lb.consistent_hash, "cookie_ttl", ch.cookie_ttl)
+    cp = p.connection_pool
+    pool = l7_pb2.ConnectionPool(
+        max_connections=cp.max_connections,
+        max_pending_requests=cp.max_pending_requests,
+        max_requests=cp.max_requests,
+        max_requests_per_connection=cp.max_requests_per_connection,
+        max_retries=cp.max_retries,
+    )
+    _optional_duration(pool, "connect_timeout", cp.connect_timeout)
+    _optional_duration(pool, "idle_timeout", cp.idle_timeout)
+    _optional_duration(pool, "max_connection_duration", cp.max_connection_duration)
+    pb = l7_pb2.TrafficPolicy(load_balancer=lb, connection_pool=pool, origin=p.origin)
+    od = p.outlier_detection
+    if od is not None:
+        pb.outlier_detection.CopyFrom(
+            l7_pb2.OutlierDetection(
+                consecutive_5xx=od.consecutive_5xx,
+                consecutive_gateway_errors=od.consecutive_gateway_errors,
+                interval=_duration(od.interval),
+                base_ejection_time=_duration(od.base_ejection_time),
+                max_ejection_percent=od.max_ejection_percent,
+                min_health_percent=od.min_health_percent,
+                split_local_origin=od.split_local_origin,
+                consecutive_local_origin=od.consecutive_local_origin,
+            )
+        )
+    if p.retry_budget is not None:
+        pb.retry_budget.CopyFrom(
+            l7_pb2.RetryBudget(
+                percent=p.retry_budget.percent, min_concurrency=p.retry_budget.min_concurrency
+            )
+        )
+    return pb
+
+
 def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
     return l7_pb2.HttpService(
         name=s.service,
@@ -239,6 +321,15 @@ def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
         ],
         sources=list(s.sources),
         filters=[_filter_to_proto(f) for f in s.filters],
+        clusters=[
+            l7_pb2.ClusterPolicy(
+                service=c.service,
+                subset=c.subset,
+                port=c.port,
+                policy=_traffic_policy_to_proto(c.policy),
+            )
+            for c in s.clusters
+        ],
     )
 
 
@@ -489,6 +580,113 @@ def _filter(pb: l7_pb2.FilterConfig) -> FilterConfig:
     )
 
 
+def _positive(d: Duration, what: str) -> float:
+    seconds = _seconds(d, what)
+    if seconds <= 0:
+        raise ConversionError(f"{what} must be longer than 0")
+    return seconds
+
+
+def _consistent_hash(pb: l7_pb2.ConsistentHash) -> ConsistentHash:
+    source = _HASH_SOURCE_NAMES.get(pb.source)
+    table = _HASH_TABLE_NAMES.get(pb.table)
+    if source is None or table is None:
+        raise ConversionError(f"unsupported consistent hash source {pb.source} or table {pb.table}")
+    if source is not HashSource.SOURCE_IP and not pb.name:
+        raise ConversionError(f"a consistent hash on a {source.value.lower()} needs its name")
+    if table is HashTable.RING_HASH:
+        size = pb.table_size or DEFAULT_RING_SIZE
+        if size > MAX_RING_SIZE:
+            raise ConversionError(f"ring size {size} is larger than {MAX_RING_SIZE}")
+    else:
+        size = pb.table_size or DEFAULT_MAGLEV_SIZE
+        if not valid_maglev_size(size):
+            raise ConversionError(
+                f"Maglev table size {size} is not a prime below {MAX_MAGLEV_SIZE}"
+            )
+    return ConsistentHash(
+        source=source,
+        name=pb.name.lower() if source is HashSource.HEADER else pb.name,
+        cookie_path=pb.cookie_path,
+        cookie_ttl=_seconds(pb.cookie_ttl, "cookie ttl") if pb.HasField("cookie_ttl") else None,
+        table=table,
+        table_size=size,
+    )
+
+
+def _traffic_policy(pb: l7_pb2.TrafficPolicy) -> TrafficPolicy:
+    kind = _LB_NAMES.get(pb.load_balancer.simple)
+    if kind is None:
+        raise ConversionError(f"unsupported load balancer {pb.load_balancer.simple}")
+    lb = LoadBalancer(
+        kind,
+        _consistent_hash(pb.load_balancer.consistent_hash)
+        if pb.load_balancer.HasField("consistent_hash")
+        else None,
+    )
+    cp = pb.connection_pool
+
+    def duration(name: str, what: str) -> float | None:
+        return _positive(getattr(cp, name), what) if cp.HasField(name) else None
+
+    pool = ConnectionPool(
+        max_connections=cp.max_connections,
+        connect_timeout=duration("connect_timeout", "connect timeout"),
+        max_pending_requests=cp.max_pending_requests,
+        max_requests=cp.max_requests,
+        max_requests_per_connection=cp.max_requests_per_connection,
+        max_retries=cp.max_retries,
+        idle_timeout=duration("idle_timeout", "idle timeout"),
+        max_connection_duration=duration("max_connection_duration", "max connection duration"),
+    )
+    outlier = None
+    if pb.HasField("outlier_detection"):
+        od = pb.outlier_detection
+        for what, pct in (
+            ("max ejection percent", od.max_ejection_percent),
+            ("min health percent", od.min_health_percent),
+        ):
+            if pct > 100:
+                raise ConversionError(f"{what} {pct} is not within 0-100")
+        default = OutlierDetection()
+        outlier = OutlierDetection(
+            consecutive_5xx=od.consecutive_5xx,
+            consecutive_gateway_errors=od.consecutive_gateway_errors,
+            interval=_positive(od.interval, "outlier interval")
+            if od.HasField("interval")
+            else default.interval,
+            base_ejection_time=_positive(od.base_ejection_time, "base ejection time")
+            if od.HasField("base_ejection_time")
+            else default.base_ejection_time,
+            max_ejection_percent=od.max_ejection_percent,
+            min_health_percent=od.min_health_percent,
+            split_local_origin=od.split_local_origin,
+            consecutive_local_origin=od.consecutive_local_origin,
+        )
+    budget = None
+    if pb.HasField("retry_budget"):
+        rb = pb.retry_budget
+        if not 0 <= rb.percent <= 100:
+            raise ConversionError(f"retry budget percent {rb.percent} is not within 0-100")
+        budget = RetryBudget(rb.percent, rb.min_concurrency)
+    return TrafficPolicy(lb, pool, outlier, budget, pb.origin)
+
+
+def _cluster_policy(pb: l7_pb2.ClusterPolicy) -> ClusterPolicy:
+    if "/" not in pb.service or pb.service.endswith("/"):
+        raise ConversionError(f"cluster service {pb.service!r} is not <namespace>/<hostname>")
+    where = f"traffic policy of {pb.service} subset {pb.subset or '-'} port {pb.port or '*'}"
+    try:
+        return ClusterPolicy(
+            pb.service,
+            pb.subset,
+            _port(pb.port, "cluster port") if pb.port else 0,
+            _traffic_policy(pb.policy),
+        )
+    except ConversionError as e:
+        raise ConversionError(f"{where}: {e}") from None
+
+
 def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
     if "/" not in pb.name:
         raise ConversionError(f"HTTP service name {pb.name!r} is not <namespace>/<hostname>")
@@ -513,6 +711,7 @@ def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
         ),
         sources=tuple(pb.sources),
         filters=tuple(_filter(f) for f in pb.filters),
+        clusters=tuple(_cluster_policy(c) for c in pb.clusters),
     )
 
 

@@ -10,6 +10,9 @@ namespace's own clients). The HTTPRoutes in the waypoint's namespace come first,
 age, and only the first candidate is used: a waypoint never merges VirtualServices, nor mixes
 them with HTTPRoutes (the ones left out are reported). Without any, the HttpService has no
 routes and the waypoint routes every request to the service on the port it arrived on.
+
+Each HttpService also carries the DestinationRule traffic policies of the services it may send
+to (the served one and every route backend), for the subsets the routes use (`traffic.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.controlplane.snapshot import WaypointScope
 from ztunnel_py.controlplane.translate import extensions as ext
+from ztunnel_py.controlplane.translate import traffic
 from ztunnel_py.controlplane.translate.l7authn import KeyLookup, jwt_rules
 from ztunnel_py.controlplane.translate.l7policies import waypoint_authorization
 from ztunnel_py.controlplane.translate.policies import has_target_refs
@@ -41,7 +45,7 @@ from ztunnel_py.controlplane.translate.routes import (
 from ztunnel_py.controlplane.translate.waypoints import WAYPOINT_CLASS, Waypoint, WaypointIndex
 from ztunnel_py.model import Service
 from ztunnel_py.model.authn import WaypointAuthentication
-from ztunnel_py.model.http import HttpService, Route, Subset
+from ztunnel_py.model.http import ClusterPolicy, HttpService, Route, Subset
 from ztunnel_py.model.policy import WaypointPolicy
 
 # waypoint key -> the service keys a resource targets there (None: every request it serves)
@@ -90,14 +94,7 @@ class L7Builder:
         virtual_services = self._virtual_services()
         filters = self._filters()
         for rule in self.by_kind.get("DestinationRule", ()):
-            if rule.spec.get("trafficPolicy") or any(
-                s.get("trafficPolicy") for s in rule.spec.get("subsets") or ()
-            ):
-                self.warn(
-                    rule,
-                    "spec.trafficPolicy",
-                    "traffic policies are not applied by waypoints yet (subsets are)",
-                )
+            traffic.unsupported(rule, self.warn)
         http_services: dict[str, HttpService] = {}
         for key, (waypoint, _) in sorted(self.bound.items()):
             service = self.services[key]
@@ -110,6 +107,7 @@ class L7Builder:
                 self._subsets(routes, waypoint, origin),
                 tuple(sources),
                 ext.ordered(filters.get(key, ())),
+                self._clusters(key, routes, waypoint),
             )
         policies = self._policies()
         authentications = self._authentications()
@@ -309,6 +307,23 @@ class L7Builder:
             )
             found[key].append(Subset(name, tuple(sorted(labels.items())), uids))
         return tuple((key, tuple(subsets)) for key, subsets in found.items())
+
+    def _clusters(
+        self, key: str, routes: Sequence[Route], waypoint: Waypoint
+    ) -> tuple[ClusterPolicy, ...]:
+        """The traffic policies of the served service (its default route) and of every service
+        the routes send to, for the subsets they use."""
+        subsets: dict[str, set[str]] = {key: set()}
+        for b in route_backends(routes):
+            if not b.unresolved:
+                subsets.setdefault(b.service, set()).update([b.subset] if b.subset else [])
+        out: list[ClusterPolicy] = []
+        for service_key, used in sorted(subsets.items()):
+            service = self.services.get(service_key)
+            if service is not None:
+                rule = self.subsets.rule_for(service, waypoint.namespace)
+                out.extend(traffic.cluster_policies(rule, service_key, used))
+        return tuple(out)
 
     # --- targetRefs: policies and filters ---------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """networking.istio.io: ServiceEntry and WorkloadEntry (translated into workloads and services)
-and VirtualService and DestinationRule (stored for waypoints), following Istio's CRDs.
+and VirtualService and DestinationRule (stored for waypoints), following Istio's CRDs; a
+DestinationRule's traffic policies are checked in `traffic_policy.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ztunnel_py.controlplane.validation.kube import (
     dns1123_subdomain,
     port_name,
 )
+from ztunnel_py.controlplane.validation.traffic_policy import TRAFFIC_POLICY
 from ztunnel_py.yamlschema.schema import (
     ANY,
     BOOL,
@@ -246,18 +248,6 @@ VIRTUAL_SERVICE_SPEC = obj(
 
 # --- DestinationRule ---------------------------------------------------------------------------
 
-TRAFFIC_POLICY = obj(
-    {
-        "loadBalancer": ANY,
-        "connectionPool": ANY,
-        "outlierDetection": ANY,
-        "tls": ANY,
-        "portLevelSettings": ListOf(ANY),
-        "tunnel": ANY,
-        "proxyProtocol": ANY,
-        "retryBudget": ANY,
-    }
-)
 SUBSET = obj(
     {"name": Str(checks=(dns1123_label,)), "labels": LABELS, "trafficPolicy": TRAFFIC_POLICY},
     required=("name",),
