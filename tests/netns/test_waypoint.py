@@ -405,7 +405,10 @@ def test_removing_the_label_returns_to_the_direct_path_without_dropping_connecti
             "new connections to skip the waypoint",
             within=5,
         )
-        assert time.monotonic() - changed < 2.0
+        # The push itself takes a few hundred milliseconds (the directory watch, the 100 ms
+        # debounce, the agents' apply); the bound leaves room for each probe's curl on a busy
+        # machine.
+        assert time.monotonic() - changed < 3.0
         out, err = long_lived.communicate(timeout=60)
     finally:
         if long_lived.poll() is None:
