@@ -45,6 +45,12 @@ def _cni(args: argparse.Namespace) -> int:
     return cni_main(args)
 
 
+def _cni_node(args: argparse.Namespace) -> int:
+    from ztunnel_py.cni.node import main as cni_node_main
+
+    return cni_node_main(args)
+
+
 def _testbed(args: argparse.Namespace) -> int:
     from ztunnel_py.testbed.cli import main as testbed_main
 
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ztunnel_py.agent.args import add_agent_arguments, add_sidecar_arguments
     from ztunnel_py.bench.args import add_bench_arguments
+    from ztunnel_py.cni.node import add_arguments as add_cni_node_arguments
     from ztunnel_py.controlplane.args import add_controlplane_arguments
     from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
     from ztunnel_py.waypoint.args import add_waypoint_arguments
@@ -133,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         '"labels": {}}}). Try: CNI_COMMAND=VERSION ztunnel-py cni',
     )
     p.set_defaults(handler=_cni)
+
+    p = sub.add_parser(
+        "cni-node",
+        help="the CNI node pod: installs the plugin on its node and serves the host shim",
+        description="Run on every node (the ztunnel-py-cni DaemonSet): copy the host shim "
+        "ztunnel-py-cni into the node's CNI bin directory, chain it after the primary plugin in "
+        "the node's CNI configuration, and carry out the CNI requests the shim forwards over a "
+        "Unix socket (the plugin logic of `ztunnel-py cni`, with the pod's network namespace "
+        "passed as a descriptor). SIGTERM removes the entry and the shim again.",
+    )
+    add_cni_node_arguments(p)
+    p.set_defaults(handler=_cni_node)
 
     p = sub.add_parser(
         "testbed",
