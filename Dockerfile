@@ -32,7 +32,7 @@ RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && python3 -m venv /opt/ztunnel-py \
     && /opt/ztunnel-py/bin/pip install --no-cache-dir --disable-pip-version-check -q . \
-    && /opt/ztunnel-py/bin/pip uninstall -y -q pip \
+    && /opt/ztunnel-py/bin/pip uninstall -y -q setuptools pip \
     && mkdir -p /opt/ztunnel-py/cni \
     && gcc -O2 -static -Wall -Wextra -Werror -o /opt/ztunnel-py/cni/ztunnel-py-cni \
         ztunnel_py/cni/shim/ztunnel-py-cni.c

@@ -120,7 +120,7 @@ log "base ready in $((base_done - started)) s; building $tag on $base"
 # pip inside the build trusts what pip trusts here (a TLS-inspecting proxy's CA, say).
 pip_ca="${PIP_CERT:-$(pip3 config get global.cert 2>/dev/null || true)}"
 [ -s "$pip_ca" ] || pip_ca=/etc/ssl/certs/ca-certificates.crt
-buildah bud --isolation chroot --pull-never --layers=false --quiet \
+buildah bud --isolation chroot --pull-never --layers=false --quiet --format docker \
     --secret "id=pip-ca,src=$pip_ca" \
     --build-arg "BASE_IMAGE=$base" -t "$tag" -f "$repo/Dockerfile" "$repo" >/dev/null
 done_at=$(date +%s)
