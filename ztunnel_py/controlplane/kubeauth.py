@@ -2,8 +2,8 @@
 
 In a cluster the agent presents its projected service-account token
 (`/var/run/secrets/tokens/istio-token`, audience `istio-ca`) as `authorization: Bearer`. The
-control plane asks the API server about it with a TokenReview (`POST
-/apis/authentication.k8s.io/v1/tokenreviews`, audiences `[istio-ca]`) and then decides:
+control plane asks the API server about it with a TokenReview (audiences `[istio-ca]`) and
+then decides:
 
 - the token must be authenticated for our audience (the status echoes the audiences it is
   valid for) and name a service account (`system:serviceaccount:<ns>:<sa>`);
@@ -27,7 +27,6 @@ responses; not run against a real API server (see the README, "Install on Kubern
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ztunnel_py.controlplane.kubeca import api_call
 from ztunnel_py.controlplane.nodeauth import (
     TOKEN_PREFIX,
     AuthenticationError,
@@ -42,14 +42,14 @@ from ztunnel_py.controlplane.nodeauth import (
     TokenAuthenticator,
     bearer_token,
 )
+from ztunnel_py.controlplane.resources import ResourceKey
+from ztunnel_py.controlplane.store import ConfigStore
 from ztunnel_py.model.identity import Identity
 
 log = logging.getLogger("ztunnel_py.controlplane.kubeauth")
 
 CA_AUDIENCE = "istio-ca"
 DEFAULT_TRUSTED_NODE_ACCOUNTS = ("istio-system/ztunnel",)
-TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
-REVIEW_TIMEOUT = 10.0
 CACHE_SECONDS = 60.0
 CACHE_ENTRIES = 4096
 SERVICE_ACCOUNT_USER = "system:serviceaccount:"
@@ -182,8 +182,23 @@ class KubernetesAuthenticator:
         )
 
 
+def store_pods(store: ConfigStore) -> PodLookup:
+    """Pods' nodes and uids from the configuration the control plane watches."""
+
+    def lookup(namespace: str, name: str) -> tuple[str, str] | None:
+        pod = store.resources().get(ResourceKey("Pod", namespace, name))
+        if pod is None:
+            return None
+        spec = pod.body.get("spec") or {}
+        return str(spec.get("nodeName") or ""), str(pod.metadata.get("uid") or "")
+
+    return lookup
+
+
 def token_reviewer(api_client: Any) -> Reviewer:
     """TokenReviews through the official client (blocking: the gRPC servicer threads call it)."""
+
+    from kubernetes import client
 
     def review(token: str, audiences: tuple[str, ...]) -> Mapping[str, Any]:
         body = {
@@ -191,20 +206,6 @@ def token_reviewer(api_client: Any) -> Reviewer:
             "kind": "TokenReview",
             "spec": {"token": token, "audiences": list(audiences)},
         }
-        response = api_client.call_api(
-            TOKEN_REVIEW_PATH,
-            "POST",
-            body=body,
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=REVIEW_TIMEOUT,
-        )
-        # call_api returns the raw response first (its data, status and headers follow)
-        raw = response[0] if isinstance(response, tuple) else response
-        answer = json.loads(raw.data)
-        if not isinstance(answer, dict):
-            raise AuthenticationError("the TokenReview answer is not a JSON object")
-        return answer
+        return api_call(client.AuthenticationV1Api(api_client).create_token_review, body)
 
     return review
