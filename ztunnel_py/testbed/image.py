@@ -13,7 +13,10 @@ a mount namespace of its own with the image's files and the mounts a DaemonSet d
   below it, so the pins cannot live under /sys/fs/bpf inside (in a pod they do);
 - /run/netns, where named network namespaces live (a restarted agent finds its pods there);
 - the testbed's state directory at the same path, so the command lines are the ones a process
-  from the virtual environment gets (sockets, tokens, the CA root, logs).
+  from the virtual environment gets (sockets, tokens, the CA root, logs);
+
+and the capabilities deploy/ grants its container (the agent: NET_ADMIN, SYS_ADMIN, NET_RAW and
+nothing more), so a missing capability shows here as it would in a cluster.
 
 The CNI side runs as on a node: `ztunnel-py cni-node` from the image installs the host shim
 into the node's simulated host root (`NODEDIR/host/opt/cni/bin`, `.../etc/cni/net.d`, after the
@@ -39,6 +42,12 @@ HOST_MOUNTS = (
     ("/run/netns", "/run/netns", "rw"),
 )
 BUILDAH_TIMEOUT = 120.0
+# What deploy/ grants each command's container beyond buildah's defaults (the agent: tc and
+# routes in pods' namespaces, setns, bpf(2), transparent sockets).
+CAPABILITIES = {
+    "agent": ("CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_RAW"),
+    "cni-node": ("CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE"),
+}
 
 
 def _buildah(*args: str) -> str:
@@ -98,8 +107,9 @@ def containers_of(prefix: str) -> list[str]:
 
 
 def run_argv(container: str, state_dir: Path, args: list[str]) -> list[str]:
-    """argv running `ztunnel-py ARGS...` in `container` with the DaemonSet's mounts."""
-    mounts: list[str] = []
+    """argv running `ztunnel-py ARGS...` in `container` with the DaemonSet's mounts and
+    capabilities."""
+    mounts: list[str] = [f"--cap-add={cap}" for cap in CAPABILITIES.get(args[0], ())]
     for source, target, mode in (*HOST_MOUNTS, (str(state_dir), str(state_dir), "rw")):
         if Path(source).exists():
             mounts += ["--volume", f"{source}:{target}:{mode}"]

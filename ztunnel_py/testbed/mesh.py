@@ -398,6 +398,7 @@ def unenroll(topology: Topology, state: State, progress: Progress) -> None:
         if namespaces.exists(p.netns)
         and namespaces.exists(topology.node(p.node).netns)
         and runtime.config_path(state, p.node).exists()
+        and (state.image is None or runtime.chained(state, p.node))
     ]
     for outcome in runtime.invoke(topology, state, "DEL", pods):
         error = outcome.error()
