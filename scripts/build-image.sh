@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the ztunnel-py image with buildah, without a container registry (run as root):
-#   scripts/build-image.sh [--tag TAG] [--base IMAGE]
+#   scripts/build-image.sh [--tag TAG] [--base IMAGE | --fresh-base]
 #
 # Without --base, the base image is Debian 12 built from Debian's archive (debootstrap, minbase
 # variant, slimmed as Debian's -slim images are: no documentation, manual pages or locales) and
-# kept as a local image named after a hash of this recipe, so a second build reuses it. Then the
+# kept as a local image named after a hash of this recipe, so a second build reuses it
+# (--fresh-base builds it again from the archive all the same). Then the
 # Dockerfile is built on it with `buildah bud --isolation chroot` (no container runtime needed:
 # RUN steps run in a chroot). Prints the image's size and the build times; the last line is
 # `image TAG ID SIZE_BYTES`.
@@ -16,10 +17,12 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tag="localhost/ztunnel-py:dev"
 base=""
+fresh_base=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --tag) tag="$2"; shift 2 ;;
         --base) base="$2"; shift 2 ;;
+        --fresh-base) fresh_base=1; shift ;;
         -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "build-image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -90,6 +93,10 @@ if [ -z "$base" ]; then
         { declare -f make_rootfs; echo "$suite $mirror $security"; } | sha256sum | cut -c1-12
     )"
     base="localhost/ztunnel-py-base:${suite}-${recipe_hash}"
+    if [ "$fresh_base" = 1 ] && buildah inspect --type image "$base" >/dev/null 2>&1; then
+        log "--fresh-base: removing the cached $base"
+        buildah rmi -f "$base" >/dev/null
+    fi
     if buildah inspect --type image "$base" >/dev/null 2>&1; then
         log "base image $base exists (built from this recipe before): reusing it"
     else

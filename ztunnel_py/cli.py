@@ -28,9 +28,25 @@ def _sidecar(args: argparse.Namespace) -> int:
 
 
 def _waypoint(args: argparse.Namespace) -> int:
+    if args.waypoint_command != "run":
+        from ztunnel_py.ctl.waypoint import main as waypoint_ctl_main
+
+        return waypoint_ctl_main(args)
     from ztunnel_py.waypoint.app import main as waypoint_main
 
     return waypoint_main(args)
+
+
+def _zc(args: argparse.Namespace) -> int:
+    from ztunnel_py.ctl.cli import zc
+
+    return zc(args)
+
+
+def _proxy_status(args: argparse.Namespace) -> int:
+    from ztunnel_py.ctl.cli import proxy_status
+
+    return proxy_status(args)
 
 
 def _controlplane(args: argparse.Namespace) -> int:
@@ -82,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ztunnel_py.bench.args import add_bench_arguments
     from ztunnel_py.cni.node import add_arguments as add_cni_node_arguments
     from ztunnel_py.controlplane.args import add_controlplane_arguments
+    from ztunnel_py.ctl.args import add_waypoint_commands
+    from ztunnel_py.ctl.cli import add_proxy_status_arguments, add_zc_arguments
     from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
-    from ztunnel_py.waypoint.args import add_waypoint_arguments
 
     p = sub.add_parser(
         "agent",
@@ -106,15 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "waypoint",
-        help="run a waypoint: the L7 proxy (routing, L7 policy, resilience, telemetry)",
-        description="Run a waypoint for the Gateway (class istio-waypoint) it implements, inside "
-        "its pod's network namespace: HBONE in on 15008, every HTTP request through the filter "
-        "engine (HTTPRoute/VirtualService routing, L7 AuthorizationPolicy, retries, timeouts, "
-        "faults, user filters, Istio's request metrics and an access log), HBONE out to the "
-        "chosen endpoint. `ztunnel-py testbed apply -f gateway.yaml` starts one per Gateway.",
+        help="waypoints: run one (the L7 proxy), or generate, apply, list, delete them",
+        description="`run` is the waypoint process itself; generate, apply, list and delete "
+        "manage waypoint Gateways as `istioctl waypoint` does (apply, list and delete on the "
+        "testbed; generate prints YAML for kubectl).",
     )
-    add_waypoint_arguments(p)
+    add_waypoint_commands(p)
     p.set_defaults(handler=_waypoint)
+
+    p = sub.add_parser(
+        "zc",
+        help="a node agent's state, as `istioctl ztunnel-config` shows it",
+        description="Read a node agent's admin port (/config_dump, /logging) and print "
+        "workloads, services, policies, certificates or connections as istioctl "
+        "ztunnel-config does, or -o json|yaml; or show and set its log levels.",
+    )
+    add_zc_arguments(p)
+    p.set_defaults(handler=_zc)
+
+    p = sub.add_parser(
+        "proxy-status",
+        help="the control plane's xDS clients and what they acknowledged",
+        description="Read the control plane's /debug/xds and print each connected agent and "
+        "waypoint: its type, its node, per xDS type whether it ACKed the last push (NACKED, "
+        "STALE while a push is unanswered), and since when it is connected.",
+    )
+    add_proxy_status_arguments(p)
+    p.set_defaults(handler=_proxy_status)
 
     p = sub.add_parser(
         "controlplane",

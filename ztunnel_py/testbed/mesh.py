@@ -20,7 +20,7 @@ The commands and their readiness signals are the contract with `controlplane` an
   before it stops the agents.
 
 - a waypoint pod (`testbed apply` of a Gateway of class istio-waypoint, `waypoints.py`) runs
-  `ztunnel-py waypoint --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
+  `ztunnel-py waypoint run --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
   DIR/ca/root-cert.pem --auth-token <its node's token file> --instance-ip IP --pod-name POD
   --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY` in the pod's namespace;
   ready when `GET 127.0.0.1:15021/healthz/ready` there answers 200 (held until its first xDS
@@ -45,6 +45,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from ztunnel_py.model.address import SocketAddr
@@ -159,6 +160,7 @@ def start(
     start_controlplane(topology, state, launch, progress, timeout)
 
     agents: list[tuple[NodePlan, ProcessRecord]] = []
+    started = time.monotonic()
     for node in topology.nodes:
         issue_token(state, node)
         runtime.write_config(topology, state, node, enroll_socket(state, node.name))
@@ -167,7 +169,10 @@ def start(
         agents.append((node, record))
     for node, record in agents:
         wait_agent_ready(node, record, timeout)
-        progress(f"  agent {node.name} ready (pid {record.pid}, log {record.log})")
+        progress(
+            f"  agent {node.name} ready {time.monotonic() - started:.1f} s after its start "
+            f"(pid {record.pid}, log {record.log})"
+        )
     if state.image is not None:
         start_cni_nodes(topology, state, launch, progress, timeout)
     enroll(topology, state, progress)
@@ -317,6 +322,7 @@ def waypoint_record(
             state,
             waypoint_name(waypoint),
             "waypoint",
+            "run",
             "--node",
             waypoint.node,
             "--xds-address",
