@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -46,9 +47,9 @@ def zc(args: argparse.Namespace) -> int:
     what: str = args.zc_command
     try:
         if what == "log":
-            path = f"/logging?level={args.level}" if args.level else "/logging"
-            method = "POST" if args.level else "GET"
-            body = request(args.target, method, path, prefix=args.prefix, port=args.admin_port)
+            # ztunnel's /logging: a POST shows the levels, with `level=` it also changes them.
+            path = f"/logging?level={quote(args.level, safe='')}" if args.level else "/logging"
+            body = request(args.target, "POST", path, prefix=args.prefix, port=args.admin_port)
             sys.stdout.write(body.decode(errors="replace"))
             return 0
         dump = get_json(args.target, "/config_dump", prefix=args.prefix, port=args.admin_port)

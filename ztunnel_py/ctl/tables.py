@@ -76,12 +76,17 @@ def service_rows(dump: Mapping[str, Any]) -> list[Row]:
             (
                 str(s.get("namespace", "")),
                 str(s.get("name", "")),
-                ",".join(s.get("vips") or []) or "None",
+                ",".join(_vip(v) for v in s.get("vips") or []) or "None",
                 _waypoint(s),
                 f"{healthy}/{len(endpoints)}",
             )
         )
     return sorted(rows)
+
+
+def _vip(vip: str) -> str:
+    """`network/IP` as dumped; the IP alone on the default (empty) network."""
+    return vip.removeprefix("/")
 
 
 def policy_rows(dump: Mapping[str, Any]) -> list[Row]:

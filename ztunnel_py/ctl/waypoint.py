@@ -47,16 +47,20 @@ def gateway(name: str, namespace: str, waypoint_for: str) -> dict[str, Any]:
 
 
 def _rename(value: Any, name: str) -> Any:
-    """The template with every mention of the template's Gateway name replaced."""
+    """The template with every mention of the template's Gateway name replaced (names, labels,
+    the service account, `--gateway-name`), but not the command `waypoint run`."""
     if isinstance(value, dict):
-        return {k: _rename(v, name) for k, v in value.items()}
+        return {
+            k: [_gateway_flag(a, name) for a in v] if k == "args" else _rename(v, name)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_rename(v, name) for v in value]
-    if value == TEMPLATE_NAME:
-        return name
-    if isinstance(value, str) and value == f"--gateway-name={TEMPLATE_NAME}":
-        return f"--gateway-name={name}"
-    return value
+    return name if value == TEMPLATE_NAME else value
+
+
+def _gateway_flag(arg: str, name: str) -> str:
+    return f"--gateway-name={name}" if arg.startswith("--gateway-name=") else arg
 
 
 def deployment(name: str, namespace: str, image: str | None = None) -> list[dict[str, Any]]:
