@@ -25,7 +25,8 @@ import pytest
 from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed import image, namespaces
 
-pytestmark = pytest.mark.netns
+# The build (setup) and the demo together take longer than the suite's 300 s per test.
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 1500
