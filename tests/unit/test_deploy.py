@@ -14,6 +14,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from ztunnel_py.ctl.waypoint import deployment
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 # A current Kubernetes: the newest the validator's bundled schemas cover.
@@ -45,6 +47,14 @@ def test_the_kustomization_lists_every_manifest() -> None:
 @pytest.mark.parametrize("path", resource_files(), ids=lambda p: p.name)
 def test_every_manifest_passes_strict_schema_validation(path: Path) -> None:
     for doc in documents(path):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_waypoint_template_validates_as_written_and_as_rendered() -> None:
+    template = documents(DEPLOY / "waypoint" / "waypoint.yaml")
+    rendered = deployment("reviews-wp", "bookinfo", "registry.example/ztunnel-py:1")
+    assert [d["kind"] for d in template] == [d["kind"] for d in rendered]
+    for doc in template + rendered:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
