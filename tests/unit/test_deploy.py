@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ztunnel_py.ctl.waypoint import deployment
+from ztunnel_py.testbed import image
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -112,6 +113,16 @@ def test_the_agent_daemonset_keeps_ztunnels_conventions() -> None:
     assert mounts["/lib/modules"]["readOnly"] and mounts["/usr/src"]["readOnly"]
     assert "/sys/fs/bpf" in mounts and "/var/run/ztunnel" in mounts
     assert env["INPOD_UDS"].startswith("/var/run/ztunnel/")
+
+
+def test_the_testbed_runs_the_image_with_the_capabilities_deploy_grants() -> None:
+    """tests/netns/test_image.py proves the mesh works with these, and no more."""
+    for name, command in (("ztunnel", "agent"), ("ztunnel-py-cni", "cni-node")):
+        (container,) = find("DaemonSet", name)["spec"]["template"]["spec"]["containers"]
+        capabilities = container["securityContext"]["capabilities"]
+        assert capabilities["drop"] == ["ALL"]
+        granted = {f"CAP_{c}" for c in capabilities.get("add", [])}
+        assert granted == set(image.CAPABILITIES.get(command, ()))
 
 
 def test_the_cni_node_and_the_agent_share_the_enrollment_socket() -> None:

@@ -15,8 +15,9 @@ a mount namespace of its own with the image's files and the mounts a DaemonSet d
 - the testbed's state directory at the same path, so the command lines are the ones a process
   from the virtual environment gets (sockets, tokens, the CA root, logs);
 
-and the capabilities deploy/ grants its container (the agent: NET_ADMIN, SYS_ADMIN, NET_RAW and
-nothing more), so a missing capability shows here as it would in a cluster.
+and only the capabilities deploy/ grants its container (all dropped; the agent then gets
+NET_ADMIN, SYS_ADMIN and NET_RAW back), so a missing capability shows here as it would in a
+cluster.
 
 The CNI side runs as on a node: `ztunnel-py cni-node` from the image installs the host shim
 into the node's simulated host root (`NODEDIR/host/opt/cni/bin`, `.../etc/cni/net.d`, after the
@@ -42,11 +43,24 @@ HOST_MOUNTS = (
     ("/run/netns", "/run/netns", "rw"),
 )
 BUILDAH_TIMEOUT = 120.0
-# What deploy/ grants each command's container beyond buildah's defaults (the agent: tc and
-# routes in pods' namespaces, setns, bpf(2), transparent sockets).
+# What deploy/ grants each command's container: `drop: [ALL]`, then these (the agent: tc and
+# routes in pods' namespaces, setns, bpf(2), transparent sockets; the others nothing).
+# buildah's own defaults, dropped by name (its `--cap-drop=ALL` also drops what is added).
+BUILDAH_DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+)
 CAPABILITIES = {
     "agent": ("CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_RAW"),
-    "cni-node": ("CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE"),
 }
 
 
@@ -109,7 +123,10 @@ def containers_of(prefix: str) -> list[str]:
 def run_argv(container: str, state_dir: Path, args: list[str]) -> list[str]:
     """argv running `ztunnel-py ARGS...` in `container` with the DaemonSet's mounts and
     capabilities."""
-    mounts: list[str] = [f"--cap-add={cap}" for cap in CAPABILITIES.get(args[0], ())]
+    mounts = [
+        f"--cap-drop={','.join(BUILDAH_DEFAULT_CAPABILITIES)}",
+        *(f"--cap-add={cap}" for cap in CAPABILITIES.get(args[0], ())),
+    ]
     for source, target, mode in (*HOST_MOUNTS, (str(state_dir), str(state_dir), "rw")):
         if Path(source).exists():
             mounts += ["--volume", f"{source}:{target}:{mode}"]
