@@ -81,6 +81,22 @@ class Handler(BaseHTTPRequestHandler):
             return "/".join(parts[3:])
         return None
 
+    def _listed_object(self, path: str) -> dict[str, Any] | None:
+        """A single Namespace or Pod read by name, from the recorded lists ({} if absent);
+        None for any other path."""
+        parts = path.strip("/").split("/")
+        if parts[:3] != ["api", "v1", "namespaces"] or len(parts) not in (4, 6):
+            return None
+        if len(parts) == 6 and parts[4] != "pods":
+            return None
+        collection = "/api/v1/namespaces" if len(parts) == 4 else "/api/v1/pods"
+        namespace = parts[3] if len(parts) == 6 else None
+        for item in json.loads(self.server.lists[collection][0])["items"]:
+            meta = item["metadata"]
+            if meta["name"] == parts[-1] and meta.get("namespace") == namespace:
+                return dict(item)
+        return {}
+
     def do_POST(self) -> None:
         path = urlparse(self.path).path
         self.server.requests.append(f"POST {path}")
@@ -125,6 +141,14 @@ class Handler(BaseHTTPRequestHandler):
             self.server.requests.append(f"GET {url.path}")
             if key in self.server.objects:
                 self._json(200, self.server.objects[key])
+            else:
+                self._status(404)
+            return
+        listed = self._listed_object(url.path)
+        if listed is not None:
+            self.server.requests.append(f"GET {url.path}")
+            if listed:
+                self._json(200, listed)
             else:
                 self._status(404)
             return

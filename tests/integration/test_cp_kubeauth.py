@@ -18,6 +18,8 @@ import pytest
 import yaml
 
 from tests.integration.kube_support import FakeApiServer, api_client, running_api_server
+from ztunnel_py.cni.kube import lookup
+from ztunnel_py.cni.spec import CniError, PodRef
 from ztunnel_py.controlplane.ca import CaRequestError, CertificateService, SignRequest
 from ztunnel_py.controlplane.kubeauth import KubernetesAuthenticator, store_pods, token_reviewer
 from ztunnel_py.controlplane.kubeca import (
@@ -206,14 +208,17 @@ def rbac_attributes(request: str) -> tuple[str, str, str, str]:
     return namespace, group, resource, verb
 
 
-def granted() -> tuple[set[tuple[str, str, str]], dict[str, set[tuple[str, str, str]]]]:
-    """(cluster-wide, per-namespace) (group, resource, verb) the control plane's account has."""
-    docs = list(yaml.safe_load_all((REPO / "deploy" / "controlplane.yaml").read_text()))
+def granted(
+    manifest: str = "controlplane.yaml", account: str = "istiod"
+) -> tuple[set[tuple[str, str, str]], dict[str, set[tuple[str, str, str]]]]:
+    """(cluster-wide, per-namespace) (group, resource, verb) a service account of
+    istio-system has by `manifest`."""
+    docs = list(yaml.safe_load_all((REPO / "deploy" / manifest).read_text()))
     bound = {
         (d["kind"].removesuffix("Binding"), d["roleRef"]["name"], d["metadata"].get("namespace"))
         for d in docs
         if d["kind"] in ("ClusterRoleBinding", "RoleBinding")
-        and {"kind": "ServiceAccount", "name": "istiod", "namespace": "istio-system"}
+        and {"kind": "ServiceAccount", "name": account, "namespace": "istio-system"}
         in d["subjects"]
     }
     cluster: set[tuple[str, str, str]] = set()
@@ -270,3 +275,35 @@ def test_rbac_grants_exactly_what_the_control_plane_asks_for(
     assert {(g, r, v) for _, g, r, v in used} >= expected - {
         (k.group, k.plural, "watch") for k in WATCHED_KINDS if k.kind not in ("Pod", "Namespace")
     }
+
+
+def test_the_cni_plugin_reads_pods_from_the_api_with_exactly_its_rbac(
+    api_server: FakeApiServer, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": f"http://127.0.0.1:{api_server.server_address[1]}"},
+                    }
+                ],
+                "users": [{"name": "u", "user": {"token": "cni-token"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    meta = lookup(str(kubeconfig), PodRef("demo", WEB_POD))
+    assert (meta.service_account, meta.enroll) == ("web", True)
+    assert meta.labels["app"] == "web"
+    with pytest.raises(CniError, match="cannot read pod demo/nope"):
+        lookup(str(kubeconfig), PodRef("demo", "nope"))
+    cluster, namespaced = granted("cni.yaml", "ztunnel-py-cni")
+    used = {rbac_attributes(r)[1:] for r in api_server.requests}
+    assert namespaced == {}
+    assert used == cluster == {("", "namespaces", "get"), ("", "pods", "get")}
