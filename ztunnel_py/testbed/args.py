@@ -174,7 +174,7 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
             "add or replace",
             "writes each object into",
             "A Gateway of class istio-waypoint also gets its waypoint pod (own network namespace "
-            "and IP, running `ztunnel-py waypoint`) and Service, as istiod's deployment "
+            "and IP, running `ztunnel-py waypoint run`) and Service, as istiod's deployment "
             "controller would have them created; the command returns once the pod is ready.",
         ),
         (

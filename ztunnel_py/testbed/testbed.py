@@ -12,7 +12,7 @@ operators and fault tests; the state file follows every restart. `apply` and `de
 Kubernetes objects into (or take them out of) the directory the control plane watches; as
 Kubernetes' deployment controller would for istiod, `apply` of a Gateway of class istio-waypoint
 also starts its waypoint pod (`waypoints.py`: a network namespace wired like every pod's, its Pod
-and Service, `ztunnel-py waypoint` inside) and `delete` of it stops and removes that pod. The
+and Service, `ztunnel-py waypoint run` inside) and `delete` of it stops and removes that pod. The
 Pod is written before the process starts (the CA signs only for identities scheduled on the
 caller's node) and the Service once it is ready, because the Service is what binds services to
 the waypoint: no traffic is sent to a waypoint that cannot serve it yet. Waypoints are in the
