@@ -1,14 +1,56 @@
-# The node agent / control plane image. The same install script as the README and CI.
-# bcc compiles the BPF programs at agent start, so the node's kernel headers must be mounted at
-# /lib/modules and /usr/src (see deploy/), or the kernel must provide IKHEADERS.
-FROM debian:12-slim
-ENV ZTUNNEL_VENV=/opt/ztunnel-py
+# syntax=docker/dockerfile:1
+# The ztunnel-py image: one runtime-only image that runs as the node agent, the control plane,
+# a waypoint or the CNI node installer, chosen by its arguments (deploy/ passes them):
+#   ztunnel-py agent | controlplane run ... | waypoint run ... | cni-node ...
+#
+# BASE_IMAGE defaults to Debian 12 slim from a registry. Where no registry is reachable,
+# scripts/build-image.sh builds the same base from Debian's archive with debootstrap and passes
+# it here (see the README, "Install on Kubernetes").
+#
+# Kernel headers are not in the image: bcc compiles the capture programs when the agent starts,
+# against the node's headers, which the DaemonSet mounts at /lib/modules and /usr/src (or the
+# kernel's own, CONFIG_IKHEADERS). The agent says which is missing when neither is there.
+ARG BASE_IMAGE=debian:12-slim
+
+FROM ${BASE_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Debian's stable archive keeps only the current version of each package, so pinning exact
+# versions would break the build at every point release; the base image pins the release.
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends python3 python3-venv gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY scripts ./scripts
 COPY ztunnel_py ./ztunnel_py
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 ca-certificates \
-    && bash scripts/install.sh --no-dev \
-    && rm -rf /var/lib/apt/lists/*
+# A regular (not editable) install: the venv holds the package and its pinned dependencies.
+# The CNI host shim is C, linked statically: it runs on the node, outside this image.
+# The optional build secret `pip-ca` is a CA bundle for reaching the package index through a
+# TLS-inspecting proxy (scripts/build-image.sh passes the build machine's); it stays out of
+# the image.
+RUN --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && python3 -m venv /opt/ztunnel-py \
+    && /opt/ztunnel-py/bin/pip install --no-cache-dir --disable-pip-version-check -q . \
+    && /opt/ztunnel-py/bin/pip uninstall -y -q setuptools pip \
+    && mkdir -p /opt/ztunnel-py/cni \
+    && gcc -O2 -static -Wall -Wextra -Werror -o /opt/ztunnel-py/cni/ztunnel-py-cni \
+        ztunnel_py/cni/shim/ztunnel-py-cni.c
+
+FROM ${BASE_IMAGE}
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# python3-bpfcc: bcc's Python module and libbcc (LLVM/clang), which compile the capture
+# programs at agent start. Same reason as above for not pinning versions.
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends python3 python3-bpfcc ca-certificates \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+COPY --from=build /opt/ztunnel-py /opt/ztunnel-py
+# Only bcc from Debian's dist-packages joins the venv, as scripts/install.sh does.
+RUN ln -s /usr/lib/python3/dist-packages/bcc \
+        "$(/opt/ztunnel-py/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc" \
+    && /opt/ztunnel-py/bin/python -c 'import bcc, ztunnel_py.cli' \
+    && ln -s /opt/ztunnel-py/bin/ztunnel-py /usr/local/bin/ztunnel-py
+ENV PATH=/opt/ztunnel-py/bin:$PATH
 ENTRYPOINT ["/opt/ztunnel-py/bin/ztunnel-py"]
 CMD ["agent"]

@@ -28,9 +28,25 @@ def _sidecar(args: argparse.Namespace) -> int:
 
 
 def _waypoint(args: argparse.Namespace) -> int:
+    if args.waypoint_command != "run":
+        from ztunnel_py.ctl.waypoint import main as waypoint_ctl_main
+
+        return waypoint_ctl_main(args)
     from ztunnel_py.waypoint.app import main as waypoint_main
 
     return waypoint_main(args)
+
+
+def _zc(args: argparse.Namespace) -> int:
+    from ztunnel_py.ctl.cli import zc
+
+    return zc(args)
+
+
+def _proxy_status(args: argparse.Namespace) -> int:
+    from ztunnel_py.ctl.cli import proxy_status
+
+    return proxy_status(args)
 
 
 def _controlplane(args: argparse.Namespace) -> int:
@@ -43,6 +59,12 @@ def _cni(args: argparse.Namespace) -> int:
     from ztunnel_py.cni import main as cni_main
 
     return cni_main(args)
+
+
+def _cni_node(args: argparse.Namespace) -> int:
+    from ztunnel_py.cni.node import main as cni_node_main
+
+    return cni_node_main(args)
 
 
 def _testbed(args: argparse.Namespace) -> int:
@@ -74,9 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ztunnel_py.agent.args import add_agent_arguments, add_sidecar_arguments
     from ztunnel_py.bench.args import add_bench_arguments
+    from ztunnel_py.cni.node import add_arguments as add_cni_node_arguments
     from ztunnel_py.controlplane.args import add_controlplane_arguments
+    from ztunnel_py.ctl.args import add_waypoint_commands
+    from ztunnel_py.ctl.cli import add_proxy_status_arguments, add_zc_arguments
     from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
-    from ztunnel_py.waypoint.args import add_waypoint_arguments
 
     p = sub.add_parser(
         "agent",
@@ -99,15 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "waypoint",
-        help="run a waypoint: the L7 proxy (routing, L7 policy, resilience, telemetry)",
-        description="Run a waypoint for the Gateway (class istio-waypoint) it implements, inside "
-        "its pod's network namespace: HBONE in on 15008, every HTTP request through the filter "
-        "engine (HTTPRoute/VirtualService routing, L7 AuthorizationPolicy, retries, timeouts, "
-        "faults, user filters, Istio's request metrics and an access log), HBONE out to the "
-        "chosen endpoint. `ztunnel-py testbed apply -f gateway.yaml` starts one per Gateway.",
+        help="waypoints: run one (the L7 proxy), or generate, apply, list, delete them",
+        description="`run` is the waypoint process itself; generate, apply, list and delete "
+        "manage waypoint Gateways as `istioctl waypoint` does (apply, list and delete on the "
+        "testbed; generate prints YAML for kubectl).",
     )
-    add_waypoint_arguments(p)
+    add_waypoint_commands(p)
     p.set_defaults(handler=_waypoint)
+
+    p = sub.add_parser(
+        "zc",
+        help="a node agent's state, as `istioctl ztunnel-config` shows it",
+        description="Read a node agent's admin port (/config_dump, /logging) and print "
+        "workloads, services, policies, certificates or connections as istioctl "
+        "ztunnel-config does, or -o json|yaml; or show and set its log levels.",
+    )
+    add_zc_arguments(p)
+    p.set_defaults(handler=_zc)
+
+    p = sub.add_parser(
+        "proxy-status",
+        help="the control plane's xDS clients and what they acknowledged",
+        description="Read the control plane's /debug/xds and print each connected agent and "
+        "waypoint: its type, its node, per xDS type whether it ACKed the last push (NACKED, "
+        "STALE while a push is unanswered), and since when it is connected.",
+    )
+    add_proxy_status_arguments(p)
+    p.set_defaults(handler=_proxy_status)
 
     p = sub.add_parser(
         "controlplane",
@@ -133,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         '"labels": {}}}). Try: CNI_COMMAND=VERSION ztunnel-py cni',
     )
     p.set_defaults(handler=_cni)
+
+    p = sub.add_parser(
+        "cni-node",
+        help="the CNI node pod: installs the plugin on its node and serves the host shim",
+        description="Run on every node (the ztunnel-py-cni DaemonSet): copy the host shim "
+        "ztunnel-py-cni into the node's CNI bin directory, chain it after the primary plugin in "
+        "the node's CNI configuration, and carry out the CNI requests the shim forwards over a "
+        "Unix socket (the plugin logic of `ztunnel-py cni`, with the pod's network namespace "
+        "passed as a descriptor). SIGTERM removes the entry and the shim again.",
+    )
+    add_cni_node_arguments(p)
+    p.set_defaults(handler=_cni_node)
 
     p = sub.add_parser(
         "testbed",

@@ -9,6 +9,7 @@ import pytest
 
 from ztunnel_py.controlplane.nodeauth import (
     AuthenticationError,
+    Caller,
     NodeTokenStore,
     TokenAuthenticator,
     bearer_token,
@@ -27,8 +28,8 @@ def test_issued_token_authenticates_its_node(tmp_path: Path) -> None:
     store = NodeTokenStore(tmp_path / "tokens.json")
     token = store.issue("node-1", timedelta(hours=1))
     auth = TokenAuthenticator(store)
-    assert auth.authenticate({"authorization": f"Bearer {token}"}) == "node-1"
-    assert auth.authenticate({"authorization": f"bearer   {token} "}) == "node-1"
+    assert auth.authenticate({"authorization": f"Bearer {token}"}) == Caller("node-1")
+    assert auth.authenticate({"authorization": f"bearer   {token} "}) == Caller("node-1")
 
 
 def test_only_a_hash_is_stored(tmp_path: Path) -> None:

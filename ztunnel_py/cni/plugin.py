@@ -68,6 +68,8 @@ def agent_problem(socket_path: str, timeout: float = PROBE_TIMEOUT) -> str | Non
 
 
 def _meta(inv: Invocation, pod: PodRef) -> PodMeta:
+    if pod.namespace in inv.config.exclude_namespaces:
+        return PodMeta()  # never enrolled: no need to ask anyone
     if inv.config.kubeconfig:
         return kube.lookup(inv.config.kubeconfig, pod)
     return inv.config.static_meta(pod)

@@ -9,6 +9,7 @@ variables plus the network configuration JSON on stdin; an error is the spec's e
 Plugin-specific configuration keys (next to `cniVersion`, `name`, `type`):
 
 - `enrollSocket`: the agent's enrollment socket (default /var/run/ztunnel/ztunnel.sock);
+- `excludeNamespaces`: namespaces whose pods are passed through without a look at their labels;
 - `kubeconfig`: a kubeconfig file; when set, namespace labels, pod labels and the pod's service
   account are read from the Kubernetes API server;
 - otherwise they come from the configuration itself (the testbed and development setups):
@@ -124,6 +125,7 @@ class PluginConfig:
     namespace_labels: Mapping[str, Mapping[str, str]]
     pods: Mapping[str, PodMeta]
     prev_result: dict[str, Any] | None
+    exclude_namespaces: frozenset[str] = frozenset()
 
     def static_meta(self, pod: PodRef) -> PodMeta:
         """The pod's service account and labels from the configuration's own tables."""
@@ -328,6 +330,11 @@ def parse_config(stdin: bytes) -> PluginConfig:
             "labels and service accounts come either from the API server or from the "
             "configuration, not both",
         )
+    excluded = raw.get("excludeNamespaces", [])
+    if not isinstance(excluded, list) or not all(isinstance(n, str) for n in excluded):
+        raise CniError(
+            INVALID_CONFIG, "network configuration: 'excludeNamespaces' must be a list of strings"
+        )
     prev = raw.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
         raise CniError(INVALID_CONFIG, "network configuration: 'prevResult' must be an object")
@@ -339,6 +346,7 @@ def parse_config(stdin: bytes) -> PluginConfig:
         namespace_labels=_namespace_labels(raw.get("namespaceLabels", {})),
         pods=_pods(raw.get("pods", {})),
         prev_result=prev,
+        exclude_namespaces=frozenset(excluded),
     )
 
 

@@ -31,12 +31,14 @@ from prometheus_client import CollectorRegistry
 
 from ztunnel_py.config import ConfigValueError
 from ztunnel_py.controlplane import ca as ca_service
-from ztunnel_py.controlplane import validate_cli, xds_server
+from ztunnel_py.controlplane import kubeca, validate_cli, xds_server
 from ztunnel_py.controlplane.config import ControlPlaneConfig, config_from_args
+from ztunnel_py.controlplane.kubeauth import KubernetesAuthenticator, store_pods, token_reviewer
 from ztunnel_py.controlplane.monitoring import MonitoringServer
 from ztunnel_py.controlplane.nodeauth import (
     TOKEN_FILE,
     AuthenticationError,
+    NodeAuthenticator,
     NodeTokenStore,
     TokenAuthenticator,
 )
@@ -135,18 +137,31 @@ def run(config: ControlPlaneConfig) -> int:
     data_dir = config.data_dir
     trust_domain = config.trust_domain
     try:
-        ca = load_or_create_ca(data_dir / CA_SUBDIR, trust_domain)
-    except (OSError, ValueError) as e:
-        log.error("cannot load or create the root CA in %s: %s", data_dir / CA_SUBDIR, e)
-        return 1
-
-    try:
         pipeline = open_pipeline(config)
     except ValueError as e:
         log.error("%s", e)
         return 1
+    ca_dir = data_dir / CA_SUBDIR
+    try:
+        if config.ca_secret is not None:
+            ca = kubeca.secret_ca(pipeline.kube, config.ca_secret, ca_dir, trust_domain)
+        else:
+            ca = load_or_create_ca(ca_dir, trust_domain)
+    except (OSError, ValueError, kubeca.KubeRequestError) as e:
+        where = f"Secret {config.ca_secret}" if config.ca_secret else str(ca_dir)
+        log.error("cannot load or create the root CA in %s: %s", where, e)
+        return 1
 
-    authenticator = TokenAuthenticator(NodeTokenStore(data_dir / TOKEN_FILE))
+    node_tokens = TokenAuthenticator(NodeTokenStore(data_dir / TOKEN_FILE))
+    authenticator: NodeAuthenticator = node_tokens
+    if pipeline.kube is not None and pipeline.store is not None:
+        authenticator = KubernetesAuthenticator(
+            token_reviewer(pipeline.kube),
+            store_pods(pipeline.store),
+            node_tokens,
+            trust_domain,
+            config.trusted_node_accounts,
+        )
     service = ca_service.CertificateService(
         ca,
         authenticator,
@@ -195,6 +210,15 @@ def run(config: ControlPlaneConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     pipeline.start(stop)
+    if config.ca_secret is not None and pipeline.store is not None:
+        store = pipeline.store
+        publisher = kubeca.RootPublisher(
+            pipeline.kube,
+            ca.root_pem,
+            lambda: (k.name for k in store.resources() if k.kind == "Namespace"),
+        )
+        store.subscribe(lambda _snapshot: publisher.changed())
+        pipeline.spawn(publisher.run, stop, "root-publisher")
     server.start()
     monitoring.start()
     serving.set()

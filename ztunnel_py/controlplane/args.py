@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -83,6 +84,25 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
         "else the kubeconfig)",
     )
     sources.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for --kubernetes")
+    cluster = run.add_argument_group(
+        "in a cluster (with --kubernetes)",
+        "Agents present projected service-account tokens (audience istio-ca), checked with "
+        "the TokenReview API; node tokens keep working beside them.",
+    )
+    cluster.add_argument(
+        "--ca-secret",
+        metavar="NAMESPACE/NAME",
+        help="keep the root CA in this Secret (created with a new root if missing) and publish "
+        "its certificate as ConfigMap istio-ca-root-cert in every namespace, as istiod does "
+        "with istio-system/istio-ca-secret",
+    )
+    cluster.add_argument(
+        "--trusted-node-accounts",
+        default=os.environ.get("CA_TRUSTED_NODE_ACCOUNTS", "istio-system/ztunnel"),
+        metavar="NS/SA,...",
+        help="service accounts that may ask for the identities of workloads on their own node "
+        "(env CA_TRUSTED_NODE_ACCOUNTS, as istiod's; default istio-system/ztunnel)",
+    )
     sources.add_argument(
         "--local-config",
         metavar="FILE",

@@ -2,10 +2,12 @@
 "CA").
 
 A request is signed only if all of these hold, checked in this order:
-1. the caller authenticates as a node (UNAUTHENTICATED otherwise);
+1. the caller authenticates (UNAUTHENTICATED otherwise): a node credential, or a workload's own
+   (a service-account token of a pod that is not a node agent, `kubeauth.py`);
 2. the requested identity (metadata `ImpersonatedIdentity`, else the CSR's URI SAN) is a SPIFFE
    identity in our trust domain and the CSR parses (INVALID_ARGUMENT otherwise);
-3. a workload with that identity is scheduled on the caller's node (PERMISSION_DENIED);
+3. a node credential: a workload with that identity is scheduled on the caller's node; a
+   workload's credential: it is the workload's own identity (PERMISSION_DENIED otherwise);
 4. the CSR's signature verifies and its only URI SAN is that identity (INVALID_ARGUMENT).
 The certificate lives min(requested, maximum) seconds; the answer is [leaf, root].
 
@@ -71,14 +73,22 @@ class CertificateService:
 
     def create(self, req: SignRequest) -> list[str]:
         try:
-            node = self._authenticator.authenticate(req.metadata)
+            authenticated = self._authenticator.authenticate(req.metadata)
         except AuthenticationError as e:
             raise self._refuse(
                 grpc.StatusCode.UNAUTHENTICATED, f"peer {req.peer}", str(e)
             ) from None
-        caller = f"node {node} ({req.peer})"
+        node = authenticated.node
+        own = authenticated.identity
+        caller = f"node {node} ({req.peer})" if own is None else f"{own} on node {node}"
         identity = self._requested_identity(req, caller)
-        if identity not in self._registry.identities_on_node(node):
+        if own is not None and identity != own:
+            raise self._refuse(
+                grpc.StatusCode.PERMISSION_DENIED,
+                caller,
+                f"a workload's credential may only ask for its own identity {own}, not {identity}",
+            )
+        if own is None and identity not in self._registry.identities_on_node(node):
             raise self._refuse(
                 grpc.StatusCode.PERMISSION_DENIED,
                 caller,

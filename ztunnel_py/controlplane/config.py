@@ -27,6 +27,9 @@ class ControlPlaneConfig:
     config_dir: Path | None = None
     kubernetes: bool = False
     kubeconfig: Path | None = None
+    # in a cluster: the Secret holding the root CA, and the node agents' service accounts
+    ca_secret: str | None = None
+    trusted_node_accounts: tuple[str, ...] = ("istio-system/ztunnel",)
     local_config: Path | None = None
     trust_domain: str = "cluster.local"
     root_namespace: str = "istio-system"
@@ -49,6 +52,15 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
         )
     if args.kubeconfig and not args.kubernetes:
         raise ConfigValueError("--kubeconfig is only used with --kubernetes")
+    if args.ca_secret and not args.kubernetes:
+        raise ConfigValueError("--ca-secret is only used with --kubernetes")
+    if args.ca_secret and args.ca_secret.count("/") != 1:
+        raise ConfigValueError(f"--ca-secret {args.ca_secret!r} is not NAMESPACE/NAME")
+    trusted = tuple(a.strip() for a in args.trusted_node_accounts.split(",") if a.strip())
+    if any(a.count("/") != 1 for a in trusted):
+        raise ConfigValueError(
+            f"--trusted-node-accounts {args.trusted_node_accounts!r}: each entry is NS/SA"
+        )
     return ControlPlaneConfig(
         data_dir=Path(args.data_dir),
         listen=args.listen,
@@ -56,6 +68,8 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
         config_dir=_path(args.config_dir),
         kubernetes=args.kubernetes,
         kubeconfig=_path(args.kubeconfig),
+        ca_secret=args.ca_secret or None,
+        trusted_node_accounts=trusted,
         local_config=_path(args.local_config),
         trust_domain=args.trust_domain,
         root_namespace=args.root_namespace,

@@ -1,10 +1,12 @@
-"""Who is calling the CA: node authentication from gRPC metadata.
+"""Who is calling the CA and the xDS server: authentication from gRPC metadata.
 
-A `NodeAuthenticator` turns request metadata into the caller's node name or raises
-`AuthenticationError`. The implementation here is node tokens: opaque random strings issued by
+A `NodeAuthenticator` turns request metadata into the `Caller` (its node, and for a workload's
+own credential the one identity it may ask for) or raises `AuthenticationError`. The
+implementation here is node tokens: opaque random strings issued by
 `ztunnel-py controlplane node-token NODE`, presented as `authorization: Bearer <token>`. Only a
-SHA-256 of each token is stored (in `<data dir>/node-tokens.json`), with its node and expiry. A
-Kubernetes service-account (TokenReview) authenticator can implement the same protocol later.
+SHA-256 of each token is stored (in `<data dir>/node-tokens.json`), with its node and expiry.
+In a cluster, Kubernetes service-account tokens are checked with the TokenReview API
+(`kubeauth.py`).
 
 The store is shared between the running server and the `node-token` command (separate
 processes): writers take an exclusive `flock` and replace the file atomically; the server re-reads
@@ -26,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from ztunnel_py.model.identity import Identity
+
 TOKEN_FILE = "node-tokens.json"
 TOKEN_PREFIX = "ztpy-node-"
 _NODE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
@@ -35,9 +39,19 @@ class AuthenticationError(Exception):
     """The caller could not be authenticated; the message says why (never echoes the token)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated caller: the node it runs on, and what it may ask the CA for."""
+
+    node: str
+    # None: a node credential, which may ask for any identity scheduled on `node`; else the
+    # only identity this caller may ask for (a workload presenting its own credential)
+    identity: Identity | None = None
+
+
 class NodeAuthenticator(Protocol):
-    def authenticate(self, metadata: Mapping[str, str]) -> str:
-        """Return the caller's node name, or raise `AuthenticationError`."""
+    def authenticate(self, metadata: Mapping[str, str]) -> Caller:
+        """Return the caller, or raise `AuthenticationError`."""
         ...
 
 
@@ -161,5 +175,5 @@ class TokenAuthenticator:
     def __init__(self, store: NodeTokenStore) -> None:
         self._store = store
 
-    def authenticate(self, metadata: Mapping[str, str]) -> str:
-        return self._store.lookup(bearer_token(metadata))
+    def authenticate(self, metadata: Mapping[str, str]) -> Caller:
+        return Caller(self._store.lookup(bearer_token(metadata)))

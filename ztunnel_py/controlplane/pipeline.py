@@ -46,6 +46,8 @@ class Pipeline:
     registry: WorkloadRegistry
     store: ConfigStore | None = None
     jwks: JwksResolver | None = None
+    # the Kubernetes API client, when the configuration comes from a cluster
+    kube: Any = None
     # run in order by `start`: each loads its source, then watches it (in a thread of its own)
     starters: list[Callable[[threading.Event], None]] = field(default_factory=list)
     # run by `join`, for sources that must be told to stop besides the event
@@ -129,7 +131,8 @@ def open_pipeline(config: ControlPlaneConfig) -> Pipeline:
 
         pipeline.starters.append(start_files)
     if config.kubernetes:
-        source = KubeSource(store, _kube_client(config.kubeconfig))
+        pipeline.kube = _kube_client(config.kubeconfig)
+        source = KubeSource(store, pipeline.kube)
 
         def start_kube(stop: threading.Event) -> None:
             source.start()

@@ -496,7 +496,7 @@ class XdsServer:
         metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
         peer = context.peer()
         try:
-            node = self._authenticator.authenticate(metadata)
+            node = self._authenticator.authenticate(metadata).node
         except AuthenticationError as e:
             log.warning("refused xDS stream from %s: UNAUTHENTICATED: %s", peer, e)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))

@@ -101,6 +101,27 @@ def check_cflag_path(path: Path) -> None:
 
 # -- the parent's side --------------------------------------------------------------------
 
+# Where bcc finds kernel headers: the build tree of the running kernel (a container mounts the
+# node's /lib/modules and /usr/src, which it points into), else the kernel's own archive
+# (CONFIG_IKHEADERS).
+MODULES_DIR = Path("/lib/modules")
+KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
+
+
+def missing_headers(release: str | None = None) -> str | None:
+    """Why bcc will find no kernel headers, or None when it will."""
+    release = release or os.uname().release
+    build = MODULES_DIR / release / "build"
+    if (build / "include").is_dir() or KHEADERS.exists():
+        return None
+    return (
+        f"no kernel headers for kernel {release}: neither {build}/include nor {KHEADERS} "
+        "exists. In a container, mount the node's /lib/modules and /usr/src read-only (the "
+        "agent DaemonSet does) and install the headers package on the node (Debian: "
+        "linux-headers-$(uname -r)); or use a kernel with CONFIG_IKHEADERS (`modprobe "
+        "kheaders` on the node)"
+    )
+
 
 def compile_and_pin(
     pin_dir: Path, bpf_dir: Path | None = None, *, timeout: float = COMPILE_TIMEOUT
@@ -111,6 +132,9 @@ def compile_and_pin(
     waited for (or killed when it takes longer than `timeout` seconds) before this returns or
     raises, so no process is left behind.
     """
+    problem = missing_headers()
+    if problem is not None:
+        raise RedirectError(problem)
     if bpf_dir is None:
         bpf_dir = packaged_sources()
     pin_dir, bpf_dir = Path(os.path.abspath(pin_dir)), Path(os.path.abspath(bpf_dir))

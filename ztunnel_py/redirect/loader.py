@@ -259,7 +259,7 @@ class Redirector:
         if previous is not None and previous.saved_accept_local:
             saved = previous.saved_accept_local
         else:
-            saved = podnet.read_accept_local(ifname) + 1
+            saved = podnet.read_accept_local(ipr, ifindex) + 1
         cfg = encode_config(pod_id, addrs, settings, saved_accept_local=saved, ifindex=ifindex)
         # Counters, then the map entries: they record the sysctl to restore if a step fails.
         with _os_errors("update the capture map"):
@@ -267,7 +267,7 @@ class Redirector:
                 self._counters.update(ctypes.c_uint64(pod_id), PodCountersStruct())
         self._store(cfg, addrs)
         if addrs.v4:
-            podnet.write_accept_local(ifname, 1)
+            podnet.write_accept_local(ifindex, ifname, 1)
         for family in (4, 6):
             if family in addrs.families:
                 podnet.ensure_routing(ipr, family, self.route_table)
@@ -330,7 +330,7 @@ class Redirector:
             podnet.remove_routing(ipr, family, self.route_table)
         previous = self._current(pod_id)
         if previous is not None and previous.saved_accept_local and ifindex is not None:
-            podnet.write_accept_local(ifname, previous.saved_accept_local - 1)
+            podnet.write_accept_local(ifindex, ifname, previous.saved_accept_local - 1)
         self._forget(pod_id)
 
     def _forget(self, pod_id: int) -> None:

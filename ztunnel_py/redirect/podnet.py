@@ -2,8 +2,8 @@
 
 Every function here expects the calling thread to be inside the pod's network namespace
 (`ztunnel_py.linux.netns.entered`) and takes an `IPRoute` created there: a netlink socket
-belongs to the namespace it was opened in, and sysctls under /proc/sys/net resolve against the
-calling thread's namespace.
+belongs to the namespace it was opened in. Nothing here writes /proc/sys (read-only in an
+unprivileged container): the one sysctl we change is set over netlink.
 
 What the hairpin needs (docs/architecture.md, "Capture"):
 - `accept_local=1` on the interface, or IPv4 drops the hairpinned packets as martians (their
@@ -18,9 +18,10 @@ What the hairpin needs (docs/architecture.md, "Capture"):
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -55,22 +56,52 @@ def link_index(ipr: IPRoute, ifname: str) -> int | None:
     return found[0] if found else None
 
 
-def _accept_local_path(ifname: str) -> Path:
-    return Path("/proc/sys/net/ipv4/conf") / ifname / "accept_local"
+# Netlink constants for setting an IPv4 devconf value with RTM_SETLINK (linux/rtnetlink.h,
+# linux/if_link.h, linux/ip.h): IFLA_AF_SPEC -> AF_INET -> IFLA_INET_CONF -> {index: u32}.
+_RTM_SETLINK = 19
+_NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
+_NLMSG_ERROR = 2
+_NLA_F_NESTED = 0x8000
+_IFLA_AF_SPEC = 26
+_IFLA_INET_CONF = 1
+_IPV4_DEVCONF_ACCEPT_LOCAL = 23
 
 
-def read_accept_local(ifname: str) -> int:
+def _nla(kind: int, payload: bytes, nested: bool = False) -> bytes:
+    header = struct.pack("=HH", 4 + len(payload), kind | (_NLA_F_NESTED if nested else 0))
+    return header + payload + b"\0" * (-len(payload) % 4)
+
+
+def read_accept_local(ipr: IPRoute, ifindex: int) -> int:
     try:
-        return int(_accept_local_path(ifname).read_text().strip())
-    except (OSError, ValueError) as e:
-        raise RedirectError(f"cannot read accept_local of {ifname}: {e}") from e
+        (link,) = ipr.get_links(ifindex)
+        value = link.get_attr("IFLA_AF_SPEC").get_attr("AF_INET")["accept_local"]
+    except (NetlinkError, ValueError, AttributeError, KeyError, TypeError) as e:
+        raise RedirectError(f"cannot read accept_local of interface {ifindex}: {e}") from e
+    return int(value)
 
 
-def write_accept_local(ifname: str, value: int) -> None:
+def write_accept_local(ifindex: int, ifname: str, value: int) -> None:
+    """Set net.ipv4.conf.<ifname>.accept_local through netlink, not /proc/sys: a container's
+    /proc/sys is read-only unless it is privileged, and CAP_NET_ADMIN is enough for this."""
+    conf = _nla(_IPV4_DEVCONF_ACCEPT_LOCAL, struct.pack("=I", value))
+    spec = _nla(socket.AF_INET, _nla(_IFLA_INET_CONF, conf, nested=True), nested=True)
+    body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, ifindex, 0, 0)
+    body += _nla(_IFLA_AF_SPEC, spec, nested=True)
+    message = struct.pack("=IHHII", 16 + len(body), _RTM_SETLINK, _NLM_F_REQUEST | _NLM_F_ACK, 1, 0)
+    message += body
     try:
-        _accept_local_path(ifname).write_text(f"{value}\n")
+        with socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+        ) as sock:
+            sock.sendall(message)
+            answer = sock.recv(65536)
     except OSError as e:
         raise RedirectError(f"cannot set accept_local of {ifname}: {e.strerror}") from e
+    kind = struct.unpack_from("=H", answer, 4)[0]
+    error = struct.unpack_from("=i", answer, 16)[0] if kind == _NLMSG_ERROR else 0
+    if error:
+        raise RedirectError(f"cannot set accept_local of {ifname}: {os.strerror(-error)}")
 
 
 def _our_rule(msg: Any, table: int) -> bool:

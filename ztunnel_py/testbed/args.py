@@ -80,6 +80,14 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         "the proxies reach it there",
     )
     up.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="run the control plane, the agents, the CNI node pods and waypoints from this "
+        "local container image (scripts/build-image.sh builds one), in buildah's chroot "
+        "isolation with the mounts the DaemonSets declare; enrollment then goes through the "
+        "installed CNI host shim (ambient mode only)",
+    )
+    up.add_argument(
         "--secret-ttl",
         default="24h",
         metavar="DURATION",
@@ -166,7 +174,7 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
             "add or replace",
             "writes each object into",
             "A Gateway of class istio-waypoint also gets its waypoint pod (own network namespace "
-            "and IP, running `ztunnel-py waypoint`) and Service, as istiod's deployment "
+            "and IP, running `ztunnel-py waypoint run`) and Service, as istiod's deployment "
             "controller would have them created; the command returns once the pod is ready.",
         ),
         (
@@ -203,6 +211,11 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="run the mesh from this local container image (as `testbed up --image`)",
+    )
     parser.add_argument(
         "--keep",
         action="store_true",

@@ -32,6 +32,7 @@ def _up(args: argparse.Namespace) -> int:
         secret_ttl=args.secret_ttl,
         dual_stack=args.dual_stack,
         controlplane_ipv6=args.controlplane_ipv6,
+        image_name=args.image,
     )
     client = next(p for p in bed.topology.pods if p.role == CLIENT)
     # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.

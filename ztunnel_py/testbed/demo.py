@@ -277,7 +277,9 @@ def main(args: argparse.Namespace) -> int:
     prefix: str = args.prefix
     try:
         out(f"bringing up a 2-node testbed with the mesh (prefix {prefix})")
-        bed = Testbed.up(prefix=prefix, nodes=2, pods_per_node=2, progress=out)
+        bed = Testbed.up(
+            prefix=prefix, nodes=2, pods_per_node=2, progress=out, image_name=args.image
+        )
     except TestbedError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ The commands and their readiness signals are the contract with `controlplane` an
   before it stops the agents.
 
 - a waypoint pod (`testbed apply` of a Gateway of class istio-waypoint, `waypoints.py`) runs
-  `ztunnel-py waypoint --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
+  `ztunnel-py waypoint run --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
   DIR/ca/root-cert.pem --auth-token <its node's token file> --instance-ip IP --pod-name POD
   --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY` in the pod's namespace;
   ready when `GET 127.0.0.1:15021/healthz/ready` there answers 200 (held until its first xDS
@@ -28,6 +28,12 @@ The commands and their readiness signals are the contract with `controlplane` an
 
 An agent restarted with `start_agent` gets the same command line; it re-enrolls its pods from
 its own saved state, so the plugin is not run again.
+
+With an image (`testbed up --image`), every one of these processes runs from the image instead
+(`image.py`: the same arguments, the pins under the bpffs's mount point inside), and each node
+also runs `ztunnel-py cni-node` from it: it installs the host shim into the node's simulated
+host root, chained after the primary configuration the testbed writes there; enrollment then
+goes through that shim (`runtime.py`), as a runtime on a node would run it.
 """
 
 from __future__ import annotations
@@ -39,11 +45,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import READINESS_PORT
-from ztunnel_py.testbed import namespaces, runtime
+from ztunnel_py.testbed import image, namespaces, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
@@ -61,8 +68,22 @@ def ztunnel_py(*args: str) -> list[str]:
     return [sys.executable, "-m", "ztunnel_py.cli", *args]
 
 
+def command(state: State, role: str, *args: str) -> list[str]:
+    """argv running `ztunnel-py ARGS` as process `role`: from this virtual environment, or from
+    the testbed's image in a working container of its own."""
+    if state.image is None:
+        return ztunnel_py(*args)
+    name = image.container_name(state.prefix, role)
+    image.create_container(state.image, name)
+    return image.run_argv(name, state.state_dir, list(args))
+
+
 def agent_name(node: str) -> str:
     return f"agent/{node}"
+
+
+def cni_node_name(node: str) -> str:
+    return f"cni-node/{node}"
 
 
 def root_cert(state: State) -> str:
@@ -76,6 +97,14 @@ def enroll_socket(state: State, node: str) -> str:
 def bpf_pin_root(state: State, node: str) -> str:
     """Each node's agent pins its capture programs apart: the nodes share this machine's bpffs."""
     return f"/sys/fs/bpf/ztunnel-py/testbed/{state.prefix}{node}"
+
+
+def _pin_root_arg(state: State, node: str) -> str:
+    """The pin root as the agent sees it (from an image, the bpffs is mounted elsewhere)."""
+    host = bpf_pin_root(state, node)
+    if state.image is None:
+        return host
+    return image.BPFFS + host.removeprefix("/sys/fs/bpf")
 
 
 def token_file(state: State, node: str) -> str:
@@ -131,6 +160,7 @@ def start(
     start_controlplane(topology, state, launch, progress, timeout)
 
     agents: list[tuple[NodePlan, ProcessRecord]] = []
+    started = time.monotonic()
     for node in topology.nodes:
         issue_token(state, node)
         runtime.write_config(topology, state, node, enroll_socket(state, node.name))
@@ -139,8 +169,60 @@ def start(
         agents.append((node, record))
     for node, record in agents:
         wait_agent_ready(node, record, timeout)
-        progress(f"  agent {node.name} ready (pid {record.pid}, log {record.log})")
+        progress(
+            f"  agent {node.name} ready {time.monotonic() - started:.1f} s after its start "
+            f"(pid {record.pid}, log {record.log})"
+        )
+    if state.image is not None:
+        start_cni_nodes(topology, state, launch, progress, timeout)
     enroll(topology, state, progress)
+
+
+def start_cni_nodes(
+    topology: Topology, state: State, launch: Launch, progress: Progress, timeout: float
+) -> None:
+    """`ztunnel-py cni-node` from the image on every node, installing into its host root."""
+    started: list[tuple[NodePlan, ProcessRecord]] = []
+    for node in topology.nodes:
+        runtime.write_primary_config(state, node.name)
+        static = runtime.network_config(topology, enroll_socket(state, node.name), node)
+        record = ProcessRecord(
+            name=cni_node_name(node.name),
+            netns=node.netns,
+            argv=command(
+                state,
+                cni_node_name(node.name),
+                "cni-node",
+                "--cni-bin-dir",
+                str(runtime.cni_bin_dir(state, node.name)),
+                "--cni-conf-dir",
+                str(runtime.cni_conf_dir(state, node.name)),
+                "--socket",
+                str(runtime.cni_node_socket(state, node.name)),
+                "--shim",
+                image.SHIM,
+                "--enroll-socket",
+                enroll_socket(state, node.name),
+                "--plugin-config",
+                json.dumps({k: static[k] for k in ("namespaceLabels", "pods")}),
+                "--recheck",
+                "1",
+            ),
+            log=str(state.log_dir / f"cni-node-{node.name}.log"),
+        )
+        launch(record)
+        started.append((node, record))
+    for node, record in started:
+        wait_for(
+            functools.partial(runtime.chained, state, node.name),
+            [record],
+            timeout,
+            f"the CNI node pod of {node.name} to install the plugin",
+        )
+        progress(
+            f"  CNI node {node.name}: shim in {runtime.cni_bin_dir(state, node.name)}, chained "
+            f"in {runtime.cni_conf_dir(state, node.name)} (pid {record.pid}, log {record.log})"
+        )
 
 
 def start_controlplane(
@@ -159,7 +241,9 @@ def controlplane_record(topology: Topology, state: State) -> ProcessRecord:
     return ProcessRecord(
         name=CONTROLPLANE,
         netns=topology.cp_netns,
-        argv=ztunnel_py(
+        argv=command(
+            state,
+            CONTROLPLANE,
             CONTROLPLANE,
             "run",
             "--data-dir",
@@ -196,7 +280,9 @@ def agent_record(state: State, node: NodePlan, controlplane: SocketAddr) -> Proc
     return ProcessRecord(
         name=agent_name(node.name),
         netns=node.netns,
-        argv=ztunnel_py(
+        argv=command(
+            state,
+            agent_name(node.name),
             "agent",
             "--node",
             node.name,
@@ -215,7 +301,7 @@ def agent_record(state: State, node: NodePlan, controlplane: SocketAddr) -> Proc
             "--secret-ttl",
             state.secret_ttl,
             "--bpf-pin-root",
-            bpf_pin_root(state, node.name),
+            _pin_root_arg(state, node.name),
         ),
         log=agent_log(state, node.name),
     )
@@ -232,8 +318,11 @@ def waypoint_record(
     return ProcessRecord(
         name=waypoint_name(waypoint),
         netns=waypoint.netns,
-        argv=ztunnel_py(
+        argv=command(
+            state,
+            waypoint_name(waypoint),
             "waypoint",
+            "run",
             "--node",
             waypoint.node,
             "--xds-address",
@@ -315,6 +404,7 @@ def unenroll(topology: Topology, state: State, progress: Progress) -> None:
         if namespaces.exists(p.netns)
         and namespaces.exists(topology.node(p.node).netns)
         and runtime.config_path(state, p.node).exists()
+        and (state.image is None or runtime.chained(state, p.node))
     ]
     for outcome in runtime.invoke(topology, state, "DEL", pods):
         error = outcome.error()

@@ -13,6 +13,12 @@ environment and stdin a runtime gives a plugin:
 
 The plugin runs in the node's network namespace, as a runtime runs it in the host's. Whether a
 pod is enrolled is the plugin's decision, from the namespace labels the configuration lists.
+
+With an image (`testbed up --image`), the node's CNI node pod has installed the host shim into
+the node's simulated host root (NODEDIR/host) and chained it into the configuration list there;
+the testbed then does what libcni does with such a list: it executes `CNI_PATH/<type>` (the
+shim, CNI_PATH being that root's opt/cni/bin) with our entry as the configuration, plus the
+list's `name` and `cniVersion` and the primary plugin's result as `prevResult`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.testbed import namespaces
+from ztunnel_py.cni import install
+from ztunnel_py.testbed import image, namespaces
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import NodePlan, PodPlan, Topology
@@ -65,6 +72,48 @@ class Outcome:
 
 def config_path(state: State, node: str) -> Path:
     return state.node_dir(node) / "cni-config.json"
+
+
+def host_root(state: State, node: str) -> Path:
+    """The node's simulated host root, where the CNI node pod installs (image mode)."""
+    return state.node_dir(node) / "host"
+
+
+def cni_bin_dir(state: State, node: str) -> Path:
+    return host_root(state, node) / "opt" / "cni" / "bin"
+
+
+def cni_conf_dir(state: State, node: str) -> Path:
+    return host_root(state, node) / "etc" / "cni" / "net.d"
+
+
+def cni_node_socket(state: State, node: str) -> Path:
+    return host_root(state, node) / "run" / "ztunnel-py" / "cni" / "plugin.sock"
+
+
+PRIMARY_CONFIG = "10-testbed.conflist"
+
+
+def write_primary_config(state: State, node: str) -> None:
+    """What the primary plugin would have written on the node (the testbed is that plugin)."""
+    directory = cni_conf_dir(state, node)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / PRIMARY_CONFIG).write_text(image.primary_config(NETWORK_NAME))
+
+
+def _chained(state: State, node: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the configuration list, our entry in it), once the CNI node pod has chained us."""
+    path = cni_conf_dir(state, node) / PRIMARY_CONFIG
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    entry = install.chained_entry(path.name, text)
+    return None if entry is None else (json.loads(text), entry)
+
+
+def chained(state: State, node: str) -> bool:
+    return _chained(state, node) is not None and (cni_bin_dir(state, node) / PLUGIN_TYPE).exists()
 
 
 def network_config(topology: Topology, socket_path: str, node: NodePlan) -> dict[str, Any]:
@@ -146,22 +195,32 @@ def request(
 ) -> tuple[dict[str, str], bytes]:
     """The environment and stdin a runtime gives the plugin for `command` on `pod`."""
     node = topology.node(pod.node)
-    config = json.loads(config_path(state, node.name).read_text())
+    env = environment(command, topology.prefix, pod)
+    if state.image is not None:
+        found = _chained(state, node.name)
+        if found is None:
+            raise TestbedError(f"the CNI plugin is not chained on {node.name}")
+        conflist, config = found
+        config.update(name=conflist["name"], cniVersion=conflist["cniVersion"])
+        env["CNI_PATH"] = str(cni_bin_dir(state, node.name))
+    else:
+        config = json.loads(config_path(state, node.name).read_text())
     config["prevResult"] = prev_result(pod, node)
-    return environment(command, topology.prefix, pod), json.dumps(config).encode()
+    return env, json.dumps(config).encode()
 
 
-def run_plugin(node: NodePlan, env: dict[str, str], stdin: bytes) -> tuple[int, str, str]:
-    """Run `ztunnel-py cni` in the node's namespace: (exit status, stdout, stderr)."""
-    argv = [
-        "nsenter",
-        f"--net={namespaces.netns_path(node.netns)}",
-        "--",
-        sys.executable,
-        "-m",
-        "ztunnel_py.cli",
-        "cni",
-    ]
+def run_plugin(
+    node: NodePlan, env: dict[str, str], stdin: bytes, *, installed: bool = False
+) -> tuple[int, str, str]:
+    """Run the plugin in the node's namespace: (exit status, stdout, stderr). `ztunnel-py cni`
+    from this environment, or (`installed`) the executable the CNI node pod installed, found as
+    a runtime finds it: CNI_PATH/<type>."""
+    plugin = (
+        [str(Path(env["CNI_PATH"]) / PLUGIN_TYPE)]
+        if installed
+        else [sys.executable, "-m", "ztunnel_py.cli", "cni"]
+    )
+    argv = ["nsenter", f"--net={namespaces.netns_path(node.netns)}", "--", *plugin]
     try:
         done = subprocess.run(
             argv, input=stdin, capture_output=True, env=env, timeout=PLUGIN_TIMEOUT, check=False
@@ -183,7 +242,8 @@ def invoke(topology: Topology, state: State, command: str, pods: list[PodPlan]) 
             env, stdin = request(topology, state, command, pod)
         except (TestbedError, OSError, ValueError) as e:
             return Outcome(pod, command, -1, "", f"cannot describe pod {pod.name}: {e}")
-        code, out, err = run_plugin(topology.node(pod.node), env, stdin)
+        installed = state.image is not None
+        code, out, err = run_plugin(topology.node(pod.node), env, stdin, installed=installed)
         return Outcome(pod, command, code, out, err)
 
     if not pods:

@@ -13,7 +13,9 @@ Layout of a state directory:
     logs/<name>.log     stdout+stderr of every process
     controlplane/       the control plane's data dir (its CA under controlplane/ca/)
     node<i>/            agent state dir of node i: auth token, enrollment socket, the CNI
-                        network configuration the testbed hands the plugin (cni-config.json)
+                        network configuration the testbed hands the plugin (cni-config.json);
+                        with --image, host/ is the node's simulated root for the CNI node pod
+                        (host/opt/cni/bin, host/etc/cni/net.d, host/run/ztunnel-py/cni)
     sidecars/<pod>/     sidecar mode: the credentials a pod's proxy (uid 1337) reads
 """
 
@@ -46,6 +48,8 @@ class State:
         self.dual_stack: bool = bool(data.get("dual_stack", False))
         # the proxies reach the control plane at its IPv6 address (Topology.controlplane_ip)
         self.controlplane_ipv6: bool = bool(data.get("controlplane_ipv6", False))
+        # the mesh's processes run from this container image (image.py), not the venv
+        self.image: str | None = data.get("image") or None
         # Kubernetes namespace -> labels (what the CNI plugin decides enrollment by)
         self.namespace_labels: dict[str, dict[str, str]] = {
             str(ns): {str(k): str(v) for k, v in labels.items()}
@@ -88,6 +92,7 @@ class State:
         dual_stack: bool = False,
         namespace_labels: dict[str, dict[str, str]] | None = None,
         controlplane_ipv6: bool = False,
+        image: str | None = None,
     ) -> State:
         """Claim `state_dir` for a new testbed; fails if a testbed (or its remains) is there."""
         try:
@@ -108,6 +113,7 @@ class State:
                 "dual_stack": dual_stack,
                 "controlplane_ipv6": controlplane_ipv6,
                 "namespace_labels": namespace_labels or {},
+                "image": image,
             },
         )
         state.save()
@@ -140,6 +146,7 @@ class State:
             "dual_stack": self.dual_stack,
             "controlplane_ipv6": self.controlplane_ipv6,
             "namespace_labels": self.namespace_labels,
+            "image": self.image,
             "complete": self.complete,
             "namespaces": self.namespaces,
             "processes": [p.to_dict() for p in self.processes],

@@ -12,7 +12,7 @@ operators and fault tests; the state file follows every restart. `apply` and `de
 Kubernetes objects into (or take them out of) the directory the control plane watches; as
 Kubernetes' deployment controller would for istiod, `apply` of a Gateway of class istio-waypoint
 also starts its waypoint pod (`waypoints.py`: a network namespace wired like every pod's, its Pod
-and Service, `ztunnel-py waypoint` inside) and `delete` of it stops and removes that pod. The
+and Service, `ztunnel-py waypoint run` inside) and `delete` of it stops and removes that pod. The
 Pod is written before the process starts (the CA signs only for identities scheduled on the
 caller's node) and the Service once it is ready, because the Service is what binds services to
 the waypoint: no traffic is sent to a waypoint that cannot serve it yet. Waypoints are in the
@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ztunnel_py.testbed import mesh, namespaces, process, resources, sidecar, waypoints
+from ztunnel_py.testbed import image, mesh, namespaces, process, resources, sidecar, waypoints
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.namespaces import ip
 from ztunnel_py.testbed.process import ProcessRecord
@@ -170,17 +170,24 @@ class Testbed:
         secret_ttl: str = "24h",
         dual_stack: bool = False,
         controlplane_ipv6: bool = False,
+        image_name: str | None = None,
     ) -> Testbed:
         """Build a testbed and wait until every process is ready.
 
         On any failure (or Ctrl-C) what was built is torn down again before the error propagates.
         `timeout` bounds each readiness wait. `dual_stack` gives pods, nodes and the control
         plane IPv6 addresses too; `controlplane_ipv6` (with `dual_stack`) has the control plane
-        serve on its IPv6 address only, and the proxies reach it there.
+        serve on its IPv6 address only, and the proxies reach it there. `image_name` runs the
+        control plane, the agents, the CNI node pods and the waypoints from that local
+        container image (`image.py`) instead of this virtual environment.
         """
         topology = plan(prefix, nodes, pods_per_node, dual_stack, mode, controlplane_ipv6)
         if mode == MODE_SIDECAR and dual_stack:
             raise TestbedError("sidecar mode is IPv4 only: drop --dual-stack or use --mode ambient")
+        if image_name is not None:
+            if mode != MODE_AMBIENT:
+                raise TestbedError("--image runs the ambient mesh: drop --mode or use ambient")
+            image.check_image(image_name)
         directory = _state_dir(prefix, state_dir)
         if directory.exists():
             raise TestbedError(
@@ -203,6 +210,7 @@ class Testbed:
             dual_stack=dual_stack,
             namespace_labels=topology.namespace_labels,
             controlplane_ipv6=controlplane_ipv6,
+            image=image_name,
         )
         bed = cls(state)
         try:
@@ -242,6 +250,7 @@ class Testbed:
             MODE_NONE: "without the mesh",
         }[self.state.mode]
         mode += ", dual stack" if t.dual_stack else ""
+        mode += f", from image {self.state.image}" if self.state.image else ""
         progress(
             f"testbed {self.prefix}: {len(t.nodes)} nodes, {len(t.pods)} pods, {mode}; "
             f"state in {self.state_dir}"
@@ -828,6 +837,8 @@ def _teardown(state: State, progress: Progress) -> None:
             f"could not stop {', '.join(survivors)}; the state in {state.state_dir} is kept, "
             "so `ztunnel-py testbed down` can be run again"
         )
+    if state.image is not None:
+        image.remove_containers(image.containers_of(state.prefix))
     removed = []
     for name in reversed(state.namespaces):
         strangers = namespaces.pids(name)

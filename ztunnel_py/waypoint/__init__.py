@@ -1,4 +1,4 @@
-"""`ztunnel-py waypoint`: the L7 proxy a namespace's (or a service's) traffic is sent through.
+"""`ztunnel-py waypoint run`: the L7 proxy a namespace's (or a service's) traffic is sent through.
 
 HBONE in on 15008 (the client's certificate is the source identity), each tunnel's bytes through
 the shared HTTP filter engine (`ztunnel_py.http`): routing by the service's HTTPRoute or

@@ -1,4 +1,4 @@
-"""`ztunnel-py waypoint`: wiring of the L7 proxy on the shared proxy runtime.
+"""`ztunnel-py waypoint run`: wiring of the L7 proxy on the shared proxy runtime.
 
 The process runs inside its own pod's network namespace (a waypoint pod is never captured by a
 node agent: it speaks HBONE itself, as Envoy waypoints do) and:
@@ -152,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         listen = SocketAddr.parse(args.hbone_address, what="--hbone-address")
     except ValueError as e:
-        print(f"ztunnel-py waypoint: {e}", file=sys.stderr)
+        print(f"ztunnel-py waypoint run: {e}", file=sys.stderr)
         return 2
     l7 = L7State()
     waypoint = Waypoint(config, state, l7, me)

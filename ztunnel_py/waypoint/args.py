@@ -1,4 +1,4 @@
-"""Arguments of `ztunnel-py waypoint`: the shared proxy flags (`runtime.args`) plus who this
+"""Arguments of `ztunnel-py waypoint run`: the shared proxy flags (`runtime.args`) plus who this
 waypoint is. Every flag also reads the environment variable Istio's waypoint pods are given."""
 
 from __future__ import annotations
