@@ -25,7 +25,8 @@ def test_generated_directory_validates_and_translates_to_the_planned_mesh(
     tmp_path: Path, dual_stack: bool
 ) -> None:
     t = plan("zt-", nodes=2, pods_per_node=3, dual_stack=dual_stack)
-    resources.write(tmp_path, resources.topology_resources(t))
+    # as they are once the CNI plugin enrolled the pods and they were marked redirected
+    resources.write(tmp_path, resources.topology_resources(t, redirected=True))
     out, err = io.StringIO(), io.StringIO()
     assert validate_directory(tmp_path, MeshOptions(), out, err) == 0, out.getvalue()
     assert out.getvalue() == ""  # not even a warning
@@ -51,6 +52,24 @@ def test_generated_directory_validates_and_translates_to_the_planned_mesh(
         for field in ("name", "namespace", "hostname", "vips", "ports"):
             assert getattr(got_svc, field) == getattr(planned_svc, field), field
     assert len(services) == len(t.services)
+
+
+def test_enrolled_pods_are_marked_redirected_and_let_go(tmp_path: Path) -> None:
+    """The testbed patches the Pods as Istio's CNI agent does: the control plane sends a pod
+    as HBONE only while it carries `ambient.istio.io/redirection: enabled`."""
+    t = plan("zt-", nodes=1, pods_per_node=2)
+    resources.write(tmp_path, resources.topology_resources(t))
+    echo = t.pod("echo-1")
+    assert translate_directory(tmp_path)[0][echo.uid].tunnel_protocol is TunnelProtocol.NONE
+    assert resources.set_redirection(tmp_path, [echo], True) == [
+        resources.ObjectRef("Pod", echo.namespace, echo.name)
+    ]
+    assert resources.set_redirection(tmp_path, [echo], True) == []  # already so: unchanged
+    assert translate_directory(tmp_path)[0][echo.uid].tunnel_protocol is TunnelProtocol.HBONE
+    resources.set_redirection(tmp_path, [echo], False)
+    document = yaml.safe_load((tmp_path / "pod_apps_echo-1.yaml").read_text())
+    assert "annotations" not in document["metadata"]
+    assert translate_directory(tmp_path)[0][echo.uid].tunnel_protocol is TunnelProtocol.NONE
 
 
 def test_files_are_named_by_kind_namespace_and_name_and_replaced(tmp_path: Path) -> None:

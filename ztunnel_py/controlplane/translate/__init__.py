@@ -299,23 +299,26 @@ class _Translator:
     def _kubernetes_services(self) -> None:
         o = self.options
         for resource in self.by_kind["Service"]:
-            service = svc.kubernetes_service(resource, o.trust_domain, o.domain_suffix)
+            service = svc.kubernetes_service(resource, o.domain_suffix)
             if service is None or not self._add_service(service, resource, "metadata.name"):
                 continue
             selector = resource.spec.get("selector") or {}
             if not selector:
                 continue  # no selector: endpoints are managed elsewhere
             members = self.namespaces[resource.namespace].select(selector)
-            ports = svc.tcp_ports(resource)
+            ports = svc.service_ports(resource)
             missing: dict[int, list[str]] = defaultdict(list)
             for member in members:
                 mapping: dict[int, int] = {}
                 for i, port in enumerate(ports):
                     target = port.get("targetPort", port["port"])
                     if isinstance(target, str):
+                        # container ports are looked up by name among the TCP ones (istiod's
+                        # FindPortName); a UDP port is carried, not served
                         number = member.named_ports.get(target)
                         if number is None:
-                            missing[i].append(f"{member.resource.kind} {member.resource.name}")
+                            if port.get("protocol", "TCP") == "TCP":
+                                missing[i].append(f"{member.resource.kind} {member.resource.name}")
                             continue
                         target = number
                     mapping[port["port"]] = target
@@ -343,12 +346,18 @@ class _Translator:
 
     def _service_entries(self) -> None:
         for entry in self.by_kind["ServiceEntry"]:
-            for cidr in svc.service_entry_cidr_addresses(entry):
+            ranges = svc.service_entry_cidr_addresses(entry)
+            if ranges:
+                # As istiod: a range VIP cannot be sent (ztunnel would read only its first
+                # address), so the ServiceEntry gets no service at all.
                 self.warn(
                     entry,
                     "spec.addresses",
-                    f"address range {cidr} cannot be used as a service VIP: ignored",
+                    f"address range {', '.join(ranges)} is not supported in ambient mode (only "
+                    "single addresses, e.g. /32): this ServiceEntry's hosts get no service, as "
+                    "with istiod",
                 )
+                continue
             added = [
                 s
                 for i, s in enumerate(svc.service_entry_services(entry))
@@ -392,7 +401,10 @@ class _Translator:
             mapping = {
                 p["number"]: named.get(p["name"], p.get("targetPort", p["number"])) for p in ports
             }
-            name, revision = wl.canonical_service(labels, entry.name)
+            # istiod names these after the ServiceEntry and reads its labels, not the
+            # endpoint's, for the canonical service and the tunnel
+            name, revision = wl.canonical_service(entry.labels, entry.name)
+            tunnel, native = wl.tunnel(entry.labels, entry.annotations)
             uid = self._service_entry_uid(entry, address)
             self.labels[uid] = labels
             out.append(
@@ -404,11 +416,12 @@ class _Translator:
                     service_account=endpoint.get("serviceAccount") or "default",
                     trust_domain=o.trust_domain,
                     network=endpoint.get("network") or "",
-                    tunnel_protocol=wl.entry_tunnel(labels, {}),
+                    tunnel_protocol=tunnel,
+                    native_tunnel=native,
                     canonical_name=name,
                     canonical_revision=revision,
                     workload_name=entry.name,
-                    workload_type="pod",
+                    workload_type=wl.WORKLOAD_TYPE,
                     services={k: dict(mapping) for k in keys},
                     cluster_id=o.cluster_id,
                     capacity=wl.capacity(endpoint),
@@ -546,8 +559,9 @@ class _Translator:
         o = self.options
         uid = self._member_uid(member)
         if r.kind == "Pod":
-            name, kind = wl.pod_workload_name(r)
+            name = wl.pod_workload_name(r)
             canonical, revision = wl.canonical_service(r.labels, name)
+            tunnel, native = wl.tunnel(r.labels, r.annotations)
             spec = r.spec
             return Workload(
                 uid=uid,
@@ -560,16 +574,18 @@ class _Translator:
                 trust_domain=o.trust_domain,
                 node=spec.get("nodeName") or "",
                 network=r.labels.get(wl.NETWORK_LABEL, ""),
-                tunnel_protocol=wl.pod_tunnel(r, ns_labels),
+                tunnel_protocol=tunnel,
+                native_tunnel=native,
                 canonical_name=canonical,
                 canonical_revision=revision,
                 workload_name=name,
-                workload_type=kind,
+                workload_type=wl.WORKLOAD_TYPE,
                 waypoint=waypoint,
                 services=member.services,
                 authorization_policies=policy_keys,
                 status=wl.pod_status(r),
                 cluster_id=o.cluster_id,
+                network_mode=wl.pod_network_mode(r),
             )
         spec = r.spec
         address = spec.get("address", "")
@@ -577,7 +593,7 @@ class _Translator:
         addresses: tuple[IPAddress, ...] = (ip,) if ip is not None else ()
         name = wl.workload_entry_name(r)
         canonical, revision = wl.canonical_service(member.labels, name)
-        tunnel = wl.entry_tunnel(member.labels, r.annotations)
+        tunnel, native = wl.tunnel(member.labels, r.annotations)
         return Workload(
             uid=uid,
             name=r.name,
@@ -588,10 +604,11 @@ class _Translator:
             trust_domain=o.trust_domain,
             network=spec.get("network") or "",
             tunnel_protocol=tunnel,
+            native_tunnel=native,
             canonical_name=canonical,
             canonical_revision=revision,
             workload_name=name,
-            workload_type="pod",
+            workload_type=wl.WORKLOAD_TYPE,
             waypoint=waypoint,
             services=member.services,
             authorization_policies=policy_keys,
