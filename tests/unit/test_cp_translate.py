@@ -557,9 +557,10 @@ def test_scopes_and_selection() -> None:
         "demo/everyone-here": PolicyScope.WORKLOAD_SELECTOR,
     }
     selected = {w.name: w.authorization_policies for w in t.workloads.values()}
+    # `selector: {}` has no labels to select by: as with istiod, it guards no workload
     assert selected == {
-        "web-1": ("demo/everyone-here", "demo/web-only", "istio-system/all-web"),
-        "api-1": ("demo/everyone-here",),
+        "web-1": ("demo/web-only", "istio-system/all-web"),
+        "api-1": (),
         "web-2": ("istio-system/all-web",),
     }
     assert t.policies["demo/ns-wide"].rules == ((),)
@@ -597,10 +598,13 @@ def test_http_rules_in_allow_match_nothing_and_in_deny_apply_at_l4() -> None:
     assert t.policies["demo/allow-get"].rules == (
         ((Match(namespaces=(StringMatch(EXACT, "demo"),)),),),
     )
-    # The DENY rule keeps its L4 parts: namespace foo and destination port 80.
+    # As istiod: the DENY rule keeps every entry and condition, an HTTP-only one as an empty
+    # match, which ztunnel never matches (so at L4 this rule denies nothing).
     assert t.policies["demo/deny-post"].rules == (
         (
+            (Match(),),
             (Match(namespaces=(StringMatch(EXACT, "foo"),)),),
+            (Match(),),
             (Match(destination_ports=(80,)),),
         ),
     )

@@ -71,6 +71,13 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigValueError, LevelSpecError) as e:
         print(f"ztunnel-py controlplane: {e}", file=sys.stderr)
         return 2
+    if config.config_dir is not None and not config.config_dir.is_dir():
+        # A typo in a path must not start a control plane that serves an empty mesh.
+        print(
+            f"ztunnel-py controlplane: --config-dir {config.config_dir}: not a directory",
+            file=sys.stderr,
+        )
+        return 2
     return run(config)
 
 

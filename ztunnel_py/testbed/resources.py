@@ -13,16 +13,23 @@ patches the pod in the API server: only then does the control plane send it as H
 
 `testbed apply -f` / `testbed delete -f` put user documents into (or take them out of) the same
 directory, kubectl-style: every object lives in its own file, named after its kind, namespace
-and name, so applying an object again replaces the earlier version. Only what is needed to
-name a file is checked here; the control plane is the validator and reports the rest.
+and name, so applying an object again replaces the earlier version. Before anything is written,
+`check` runs the control plane's own validation (`ztunnel-py controlplane validate`, the same
+checks a running control plane applies) on the objects: alone (kubectl's `--dry-run=client`) or
+together with what the directory already holds (`server`, the default, which also sees conflicts
+between resources).
 Files are written atomically (a temporary file, then a rename), so the watcher never reads half
 a file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -148,6 +155,58 @@ def topology_resources(topology: Topology, redirected: bool = False) -> list[Doc
         ),
         *(service_resource(s) for s in topology.services),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A diagnostic of the control plane's validation about one of the objects checked."""
+
+    severity: str  # error, warning or note
+    text: str
+
+
+VALIDATE_TIMEOUT = 120.0
+
+
+def check(
+    directory: Path, documents: Sequence[Document], with_existing: bool = True
+) -> list[Finding]:
+    """The control plane's validation of `documents`, as they would be written into
+    `directory` (beside its current contents when `with_existing`); only what concerns them.
+    TestbedError if the validator cannot be run."""
+    with tempfile.TemporaryDirectory(prefix="ztunnel-py-check-") as tmp:
+        staging = Path(tmp)
+        if with_existing and directory.is_dir():
+            for path in directory.glob("*.yaml"):
+                shutil.copyfile(path, staging / path.name)
+        refs = write(staging, documents)
+        ours = {str(staging / ref.file_name): ref for ref in refs}
+        argv = [
+            sys.executable,
+            "-m",
+            "ztunnel_py.cli",
+            "controlplane",
+            "validate",
+            str(staging),
+            "--output",
+            "json",
+        ]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=VALIDATE_TIMEOUT, check=False
+            )
+            found = json.loads(done.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+            raise TestbedError(f"cannot run the control plane's validation: {exc}") from None
+    findings = []
+    for d in found:
+        ref = ours.get(d["file"])
+        if ref is None:
+            continue  # about a file already there, not about what is being applied
+        # no line numbers: they would be those of the file as written, not of the input
+        field = f"{d['path']}: " if d["path"] else ""
+        findings.append(Finding(d["severity"], f"{ref}: {field}{d['reason']}"))
+    return findings
 
 
 def set_redirection(directory: Path, pods: Iterable[PodPlan], enabled: bool) -> list[ObjectRef]:

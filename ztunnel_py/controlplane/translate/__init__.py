@@ -447,7 +447,9 @@ class _Translator:
                 continue
             self.policies[policy.key] = policy
             selector = pol.selector_labels(resource)
-            if selector is None:
+            if not selector:
+                # no selector: found by scope; `selector: {}`: istiod attaches a policy to a
+                # workload by its labels, and there are none, so it guards no workload
                 continue
             scopes = (
                 self.namespaces.values()
@@ -463,9 +465,14 @@ class _Translator:
         if not items:
             return
         root = self.options.root_namespace
+        # istiod sends its static STRICT policy as soon as any PeerAuthentication exists
+        strict_key = f"{root}/{pol.STATIC_STRICT_NAME}"
+        self.policies[strict_key] = pol.static_strict_policy(root)
+        by_namespace: dict[str, list[Resource]] = defaultdict(list)
         namespace_level: dict[str, list[Resource]] = defaultdict(list)
-        workload_level: dict[str, list[Resource]] = defaultdict(list)
+        parents: dict[str, list[Resource]] = defaultdict(list)
         for pa in items:
+            by_namespace[pa.namespace].append(pa)
             if pol.is_namespace_level(pa):
                 namespace_level[pa.namespace].append(pa)
             elif pa.namespace == root:
@@ -475,37 +482,64 @@ class _Translator:
                     "a PeerAuthentication with a selector in the root namespace is ignored in "
                     "ambient mode: put it in the workload's namespace",
                 )
-            else:
-                workload_level[pa.namespace].append(pa)
+            if pol.is_parent(pa):
+                parents[pa.namespace].append(pa)
         for group in namespace_level.values():
             self._oldest_wins(group, "namespace" if group[0].namespace != root else "mesh")
-        mesh = pol.oldest(namespace_level.get(root, []))
-        for ns, group in workload_level.items():
+        mesh = pol.oldest(parents.get(root, []))
+        for ns, group in by_namespace.items():
             for pa in group:
                 converted = pol.convert_peer_authentication(
-                    pa, pol.oldest(namespace_level.get(ns, [])), mesh, root
+                    pa, pol.oldest(parents.get(ns, [])), mesh, root
                 )
                 if converted is not None:
                     self.policies[converted.key] = converted
-        strict_key = f"{root}/{pol.STATIC_STRICT_NAME}"
+        gaps: set[str] = set()
         for ns, namespace in self.namespaces.items():
-            base = namespace_level.get(root, []) + (
-                namespace_level.get(ns, []) if ns != root else []
+            candidates = by_namespace.get(root, []) + (
+                by_namespace.get(ns, []) if ns != root else []
             )
-            candidates = workload_level.get(ns, [])
+            if not candidates:
+                continue
             for member in namespace.members:
-                selecting = [
-                    pa
-                    for pa in candidates
-                    if all(
-                        member.labels.get(k) == v
-                        for k, v in (pol.selector_labels(pa) or {}).items()
-                    )
-                ]
-                keys = pol.workload_peer_authentication_keys(base + selecting, root)
+                applicable = pol.applicable_peer_authentications(
+                    candidates, root, ns, member.labels
+                )
+                keys = pol.workload_peer_authentication_keys(applicable, root)
                 member.policies.extend(k for k in keys if k not in member.policies)
-                if strict_key in keys and strict_key not in self.policies:
-                    self.policies[strict_key] = pol.static_strict_policy(root)
+                gaps.update(k for k in keys if k not in self.policies)
+        for key in sorted(gaps):
+            self._peer_authentication_gap(key)
+
+    def _peer_authentication_gap(self, key: str) -> None:
+        """A workload references a converted policy istiod does not create (its conditions
+        disagree there): say what is left unenforced."""
+        namespace, _, name = key.partition("/")
+        pa_name = name.removeprefix(pol.CONVERTED_PREFIX)
+        pa = next(
+            (
+                p
+                for p in self.by_kind["PeerAuthentication"]
+                if p.namespace == namespace and p.name == pa_name
+            ),
+            None,
+        )
+        if pa is None:
+            return
+        strict_ports = [
+            str(port)
+            for port, mtls in sorted((pa.spec.get("portLevelMtls") or {}).items())
+            if (mtls or {}).get("mode") in ("STRICT", "PERMISSIVE")
+        ]
+        self.warn(
+            pa,
+            "spec.portLevelMtls",
+            f"as istiod, the workloads this selects are sent without STRICT mTLS enforcement: "
+            f"they reference {key}, which istiod does not create for this combination of modes "
+            f"(port-level settings on ports {', '.join(strict_ports)}); state the workload's "
+            "mode explicitly (mtls.mode: STRICT with PERMISSIVE ports, or PERMISSIVE with "
+            "STRICT ports under a namespace policy that is not STRICT)",
+        )
 
     def _oldest_wins(self, group: list[Resource], level: str) -> None:
         winner = pol.oldest(group)
