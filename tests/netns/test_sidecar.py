@@ -85,14 +85,14 @@ def test_vip_call_goes_sidecar_to_sidecar_over_hbone(bed: Testbed) -> None:
     answer = http_get(bed, "web-1", "10.96.0.10", 80)
     assert answer.pod in {"echo-1", "echo-2"}
     web_ip = bed.status().pod("web-1").ip
-    line = wait_for_line(bed, "web-1", "direction=outbound", "dst.hbone_addr=", ":8080")
-    assert "dst.identity=spiffe://cluster.local/ns/apps/sa/echo" in line
+    line = wait_for_line(bed, "web-1", 'direction="outbound"', "dst.hbone_addr=", ":8080")
+    assert 'dst.identity="spiffe://cluster.local/ns/apps/sa/echo"' in line
     inbound = wait_for_line(
         bed,
         answer.pod,
-        "direction=inbound",
+        'direction="inbound"',
         f"src.addr={web_ip}:",
-        "src.identity=spiffe://cluster.local/ns/apps/sa/web",
+        'src.identity="spiffe://cluster.local/ns/apps/sa/web"',
     )
     assert "dst.hbone_addr=" in inbound
 
@@ -101,7 +101,7 @@ def test_pod_outside_the_mesh_reaches_a_sidecar_pod_in_plaintext(bed: Testbed) -
     echo2 = bed.status().pod("echo-2")
     assert http_get(bed, "legacy-1", echo2.ip, 8080).pod == "echo-2"
     legacy_ip = bed.status().pod("legacy-1").ip
-    line = wait_for_line(bed, "echo-2", "direction=inbound", f"src.addr={legacy_ip}:")
+    line = wait_for_line(bed, "echo-2", 'direction="inbound"', f"src.addr={legacy_ip}:")
     assert "src.identity" not in line and "hbone_addr" not in line
     # ...and a sidecar pod calls it in plaintext (it is not HBONE-capable)
     assert http_get(bed, "curl-2", legacy_ip, 8080).pod == "legacy-1"

@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     if command == "validate":
         return validate_cli.main(args)
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, json_format=args.log_format == "json")
         config = config_from_args(args)
     except (ConfigValueError, LevelSpecError) as e:
         print(f"ztunnel-py controlplane: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -113,6 +114,12 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LEVELS",
         help="as the agent's: a level (off, error, warn, info, debug, trace), optionally with "
         "per-module levels, e.g. info,controlplane.store=debug (default info)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("plain", "json"),
+        default="json" if os.environ.get("LOG_FORMAT") == "json" else "plain",
+        help="log lines as text or as JSON objects (default from env LOG_FORMAT, as the agent's)",
     )
 
     validate = sub.add_parser(

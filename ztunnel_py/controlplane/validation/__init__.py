@@ -18,6 +18,7 @@ likely a typo than something to ignore.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
@@ -135,14 +136,23 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
     return [Validated(Resource(key, api_version, body, doc.origin), key, diagnostics)]
 
 
+_API_VERSION = re.compile(r"^([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)/[a-z0-9]+$")
+_KIND_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
 def _not_used(kind: object, api_version: object) -> bool:
     """A well-formed object of a kind we do not use: a kind of another API group, or one of
     ours we know and leave alone (an Istio `networking.istio.io` Gateway, a Sidecar...)."""
-    if not isinstance(kind, str) or not isinstance(api_version, str) or "/" not in api_version:
-        return isinstance(kind, str) and api_version == "v1" and kind in _NOT_USED[""]
-    group = api_version.rpartition("/")[0]
+    if not isinstance(kind, str) or not isinstance(api_version, str):
+        return False
+    if api_version == "v1":
+        return kind in _NOT_USED[""]
+    m = _API_VERSION.match(api_version)
+    if m is None or not _KIND_NAME.match(kind):
+        return False  # malformed: an error below, never set aside unseen
+    group = m.group(1)
     if group not in _OUR_GROUPS:
-        return bool(kind)
+        return True
     return kind in _NOT_USED.get(group, frozenset())
 
 

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ztunnel_py.config import go_duration
 from ztunnel_py.controlplane.validation import gateway_api, kinds
 from ztunnel_py.controlplane.validation.kube import LABELS, KindInfo
 from ztunnel_py.yamlschema.schema import (
@@ -35,8 +36,6 @@ from ztunnel_py.yamlschema.schema import (
     strings,
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 # Gateway API durations (GEP-2257): 1 to 4 parts of up to 5 digits and h, m, s or ms.
 _GATEWAY_DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 # Envoy's HTTP and gRPC retry conditions, the values Istio's validation accepts in retryOn
@@ -74,15 +73,7 @@ _FILTER_FIELDS = {
 
 def parse_duration(text: object) -> float | None:
     """A Go/protobuf duration (`15s`, `1.5s`, `100ms`, `1h30m`) in seconds; None if malformed."""
-    if not isinstance(text, str) or not text:
-        return None
-    position, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != position:
-            return None
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        position = m.end()
-    return total if position == len(text) else None
+    return go_duration(text) if isinstance(text, str) else None
 
 
 def _duration(text: str) -> str | None:
