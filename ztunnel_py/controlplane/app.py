@@ -189,6 +189,8 @@ def run(config: ControlPlaneConfig) -> int:
         log.error("cannot serve monitoring on %s: %s", config.monitoring, e)
         return 1
     monitoring.add_json("/debug/xds", xds.debug)
+    monitoring.add_query_view("/debug/syncz", xds.syncz)
+    monitoring.add_query_view("/debug/config_dump", xds.config_dump)
     monitoring.add_json("/debug/config", pipeline.debug)
     monitoring.add_json("/debug/waypoints", pipeline.waypoints)
 
