@@ -274,6 +274,7 @@ def test_workload_name_from_owners_as_istiod_derives_it() -> None:
         )
         + owned("rs-abc12-x1y2z", "ReplicaSet", "rs-abc12")
         + owned("static-web", "Node", "node-1", generated=False)
+        + owned("named-x1y2z", "ReplicaSet", "named", "{service.istio.io/workload-name: billing}")
         + pod("web-5f7b8c9d4-k2m3n", ip_="10.0.2.1")
     )
     found = {w.name: (w.workload_name, w.workload_type) for w in t.workloads.values()}
@@ -284,6 +285,7 @@ def test_workload_name_from_owners_as_istiod_derives_it() -> None:
         "api-5f7b8c9d4-k2m3n": ("api", "pod"),
         "rs-abc12-x1y2z": ("rs-abc12", "pod"),
         "static-web": ("static-web", "pod"),
+        "named-x1y2z": ("billing", "pod"),  # the label wins
         "web-5f7b8c9d4-k2m3n": ("web-5f7b8c9d4-k2m3n", "pod"),
     }
 

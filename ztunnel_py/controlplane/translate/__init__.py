@@ -177,6 +177,11 @@ class _Translator:
         self.bound: dict[str, tuple[Waypoint, Resource]] = {}
         # workload uid -> its labels (for DestinationRule subsets)
         self.labels: dict[str, Mapping[str, str]] = {}
+        # (namespace, selector, key) of every AuthorizationPolicy that selects workloads, and
+        # the PeerAuthentications by namespace: for workloads found by labels outside the
+        # namespace index (a ServiceEntry's endpoints)
+        self.selector_policies: list[tuple[str, Mapping[str, str], str]] = []
+        self.peer_authentications: dict[str, list[Resource]] = defaultdict(list)
 
     def warn(self, resource: Resource, path: str, reason: str) -> None:
         self.diagnostics.append(Diagnostic(resource.origin, path, reason, Severity.WARNING))
@@ -423,6 +428,8 @@ class _Translator:
                     workload_name=entry.name,
                     workload_type=wl.WORKLOAD_TYPE,
                     services={k: dict(mapping) for k in keys},
+                    # istiod selects them by the ServiceEntry's labels, as the canonical service
+                    authorization_policies=self._policies_for_labels(entry.namespace, entry.labels),
                     cluster_id=o.cluster_id,
                     capacity=wl.capacity(endpoint),
                 )
@@ -451,6 +458,7 @@ class _Translator:
                 # no selector: found by scope; `selector: {}`: istiod attaches a policy to a
                 # workload by its labels, and there are none, so it guards no workload
                 continue
+            self.selector_policies.append((resource.namespace, selector, policy.key))
             scopes = (
                 self.namespaces.values()
                 if resource.namespace == root
@@ -471,6 +479,7 @@ class _Translator:
         by_namespace: dict[str, list[Resource]] = defaultdict(list)
         namespace_level: dict[str, list[Resource]] = defaultdict(list)
         parents: dict[str, list[Resource]] = defaultdict(list)
+        self.peer_authentications = by_namespace
         for pa in items:
             by_namespace[pa.namespace].append(pa)
             if pol.is_namespace_level(pa):
@@ -496,20 +505,37 @@ class _Translator:
                     self.policies[converted.key] = converted
         gaps: set[str] = set()
         for ns, namespace in self.namespaces.items():
-            candidates = by_namespace.get(root, []) + (
-                by_namespace.get(ns, []) if ns != root else []
-            )
-            if not candidates:
-                continue
             for member in namespace.members:
-                applicable = pol.applicable_peer_authentications(
-                    candidates, root, ns, member.labels
-                )
-                keys = pol.workload_peer_authentication_keys(applicable, root)
+                keys = self._peer_authentication_keys(ns, member.labels)
                 member.policies.extend(k for k in keys if k not in member.policies)
                 gaps.update(k for k in keys if k not in self.policies)
         for key in sorted(gaps):
             self._peer_authentication_gap(key)
+
+    def _peer_authentication_keys(self, namespace: str, labels: Mapping[str, str]) -> list[str]:
+        """The PeerAuthentication policies (static STRICT, converted port-level ones) istiod
+        attaches to a workload with these labels."""
+        root = self.options.root_namespace
+        candidates = self.peer_authentications.get(root, []) + (
+            self.peer_authentications.get(namespace, []) if namespace != root else []
+        )
+        if not candidates:
+            return []
+        applicable = pol.applicable_peer_authentications(candidates, root, namespace, labels)
+        return pol.workload_peer_authentication_keys(applicable, root)
+
+    def _policies_for_labels(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """istiod's buildWorkloadPolicies for a workload found by labels rather than in the
+        namespace index: the selecting AuthorizationPolicies of its namespace and the root one,
+        sorted, then its PeerAuthentication policies."""
+        root = self.options.root_namespace
+        keys = sorted(
+            key
+            for ns, selector, key in self.selector_policies
+            if ns in (namespace, root) and all(labels.get(k) == v for k, v in selector.items())
+        )
+        keys += [k for k in self._peer_authentication_keys(namespace, labels) if k not in keys]
+        return tuple(keys)
 
     def _peer_authentication_gap(self, key: str) -> None:
         """A workload references a converted policy istiod does not create (its conditions

@@ -59,15 +59,18 @@ def _first(labels: Mapping[str, str], keys: tuple[str, ...], default: str) -> st
     return default
 
 
+# istiod sends every workload as type POD (for backwards compatibility, its source says)
 WORKLOAD_TYPE = "pod"
 POD_TEMPLATE_HASH = "pod-template-hash"
 
 
 def pod_workload_name(pod: Resource) -> str:
-    """The name of the pod's workload as istiod derives it (`GetWorkloadMetaFromPod`): for a
-    pod with a generated name, its controller's name, less the `-<pod-template-hash>` of a
-    Deployment's ReplicaSet or the `-<timestamp>` of a CronJob's Job; otherwise the pod's own
-    name."""
+    """The name of the pod's workload as istiod derives it (`GetWorkloadMetaFromPod`): the
+    `service.istio.io/workload-name` label; else, for a pod with a generated name, its
+    controller's name, less the `-<pod-template-hash>` of a Deployment's ReplicaSet or the
+    `-<timestamp>` of a CronJob's Job; otherwise the pod's own name."""
+    if WORKLOAD_NAME_LABEL in pod.labels:
+        return pod.labels[WORKLOAD_NAME_LABEL]
     if not pod.metadata.get("generateName"):
         return pod.name
     owners = pod.metadata.get("ownerReferences") or []
