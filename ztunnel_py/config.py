@@ -13,20 +13,50 @@ from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import PACKET_MARK
 from ztunnel_py.transport.roots import RootCerts
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "\u00b5s": 1e-6,
+    "\u03bcs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+# Beyond Go's syntax, ztunnel's settings also take whole days and a bare number of seconds.
+_DAYS_OR_SECONDS = re.compile(r"^(\d+(?:\.\d+)?)(d?)$")
 
 
 class ConfigValueError(ValueError):
     """A flag or environment value that cannot be used; the text says which and why."""
 
 
+def go_duration(text: str) -> float | None:
+    """A duration in Go's syntax (`1h30m`, `24h0m0s`, `1.5s`, `300ms`, `10us`, `0`) in seconds;
+    None if malformed. No sign: nothing here takes a negative duration."""
+    if text == "0":
+        return 0.0
+    position, total = 0, 0.0
+    for m in _GO_PART.finditer(text):
+        if m.start() != position:
+            return None
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        position = m.end()
+    return total if position == len(text) and text else None
+
+
 def parse_duration(text: str, what: str = "duration") -> timedelta:
-    """Parse `500ms`, `60s`, `5m`, `24h`, `1d` or a bare number of seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ConfigValueError(f"{what}: {text!r} is not a duration (examples: 60s, 5m, 24h)")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    """ztunnel's duration settings: Go's syntax (`500ms`, `60s`, `1h30m`, `24h0m0s`), whole
+    days (`1d`) or a bare number of seconds."""
+    value = text.strip()
+    m = _DAYS_OR_SECONDS.match(value)
+    seconds = float(m.group(1)) * (86400.0 if m.group(2) else 1.0) if m else go_duration(value)
+    if seconds is None:
+        raise ConfigValueError(
+            f"{what}: {text!r} is not a duration (examples: 60s, 5m, 1h30m, 24h0m0s)"
+        )
+    return timedelta(seconds=seconds)
 
 
 def parse_address(text: str, what: str = "address", *, hostname: bool = False) -> SocketAddr:
@@ -166,3 +196,10 @@ class AgentConfig:
     proxy_type: str = "ztunnel"
     # extra string metadata on the xDS node (a waypoint names its Gateway there)
     node_metadata: tuple[tuple[str, str], ...] = ()
+    # ztunnel's CLUSTER_ID, CLUSTER_DOMAIN, NETWORK and ISTIO_META_* settings
+    cluster_id: str = "Kubernetes"
+    cluster_domain: str = "cluster.local"
+    network: str = ""
+    proxy_metadata: tuple[tuple[str, str], ...] = ()
+    # the local config given inline (LOCAL_XDS) rather than as a file
+    local_xds: str = ""

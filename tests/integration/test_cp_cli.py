@@ -89,18 +89,92 @@ def test_validate_reports_every_problem_and_fails(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == [
         f"{bad}:doc[0]: spec.ports[0].targetPort: port 100000 out of range 1-65535 "
         "(line 6, column 34)",
-        f"{bad}:doc[1]: spec.rules[0]: warning: rule 0 uses HTTP attributes (methods) that "
-        "ztunnel cannot enforce at L4; in a DENY policy the rule is enforced without them, which "
-        "denies more than requested. Use a waypoint (targetRefs) for HTTP rules (line 13, "
-        "column 11)",
-        f"{bad}:doc[2]: kind: unknown kind 'Deployment' (supported: Namespace, Pod, Service, "
-        "ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
-        "PeerAuthentication, RequestAuthentication, Gateway, HTTPRoute, WasmPlugin) "
-        "(line 15, column 7)",
+        f"{bad}:doc[1]: spec: warning: ztunnel does not support HTTP attributes (found: "
+        "methods). In ambient mode you must use a waypoint proxy to enforce HTTP rules. DENY "
+        "policy with HTTP attributes is enforced without the HTTP rules. This will be more "
+        "restrictive than requested. (line 12, column 3)",
+        f"{bad}:doc[1]: spec.rules[0]: warning: configured AuthorizationPolicy will deny all "
+        "traffic to TCP ports under its scope due to the use of only HTTP attributes in a DENY "
+        "rule; it is recommended to explicitly specify the port (line 13, column 11)",
+        f"{bad}:doc[2]: kind: note: skipped: Deployment (apps/v1) is not a kind the ztunnel-py "
+        "control plane uses (line 15, column 7)",
         f"{bad}:doc[3]: <document>: invalid YAML: while parsing a flow mapping: expected ',' or "
         "'}', but got '<stream end>' (line 22, column 1)",
     ]
-    assert result.stderr.endswith(": 3 errors, 1 warnings\n")
+    assert result.stderr.endswith(": 2 errors, 2 warnings, 1 skipped (kinds not used)\n")
+
+
+GITOPS = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec: {replicas: 2}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: demo}
+data: {a: b}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: demo}
+spec: {egress: [{hosts: ["./*"]}]}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec: {accessLogging: [{providers: [{name: envoy}]}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: istio-system}
+spec: {selector: {istio: ingressgateway}, servers: []}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: things.example.com}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicies
+metadata: {name: typo, namespace: demo}
+"""
+
+
+def test_validate_skips_what_the_control_plane_does_not_use(tmp_path: Path) -> None:
+    """A GitOps repository: Kubernetes and Istio kinds we do not consume are skipped with a
+    note; an unknown kind in an API group we read is still an error (a typo); `--output json`
+    gives the same for tools."""
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "repo.yaml").write_text(GITOPS)
+    result = validate(tmp_path)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert [line.split(": ", 2)[2] for line in lines[:6]] == [
+        "note: skipped: Deployment (apps/v1) is not a kind the ztunnel-py control plane uses "
+        "(line 2, column 7)",
+        "note: skipped: ConfigMap (v1) is not a kind the ztunnel-py control plane uses "
+        "(line 7, column 7)",
+        "note: skipped: Sidecar (networking.istio.io/v1) is not a kind the ztunnel-py control "
+        "plane uses (line 12, column 7)",
+        "note: skipped: Telemetry (telemetry.istio.io/v1) is not a kind the ztunnel-py control "
+        "plane uses (line 17, column 7)",
+        "note: skipped: Gateway (networking.istio.io/v1) is not a kind the ztunnel-py control "
+        "plane uses (line 22, column 7)",
+        "note: skipped: CustomResourceDefinition (apiextensions.k8s.io/v1) is not a kind the "
+        "ztunnel-py control plane uses (line 27, column 7)",
+    ]
+    assert "unknown kind 'AuthorizationPolicies'" in lines[6]
+    assert result.stderr.endswith(": 1 errors, 0 warnings, 6 skipped (kinds not used)\n")
+    as_json = subprocess.run(
+        [*CLI, "validate", str(tmp_path), "--output", "json"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    found = json.loads(as_json.stdout)
+    assert [(d["document"], d["severity"]) for d in found] == [
+        *((i, "note") for i in range(6)),
+        (6, "error"),
+    ]
+    assert found[0]["file"] == str(tmp_path / "repo.yaml") and found[0]["line"] == 2
 
 
 def test_validate_missing_directory(tmp_path: Path) -> None:
@@ -191,10 +265,23 @@ async def test_ca_follows_pods_in_the_config_dir(
                 break
             await trio.sleep(0.05)
         assert state["workloads"] == 1
-        assert len(state["errors"]) == 2  # type: ignore[arg-type]
+        # the bad port; the Deployment is skipped with a note
+        assert len(state["errors"]) == 1  # type: ignore[arg-type]
+        assert len(state["notes"]) == 1  # type: ignore[arg-type]
         # The broken file changed nothing: node-1 still hosts web.
         await client.sign(make_csr(generate_key(), WEB), WEB, timedelta(hours=1))
     finally:
         client.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
+
+
+def test_run_with_a_missing_config_dir_fails_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "confg"
+    done = subprocess.run(
+        [*CLI, "run", "--data-dir", str(tmp_path / "data"), "--config-dir", str(missing)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == f"ztunnel-py controlplane: --config-dir {missing}: not a directory\n"
+    assert not (tmp_path / "data").exists()  # nothing was started

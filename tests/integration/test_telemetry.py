@@ -146,7 +146,12 @@ def test_traffic_labels_are_istios_in_order() -> None:
 
 def test_labels_from_workloads_and_identity() -> None:
     outbound = TrafficLabels.build(
-        SOURCE, source=CLIENT, destination=SERVER, destination_service=SVC, mtls=True
+        SOURCE,
+        source=CLIENT,
+        source_identity=CLIENT.identity,
+        destination=SERVER,
+        destination_service=SVC,
+        mtls=True,
     )
     values = dict(zip(TRAFFIC_LABEL_NAMES, outbound.values(), strict=True))
     assert values == {
@@ -155,7 +160,8 @@ def test_labels_from_workloads_and_identity() -> None:
         "source_canonical_service": "client",
         "source_canonical_revision": "v1",
         "source_workload_namespace": "ns-a",
-        "source_principal": "unknown",  # only ever from a verified peer certificate
+        # the identity the agent presents for the source over HBONE, as ztunnel reports it
+        "source_principal": "spiffe://cluster.local/ns/ns-a/sa/client",
         "source_app": "client",
         "source_version": "v1",
         "source_cluster": "Kubernetes",
@@ -305,22 +311,84 @@ def test_access_log_lines_in_ztunnel_text_format(
     assert all(lines), log_stream.getvalue()
     opened, complete, failed = (m.groups() for m in lines if m)
     assert opened[:3] == ("debug", "access", "connection opened")
+    # ztunnel's form: addresses and counts bare, every other value a quoted string
     assert opened[3] == (
-        "src.addr=10.0.0.1:5000 src.namespace=ns-a "
-        "src.identity=spiffe://cluster.local/ns/ns-a/sa/client dst.addr=10.0.0.2:15008 "
-        "dst.hbone_addr=10.0.0.2:80 dst.workload=server-5c6b-fghij dst.namespace=ns-b "
-        "dst.identity=spiffe://cluster.local/ns/ns-b/sa/server direction=inbound"
+        'src.addr=10.0.0.1:5000 src.namespace="ns-a" '
+        'src.identity="spiffe://cluster.local/ns/ns-a/sa/client" dst.addr=10.0.0.2:15008 '
+        'dst.hbone_addr=10.0.0.2:80 dst.workload="server-5c6b-fghij" dst.namespace="ns-b" '
+        'dst.identity="spiffe://cluster.local/ns/ns-b/sa/server" direction="inbound"'
     )
     assert complete[:3] == ("error", "access", "connection complete")
     assert complete[3].endswith(
-        'direction=inbound bytes_sent=5 bytes_recv=12 duration=0ms error="connection reset by peer"'
+        'direction="inbound" bytes_sent=5 bytes_recv=12 duration="0ms" '
+        'error="connection reset by peer"'
     )
     assert failed == (
         "warn",
         "access",
         "connection failed",
-        'src.addr=10.0.0.9:1 dst.addr=10.0.0.2:15008 direction=inbound error="early deny"',
+        'src.addr=10.0.0.9:1 dst.addr=10.0.0.2:15008 direction="inbound" error="early deny"',
     )
+
+
+def test_text_values_escaped_as_ztunnel_writes_them(log_stream: io.StringIO) -> None:
+    accesslog.connection_failed(
+        "10.0.0.9:1", "[fd00::2]:80", SOURCE, 'bad "name"\tab\x1b[31m\nnext line\0é'
+    )
+    accesslog.request_complete({"src.addr": "10.0.0.9:1", "response_code": 200, "ok": True})
+    failed, request = (m.groups() for m in map(LINE.match, log_stream.getvalue().splitlines()))
+    assert failed[3] == (
+        'src.addr=10.0.0.9:1 dst.addr=[fd00::2]:80 direction="outbound" '
+        'error="bad \\"name\\"\\tab\\u{1b}[31m\\nnext line\\0é"'
+    )
+    assert request[3] == "src.addr=10.0.0.9:1 response_code=200 ok=true"
+    assert len(log_stream.getvalue().splitlines()) == 2  # a newline never splits a line
+
+
+def test_outbound_hbone_lines_name_the_source_identity(log_stream: io.StringIO) -> None:
+    hbone = TrafficLabels.build(
+        SOURCE, source=CLIENT, source_identity=CLIENT.identity, destination=SERVER, mtls=True
+    )
+    Metrics(CollectorRegistry(), process_metrics=False).open(
+        hbone, "10.0.0.1:5000", "10.0.0.2:15008", "10.0.0.2:80"
+    ).close()
+    complete = LINE.match(log_stream.getvalue().splitlines()[-1])
+    assert complete is not None
+    assert 'src.identity="spiffe://cluster.local/ns/ns-a/sa/client"' in complete.group(4)
+    assert 'direction="outbound"' in complete.group(4)
+
+
+def test_access_lines_in_json() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = list(root.handlers)
+    levels = setup_logging("info", json_format=True, stream=stream)
+    try:
+        labels = TrafficLabels.build(DESTINATION, source_identity=CLIENT_ID, mtls=True)
+        accesslog.connection_complete(
+            labels, "10.0.0.1:5000", "10.0.0.2:15008", "10.0.0.2:80",
+            bytes_sent=5, bytes_recv=12, duration_ms=3,
+        )  # fmt: skip
+    finally:
+        levels.reset()
+        root.handlers[:] = before
+    line = json.loads(stream.getvalue())
+    assert {k: line[k] for k in ("level", "scope", "message")} == {
+        "level": "info",
+        "scope": "access",
+        "message": "connection complete",
+    }
+    assert {k: v for k, v in line.items() if k not in ("level", "scope", "message", "time")} == {
+        "src.addr": "10.0.0.1:5000",
+        "src.namespace": "ns-a",
+        "src.identity": "spiffe://cluster.local/ns/ns-a/sa/client",
+        "dst.addr": "10.0.0.2:15008",
+        "dst.hbone_addr": "10.0.0.2:80",
+        "direction": "inbound",
+        "bytes_sent": 5,
+        "bytes_recv": 12,
+        "duration": "3ms",
+    }
 
 
 def test_identities_only_logged_for_mtls(caplog: pytest.LogCaptureFixture) -> None:

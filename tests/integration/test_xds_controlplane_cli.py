@@ -150,6 +150,12 @@ async def test_the_xds_client_resyncs_after_a_control_plane_restart(
             assert status == 200 and '"node": "node-1"' in debug
             status, metrics = await trio.to_thread.run_sync(get, cp.url("/metrics"))
             assert status == 200 and "pilot_xds 1.0" in metrics
+            status, syncz = await trio.to_thread.run_sync(get, cp.url("/debug/syncz"))
+            assert status == 200 and '"proxy": "z.istio-system"' in syncz
+            status, dump = await trio.to_thread.run_sync(
+                get, cp.url("/debug/config_dump?proxyID=z.istio-system")
+            )
+            assert status == 200 and '"configs"' in dump
 
             assert await trio.to_thread.run_sync(cp.stop) == 0
             await eventually(lambda: not xds.status.connected, within=5)

@@ -167,13 +167,60 @@ async def test_invalid_resource_is_nacked_and_the_valid_part_applied(
         # what the server could not encode is not served, and says why
         assert "statefulset" in cp.debug()["invalid"][unencodable.uid]
         assert client.status.nacks == 1
-        assert metric_lines(cp.registry, "pilot_total_xds_rejects_total") == [
-            'pilot_total_xds_rejects_total{type="Address"} 1.0'
+        # istiod's name (no _total) and type name (wds: the Address type)
+        assert metric_lines(cp.registry, "pilot_total_xds_rejects") == [
+            'pilot_total_xds_rejects{type="wds"} 1.0'
         ]
+        # istiod's /debug/syncz: the proxy's last nonce of the type it rejected is not ACKed
+        (status,) = cp.view("/debug/syncz")
+        address = status["resources"][ADDRESS_TYPE]
+        assert address["lastError"] and address["acked"] != address["sent"]
 
         source.replace(**by_key([workload(1), workload(3), workload(5)], [service()], [policy()]))
         await eventually(lambda: state.workload_by_uid(workload(3).uid) is not None)
         await eventually(lambda: cp.debug()["rejected"] == [])
+
+
+async def test_istiod_debug_views_of_a_connected_proxy(cp: ControlPlane) -> None:
+    """istiod's /debug/syncz and /debug/config_dump?proxyID=, for the tools (istioctl
+    proxy-status, x internal-debug) that read them."""
+    state = ProxyState()
+    async with running(cp.client(state)):
+        await eventually(lambda: synced(state, workloads=2), within=5)
+
+        def all_acked() -> bool:
+            types = [t for s in cp.view("/debug/syncz") for t in s["resources"].values()]
+            return bool(types) and all(t.get("acked") == t["sent"] for t in types)
+
+        await eventually(all_acked)
+        (status,) = cp.view("/debug/syncz")
+        assert {k: status[k] for k in ("proxy", "proxy_type")} == {
+            "proxy": "ztunnel-node-1.istio-system",
+            "proxy_type": "ztunnel",
+        }
+        assert set(status["resources"]) == {ADDRESS_TYPE, AUTHORIZATION_TYPE}
+        assert cp.view("/debug/syncz?namespace=other") == []
+        dump = cp.view("/debug/config_dump?proxyID=ztunnel-node-1.istio-system")
+        names = sorted(
+            c["resource"]["workload"]["name"]
+            for c in dump["configs"]
+            if "workload" in c["resource"]
+        )
+        assert names == ["pod-1", "pod-2"]
+        assert {c["resource"]["@type"] for c in dump["configs"]} == {
+            "type.googleapis.com/istio.workload.Address"
+        }
+        policies = cp.view("/debug/config_dump?proxyID=ztunnel-node-1&types=wads")["configs"]
+        assert [c["resource"]["name"] for c in policies] == [policy().name]
+        assert metric_lines(cp.registry, "pilot_xds_pushes") == [
+            'pilot_xds_pushes{type="wads"} 1.0',
+            'pilot_xds_pushes{type="wds"} 1.0',
+        ]
+    assert cp.monitoring is not None
+    base = f"http://127.0.0.1:{cp.monitoring.port}/debug/config_dump"
+    assert http_get(base) == (400, "You must provide a proxyID in the query string\n")
+    status_code, text = http_get(base + "?proxyID=nobody.nowhere")
+    assert status_code == 404 and text.startswith("Proxy not connected to this Pilot instance")
 
 
 async def test_readiness_is_held_until_the_first_ack_of_each_type(

@@ -380,7 +380,7 @@ async def test_nacked_l7_resources_are_reported_and_replaced(tmp_path: Path) -> 
             await eventually(lambda: feed.l7.service(ECHO) == good)
             await eventually(lambda: cp.debug()["rejected"] == [])
             _, text = http_get(f"http://127.0.0.1:{cp.monitoring.port}/metrics")  # type: ignore[union-attr]
-            assert 'pilot_total_xds_rejects_total{type="HttpService"} 1.0' in text
+            assert 'pilot_total_xds_rejects{type="HttpService"} 1.0' in text
     finally:
         cp.stop()
         cp.close_channels()

@@ -128,6 +128,8 @@ class ControlPlane:
         self.server.start()
         self.monitoring = MonitoringServer(SocketAddr("127.0.0.1", 0), self.registry, lambda: True)
         self.monitoring.add_json("/debug/xds", self.xds.debug)
+        self.monitoring.add_query_view("/debug/syncz", self.xds.syncz)
+        self.monitoring.add_query_view("/debug/config_dump", self.xds.config_dump)
         self.monitoring.start()
         return self
 
@@ -188,8 +190,12 @@ class ControlPlane:
         )
 
     def debug(self) -> Any:
+        return self.view("/debug/xds")
+
+    def view(self, path: str) -> Any:
+        """A JSON view of the monitoring server (`path` with its query string)."""
         assert self.monitoring is not None
-        url = f"http://127.0.0.1:{self.monitoring.port}/debug/xds"
+        url = f"http://127.0.0.1:{self.monitoring.port}{path}"
         with urllib.request.urlopen(url, timeout=5) as response:
             return json.load(response)
 

@@ -249,7 +249,9 @@ def inbound_log_lines(bed: Testbed, needle: str) -> list[str]:
             lines = [
                 line
                 for line in f.read().splitlines()
-                if "connection complete" in line and "direction=inbound" in line and needle in line
+                if "connection complete" in line
+                and 'direction="inbound"' in line
+                and needle in line
             ]
         if lines or time.monotonic() > deadline:
             return lines
@@ -269,7 +271,7 @@ def test_plain_clients_over_ipv6_and_from_outside_the_mesh(bed: Testbed) -> None
         answer = get(bed, legacy.name, f"http://{target}:8080/plain")
         assert answer["pod"] == echo.name
         assert client_ip(answer) in legacy.ips
-    plain = inbound_log_lines(bed, "src.workload=legacy-1")
+    plain = inbound_log_lines(bed, 'src.workload="legacy-1"')
     assert plain and not any("src.identity=" in line for line in plain)
 
 

@@ -113,4 +113,4 @@ def test_curl_through_the_mesh_across_nodes(bed: Testbed, family: str) -> None:
         if lines or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert any("src.identity=spiffe://cluster.local/ns/apps/sa/web" in x for x in lines), lines
+    assert any('src.identity="spiffe://cluster.local/ns/apps/sa/web"' in x for x in lines), lines

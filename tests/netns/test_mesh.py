@@ -88,7 +88,7 @@ def test_plain_curl_is_captured_reaches_pod_and_is_logged_with_identity(
     lines = [
         line
         for line in agent_log(bed, server_node).splitlines()
-        if "connection complete" in line and "direction=inbound" in line
+        if "connection complete" in line and 'direction="inbound"' in line
     ]
     assert any(str(identity_of(client)) in line for line in lines), lines[-5:]
 
@@ -105,12 +105,12 @@ def test_pod_outside_the_mesh_reaches_meshed_pods_in_plaintext(bed: Testbed) -> 
         lines = [
             line
             for line in agent_log(bed, "node2").splitlines()
-            if "connection complete" in line and "src.workload=legacy-1" in line
+            if "connection complete" in line and 'src.workload="legacy-1"' in line
         ]
         if lines or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert lines and all("direction=inbound" in x and "src.identity" not in x for x in lines)
+    assert lines and all('direction="inbound"' in x and "src.identity" not in x for x in lines)
 
 
 def test_service_vip_is_balanced_over_both_nodes(bed: Testbed) -> None:

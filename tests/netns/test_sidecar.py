@@ -87,7 +87,7 @@ def test_vip_call_goes_sidecar_to_sidecar_over_hbone(bed: Testbed) -> None:
     # Port 80 is declared http: the client's sidecar serves it with the HTTP engine, as
     # istio-proxy does, and logs the request...
     line = wait_for_line(bed, "web-1", "request complete", "upstream_host=", ":8080")
-    assert "dst.identity=spiffe://cluster.local/ns/apps/sa/echo" in line
+    assert 'dst.identity="spiffe://cluster.local/ns/apps/sa/echo"' in line
     assert "response_code=200" in line
 
     # ...carried over HBONE: the server's sidecar counts a connection from web's identity.
@@ -112,7 +112,7 @@ def test_pod_outside_the_mesh_reaches_a_sidecar_pod_in_plaintext(bed: Testbed) -
     echo2 = bed.status().pod("echo-2")
     assert http_get(bed, "legacy-1", echo2.ip, 8080).pod == "echo-2"
     legacy_ip = bed.status().pod("legacy-1").ip
-    line = wait_for_line(bed, "echo-2", "direction=inbound", f"src.addr={legacy_ip}:")
+    line = wait_for_line(bed, "echo-2", 'direction="inbound"', f"src.addr={legacy_ip}:")
     assert "src.identity" not in line and "hbone_addr" not in line
     # ...and a sidecar pod calls it in plaintext (it is not HBONE-capable)
     assert http_get(bed, "curl-2", legacy_ip, 8080).pod == "legacy-1"

@@ -283,8 +283,8 @@ def test_service_traffic_traverses_the_waypoint(bed: Testbed) -> None:
     )
     # The waypoint's access log names the caller and the request.
     wp_log = log_of(wp.log)
-    assert "src.identity=spiffe://cluster.local/ns/apps/sa/web" in wp_log
-    assert "method=GET path=/ protocol=HTTP/1.1" in wp_log and "response_code=200" in wp_log
+    assert 'src.identity="spiffe://cluster.local/ns/apps/sa/web"' in wp_log
+    assert 'method="GET" path="/" protocol="HTTP/1.1"' in wp_log and "response_code=200" in wp_log
 
 
 def test_an_httproute_adds_headers_routes_by_path_and_splits_80_20(bed: Testbed) -> None:
@@ -366,7 +366,7 @@ def test_l7_policies_deny_delete_and_allow_only_public_paths(bed: Testbed) -> No
         assert denied.stdout == "403"
         assert answer(bed, "/x")["pod"].startswith("echo-")
         wp_log = log_of(waypoint(bed).log)
-        assert "method=DELETE path=/x" in wp_log and "response_code=403" in wp_log
+        assert 'method="DELETE" path="/x"' in wp_log and "response_code=403" in wp_log
         assert "explicitly denied by: apps/no-delete" in wp_log
     finally:
         bed.delete(DENY_DELETE)
@@ -460,7 +460,7 @@ def test_an_installed_user_filter_enabled_by_a_wasmplugin_limits_the_rate(bed: T
         done = curl(bed, "-i", f"http://{ECHO_VIP}/")
         assert "429" in done.stdout.splitlines()[0] and "x-ratelimit-limit: 5" in done.stdout
         assert done.stdout.endswith("local_rate_limited")
-        assert "response_code=429 response_flags=RL" in log_of(waypoint(bed).log)
+        assert 'response_code=429 response_flags="RL"' in log_of(waypoint(bed).log)
     finally:
         bed.delete(RATE_LIMIT)
         wait_until(lambda: status(bed, "/") == "200", "no rate limit")

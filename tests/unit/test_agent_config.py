@@ -5,16 +5,20 @@ XDS_HEADER_*), and what is refused."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import ssl
 from pathlib import Path
 
 import pytest
 
 from ztunnel_py.agent.args import add_agent_arguments
-from ztunnel_py.config import ConfigValueError, parse_headers
+from ztunnel_py.config import ConfigValueError, parse_duration, parse_headers
 from ztunnel_py.model.address import SocketAddr
-from ztunnel_py.runtime.proxy import _config_dump, config_from_args
+from ztunnel_py.runtime.args import unsupported_settings
+from ztunnel_py.runtime.proxy import _config_dump, _node_metadata, config_from_args, prepare
 from ztunnel_py.transport.roots import RootCerts, RootCertsError
+from ztunnel_py.xds.client import agent_node
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
 
@@ -136,3 +140,129 @@ def test_the_ca_address_defaults_to_localhost() -> None:
 def test_bad_addresses_stop_the_agent_naming_the_flag(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigValueError, match=message):
         config_from_args(parse(argv))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1h30m", 5400.0),
+        ("24h0m0s", 86400.0),  # how Go prints a day
+        ("1.5h", 5400.0),
+        ("300ms", 0.3),
+        ("10us", 1e-5),
+        ("10\u00b5s", 1e-5),
+        ("0", 0.0),
+        ("60s", 60.0),
+        ("5", 5.0),  # a bare number of seconds, as before
+        ("1d", 86400.0),
+        (" 5m ", 300.0),
+    ],
+)
+def test_durations_in_go_syntax(text: str, seconds: float) -> None:
+    assert parse_duration(text, "--secret-ttl").total_seconds() == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5 m", "-1s", "1x", "1h 30m", "h", "1.5.5s"])
+def test_bad_durations_name_the_setting(text: str) -> None:
+    with pytest.raises(ConfigValueError, match=r"--secret-ttl: .* is not a duration"):
+        parse_duration(text, "--secret-ttl")
+
+
+def test_ztunnel_environment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTER_ID", "plain-id")
+    monkeypatch.setenv("ISTIO_META_CLUSTER_ID", "meta-id")  # istio-agent's name wins, as in ztunnel
+    monkeypatch.setenv("CLUSTER_DOMAIN", "corp.example")
+    monkeypatch.setenv("NETWORK", "net-1")
+    monkeypatch.setenv("ISTIO_META_ZONE_HINT", "a")
+    monkeypatch.setenv("POOL_UNUSED_RELEASE_TIMEOUT", "1m30s")
+    monkeypatch.setenv("SECRET_TTL", "12h0m0s")
+    config = config_from_args(parse(["--xds-address", "cp:15012"]))
+    assert (config.cluster_id, config.cluster_domain, config.network) == (
+        "meta-id",
+        "corp.example",
+        "net-1",
+    )
+    assert config.pool_idle_timeout.total_seconds() == 90
+    assert config.secret_ttl.total_seconds() == 12 * 3600
+    metadata = _node_metadata(config)
+    assert metadata["CLUSTER_ID"] == "meta-id" and metadata["NETWORK"] == "net-1"
+    assert metadata["ZONE_HINT"] == "a"
+    node = agent_node("10.0.0.5", "ztunnel-a", "istio-system", "n1", cluster_domain="corp.example")
+    assert node.id == "ztunnel~10.0.0.5~ztunnel-a.istio-system~istio-system.svc.corp.example"
+
+
+def test_cluster_defaults_as_ztunnel() -> None:
+    config = config_from_args(parse([]))
+    assert (config.cluster_id, config.cluster_domain, config.network) == (
+        "Kubernetes",
+        "cluster.local",
+        "",
+    )
+    assert "NETWORK" not in _node_metadata(config)
+    assert config.pool_idle_timeout.total_seconds() == 300
+    # the `config` section of /config_dump, with ztunnel's names and duration form
+    dump = _config_dump(config)
+    assert dump["secretTtl"] == {"secs": 86400, "nanos": 0}
+    assert dump["poolUnusedReleaseTimeout"] == {"secs": 300, "nanos": 0}
+    assert (dump["localNode"], dump["clusterId"], dump["proxyMode"]) == (
+        "n1",
+        "Kubernetes",
+        "Shared",
+    )
+    assert dump["xdsAddress"] is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"LOCAL_XDS": "workloads: []", "LOCAL_XDS_PATH": "/x.yaml"},
+            "only one of --local-config \\(env LOCAL_XDS_PATH\\) or --local-xds",
+        ),
+        (
+            {"LOCAL_XDS": "workloads: []", "XDS_ADDRESS": "cp:15012"},
+            "choose one source of workloads",
+        ),
+        ({"POOL_UNUSED_RELEASE_TIMEOUT": "soon"}, "--pool-unused-release-timeout: 'soon'"),
+    ],
+)
+def test_conflicting_or_bad_settings_stop_at_start(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigValueError, match=message):
+        config_from_args(parse([]))
+
+
+def test_unsupported_ztunnel_settings_are_named() -> None:
+    lines = unsupported_settings({"FAKE_CA": "true", "XDS_ON_DEMAND": "true", "NODE_NAME": "n"})
+    assert lines == [
+        "XDS_ON_DEMAND is set but not supported, ignored: the whole mesh state is always fetched",
+        "FAKE_CA is set but not supported, ignored: certificates always come from the CA",
+    ]
+
+
+def test_inline_local_config_and_json_logs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(
+        "LOCAL_XDS",
+        "workloads:\n- {name: a, namespace: demo, workloadIps: [10.0.0.1], services: {}}\n",
+    )
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("FAKE_CA", "true")
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        prepared = prepare(parse([]), "agent")
+        assert not isinstance(prepared, int)
+        _, levels, state = prepared
+        levels.reset()
+    finally:
+        root.handlers[:] = before
+    assert [w.name for w in state.workloads()] == ["a"]
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert {"level": "warn", "scope": "runtime"}.items() <= lines[0].items()
+    assert lines[0]["message"].startswith("FAKE_CA is set but not supported")
+    assert lines[-1]["message"].endswith("1 workloads, 0 services, 0 policies")

@@ -96,3 +96,13 @@ def test_bad_configuration_stops_the_process_before_it_starts(
     assert result.stderr.startswith("ztunnel-py controlplane: ")
     assert message in result.stderr
     assert not (tmp_path / "ca").exists()
+
+
+@pytest.mark.parametrize(("env", "expected"), [("json", "json"), ("plain", "plain"), ("", "plain")])
+def test_log_format_follows_the_environment_as_the_agents(
+    monkeypatch: pytest.MonkeyPatch, env: str, expected: str
+) -> None:
+    monkeypatch.setenv("LOG_FORMAT", env)
+    parser = argparse.ArgumentParser()
+    add_controlplane_arguments(parser)
+    assert parser.parse_args(["run"]).log_format == expected

@@ -136,9 +136,7 @@ def test_invalid_update_keeps_the_last_good_policy() -> None:
     (error, note) = store.diagnostics()
     assert str(error) == (
         "kube:AuthorizationPolicy/demo/web-allow:doc[0]: "
-        "spec.rules[0].from[0].source.principals[0]: malformed principal 'cluster.local/ns/demo':"
-        " expected <trust domain>/ns/<namespace>/sa/<service account> (or a '*' prefix/suffix "
-        "wildcard)"
+        "spec.rules[0].from[0].source.principals[0]: empty value not allowed, found in Principals"
     )
     assert note.reason == (
         "AuthorizationPolicy demo/web-allow rejected: still serving its last good version"

@@ -14,6 +14,7 @@ from tests.unit.waypoint_support import (
     namespace,
     pod,
     service,
+    store_with,
     translation,
     warnings,
     waypoint,
@@ -301,17 +302,17 @@ def test_request_principals_and_end_user_conditions() -> None:
     )
 
 
-def test_a_malformed_claims_key_is_an_attribute_waypoints_cannot_evaluate() -> None:
+def test_a_malformed_claims_key_is_rejected_as_istios_webhook_rejects_it() -> None:
     rule = {
         "to": [{"operation": {"methods": ["GET"]}}],
         "when": [{"key": "request.auth.claims[]", "values": ["x"]}],
     }
-    found, problems = single(policy(action="DENY", rules=[rule]))
-    assert found.policy.rules == (((Match(methods=(sm(E, "GET"),)),),),)
-    assert problems == [
-        "spec.rules[0].when[0]: waypoints cannot evaluate request.auth.claims[]: ignored, which "
-        "denies more than requested"
-    ]
+    # the store refuses the policy at validation, so translation never sees it
+    store = store_with(
+        ("f.yaml", "---\n".join([mesh(), documents(policy(action="DENY", rules=[rule]))]))
+    )
+    errors = [d.reason for d in store.diagnostics() if d.is_error]
+    assert any("should have format a[b]" in e for e in errors), errors
 
 
 def test_unsupported_attributes_drop_an_allow_rule() -> None:

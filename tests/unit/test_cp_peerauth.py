@@ -100,7 +100,9 @@ def test_mesh_wide_strict() -> None:
 
 def test_permissive_is_nothing() -> None:
     t = translated(PODS + peer_auth("default", "istio-system", "{mtls: {mode: PERMISSIVE}}"))
-    assert t.policies == {}
+    # As istiod: the static policy is sent once any PeerAuthentication exists, referenced by none
+    assert t.policies == {STRICT_KEY: STATIC_STRICT}
+    assert policy_keys(t) == {"web": (), "api": (), "other": ()}
     assert allowed(t, "web", 8080, mtls=False)
 
 
@@ -139,6 +141,7 @@ def test_port_level_permissive_under_strict() -> None:
     )
     t = translated(PODS + peer_auth("web-metrics", "demo", spec))
     assert t.policies == {
+        STRICT_KEY: STATIC_STRICT,
         "demo/converted_peer_authentication_web-metrics": Authorization(
             "converted_peer_authentication_web-metrics",
             "demo",
@@ -150,7 +153,7 @@ def test_port_level_permissive_under_strict() -> None:
                     (Match(not_destination_ports=(9090,)),),
                 ),
             ),
-        )
+        ),
     }
     assert policy_keys(t)["web"] == ("demo/converted_peer_authentication_web-metrics",)
     assert allowed(t, "web", 9090, mtls=False)
@@ -210,7 +213,7 @@ def test_port_level_strict_under_strict_is_plain_strict() -> None:
 def test_port_level_non_strict_under_permissive_is_nothing(mode: str) -> None:
     spec = f"{{selector: {{matchLabels: {{app: web}}}}, portLevelMtls: {{80: {{mode: {mode}}}}}}}"
     t = translated(PODS + peer_auth("web", "demo", spec))
-    assert t.policies == {}
+    assert t.policies == {STRICT_KEY: STATIC_STRICT}
     assert allowed(t, "web", 8080, mtls=False)
 
 
@@ -223,7 +226,7 @@ def test_oldest_policy_wins_at_each_level() -> None:
             + peer_auth("older", "demo", "{mtls: {mode: PERMISSIVE}}", "2024-01-01T00:00:00Z"),
         )
     )
-    assert store.current().policies == {}
+    assert store.current().policies == {STRICT_KEY: STATIC_STRICT}
     (warning,) = store.diagnostics()
     assert warning.reason == (
         "ignored: PeerAuthentication older is also namespace-wide and older (the oldest one "
@@ -241,7 +244,7 @@ def test_root_namespace_selector_is_ignored_with_a_warning() -> None:
             ),
         )
     )
-    assert store.current().policies == {}
+    assert store.current().policies == {STRICT_KEY: STATIC_STRICT}
     (warning,) = store.diagnostics()
     assert warning.path == "spec.selector"
 

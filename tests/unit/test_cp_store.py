@@ -186,15 +186,17 @@ def test_unchanged_workloads_are_reused_and_dependencies_rebuild_them() -> None:
     second = store.apply(files(a=pod("a") + pod("b", ip="10.0.0.7"))).snapshot
     assert second.workloads[uid_a] is first.workloads[uid_a]
     assert second.workloads[uid_b] is not first.workloads[uid_b]
-    # A Service selecting `a`, a namespace label, a policy: each rebuilds what depends on it.
+    # A Service selecting `a`, a pod's annotation, a policy: each rebuilds what depends on it.
     third = store.apply(files(svc=service("a", "10.96.0.1"))).snapshot
     assert list(third.workloads[uid_a].services) == ["demo/a.demo.svc.cluster.local"]
     assert third.workloads[uid_b] is second.workloads[uid_b]
-    ambient = namespace.replace(
-        "{name: demo}", "{name: demo, labels: {istio.io/dataplane-mode: ambient}}"
+    redirected = pod("a").replace(
+        "labels: {app: a}}",
+        "labels: {app: a}, annotations: {ambient.istio.io/redirection: enabled}}",
     )
-    fourth = store.apply(files(ns=ambient)).snapshot
-    assert {w.tunnel_protocol.value for w in fourth.workloads.values()} == {"HBONE"}
+    fourth = store.apply(files(a=redirected + pod("b", ip="10.0.0.7"))).snapshot
+    assert fourth.workloads[uid_a].tunnel_protocol.value == "HBONE"
+    assert fourth.workloads[uid_b] is third.workloads[uid_b]
     policy = (
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, "
         "namespace: demo}\nspec: {selector: {matchLabels: {app: b}}}\n"

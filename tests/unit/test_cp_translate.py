@@ -21,7 +21,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
-from ztunnel_py.model.workload import AppProtocol
+from ztunnel_py.model.workload import AppProtocol, NetworkMode
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -42,8 +42,10 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: web-7d4b9c8f5d-x2x9k
+  generateName: web-7d4b9c8f5d-
   namespace: demo
-  labels: {app: web, version: v2}
+  labels: {app: web, version: v2, pod-template-hash: 7d4b9c8f5d}
+  annotations: {ambient.istio.io/redirection: enabled}
   ownerReferences:
   - {apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4b9c8f5d, uid: u1, controller: true}
 spec:
@@ -64,7 +66,6 @@ kind: Service
 metadata:
   name: web
   namespace: demo
-  annotations: {alpha.istio.io/kubernetes-serviceaccounts: "web-sa"}
 spec:
   clusterIP: 10.96.0.10
   clusterIPs: [10.96.0.10, "fd00:96::10"]
@@ -92,8 +93,11 @@ def test_pod_in_an_ambient_namespace() -> None:
             canonical_name="web",
             canonical_revision="v2",
             workload_name="web",
-            workload_type="deployment",
-            services={"demo/web.demo.svc.cluster.local": {80: 8080, 9000: 9001, 7000: 7000}},
+            workload_type="pod",
+            # every port, the UDP one too (a UDP port's name is not a TCP container port's)
+            services={
+                "demo/web.demo.svc.cluster.local": {80: 8080, 9000: 9001, 7000: 7000, 53: 53}
+            },
             status=WorkloadStatus.HEALTHY,
         )
     }
@@ -107,9 +111,8 @@ def test_service() -> None:
             namespace="demo",
             hostname="web.demo.svc.cluster.local",
             vips=(NetworkAddress("", ip("10.96.0.10")), NetworkAddress("", ip("fd00:96::10"))),
-            ports={80: 0, 9000: 9001, 7000: 7000},
-            subject_alt_names=("spiffe://cluster.local/ns/demo/sa/web-sa",),
-            # the port names say HTTP and gRPC; "plain" says nothing
+            ports={80: 0, 9000: 9001, 7000: 7000, 53: 53},
+            # the port names say HTTP and gRPC; "plain" says nothing, nor does a UDP port
             app_protocols={80: AppProtocol.HTTP11, 9000: AppProtocol.GRPC},
         )
     }
@@ -125,9 +128,6 @@ def test_options_set_trust_domain_cluster_and_domain() -> None:
         "c1",
     )
     assert list(w.services) == ["demo/web.demo.svc.corp"]
-    assert t.services["demo/web.demo.svc.corp"].subject_alt_names == (
-        "spiffe://example.org/ns/demo/sa/web-sa",
-    )
 
 
 def pod(
@@ -157,30 +157,41 @@ status: {{podIP: {ip}}}
 """
 
 
-def test_tunnel_protocol_follows_namespace_and_pod_labels() -> None:
+REDIRECTED = "{ambient.istio.io/redirection: enabled}"
+
+
+def redirected(name: str, namespace: str = "demo", ip_: str = "10.0.0.9", extra: str = "") -> str:
+    return pod(name, namespace, ip_=ip_, extra=extra).replace(
+        "labels: {}}", f"labels: {{}}, annotations: {REDIRECTED}}}"
+    )
+
+
+def test_tunnel_protocol_follows_the_redirection_annotation() -> None:
+    """As istiod: HBONE once the CNI side marked the pod redirected, or when the pod terminates
+    HBONE itself (native tunnel); a pod of an ambient namespace not redirected yet is TCP."""
     t = translated(
         NAMESPACES
         + pod("a")
-        + pod("b", labels="{istio.io/dataplane-mode: none}", ip_="10.0.0.10")
-        + pod("c", namespace="legacy", ip_="10.0.0.11")
+        + redirected("b", ip_="10.0.0.10")
+        + redirected("c", namespace="legacy", ip_="10.0.0.11")
         + pod("d", namespace="legacy", labels="{istio.io/dataplane-mode: ambient}", ip_="10.0.0.12")
-        + pod("e", namespace="nowhere", ip_="10.0.0.13")
-        + pod("f", extra="hostNetwork: true", ip_="10.0.0.14")
+        + redirected("f", extra="hostNetwork: true", ip_="10.0.0.14")
         + SIDECAR_POD.format(name="g", labels="{}", ip="10.0.0.15")
         + SIDECAR_POD.format(name="h", labels="{networking.istio.io/tunnel: http}", ip="10.0.0.16")
     )
-    tunnels = {w.name: w.tunnel_protocol for w in t.workloads.values()}
+    tunnels = {w.name: (w.tunnel_protocol, w.native_tunnel) for w in t.workloads.values()}
     assert tunnels == {
-        "a": TunnelProtocol.HBONE,
-        "b": TunnelProtocol.NONE,
-        "c": TunnelProtocol.NONE,
-        "d": TunnelProtocol.HBONE,
-        "e": TunnelProtocol.NONE,
-        "f": TunnelProtocol.NONE,
+        "a": (TunnelProtocol.NONE, False),
+        "b": (TunnelProtocol.HBONE, False),
+        "c": (TunnelProtocol.HBONE, False),
+        "d": (TunnelProtocol.NONE, False),
+        "f": (TunnelProtocol.HBONE, False),
         # a sidecar pod speaks HBONE only when its sidecar says it terminates it
-        "g": TunnelProtocol.NONE,
-        "h": TunnelProtocol.HBONE,
+        "g": (TunnelProtocol.NONE, False),
+        "h": (TunnelProtocol.HBONE, True),
     }
+    modes = {w.name: w.network_mode for w in t.workloads.values()}
+    assert modes["f"] is NetworkMode.HOST_NETWORK and modes["b"] is NetworkMode.STANDARD
 
 
 def test_defaults_for_a_bare_pod() -> None:
@@ -204,13 +215,30 @@ def test_pods_without_an_ip_or_finished_are_not_workloads() -> None:
     assert [w.name for w in t.workloads.values()] == ["running"]
 
 
-def test_unready_pod_is_unhealthy() -> None:
-    text = pod("slow").replace(
-        "status: {podIP: 10.0.0.9}",
-        "status: {podIP: 10.0.0.9, conditions: [{type: Ready, status: 'False'}]}",
+def test_only_ready_pods_that_are_not_terminating_are_healthy() -> None:
+    """istiod: UNHEALTHY unless the Ready condition is True, and while terminating."""
+
+    def with_status(name: str, ip_: str, status: str, meta: str = "") -> str:
+        return (
+            pod(name, ip_=ip_)
+            .replace(f"status: {{podIP: {ip_}}}", f"status: {{podIP: {ip_}, {status}}}")
+            .replace("labels: {}}", f"labels: {{}}{meta}}}")
+        )
+
+    ready = "conditions: [{type: Ready, status: 'True'}]"
+    t = translated(
+        with_status("slow", "10.0.0.9", "conditions: [{type: Ready, status: 'False'}]")
+        + with_status("fresh", "10.0.0.10", "conditions: [{type: PodScheduled, status: 'True'}]")
+        + with_status("going", "10.0.0.11", ready, ", deletionTimestamp: '2024-05-01T00:00:00Z'")
+        + with_status("fine", "10.0.0.12", ready)
     )
-    (w,) = translated(text).workloads.values()
-    assert w.status is WorkloadStatus.UNHEALTHY
+    health = {w.name: w.status for w in t.workloads.values()}
+    assert health == {
+        "slow": WorkloadStatus.UNHEALTHY,
+        "fresh": WorkloadStatus.UNHEALTHY,
+        "going": WorkloadStatus.UNHEALTHY,
+        "fine": WorkloadStatus.HEALTHY,
+    }
 
 
 def test_canonical_labels_in_priority_order() -> None:
@@ -222,10 +250,16 @@ def test_canonical_labels_in_priority_order() -> None:
     assert (w.canonical_name, w.canonical_revision) == ("canon", "1.2")
 
 
-def test_workload_name_and_type_from_owners() -> None:
-    def owned(name: str, kind: str, owner: str) -> str:
+def test_workload_name_from_owners_as_istiod_derives_it() -> None:
+    """istiod's GetWorkloadMetaFromPod: a pod with a generated name is named after its
+    controller (a Deployment's ReplicaSet less its pod-template-hash, a CronJob's Job less its
+    timestamp); any other pod after itself. The type is always POD."""
+
+    def owned(name: str, kind: str, owner: str, labels: str = "{}", generated: bool = True) -> str:
+        generate = f"  generateName: {owner}-\n" if generated else ""
         return (
             f"---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: demo\n"
+            f"{generate}  labels: {labels}\n"
             f"  ownerReferences: [{{apiVersion: v1, kind: {kind}, name: {owner}, "
             "controller: true}]"
             f"\nspec: {{}}\nstatus: {{podIP: 10.0.1.{len(name)}}}\n"
@@ -235,14 +269,24 @@ def test_workload_name_and_type_from_owners() -> None:
         owned("job-1-abcde", "Job", "job-1")
         + owned("backup-28312345-xyz12", "Job", "backup-28312345")
         + owned("db-0", "StatefulSet", "db")
-        + pod("api-5f7b8c9d4-k2m3n", ip_="10.0.2.1")
+        + owned(
+            "api-5f7b8c9d4-k2m3n", "ReplicaSet", "api-5f7b8c9d4", "{pod-template-hash: 5f7b8c9d4}"
+        )
+        + owned("rs-abc12-x1y2z", "ReplicaSet", "rs-abc12")
+        + owned("static-web", "Node", "node-1", generated=False)
+        + owned("named-x1y2z", "ReplicaSet", "named", "{service.istio.io/workload-name: billing}")
+        + pod("web-5f7b8c9d4-k2m3n", ip_="10.0.2.1")
     )
     found = {w.name: (w.workload_name, w.workload_type) for w in t.workloads.values()}
     assert found == {
-        "job-1-abcde": ("job-1", "job"),
-        "backup-28312345-xyz12": ("backup", "cronjob"),
+        "job-1-abcde": ("job-1", "pod"),
+        "backup-28312345-xyz12": ("backup", "pod"),
         "db-0": ("db", "pod"),
-        "api-5f7b8c9d4-k2m3n": ("api", "deployment"),
+        "api-5f7b8c9d4-k2m3n": ("api", "pod"),
+        "rs-abc12-x1y2z": ("rs-abc12", "pod"),
+        "static-web": ("static-web", "pod"),
+        "named-x1y2z": ("billing", "pod"),  # the label wins
+        "web-5f7b8c9d4-k2m3n": ("web-5f7b8c9d4-k2m3n", "pod"),
     }
 
 
@@ -255,7 +299,7 @@ def test_named_target_port_missing_on_a_pod_is_a_warning() -> None:
         "no endpoint for port 80"
     )
     odd = store.current().workloads["Kubernetes//Pod/demo/odd"]
-    assert odd.services == {"demo/web.demo.svc.cluster.local": {9000: 9001, 7000: 7000}}
+    assert odd.services == {"demo/web.demo.svc.cluster.local": {9000: 9001, 7000: 7000, 53: 53}}
 
 
 def test_headless_and_external_name_services() -> None:
@@ -282,7 +326,7 @@ kind: ServiceEntry
 metadata: {name: payments, namespace: demo}
 spec:
   hosts: [payments.example.com, pay.example.com]
-  addresses: [240.0.0.10, 240.1.0.0/16]
+  addresses: [240.0.0.10]
   ports:
   - {number: 443, name: https, protocol: HTTPS, targetPort: 8443}
   - {number: 53, name: dns, protocol: UDP}
@@ -306,7 +350,7 @@ def test_service_entry_with_endpoints() -> None:
         namespace="demo",
         hostname="payments.example.com",
         vips=(NetworkAddress("", ip("240.0.0.10")),),
-        ports={443: 8443},
+        ports={443: 8443, 53: 53},
         subject_alt_names=("spiffe://cluster.local/ns/pay/sa/payments",),
         app_protocols={443: AppProtocol.TLS},
     )
@@ -318,23 +362,41 @@ def test_service_entry_with_endpoints() -> None:
         namespace="demo",
         addresses=(ip("10.9.0.1"),),
         service_account="payments",
-        tunnel_protocol=TunnelProtocol.HBONE,
-        canonical_name="pay",
+        # istiod reads the ServiceEntry's labels here, not the endpoint's
+        tunnel_protocol=TunnelProtocol.NONE,
+        canonical_name="payments",
         canonical_revision="latest",
         workload_name="payments",
         workload_type="pod",
-        services={k: {443: 8443} for k in keys},
+        services={k: {443: 8443, 53: 53} for k in keys},
     )
     second = snapshot.workloads[
         "Kubernetes/networking.istio.io/ServiceEntry/demo/payments/10.9.0.2"
     ]
     assert (second.services, second.capacity, second.tunnel_protocol) == (
-        {k: {443: 9443} for k in keys},
+        {k: {443: 9443, 53: 53} for k in keys},
         3,
         TunnelProtocol.NONE,
     )
+    assert store.diagnostics() == ()
+
+
+def test_a_service_entry_with_an_address_range_gets_no_service() -> None:
+    """istiod sends only single addresses as VIPs: a ServiceEntry with a range (more than one
+    IP) yields no service for any of its hosts, though its endpoints stay workloads."""
+    store = store_with(
+        ("f.yaml", SERVICE_ENTRY.replace("[240.0.0.10]", "[240.0.0.10, 240.1.0.0/16]"))
+    )
+    snapshot = store.current()
+    assert snapshot.services == {}
+    assert all(w.services == {} for w in snapshot.workloads.values())
+    assert len(snapshot.workloads) == 2
     (warning,) = store.diagnostics()
-    assert warning.reason == "address range 240.1.0.0/16 cannot be used as a service VIP: ignored"
+    assert (warning.is_error, warning.path) == (False, "spec.addresses")
+    assert warning.reason == (
+        "address range 240.1.0.0/16 is not supported in ambient mode (only single addresses, "
+        "e.g. /32): this ServiceEntry's hosts get no service, as with istiod"
+    )
 
 
 def test_workload_entry_selected_by_a_service_and_a_service_entry() -> None:
@@ -497,9 +559,10 @@ def test_scopes_and_selection() -> None:
         "demo/everyone-here": PolicyScope.WORKLOAD_SELECTOR,
     }
     selected = {w.name: w.authorization_policies for w in t.workloads.values()}
+    # `selector: {}` has no labels to select by: as with istiod, it guards no workload
     assert selected == {
-        "web-1": ("demo/everyone-here", "demo/web-only", "istio-system/all-web"),
-        "api-1": ("demo/everyone-here",),
+        "web-1": ("demo/web-only", "istio-system/all-web"),
+        "api-1": (),
         "web-2": ("istio-system/all-web",),
     }
     assert t.policies["demo/ns-wide"].rules == ((),)
@@ -537,10 +600,13 @@ def test_http_rules_in_allow_match_nothing_and_in_deny_apply_at_l4() -> None:
     assert t.policies["demo/allow-get"].rules == (
         ((Match(namespaces=(StringMatch(EXACT, "demo"),)),),),
     )
-    # The DENY rule keeps its L4 parts: namespace foo and destination port 80.
+    # As istiod: the DENY rule keeps every entry and condition, an HTTP-only one as an empty
+    # match, which ztunnel never matches (so at L4 this rule denies nothing).
     assert t.policies["demo/deny-post"].rules == (
         (
+            (Match(),),
             (Match(namespaces=(StringMatch(EXACT, "foo"),)),),
+            (Match(),),
             (Match(destination_ports=(80,)),),
         ),
     )

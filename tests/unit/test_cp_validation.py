@@ -213,52 +213,13 @@ CASES = [
         "digits and '-', starting with a letter and ending with a letter or digit",
     ),
     (
-        "malformed principal",
-        policy("""
-        spec:
-          rules: [{from: [{source: {principals: [cluster.local/ns/a]}}]}]
-        """),
-        "spec.rules[0].from[0].source.principals[0]",
-        "malformed principal 'cluster.local/ns/a': expected <trust domain>/ns/<namespace>/sa/"
-        "<service account> (or a '*' prefix/suffix wildcard)",
-    ),
-    (
-        "principal with spiffe://",
-        policy("""
-        spec:
-          rules: [{from: [{source: {notPrincipals: ["spiffe://cluster.local/ns/a/sa/b"]}}]}]
-        """),
-        "spec.rules[0].from[0].source.notPrincipals[0]",
-        "invalid principal 'spiffe://cluster.local/ns/a/sa/b': write it without 'spiffe://', "
-        "e.g. 'cluster.local/ns/a/sa/b'",
-    ),
-    (
-        "wildcard in the middle",
-        policy("""
-        spec:
-          rules: [{from: [{source: {principals: ["cluster.local/*/sa/b"]}}]}]
-        """),
-        "spec.rules[0].from[0].source.principals[0]",
-        "invalid principal 'cluster.local/*/sa/b': '*' is only allowed at the start or the end",
-    ),
-    (
-        "bad namespace match",
-        policy("""
-        spec:
-          rules: [{from: [{source: {namespaces: [Foo]}}]}]
-        """),
-        "spec.rules[0].from[0].source.namespaces[0]",
-        "'Foo' is not a valid name: at most 63 lowercase letters, digits and '-', starting and "
-        "ending with a letter or digit",
-    ),
-    (
         "bad CIDR",
         policy("""
         spec:
           rules: [{from: [{source: {ipBlocks: [10.0.0.0/33]}}]}]
         """),
         "spec.rules[0].from[0].source.ipBlocks[0]",
-        "'10.0.0.0/33' is not a CIDR or IP address",
+        "bad CIDR range (10.0.0.0/33): not an address prefix",
     ),
     (
         "bad remote CIDR",
@@ -268,7 +229,7 @@ CASES = [
           rules: [{from: [{source: {notRemoteIpBlocks: [fe80::/129]}}]}]
         """),
         "spec.rules[0].from[0].source.notRemoteIpBlocks[0]",
-        "'fe80::/129' is not a CIDR or IP address",
+        "bad CIDR range (fe80::/129): not an address prefix",
     ),
     (
         "port not a string",
@@ -286,7 +247,7 @@ CASES = [
           rules: [{to: [{operation: {notPorts: ["65536"]}}]}]
         """),
         "spec.rules[0].to[0].operation.notPorts[0]",
-        "'65536' is not a port number (1-65535, as a string)",
+        "bad port (65536): not a number within 0-65535",
     ),
     (
         "empty source",
@@ -295,7 +256,7 @@ CASES = [
           rules: [{from: [{source: {}}]}]
         """),
         "spec.rules[0].from[0].source",
-        "from.source must not be empty",
+        "`from.source` must not be empty",
     ),
     (
         "condition without values",
@@ -304,7 +265,7 @@ CASES = [
           rules: [{when: [{key: source.ip}]}]
         """),
         "spec.rules[0].when[0]",
-        "condition 'source.ip' needs values or notValues",
+        "at least one of `values` or `notValues` must be set for key source.ip",
     ),
     (
         "unknown condition",
@@ -312,9 +273,8 @@ CASES = [
         spec:
           rules: [{when: [{key: source.port, values: ["80"]}]}]
         """),
-        "spec.rules[0].when[0].key",
-        "unknown condition key 'source.port' (L4 keys: source.ip, source.namespace, "
-        "source.principal, destination.ip, destination.port)",
+        "spec.rules[0].when[0].values",
+        "invalid `value` for `key` source.port: unknown attribute: source.port",
     ),
     (
         "bad condition value",
@@ -322,30 +282,76 @@ CASES = [
         spec:
           rules: [{when: [{key: destination.port, notValues: ["http"]}]}]
         """),
-        "spec.rules[0].when[0].notValues[0]",
-        "'http' is not a port number (1-65535, as a string)",
+        "spec.rules[0].when[0].notValues",
+        "invalid `notValue` for `key` destination.port: bad port (http): not a number within "
+        "0-65535",
     ),
     (
-        "AUDIT at L4",
+        "DENY without rules",
         policy("""
         spec:
-          action: AUDIT
-          rules: [{}]
+          action: DENY
         """),
-        "spec.action",
-        "action AUDIT cannot be enforced by ztunnel at L4 (only ALLOW and "
-        "DENY): attach the policy to a waypoint with targetRefs",
+        "spec",
+        "DENY action without `rules` is meaningless as it will never be triggered, add an empty "
+        "rule `{}` if you want it be triggered for every request",
     ),
     (
-        "CUSTOM at L4",
+        "CUSTOM without provider",
+        policy("""
+        spec:
+          action: CUSTOM
+          rules: [{}]
+        """),
+        "spec.provider",
+        "`provider.name` must not be empty",
+    ),
+    (
+        "CUSTOM with principals",
         policy("""
         spec:
           action: CUSTOM
           provider: {name: ext-authz}
+          rules: [{from: [{source: {principals: [a]}}]}]
         """),
-        "spec.action",
-        "action CUSTOM cannot be enforced by ztunnel at L4 (only ALLOW and "
-        "DENY): attach the policy to a waypoint with targetRefs",
+        "spec.rules[0]",
+        "From.Principals is currently not supported with CUSTOM action",
+    ),
+    (
+        "empty from",
+        policy("""
+        spec:
+          rules: [{from: []}]
+        """),
+        "spec.rules[0].from",
+        "`from` must not be empty",
+    ),
+    (
+        "empty principal",
+        policy("""
+        spec:
+          rules: [{from: [{source: {principals: [""]}}]}]
+        """),
+        "spec.rules[0].from[0].source.principals[0]",
+        "empty value not allowed, found in Principals",
+    ),
+    (
+        "service account with a wildcard",
+        policy("""
+        spec:
+          rules: [{from: [{source: {serviceAccounts: ["ns/*"]}}]}]
+        """),
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "wildcard not allowed, found in ServiceAccounts",
+    ),
+    (
+        "wildcard in a selector",
+        policy("""
+        spec:
+          selector: {matchLabels: {app: "web*"}}
+        """),
+        "spec.selector.matchLabels.app",
+        "wildcard is not supported in selector: 'app=web*'",
     ),
     (
         "unknown action",
@@ -363,8 +369,8 @@ CASES = [
           selector: {matchLabels: {app: web}}
           targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
         """),
-        "spec.selector",
-        "selector and targetRef(s) are mutually exclusive",
+        "spec",
+        "only one of targetRefs or workloadSelector can be set",
     ),
     (
         "serviceAccounts with principals",
@@ -373,7 +379,7 @@ CASES = [
           rules: [{from: [{source: {serviceAccounts: [a], principals: ["*"]}}]}]
         """),
         "spec.rules[0].from[0].source.serviceAccounts",
-        "serviceAccounts cannot be combined with principals in the same source",
+        "cannot set serviceAccounts with namespaces or principals",
     ),
     (
         "dry-run annotation",
@@ -401,8 +407,7 @@ CASES = [
           portLevelMtls: {9090: {mode: PERMISSIVE}}
         """),
         "spec.portLevelMtls",
-        "portLevelMtls needs a selector: mesh- and namespace-wide "
-        "PeerAuthentications cannot have port-level settings",
+        "mesh/namespace peer authentication cannot have port level mTLS",
     ),
     (
         "portLevelMtls port",
@@ -576,7 +581,9 @@ def test_list_items_are_validated_with_their_path() -> None:
     assert error.path == "items[1].metadata.name"
 
 
-def test_l7_attributes_at_l4_are_warnings_naming_the_rule() -> None:
+def test_http_attributes_at_l4_get_istiods_status_and_the_webhooks_warning() -> None:
+    """istiod's status for a DENY enforced without its HTTP parts, and the webhook's warning for
+    a DENY rule made only of HTTP attributes (here rule 1)."""
     text = policy("""
         spec:
           action: DENY
@@ -585,27 +592,109 @@ def test_l7_attributes_at_l4_are_warnings_naming_the_rule() -> None:
           - to: [{operation: {methods: [GET], paths: [/admin]}}]
             when: [{key: "request.headers[x-user]", values: [bob]}]
         """)
-    (warning,) = diagnostics(text)
-    assert not warning.is_error
-    assert warning.path == "spec.rules[1]"
-    assert warning.reason.startswith(
-        "rule 1 uses HTTP attributes (methods, paths, request.headers[x-user]) that ztunnel "
-        "cannot enforce at L4; in a DENY policy the rule is enforced without them"
+    deny_rule, status = diagnostics(text)
+    assert (deny_rule.is_error, deny_rule.path) == (False, "spec.rules[1]")
+    assert deny_rule.reason == (
+        "configured AuthorizationPolicy will deny all traffic to TCP ports under its scope due to "
+        "the use of only HTTP attributes in a DENY rule; it is recommended to explicitly specify "
+        "the port"
     )
-    assert str(warning).startswith("f.yaml:doc[0]: spec.rules[1]: warning: rule 1 uses")
+    assert (status.is_error, status.path) == (False, "spec")
+    assert status.reason == (
+        "ztunnel does not support HTTP attributes (found: methods, paths, "
+        "request.headers[x-user]). In ambient mode you must use a waypoint proxy to enforce HTTP "
+        "rules. DENY policy with HTTP attributes is enforced without the HTTP rules. This will be "
+        "more restrictive than requested."
+    )
 
 
-def test_allow_policy_whose_rules_all_need_l7_warns_it_denies_everything() -> None:
+# istiod's TestConvertAuthorizationPolicyStatus cases: the policy and the status it expects
+ISTIOD_STATUS_CASES = [
+    (
+        "no status - policy is fine",
+        """
+          rules:
+          - from: [{source: {principals: [trust/ns/echo-1234/]}}]
+            to: [{operation: {ports: ["80"]}}]
+        """,
+        None,
+    ),
+    (
+        "unsupported AUDIT action",
+        """
+          action: AUDIT
+          rules: [{from: [{source: {principals: [trust/ns/echo-1234/]}}]}]
+        """,
+        "ztunnel does not support the AUDIT action",
+    ),
+    (
+        "unsupported CUSTOM action",
+        """
+          action: CUSTOM
+          provider: {name: ext-authz}
+          rules: [{to: [{operation: {ports: ["80"]}}]}]
+        """,
+        "ztunnel does not support the CUSTOM action",
+    ),
+    (
+        "unsupported HTTP methods",
+        """
+          rules:
+          - from: [{source: {requestPrincipals: [example.com/sub-1]}}]
+            to: [{operation: {methods: [GET]}}]
+            when: [{key: request.auth.presenter, values: [presenter.example.com]}]
+        """,
+        "ztunnel does not support HTTP attributes (found: methods, request.auth.presenter, "
+        "requestPrincipals). In ambient mode you must use a waypoint proxy to enforce HTTP "
+        "rules. Within an ALLOW policy, rules matching HTTP attributes are omitted. This will be "
+        "more restrictive than requested.",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "status"),
+    [c[1:] for c in ISTIOD_STATUS_CASES],
+    ids=[c[0] for c in ISTIOD_STATUS_CASES],
+)
+def test_istiods_conversion_status_is_a_warning(spec: str, status: str | None) -> None:
+    found = diagnostics(policy("spec:" + spec))
+    assert not [d for d in found if d.is_error]
+    reasons = [d.reason for d in found]
+    if status is None:
+        assert reasons == []
+    else:
+        (reason,) = reasons
+        # AUDIT and CUSTOM: istiod's text, then what it means here
+        assert reason == status or reason.startswith(status + ": ztunnel does not enforce")
+
+
+def test_principals_and_namespaces_are_accepted_as_istios_webhook_accepts_them() -> None:
+    """The webhook only refuses empty strings: any other principal or namespace is a valid
+    match (it may simply never match); a `spiffe://` principal gets a warning saying so."""
     text = policy("""
         spec:
-          rules: [{to: [{operation: {methods: [GET]}}]}]
+          rules:
+          - from:
+            - source:
+                principals: [cluster.local/ns/a, "cluster.local/*/sa/b", "*", any-thing]
+                notPrincipals: ["spiffe://cluster.local/ns/a/sa/b"]
+            - source: {namespaces: [Foo, "a*b"]}
         """)
-    reasons = [d.reason for d in diagnostics(text)]
-    assert reasons[0].startswith("rule 0 uses HTTP attributes (methods)")
-    assert "in an ALLOW policy the rule is omitted and matches nothing" in reasons[0]
-    assert reasons[1] == (
-        "every rule needs HTTP attributes: this ALLOW policy denies all traffic to the "
-        "workloads it selects"
+    (hint,) = diagnostics(text)
+    assert (hint.is_error, hint.path) == (False, "spec.rules[0].from[0].source.notPrincipals[0]")
+    assert hint.reason == (
+        "principal 'spiffe://cluster.local/ns/a/sa/b' never matches: principals are written "
+        "without 'spiffe://', e.g. 'cluster.local/ns/a/sa/b'"
+    )
+
+
+def test_a_selector_without_labels_is_a_warning() -> None:
+    (warning,) = diagnostics(policy("spec: {selector: {}}\n"))
+    assert (warning.is_error, warning.path, warning.reason) == (
+        False,
+        "spec.selector",
+        "workload selector specified without labels",
     )
 
 
@@ -915,6 +1004,9 @@ def assert_consistent(
         if outcome.resource is not None:
             assert served.get(outcome.resource.key) == outcome.resource or conflict(outcome.key)
             continue
+        if outcome.skipped:  # a kind the control plane does not use: a note, not an error
+            assert not any(d.is_error for d in outcome.diagnostics)
+            continue
         assert any(d.is_error for d in outcome.diagnostics)
         key = outcome.key
         if key is not None and key in before and key not in accepted:
@@ -989,3 +1081,25 @@ def test_last_good_version_is_served_when_the_new_one_is_invalid() -> None:
     assert store.current() == before
     notes = [d.reason for d in store.diagnostics() if not d.is_error]
     assert notes == ["Pod demo/web rejected: still serving its last good version"]
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "skipped"),
+    [
+        ("apps/v1", "Deployment", True),
+        ("example.com/v1alpha1", "Widget", True),
+        ("v1", "ConfigMap", True),
+        # malformed: an error to fix, never set aside unseen
+        ("cluster.local/ns/a/sa/b", "Widget", False),
+        ("Example.com/v1", "Widget", False),
+        ("example.com/v1", "widget", False),
+        ("security.istio.io/v1", "AuthorizationPolicies", False),  # a typo in a group we read
+    ],
+)
+def test_only_well_formed_objects_of_kinds_not_used_are_skipped(
+    api_version: str, kind: str, skipped: bool
+) -> None:
+    body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": "x", "namespace": "a"}}
+    (outcome,) = validate_document(Document(Origin("f.yaml", 0), body))
+    assert outcome.resource is None and outcome.skipped is skipped
+    assert any(d.is_error for d in outcome.diagnostics) is not skipped

@@ -25,6 +25,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.workload import HealthPolicy, LoadBalancer, NetworkCidr, NetworkMode
 from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.xds.localconfig import ConfigError
 
@@ -280,6 +281,7 @@ def test_dump_shape_matches_istioctl() -> None:
         "authorizationPolicies": ["demo/sel"],
         "services": [WEB],
         "capacity": 1,
+        "networkMode": "Standard",
         "waypoint": {"destination": "/10.96.0.9", "hboneMtlsPort": 15008},
     }
     (s,) = dump["services"]
@@ -295,9 +297,11 @@ def test_dump_shape_matches_istioctl() -> None:
                 "service": WEB,
                 "port": {"80": 8081},
                 "status": "Healthy",
+                "address": "net1/10.0.0.1",
             }
         },
         "subjectAltNames": ["spiffe://cluster.local/ns/demo/sa/web"],
+        "canonical": False,
     }
     (p,) = dump["policies"]
     assert p == {
@@ -343,3 +347,51 @@ def test_reload_keeps_last_good_state(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         state.reload_local_config(path)
     assert state.workload_by_ip(ip("10.0.0.1")) is not None
+
+
+def test_a_host_network_pod_is_an_endpoint_but_never_found_by_its_ip() -> None:
+    """A host-network pod's IP is its node's: ztunnel does not index it by address (the node
+    and every other such pod share it), but a service still reaches it as an endpoint."""
+    node_ip = "192.168.0.10"
+    host = workload(
+        "host", node_ip, services={WEB: {80: 8080}}, network_mode=NetworkMode.HOST_NETWORK
+    )
+    state = ProxyState()
+    state.replace([host], [web()], [])
+    assert state.workload_by_ip(ip(node_ip)) is None
+    assert state.select_endpoint(web(), 80, random.Random(1)) == (host, 8080)
+    state.apply_delta(removed_workloads=[host.uid])
+    assert state.endpoints(web(), 80) == []
+
+
+def test_range_vips_reach_their_service_narrowest_first() -> None:
+    wide = web(
+        name="wide",
+        hostname="wide.example",
+        vips=(),
+        cidr_vips=(NetworkCidr("", ipaddress.ip_network("10.20.0.0/16")),),
+    )
+    narrow = web(
+        name="narrow",
+        hostname="narrow.example",
+        vips=(),
+        cidr_vips=(NetworkCidr("", ipaddress.ip_network("10.20.30.0/24")),),
+    )
+    state = ProxyState()
+    state.replace([], [wide, narrow, web()], [])
+    assert state.service_by_vip(ip("10.20.30.4")) == narrow
+    assert state.service_by_vip(ip("10.20.1.1")) == wide
+    assert state.service_by_vip(ip("10.96.0.1")) == web()
+    assert state.service_by_vip(ip("10.20.30.4"), network="other") is None
+    assert state.service_by_vip(ip("10.21.0.1")) is None
+    state.apply_delta(removed_services=[narrow.key])
+    assert state.service_by_vip(ip("10.20.30.4")) == wide
+
+
+def test_a_health_policy_of_allow_all_selects_unhealthy_endpoints() -> None:
+    sick = workload("sick", "10.0.0.3", services={WEB: {80: 8080}}, status=WorkloadStatus.UNHEALTHY)
+    state = ProxyState()
+    state.replace([sick], [web()], [])
+    assert state.select_endpoint(web(), 80, random.Random(1)) is None
+    lenient = web(load_balancer=LoadBalancer(health_policy=HealthPolicy.ALLOW_ALL))
+    assert state.select_endpoint(lenient, 80, random.Random(1)) == (sick, 8080)

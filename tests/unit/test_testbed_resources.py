@@ -17,6 +17,8 @@ from ztunnel_py.controlplane.validate_cli import validate_directory
 from ztunnel_py.model import TunnelProtocol
 from ztunnel_py.testbed import resources
 from ztunnel_py.testbed.errors import TestbedError
+from ztunnel_py.testbed.state import State
+from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import plan
 
 
@@ -25,7 +27,8 @@ def test_generated_directory_validates_and_translates_to_the_planned_mesh(
     tmp_path: Path, dual_stack: bool
 ) -> None:
     t = plan("zt-", nodes=2, pods_per_node=3, dual_stack=dual_stack)
-    resources.write(tmp_path, resources.topology_resources(t))
+    # as they are once the CNI plugin enrolled the pods and they were marked redirected
+    resources.write(tmp_path, resources.topology_resources(t, redirected=True))
     out, err = io.StringIO(), io.StringIO()
     assert validate_directory(tmp_path, MeshOptions(), out, err) == 0, out.getvalue()
     assert out.getvalue() == ""  # not even a warning
@@ -51,6 +54,24 @@ def test_generated_directory_validates_and_translates_to_the_planned_mesh(
         for field in ("name", "namespace", "hostname", "vips", "ports"):
             assert getattr(got_svc, field) == getattr(planned_svc, field), field
     assert len(services) == len(t.services)
+
+
+def test_enrolled_pods_are_marked_redirected_and_let_go(tmp_path: Path) -> None:
+    """The testbed patches the Pods as Istio's CNI agent does: the control plane sends a pod
+    as HBONE only while it carries `ambient.istio.io/redirection: enabled`."""
+    t = plan("zt-", nodes=1, pods_per_node=2)
+    resources.write(tmp_path, resources.topology_resources(t))
+    echo = t.pod("echo-1")
+    assert translate_directory(tmp_path)[0][echo.uid].tunnel_protocol is TunnelProtocol.NONE
+    assert resources.set_redirection(tmp_path, [echo], True) == [
+        resources.ObjectRef("Pod", echo.namespace, echo.name)
+    ]
+    assert resources.set_redirection(tmp_path, [echo], True) == []  # already so: unchanged
+    assert translate_directory(tmp_path)[0][echo.uid].tunnel_protocol is TunnelProtocol.HBONE
+    resources.set_redirection(tmp_path, [echo], False)
+    document = yaml.safe_load((tmp_path / "pod_apps_echo-1.yaml").read_text())
+    assert "annotations" not in document["metadata"]
+    assert translate_directory(tmp_path)[0][echo.uid].tunnel_protocol is TunnelProtocol.NONE
 
 
 def test_files_are_named_by_kind_namespace_and_name_and_replaced(tmp_path: Path) -> None:
@@ -102,3 +123,64 @@ def test_odd_names_stay_inside_the_directory(tmp_path: Path) -> None:
     ref = resources.ObjectRef("Service", "../..", "a/b")
     assert "/" not in ref.file_name
     assert ref.file_name == "service_.._.._a_b.yaml"
+
+
+def test_check_runs_the_control_planes_validation_on_what_would_be_written(
+    tmp_path: Path,
+) -> None:
+    """`testbed apply` checks objects with `controlplane validate` before it writes: alone
+    (kubectl's --dry-run=client) or beside the directory's contents (server), where a conflict
+    with an object already there shows too; only findings about the new objects count."""
+    t = plan("zt-", nodes=1, pods_per_node=2)
+    resources.write(tmp_path, resources.topology_resources(t))
+    taken = t.services[0].vip
+    clash = yaml.safe_load(
+        f"apiVersion: v1\nkind: Service\nmetadata: {{name: other, namespace: apps}}\n"
+        f"spec: {{clusterIP: {taken}, ports: [{{port: 80}}]}}\n"
+    )
+    bad_policy = yaml.safe_load(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: p, namespace: apps}\n"
+        'spec: {rules: [{from: [{source: {principals: [""]}}]}]}\n'
+    )
+    deployment = yaml.safe_load("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    server = resources.check(tmp_path, [clash, bad_policy, deployment])
+    assert sorted((f.severity, f.text.split(":")[0]) for f in server) == [
+        ("error", "AuthorizationPolicy apps/p"),
+        ("error", "Service apps/other"),
+        ("note", "Deployment d"),
+    ]
+    assert any("empty value not allowed, found in Principals" in f.text for f in server)
+    assert any(f"clusterIP {taken} is already used" in f.text for f in server)
+    client = resources.check(tmp_path, [clash, bad_policy], with_existing=False)
+    assert [f.text.split(":")[0] for f in client if f.severity == "error"] == [
+        "AuthorizationPolicy apps/p"
+    ]
+    assert resources.check(tmp_path, [resources.topology_resources(t)[-1]]) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_apply_refuses_what_the_control_plane_rejects_and_dry_runs_write_nothing(
+    tmp_path: Path,
+) -> None:
+    bed = Testbed(State.create(tmp_path / "state", "zt-", 1, 2, "none"))
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: apps}\n"
+    bad = service + "spec: {ports: [{port: eighty}]}\n"
+    with pytest.raises(TestbedError) as refused:
+        bed.apply(bad, "bad.yaml")
+    assert str(refused.value) == (
+        "bad.yaml: rejected by the control plane's validation, nothing written:\n"
+        "  Service apps/s: spec.ports[0].port: expected an integer, got a string"
+    )
+    assert not bed.config_dir.exists() or list(bed.config_dir.iterdir()) == []
+    good = service + "spec: {ports: [{port: 80}]}\n"
+    for mode in ("client", "server"):
+        lines: list[str] = []
+        assert [str(r) for r in bed.apply(good, dry_run=mode, progress=lines.append)] == [
+            "Service apps/s"
+        ]
+        assert lines == [f"Service apps/s valid (dry run: {mode}, not written)"]
+    assert not bed.config_dir.exists() or list(bed.config_dir.iterdir()) == []
+    bed.apply(good)
+    assert (bed.config_dir / "service_apps_s.yaml").exists()

@@ -241,6 +241,9 @@ def test_a_testbed_without_the_mesh_refuses_a_waypoint_before_writing_anything(
     other = GATEWAY.replace("istio-waypoint", "istio")
     assert [str(r) for r in bed.apply(other, progress=lines.append)] == ["Gateway apps/waypoint"]
     assert lines == [
-        f"Gateway apps/waypoint written to {bed.config_dir}/gateway_apps_waypoint.yaml"
+        # the control plane's validation, run before writing, says what it makes of it
+        "warning: Gateway apps/waypoint: spec.gatewayClassName: gateway class 'istio' is stored "
+        "but not used: only 'istio-waypoint' gateways (waypoints) are part of this mesh",
+        f"Gateway apps/waypoint written to {bed.config_dir}/gateway_apps_waypoint.yaml",
     ]
     assert State.load(state.state_dir).waypoints == []  # type: ignore[union-attr]

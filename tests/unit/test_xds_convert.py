@@ -26,6 +26,16 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.identity import Identity
+from ztunnel_py.model.workload import (
+    HealthPolicy,
+    LoadBalancer,
+    LoadBalancerMode,
+    LoadBalancerScope,
+    NetworkCidr,
+    NetworkMode,
+)
+from ztunnel_py.policy.rbac import Connection, evaluate
 from ztunnel_py.proto import authorization_pb2, discovery_pb2, workload_pb2
 from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Request
 from ztunnel_py.xds.convert import (
@@ -158,24 +168,9 @@ def address(**fields: Any) -> bytes:
     [
         (address(uid=""), "workload has no uid"),
         (address(namespace=""), "workload has no namespace"),
-        (address(addresses=[b"\x0a\x00\x00"]), "address 0 has 3 bytes"),
         (address(tunnel_protocol=2), "LEGACY_ISTIO_MTLS is not supported"),
         (address(tunnel_protocol=7), "unsupported tunnel protocol 7"),
-        (address(workload_type=9), "unsupported workload type 9"),
-        (address(status=4), "unsupported workload status 4"),
         (address(uid="other"), "resource name does not match its key 'other'"),
-        (
-            address(services={"nohost": workload_pb2.PortList()}),
-            "service key 'nohost' is not 'namespace/hostname'",
-        ),
-        (
-            address(
-                services={
-                    "a/b": workload_pb2.PortList(ports=[workload_pb2.Port(service_port=70000)])
-                }
-            ),
-            "service a/b service port 70000 is not a port",
-        ),
         (
             address(waypoint=workload_pb2.GatewayAddress(hbone_mtls_port=15008)),
             "waypoint has neither a hostname nor an address",
@@ -193,25 +188,92 @@ def test_rejected_addresses_name_the_reason(payload: bytes, reason: str) -> None
     assert reason in decoded.rejected["u"]
 
 
-def test_service_rejections() -> None:
+def decoded_workload(payload: bytes) -> Workload:
+    decoded = decode_response(response(ADDRESS_TYPE, ("u", payload)))
+    assert decoded.rejected == {} and len(decoded.workloads) == 1
+    return decoded.workloads[0]
+
+
+def test_unreadable_workload_parts_are_dropped_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """ztunnel applies what it can read of a workload: an address of the wrong length, a
+    service key without a namespace, a port out of range are left out, and an enum value this
+    version does not know (a newer istiod's) reads as the field's default."""
+    caplog.set_level("WARNING", logger="ztunnel_py.xds.convert")
+    good = bytes([10, 0, 0, 1])
+    w = decoded_workload(
+        address(
+            addresses=[b"\x0a\x00\x00", good],
+            workload_type=9,
+            status=4,
+            network_mode=7,
+            services={
+                "nohost": workload_pb2.PortList(),
+                "a/b": workload_pb2.PortList(
+                    ports=[
+                        workload_pb2.Port(service_port=70000, target_port=80),
+                        workload_pb2.Port(service_port=81, target_port=8081),
+                    ]
+                ),
+            },
+        )
+    )
+    assert w.addresses == (ipaddress.ip_address("10.0.0.1"),)
+    assert w.workload_type == "deployment"
+    assert w.status is WorkloadStatus.HEALTHY
+    assert w.network_mode is NetworkMode.STANDARD
+    assert w.services == {"a/b": {81: 8081}}
+    warned = caplog.text
+    assert "u: address 0 has 3 bytes" in warned
+    assert "service key 'nohost' is not 'namespace/hostname': dropped" in warned
+    assert "service a/b service port 70000 is not a port" in warned
+
+
+def test_service_rejections_and_what_is_accepted() -> None:
     def svc(**fields: Any) -> bytes:
         base: dict[str, Any] = {"namespace": "ns", "hostname": "h"}
         base.update(fields)
         return workload_pb2.Address(service=workload_pb2.Service(**base)).SerializeToString()
 
-    cases = {
-        svc(hostname=""): "service needs a namespace and a hostname",
-        svc(ports=[workload_pb2.Port(service_port=0)]): "service service port 0 is not a port",
-        svc(
-            ports=[workload_pb2.Port(service_port=80), workload_pb2.Port(service_port=80)]
-        ): "lists service port 80 twice",
-        svc(
-            addresses=[workload_pb2.NetworkAddress(address=bytes(4), length=24)]
-        ): "VIP 0 is a /24 range",
-    }
-    for payload, reason in cases.items():
+    decoded = decode_response(response(ADDRESS_TYPE, ("ns/h", svc(hostname=""))))
+    assert "service needs a namespace and a hostname" in decoded.rejected["ns/h"]
+
+    def accepted(payload: bytes) -> Service:
         decoded = decode_response(response(ADDRESS_TYPE, ("ns/h", payload)))
-        assert reason in decoded.rejected["ns/h"], payload
+        assert decoded.rejected == {}, decoded.rejected
+        return decoded.services[0]
+
+    # kube-dns: port 53 over UDP and over TCP is one port here, as in ztunnel's port map
+    dns = accepted(
+        svc(
+            ports=[
+                workload_pb2.Port(service_port=53, target_port=53),
+                workload_pb2.Port(service_port=53, target_port=53),
+                workload_pb2.Port(service_port=9153, target_port=9153),
+            ]
+        )
+    )
+    assert dns.ports == {53: 53, 9153: 9153}
+    assert accepted(svc(ports=[workload_pb2.Port(service_port=0)])).ports == {}
+    ranged = accepted(
+        svc(
+            addresses=[
+                workload_pb2.NetworkAddress(address=bytes([10, 20, 0, 0]), length=16),
+                workload_pb2.NetworkAddress(address=bytes([10, 20, 9, 9]), length=32),
+                workload_pb2.NetworkAddress(address=bytes(4), length=40),
+                workload_pb2.NetworkAddress(address=b"\x01"),
+            ],
+            ip_families=9,
+            load_balancing=workload_pb2.LoadBalancing(
+                mode=9, routing_preference=[1, 42], health_policy=1
+            ),
+        )
+    )
+    assert ranged.vips == (NetworkAddress("", ipaddress.ip_address("10.20.9.9")),)
+    assert ranged.cidr_vips == (NetworkCidr("", ipaddress.ip_network("10.20.0.0/16")),)
+    assert ranged.ip_families is None
+    assert ranged.load_balancer == LoadBalancer(
+        LoadBalancerMode.STANDARD, (LoadBalancerScope.REGION,), HealthPolicy.ALLOW_ALL
+    )
 
 
 def test_policy_rejections() -> None:
@@ -228,19 +290,75 @@ def test_policy_rejections() -> None:
         pol(name=""): "authorization policy needs a name and a namespace",
         pol(scope=5): "unsupported policy scope 5",
         pol(action=2): "unsupported policy action 2",
-        with_match(
-            authorization_pb2.Match(namespaces=[authorization_pb2.StringMatch()])
-        ): "string match has no exact, prefix, suffix or presence",
-        with_match(
-            authorization_pb2.Match(
-                source_ips=[authorization_pb2.Address(address=bytes(4), length=33)]
-            )
-        ): "prefix longer than 32",
-        with_match(authorization_pb2.Match(destination_ports=[65536])): "65536 is not a port",
     }
     for payload, reason in cases.items():
         decoded = decode_response(response(AUTHORIZATION_TYPE, ("ns/p", payload)))
         assert reason in decoded.rejected["ns/p"], payload
+
+
+UNKNOWN_KIND = authorization_pb2.StringMatch()  # a newer match kind this version cannot read
+BAD_CIDR = authorization_pb2.Address(address=bytes(4), length=33)
+PEER = Identity("cluster.local", "apps", "web")
+
+
+def decoded_policy(action: int, match: authorization_pb2.Match) -> Authorization:
+    rule = authorization_pb2.Rule(clauses=[authorization_pb2.Clause(matches=[match])])
+    payload = authorization_pb2.Authorization(
+        name="p", namespace="ns", action=action, rules=[rule]
+    ).SerializeToString()
+    decoded = decode_response(response(AUTHORIZATION_TYPE, ("ns/p", payload)))
+    assert decoded.rejected == {}, decoded.rejected
+    (policy,) = decoded.policies
+    return policy
+
+
+def allowed(policy: Authorization, port: int = 80, src: str = "10.0.0.5") -> bool:
+    conn = Connection(ipaddress.ip_address(src), PEER, ipaddress.ip_address("10.0.0.9"), port)
+    return evaluate([policy], conn).allowed
+
+
+def test_an_unreadable_entry_never_costs_a_deny() -> None:
+    """A DENY keeps working with what it can read: the unreadable entry is dropped, so the
+    policy denies at least what it was written to deny (here: all of port 80)."""
+    deny = authorization_pb2.DENY
+    only_unknown = decoded_policy(
+        deny, authorization_pb2.Match(principals=[UNKNOWN_KIND], destination_ports=[80])
+    )
+    assert only_unknown.rules[0][0] == (Match(destination_ports=(80,)),)
+    assert not allowed(only_unknown) and allowed(only_unknown, port=81)
+    mixed = decoded_policy(
+        deny,
+        authorization_pb2.Match(
+            not_source_ips=[BAD_CIDR], destination_ports=[80, 65536], not_namespaces=[UNKNOWN_KIND]
+        ),
+    )
+    assert mixed.rules[0][0] == (Match(destination_ports=(80,)),)
+    assert not allowed(mixed)
+
+
+def test_an_unreadable_entry_never_widens_an_allow() -> None:
+    """In an ALLOW, a match with an entry it cannot read allows only what it can prove: an
+    unreadable positive entry matches nothing, an unreadable negative one excludes everything."""
+    allow = authorization_pb2.ALLOW
+    some = decoded_policy(
+        allow,
+        authorization_pb2.Match(
+            principals=[UNKNOWN_KIND, authorization_pb2.StringMatch(exact=str(PEER)[9:])]
+        ),
+    )
+    assert some.rules[0][0] == (
+        Match(principals=(StringMatch(StringMatchKind.EXACT, str(PEER)[9:]),)),
+    )
+    assert allowed(some)
+    for match in (
+        authorization_pb2.Match(principals=[UNKNOWN_KIND]),
+        authorization_pb2.Match(source_ips=[BAD_CIDR]),
+        authorization_pb2.Match(not_principals=[UNKNOWN_KIND], destination_ports=[80]),
+        authorization_pb2.Match(destination_ports=[65536]),
+    ):
+        policy = decoded_policy(allow, match)
+        assert policy.rules[0][0] == (Match(),), match
+        assert not allowed(policy), match
 
 
 def test_a_partly_invalid_response_keeps_its_valid_part() -> None:
@@ -250,7 +368,7 @@ def test_a_partly_invalid_response_keeps_its_valid_part() -> None:
         response(
             ADDRESS_TYPE,
             (WORKLOAD.uid, good),
-            ("bad", address(uid="bad", addresses=[b"x"])),
+            ("bad", address(uid="bad", tunnel_protocol=7)),
             (SERVICE.key, service),
             (WORKLOAD.uid, good),
             removed=("old",),
@@ -264,7 +382,7 @@ def test_a_partly_invalid_response_keeps_its_valid_part() -> None:
     assert decoded.removed == ("old",)
     assert set(decoded.accepted) == {WORKLOAD.uid, SERVICE.key}
     assert decoded.rejected == {
-        "bad": "address 0 has 1 bytes (an IP address has 4 or 16)",
+        "bad": "unsupported tunnel protocol 7",
         WORKLOAD.uid: "listed twice in one response",
         "empty": "no resource payload",
         "typed": f"payload is a {AUTHORIZATION_TYPE!r}, not a {ADDRESS_TYPE!r}",

@@ -29,7 +29,16 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
-from ztunnel_py.model.workload import AppProtocol
+from ztunnel_py.model.workload import (
+    AppProtocol,
+    IpFamilies,
+    LoadBalancer,
+    LoadBalancerMode,
+    LoadBalancerScope,
+    Locality,
+    NetworkCidr,
+    NetworkMode,
+)
 from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Delta, Request
 from ztunnel_py.xds.convert import (
     NodeInfo,
@@ -173,7 +182,7 @@ ISTIO_WORKLOAD = ld(
     ld(11, "v1"),
     vint(12, 2),  # workload_type POD
     ld(13, "productpage-v1"),
-    vint(14, 1),  # native_tunnel (ignored)
+    vint(14, 1),  # native_tunnel
     # services map<string, PortList>: entry{1 key, 2 value: PortList{1 ports: Port{1, 2, 3}}}
     ld(
         22,
@@ -183,7 +192,8 @@ ISTIO_WORKLOAD = ld(
     ld(16, "default/productpage-viewer"),
     vint(17, 1),  # status UNHEALTHY
     ld(18, "cluster-1"),
-    ld(24, ld(1, "us-east"), ld(2, "us-east-1a")),  # locality (ignored)
+    ld(24, ld(1, "us-east"), ld(2, "us-east-1a")),  # locality
+    vint(25, 1),  # network_mode HOST_NETWORK
     ld(27, vint(1, 3)),  # capacity UInt32Value{value = 1}
     ld(99, "a field from the future"),  # unknown fields are skipped
 )
@@ -200,9 +210,10 @@ ISTIO_SERVICE = ld(
     ld(6, "spiffe://example.org/ns/default/sa/extra"),
     # waypoint: GatewayAddress{hostname = 1: NamespacedHostname{1 namespace, 2 hostname}}
     ld(7, ld(1, ld(1, "default"), ld(2, "waypoint.default.svc.cluster.local")), vint(3, 15008)),
-    ld(8, packed(1, [2, 1]), vint(2, 2)),  # load_balancing (ignored)
-    vint(9, 3),  # ip_families DUAL (ignored)
-    vint(11, 1),  # canonical (ignored)
+    ld(8, packed(1, [2, 1]), vint(2, 2)),  # load_balancing: ZONE, REGION; FAILOVER
+    vint(9, 3),  # ip_families DUAL
+    ld(4, ld(1, ""), ld(2, ip("10.20.0.0")), vint(3, 16)),  # a range VIP (ServiceEntry CIDR)
+    vint(11, 1),  # canonical
 )
 
 # istio.security.Authorization
@@ -263,6 +274,9 @@ def test_istio_workload_is_understood() -> None:
         status=WorkloadStatus.UNHEALTHY,
         cluster_id="cluster-1",
         capacity=3,
+        network_mode=NetworkMode.HOST_NETWORK,
+        locality=Locality("us-east", "us-east-1a"),
+        native_tunnel=True,
     )
 
 
@@ -294,6 +308,12 @@ def test_istio_service_is_understood() -> None:
             NamespacedHostname("default", "waypoint.default.svc.cluster.local")
         ),
         app_protocols={9080: AppProtocol.HTTP11},
+        cidr_vips=(NetworkCidr("", ipaddress.ip_network("10.20.0.0/16")),),
+        ip_families=IpFamilies.DUAL,
+        load_balancer=LoadBalancer(
+            LoadBalancerMode.FAILOVER, (LoadBalancerScope.ZONE, LoadBalancerScope.REGION)
+        ),
+        canonical=True,
     )
 
 
@@ -402,7 +422,8 @@ def test_our_workload_encoding_matches_istio_numbering() -> None:
     assert (text(f, 1), text(f, 2), text(f, 4)) == ("a", "demo", "n")
     assert f[3] == [ip("10.0.0.7")]
     assert one(f, 5) == 1  # HBONE
-    assert (text(f, 6), text(f, 7), text(f, 9)) == ("cluster.local", "sa", "node-1")
+    assert 6 not in f  # trust domain cluster.local: left out, as istiod does
+    assert (text(f, 7), text(f, 9)) == ("sa", "node-1")
     assert (text(f, 10), text(f, 11), text(f, 13)) == ("app", "v2", "app-v2")
     assert one(f, 12) == 2  # POD
     assert one(f, 17) == 1  # UNHEALTHY

@@ -119,7 +119,8 @@ def pod(
             "serviceAccountName": account,
             "containers": [{"name": "app", "image": "app"}],
         },
-        "status": {"podIP": ip},
+        # Ready: only a Ready pod's endpoints are HEALTHY (Kubernetes' endpoint rule)
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }
 
 

@@ -123,7 +123,7 @@ class PodProxy:
 
         return untrack
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self, trust_domain: str) -> dict[str, Any]:
         conns: dict[str, list[dict[str, str]]] = {"inbound": [], "outbound": []}
         for c in self.connections.values():
             conns[c.direction].append(
@@ -140,6 +140,7 @@ class PodProxy:
             "info": {
                 "name": self.info.name,
                 "namespace": self.info.namespace,
+                "trustDomain": trust_domain,
                 "serviceAccount": self.info.service_account,
             },
         }
@@ -468,7 +469,14 @@ class PodManager:
         await serve_socks5(sock, self.state, connect)
 
     def dump(self) -> dict[str, Any]:
-        return {uid: pod.dump() for uid, pod in self.pods.items()}
+        """The `workloadState` section: each pod's proxy, its connections and who it is (the
+        trust domain of its workload's identity once the mesh state has it)."""
+        out = {}
+        for uid, pod in self.pods.items():
+            workload = self.state.workload_by_uid(uid)
+            domain = workload.identity.trust_domain if workload else self.config.trust_domain
+            out[uid] = pod.dump(domain)
+        return out
 
     def capture_counters(self) -> list[tuple[str, str, PodCounters]]:
         """(namespace, name, counters) of every captured pod, for the metrics scrape; none

@@ -3,11 +3,14 @@
 What each command does (parsing and the enrollment rule are in `spec.py`):
 
 - ADD: if the pod is to be meshed, enroll it (`AddWorkload` with the pod's netns fd) and fail
-  if the agent refuses or cannot be reached, so that a pod never starts unmeshed; then pass
-  `prevResult` through as the result.
-- DEL: unenroll the pod. A pod the agent does not know is not an error (DEL is idempotent), and
-  neither is an unreachable agent: a pod being deleted must not wait for the mesh, and a
-  restarted agent drops pods whose namespace is gone.
+  if the agent refuses or cannot be reached, so that a pod never starts unmeshed; in
+  `kubeconfig` mode, then annotate it `ambient.istio.io/redirection: enabled` in the API server
+  (failing if that fails: the control plane sends the pod as HBONE only once it is there); then
+  pass `prevResult` through as the result. (Without an API server, the testbed sets the
+  annotation in its place.)
+- DEL: unenroll the pod and clear the annotation. A pod the agent does not know is not an error
+  (DEL is idempotent), and neither is an unreachable agent or API server: a pod being deleted
+  must not wait for the mesh, and a restarted agent drops pods whose namespace is gone.
 - CHECK: for a pod that should be meshed, the namespace must exist and the agent must answer.
 - STATUS: ready (exit 0) when the agent answers on its socket, error 50 otherwise.
 - GC: nothing to collect: the agent owns enrollment state and drops pods whose namespace died.
@@ -119,6 +122,8 @@ def _add(inv: Invocation) -> str:
         ) from None
     except OSError as e:
         raise CniError(UNKNOWN_CONTAINER, f"cannot open CNI_NETNS {inv.netns}", str(e)) from None
+    if inv.config.kubeconfig:
+        kube.set_redirection(inv.config.kubeconfig, pod, True)
     return add_result(inv.config)
 
 
@@ -135,6 +140,11 @@ def _del(inv: Invocation) -> str:
             raise CniError(
                 ENROLLMENT_REFUSED, f"the agent refused to unenroll pod {pod.key}", str(e)
             ) from None
+    if inv.config.kubeconfig:
+        try:
+            kube.set_redirection(inv.config.kubeconfig, pod, False)
+        except CniError as e:
+            _warn(f"DEL {pod.key}: {e}")
     return ""
 
 

@@ -68,10 +68,17 @@ def main(args: argparse.Namespace) -> int:
     if command == "validate":
         return validate_cli.main(args)
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, json_format=args.log_format == "json")
         config = config_from_args(args)
     except (ConfigValueError, LevelSpecError) as e:
         print(f"ztunnel-py controlplane: {e}", file=sys.stderr)
+        return 2
+    if config.config_dir is not None and not config.config_dir.is_dir():
+        # A typo in a path must not start a control plane that serves an empty mesh.
+        print(
+            f"ztunnel-py controlplane: --config-dir {config.config_dir}: not a directory",
+            file=sys.stderr,
+        )
         return 2
     return run(config)
 
@@ -197,6 +204,8 @@ def run(config: ControlPlaneConfig) -> int:
         log.error("cannot serve monitoring on %s: %s", config.monitoring, e)
         return 1
     monitoring.add_json("/debug/xds", xds.debug)
+    monitoring.add_query_view("/debug/syncz", xds.syncz)
+    monitoring.add_query_view("/debug/config_dump", xds.config_dump)
     monitoring.add_json("/debug/config", pipeline.debug)
     monitoring.add_json("/debug/waypoints", pipeline.waypoints)
 

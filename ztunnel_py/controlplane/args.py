@@ -134,15 +134,29 @@ def add_controlplane_arguments(parser: argparse.ArgumentParser) -> None:
         help="as the agent's: a level (off, error, warn, info, debug, trace), optionally with "
         "per-module levels, e.g. info,controlplane.store=debug (default info)",
     )
+    run.add_argument(
+        "--log-format",
+        choices=("plain", "json"),
+        default="json" if os.environ.get("LOG_FORMAT") == "json" else "plain",
+        help="log lines as text or as JSON objects (default from env LOG_FORMAT, as the agent's)",
+    )
 
     validate = sub.add_parser(
         "validate",
         help="check a directory of configuration offline (exit 1 on errors)",
         description="Load every *.yaml/*.yml file below DIR as `run --config-dir DIR` would, "
         "print each problem as 'file:doc[index]: field.path: reason' (warnings marked "
-        "'warning:'), and exit 1 if any is an error.",
+        "'warning:'; documents of kinds the control plane does not use, such as Deployments or "
+        "ConfigMaps, marked 'note: skipped'), and exit 1 if any is an error.",
     )
     validate.add_argument("directory", metavar="DIR")
+    validate.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text (one line per problem) or json (a list of diagnostics with file, document, "
+        "path, severity, reason, line and column)",
+    )
     validate.add_argument("--trust-domain", default="cluster.local", help="default: cluster.local")
     _root_namespace(validate)
 

@@ -2,8 +2,10 @@
 
 A small threaded HTTP server (the control plane is thread-based, like grpcio). Routes are GET
 only: `/ready` (200 once `ready()` says so, else 503), `/metrics` (Prometheus text from the
-registry) and JSON views added with `add_json` (for example `/debug/xds`). A view that fails
-answers 500 with the error; the server keeps running.
+registry), JSON views added with `add_json` (for example `/debug/xds`) and views of the query
+string added with `add_query_view` (istiod's `/debug/syncz`, `/debug/config_dump?proxyID=`),
+which choose their status and answer JSON or, for a text, plain text. A view that fails answers
+500 with the error; the server keeps running.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,7 +41,7 @@ class MonitoringServer:
     ) -> None:
         self._registry = registry
         self._ready = ready
-        self._views: dict[str, Callable[[], Any]] = {}
+        self._views: dict[str, Callable[[Mapping[str, str]], tuple[int, Any]]] = {}
         handler = _handler_class(self)
         ip = address.ip
         server = _HTTPServer6 if isinstance(ip, ipaddress.IPv6Address) else ThreadingHTTPServer
@@ -53,6 +56,13 @@ class MonitoringServer:
 
     def add_json(self, path: str, view: Callable[[], Any]) -> None:
         """Serve `view()` as JSON at `path`."""
+        self.add_query_view(path, lambda _query: (200, view()))
+
+    def add_query_view(
+        self, path: str, view: Callable[[Mapping[str, str]], tuple[int, Any]]
+    ) -> None:
+        """Serve `view(query)` at `path`: (status, a text or a JSON value); a query parameter
+        given twice counts with its last value."""
         if path in self._views or path in ("/ready", "/metrics"):
             raise ValueError(f"monitoring path {path} is already served")
         self._views[path] = view
@@ -71,7 +81,7 @@ class MonitoringServer:
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a GET of `path`."""
-        path = path.split("?", 1)[0]
+        path, _, raw_query = path.partition("?")
         if path == "/ready":
             if self._ready():
                 return 200, "text/plain", b"ready\n"
@@ -82,12 +92,16 @@ class MonitoringServer:
         if view is None:
             paths = ", ".join(["/ready", "/metrics", *sorted(self._views)])
             return 404, "text/plain", f"not found; try {paths}\n".encode()
+        query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
         try:
-            body = json.dumps(view(), indent=1, sort_keys=True, default=str)
+            status, value = view(query)
+            if isinstance(value, str):
+                return status, "text/plain", value.encode()
+            body = json.dumps(value, indent=1, sort_keys=True, default=str)
         except Exception as e:
             log.exception("monitoring view %s failed", path)
             return 500, "text/plain", f"{path} failed: {e!r}\n".encode()
-        return 200, "application/json", body.encode() + b"\n"
+        return status, "application/json", body.encode() + b"\n"
 
 
 def _handler_class(server: MonitoringServer) -> type[BaseHTTPRequestHandler]:

@@ -26,6 +26,7 @@ from ztunnel_py.controlplane.sources.kube import KubeSource
 from ztunnel_py.controlplane.sources.localconfig import LocalConfigSource
 from ztunnel_py.controlplane.store import ConfigStore
 from ztunnel_py.controlplane.translate import MeshOptions
+from ztunnel_py.yamlschema.problems import Severity
 
 log = logging.getLogger("ztunnel_py.controlplane.pipeline")
 
@@ -92,8 +93,8 @@ class Pipeline:
         if self.store is not None:
             diagnostics = self.store.diagnostics()
             out["resources"] = dict(Counter(key.kind for key in self.store.resources()))
-            out["errors"] = [str(d) for d in diagnostics if d.is_error]
-            out["warnings"] = [str(d) for d in diagnostics if not d.is_error]
+            for severity in Severity:
+                out[f"{severity.value}s"] = [str(d) for d in diagnostics if d.severity is severity]
         if self.jwks is not None:
             out["jwks"] = self.jwks.describe()
         return out

@@ -52,7 +52,7 @@ class Diagnostic:
 
     def __str__(self) -> str:
         where = f"{self.origin}: {self.path or '<document>'}: "
-        kind = "warning: " if self.severity is Severity.WARNING else ""
+        kind = "" if self.severity is Severity.ERROR else f"{self.severity.value}: "
         at = f" (line {self.line}, column {self.column})" if self.line is not None else ""
         return f"{where}{kind}{self.reason}{at}"
 

@@ -282,7 +282,7 @@ def _evaluate(content: Parsed, previous: _SourceState | None) -> _SourceState:
                     accepted[key] = resource
             elif key is not None:
                 rejected.setdefault(key, doc.origin)
-            else:
+            elif not outcome.skipped:
                 unidentified = True
     for key, origin in rejected.items():
         if key not in accepted and key in before:
@@ -320,5 +320,7 @@ def _log(diagnostics: tuple[Diagnostic, ...]) -> None:
     for d in diagnostics:
         if d.is_error:
             log.error("%s", d)
-        else:
+        elif d.severity is Severity.WARNING:
             log.warning("%s", d)
+        else:
+            log.info("%s", d)

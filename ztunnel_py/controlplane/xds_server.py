@@ -26,7 +26,14 @@ HttpAuthentication (docs/waypoints.md), which are scoped per stream. It owns:
   PERMISSION_DENIED, also later, when the configuration changes. Any other client subscribing
   to the L7 types is sent none;
 - `/debug/xds`: clients, their subscriptions, nonces, ACKed versions and rejected resources with
-  the client's reasons; and metrics (`pilot_xds`, `pilot_xds_pushes`, `pilot_total_xds_rejects`).
+  the client's reasons;
+- istiod's operator views and metrics, under istiod's names and shapes: `syncz` (`/debug/syncz`:
+  per connected proxy its id `<pod>.<namespace>`, type, cluster and per type URL the nonce sent,
+  the nonce ACKed and the last rejection), `config_dump` (`/debug/config_dump?proxyID=`: what
+  a proxy is sent, as Envoy admin `ConfigDump` JSON of `Resource`s), and the metrics `pilot_xds`
+  (connected proxies), `pilot_xds_pushes{type}` and `pilot_total_xds_rejects{type}`, counters
+  written as istiod writes them, without `_total`, with istiod's type names (`wds` for Address,
+  `wads` for Authorization).
 
 grpcio's server is blocking: each stream holds one server worker thread (the response
 generator) and runs one reader thread for its requests; both meet in the stream's event queue.
@@ -45,7 +52,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from google.protobuf import json_format
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.metrics_core import Metric
 
 from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
 from ztunnel_py.controlplane.snapshot import MeshSnapshot, SnapshotSource
@@ -90,6 +99,16 @@ _SHORT_TYPE = {
     WAYPOINT_POLICY_TYPE: "HttpAuthorization",
     AUTHENTICATION_TYPE: "HttpAuthentication",
 }
+# `type` label values of the pilot_* metrics: istiod's for the workload API, our names otherwise
+_METRIC_TYPE = {
+    ADDRESS_TYPE: "wds",
+    AUTHORIZATION_TYPE: "wads",
+    HTTP_SERVICE_TYPE: "HttpService",
+    WAYPOINT_POLICY_TYPE: "HttpAuthorization",
+    AUTHENTICATION_TYPE: "HttpAuthentication",
+}
+# `types=` of /debug/config_dump: istiod's short names
+_DUMP_TYPES = {"wds": ADDRESS_TYPE, "wads": AUTHORIZATION_TYPE}
 SERVED_TYPES = (*WORKLOAD_TYPES, *L7_TYPES)
 WAYPOINT_PROXY_TYPE = "waypoint"
 _NO_RESOURCES: Mapping[str, EncodedResource] = {}
@@ -249,16 +268,42 @@ class IndexBuilder:
 # --- metrics -----------------------------------------------------------------------------------
 
 
+class BareCounter:
+    """A counter per `type` exposed under its bare name, as istiod exposes its counters
+    (`pilot_xds_pushes{type="wds"} 3`): the Prometheus client would add `_total` to a Counter,
+    so it is written untyped."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._values: dict[str, float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def inc(self, type_label: str) -> None:
+        with self._lock:
+            self._values[type_label] = self._values.get(type_label, 0.0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = Metric(self.name, self.documentation, "unknown")
+        with self._lock:
+            for value, count in sorted(self._values.items()):
+                family.add_sample(self.name, {"type": value}, count)
+        yield family
+
+
 class XdsServerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connected = Gauge(
-            "pilot_xds", "Number of agents connected over workload xDS", registry=registry
+            "pilot_xds", "Number of endpoints connected to this pilot using XDS.", registry=registry
         )
-        self.pushes = Counter(
-            "pilot_xds_pushes", "Delta xDS responses sent", ["type"], registry=registry
+        self.pushes = BareCounter(
+            "pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.", registry
         )
-        self.rejects = Counter(
-            "pilot_total_xds_rejects", "Responses NACKed by agents", ["type"], registry=registry
+        self.rejects = BareCounter(
+            "pilot_total_xds_rejects",
+            "Total number of XDS responses from pilot rejected by proxy.",
+            registry,
         )
 
 
@@ -538,7 +583,7 @@ class XdsServer:
                         if delta is not None:
                             deltas.append((delta, resources))
                 for delta, resources in deltas:
-                    self._metrics.pushes.labels(_SHORT_TYPE[delta.type_url]).inc()
+                    self._metrics.pushes.inc(_METRIC_TYPE[delta.type_url])
                     yield encode_response(delta, resources)
                 continue
             assert isinstance(event, bytes)
@@ -558,7 +603,7 @@ class XdsServer:
                 log.warning("xDS stream %d from node %s: %s", stream.id, stream.node, e)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             if nack is not None and nack.nonce == request.response_nonce:
-                self._metrics.rejects.labels(_SHORT_TYPE[request.type_url]).inc()
+                self._metrics.rejects.inc(_METRIC_TYPE[request.type_url])
                 log.warning(
                     "node %s (%s) rejected %s version %s: %s",
                     stream.node,
@@ -568,7 +613,7 @@ class XdsServer:
                     nack.message,
                 )
             if delta is not None:
-                self._metrics.pushes.labels(_SHORT_TYPE[delta.type_url]).inc()
+                self._metrics.pushes.inc(_METRIC_TYPE[delta.type_url])
                 yield encode_response(delta, resources)
 
     def _check_node(
@@ -643,6 +688,91 @@ class XdsServer:
             "clients": [s.describe() for s in streams],
             "rejected": [r for s in streams for r in s.rejected()],
         }
+
+    def syncz(self, query: Mapping[str, str]) -> tuple[int, Any]:
+        """istiod's `/debug/syncz[?namespace=]`: the sync status of every connected proxy."""
+        with self._lock:
+            streams = sorted(self._streams.values(), key=lambda s: s.id)
+        namespace = query.get("namespace", "")
+        out = []
+        for stream in streams:
+            described = stream.describe()
+            if not described["nodeId"]:
+                continue  # no request with a node yet: istiod does not know the proxy either
+            if namespace and proxy_id(described["nodeId"]).rpartition(".")[2] != namespace:
+                continue
+            with stream.lock:
+                metadata = dict(stream.node_info.metadata)
+            out.append(_sync_status(described, metadata))
+        return 200, out
+
+    def config_dump(self, query: Mapping[str, str]) -> tuple[int, Any]:
+        """istiod's `/debug/config_dump?proxyID=<pod>.<namespace>[&types=wds,wads]`: the
+        resources that proxy is sent, as an Envoy admin ConfigDump of `Resource`s (the Address
+        type unless `types` says otherwise)."""
+        wanted = query.get("proxyID", "")
+        if not wanted:
+            return 400, "You must provide a proxyID in the query string\n"
+        with self._lock:
+            streams = sorted(self._streams.values(), key=lambda s: s.id)
+        stream = next(
+            (
+                s
+                for s in streams
+                if s.node_info.id and wanted in f"{proxy_id(s.node_info.id)}-{s.id}"
+            ),
+            None,
+        )
+        if stream is None:
+            return 404, (
+                "Proxy not connected to this Pilot instance. It may be connected to another "
+                "instance.\n"
+            )
+        names = [t.strip().lower() for t in query.get("types", "wds").split(",") if t.strip()]
+        unknown = [t for t in names if t not in _DUMP_TYPES]
+        if unknown:
+            return 400, f"unknown types {unknown}: expected {', '.join(_DUMP_TYPES)}\n"
+        index = self._index
+        configs = []
+        for name in names:
+            _, resources = index.view(_DUMP_TYPES[name], stream.scope)
+            for key in sorted(resources):
+                configs.append(
+                    {
+                        "@type": "type.googleapis.com/envoy.service.discovery.v3.Resource",
+                        **json_format.MessageToDict(resources[key].resource),
+                    }
+                )
+        return 200, {"configs": configs}
+
+
+def proxy_id(node_id: str) -> str:
+    """istiod's id of a proxy, `<pod>.<namespace>`: the third field of its node id."""
+    parts = node_id.split("~")
+    return parts[2] if len(parts) > 2 else node_id
+
+
+def proxy_type(node_id: str) -> str:
+    return node_id.split("~", 1)[0] if "~" in node_id else ""
+
+
+def _sync_status(stream: dict[str, Any], metadata: Mapping[str, str]) -> dict[str, Any]:
+    """One entry of istiod's `/debug/syncz` (its `SyncStatus`, empty fields left out)."""
+    resources = {}
+    for type_url, t in stream["types"].items():
+        nack = t["lastNack"]
+        status = {"sent": t["lastNonce"], "acked": t["ackedNonce"]}
+        if nack is not None:
+            status["lastError"] = nack["message"]
+        resources[type_url] = {k: v for k, v in status.items() if v}
+    out = {
+        "cluster_id": metadata.get("CLUSTER_ID", ""),
+        "proxy": proxy_id(stream["nodeId"]),
+        "proxy_type": proxy_type(stream["nodeId"]),
+        "istio_version": metadata.get("ISTIO_VERSION", ""),
+        "resources": resources,
+    }
+    return {k: v for k, v in out.items() if v}
 
 
 def add_to_server(server: XdsServer, grpc_server: grpc.Server) -> None:

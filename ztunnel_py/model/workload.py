@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ztunnel_py.model.address import IPAddress
 from ztunnel_py.model.identity import DEFAULT_TRUST_DOMAIN, Identity
+from ztunnel_py.model.policy import Cidr
 from ztunnel_py.model.ports import HBONE_PORT
 
 DEFAULT_CLUSTER_ID = "Kubernetes"
@@ -41,6 +42,60 @@ class WorkloadStatus(enum.Enum):
     UNHEALTHY = "Unhealthy"
 
 
+class NetworkMode(enum.Enum):
+    """How a workload is networked. A host-network pod shares its node's IP with every other
+    such pod and the node itself, so its address does not identify it: it is reachable as a
+    service endpoint but never found by IP."""
+
+    STANDARD = "Standard"
+    HOST_NETWORK = "HostNetwork"
+
+
+class IpFamilies(enum.Enum):
+    """The IP families a service's clients may use (absent: automatic, from its VIPs)."""
+
+    DUAL = "Dual"
+    IPV4 = "IPv4"
+    IPV6 = "IPv6"
+
+
+class LoadBalancerMode(enum.Enum):
+    STANDARD = "Standard"
+    STRICT = "Strict"
+    FAILOVER = "Failover"
+    PASSTHROUGH = "Passthrough"
+
+
+class HealthPolicy(enum.Enum):
+    ONLY_HEALTHY = "OnlyHealthy"
+    ALLOW_ALL = "AllowAll"
+
+
+class LoadBalancerScope(enum.Enum):
+    REGION = "Region"
+    ZONE = "Zone"
+    SUBZONE = "Subzone"
+    NODE = "Node"
+    CLUSTER = "Cluster"
+    NETWORK = "Network"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    """A service's endpoint selection settings (the workload API's `LoadBalancing`)."""
+
+    mode: LoadBalancerMode = LoadBalancerMode.STANDARD
+    routing_preferences: tuple[LoadBalancerScope, ...] = ()
+    health_policy: HealthPolicy = HealthPolicy.ONLY_HEALTHY
+
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    region: str = ""
+    zone: str = ""
+    subzone: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkAddress:
     """An IP on a network; written `network/IP` (`/10.0.0.1` on the default network)."""
@@ -60,6 +115,21 @@ class NetworkAddress:
 
     def __str__(self) -> str:
         return f"{self.network}/{self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkCidr:
+    """An address range on a network, a service VIP that covers many addresses (a ServiceEntry
+    with `addresses: [10.20.0.0/16]`); written `network/CIDR`."""
+
+    network: str
+    cidr: Cidr
+
+    def __contains__(self, address: object) -> bool:
+        return address in self.cidr
+
+    def __str__(self) -> str:
+        return f"{self.network}/{self.cidr}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +172,10 @@ class Workload:
     status: WorkloadStatus = WorkloadStatus.HEALTHY
     cluster_id: str = DEFAULT_CLUSTER_ID
     capacity: int = 1
+    network_mode: NetworkMode = NetworkMode.STANDARD
+    locality: Locality = Locality()
+    # terminates HBONE itself (a sidecar or VM that speaks it), rather than through an agent
+    native_tunnel: bool = False
 
     @property
     def identity(self) -> Identity:
@@ -124,6 +198,13 @@ class Service:
     waypoint: GatewayAddress | None = None
     # service port -> its application protocol (absent: UNKNOWN)
     app_protocols: dict[int, AppProtocol] = field(default_factory=dict, hash=False)
+    # VIPs that are ranges: any address inside reaches the service
+    cidr_vips: tuple[NetworkCidr, ...] = ()
+    ip_families: IpFamilies | None = None
+    load_balancer: LoadBalancer | None = None
+    # the service a hostname means when several namespaces define it (istiod marks Kubernetes
+    # Services, and the ServiceEntries their owners declare canonical)
+    canonical: bool = False
 
     def app_protocol(self, port: int) -> AppProtocol:
         return self.app_protocols.get(port, AppProtocol.UNKNOWN)

@@ -15,6 +15,50 @@ def env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+# ztunnel settings this implementation does not have, and what it does instead; a proxy names
+# the ones set in its environment at start, so nobody believes they took effect.
+UNSUPPORTED_ENV = {
+    "ENABLE_PROXY": "the proxy always runs",
+    "TRANSPARENT_NETWORK_POLICIES": "not implemented",
+    "PROXY_MODE": "run `ztunnel-py sidecar` for one pod's proxy",
+    "PROXY_WORKLOAD_INFO": "run `ztunnel-py sidecar` with --pod-name/--pod-namespace",
+    "PACKET_MARK": "the packet mark is fixed",
+    "KEEPALIVE_TIME": "TCP keepalive is not configurable",
+    "KEEPALIVE_INTERVAL": "TCP keepalive is not configurable",
+    "KEEPALIVE_RETRIES": "TCP keepalive is not configurable",
+    "KEEPALIVE_ENABLED": "TCP keepalive is not configurable",
+    "USER_TIMEOUT_ENABLED": "not implemented",
+    "INPOD_ENABLED": "pods are always enrolled in-pod",
+    "INPOD_PORT_REUSE": "not implemented",
+    "XDS_ON_DEMAND": "the whole mesh state is always fetched",
+    "PREFERED_SERVICE_NAMESPACE": "not implemented",
+    "FAKE_CA": "certificates always come from the CA",
+    "ZTUNNEL_WORKER_THREADS": "one trio thread serves all connections",
+    "ZTUNNEL_CPU_LIMIT": "one trio thread serves all connections",
+    "POOL_MAX_STREAMS_PER_CONNECTION": "the pool's per-connection stream limit is fixed",
+    "ENABLE_ORIG_SRC": "the source address is always preserved",
+    "PROXY_CONFIG": "use the flags or their environment variables",
+    "IPV6_ENABLED": "both families are always served",
+    "HTTP2_STREAM_WINDOW_SIZE": "HTTP/2 windows are fixed",
+    "HTTP2_CONNECTION_WINDOW_SIZE": "HTTP/2 windows are fixed",
+    "HTTP2_FRAME_SIZE": "HTTP/2 frame size is fixed",
+    "UNSTABLE_ENABLE_SOCKS5": "the SOCKS5 listener is always on",
+    "LOCALHOST_APP_TUNNEL": "application tunnels are not implemented",
+    "ISTIO_META_DNS_CAPTURE": "there is no DNS proxy",
+    "ISTIO_META_DNS_PROXY_ADDR": "there is no DNS proxy",
+}
+
+
+def unsupported_settings(environ: dict[str, str] | None = None) -> list[str]:
+    """One line per ztunnel setting in the environment that this implementation ignores."""
+    environ = dict(os.environ) if environ is None else environ
+    return [
+        f"{name} is set but not supported, ignored: {why}"
+        for name, why in UNSUPPORTED_ENV.items()
+        if name in environ
+    ]
+
+
 def _add_server_arguments(
     parser: argparse.ArgumentParser, flag: str, prefix: str, server: str, calls: str
 ) -> None:
@@ -54,6 +98,13 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="workloads, services and policies from a local YAML file in ztunnel's local-config "
         "format (env LOCAL_XDS_PATH); reloaded on SIGHUP",
+    )
+    parser.add_argument(
+        "--local-xds",
+        default=env("LOCAL_XDS"),
+        metavar="YAML",
+        help="the local config itself rather than a file (env LOCAL_XDS; exclusive with "
+        "--local-config)",
     )
     parser.add_argument(
         "--xds-address",
@@ -135,6 +186,32 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         help="close an inbound plaintext (15006) connection after this long without a byte "
         "either way (env ZTUNNEL_PLAINTEXT_IDLE_TIMEOUT)",
     )
+    parser.add_argument(
+        "--pool-unused-release-timeout",
+        default=env("POOL_UNUSED_RELEASE_TIMEOUT", "5m"),
+        metavar="DURATION",
+        help="close an HBONE connection of the pool after this long without a stream (env "
+        "POOL_UNUSED_RELEASE_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--cluster-id",
+        default=env("ISTIO_META_CLUSTER_ID") or env("CLUSTER_ID", "Kubernetes"),
+        help="this proxy's cluster, sent to the control plane (env ISTIO_META_CLUSTER_ID, then "
+        "CLUSTER_ID)",
+    )
+    parser.add_argument(
+        "--cluster-domain",
+        default=env("CLUSTER_DOMAIN", "cluster.local"),
+        help="the cluster's DNS domain, in this proxy's xDS node id (env CLUSTER_DOMAIN)",
+    )
+    parser.add_argument(
+        "--network",
+        default=env("NETWORK"),
+        help="this proxy's network, sent to the control plane (env NETWORK)",
+    )
+    # ISTIO_META_<NAME>=value entries go to the control plane as node metadata, as
+    # istio-agent and ztunnel send them.
+    parser.set_defaults(proxy_metadata=_env_headers("ISTIO_META_"))
     for name, server in (("admin", admin), ("metrics", metrics), ("readiness", readiness)):
         parser.add_argument(
             f"--{name}-address", default=str(server.DEFAULT_ADDRESS), metavar="IP:PORT"
@@ -143,4 +220,11 @@ def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-level",
         default=env("LOG_LEVEL", env("RUST_LOG", "info")),
         help="off, error, warn, info, debug (env LOG_LEVEL or RUST_LOG)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=env("LOG_FORMAT", "plain"),
+        metavar="plain|json",
+        help="log lines as text or as JSON objects (env LOG_FORMAT; as with ztunnel, any value "
+        "but json means plain)",
     )

@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import platform
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ from ztunnel_py.config import (
 from ztunnel_py.identity.caclient import GrpcCaClient
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.model import Workload
+from ztunnel_py.runtime.args import unsupported_settings
 from ztunnel_py.runtime.drain import Drain, Shutdown
 from ztunnel_py.state.feed import StateFeed
 from ztunnel_py.state.mesh import ProxyState, StateChange
@@ -52,7 +56,7 @@ from ztunnel_py.transport.pool import HbonePool
 from ztunnel_py.transport.roots import RootCerts
 from ztunnel_py.xds.client import XDS_CHANNEL_OPTIONS, XdsClient, XdsHandler, agent_node
 from ztunnel_py.xds.convert import WORKLOAD_DECODERS, PayloadDecoder
-from ztunnel_py.xds.localconfig import ConfigError
+from ztunnel_py.xds.localconfig import ConfigError, parse_local_config
 
 log = logging.getLogger("ztunnel_py.runtime")
 
@@ -70,10 +74,15 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     xds_address = (
         parse_control_plane_address(args.xds_address, "--xds-address") if args.xds_address else None
     )
-    if xds_address is not None and args.local_config:
+    if args.local_config and args.local_xds:
         raise ConfigValueError(
-            "--xds-address (env XDS_ADDRESS) and --local-config (env LOCAL_XDS_PATH) are both "
-            "set: choose one source of workloads"
+            "only one of --local-config (env LOCAL_XDS_PATH) or --local-xds (env LOCAL_XDS) may "
+            "be set"
+        )
+    if xds_address is not None and (args.local_config or args.local_xds):
+        raise ConfigValueError(
+            "--xds-address (env XDS_ADDRESS) and --local-config (env LOCAL_XDS_PATH or "
+            "LOCAL_XDS) are both set: choose one source of workloads"
         )
     max_connections, per_listener = connection_limits(
         args.max_connections, args.max_connections_per_listener
@@ -109,6 +118,16 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         plaintext_idle_timeout=parse_duration(
             args.plaintext_idle_timeout, "--plaintext-idle-timeout"
         ),
+        pool_idle_timeout=parse_duration(
+            args.pool_unused_release_timeout, "--pool-unused-release-timeout"
+        ),
+        cluster_id=args.cluster_id,
+        cluster_domain=args.cluster_domain,
+        network=args.network,
+        proxy_metadata=tuple(
+            (name, value) for name, _, value in (m.partition("=") for m in args.proxy_metadata)
+        ),
+        local_xds=args.local_xds,
     )
 
 
@@ -118,11 +137,15 @@ def prepare(
     """Logging, the configuration and the initial state of a proxy process (agent or sidecar);
     an exit status after printing what is wrong when they are not usable."""
     try:
-        levels = setup_logging(args.log_level)
+        levels = setup_logging(args.log_level, json_format=args.log_format == "json")
         config = dataclasses.replace(config_from_args(args), **overrides)
     except (ConfigValueError, LevelSpecError) as e:
         print(f"ztunnel-py {program}: {e}", file=sys.stderr)
         return 2
+    if args.log_format not in ("plain", "json"):
+        log.warning("LOG_FORMAT %r is not json: logging plain text", args.log_format)
+    for line in unsupported_settings():
+        log.warning("%s", line)
     state = ProxyState()
     if config.xds_address is not None:
         log.info(
@@ -132,16 +155,21 @@ def prepare(
             config.node,
             config.xds_address,
         )
-    elif config.local_config is None:
+    elif config.local_config is None and not config.local_xds:
         print(
             f"ztunnel-py {program}: no workload source; pass --xds-address HOST:PORT (env "
-            "XDS_ADDRESS) or --local-config FILE (env LOCAL_XDS_PATH)",
+            "XDS_ADDRESS), --local-config FILE (env LOCAL_XDS_PATH) or --local-xds YAML (env "
+            "LOCAL_XDS)",
             file=sys.stderr,
         )
         return 2
     else:
         try:
-            state.reload_local_config(config.local_config)
+            if config.local_config is not None:
+                state.reload_local_config(config.local_config)
+            else:
+                local = parse_local_config(config.local_xds, "LOCAL_XDS")
+                state.replace(local.workloads, local.services, local.policies)
         except ConfigError as e:
             print(f"ztunnel-py {program}: invalid local config: {e}", file=sys.stderr)
             return 2
@@ -220,16 +248,17 @@ async def run_proxy(
             config.pod_name,
             config.pod_namespace,
             config.node,
+            metadata=_node_metadata(config),
             proxy_type=config.proxy_type,
+            cluster_domain=config.cluster_domain,
         )
-        node = dataclasses.replace(node, metadata={**node.metadata, **dict(config.node_metadata)})
         handler = feed(readiness) if feed is not None else StateFeed(state, readiness)
         xds = XdsClient(xds_channel, node, handler, decoders=decoders, metrics=XdsMetrics(registry))
     pool = HbonePool(idle_timeout=config.pool_idle_timeout.total_seconds())
     dump = ConfigDump()
     dump.add_sections(state.dump)
     dump.add_section("certificates", certs.dump)
-    dump.add_section("version", lambda: {"version": __version__})
+    dump.add_section("version", _version_dump)
     dump.add_section("config", lambda: _config_dump(config))
     drain = Drain()
     try:
@@ -310,20 +339,62 @@ async def _signals(shutdown: Shutdown, config: AgentConfig, state: ProxyState) -
             shutdown.request(f"received {signal.Signals(signum).name}")
 
 
+def _node_metadata(config: AgentConfig) -> dict[str, str]:
+    """What the control plane learns about this proxy beyond its id: ISTIO_META_* entries,
+    then the cluster and network, then what the process adds (a waypoint's Gateway)."""
+    metadata = dict(config.proxy_metadata)
+    metadata["CLUSTER_ID"] = config.cluster_id
+    if config.network:
+        metadata["NETWORK"] = config.network
+    return metadata | dict(config.node_metadata)
+
+
+def _duration(value: timedelta) -> dict[str, int]:
+    """A duration as ztunnel's dump writes one: whole seconds and the nanoseconds beyond."""
+    nanos = round(value.total_seconds() * 1e9)
+    return {"secs": nanos // 1_000_000_000, "nanos": nanos % 1_000_000_000}
+
+
 def _config_dump(config: AgentConfig) -> dict[str, Any]:
+    """The `config` section: ztunnel's names for the settings it shares with ztunnel, then
+    ours (marked as such in docs/istio-compat.md)."""
     return {
-        "nodeName": config.node,
-        "localConfig": str(config.local_config or ""),
-        "xdsAddress": str(config.xds_address or ""),
+        "proxy": True,
+        "dnsProxy": False,
+        "poolMaxStreamsPerConn": config.pool_max_streams,
+        "poolUnusedReleaseTimeout": _duration(config.pool_idle_timeout),
+        "adminAddr": str(config.admin_address),
+        "statsAddr": str(config.metrics_address),
+        "readinessAddr": str(config.readiness_address),
+        "network": config.network,
+        "localNode": config.node,
+        "proxyMode": "Dedicated" if config.proxy_type == "sidecar" else "Shared",
+        "clusterId": config.cluster_id,
+        "clusterDomain": config.cluster_domain,
         "caAddress": str(config.ca_address),
-        "secretTtl": f"{int(config.secret_ttl.total_seconds())}s",
+        "altCaHostname": config.ca_hostname,
+        "xdsAddress": str(config.xds_address) if config.xds_address is not None else None,
+        "altXdsHostname": config.xds_hostname,
+        "secretTtl": _duration(config.secret_ttl),
+        "xdsOnDemand": False,
+        "fakeCa": False,
+        "selfTerminationDeadline": _duration(config.termination_deadline),
+        "proxyMetadata": dict(config.proxy_metadata),
         "inpodUds": str(config.enroll_socket),
-        "trustDomain": config.trust_domain,
         "packetMark": config.packet_mark,
-        "poolMaxStreamsPerConnection": config.pool_max_streams,
-        "poolUnusedReleaseTimeout": f"{int(config.pool_idle_timeout.total_seconds())}s",
-        "connectionTerminationDeadline": (f"{config.termination_deadline.total_seconds():g}s"),
+        "localXdsPath": str(config.local_config) if config.local_config is not None else None,
+        "trustDomain": config.trust_domain,
         "maxConnections": config.max_connections,
         "maxConnectionsPerListener": config.max_connections_per_listener,
-        "plaintextIdleTimeout": f"{config.plaintext_idle_timeout.total_seconds():g}s",
+        "plaintextIdleTimeout": _duration(config.plaintext_idle_timeout),
+    }
+
+
+def _version_dump() -> dict[str, str]:
+    """The `version` section, with ztunnel's keys where they apply to a Python build."""
+    return {
+        "version": __version__,
+        "gitTag": __version__,
+        "istioVersion": os.environ.get("ISTIO_VERSION", "unknown"),
+        "pythonVersion": platform.python_version(),
     }

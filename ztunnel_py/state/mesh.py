@@ -35,6 +35,7 @@ from ztunnel_py.model import (
     Workload,
     WorkloadStatus,
 )
+from ztunnel_py.model.workload import HealthPolicy, Locality, NetworkCidr, NetworkMode
 from ztunnel_py.policy.rbac import PolicySet
 from ztunnel_py.xds.localconfig import LocalConfig, load_local_config
 
@@ -65,6 +66,8 @@ class ProxyState:
         self._by_address: dict[NetworkAddress, dict[str, Workload]] = {}
         self._services: dict[str, Service] = {}
         self._by_vip: dict[NetworkAddress, dict[str, Service]] = {}
+        # services with range VIPs, searched (longest prefix first) when no exact VIP matches
+        self._cidr_vips: dict[str, tuple[NetworkCidr, ...]] = {}
         # service key -> workload uid -> workload listing that service (services may arrive
         # after their endpoints, so this is kept by key, not by Service object)
         self._endpoints: dict[str, dict[str, Workload]] = {}
@@ -112,6 +115,7 @@ class ProxyState:
         self._by_address.clear()
         self._services.clear()
         self._by_vip.clear()
+        self._cidr_vips.clear()
         self._endpoints.clear()
         self._policies.clear()
         self._namespace_policies.clear()
@@ -171,7 +175,7 @@ class ProxyState:
     def _upsert_workload(self, w: Workload) -> None:
         self._remove_workload(w.uid)
         self._workloads[w.uid] = w
-        for ip in w.addresses:
+        for ip in _indexed_addresses(w):
             self._by_address.setdefault(NetworkAddress(w.network, ip), {})[w.uid] = w
         for key in w.services:
             self._endpoints.setdefault(key, {})[w.uid] = w
@@ -180,7 +184,7 @@ class ProxyState:
         old = self._workloads.pop(uid, None)
         if old is None:
             return False
-        for ip in old.addresses:
+        for ip in _indexed_addresses(old):
             _discard(self._by_address, NetworkAddress(old.network, ip), uid)
         for key in old.services:
             _discard(self._endpoints, key, uid)
@@ -191,6 +195,8 @@ class ProxyState:
         self._services[s.key] = s
         for vip in s.vips:
             self._by_vip.setdefault(vip, {})[s.key] = s
+        if s.cidr_vips:
+            self._cidr_vips[s.key] = s.cidr_vips
 
     def _remove_service(self, key: str) -> bool:
         old = self._services.pop(key, None)
@@ -198,6 +204,7 @@ class ProxyState:
             return False
         for vip in old.vips:
             _discard(self._by_vip, vip, key)
+        self._cidr_vips.pop(key, None)
         return True
 
     def _upsert_policy(self, p: Authorization) -> None:
@@ -234,7 +241,18 @@ class ProxyState:
         return _newest(self._by_address.get(NetworkAddress(network, ip)))
 
     def service_by_vip(self, ip: IPAddress, network: str = "") -> Service | None:
-        return _newest(self._by_vip.get(NetworkAddress(network, ip)))
+        """The service with VIP `ip`; else the one whose range VIP is the narrowest to
+        contain it."""
+        found = _newest(self._by_vip.get(NetworkAddress(network, ip)))
+        if found is not None or not self._cidr_vips:
+            return found
+        containing = [
+            (r.cidr.prefixlen, key)
+            for key, ranges in self._cidr_vips.items()
+            for r in ranges
+            if r.network == network and ip in r
+        ]
+        return self._services[max(containing)[1]] if containing else None
 
     def service_by_key(self, key: str) -> Service | None:
         """A service by its xDS name, `namespace/hostname`."""
@@ -260,11 +278,16 @@ class ProxyState:
     def select_endpoint(
         self, service: Service, service_port: int, rng: random.Random
     ) -> tuple[Workload, int] | None:
-        """Pick a healthy endpoint, weighted by `capacity`; None if there is none."""
+        """Pick a healthy endpoint (any, under a health policy of ALLOW_ALL), weighted by
+        `capacity`; None if there is none."""
+        any_health = (
+            service.load_balancer is not None
+            and service.load_balancer.health_policy is HealthPolicy.ALLOW_ALL
+        )
         candidates = [
             (w, port)
             for w, port in self.endpoints(service, service_port)
-            if w.status is WorkloadStatus.HEALTHY and w.capacity > 0
+            if (any_health or w.status is WorkloadStatus.HEALTHY) and w.capacity > 0
         ]
         if not candidates:
             return None
@@ -335,27 +358,47 @@ class ProxyState:
         }
 
     def _dump_service(self, s: Service) -> dict[str, Any]:
-        endpoints = {
-            w.uid: {
-                "workloadUid": w.uid,
-                "service": s.key,
-                "port": _ports(w.services.get(s.key, {})),
-                "status": w.status.value,
-            }
-            for w in self._endpoints.get(s.key, {}).values()
-        }
+        endpoints = {w.uid: _dump_endpoint(s, w) for w in self._endpoints.get(s.key, {}).values()}
         out: dict[str, Any] = {
             "name": s.name,
             "namespace": s.namespace,
             "hostname": s.hostname,
-            "vips": [str(v) for v in s.vips],
+            "vips": [str(v) for v in (*s.vips, *s.cidr_vips)],
             "ports": _ports(s.ports),
             "endpoints": endpoints,
             "subjectAltNames": list(s.subject_alt_names),
+            "canonical": s.canonical,
         }
         if s.waypoint is not None:
             out["waypoint"] = _dump_gateway(s.waypoint)
+        if s.ip_families is not None:
+            out["ipFamilies"] = s.ip_families.value
+        if s.load_balancer is not None:
+            lb = s.load_balancer
+            out["loadBalancer"] = {
+                "routingPreferences": [p.value for p in lb.routing_preferences],
+                "mode": lb.mode.value,
+                "healthPolicy": lb.health_policy.value,
+            }
         return out
+
+
+def _indexed_addresses(w: Workload) -> tuple[IPAddress, ...]:
+    """The addresses a workload is found by: none for a host-network pod, whose IP is its
+    node's and does not identify it (it is still a service endpoint)."""
+    return () if w.network_mode is NetworkMode.HOST_NETWORK else w.addresses
+
+
+def _dump_endpoint(s: Service, w: Workload) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "workloadUid": w.uid,
+        "service": s.key,
+        "port": _ports(w.services.get(s.key, {})),
+        "status": w.status.value,
+    }
+    if w.addresses:
+        out["address"] = str(NetworkAddress(w.network, w.addresses[0]))
+    return out
 
 
 def _discard(index: dict[_K, dict[str, _V]], key: _K, member: str) -> None:
@@ -405,7 +448,20 @@ def _dump_workload(w: Workload) -> dict[str, Any]:
         "authorizationPolicies": list(w.authorization_policies),
         "services": sorted(w.services),
         "capacity": w.capacity,
+        "networkMode": w.network_mode.value,
     }
+    if w.locality != Locality():
+        out["locality"] = {
+            k: v
+            for k, v in (
+                ("region", w.locality.region),
+                ("zone", w.locality.zone),
+                ("subzone", w.locality.subzone),
+            )
+            if v
+        }
+    if w.native_tunnel:
+        out["nativeTunnel"] = True
     if w.network:
         out["network"] = w.network
     if w.hostname:

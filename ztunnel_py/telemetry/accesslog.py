@@ -9,8 +9,10 @@
 Fields (docs/istio-compat.md, "Access log"): src.addr, src.workload, src.namespace, src.identity,
 dst.addr, dst.hbone_addr, dst.service, dst.workload, dst.namespace, dst.identity, direction, then at
 completion bytes_sent, bytes_recv, duration (`<n>ms`) and error. Unknown values are left out;
-identities appear only for mTLS connections. Fields travel in the record's `fields` attribute, which
-`telemetry.logs`' formatters render as `key=value`.
+identities appear only for mTLS connections (on an outbound HBONE connection `src.identity` is the
+identity the agent presents for the source). Fields travel in the record's `fields` attribute, which
+`telemetry.logs`' formatters render as ztunnel does: addresses bare (`src.addr=10.0.0.1:5000`),
+counts bare, every other value a quoted string (`direction="inbound"`, `duration="3ms"`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from __future__ import annotations
 import logging
 
 from ztunnel_py.telemetry.labels import SOURCE, UNKNOWN, TrafficLabels
+from ztunnel_py.telemetry.logs import Display
 
 access_log = logging.getLogger("access")
+# request_complete's fields that hold addresses.
+_ADDRESSES = ("src.addr", "upstream_host")
 
 
 def _known(value: str) -> str | None:
@@ -35,12 +40,12 @@ def _context_fields(
 ) -> dict[str, object]:
     mtls = labels.mtls
     return {
-        "src.addr": src_addr,
+        "src.addr": Display(src_addr),
         "src.workload": labels.source_pod or _known(labels.source_canonical_service),
         "src.namespace": _known(labels.source_workload_namespace),
         "src.identity": _known(labels.source_principal) if mtls else None,
-        "dst.addr": dst_addr,
-        "dst.hbone_addr": hbone_addr,
+        "dst.addr": Display(dst_addr),
+        "dst.hbone_addr": Display(hbone_addr) if hbone_addr is not None else None,
         "dst.service": _known(labels.destination_service),
         "dst.workload": labels.destination_pod or _known(labels.destination_canonical_service),
         "dst.namespace": _known(labels.destination_workload_namespace),
@@ -81,8 +86,8 @@ def connection_complete(
 def connection_failed(src_addr: str, dst_addr: str, reporter: str, error: str) -> None:
     """An early failure (e.g. an early deny), before workloads and labels are known."""
     fields = {
-        "src.addr": src_addr,
-        "dst.addr": dst_addr,
+        "src.addr": Display(src_addr),
+        "dst.addr": Display(dst_addr),
         "direction": direction(reporter),
         "error": error,
     }
@@ -94,7 +99,12 @@ def request_complete(fields: dict[str, object], *, error: bool = False) -> None:
     log fields under their Istio names (method, path, protocol, response_code, response_flags,
     response_code_details, bytes_received, bytes_sent, duration, upstream_host,
     upstream_cluster, authority, request_id, user_agent, route_name) plus the peers (src.addr,
-    src.identity, dst.service, dst.workload, ...). 5xx and local failures log at WARN."""
+    src.identity, dst.service, dst.workload, ...). 5xx and local failures log at WARN. Addresses
+    are written bare, as in the connection lines."""
     level = logging.WARNING if error else logging.INFO
     if access_log.isEnabledFor(level):
+        for key in _ADDRESSES:
+            value = fields.get(key)
+            if isinstance(value, str):
+                fields[key] = Display(value)
         access_log.log(level, "request complete", extra={"fields": fields})

@@ -2,7 +2,9 @@
 
 Label names and their order are a contract with Istio's dashboards and Kiali (docs/istio-compat.md,
 "Metrics").
-Missing values render as `unknown`; `source_principal` comes only from the mTLS peer identity.
+Missing values render as `unknown`; `source_principal` comes only from an mTLS identity: the
+verified peer's on inbound, the one the agent presents for the source on outbound HBONE, never from
+the source workload's xDS entry alone.
 """
 
 from __future__ import annotations
@@ -126,9 +128,9 @@ class TrafficLabels:
     ) -> TrafficLabels:
         """Labels as ztunnel derives them.
 
-        `source_identity` is the verified mTLS peer identity (inbound); it fills the source
-        namespace when the source workload is unknown, and is the only source of
-        `source_principal`.
+        `source_identity` is the mTLS identity of the source: the verified peer's (inbound) or the
+        one presented for the source (outbound HBONE). It fills the source namespace when the
+        source workload is unknown, and is the only source of `source_principal`.
         """
         f: dict[str, str] = {}
         if source_identity is not None:

@@ -1,8 +1,12 @@
-"""Log output in ztunnel's format, and the log levels the admin server's `/logging` changes.
+r"""Log output in ztunnel's format, and the log levels the admin server's `/logging` changes.
 
 Text lines look like ztunnel's:
-`2024-05-01T12:00:00.123456Z<TAB>info<TAB>access<TAB>connection complete<TAB>src.addr=... ...`;
-JSON lines carry `level`, `time`, `scope`, `message` and the fields. Structured fields travel in a
+`2024-05-01T12:00:00.123456Z<TAB>info<TAB>access<TAB>connection complete<TAB>src.addr=10.0.0.1:5000
+src.workload="web-1" ... bytes_sent=12 duration="3ms"`: string values are quoted and escaped the
+way ztunnel's formatter writes them (Rust's debug form: `\"`, `\\`, `\n`, `\r`, `\t`, `\0`, any
+other unprintable character as `\u{hex}`), numbers and booleans are bare, and values wrapped in
+`Display` (addresses) are written as they are. JSON lines (`LOG_FORMAT=json`) carry `level`,
+`time`, `scope`, `message` and the fields, numbers as numbers. Structured fields travel in a
 record's `fields` attribute (`log.info("msg", extra={"fields": {...}})`).
 
 Levels are written like ztunnel's `RUST_LOG` / `/logging?level=`: `info`, or
@@ -45,7 +49,17 @@ _LEVEL_NAMES = {
 PACKAGE = "ztunnel_py"
 ACCESS = "access"
 _MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
-_NEEDS_QUOTES = re.compile(r'[\s"=]')
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+
+
+class Display(str):
+    """A field value written bare in text lines, as ztunnel writes addresses (`src.addr=1.2.3.4:80`
+    rather than a quoted string).
+
+    Only for values that cannot hold spaces, quotes or control characters.
+    """
+
+    __slots__ = ()
 
 
 class LevelSpecError(ValueError):
@@ -146,11 +160,29 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _quoted(text: str) -> str:
+    """`text` as Rust's `{:?}` writes a string: quoted, with quotes and unprintables escaped."""
+    out = ['"']
+    for ch in text:
+        escaped = _ESCAPES.get(ch)
+        if escaped is not None:
+            out.append(escaped)
+        elif ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(f"\\u{{{ord(ch):x}}}")
+    out.append('"')
+    return "".join(out)
+
+
 def _text_value(value: object) -> str:
-    text = value if isinstance(value, str) else str(value)
-    if not text or _NEEDS_QUOTES.search(text):
-        return json.dumps(text)
-    return text
+    if isinstance(value, Display):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return _quoted(value if isinstance(value, str) else str(value))
 
 
 class TextFormatter(logging.Formatter):

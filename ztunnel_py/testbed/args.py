@@ -190,8 +190,15 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"{verb} Kubernetes objects (kubectl {action} -f style)",
             description=f"Read Kubernetes YAML (multi-document) from FILE and {effect} the "
             "directory the control plane watches (STATE_DIR/config), one file per object named "
-            "after its kind, namespace and name. The control plane validates: see its "
-            f"/debug/config and its log for errors. {waypoint}",
+            "after its kind, namespace and name. "
+            + (
+                "The objects are first checked by the control plane's own validation, with "
+                "what the directory holds: if any is rejected, nothing is written and the exit "
+                "status is 1. "
+                if action == "apply"
+                else ""
+            )
+            + waypoint,
         )
         files.add_argument(
             "-f",
@@ -201,6 +208,15 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
             help="the YAML file, or - for standard input",
         )
         if action == "apply":
+            files.add_argument(
+                "--dry-run",
+                nargs="?",
+                const="client",
+                choices=("none", "client", "server"),
+                default="none",
+                help="check, write nothing (as kubectl): client checks the objects alone, server "
+                "with the directory's contents too (default of --dry-run alone: client)",
+            )
             files.add_argument(
                 "--timeout",
                 type=float,

@@ -105,13 +105,20 @@ def _read_input(filename: str) -> str:
 def _apply(args: argparse.Namespace) -> int:
     bed = Testbed.attach(args.prefix, args.state_dir)
     source = "<stdin>" if args.filename == "-" else args.filename
-    bed.apply(_read_input(args.filename), source, progress=_say, timeout=args.timeout)
-    netns = bed.topology.cp_netns
-    _say(
-        "the control plane validates it: errors show on its /debug/config "
-        f"(`ip netns exec {netns} curl -s {bed.controlplane_debug_url}`) and in its log "
-        f"({bed.state.log_dir / 'controlplane.log'})"
+    bed.apply(
+        _read_input(args.filename),
+        source,
+        progress=_say,
+        timeout=args.timeout,
+        dry_run=args.dry_run,
     )
+    if args.dry_run == "none":
+        netns = bed.topology.cp_netns
+        _say(
+            "what the control plane makes of it shows on its /debug/config "
+            f"(`ip netns exec {netns} curl -s {bed.controlplane_debug_url}`) and in its log "
+            f"({bed.state.log_dir / 'controlplane.log'})"
+        )
     return 0
 
 

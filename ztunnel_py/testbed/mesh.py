@@ -16,8 +16,11 @@ The commands and their readiness signals are the contract with `controlplane` an
   ready when `GET 127.0.0.1:15021/healthz/ready` in the node's namespace answers 200 (held until
   the first workload xDS responses are applied);
 - every pod then goes through `ztunnel-py cni ADD` (`runtime.py`), which enrolls the pods of
-  ambient namespaces with their node's agent; `down` runs `ztunnel-py cni DEL` for every pod
-  before it stops the agents.
+  ambient namespaces with their node's agent; the testbed then annotates each enrolled Pod
+  `ambient.istio.io/redirection: enabled` (as Istio's CNI agent patches it) and waits until every
+  agent's `/config_dump` (127.0.0.1:15000 in the node's namespace) shows those workloads as
+  HBONE: the control plane sends a pod as HBONE only once it is redirected. `down` runs
+  `ztunnel-py cni DEL` for every pod before it stops the agents, and the annotations go.
 
 - a waypoint pod (`testbed apply` of a Gateway of class istio-waypoint, `waypoints.py`) runs
   `ztunnel-py waypoint run --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
@@ -46,11 +49,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ztunnel_py.model.address import SocketAddr
-from ztunnel_py.model.ports import READINESS_PORT
-from ztunnel_py.testbed import image, namespaces, runtime
+from ztunnel_py.model.ports import ADMIN_PORT, READINESS_PORT
+from ztunnel_py.testbed import image, namespaces, resources, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
@@ -136,6 +139,27 @@ def http_ready(ns: str) -> bool:
     return namespaces.run_in(ns, probe)
 
 
+def hbone_workloads(ns: str) -> set[str] | None:
+    """The uids of the HBONE workloads in the `/config_dump` of the agent in netns `ns`; None
+    while it does not answer."""
+
+    def probe() -> set[str] | None:
+        conn = http.client.HTTPConnection("127.0.0.1", ADMIN_PORT, timeout=2.0)
+        try:
+            conn.request("GET", "/config_dump")
+            response = conn.getresponse()
+            if response.status != 200:
+                return None
+            dump = json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        finally:
+            conn.close()
+        return {w["uid"] for w in dump.get("workloads") or () if w.get("protocol") == "HBONE"}
+
+    return namespaces.run_in(ns, probe)
+
+
 def issue_token(state: State, node: NodePlan) -> None:
     argv = ztunnel_py(
         CONTROLPLANE, "node-token", node.name, "--data-dir", str(state.controlplane_dir)
@@ -175,7 +199,7 @@ def start(
         )
     if state.image is not None:
         start_cni_nodes(topology, state, launch, progress, timeout)
-    enroll(topology, state, progress)
+    enroll(topology, state, progress, timeout, [record for _, record in agents])
 
 
 def start_cni_nodes(
@@ -363,8 +387,16 @@ def wait_agent_ready(node: NodePlan, record: ProcessRecord, timeout: float) -> N
     )
 
 
-def enroll(topology: Topology, state: State, progress: Progress) -> None:
-    """`ztunnel-py cni ADD` for every pod, as the runtime of each node would run it."""
+def enroll(
+    topology: Topology,
+    state: State,
+    progress: Progress,
+    timeout: float = 60.0,
+    watched: Sequence[ProcessRecord] = (),
+) -> None:
+    """`ztunnel-py cni ADD` for every pod, as the runtime of each node would run it; then the
+    enrolled pods are marked redirected and this waits (up to `timeout`, failing early if a
+    `watched` process exits) until every agent sees them as HBONE."""
     failures = []
     for outcome in runtime.invoke(topology, state, "ADD", list(topology.pods)):
         error = outcome.error()
@@ -386,6 +418,16 @@ def enroll(topology: Topology, state: State, progress: Progress) -> None:
             f"{len(pods) - len(left_out)} enrolled with its agent"
             + (f", not {', '.join(left_out)} (namespace not ambient)" if left_out else "")
         )
+    enrolled = [p for p in topology.pods if p.ambient]
+    resources.set_redirection(state.config_dir, enrolled, True)
+    expected = {p.uid for p in enrolled}
+    wait_for(
+        lambda: all(expected <= (hbone_workloads(node.netns) or set()) for node in topology.nodes),
+        watched,
+        timeout,
+        f"every agent to see the {len(expected)} enrolled pods as HBONE",
+    )
+    progress(f"  {len(expected)} pods marked redirected; every agent sees them as HBONE")
 
 
 def _result_ips(stdout: str) -> list[str] | None:
@@ -406,7 +448,11 @@ def unenroll(topology: Topology, state: State, progress: Progress) -> None:
         and runtime.config_path(state, p.node).exists()
         and (state.image is None or runtime.chained(state, p.node))
     ]
+    released = []
     for outcome in runtime.invoke(topology, state, "DEL", pods):
         error = outcome.error()
         if error is not None:
             progress(f"warning: CNI DEL of pod {outcome.pod.name} failed: {error}")
+        else:
+            released.append(outcome.pod)
+    resources.set_redirection(state.config_dir, released, False)

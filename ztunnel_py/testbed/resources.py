@@ -7,20 +7,29 @@ injector's `sidecar.istio.io/status` and `networking.istio.io/tunnel: http`), on
 (labels, service account, node, container ports, pod IPs) and one Service per service
 (selector, ports with target ports, cluster IPs). The control plane runs with `--config-dir` on
 that directory and derives the same workloads the CNI plugin enrolls
-(uid `Kubernetes//Pod/<namespace>/<name>`).
+(uid `Kubernetes//Pod/<namespace>/<name>`). Once the plugin has enrolled a pod, the testbed
+annotates it `ambient.istio.io/redirection: enabled` (`set_redirection`), as Istio's CNI agent
+patches the pod in the API server: only then does the control plane send it as HBONE.
 
 `testbed apply -f` / `testbed delete -f` put user documents into (or take them out of) the same
 directory, kubectl-style: every object lives in its own file, named after its kind, namespace
-and name, so applying an object again replaces the earlier version. Only what is needed to
-name a file is checked here; the control plane is the validator and reports the rest.
+and name, so applying an object again replaces the earlier version. Before anything is written,
+`check` runs the control plane's own validation (`ztunnel-py controlplane validate`, the same
+checks a running control plane applies) on the objects: alone (kubectl's `--dry-run=client`) or
+together with what the directory already holds (`server`, the default, which also sees conflicts
+between resources).
 Files are written atomically (a temporary file, then a rename), so the watcher never reads half
 a file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +56,10 @@ Document = dict[str, Any]
 # Characters kept in file names; anything else (e.g. from a user's odd name) becomes '_'.
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
+# What the CNI side puts on a pod whose traffic it has redirected to its node's agent.
+REDIRECTION = "ambient.istio.io/redirection"
+REDIRECTION_ENABLED = "enabled"
+
 # What Istio's injector puts on a pod whose sidecar terminates HBONE.
 TUNNEL_LABEL = "networking.istio.io/tunnel"
 SIDECAR_STATUS = "sidecar.istio.io/status"
@@ -68,14 +81,18 @@ def namespace_resource(name: str, labels: Mapping[str, str]) -> Document:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
-def pod_resource(pod: PodPlan, ports: Sequence[int], mode: str = MODE_AMBIENT) -> Document:
+def pod_resource(
+    pod: PodPlan, ports: Sequence[int], mode: str = MODE_AMBIENT, redirected: bool = False
+) -> Document:
     """The Pod as the API server would report it once running (status with its IPs), its
     container listening on `ports`; in sidecar mode a pod of the mesh carries what the injector
-    adds for an HBONE sidecar."""
+    adds for an HBONE sidecar; `redirected`: what the CNI side adds once it enrolled it."""
     metadata: Document = {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels}
     if mode == MODE_SIDECAR and pod.ambient:
         metadata["labels"][TUNNEL_LABEL] = "http"
         metadata["annotations"] = {SIDECAR_STATUS: SIDECAR_STATUS_VALUE}
+    if redirected:
+        metadata.setdefault("annotations", {})[REDIRECTION] = REDIRECTION_ENABLED
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -125,14 +142,101 @@ def service_resource(service: ServicePlan) -> Document:
     }
 
 
-def topology_resources(topology: Topology) -> list[Document]:
-    """Namespaces, Pods and Services of everything `up` creates, in that order."""
+def topology_resources(topology: Topology, redirected: bool = False) -> list[Document]:
+    """Namespaces, Pods and Services of everything `up` creates, in that order; `redirected`:
+    as they are once the CNI plugin enrolled the pods of ambient namespaces."""
     namespaces = dict.fromkeys(p.namespace for p in topology.pods)
+    enrolled = redirected and topology.mode == MODE_AMBIENT
     return [
         *(namespace_resource(ns, topology.namespace_labels[ns]) for ns in namespaces),
-        *(pod_resource(p, topology.server_ports(p), topology.mode) for p in topology.pods),
+        *(
+            pod_resource(p, topology.server_ports(p), topology.mode, enrolled and p.ambient)
+            for p in topology.pods
+        ),
         *(service_resource(s) for s in topology.services),
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A diagnostic of the control plane's validation about one of the objects checked."""
+
+    severity: str  # error, warning or note
+    text: str
+
+
+VALIDATE_TIMEOUT = 120.0
+
+
+def check(
+    directory: Path, documents: Sequence[Document], with_existing: bool = True
+) -> list[Finding]:
+    """The control plane's validation of `documents`, as they would be written into
+    `directory` (beside its current contents when `with_existing`); only what concerns them.
+    TestbedError if the validator cannot be run."""
+    with tempfile.TemporaryDirectory(prefix="ztunnel-py-check-") as tmp:
+        staging = Path(tmp)
+        if with_existing and directory.is_dir():
+            for path in directory.glob("*.yaml"):
+                shutil.copyfile(path, staging / path.name)
+        refs = write(staging, documents)
+        ours = {str(staging / ref.file_name): ref for ref in refs}
+        argv = [
+            sys.executable,
+            "-m",
+            "ztunnel_py.cli",
+            "controlplane",
+            "validate",
+            str(staging),
+            "--output",
+            "json",
+        ]
+        try:
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=VALIDATE_TIMEOUT, check=False
+            )
+            found = json.loads(done.stdout)
+        except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+            raise TestbedError(f"cannot run the control plane's validation: {exc}") from None
+    findings = []
+    for d in found:
+        ref = ours.get(d["file"])
+        if ref is None:
+            continue  # about a file already there, not about what is being applied
+        # no line numbers: they would be those of the file as written, not of the input
+        field = f"{d['path']}: " if d["path"] else ""
+        findings.append(Finding(d["severity"], f"{ref}: {field}{d['reason']}"))
+    return findings
+
+
+def set_redirection(directory: Path, pods: Iterable[PodPlan], enabled: bool) -> list[ObjectRef]:
+    """Add (or remove) the redirection annotation on the Pods of `pods` in `directory`, as the
+    CNI side patches a pod once it is enrolled (or let go); the refs of the files changed."""
+    changed = []
+    for pod in pods:
+        ref = ObjectRef("Pod", pod.namespace, pod.name)
+        path = directory / ref.file_name
+        try:
+            document = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue  # gone or unreadable: nothing to patch
+        if not isinstance(document, dict) or not isinstance(document.get("metadata"), dict):
+            continue
+        metadata = document["metadata"]
+        annotations = dict(metadata.get("annotations") or {})
+        if enabled:
+            annotations[REDIRECTION] = REDIRECTION_ENABLED
+        else:
+            annotations.pop(REDIRECTION, None)
+        if annotations == (metadata.get("annotations") or {}):
+            continue
+        if annotations:
+            metadata["annotations"] = annotations
+        else:
+            metadata.pop("annotations", None)
+        write_atomically(path, yaml.safe_dump(document, sort_keys=False))
+        changed.append(ref)
+    return changed
 
 
 @dataclass(frozen=True, slots=True)

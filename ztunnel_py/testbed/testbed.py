@@ -659,17 +659,37 @@ class Testbed:
         source: str = "-",
         progress: Progress = _quiet,
         timeout: float = 60.0,
+        dry_run: str = "none",
     ) -> list[resources.ObjectRef]:
         """Write every object of a multi-document YAML text into the watched directory,
         replacing earlier versions of the same objects (kubectl apply). TestbedError for text
-        that is not YAML or an object without kind or metadata.name; anything else is for the
-        control plane to judge (`controlplane_debug_url`, its log).
+        that is not YAML, an object without kind or metadata.name, or objects the control plane
+        would reject: they are checked first with its own validation, together with what the
+        directory holds, and nothing is written unless all pass (warnings are reported).
+        `dry_run` as kubectl's: `client` checks the objects alone, `server` with the directory's
+        contents, and neither writes anything.
 
         A Gateway of class istio-waypoint also gets its waypoint pod, ready (within `timeout`)
         before this returns; applying it again leaves a running pod alone (its Pod and Service
         follow the Gateway's labels and listeners). A Gateway whose class is no longer
         istio-waypoint loses its pod; Gateways of other classes are only written."""
         objects = resources.parse(text, source)
+        documents = [document for _, document in objects]
+        findings = resources.check(self.config_dir, documents, with_existing=dry_run != "client")
+        errors = [f.text for f in findings if f.severity == "error"]
+        for f in findings:
+            if f.severity != "error":
+                progress(f"{f.severity}: {f.text}")
+        if errors:
+            raise TestbedError(
+                f"{source}: rejected by the control plane's validation, nothing written:\n  "
+                + "\n  ".join(errors)
+            )
+        if dry_run != "none":
+            refs = [ref for ref, _ in objects]
+            for ref in refs:
+                progress(f"{ref} valid (dry run: {dry_run}, not written)")
+            return refs
         self.refresh()
         gateways: list[tuple[tuple[str, str], resources.Document]] = []
         for ref, document in objects:
@@ -684,7 +704,7 @@ class Testbed:
                 f"testbed {self.prefix} runs without the mesh: a waypoint needs the control "
                 "plane (bring the testbed up in ambient mode)"
             )
-        refs = resources.write(self.config_dir, [document for _, document in objects])
+        refs = resources.write(self.config_dir, documents)
         for ref in refs:
             progress(f"{ref} written to {self.config_dir / ref.file_name}")
         for (namespace, name), document in gateways:

@@ -84,12 +84,13 @@ def agent_node(
     node_name: str,
     metadata: Mapping[str, str] | None = None,
     proxy_type: str = "ztunnel",
+    cluster_domain: str = "cluster.local",
 ) -> NodeInfo:
-    """The node ztunnel presents: id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (a
+    """The node ztunnel presents: id `ztunnel~<ip>~<pod>.<ns>~<ns>.svc.<cluster domain>` (a
     sidecar's starts with `sidecar~`, as istio-proxy's does)."""
     return NodeInfo(
         id=f"{proxy_type}~{instance_ip}~{pod_name}.{pod_namespace}~{pod_namespace}"
-        ".svc.cluster.local",
+        f".svc.{cluster_domain}",
         metadata={
             **(metadata or {}),
             "NAME": pod_name,

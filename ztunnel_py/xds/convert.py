@@ -1,10 +1,11 @@
 """The one place where protobuf and our types meet, both ways.
 
 - Model <-> workload API: `Workload` and `Service` <-> `istio.workload.Address`, `Authorization` <->
-  `istio.security.Authorization` (docs/istio-compat.md, "The workload API"). Decoding checks what
-  the model relies on and raises `ConversionError` with a one-line reason (it becomes a per-resource
-  NACK reason). Fields our model does not carry (locality, network gateway, load balancing,
-  extensions, ...) are ignored on input and not sent.
+  `istio.security.Authorization` (docs/istio-compat.md, "The workload API"). Decoding accepts what
+  istiod sends as ztunnel does (see "protobuf -> model" below for what is dropped and what
+  refuses a resource); a resource that cannot be used raises `ConversionError` with a one-line
+  reason (it becomes a per-resource NACK reason). Fields our model does not carry (network
+  gateway, application tunnel, weighted waypoints, extensions) are ignored on input and not sent.
 - xDS messages <-> the sans-IO bookkeeping types of `ztunnel_py.protocol.xds`: requests both
   ways, a whole `DeltaDiscoveryResponse` decoded into model objects plus per-resource rejections
   (`decode_response`), and server-side resources encoded once with a content version
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -45,7 +47,18 @@ from ztunnel_py.model import (
 )
 from ztunnel_py.model.address import MAX_PORT
 from ztunnel_py.model.ports import HBONE_PORT
-from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID, AppProtocol
+from ztunnel_py.model.workload import (
+    DEFAULT_CLUSTER_ID,
+    AppProtocol,
+    HealthPolicy,
+    IpFamilies,
+    LoadBalancer,
+    LoadBalancerMode,
+    LoadBalancerScope,
+    Locality,
+    NetworkCidr,
+    NetworkMode,
+)
 from ztunnel_py.proto import (
     authorization_pb2,
     discovery_pb2,
@@ -58,7 +71,10 @@ from ztunnel_py.protocol.xds import ADDRESS_TYPE, AUTHORIZATION_TYPE, Delta, Req
 DEFAULT_SERVICE_ACCOUNT = "default"
 MAX_UINT32 = 2**32 - 1
 
+log = logging.getLogger(__name__)
+
 _T = TypeVar("_T")
+_P = TypeVar("_P")
 
 
 class ConversionError(ValueError):
@@ -102,6 +118,39 @@ _APP_PROTOCOLS = {
     AppProtocol.TLS: workload_pb2.TLS,
 }
 _APP_PROTOCOL_NAMES: dict[int, AppProtocol] = {int(v): k for k, v in _APP_PROTOCOLS.items()}
+_NETWORK_MODES = {
+    NetworkMode.STANDARD: workload_pb2.STANDARD,
+    NetworkMode.HOST_NETWORK: workload_pb2.HOST_NETWORK,
+}
+_NETWORK_MODE_NAMES: dict[int, NetworkMode] = {int(v): k for k, v in _NETWORK_MODES.items()}
+_IP_FAMILIES = {
+    IpFamilies.IPV4: workload_pb2.IPV4_ONLY,
+    IpFamilies.IPV6: workload_pb2.IPV6_ONLY,
+    IpFamilies.DUAL: workload_pb2.DUAL,
+}
+_IP_FAMILY_NAMES: dict[int, IpFamilies] = {int(v): k for k, v in _IP_FAMILIES.items()}
+_LB = workload_pb2.LoadBalancing
+_LB_MODES = {
+    LoadBalancerMode.STANDARD: _LB.UNSPECIFIED_MODE,
+    LoadBalancerMode.STRICT: _LB.STRICT,
+    LoadBalancerMode.FAILOVER: _LB.FAILOVER,
+    LoadBalancerMode.PASSTHROUGH: _LB.PASSTHROUGH,
+}
+_LB_MODE_NAMES: dict[int, LoadBalancerMode] = {int(v): k for k, v in _LB_MODES.items()}
+_LB_SCOPES = {
+    LoadBalancerScope.REGION: _LB.REGION,
+    LoadBalancerScope.ZONE: _LB.ZONE,
+    LoadBalancerScope.SUBZONE: _LB.SUBZONE,
+    LoadBalancerScope.NODE: _LB.NODE,
+    LoadBalancerScope.CLUSTER: _LB.CLUSTER,
+    LoadBalancerScope.NETWORK: _LB.NETWORK,
+}
+_LB_SCOPE_NAMES: dict[int, LoadBalancerScope] = {int(v): k for k, v in _LB_SCOPES.items()}
+_HEALTH_POLICIES = {
+    HealthPolicy.ONLY_HEALTHY: _LB.ONLY_HEALTHY,
+    HealthPolicy.ALLOW_ALL: _LB.ALLOW_ALL,
+}
+_HEALTH_POLICY_NAMES: dict[int, HealthPolicy] = {int(v): k for k, v in _HEALTH_POLICIES.items()}
 
 
 def _ports_to_proto(
@@ -120,6 +169,12 @@ def _ports_to_proto(
 
 def _network_address_to_proto(a: NetworkAddress) -> workload_pb2.NetworkAddress:
     return workload_pb2.NetworkAddress(network=a.network, address=a.address.packed)
+
+
+def _network_cidr_to_proto(c: NetworkCidr) -> workload_pb2.NetworkAddress:
+    return workload_pb2.NetworkAddress(
+        network=c.network, address=c.cidr.network_address.packed, length=c.cidr.prefixlen
+    )
 
 
 def gateway_to_proto(g: GatewayAddress) -> workload_pb2.GatewayAddress:
@@ -146,7 +201,8 @@ def workload_to_proto(w: Workload) -> workload_pb2.Workload:
         hostname=w.hostname,
         network=w.network,
         tunnel_protocol=_TUNNELS[w.tunnel_protocol],
-        trust_domain=w.trust_domain,
+        # Empty means the default, which istiod leaves out.
+        trust_domain="" if w.trust_domain == DEFAULT_TRUST_DOMAIN else w.trust_domain,
         service_account=w.service_account,
         node=w.node,
         canonical_name=w.canonical_name,
@@ -156,7 +212,15 @@ def workload_to_proto(w: Workload) -> workload_pb2.Workload:
         authorization_policies=list(w.authorization_policies),
         status=_STATUSES[w.status],
         cluster_id=w.cluster_id,
+        network_mode=_NETWORK_MODES[w.network_mode],
+        native_tunnel=w.native_tunnel,
     )
+    if w.locality != Locality():
+        pb.locality.CopyFrom(
+            workload_pb2.Locality(
+                region=w.locality.region, zone=w.locality.zone, subzone=w.locality.subzone
+            )
+        )
     if w.waypoint is not None:
         pb.waypoint.CopyFrom(gateway_to_proto(w.waypoint))
     for key, ports in sorted(w.services.items()):
@@ -172,10 +236,23 @@ def service_to_proto(s: Service) -> workload_pb2.Service:
         name=s.name,
         namespace=s.namespace,
         hostname=s.hostname,
-        addresses=[_network_address_to_proto(v) for v in s.vips],
+        addresses=[_network_address_to_proto(v) for v in s.vips]
+        + [_network_cidr_to_proto(c) for c in s.cidr_vips],
         ports=_ports_to_proto(s.ports, s.app_protocols),
         subject_alt_names=list(s.subject_alt_names),
+        canonical=s.canonical,
     )
+    if s.ip_families is not None:
+        pb.ip_families = _IP_FAMILIES[s.ip_families]
+    if s.load_balancer is not None:
+        lb = s.load_balancer
+        pb.load_balancing.CopyFrom(
+            workload_pb2.LoadBalancing(
+                routing_preference=[_LB_SCOPES[p] for p in lb.routing_preferences],
+                mode=_LB_MODES[lb.mode],
+                health_policy=_HEALTH_POLICIES[lb.health_policy],
+            )
+        )
     if s.waypoint is not None:
         pb.waypoint.CopyFrom(gateway_to_proto(s.waypoint))
     return pb
@@ -248,6 +325,13 @@ def authorization_to_proto(p: Authorization) -> authorization_pb2.Authorization:
 
 
 # --- workload API: protobuf -> model ----------------------------------------------------------
+#
+# ztunnel's rule for what a newer or sloppier control plane sends: an enum value this version
+# does not know reads as the field's default, and an entry that cannot be read (an address of
+# the wrong length, a port out of range, a string match of an unknown kind) is dropped alone, with
+# a warning, while the rest of the resource is applied. A whole resource is refused only when
+# guessing would change where traffic goes or who may send it: an unknown tunnel protocol, policy
+# scope or action, an unreadable waypoint.
 
 
 def _ip(raw: bytes, what: str) -> IPAddress:
@@ -262,13 +346,16 @@ def _port(value: int, what: str, allow_zero: bool = False) -> int:
     return value
 
 
-def _ports(ports: Iterable[workload_pb2.Port], what: str) -> dict[int, int]:
+def _ports(ports: Iterable[workload_pb2.Port], what: str, notes: list[str]) -> dict[int, int]:
+    """service port -> target port. A port listed twice (kube-dns: 53 over UDP and over TCP) is
+    one entry, the last one winning, as ztunnel collects them into a map."""
     out: dict[int, int] = {}
     for p in ports:
-        sp = _port(p.service_port, f"{what} service port")
-        if sp in out:
-            raise ConversionError(f"{what} lists service port {sp} twice")
-        out[sp] = _port(p.target_port, f"{what} target port", allow_zero=True)
+        try:
+            sp = _port(p.service_port, f"{what} service port")
+            out[sp] = _port(p.target_port, f"{what} target port", allow_zero=True)
+        except ConversionError as e:
+            notes.append(f"{e}: port dropped")
     return out
 
 
@@ -279,7 +366,7 @@ def _app_protocols(ports: Iterable[workload_pb2.Port]) -> dict[int, AppProtocol]
     out: dict[int, AppProtocol] = {}
     for p in ports:
         protocol = _APP_PROTOCOL_NAMES.get(p.app_protocol, AppProtocol.UNKNOWN)
-        if protocol is not AppProtocol.UNKNOWN:
+        if protocol is not AppProtocol.UNKNOWN and 0 < p.service_port <= MAX_PORT:
             out[p.service_port] = protocol
     return out
 
@@ -291,11 +378,25 @@ def enum_from_proto(value: int, names: Mapping[int, _T], what: str) -> _T:
     return found
 
 
+def _enum_or_default(value: int, names: Mapping[int, _T], default: _T) -> _T:
+    return names.get(value, default)
+
+
 def _network_address(pb: workload_pb2.NetworkAddress, what: str) -> NetworkAddress:
+    """A single address (a `length` equal to the address's size is one address too)."""
     ip = _ip(pb.address, what)
     if pb.HasField("length") and pb.length != ip.max_prefixlen:
-        raise ConversionError(f"{what} is a /{pb.length} range; only single addresses are used")
+        raise ConversionError(f"{what} is a /{pb.length} range, not one address")
     return NetworkAddress(pb.network, ip)
+
+
+def _vip(pb: workload_pb2.NetworkAddress, what: str) -> NetworkAddress | NetworkCidr:
+    ip = _ip(pb.address, what)
+    if not pb.HasField("length") or pb.length == ip.max_prefixlen:
+        return NetworkAddress(pb.network, ip)
+    if pb.length > ip.max_prefixlen:
+        raise ConversionError(f"{what} {ip}/{pb.length} has a prefix longer than the address")
+    return NetworkCidr(pb.network, ipaddress.ip_network((ip, pb.length), strict=False))
 
 
 def gateway_from_proto(pb: workload_pb2.GatewayAddress, what: str) -> GatewayAddress:
@@ -313,7 +414,19 @@ def gateway_from_proto(pb: workload_pb2.GatewayAddress, what: str) -> GatewayAdd
     return GatewayAddress(destination, port)
 
 
-def workload_from_proto(pb: workload_pb2.Workload) -> Workload:
+def _addresses(raw: Iterable[bytes], notes: list[str]) -> tuple[IPAddress, ...]:
+    out = []
+    for i, a in enumerate(raw):
+        try:
+            out.append(_ip(a, f"address {i}"))
+        except ConversionError as e:
+            notes.append(f"{e}: address dropped")
+    return tuple(out)
+
+
+def workload_from_proto(pb: workload_pb2.Workload, notes: list[str] | None = None) -> Workload:
+    """The model of a Workload; what could not be read and was dropped is added to `notes`."""
+    notes = [] if notes is None else notes
     if not pb.uid:
         raise ConversionError("workload has no uid")
     if not pb.namespace:
@@ -324,13 +437,14 @@ def workload_from_proto(pb: workload_pb2.Workload) -> Workload:
     for key, port_list in pb.services.items():
         namespace, sep, hostname = key.partition("/")
         if not sep or not namespace or not hostname:
-            raise ConversionError(f"service key {key!r} is not 'namespace/hostname'")
-        services[key] = _ports(port_list.ports, f"service {key}")
+            notes.append(f"service key {key!r} is not 'namespace/hostname': dropped")
+            continue
+        services[key] = _ports(port_list.ports, f"service {key}", notes)
     return Workload(
         uid=pb.uid,
         name=pb.name,
         namespace=pb.namespace,
-        addresses=tuple(_ip(a, f"address {i}") for i, a in enumerate(pb.addresses)),
+        addresses=_addresses(pb.addresses, notes),
         service_account=pb.service_account or DEFAULT_SERVICE_ACCOUNT,
         trust_domain=pb.trust_domain or DEFAULT_TRUST_DOMAIN,
         node=pb.node,
@@ -340,37 +454,73 @@ def workload_from_proto(pb: workload_pb2.Workload) -> Workload:
         canonical_name=pb.canonical_name,
         canonical_revision=pb.canonical_revision,
         workload_name=pb.workload_name,
-        workload_type=enum_from_proto(pb.workload_type, _WORKLOAD_TYPE_NAMES, "workload type"),
+        workload_type=_enum_or_default(pb.workload_type, _WORKLOAD_TYPE_NAMES, "deployment"),
         waypoint=gateway_from_proto(pb.waypoint, "waypoint") if pb.HasField("waypoint") else None,
         services=services,
         authorization_policies=tuple(pb.authorization_policies),
-        status=enum_from_proto(pb.status, _STATUS_NAMES, "workload status"),
+        status=_enum_or_default(pb.status, _STATUS_NAMES, WorkloadStatus.HEALTHY),
         cluster_id=pb.cluster_id or DEFAULT_CLUSTER_ID,
         capacity=pb.capacity.value if pb.HasField("capacity") else 1,
+        network_mode=_enum_or_default(pb.network_mode, _NETWORK_MODE_NAMES, NetworkMode.STANDARD),
+        locality=Locality(pb.locality.region, pb.locality.zone, pb.locality.subzone),
+        native_tunnel=pb.native_tunnel,
     )
 
 
-def service_from_proto(pb: workload_pb2.Service) -> Service:
+def _load_balancer(pb: workload_pb2.LoadBalancing) -> LoadBalancer:
+    return LoadBalancer(
+        mode=_enum_or_default(pb.mode, _LB_MODE_NAMES, LoadBalancerMode.STANDARD),
+        # A scope this version does not know is left out: the others still order endpoints.
+        routing_preferences=tuple(
+            _LB_SCOPE_NAMES[s] for s in pb.routing_preference if s in _LB_SCOPE_NAMES
+        ),
+        health_policy=_enum_or_default(
+            pb.health_policy, _HEALTH_POLICY_NAMES, HealthPolicy.ONLY_HEALTHY
+        ),
+    )
+
+
+def service_from_proto(pb: workload_pb2.Service, notes: list[str] | None = None) -> Service:
+    """The model of a Service; what could not be read and was dropped is added to `notes`."""
+    notes = [] if notes is None else notes
     if not pb.namespace or not pb.hostname:
         raise ConversionError("service needs a namespace and a hostname")
+    vips: list[NetworkAddress] = []
+    cidrs: list[NetworkCidr] = []
+    for i, a in enumerate(pb.addresses):
+        try:
+            vip = _vip(a, f"VIP {i}")
+        except ConversionError as e:
+            notes.append(f"{e}: VIP dropped")
+            continue
+        if isinstance(vip, NetworkAddress):
+            vips.append(vip)
+        else:
+            cidrs.append(vip)
     return Service(
         name=pb.name,
         namespace=pb.namespace,
         hostname=pb.hostname,
-        vips=tuple(_network_address(a, f"VIP {i}") for i, a in enumerate(pb.addresses)),
-        ports=_ports(pb.ports, "service"),
+        vips=tuple(vips),
+        ports=_ports(pb.ports, "service", notes),
         subject_alt_names=tuple(pb.subject_alt_names),
         waypoint=gateway_from_proto(pb.waypoint, "waypoint") if pb.HasField("waypoint") else None,
         app_protocols=_app_protocols(pb.ports),
+        cidr_vips=tuple(cidrs),
+        ip_families=_IP_FAMILY_NAMES.get(pb.ip_families),
+        load_balancer=_load_balancer(pb.load_balancing) if pb.HasField("load_balancing") else None,
+        canonical=pb.canonical,
     )
 
 
-def address_from_proto(pb: workload_pb2.Address) -> Workload | Service:
+def address_from_proto(
+    pb: workload_pb2.Address, notes: list[str] | None = None
+) -> Workload | Service:
     kind = pb.WhichOneof("type")
     if kind == "workload":
-        return workload_from_proto(pb.workload)
+        return workload_from_proto(pb.workload, notes)
     if kind == "service":
-        return service_from_proto(pb.service)
+        return service_from_proto(pb.service, notes)
     raise ConversionError("address has neither a workload nor a service")
 
 
@@ -398,37 +548,77 @@ def _sa_match(pb: authorization_pb2.ServiceAccountMatch) -> ServiceAccountMatch:
     return ServiceAccountMatch(pb.namespace, pb.serviceAccount)
 
 
-def match_from_proto(pb: authorization_pb2.Match) -> Match:
-    def ports(values: Iterable[int]) -> tuple[int, ...]:
-        return tuple(_port(v, "destination port", allow_zero=True) for v in values)
+def _destination_port(value: int) -> int:
+    return _port(value, "destination port", allow_zero=True)
 
-    s, c, sa = string_match_from_proto, _cidr, _sa_match
-    return Match(
-        namespaces=tuple(s(x) for x in pb.namespaces),
-        not_namespaces=tuple(s(x) for x in pb.not_namespaces),
-        service_accounts=tuple(sa(x) for x in pb.service_accounts),
-        not_service_accounts=tuple(sa(x) for x in pb.not_service_accounts),
-        principals=tuple(s(x) for x in pb.principals),
-        not_principals=tuple(s(x) for x in pb.not_principals),
-        source_ips=tuple(c(x) for x in pb.source_ips),
-        not_source_ips=tuple(c(x) for x in pb.not_source_ips),
-        destination_ips=tuple(c(x) for x in pb.destination_ips),
-        not_destination_ips=tuple(c(x) for x in pb.not_destination_ips),
-        destination_ports=ports(pb.destination_ports),
-        not_destination_ports=ports(pb.not_destination_ports),
+
+_NEVER = Match()  # no attribute set: never matches
+
+
+def match_from_proto(
+    pb: authorization_pb2.Match, action: Action | None = None, notes: list[str] | None = None
+) -> Match:
+    """The model of a Match. Without `action`, an unreadable entry refuses the match (and so its
+    resource). With the policy's `action`, it is assumed to match in the direction that denies:
+    in a DENY it is dropped (a positive list left empty no longer narrows the match, a negative
+    list excludes less), in an ALLOW it never matches as a positive entry and always as a
+    negative one (so that match no longer allows anything). Never lose a DENY, never widen an
+    ALLOW."""
+    never = False
+
+    def read(values: Iterable[_P], convert: Callable[[_P], _T], positive: bool) -> tuple[_T, ...]:
+        nonlocal never
+        out = []
+        dropped = 0
+        for value in values:
+            try:
+                out.append(convert(value))
+            except ConversionError as e:
+                if action is None:
+                    raise
+                dropped += 1
+                if notes is not None:
+                    notes.append(f"{e}: entry dropped")
+        if dropped and action is not Action.DENY and (not positive or not out):
+            never = True
+        return tuple(out)
+
+    s, c, sa, port = string_match_from_proto, _cidr, _sa_match, _destination_port
+    match = Match(
+        namespaces=read(pb.namespaces, s, True),
+        not_namespaces=read(pb.not_namespaces, s, False),
+        service_accounts=read(pb.service_accounts, sa, True),
+        not_service_accounts=read(pb.not_service_accounts, sa, False),
+        principals=read(pb.principals, s, True),
+        not_principals=read(pb.not_principals, s, False),
+        source_ips=read(pb.source_ips, c, True),
+        not_source_ips=read(pb.not_source_ips, c, False),
+        destination_ips=read(pb.destination_ips, c, True),
+        not_destination_ips=read(pb.not_destination_ips, c, False),
+        destination_ports=read(pb.destination_ports, port, True),
+        not_destination_ports=read(pb.not_destination_ports, port, False),
     )
+    return _NEVER if never else match
 
 
-def authorization_from_proto(pb: authorization_pb2.Authorization) -> Authorization:
+def authorization_from_proto(
+    pb: authorization_pb2.Authorization, notes: list[str] | None = None
+) -> Authorization:
+    """The model of an Authorization; unreadable match entries are handled by the policy's
+    action (`match_from_proto`) and reported in `notes`."""
     if not pb.name or not pb.namespace:
         raise ConversionError("authorization policy needs a name and a namespace")
+    action = enum_from_proto(pb.action, _ACTION_NAMES, "policy action")
     return Authorization(
         name=pb.name,
         namespace=pb.namespace,
         scope=enum_from_proto(pb.scope, _SCOPE_NAMES, "policy scope"),
-        action=enum_from_proto(pb.action, _ACTION_NAMES, "policy action"),
+        action=action,
         rules=tuple(
-            tuple(tuple(match_from_proto(m) for m in clause.matches) for clause in rule.clauses)
+            tuple(
+                tuple(match_from_proto(m, action, notes) for m in clause.matches)
+                for clause in rule.clauses
+            )
             for rule in pb.rules
         ),
         dry_run=pb.dry_run,
@@ -585,13 +775,25 @@ class DecodedResponse:
 PayloadDecoder = Callable[[bytes], tuple[object, str]]
 
 
+def _report(key: str, notes: list[str]) -> None:
+    # Parts of a resource were dropped and the rest applied, as ztunnel does; the control plane
+    # is not told (the resource is ACKed), so say it here.
+    for note in notes:
+        log.warning("%s: %s", key, note)
+
+
 def _decode_address(payload: bytes) -> tuple[object, str]:
-    obj = address_from_proto(workload_pb2.Address.FromString(payload))
-    return obj, obj.uid if isinstance(obj, Workload) else obj.key
+    notes: list[str] = []
+    obj = address_from_proto(workload_pb2.Address.FromString(payload), notes)
+    key = obj.uid if isinstance(obj, Workload) else obj.key
+    _report(key, notes)
+    return obj, key
 
 
 def _decode_authorization(payload: bytes) -> tuple[object, str]:
-    obj = authorization_from_proto(authorization_pb2.Authorization.FromString(payload))
+    notes: list[str] = []
+    obj = authorization_from_proto(authorization_pb2.Authorization.FromString(payload), notes)
+    _report(obj.key, notes)
     return obj, obj.key
 
 

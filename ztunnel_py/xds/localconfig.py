@@ -7,10 +7,9 @@ each with the file, line and column and the field path (`workloads[2].workloadIp
 `ConfigError`; no other exception escapes, whatever the input. Only a file without problems is
 turned into model values, so the builders at the end trust the shapes they read.
 
-Keys that ztunnel accepts but ztunnel_py does not act on yet (`networkGateway`, `nativeTunnel`,
-`applicationTunnel`, `locality`, `networkMode` on workloads; `canonical`, `loadBalancer`,
-`ipFamilies`, `cidrVips`, `weightedWaypoints`, `visibility` on services) are validated, so a file
-that works with ztunnel works here and a typo is still reported, and then dropped.
+Keys that ztunnel accepts but ztunnel_py does not act on yet (`networkGateway`,
+`applicationTunnel` on workloads; `weightedWaypoints`, `visibility` on services) are validated,
+so a file that works with ztunnel works here and a typo is still reported, and then dropped.
 """
 
 from __future__ import annotations
@@ -41,7 +40,18 @@ from ztunnel_py.model import (
     WorkloadStatus,
 )
 from ztunnel_py.model.ports import HBONE_PORT
-from ztunnel_py.model.workload import DEFAULT_CLUSTER_ID, pod_uid
+from ztunnel_py.model.workload import (
+    DEFAULT_CLUSTER_ID,
+    HealthPolicy,
+    IpFamilies,
+    LoadBalancer,
+    LoadBalancerMode,
+    LoadBalancerScope,
+    Locality,
+    NetworkCidr,
+    NetworkMode,
+    pod_uid,
+)
 from ztunnel_py.yamlschema.loading import (
     YAML_ERRORS,
     PositionLoader,
@@ -292,7 +302,7 @@ WORKLOAD = obj(
         "status": Str(choices=tuple(s.value for s in WorkloadStatus)),
         "clusterId": STR,
         "locality": obj({"region": STR, "zone": STR, "subzone": STR}),
-        "networkMode": Str(choices=("Standard", "HostNetwork")),
+        "networkMode": Str(choices=tuple(m.value for m in NetworkMode)),
         "capacity": Int(0, 2**32 - 1, "capacity"),
         "services": MapOf(_PortMap(_port(1), null_is_empty=True), key=_service_key),
     },
@@ -302,11 +312,9 @@ WORKLOAD = obj(
 
 _LOAD_BALANCER = obj(
     {
-        "mode": Str(choices=("Standard", "Strict", "Failover", "Passthrough")),
-        "routingPreferences": ListOf(
-            Str(choices=("Region", "Zone", "Subzone", "Node", "Cluster", "Network"))
-        ),
-        "healthPolicy": Str(choices=("OnlyHealthy", "AllowAll")),
+        "mode": Str(choices=tuple(m.value for m in LoadBalancerMode)),
+        "routingPreferences": ListOf(Str(choices=tuple(s.value for s in LoadBalancerScope))),
+        "healthPolicy": Str(choices=tuple(h.value for h in HealthPolicy)),
     }
 )
 
@@ -321,7 +329,7 @@ SERVICE = obj(
         "waypoint": GATEWAY,
         "canonical": BOOL,
         "loadBalancer": _LOAD_BALANCER,
-        "ipFamilies": Str(choices=("Dual", "IPv4", "IPv6")),
+        "ipFamilies": Str(choices=tuple(f.value for f in IpFamilies)),
         "cidrVips": strings(cidr),
         "weightedWaypoints": ListOf(_gateway({"weight": Int(0, 2**32 - 1, "weight")})),
         "visibility": Str(choices=("Public", "Namespace")),
@@ -496,6 +504,19 @@ def _workload(w: Mapping[str, Any]) -> Workload:
         status=WorkloadStatus(status) if status else WorkloadStatus.HEALTHY,
         cluster_id=w.get("clusterId") or DEFAULT_CLUSTER_ID,
         capacity=1 if capacity is None else capacity,
+        network_mode=NetworkMode(w.get("networkMode") or NetworkMode.STANDARD.value),
+        locality=Locality(**(w.get("locality") or {})),
+        native_tunnel=bool(w.get("nativeTunnel")),
+    )
+
+
+def _load_balancer(lb: Mapping[str, Any] | None) -> LoadBalancer | None:
+    if lb is None:
+        return None
+    return LoadBalancer(
+        mode=LoadBalancerMode(lb.get("mode") or LoadBalancerMode.STANDARD.value),
+        routing_preferences=tuple(LoadBalancerScope(p) for p in lb.get("routingPreferences") or ()),
+        health_policy=HealthPolicy(lb.get("healthPolicy") or HealthPolicy.ONLY_HEALTHY.value),
     )
 
 
@@ -508,6 +529,12 @@ def _service(s: Mapping[str, Any]) -> Service:
         ports=_ports(s["ports"]),
         subject_alt_names=tuple(s.get("subjectAltNames") or ()),
         waypoint=_gateway_address(s.get("waypoint")),
+        cidr_vips=tuple(
+            NetworkCidr("", ipaddress.ip_network(c, strict=False)) for c in s.get("cidrVips") or ()
+        ),
+        ip_families=IpFamilies(s["ipFamilies"]) if s.get("ipFamilies") else None,
+        load_balancer=_load_balancer(s.get("loadBalancer")),
+        canonical=bool(s.get("canonical")),
     )
 
 

@@ -16,6 +16,8 @@ Positions = Mapping[int, Mapping[Any, Position]]
 class Severity(enum.Enum):
     ERROR = "error"
     WARNING = "warning"
+    # information, not a problem (e.g. a document skipped on purpose)
+    NOTE = "note"
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,9 @@ class Checker:
     def warn(self, node: Node, reason: str) -> None:
         self._add(node, reason, Severity.WARNING)
 
+    def note(self, node: Node, reason: str) -> None:
+        self._add(node, reason, Severity.NOTE)
+
     def _add(self, node: Node, reason: str, severity: Severity) -> None:
         line, column = node.pos if node.pos is not None else (None, None)
         self.problems.append(Problem(node.path, reason, severity, line, column))

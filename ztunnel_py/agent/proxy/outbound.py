@@ -230,6 +230,8 @@ class Outbound:
         labels = TrafficLabels.build(
             SOURCE,
             source=source,
+            # Over HBONE the agent is about to present the source's certificate.
+            source_identity=source.identity if rt.hbone else None,
             destination=rt.workload,
             destination_service=rt.service,
             mtls=rt.hbone,

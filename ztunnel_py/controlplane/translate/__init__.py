@@ -196,6 +196,11 @@ class _Translator:
         self.bound: dict[str, tuple[Waypoint, Resource]] = {}
         # workload uid -> its labels (for DestinationRule subsets)
         self.labels: dict[str, Mapping[str, str]] = {}
+        # (namespace, selector, key) of every AuthorizationPolicy that selects workloads, and
+        # the PeerAuthentications by namespace: for workloads found by labels outside the
+        # namespace index (a ServiceEntry's endpoints)
+        self.selector_policies: list[tuple[str, Mapping[str, str], str]] = []
+        self.peer_authentications: dict[str, list[Resource]] = defaultdict(list)
 
     def warn(self, resource: Resource, path: str, reason: str) -> None:
         self.diagnostics.append(Diagnostic(resource.origin, path, reason, Severity.WARNING))
@@ -326,23 +331,26 @@ class _Translator:
     def _kubernetes_services(self) -> None:
         o = self.options
         for resource in self.by_kind["Service"]:
-            service = svc.kubernetes_service(resource, o.trust_domain, o.domain_suffix)
+            service = svc.kubernetes_service(resource, o.domain_suffix)
             if service is None or not self._add_service(service, resource, "metadata.name"):
                 continue
             selector = resource.spec.get("selector") or {}
             if not selector:
                 continue  # no selector: endpoints are managed elsewhere
             members = self.namespaces[resource.namespace].select(selector)
-            ports = svc.tcp_ports(resource)
+            ports = svc.service_ports(resource)
             missing: dict[int, list[str]] = defaultdict(list)
             for member in members:
                 mapping: dict[int, int] = {}
                 for i, port in enumerate(ports):
                     target = port.get("targetPort", port["port"])
                     if isinstance(target, str):
+                        # container ports are looked up by name among the TCP ones (istiod's
+                        # FindPortName); a UDP port is carried, not served
                         number = member.named_ports.get(target)
                         if number is None:
-                            missing[i].append(f"{member.resource.kind} {member.resource.name}")
+                            if port.get("protocol", "TCP") == "TCP":
+                                missing[i].append(f"{member.resource.kind} {member.resource.name}")
                             continue
                         target = number
                     mapping[port["port"]] = target
@@ -370,12 +378,18 @@ class _Translator:
 
     def _service_entries(self) -> None:
         for entry in self.by_kind["ServiceEntry"]:
-            for cidr in svc.service_entry_cidr_addresses(entry):
+            ranges = svc.service_entry_cidr_addresses(entry)
+            if ranges:
+                # As istiod: a range VIP cannot be sent (ztunnel would read only its first
+                # address), so the ServiceEntry gets no service at all.
                 self.warn(
                     entry,
                     "spec.addresses",
-                    f"address range {cidr} cannot be used as a service VIP: ignored",
+                    f"address range {', '.join(ranges)} is not supported in ambient mode (only "
+                    "single addresses, e.g. /32): this ServiceEntry's hosts get no service, as "
+                    "with istiod",
                 )
+                continue
             added = [
                 s
                 for i, s in enumerate(svc.service_entry_services(entry))
@@ -419,7 +433,10 @@ class _Translator:
             mapping = {
                 p["number"]: named.get(p["name"], p.get("targetPort", p["number"])) for p in ports
             }
-            name, revision = wl.canonical_service(labels, entry.name)
+            # istiod names these after the ServiceEntry and reads its labels, not the
+            # endpoint's, for the canonical service and the tunnel
+            name, revision = wl.canonical_service(entry.labels, entry.name)
+            tunnel, native = wl.tunnel(entry.labels, entry.annotations)
             uid = self._service_entry_uid(entry, address)
             self.labels[uid] = labels
             out.append(
@@ -431,12 +448,15 @@ class _Translator:
                     service_account=endpoint.get("serviceAccount") or "default",
                     trust_domain=o.trust_domain,
                     network=endpoint.get("network") or "",
-                    tunnel_protocol=wl.entry_tunnel(labels, {}),
+                    tunnel_protocol=tunnel,
+                    native_tunnel=native,
                     canonical_name=name,
                     canonical_revision=revision,
                     workload_name=entry.name,
-                    workload_type="pod",
+                    workload_type=wl.WORKLOAD_TYPE,
                     services={k: dict(mapping) for k in keys},
+                    # istiod selects them by the ServiceEntry's labels, as the canonical service
+                    authorization_policies=self._policies_for_labels(entry.namespace, entry.labels),
                     cluster_id=o.cluster_id,
                     capacity=wl.capacity(endpoint),
                 )
@@ -461,8 +481,11 @@ class _Translator:
                 continue
             self.policies[policy.key] = policy
             selector = pol.selector_labels(resource)
-            if selector is None:
+            if not selector:
+                # no selector: found by scope; `selector: {}`: istiod attaches a policy to a
+                # workload by its labels, and there are none, so it guards no workload
                 continue
+            self.selector_policies.append((resource.namespace, selector, policy.key))
             scopes = (
                 self.namespaces.values()
                 if resource.namespace == root
@@ -477,9 +500,15 @@ class _Translator:
         if not items:
             return
         root = self.options.root_namespace
+        # istiod sends its static STRICT policy as soon as any PeerAuthentication exists
+        strict_key = f"{root}/{pol.STATIC_STRICT_NAME}"
+        self.policies[strict_key] = pol.static_strict_policy(root)
+        by_namespace: dict[str, list[Resource]] = defaultdict(list)
         namespace_level: dict[str, list[Resource]] = defaultdict(list)
-        workload_level: dict[str, list[Resource]] = defaultdict(list)
+        parents: dict[str, list[Resource]] = defaultdict(list)
+        self.peer_authentications = by_namespace
         for pa in items:
+            by_namespace[pa.namespace].append(pa)
             if pol.is_namespace_level(pa):
                 namespace_level[pa.namespace].append(pa)
             elif pa.namespace == root:
@@ -489,37 +518,81 @@ class _Translator:
                     "a PeerAuthentication with a selector in the root namespace is ignored in "
                     "ambient mode: put it in the workload's namespace",
                 )
-            else:
-                workload_level[pa.namespace].append(pa)
+            if pol.is_parent(pa):
+                parents[pa.namespace].append(pa)
         for group in namespace_level.values():
             self._oldest_wins(group, "namespace" if group[0].namespace != root else "mesh")
-        mesh = pol.oldest(namespace_level.get(root, []))
-        for ns, group in workload_level.items():
+        mesh = pol.oldest(parents.get(root, []))
+        for ns, group in by_namespace.items():
             for pa in group:
                 converted = pol.convert_peer_authentication(
-                    pa, pol.oldest(namespace_level.get(ns, [])), mesh, root
+                    pa, pol.oldest(parents.get(ns, [])), mesh, root
                 )
                 if converted is not None:
                     self.policies[converted.key] = converted
-        strict_key = f"{root}/{pol.STATIC_STRICT_NAME}"
+        gaps: set[str] = set()
         for ns, namespace in self.namespaces.items():
-            base = namespace_level.get(root, []) + (
-                namespace_level.get(ns, []) if ns != root else []
-            )
-            candidates = workload_level.get(ns, [])
             for member in namespace.members:
-                selecting = [
-                    pa
-                    for pa in candidates
-                    if all(
-                        member.labels.get(k) == v
-                        for k, v in (pol.selector_labels(pa) or {}).items()
-                    )
-                ]
-                keys = pol.workload_peer_authentication_keys(base + selecting, root)
+                keys = self._peer_authentication_keys(ns, member.labels)
                 member.policies.extend(k for k in keys if k not in member.policies)
-                if strict_key in keys and strict_key not in self.policies:
-                    self.policies[strict_key] = pol.static_strict_policy(root)
+                gaps.update(k for k in keys if k not in self.policies)
+        for key in sorted(gaps):
+            self._peer_authentication_gap(key)
+
+    def _peer_authentication_keys(self, namespace: str, labels: Mapping[str, str]) -> list[str]:
+        """The PeerAuthentication policies (static STRICT, converted port-level ones) istiod
+        attaches to a workload with these labels."""
+        root = self.options.root_namespace
+        candidates = self.peer_authentications.get(root, []) + (
+            self.peer_authentications.get(namespace, []) if namespace != root else []
+        )
+        if not candidates:
+            return []
+        applicable = pol.applicable_peer_authentications(candidates, root, namespace, labels)
+        return pol.workload_peer_authentication_keys(applicable, root)
+
+    def _policies_for_labels(self, namespace: str, labels: Mapping[str, str]) -> tuple[str, ...]:
+        """istiod's buildWorkloadPolicies for a workload found by labels rather than in the
+        namespace index: the selecting AuthorizationPolicies of its namespace and the root one,
+        sorted, then its PeerAuthentication policies."""
+        root = self.options.root_namespace
+        keys = sorted(
+            key
+            for ns, selector, key in self.selector_policies
+            if ns in (namespace, root) and all(labels.get(k) == v for k, v in selector.items())
+        )
+        keys += [k for k in self._peer_authentication_keys(namespace, labels) if k not in keys]
+        return tuple(keys)
+
+    def _peer_authentication_gap(self, key: str) -> None:
+        """A workload references a converted policy istiod does not create (its conditions
+        disagree there): say what is left unenforced."""
+        namespace, _, name = key.partition("/")
+        pa_name = name.removeprefix(pol.CONVERTED_PREFIX)
+        pa = next(
+            (
+                p
+                for p in self.by_kind["PeerAuthentication"]
+                if p.namespace == namespace and p.name == pa_name
+            ),
+            None,
+        )
+        if pa is None:
+            return
+        strict_ports = [
+            str(port)
+            for port, mtls in sorted((pa.spec.get("portLevelMtls") or {}).items())
+            if (mtls or {}).get("mode") in ("STRICT", "PERMISSIVE")
+        ]
+        self.warn(
+            pa,
+            "spec.portLevelMtls",
+            f"as istiod, the workloads this selects are sent without STRICT mTLS enforcement: "
+            f"they reference {key}, which istiod does not create for this combination of modes "
+            f"(port-level settings on ports {', '.join(strict_ports)}); state the workload's "
+            "mode explicitly (mtls.mode: STRICT with PERMISSIVE ports, or PERMISSIVE with "
+            "STRICT ports under a namespace policy that is not STRICT)",
+        )
 
     def _oldest_wins(self, group: list[Resource], level: str) -> None:
         winner = pol.oldest(group)
@@ -573,8 +646,9 @@ class _Translator:
         o = self.options
         uid = self._member_uid(member)
         if r.kind == "Pod":
-            name, kind = wl.pod_workload_name(r)
+            name = wl.pod_workload_name(r)
             canonical, revision = wl.canonical_service(r.labels, name)
+            tunnel, native = wl.tunnel(r.labels, r.annotations)
             spec = r.spec
             return Workload(
                 uid=uid,
@@ -587,16 +661,18 @@ class _Translator:
                 trust_domain=o.trust_domain,
                 node=spec.get("nodeName") or "",
                 network=r.labels.get(wl.NETWORK_LABEL, ""),
-                tunnel_protocol=wl.pod_tunnel(r, ns_labels),
+                tunnel_protocol=tunnel,
+                native_tunnel=native,
                 canonical_name=canonical,
                 canonical_revision=revision,
                 workload_name=name,
-                workload_type=kind,
+                workload_type=wl.WORKLOAD_TYPE,
                 waypoint=waypoint,
                 services=member.services,
                 authorization_policies=policy_keys,
                 status=wl.pod_status(r),
                 cluster_id=o.cluster_id,
+                network_mode=wl.pod_network_mode(r),
             )
         spec = r.spec
         address = spec.get("address", "")
@@ -604,7 +680,7 @@ class _Translator:
         addresses: tuple[IPAddress, ...] = (ip,) if ip is not None else ()
         name = wl.workload_entry_name(r)
         canonical, revision = wl.canonical_service(member.labels, name)
-        tunnel = wl.entry_tunnel(member.labels, r.annotations)
+        tunnel, native = wl.tunnel(member.labels, r.annotations)
         return Workload(
             uid=uid,
             name=r.name,
@@ -615,10 +691,11 @@ class _Translator:
             trust_domain=o.trust_domain,
             network=spec.get("network") or "",
             tunnel_protocol=tunnel,
+            native_tunnel=native,
             canonical_name=canonical,
             canonical_revision=revision,
             workload_name=name,
-            workload_type="pod",
+            workload_type=wl.WORKLOAD_TYPE,
             waypoint=waypoint,
             services=member.services,
             authorization_policies=policy_keys,

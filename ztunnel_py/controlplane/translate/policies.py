@@ -1,23 +1,30 @@
-"""AuthorizationPolicy and PeerAuthentication to L4 `Authorization`s, the way istiod converts
+"""AuthorizationPolicy and PeerAuthentication to L4 `Authorization`s, exactly as istiod converts
 them (`pilot/pkg/serviceregistry/kube/controller/ambient/authorization.go`).
 
-AuthorizationPolicy: scope GLOBAL in the root namespace without a selector, NAMESPACE without a
-selector, WORKLOAD_SELECTOR with one; each rule becomes a rule whose clauses are `to` (ports),
-`from` (sources) and one clause per L4 `when` condition. Policies with `targetRef(s)` belong to
-a waypoint and are not converted. HTTP attributes: an ALLOW rule that needs them is dropped (it
-can never match at L4); a DENY rule is enforced without them. istiod keeps an operation or
-source whose only fields were HTTP ones as an empty match, which ztunnel treats as "never
-matches", so such a DENY rule silently did nothing; we drop the whole clause instead, so the rule
-applies at L4 as istiod's code comment and Istio's documentation promise ("more restrictive").
+AuthorizationPolicy (`convertAuthorizationPolicy`, `handleRule`): scope GLOBAL in the root
+namespace without a selector, NAMESPACE without a selector, WORKLOAD_SELECTOR with one (a
+`selector: {}` without labels selects no workload: istiod attaches a workload's policies by
+their labels, and there are none). Only ALLOW and DENY reach ztunnel; AUDIT and CUSTOM policies
+are not converted (`ztunnel does not support the <action> action`), nor are policies with
+`targetRef(s)`, which a waypoint enforces. Each rule becomes a rule whose clauses are `to` (one
+match per entry: its ports), `from` (one match per entry: its L4 source fields) and one clause
+per `when` condition. HTTP attributes (hosts, methods, paths, remote IP blocks, request
+principals, non-L4 `when` keys) are left out of their match, so an entry or condition made only
+of them is an empty match, which ztunnel never matches: in a DENY rule such a clause makes the
+rule match nothing at L4 (a DENY with only HTTP attributes has no effect on ztunnel) and a mixed
+entry is enforced without its HTTP parts; an ALLOW rule with any HTTP attribute is omitted.
+Validation reports istiod's status text for such a policy as a warning.
 
-PeerAuthentication (docs/istio-compat.md, "PeerAuthentication"): the effective mode for a workload
-is resolved mesh -> namespace -> workload (oldest policy wins at each level). STRICT references the
-static DENY policy `<root>/istio_converted_static_strict` ("principal not present" = plaintext); a
-workload policy with port-level exceptions becomes `converted_peer_authentication_<name>`. Where
-istiod's conditions for inheriting the parent mode disagree with its own comments (a namespace
-policy with mode UNSET, a PERMISSIVE workload policy with a STRICT port under a STRICT mesh), we
-follow the documented inheritance, so the converted policy always exists when a workload references
-it.
+PeerAuthentication (docs/istio-compat.md, "PeerAuthentication"), as istiod: the effective mode
+for a workload is resolved mesh -> namespace -> workload (oldest policy wins at each level);
+STRICT references the static DENY policy `<root>/istio_converted_static_strict` ("principal not
+present" = plaintext), which is sent whenever any PeerAuthentication exists; a workload policy
+with port-level settings becomes `converted_peer_authentication_<name>`. istiod's conditions are
+copied as they are, including where they disagree with its own comments: a PERMISSIVE or DISABLE
+workload policy with a STRICT port under a STRICT mesh, and an UNSET workload policy with a
+PERMISSIVE port under a namespace policy of mode UNSET, reference a converted policy istiod
+never creates, so the workload is left without STRICT enforcement (`peer_authentication_gaps`
+names them, as warnings).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
-from ztunnel_py.controlplane.validation.istio_security import L4_CONDITIONS, l7_attributes
+from ztunnel_py.controlplane.validation.istio_security import http_attributes
 from ztunnel_py.model import (
     Action,
     Authorization,
@@ -46,7 +53,6 @@ CONVERTED_PREFIX = "converted_peer_authentication_"
 PRESENCE = StringMatch(StringMatchKind.PRESENCE)
 _Rule = tuple[tuple[Match, ...], ...]
 
-
 # --- AuthorizationPolicy -----------------------------------------------------------------------
 
 
@@ -55,7 +61,8 @@ def has_target_refs(policy: Resource) -> bool:
 
 
 def selector_labels(resource: Resource) -> Mapping[str, str] | None:
-    """`spec.selector.matchLabels` of a policy; None without a selector ({} selects all)."""
+    """`spec.selector.matchLabels` of a policy; None without a selector ({} when it has no
+    labels)."""
     selector = resource.spec.get("selector")
     if selector is None:
         return None
@@ -64,17 +71,21 @@ def selector_labels(resource: Resource) -> Mapping[str, str] | None:
 
 
 def authorization(policy: Resource, root_namespace: str) -> Authorization | None:
-    """The L4 form of an AuthorizationPolicy; None if a waypoint enforces it (targetRefs)."""
+    """The L4 form of an AuthorizationPolicy; None if ztunnel does not enforce it (a waypoint's
+    policy, AUDIT, CUSTOM)."""
     if has_target_refs(policy):
         return None
     spec = policy.spec
+    action_name = spec.get("action") or "ALLOW"
+    if action_name not in ("ALLOW", "DENY"):
+        return None
+    action = Action.DENY if action_name == "DENY" else Action.ALLOW
     if selector_labels(policy) is not None:
         scope = PolicyScope.WORKLOAD_SELECTOR
     elif policy.namespace == root_namespace:
         scope = PolicyScope.GLOBAL
     else:
         scope = PolicyScope.NAMESPACE
-    action = Action.DENY if spec.get("action") == "DENY" else Action.ALLOW
     rules = tuple(
         r
         for r in (_rule(action, rule, policy.namespace) for rule in spec.get("rules") or ())
@@ -85,18 +96,16 @@ def authorization(policy: Resource, root_namespace: str) -> Authorization | None
 
 
 def _rule(action: Action, rule: Mapping[str, Any], namespace: str) -> _Rule | None:
-    if action is Action.ALLOW and l7_attributes(rule):
-        return None
+    if action is Action.ALLOW and http_attributes(rule):
+        return None  # an HTTP rule can never match at L4
     clauses: list[tuple[Match, ...]] = []
-    to = [operation_match(entry["operation"]) for entry in rule.get("to") or ()]
-    if to and all(not m.is_empty() for m in to):
-        clauses.append(tuple(to))
-    sources = [source_match(entry["source"], namespace) for entry in rule.get("from") or ()]
-    if sources and all(not m.is_empty() for m in sources):
-        clauses.append(tuple(sources))
-    for when in rule.get("when") or ():
-        if when["key"] in L4_CONDITIONS:
-            clauses.append((condition_match(when),))
+    to = tuple(operation_match(entry["operation"]) for entry in rule.get("to") or ())
+    if to:
+        clauses.append(to)
+    sources = tuple(source_match(entry["source"], namespace) for entry in rule.get("from") or ())
+    if sources:
+        clauses.append(sources)
+    clauses.extend((condition_match(when),) for when in rule.get("when") or ())
     return tuple(clauses)
 
 
@@ -207,15 +216,24 @@ def _port_modes(pa: Resource) -> list[tuple[int, str]]:
 
 
 def is_namespace_level(pa: Resource) -> bool:
+    """Mesh- or namespace-wide for the mode a workload inherits: no selector labels."""
     labels = selector_labels(pa)
     return not labels
 
 
-def _parent_strict(namespace_pa: Resource | None, mesh_pa: Resource | None) -> bool:
-    """Whether the mode a workload inherits (namespace, else mesh) is STRICT."""
-    if namespace_pa is not None and _mode(namespace_pa.spec.get("mtls")) != "UNSET":
-        return _mode(namespace_pa.spec.get("mtls")) == "STRICT"
-    return mesh_pa is not None and _mode(mesh_pa.spec.get("mtls")) == "STRICT"
+def is_parent(pa: Resource) -> bool:
+    """A parent when a workload policy is converted: only a policy without any selector (one
+    with `selector: {}` counts for the mode, as above, but is not a parent here: istiod indexes
+    parents by a nil selector)."""
+    return selector_labels(pa) is None
+
+
+def _strict(pa: Resource | None) -> bool:
+    return pa is not None and _mode(pa.spec.get("mtls")) == "STRICT"
+
+
+def _unset(pa: Resource | None) -> bool:
+    return pa is None or _mode(pa.spec.get("mtls")) == "UNSET"
 
 
 def convert_peer_authentication(
@@ -224,33 +242,47 @@ def convert_peer_authentication(
     mesh_pa: Resource | None,
     root_namespace: str,
 ) -> Authorization | None:
-    """The DENY policy for a workload-level PeerAuthentication with port-level settings."""
-    if pa.namespace == root_namespace or is_namespace_level(pa) or not _port_modes(pa):
+    """istiod's convertPeerAuthentication: the DENY policy of a workload-level
+    PeerAuthentication with port-level settings, given its namespace's and the mesh's oldest
+    selector-less policies; None when none is needed."""
+    if pa.namespace == root_namespace or selector_labels(pa) is None or not _port_modes(pa):
         return None
     mode = _mode(pa.spec.get("mtls"))
-    parent_strict = _parent_strict(namespace_pa, mesh_pa)
+    ns, mesh = namespace_pa, mesh_pa
+    plaintext = Match(not_principals=(PRESENCE,))
+    clauses: list[tuple[Match, ...]] = [(plaintext,)] if mode == "STRICT" else []
     rules: list[_Rule] = []
-    clauses: list[tuple[Match, ...]] = []
-    if mode == "STRICT":
-        clauses.append((Match(not_principals=(PRESENCE,)),))
     found_non_strict = False
     for port, port_mode in _port_modes(pa):
         if port_mode == "STRICT":
-            if mode == "STRICT" or (mode == "UNSET" and parent_strict):
-                continue  # the parent STRICT already covers this port
+            # istiod's condition, grouped as Go groups it: the last alternative (no namespace
+            # mode, a STRICT mesh) holds whatever the workload's own mode is
+            if (
+                mode == "STRICT"
+                or (mode == "UNSET" and ns is not None and _strict(ns))
+                or (_unset(ns) and _strict(mesh))
+            ):
+                continue
             rules.append(((Match(not_principals=(PRESENCE,), destination_ports=(port,)),),))
         elif port_mode in ("PERMISSIVE", "DISABLE"):
-            if mode in ("PERMISSIVE", "DISABLE") or (mode == "UNSET" and not parent_strict):
-                continue  # nothing is STRICT around this port
+            if mode in ("PERMISSIVE", "DISABLE"):
+                continue
+            if mode == "UNSET" and (
+                (ns is not None and not _strict(ns))
+                or (ns is None and mesh is not None and not _strict(mesh))
+                or (ns is None and mesh is None)
+            ):
+                continue
             found_non_strict = True
             clauses.append((Match(not_destination_ports=(port,)),))
     if mode == "STRICT" and not found_non_strict:
         return None  # plain STRICT: the static policy covers it
     if not clauses and not rules:
         return None
-    if parent_strict and found_non_strict:
+    merge_strict = (_strict(mesh) and (ns is None or _unset(ns) or _strict(ns))) or _strict(ns)
+    if merge_strict and found_non_strict:
         # Fold the inherited STRICT in, so the static policy can be left off the workload.
-        clauses.append((Match(not_principals=(PRESENCE,)),))
+        clauses.append((plaintext,))
     if clauses:
         rules.append(tuple(clauses))
     return Authorization(
@@ -268,12 +300,29 @@ def creation_order(resource: Resource) -> tuple[str, str, int, str]:
     return (created, resource.origin.source, resource.origin.index, resource.name)
 
 
+def applicable_peer_authentications(
+    candidates: Iterable[Resource], root_namespace: str, namespace: str, labels: Mapping[str, str]
+) -> list[Resource]:
+    """istiod's fetchPeerAuthentications: the root namespace's policies without a selector,
+    and those of the workload's namespace without a selector or whose labels it carries."""
+
+    def applies(pa: Resource) -> bool:
+        selector = selector_labels(pa)
+        if pa.namespace == root_namespace and selector is None:
+            return True
+        if pa.namespace != namespace:
+            return False
+        return selector is None or all(labels.get(k) == v for k, v in selector.items())
+
+    return [pa for pa in candidates if applies(pa)]
+
+
 def workload_peer_authentication_keys(
     applicable: Sequence[Resource], root_namespace: str
 ) -> list[str]:
     """istiod's `convertedSelectorPeerAuthentications`: the PeerAuthentication-derived policy
-    keys for a workload, given the PeerAuthentications in its namespace and the root namespace
-    that select it (or have no selector)."""
+    keys for a workload, given the PeerAuthentications that apply to it
+    (`applicable_peer_authentications`)."""
     mesh = oldest(
         [p for p in applicable if is_namespace_level(p) and p.namespace == root_namespace]
     )
@@ -303,7 +352,8 @@ def workload_peer_authentication_keys(
                 if "STRICT" in port_modes:
                     port_policy = converted_key
             elif strict:
-                if any(m in ("PERMISSIVE", "DISABLE") for m in port_modes):
+                # (istiod looks for PERMISSIVE only here, not DISABLE)
+                if "PERMISSIVE" in port_modes:
                     port_policy, strict = converted_key, False
             elif "STRICT" in port_modes:
                 port_policy = converted_key

@@ -189,7 +189,7 @@ class RouteCompiler:
     ) -> RouteMatch | None:
         path = match.get("path") or {}
         kind = path.get("type", "PathPrefix")
-        value = path.get("value", "/")
+        value = path.get("value") or "/"  # null is unset, as in Kubernetes
         try:
             if kind == "Exact":
                 pm = PathMatch(MatchKind.EXACT, value)

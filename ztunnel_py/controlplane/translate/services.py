@@ -1,9 +1,14 @@
 """Kubernetes Services and Istio ServiceEntries to workload-API `Service`s.
 
-A Service becomes `<name>.<ns>.svc.<domain>` with its cluster IPs as VIPs on the default
-network and `{port: targetPort}` (0 for a named targetPort: each workload resolves the name
-against its own container ports). A ServiceEntry becomes one Service per host, its single-IP
-`addresses` as VIPs. Only TCP ports are carried: ztunnel proxies TCP only.
+As istiod builds them (`services.go`): a Service becomes `<name>.<ns>.svc.<domain>` with its
+cluster IPs as VIPs on the default network, every port (UDP ones too: ztunnel keys ports by
+number, so kube-dns's 53 over UDP and TCP is one port) as `{port: targetPort}` (0 for a named
+targetPort: each workload resolves the name against its own container ports), `ip_families`
+from `spec.ipFamilies`, and load balancing from `spec.trafficDistribution: PreferClose` (or the
+`networking.istio.io/traffic-distribution` annotation), `internalTrafficPolicy: Local` (this
+node's endpoints only) and `publishNotReadyAddresses` (unhealthy endpoints too). A ServiceEntry
+becomes one Service per host, its `addresses` as VIPs; a ServiceEntry with an address range
+(more than one IP) gets no service at all, as with istiod.
 
 Each port's application protocol is read as istiod reads it (`kube.ConvertProtocol` and
 `protocol.Parse`): a Service port's `appProtocol`, else the prefix of its name before the first
@@ -18,19 +23,35 @@ Istio ztunnel ignores), so a waypoint proxies those ports at L4 instead of sniff
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.model import NetworkAddress, Service
-from ztunnel_py.model.workload import AppProtocol
+from ztunnel_py.model.workload import (
+    AppProtocol,
+    HealthPolicy,
+    IpFamilies,
+    LoadBalancer,
+    LoadBalancerMode,
+    LoadBalancerScope,
+)
 
-# Service annotations listing the identities a service's endpoints run as (Istio's alpha API).
-KUBERNETES_SERVICE_ACCOUNTS = "alpha.istio.io/kubernetes-serviceaccounts"
-CANONICAL_SERVICE_ACCOUNTS = "alpha.istio.io/canonical-serviceaccounts"
-
-_NOT_TCP_SERVICE_ENTRY = frozenset({"UDP"})
+TRAFFIC_DISTRIBUTION = "networking.istio.io/traffic-distribution"
+PREFER_CLOSE = "PreferClose"
+# Close endpoints first, spilling over to farther ones when none is healthy.
+PREFER_CLOSE_LOAD_BALANCER = LoadBalancer(
+    LoadBalancerMode.FAILOVER,
+    (
+        LoadBalancerScope.NETWORK,
+        LoadBalancerScope.REGION,
+        LoadBalancerScope.ZONE,
+        LoadBalancerScope.SUBZONE,
+    ),
+)
+NODE_LOCAL_LOAD_BALANCER = LoadBalancer(LoadBalancerMode.STRICT, (LoadBalancerScope.NODE,))
 
 # istio's protocol names (lower case) -> the workload API's application protocol
 _PROTOCOLS = {
@@ -62,6 +83,8 @@ def protocol_name(name: str) -> AppProtocol | None:
 
 def kubernetes_port_protocol(port: Mapping[str, Any]) -> AppProtocol:
     """The application protocol of a Service port, as istiod's `ConvertProtocol` reads it."""
+    if port.get("protocol", "TCP") != "TCP":
+        return AppProtocol.UNKNOWN  # UDP or SCTP: never HTTP
     app_protocol = port.get("appProtocol")
     if app_protocol is not None:
         known = _KUBERNETES_APP_PROTOCOLS.get(app_protocol)
@@ -86,9 +109,8 @@ def service_hostname(name: str, namespace: str, domain_suffix: str) -> str:
     return f"{name}.{namespace}.svc.{domain_suffix}"
 
 
-def tcp_ports(service: Resource) -> list[Mapping[str, Any]]:
-    """The Service's ports that ztunnel serves (TCP, the default protocol)."""
-    return [p for p in service.spec.get("ports") or () if p.get("protocol", "TCP") == "TCP"]
+def service_ports(service: Resource) -> list[Mapping[str, Any]]:
+    return list(service.spec.get("ports") or ())
 
 
 def cluster_ips(service: Resource) -> list[str]:
@@ -97,14 +119,40 @@ def cluster_ips(service: Resource) -> list[str]:
     return [ip for ip in ips if ip not in ("", "None")]
 
 
-def kubernetes_service(service: Resource, trust_domain: str, domain_suffix: str) -> Service | None:
+def _prefer_close(annotations: Mapping[str, str]) -> bool:
+    return annotations.get(TRAFFIC_DISTRIBUTION, "").lower() == PREFER_CLOSE.lower()
+
+
+def _kubernetes_load_balancer(service: Resource) -> LoadBalancer | None:
+    spec = service.spec
+    prefer_close = _prefer_close(service.annotations)
+    if spec.get("trafficDistribution") is not None:
+        prefer_close = spec["trafficDistribution"] == PREFER_CLOSE
+    lb = PREFER_CLOSE_LOAD_BALANCER if prefer_close else None
+    if spec.get("internalTrafficPolicy") == "Local":
+        lb = NODE_LOCAL_LOAD_BALANCER
+    if spec.get("publishNotReadyAddresses"):
+        lb = dataclasses.replace(lb or LoadBalancer(), health_policy=HealthPolicy.ALLOW_ALL)
+    return lb
+
+
+def _ip_families(service: Resource) -> IpFamilies | None:
+    families = service.spec.get("ipFamilies") or []
+    if len(families) == 2:
+        return IpFamilies.DUAL
+    if len(families) == 1:
+        return IpFamilies.IPV4 if families[0] == "IPv4" else IpFamilies.IPV6
+    return None
+
+
+def kubernetes_service(service: Resource, domain_suffix: str) -> Service | None:
     """None for ExternalName services (no VIP, no endpoints: DNS handles them)."""
     spec = service.spec
     if spec.get("type") == "ExternalName":
         return None
     ports: dict[int, int] = {}
     protocols: dict[int, AppProtocol] = {}
-    for port in tcp_ports(service):
+    for port in service_ports(service):
         target = port.get("targetPort", port["port"])
         ports[port["port"]] = target if isinstance(target, int) else 0
         protocols[port["port"]] = kubernetes_port_protocol(port)
@@ -114,27 +162,14 @@ def kubernetes_service(service: Resource, trust_domain: str, domain_suffix: str)
         hostname=service_hostname(service.name, service.namespace, domain_suffix),
         vips=tuple(NetworkAddress("", ipaddress.ip_address(ip)) for ip in cluster_ips(service)),
         ports=ports,
-        subject_alt_names=_service_sans(service, trust_domain),
         app_protocols=_known(protocols),
+        ip_families=_ip_families(service),
+        load_balancer=_kubernetes_load_balancer(service),
     )
 
 
-def _service_sans(service: Resource, trust_domain: str) -> tuple[str, ...]:
-    sans: list[str] = []
-    accounts = service.annotations.get(KUBERNETES_SERVICE_ACCOUNTS, "")
-    for account in filter(None, (a.strip() for a in accounts.split(","))):
-        sans.append(f"spiffe://{trust_domain}/ns/{service.namespace}/sa/{account}")
-    canonical = service.annotations.get(CANONICAL_SERVICE_ACCOUNTS, "")
-    sans.extend(filter(None, (a.strip() for a in canonical.split(","))))
-    return tuple(sans)
-
-
 def service_entry_ports(entry: Resource) -> list[Mapping[str, Any]]:
-    return [
-        p
-        for p in entry.spec.get("ports") or ()
-        if p.get("protocol", "TCP").upper() not in _NOT_TCP_SERVICE_ENTRY
-    ]
+    return list(entry.spec.get("ports") or ())
 
 
 def service_entry_services(entry: Resource) -> list[Service]:
@@ -153,6 +188,7 @@ def service_entry_services(entry: Resource) -> list[Service]:
         }
     )
     sans = tuple(entry.spec.get("subjectAltNames") or ())
+    lb = PREFER_CLOSE_LOAD_BALANCER if _prefer_close(entry.annotations) else None
     return [
         Service(
             name=entry.name,
@@ -162,13 +198,14 @@ def service_entry_services(entry: Resource) -> list[Service]:
             ports=dict(ports),
             subject_alt_names=sans,
             app_protocols=dict(protocols),
+            load_balancer=lb,
         )
         for host in entry.spec["hosts"]
     ]
 
 
 def service_entry_cidr_addresses(entry: Resource) -> list[str]:
-    """Addresses of a ServiceEntry that are ranges, which a Service VIP cannot carry."""
+    """Addresses of a ServiceEntry that are ranges (istiod then sends no service for it)."""
     return [
         a
         for a in entry.spec.get("addresses") or ()

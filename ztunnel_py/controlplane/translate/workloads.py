@@ -1,9 +1,15 @@
 """Pods, WorkloadEntries and ServiceEntry endpoints to workload-API `Workload`s.
 
-Follows istiod's ambient index: uids `Kubernetes//Pod/<ns>/<name>`,
+Follows istiod's ambient index (`workloads.go`): uids `Kubernetes//Pod/<ns>/<name>`,
 `Kubernetes/networking.istio.io/WorkloadEntry/<ns>/<name>` and
 `Kubernetes/networking.istio.io/ServiceEntry/<ns>/<name>/<address>`; canonical name and
-revision from the usual labels; workload name and type from the pod's controller.
+revision from the usual labels; the workload name from the pod's controller, the workload type
+always POD (istiod keeps it so for backwards compatibility). A pod is HBONE only once the CNI
+side has redirected it (annotation `ambient.istio.io/redirection: enabled`) or when it
+terminates HBONE itself (label `networking.istio.io/tunnel: http`, also `native_tunnel`): a pod
+of an ambient namespace whose capture is not in place yet is sent as plain TCP. A pod that is
+not Ready, or is terminating (`deletionTimestamp`), is UNHEALTHY; a host-network pod has
+`network_mode` HOST_NETWORK.
 """
 
 from __future__ import annotations
@@ -16,15 +22,15 @@ from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.model import IPAddress, TunnelProtocol, WorkloadStatus
+from ztunnel_py.model.workload import NetworkMode
 
-DATAPLANE_MODE = "istio.io/dataplane-mode"
-AMBIENT = "ambient"
-# Set by istio-cni on pods it has redirected: the pod is in the mesh whatever its labels say.
+# Set by the CNI side on pods it has redirected (and removed when it lets them go): only then is a
+# pod reachable over HBONE.
 AMBIENT_REDIRECTION = "ambient.istio.io/redirection"
+REDIRECTION_ENABLED = "enabled"
 # A workload (a VM's WorkloadEntry, a pod with an HBONE-capable sidecar) that terminates HBONE
 # itself.
 TUNNEL_LABEL = "networking.istio.io/tunnel"
-SIDECAR_STATUS = "sidecar.istio.io/status"
 NETWORK_LABEL = "topology.istio.io/network"
 WORKLOAD_NAME_LABEL = "service.istio.io/workload-name"
 AUTO_REGISTRATION_GROUP = "istio.io/autoRegistrationGroup"
@@ -35,9 +41,7 @@ _CANONICAL_REVISION_LABELS = (
     "app.kubernetes.io/version",
     "version",
 )
-# <deployment>-<pod-template-hash>-<5 random characters>
-_DEPLOYMENT_POD = re.compile(r"^(?P<name>.+)-[a-z0-9]{5,10}-[a-z0-9]{5}$")
-_REPLICA_SET = re.compile(r"^(?P<name>.+)-[a-z0-9]{5,10}$")
+# a CronJob's Job: <cronjob>-<schedule time in minutes>
 _CRON_JOB = re.compile(r"^(?P<name>.+)-\d{8,10}$")
 
 
@@ -55,22 +59,33 @@ def _first(labels: Mapping[str, str], keys: tuple[str, ...], default: str) -> st
     return default
 
 
-def pod_workload_name(pod: Resource) -> tuple[str, str]:
-    """(workload name, workload type) from the pod's controller, as istiod derives them."""
+# istiod sends every workload as type POD (for backwards compatibility, its source says)
+WORKLOAD_TYPE = "pod"
+POD_TEMPLATE_HASH = "pod-template-hash"
+
+
+def pod_workload_name(pod: Resource) -> str:
+    """The name of the pod's workload as istiod derives it (`GetWorkloadMetaFromPod`): the
+    `service.istio.io/workload-name` label; else, for a pod with a generated name, its
+    controller's name, less the `-<pod-template-hash>` of a Deployment's ReplicaSet or the
+    `-<timestamp>` of a CronJob's Job; otherwise the pod's own name."""
+    if WORKLOAD_NAME_LABEL in pod.labels:
+        return pod.labels[WORKLOAD_NAME_LABEL]
+    if not pod.metadata.get("generateName"):
+        return pod.name
     owners = pod.metadata.get("ownerReferences") or []
-    owner = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
+    owner = next((o for o in owners if o.get("controller")), None)
     if owner is None:
-        # No owner recorded (a hand-written Pod): recognise a Deployment's pod name.
-        match = _DEPLOYMENT_POD.match(pod.name)
-        return (match["name"], "deployment") if match else (pod.name, "pod")
-    kind, name = owner["kind"], owner["name"]
-    if kind == "ReplicaSet":
-        match = _REPLICA_SET.match(name)
-        return (match["name"], "deployment") if match else (name, "pod")
+        return pod.name
+    kind, name = owner.get("kind"), owner.get("name") or pod.name
+    template_hash = pod.labels.get(POD_TEMPLATE_HASH, "")
+    if kind == "ReplicaSet" and template_hash and name.endswith(template_hash):
+        return name.removesuffix(template_hash).removesuffix("-")
     if kind == "Job":
         match = _CRON_JOB.match(name)
-        return (match["name"], "cronjob") if match else (name, "job")
-    return name, "pod"
+        if match:
+            return match["name"]
+    return name
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -92,34 +107,30 @@ def pod_is_terminated(pod: Resource) -> bool:
 
 
 def pod_status(pod: Resource) -> WorkloadStatus:
+    """HEALTHY only for a Ready pod that is not terminating (Kubernetes' endpoint rule)."""
+    if pod.metadata.get("deletionTimestamp"):
+        return WorkloadStatus.UNHEALTHY
     for condition in pod.status.get("conditions") or ():
-        if condition["type"] == "Ready":
-            ready = condition["status"] == "True"
+        if condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
             return WorkloadStatus.HEALTHY if ready else WorkloadStatus.UNHEALTHY
-    return WorkloadStatus.HEALTHY
+    return WorkloadStatus.UNHEALTHY
 
 
-def pod_tunnel(pod: Resource, namespace_labels: Mapping[str, str]) -> TunnelProtocol:
-    """HBONE for pods enrolled in ambient (namespace labelled, not opted out by the pod) and
-    for pods whose sidecar terminates HBONE (labelled `networking.istio.io/tunnel: http`)."""
-    if (
-        pod.annotations.get(AMBIENT_REDIRECTION) == "enabled"
-        or pod.labels.get(TUNNEL_LABEL) == "http"
-    ):
-        return TunnelProtocol.HBONE
-    if pod.spec.get("hostNetwork") or SIDECAR_STATUS in pod.annotations:
-        return TunnelProtocol.NONE
-    mode = pod.labels.get(DATAPLANE_MODE)
-    if mode == AMBIENT or (mode is None and namespace_labels.get(DATAPLANE_MODE) == AMBIENT):
-        return TunnelProtocol.HBONE
-    return TunnelProtocol.NONE
+def pod_network_mode(pod: Resource) -> NetworkMode:
+    return NetworkMode.HOST_NETWORK if pod.spec.get("hostNetwork") else NetworkMode.STANDARD
 
 
-def entry_tunnel(labels: Mapping[str, str], annotations: Mapping[str, str]) -> TunnelProtocol:
-    """istiod's setTunnelProtocol for WorkloadEntries and ServiceEntry endpoints."""
-    if annotations.get(AMBIENT_REDIRECTION) == "enabled" or labels.get(TUNNEL_LABEL) == "http":
-        return TunnelProtocol.HBONE
-    return TunnelProtocol.NONE
+def tunnel(
+    labels: Mapping[str, str], annotations: Mapping[str, str]
+) -> tuple[TunnelProtocol, bool]:
+    """istiod's setTunnelProtocol: (tunnel protocol, native tunnel) of a pod, WorkloadEntry or
+    ServiceEntry endpoint."""
+    if labels.get(TUNNEL_LABEL) == "http":
+        return TunnelProtocol.HBONE, True
+    if annotations.get(AMBIENT_REDIRECTION) == REDIRECTION_ENABLED:
+        return TunnelProtocol.HBONE, False
+    return TunnelProtocol.NONE, False
 
 
 def pod_named_ports(pod: Resource) -> dict[str, int]:

@@ -8,10 +8,17 @@ Errors reject the resource; warnings (e.g. HTTP attributes in an L4 Authorizatio
 reported and the resource is accepted. Conflicts between resources (duplicates, two Services on
 one clusterIP) are the store's business (`store.py`), since they depend on what else is loaded.
 A `kind: List` document is expanded into its items (`items[2].spec...`).
+
+A GitOps repository holds much more than the mesh's kinds: a document of a kind the control
+plane does not use (a Deployment, a ConfigMap, an Istio Sidecar or Telemetry, a CRD...) is
+skipped with a note, not an error (`skipped`). An unknown kind in an API group the control plane
+reads (`security.istio.io/v1 AuthorizationPolicys`) or in core `v1` is still an error: it is more
+likely a typo than something to ignore.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
@@ -23,14 +30,62 @@ DEFAULT_NAMESPACE = "default"
 KINDS: dict[str, KindInfo] = {**kinds.KINDS, **extensions.KINDS, **routing.KINDS}
 
 
+# API groups whose kinds the control plane reads: an unknown kind there is an error
+_OUR_GROUPS = frozenset(
+    {
+        "",
+        "networking.istio.io",
+        "security.istio.io",
+        "extensions.istio.io",
+        "gateway.networking.k8s.io",
+    }
+)
+# kinds of those groups it knows and does not use, by group
+_NOT_USED: dict[str, frozenset[str]] = {
+    "": frozenset(
+        {
+            "ConfigMap",
+            "Secret",
+            "ServiceAccount",
+            "Endpoints",
+            "PersistentVolume",
+            "PersistentVolumeClaim",
+            "LimitRange",
+            "ResourceQuota",
+            "Node",
+            "ReplicationController",
+            "PodTemplate",
+            "Event",
+        }
+    ),
+    "networking.istio.io": frozenset(
+        {"Gateway", "Sidecar", "EnvoyFilter", "ProxyConfig", "WorkloadGroup"}
+    ),
+    "gateway.networking.k8s.io": frozenset(
+        {
+            "GatewayClass",
+            "GRPCRoute",
+            "TCPRoute",
+            "TLSRoute",
+            "UDPRoute",
+            "ReferenceGrant",
+            "BackendTLSPolicy",
+            "BackendLBPolicy",
+        }
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Validated:
     """The outcome for one object: the resource if accepted, its key if it could be identified
-    (so a rejected new version can fall back to the last good one), and the diagnostics."""
+    (so a rejected new version can fall back to the last good one), and the diagnostics;
+    `skipped`: a kind the control plane does not use, set aside on purpose."""
 
     resource: Resource | None
     key: ResourceKey | None
     diagnostics: tuple[Diagnostic, ...]
+    skipped: bool = False
 
 
 def validate_document(doc: Document) -> list[Validated]:
@@ -53,10 +108,16 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
     if kind == "List" and body.get("apiVersion") == "v1" and isinstance(body.get("items"), list):
         items = c.child(node, "items")
         return [r for i in range(len(items.value)) for r in _validate(doc, c.index(items, i))]
+    api_version = body.get("apiVersion")
+    if _not_used(kind, api_version):
+        c.note(
+            c.child(node, "kind"),
+            f"skipped: {kind} ({api_version}) is not a kind the ztunnel-py control plane uses",
+        )
+        return [Validated(None, None, _diagnostics(doc, c), skipped=True)]
     info = _kind(c, node, kind)
     if info is None:
         return [Validated(None, None, _diagnostics(doc, c))]
-    api_version = body.get("apiVersion")
     if api_version not in info.api_versions:
         where = c.child(node, "apiVersion") if "apiVersion" in body else node.missing("apiVersion")
         served = ", ".join(info.api_versions)
@@ -72,6 +133,26 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
     if c.error_count or key is None or not isinstance(api_version, str):
         return [Validated(None, key, diagnostics)]
     return [Validated(Resource(key, api_version, body, doc.origin), key, diagnostics)]
+
+
+_API_VERSION = re.compile(r"^([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)/[a-z0-9]+$")
+_KIND_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+def _not_used(kind: object, api_version: object) -> bool:
+    """A well-formed object of a kind we do not use: a kind of another API group, or one of
+    ours we know and leave alone (an Istio `networking.istio.io` Gateway, a Sidecar...)."""
+    if not isinstance(kind, str) or not isinstance(api_version, str):
+        return False
+    if api_version == "v1":
+        return kind in _NOT_USED[""]
+    m = _API_VERSION.match(api_version)
+    if m is None or not _KIND_NAME.match(kind):
+        return False  # malformed: an error below, never set aside unseen
+    group = m.group(1)
+    if group not in _OUR_GROUPS:
+        return True
+    return kind in _NOT_USED.get(group, frozenset())
 
 
 def _diagnostics(doc: Document, c: Checker) -> tuple[Diagnostic, ...]:

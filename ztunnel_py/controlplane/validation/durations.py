@@ -8,27 +8,15 @@ sense (connection pool and outlier detection times): at least 1 ms, in whole mil
 
 from __future__ import annotations
 
-import re
-
+from ztunnel_py.config import go_duration
 from ztunnel_py.yamlschema.schema import Str
 
 __all__ = ["DURATION", "MS_DURATION", "parse_duration"]
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-
 
 def parse_duration(text: object) -> float | None:
     """A Go/protobuf duration (`15s`, `1.5s`, `100ms`, `1h30m`) in seconds; None if malformed."""
-    if not isinstance(text, str) or not text:
-        return None
-    position, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != position:
-            return None
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        position = m.end()
-    return total if position == len(text) else None
+    return go_duration(text) if isinstance(text, str) and text else None
 
 
 def _duration(text: str) -> str | None:
