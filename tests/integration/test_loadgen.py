@@ -8,6 +8,7 @@ the queue that builds behind it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -40,9 +41,9 @@ class CountingPodServer(PodHTTPServer):
         return request
 
 
-@pytest.fixture
-def podserver() -> Iterator[CountingPodServer]:
-    srv = CountingPodServer(("127.0.0.1", 0), PodInfo("echo-1", "apps", "node1"))
+@contextlib.contextmanager
+def running(name: str) -> Iterator[CountingPodServer]:
+    srv = CountingPodServer(("127.0.0.1", 0), PodInfo(name, "apps", "node1"))
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -51,6 +52,12 @@ def podserver() -> Iterator[CountingPodServer]:
         srv.shutdown()
         srv.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def podserver() -> Iterator[CountingPodServer]:
+    with running("echo-1") as srv:
+        yield srv
 
 
 def _target(srv: PodHTTPServer) -> SocketAddr:
@@ -121,6 +128,18 @@ async def test_every_scheduled_request_is_sent_at_the_rate_and_measured(
     assert 150 <= report.achieved_rps <= 202
     assert 0.99 <= report.duration_s <= 1.4
     assert podserver.accepted == 4
+
+
+async def test_several_targets_share_the_connections_and_warm_up_is_sent_not_counted() -> None:
+    with running("echo-1") as first, running("echo-2") as second:
+        report = await run_latency(
+            [_target(first), _target(second)], "/bytes/1024", rate=200, connections=4,
+            duration=0.5, warmup=0.25,
+        )  # fmt: skip
+    # connections 0 and 2 to the first target, 1 and 3 to the second
+    assert (first.accepted, second.accepted) == (2, 2)
+    assert report.requests == 100 and report.errors == 0
+    assert report.sent == report.answered == 150
 
 
 async def test_a_slow_server_shows_as_queueing_not_as_its_service_time() -> None:

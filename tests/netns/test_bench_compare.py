@@ -1,5 +1,6 @@
 """`ztunnel-py bench compare --quick`, as a user runs it: all three modes come up, every figure
-comes out, each mode's traffic took that mode's path, and the report files are written."""
+comes out (L4, and L7 through the waypoint or the sidecars' HTTP engine), each mode's traffic
+took that mode's path, and the report files are written. Figures are printed, not asserted."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.netns.conftest import unique_prefix
-from ztunnel_py.bench.results import AMBIENT, MODES, NONE, SIDECAR, CompareResult
+from ztunnel_py.bench.results import (
+    AGENT,
+    AMBIENT,
+    MODES,
+    NONE,
+    SIDECAR,
+    SIDECAR_PROXY,
+    WAYPOINT,
+    CompareResult,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -39,7 +49,10 @@ def test_quick_compare_measures_every_mode_on_its_own_path(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     # progress went to stderr, the table to stdout
     assert "[sidecar] path check ok" in done.stderr
+    assert "[ambient] L7 path check ok" in done.stderr
     assert "path checks" in done.stdout and "targets (printed, not asserted)" in done.stdout
+    assert "L7: HTTP/1.1 to the echo service through the HTTP filter engine" in done.stdout
+    assert "L7: waypoint CPU <= 0.5 s per 1000 requests" in done.stdout
 
     result = CompareResult.from_dict(json.loads((out / "results.json").read_text()))
     assert list(result.modes) == list(MODES)
@@ -65,6 +78,33 @@ def test_quick_compare_measures_every_mode_on_its_own_path(tmp_path: Path) -> No
         assert cost.processes == 2
         assert cost.cpu_s_per_1000_requests.median > 0 and cost.rss_mib.median > 0
     assert all(c.processes == 0 for c in result.modes[NONE].costs)
+
+    # L7: one run per mode, every process on the path measured, the engine counted the requests
+    for mode in MODES:
+        l7 = result.modes[mode].l7
+        assert l7.path.ok, (mode, l7.path.problems)
+        lat = l7.latency_ms
+        assert 0 < lat.p50.median <= lat.p90.median <= lat.p99.median
+        assert len(lat.achieved_rps.values) == len(lat.errors.values) == 1
+        for process in l7.processes:
+            assert process.rss_mib.median > 0 and process.pss_mib.median > 0
+            assert len(process.cpu_s_per_1000_requests.values) == 1
+    ambient, sidecar, none = (result.modes[m].l7 for m in (AMBIENT, SIDECAR, NONE))
+    assert ambient.targets == sidecar.targets == ["10.96.0.10:80"]  # the echo VIP
+    assert len(none.targets) == 2 and not none.processes  # the two echo pods, no proxy
+    assert [(p.name, p.role) for p in ambient.processes] == [
+        ("waypoint", WAYPOINT),
+        ("agent node1", AGENT),
+        ("agent node2", AGENT),
+    ]
+    assert [(p.name, p.role) for p in sidecar.processes] == [
+        (f"sidecar {pod}", SIDECAR_PROXY) for pod in ("web-1", "echo-1", "echo-2")
+    ]
+    assert ambient.cpu_s_per_1000_requests.median > 0
+    assert sidecar.cpu_s_per_1000_requests.median > 0
+    assert "saw the waypoint" in ambient.path.evidence[0]
+    assert "(istio_requests_total, reporter=waypoint)" in ambient.path.evidence[1]
+    assert "(istio_requests_total, reporter=source)" in sidecar.path.evidence[0]
 
     assert (out / "report.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     page = (out / "report.html").read_text()

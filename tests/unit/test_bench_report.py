@@ -30,10 +30,12 @@ from ztunnel_py.bench.results import (
     CompareResult,
     Cost,
     Figure,
+    L7Result,
     Latency,
     ModeResult,
     PathCheck,
     Plan,
+    ProcessCost,
     Settings,
 )
 
@@ -52,6 +54,45 @@ def spread(median: float, repeat: int) -> Figure:
     return fig(median * 0.9, median, median * 1.1)
 
 
+def latency(repeat: int, p50: float, p90: float, p99: float, rps: float = 999.0) -> Latency:
+    return Latency(
+        p50=spread(p50, repeat),
+        p90=spread(p90, repeat),
+        p99=spread(p99, repeat),
+        achieved_rps=spread(rps, repeat),
+        errors=fig(*[0.0] * repeat),
+    )
+
+
+def l7(
+    repeat: int,
+    targets: list[str],
+    p50: float,
+    p99: float,
+    processes: dict[str, tuple[str, float, float]],
+    rps: float = 999.0,
+) -> L7Result:
+    """An L7 section: `processes` maps each name to (role, CPU s/1000 requests, RSS MiB)."""
+    return L7Result(
+        targets=targets,
+        latency_ms=latency(repeat, p50, (p50 + p99) / 2, p99, rps),
+        processes=[
+            ProcessCost(
+                name,
+                role,
+                spread(cpu, repeat),
+                spread(rss, repeat),
+                spread(rss * 0.7, repeat),
+            )
+            for name, (role, cpu, rss) in processes.items()
+        ],
+        cpu_s_per_1000_requests=spread(sum(cpu for _, cpu, _ in processes.values()), repeat)
+        if processes
+        else Figure(),
+        path=PathCheck(ok=True, evidence=[f"{len(processes)} processes counted every request"]),
+    )
+
+
 def mode(
     name: str,
     repeat: int,
@@ -62,17 +103,12 @@ def mode(
     conns: float,
     cost: dict[int, tuple[float, float, int]],
     path: PathCheck,
+    l7: L7Result,
 ) -> ModeResult:
     return ModeResult(
         mode=name,
         throughput_gbps=spread(gbps, repeat),
-        latency_ms=Latency(
-            p50=spread(p50, repeat),
-            p90=spread(p90, repeat),
-            p99=spread(p99, repeat),
-            achieved_rps=spread(999.0, repeat),
-            errors=fig(*[0.0] * repeat),
-        ),
+        latency_ms=latency(repeat, p50, p90, p99),
         connections_per_s=spread(conns, repeat),
         costs=[
             Cost(
@@ -85,7 +121,11 @@ def mode(
             for pods, (cpu, rss, procs) in cost.items()
         ],
         path=path,
+        l7=l7,
     )
+
+
+VIP = ["10.96.0.10:80"]
 
 
 def compare(repeat: int = 1) -> CompareResult:
@@ -99,6 +139,7 @@ def compare(repeat: int = 1) -> CompareResult:
                 warmup_seconds=2.0,
                 cost_seconds=20.0,
                 connection_rate_seconds=10.0,
+                l7_seconds=30.0,
                 rate=1000,
                 connections=16,
                 response_bytes=1024,
@@ -119,6 +160,7 @@ def compare(repeat: int = 1) -> CompareResult:
                 2000.0,
                 {},
                 PathCheck(ok=True, evidence=["agents carried 0 connections"]),
+                l7(repeat, ["10.244.1.10:8080", "10.244.2.10:8080"], 0.40, 1.00, {}),
             ),
             SIDECAR: mode(
                 SIDECAR,
@@ -134,6 +176,17 @@ def compare(repeat: int = 1) -> CompareResult:
                     evidence=["client sidecar carried 12 connections"],
                     problems=["server sidecar carried 0 connections"],
                 ),
+                l7(
+                    repeat,
+                    VIP,
+                    1.50,
+                    2.10,
+                    {
+                        "sidecar web-1": ("sidecar", 0.30, 70.0),
+                        "sidecar echo-1": ("sidecar", 0.10, 60.0),
+                        "sidecar echo-2": ("sidecar", 0.12, 61.0),
+                    },
+                ),
             ),
             AMBIENT: mode(
                 AMBIENT,
@@ -145,6 +198,17 @@ def compare(repeat: int = 1) -> CompareResult:
                 800.0,
                 {2: (0.13, 70.0, 2), 8: (0.14, 72.5, 2), 32: (0.15, 80.0, 2)},
                 PathCheck(ok=True, evidence=["node1 agent carried 12 connections"]),
+                l7(
+                    repeat,
+                    VIP,
+                    1.90,
+                    2.30,
+                    {
+                        "waypoint": ("waypoint", 0.45, 90.0),
+                        "agent node1": ("agent", 0.20, 75.0),
+                        "agent node2": ("agent", 0.08, 74.0),
+                    },
+                ),
             ),
         },
         published=[replace(p) for p in ISTIO_PUBLISHED],
@@ -233,6 +297,65 @@ def test_targets_report_met_and_not_met_with_their_numbers() -> None:
     assert "ambient memory @ 32 pods/node below sidecar: not met" in text
 
 
+def test_l7_table_shows_each_process_on_the_path_and_latency_against_no_mesh() -> None:
+    text = table(compare())
+    l7 = text.split("L7: HTTP/1.1 to the echo service through the HTTP filter engine\n")[1]
+    assert l7.startswith(
+        "load to: no mesh 10.244.1.10:8080, 10.244.2.10:8080; sidecar (HTTP engine) "
+        "10.96.0.10:80;\n  ambient + waypoint 10.96.0.10:80\n"
+    )
+    assert cells(l7, "latency p99 @ 1000 req/s") == ["1.00", "2.10 (+1.10)", "2.30 (+1.30)"]
+    assert cells(l7, "CPU s/1000 req, sidecar web-1") == ["-", "0.300", "-"]
+    assert cells(l7, "CPU s/1000 req, waypoint") == ["-", "-", "0.450"]
+    assert cells(l7, "CPU s/1000 req, agent node2") == ["-", "-", "0.080"]
+    assert cells(l7, "CPU s/1000 req, the whole path") == ["-", "0.520", "0.730"]
+    assert cells(l7, "RSS MiB, waypoint") == ["-", "-", "90.0"]
+    assert cells(l7, "PSS MiB, sidecar echo-2") == ["-", "42.7", "-"]
+    # the L4 table above is unchanged
+    assert cells(text, "latency p99 @ 1000 req/s") == ["1.20", "4.70 (+3.50)", "2.41 (+1.21)"]
+
+
+def test_l7_targets_compare_the_waypoint_with_its_targets_and_envoy() -> None:
+    result = compare()
+    verdicts = {t.name: t for t in targets(result)}
+    cpu = verdicts["L7: waypoint CPU <= 0.5 s per 1000 requests (vCPU at 1000 req/s)"]
+    assert cpu.status == MET
+    assert cpu.detail[0] == "waypoint 0.450: 0.90x the target, 1.80x Envoy's ~0.25 vCPU"
+    assert cpu.detail[1] == (
+        "whole path: ambient + waypoint 0.730 (waypoint and agents), "
+        "sidecar mode 0.520 (client and echo sidecars)"
+    )
+    memory = verdicts["L7: waypoint RSS <= 100 MB"]
+    assert memory.status == MET
+    assert memory.detail[0].startswith("waypoint 94 MB (90.0 MiB RSS, 63.0 MiB PSS): 0.94x")
+    assert memory.detail[1] == "sidecars on the path (3): 70.0 / 60.0 / 61.0 MiB RSS each"
+    p99 = verdicts["L7: ambient + waypoint p99 <= no mesh + 1.5 ms @ 1000 req/s"]
+    assert p99.status == MET
+    assert p99.detail == (
+        "ambient + waypoint 2.30 ms, no mesh 1.00 ms: +1.30 ms, 0.87x the budget",
+        "sidecar (HTTP engine) 2.10 ms: +1.10 ms",
+    )
+
+    # a saturated waypoint: every target missed, and the table says why
+    result.modes[AMBIENT].l7 = l7(
+        1,
+        VIP,
+        1846.0,
+        2427.0,
+        {"waypoint": ("waypoint", 1.239, 105.0), "agent node1": ("agent", 0.3, 80.0)},
+        rps=520.0,
+    )
+    result.modes[AMBIENT].l7.latency_ms.errors = fig(187.0)
+    text = table(result)
+    assert "L7: waypoint CPU <= 0.5 s per 1000 requests (vCPU at 1000 req/s): not met" in text
+    assert "waypoint 1.239: 2.48x the target, 4.96x Envoy's ~0.25 vCPU" in text
+    assert "the path carried only 520 of the 1000 req/s offered: it is saturated" in text
+    assert "187 requests failed or timed out" in text
+    assert "L7: waypoint RSS <= 100 MB: not met\n    waypoint 110 MB (105 MiB RSS" in text
+    assert "+2426 ms, 1617x the budget" in text
+    assert all(len(line) <= 110 for line in text.splitlines()), max(text.splitlines(), key=len)
+
+
 def test_published_figures_and_path_checks_are_printed() -> None:
     text = table(compare())
     published = text.split("Istio's published figures (other hardware, shown for context, ")[1]
@@ -243,6 +366,8 @@ def test_published_figures_and_path_checks_are_printed() -> None:
     assert "  no mesh: ok\n    agents carried 0 connections" in checks
     assert "  sidecar: FAILED\n" in checks
     assert "problem: server sidecar carried 0 connections" in checks
+    assert "  L7, ambient + waypoint: ok\n    3 processes counted every request" in checks
+    assert "  L7, no mesh: ok\n" in checks
 
 
 def test_probe_text_cannot_send_escape_sequences_to_the_terminal() -> None:
@@ -302,7 +427,7 @@ def test_png_is_a_real_image_of_reasonable_size(report: dict[str, Path]) -> None
     assert 20_000 < len(data) < 1_000_000
     # IHDR: width and height, big-endian, right after the signature and chunk header
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (1600, 1000)
+    assert (width, height) == (1600, 1500)
 
 
 def test_html_is_self_contained_and_escaped(report: dict[str, Path]) -> None:
@@ -324,6 +449,9 @@ def test_html_is_self_contained_and_escaped(report: dict[str, Path]) -> None:
     assert "FAILED" in page and "not comparable one-to-one" in page
     assert "Istio 1.24, 1000 HTTP rps, 1 KB payload" in page
     assert "coordinated omission" in page and "VmRSS" in page and "lower bounds" in page
+    assert "<h2>L7: HTTP/1.1 to the echo service through the HTTP filter engine</h2>" in page
+    assert "<td>CPU s/1000 req, waypoint</td>" in page and "L7, ambient + waypoint" in page
+    assert "istio.io/use-waypoint" in page
     assert '<span class="met">met</span>' in page
 
 

@@ -69,7 +69,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "latency (p50/p90/p99 from the scheduled send time) at 1000 req/s over 16 connections "
         "with 1 KiB responses; new connections per second; and the CPU seconds per 1000 "
         "requests and resident memory of the data-plane processes with 2, 8 and 32 pods per "
-        "node. Checks that each mode's traffic took that mode's path. Prints a table and "
+        "node; then L7: the same HTTP load to the echo service's VIP through a waypoint "
+        "(ambient) or the sidecars' HTTP engine, with each process's CPU per 1000 requests "
+        "and memory. Checks that each mode's traffic took that mode's path. Prints a table and "
         "writes results.json, report.png and report.html. A full run takes about 10 minutes.",
     )
     cmp.add_argument(

@@ -12,35 +12,42 @@ For each mode (none, sidecar, ambient) the harness brings up a 2-node testbed in
 4. cost, with each pods-per-node count (a fresh testbed per count): user+system CPU seconds of
    every data-plane process (the agents, or every sidecar) per 1000 requests under the same
    load, the load's p99, and the processes' summed resident memory afterwards (RSS, and PSS,
-   which counts the pages they share once).
+   which counts the pages they share once);
+5. L7 (`l7.py`): the same open-loop load over HTTP/1.1 to the echo service's VIP through the HTTP
+   filter engine (ambient with a waypoint, or the sidecars' engine on the HTTP port; no mesh: to
+   the echo pods directly), with the CPU seconds per 1000 requests and the memory of every
+   process on that path, after the L4 measurements of the smallest testbed.
 
-Throughput, latency and connection rate are measured on the smallest testbed. `--repeat N`
+Throughput, latency, connection rate and L7 are measured on the smallest testbed. `--repeat N`
 repeats every measurement on the same testbed, so each figure has N values. While the
 connection-rate run opens its connections the harness also checks that the traffic took the
 mode's path: the proxies that should carry it count those connections in their
 `istio_tcp_connections_opened_total` (reporter source and destination), and with no mesh no
-proxy process exists and the pods have no iptables rule and no tc filter. A failed check makes
-the command exit 1. Results: the table on stdout, and results.json, report.png and report.html
-in the output directory (`report.py`).
+proxy process exists and the pods have no iptables rule and no tc filter. The L7 run has its own
+check (the filter engine counted its requests). A failed check makes the command exit 1.
+Results: the table on stdout, and results.json, report.png and report.html in the output
+directory (`report.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import http.client
-import json
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from ztunnel_py.bench import procstat
+from ztunnel_py.bench import l7
+from ztunnel_py.bench.endpoints import (
+    CLIENT_POD,
+    SERVER_POD,
+    Endpoints,
+    counter_total,
+    latency_argv,
+)
 from ztunnel_py.bench.results import (
     AMBIENT,
     ISTIO_PUBLISHED,
@@ -54,18 +61,13 @@ from ztunnel_py.bench.results import (
     Plan,
     Settings,
 )
-from ztunnel_py.model.address import SocketAddr
-from ztunnel_py.model.ports import METRICS_PORT
-from ztunnel_py.testbed import namespaces
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
-from ztunnel_py.testbed.topology import HTTP_PORT, IPERF_PORT
+from ztunnel_py.testbed.topology import IPERF_PORT
 from ztunnel_py.testbed.traffic import gbps, iperf3
 
 Say = Callable[[str], None]
 
-CLIENT_POD = "web-1"
-SERVER_POD = "echo-2"
 OPENED = "istio_tcp_connections_opened"
 
 
@@ -75,6 +77,7 @@ FULL = Plan(
     warmup_seconds=2.0,
     cost_seconds=10.0,
     connection_rate_seconds=5.0,
+    l7_seconds=30.0,
     rate=1000,
     connections=16,
     response_bytes=1024,
@@ -88,107 +91,12 @@ QUICK = dataclasses.replace(
     latency_seconds=3.0,
     cost_seconds=2.0,
     connection_rate_seconds=2.0,
+    l7_seconds=3.0,
     pods_per_node=(2, 4),
 )
 
 
-class Endpoints:
-    """The client and server of every measurement, and the processes that carry their traffic."""
-
-    def __init__(self, bed: Testbed) -> None:
-        self.bed = bed
-        status = bed.status()
-        self.server_ip = status.pod(SERVER_POD).ip
-        self.mode = status.mode
-        self.controlplane_pid = status.controlplane.pid
-        # name -> pid of every data-plane process
-        self.proxies: dict[str, int] = {}
-        for node in status.nodes:
-            if node.agent.pid:
-                self.proxies[f"agent {node.name}"] = node.agent.pid
-        for pod in status.pods:
-            if pod.sidecar is not None and pod.sidecar.pid:
-                self.proxies[f"sidecar {pod.name}"] = pod.sidecar.pid
-
-    def loadgen(self, *argv: str, timeout: float) -> dict[str, Any]:
-        """Run the load generator in the client pod; its JSON report."""
-        done = self.bed.exec(
-            CLIENT_POD,
-            [sys.executable, "-m", "ztunnel_py.bench.loadgen", *argv],
-            timeout=timeout,
-        )
-        try:
-            report: dict[str, Any] = json.loads(done.stdout)
-        except ValueError:
-            raise TestbedError(
-                f"load generator in {CLIENT_POD} failed (status {done.returncode}): "
-                f"{done.stderr.strip()[-500:] or done.stdout[:300]}"
-            ) from None
-        answered = report.get("requests", report.get("connections", 0))
-        if not answered:
-            raise TestbedError(
-                f"no request from {CLIENT_POD} to {SERVER_POD} ({self.mode} mode) was answered: "
-                f"{report.get('errors_by_reason') or done.stderr.strip()[-500:]}"
-            )
-        return report
-
-    def cpu_seconds(self) -> float:
-        return sum(procstat.cpu_seconds(pid) for pid in self.proxies.values())
-
-    def rss_mib(self) -> float:
-        return sum(procstat.rss_bytes(pid) for pid in self.proxies.values()) / 2**20
-
-    def pss_mib(self) -> float:
-        return sum(procstat.pss_bytes(pid) for pid in self.proxies.values()) / 2**20
-
-    def controlplane_rss_mib(self) -> float:
-        pid = self.controlplane_pid
-        return procstat.rss_bytes(pid) / 2**20 if pid else 0.0
-
-
-def _latency_argv(plan: Plan, ep: Endpoints, seconds: float, warmup: float) -> list[str]:
-    return [
-        "latency",
-        "--target",
-        str(SocketAddr(ep.server_ip, HTTP_PORT)),
-        "--path",
-        f"/bytes/{plan.response_bytes}",
-        "--rate",
-        str(plan.rate),
-        "--connections",
-        str(plan.connections),
-        "--duration",
-        str(seconds),
-        "--warmup",
-        str(warmup),
-    ]
-
-
 # -- path checks ------------------------------------------------------------------------------
-
-
-def _opened(netns_name: str) -> dict[str, float]:
-    """istio_tcp_connections_opened_total of the proxy serving :15020 in `netns_name`, summed
-    by reporter (source, destination)."""
-
-    def scrape() -> str:
-        conn = http.client.HTTPConnection("127.0.0.1", METRICS_PORT, timeout=5.0)
-        try:
-            conn.request("GET", "/metrics")
-            return conn.getresponse().read().decode()
-        finally:
-            conn.close()
-
-    text = namespaces.run_in(netns_name, scrape)
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name != OPENED:
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                reporter = sample.labels.get("reporter", "")
-                totals[reporter] = totals.get(reporter, 0.0) + sample.value
-    return totals
 
 
 def _carriers(ep: Endpoints) -> list[tuple[str, str, str]]:
@@ -231,11 +139,11 @@ def connection_rate_and_path(
     """New connections per second from the client to the server; with `check`, also whether
     the mode's proxies carried that traffic (each counted every connection)."""
     carriers = _carriers(ep) if check else []
-    before = {what: _opened(ns).get(rep, 0.0) for what, ns, rep in carriers}
+    before = {what: counter_total(ns, OPENED, reporter=rep) for what, ns, rep in carriers}
     report = ep.loadgen(
         "connections",
         "--target",
-        str(SocketAddr(ep.server_ip, HTTP_PORT)),
+        str(ep.server_http),
         "--path",
         "/",
         "--duration",
@@ -252,7 +160,7 @@ def connection_rate_and_path(
     if ep.mode == NONE:
         _no_interception(ep, path)
     for what, ns, reporter in carriers:
-        counted = _opened(ns).get(reporter, 0.0) - before[what]
+        counted = counter_total(ns, OPENED, reporter=reporter) - before[what]
         line = f"{what} counted {counted:.0f} connections (reporter={reporter}); {made} were made"
         (path.evidence if counted >= made else path.problems).append(line)
     others = {
@@ -298,7 +206,7 @@ def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> M
                 )
                 before = ep.cpu_seconds()
                 report = ep.loadgen(
-                    *_latency_argv(plan, ep, plan.cost_seconds, 0.0),
+                    *latency_argv(plan, [ep.server_http], plan.cost_seconds, 0.0),
                     timeout=plan.cost_seconds + 60,
                 )
                 used = ep.cpu_seconds() - before
@@ -311,6 +219,8 @@ def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> M
                 cost.pss_mib.values.append(round(ep.pss_mib(), 1))
                 cost.controlplane_rss_mib.values.append(round(ep.controlplane_rss_mib(), 1))
             result.costs.append(cost)
+            if index == 0:
+                result.l7 = l7.measure(plan, ep, repeat, say)
         finally:
             bed.down()
     return result
@@ -330,15 +240,10 @@ def _traffic(plan: Plan, ep: Endpoints, repeat: int, result: ModeResult, say: Sa
             f"{plan.latency_seconds:g} s (+{plan.warmup_seconds:g} s warm-up), {run}"
         )
         report = ep.loadgen(
-            *_latency_argv(plan, ep, plan.latency_seconds, plan.warmup_seconds),
+            *latency_argv(plan, [ep.server_http], plan.latency_seconds, plan.warmup_seconds),
             timeout=plan.latency_seconds + plan.warmup_seconds + 60,
         )
-        lat = result.latency_ms
-        lat.p50.values.append(round(float(report["p50_ms"]), 3))
-        lat.p90.values.append(round(float(report["p90_ms"]), 3))
-        lat.p99.values.append(round(float(report["p99_ms"]), 3))
-        lat.achieved_rps.values.append(round(float(report["achieved_rps"]), 1))
-        lat.errors.values.append(float(report["errors"]))
+        result.latency_ms.record(report)
         say(f"[{mode}] new connections for {plan.connection_rate_seconds:g} s, {run}")
         rate, path = connection_rate_and_path(plan, ep, check=r == 0)
         result.connections_per_s.values.append(round(rate, 1))
@@ -443,6 +348,7 @@ def main(args: argparse.Namespace) -> int:
     for kind, path in paths.items():
         print(f"{kind:5} {path}")
     failed = [m for m, r in result.modes.items() if not r.path.ok]
+    failed += [f"{m} (L7)" for m, r in result.modes.items() if not r.l7.path.ok]
     if failed:
         print(
             f"bench compare: the path check failed for {', '.join(failed)}: see above",

@@ -6,9 +6,11 @@ prints on stdout; progress and errors go to stderr. Two measurements:
 
 - `latency`: Istio's method, open loop. Request i is due at t0 + i/rate and goes on keep-alive
   connection i % connections; each connection sends its requests in order and never before they
-  are due. Latency runs from the DUE time to the last byte of the response, so a request that
-  waits behind a slow one counts its wait (no coordinated omission). The first `warmup` seconds
-  are sent but not counted. Percentiles are nearest-rank values of the sorted sample.
+  are due. With several targets, connection k goes to target k % targets (the way a service
+  VIP's connections spread over its endpoints, for a baseline without the VIP). Latency runs
+  from the DUE time to the last byte of the response, so a request that waits behind a slow one
+  counts its wait (no coordinated omission). The first `warmup` seconds are sent but not
+  counted. Percentiles are nearest-rank values of the sorted sample.
 - `connections`: a new TCP connection per request (connect, one `Connection: close` GET, read the
   whole response, close) from `concurrency` workers: the pod-to-pod connection setup rate.
 
@@ -277,6 +279,10 @@ class LatencyReport:
     achieved_rps: float
     late_sends: int
     """Counted requests sent more than 1 ms after they were due (a busy connection or CPU)."""
+    sent: int
+    """Requests written to a connection, warm-up included: what a proxy on the path saw."""
+    answered: int
+    """Responses read in full (any status), warm-up included."""
     p50_ms: float | None
     p90_ms: float | None
     p99_ms: float | None
@@ -320,7 +326,7 @@ class _Errors:
 class _LatencyRun:
     def __init__(
         self,
-        target: SocketAddr,
+        targets: Sequence[SocketAddr],
         path: str,
         rate: int,
         connections: int,
@@ -329,9 +335,9 @@ class _LatencyRun:
         timeout: float,
         progress: Callable[[str], None] | None,
     ) -> None:
-        self.target = target
+        self.targets = targets
         self.timeout = timeout
-        self.request = _request(target, path, close=False)
+        self.requests = [_request(target, path, close=False) for target in targets]
         self.rate = rate
         self.connections = connections
         self.warm = round(warmup * rate)
@@ -340,18 +346,24 @@ class _LatencyRun:
         self.samples = array("d")
         self.errors = _Errors(progress)
         self.late = 0
+        self.sent = 0
+        self.answered = 0
         self.last_done = 0.0
         self.t0 = 0.0
+
+    def target(self, k: int) -> SocketAddr:
+        return self.targets[k % len(self.targets)]
 
     async def open(self, slot: list[socket.socket | None], k: int) -> None:
         try:
             with trio.fail_after(self.timeout):
-                slot[k] = await _connect(self.target)
+                slot[k] = await _connect(self.target(k))
         except (OSError, trio.TooSlowError):
             slot[k] = None  # The worker retries at its first request and counts the failure.
 
     async def worker(self, k: int, sock: socket.socket | None) -> None:
         timer = _Timer()
+        target, request = self.target(k), self.requests[k % len(self.targets)]
         buf = bytearray(RECV_BUFFER)
         retry_at = 0.0
         backoff = Backoff(BACKOFF_MIN, BACKOFF_MAX)
@@ -373,10 +385,11 @@ class _LatencyRun:
                     with trio.fail_after(self.timeout):
                         if sock is None:
                             phase = "connect"
-                            sock = await _connect(self.target)
+                            sock = await _connect(target)
                             phase = "request"
                             sent = _now()
-                        head = await _exchange(sock, self.request, buf)
+                        self.sent += 1
+                        head = await _exchange(sock, request, buf)
                 except (OSError, ResponseError, trio.TooSlowError) as exc:
                     down_reason = _reason(phase, exc, self.timeout)
                     if counted:
@@ -387,6 +400,7 @@ class _LatencyRun:
                     retry_at = _now() + backoff.next_delay()
                     continue
                 done = _now()
+                self.answered += 1
                 backoff.reset()
                 if counted:
                     if sent - due > LATE_SEND:
@@ -428,6 +442,8 @@ class _LatencyRun:
             errors=sum(by_reason.values()),
             achieved_rps=round(requests / duration, 2) if duration else 0.0,
             late_sends=self.late,
+            sent=self.sent,
+            answered=self.answered,
             p50_ms=_ms(_percentile(ordered, 0.50)) if ordered else None,
             p90_ms=_ms(_percentile(ordered, 0.90)) if ordered else None,
             p99_ms=_ms(_percentile(ordered, 0.99)) if ordered else None,
@@ -457,7 +473,7 @@ def check_latency_arguments(
 
 
 async def run_latency(
-    target: SocketAddr,
+    target: SocketAddr | Sequence[SocketAddr],
     path: str = "/bytes/1024",
     rate: int = 1000,
     connections: int = 16,
@@ -466,11 +482,15 @@ async def run_latency(
     request_timeout: float = REQUEST_TIMEOUT,
     progress: Callable[[str], None] | None = None,
 ) -> LatencyReport:
-    """Open-loop latency at a fixed rate over keep-alive connections (see the module docstring).
+    """Open-loop latency at a fixed rate over keep-alive connections to `target` (or, given
+    several, connection k to the k-th modulo their number; see the module docstring).
     `request_timeout` bounds each connect + request + response; the whole run returns within
     warmup + duration + 2 x request_timeout (+10 s by default) whatever the target does."""
+    targets = [target] if isinstance(target, SocketAddr) else list(target)
+    if not targets:
+        raise ValueError("no target")
     check_latency_arguments(path, rate, connections, duration, warmup, request_timeout)
-    run = _LatencyRun(target, path, rate, connections, duration, warmup, request_timeout, progress)
+    run = _LatencyRun(targets, path, rate, connections, duration, warmup, request_timeout, progress)
     with trio.move_on_after(warmup + duration + 2 * request_timeout):
         slots: list[socket.socket | None] = [None] * connections
         try:
@@ -481,7 +501,7 @@ async def run_latency(
             if progress:
                 progress(
                     f"latency: {rate} req/s over {connections} connections to "
-                    f"{target}{path}, {warmup:g} s warmup + {duration:g} s"
+                    f"{', '.join(map(str, targets))} {path}, {warmup:g} s warmup + {duration:g} s"
                 )
             async with trio.open_nursery() as outer:
                 if progress:
@@ -601,8 +621,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="open-loop latency at a fixed rate over keep-alive connections",
         description="Open loop: request i is due at t0 + i/rate on connection i % connections "
         "and never sent earlier; latency runs from the due time to the end of the response, so "
-        "queueing behind a slow response counts. Prints requests, errors, achieved_rps, "
-        "late_sends, p50_ms, p90_ms, p99_ms, max_ms, mean_ms, duration_s, errors_by_reason.",
+        "queueing behind a slow response counts. With --target given several times, "
+        "connection k goes to the k-th target modulo their number. Prints requests, errors, "
+        "achieved_rps, late_sends, sent, answered, p50_ms, p90_ms, p99_ms, max_ms, mean_ms, "
+        "duration_s, errors_by_reason.",
     )
     con = sub.add_parser(
         "connections",
@@ -612,10 +634,18 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "per_second, p50_ms, p99_ms (time from connect to the end of the response), duration_s, "
         "errors_by_reason.",
     )
+    lat.add_argument(
+        "--target",
+        required=True,
+        action="append",
+        type=_target,
+        metavar="IP:PORT",
+        help="server to load; repeat it to spread the connections over several",
+    )
+    con.add_argument(
+        "--target", required=True, type=_target, metavar="IP:PORT", help="server to load"
+    )
     for p, path in ((lat, "/bytes/1024"), (con, "/")):
-        p.add_argument(
-            "--target", required=True, type=_target, metavar="IP:PORT", help="server to load"
-        )
         p.add_argument("--path", default=path, help="request path (default: %(default)s)")
         p.add_argument(
             "--timeout",

@@ -1,11 +1,11 @@
 """The report of `ztunnel-py bench compare`: terminal table, JSON, PNG plots and an HTML page.
 
-Everything here renders a `CompareResult`; nothing measures. The table's rows and the targets are
-computed once (`rows`, `targets`) and drawn twice, as plain text and as HTML, so the two never
-disagree. Every mesh figure is shown beside the no-mesh baseline of the same run: throughput and
-connection rate as a ratio, latency as a delta in ms, costs absolute (no mesh runs no mesh
-processes). matplotlib is imported only by `write_png`, so the table and the JSON work without the
-`bench` extra.
+Everything here renders a `CompareResult`; nothing measures. The tables' rows and the targets are
+computed once (`rows` for L4, `l7_rows` for L7, `targets`) and drawn twice, as plain text and as
+HTML, so the two never disagree. Every mesh figure is shown beside the no-mesh baseline of the
+same run: throughput and connection rate as a ratio, latency as a delta in ms, costs absolute (no
+mesh runs no mesh processes). matplotlib is imported only by `write_png`, so the table and the
+JSON work without the `bench` extra.
 """
 
 from __future__ import annotations
@@ -26,16 +26,23 @@ from ztunnel_py.bench.results import (
     NONE,
     PERCENTILES,
     SIDECAR,
+    SIDECAR_PROXY,
+    WAYPOINT,
     CompareResult,
     Cost,
     Figure,
+    Latency,
     ModeResult,
+    PathCheck,
+    ProcessCost,
 )
 
 if TYPE_CHECKING:
+    from matplotlib.artist import Artist
     from matplotlib.axes import Axes
 
 MODE_TITLES = {NONE: "no mesh", SIDECAR: "sidecar", AMBIENT: "ambient"}
+L7_TITLES = {NONE: "no mesh", SIDECAR: "sidecar (HTTP engine)", AMBIENT: "ambient + waypoint"}
 MODE_COLOURS = {NONE: "#8c8c8c", SIDECAR: "#e07b28", AMBIENT: "#2b6cb0"}
 MESH_MODES = (SIDECAR, AMBIENT)
 NA = "n/a"
@@ -44,6 +51,14 @@ NO_PROCESSES = "-"
 WIDTH = 110
 THROUGHPUT_TARGET = 0.25
 ISTIO_ZTUNNEL_VCPU = 0.06
+# The waypoint's targets: CPU seconds per 1000 requests (= vCPU at 1000 req/s), resident memory
+# in MB (10^6 bytes), and p99 added over no mesh; beside them Envoy's waypoint (Istio 1.24).
+WAYPOINT_CPU_TARGET = 0.5
+WAYPOINT_RSS_TARGET_MB = 100.0
+L7_ADDED_P99_TARGET_MS = 1.5
+ENVOY_WAYPOINT_VCPU = 0.25
+ENVOY_WAYPOINT_MB = 60.0
+MB_PER_MIB = 2**20 / 1e6
 
 MET = "met"
 NOT_MET = "not met"
@@ -53,6 +68,7 @@ PUBLISHED_TITLE = (
     "Istio's published figures (other hardware, shown for context, not comparable one-to-one)"
 )
 LEGEND = "cells: median [low-high over the repeats] (vs no mesh of this run: ratio, or delta in ms)"
+L7_TITLE = "L7: HTTP/1.1 to the echo service through the HTTP filter engine"
 
 
 class ReportError(Exception):
@@ -196,6 +212,10 @@ def _percentile(name: str) -> Callable[[ModeResult], Figure]:
     return lambda m: m.latency_ms.percentile(name)
 
 
+def _l7_percentile(name: str) -> Callable[[ModeResult], Figure]:
+    return lambda m: m.l7.latency_ms.percentile(name)
+
+
 def rows(result: CompareResult) -> list[Row]:
     """The results table, one row per figure, cells in `MODES` order."""
     rate = result.settings.plan.rate
@@ -248,6 +268,48 @@ def rows(result: CompareResult) -> list[Row]:
                 _cost_cells(result, pods, lambda c: _value(c.controlplane_rss_mib, _num)),
             )
         )
+    return out
+
+
+def l7_rows(result: CompareResult) -> list[Row]:
+    """The L7 table: latency against no mesh, then CPU and memory of each process on the path
+    ("-" in the modes it is not part of)."""
+    rate = result.settings.plan.rate
+    out = [
+        Row(
+            f"latency {p} @ {rate} req/s (ms)",
+            _compared(result, _l7_percentile(p), _num, _delta_text),
+        )
+        for p in PERCENTILES
+    ]
+    out.append(
+        Row(
+            "achieved rate (req/s)", _absolute(result, lambda m: m.l7.latency_ms.achieved_rps, _num)
+        )
+    )
+    out.append(Row("request errors", _absolute(result, lambda m: m.l7.latency_ms.errors, _count)))
+    names: list[str] = []
+    for mode in MODES:
+        names += [p.name for p in _mode(result, mode).l7.processes if p.name not in names]
+
+    def per_process(name: str, cell: Callable[[ProcessCost], str]) -> tuple[str, str, str]:
+        found = [_mode(result, mode).l7.process(name) for mode in MODES]
+        a, b, c = (NO_PROCESSES if p is None else cell(p) for p in found)
+        return a, b, c
+
+    for name in names:
+        out.append(
+            Row(
+                f"CPU s/1000 req, {name}",
+                per_process(name, lambda p: _value(p.cpu_s_per_1000_requests, _cpu)),
+            )
+        )
+    total = _absolute(result, lambda m: m.l7.cpu_s_per_1000_requests, _cpu)
+    out.append(Row("CPU s/1000 req, the whole path", (NO_PROCESSES, total[1], total[2])))
+    for name in names:
+        out.append(Row(f"RSS MiB, {name}", per_process(name, lambda p: _value(p.rss_mib, _num))))
+    for name in names:
+        out.append(Row(f"PSS MiB, {name}", per_process(name, lambda p: _value(p.pss_mib, _num))))
     return out
 
 
@@ -321,6 +383,88 @@ def _cpu_target(result: CompareResult) -> Target:
     )
 
 
+def _saturation(result: CompareResult, mode: str) -> list[str]:
+    """A note when the L7 run of `mode` did not keep the offered rate or lost requests."""
+    rate = result.settings.plan.rate
+    lat = _mode(result, mode).l7.latency_ms
+    if not lat.achieved_rps.values:
+        return []
+    notes = []
+    if lat.achieved_rps.median < 0.95 * rate:
+        notes.append(
+            f"the path carried only {_num(lat.achieved_rps.median)} of the {rate} req/s offered: "
+            "it is saturated, so latency is mostly queueing"
+        )
+    if lat.errors.median:
+        notes.append(f"{_count(lat.errors.median)} requests failed or timed out")
+    return notes
+
+
+def _waypoint(result: CompareResult) -> ProcessCost | None:
+    found = _mode(result, AMBIENT).l7.role(WAYPOINT)
+    return found[0] if found else None
+
+
+def _waypoint_cpu_target(result: CompareResult) -> Target:
+    name = f"L7: waypoint CPU <= {WAYPOINT_CPU_TARGET} s per 1000 requests (vCPU at 1000 req/s)"
+    waypoint = _waypoint(result)
+    if waypoint is None or not waypoint.cpu_s_per_1000_requests.values:
+        return Target(name, NA, ("not measured",))
+    cpu = waypoint.cpu_s_per_1000_requests.median
+    details = [
+        f"waypoint {_cpu(cpu)}: {_num(cpu / WAYPOINT_CPU_TARGET)}x the target, "
+        f"{_num(cpu / ENVOY_WAYPOINT_VCPU)}x Envoy's ~{ENVOY_WAYPOINT_VCPU} vCPU"
+    ]
+    path = {m: _mode(result, m).l7.cpu_s_per_1000_requests for m in (AMBIENT, SIDECAR)}
+    if all(f.values for f in path.values()):
+        details.append(
+            f"whole path: ambient + waypoint {_cpu(path[AMBIENT].median)} (waypoint and agents), "
+            f"sidecar mode {_cpu(path[SIDECAR].median)} (client and echo sidecars)"
+        )
+    details += _saturation(result, AMBIENT)
+    return Target(name, MET if cpu <= WAYPOINT_CPU_TARGET else NOT_MET, tuple(details))
+
+
+def _waypoint_memory_target(result: CompareResult) -> Target:
+    name = f"L7: waypoint RSS <= {WAYPOINT_RSS_TARGET_MB:.0f} MB"
+    waypoint = _waypoint(result)
+    if waypoint is None or not waypoint.rss_mib.values:
+        return Target(name, NA, ("not measured",))
+    mb = waypoint.rss_mib.median * MB_PER_MIB
+    details = [
+        f"waypoint {mb:.0f} MB ({_num(waypoint.rss_mib.median)} MiB RSS, "
+        f"{_value(waypoint.pss_mib, _num)} MiB PSS): {_num(mb / WAYPOINT_RSS_TARGET_MB)}x the "
+        f"target, {_num(mb / ENVOY_WAYPOINT_MB)}x Envoy's ~{ENVOY_WAYPOINT_MB:.0f} MB"
+    ]
+    sidecars = _mode(result, SIDECAR).l7.role(SIDECAR_PROXY)
+    if sidecars and all(p.rss_mib.values for p in sidecars):
+        each = " / ".join(_num(p.rss_mib.median) for p in sidecars)
+        details.append(f"sidecars on the path ({len(sidecars)}): {each} MiB RSS each")
+    return Target(name, MET if mb <= WAYPOINT_RSS_TARGET_MB else NOT_MET, tuple(details))
+
+
+def _l7_latency_target(result: CompareResult) -> Target:
+    rate = result.settings.plan.rate
+    name = f"L7: ambient + waypoint p99 <= no mesh + {L7_ADDED_P99_TARGET_MS} ms @ {rate} req/s"
+    base = _mode(result, NONE).l7.latency_ms.p99
+    amb = _mode(result, AMBIENT).l7.latency_ms.p99
+    added = delta(amb, base)
+    if added is None:
+        return Target(name, NA, ("not measured",))
+    details = [
+        f"ambient + waypoint {_num(amb.median)} ms, no mesh {_num(base.median)} ms: "
+        f"{_signed(added)} ms, {_num(added / L7_ADDED_P99_TARGET_MS)}x the budget"
+    ]
+    side = delta(_mode(result, SIDECAR).l7.latency_ms.p99, base)
+    if side is not None:
+        details.append(
+            f"sidecar (HTTP engine) {_num(_mode(result, SIDECAR).l7.latency_ms.p99.median)} ms: "
+            f"{_signed(side)} ms"
+        )
+    details += _saturation(result, AMBIENT)
+    return Target(name, MET if added <= L7_ADDED_P99_TARGET_MS else NOT_MET, tuple(details))
+
+
 def targets(result: CompareResult) -> list[Target]:
     """The issue's targets with their verdicts against this run."""
     return [
@@ -328,6 +472,9 @@ def targets(result: CompareResult) -> list[Target]:
         _latency_target(result),
         _memory_target(result),
         _cpu_target(result),
+        _waypoint_cpu_target(result),
+        _waypoint_memory_target(result),
+        _l7_latency_target(result),
     ]
 
 
@@ -348,6 +495,7 @@ def settings_lines(result: CompareResult) -> list[tuple[str, str]]:
         ("latency run", _seconds(plan.latency_seconds)),
         ("cost run", f"{_seconds(plan.cost_seconds)} per pods-per-node value"),
         ("connection-rate run", _seconds(plan.connection_rate_seconds)),
+        ("L7 run", _seconds(plan.l7_seconds)),
         ("pods per node", ", ".join(str(p) for p in plan.pods_per_node) or "none"),
         ("repeat", str(s.repeat)),
         ("quick", "yes" if s.quick else "no"),
@@ -385,6 +533,38 @@ def _printable(line: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in line)
 
 
+def _text_table(titles: dict[str, str], body: list[Row]) -> list[str]:
+    header = Row("", (titles[NONE], titles[SIDECAR], titles[AMBIENT]))
+    label_width = max(len(r.label) for r in (header, *body))
+    widths = [max(len(r.cells[i]) for r in (header, *body)) for i in range(3)]
+
+    def line(r: Row) -> str:
+        cells = "  ".join(c.ljust(w) for c, w in zip(r.cells, widths, strict=True))
+        return f"{r.label.ljust(label_width)}  {cells}".rstrip()
+
+    return [
+        line(header),
+        "-" * (label_width + sum(widths) + 2 * len(widths)),
+        *(line(r) for r in body),
+    ]
+
+
+def _l7_targets(result: CompareResult) -> list[str]:
+    """Where each mode's L7 load went, e.g. "sidecar (HTTP engine) 10.96.0.10:80"."""
+    return [
+        f"{L7_TITLES[mode]} {', '.join(_mode(result, mode).l7.targets) or NA}" for mode in MODES
+    ]
+
+
+def _path_checks(result: CompareResult) -> list[tuple[str, PathCheck]]:
+    """Every path check of the run, L4 then L7 for each mode, with its title."""
+    out = []
+    for name in MODES:
+        mode = _mode(result, name)
+        out += [(MODE_TITLES[name], mode.path), (f"L7, {L7_TITLES[name]}", mode.l7.path)]
+    return out
+
+
 def table(result: CompareResult) -> str:
     """The terminal report: header, results table, targets, Istio's figures and path checks."""
     lines = ["ztunnel-py bench compare: no mesh vs sidecar vs ambient"]
@@ -393,19 +573,12 @@ def table(result: CompareResult) -> str:
     lines += _pack("settings:", [f"{k} {v}" for k, v in settings_lines(result)])
     lines.append("")
 
-    body = rows(result)
-    header = Row("", (MODE_TITLES[NONE], MODE_TITLES[SIDECAR], MODE_TITLES[AMBIENT]))
-    label_width = max(len(r.label) for r in (header, *body))
-    widths = [max(len(r.cells[i]) for r in (header, *body)) for i in range(3)]
-
-    def line(r: Row) -> str:
-        cells = "  ".join(c.ljust(w) for c, w in zip(r.cells, widths, strict=True))
-        return f"{r.label.ljust(label_width)}  {cells}".rstrip()
-
     lines.append(LEGEND)
-    lines.append(line(header))
-    lines.append("-" * (label_width + sum(widths) + 2 * len(widths)))
-    lines += [line(r) for r in body]
+    lines += _text_table(MODE_TITLES, rows(result))
+    lines.append("")
+    lines.append(L7_TITLE)
+    lines += _pack("load to:", _l7_targets(result))
+    lines += _text_table(L7_TITLES, l7_rows(result))
     lines.append("")
 
     lines.append("targets (printed, not asserted)")
@@ -423,9 +596,8 @@ def table(result: CompareResult) -> str:
     lines.append("")
 
     lines.append("path checks")
-    for name in MODES:
-        path = _mode(result, name).path
-        lines.append(f"  {MODE_TITLES[name]}: {'ok' if path.ok else 'FAILED'}")
+    for title, path in _path_checks(result):
+        lines.append(f"  {title}: {'ok' if path.ok else 'FAILED'}")
         for e in path.evidence:
             lines += _wrap(e, "    ")
         for problem in path.problems:
@@ -471,6 +643,13 @@ def _label_bars(
             )
 
 
+def _bars(ax: Axes, figures: list[Figure], colours: list[str], capsize: int) -> list[float]:
+    """One bar per figure at 0, 1, ... (their positions), whiskers for the range."""
+    xs: list[float] = list(range(len(figures)))
+    ax.bar(xs, [_height(f) for f in figures], yerr=_errors(figures), capsize=capsize, color=colours)
+    return xs
+
+
 def _mode_bars(
     ax: Axes,
     result: CompareResult,
@@ -480,14 +659,7 @@ def _mode_bars(
 ) -> None:
     """One bar per mode, whiskers for the range, the no-mesh median as a dashed line."""
     figures = [pick(_mode(result, name)) for name in MODES]
-    xs: list[float] = list(range(len(MODES)))
-    ax.bar(
-        xs,
-        [_height(f) for f in figures],
-        yerr=_errors(figures),
-        capsize=6,
-        color=[MODE_COLOURS[m] for m in MODES],
-    )
+    xs = _bars(ax, figures, [MODE_COLOURS[m] for m in MODES], capsize=6)
     base = figures[0]
     if base.values:
         ax.axhline(base.median, color=MODE_COLOURS[NONE], linestyle="--", label="no mesh")
@@ -503,12 +675,18 @@ def _mode_bars(
     ax.margins(y=0.15)
 
 
-def _latency(ax: Axes, result: CompareResult) -> None:
+def _latency(
+    ax: Axes,
+    result: CompareResult,
+    pick: Callable[[ModeResult], Latency],
+    titles: dict[str, str],
+    title: str,
+) -> None:
     width = 0.26
     xs = list(range(len(PERCENTILES)))
-    base = _mode(result, NONE).latency_ms
+    base = pick(_mode(result, NONE))
     for i, name in enumerate(MODES):
-        figures = [_mode(result, name).latency_ms.percentile(p) for p in PERCENTILES]
+        figures = [pick(_mode(result, name)).percentile(p) for p in PERCENTILES]
         positions = [x + (i - 1) * width for x in xs]
         ax.bar(
             positions,
@@ -517,7 +695,7 @@ def _latency(ax: Axes, result: CompareResult) -> None:
             yerr=_errors(figures),
             capsize=3,
             color=MODE_COLOURS[name],
-            label=MODE_TITLES[name],
+            label=titles[name],
         )
         labels = [
             "" if name == NONE else _delta_text(f, base.percentile(p))
@@ -525,7 +703,7 @@ def _latency(ax: Axes, result: CompareResult) -> None:
         ]
         _label_bars(ax, positions, figures, labels, fontsize=7)
     ax.set_xticks(xs, list(PERCENTILES))
-    ax.set_title(f"latency @ {result.settings.plan.rate} req/s (deltas vs no mesh)")
+    ax.set_title(f"{title} @ {result.settings.plan.rate} req/s (deltas vs no mesh)")
     ax.set_ylabel("ms")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=8)
@@ -564,6 +742,42 @@ def _cost_lines(
     ax.legend(loc="best", fontsize=8)
 
 
+def _process_bars(
+    ax: Axes,
+    result: CompareResult,
+    pick: Callable[[ProcessCost], Figure],
+    title: str,
+    unit: str,
+    marks: tuple[tuple[float, str], ...],
+) -> None:
+    """One bar per process on the L7 path, in its mode's colour; `marks` are dashed reference
+    lines (a target, Envoy's figure)."""
+    from matplotlib.patches import Patch
+
+    bars = [
+        (name, process)
+        for name in MESH_MODES
+        for process in _mode(result, name).l7.processes
+        if pick(process).values
+    ]
+    figures = [pick(p) for _, p in bars]
+    xs = _bars(ax, figures, [MODE_COLOURS[name] for name, _ in bars], capsize=4)
+    _label_bars(ax, xs, figures, [_num(f.median) for f in figures], fontsize=8)
+    handles: list[Artist] = [
+        ax.axhline(value, color="#c62828", linestyle=style, label=label)
+        for (value, label), style in zip(marks, ("--", ":"), strict=False)
+    ]
+    handles += [Patch(color=MODE_COLOURS[name], label=L7_TITLES[name]) for name in MESH_MODES]
+    # below the axes: the bars may reach any height
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
+    ax.set_xticks(xs, [p.name.replace(" ", "\n", 1) for _, p in bars], fontsize=8)
+    ax.set_xlim(-0.5, max(len(bars), 1) - 0.5)
+    ax.set_title(title)
+    ax.set_ylabel(unit)
+    ax.set_ylim(bottom=0)
+    ax.margins(y=0.2)
+
+
 def _targets_panel(ax: Axes, result: CompareResult) -> None:
     ax.axis("off")
     text = ["targets (printed, not asserted)", ""]
@@ -577,7 +791,8 @@ def _targets_panel(ax: Axes, result: CompareResult) -> None:
 
 
 def write_png(result: CompareResult, path: Path) -> None:
-    """One 1600x1000 PNG with the five plots and the targets, drawn off screen (Agg)."""
+    """One 1600x1500 PNG with the eight plots (L4 in the first two rows, L7 in the third) and
+    the targets, drawn off screen (Agg)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure as PlotFigure
@@ -588,9 +803,9 @@ def write_png(result: CompareResult, path: Path) -> None:
         ) from e
 
     # A bare Figure on an Agg canvas: no pyplot, no global backend, no display needed.
-    fig = PlotFigure(figsize=(16, 10), dpi=100, layout="constrained")
+    fig = PlotFigure(figsize=(16, 15), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 3)
+    axes = fig.subplots(3, 3)
     _mode_bars(
         axes[0][0],
         result,
@@ -598,7 +813,7 @@ def write_png(result: CompareResult, path: Path) -> None:
         "throughput, single iperf3 stream",
         "Gbit/s",
     )
-    _latency(axes[0][1], result)
+    _latency(axes[0][1], result, lambda m: m.latency_ms, MODE_TITLES, "latency")
     _mode_bars(axes[0][2], result, lambda m: m.connections_per_s, "connection rate", "conn/s")
     _cost_lines(
         axes[1][0],
@@ -609,6 +824,29 @@ def write_png(result: CompareResult, path: Path) -> None:
     )
     _cost_lines(axes[1][1], result, lambda c: c.rss_mib, "data-plane memory (RSS)", "MiB")
     _targets_panel(axes[1][2], result)
+    _latency(axes[2][0], result, lambda m: m.l7.latency_ms, L7_TITLES, "L7 latency")
+    _process_bars(
+        axes[2][1],
+        result,
+        lambda p: p.cpu_s_per_1000_requests,
+        "L7: CPU per 1000 requests, each process on the path",
+        "CPU s per 1000 requests",
+        (
+            (WAYPOINT_CPU_TARGET, "waypoint target"),
+            (ENVOY_WAYPOINT_VCPU, "Envoy waypoint (Istio 1.24)"),
+        ),
+    )
+    _process_bars(
+        axes[2][2],
+        result,
+        lambda p: p.rss_mib,
+        "L7: memory (RSS) of each process on the path",
+        "MiB",
+        (
+            (WAYPOINT_RSS_TARGET_MB / MB_PER_MIB, "waypoint target (100 MB)"),
+            (ENVOY_WAYPOINT_MB / MB_PER_MIB, "Envoy waypoint (60 MB)"),
+        ),
+    )
     repeats = (
         f", median of {result.settings.repeat} (whiskers: range)"
         if result.settings.repeat > 1
@@ -641,6 +879,19 @@ def methodology(result: CompareResult) -> list[str]:
         "and so of sidecars, affects latency. The control plane is reported apart.",
         f"Connection rate: new TCP connections per second, each carrying one request, over "
         f"{plan.connection_rate_seconds:g} s.",
+        f"L7: the same open-loop HTTP/1.1 load ({plan.rate} requests/s over {plan.connections} "
+        f"keep-alive connections, {plan.response_bytes}-byte responses, the same warm-up, "
+        f"{plan.l7_seconds:g} s counted) to the echo service's VIP, whose requests the HTTP "
+        "filter engine handles: in ambient mode a waypoint (Istio's Gateway applied, namespace "
+        "apps labelled istio.io/use-waypoint), in sidecar mode the client's sidecar on the "
+        "service's http port. The VIP balances each request over the echo pods (one on each "
+        "node); without a mesh there is no VIP, so the baseline spreads its connections over the "
+        "same pods by pod IP. CPU: user + system time of each process on the path (waypoint and "
+        "node agents; the client's and the echo pods' sidecars) per 1000 requests sent, warm-up "
+        "included; memory: each one's VmRSS and PSS after the run. A path check proves the "
+        "engine handled the requests: its istio_requests_total (reporter waypoint, or source in "
+        "the client's sidecar) grew by the requests sent. The L7 run follows the L4 ones on the "
+        "smallest testbed, so it leaves their figures alone.",
         f"Each figure is the median of {s.repeat} repeat(s); with more than one, the range "
         "(low-high) is shown. Mesh figures sit beside the no-mesh baseline of the same run.",
         "Caveats: on a small VM such as the 2-vCPU reference machine, every process shares the "
@@ -704,6 +955,12 @@ def write_html(result: CompareResult, path: Path, png: Path) -> None:
             ["", *(MODE_TITLES[m] for m in MODES)],
             [[_e(r.label), *(_e(c) for c in r.cells)] for r in rows(result)],
         ),
+        f"<h2>{_e(L7_TITLE)}</h2>",
+        f'<p class="note">load to: {_e("; ".join(_l7_targets(result)))}</p>',
+        _html_table(
+            ["", *(L7_TITLES[m] for m in MODES)],
+            [[_e(r.label), *(_e(c) for c in r.cells)] for r in l7_rows(result)],
+        ),
         f'<img alt="plots of the results" src="data:image/png;base64,{image}">',
         "<h2>Targets (printed, not asserted)</h2>",
     ]
@@ -727,11 +984,10 @@ def write_html(result: CompareResult, path: Path, png: Path) -> None:
     )
     parts.append("<h2>Path checks</h2>")
     path_rows = []
-    for name in MODES:
-        check = _mode(result, name).path
+    for title, check in _path_checks(result):
         verdict = '<span class="ok">ok</span>' if check.ok else '<span class="failed">FAILED</span>'
         lines = [_e(e) for e in check.evidence] + [f"problem: {_e(p)}" for p in check.problems]
-        path_rows.append([_e(MODE_TITLES[name]), verdict, "<br>".join(lines)])
+        path_rows.append([_e(title), verdict, "<br>".join(lines)])
     parts.append(_html_table(["mode", "path", "evidence and problems"], path_rows, num_from=3))
     parts.append("<h2>Settings</h2>")
     parts.append(

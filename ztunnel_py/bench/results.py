@@ -2,15 +2,19 @@
 
 Every measured figure is a `Figure`: one value per repeat (`--repeat N`), so the report can show
 the median and the range. A `ModeResult` holds everything measured for one data-plane mode
-("none", "sidecar", "ambient"); `CompareResult` holds the three modes of one run, the run's
-settings and the machine it ran on. `to_dict`/`from_dict` give the JSON file's shape.
+("none", "sidecar", "ambient"), its L7 section (`L7Result`: HTTP through the HTTP filter engine,
+in the waypoint or the sidecars) included; `CompareResult` holds the three modes of one run,
+the run's settings and the machine it ran on. `to_dict`/`from_dict` give the JSON file's shape.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 NONE = "none"
 SIDECAR = "sidecar"
@@ -53,6 +57,13 @@ class Latency:
         figure: Figure = getattr(self, name)
         return figure
 
+    def record(self, report: Mapping[str, Any]) -> None:
+        """Add one repeat: the load generator's `latency` report (its JSON object)."""
+        for name in PERCENTILES:
+            self.percentile(name).values.append(round(float(report[f"{name}_ms"]), 3))
+        self.achieved_rps.values.append(round(float(report["achieved_rps"]), 1))
+        self.errors.values.append(float(report["errors"]))
+
 
 @dataclass(slots=True)
 class Cost:
@@ -84,6 +95,45 @@ class PathCheck:
     problems: list[str] = field(default_factory=list)
 
 
+# Roles of the processes that handle the L7 run's requests.
+WAYPOINT = "waypoint"
+AGENT = "agent"
+SIDECAR_PROXY = "sidecar"
+
+
+@dataclass(slots=True)
+class ProcessCost:
+    """One process that handled the L7 run's requests, and what it cost."""
+
+    name: str  # "waypoint apps/waypoint", "agent node1", "sidecar web-1"
+    role: str  # WAYPOINT, AGENT or SIDECAR_PROXY
+    # user+system CPU seconds per 1000 requests sent (warm-up included)
+    cpu_s_per_1000_requests: Figure = field(default_factory=Figure)
+    # its resident memory after the run, MiB, and its PSS (shared pages divided among sharers)
+    rss_mib: Figure = field(default_factory=Figure)
+    pss_mib: Figure = field(default_factory=Figure)
+
+
+@dataclass(slots=True)
+class L7Result:
+    """HTTP/1.1 to the echo service through the HTTP filter engine: ambient mode with a
+    waypoint, sidecar mode with the engine on the service's HTTP port, or no mesh at all."""
+
+    # where the load generator's connections went (the VIP, or the pods without a mesh)
+    targets: list[str] = field(default_factory=list)
+    latency_ms: Latency = field(default_factory=Latency)
+    # every process on the path, and their CPU seconds per 1000 requests together
+    processes: list[ProcessCost] = field(default_factory=list)
+    cpu_s_per_1000_requests: Figure = field(default_factory=Figure)
+    path: PathCheck = field(default_factory=PathCheck)
+
+    def process(self, name: str) -> ProcessCost | None:
+        return next((p for p in self.processes if p.name == name), None)
+
+    def role(self, role: str) -> list[ProcessCost]:
+        return [p for p in self.processes if p.role == role]
+
+
 @dataclass(slots=True)
 class ModeResult:
     mode: str
@@ -92,6 +142,7 @@ class ModeResult:
     connections_per_s: Figure = field(default_factory=Figure)
     costs: list[Cost] = field(default_factory=list)
     path: PathCheck = field(default_factory=PathCheck)
+    l7: L7Result = field(default_factory=L7Result)
 
     def cost(self, pods_per_node: int) -> Cost | None:
         return next((c for c in self.costs if c.pods_per_node == pods_per_node), None)
@@ -106,6 +157,8 @@ class Plan:
     warmup_seconds: float
     cost_seconds: float
     connection_rate_seconds: float
+    # counted seconds of the L7 run (after the same warm-up as the latency run)
+    l7_seconds: float
     rate: int
     connections: int
     response_bytes: int
@@ -148,31 +201,36 @@ class CompareResult:
         def figure(d: dict[str, Any]) -> Figure:
             return Figure([float(v) for v in d["values"]])
 
+        def load(cls: type[_T], d: dict[str, Any]) -> _T:
+            """`cls` from its dict, every {"values": [...]} in it a Figure."""
+            return cls(
+                **{
+                    k: figure(v) if isinstance(v, dict) and "values" in v else v
+                    for k, v in d.items()
+                }
+            )
+
+        def l7(d: dict[str, Any]) -> L7Result:
+            return L7Result(
+                targets=[str(t) for t in d["targets"]],
+                latency_ms=load(Latency, d["latency_ms"]),
+                processes=[load(ProcessCost, p) for p in d["processes"]],
+                cpu_s_per_1000_requests=figure(d["cpu_s_per_1000_requests"]),
+                path=PathCheck(**d["path"]),
+            )
+
         settings = data["settings"]
         pods = settings["plan"]["pods_per_node"]
         modes = {}
         for name, m in data["modes"].items():
-            lat = m["latency_ms"]
             modes[name] = ModeResult(
                 mode=m["mode"],
                 throughput_gbps=figure(m["throughput_gbps"]),
-                latency_ms=Latency(
-                    **{k: figure(lat[k]) for k in (*PERCENTILES, "achieved_rps", "errors")}
-                ),
+                latency_ms=load(Latency, m["latency_ms"]),
                 connections_per_s=figure(m["connections_per_s"]),
-                costs=[
-                    Cost(
-                        pods_per_node=int(c["pods_per_node"]),
-                        cpu_s_per_1000_requests=figure(c["cpu_s_per_1000_requests"]),
-                        rss_mib=figure(c["rss_mib"]),
-                        pss_mib=figure(c["pss_mib"]),
-                        p99_ms=figure(c["p99_ms"]),
-                        controlplane_rss_mib=figure(c["controlplane_rss_mib"]),
-                        processes=int(c["processes"]),
-                    )
-                    for c in m["costs"]
-                ],
+                costs=[load(Cost, c) for c in m["costs"]],
                 path=PathCheck(**m["path"]),
+                l7=l7(m["l7"]),
             )
         return cls(
             settings=Settings(
@@ -200,6 +258,12 @@ ISTIO_PUBLISHED = [
     Published(
         "Envoy sidecar CPU and memory",
         "0.20 vCPU, 60 MB per sidecar",
+        "Istio 1.24, 1000 HTTP rps, 1 KB payload, 2 worker threads",
+        "https://istio.io/latest/docs/ops/deployment/performance-and-scalability/",
+    ),
+    Published(
+        "Envoy waypoint CPU and memory",
+        "0.25 vCPU, 60 MB per waypoint",
         "Istio 1.24, 1000 HTTP rps, 1 KB payload, 2 worker threads",
         "https://istio.io/latest/docs/ops/deployment/performance-and-scalability/",
     ),

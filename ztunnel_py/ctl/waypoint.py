@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -100,6 +101,23 @@ def _namespace_doc(bed: Testbed, namespace: str, waypoint: str) -> dict[str, Any
     }
 
 
+def apply(
+    bed: Testbed,
+    name: str,
+    namespace: str,
+    waypoint_for: str = "service",
+    enroll_namespace: bool = False,
+    progress: Callable[[str], None] = print,
+    timeout: float = 60.0,
+) -> None:
+    """`istioctl waypoint apply`: the waypoint's Gateway and, with `enroll_namespace`, the
+    namespace's `istio.io/use-waypoint` label; TestbedError if the testbed rejects them."""
+    docs = [gateway(name, namespace, waypoint_for)]
+    if enroll_namespace:
+        docs.append(_namespace_doc(bed, namespace, name))
+    bed.apply(yaml.safe_dump_all(docs), "waypoint apply", progress=progress, timeout=timeout)
+
+
 def main(args: argparse.Namespace) -> int:
     command: str = args.waypoint_command
     if command == "generate":
@@ -108,11 +126,13 @@ def main(args: argparse.Namespace) -> int:
     try:
         bed = Testbed.attach(args.prefix)
         if command == "apply":
-            docs = [gateway(args.name, args.namespace, args.waypoint_for)]
-            if args.enroll_namespace:
-                docs.append(_namespace_doc(bed, args.namespace, args.name))
-            bed.apply(
-                yaml.safe_dump_all(docs), "waypoint apply", progress=print, timeout=args.timeout
+            apply(
+                bed,
+                args.name,
+                args.namespace,
+                args.waypoint_for,
+                args.enroll_namespace,
+                timeout=args.timeout,
             )
             print(f"waypoint {args.namespace}/{args.name} applied")
             return 0
