@@ -32,7 +32,7 @@ import ztunnel_py
 
 PACKAGE = "ztunnel_py"
 SOURCE = Path(ztunnel_py.__file__).resolve().parent
-SIDES = frozenset({"agent", "controlplane", "testbed", "waypoint"})
+SIDES = frozenset({"agent", "canary", "controlplane", "testbed", "waypoint"})
 DRIVERS = frozenset({"bench", "cli", "ctl"})  # start the sides as processes, or dispatch to them
 PURE = frozenset({"model", "protocol"})
 # Libraries that do I/O or need a kernel or a server: none of them in a sans-IO core.

@@ -177,6 +177,16 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long `start` waits for the control plane to serve (default: 60)",
     )
 
+    prom = sub.add_parser(
+        "prometheus",
+        parents=[common],
+        help="stop or start the testbed's Prometheus",
+        description="stop: SIGTERM the testbed's Prometheus and wait for it to exit (queries "
+        "then fail: a canary analysis halts). start: run it again with the same command line "
+        "and storage, and wait until it is ready.",
+    )
+    prom.add_argument("action", choices=("stop", "start"), help="what to do")
+
     for action, verb, effect, waypoint in (
         (
             "apply",

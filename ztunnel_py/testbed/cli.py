@@ -1,5 +1,5 @@
-"""`ztunnel-py testbed up|down|status|exec|agent|controlplane|apply|delete`: parse results in,
-Testbed calls, text out."""
+"""`ztunnel-py testbed up|down|status|exec|agent|controlplane|prometheus|apply|delete`: parse
+results in, Testbed calls, text out."""
 
 from __future__ import annotations
 
@@ -94,6 +94,17 @@ def _controlplane(args: argparse.Namespace) -> int:
             f"control plane serving in {time.monotonic() - started:.1f} s (pid {record.pid}, "
             f"log {record.log}); the agents reconnect by themselves"
         )
+    return 0
+
+
+def _prometheus(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    if args.action == "stop":
+        pid = bed.stop_prometheus()
+        _say(f"Prometheus stopped (pid {pid})" if pid else "Prometheus was not running")
+    else:
+        record = bed.start_prometheus()
+        _say(f"Prometheus ready on {prometheus.url()} (pid {record.pid}, log {record.log})")
     return 0
 
 
@@ -266,6 +277,7 @@ _ACTIONS = {
     "exec": _exec,
     "agent": _agent,
     "controlplane": _controlplane,
+    "prometheus": _prometheus,
     "apply": _apply,
     "delete": _delete,
 }

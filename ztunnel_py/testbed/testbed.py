@@ -698,6 +698,38 @@ class Testbed:
             lambda record: mesh.wait_agent_ready(plan_, record, timeout),
         )
 
+    def release_pod_app(
+        self, pod: str, *, fail_percent: float = 0.0, delay_ms: int = 0, timeout: float = 30.0
+    ) -> ProcessRecord:
+        """Restart the app of `pod` as a release that behaves so (`podserver --fail-percent`,
+        `--delay-ms`; both 0: a healthy one), as rolling out a new image of it would, and wait
+        until it serves again."""
+        self.refresh()
+        plan_ = self.topology.pod(pod)
+        old = self.state.process(http_name(pod))
+        if old is None:
+            raise TestbedError(f"pod {pod} has no app process recorded")
+        self._stop(old, f"the app of pod {pod}")
+        base = (
+            old.argv[: old.argv.index("--fail-percent")]
+            if "--fail-percent" in old.argv
+            else old.argv
+        )
+        argv = [*base, "--fail-percent", f"{fail_percent:g}", "--delay-ms", str(delay_ms)]
+        record = ProcessRecord(name=old.name, netns=old.netns, argv=argv, log=old.log)
+        self.state.replace_process(record)
+        process.start(record)
+        self.state.save()
+        assert record.pid is not None
+        ports = self.topology.server_ports(plan_)
+        process.wait_for(
+            functools.partial(_serving, record.pid, ports),
+            [record],
+            timeout,
+            f"pod {pod} to listen on {', '.join(map(str, ports))}",
+        )
+        return record
+
     def stop_controlplane(self) -> int | None:
         """SIGTERM the control plane and wait for it to exit (SIGKILL after 8 s); the agents keep
         serving with what they have. Returns the pid it had, or None if it was not running."""
@@ -875,6 +907,27 @@ class Testbed:
         progress(f"waypoint pod {wp.namespace}/{wp.name} stopped and removed")
 
     # -- Prometheus ---------------------------------------------------------------------------
+
+    def _prometheus(self) -> ProcessRecord:
+        self.refresh()
+        record = self.state.process(prometheus.PROMETHEUS)
+        if record is None:
+            raise TestbedError(
+                f"testbed {self.prefix} runs no Prometheus (bring it up with --prometheus)"
+            )
+        return record
+
+    def stop_prometheus(self) -> int | None:
+        """SIGTERM the testbed's Prometheus and wait for it to exit; the pid it had, or None."""
+        return self._stop(self._prometheus(), "Prometheus")
+
+    def start_prometheus(self, timeout: float = 60.0) -> ProcessRecord:
+        """Start Prometheus again (same command line and storage) and wait until it is ready."""
+        return self._restart(
+            self._prometheus(),
+            "Prometheus",
+            lambda record: prometheus.wait_ready(self.state, record, timeout),
+        )
 
     def prometheus_query(self, query: str, timeout: float = 5.0) -> list[promql.Sample]:
         """Evaluate PromQL `query` now on the testbed's Prometheus (from its namespace).
