@@ -177,6 +177,18 @@ def add_testbed_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long `start` waits for the control plane to serve (default: 60)",
     )
 
+    release = sub.add_parser(
+        "release",
+        parents=[common],
+        help="restart a pod's app as a release that fails or is slow (or a healthy one)",
+        description="Restart the app of POD, as rolling out a new image of it would: with "
+        "--fail-percent it answers 500 to that share of requests, with --delay-ms it adds that "
+        "delay to every answer; without either it is a healthy release again.",
+    )
+    release.add_argument("pod", metavar="POD", help="pod name, e.g. echo-2")
+    release.add_argument("--fail-percent", type=float, default=0.0, metavar="P")
+    release.add_argument("--delay-ms", type=int, default=0, metavar="MS")
+
     prom = sub.add_parser(
         "prometheus",
         parents=[common],

@@ -1,5 +1,5 @@
-"""`ztunnel-py testbed up|down|status|exec|agent|controlplane|prometheus|apply|delete`: parse
-results in, Testbed calls, text out."""
+"""`ztunnel-py testbed up|down|status|exec|agent|controlplane|prometheus|release|apply|delete`:
+parse results in, Testbed calls, text out."""
 
 from __future__ import annotations
 
@@ -94,6 +94,16 @@ def _controlplane(args: argparse.Namespace) -> int:
             f"control plane serving in {time.monotonic() - started:.1f} s (pid {record.pid}, "
             f"log {record.log}); the agents reconnect by themselves"
         )
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    record = bed.release_pod_app(args.pod, fail_percent=args.fail_percent, delay_ms=args.delay_ms)
+    _say(
+        f"pod {args.pod} serves a new release (pid {record.pid}): {args.fail_percent:g}% 500s, "
+        f"{args.delay_ms} ms added"
+    )
     return 0
 
 
@@ -278,6 +288,7 @@ _ACTIONS = {
     "agent": _agent,
     "controlplane": _controlplane,
     "prometheus": _prometheus,
+    "release": _release,
     "apply": _apply,
     "delete": _delete,
 }
