@@ -6,7 +6,7 @@ included: they are dependencies too) is folded into packages: a top-level subpac
 package itself (`ztunnel_py`, for `from ztunnel_py import __version__`). On that graph:
 
 - no import cycle between packages;
-- the sides (agent, controlplane, testbed, waypoint) never import each other, and no shared
+- the sides (agent, canary, controlplane, testbed, waypoint) never import each other, and no shared
   package imports a side or a driver (bench, cli);
 - `model` and `protocol` import no I/O library and nothing of ours but each other; the one
   exception is `protocol/zds.py`, which decodes the enrollment datagrams with the generated
