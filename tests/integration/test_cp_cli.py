@@ -95,7 +95,7 @@ def test_validate_reports_every_problem_and_fails(tmp_path: Path) -> None:
         "column 11)",
         f"{bad}:doc[2]: kind: unknown kind 'Deployment' (supported: Namespace, Pod, Service, "
         "ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
-        "PeerAuthentication, RequestAuthentication, Gateway, HTTPRoute, WasmPlugin) "
+        "PeerAuthentication, RequestAuthentication, Gateway, HTTPRoute, Canary, WasmPlugin) "
         "(line 15, column 7)",
         f"{bad}:doc[3]: <document>: invalid YAML: while parsing a flow mapping: expected ',' or "
         "'}', but got '<stream end>' (line 22, column 1)",
