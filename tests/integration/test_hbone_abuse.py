@@ -6,11 +6,16 @@ sans-IO client core, so it can send what a well-behaved client never would.
 
 from __future__ import annotations
 
+import gc
 import socket
+import subprocess
+import sys
 
+import pytest
 import trio
 
 from tests.integration.hbone_support import (
+    SLOW_HANDSHAKES,
     TcpApp,
     client_ctx,
     dial,
@@ -20,7 +25,12 @@ from tests.integration.hbone_support import (
 )
 from ztunnel_py.protocol.hbone import ConnectionTerminated, ErrorCodes, Event, HboneClient
 from ztunnel_py.transport.hbone import HboneRequest
-from ztunnel_py.transport.tls import TlsError, TlsTransport
+from ztunnel_py.transport.tls import (
+    DEFAULT_MAX_HANDSHAKES,
+    HandshakeLimit,
+    TlsError,
+    TlsTransport,
+)
 
 
 class RawClient:
@@ -111,3 +121,69 @@ async def test_rapid_reset_flood_is_bounded_and_cut_with_enhance_your_calm() -> 
             await good.aclose()
             await fresh.aclose()
             nursery.cancel_scope.cancel()
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("mode", ["partial", "hello"])
+async def test_500_stalled_handshakes_cost_little_memory_and_real_clients_get_through(
+    mode: str,
+) -> None:
+    # Before: an SSLObject, its buffers and a 64 KiB read buffer per pending handshake, about
+    # 120 KB each (60 MB for 500). Now a partial ClientHello costs its bytes, and past the
+    # ClientHello the limit keeps at most DEFAULT_MAX_HANDSHAKES handshakes, the newest.
+    limit = HandshakeLimit()
+    count = 500
+    with trio.fail_after(60):
+        async with (
+            trio.open_nursery() as nursery,
+            hbone_server(echo_handler, handshakes=limit) as server,
+        ):
+            gc.collect()
+            before = rss_kib()
+            host, port = server.address
+            argv = [sys.executable, "-c", SLOW_HANDSHAKES, host, str(port), str(count), mode]
+            attacker = await trio.lowlevel.open_process(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            try:
+                assert attacker.stdout is not None and attacker.stdin is not None
+                assert await attacker.stdout.receive_some() == b"held\n"
+                while server.accepted < count or (mode == "hello" and limit.abandoned < 300):
+                    await trio.sleep(0.05)
+                await trio.sleep(0.5)
+                gc.collect()
+                grown = rss_kib() - before
+                assert grown < 15 * 1024, f"{grown} KiB for {count} stalled handshakes"
+                if mode == "hello":
+                    assert limit.active == limit.limit == DEFAULT_MAX_HANDSHAKES
+                    assert limit.abandoned >= count - limit.limit
+                    assert any(
+                        "more than 128 handshakes in progress" in e for e in server.handshake_errors
+                    )
+                # A real client, arriving last, gets a tunnel.
+                conn = await dial(server.address, nursery)
+                stream = await conn.open_stream("10.0.0.2:80")
+                await stream.send_all(b"hello")
+                assert bytes(await stream.receive_some()) == b"hello"
+                await conn.aclose()
+            finally:
+                await attacker.stdin.aclose()
+                await attacker.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_speaking_plain_http_to_the_tls_port_is_told_so() -> None:
+    async with hbone_server(echo_handler) as server:
+        sock = await tcp_connect(server.address)
+        await sock.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            while not server.handshake_errors:
+                await trio.sleep(0.01)
+        sock.close()
+    assert server.handshake_errors == [
+        "the client did not start a TLS handshake (it sent b'GET /')"
+    ]

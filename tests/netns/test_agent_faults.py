@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.hbone_support import SLOW_HANDSHAKES
 from tests.integration.zds_support import lone_snapshot
 from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
@@ -118,3 +121,34 @@ def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_m
     assert report.markers_in_clear == []
     assert report.tls_records[15008].get("application_data", 0) > 0
     assert 8080 not in report.tcp_payload_bytes
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("mode", ["partial", "hello"])
+def test_500_stalled_tls_handshakes_cost_the_agent_little_memory(bed: Testbed, mode: str) -> None:
+    # Slowloris on 15008 from outside the mesh: the start of a ClientHello ("partial"), or a
+    # whole one and then silence ("hello"). Each pending handshake used to cost ~120 KB.
+    pid = node2(bed).agent.pid
+    assert pid is not None
+    echo2 = bed.status().pod("echo-2").ip
+    before = rss_kib(pid)
+    argv = [sys.executable, "-c", SLOW_HANDSHAKES, echo2, "15008", "500", mode]
+    attacker = subprocess.Popen(
+        bed.exec_argv("legacy-1", argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert attacker.stdout is not None and attacker.stdout.readline() == "held\n"
+        time.sleep(2)  # the agent has read (and handshaked) what the attacker sent
+        grown = rss_kib(pid) - before
+        # A real client gets through meanwhile.
+        assert http_get(bed, "curl-2", echo2, 8080).pod == "echo-2"
+    finally:
+        attacker.communicate(timeout=30)
+    assert grown < 15 * 1024, f"the agent grew {grown} KiB"
+    if mode == "hello":
+        log = Path(node2(bed).log or "").read_text()
+        assert "more than 128 handshakes in progress, and this one was the oldest" in log

@@ -64,6 +64,7 @@ from ztunnel_py.transport.podsockets import (
     local_destination,
     original_destination,
 )
+from ztunnel_py.transport.tls import HandshakeLimit
 
 log = logging.getLogger("ztunnel_py.inpod")
 
@@ -185,6 +186,7 @@ class PodManager:
         self.drain = drain
         self.pods: dict[str, PodProxy] = {}
         self.connections = ConnectionLimit("the agent", config.max_connections)
+        self.handshakes = HandshakeLimit()
         state.subscribe(self._recheck)
 
     def _recheck(self, change: StateChange) -> None:
@@ -394,6 +396,7 @@ class PodManager:
             original_destination=self.original_destination,
             drain=self.drain.started,
             plaintext_idle_timeout=self.config.plaintext_idle_timeout,
+            handshakes=self.handshakes,
         )
         handlers: dict[int, Callable[[trio.socket.SocketType], Awaitable[None]]] = {
             HBONE_PORT: inbound.serve_hbone,

@@ -77,6 +77,7 @@ from ztunnel_py.transport.hbone import (
 )
 from ztunnel_py.transport.pool import HbonePool, PoolKey
 from ztunnel_py.transport.relay import ByteStream, RelayError, relay
+from ztunnel_py.transport.tls import HandshakeLimit
 from ztunnel_py.waypoint.feed import WaypointFeed
 from ztunnel_py.xds.convert import WORKLOAD_DECODERS
 from ztunnel_py.xds.l7convert import L7_DECODERS
@@ -187,6 +188,7 @@ class Waypoint:
     async def start(self, rt: ProxyRuntime, listen: SocketAddr) -> None:
         self.rt = rt
         self.hbone_pool: HbonePool = rt.pool
+        self.handshakes = HandshakeLimit()
         self.upstreams = UpstreamPool(
             rt.nursery, connect_timeout=self.config.connect_timeout.total_seconds()
         )
@@ -255,6 +257,7 @@ class Waypoint:
                     server_context(cert),
                     verify_client=lambda der: verify_client_identity(der, td),
                     handler=self._on_connect,
+                    handshakes=self.handshakes,
                     drain=self.rt.drain.started,
                 )
             except HboneHandshakeError as e:

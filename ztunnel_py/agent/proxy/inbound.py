@@ -38,6 +38,7 @@ from ztunnel_py.transport.hbone import (
 )
 from ztunnel_py.transport.podsockets import PodNetns, local_destination
 from ztunnel_py.transport.relay import SocketByteStream, relay, splice_relay
+from ztunnel_py.transport.tls import HandshakeLimit
 
 log = logging.getLogger("ztunnel_py.inbound")
 
@@ -82,8 +83,11 @@ class Inbound:
         ),
         drain: trio.Event | None = None,
         plaintext_idle_timeout: timedelta | None = None,
+        handshakes: HandshakeLimit | None = None,
     ) -> None:
         self.pod_uid = pod_uid
+        # The agent's bound on TLS handshakes in progress, shared by every pod.
+        self.handshakes = handshakes
         # Set when the process drains: HBONE connections GOAWAY and end with their streams.
         self.drain = drain
         # Bind upstream sockets to the client's IP so the app sees it; only with capture on,
@@ -153,6 +157,7 @@ class Inbound:
                 server_context(cert),
                 verify_client=lambda der: verify_client_identity(der, td),
                 handler=on_request,
+                handshakes=self.handshakes,
                 drain=self.drain,
             )
         except HboneHandshakeError as e:

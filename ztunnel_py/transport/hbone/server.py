@@ -40,7 +40,7 @@ from ztunnel_py.transport.hbone.connection import (
 )
 from ztunnel_py.transport.hbone.errors import HboneStreamError
 from ztunnel_py.transport.hbone.stream import HboneStream
-from ztunnel_py.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsTransport
+from ztunnel_py.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, HandshakeLimit, TlsTransport
 
 __all__ = ["ClientVerifier", "Handler", "HboneRequest", "serve_hbone_connection"]
 
@@ -212,6 +212,7 @@ async def serve_hbone_connection(
     verify_client: ClientVerifier,
     handler: Handler,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshakes: HandshakeLimit | None = None,
     keepalive_interval: float = KEEPALIVE_INTERVAL,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     max_concurrent_streams: int = SERVER_MAX_CONCURRENT_STREAMS,
@@ -225,12 +226,19 @@ async def serve_hbone_connection(
     task; a handler that returns without answering gets a 503 sent for it, and its stream is
     reset if still open. Raises `HboneHandshakeError` if the connection could not be set up
     (the socket is closed); returns normally when an established connection ends.
+    `handshakes`, shared by the process's listeners, bounds the TLS handshakes in progress.
 
     Once `drain` is set the connection sends a graceful GOAWAY and ends when the streams it
     already carries are done.
     """
     no_delay(sock)
-    tls = TlsTransport(sock, ssl_context, server_side=True, handshake_timeout=handshake_timeout)
+    tls = TlsTransport(
+        sock,
+        ssl_context,
+        server_side=True,
+        handshake_timeout=handshake_timeout,
+        handshakes=handshakes,
+    )
     async with closed_on_failure(tls):
         identity = await secure_handshake(tls, verify_client, "client")
     conn = HboneServerConnection(
