@@ -4,14 +4,16 @@ Each connection runs in its own task with deadlines on reading a request and on 
 response, so a slow or silent client only ever holds its own connection. Malformed requests get
 a 400 and a clean close; a handler that raises gets a 500; past `Limits.max_connections` new
 connections get a 503. Handlers are plain async functions from `Request` to `Response`, routed by
-exact path and method (HEAD is served by the GET handler, without the body).
+exact path and method (HEAD is served by the GET handler, without the body). A response body
+can also be streamed (`Response.stream`), each chunk written under the send deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,6 +41,8 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
     # called once the response has been written (e.g. to start a shutdown it announced)
     on_sent: Callable[[], None] | None = field(default=None, compare=False)
+    # a body written as it is produced (chunked), instead of `body`
+    stream: AsyncGenerator[bytes, None] | None = field(default=None, compare=False)
 
     @classmethod
     def text(cls, status: int, text: str) -> Response:
@@ -219,18 +223,26 @@ class _Server:
         head: bool = False,
     ) -> bool:
         """Write `response`; False if it could not be written in time."""
-        headers = [
-            ("content-type", response.content_type),
-            ("content-length", str(len(response.body))),
-            ("cache-control", "no-cache"),
-        ]
+        headers = [("content-type", response.content_type), ("cache-control", "no-cache")]
+        if response.stream is None:
+            headers.append(("content-length", str(len(response.body))))
         if close:
             headers.append(("connection", "close"))
         reason = http.HTTPStatus(response.status).phrase.encode()
         data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
-        if response.body and not head:
+        if response.stream is not None:
+            async with contextlib.aclosing(response.stream) as chunks:
+                if not head:
+                    async for chunk in chunks:
+                        data += conn.send(h11.Data(data=chunk))
+                        if not await self._write(stream, data):
+                            return False
+                        data = b""
+        elif response.body and not head:
             data += conn.send(h11.Data(data=response.body))
-        data += conn.send(h11.EndOfMessage())
+        return await self._write(stream, data + conn.send(h11.EndOfMessage()))
+
+    async def _write(self, stream: trio.SocketStream, data: bytes) -> bool:
         with trio.move_on_after(self.limits.send_timeout):
             await stream.send_all(data)
             return True

@@ -227,7 +227,7 @@ async def run_proxy(
         xds = XdsClient(xds_channel, node, handler, decoders=decoders, metrics=XdsMetrics(registry))
     pool = HbonePool(idle_timeout=config.pool_idle_timeout.total_seconds())
     dump = ConfigDump()
-    dump.add_sections(state.dump)
+    dump.add_sections(state.lazy_dump)
     dump.add_section("certificates", certs.dump)
     dump.add_section("version", lambda: {"version": __version__})
     dump.add_section("config", lambda: _config_dump(config))
