@@ -282,23 +282,63 @@ async def test_slow_and_silent_clients_do_not_block_others(nursery: trio.Nursery
         await s.aclose()
 
 
-async def test_too_many_connections_get_503(nursery: trio.Nursery) -> None:
-    limits = Limits(max_connections=2, request_timeout=5)
+async def test_past_the_limit_idle_connections_make_room_and_busy_ones_get_503(
+    nursery: trio.Nursery,
+) -> None:
+    limits = Limits(max_connections=2, idle_timeout=5, request_timeout=5)
     listeners = await nursery.start(
         lambda task_status: serve_http(
             Router(), ANY_LOOPBACK_PORT, name="t", limits=limits, task_status=task_status
         )
     )
     port = port_of(listeners)
-    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    # Two idle connections: a new one takes the place of the oldest.
+    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    await trio.sleep(0.1)
+    reply = await raw(port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 404 Not Found")
+    with trio.fail_after(1):
+        assert await idle[0].receive_some(100) == b""
+    for s in idle:
+        await s.aclose()
+    # Two connections in the middle of a request: no room, 503.
+    busy = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+    for s in busy:
+        await s.send_all(b"GET / HTTP/1.1\r\nhost:")
     await trio.sleep(0.1)
     reply = await raw(port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 503 Service Unavailable")
-    for s in held:
+    for s in busy:
         await s.aclose()
     await trio.sleep(0.1)
     reply = await raw(port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 404 Not Found")
+
+
+async def test_300_idle_connections_to_the_readiness_port_never_fail_a_probe(
+    nursery: trio.Nursery,
+) -> None:
+    # Any pod can open them; before, 200 made /healthz/ready answer 503 for 10 s, and a
+    # kubelet would have marked the agent NotReady.
+    readiness = Readiness()
+    listeners = await nursery.start(
+        lambda task_status: serve_readiness(
+            readiness=readiness, address=ANY_LOOPBACK_PORT, task_status=task_status
+        )
+    )
+    port = port_of(listeners)
+    idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(300)]
+    await trio.sleep(0.2)
+    url = f"http://127.0.0.1:{port_of(listeners)}/healthz/ready"
+    for _ in range(5):
+        with trio.fail_after(1):
+            assert await curl(url) == (200, "ready\n")
+    # And each idle one is closed within a second or so.
+    with trio.fail_after(3):
+        for s in idle:
+            assert await s.receive_some(100) == b""
+    for s in idle:
+        await s.aclose()
 
 
 async def test_readiness_transitions(nursery: trio.Nursery) -> None:

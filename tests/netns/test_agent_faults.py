@@ -152,3 +152,22 @@ def test_500_stalled_tls_handshakes_cost_the_agent_little_memory(bed: Testbed, m
     if mode == "hello":
         log = Path(node2(bed).log or "").read_text()
         assert "more than 128 handshakes in progress, and this one was the oldest" in log
+
+
+def test_200_idle_connections_to_the_readiness_port_never_fail_a_probe(bed: Testbed) -> None:
+    # Before: /healthz/ready answered 503 for 10 s; a kubelet would mark the agent NotReady.
+    node = node2(bed)
+    argv = [sys.executable, "-c", FLOOD, node.ip, "15021", "200", "4"]
+    flood = subprocess.Popen(bed.exec_argv("legacy-1", argv), stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout is not None and flood.stdout.readline() == "200\n"
+        for _ in range(5):
+            done = bed.exec(
+                "node2",
+                ["curl", "-sS", "--max-time", "1", "-o", "/dev/null", "-w", "%{http_code}",
+                 "http://127.0.0.1:15021/healthz/ready"],
+            )  # fmt: skip
+            assert done.stdout == "200", done.stderr
+            time.sleep(0.2)
+    finally:
+        flood.communicate(timeout=30)
