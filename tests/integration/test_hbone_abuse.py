@@ -10,11 +10,13 @@ import gc
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import trio
 
 from tests.integration.hbone_support import (
+    CLIENT_ID,
     SLOW_HANDSHAKES,
     TcpApp,
     client_ctx,
@@ -22,6 +24,7 @@ from tests.integration.hbone_support import (
     echo_handler,
     hbone_server,
     tcp_connect,
+    workload_cert,
 )
 from ztunnel_py.protocol.hbone import ConnectionTerminated, ErrorCodes, Event, HboneClient
 from ztunnel_py.transport.hbone import HboneRequest
@@ -187,3 +190,42 @@ async def test_a_client_speaking_plain_http_to_the_tls_port_is_told_so() -> None
     assert server.handshake_errors == [
         "the client did not start a TLS handshake (it sent b'GET /')"
     ]
+
+
+@pytest.mark.parametrize(
+    ("suite", "refused"),
+    [("TLS_CHACHA20_POLY1305_SHA256", True), ("TLS_AES_128_GCM_SHA256", False)],
+)
+async def test_a_peer_negotiating_another_suite_than_aes_gcm_is_refused(
+    tmp_path: Path, suite: str, refused: bool
+) -> None:
+    # openssl s_client as the client, offering only `suite`, with a valid mesh certificate.
+    cert = workload_cert(CLIENT_ID)
+    (tmp_path / "key.pem").write_text(cert.key_pem)
+    (tmp_path / "chain.pem").write_text("".join(cert.chain_pem))
+    (tmp_path / "roots.pem").write_text("".join(cert.roots_pem))
+    async with hbone_server(echo_handler) as server:
+        argv = [
+            "openssl", "s_client", "-connect", f"127.0.0.1:{server.address[1]}", "-tls1_3",
+            "-ciphersuites", suite, "-alpn", "h2", "-key", str(tmp_path / "key.pem"),
+            "-cert", str(tmp_path / "chain.pem"), "-CAfile", str(tmp_path / "roots.pem"),
+        ]  # fmt: skip
+        with trio.fail_after(10):
+            done = await trio.run_process(argv, stdin=b"", capture_stdout=True, check=False)
+            while server.connections_done < 1:
+                await trio.sleep(0.01)
+        assert f"Cipher is {suite}" in done.stdout.decode()
+    if refused:
+        assert server.handshake_errors == [
+            f"peer negotiated cipher suite {suite}; HBONE allows only "
+            "TLS_AES_256_GCM_SHA384, TLS_AES_128_GCM_SHA256"
+        ]
+    else:
+        assert server.handshake_errors == []
+
+
+async def test_our_peers_agree_on_aes_256_gcm() -> None:
+    async with trio.open_nursery() as nursery, hbone_server(echo_handler) as server:
+        conn = await dial(server.address, nursery)
+        assert conn.tls.cipher == "TLS_AES_256_GCM_SHA384"
+        await conn.aclose()

@@ -53,6 +53,7 @@ from ztunnel_py.transport.tls import TlsError, TlsTransport
 
 __all__ = [
     "ALPN_H2",
+    "HBONE_CIPHER_SUITES",
     "KEEPALIVE_INTERVAL",
     "KEEPALIVE_TIMEOUT",
     "HboneConnection",
@@ -64,6 +65,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ALPN_H2 = "h2"
+# The TLS 1.3 suites HBONE accepts (ztunnel's); checked after the handshake (see
+# identity/tls.py for why not before).
+HBONE_CIPHER_SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
 KEEPALIVE_INTERVAL = 10.0
 KEEPALIVE_TIMEOUT = 20.0
 # Senders wait once this much output is queued for the writer (the socket is not keeping up).
@@ -404,7 +408,8 @@ def no_delay(sock: trio.socket.SocketType) -> None:
 async def secure_handshake(
     tls: TlsTransport, verify_peer: Callable[[bytes | None], _Peer], side: str
 ) -> _Peer:
-    """TLS handshake, ALPN h2, then `verify_peer(peer_leaf_der)`, all before any HTTP/2 byte.
+    """TLS handshake, ALPN h2, an AES-GCM suite, then `verify_peer(peer_leaf_der)`, all before
+    any HTTP/2 byte.
 
     `verify_peer` returns the peer's identity or raises to refuse it; `side` names the peer in
     the error ("server", "client"). Raises `HboneHandshakeError` (or `TlsError`).
@@ -414,6 +419,11 @@ async def secure_handshake(
         raise HboneHandshakeError(
             f"peer did not negotiate ALPN {ALPN_H2!r} (got {tls.alpn_protocol!r}); "
             "is it an HBONE endpoint?"
+        )
+    if tls.cipher not in HBONE_CIPHER_SUITES:
+        raise HboneHandshakeError(
+            f"peer negotiated cipher suite {tls.cipher}; HBONE allows only "
+            f"{', '.join(HBONE_CIPHER_SUITES)}"
         )
     try:
         return verify_peer(tls.peer_leaf_der())
