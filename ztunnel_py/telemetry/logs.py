@@ -5,6 +5,11 @@ Text lines look like ztunnel's:
 JSON lines carry `level`, `time`, `scope`, `message` and the fields. Structured fields travel in a
 record's `fields` attribute (`log.info("msg", extra={"fields": {...}})`).
 
+Every part of a text line a peer or a request can influence (the message with its arguments,
+field names and values) has its control characters escaped (`\n`, `\t`, `\u001b`...), so a
+pod name or header with a newline cannot forge a log line, and a tab cannot shift the columns;
+the lines of a traceback are indented, so none of them can pass for a record of its own.
+
 Levels are written like ztunnel's `RUST_LOG` / `/logging?level=`: `info`, or
 `info,access=debug,agent.xds=trace` (a default level plus per-module levels; `:` works as well
 as `=`, as `istioctl ztunnel-config log --level access:debug` writes it). A default level applies
@@ -45,7 +50,9 @@ _LEVEL_NAMES = {
 PACKAGE = "ztunnel_py"
 ACCESS = "access"
 _MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
-_NEEDS_QUOTES = re.compile(r'[\s"=]')
+_NEEDS_QUOTES = re.compile(r'[\s"=\x00-\x1f\x7f-\x9f\u2028\u2029]')
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class LevelSpecError(ValueError):
@@ -146,22 +153,28 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def _text_value(value: object) -> str:
     text = value if isinstance(value, str) else str(value)
     if not text or _NEEDS_QUOTES.search(text):
-        return json.dumps(text)
+        return _escaped(json.dumps(text))
     return text
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), _level(record), _target(record), record.getMessage()]
+        message = _escaped(record.getMessage())
+        parts = [_timestamp(record), _level(record), _target(record), message]
         fields = _fields(record)
         if fields:
-            parts.append(" ".join(f"{k}={_text_value(v)}" for k, v in fields.items()))
+            parts.append(" ".join(f"{_escaped(k)}={_text_value(v)}" for k, v in fields.items()))
         line = "\t".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n  {_escaped(t)}" for t in trace)
         return line
 
 

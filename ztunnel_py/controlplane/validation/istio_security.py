@@ -16,9 +16,8 @@ from ztunnel_py.controlplane.validation.kube import (
     SELECTOR_MATCH_LABELS,
     KindInfo,
     custom_resource,
-    dns1123_label,
-    dns1123_subdomain,
 )
+from ztunnel_py.model.names import dns1123_label, dns1123_subdomain
 from ztunnel_py.yamlschema.schema import (
     STR,
     Checker,
