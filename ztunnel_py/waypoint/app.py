@@ -399,6 +399,7 @@ class Waypoint:
                 expected_identities=expected,
                 verify=verify_server_identity,
                 nursery=self.rt.nursery,
+                not_after=cert.not_after,
             )
 
         try:

@@ -90,9 +90,13 @@ class HboneConnection:
         keepalive_interval: float,
         keepalive_timeout: float,
         drain: trio.Event | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.tls = tls
         self.peer_identity = peer_identity
+        # When a certificate the connection was set up with expires (trio clock): from then
+        # on it takes no new stream, and it closes once its open streams are done.
+        self.expires_at = expires_at
         # When the connection last became idle (no stream), None while it carries streams.
         self.idle_since: float | None = trio.current_time()
         self.closed_reason: str | None = None
@@ -227,6 +231,8 @@ class HboneConnection:
                 nursery.start_soon(self._guard, self._keepalive)
                 if self._drain is not None:
                     nursery.start_soon(self._guard, self._goaway_on_drain)
+                if self.expires_at is not None:
+                    nursery.start_soon(self._guard, self._retire_at_expiry)
                 task_status.started()
         finally:
             self._terminate(self.closed_reason or "connection closed")
@@ -266,14 +272,27 @@ class HboneConnection:
             self._tasks.cancel_scope.cancel()
 
     async def _goaway_on_drain(self) -> None:
-        """Once draining starts: a graceful GOAWAY (open streams go on, the peer opens new ones
-        elsewhere); the connection closes when its last stream is done."""
+        """Once draining starts: retire the connection."""
         assert self._drain is not None
         await self._drain.wait()
-        self._core.close(ErrorCodes.NO_ERROR, "draining")
+        self._retire("draining")
+
+    async def _retire_at_expiry(self) -> None:
+        """Once a certificate of the connection expires: retire the connection."""
+        assert self.expires_at is not None
+        await trio.sleep_until(self.expires_at)
+        logger.debug("HBONE connection retired: a certificate expired")
+        self._retire("certificate expired")
+
+    def _retire(self, reason: str) -> None:
+        """A graceful GOAWAY: open streams go on, the peer opens new ones elsewhere; the
+        connection closes when its last stream is done."""
+        if self.is_closed or self._core.is_draining:
+            return
+        self._core.close(ErrorCodes.NO_ERROR, reason)
         self._emit()
         if not self._streams:
-            self._terminate("drained: no open streams")
+            self._terminate(f"{reason}: no open streams")
 
     async def _writer(self) -> None:
         """Send ciphertext queued by tasks that did not send it themselves (frames produced
