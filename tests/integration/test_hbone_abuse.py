@@ -6,7 +6,9 @@ sans-IO client core, so it can send what a well-behaved client never would.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client import CollectorRegistry
 
 from tests.integration.hbone_support import (
     CLIENT_ID,
@@ -27,6 +30,9 @@ from tests.integration.hbone_support import (
     workload_cert,
 )
 from ztunnel_py.protocol.hbone import ConnectionTerminated, ErrorCodes, Event, HboneClient
+from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.telemetry.peererrors import PeerErrors
+from ztunnel_py.telemetry.ratelimit import LogLimiter
 from ztunnel_py.transport.hbone import HboneRequest
 from ztunnel_py.transport.tls import (
     DEFAULT_MAX_HANDSHAKES,
@@ -229,3 +235,74 @@ async def test_our_peers_agree_on_aes_256_gcm() -> None:
         conn = await dial(server.address, nursery)
         assert conn.tls.cipher == "TLS_AES_256_GCM_SHA384"
         await conn.aclose()
+
+
+def hbone_errors(registry: CollectorRegistry, kind: str, reason: str) -> float:
+    value = registry.get_sample_value(
+        "ztunnel_py_hbone_errors_total", {"kind": kind, "reason": reason}
+    )
+    return value or 0.0
+
+
+async def test_attacks_leave_a_trace_counted_and_logged_at_a_bounded_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ztunnel_py.hbone.peers")
+    registry = CollectorRegistry()
+    errors = PeerErrors(Metrics(registry, process_metrics=False))
+    with trio.fail_after(30):
+        async with (
+            trio.open_nursery() as nursery,
+            hbone_server(echo_handler, events=errors) as server,
+        ):
+            port = server.address[1]
+            # 50 plain-text HTTP requests to the TLS port.
+            for _ in range(50):
+                sock = await tcp_connect(server.address)
+                await sock.send(b"GET / HTTP/1.1\r\n\r\n")
+                with contextlib.suppress(OSError):
+                    await sock.recv(10)
+                sock.close()
+            # HTTP/1.1 after TLS with ALPN h2, from a mesh identity.
+            tls = TlsTransport(await tcp_connect(server.address), client_ctx(), server_side=False)
+            await tls.handshake()
+            local = tls.socket.getsockname()
+            await tls.send_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            with contextlib.suppress(TlsError):
+                while await tls.receive_some():
+                    pass
+            await tls.aclose()
+            # Two streams reset by the client.
+            conn = await dial(server.address, nursery)
+            for _ in range(2):
+                (await conn.open_stream("10.0.0.2:80")).reset()
+            await conn.aclose()
+            while server.connections_done < 52:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert hbone_errors(registry, "handshake", "not_tls") == 50
+    assert hbone_errors(registry, "protocol", "PROTOCOL_ERROR") == 1
+    assert hbone_errors(registry, "stream_reset", "CANCEL") == 2
+    lines = [r for r in caplog.records if r.name == "ztunnel_py.hbone.peers"]
+    handshakes = [r for r in lines if r.getMessage() == "HBONE handshake failed"]
+    assert len(handshakes) == 20  # the burst; the other 30 are counted, not logged (yet)
+    first = handshakes[0].fields  # type: ignore[attr-defined]
+    assert first["dst.addr"] == f"127.0.0.1:{port}"
+    assert first["src.addr"].startswith("127.0.0.1:") and first["src.addr"] != "127.0.0.1:"
+    assert first["error"] == "the client did not start a TLS handshake (it sent b'GET /')"
+    (protocol,) = [r for r in lines if "protocol error" in r.getMessage()]
+    assert protocol.levelno == logging.WARNING
+    assert protocol.fields["src.addr"] == f"127.0.0.1:{local[1]}"  # type: ignore[attr-defined]
+    assert protocol.fields["code"] == "PROTOCOL_ERROR"  # type: ignore[attr-defined]
+    resets = [r for r in lines if "reset" in r.getMessage()]
+    assert len(resets) == 2 and all(r.levelno == logging.DEBUG for r in resets)
+
+
+def test_the_log_limiter_lets_a_burst_through_then_reports_what_it_left_out() -> None:
+    now = [0.0]
+    limiter = LogLimiter(burst=3, interval=3.0, clock=lambda: now[0])
+    assert [limiter.allow("k") for _ in range(5)] == [0, 0, 0, None, None]
+    assert limiter.allow("other") == 0  # keys are limited on their own
+    now[0] += 1.0  # one line's worth of tokens back
+    assert limiter.allow("k") == 2
+    assert limiter.allow("k") is None

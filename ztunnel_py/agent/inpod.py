@@ -57,6 +57,7 @@ from ztunnel_py.redirect.maps import PodCounters, RedirectError
 from ztunnel_py.runtime.drain import Drain
 from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.telemetry.peererrors import PeerErrors
 from ztunnel_py.telemetry.requests import RequestMetrics
 from ztunnel_py.transport.accept import ConnectionLimit, serve_connections
 from ztunnel_py.transport.podsockets import (
@@ -187,6 +188,7 @@ class PodManager:
         self.pods: dict[str, PodProxy] = {}
         self.connections = ConnectionLimit("the agent", config.max_connections)
         self.handshakes = HandshakeLimit()
+        self.peer_errors = PeerErrors(metrics)
         state.subscribe(self._recheck)
 
     def _recheck(self, change: StateChange) -> None:
@@ -397,6 +399,7 @@ class PodManager:
             drain=self.drain.started,
             plaintext_idle_timeout=self.config.plaintext_idle_timeout,
             handshakes=self.handshakes,
+            peer_errors=self.peer_errors,
         )
         handlers: dict[int, Callable[[trio.socket.SocketType], Awaitable[None]]] = {
             HBONE_PORT: inbound.serve_hbone,

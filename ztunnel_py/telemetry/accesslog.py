@@ -2,7 +2,9 @@
 
 - `connection opened` (DEBUG) when a proxied connection starts;
 - `connection complete` when it ends: INFO, or ERROR with `error=...` if it failed;
-- `connection failed` (WARN) for failures before the connection's context is known.
+- `connection failed` (WARN) for failures before the connection's context is known; these are
+  what a flood of bad connections produces, so they are rate-limited (`LogLimiter`, per
+  direction) and the next line let through says how many were left out (`suppressed=N`).
 - `request complete` for each HTTP request a waypoint or sidecar proxied (see
   `request_complete`).
 
@@ -18,8 +20,10 @@ from __future__ import annotations
 import logging
 
 from ztunnel_py.telemetry.labels import SOURCE, UNKNOWN, TrafficLabels
+from ztunnel_py.telemetry.ratelimit import LogLimiter
 
 access_log = logging.getLogger("access")
+_failures = LogLimiter()
 
 
 def _known(value: str) -> str | None:
@@ -80,12 +84,17 @@ def connection_complete(
 
 def connection_failed(src_addr: str, dst_addr: str, reporter: str, error: str) -> None:
     """An early failure (e.g. an early deny), before workloads and labels are known."""
-    fields = {
+    suppressed = _failures.allow(direction(reporter))
+    if suppressed is None:
+        return
+    fields: dict[str, object] = {
         "src.addr": src_addr,
         "dst.addr": dst_addr,
         "direction": direction(reporter),
         "error": error,
     }
+    if suppressed:
+        fields["suppressed"] = suppressed
     access_log.warning("connection failed", extra={"fields": fields})
 
 

@@ -20,6 +20,7 @@ node agent: it speaks HBONE itself, as Envoy waypoints do) and:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import random
@@ -66,6 +67,7 @@ from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import WAYPOINT, TrafficLabels
+from ztunnel_py.telemetry.peererrors import PeerErrors
 from ztunnel_py.telemetry.requests import Peer, RequestMetrics
 from ztunnel_py.transport.hbone import (
     HboneClientConnection,
@@ -189,6 +191,7 @@ class Waypoint:
         self.rt = rt
         self.hbone_pool: HbonePool = rt.pool
         self.handshakes = HandshakeLimit()
+        self.peer_errors = PeerErrors(rt.metrics)
         self.upstreams = UpstreamPool(
             rt.nursery, connect_timeout=self.config.connect_timeout.total_seconds()
         )
@@ -251,7 +254,7 @@ class Waypoint:
                 sock.close()
                 return
             td = self.me.trust_domain
-            try:
+            with contextlib.suppress(HboneHandshakeError):  # reported through `events`
                 await serve_hbone_connection(
                     sock,
                     server_context(cert),
@@ -259,10 +262,7 @@ class Waypoint:
                     handler=self._on_connect,
                     handshakes=self.handshakes,
                     drain=self.rt.drain.started,
-                )
-            except HboneHandshakeError as e:
-                connection_failed(
-                    str(SocketAddr(peer[0], peer[1])), str(HBONE_PORT), WAYPOINT, f"handshake: {e}"
+                    events=self.peer_errors,
                 )
 
     async def _on_connect(self, req: HboneRequest) -> None:

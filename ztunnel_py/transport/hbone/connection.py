@@ -381,9 +381,12 @@ class HboneConnection:
                 if not self._streams:
                     self._terminate("peer sent GOAWAY")
             elif isinstance(event, ConnectionTerminated):
-                self._terminate(event.reason)
+                self._on_terminated(event)
             else:
                 self._on_request_event(event)
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        self._terminate(event.reason)
 
     def _on_window(self, stream_id: int) -> None:
         if stream_id == 0:
