@@ -171,3 +171,55 @@ def test_200_idle_connections_to_the_readiness_port_never_fail_a_probe(bed: Test
             time.sleep(0.2)
     finally:
         flood.communicate(timeout=30)
+
+
+# GETs ip:8080/?marker on new connections every `interval` s for `seconds`; prints a JSON list
+# of [seconds since start, ok] per request.
+LOOP_CLIENT = """
+import json, socket, sys, time
+ip, marker, seconds, interval = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+start, results = time.monotonic(), []
+while (now := time.monotonic() - start) < seconds:
+    ok = False
+    try:
+        with socket.create_connection((ip, 8080), timeout=1) as s:
+            s.settimeout(1)
+            s.sendall(f"GET /?{marker} HTTP/1.0\\r\\nHost: t\\r\\n\\r\\n".encode())
+            ok = s.recv(12).startswith(b"HTTP/1.1 200")
+    except OSError:
+        pass
+    results.append([round(now, 2), ok])
+    time.sleep(interval)
+print(json.dumps(results))
+"""
+
+
+def test_an_agent_killed_under_load_lets_no_byte_out_in_clear(bed: Testbed, tmp_path: Path) -> None:
+    # Requests from node1 to echo-2 all along; node2's agent is killed 2 s in and started again
+    # 3 s later. While it is gone the requests fail (closed), never in clear on the fabric.
+    marker = "ZTTEST-agent-kill-7c41"
+    status = bed.status()
+    echo2 = status.pod("echo-2").ip
+    pcap = tmp_path / "fabric.pcap"
+    argv = [sys.executable, "-c", LOOP_CLIENT, echo2, marker, "30", "0.02"]
+    with FabricCapture(status.fabric.netns, FABRIC_BRIDGE, pcap, "tcp", max_packets=50_000):
+        load = subprocess.Popen(bed.exec_argv("web-1", argv), stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        try:
+            time.sleep(2)
+            bed.kill_agent("node2")
+            time.sleep(3)
+            bed.start_agent("node2")  # returns once it is ready
+            restarted = time.monotonic() - started
+        finally:
+            out, _ = load.communicate(timeout=90)
+    results = json.loads(out)
+    report = analyze(pcap, {15008}, [marker.encode()])
+    assert report.markers_in_clear == []
+    assert 8080 not in report.tcp_payload_bytes
+    assert report.tls_records[15008].get("application_data", 0) > 0
+    before = [ok for t, ok in results if t < 1.5]
+    after = [ok for t, ok in results if t > restarted + 1]
+    assert before and all(before)
+    assert not all(ok for _, ok in results)  # the outage was seen
+    assert after and all(after), results  # and traffic came back
