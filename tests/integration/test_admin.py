@@ -9,7 +9,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -76,6 +76,25 @@ async def raw(port: int, data: bytes, *, shutdown_write: bool = True) -> bytes:
     return b"".join(chunks)
 
 
+async def start_admin(
+    nursery: trio.Nursery,
+    dump: ConfigDump,
+    levels: LogLevels | None = None,
+    shutdown: Callable[[], None] = lambda: None,
+) -> list[trio.SocketListener]:
+    """An admin server for `dump` on a free loopback port; its listeners."""
+    listeners: list[trio.SocketListener] = await nursery.start(
+        lambda task_status: serve_admin(
+            config_dump=dump,
+            log_levels=levels or LogLevels(),
+            shutdown=shutdown,
+            address=ANY_LOOPBACK_PORT,
+            task_status=task_status,
+        )
+    )
+    return listeners
+
+
 @dataclass
 class Admin:
     url: str
@@ -96,15 +115,7 @@ async def admin(nursery: trio.Nursery) -> AsyncIterator[Admin]:
     dump.add_section("version", lambda: {"version": "test"})
     levels = LogLevels("info")
     shutdowns: list[str] = []
-    listeners = await nursery.start(
-        lambda task_status: serve_admin(
-            config_dump=dump,
-            log_levels=levels,
-            shutdown=lambda: shutdowns.append("bye"),
-            address=ANY_LOOPBACK_PORT,
-            task_status=task_status,
-        )
-    )
+    listeners = await start_admin(nursery, dump, levels, lambda: shutdowns.append("bye"))
     port = port_of(listeners)
     yield Admin(f"http://127.0.0.1:{port}", port, state, levels, shutdowns)
     levels.reset()
@@ -237,15 +248,7 @@ async def test_oversized_body_is_refused(nursery: trio.Nursery) -> None:
 async def test_handler_error_is_500_and_server_survives(nursery: trio.Nursery) -> None:
     dump = ConfigDump()
     dump.add_section("broken", lambda: 1 / 0)
-    listeners = await nursery.start(
-        lambda task_status: serve_admin(
-            config_dump=dump,
-            log_levels=LogLevels(),
-            shutdown=lambda: None,
-            address=ANY_LOOPBACK_PORT,
-            task_status=task_status,
-        )
-    )
+    listeners = await start_admin(nursery, dump)
     url = f"http://127.0.0.1:{port_of(listeners)}"
     status, body = await curl(f"{url}/config_dump")
     assert status == 500 and "division by zero" in body
@@ -448,15 +451,7 @@ async def test_a_large_config_dump_never_stalls_proxied_traffic(nursery: trio.Nu
     state = big_mesh()
     dump = ConfigDump()
     dump.add_sections(state.lazy_dump)
-    listeners = await nursery.start(
-        lambda task_status: serve_admin(
-            config_dump=dump,
-            log_levels=LogLevels(),
-            shutdown=lambda: None,
-            address=ANY_LOOPBACK_PORT,
-            task_status=task_status,
-        )
-    )
+    listeners = await start_admin(nursery, dump)
     echo = trio.socket.socket()
     await echo.bind(("127.0.0.1", 0))
     echo.listen(1)

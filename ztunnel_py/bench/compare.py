@@ -167,9 +167,8 @@ def _latency_argv(plan: Plan, ep: Endpoints, seconds: float, warmup: float) -> l
 # -- path checks ------------------------------------------------------------------------------
 
 
-def _opened(netns_name: str) -> dict[str, float]:
-    """istio_tcp_connections_opened_total of the proxy serving :15020 in `netns_name`, summed
-    by reporter (source, destination)."""
+def scrape_metrics(netns_name: str) -> str:
+    """The /metrics text of the proxy serving :15020 in network namespace `netns_name`."""
 
     def scrape() -> str:
         conn = http.client.HTTPConnection("127.0.0.1", METRICS_PORT, timeout=5.0)
@@ -179,7 +178,13 @@ def _opened(netns_name: str) -> dict[str, float]:
         finally:
             conn.close()
 
-    text = namespaces.run_in(netns_name, scrape)
+    return namespaces.run_in(netns_name, scrape)
+
+
+def _opened(netns_name: str) -> dict[str, float]:
+    """istio_tcp_connections_opened_total of the proxy serving :15020 in `netns_name`, summed
+    by reporter (source, destination)."""
+    text = scrape_metrics(netns_name)
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name != OPENED:

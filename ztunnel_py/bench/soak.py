@@ -19,7 +19,6 @@ in flight), and no request or connection may fail.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import subprocess
@@ -32,9 +31,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from ztunnel_py.bench import procstat
+from ztunnel_py.bench.compare import scrape_metrics
 from ztunnel_py.model.address import SocketAddr
-from ztunnel_py.model.ports import METRICS_PORT
-from ztunnel_py.testbed import namespaces
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
 from ztunnel_py.testbed.topology import HTTP_PORT
@@ -98,17 +96,8 @@ def _fds(pid: int) -> int:
 
 def _scrape(netns: str) -> dict[str, float]:
     """ztunnel_py_tasks and istio_tcp_sockets_open (summed) of the agent in `netns`."""
-
-    def fetch() -> str:
-        conn = http.client.HTTPConnection("127.0.0.1", METRICS_PORT, timeout=5.0)
-        try:
-            conn.request("GET", "/metrics")
-            return conn.getresponse().read().decode()
-        finally:
-            conn.close()
-
     found = {"ztunnel_py_tasks": 0.0, "istio_tcp_sockets_open": 0.0}
-    for family in text_string_to_metric_families(namespaces.run_in(netns, fetch)):
+    for family in text_string_to_metric_families(scrape_metrics(netns)):
         if family.name in found:
             found[family.name] = sum(s.value for s in family.samples)
     return found
