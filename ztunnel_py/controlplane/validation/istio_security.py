@@ -22,7 +22,6 @@ from ztunnel_py.controlplane.validation.kube import (
     custom_resource,
 )
 from ztunnel_py.identity.jwt import JwtError, parse_jwks
-from ztunnel_py.model.names import dns1123_label, dns1123_subdomain
 from ztunnel_py.yamlschema.schema import (
     BOOL,
     STR,
