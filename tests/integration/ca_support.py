@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from ztunnel_py.controlplane import ca as ca_service
 from ztunnel_py.controlplane.app import CA_SUBDIR, ServingCredentials, load_or_create_ca
@@ -52,6 +53,7 @@ class RunningCa:
     port: int
     server: grpc.Server
     registry: LocalConfigSource
+    metrics: CollectorRegistry
 
     @property
     def address(self) -> SocketAddr:
@@ -85,15 +87,17 @@ def start_ca(
     ca = load_or_create_ca(data_dir / CA_SUBDIR, TRUST_DOMAIN)
     registry = LocalConfigSource(local_config)
     registry.reload_if_changed()
+    metrics = CollectorRegistry()
     service = ca_service.CertificateService(
         ca,
         TokenAuthenticator(NodeTokenStore(data_dir / TOKEN_FILE)),
         registry,
         TRUST_DOMAIN,
         max_ttl,
+        metrics,
     )
     server = grpc.server(ThreadPoolExecutor(max_workers=4), interceptors=list(interceptors))
     ca_service.add_to_server(service, server)
     bound = server.add_secure_port(f"127.0.0.1:{port}", ServingCredentials(ca, []).credentials())
     server.start()
-    return RunningCa(data_dir, bound, server, registry)
+    return RunningCa(data_dir, bound, server, registry, metrics)

@@ -490,6 +490,10 @@ async def test_a_large_config_dump_never_stalls_proxied_traffic(nursery: trio.Nu
     assert body == json.dumps(state.dump(), indent=2)  # what json.dumps would have written
     assert len(body) > 15_000_000 and took > 0.3
     assert len(during) > 20
-    # (A full garbage collection over this heap alone takes ~45 ms; before, the dump's stall
-    # was over a second.)
-    assert max(during) < 0.25, f"a round trip took {max(during) * 1000:.0f} ms during the dump"
+    # Before, the dump held the loop for all of its duration; now it yields between pieces, so
+    # no round trip waits for more than a fraction of it (relative: a busy machine slows both;
+    # a full garbage collection over this heap alone takes ~45 ms).
+    longest = max(during)
+    assert longest < took / 3, (
+        f"a round trip took {longest * 1000:.0f} ms of the dump's {took * 1000:.0f} ms"
+    )

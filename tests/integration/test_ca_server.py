@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ import grpc
 import pytest
 import trio
 from cryptography import x509
+from prometheus_client import generate_latest
 
 from tests.integration.ca_support import RunningCa, start_ca, write_workloads
 from ztunnel_py.config import parse_headers
@@ -124,6 +126,42 @@ async def test_identity_outside_the_trust_domain_is_invalid_argument(ca: Running
         await ca.client(token).sign(make_csr(generate_key(), foreign), foreign, timedelta(hours=1))
     assert info.value.status == "INVALID_ARGUMENT"
     assert "trust domain" in info.value.message
+
+
+async def test_istiods_citadel_metrics_count_requests_issuances_and_refusals(
+    ca: RunningCa,
+) -> None:
+    token = ca.token_file("node-1")
+    await sign_ok(ca, token, ALICE)
+    refusals = [
+        (None, make_csr(generate_key(), ALICE), ALICE),  # no credential
+        (token, make_csr(generate_key(), BOB), BOB),  # BOB is not on node-1
+        (token, make_csr(generate_key(), BOB), ALICE),  # the CSR names someone else
+    ]
+    foreign = Identity("evil.example", "demo", "alice")
+    refusals.append((token, make_csr(generate_key(), foreign), foreign))
+    for credential, csr, identity in refusals:
+        with pytest.raises(CaError):
+            await ca.client(credential).sign(csr, identity, timedelta(hours=1))
+    text = generate_latest(ca.metrics).decode()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("citadel_server_")
+    }
+    root = load_certificate(ca.root_path.read_text())
+    expiry = root.not_valid_after_utc.timestamp()
+    left = samples.pop("citadel_server_root_cert_expiry_seconds")
+    assert expiry - time.time() - 60 < left <= expiry - time.time() + 1
+    # istiod's names: counters without `_total`
+    assert samples == {
+        "citadel_server_csr_count": 5.0,
+        "citadel_server_success_cert_issuance_count": 1.0,
+        "citadel_server_authentication_failure_count": 2.0,
+        'citadel_server_csr_sign_err_count{error="CSR_ERROR"}': 1.0,
+        "citadel_server_csr_parsing_err_count": 1.0,
+        "citadel_server_root_cert_expiry_timestamp": expiry,
+    }
 
 
 def raw_call(ca: RunningCa, request: citadel_pb2.IstioCertificateRequest, token: Path) -> str:

@@ -137,6 +137,23 @@ async def test_add_change_delete_reach_the_agent_within_a_second(
             )
         )
         assert state.workload_by_ip(workload(2).addresses[0]) is None
+    # istiod's push metrics: why each change was pushed, how long each response took, and how
+    # long each change took to reach the proxy (three changes, each pushed to the one proxy)
+    assert metric_lines(cp.registry, "pilot_push_triggers") == [
+        'pilot_push_triggers{type="config"} 1.0',
+        'pilot_push_triggers{type="endpoint"} 3.0',
+        'pilot_push_triggers{type="service"} 2.0',
+    ]
+    assert metric_lines(cp.registry, "pilot_proxy_convergence_time_count") == [
+        "pilot_proxy_convergence_time_count 3.0"
+    ]
+    # the initial response and three pushes of Address; under a second each
+    assert 'pilot_xds_push_time_count{type="wds"} 4.0' in metric_lines(
+        cp.registry, "pilot_xds_push_time_count"
+    )
+    assert 'pilot_xds_push_time_bucket{le="1.0",type="wds"} 4.0' in metric_lines(
+        cp.registry, "pilot_xds_push_time_bucket"
+    )
 
 
 async def test_invalid_resource_is_nacked_and_the_valid_part_applied(

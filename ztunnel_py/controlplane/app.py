@@ -169,19 +169,20 @@ def run(config: ControlPlaneConfig) -> int:
             trust_domain,
             config.trusted_node_accounts,
         )
+    metrics_registry = CollectorRegistry()
     service = ca_service.CertificateService(
         ca,
         authenticator,
         pipeline.registry,
         trust_domain,
         config.max_cert_ttl,
+        metrics_registry,
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="grpc"),
         options=GRPC_OPTIONS,
     )
     ca_service.add_to_server(service, server)
-    metrics_registry = CollectorRegistry()
     xds = xds_server.XdsServer(pipeline.snapshots, authenticator, metrics_registry)
     xds_server.add_to_server(xds, server)
     listen: SocketAddr = config.listen

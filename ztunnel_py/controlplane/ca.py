@@ -13,7 +13,10 @@ The certificate lives min(requested, maximum) seconds; the answer is [leaf, root
 
 Protobuf types stop here: the checks themselves (`CertificateService.create`) take plain values
 and raise `CaRequestError`, which the gRPC servicer turns into a status with the same message.
-Every refusal is logged with the caller (node name when known, else the peer address).
+Every refusal is logged with the caller (node name when known, else the peer address) and
+counted in istiod's `citadel_server_*` metrics (`metrics.CaMetrics`): a refused caller or
+identity as an authentication failure, a CSR that does not parse as a parsing error, a CSR that
+cannot be signed as a signing error by reason.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from datetime import timedelta
 
 import grpc
 from cryptography import x509
+from prometheus_client import CollectorRegistry
 
+from ztunnel_py.controlplane.metrics import CaMetrics
 from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
 from ztunnel_py.controlplane.registry import WorkloadRegistry
 from ztunnel_py.identity.pki import CertificateAuthority, CsrError
@@ -38,11 +43,17 @@ IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
 
 
+# istiod's `error` label of citadel_server_csr_sign_err_count for a CSR it cannot sign
+CSR_ERROR = "CSR_ERROR"
+
+
 class CaRequestError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, sign_error: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # set when the request was valid but could not be signed (istiod's error type)
+        self.sign_error = sign_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +75,34 @@ class CertificateService:
         registry: WorkloadRegistry,
         trust_domain: str,
         max_ttl: timedelta,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self._ca = ca
+        self._metrics = CaMetrics(
+            metrics_registry or CollectorRegistry(),
+            lambda: ca.root_cert.not_valid_after_utc.timestamp(),
+        )
         self._authenticator = authenticator
         self._registry = registry
         self._trust_domain = trust_domain
         self._max_ttl = max_ttl
 
     def create(self, req: SignRequest) -> list[str]:
+        self._metrics.csrs.inc()
+        try:
+            chain = self._create(req)
+        except CaRequestError as e:
+            if e.sign_error is not None:
+                self._metrics.sign_errors.inc(e.sign_error)
+            elif e.code == grpc.StatusCode.INVALID_ARGUMENT:
+                self._metrics.parsing_errors.inc()
+            else:
+                self._metrics.authentication_failures.inc()
+            raise
+        self._metrics.issued.inc()
+        return chain
+
+    def _create(self, req: SignRequest) -> list[str]:
         try:
             authenticated = self._authenticator.authenticate(req.metadata)
         except AuthenticationError as e:
@@ -100,7 +131,9 @@ class CertificateService:
         try:
             chain = self._ca.sign_csr(req.csr_pem, identity, ttl)
         except CsrError as e:
-            raise self._refuse(grpc.StatusCode.INVALID_ARGUMENT, caller, str(e)) from None
+            refused = self._refuse(grpc.StatusCode.INVALID_ARGUMENT, caller, str(e))
+            refused.sign_error = CSR_ERROR
+            raise refused from None
         log.info("signed %s for %s, valid %s", identity, caller, ttl)
         return chain
 

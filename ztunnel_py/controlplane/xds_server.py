@@ -30,10 +30,8 @@ HttpAuthentication (docs/waypoints.md), which are scoped per stream. It owns:
 - istiod's operator views and metrics, under istiod's names and shapes: `syncz` (`/debug/syncz`:
   per connected proxy its id `<pod>.<namespace>`, type, cluster and per type URL the nonce sent,
   the nonce ACKed and the last rejection), `config_dump` (`/debug/config_dump?proxyID=`: what
-  a proxy is sent, as Envoy admin `ConfigDump` JSON of `Resource`s), and the metrics `pilot_xds`
-  (connected proxies), `pilot_xds_pushes{type}` and `pilot_total_xds_rejects{type}`, counters
-  written as istiod writes them, without `_total`, with istiod's type names (`wds` for Address,
-  `wads` for Authorization).
+  a proxy is sent, as Envoy admin `ConfigDump` JSON of `Resource`s), and the `pilot_*` metrics
+  of `metrics.py`, with istiod's type names (`wds` for Address, `wads` for Authorization).
 
 grpcio's server is blocking: each stream holds one server worker thread (the response
 generator) and runs one reader thread for its requests; both meet in the stream's event queue.
@@ -53,9 +51,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry
 
+from ztunnel_py.controlplane.metrics import XdsMetrics, push_triggers
 from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
 from ztunnel_py.controlplane.snapshot import MeshSnapshot, SnapshotSource
 from ztunnel_py.model import Authorization, Service, Workload
@@ -134,6 +132,8 @@ class ResourceIndex:
     # every pod, "namespace/name" -> its node, and waypoint pods -> their waypoint
     pods: Mapping[str, str] = field(default_factory=dict)
     instances: Mapping[str, str] = field(default_factory=dict)
+    # when the first change this index carries happened (time.monotonic; 0: the initial state)
+    changed_at: float = 0.0
 
     def view(
         self, type_url: str, scope: str | None
@@ -165,7 +165,7 @@ class IndexBuilder:
         # differ per waypoint in the services it applies to)
         self._l7_cache: dict[tuple[str, str], list[tuple[_L7Obj, EncodedResource]]] = {}
 
-    def build(self, snapshot: MeshSnapshot) -> ResourceIndex:
+    def build(self, snapshot: MeshSnapshot, changed_at: float = 0.0) -> ResourceIndex:
         addresses: dict[str, _Obj] = {}
         addresses.update(snapshot.workloads)
         addresses.update(snapshot.services)
@@ -213,6 +213,7 @@ class IndexBuilder:
             },
             pods=pods,
             instances=instances,
+            changed_at=changed_at,
         )
 
     def _scoped(
@@ -263,48 +264,6 @@ class IndexBuilder:
             return None
         variants.append((obj, enc))
         return enc
-
-
-# --- metrics -----------------------------------------------------------------------------------
-
-
-class BareCounter:
-    """A counter per `type` exposed under its bare name, as istiod exposes its counters
-    (`pilot_xds_pushes{type="wds"} 3`): the Prometheus client would add `_total` to a Counter,
-    so it is written untyped."""
-
-    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
-        self.name = name
-        self.documentation = documentation
-        self._values: dict[str, float] = {}
-        self._lock = threading.Lock()
-        registry.register(self)
-
-    def inc(self, type_label: str) -> None:
-        with self._lock:
-            self._values[type_label] = self._values.get(type_label, 0.0) + 1
-
-    def collect(self) -> Iterator[Metric]:
-        family = Metric(self.name, self.documentation, "unknown")
-        with self._lock:
-            for value, count in sorted(self._values.items()):
-                family.add_sample(self.name, {"type": value}, count)
-        yield family
-
-
-class XdsServerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.connected = Gauge(
-            "pilot_xds", "Number of endpoints connected to this pilot using XDS.", registry=registry
-        )
-        self.pushes = BareCounter(
-            "pilot_xds_pushes", "Pilot build and send errors for lds, rds, cds and eds.", registry
-        )
-        self.rejects = BareCounter(
-            "pilot_total_xds_rejects",
-            "Total number of XDS responses from pilot rejected by proxy.",
-            registry,
-        )
 
 
 # --- one stream --------------------------------------------------------------------------------
@@ -455,11 +414,14 @@ class XdsServer:
     ) -> None:
         self._source = source
         self._authenticator = authenticator
-        self._metrics = XdsServerMetrics(registry or CollectorRegistry())
+        self._metrics = XdsMetrics(registry or CollectorRegistry())
         self._debounce = debounce
         self._debounce_max = debounce_max
         self._builder = IndexBuilder()
-        self._index = self._builder.build(source.current())
+        self._last_snapshot = source.current()
+        self._index = self._builder.build(self._last_snapshot)
+        # orders the trigger diffs of snapshots notified from several threads
+        self._triggers_lock = threading.Lock()
         self._lock = threading.Lock()
         self._streams: dict[int, _Stream] = {}
         self._ids = itertools.count(1)
@@ -487,8 +449,12 @@ class XdsServer:
 
     # snapshot changes -> debounced index rebuilds
 
-    def _on_snapshot(self, _snapshot: MeshSnapshot) -> None:
+    def _on_snapshot(self, snapshot: MeshSnapshot) -> None:
         now = time.monotonic()
+        with self._triggers_lock:
+            for reason in push_triggers(self._last_snapshot, snapshot):
+                self._metrics.triggers.inc(reason)
+            self._last_snapshot = snapshot
         with self._cond:
             if not self._dirty:
                 self._dirty = True
@@ -513,8 +479,9 @@ class XdsServer:
                 if self._stopping:
                     return
                 self._dirty = False
+                first_change = self._first_change
             try:
-                index = self._builder.build(self._source.current())
+                index = self._builder.build(self._source.current(), first_change)
             except Exception:
                 # A bug in a snapshot must not stop all future pushes; the old index stays.
                 log.exception("cannot build the xDS index; keeping the previous one")
@@ -573,6 +540,7 @@ class XdsServer:
             if event is _CLOSED:
                 return
             index = self._index
+            started = time.monotonic()
             if event is _PUSH:
                 self._authorize(stream, index, context)
                 with stream.lock:
@@ -583,8 +551,11 @@ class XdsServer:
                         if delta is not None:
                             deltas.append((delta, resources))
                 for delta, resources in deltas:
-                    self._metrics.pushes.inc(_METRIC_TYPE[delta.type_url])
                     yield encode_response(delta, resources)
+                    self._sent(delta.type_url, started)
+                if deltas and index.changed_at:
+                    # istiod's convergence: from the change to this proxy having all of it
+                    self._metrics.convergence.observe(time.monotonic() - index.changed_at)
                 continue
             assert isinstance(event, bytes)
             try:
@@ -613,8 +584,14 @@ class XdsServer:
                     nack.message,
                 )
             if delta is not None:
-                self._metrics.pushes.inc(_METRIC_TYPE[delta.type_url])
                 yield encode_response(delta, resources)
+                self._sent(delta.type_url, started)
+
+    def _sent(self, type_url: str, started: float) -> None:
+        """A response went out (the generator resumes once gRPC took it)."""
+        metric_type = _METRIC_TYPE[type_url]
+        self._metrics.pushes.inc(metric_type)
+        self._metrics.push_time.labels(metric_type).observe(time.monotonic() - started)
 
     def _check_node(
         self, stream: _Stream, node_info: NodeInfo, context: grpc.ServicerContext
