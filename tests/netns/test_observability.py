@@ -1,4 +1,5 @@
-"""Observability end to end on one shared ambient testbed with a waypoint: distributed traces.
+"""Observability end to end on one shared ambient testbed with a waypoint: distributed traces,
+the Telemetry resource for the waypoint's metrics and access log.
 
 Namespace `apps` uses the waypoint; a trace collector (tests/collector.py: OTLP/gRPC decoded
 with `opentelemetry-proto`, and a Zipkin JSON v2 receiver) runs in pod `curl-2` behind the
@@ -19,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from tests.netns.test_waypoint import ECHO_VIP, wait_until, waypoint_testbed
+from tests.netns.test_waypoint import (
+    ECHO_VIP,
+    log_of,
+    wait_until,
+    waypoint,
+    waypoint_metrics,
+    waypoint_testbed,
+)
 from ztunnel_py.testbed.testbed import Testbed
 
 pytestmark = pytest.mark.netns
@@ -227,3 +235,66 @@ def test_zipkin_receives_new_traces_and_sampling_zero_emits_none(
     spans.wait_for("the marker span", lambda s: s["attributes"].get("guid:x-request-id") == marker)
     reported = {s["attributes"].get("guid:x-request-id") for s in spans.all()}
     assert not ids & reported
+
+
+WAYPOINT_TELEMETRY = """\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: waypoint, namespace: apps}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      tagOverrides: {x_user: {value: "request.headers['x-user']"}}
+    - match: {metric: REQUEST_SIZE}
+      disabled: true
+  accessLogging:
+  - providers: [{name: envoy}]
+    filter: {expression: "response.code >= 400"}
+"""
+
+
+def family_total(text: str, family: str, *needles: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(family + "{") and all(n in line for n in needles)
+    )
+
+
+def test_telemetry_relabels_disables_metrics_and_filters_the_access_log(bed: Testbed) -> None:
+    def get(path: str, *headers: str) -> None:
+        argv = ["curl", "-sS", "-o", "/dev/null", "--max-time", "10"]
+        for h in headers:
+            argv += ["-H", h]
+        assert bed.exec("web-1", [*argv, f"http://{ECHO_VIP}{path}"]).returncode == 0
+
+    bed.apply(WAYPOINT_TELEMETRY)
+    try:
+        # the request count gains a label from the request's header
+        def labelled() -> bool:
+            get("/labelled", "x-user: bob")
+            return 'x_user="bob"' in waypoint_metrics(bed)
+
+        wait_until(labelled, "the x_user label")
+        before = waypoint_metrics(bed)
+        for i in range(5):
+            get(f"/counted/{i}", "x-user: carol")
+        get("/status/418")
+        after = waypoint_metrics(bed)
+        count = "istio_requests_total"
+        assert family_total(after, count, 'x_user="carol"') == 5
+        assert family_total(after, count) == family_total(before, count) + 6
+        # REQUEST_SIZE is off for these requests, the other histograms still count them
+        sizes = "istio_request_bytes_count"
+        durations = "istio_request_duration_milliseconds_count"
+        assert family_total(after, sizes) == family_total(before, sizes)
+        assert family_total(after, durations) == family_total(before, durations) + 6
+        # the access log keeps the 418 and none of the 200s
+        logged = log_of(waypoint(bed).log)
+        assert 'path="/status/418"' in logged
+        assert 'path="/counted/' not in logged
+    finally:
+        bed.delete(WAYPOINT_TELEMETRY)

@@ -21,9 +21,13 @@ from tests.unit.waypoint_support import (
     waypoint,
 )
 from ztunnel_py.model.telemetry import (
+    AccessLogConfig,
     CustomTag,
     CustomTagKind,
+    MetricOverride,
+    MetricsConfig,
     ProviderKind,
+    TagOverride,
     TelemetryConfig,
     TracingConfig,
     TracingProvider,
@@ -324,3 +328,114 @@ def test_telemetry_travels_to_the_waypoint_unchanged() -> None:
     http = t.http_services[ECHO]
     assert http.telemetry.tracing.provider == ZIPKIN
     assert http_service_from_proto(http_service_to_proto(http)) == http
+
+
+METRICS_AND_LOGS = telemetry(
+    "mesh-default",
+    "istio-system",
+    {
+        "metrics": [
+            {
+                "providers": [{"name": "prometheus"}],
+                "overrides": [
+                    {
+                        "match": {"metric": "ALL_METRICS"},
+                        "tagOverrides": {
+                            "request_protocol": {"operation": "REMOVE"},
+                            "x_user": {"value": "request.headers['x-user']"},
+                        },
+                    },
+                    {"match": {"metric": "REQUEST_SIZE", "mode": "SERVER"}, "disabled": True},
+                    # client-side overrides are not the waypoint's
+                    {"match": {"metric": "REQUEST_COUNT", "mode": "CLIENT"}, "disabled": True},
+                ],
+            }
+        ],
+        "accessLogging": [
+            {"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}
+        ],
+    },
+)
+
+
+def test_metric_overrides_and_the_access_log_filter_resolve_in_order() -> None:
+    config, problems = resolved(METRICS_AND_LOGS)
+    assert problems == []
+    tags = (TagOverride("request_protocol", remove=True), TagOverride("x_user", value=X_USER))
+    assert config.metrics == MetricsConfig(
+        True,
+        (
+            MetricOverride("REQUEST_COUNT", False, tags),
+            MetricOverride("REQUEST_DURATION", False, tags),
+            MetricOverride("REQUEST_SIZE", False, tags),
+            MetricOverride("RESPONSE_SIZE", False, tags),
+            MetricOverride("REQUEST_SIZE", True),
+        ),
+    )
+    assert config.access_log == AccessLogConfig(True, "response.code >= 400")
+    http = translation_of(METRICS_AND_LOGS)
+    assert http_service_from_proto(http_service_to_proto(http)) == http
+
+
+X_USER = "request.headers['x-user']"
+
+
+def translation_of(*objects: dict[str, Any]) -> Any:
+    t, _ = translation(
+        documents(namespace("apps", **{USE: "waypoint"}), collectors()),
+        waypoint(),
+        documents(service("echo"), pod("echo-0", labels={"app": "echo"})),
+        documents(*objects),
+    )
+    return t.http_services[ECHO]
+
+
+def test_a_lower_level_turns_metrics_and_logs_off() -> None:
+    off = telemetry(
+        "off",
+        "apps",
+        {
+            "metrics": [{"overrides": [{"disabled": True}]}],
+            "accessLogging": [{"disabled": True}],
+        },
+    )
+    config, _ = resolved(METRICS_AND_LOGS, off)
+    assert config.access_log == AccessLogConfig(False)
+    assert config.metrics.overrides[-4:] == tuple(
+        MetricOverride(m, True)
+        for m in ("REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE")
+    )
+    # providers in force that are neither Prometheus nor a file log: nothing reported
+    elsewhere = telemetry(
+        "elsewhere",
+        "apps",
+        {
+            "metrics": [{"providers": [{"name": "otel"}]}],
+            "accessLogging": [{"providers": [{"name": "otel"}]}],
+        },
+    )
+    config, _ = resolved(mesh_config(PROVIDERS), elsewhere)
+    assert not config.metrics.enabled and not config.access_log.enabled
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        (
+            {"metrics": [{"overrides": [{"tagOverrides": {"x": {"operation": "UPSERT"}}}]}]},
+            "spec.metrics[0].overrides[0].tagOverrides.x.value: an UPSERT needs a value",
+        ),
+        (
+            {"metrics": [{"overrides": [{"tagOverrides": {"bad-name": {"value": "'a'"}}}]}]},
+            "spec.metrics[0].overrides[0].tagOverrides[\"bad-name\"]: tag 'bad-name' is not a "
+            "Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)",
+        ),
+        (
+            {"accessLogging": [{"filter": {"expression": "response.code >="}}]},
+            "spec.accessLogging[0].filter.expression: not an expression the proxies evaluate: "
+            "the expression ends too early",
+        ),
+    ],
+)
+def test_telemetry_metrics_and_logs_validation(spec: dict[str, Any], error: str) -> None:
+    assert errors_of(telemetry("t", "apps", spec)) == [error]

@@ -63,12 +63,52 @@ class HttpService(_message.Message):
     def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterPolicy, _Mapping]]] = ..., telemetry: _Optional[_Union[Telemetry, _Mapping]] = ...) -> None: ...
 
 class Telemetry(_message.Message):
-    __slots__ = ("tracing", "origins")
+    __slots__ = ("tracing", "origins", "metrics", "access_log")
     TRACING_FIELD_NUMBER: _ClassVar[int]
     ORIGINS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_LOG_FIELD_NUMBER: _ClassVar[int]
     tracing: Tracing
     origins: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tracing: _Optional[_Union[Tracing, _Mapping]] = ..., origins: _Optional[_Iterable[str]] = ...) -> None: ...
+    metrics: Metrics
+    access_log: AccessLog
+    def __init__(self, tracing: _Optional[_Union[Tracing, _Mapping]] = ..., origins: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., access_log: _Optional[_Union[AccessLog, _Mapping]] = ...) -> None: ...
+
+class Metrics(_message.Message):
+    __slots__ = ("disabled", "overrides")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    overrides: _containers.RepeatedCompositeFieldContainer[MetricOverride]
+    def __init__(self, disabled: bool = ..., overrides: _Optional[_Iterable[_Union[MetricOverride, _Mapping]]] = ...) -> None: ...
+
+class MetricOverride(_message.Message):
+    __slots__ = ("metric", "disabled", "tags")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    disabled: bool
+    tags: _containers.RepeatedCompositeFieldContainer[TagOverride]
+    def __init__(self, metric: _Optional[str] = ..., disabled: bool = ..., tags: _Optional[_Iterable[_Union[TagOverride, _Mapping]]] = ...) -> None: ...
+
+class TagOverride(_message.Message):
+    __slots__ = ("name", "remove", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    remove: bool
+    value: str
+    def __init__(self, name: _Optional[str] = ..., remove: bool = ..., value: _Optional[str] = ...) -> None: ...
+
+class AccessLog(_message.Message):
+    __slots__ = ("disabled", "filter")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    filter: str
+    def __init__(self, disabled: bool = ..., filter: _Optional[str] = ...) -> None: ...
 
 class Tracing(_message.Message):
     __slots__ = ("provider", "sampling", "custom_tags")

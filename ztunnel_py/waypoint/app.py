@@ -219,13 +219,6 @@ class Waypoint:
         )
         self.authz = AuthorizationFilter(self._policies)
         self.fault = FaultFilter()
-        self.telemetry = TelemetryFilter(
-            self.request_metrics,
-            reporter=WAYPOINT,
-            source=self._source_peer,
-            destination=self._destination_peer,
-            service=lambda ctx: self.state.service_by_key(ctx.service) if ctx.service else None,
-        )
         rt.dump.add_sections(self.l7.dump)
         rt.dump.add_sections(self.resolver.dump)
         rt.dump.add_sections(self.mirrors.dump)
@@ -348,8 +341,9 @@ class Waypoint:
             user = self._user_filters(config.filters if config is not None else ())
             # Istio's WasmPlugin phases: AUTHN before authentication, AUTHZ before
             # authorization, STATS before telemetry, unspecified last, before the router.
+            telemetry = config.telemetry if config is not None else None
             tracing = TracingFilter(
-                config.telemetry.tracing if config is not None else None,
+                telemetry.tracing if telemetry is not None else None,
                 spans=self.spans,
                 tags=self._span_tags,
             )
@@ -362,7 +356,14 @@ class Waypoint:
                     self.authz,
                     self.fault,
                     *user[FilterPhase.STATS],
-                    self.telemetry,
+                    TelemetryFilter(
+                        self.request_metrics,
+                        reporter=WAYPOINT,
+                        source=self._source_peer,
+                        destination=self._destination_peer,
+                        service=self._service_of,
+                        config=telemetry,
+                    ),
                     *user[FilterPhase.UNSPECIFIED],
                 ]
             )
@@ -390,6 +391,9 @@ class Waypoint:
 
     def _policies(self, ctx: Any) -> Any:
         return self.l7.policies_for(ctx.service) if ctx.service else None
+
+    def _service_of(self, ctx: RequestContext) -> Service | None:
+        return self.state.service_by_key(ctx.service) if ctx.service else None
 
     def _source_peer(self, ctx: Any) -> Peer:
         down: Downstream = ctx.downstream

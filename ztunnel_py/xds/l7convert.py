@@ -66,14 +66,20 @@ from ztunnel_py.model.policy import (
 )
 from ztunnel_py.model.telemetry import (
     DEFAULT_MAX_TAG_LENGTH,
+    METRICS,
+    AccessLogConfig,
     CustomTag,
     CustomTagKind,
+    MetricOverride,
+    MetricsConfig,
     ProviderKind,
+    TagOverride,
     TelemetryConfig,
     TracingConfig,
     TracingProvider,
 )
 from ztunnel_py.proto import l7_pb2
+from ztunnel_py.telemetry import cel
 from ztunnel_py.xds.convert import (
     ConversionError,
     EncodedResource,
@@ -335,6 +341,21 @@ def _telemetry_to_proto(t: TelemetryConfig) -> l7_pb2.Telemetry:
             ],
         ),
         origins=list(t.origins),
+        metrics=l7_pb2.Metrics(
+            disabled=not t.metrics.enabled,
+            overrides=[
+                l7_pb2.MetricOverride(
+                    metric=o.metric,
+                    disabled=o.disabled,
+                    tags=[
+                        l7_pb2.TagOverride(name=tag.name, remove=tag.remove, value=tag.value)
+                        for tag in o.tags
+                    ],
+                )
+                for o in t.metrics.overrides
+            ],
+        ),
+        access_log=l7_pb2.AccessLog(disabled=not t.access_log.enabled, filter=t.access_log.filter),
     )
     p = tracing.provider
     if p is not None:
@@ -769,14 +790,39 @@ def _telemetry(pb: l7_pb2.Telemetry) -> TelemetryConfig:
         if kind is None or not tag.name:
             raise ConversionError(f"custom tag {tag.name!r}: unsupported kind {tag.kind}")
         tags.append(CustomTag(tag.name, kind, tag.value, tag.default_value))
+    overrides = []
+    for o in pb.metrics.overrides:
+        if o.metric not in METRICS:
+            raise ConversionError(f"unknown metric {o.metric!r}")
+        for op in o.tags:
+            if not op.remove:
+                _expression(op.value, f"tag {op.name} of {o.metric}")
+        overrides.append(
+            MetricOverride(
+                o.metric,
+                o.disabled,
+                tuple(TagOverride(op.name, op.remove, op.value) for op in o.tags),
+            )
+        )
+    if pb.access_log.filter:
+        _expression(pb.access_log.filter, "access log filter")
     return TelemetryConfig(
         tracing=TracingConfig(
             provider=_tracing_provider(t.provider) if t.HasField("provider") else None,
             sampling=t.sampling,
             custom_tags=tuple(tags),
         ),
+        metrics=MetricsConfig(not pb.metrics.disabled, tuple(overrides)),
+        access_log=AccessLogConfig(not pb.access_log.disabled, pb.access_log.filter),
         origins=tuple(pb.origins),
     )
+
+
+def _expression(text: str, what: str) -> None:
+    try:
+        cel.parse(text)
+    except cel.CelError as e:
+        raise ConversionError(f"{what}: {e}") from None
 
 
 def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:

@@ -22,6 +22,18 @@ nor a default provider, MeshConfig's legacy settings apply: `enableTracing` (tru
 false; false samples nothing) and `defaultConfig.tracing.sampling`. Sampling falls back to
 `defaultConfig.tracing.sampling`, then to 1%.
 
+Metrics and access logs (istiod's `mergeMetrics` and `mergeLogs`, for the server side): the
+providers in force are MeshConfig's `defaultProviders`, replaced by each entry that names some;
+request metrics are on while the Prometheus provider (the built-in `prometheus`, or a
+`prometheus` extension provider) is in force, or when no metrics provider is named at all
+(Istio's default installation reports them); each override of an entry reaching Prometheus
+applies in order: `disabled` and `tagOverrides` per metric (`ALL_METRICS` expands to the four
+request metrics; custom metrics and TCP metrics are not reported per request and are skipped).
+The access log is on while a file access-log provider (the built-in `envoy`, or an
+`envoyFileAccessLog` one) is in force and the last entry does not disable it, with that entry's
+filter; with no provider named anywhere it stays on, as this mesh has always logged requests
+(Istio's own default is MeshConfig `accessLogFile`, empty unless set).
+
 A provider's `service` is looked up as istiod's `LookupCluster` does: `<namespace>/<hostname>`
 or a hostname, which must be a Service or ServiceEntry of the mesh (a ServiceEntry for a
 collector outside it); a provider whose service is unknown exports nothing, with a warning.
@@ -48,9 +60,14 @@ from ztunnel_py.model import Service
 from ztunnel_py.model.telemetry import (
     DEFAULT_MAX_TAG_LENGTH,
     DEFAULT_SAMPLING,
+    METRICS,
+    AccessLogConfig,
     CustomTag,
     CustomTagKind,
+    MetricOverride,
+    MetricsConfig,
     ProviderKind,
+    TagOverride,
     TelemetryConfig,
     TracingConfig,
     TracingProvider,
@@ -70,6 +87,8 @@ class MeshTelemetry:
     resource: Resource | None = None
     providers: Mapping[str, tuple[int, Mapping[str, Any]]] = field(default_factory=dict)
     default_tracing: tuple[str, ...] = ()
+    default_metrics: tuple[str, ...] = ()
+    default_access_logging: tuple[str, ...] = ()
     enable_tracing: bool = True
     sampling: float | None = None
 
@@ -99,11 +118,14 @@ def mesh_telemetry(
         str(p["name"]).lower(): (i, p) for i, p in enumerate(mesh.get("extensionProviders") or ())
     }
     tracing = (mesh.get("defaultConfig") or {}).get("tracing") or {}
+    defaults = mesh.get("defaultProviders") or {}
     sampling = tracing.get("sampling")
     return MeshTelemetry(
         resource=found,
         providers=providers,
-        default_tracing=tuple((mesh.get("defaultProviders") or {}).get("tracing") or ()),
+        default_tracing=tuple(defaults.get("tracing") or ()),
+        default_metrics=tuple(defaults.get("metrics") or ()),
+        default_access_logging=tuple(defaults.get("accessLogging") or ()),
         enable_tracing=mesh.get("enableTracing", True) is not False,
         # istiod treats 0 as unset
         sampling=float(sampling) if sampling else None,
@@ -186,24 +208,33 @@ class TelemetryResolver:
                 out.append(found)
         return out
 
-    # --- tracing -------------------------------------------------------------------------------
-
     def resolve(self, waypoint: Waypoint, service_key: str) -> TelemetryConfig:
         applied = self.applicable(waypoint, service_key)
-        entries = [
-            (t, i, entry)
-            for t in applied
-            for i, entry in enumerate((t.spec.get("tracing") or ())[:1])
-            if (entry.get("match") or {}).get("mode", "CLIENT_AND_SERVER") != "CLIENT"
-        ]
         origins = [f"Telemetry {t.namespace}/{t.name}" for t in applied]
         mesh = self.mesh
         if mesh.resource is not None:
             origins.insert(0, f"MeshConfig {mesh.resource.namespace}/{mesh.resource.name}")
+        return TelemetryConfig(
+            tracing=self._tracing(applied),
+            metrics=self._metrics(applied),
+            access_log=self._access_log(applied),
+            origins=tuple(origins),
+        )
+
+    # --- tracing -------------------------------------------------------------------------------
+
+    def _tracing(self, applied: Sequence[Resource]) -> TracingConfig:
+        entries = [
+            (t, i, entry)
+            for t in applied
+            for i, entry in enumerate((t.spec.get("tracing") or ())[:1])
+            if _server_side(entry)
+        ]
+        mesh = self.mesh
         if not entries and not mesh.default_tracing:
             # no Telemetry API tracing: MeshConfig's legacy switches
             sampling = (mesh.sampling or DEFAULT_SAMPLING) if mesh.enable_tracing else 0.0
-            return TelemetryConfig(TracingConfig(None, sampling), tuple(origins))
+            return TracingConfig(None, sampling)
         provider = (
             self._provider(mesh.default_tracing[0], mesh.resource, "data.mesh")
             if mesh.default_tracing
@@ -223,14 +254,80 @@ class TelemetryResolver:
                 tags = entry["customTags"] or {}
             if "randomSamplingPercentage" in entry:
                 sampling = float(entry["randomSamplingPercentage"])
-        return TelemetryConfig(
-            TracingConfig(
-                provider=None if disabled else provider,
-                sampling=sampling,
-                custom_tags=tuple(_custom_tag(name, tags[name]) for name in sorted(tags)),
-            ),
-            tuple(origins),
+        return TracingConfig(
+            provider=None if disabled else provider,
+            sampling=sampling,
+            custom_tags=tuple(_custom_tag(name, tags[name]) for name in sorted(tags)),
         )
+
+    # --- metrics and access logs -----------------------------------------------------------------
+
+    def _is_kind(self, name: str, kind: str, builtin: str) -> bool:
+        """Whether provider `name` is of `kind` (istiod's built-in name counts)."""
+        if name.lower() == builtin:
+            return True
+        found = self.mesh.providers.get(name.lower())
+        return found is not None and kind in found[1]
+
+    def _metrics(self, applied: Sequence[Resource]) -> MetricsConfig:
+        """istiod's mergeMetrics for the Prometheus provider: the providers named last are in
+        force; the overrides of the entries that reach Prometheus apply in order."""
+        providers = list(self.mesh.default_metrics)
+        overrides: list[MetricOverride] = []
+        for t in applied:
+            for entry in t.spec.get("metrics") or ():
+                names = [p["name"] for p in entry.get("providers") or ()] or providers
+                providers = names
+                if not any(self._is_kind(n, "prometheus", "prometheus") for n in names):
+                    continue
+                for o in entry.get("overrides") or ():
+                    match = o.get("match") or {}
+                    if match.get("mode", "CLIENT_AND_SERVER") == "CLIENT":
+                        continue
+                    if "customMetric" in match:
+                        continue
+                    metric = match.get("metric", "ALL_METRICS")
+                    targets = list(METRICS) if metric == "ALL_METRICS" else [metric]
+                    tags = tuple(
+                        TagOverride(
+                            name,
+                            remove=op.get("operation") == "REMOVE",
+                            value=op.get("value", ""),
+                        )
+                        for name, op in sorted((o.get("tagOverrides") or {}).items())
+                    )
+                    overrides += [
+                        MetricOverride(m, bool(o.get("disabled", False)), tags)
+                        for m in targets
+                        if m in METRICS
+                    ]
+        enabled = not providers or any(
+            self._is_kind(n, "prometheus", "prometheus") for n in providers
+        )
+        return MetricsConfig(enabled, tuple(overrides))
+
+    def _access_log(self, applied: Sequence[Resource]) -> AccessLogConfig:
+        """istiod's mergeLogs for the file access log (the built-in `envoy` provider or an
+        `envoyFileAccessLog` one): enabled while such a provider is in force and not disabled,
+        with the filter of the last entry that names one."""
+        providers = list(self.mesh.default_access_logging)
+        enabled = True
+        expression = ""
+        for t in applied:
+            for entry in t.spec.get("accessLogging") or ():
+                if not _server_side(entry):
+                    continue
+                providers = [p["name"] for p in entry.get("providers") or ()] or providers
+                if not any(self._is_kind(n, "envoyFileAccessLog", "envoy") for n in providers):
+                    enabled = False
+                    continue
+                enabled = not entry.get("disabled", False)
+                expression = (entry.get("filter") or {}).get("expression", "")
+        if providers and not any(
+            self._is_kind(n, "envoyFileAccessLog", "envoy") for n in providers
+        ):
+            enabled = False
+        return AccessLogConfig(enabled, expression if enabled else "")
 
     def _provider(self, name: str, resource: Resource | None, where: str) -> TracingProvider | None:
         key = name.lower()
@@ -294,6 +391,11 @@ class TelemetryResolver:
         return next(
             (key for key, s in sorted(self.services.items()) if s.hostname == service), None
         )
+
+
+def _server_side(entry: Mapping[str, Any]) -> bool:
+    """A waypoint is the server side of the requests it serves: CLIENT-only entries skip it."""
+    return bool((entry.get("match") or {}).get("mode", "CLIENT_AND_SERVER") != "CLIENT")
 
 
 def _selector(t: Resource) -> Mapping[str, str]:

@@ -10,11 +10,14 @@ Every other MeshConfig field is accepted unread, and providers of kinds the wayp
 Istio installation's ConfigMap validates as it is. Rules are istiod's (`ValidateMeshConfig`,
 `validateTelemetry`): provider names present and unique, a service and a port for each, a
 sampling percentage within 0-100, one kind per custom tag with its name, selector and
-targetRef(s) not both.
+targetRef(s) not both, a value for each UPSERT tag override and none for a REMOVE. Expressions
+(tag values, access-log filters) must parse as the CEL the proxies evaluate (`telemetry/cel.py`)
+and name only Envoy's attributes; tag names must be Prometheus label names.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from ztunnel_py.controlplane.validation.durations import DURATION
@@ -25,6 +28,8 @@ from ztunnel_py.controlplane.validation.kube import (
     dns1123_subdomain,
     metadata,
 )
+from ztunnel_py.model.telemetry import METRICS
+from ztunnel_py.telemetry import cel
 from ztunnel_py.yamlschema.loading import YAML_ERRORS, PositionLoader
 from ztunnel_py.yamlschema.problems import Severity
 from ztunnel_py.yamlschema.schema import (
@@ -51,6 +56,7 @@ __all__ = [
     "TRACING_PROVIDER_KINDS",
 ]
 
+_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # The ConfigMap istiod reads its MeshConfig from, and the key holding it.
 MESH_CONFIG_MAP = "istio"
 MESH_CONFIG_KEY = "mesh"
@@ -272,6 +278,88 @@ TRACING = obj(
 )
 
 
+def _cel(text: str) -> str | None:
+    try:
+        cel.parse(text)
+    except cel.CelError as e:
+        return f"not an expression the proxies evaluate: {e}"
+    return None
+
+
+def _label_name(key: object) -> str | None:
+    if not isinstance(key, str) or not _LABEL.match(key):
+        return f"tag {key!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+    return None
+
+
+def _tag_override(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
+    """istiod's rule: UPSERT needs a value, REMOVE takes none."""
+    remove = "operation" in fields and fields["operation"].value == "REMOVE"
+    if remove and "value" in fields:
+        c.error(fields["value"], "a REMOVE takes no value")
+    if not remove and "value" not in fields:
+        c.error(node.missing("value"), "an UPSERT needs a value")
+
+
+def _metric_selector(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
+    if "customMetric" in fields:
+        c.warn(fields["customMetric"], "custom metrics are not supported: ignored")
+    metric = fields["metric"].value if "metric" in fields else "ALL_METRICS"
+    if metric not in METRICS and metric != "ALL_METRICS":
+        c.warn(fields["metric"], f"{metric} is not reported by waypoints' HTTP requests: ignored")
+
+
+_METRIC_NAMES = (
+    "ALL_METRICS",
+    *METRICS,
+    "TCP_OPENED_CONNECTIONS",
+    "TCP_CLOSED_CONNECTIONS",
+    "TCP_SENT_BYTES",
+    "TCP_RECEIVED_BYTES",
+    "GRPC_REQUEST_MESSAGES",
+    "GRPC_RESPONSE_MESSAGES",
+)
+METRICS_ENTRY = obj(
+    {
+        "providers": _PROVIDER_REFS,
+        "overrides": ListOf(
+            obj(
+                {
+                    "match": obj(
+                        {
+                            "metric": Str(choices=_METRIC_NAMES),
+                            "customMetric": STR,
+                            "mode": Str(choices=("CLIENT_AND_SERVER", "CLIENT", "SERVER")),
+                        },
+                        hooks=(_metric_selector,),
+                    ),
+                    "disabled": BOOL,
+                    "tagOverrides": MapOf(
+                        obj(
+                            {
+                                "operation": Str(choices=("UPSERT", "REMOVE")),
+                                "value": Str(checks=(_cel,)),
+                            },
+                            hooks=(_tag_override,),
+                        ),
+                        key=_label_name,
+                    ),
+                }
+            )
+        ),
+        "reportingInterval": DURATION,
+    }
+)
+ACCESS_LOGGING_ENTRY = obj(
+    {
+        "match": _MODE,
+        "providers": _PROVIDER_REFS,
+        "disabled": BOOL,
+        "filter": obj({"expression": Str(checks=(_cel,))}),
+    }
+)
+
+
 def _telemetry_spec(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
     targets = [fields[k] for k in ("targetRef", "targetRefs") if k in fields]
     if "selector" in fields and targets:
@@ -281,9 +369,10 @@ def _telemetry_spec(c: Checker, node: Node, fields: Mapping[str, Node]) -> None:
             c.index(fields["tracing"], 1),
             "only the first tracing entry is used (Istio supports one tracing configuration)",
         )
-    for key in ("metrics", "accessLogging"):
-        if key in fields:
-            c.warn(fields[key], f"{key} is not applied yet: only tracing is")
+    for i, entry in enumerate(fields["metrics"].value if "metrics" in fields else ()):
+        if "reportingInterval" in entry:
+            where = c.child(c.index(fields["metrics"], i), "reportingInterval")
+            c.warn(where, "ignored: Prometheus scrapes the proxies' current values")
 
 
 TELEMETRY_SPEC = obj(
@@ -292,8 +381,8 @@ TELEMETRY_SPEC = obj(
         "targetRef": POLICY_TARGET_REF,
         "targetRefs": ListOf(POLICY_TARGET_REF),
         "tracing": ListOf(TRACING),
-        "metrics": ANY,
-        "accessLogging": ANY,
+        "metrics": ListOf(METRICS_ENTRY),
+        "accessLogging": ListOf(ACCESS_LOGGING_ENTRY),
     },
     hooks=(_telemetry_spec,),
 )
