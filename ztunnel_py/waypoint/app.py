@@ -53,7 +53,7 @@ from ztunnel_py.http.filters.jwt import JwtAuthnFilter
 from ztunnel_py.http.filters.telemetry import TelemetryFilter
 from ztunnel_py.http.filters.tracing import TracingFilter
 from ztunnel_py.http.mesh import MeshResolver
-from ztunnel_py.http.mirror import Mirrors
+from ztunnel_py.http.mirror import MirrorOutcome, Mirrors, shadow_authority
 from ztunnel_py.http.proxy import HttpProxy
 from ztunnel_py.http.upstream import UpstreamPool
 from ztunnel_py.identity.tls import (
@@ -80,7 +80,7 @@ from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import WAYPOINT, TrafficLabels
-from ztunnel_py.telemetry.requests import Peer, RequestMetrics
+from ztunnel_py.telemetry.requests import Peer, RequestLabels, RequestMetrics
 from ztunnel_py.telemetry.spans import AttributeValue, SpanExporters
 from ztunnel_py.transport.hbone import (
     HboneClientConnection,
@@ -213,7 +213,7 @@ class Waypoint:
         )
         self.request_metrics = RequestMetrics(rt.registry)
         self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
-        self.mirrors = Mirrors(rt.nursery, self.upstreams, self.resolver)
+        self.mirrors = Mirrors(rt.nursery, self.upstreams, self.resolver, self._record_mirror)
         self.jwt = JwtAuthnFilter(
             lambda ctx: self.l7.jwt_rules_for(ctx.service) if ctx.service else ()
         )
@@ -401,6 +401,29 @@ class Waypoint:
             return Peer.from_baggage(dict(down.baggage), down.peer_identity)
         host = SocketAddr.parse(down.peer_address).ip
         return Peer.of(self.state.workload_by_ip(host), down.peer_identity)
+
+    def _record_mirror(self, ctx: Any, outcome: MirrorOutcome) -> None:
+        """A mirrored copy in the request metrics, under the shadow host (`-shadow`) so the
+        service's own counts stay the clients' requests (see `http/mirror.py`)."""
+        info = outcome.target.info
+        service = self.state.service_by_key(ctx.service) if ctx.service else None
+        # the copy's own authority already carries the suffix
+        host = shadow_authority(service.hostname) if service is not None else ctx.request.authority
+        labels = RequestLabels(
+            reporter=WAYPOINT,
+            source=self._source_peer(ctx),
+            destination=Peer.of(info if isinstance(info, Workload) else None, None),
+            service=None,
+            service_host=host,
+            request_protocol="http",
+            response_code=outcome.status,
+            grpc_response_status="",
+            response_flags="-",
+            mtls=ctx.downstream.peer_identity is not None,
+        )
+        self.request_metrics.record(
+            labels, outcome.duration_ms, outcome.request_bytes, outcome.response_bytes
+        )
 
     def _destination_peer(self, ctx: Any) -> Peer:
         workload = ctx.upstream_info if isinstance(ctx.upstream_info, Workload) else None

@@ -50,7 +50,6 @@ import yaml
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.controlplane.translate.routes import GATEWAY_GROUP, creation_order
 from ztunnel_py.controlplane.translate.waypoints import Waypoint
-from ztunnel_py.controlplane.validation.durations import parse_duration
 from ztunnel_py.controlplane.validation.telemetry import (
     MESH_CONFIG_KEY,
     MESH_CONFIG_MAP,
@@ -72,6 +71,7 @@ from ztunnel_py.model.telemetry import (
     TracingConfig,
     TracingProvider,
 )
+from ztunnel_py.yamlschema.durations import parse_duration
 
 __all__ = ["MeshTelemetry", "TelemetryResolver", "mesh_telemetry"]
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from ztunnel_py.controlplane.validation.durations import DURATION
 from ztunnel_py.controlplane.validation.istio_security import POLICY_TARGET_REF, WORKLOAD_SELECTOR
 from ztunnel_py.controlplane.validation.kube import (
     KindInfo,
@@ -30,6 +29,7 @@ from ztunnel_py.controlplane.validation.kube import (
 )
 from ztunnel_py.model.telemetry import METRICS
 from ztunnel_py.telemetry import cel
+from ztunnel_py.yamlschema.durations import DURATION
 from ztunnel_py.yamlschema.loading import YAML_ERRORS, PositionLoader
 from ztunnel_py.yamlschema.problems import Severity
 from ztunnel_py.yamlschema.schema import (
