@@ -25,6 +25,7 @@ node agent: it speaks HBONE itself, as Envoy waypoints do) and:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import random
@@ -80,6 +81,7 @@ from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import WAYPOINT, TrafficLabels
+from ztunnel_py.telemetry.peererrors import PeerErrors
 from ztunnel_py.telemetry.requests import Peer, RequestLabels, RequestMetrics
 from ztunnel_py.telemetry.spans import AttributeValue, SpanExporters
 from ztunnel_py.transport.hbone import (
@@ -92,6 +94,7 @@ from ztunnel_py.transport.hbone import (
 )
 from ztunnel_py.transport.pool import HbonePool, PoolKey
 from ztunnel_py.transport.relay import ByteStream, RelayError, relay
+from ztunnel_py.transport.tls import HandshakeLimit
 from ztunnel_py.waypoint.feed import WaypointFeed
 from ztunnel_py.xds.convert import WORKLOAD_DECODERS
 from ztunnel_py.xds.l7convert import L7_DECODERS
@@ -208,6 +211,8 @@ class Waypoint:
     async def start(self, rt: ProxyRuntime, listen: SocketAddr) -> None:
         self.rt = rt
         self.hbone_pool: HbonePool = rt.pool
+        self.handshakes = HandshakeLimit()
+        self.peer_errors = PeerErrors(rt.metrics)
         self.upstreams = UpstreamPool(
             rt.nursery, connect_timeout=self.config.connect_timeout.total_seconds()
         )
@@ -268,17 +273,15 @@ class Waypoint:
                 sock.close()
                 return
             td = self.me.trust_domain
-            try:
+            with contextlib.suppress(HboneHandshakeError):  # reported through `events`
                 await serve_hbone_connection(
                     sock,
                     server_context(cert),
                     verify_client=lambda der: verify_client_identity(der, td),
                     handler=self._on_connect,
+                    handshakes=self.handshakes,
                     drain=self.rt.drain.started,
-                )
-            except HboneHandshakeError as e:
-                connection_failed(
-                    str(SocketAddr(peer[0], peer[1])), str(HBONE_PORT), WAYPOINT, f"handshake: {e}"
+                    events=self.peer_errors,
                 )
 
     async def _on_connect(self, req: HboneRequest) -> None:
@@ -497,6 +500,7 @@ class Waypoint:
                 expected_identities=expected,
                 verify=verify_server_identity,
                 nursery=self.rt.nursery,
+                not_after=cert.not_after,
             )
 
         try:
