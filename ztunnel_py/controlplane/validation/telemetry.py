@@ -21,12 +21,8 @@ import re
 from collections.abc import Mapping
 
 from ztunnel_py.controlplane.validation.istio_security import POLICY_TARGET_REF, WORKLOAD_SELECTOR
-from ztunnel_py.controlplane.validation.kube import (
-    KindInfo,
-    custom_resource,
-    dns1123_subdomain,
-    metadata,
-)
+from ztunnel_py.controlplane.validation.kube import KindInfo, custom_resource, metadata
+from ztunnel_py.model.names import dns1123_subdomain
 from ztunnel_py.model.telemetry import METRICS
 from ztunnel_py.telemetry import cel
 from ztunnel_py.yamlschema.durations import DURATION
