@@ -10,6 +10,7 @@ one the README shows).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -254,6 +256,27 @@ def free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def dashboard(bed: Testbed, *args: str) -> Iterator[str]:
+    """`ztunnel-py dashboard` for `bed` on a free loopback port; its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "ztunnel_py.cli", "dashboard", "--prefix", bed.prefix]
+    server = subprocess.Popen(
+        [*argv, "--listen", f"127.0.0.1:{port}", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        announced = server.stdout.readline()
+        assert announced.startswith(f"topology page on http://127.0.0.1:{port}/"), announced
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     argv = [
         shutil.which("chromium") or "chromium",
@@ -275,35 +298,13 @@ def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess
 def test_the_topology_page_draws_the_live_graph_in_headless_chromium(
     bed: Testbed, tmp_path: Path
 ) -> None:
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ztunnel_py.cli",
-            "dashboard",
-            "--prefix",
-            bed.prefix,
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        announced = server.stdout.readline()
-        assert announced.startswith(f"topology page on http://127.0.0.1:{port}/"), announced
-        url = f"http://127.0.0.1:{port}/#node=wl%3Aapps%2Fecho-1"
+    with dashboard(bed) as base:
+        url = f"{base}/#node=wl%3Aapps%2Fecho-1"
         dom = chromium(url, tmp_path / "chromium", "--dump-dom")
         assert dom.returncode == 0, dom.stderr[-2000:]
         shot = tmp_path / "topology.png"
         taken = chromium(url, tmp_path / "chromium", f"--screenshot={shot}")
         assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr[-2000:]
-    finally:
-        server.terminate()
-        server.wait(10)
     drawn = _Drawn()
     drawn.feed(dom.stdout)
     wp = waypoint(bed)
@@ -338,3 +339,17 @@ def test_the_topology_page_draws_the_live_graph_in_headless_chromium(
     if os.environ.get("ZTUNNEL_PY_SAVE_SCREENSHOT"):
         (ROOT / "docs" / "img").mkdir(exist_ok=True)
         shutil.copy(shot, ROOT / "docs" / "img" / "topology.png")
+
+
+def test_without_prometheus_the_page_scrapes_the_agents_and_waypoints(bed: Testbed) -> None:
+    with (
+        dashboard(bed, "--scrape") as base,
+        urllib.request.urlopen(f"{base}/api/graph", timeout=30) as answer,
+    ):
+        graph = json.load(answer)
+    assert graph["errors"] == [] and graph["source"].endswith("scraping 3 proxies")
+    edges = {(e["source"], e["target"]): e for e in graph["edges"]}
+    waypoint_id = f"wl:apps/{waypoint(bed).pod}"
+    hop = edges[("wl:apps/web-1", waypoint_id)]
+    assert hop["protocol"] == "http" and hop["rps"] > 0 and hop["mtls"]
+    assert edges[("wl:clients/curl-2", "wl:apps/echo-1")]["deniedCps"] > 0

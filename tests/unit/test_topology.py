@@ -3,8 +3,10 @@ them, and a workload's side panel from a node agent's /config_dump."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from ztunnel_py.ctl.scrape import Scraper, Target, histogram_quantile
 from ztunnel_py.ctl.topology import QUERIES, build_graph, node_details
 from ztunnel_py.telemetry.promql import Sample
 
@@ -223,3 +225,71 @@ def test_the_side_panel_holds_the_policies_that_apply_and_the_workloads_certific
     (cert,) = details["certificates"]
     assert cert["certChain"] == [{"serialNumber": "7", "validFrom": "a", "expirationTime": "b"}]
     assert node_details({"name": "gone", "namespace": "apps"}, DUMP)["workload"] is None
+
+
+AGENT_1 = """\
+# TYPE istio_tcp_connections_opened_total counter
+istio_tcp_connections_opened_total{reporter="destination",source_workload="web-1",\
+source_workload_namespace="apps",destination_workload="echo-1",\
+destination_workload_namespace="apps",destination_service="",\
+connection_security_policy="mutual_tls"} %d
+# TYPE istio_tcp_connections_failed_total counter
+istio_tcp_connections_failed_total{reporter="destination",source_workload="curl-2",\
+source_workload_namespace="clients",destination_workload="echo-1",\
+destination_workload_namespace="apps",response_flags="DENY"} %d
+"""
+
+WAYPOINT_1 = """\
+# TYPE istio_requests_total counter
+istio_requests_total{reporter="waypoint",source_workload="web-1",\
+source_workload_namespace="apps",destination_workload="echo-1",\
+destination_workload_namespace="apps",destination_service="echo.apps.svc.cluster.local",\
+response_code="200",connection_security_policy="mutual_tls"} %d
+# TYPE istio_request_duration_milliseconds histogram
+istio_request_duration_milliseconds_bucket{reporter="waypoint",source_workload="web-1",\
+source_workload_namespace="apps",destination_workload="echo-1",\
+destination_workload_namespace="apps",destination_service="echo.apps.svc.cluster.local",\
+le="10.0"} %d
+istio_request_duration_milliseconds_bucket{reporter="waypoint",source_workload="web-1",\
+source_workload_namespace="apps",destination_workload="echo-1",\
+destination_workload_namespace="apps",destination_service="echo.apps.svc.cluster.local",\
+le="+Inf"} %d
+"""
+
+
+def test_without_prometheus_two_scrapes_give_the_same_graph() -> None:
+    # two expositions 2 s apart: 20 connections, 4 refused, 100 requests (90 under 10 ms)
+    scrapes = iter(
+        [
+            (AGENT_1 % (100, 10), WAYPOINT_1 % (500, 450, 500)),
+            (AGENT_1 % (120, 14), WAYPOINT_1 % (600, 540, 600)),
+        ]
+    )
+    now = [0.0]
+    texts: list[tuple[str, str]] = []
+
+    def next_scrape() -> str:
+        texts.append(next(scrapes))
+        return texts[-1][0]
+
+    targets = [
+        Target("node1", {}, next_scrape),
+        Target("waypoint-1", {"pod": "waypoint-1", "namespace": "apps"}, lambda: texts[-1][1]),
+    ]
+    scraper = Scraper(targets, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, 2.0))
+    errors: list[str] = []
+    e = edges(build_graph(scraper.results(errors)))
+    assert errors == []
+    client = e[("wl:apps/web-1", "wl:apps/waypoint-1")]
+    assert client["rps"] == 50.0 and client["mtls"]
+    # Prometheus's histogram_quantile: rank 99 of 100 falls in (10, +Inf]: the highest bound
+    assert e[("svc:echo.apps.svc.cluster.local", "wl:apps/echo-1")]["p99Ms"] == 10.0
+    assert e[("wl:clients/curl-2", "wl:apps/echo-1")]["deniedCps"] == 2.0
+
+
+def test_histogram_quantile_interpolates_as_prometheus_does() -> None:
+    buckets = [(5.0, 50.0), (10.0, 90.0), (25.0, 100.0), (math.inf, 100.0)]
+    assert histogram_quantile(0.5, buckets) == 5.0
+    assert histogram_quantile(0.7, buckets) == 7.5  # 20 of the 40 in (5, 10]
+    assert histogram_quantile(0.99, buckets) == 23.5
+    assert math.isnan(histogram_quantile(0.99, [(10.0, 0.0), (math.inf, 0.0)]))

@@ -5,7 +5,9 @@ A small HTTP server (the admin server's, on trio) serving the page (`static/topo
 JSON endpoints it polls:
 
 - `/api/graph`: the graph of `topology.build_graph` over `topology.QUERIES`, evaluated on the
-  mesh's Prometheus (a testbed's, reached in its namespace, or `--prometheus URL`);
+  mesh's Prometheus (a testbed's, reached in its namespace, or `--prometheus URL`), or, without
+  one (or with `--scrape`), computed from the agents' and waypoints' own `/metrics`
+  (`scrape.py`: a testbed's, or `--metrics HOST:PORT`);
 - `/api/node?id=wl:<namespace>/<name>`: the side panel of a workload, from the `/config_dump` of
   the node agents (a testbed's nodes, or `--agent HOST:PORT`): the agent whose certificates
   hold the workload's identity is the one on its node.
@@ -19,7 +21,7 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
@@ -28,8 +30,9 @@ from typing import Any
 import trio
 
 from ztunnel_py.admin.http import Request, Response, Router, serve_http
-from ztunnel_py.ctl import fetch, topology
+from ztunnel_py.ctl import fetch, scrape, topology
 from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.ports import METRICS_PORT
 from ztunnel_py.telemetry import promql
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed
@@ -44,24 +47,21 @@ _STATIC = {
 }
 
 
+Results = Callable[[list[str]], Mapping[str, Sequence[promql.Sample]]]
+
+
 @dataclass(frozen=True, slots=True)
 class Sources:
     """Where the metrics and the agents' dumps come from."""
 
-    query: Callable[[str], list[promql.Sample]]
+    results: Results  # the samples of each of topology.QUERIES; problems appended to the list
     agents: Sequence[str]  # testbed node names or HOST:PORT of admin ports
     prefix: str
     describe: str
 
     def graph(self) -> dict[str, Any]:
-        results: dict[str, list[promql.Sample]] = {}
         errors: list[str] = []
-        for name, query in topology.QUERIES.items():
-            try:
-                results[name] = self.query(query)
-            except promql.PrometheusError as e:
-                errors.append(f"{name}: {e}")
-        graph = topology.build_graph(results)
+        graph = topology.build_graph(self.results(errors))
         return {
             **graph,
             "source": self.describe,
@@ -144,6 +144,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "testbed's nodes)",
     )
     p.add_argument(
+        "--scrape",
+        action="store_true",
+        help="scrape the testbed's agents and waypoints directly even when it runs Prometheus",
+    )
+    p.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="outside a testbed, without Prometheus: a proxy's metrics address to scrape "
+        "(repeatable)",
+    )
+    p.add_argument(
         "--listen",
         type=lambda text: SocketAddr.parse(text),
         default=DEFAULT_LISTEN,
@@ -151,17 +164,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def prometheus_results(query: Callable[[str], list[promql.Sample]]) -> Results:
+    def results(errors: list[str]) -> dict[str, list[promql.Sample]]:
+        out: dict[str, list[promql.Sample]] = {}
+        for name, text in topology.QUERIES.items():
+            try:
+                out[name] = query(text)
+            except promql.PrometheusError as e:
+                errors.append(f"{name}: {e}")
+        return out
+
+    return results
+
+
+def _fetch(target: str, prefix: str) -> Callable[[], str]:
+    return lambda: fetch.request(
+        target, "GET", "/metrics", prefix=prefix, port=METRICS_PORT
+    ).decode()
+
+
 def sources_from_args(args: argparse.Namespace) -> Sources:
     if args.prometheus:
         url = args.prometheus
-
-        def query(text: str) -> list[promql.Sample]:
-            return promql.instant_query(url, text)
-
-        return Sources(query, list(args.agent), args.prefix, f"Prometheus at {url}")
+        query = partial(promql.instant_query, url)
+        return Sources(prometheus_results(query), args.agent, args.prefix, f"Prometheus at {url}")
+    if args.metrics:
+        targets = [scrape.Target(t, {"instance": t}, _fetch(t, args.prefix)) for t in args.metrics]
+        described = f"scraping {', '.join(args.metrics)}"
+        return Sources(scrape.Scraper(targets).results, args.agent, args.prefix, described)
     bed = Testbed.attach(args.prefix)
     agents = list(args.agent) or [node.name for node in bed.topology.nodes]
-    return Sources(bed.prometheus_query, agents, args.prefix, f"testbed {args.prefix} Prometheus")
+    status = bed.status()
+    if status.prometheus is not None and not args.scrape:
+        described = f"testbed {args.prefix} Prometheus"
+        return Sources(prometheus_results(bed.prometheus_query), agents, args.prefix, described)
+    # Without Prometheus: every agent's and waypoint's metrics port, in its namespace.
+    targets = [scrape.Target(n.name, {}, _fetch(n.name, args.prefix)) for n in status.nodes]
+    targets += [
+        scrape.Target(w.pod, {"pod": w.pod, "namespace": w.namespace}, _fetch(w.pod, args.prefix))
+        for w in status.waypoints
+    ]
+    described = f"testbed {args.prefix}, scraping {len(targets)} proxies"
+    return Sources(scrape.Scraper(targets).results, agents, args.prefix, described)
 
 
 def main(args: argparse.Namespace) -> int:
