@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns.conftest import unique_prefix
+from tests.netns.test_canary import Load
 from tests.netns.test_waypoint import (
     ECHO_VIP,
     GATEWAY,
@@ -61,17 +62,8 @@ spec:
 """
 
 # Bounded background traffic: web-1 calls the echo service (through the waypoint) on a new
-# connection every 50 ms; curl-2 calls it too, and echo-1's pod directly, which is denied.
-WEB_LOAD = (
-    "import http.client, sys, time\n"
-    "for _ in range(4000):\n"
-    "    try:\n"
-    "        c = http.client.HTTPConnection(sys.argv[1], 80, timeout=5)\n"
-    "        c.request('GET', '/'); c.getresponse().read(); c.close()\n"
-    "    except OSError:\n"
-    "        pass\n"
-    "    time.sleep(0.05)\n"
-)
+# connection every 50 ms (the canary tests' load); curl-2 calls it too, and echo-1's pod
+# directly, which is denied.
 CURL_LOAD = (
     "import socket, sys, time, urllib.request\n"
     "for _ in range(600):\n"
@@ -96,15 +88,9 @@ def bed() -> Iterator[Testbed]:
         tb.apply(GATEWAY + "---\n" + apps_namespace(waypoint=True) + "---\n" + DENY_CLIENTS)
         wait_until(lambda: answered_by_waypoint(tb), "traffic to take the waypoint", 30)
         echo_1 = next(p for p in tb.status().pods if p.name == "echo-1").ip
-        for pod, argv in (
-            ("web-1", [sys.executable, "-c", WEB_LOAD, ECHO_VIP]),
-            ("curl-2", [sys.executable, "-c", CURL_LOAD, ECHO_VIP, echo_1]),
-        ):
-            loads.append(
-                subprocess.Popen(
-                    tb.exec_argv(pod, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
+        loads.append(Load(tb).proc)
+        argv = tb.exec_argv("curl-2", [sys.executable, "-c", CURL_LOAD, ECHO_VIP, echo_1])
+        loads.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_until(
             lambda: (
                 has_data(tb, 'rate(istio_requests_total{reporter="waypoint"}[1m])')

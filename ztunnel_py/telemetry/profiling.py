@@ -35,12 +35,13 @@ cancelled). Blocking: call from a thread (trio: `to_thread.run_sync`).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -58,6 +59,16 @@ _lock = threading.Lock()
 
 class ProfilerBusy(Exception):
     """Another profile or snapshot of this process is running."""
+
+
+@contextlib.contextmanager
+def _exclusive() -> Iterator[None]:
+    if not _lock.acquire(blocking=False):
+        raise ProfilerBusy("a profile is already running")
+    try:
+        yield
+    finally:
+        _lock.release()
 
 
 class BadProfileRequest(ValueError):
@@ -148,12 +159,8 @@ class CpuProfile:
 
 def cpu_profile(request: ProfileRequest, stop: threading.Event | None = None) -> CpuProfile:
     """Sample every other thread for `request.seconds` (or until `stop` is set)."""
-    if not _lock.acquire(blocking=False):
-        raise ProfilerBusy("a profile is already running")
-    try:
+    with _exclusive():
         return _sample(request, stop or threading.Event())
-    finally:
-        _lock.release()
 
 
 def _sample(request: ProfileRequest, stop: threading.Event) -> CpuProfile:
@@ -250,12 +257,8 @@ class HeapSnapshot:
 def heap_snapshot(request: ProfileRequest, stop: threading.Event | None = None) -> HeapSnapshot:
     """Trace allocations for `request.seconds` (unless already tracing), then report the top
     `request.top` source lines by bytes still alive."""
-    if not _lock.acquire(blocking=False):
-        raise ProfilerBusy("a profile is already running")
-    try:
+    with _exclusive():
         return _snapshot(request, stop or threading.Event())
-    finally:
-        _lock.release()
 
 
 def _snapshot(request: ProfileRequest, stop: threading.Event) -> HeapSnapshot:
