@@ -55,6 +55,12 @@ def _canary(args: argparse.Namespace) -> int:
     return canary_main(args)
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from ztunnel_py.ctl.dashboard import main as dashboard_main
+
+    return dashboard_main(args)
+
+
 def _controlplane(args: argparse.Namespace) -> int:
     from ztunnel_py.controlplane.app import main as cp_main
 
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ztunnel_py.controlplane.args import add_controlplane_arguments
     from ztunnel_py.ctl.args import add_canary_commands, add_waypoint_commands
     from ztunnel_py.ctl.cli import add_proxy_status_arguments, add_zc_arguments
+    from ztunnel_py.ctl.dashboard import add_arguments as add_dashboard_arguments
     from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
 
     p = sub.add_parser(
@@ -203,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_canary_commands(p)
     p.set_defaults(handler=_canary)
+
+    p = sub.add_parser(
+        "dashboard",
+        help="serve the live service topology page (Kiali-style graph) from the mesh's metrics",
+        description="Serve a web page drawing the live graph of workloads and services: request "
+        "and connection rates, error rates, p99, bytes, mTLS and denied connections, waypoints on "
+        "the path, refreshed every few seconds; click a workload for its policies and "
+        "certificates (from the node agents' /config_dump). Reads the testbed's Prometheus, or "
+        "--prometheus URL.",
+    )
+    add_dashboard_arguments(p)
+    p.set_defaults(handler=_dashboard)
 
     p = sub.add_parser(
         "testbed",

@@ -444,14 +444,8 @@ def ping_pong(address: tuple[str, int], stop: threading.Event, rtts: list[float]
             time.sleep(0.002)
 
 
-async def test_a_large_config_dump_never_stalls_proxied_traffic(nursery: trio.Nursery) -> None:
-    # Proxied traffic: a relay on the same event loop as the admin server, between a client
-    # thread and an echo server. Before, the dump was encoded in one go: ~20 MB of JSON held
-    # the loop, and every byte through the relay, for over a second.
-    state = big_mesh()
-    dump = ConfigDump()
-    dump.add_sections(state.lazy_dump)
-    listeners = await start_admin(nursery, dump)
+async def start_relay(nursery: trio.Nursery) -> tuple[str, int]:
+    """Proxied traffic on this event loop: a relay in front of an echo server; its address."""
     echo = trio.socket.socket()
     await echo.bind(("127.0.0.1", 0))
     echo.listen(1)
@@ -473,8 +467,21 @@ async def test_a_large_config_dump_never_stalls_proxied_traffic(nursery: trio.Nu
 
     nursery.start_soon(echo_server)
     nursery.start_soon(proxy)
+    address: tuple[str, int] = front.getsockname()
+    return address
+
+
+async def test_a_large_config_dump_never_stalls_proxied_traffic(nursery: trio.Nursery) -> None:
+    # Proxied traffic: a relay on the same event loop as the admin server, between a client
+    # thread and an echo server. Before, the dump was encoded in one go: ~20 MB of JSON held
+    # the loop, and every byte through the relay, for over a second.
+    state = big_mesh()
+    dump = ConfigDump()
+    dump.add_sections(state.lazy_dump)
+    listeners = await start_admin(nursery, dump)
+    front = await start_relay(nursery)
     stop, rtts = threading.Event(), []
-    pinger = threading.Thread(target=ping_pong, args=(front.getsockname(), stop, rtts))
+    pinger = threading.Thread(target=ping_pong, args=(front, stop, rtts))
     pinger.start()
     try:
         await trio.sleep(0.3)
@@ -497,3 +504,48 @@ async def test_a_large_config_dump_never_stalls_proxied_traffic(nursery: trio.Nu
     assert longest < took / 3, (
         f"a round trip took {longest * 1000:.0f} ms of the dump's {took * 1000:.0f} ms"
     )
+
+
+async def test_profiles_and_heap_snapshots_while_traffic_flows(nursery: trio.Nursery) -> None:
+    listeners = await start_admin(nursery, ConfigDump())
+    url = f"http://127.0.0.1:{port_of(listeners)}/debug/pprof"
+    front = await start_relay(nursery)
+    stop, rtts = threading.Event(), []
+    pinger = threading.Thread(target=ping_pong, args=(front, stop, rtts))
+    pinger.start()
+    results: dict[str, tuple[int, str]] = {}
+
+    async def get(name: str, path: str) -> None:
+        results[name] = await curl(f"{url}/{path}")
+
+    try:
+        await trio.sleep(0.2)
+        quiet = len(rtts)
+        async with trio.open_nursery() as calls:
+            calls.start_soon(get, "folded", "profile?seconds=1.5")
+            await trio.sleep(0.3)
+            calls.start_soon(get, "busy", "heap?seconds=1")
+        during = rtts[quiet:]
+        await get("text", "profile?seconds=0.5&format=text&top=5")
+        await get("heap", "heap?seconds=0.5&top=5")
+        await get("bad", "profile?seconds=600")
+    finally:
+        stop.set()
+        await trio.to_thread.run_sync(pinger.join)
+    status, folded = results["folded"]
+    assert status == 200
+    # the event loop's thread, in our relay's code, with CPU microseconds per stack
+    assert any(
+        line.startswith("thread:MainThread;") and "ztunnel_py/" in line
+        for line in folded.splitlines()
+    ), folded[:2000]
+    assert all(line.rsplit(" ", 1)[1].isdigit() for line in folded.splitlines())
+    assert results["busy"] == (409, "a profile is already running; try again when it is done\n")
+    status, text = results["text"]
+    assert status == 200 and text.startswith("CPU profile: 0.5 s wall") and "self ms" in text
+    status, heap = results["heap"]
+    assert status == 200 and heap.startswith("heap snapshot (traced for 0.5 s):")
+    assert "allocated at" in heap
+    assert results["bad"][0] == 400 and "seconds must be between" in results["bad"][1]
+    # the relay kept answering all along (a stall would last the whole 1.5 s profile)
+    assert len(during) > 100 and max(during) < 0.5, max(during)

@@ -120,10 +120,10 @@ kind: Sidecar
 metadata: {name: default, namespace: demo}
 spec: {egress: [{hosts: ["./*"]}]}
 ---
-apiVersion: telemetry.istio.io/v1
-kind: Telemetry
+apiVersion: networking.istio.io/v1beta1
+kind: ProxyConfig
 metadata: {name: mesh-default, namespace: istio-system}
-spec: {accessLogging: [{providers: [{name: envoy}]}]}
+spec: {concurrency: 2}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -156,8 +156,8 @@ def test_validate_skips_what_the_control_plane_does_not_use(tmp_path: Path) -> N
         "(line 7, column 7)",
         "note: skipped: Sidecar (networking.istio.io/v1) is not a kind the ztunnel-py control "
         "plane uses (line 12, column 7)",
-        "note: skipped: Telemetry (telemetry.istio.io/v1) is not a kind the ztunnel-py control "
-        "plane uses (line 17, column 7)",
+        "note: skipped: ProxyConfig (networking.istio.io/v1beta1) is not a kind the ztunnel-py "
+        "control plane uses (line 17, column 7)",
         "note: skipped: Gateway (networking.istio.io/v1) is not a kind the ztunnel-py control "
         "plane uses (line 22, column 7)",
         "note: skipped: CustomResourceDefinition (apiextensions.k8s.io/v1) is not a kind the "

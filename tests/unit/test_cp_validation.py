@@ -73,7 +73,8 @@ CASES = [
         "kind",
         "unknown kind 'Deployment' (supported: Namespace, Pod, Service, ServiceEntry, "
         "WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
-        "PeerAuthentication, RequestAuthentication, Gateway, HTTPRoute, Canary, WasmPlugin)",
+        "PeerAuthentication, RequestAuthentication, Gateway, HTTPRoute, Canary, WasmPlugin, "
+        "Telemetry)",
     ),
     (
         "kind in the wrong case",

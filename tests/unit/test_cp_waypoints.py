@@ -322,6 +322,12 @@ def test_debug_view_shows_each_waypoint_in_full() -> None:
                         "sources": [],
                         "filters": [],
                         "clusters": [],
+                        "telemetry": {
+                            "tracing": {"provider": None, "sampling": 1.0, "custom_tags": []},
+                            "metrics": {"enabled": True, "overrides": []},
+                            "access_log": {"enabled": True, "filter": ""},
+                            "origins": [],
+                        },
                     }
                 },
                 "policies": {},

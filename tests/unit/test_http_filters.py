@@ -18,6 +18,7 @@ from ztunnel_py.model import Action, Authorization, Identity, Match, PolicyScope
 from ztunnel_py.model import StringMatchKind as K
 from ztunnel_py.model.http import Fault, Route
 from ztunnel_py.model.policy import HeaderCondition
+from ztunnel_py.model.telemetry import TracingConfig
 from ztunnel_py.policy.rbac import PolicySet
 
 WEB = Identity("cluster.local", "apps", "web")
@@ -98,7 +99,7 @@ def test_audit_policies_never_decide() -> None:
 
 def test_a_request_without_trace_context_starts_one_with_b3_twins_and_a_request_id() -> None:
     ctx = request()
-    run(TracingFilter(sampling=100.0).on_request_headers(ctx))
+    run(TracingFilter(TracingConfig(sampling=100.0)).on_request_headers(ctx))
     h = ctx.request.headers
     parsed = parse_traceparent(h.get("traceparent") or "")
     assert parsed is not None
@@ -111,7 +112,7 @@ def test_a_request_without_trace_context_starts_one_with_b3_twins_and_a_request_
 def test_an_incoming_traceparent_is_continued_with_a_new_span_and_tracestate_kept() -> None:
     incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     ctx = request(traceparent=incoming, tracestate="congo=t61rcWkgMzE", **{"x-request-id": "r1"})
-    run(TracingFilter(sampling=0.0).on_request_headers(ctx))
+    run(TracingFilter(TracingConfig(sampling=0.0)).on_request_headers(ctx))
     h = ctx.request.headers
     trace, span, sampled = parse_traceparent(h.get("traceparent") or "") or ("", "", False)
     assert trace == "0af7651916cd43dd8448eb211c80319c" and span != "b7ad6b7169203331"
@@ -128,7 +129,7 @@ def test_b3_only_requests_continue_in_w3c_too() -> None:
             "x-b3-sampled": "0",
         }
     )
-    run(TracingFilter(sampling=100.0).on_request_headers(ctx))
+    run(TracingFilter(TracingConfig(sampling=100.0)).on_request_headers(ctx))
     parsed = parse_traceparent(ctx.request.headers.get("traceparent") or "")
     assert parsed is not None and parsed[0] == "0000000000000000463ac35c9f6413ad" and not parsed[2]
 

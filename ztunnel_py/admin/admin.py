@@ -1,4 +1,5 @@
-"""The admin server (localhost:15000): `/config_dump`, `/logging`, `/quitquitquit` and an index.
+"""The admin server (localhost:15000): `/config_dump`, `/logging`, `/quitquitquit`, `/debug/pprof/*`
+and an index.
 
 `/config_dump` is assembled from providers the app registers on a `ConfigDump` (the state's
 `workloads`/`services`/`policies`, `certificates`, `workloadState`, `config`, `version`...), in
@@ -6,6 +7,7 @@ registration order; a section nobody provides is simply absent. The providers ru
 is asked for; the JSON is written as it is encoded (`jsonstream`), so a large dump never holds
 the event loop, and the proxied connections on it, for more than a few milliseconds at a time.
 `/logging` shows and changes the levels held by `telemetry.logs.LogLevels`, in ztunnel's syntax.
+`/debug/pprof/profile` and `/debug/pprof/heap` profile the process on demand (`pprof`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import trio
 
 from ztunnel_py.admin.http import Request, Response, Router, serve_http
 from ztunnel_py.admin.jsonstream import stream_json
+from ztunnel_py.admin.pprof import add_pprof
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import ADMIN_PORT
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels
@@ -66,6 +69,8 @@ def admin_router(
             "",
             "POST /logging?level=<level> or ?level=<module>=<level>,... or ?reset",
             "levels: off, error, warn, info, debug, trace",
+            "GET /debug/pprof/profile?seconds=10&hz=100&format=folded|text&top=25 (CPU)",
+            "GET /debug/pprof/heap?seconds=10&top=25 (tracemalloc); one profile at a time",
         ]
         return Response.text(200, "\n".join(lines) + "\n")
 
@@ -101,6 +106,7 @@ def admin_router(
     router.add("GET", "/config_dump", dump)
     router.add("POST", "/logging", logging_levels)
     router.add("POST", "/quitquitquit", quitquitquit)
+    add_pprof(router)
     return router
 
 

@@ -22,12 +22,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import cast
 
 import grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ztunnel_py.config import ConfigValueError
 from ztunnel_py.controlplane import ca as ca_service
@@ -45,6 +46,7 @@ from ztunnel_py.controlplane.nodeauth import (
 from ztunnel_py.controlplane.pipeline import open_pipeline
 from ztunnel_py.identity.pki import ROOT_CERT_FILE, CertificateAuthority
 from ztunnel_py.model.address import IPAddress, SocketAddr
+from ztunnel_py.telemetry import profiling
 from ztunnel_py.telemetry.logs import LevelSpecError, setup_logging
 
 log = logging.getLogger("ztunnel_py.controlplane")
@@ -170,6 +172,8 @@ def run(config: ControlPlaneConfig) -> int:
             config.trusted_node_accounts,
         )
     metrics_registry = CollectorRegistry()
+    # istiod's process_* series too (CPU, memory, file descriptors: the dashboard's resource row)
+    ProcessCollector(registry=metrics_registry)
     service = ca_service.CertificateService(
         ca,
         authenticator,
@@ -211,6 +215,9 @@ def run(config: ControlPlaneConfig) -> int:
     monitoring.add_json("/debug/waypoints", pipeline.waypoints)
 
     stop = threading.Event()
+    # A profile runs in the request's thread; shutting down ends it.
+    for path in (profiling.PROFILE_PATH, profiling.HEAP_PATH):
+        monitoring.add_query_view(path, partial(profiling.respond, path, stop=stop))
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)

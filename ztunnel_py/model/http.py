@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ztunnel_py.model.telemetry import TelemetryConfig
+
 __all__ = [
     "DEFAULT_MAGLEV_SIZE",
     "DEFAULT_RING_SIZE",
@@ -507,6 +509,8 @@ class HttpService:
     filters: tuple[FilterConfig, ...] = ()
     # traffic policies of every service the routes reference (DestinationRule trafficPolicy)
     clusters: tuple[ClusterPolicy, ...] = ()
+    # tracing (MeshConfig extensionProviders and Telemetry resources)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     @property
     def key(self) -> str:

@@ -45,20 +45,126 @@ DENY: Action
 AUDIT: Action
 
 class HttpService(_message.Message):
-    __slots__ = ("name", "routes", "subsets", "sources", "filters", "clusters")
+    __slots__ = ("name", "routes", "subsets", "sources", "filters", "clusters", "telemetry")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     SUBSETS_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     name: str
     routes: _containers.RepeatedCompositeFieldContainer[Route]
     subsets: _containers.RepeatedCompositeFieldContainer[ServiceSubsets]
     sources: _containers.RepeatedScalarFieldContainer[str]
     filters: _containers.RepeatedCompositeFieldContainer[FilterConfig]
     clusters: _containers.RepeatedCompositeFieldContainer[ClusterPolicy]
-    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterPolicy, _Mapping]]] = ...) -> None: ...
+    telemetry: Telemetry
+    def __init__(self, name: _Optional[str] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., subsets: _Optional[_Iterable[_Union[ServiceSubsets, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterConfig, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[ClusterPolicy, _Mapping]]] = ..., telemetry: _Optional[_Union[Telemetry, _Mapping]] = ...) -> None: ...
+
+class Telemetry(_message.Message):
+    __slots__ = ("tracing", "origins", "metrics", "access_log")
+    TRACING_FIELD_NUMBER: _ClassVar[int]
+    ORIGINS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_LOG_FIELD_NUMBER: _ClassVar[int]
+    tracing: Tracing
+    origins: _containers.RepeatedScalarFieldContainer[str]
+    metrics: Metrics
+    access_log: AccessLog
+    def __init__(self, tracing: _Optional[_Union[Tracing, _Mapping]] = ..., origins: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Union[Metrics, _Mapping]] = ..., access_log: _Optional[_Union[AccessLog, _Mapping]] = ...) -> None: ...
+
+class Metrics(_message.Message):
+    __slots__ = ("disabled", "overrides")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    overrides: _containers.RepeatedCompositeFieldContainer[MetricOverride]
+    def __init__(self, disabled: bool = ..., overrides: _Optional[_Iterable[_Union[MetricOverride, _Mapping]]] = ...) -> None: ...
+
+class MetricOverride(_message.Message):
+    __slots__ = ("metric", "disabled", "tags")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    disabled: bool
+    tags: _containers.RepeatedCompositeFieldContainer[TagOverride]
+    def __init__(self, metric: _Optional[str] = ..., disabled: bool = ..., tags: _Optional[_Iterable[_Union[TagOverride, _Mapping]]] = ...) -> None: ...
+
+class TagOverride(_message.Message):
+    __slots__ = ("name", "remove", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    remove: bool
+    value: str
+    def __init__(self, name: _Optional[str] = ..., remove: bool = ..., value: _Optional[str] = ...) -> None: ...
+
+class AccessLog(_message.Message):
+    __slots__ = ("disabled", "filter")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    filter: str
+    def __init__(self, disabled: bool = ..., filter: _Optional[str] = ...) -> None: ...
+
+class Tracing(_message.Message):
+    __slots__ = ("provider", "sampling", "custom_tags")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_TAGS_FIELD_NUMBER: _ClassVar[int]
+    provider: TracingProvider
+    sampling: float
+    custom_tags: _containers.RepeatedCompositeFieldContainer[CustomTag]
+    def __init__(self, provider: _Optional[_Union[TracingProvider, _Mapping]] = ..., sampling: _Optional[float] = ..., custom_tags: _Optional[_Iterable[_Union[CustomTag, _Mapping]]] = ...) -> None: ...
+
+class TracingProvider(_message.Message):
+    __slots__ = ("name", "kind", "service", "port", "path", "max_tag_length", "timeout", "headers")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OPENTELEMETRY: _ClassVar[TracingProvider.Kind]
+        ZIPKIN: _ClassVar[TracingProvider.Kind]
+    OPENTELEMETRY: TracingProvider.Kind
+    ZIPKIN: TracingProvider.Kind
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    MAX_TAG_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: TracingProvider.Kind
+    service: str
+    port: int
+    path: str
+    max_tag_length: int
+    timeout: _duration_pb2.Duration
+    headers: _containers.RepeatedCompositeFieldContainer[Header]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[TracingProvider.Kind, str]] = ..., service: _Optional[str] = ..., port: _Optional[int] = ..., path: _Optional[str] = ..., max_tag_length: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., headers: _Optional[_Iterable[_Union[Header, _Mapping]]] = ...) -> None: ...
+
+class CustomTag(_message.Message):
+    __slots__ = ("name", "kind", "value", "default_value")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        LITERAL: _ClassVar[CustomTag.Kind]
+        HEADER: _ClassVar[CustomTag.Kind]
+        ENVIRONMENT: _ClassVar[CustomTag.Kind]
+    LITERAL: CustomTag.Kind
+    HEADER: CustomTag.Kind
+    ENVIRONMENT: CustomTag.Kind
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: CustomTag.Kind
+    value: str
+    default_value: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[CustomTag.Kind, str]] = ..., value: _Optional[str] = ..., default_value: _Optional[str] = ...) -> None: ...
 
 class ClusterPolicy(_message.Message):
     __slots__ = ("service", "subset", "port", "policy")

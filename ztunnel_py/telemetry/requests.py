@@ -18,6 +18,11 @@ Istio's dashboards' `histogram_quantile` queries work unchanged). Labels and the
 
 Request and response sizes are wire bytes (heads and bodies), as Envoy's meters count them.
 Like `metrics.py`, one custom collector serves plain counters (no lock on the data path).
+
+A service's Telemetry overrides (`MetricOverrides`, compiled once per configuration) may
+disable a family for its requests, remove a label (an empty value: in Prometheus the same as
+no label) or set one from a CEL expression over the request's attributes; a label that is not
+one of Istio's becomes an extra label of that family (empty on the series without it).
 """
 
 from __future__ import annotations
@@ -30,9 +35,17 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from ztunnel_py.model import Identity, Service, Workload
+from ztunnel_py.model.telemetry import METRICS, MetricsConfig
+from ztunnel_py.telemetry import cel
 from ztunnel_py.telemetry.labels import UNKNOWN
 
-__all__ = ["DEFAULT_BUCKETS", "REQUEST_LABEL_NAMES", "RequestLabels", "RequestMetrics"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "REQUEST_LABEL_NAMES",
+    "MetricOverrides",
+    "RequestLabels",
+    "RequestMetrics",
+]
 
 # Envoy's default histogram buckets (HistogramSettingsImpl::defaultBuckets).
 DEFAULT_BUCKETS = (
@@ -201,6 +214,64 @@ class RequestLabels:
         )
 
 
+# A series: Istio's label values, then (name, value) of extra labels (usually none).
+SeriesKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
+_INDEX = {name: i for i, name in enumerate(REQUEST_LABEL_NAMES)}
+
+
+def _label_set(keys: Iterable[SeriesKey]) -> tuple[str, ...]:
+    """The family's label names: Istio's, then every extra one its series carry."""
+    extra = sorted({name for _, extras in keys for name, _ in extras})
+    return (*REQUEST_LABEL_NAMES, *extra)
+
+
+def _label_values(key: SeriesKey, names: tuple[str, ...]) -> list[str]:
+    values, extras = key
+    found = dict(extras)
+    return [*values, *(found.get(n, "") for n in names[len(REQUEST_LABEL_NAMES) :])]
+
+
+class MetricOverrides:
+    """A service's Telemetry metric overrides, compiled: per family, disabled or its label
+    operations in order."""
+
+    def __init__(self, config: MetricsConfig) -> None:
+        self.enabled = config.enabled
+        ops: dict[str, dict[str, cel.Expression | None]] = {}
+        self.disabled: set[str] = set()
+        for o in config.overrides:
+            family = METRICS[o.metric]
+            if o.disabled:
+                self.disabled.add(family)
+            else:
+                self.disabled.discard(family)
+            for tag in o.tags:
+                ops.setdefault(family, {})[tag.name] = None if tag.remove else cel.parse(tag.value)
+        self.ops = ops
+
+    def key(self, family: str, values: tuple[str, ...], lookup: cel.Lookup) -> SeriesKey | None:
+        """The family's series for a request with Istio's label `values` (None: disabled)."""
+        if family in self.disabled:
+            return None
+        ops = self.ops.get(family)
+        if not ops:
+            return values, ()
+        out = list(values)
+        extras: list[tuple[str, str]] = []
+        for name, expression in ops.items():
+            value = "" if expression is None else expression.evaluate(lookup)
+            text = "" if value is None else _text(value)
+            if name in _INDEX:
+                out[_INDEX[name]] = text
+            else:
+                extras.append((name, text))
+        return tuple(out), tuple(sorted(extras))
+
+
+def _text(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 class _Histogram:
     __slots__ = ("buckets", "doc", "name", "series")
 
@@ -208,26 +279,27 @@ class _Histogram:
         self.name = name
         self.doc = doc
         self.buckets = tuple(buckets)
-        # label values -> [count per bucket (+Inf last)..., sum]
-        self.series: dict[tuple[str, ...], list[float]] = {}
+        # series -> [count per bucket (+Inf last)..., sum]
+        self.series: dict[SeriesKey, list[float]] = {}
 
-    def observe(self, values: tuple[str, ...], amount: float) -> None:
-        cell = self.series.get(values)
+    def observe(self, key: SeriesKey, amount: float) -> None:
+        cell = self.series.get(key)
         if cell is None:
-            cell = self.series[values] = [0.0] * (len(self.buckets) + 2)
+            cell = self.series[key] = [0.0] * (len(self.buckets) + 2)
         cell[bisect.bisect_left(self.buckets, amount)] += 1
         cell[-1] += amount
 
     def metric(self, with_samples: bool = True) -> Metric:
-        family = HistogramMetricFamily(self.name, self.doc, labels=REQUEST_LABEL_NAMES)
-        if with_samples:
-            for values, cell in list(self.series.items()):
-                cumulative = 0.0
-                out: list[tuple[str, float]] = []
-                for bound, count in zip((*self.buckets, float("inf")), cell[:-1], strict=True):
-                    cumulative += count
-                    out.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
-                family.add_metric(list(values), out, sum_value=cell[-1])
+        series = list(self.series.items()) if with_samples else []
+        names = _label_set(k for k, _ in series)
+        family = HistogramMetricFamily(self.name, self.doc, labels=names)
+        for key, cell in series:
+            cumulative = 0.0
+            out: list[tuple[str, float]] = []
+            for bound, count in zip((*self.buckets, float("inf")), cell[:-1], strict=True):
+                cumulative += count
+                out.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            family.add_metric(_label_values(key, names), out, sum_value=cell[-1])
         return family
 
 
@@ -235,7 +307,7 @@ class RequestMetrics:
     """The request families on `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._requests: dict[tuple[str, ...], list[int]] = {}
+        self._requests: dict[SeriesKey, list[int]] = {}
         self._duration = _Histogram(
             "istio_request_duration_milliseconds",
             "Request duration in milliseconds",
@@ -250,16 +322,35 @@ class RequestMetrics:
         registry.register(self)
 
     def record(
-        self, labels: RequestLabels, duration_ms: float, request_bytes: int, response_bytes: int
+        self,
+        labels: RequestLabels,
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+        overrides: tuple[MetricOverrides, cel.Lookup] | None = None,
     ) -> None:
+        """One request; `overrides` (with the request's attributes) as its Telemetry says."""
         values = labels.values()
-        cell = self._requests.get(values)
-        if cell is None:
-            cell = self._requests[values] = [0]
-        cell[0] += 1
-        self._duration.observe(values, duration_ms)
-        self._request_bytes.observe(values, request_bytes)
-        self._response_bytes.observe(values, response_bytes)
+        if overrides is None:
+            plain: SeriesKey = (values, ())
+            keys: list[SeriesKey | None] = [plain, plain, plain, plain]
+        else:
+            compiled, lookup = overrides
+            if not compiled.enabled:
+                return
+            keys = [compiled.key(f, values, lookup) for f in METRICS.values()]
+        count_key, duration_key, request_key, response_key = keys
+        if count_key is not None:
+            cell = self._requests.get(count_key)
+            if cell is None:
+                cell = self._requests[count_key] = [0]
+            cell[0] += 1
+        if duration_key is not None:
+            self._duration.observe(duration_key, duration_ms)
+        if request_key is not None:
+            self._request_bytes.observe(request_key, request_bytes)
+        if response_key is not None:
+            self._response_bytes.observe(response_key, response_bytes)
 
     def collect(self) -> Iterable[Metric]:
         return self._families(True)
@@ -268,12 +359,11 @@ class RequestMetrics:
         return self._families(False)
 
     def _families(self, with_samples: bool) -> list[Metric]:
-        requests = CounterMetricFamily(
-            "istio_requests_total", "Total requests", labels=REQUEST_LABEL_NAMES
-        )
-        if with_samples:
-            for values, cell in list(self._requests.items()):
-                requests.add_metric(values, cell[0])
+        series = list(self._requests.items()) if with_samples else []
+        names = _label_set(k for k, _ in series)
+        requests = CounterMetricFamily("istio_requests_total", "Total requests", labels=names)
+        for key, cell in series:
+            requests.add_metric(_label_values(key, names), cell[0])
         return [
             requests,
             self._duration.metric(with_samples),

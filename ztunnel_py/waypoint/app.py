@@ -14,7 +14,8 @@ node agent: it speaks HBONE itself, as Envoy waypoints do) and:
   proxied at L4 after the L4 part of its policies; every other port runs HTTP/1.1 or HTTP/2
   (prior knowledge) through the filter engine: tracing, user AUTHN filters, JWT authentication
   (RequestAuthentication), user AUTHZ filters, authorization, faults, then routing, retries and
-  timeouts, mirroring, with metrics and the access log at the end; each destination (service,
+  timeouts, mirroring, with metrics and the access log at the end (and a span, when the
+  service's telemetry names a tracing provider: `telemetry/spans.py`); each destination (service,
   subset, port) is a cluster with its DestinationRule traffic policy (load balancing, circuit
   breakers, outlier detection), shown in `/config_dump` (`clusters`);
 - opens HBONE (pooled per destination) to the chosen endpoint's node agent with
@@ -66,7 +67,14 @@ from ztunnel_py.model import Identity, IPAddress, Service, Workload
 from ztunnel_py.model.address import SocketAddr, canonical_ip
 from ztunnel_py.model.http import FilterConfig, FilterPhase
 from ztunnel_py.model.ports import HBONE_PORT
-from ztunnel_py.model.workload import AppProtocol, GatewayAddress, NamespacedHostname, pod_uid
+from ztunnel_py.model.telemetry import TracingProvider
+from ztunnel_py.model.workload import (
+    AppProtocol,
+    GatewayAddress,
+    NamespacedHostname,
+    WorkloadStatus,
+    pod_uid,
+)
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.runtime.proxy import ProxyRuntime, prepare, run_proxy
 from ztunnel_py.state.l7 import L7State
@@ -75,6 +83,7 @@ from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import WAYPOINT, TrafficLabels
 from ztunnel_py.telemetry.peererrors import PeerErrors
 from ztunnel_py.telemetry.requests import Peer, RequestLabels, RequestMetrics
+from ztunnel_py.telemetry.spans import AttributeValue, SpanExporters
 from ztunnel_py.transport.hbone import (
     HboneClientConnection,
     HboneError,
@@ -159,16 +168,20 @@ def main(args: argparse.Namespace) -> int:
         return 2
     l7 = L7State()
     waypoint = Waypoint(config, state, l7, me)
-    trio.run(
-        lambda: run_proxy(
-            config,
-            state,
-            levels,
-            lambda rt: waypoint.start(rt, listen),
-            feed=lambda readiness: WaypointFeed(state, l7, readiness),
-            decoders={**WORKLOAD_DECODERS, **L7_DECODERS},
+    try:
+        trio.run(
+            lambda: run_proxy(
+                config,
+                state,
+                levels,
+                lambda rt: waypoint.start(rt, listen),
+                feed=lambda readiness: WaypointFeed(state, l7, readiness),
+                decoders={**WORKLOAD_DECODERS, **L7_DECODERS},
+            )
         )
-    )
+    finally:
+        # the spans of the last requests
+        waypoint.spans.shutdown()
     return 0
 
 
@@ -190,6 +203,8 @@ class Waypoint:
         self.me = me
         self._chains = _Chains()
         self._rng = random.Random()
+        # Istio names a proxy's spans by its cluster, `<workload>.<namespace>`
+        self.spans = SpanExporters(f"{me.gateway}.{me.namespace}", self._collector_addresses)
 
     # --- startup ------------------------------------------------------------------------------
 
@@ -204,19 +219,11 @@ class Waypoint:
         self.request_metrics = RequestMetrics(rt.registry)
         self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
         self.mirrors = Mirrors(rt.nursery, self.upstreams, self.resolver, self._record_mirror)
-        self.tracing = TracingFilter()
         self.jwt = JwtAuthnFilter(
             lambda ctx: self.l7.jwt_rules_for(ctx.service) if ctx.service else ()
         )
         self.authz = AuthorizationFilter(self._policies)
         self.fault = FaultFilter()
-        self.telemetry = TelemetryFilter(
-            self.request_metrics,
-            reporter=WAYPOINT,
-            source=self._source_peer,
-            destination=self._destination_peer,
-            service=lambda ctx: self.state.service_by_key(ctx.service) if ctx.service else None,
-        )
         rt.dump.add_sections(self.l7.dump)
         rt.dump.add_sections(self.resolver.dump)
         rt.dump.add_sections(self.mirrors.dump)
@@ -337,16 +344,29 @@ class Waypoint:
             user = self._user_filters(config.filters if config is not None else ())
             # Istio's WasmPlugin phases: AUTHN before authentication, AUTHZ before
             # authorization, STATS before telemetry, unspecified last, before the router.
+            telemetry = config.telemetry if config is not None else None
+            tracing = TracingFilter(
+                telemetry.tracing if telemetry is not None else None,
+                spans=self.spans,
+                tags=self._span_tags,
+            )
             chain = FilterChain(
                 [
-                    self.tracing,
+                    tracing,
                     *user[FilterPhase.AUTHN],
                     self.jwt,
                     *user[FilterPhase.AUTHZ],
                     self.authz,
                     self.fault,
                     *user[FilterPhase.STATS],
-                    self.telemetry,
+                    TelemetryFilter(
+                        self.request_metrics,
+                        reporter=WAYPOINT,
+                        source=self._source_peer,
+                        destination=self._destination_peer,
+                        service=self._service_of,
+                        config=telemetry,
+                    ),
                     *user[FilterPhase.UNSPECIFIED],
                 ]
             )
@@ -374,6 +394,9 @@ class Waypoint:
 
     def _policies(self, ctx: Any) -> Any:
         return self.l7.policies_for(ctx.service) if ctx.service else None
+
+    def _service_of(self, ctx: RequestContext) -> Service | None:
+        return self.state.service_by_key(ctx.service) if ctx.service else None
 
     def _source_peer(self, ctx: Any) -> Peer:
         down: Downstream = ctx.downstream
@@ -408,6 +431,46 @@ class Waypoint:
     def _destination_peer(self, ctx: Any) -> Peer:
         workload = ctx.upstream_info if isinstance(ctx.upstream_info, Workload) else None
         return Peer.of(workload, None)
+
+    # --- tracing --------------------------------------------------------------------------------
+
+    def _span_tags(self, ctx: RequestContext) -> dict[str, AttributeValue]:
+        """istiod's tags of a waypoint's spans: the waypoint's own, and the peers'."""
+        tags: dict[str, AttributeValue] = {
+            "istio.canonical_service": self.me.gateway,
+            "istio.canonical_revision": "latest",
+            "istio.mesh_id": self.me.trust_domain,
+            "istio.namespace": self.me.namespace,
+            "istio.cluster_id": self.config.cluster_id,
+        }
+        for side, peer in (
+            ("source", self._source_peer(ctx)),
+            ("destination", self._destination_peer(ctx)),
+        ):
+            tags[f"istio.{side}_workload"] = peer.workload
+            tags[f"istio.{side}_namespace"] = peer.namespace
+            tags[f"istio.{side}_principal"] = peer.principal
+            tags[f"istio.{side}_canonical_service"] = peer.canonical_service
+            tags[f"istio.{side}_canonical_revision"] = peer.canonical_revision
+            tags[f"istio.{side}_app"] = peer.app
+            tags[f"istio.{side}_app_version"] = peer.version
+            tags[f"istio.{side}_cluster_id"] = peer.cluster
+        return tags
+
+    def _collector_addresses(self, provider: TracingProvider) -> list[str]:
+        """Where a tracing provider's collector is: its service's endpoints (the waypoint is
+        not captured, so it dials a pod, not a service address), else the host as written."""
+        service = self.state.service_by_key(provider.service)
+        if service is None:
+            host = provider.service.partition("/")[2] or provider.service
+            return [str(SocketAddr.parse(f"{host}:{provider.port}", hostname=True))]
+        out = []
+        for workload, port in self.state.endpoints(service, provider.port):
+            if workload.status is WorkloadStatus.HEALTHY and workload.addresses:
+                out.append(str(SocketAddr(workload.addresses[0], port)))
+        if not out and not service.vips:
+            out.append(f"{service.hostname}:{provider.port}")
+        return sorted(out)
 
     # --- upstream -------------------------------------------------------------------------------
 

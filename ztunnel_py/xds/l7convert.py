@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -63,7 +64,22 @@ from ztunnel_py.model.policy import (
     RequestPrincipalMatch,
     WaypointPolicy,
 )
+from ztunnel_py.model.telemetry import (
+    DEFAULT_MAX_TAG_LENGTH,
+    METRICS,
+    AccessLogConfig,
+    CustomTag,
+    CustomTagKind,
+    MetricOverride,
+    MetricsConfig,
+    ProviderKind,
+    TagOverride,
+    TelemetryConfig,
+    TracingConfig,
+    TracingProvider,
+)
 from ztunnel_py.proto import l7_pb2
+from ztunnel_py.telemetry import cel
 from ztunnel_py.xds.convert import (
     ConversionError,
     EncodedResource,
@@ -124,6 +140,14 @@ def _same_names(model: type[_E], wire: Any) -> tuple[dict[_E, Any], dict[int, _E
 _LB, _LB_NAMES = _same_names(LoadBalancerKind, l7_pb2.LoadBalancer.Simple)
 _HASH_SOURCES, _HASH_SOURCE_NAMES = _same_names(HashSource, l7_pb2.ConsistentHash.Source)
 _HASH_TABLES, _HASH_TABLE_NAMES = _same_names(HashTable, l7_pb2.ConsistentHash.Table)
+_PROVIDER_KINDS: dict[ProviderKind, Any] = {
+    k: l7_pb2.TracingProvider.Kind.Value(k.name) for k in ProviderKind
+}
+_PROVIDER_KIND_NAMES: dict[int, ProviderKind] = {int(v): k for k, v in _PROVIDER_KINDS.items()}
+_TAG_KINDS: dict[CustomTagKind, Any] = {
+    k: l7_pb2.CustomTag.Kind.Value(k.name) for k in CustomTagKind
+}
+_TAG_KIND_NAMES: dict[int, CustomTagKind] = {int(v): k for k, v in _TAG_KINDS.items()}
 
 
 # --- model -> proto ------------------------------------------------------------------------------
@@ -301,6 +325,54 @@ def _traffic_policy_to_proto(p: TrafficPolicy) -> l7_pb2.TrafficPolicy:
     return pb
 
 
+def _telemetry_to_proto(t: TelemetryConfig) -> l7_pb2.Telemetry:
+    tracing = t.tracing
+    pb = l7_pb2.Telemetry(
+        tracing=l7_pb2.Tracing(
+            sampling=tracing.sampling,
+            custom_tags=[
+                l7_pb2.CustomTag(
+                    name=tag.name,
+                    kind=_TAG_KINDS[tag.kind],
+                    value=tag.value,
+                    default_value=tag.default,
+                )
+                for tag in tracing.custom_tags
+            ],
+        ),
+        origins=list(t.origins),
+        metrics=l7_pb2.Metrics(
+            disabled=not t.metrics.enabled,
+            overrides=[
+                l7_pb2.MetricOverride(
+                    metric=o.metric,
+                    disabled=o.disabled,
+                    tags=[
+                        l7_pb2.TagOverride(name=tag.name, remove=tag.remove, value=tag.value)
+                        for tag in o.tags
+                    ],
+                )
+                for o in t.metrics.overrides
+            ],
+        ),
+        access_log=l7_pb2.AccessLog(disabled=not t.access_log.enabled, filter=t.access_log.filter),
+    )
+    p = tracing.provider
+    if p is not None:
+        provider = l7_pb2.TracingProvider(
+            name=p.name,
+            kind=_PROVIDER_KINDS[p.kind],
+            service=p.service,
+            port=p.port,
+            path=p.path,
+            max_tag_length=p.max_tag_length,
+            headers=[l7_pb2.Header(name=n, value=v) for n, v in p.headers],
+        )
+        _optional_duration(provider, "timeout", p.timeout)
+        pb.tracing.provider.CopyFrom(provider)
+    return pb
+
+
 def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
     return l7_pb2.HttpService(
         name=s.service,
@@ -330,6 +402,7 @@ def http_service_to_proto(s: HttpService) -> l7_pb2.HttpService:
             )
             for c in s.clusters
         ],
+        telemetry=_telemetry_to_proto(s.telemetry),
     )
 
 
@@ -687,6 +760,71 @@ def _cluster_policy(pb: l7_pb2.ClusterPolicy) -> ClusterPolicy:
         raise ConversionError(f"{where}: {e}") from None
 
 
+def _tracing_provider(pb: l7_pb2.TracingProvider) -> TracingProvider:
+    kind = _PROVIDER_KIND_NAMES.get(pb.kind)
+    if kind is None:
+        raise ConversionError(f"tracing provider {pb.name}: unsupported kind {pb.kind}")
+    if not pb.service:
+        raise ConversionError(f"tracing provider {pb.name}: no service")
+    return TracingProvider(
+        name=pb.name,
+        kind=kind,
+        service=pb.service,
+        port=_port(pb.port, f"tracing provider {pb.name} port"),
+        path=pb.path,
+        max_tag_length=pb.max_tag_length or DEFAULT_MAX_TAG_LENGTH,
+        timeout=_positive(pb.timeout, "tracing provider timeout")
+        if pb.HasField("timeout")
+        else None,
+        headers=tuple((h.name, h.value) for h in pb.headers),
+    )
+
+
+def _telemetry(pb: l7_pb2.Telemetry) -> TelemetryConfig:
+    t = pb.tracing
+    if not math.isfinite(t.sampling) or not 0.0 <= t.sampling <= 100.0:
+        raise ConversionError(f"tracing sampling {t.sampling} is not a percentage")
+    tags = []
+    for tag in t.custom_tags:
+        kind = _TAG_KIND_NAMES.get(tag.kind)
+        if kind is None or not tag.name:
+            raise ConversionError(f"custom tag {tag.name!r}: unsupported kind {tag.kind}")
+        tags.append(CustomTag(tag.name, kind, tag.value, tag.default_value))
+    overrides = []
+    for o in pb.metrics.overrides:
+        if o.metric not in METRICS:
+            raise ConversionError(f"unknown metric {o.metric!r}")
+        for op in o.tags:
+            if not op.remove:
+                _expression(op.value, f"tag {op.name} of {o.metric}")
+        overrides.append(
+            MetricOverride(
+                o.metric,
+                o.disabled,
+                tuple(TagOverride(op.name, op.remove, op.value) for op in o.tags),
+            )
+        )
+    if pb.access_log.filter:
+        _expression(pb.access_log.filter, "access log filter")
+    return TelemetryConfig(
+        tracing=TracingConfig(
+            provider=_tracing_provider(t.provider) if t.HasField("provider") else None,
+            sampling=t.sampling,
+            custom_tags=tuple(tags),
+        ),
+        metrics=MetricsConfig(not pb.metrics.disabled, tuple(overrides)),
+        access_log=AccessLogConfig(not pb.access_log.disabled, pb.access_log.filter),
+        origins=tuple(pb.origins),
+    )
+
+
+def _expression(text: str, what: str) -> None:
+    try:
+        cel.parse(text)
+    except cel.CelError as e:
+        raise ConversionError(f"{what}: {e}") from None
+
+
 def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
     if "/" not in pb.name:
         raise ConversionError(f"HTTP service name {pb.name!r} is not <namespace>/<hostname>")
@@ -712,6 +850,7 @@ def http_service_from_proto(pb: l7_pb2.HttpService) -> HttpService:
         sources=tuple(pb.sources),
         filters=tuple(_filter(f) for f in pb.filters),
         clusters=tuple(_cluster_policy(c) for c in pb.clusters),
+        telemetry=_telemetry(pb.telemetry) if pb.HasField("telemetry") else TelemetryConfig(),
     )
 
 

@@ -73,6 +73,7 @@ WATCHED_KINDS: tuple[WatchedKind, ...] = (
     WatchedKind("VirtualService", "networking.istio.io", "v1", "virtualservices"),
     WatchedKind("DestinationRule", "networking.istio.io", "v1", "destinationrules"),
     WatchedKind("WasmPlugin", "extensions.istio.io", "v1alpha1", "wasmplugins"),
+    WatchedKind("Telemetry", "telemetry.istio.io", "v1", "telemetries"),
 )
 
 

@@ -12,7 +12,8 @@ them with HTTPRoutes (the ones left out are reported). Without any, the HttpServ
 routes and the waypoint routes every request to the service on the port it arrived on.
 
 Each HttpService also carries the DestinationRule traffic policies of the services it may send
-to (the served one and every route backend), for the subsets the routes use (`traffic.py`).
+to (the served one and every route backend), for the subsets the routes use (`traffic.py`), and
+the telemetry the waypoint applies to it (MeshConfig and Telemetry resources, `telemetry.py`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ztunnel_py.controlplane.translate.routes import (
     route_backends,
     sort_gateway_routes,
 )
+from ztunnel_py.controlplane.translate.telemetry import TelemetryResolver, mesh_telemetry
 from ztunnel_py.controlplane.translate.waypoints import WAYPOINT_CLASS, Waypoint, WaypointIndex
 from ztunnel_py.model import Service
 from ztunnel_py.model.authn import WaypointAuthentication
@@ -88,6 +90,15 @@ class L7Builder:
         self.subsets = SubsetIndex(
             by_kind.get("DestinationRule", ()), domain_suffix, root_namespace
         )
+        self.telemetry = TelemetryResolver(
+            telemetries=by_kind.get("Telemetry", ()),
+            pods=by_kind.get("Pod", ()),
+            mesh=mesh_telemetry(by_kind.get("ConfigMap", ()), root_namespace, warn),
+            services=services,
+            owners=owners,
+            root_namespace=root_namespace,
+            warn=warn,
+        )
 
     def build(self) -> tuple[dict[str, HttpService], dict[str, WaypointScope]]:
         parents = self._route_parents()
@@ -108,6 +119,7 @@ class L7Builder:
                 tuple(sources),
                 ext.ordered(filters.get(key, ())),
                 self._clusters(key, routes, waypoint),
+                self.telemetry.resolve(waypoint, key),
             )
         policies = self._policies()
         authentications = self._authentications()

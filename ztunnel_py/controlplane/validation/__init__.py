@@ -10,7 +10,8 @@ one clusterIP) are the store's business (`store.py`), since they depend on what 
 A `kind: List` document is expanded into its items (`items[2].spec...`).
 
 A GitOps repository holds much more than the mesh's kinds: a document of a kind the control
-plane does not use (a Deployment, a ConfigMap, an Istio Sidecar or Telemetry, a CRD...) is
+plane does not use (a Deployment, a ConfigMap other than `istio` with the MeshConfig, an Istio
+Sidecar, a CRD...) is
 skipped with a note, not an error (`skipped`). An unknown kind in an API group the control plane
 reads (`security.istio.io/v1 AuthorizationPolicys`) or in core `v1` is still an error: it is more
 likely a typo than something to ignore.
@@ -22,12 +23,17 @@ import re
 from dataclasses import dataclass
 
 from ztunnel_py.controlplane.resources import Diagnostic, Document, Resource, ResourceKey
-from ztunnel_py.controlplane.validation import extensions, kinds, routing
+from ztunnel_py.controlplane.validation import extensions, kinds, routing, telemetry
 from ztunnel_py.controlplane.validation.kube import KindInfo
 from ztunnel_py.yamlschema.schema import Checker, Node, describe_value
 
 DEFAULT_NAMESPACE = "default"
-KINDS: dict[str, KindInfo] = {**kinds.KINDS, **extensions.KINDS, **routing.KINDS}
+KINDS: dict[str, KindInfo] = {
+    **kinds.KINDS,
+    **extensions.KINDS,
+    **routing.KINDS,
+    **telemetry.KINDS,
+}
 
 
 # API groups whose kinds the control plane reads (every group of a kind it validates; the core
@@ -104,13 +110,14 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
         items = c.child(node, "items")
         return [r for i in range(len(items.value)) for r in _validate(doc, c.index(items, i))]
     api_version = body.get("apiVersion")
-    if _not_used(kind, api_version):
+    mesh_config = _is_mesh_config(body)
+    if not mesh_config and _not_used(kind, api_version):
         c.note(
             c.child(node, "kind"),
             f"skipped: {kind} ({api_version}) is not a kind the ztunnel-py control plane uses",
         )
         return [Validated(None, None, _diagnostics(doc, c), skipped=True)]
-    info = _kind(c, node, kind)
+    info = telemetry.CONFIG_MAP if mesh_config else _kind(c, node, kind)
     if info is None:
         return [Validated(None, None, _diagnostics(doc, c))]
     if api_version not in info.api_versions:
@@ -132,6 +139,17 @@ def _validate(doc: Document, node: Node) -> list[Validated]:
 
 _API_VERSION = re.compile(r"^([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)/[a-z0-9]+$")
 _KIND_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+def _is_mesh_config(body: dict[object, object]) -> bool:
+    """The ConfigMap `istio`: the one ConfigMap read, for the MeshConfig in it."""
+    meta = body.get("metadata")
+    return (
+        body.get("kind") == "ConfigMap"
+        and body.get("apiVersion") == "v1"
+        and isinstance(meta, dict)
+        and meta.get("name") == telemetry.MESH_CONFIG_MAP
+    )
 
 
 def _not_used(kind: object, api_version: object) -> bool:

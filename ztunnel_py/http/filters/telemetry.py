@@ -4,20 +4,28 @@ Metrics are Istio's request families (`telemetry.requests`); the access log writ
 `request complete` line per request with Envoy's fields under readable names (see
 `telemetry.accesslog.request_complete`). What the filter cannot know by itself, the peers and
 the destination service, comes from the app through the callables it is built with.
+
+A service's Telemetry (`model.telemetry.TelemetryConfig`) may turn either off, disable or
+relabel metrics, and filter the access log; its expressions see the request as Envoy's
+attributes (`attributes`: `request.*`, `response.*`, `source.*`, `destination.*`,
+`connection.mtls`, `upstream.*`, `xds.*`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ztunnel_py.http.filter import Filter, RequestContext
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
 from ztunnel_py.model import Service
-from ztunnel_py.telemetry import accesslog
+from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.telemetry import TelemetryConfig
+from ztunnel_py.telemetry import accesslog, cel
 from ztunnel_py.telemetry.labels import UNKNOWN
-from ztunnel_py.telemetry.requests import Peer, RequestLabels, RequestMetrics
+from ztunnel_py.telemetry.requests import MetricOverrides, Peer, RequestLabels, RequestMetrics
 
-__all__ = ["TelemetryFilter", "head_size"]
+__all__ = ["TelemetryFilter", "attributes", "head_size"]
 
 PeerOf = Callable[[RequestContext], Peer]
 
@@ -46,12 +54,18 @@ class TelemetryFilter(Filter):
         source: PeerOf,
         destination: PeerOf,
         service: Callable[[RequestContext], Service | None],
+        config: TelemetryConfig | None = None,
     ) -> None:
         self._metrics = metrics
         self._reporter = reporter
         self._source = source
         self._destination = destination
         self._service = service
+        config = config if config is not None else TelemetryConfig()
+        m = config.metrics
+        self._overrides = MetricOverrides(m) if m.overrides or not m.enabled else None
+        self._log = config.access_log.enabled
+        self._log_filter = cel.parse(config.access_log.filter) if config.access_log.filter else None
 
     def on_log(self, ctx: RequestContext) -> None:
         req, resp = ctx.request, ctx.response
@@ -64,6 +78,7 @@ class TelemetryFilter(Filter):
         request_bytes = head_size(req) + ctx.request_body_bytes
         response_bytes = (head_size(resp) if resp is not None else 0) + ctx.response_body_bytes
         mtls = ctx.downstream.peer_identity is not None
+        lookup = attributes(ctx, request_bytes, response_bytes)
         if self._metrics is not None:
             labels = RequestLabels(
                 reporter=self._reporter,
@@ -77,7 +92,10 @@ class TelemetryFilter(Filter):
                 response_flags=ctx.flags_text,
                 mtls=mtls,
             )
-            self._metrics.record(labels, ctx.duration_ms, request_bytes, response_bytes)
+            overrides = (self._overrides, lookup) if self._overrides is not None else None
+            self._metrics.record(labels, ctx.duration_ms, request_bytes, response_bytes, overrides)
+        if not self._log or (self._log_filter is not None and not self._log_filter.matches(lookup)):
+            return
         trace = ctx.state.get("trace")
         backend = ctx.backend
         fields: dict[str, object] = {
@@ -113,3 +131,60 @@ class TelemetryFilter(Filter):
 
 def _known(value: str) -> str | None:
     return value if value and value != UNKNOWN else None
+
+
+def attributes(ctx: RequestContext, request_bytes: int, response_bytes: int) -> cel.Lookup:
+    """Envoy's attributes of a finished request, looked up by name (None: not known)."""
+    resp = ctx.response
+
+    def lookup(name: str) -> Any:
+        if name.startswith("request."):
+            return _request_attribute(ctx, name[8:], request_bytes)
+        if name.startswith("response."):
+            if resp is None:
+                return None
+            return {
+                "code": resp.status,
+                "code_details": ctx.details or "via_upstream",
+                "flags": ctx.flags_text,
+                "grpc_status": ctx.grpc_status,
+                "headers": {n.lower(): v for n, v in resp.headers},
+                "size": ctx.response_body_bytes,
+                "total_size": response_bytes,
+            }.get(name[9:])
+        if name in ("source.address", "source.port"):
+            addr = SocketAddr.parse(ctx.downstream.peer_address)
+            return str(addr.host) if name == "source.address" else addr.port
+        if name in ("destination.address", "destination.port"):
+            dest = SocketAddr.parse(ctx.downstream.destination)
+            return str(dest.host) if name == "destination.address" else dest.port
+        if name == "connection.mtls":
+            return ctx.downstream.peer_identity is not None
+        if name in ("upstream.address", "upstream.port") and ctx.upstream_host:
+            up = SocketAddr.parse(ctx.upstream_host)
+            return str(up.host) if name == "upstream.address" else up.port
+        if name == "xds.cluster_name" and ctx.backend is not None:
+            return ctx.backend.cluster
+        if name == "xds.route_name" and ctx.route is not None:
+            return ctx.route.name
+        return None
+
+    return lookup
+
+
+def _request_attribute(ctx: RequestContext, name: str, total: int) -> Any:
+    req = ctx.request
+    return {
+        "path": req.path,
+        "url_path": req.path_only,
+        "host": req.authority,
+        "scheme": req.scheme,
+        "method": req.method,
+        "headers": {n.lower(): v for n, v in req.headers},
+        "useragent": req.headers.get("user-agent"),
+        "id": req.headers.get("x-request-id"),
+        "protocol": req.version,
+        "duration": ctx.duration_ms / 1000.0,
+        "size": ctx.request_body_bytes,
+        "total_size": total,
+    }.get(name)

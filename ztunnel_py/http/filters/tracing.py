@@ -1,26 +1,42 @@
-"""Request ids and trace context: what an Envoy waypoint adds so traces and logs join up.
+"""Request ids, trace context and spans: what an Envoy waypoint adds so traces and logs join up.
 
 - `x-request-id`: kept when the client sent one, else a new UUID4;
 - W3C trace context: a valid incoming `traceparent` continues its trace with a new span id
   for this hop (its span becomes the parent); `tracestate` passes through unchanged;
 - B3 (`x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`): rewritten for the
   same trace and span, so Zipkin-instrumented apps and W3C-instrumented ones see one trace;
-- with neither, a new trace starts, sampled at `sampling` percent (Istio's default is 1%), and
-  an incoming sampling decision is kept.
+- with neither, a new trace starts, sampled at the configured percentage (Istio's default is
+  1%), and an incoming sampling decision is kept.
+
+A sampled request whose configuration names a tracing provider is reported as one server span
+(Envoy's connection manager span; a waypoint spawns no upstream span): named
+`<service host>:<port>/*` as istiod names a waypoint route's operation, started when the request
+head arrives and ended when the exchange is over, with Envoy's tags (`guid:x-request-id`,
+`http.url`, `http.method`, `http.protocol`, `http.status_code`, `response_flags`,
+`upstream_cluster`, `upstream_cluster.name`, `upstream_address`, `peer.address`,
+`request_size`, `response_size`, `user_agent`, `downstream_cluster`, `component`, `error` for a
+5xx or no response), the app's tags (a waypoint's: its own `istio.*` tags and the peers'
+`istio.source_*` and `istio.destination_*`) and the configured custom tags. Its span id is the
+one propagated upstream, so the next hop's spans are its children.
 
 The span (trace id, span id, parent, sampled) is left in `ctx.state["trace"]` for the access
-log and a span exporter.
+log.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ztunnel_py.http.filter import Filter, LocalReply, RequestContext
 from ztunnel_py.http.message import Headers
+from ztunnel_py.model.telemetry import CustomTagKind, TracingConfig
+from ztunnel_py.telemetry.spans import AttributeValue, ExportedSpan, SpanExporters
 
 __all__ = ["Span", "TracingFilter", "parse_traceparent"]
 
@@ -61,14 +77,29 @@ def _b3(headers: Headers) -> tuple[str, str, bool | None] | None:
     return trace.rjust(32, "0"), span, decision
 
 
+TagsOf = Callable[[RequestContext], Mapping[str, AttributeValue]]
+_SPAN = "tracing.span"
+
+
 class TracingFilter(Filter):
     name = "tracing"
 
-    def __init__(self, sampling: float = 1.0) -> None:
-        """`sampling`: percent of new traces sampled."""
+    def __init__(
+        self,
+        config: TracingConfig | None = None,
+        *,
+        spans: SpanExporters | None = None,
+        tags: TagsOf | None = None,
+    ) -> None:
+        """`config`: sampling, provider and custom tags (default: 1%, no provider); `spans`:
+        where spans go (None: nowhere); `tags`: the app's tags of a finished request."""
+        self.config = config if config is not None else TracingConfig()
+        sampling = self.config.sampling
         if not 0.0 <= sampling <= 100.0:
             raise ValueError(f"sampling must be a percentage, got {sampling}")
         self._threshold = int(sampling / 100.0 * (1 << 32))
+        self._spans = spans if self.config.provider is not None else None
+        self._tags = tags
 
     def _sample(self) -> bool:
         return secrets.randbits(32) < self._threshold
@@ -85,8 +116,14 @@ class TracingFilter(Filter):
             trace, parent, decision = b3
             sampled = self._sample() if decision is None else decision
         else:
-            trace, parent, sampled = secrets.token_hex(16), "", self._sample()
-        span = Span(trace, secrets.token_hex(8), parent, sampled)
+            trace, parent, sampled = "", "", self._sample()
+        exported = self._start(ctx, trace, parent) if sampled else None
+        if exported is not None:
+            ctx.state[_SPAN] = exported
+            span = Span(exported.trace_id, exported.span_id, parent, sampled)
+        else:
+            span = Span(trace or secrets.token_hex(16), secrets.token_hex(8), parent, sampled)
+        trace = span.trace_id
         ctx.state["trace"] = span
         h.set("traceparent", span.traceparent)
         h.set("x-b3-traceid", trace)
@@ -97,3 +134,61 @@ class TracingFilter(Filter):
             h.remove("x-b3-parentspanid")
         h.set("x-b3-sampled", "1" if sampled else "0")
         return None
+
+    def _start(self, ctx: RequestContext, trace: str, parent: str) -> ExportedSpan | None:
+        provider = self.config.provider
+        if self._spans is None or provider is None:
+            return None
+        host = ctx.service.partition("/")[2] or ctx.request.host
+        port = ctx.port if ctx.port is not None else ""
+        return self._spans.start(
+            provider,
+            f"{host}:{port}/*",
+            trace_id=trace,
+            parent_id=parent,
+            start_ns=int(ctx.start_wall * 1e9),
+        )
+
+    def on_log(self, ctx: RequestContext) -> None:
+        exported: ExportedSpan | None = ctx.state.get(_SPAN)
+        if exported is None:
+            return
+        req, resp = ctx.request, ctx.response
+        status = resp.status if resp is not None else 0
+        backend = ctx.backend
+        tags: dict[str, AttributeValue] = {
+            "component": "proxy",
+            "guid:x-request-id": req.headers.get("x-request-id") or "",
+            "http.url": f"{req.scheme}://{req.authority}{req.path}",
+            "http.method": req.method,
+            "http.protocol": req.version,
+            "http.status_code": str(status),
+            "response_flags": ctx.flags_text,
+            "downstream_cluster": req.headers.get("x-envoy-downstream-service-cluster") or "-",
+            "user_agent": req.headers.get("user-agent") or "-",
+            "peer.address": ctx.downstream.peer_address,
+            "request_size": str(ctx.request_body_bytes),
+            "response_size": str(ctx.response_body_bytes),
+        }
+        if backend is not None:
+            tags["upstream_cluster"] = tags["upstream_cluster.name"] = backend.cluster
+        if ctx.upstream_host:
+            tags["upstream_address"] = ctx.upstream_host
+        if ctx.grpc_status is not None:
+            tags["grpc.status_code"] = ctx.grpc_status
+        error = ""
+        if status >= 500 or status == 0:
+            tags["error"] = "true"
+            error = ctx.details or (f"status {status}" if status else "no response")
+        if self._tags is not None:
+            tags.update(self._tags(ctx))
+        for tag in self.config.custom_tags:
+            if tag.kind is CustomTagKind.LITERAL:
+                tags[tag.name] = tag.value
+            elif tag.kind is CustomTagKind.HEADER:
+                tags[tag.name] = req.headers.get(tag.value) or tag.default
+            else:
+                tags[tag.name] = os.environ.get(tag.value, tag.default)
+        end = ctx.end if ctx.end is not None else time.monotonic()
+        end_ns = int((ctx.start_wall + (end - ctx.start)) * 1e9)
+        exported.end(tags, error, end_ns)
