@@ -32,13 +32,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ztunnel_py.testbed import image, mesh, namespaces, process, resources, sidecar, waypoints
+from ztunnel_py.testbed import (
+    clusterdns,
+    image,
+    mesh,
+    namespaces,
+    process,
+    resources,
+    sidecar,
+    waypoints,
+)
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.namespaces import ip
 from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.status import (
     ControlPlaneStatus,
+    DnsStatus,
     FabricStatus,
     NamespaceStatus,
     NodeStatus,
@@ -263,6 +273,7 @@ class Testbed:
         for node in t.nodes:
             self._build_node(node, progress)
         resources.write(self.state.config_dir, resources.topology_resources(t))
+        self._start_cluster_dns(progress, timeout)
         self._start_pod_servers(progress, timeout)
         if self.state.mode == MODE_AMBIENT:
             progress("starting the mesh: control plane, node agents, CNI")
@@ -311,6 +322,12 @@ class Testbed:
         progress(f"  fabric {t.fabric_netns}: bridge {FABRIC_BRIDGE}, {FABRIC_SUBNET}")
         self._fabric_port(t.cp_netns, "vcp", *t.controlplane_ips)
         progress(f"  control plane namespace {t.cp_netns}: {', '.join(t.controlplane_ips)}")
+        self._fabric_port(t.dns_netns, "vdns", *t.dns_ips)
+        self._fabric_port(t.external_netns, "vext", *t.external_ips)
+        progress(
+            f"  cluster DNS {t.dns_netns}: {', '.join(t.dns_ips)}; external host "
+            f"{t.external_netns}: {', '.join(t.external_ips)}"
+        )
 
     def _build_node(self, node: NodePlan, progress: Progress) -> None:
         t = self.topology
@@ -323,16 +340,47 @@ class Testbed:
                 ip("route", "add", other.pod_cidr, "via", other.ip, netns=node.netns)
                 if other.pod_cidr6 is not None and other.ipv6 is not None:
                     ip("-6", "route", "add", other.pod_cidr6, "via", other.ipv6, netns=node.netns)
-        # The control plane answers pods too (sidecars reach it from their pods' netns).
+        # The control plane answers pods too (sidecars reach it from their pods' netns), and
+        # so do the cluster DNS and the external host.
         ip("route", "add", node.pod_cidr, "via", node.ip, netns=t.cp_netns)
+        for outside in (t.dns_netns, t.external_netns):
+            ip("route", "add", node.pod_cidr, "via", node.ip, netns=outside)
+            if node.pod_cidr6 is not None and node.ipv6 is not None:
+                ip("-6", "route", "add", node.pod_cidr6, "via", node.ipv6, netns=outside)
         v6 = f", {node.ipv6}, pods in {node.pod_cidr6}" if node.ipv6 else ""
         progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}{v6}")
         for pod in t.pods_on(node.name):
             wire_pod(node, pod)
+            clusterdns.write_resolv_conf(pod.netns, pod.namespace, t.dns_ips)
             progress(
                 f"    pod {pod.name} ({pod.namespace}, sa {pod.service_account}): "
                 + " ".join(pod.ips)
             )
+
+    def _start_cluster_dns(self, progress: Progress, timeout: float) -> None:
+        t = self.topology
+        clusterdns.write_zones(t, self.state)
+        records = [
+            clusterdns.upstream_record(t, self.state),
+            clusterdns.cluster_record(t, self.state),
+            clusterdns.external_record(t, self.state, sys.executable),
+        ]
+        for record in records:
+            self._launch(record)
+        ports = (clusterdns.UPSTREAM_PORT, 53, clusterdns.EXTERNAL_PORT)
+        for record, port in zip(records, ports, strict=True):
+            assert record.pid is not None
+            process.wait_for(
+                functools.partial(_serving, record.pid, (port,)),
+                [record],
+                timeout,
+                f"{record.name} to listen on {port}",
+            )
+        progress(
+            f"  cluster DNS on {', '.join(t.dns_ips)} :53 (upstream zone "
+            f"{clusterdns.UPSTREAM_ZONE}); external host {clusterdns.EXTERNAL_HOST} serves "
+            f"http :{clusterdns.EXTERNAL_PORT}"
+        )
 
     def _start_pod_servers(self, progress: Progress, timeout: float) -> None:
         started: list[tuple[PodPlan, ProcessRecord, ProcessRecord]] = []
@@ -521,6 +569,7 @@ class Testbed:
                 alive=cp.alive,
                 root_cert=mesh.root_cert(state) if state.mesh else None,
             ),
+            dns=self._dns_status(),
             namespaces=tuple(
                 NamespaceStatus(name, labels) for name, labels in state.namespace_labels.items()
             ),
@@ -529,6 +578,27 @@ class Testbed:
             services=tuple(services),
             waypoints=tuple(self._waypoint_status(w) for w in state.waypoints),
             processes=tuple(self._proc(r.name) for r in state.processes),
+        )
+
+    def _dns_status(self) -> DnsStatus:
+        t = self.topology
+        search = clusterdns.resolv_conf("<ns>", ()).splitlines()[0].split()[1:]
+        return DnsStatus(
+            netns=t.dns_netns,
+            nameservers=t.dns_ips,
+            search=tuple(search),
+            upstream_zone=clusterdns.UPSTREAM_ZONE,
+            external_netns=t.external_netns,
+            external_host=clusterdns.EXTERNAL_HOST,
+            external_ips=t.external_ips,
+            processes=tuple(
+                self._proc(name)
+                for name in (
+                    clusterdns.CLUSTER_DNS,
+                    clusterdns.UPSTREAM_DNS,
+                    clusterdns.EXTERNAL_SERVER,
+                )
+            ),
         )
 
     def _waypoint_status(self, waypoint: WaypointPlan) -> WaypointStatus:
@@ -705,6 +775,7 @@ class Testbed:
                 "plane (bring the testbed up in ambient mode)"
             )
         refs = resources.write(self.config_dir, documents)
+        clusterdns.sync(self.state)
         for ref in refs:
             progress(f"{ref} written to {self.config_dir / ref.file_name}")
         for (namespace, name), document in gateways:
@@ -720,6 +791,7 @@ class Testbed:
         objects = resources.parse(text, source)
         self.refresh()
         removed = resources.remove(self.config_dir, [ref for ref, _ in objects])
+        clusterdns.sync(self.state)
         for ref, existed in removed:
             progress(f"{ref} deleted" if existed else f"{ref} not found (nothing to delete)")
         for ref, document in objects:
@@ -786,6 +858,7 @@ class Testbed:
         try:
             self._add_netns(wp.netns)
             wire_pod(self.topology.node(wp.node), wp)
+            clusterdns.write_resolv_conf(wp.netns, wp.namespace, self.topology.dns_ips)
             resources.write(self.config_dir, [waypoints.pod_resource(wp, document)])
             record = mesh.waypoint_record(self.state, wp, self.topology.controlplane_address)
             self._launch(record)
@@ -796,6 +869,7 @@ class Testbed:
                 f"waypoint pod {namespace}/{wp.name} to be ready",
             )
             resources.write(self.config_dir, [waypoints.service_resource(wp, document)])
+            clusterdns.sync(self.state)
         except BaseException as exc:
             self._remove_waypoint(wp, _quiet)
             if isinstance(exc, TestbedError):
@@ -821,7 +895,9 @@ class Testbed:
             self._stop(record, f"the waypoint pod {wp.namespace}/{wp.name}")
             self.state.remove_process(record.name)
         resources.remove(self.config_dir, [resources.ObjectRef("Pod", wp.namespace, wp.name)])
+        clusterdns.sync(self.state)
         namespaces.delete(wp.netns)
+        clusterdns.remove_resolv_conf(wp.netns)
         self.state.remove_namespace(wp.netns)
         self.state.remove_waypoint(wp)
         progress(f"waypoint pod {wp.namespace}/{wp.name} stopped and removed")
@@ -870,6 +946,7 @@ def _teardown(state: State, progress: Progress) -> None:
         if namespaces.exists(name):
             namespaces.delete(name)
             removed.append(name)
+        clusterdns.remove_resolv_conf(name)
     if removed:
         progress(f"deleted {len(removed)} namespaces")
     if state.ambient:
