@@ -28,7 +28,12 @@ import pytest
 import trio
 
 from ztunnel_py.redirect.bpffs import is_bpffs, unmount
-from ztunnel_py.redirect.loader import Redirector, default_route_interface, netns_cookie
+from ztunnel_py.redirect.loader import (
+    LAYOUT_VERSION,
+    Redirector,
+    default_route_interface,
+    netns_cookie,
+)
 from ztunnel_py.redirect.maps import PodSettings, RedirectError
 from ztunnel_py.transport.podsockets import PodNetns
 
@@ -558,7 +563,7 @@ async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
         counted = enrolled.counters(topo.pod)
         assert counted.assigns >= 1
         assert is_bpffs(pin_root)
-        assert sorted(p.name for p in (pin_root / "v2").iterdir()) == [
+        assert sorted(p.name for p in (pin_root / f"v{LAYOUT_VERSION}").iterdir()) == [
             "counters",
             "egress",
             "ingress",

@@ -20,10 +20,13 @@ from ztunnel_py.agent.enroll import serve_enrollment
 from ztunnel_py.agent.inpod import Capture, PodManager
 from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.config import AgentConfig
+from ztunnel_py.dnsproxy.resolver import MeshResolver
+from ztunnel_py.dnsproxy.server import DnsConfigError, DnsProxy, read_nameservers
+from ztunnel_py.model import IPAddress
 from ztunnel_py.runtime.proxy import ProxyRuntime, prefetch_certificates, prepare, run_proxy
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.logs import LogLevels
-from ztunnel_py.telemetry.metrics import CaptureMetrics
+from ztunnel_py.telemetry.metrics import CaptureMetrics, DnsMetrics
 
 log = logging.getLogger("ztunnel_py.agent")
 
@@ -33,6 +36,17 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(prepared, int):
         return prepared
     config, levels, state = prepared
+    upstreams = None
+    if config.dns_capture and config.capture:
+        try:
+            upstreams = read_nameservers(config.dns_resolv_conf)
+        except DnsConfigError as e:
+            print(
+                f"ztunnel-py agent: {e}\n  point --dns-resolv-conf at a resolv.conf naming the "
+                "cluster's DNS server, or start with --no-dns-capture",
+                file=sys.stderr,
+            )
+            return 1
     capture = None
     if config.capture:
         # Imported here: the capture code (pyroute2, bpf(2)) is only needed with capture on.
@@ -51,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
             return 1
         log.info("capture programs ready (compiled in %.2f s)", capture.compile_seconds)
     try:
-        trio.run(_run, config, state, levels, capture)
+        trio.run(_run, config, state, levels, capture, upstreams)
     finally:
         if capture is not None:
             capture.close()
@@ -63,16 +77,22 @@ async def _run(
     state: ProxyState,
     levels: LogLevels,
     capture: Capture | None,
+    upstreams: list[IPAddress] | None,
 ) -> None:
     async def start_pods(rt: ProxyRuntime) -> None:
         prefetch_certificates(rt, lambda w: w.node == config.node)
         outbound = Outbound(
             state, rt.certs, rt.pool, rt.metrics, config.connect_timeout, rt.nursery
         )
+        dns = None
+        if upstreams is not None:
+            resolver = MeshResolver(state, config.cluster_domain, config.dns_preferred_namespace)
+            dns = DnsProxy(resolver, upstreams, DnsMetrics(rt.registry))
         pods = PodManager(
-            config, state, rt.certs, outbound, rt.metrics, rt.nursery, rt.drain, capture
+            config, state, rt.certs, outbound, rt.metrics, rt.nursery, rt.drain, capture, dns=dns
         )
         rt.dump.add_section("workloadState", pods.dump)
+        rt.dump.add_section("dns", pods.dns_dump)
         if capture is not None:
             CaptureMetrics(rt.registry, pods.capture_counters)
         await pods.restore()

@@ -43,6 +43,8 @@ from ztunnel_py.redirect.compile import (
     compile_and_pin,
 )
 from ztunnel_py.redirect.maps import (
+    LISTENER_DNS,
+    LISTENER_V6,
     AddrKey,
     PodAddresses,
     PodConfigStruct,
@@ -58,7 +60,7 @@ from ztunnel_py.redirect.maps import (
 
 # Bump with any change to the structs in bpf/redirect.h: pinned maps of another layout live in
 # another directory and are never reopened with the wrong sizes.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 SO_NETNS_COOKIE = 71
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")
 PodsMap = bpfsys.PinnedMap[AddrKey, PodConfigStruct]
@@ -302,6 +304,13 @@ class Redirector:
         entry goes away by itself when the socket is closed."""
         with _os_errors("update the listener map"):
             self._listeners.update(ctypes.c_uint64(pod_id), ctypes.c_uint32(listener_fd))
+
+    def register_dns_listener(self, pod_id: int, listener_fd: int, ipv6: bool) -> None:
+        """Make `listener_fd` (the pod's DNS proxy TCP listener of that family) zt_lookup's
+        answer for DNS over TCP that reuses a TIME_WAIT tuple; gone when the socket closes."""
+        key = pod_id | LISTENER_DNS | (LISTENER_V6 if ipv6 else 0)
+        with _os_errors("update the listener map"):
+            self._listeners.update(ctypes.c_uint64(key), ctypes.c_uint32(listener_fd))
 
     def pod_interface(self, netns_fd: int) -> tuple[str, list[str]]:
         """The pod's default-route interface and its global addresses: where capture goes."""

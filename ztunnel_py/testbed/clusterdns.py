@@ -65,6 +65,12 @@ def cluster_dir(state: State) -> Path:
     return state.state_dir / "dns" / "cluster"
 
 
+def agent_resolv_conf(state: State) -> Path:
+    """What the agents forward to: the cluster DNS (a node's resolv.conf, as the ztunnel pod's
+    dnsPolicy gives it)."""
+    return state.state_dir / "dns" / "resolv.conf"
+
+
 def upstream_zone_file(state: State) -> Path:
     return state.state_dir / "dns" / "upstream.hosts"
 
@@ -212,6 +218,7 @@ def sync(state: State) -> None:
 
 def write_zones(topology: Topology, state: State) -> None:
     _write(upstream_zone_file(state), upstream_zone(topology))
+    _write(agent_resolv_conf(state), "".join(f"nameserver {ip}\n" for ip in topology.dns_ips))
     sync(state)
 
 

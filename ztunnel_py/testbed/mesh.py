@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import ADMIN_PORT, READINESS_PORT
-from ztunnel_py.testbed import image, namespaces, resources, runtime
+from ztunnel_py.testbed import clusterdns, image, namespaces, resources, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
@@ -326,6 +326,8 @@ def agent_record(state: State, node: NodePlan, controlplane: SocketAddr) -> Proc
             state.secret_ttl,
             "--bpf-pin-root",
             _pin_root_arg(state, node.name),
+            "--dns-resolv-conf",
+            str(clusterdns.agent_resolv_conf(state)),
         ),
         log=agent_log(state, node.name),
     )

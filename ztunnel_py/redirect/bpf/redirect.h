@@ -22,14 +22,16 @@
  * ZT_PORT_HBONE) and the SO_MARK of the agent's sockets (ZT_AGENT_MARK) are defined once, in
  * ztunnel_py/model/ports.py; ztunnel_py/redirect/compile.py passes them as -D flags. */
 #if !defined(ZT_PORT_OUTBOUND) || !defined(ZT_PORT_INBOUND) || !defined(ZT_PORT_HBONE) || \
-    !defined(ZT_AGENT_MARK)
-#error "compile with -DZT_PORT_OUTBOUND, -DZT_PORT_INBOUND, -DZT_PORT_HBONE and -DZT_AGENT_MARK"
+    !defined(ZT_PORT_DNS) || !defined(ZT_AGENT_MARK)
+#error "compile with -DZT_PORT_OUTBOUND, -DZT_PORT_INBOUND, -DZT_PORT_HBONE, -DZT_PORT_DNS and -DZT_AGENT_MARK"
 #endif
 /* The agent's mark is compared under this mask, as Istio does. */
 #define ZT_AGENT_MARK_MASK 0xfff
 /* Set on hairpinned packets; `ip rule fwmark 0x400/0xf00` routes them to the local table. */
 #define ZT_ROUTE_MARK 0x400
 #define ZT_ROUTE_MARK_MASK 0xf00
+/* zt_pod_config.flags: the pod's DNS (UDP and TCP to port 53) goes to the agent's proxy. */
+#define ZT_FLAG_DNS_CAPTURE 0x1
 
 struct zt_port_range {
     __u16 lo; /* inclusive, host byte order */
@@ -61,7 +63,7 @@ struct zt_pod_config {
      * the index of the interface the programs are attached to (for map dumps). */
     __u32 saved_accept_local;
     __u32 ifindex;
-    __u32 pad;
+    __u32 flags; /* ZT_FLAG_* */
 };
 
 struct zt_pod_counters {
