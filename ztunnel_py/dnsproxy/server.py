@@ -214,13 +214,14 @@ class PodDns:
                     log.debug("DNS receive failed: %s", e)
                     continue
                 peer = cast(tuple[object, ...], address)  # (host, port[, flow, scope])
+                query = object()  # a resolver sends A and AAAA at once, from one port
                 try:
-                    self._inflight.acquire_on_behalf_of_nowait(peer)
+                    self._inflight.acquire_on_behalf_of_nowait(query)
                 except trio.WouldBlock:
                     log.debug("DNS query from %s dropped: %d queries in flight", peer, MAX_INFLIGHT)
                     continue
                 target = _original_destination(ancdata)
-                nursery.start_soon(self._udp_query, sock, wire, peer, target)
+                nursery.start_soon(self._udp_query, sock, wire, peer, target, query)
 
     async def _udp_query(
         self,
@@ -228,6 +229,7 @@ class PodDns:
         wire: bytes,
         peer: tuple[object, ...],
         target: SocketAddr | None,
+        query: object,
     ) -> None:
         try:
             answer = await self.answer(wire, "udp", udp=True)
@@ -240,8 +242,11 @@ class PodDns:
                 await self._reply_socket(target).sendto(answer, peer)
         except (OSError, NetnsError) as e:
             log.debug("DNS answer to %s not sent: %s", peer, e)
+        except Exception:
+            # One query's failure must never stop the pod's DNS (or the agent).
+            log.exception("DNS query from %s failed", peer)
         finally:
-            self._inflight.release_on_behalf_of(peer)
+            self._inflight.release_on_behalf_of(query)
 
     def _reply_socket(self, target: SocketAddr) -> trio.socket.SocketType:
         sock = self._replies.get(target)
