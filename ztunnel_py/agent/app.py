@@ -37,16 +37,17 @@ def main(args: argparse.Namespace) -> int:
         return prepared
     config, levels, state = prepared
     upstreams = None
-    if config.dns_capture and config.capture:
-        try:
-            upstreams = read_nameservers(config.dns_resolv_conf)
-        except DnsConfigError as e:
+    try:
+        upstreams = read_nameservers(config.dns_resolv_conf)
+    except DnsConfigError as e:
+        if config.dns_capture and config.capture:
             print(
                 f"ztunnel-py agent: {e}\n  point --dns-resolv-conf at a resolv.conf naming the "
                 "cluster's DNS server, or start with --no-dns-capture",
                 file=sys.stderr,
             )
             return 1
+        log.warning("%s: ServiceEntry endpoints known by name cannot be resolved", e)
     capture = None
     if config.capture:
         # Imported here: the capture code (pyroute2, bpf(2)) is only needed with capture on.
@@ -81,15 +82,29 @@ async def _run(
 ) -> None:
     async def start_pods(rt: ProxyRuntime) -> None:
         prefetch_certificates(rt, lambda w: w.node == config.node)
-        outbound = Outbound(
-            state, rt.certs, rt.pool, rt.metrics, config.connect_timeout, rt.nursery
-        )
         dns = None
         if upstreams is not None:
             resolver = MeshResolver(state, config.cluster_domain, config.dns_preferred_namespace)
             dns = DnsProxy(resolver, upstreams, DnsMetrics(rt.registry))
+        outbound = Outbound(
+            state,
+            rt.certs,
+            rt.pool,
+            rt.metrics,
+            config.connect_timeout,
+            rt.nursery,
+            resolve_host=dns.resolve_host if dns is not None else None,
+        )
         pods = PodManager(
-            config, state, rt.certs, outbound, rt.metrics, rt.nursery, rt.drain, capture, dns=dns
+            config,
+            state,
+            rt.certs,
+            outbound,
+            rt.metrics,
+            rt.nursery,
+            rt.drain,
+            capture,
+            dns=dns if config.dns_capture and capture is not None else None,
         )
         rt.dump.add_section("workloadState", pods.dump)
         rt.dump.add_section("dns", pods.dns_dump)

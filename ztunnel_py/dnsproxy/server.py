@@ -121,6 +121,42 @@ class DnsProxy:
     upstream_port: int = DNS_UPSTREAM_PORT
     timeout: float = UPSTREAM_TIMEOUT
 
+    async def forward(
+        self, netns: PodNetns, query: dns.message.Message
+    ) -> dns.message.Message | None:
+        """The first upstream's answer (over TCP when it truncated over UDP), asked from inside
+        `netns`; None if none answered in time."""
+        for server in self.upstreams:
+            address = (str(server), self.upstream_port)
+            with trio.move_on_after(self.timeout):
+                try:
+                    response = await _exchange_udp(netns, query, address)
+                    if response.flags & dns.flags.TC:
+                        response = await _exchange_tcp(netns, query, address)
+                    return response
+                except (OSError, EOFError, NetnsError, dns.exception.DNSException, ValueError) as e:
+                    log.debug("DNS upstream %s failed: %s", SocketAddr(*address), e)
+        return None
+
+    async def resolve_host(self, netns: PodNetns, hostname: str, version: int) -> IPAddress | None:
+        """An address of `hostname` from the upstreams, of IP `version` if it has one, else of
+        the other family (how a ServiceEntry endpoint known by name is reached); None when
+        it does not resolve."""
+        for rdtype in (4, 6) if version == 4 else (6, 4):
+            query = dns.message.make_query(hostname, "A" if rdtype == 4 else "AAAA")
+            response = await self.forward(netns, query)
+            if response is None:
+                continue
+            found = [
+                ipaddress.ip_address(rdata.to_text())
+                for rrset in response.answer
+                if rrset.rdtype == (dns.rdatatype.A if rdtype == 4 else dns.rdatatype.AAAA)
+                for rdata in rrset
+            ]
+            if found:
+                return found[0]
+        return None
+
     def dump(self, pods: dict[str, list[str]]) -> dict[str, Any]:
         """The `dns` section of /config_dump: the settings, each pod's sockets, and every
         name the proxy answers with its addresses."""
@@ -303,7 +339,7 @@ class PodDns:
             )
             return encode(resolution.response, limit)
         started = time.monotonic()
-        response = await self.forward(query)
+        response = await self.proxy.forward(self.netns, query)
         metrics.forwarded(labels, time.monotonic() - started, response is None)
         if response is None:
             _access_log(client, qtype, question.name.to_text(), "forwarding failed", 0)
@@ -313,52 +349,39 @@ class PodDns:
         response.id = query.id
         return encode(response, limit)
 
-    async def forward(self, query: dns.message.Message) -> dns.message.Message | None:
-        """The first upstream's answer (over TCP when it truncated over UDP); None if none
-        answered in time."""
-        for server in self.proxy.upstreams:
-            address = (str(server), self.proxy.upstream_port)
-            with trio.move_on_after(self.proxy.timeout):
-                try:
-                    response = await self._exchange_udp(query, address)
-                    if response.flags & dns.flags.TC:
-                        response = await self._exchange_tcp(query, address)
-                    return response
-                except (OSError, EOFError, NetnsError, dns.exception.DNSException, ValueError) as e:
-                    log.debug("DNS upstream %s failed: %s", SocketAddr(*address), e)
-        return None
 
-    async def _exchange_udp(
-        self, query: dns.message.Message, address: tuple[str, int]
-    ) -> dns.message.Message:
-        family_any = "::" if ":" in address[0] else "0.0.0.0"
-        with self.netns.datagram(family_any, 0) as sock:
-            await sock.connect(address)
-            await sock.send(query.to_wire())
-            while True:
-                wire = await sock.recv(MAX_DATAGRAM)
-                try:
-                    response = dns.message.from_wire(wire)
-                except dns.exception.DNSException:
-                    continue  # not an answer: keep waiting for the real one
-                if response.id == query.id and response.flags & dns.flags.QR:
-                    return response
+async def _exchange_udp(
+    netns: PodNetns, query: dns.message.Message, address: tuple[str, int]
+) -> dns.message.Message:
+    family_any = "::" if ":" in address[0] else "0.0.0.0"
+    with netns.datagram(family_any, 0) as sock:
+        await sock.connect(address)
+        await sock.send(query.to_wire())
+        while True:
+            wire = await sock.recv(MAX_DATAGRAM)
+            try:
+                response = dns.message.from_wire(wire)
+            except dns.exception.DNSException:
+                continue  # not an answer: keep waiting for the real one
+            if response.id == query.id and response.flags & dns.flags.QR:
+                return response
 
-    async def _exchange_tcp(
-        self, query: dns.message.Message, address: tuple[str, int]
-    ) -> dns.message.Message:
-        sock = await self.netns.connect(address, connect_timeout=self.proxy.timeout)
-        stream = trio.SocketStream(sock)
-        async with stream:
-            wire = query.to_wire()
-            await stream.send_all(len(wire).to_bytes(2, "big") + wire)
-            buffer = b""
-            while len(buffer) < 2 or len(buffer) < 2 + int.from_bytes(buffer[:2], "big"):
-                chunk = await stream.receive_some(TCP_LIMIT)
-                if not chunk:
-                    raise EOFError("the upstream closed the TCP connection")
-                buffer += chunk
-            return dns.message.from_wire(buffer[2 : 2 + int.from_bytes(buffer[:2], "big")])
+
+async def _exchange_tcp(
+    netns: PodNetns, query: dns.message.Message, address: tuple[str, int]
+) -> dns.message.Message:
+    # the caller's deadline bounds the whole exchange, the connect included
+    sock = await netns.connect(address, connect_timeout=UPSTREAM_TIMEOUT)
+    async with trio.SocketStream(sock) as stream:
+        wire = query.to_wire()
+        await stream.send_all(len(wire).to_bytes(2, "big") + wire)
+        buffer = b""
+        while len(buffer) < 2 or len(buffer) < 2 + int.from_bytes(buffer[:2], "big"):
+            chunk = await stream.receive_some(TCP_LIMIT)
+            if not chunk:
+                raise EOFError("the upstream closed the TCP connection")
+            buffer += chunk
+        return dns.message.from_wire(buffer[2 : 2 + int.from_bytes(buffer[:2], "big")])
 
 
 def _access_log(
