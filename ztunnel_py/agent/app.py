@@ -21,8 +21,12 @@ from ztunnel_py.agent.inpod import Capture, PodManager
 from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.dnsproxy.resolver import MeshResolver
-from ztunnel_py.dnsproxy.server import DnsConfigError, DnsProxy, read_nameservers
-from ztunnel_py.model import IPAddress
+from ztunnel_py.dnsproxy.server import (
+    DnsConfigError,
+    DnsProxy,
+    UpstreamResolvers,
+    read_nameservers,
+)
 from ztunnel_py.runtime.proxy import ProxyRuntime, prefetch_certificates, prepare, run_proxy
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.logs import LogLevels
@@ -38,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     config, levels, state = prepared
     upstreams = None
     try:
-        upstreams = read_nameservers(config.dns_resolv_conf)
+        upstreams = UpstreamResolvers(read_nameservers(config.dns_resolv_conf))
     except DnsConfigError as e:
         if config.dns_capture and config.capture:
             print(
@@ -78,12 +82,12 @@ async def _run(
     state: ProxyState,
     levels: LogLevels,
     capture: Capture | None,
-    upstreams: list[IPAddress] | None,
+    upstreams: UpstreamResolvers | None,
 ) -> None:
     async def start_pods(rt: ProxyRuntime) -> None:
         prefetch_certificates(rt, lambda w: w.node == config.node)
         dns = None
-        if upstreams is not None:
+        if upstreams is not None and config.dns_capture and capture is not None:
             resolver = MeshResolver(state, config.cluster_domain, config.dns_preferred_namespace)
             dns = DnsProxy(resolver, upstreams, DnsMetrics(rt.registry))
         outbound = Outbound(
@@ -93,7 +97,7 @@ async def _run(
             rt.metrics,
             config.connect_timeout,
             rt.nursery,
-            resolve_host=dns.resolve_host if dns is not None else None,
+            resolve_host=upstreams.resolve_host if upstreams is not None else None,
         )
         pods = PodManager(
             config,
@@ -104,7 +108,7 @@ async def _run(
             rt.nursery,
             rt.drain,
             capture,
-            dns=dns if config.dns_capture and capture is not None else None,
+            dns=dns,
         )
         rt.dump.add_section("workloadState", pods.dump)
         rt.dump.add_section("dns", pods.dns_dump)

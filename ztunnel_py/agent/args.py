@@ -47,13 +47,6 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         "proxy on 15053, as ambient's dnsCapture does (env ISTIO_META_DNS_CAPTURE; default on)",
     )
     parser.add_argument(
-        "--dns-resolv-conf",
-        default=env("ZTUNNEL_DNS_RESOLV_CONF", "/etc/resolv.conf"),
-        metavar="FILE",
-        help="the resolv.conf whose nameservers get the queries the DNS proxy does not answer "
-        "(ztunnel forwards to its own resolv.conf's; env ZTUNNEL_DNS_RESOLV_CONF)",
-    )
-    parser.add_argument(
         "--preferred-service-namespace",
         default=env("PREFERED_SERVICE_NAMESPACE"),
         metavar="NS",

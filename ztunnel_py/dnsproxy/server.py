@@ -112,22 +112,20 @@ def _original_destination(ancdata: Sequence[tuple[int, int, bytes]]) -> SocketAd
 
 
 @dataclass(slots=True)
-class DnsProxy:
-    """What every pod's DNS proxy shares: the resolver, the upstreams and the metrics."""
+class UpstreamResolvers:
+    """The DNS servers queries are forwarded to (and ServiceEntry host names resolved with)."""
 
-    resolver: MeshResolver
-    upstreams: list[IPAddress]
-    metrics: DnsMetrics
-    upstream_port: int = DNS_UPSTREAM_PORT
+    servers: list[IPAddress]
+    port: int = DNS_UPSTREAM_PORT
     timeout: float = UPSTREAM_TIMEOUT
 
     async def forward(
         self, netns: PodNetns, query: dns.message.Message
     ) -> dns.message.Message | None:
-        """The first upstream's answer (over TCP when it truncated over UDP), asked from inside
+        """The first server's answer (over TCP when it truncated over UDP), asked from inside
         `netns`; None if none answered in time."""
-        for server in self.upstreams:
-            address = (str(server), self.upstream_port)
+        for server in self.servers:
+            address = (str(server), self.port)
             with trio.move_on_after(self.timeout):
                 try:
                     response = await _exchange_udp(netns, query, address)
@@ -139,23 +137,26 @@ class DnsProxy:
         return None
 
     async def resolve_host(self, netns: PodNetns, hostname: str, version: int) -> IPAddress | None:
-        """An address of `hostname` from the upstreams, of IP `version` if it has one, else of
-        the other family (how a ServiceEntry endpoint known by name is reached); None when
-        it does not resolve."""
-        for rdtype in (4, 6) if version == 4 else (6, 4):
-            query = dns.message.make_query(hostname, "A" if rdtype == 4 else "AAAA")
-            response = await self.forward(netns, query)
+        """An address of `hostname`, of IP `version` if it has one, else of the other family
+        (how an endpoint known by name is reached); None when it does not resolve."""
+        for family in (4, 6) if version == 4 else (6, 4):
+            rdtype = dns.rdatatype.A if family == 4 else dns.rdatatype.AAAA
+            response = await self.forward(netns, dns.message.make_query(hostname, rdtype))
             if response is None:
                 continue
-            found = [
-                ipaddress.ip_address(rdata.to_text())
-                for rrset in response.answer
-                if rrset.rdtype == (dns.rdatatype.A if rdtype == 4 else dns.rdatatype.AAAA)
-                for rdata in rrset
-            ]
-            if found:
-                return found[0]
+            for rrset in response.answer:
+                if rrset.rdtype == rdtype:
+                    return ipaddress.ip_address(next(iter(rrset)).to_text())
         return None
+
+
+@dataclass(slots=True)
+class DnsProxy:
+    """What every pod's DNS proxy shares: the resolver, the upstreams and the metrics."""
+
+    resolver: MeshResolver
+    upstreams: UpstreamResolvers
+    metrics: DnsMetrics
 
     def dump(self, pods: dict[str, list[str]]) -> dict[str, Any]:
         """The `dns` section of /config_dump: the settings, each pod's sockets, and every
@@ -181,7 +182,9 @@ class DnsProxy:
                 n.to_text(omit_final_dot=True) for n in self.resolver.search_domains("<ns>")
             ],
             "preferredNamespace": self.resolver.preferred_namespace,
-            "upstreams": [str(SocketAddr(ip, self.upstream_port)) for ip in self.upstreams],
+            "upstreams": [
+                str(SocketAddr(ip, self.upstreams.port)) for ip in self.upstreams.servers
+            ],
             "ttlSeconds": 30,
             "pods": pods,
             "entries": entries,
@@ -339,7 +342,7 @@ class PodDns:
             )
             return encode(resolution.response, limit)
         started = time.monotonic()
-        response = await self.proxy.forward(self.netns, query)
+        response = await self.proxy.upstreams.forward(self.netns, query)
         metrics.forwarded(labels, time.monotonic() - started, response is None)
         if response is None:
             _access_log(client, qtype, question.name.to_text(), "forwarding failed", 0)

@@ -55,7 +55,6 @@ NO_POD_CAPTURE: dict[str, object] = {
     "no_capture": True,
     "bpf_pin_root": "",
     "dns_capture": False,
-    "dns_resolv_conf": "/etc/resolv.conf",
     "preferred_service_namespace": "",
 }
 
@@ -103,6 +102,14 @@ def _env_headers(prefix: str) -> list[str]:
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", default=env("NODE_NAME"), help="this node's name (env NODE_NAME)")
+    parser.add_argument(
+        "--dns-resolv-conf",
+        default=env("ZTUNNEL_DNS_RESOLV_CONF", "/etc/resolv.conf"),
+        metavar="FILE",
+        help="the resolv.conf whose nameservers resolve ServiceEntry endpoints known by name "
+        "and get the queries the DNS proxy does not answer (ztunnel uses its own "
+        "resolv.conf's; env ZTUNNEL_DNS_RESOLV_CONF)",
+    )
     parser.add_argument(
         "--local-config",
         default=env("LOCAL_XDS_PATH"),

@@ -11,8 +11,9 @@ The commands and their readiness signals are the contract with `controlplane` an
 - `ztunnel-py agent --node NODE --xds-address ADDRESS --ca-address ADDRESS (that address)
   --ca-root-cert DIR/ca/root-cert.pem --auth-token TOKENFILE --enroll-socket
   NODEDIR/ztunnel.sock --state-dir NODEDIR --bpf-pin-root
-  /sys/fs/bpf/ztunnel-py/testbed/<prefix><node>` in `<prefix><node>` (the CA root also
-  verifies the xDS server);
+  /sys/fs/bpf/ztunnel-py/testbed/<prefix><node> --dns-resolv-conf STATE/dns/resolv.conf` in
+  `<prefix><node>` (the CA root also verifies the xDS server; the resolv.conf names the
+  cluster DNS, which the DNS proxy forwards to);
   ready when `GET 127.0.0.1:15021/healthz/ready` in the node's namespace answers 200 (held until
   the first workload xDS responses are applied);
 - every pod then goes through `ztunnel-py cni ADD` (`runtime.py`), which enrolls the pods of
@@ -25,7 +26,8 @@ The commands and their readiness signals are the contract with `controlplane` an
 - a waypoint pod (`testbed apply` of a Gateway of class istio-waypoint, `waypoints.py`) runs
   `ztunnel-py waypoint run --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
   DIR/ca/root-cert.pem --auth-token <its node's token file> --instance-ip IP --pod-name POD
-  --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY` in the pod's namespace;
+  --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY --dns-resolv-conf
+  STATE/dns/resolv.conf` in the pod's namespace;
   ready when `GET 127.0.0.1:15021/healthz/ready` there answers 200 (held until its first xDS
   responses, workload and L7 types, are applied; its certificate is fetched meanwhile).
 
@@ -371,6 +373,9 @@ def waypoint_record(
             waypoint.service_account,
             "--gateway-name",
             waypoint.gateway,
+            # the pod's resolv.conf: a process started with nsenter sees the machine's
+            "--dns-resolv-conf",
+            str(clusterdns.agent_resolv_conf(state)),
         ),
         log=str(state.log_dir / f"waypoint-{waypoint.namespace}-{waypoint.gateway}.log"),
     )

@@ -288,13 +288,16 @@ class Outbound:
         source: Workload,
         netns: PodNetns,
         workload: Workload,
-        ip: IPAddress,
+        ip: IPAddress | None,
         port: int,
         service: Service | None,
     ) -> ByteStream:
         """A byte stream from `source`'s pod to one endpoint, for a proxy that already chose it
-        (the sidecar's HTTP engine): an HBONE tunnel when the endpoint is in the mesh, else
-        plain TCP. `OutboundError` when it cannot be opened."""
+        (the sidecar's HTTP engine; `ip` None: the endpoint is known by host name only): an
+        HBONE tunnel when the endpoint is in the mesh, else plain TCP. `OutboundError` when it
+        cannot be opened."""
+        if ip is None:
+            ip = await self._resolve(netns, workload.hostname, 4)
         rt = Route(ip, port, workload, service, _is_hbone(workload))
         if rt.hbone:
             return await self._open_hbone(source, netns, rt, None)
