@@ -210,3 +210,5 @@ class AgentConfig:
     # the namespace whose service a hostname means when several define it and none is the
     # client's (ztunnel's PREFERED_SERVICE_NAMESPACE)
     dns_preferred_namespace: str = ""
+    # Istio's MeshConfig as mounted from the `istio` ConfigMap (None: not read)
+    mesh_config: Path | None = None

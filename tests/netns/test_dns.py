@@ -64,8 +64,12 @@ def dig(bed: Testbed, pod: str, *args: str) -> dict[str, object]:
     }
 
 
-def curl(bed: Testbed, pod: str, url: str) -> subprocess.CompletedProcess[str]:
-    return bed.exec(pod, ["curl", "-sS", "--max-time", "5", url], timeout=20)
+def curl(bed: Testbed, pod: str, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return bed.exec(pod, ["curl", "-sS", "--max-time", "5", *args, url], timeout=20)
+
+
+def status_code(bed: Testbed, url: str) -> str:
+    return curl(bed, "web-1", url, "-o", "/dev/null", "-w", "%{http_code}").stdout
 
 
 def metrics(bed: Testbed) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -245,3 +249,157 @@ def test_dns_fails_open_while_the_agent_is_down_and_tcp_stays_closed(bed: Testbe
         "the restarted agent's proxy to answer again",
     )
     assert json.loads(curl(bed, "web-1", "http://echo/").stdout)["pod"] == "echo-1"
+
+
+# --- ServiceEntry and egress -----------------------------------------------------------------
+
+EGRESS_NAMESPACE = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-egress}
+"""
+SERVICE_ENTRY = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: external-api
+  namespace: istio-egress
+  labels: {LABELS}
+spec:
+  hosts: [api.external.test]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP}]
+"""
+EGRESS_WAYPOINT = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: egress-waypoint, namespace: istio-egress, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - {name: mesh, port: 15008, protocol: HBONE, allowedRoutes: {namespaces: {from: All}}}
+"""
+EGRESS_ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: external-api, namespace: istio-egress}
+spec:
+  parentRefs: [{kind: ServiceEntry, group: networking.istio.io, name: external-api}]
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-egress, value: via-waypoint}]}
+    backendRefs: [{kind: Hostname, group: networking.istio.io, name: api.external.test, port: 80}]
+"""
+DENY_BLOCKED = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: external-api-blocked, namespace: istio-egress}
+spec:
+  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: external-api}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/blocked/*"]}}]}]
+"""
+REGISTRY_ONLY = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+"""
+
+
+def service_entry(*, waypoint: bool) -> str:
+    labels = "{istio.io/use-waypoint: egress-waypoint}" if waypoint else "{}"
+    return SERVICE_ENTRY.replace("{LABELS}", labels)
+
+
+def external_answer(bed: Testbed, url: str = "http://api.external.test/") -> dict[str, object]:
+    done = curl(bed, "web-1", url)
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, object] = json.loads(done.stdout)
+    assert answer["pod"] == "external"
+    return answer
+
+
+def egress_headers(bed: Testbed) -> list[str]:
+    """The request headers the external server saw, as `name: value`."""
+    headers = external_answer(bed)["headers"]
+    assert isinstance(headers, dict)
+    return [f"{k}: {v}" for k, v in headers.items()]
+
+
+def vip_records(bed: Testbed, qtype: str) -> list[tuple[str, int, str, str]]:
+    answer = dig(bed, "web-1", qtype, "api.external.test")
+    return answer["records"]  # type: ignore[return-value]
+
+
+def test_a_service_entry_host_gets_an_allocated_vip_and_its_connections(bed: Testbed) -> None:
+    bed.apply(EGRESS_NAMESPACE + "---\n" + service_entry(waypoint=False))
+    try:
+        wait_until(
+            lambda: [r[3] for r in vip_records(bed, "A")] == ["240.240.0.1"],
+            "the ServiceEntry's VIP to be answered",
+        )
+        assert vip_records(bed, "A") == [("api.external.test.", PROXY_TTL, "A", "240.240.0.1")]
+        assert vip_records(bed, "AAAA") == [("api.external.test.", PROXY_TTL, "AAAA", "2001:2::1")]
+        # a pod outside the mesh still gets the real address from the cluster DNS
+        outside = dig(bed, "legacy-1", "api.external.test")["records"]
+        assert outside == [("api.external.test.", CLUSTER_DNS_TTL, "A", "10.250.0.4")]
+
+        labels = {"reporter": "source", "destination_service": "api.external.test"}
+        before = total(bed, "istio_tcp_connections_opened_total", **labels)
+        for family in ("-4", "-6"):
+            done = curl(bed, "web-1", "http://api.external.test/", family)
+            assert done.returncode == 0, f"{family}: {done.stderr}"
+            assert json.loads(done.stdout)["pod"] == "external"
+        assert total(bed, "istio_tcp_connections_opened_total", **labels) == before + 2
+        log = str(bed.status().nodes[0].log)
+        with open(log) as f:
+            assert 'dst.service="api.external.test" dst.workload="external-api"' in f.read()
+    finally:
+        bed.delete(service_entry(waypoint=False))
+
+
+def test_egress_through_a_waypoint_applies_routes_and_policies(bed: Testbed) -> None:
+    bed.apply(EGRESS_NAMESPACE + "---\n" + EGRESS_WAYPOINT)
+    bed.apply(service_entry(waypoint=True) + "---\n" + EGRESS_ROUTE)
+    try:
+        wait_until(
+            lambda: "x-egress: via-waypoint" in egress_headers(bed),
+            "the egress waypoint's route to add its header",
+        )
+        waypoint_ip = bed.status().waypoint("egress-waypoint", "istio-egress").ip
+        assert str(external_answer(bed)["client"]).startswith(waypoint_ip + ":")
+
+        bed.apply(DENY_BLOCKED)
+        blocked = "http://api.external.test/blocked/x"
+        wait_until(lambda: status_code(bed, blocked) == "403", "the DENY on the ServiceEntry")
+        assert external_answer(bed, "http://api.external.test/open")["path"] == "/open"
+    finally:
+        bed.delete(DENY_BLOCKED + "---\n" + EGRESS_ROUTE + "---\n" + service_entry(waypoint=True))
+        bed.delete(EGRESS_WAYPOINT)
+
+
+def test_registry_only_refuses_undeclared_destinations(bed: Testbed) -> None:
+    bed.apply(EGRESS_NAMESPACE + "---\n" + service_entry(waypoint=False))
+    try:
+        external_answer(bed, "http://10.250.0.4/")  # allowed by default (ALLOW_ANY)
+        bed.apply(REGISTRY_ONLY)
+        wait_until(
+            lambda: curl(bed, "web-1", "http://10.250.0.4/").returncode != 0,
+            "REGISTRY_ONLY to refuse an undeclared address",
+        )
+        # declared hosts still work, and so does the mesh
+        assert external_answer(bed)["pod"] == "external"
+        assert json.loads(curl(bed, "web-1", "http://echo/").stdout)["pod"] == "echo-1"
+        bed.delete(REGISTRY_ONLY)
+        wait_until(
+            lambda: curl(bed, "web-1", "http://10.250.0.4/").returncode == 0,
+            "ALLOW_ANY again once the ConfigMap is gone",
+        )
+    finally:
+        bed.delete(REGISTRY_ONLY + "---\n" + service_entry(waypoint=False))

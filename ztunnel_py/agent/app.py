@@ -18,6 +18,7 @@ import trio
 
 from ztunnel_py.agent.enroll import serve_enrollment
 from ztunnel_py.agent.inpod import Capture, PodManager
+from ztunnel_py.agent.meshconfig import MeshConfigError, MeshConfigWatch
 from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.dnsproxy.resolver import MeshResolver
@@ -40,6 +41,11 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(prepared, int):
         return prepared
     config, levels, state = prepared
+    try:
+        mesh = MeshConfigWatch(config.mesh_config) if config.mesh_config else None
+    except MeshConfigError as e:
+        print(f"ztunnel-py agent: {e}", file=sys.stderr)
+        return 1
     upstreams = None
     try:
         upstreams = UpstreamResolvers(read_nameservers(config.dns_resolv_conf))
@@ -70,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
             return 1
         log.info("capture programs ready (compiled in %.2f s)", capture.compile_seconds)
     try:
-        trio.run(_run, config, state, levels, capture, upstreams)
+        trio.run(_run, config, state, levels, capture, upstreams, mesh)
     finally:
         if capture is not None:
             capture.close()
@@ -83,6 +89,7 @@ async def _run(
     levels: LogLevels,
     capture: Capture | None,
     upstreams: UpstreamResolvers | None,
+    mesh: MeshConfigWatch | None,
 ) -> None:
     async def start_pods(rt: ProxyRuntime) -> None:
         prefetch_certificates(rt, lambda w: w.node == config.node)
@@ -98,7 +105,12 @@ async def _run(
             config.connect_timeout,
             rt.nursery,
             resolve_host=upstreams.resolve_host if upstreams is not None else None,
+            registry_only=(lambda: mesh.current.registry_only)
+            if mesh is not None
+            else lambda: False,
         )
+        if mesh is not None:
+            rt.nursery.start_soon(mesh.watch)
         pods = PodManager(
             config,
             state,

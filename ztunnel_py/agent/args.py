@@ -47,6 +47,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         "proxy on 15053, as ambient's dnsCapture does (env ISTIO_META_DNS_CAPTURE; default on)",
     )
     parser.add_argument(
+        "--mesh-config",
+        default=env("MESH_CONFIG_FILE", "/etc/istio/config/mesh"),
+        metavar="FILE",
+        help="Istio's MeshConfig (the `istio` ConfigMap's `mesh` key, mounted), watched for "
+        "outboundTrafficPolicy.mode; missing: the defaults (env MESH_CONFIG_FILE)",
+    )
+    parser.add_argument(
         "--preferred-service-namespace",
         default=env("PREFERED_SERVICE_NAMESPACE"),
         metavar="NS",

@@ -56,6 +56,7 @@ NO_POD_CAPTURE: dict[str, object] = {
     "bpf_pin_root": "",
     "dns_capture": False,
     "preferred_service_namespace": "",
+    "mesh_config": "",
 }
 
 

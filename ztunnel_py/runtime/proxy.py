@@ -131,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         dns_capture=args.dns_capture,
         dns_resolv_conf=Path(args.dns_resolv_conf),
         dns_preferred_namespace=args.preferred_service_namespace,
+        mesh_config=Path(args.mesh_config) if args.mesh_config else None,
     )
 
 

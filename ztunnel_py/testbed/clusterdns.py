@@ -39,8 +39,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import yaml
-
+from ztunnel_py.testbed import resources
 from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.topology import CLUSTER_DOMAIN, Topology
@@ -181,17 +180,8 @@ def service_records(documents: Iterable[object]) -> list[tuple[str, str]]:
     return records
 
 
-def _documents(config_dir: Path) -> list[object]:
-    documents: list[object] = []
-    for path in sorted(config_dir.glob("*.yaml")):
-        try:
-            documents.extend(yaml.safe_load_all(path.read_text()))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue  # the control plane reports files that do not parse
-    return documents
-
-
-def _write(path: Path, text: str) -> None:
+def write_file(path: Path, text: str) -> None:
+    """Write `text` to `path` (its directory made) unless it already says that."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         if path.read_text() == text:
@@ -212,13 +202,13 @@ def _write(path: Path, text: str) -> None:
 
 def sync(state: State) -> None:
     """Rewrite the cluster DNS's records from the Services in the watched directory."""
-    records = service_records(_documents(state.config_dir))
-    _write(cluster_dir(state) / "services", "".join(f"{ip} {host}\n" for ip, host in records))
+    records = service_records(resources.documents(state.config_dir))
+    write_file(cluster_dir(state) / "services", "".join(f"{ip} {host}\n" for ip, host in records))
 
 
 def write_zones(topology: Topology, state: State) -> None:
-    _write(upstream_zone_file(state), upstream_zone(topology))
-    _write(agent_resolv_conf(state), "".join(f"nameserver {ip}\n" for ip in topology.dns_ips))
+    write_file(upstream_zone_file(state), upstream_zone(topology))
+    write_file(agent_resolv_conf(state), "".join(f"nameserver {ip}\n" for ip in topology.dns_ips))
     sync(state)
 
 
@@ -231,7 +221,7 @@ def resolv_conf(namespace: str, nameservers: Sequence[str]) -> str:
 
 
 def write_resolv_conf(netns: str, namespace: str, nameservers: Sequence[str]) -> None:
-    _write(NETNS_ETC / netns / "resolv.conf", resolv_conf(namespace, nameservers))
+    write_file(NETNS_ETC / netns / "resolv.conf", resolv_conf(namespace, nameservers))
 
 
 def remove_resolv_conf(netns: str) -> None:

@@ -775,12 +775,18 @@ class Testbed:
                 "plane (bring the testbed up in ambient mode)"
             )
         refs = resources.write(self.config_dir, documents)
-        clusterdns.sync(self.state)
+        self._mirror()
         for ref in refs:
             progress(f"{ref} written to {self.config_dir / ref.file_name}")
         for (namespace, name), document in gateways:
             self._reconcile_waypoint(namespace, name, document, progress, timeout)
         return refs
+
+    def _mirror(self) -> None:
+        """What Kubernetes derives from the objects for the pods: kube-dns's records of the
+        Services, and the `istio` ConfigMap as mounted into the agents."""
+        clusterdns.sync(self.state)
+        mesh.sync_mesh_config(self.state)
 
     def delete(
         self, text: str, source: str = "-", progress: Progress = _quiet
@@ -791,7 +797,7 @@ class Testbed:
         objects = resources.parse(text, source)
         self.refresh()
         removed = resources.remove(self.config_dir, [ref for ref, _ in objects])
-        clusterdns.sync(self.state)
+        self._mirror()
         for ref, existed in removed:
             progress(f"{ref} deleted" if existed else f"{ref} not found (nothing to delete)")
         for ref, document in objects:

@@ -4,7 +4,8 @@ Decides where the connection goes (docs/istio-compat.md, "Outbound decision"; no
 gateways yet):
 a service VIP picks a healthy endpoint; a mesh workload (HBONE) gets an HBONE tunnel from a
 socket created inside the source pod's netns, so the source IP stays the pod's; a workload
-without HBONE or an unknown destination gets plain TCP passthrough. An endpoint known only by
+without HBONE or an unknown destination gets plain TCP passthrough (refused under the mesh
+config's outboundTrafficPolicy REGISTRY_ONLY, `agent/meshconfig.py`). An endpoint known only by
 host name (a ServiceEntry's, `resolution: DNS`) is resolved when the connection is made, as
 ztunnel's on-demand DNS does: an address of the original destination's family first.
 """
@@ -195,9 +196,12 @@ class Outbound:
         connect_timeout: timedelta,
         connections: trio.Nursery,
         resolve_host: HostResolver | None = None,
+        registry_only: Callable[[], bool] = lambda: False,
     ) -> None:
         self.state = state
         self.resolve_host = resolve_host
+        # outboundTrafficPolicy REGISTRY_ONLY, as the mesh config says now
+        self.registry_only = registry_only
         self.certs = certs
         self.pool = pool
         self.metrics = metrics
@@ -231,6 +235,12 @@ class Outbound:
             if dst_ip.is_loopback and dst_port in POD_LISTENER_PORTS:
                 raise OutboundError(f"refusing a self-call to {dst_text}")
             rt = route(self.state, dst_ip, dst_port, source=source)
+            if rt.workload is None and rt.service is None and self.registry_only():
+                raise OutboundError(
+                    f"{dst_text} is neither a service nor a workload of the mesh "
+                    "(outboundTrafficPolicy REGISTRY_ONLY)",
+                    "DENY",
+                )
             if rt.hostname:
                 rt.dst_ip = await self._resolve(netns, rt.hostname, dst_ip.version)
         except OutboundError as e:
