@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.netns.conftest import unique_prefix
+from ztunnel_py.bench import dns as dns_bench
 from ztunnel_py.testbed.testbed import Testbed
 
 pytestmark = pytest.mark.netns
@@ -403,3 +404,13 @@ def test_registry_only_refuses_undeclared_destinations(bed: Testbed) -> None:
         )
     finally:
         bed.delete(REGISTRY_ONLY + "---\n" + service_entry(waypoint=False))
+
+
+def test_the_bench_load_generator_measures_both_paths(bed: Testbed) -> None:
+    results = dns_bench.measure(bed, queries=200, concurrency=4)
+    for name, paths in results.items():
+        for path, result in paths.items():
+            assert (result.queries, result.failures) == (200, 0), (name, path, result)
+            assert result.qps > 0 and 0 < result.p50_ms <= result.p99_ms
+    table = dns_bench.render(results, 200, 4)
+    assert table.count("(proxy / direct)") == 2
