@@ -25,7 +25,7 @@ pytestmark = pytest.mark.netns
 
 ECHO_VIP, ECHO_VIP6 = "10.96.0.10", "fd00:10:96::10"
 ECHO_FQDN = "echo.apps.svc.cluster.local"
-CLUSTER_DNS6 = "fd00:10:250::3"
+CLUSTER_DNS6 = "fd00:10:250::5"
 PROXY_TTL, CLUSTER_DNS_TTL = 30, 5
 
 
@@ -107,7 +107,7 @@ def test_pods_get_kubelets_resolv_conf(bed: Testbed) -> None:
     text = bed.exec("web-1", ["cat", "/etc/resolv.conf"]).stdout
     assert text.splitlines() == [
         "search apps.svc.cluster.local svc.cluster.local cluster.local",
-        "nameserver 10.250.0.3",
+        "nameserver 10.250.0.5",
         f"nameserver {CLUSTER_DNS6}",
         "options ndots:5",
     ]
@@ -122,7 +122,7 @@ def test_a_pod_outside_the_mesh_uses_the_cluster_dns_directly(bed: Testbed) -> N
     answer = dig(bed, "legacy-1", ECHO_FQDN)
     assert answer["records"] == [(ECHO_FQDN + ".", CLUSTER_DNS_TTL, "A", ECHO_VIP)]
     upstream = dig(bed, "legacy-1", "api.external.test")
-    assert upstream["records"] == [("api.external.test.", CLUSTER_DNS_TTL, "A", "10.250.0.4")]
+    assert upstream["records"] == [("api.external.test.", CLUSTER_DNS_TTL, "A", "10.250.0.6")]
     assert dig(bed, "legacy-1", "nothing.apps.svc.cluster.local")["status"] == "NXDOMAIN"
     # never the real network: a name outside the fake zone is NXDOMAIN, at once
     assert dig(bed, "legacy-1", "example.com")["status"] == "NXDOMAIN"
@@ -195,7 +195,7 @@ def test_other_names_are_forwarded_and_unknown_ones_are_nxdomain(bed: Testbed) -
     labels = {"source_canonical_service": "web", "request_protocol": "udp"}
     before = total(bed, "istio_dns_upstream_requests_total", **labels)
     answer = dig(bed, "web-1", "api.external.test")
-    assert answer["records"] == [("api.external.test.", CLUSTER_DNS_TTL, "A", "10.250.0.4")]
+    assert answer["records"] == [("api.external.test.", CLUSTER_DNS_TTL, "A", "10.250.0.6")]
     assert dig(bed, "web-1", "nope.external.test")["status"] == "NXDOMAIN"
     assert dig(bed, "web-1", "nothing.apps.svc.cluster.local")["status"] == "NXDOMAIN"
     assert dig(bed, "web-1", "MX", ECHO_FQDN)["status"] == "NOERROR"  # forwarded: not A/AAAA
@@ -218,7 +218,7 @@ def test_dns_entries_in_config_dump(bed: Testbed) -> None:
     section = config_dump(bed)["dns"]
     assert isinstance(section, dict)
     assert section["enabled"] is True
-    assert section["upstreams"] == ["10.250.0.3:53", f"[{CLUSTER_DNS6}]:53"]
+    assert section["upstreams"] == ["10.250.0.5:53", f"[{CLUSTER_DNS6}]:53"]
     entries = {e["hostname"]: e for e in section["entries"]}
     assert entries[ECHO_FQDN]["addresses"] == [ECHO_VIP, ECHO_VIP6]
     web = bed.status().pod("web-1").uid
@@ -239,7 +239,7 @@ def test_dns_fails_open_while_the_agent_is_down_and_tcp_stays_closed(bed: Testbe
             assert answer["records"] == [(ECHO_FQDN + ".", CLUSTER_DNS_TTL, "A", ECHO_VIP)], answer[
                 "output"
             ]
-        done = curl(bed, "web-1", "http://10.250.0.4/")
+        done = curl(bed, "web-1", "http://10.250.0.6/")
         assert done.returncode != 0, "TCP must stay captured (and dropped) without the agent"
     finally:
         bed.start_agent("node1")
@@ -349,7 +349,7 @@ def test_a_service_entry_host_gets_an_allocated_vip_and_its_connections(bed: Tes
         assert vip_records(bed, "AAAA") == [("api.external.test.", PROXY_TTL, "AAAA", "2001:2::1")]
         # a pod outside the mesh still gets the real address from the cluster DNS
         outside = dig(bed, "legacy-1", "api.external.test")["records"]
-        assert outside == [("api.external.test.", CLUSTER_DNS_TTL, "A", "10.250.0.4")]
+        assert outside == [("api.external.test.", CLUSTER_DNS_TTL, "A", "10.250.0.6")]
 
         labels = {"reporter": "source", "destination_service": "api.external.test"}
         before = total(bed, "istio_tcp_connections_opened_total", **labels)
@@ -388,10 +388,10 @@ def test_egress_through_a_waypoint_applies_routes_and_policies(bed: Testbed) -> 
 def test_registry_only_refuses_undeclared_destinations(bed: Testbed) -> None:
     bed.apply(EGRESS_NAMESPACE + "---\n" + service_entry(waypoint=False))
     try:
-        external_answer(bed, "http://10.250.0.4/")  # allowed by default (ALLOW_ANY)
+        external_answer(bed, "http://10.250.0.6/")  # allowed by default (ALLOW_ANY)
         bed.apply(REGISTRY_ONLY)
         wait_until(
-            lambda: curl(bed, "web-1", "http://10.250.0.4/").returncode != 0,
+            lambda: curl(bed, "web-1", "http://10.250.0.6/").returncode != 0,
             "REGISTRY_ONLY to refuse an undeclared address",
         )
         # declared hosts still work, and so does the mesh
@@ -399,7 +399,7 @@ def test_registry_only_refuses_undeclared_destinations(bed: Testbed) -> None:
         assert json.loads(curl(bed, "web-1", "http://echo/").stdout)["pod"] == "echo-1"
         bed.delete(REGISTRY_ONLY)
         wait_until(
-            lambda: curl(bed, "web-1", "http://10.250.0.4/").returncode == 0,
+            lambda: curl(bed, "web-1", "http://10.250.0.6/").returncode == 0,
             "ALLOW_ANY again once the ConfigMap is gone",
         )
     finally:

@@ -191,7 +191,8 @@ class ToyAgent:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = [(port, self.ns.listener("::", port)) for port in (15001, 15006, 15008)]
-        self.redirector.register_listener(netns_cookie(self.pod_fd), listeners[0][1].fileno())
+        for port, listener in listeners:
+            self.redirector.register_listener(netns_cookie(self.pod_fd), port, listener.fileno())
         try:
             async with trio.open_nursery() as n:
                 for port, listener in listeners:
@@ -571,6 +572,7 @@ async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
             "listeners",
             "lookup",
             "pods",
+            "reuse",
         ]
 
         restarted = await trio.to_thread.run_sync(Redirector, pin_root)

@@ -139,9 +139,9 @@ def test_endpoints_named_by_host_are_hostname_workloads() -> None:
 
 def test_static_endpoints_keep_their_addresses() -> None:
     text = EXTERNAL.replace(
-        "resolution: DNS", "resolution: STATIC\n  endpoints: [{address: 10.250.0.4}]"
+        "resolution: DNS", "resolution: STATIC\n  endpoints: [{address: 10.250.0.6}]"
     )
     t = translated(text)
     (workload,) = t.workloads.values()
-    assert workload.addresses == (ipaddress.ip_address("10.250.0.4"),)
+    assert workload.addresses == (ipaddress.ip_address("10.250.0.6"),)
     assert workload.hostname == ""

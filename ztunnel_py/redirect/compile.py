@@ -46,12 +46,18 @@ from ztunnel_py.model.ports import (
     PACKET_MARK,
 )
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.maps import AddrKey, PodConfigStruct, PodCountersStruct, RedirectError
+from ztunnel_py.redirect.maps import (
+    AddrKey,
+    ListenerKey,
+    PodConfigStruct,
+    PodCountersStruct,
+    RedirectError,
+)
 
 MODULE = "ztunnel_py.redirect.compile"
 # The directory holding this copy of the ztunnel_py package (a checkout or site-packages).
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-MAPS = ("pods", "counters", "listeners")  # pin names, as in BPF_TABLE_PINNED in the C
+MAPS = ("pods", "counters", "listeners", "reuse")  # pin names, as in BPF_TABLE_PINNED in the C
 COMPILE_TIMEOUT = 120.0
 DIAGNOSTIC_LINES = 30
 
@@ -239,6 +245,7 @@ def _check_layout(bpf: Any) -> None:
     for table, key, leaf in (
         (bpf[b"zt_pods"], AddrKey, PodConfigStruct),
         (bpf[b"zt_counters"], ctypes.c_uint64, PodCountersStruct),
+        (bpf[b"zt_listeners"], ListenerKey, ctypes.c_uint32),
     ):
         if _layout(table.Key) != _layout(key) or _layout(table.Leaf) != _layout(leaf):
             raise RedirectError("map layout in bpf/ differs from ztunnel_py.redirect.maps")

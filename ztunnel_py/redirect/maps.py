@@ -72,9 +72,17 @@ class PodConfigStruct(ctypes.Structure):
 
 
 FLAG_DNS_CAPTURE = 0x1  # ZT_FLAG_DNS_CAPTURE
-# zt_listeners keys of a pod's DNS proxy TCP listeners: pod id | these bits
-LISTENER_DNS = 1 << 63
-LISTENER_V6 = 1 << 62
+
+
+class ListenerKey(ctypes.Structure):
+    """`struct zt_listener_key`: one of the agent's listeners in a pod's netns (family 4 or 6
+    for the DNS proxy's TCP listener of that family, 0 for the dual-stack ones)."""
+
+    _fields_ = (
+        ("pod_id", ctypes.c_uint64),
+        ("port", ctypes.c_uint32),
+        ("family", ctypes.c_uint32),
+    )
 
 
 class PodCountersStruct(ctypes.Structure):

@@ -3,7 +3,7 @@
 What kube-dns/CoreDNS and kubelet do in a cluster, played with Debian's dnsmasq (package
 `dnsmasq-base`: the binary alone, no system service answering on the machine's own port 53):
 
-- **cluster DNS**: dnsmasq in namespace `<prefix>dns`, on 10.250.0.3 (and fd00:10:250::3) port
+- **cluster DNS**: dnsmasq in namespace `<prefix>dns`, on 10.250.0.5 (and fd00:10:250::5) port
   53, UDP and TCP. It is authoritative for `cluster.local` (`--local`: a name it does not know
   there is NXDOMAIN, never forwarded) and answers `<svc>.<ns>.svc.cluster.local` with the
   cluster IPs of every Service in the directory the control plane watches (a hosts file in a
@@ -16,7 +16,7 @@ What kube-dns/CoreDNS and kubelet do in a cluster, played with Debian's dnsmasq 
   `LARGE_RECORDS` addresses: an answer too big for 512-byte UDP) and NXDOMAIN for everything
   else (`--address=/#/`). Neither instance reads the machine's resolv.conf or /etc/hosts
   (`--no-resolv --no-hosts`), so no query ever leaves the testbed.
-- **the external host**: namespace `<prefix>ext` on 10.250.0.4 (and fd00:10:250::4), outside
+- **the external host**: namespace `<prefix>ext` on 10.250.0.6 (and fd00:10:250::6), outside
   the mesh (no agent captures it), runs the pod server on port 80: what ServiceEntries for
   `api.external.test` point at.
 - **resolv.conf**: as kubelet writes it for `dnsPolicy: ClusterFirst`, per pod, in

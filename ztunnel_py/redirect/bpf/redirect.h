@@ -7,6 +7,8 @@
  * across namespaces (every pod's eth0 may be ifindex 2) and bpf_get_netns_cookie() in tc only
  * knows the netns of skb->sk, which packets arriving from the wire do not have.
  * zt_counters is keyed by pod_id, the pod netns cookie chosen by the agent.
+ * zt_listeners holds each pod's agent listeners by (pod_id, port); zt_reuse is the programs'
+ * own (tc ingress writes it, the socket lookup program reads it), never touched by the agent.
  * Any change to these structs must bump LAYOUT_VERSION in ztunnel_py/redirect/loader.py (the
  * pin directory), so an agent never reopens pinned maps written with another layout; the
  * loader also refuses to start when ztunnel_py/redirect/maps.py disagrees with this file.
@@ -19,8 +21,9 @@
 #define ZT_MAX_PORT_RANGES 16 /* excluded port ranges per direction */
 
 /* The ports of the agent's listeners inside the pod netns (ZT_PORT_OUTBOUND, ZT_PORT_INBOUND,
- * ZT_PORT_HBONE) and the SO_MARK of the agent's sockets (ZT_AGENT_MARK) are defined once, in
- * ztunnel_py/model/ports.py; ztunnel_py/redirect/compile.py passes them as -D flags. */
+ * ZT_PORT_HBONE, the DNS proxy's ZT_PORT_DNS) and the SO_MARK of the agent's sockets
+ * (ZT_AGENT_MARK) are defined once, in ztunnel_py/model/ports.py;
+ * ztunnel_py/redirect/compile.py passes them as -D flags. */
 #if !defined(ZT_PORT_OUTBOUND) || !defined(ZT_PORT_INBOUND) || !defined(ZT_PORT_HBONE) || \
     !defined(ZT_PORT_DNS) || !defined(ZT_AGENT_MARK)
 #error "compile with -DZT_PORT_OUTBOUND, -DZT_PORT_INBOUND, -DZT_PORT_HBONE, -DZT_PORT_DNS and -DZT_AGENT_MARK"
@@ -73,6 +76,33 @@ struct zt_pod_counters {
     __u64 drops;      /* fail-closed drops: listener missing, assign failed, TCP unparseable */
     __u64 exempt;     /* packets left uncaptured by the probe exemption or an excluded port */
     __u64 spoofed;    /* packets from outside carrying a pod IP as source, dropped */
+};
+
+/* zt_listeners key: one of the agent's listeners (ZT_PORT_*) in a pod's netns. The DNS
+ * proxy has a TCP listener per family (127.0.0.1 and [::1]): family 4 or 6 for ZT_PORT_DNS,
+ * 0 for the dual-stack 15001, 15006 and 15008. */
+struct zt_listener_key {
+    __u64 pod_id;
+    __u32 port;
+    __u32 family;
+};
+
+/* zt_reuse key: a connection as the kernel's listener lookup sees it (remote = the packet's
+ * source). IPv4 addresses are stored IPv4-mapped, as in zt_addr; ports in host order. */
+struct zt_flow {
+    struct zt_addr remote;
+    struct zt_addr local;
+    __u16 remote_port;
+    __u16 local_port;
+    __u32 pad;
+};
+
+/* zt_reuse value: which listener takes the SYN, and when tc recorded it. */
+struct zt_reuse_entry {
+    __u64 pod_id;
+    __u64 at_ns;
+    __u32 port;
+    __u32 ifindex;
 };
 
 #endif
