@@ -48,7 +48,6 @@ from ztunnel_py.model.ports import (
 from ztunnel_py.redirect import bpfsys
 from ztunnel_py.redirect.maps import (
     AddrKey,
-    ListenerKey,
     PodConfigStruct,
     PodCountersStruct,
     RedirectError,
@@ -245,7 +244,6 @@ def _check_layout(bpf: Any) -> None:
     for table, key, leaf in (
         (bpf[b"zt_pods"], AddrKey, PodConfigStruct),
         (bpf[b"zt_counters"], ctypes.c_uint64, PodCountersStruct),
-        (bpf[b"zt_listeners"], ListenerKey, ctypes.c_uint32),
     ):
         if _layout(table.Key) != _layout(key) or _layout(table.Leaf) != _layout(leaf):
             raise RedirectError("map layout in bpf/ differs from ztunnel_py.redirect.maps")
