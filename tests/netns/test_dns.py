@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.netns.conftest import unique_prefix
+from tests.netns.test_waypoint import wait_until
 from ztunnel_py.bench import dns as dns_bench
 from ztunnel_py.testbed.testbed import Testbed
 
@@ -36,14 +36,6 @@ def bed() -> Iterator[Testbed]:
         yield tb
     finally:
         tb.down()
-
-
-def wait_until(check: Callable[[], bool], what: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def dig(bed: Testbed, pod: str, *args: str) -> dict[str, object]:

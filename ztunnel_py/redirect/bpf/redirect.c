@@ -312,6 +312,26 @@ static __always_inline void zt_count(__u64 *field)
     __sync_fetch_and_add(field, 1);
 }
 
+/* Deliver the packet to `sk` (referenced; released here), or drop it when there is none or the
+ * assign fails (fail closed). */
+static __always_inline int zt_deliver(struct __sk_buff *skb, struct bpf_sock *sk,
+                                      struct zt_pod_counters *cnt)
+{
+    long err = -1;
+    if (sk) {
+        err = bpf_sk_assign(skb, sk, 0);
+        bpf_sk_release(sk);
+    }
+    if (err) {
+        if (cnt)
+            zt_count(&cnt->drops);
+        return TC_ACT_SHOT;
+    }
+    if (cnt)
+        zt_count(&cnt->assigns);
+    return TC_ACT_OK;
+}
+
 /* Deliver the packet to the agent's listener on `port`, or drop it (fail closed). */
 static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_packet *p, __u16 port,
                                      struct zt_pod_counters *cnt)
@@ -320,23 +340,11 @@ static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_pack
     __u32 size = 0;
     zt_tuple(p, &t, bpf_htons(port), &size);
     struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
-    if (!sk)
-        goto drop;
-    if (sk->state != BPF_TCP_LISTEN) {
+    if (sk && sk->state != BPF_TCP_LISTEN) {
         bpf_sk_release(sk);
-        goto drop;
+        sk = 0;
     }
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err)
-        goto drop;
-    if (cnt)
-        zt_count(&cnt->assigns);
-    return TC_ACT_OK;
-drop:
-    if (cnt)
-        zt_count(&cnt->drops);
-    return TC_ACT_SHOT;
+    return zt_deliver(skb, sk, cnt);
 }
 
 /* DNS to be handed to the agent's proxy: UDP, or a new TCP connection, to port 53. */
@@ -378,20 +386,7 @@ static __always_inline struct bpf_sock *zt_dns_socket(struct __sk_buff *skb,
 static __always_inline int zt_assign_dns(struct __sk_buff *skb, const struct zt_packet *p,
                                          struct zt_pod_counters *cnt)
 {
-    struct bpf_sock *sk = zt_dns_socket(skb, p);
-    if (!sk)
-        goto drop;
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err)
-        goto drop;
-    if (cnt)
-        zt_count(&cnt->assigns);
-    return TC_ACT_OK;
-drop:
-    if (cnt)
-        zt_count(&cnt->drops);
-    return TC_ACT_SHOT;
+    return zt_deliver(skb, zt_dns_socket(skb, p), cnt);
 }
 
 static __always_inline void zt_flow_addr(struct zt_addr *out, const struct zt_packet *p,
