@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -204,6 +205,57 @@ def test_large_answers_are_truncated_over_udp_and_whole_over_tcp(bed: Testbed) -
     assert "tc" not in retried["flags"]
     assert len(retried["records"]) == 60
     assert "Truncated, retrying in TCP mode" in str(retried["output"])
+
+
+TCP_REUSE_CLIENT = """
+import socket, sys, time
+import dns.message
+server, sport = sys.argv[1], int(sys.argv[2])
+query = dns.message.make_query("echo.apps.svc.cluster.local", "A").to_wire()
+for attempt in range(2):
+    s = socket.socket(socket.AF_INET6 if ":" in server else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("", sport))
+    s.settimeout(10)
+    start = time.monotonic()
+    try:
+        s.connect((server, 53))
+        s.sendall(len(query).to_bytes(2, "big") + query)
+        data = b""
+        while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        elapsed = time.monotonic() - start
+        rrset = dns.message.from_wire(data[2:]).answer[0]
+        result = f"{elapsed:.3f} {rrset.ttl} {rrset[0]}"
+        # the proxy closes the idle connection first, so its end stays in TIME_WAIT
+        while s.recv(65536):
+            pass
+    except Exception as e:
+        result = f"- {type(e).__name__}: {e}"
+    finally:
+        s.close()
+    print(result, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("resolver", "sport"), [("10.250.0.5", 61600), (CLUSTER_DNS6, 61601)], ids=["ipv4", "ipv6"]
+)
+def test_dns_over_tcp_from_a_port_the_proxy_holds_in_time_wait(
+    bed: Testbed, resolver: str, sport: int
+) -> None:
+    # The second connection's SYN meets the proxy's TIME_WAIT socket of the first: the capture
+    # leaves it to the kernel's listener lookup, which must give it the proxy's listener of its
+    # family, at once (not the cluster DNS, which answers with its own TTL).
+    argv = [sys.executable, "-c", TCP_REUSE_CLIENT, resolver, str(sport)]
+    done = bed.exec("web-1", argv, timeout=40)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [f"{PROXY_TTL} {ECHO_VIP}"] * 2, lines
+    assert float(lines[1].split()[0]) < 1.0, lines
 
 
 def test_dns_entries_in_config_dump(bed: Testbed) -> None:
