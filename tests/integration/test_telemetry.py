@@ -516,5 +516,6 @@ def test_control_characters_never_forge_or_shift_a_log_line(log_stream: io.Strin
     assert all(line.startswith("  ") for line in lines if line not in records)
     assert "enrolled pod web\\n2026-01-01T00:00:00.000000Z\\tinfo\\tinpod\\tforged" in records[0]
     assert 'name="web\\n2026-01-01T00:00:00.000000Z\\tinfo\\tinpod\\tforged"' in records[1]
-    assert 'k\\tey="a\\u001b[2Jb\\u2028c"' in records[1]
+    # escaped as ztunnel's log escapes them (Rust's debug form)
+    assert 'k\\tey="a\\u{1b}[2Jb\\u{2028}c"' in records[1]
     assert records[2].endswith("failed for p\\r\\nq")
