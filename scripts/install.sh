@@ -20,9 +20,12 @@ fi
 
 # iptables: sidecar mode (the benchmark's comparison) redirects with it, and tests use it and
 # nftables to prove ambient capture adds no rule. chromium: the topology page's test loads the
-# page in headless Chromium.
+# page in headless Chromium. dnsmasq-base: the testbed's cluster DNS (the binary only: the
+# `dnsmasq` package would also start a system resolver on the machine's port 53);
+# bind9-dnsutils: `dig`, for the DNS tests and people.
 packages=(python3 python3-venv python3-bpfcc bpfcc-tools iproute2 curl iperf3 nghttp2-client
-          tcpdump procps psmisc kmod ca-certificates iptables nftables chromium)
+          tcpdump procps psmisc kmod ca-certificates iptables nftables chromium dnsmasq-base
+          bind9-dnsutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -203,3 +203,12 @@ class AgentConfig:
     proxy_metadata: tuple[tuple[str, str], ...] = ()
     # the local config given inline (LOCAL_XDS) rather than as a file
     local_xds: str = ""
+    # the DNS proxy on 15053 in every enrolled pod, with port-53 capture (ISTIO_META_DNS_CAPTURE);
+    # unanswered queries go to the nameservers of `dns_resolv_conf`
+    dns_capture: bool = False
+    dns_resolv_conf: Path = Path("/etc/resolv.conf")
+    # the namespace whose service a hostname means when several define it and none is the
+    # client's (ztunnel's PREFERED_SERVICE_NAMESPACE)
+    dns_preferred_namespace: str = ""
+    # Istio's MeshConfig as mounted from the `istio` ConfigMap (None: not read)
+    mesh_config: Path | None = None

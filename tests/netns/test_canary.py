@@ -23,6 +23,8 @@ import yaml
 
 from tests.netns.test_waypoint import ECHO_VIP, waypoint_testbed
 from ztunnel_py.canary.analysis import FAILED, SUCCEEDED
+from ztunnel_py.testbed import resources
+from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.resources import ObjectRef
 from ztunnel_py.testbed.testbed import Testbed
 
@@ -246,7 +248,10 @@ def test_an_invalid_canary_is_refused_by_the_control_plane_and_the_controller(
     bed: Testbed,
 ) -> None:
     bad = CANARY.format(step=70, max=50, mirror="false")
-    bed.apply(bad)
+    with pytest.raises(TestbedError, match="stepWeight 70 is above maxWeight 50"):
+        bed.apply(bad)
+    # written past the apply's validation, as a cluster without the webhook would store it
+    resources.write(bed.config_dir, [yaml.safe_load(bad)])
     try:
         done = run_controller(bed, "--timeout", "5")
         assert "spec.analysis.stepWeight: stepWeight 70 is above maxWeight 50" in done.stdout

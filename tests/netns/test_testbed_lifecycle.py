@@ -74,6 +74,8 @@ def running(pid: int) -> bool:
 
 def assert_gone(prefix: str, state_dir: Path, pids: list[int]) -> None:
     assert our_namespaces(prefix) == []
+    # the pods' resolv.conf (`ip netns delete` leaves /etc/netns alone)
+    assert sorted(Path("/etc/netns").glob(f"{prefix}*")) == []
     assert not state_dir.exists()
     assert [pid for pid in pids if running(pid)] == []
 
@@ -185,9 +187,12 @@ def test_down_finds_a_process_whose_pid_was_never_recorded(tmp_path: Path) -> No
 def test_failed_up_removes_what_it_built() -> None:
     prefix = unique_prefix("fl")
     lines: list[str] = []
-    # With a zero timeout the readiness wait fails at the first pod whose server is not
-    # listening yet; which pod that is depends on how fast each server starts.
-    expected = r"timed out after 0 s waiting for pod \w+-\d+ to listen"
+    # With a zero timeout the readiness wait fails at the first server not listening yet: one
+    # of the cluster DNS's (they start first), or a pod's if those were quicker.
+    expected = (
+        r"timed out after 0 s waiting for (upstream-dns|cluster-dns|external|pod \w+-\d+) "
+        "to listen"
+    )
     with pytest.raises(TestbedError, match=expected):
         Testbed.up(prefix, nodes=1, pods_per_node=2, mode="none", progress=lines.append, timeout=0)
     assert any("up failed, removing what was built" in line for line in lines)

@@ -11,6 +11,7 @@ import pytest
 from ztunnel_py.redirect.bpffs import is_bpffs
 from ztunnel_py.redirect.maps import (
     AddrKey,
+    ListenerKey,
     PodAddresses,
     PodConfigStruct,
     PodCounters,
@@ -91,6 +92,9 @@ def test_struct_layout_matches_bpf_redirect_h() -> None:
     assert PodConfigStruct.pod_id.offset == 0
     assert PodConfigStruct.in_excluded.offset == 124
     assert ctypes.sizeof(PodCountersStruct) == 6 * 8
+    # bcc cannot describe a sockhash's key, so the compile-time check does not cover this one
+    assert ctypes.sizeof(ListenerKey) == 16
+    assert (ListenerKey.port.offset, ListenerKey.family.offset) == (8, 12)
 
 
 def test_addresses_are_stored_in_network_byte_order() -> None:

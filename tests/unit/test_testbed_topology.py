@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from ztunnel_py.model import TunnelProtocol
+from ztunnel_py.testbed import prometheus
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.topology import CLIENT, plan
 
@@ -164,3 +165,18 @@ def test_the_control_plane_is_addressed_over_ipv4_unless_asked() -> None:
     )
     with pytest.raises(TestbedError, match="--controlplane-ipv6 needs --dual-stack"):
         plan("zt-", controlplane_ipv6=True)
+
+
+def test_every_fabric_member_has_addresses_of_its_own() -> None:
+    # Prometheus's namespace joins the same bridge; a shared address would make one of the
+    # two unreachable, depending on which answered ARP/ND first.
+    t = plan("zt-", nodes=3, dual_stack=True)
+    members = [
+        *t.controlplane_ips,
+        *t.dns_ips,
+        *t.external_ips,
+        prometheus.IP,
+        prometheus.IP6,
+        *(a for n in t.nodes for a in (n.ip, n.ipv6)),
+    ]
+    assert len(set(members)) == len(members), members

@@ -18,12 +18,20 @@ import trio
 
 from ztunnel_py.agent.enroll import serve_enrollment
 from ztunnel_py.agent.inpod import Capture, PodManager
+from ztunnel_py.agent.meshconfig import MeshConfigError, MeshConfigWatch
 from ztunnel_py.agent.proxy.outbound import Outbound
 from ztunnel_py.config import AgentConfig
+from ztunnel_py.dnsproxy.resolver import MeshResolver
+from ztunnel_py.dnsproxy.server import (
+    DnsConfigError,
+    DnsProxy,
+    UpstreamResolvers,
+    read_nameservers,
+)
 from ztunnel_py.runtime.proxy import ProxyRuntime, prefetch_certificates, prepare, run_proxy
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.logs import LogLevels
-from ztunnel_py.telemetry.metrics import CaptureMetrics
+from ztunnel_py.telemetry.metrics import CaptureMetrics, DnsMetrics
 
 log = logging.getLogger("ztunnel_py.agent")
 
@@ -33,6 +41,23 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(prepared, int):
         return prepared
     config, levels, state = prepared
+    try:
+        mesh = MeshConfigWatch(config.mesh_config) if config.mesh_config else None
+    except MeshConfigError as e:
+        print(f"ztunnel-py agent: {e}", file=sys.stderr)
+        return 1
+    upstreams = None
+    try:
+        upstreams = UpstreamResolvers(read_nameservers(config.dns_resolv_conf))
+    except DnsConfigError as e:
+        if config.dns_capture and config.capture:
+            print(
+                f"ztunnel-py agent: {e}\n  point --dns-resolv-conf at a resolv.conf naming the "
+                "cluster's DNS server, or start with --no-dns-capture",
+                file=sys.stderr,
+            )
+            return 1
+        log.warning("%s: ServiceEntry endpoints known by name cannot be resolved", e)
     capture = None
     if config.capture:
         # Imported here: the capture code (pyroute2, bpf(2)) is only needed with capture on.
@@ -51,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
             return 1
         log.info("capture programs ready (compiled in %.2f s)", capture.compile_seconds)
     try:
-        trio.run(_run, config, state, levels, capture)
+        trio.run(_run, config, state, levels, capture, upstreams, mesh)
     finally:
         if capture is not None:
             capture.close()
@@ -63,16 +88,42 @@ async def _run(
     state: ProxyState,
     levels: LogLevels,
     capture: Capture | None,
+    upstreams: UpstreamResolvers | None,
+    mesh: MeshConfigWatch | None,
 ) -> None:
     async def start_pods(rt: ProxyRuntime) -> None:
         prefetch_certificates(rt, lambda w: w.node == config.node)
+        dns = None
+        if upstreams is not None and config.dns_capture and capture is not None:
+            resolver = MeshResolver(state, config.cluster_domain, config.dns_preferred_namespace)
+            dns = DnsProxy(resolver, upstreams, DnsMetrics(rt.registry))
         outbound = Outbound(
-            state, rt.certs, rt.pool, rt.metrics, config.connect_timeout, rt.nursery
+            state,
+            rt.certs,
+            rt.pool,
+            rt.metrics,
+            config.connect_timeout,
+            rt.nursery,
+            resolve_host=upstreams.resolve_host if upstreams is not None else None,
+            registry_only=(lambda: mesh.current.registry_only)
+            if mesh is not None
+            else lambda: False,
         )
+        if mesh is not None:
+            rt.nursery.start_soon(mesh.watch)
         pods = PodManager(
-            config, state, rt.certs, outbound, rt.metrics, rt.nursery, rt.drain, capture
+            config,
+            state,
+            rt.certs,
+            outbound,
+            rt.metrics,
+            rt.nursery,
+            rt.drain,
+            capture,
+            dns=dns,
         )
         rt.dump.add_section("workloadState", pods.dump)
+        rt.dump.add_section("dns", pods.dns_dump)
         if capture is not None:
             CaptureMetrics(rt.registry, pods.capture_counters)
         await pods.restore()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ztunnel_py.runtime.args import add_proxy_arguments, env
+from ztunnel_py.runtime.args import NO_POD_CAPTURE, add_proxy_arguments, env
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +40,27 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         "(env ZTUNNEL_CAPTURE=false)",
     )
     parser.add_argument(
+        "--dns-capture",
+        action=argparse.BooleanOptionalAction,
+        default=env("ISTIO_META_DNS_CAPTURE", "true").lower() == "true",
+        help="answer every enrolled pod's DNS (UDP and TCP to port 53, captured) with the DNS "
+        "proxy on 15053, as ambient's dnsCapture does (env ISTIO_META_DNS_CAPTURE; default on)",
+    )
+    parser.add_argument(
+        "--mesh-config",
+        default=env("MESH_CONFIG_FILE", "/etc/istio/config/mesh"),
+        metavar="FILE",
+        help="Istio's MeshConfig (the `istio` ConfigMap's `mesh` key, mounted), watched for "
+        "outboundTrafficPolicy.mode; missing: the defaults (env MESH_CONFIG_FILE)",
+    )
+    parser.add_argument(
+        "--preferred-service-namespace",
+        default=env("PREFERED_SERVICE_NAMESPACE"),
+        metavar="NS",
+        help="the DNS proxy answers a hostname defined in several namespaces (none of them the "
+        "client's) with this namespace's service (env PREFERED_SERVICE_NAMESPACE)",
+    )
+    parser.add_argument(
         "--bpf-pin-root",
         default=env("ZTUNNEL_BPF_PIN_ROOT", "/sys/fs/bpf/ztunnel-py"),
         metavar="DIR",
@@ -70,4 +91,4 @@ def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # A sidecar has no enrollment socket, no persisted state and no BPF capture: iptables in
     # its pod brings it the traffic.
-    parser.set_defaults(enroll_socket="", state_dir="", no_capture=True, bpf_pin_root="")
+    parser.set_defaults(**NO_POD_CAPTURE)

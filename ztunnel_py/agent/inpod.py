@@ -26,6 +26,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +42,7 @@ from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.agent.proxy.outbound import Outbound, Ready
 from ztunnel_py.agent.proxy.socks5 import serve_socks5
 from ztunnel_py.config import AgentConfig
+from ztunnel_py.dnsproxy.server import DnsProxy, PodDns
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.linux.netns import NetnsError
 from ztunnel_py.model.address import IPAddress, SocketAddr, canonical_ip
@@ -53,7 +55,7 @@ from ztunnel_py.model.ports import (
 )
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.protocol.zds import PodInfo
-from ztunnel_py.redirect.maps import PodCounters, RedirectError
+from ztunnel_py.redirect.maps import PodCounters, PodSettings, RedirectError
 from ztunnel_py.runtime.drain import Drain
 from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.metrics import Metrics
@@ -88,9 +90,13 @@ class Capture(Protocol):
         """The pod's default-route interface and its IPs."""
         ...
 
-    def enroll(self, netns_fd: int, ifname: str, pod_ips: Sequence[str]) -> int: ...
+    def enroll(
+        self, netns_fd: int, ifname: str, pod_ips: Sequence[str], settings: PodSettings
+    ) -> int: ...
 
     def register_listener(self, pod_id: int, port: int, listener_fd: int) -> None: ...
+
+    def register_dns_listener(self, pod_id: int, listener_fd: int, ipv6: bool) -> None: ...
 
     def unenroll(self, netns_fd: int, ifname: str) -> None: ...
 
@@ -112,6 +118,8 @@ class PodProxy:
     connections: dict[int, TrackedConnection] = field(default_factory=dict)
     # sidecar mode: the HTTP engine for outbound HTTP ports
     http: SidecarHttp | None = None
+    # the pod's DNS proxy (with DNS capture on)
+    dns: PodDns | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def track(
@@ -171,9 +179,11 @@ class PodManager:
         redirected: bool = False,
         persist: bool = True,
         request_metrics: RequestMetrics | None = None,
+        dns: DnsProxy | None = None,
     ) -> None:
         """With `request_metrics` (sidecar mode), outbound connections to HTTP service ports
-        go through the HTTP filter engine (`proxy/http.py`) instead of being relayed."""
+        go through the HTTP filter engine (`proxy/http.py`) instead of being relayed. With
+        `dns`, every pod gets a DNS proxy and its port-53 traffic is captured into it."""
         self.config = config
         self.request_metrics = request_metrics
         self.capture = capture
@@ -186,6 +196,7 @@ class PodManager:
         self.metrics = metrics
         self.nursery = nursery
         self.drain = drain
+        self.dns = dns
         self.pods: dict[str, PodProxy] = {}
         self.connections = ConnectionLimit("the agent", config.max_connections)
         self.handshakes = HandshakeLimit()
@@ -245,11 +256,22 @@ class PodManager:
         except NetnsError as e:
             netns.close()
             raise EnrollRefused(f"cannot start proxy for {info.uid}: {e}") from e
+        if self.dns is not None:
+            pod.dns = PodDns(self.dns, netns, partial(self.state.workload_by_uid, info.uid))
+            try:
+                pod.dns.open()
+            except NetnsError as e:
+                for s in listeners.values():
+                    s.close()
+                netns.close()
+                raise EnrollRefused(f"cannot start the DNS proxy of {info.uid}: {e}") from e
         try:
             await self._capture(pod, listeners)
         except Exception as e:
             for s in listeners.values():
                 s.close()
+            if pod.dns is not None:
+                pod.dns.close()
             netns.close()
             raise EnrollRefused(f"cannot capture traffic of {info.uid}: {e}") from e
         self.pods[info.uid] = pod
@@ -270,9 +292,15 @@ class PodManager:
         capture = self.capture
         ifname, ips = await trio.to_thread.run_sync(capture.pod_interface, pod.netns.fd)
         pod.ifname = ifname
-        pod.pod_id = await trio.to_thread.run_sync(capture.enroll, pod.netns.fd, ifname, ips)
+        settings = PodSettings(dns_capture=pod.dns is not None)
+        pod.pod_id = await trio.to_thread.run_sync(
+            capture.enroll, pod.netns.fd, ifname, ips, settings
+        )
         for port in CAPTURE_PORTS:
             capture.register_listener(pod.pod_id, port, listeners[port].fileno())
+        for listener in pod.dns.tcp if pod.dns is not None else ():
+            ipv6 = listener.family == socket.AF_INET6
+            capture.register_dns_listener(pod.pod_id, listener.fileno(), ipv6)
 
     async def _remove(self, pod: PodProxy) -> None:
         """Stop the pod's proxy and take its capture programs off (best effort: the pod's
@@ -414,11 +442,20 @@ class PodManager:
                     for port, handle in handlers.items():
                         name = f"{pod.info.namespace}/{pod.info.name} port {port}"
                         nursery.start_soon(self._accept, name, listeners[port], handle)
+                    if pod.dns is not None:
+                        name = f"{pod.info.namespace}/{pod.info.name} DNS"
+                        for udp in pod.dns.udp:
+                            nursery.start_soon(pod.dns.serve_udp, udp)
+                        for tcp in pod.dns.tcp:
+                            handler = pod.dns.serve_tcp_connection
+                            nursery.start_soon(self._accept, f"{name} TCP", tcp, handler)
                     pod.state = "Up"
                     self._update_counts()
         finally:
             for s in listeners.values():
                 s.close()
+            if pod.dns is not None:
+                pod.dns.close()
             pod.netns.close()
             pod.state = "Stopped"
 
@@ -490,6 +527,13 @@ class PodManager:
             domain = workload.identity.trust_domain if workload else self.config.trust_domain
             out[uid] = pod.dump(domain)
         return out
+
+    def dns_dump(self) -> dict[str, Any]:
+        """The `dns` section: the DNS proxy's settings and answers, and each pod's sockets."""
+        if self.dns is None:
+            return {"enabled": False}
+        pods = {uid: p.dns.addresses() for uid, p in self.pods.items() if p.dns is not None}
+        return {"enabled": True, **self.dns.dump(pods)}
 
     def capture_counters(self) -> list[tuple[str, str, PodCounters]]:
         """(namespace, name, counters) of every captured pod, for the metrics scrape; none

@@ -41,6 +41,24 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--changes", type=int, default=5, metavar="N", help="single changes timed (default: 5)"
     )
     xds.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    dns = sub.add_parser(
+        "dns",
+        help="DNS through the agent's proxy vs the cluster DNS directly: queries/s and p99",
+        description="Bring up a 1-node ambient testbed and send the same closed-loop UDP query "
+        "load from a pod outside the mesh (straight to the cluster DNS) and from an enrolled pod "
+        "(captured into the agent's DNS proxy), for a mesh name and a forwarded one; report "
+        "queries per second, p50 and p99, and the proxy's figures as ratios of the direct ones.",
+    )
+    dns.add_argument(
+        "--queries", type=int, default=2000, metavar="N", help="per run (default: %(default)s)"
+    )
+    dns.add_argument("--concurrency", type=int, default=4, metavar="N", help="default: %(default)s")
+    dns.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    dns.add_argument(
+        "--prefix",
+        default="zt-benchdns-",
+        help="name prefix of the benchmark testbed's namespaces (default: %(default)s)",
+    )
     pol = sub.add_parser(
         "policy",
         help="L4 authorization at scale: control plane translation, per-connection decision time",

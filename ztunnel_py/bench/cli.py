@@ -18,6 +18,10 @@ def main(args: argparse.Namespace) -> int:
         from ztunnel_py.bench.policy import main as policy_main
 
         return policy_main(args)
+    if args.bench_command == "dns":
+        from ztunnel_py.bench.dns import main as dns_main
+
+        return dns_main(args)
     if args.bench_command == "compare":
         from ztunnel_py.bench.compare import main as compare_main
 

@@ -57,13 +57,20 @@ WORKLOAD_BACKEND = ""
 # Clusters kept before idle ones (no request, connection or retry) are forgotten.
 _MAX_CLUSTERS = 4096
 
-# How the waypoint reaches an endpoint: (workload, its address, target port, the service or
-# None) -> a byte stream to the app (an HBONE tunnel to the workload's node agent).
-Connector = Callable[[Workload, IPAddress, int, Service | None], Awaitable[ByteStream]]
+# How the waypoint reaches an endpoint: (workload, its address (None: known by host name only,
+# resolved by the connector), target port, the service or None) -> a byte stream to the app (an
+# HBONE tunnel to the workload's node agent, or TCP to a workload outside the mesh).
+Connector = Callable[[Workload, IPAddress | None, int, Service | None], Awaitable[ByteStream]]
 
 
 def format_address(ip: IPAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _endpoint_address(workload: Workload, port: int) -> str:
+    """How the load balancer names an endpoint: its address (IPv4 first), else its host name."""
+    ip = MeshResolver._address(workload)
+    return format_address(ip, port) if ip is not None else f"{workload.hostname}:{port}"
 
 
 def _ip(text: str) -> IPAddress | None:
@@ -166,7 +173,7 @@ class MeshResolver:
         candidates = [
             (w, port)
             for w, port in self._state.endpoints(service, backend.port)
-            if w.status is WorkloadStatus.HEALTHY and w.capacity > 0 and w.addresses
+            if w.status is WorkloadStatus.HEALTHY and w.capacity > 0 and (w.addresses or w.hostname)
         ]
         if backend.subset:
             config = self._l7.service(ctx.service) if ctx.service else None
@@ -197,7 +204,7 @@ class MeshResolver:
     ) -> UpstreamTarget | None:
         cluster = self.cluster(ctx, backend)
         service, candidates = self._candidates(ctx, backend, cluster)
-        by_address = {format_address(self._address(w), p): (w, p) for w, p in candidates}
+        by_address = {_endpoint_address(w, p): (w, p) for w, p in candidates}
         endpoints = [Endpoint(a, w.capacity) for a, (w, _) in by_address.items()]
         chosen = cluster.choose(endpoints, exclude, self._hash(ctx, cluster), self._clock())
         if chosen is None:
@@ -211,7 +218,7 @@ class MeshResolver:
             return await connect(workload, ip, port, service)
 
         return UpstreamTarget(
-            key=(cluster.name, workload.uid, str(ip), port),
+            key=(cluster.name, workload.uid, str(ip or workload.hostname), port),
             address=chosen.address,
             http2=http2,
             connect=dial,
@@ -226,11 +233,11 @@ class MeshResolver:
         return {"clusters": [c.dump(now) for _, c in sorted(self._clusters.items())]}
 
     @staticmethod
-    def _address(workload: Workload) -> IPAddress:
+    def _address(workload: Workload) -> IPAddress | None:
         for ip in workload.addresses:
             if ip.version == 4:
                 return ip
-        return workload.addresses[0]
+        return workload.addresses[0] if workload.addresses else None
 
     @staticmethod
     def _http2(service: Service | None, port: int, ctx: RequestContext) -> bool:

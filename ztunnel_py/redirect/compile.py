@@ -38,7 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ztunnel_py.model.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PACKET_MARK
+from ztunnel_py.model.ports import (
+    DNS_PORT,
+    HBONE_PORT,
+    INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT,
+    PACKET_MARK,
+)
 from ztunnel_py.redirect import bpfsys
 from ztunnel_py.redirect.maps import (
     AddrKey,
@@ -274,6 +280,7 @@ def cflags(pin_dir: Path) -> list[str]:
         f"-DZT_PORT_OUTBOUND={OUTBOUND_PORT}",
         f"-DZT_PORT_INBOUND={INBOUND_PLAINTEXT_PORT}",
         f"-DZT_PORT_HBONE={HBONE_PORT}",
+        f"-DZT_PORT_DNS={DNS_PORT}",
         f"-DZT_AGENT_MARK={PACKET_MARK:#x}",
     ]
 

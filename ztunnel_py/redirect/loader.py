@@ -33,6 +33,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from ztunnel_py.linux.netns import NetnsError, entered
+from ztunnel_py.model.ports import DNS_PORT
 from ztunnel_py.redirect import bpfsys, podnet
 from ztunnel_py.redirect.bpffs import DEFAULT_PIN_ROOT, ensure_bpffs
 from ztunnel_py.redirect.compile import (
@@ -59,7 +60,7 @@ from ztunnel_py.redirect.maps import (
 
 # Bump with any change to the structs in bpf/redirect.h: pinned maps of another layout live in
 # another directory and are never reopened with the wrong sizes.
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 SO_NETNS_COOKIE = 71
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")
 PodsMap = bpfsys.PinnedMap[AddrKey, PodConfigStruct]
@@ -304,6 +305,13 @@ class Redirector:
         away by itself when the socket is closed."""
         with _os_errors("update the listener map"):
             self._listeners.update(ListenerKey(pod_id, port), ctypes.c_uint32(listener_fd))
+
+    def register_dns_listener(self, pod_id: int, listener_fd: int, ipv6: bool) -> None:
+        """Make `listener_fd` (the pod's DNS proxy TCP listener of that family) zt_lookup's
+        answer for DNS over TCP that reuses a TIME_WAIT tuple; gone when the socket closes."""
+        key = ListenerKey(pod_id, DNS_PORT, 6 if ipv6 else 4)
+        with _os_errors("update the listener map"):
+            self._listeners.update(key, ctypes.c_uint32(listener_fd))
 
     def pod_interface(self, netns_fd: int) -> tuple[str, list[str]]:
         """The pod's default-route interface and its global addresses: where capture goes."""

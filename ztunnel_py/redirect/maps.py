@@ -67,14 +67,22 @@ class PodConfigStruct(ctypes.Structure):
         ("out_excluded", PortRange * MAX_PORT_RANGES),
         ("saved_accept_local", ctypes.c_uint32),
         ("ifindex", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
     )
 
 
-class ListenerKey(ctypes.Structure):
-    """`struct zt_listener_key`: one of the agent's listeners in a pod's netns."""
+FLAG_DNS_CAPTURE = 0x1  # ZT_FLAG_DNS_CAPTURE
 
-    _fields_ = (("pod_id", ctypes.c_uint64), ("port", ctypes.c_uint32), ("pad", ctypes.c_uint32))
+
+class ListenerKey(ctypes.Structure):
+    """`struct zt_listener_key`: one of the agent's listeners in a pod's netns (family 4 or 6
+    for the DNS proxy's TCP listener of that family, 0 for the dual-stack ones)."""
+
+    _fields_ = (
+        ("pod_id", ctypes.c_uint64),
+        ("port", ctypes.c_uint32),
+        ("family", ctypes.c_uint32),
+    )
 
 
 class PodCountersStruct(ctypes.Structure):
@@ -134,6 +142,8 @@ class PodSettings:
     excluded_outbound_ports: frozenset[int] = field(default_factory=frozenset)
     probe_source_v4: str | None = PROBE_SOURCE_V4
     probe_source_v6: str | None = PROBE_SOURCE_V6
+    # UDP and TCP to port 53 go to the agent's DNS proxy while it listens (fail open)
+    dns_capture: bool = False
 
     def __post_init__(self) -> None:
         inbound = _ports(self.excluded_inbound_ports, "excluded inbound port")
@@ -269,6 +279,7 @@ def encode_config(
     cfg.n_out_excluded = _set_ranges(cfg.out_excluded, settings.excluded_outbound_ports, "outbound")
     cfg.saved_accept_local = saved_accept_local
     cfg.ifindex = ifindex
+    cfg.flags = FLAG_DNS_CAPTURE if settings.dns_capture else 0
     return cfg
 
 
@@ -294,4 +305,5 @@ def decode_settings(cfg: PodConfigStruct) -> PodSettings:
         if cfg.probe_ip4
         else None,
         probe_source_v6=None if probe6.is_unspecified else str(probe6),
+        dns_capture=bool(cfg.flags & FLAG_DNS_CAPTURE),
     )

@@ -31,7 +31,6 @@ UNSUPPORTED_ENV = {
     "INPOD_ENABLED": "pods are always enrolled in-pod",
     "INPOD_PORT_REUSE": "not implemented",
     "XDS_ON_DEMAND": "the whole mesh state is always fetched",
-    "PREFERED_SERVICE_NAMESPACE": "not implemented",
     "FAKE_CA": "certificates always come from the CA",
     "ZTUNNEL_WORKER_THREADS": "one trio thread serves all connections",
     "ZTUNNEL_CPU_LIMIT": "one trio thread serves all connections",
@@ -44,8 +43,20 @@ UNSUPPORTED_ENV = {
     "HTTP2_FRAME_SIZE": "HTTP/2 frame size is fixed",
     "UNSTABLE_ENABLE_SOCKS5": "the SOCKS5 listener is always on",
     "LOCALHOST_APP_TUNNEL": "application tunnels are not implemented",
-    "ISTIO_META_DNS_CAPTURE": "there is no DNS proxy",
-    "ISTIO_META_DNS_PROXY_ADDR": "there is no DNS proxy",
+    "ISTIO_META_DNS_PROXY_ADDR": "the DNS proxy listens on 15053 in each pod",
+}
+
+
+# The settings of a proxy that enrolls no pods (a sidecar, a waypoint): no enrollment socket,
+# no persisted pod state, no BPF capture and no DNS proxy.
+NO_POD_CAPTURE: dict[str, object] = {
+    "enroll_socket": "",
+    "state_dir": "",
+    "no_capture": True,
+    "bpf_pin_root": "",
+    "dns_capture": False,
+    "preferred_service_namespace": "",
+    "mesh_config": "",
 }
 
 
@@ -92,6 +103,14 @@ def _env_headers(prefix: str) -> list[str]:
 
 def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", default=env("NODE_NAME"), help="this node's name (env NODE_NAME)")
+    parser.add_argument(
+        "--dns-resolv-conf",
+        default=env("ZTUNNEL_DNS_RESOLV_CONF", "/etc/resolv.conf"),
+        metavar="FILE",
+        help="the resolv.conf whose nameservers resolve ServiceEntry endpoints known by name "
+        "and get the queries the DNS proxy does not answer (ztunnel uses its own "
+        "resolv.conf's; env ZTUNNEL_DNS_RESOLV_CONF)",
+    )
     parser.add_argument(
         "--local-config",
         default=env("LOCAL_XDS_PATH"),

@@ -129,6 +129,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             (name, value) for name, _, value in (m.partition("=") for m in args.proxy_metadata)
         ),
         local_xds=args.local_xds,
+        dns_capture=args.dns_capture,
+        dns_resolv_conf=Path(args.dns_resolv_conf),
+        dns_preferred_namespace=args.preferred_service_namespace,
+        mesh_config=Path(args.mesh_config) if args.mesh_config else None,
     )
 
 

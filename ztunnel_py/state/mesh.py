@@ -67,6 +67,9 @@ class ProxyState:
         self._by_address: dict[NetworkAddress, dict[str, Workload]] = {}
         self._services: dict[str, Service] = {}
         self._by_vip: dict[NetworkAddress, dict[str, Service]] = {}
+        # hostname (lower case) -> key -> service: the DNS proxy's index (one hostname may be
+        # defined in several namespaces)
+        self._by_hostname: dict[str, dict[str, Service]] = {}
         # services with range VIPs, searched (longest prefix first) when no exact VIP matches
         self._cidr_vips: dict[str, tuple[NetworkCidr, ...]] = {}
         # service key -> workload uid -> workload listing that service (services may arrive
@@ -116,6 +119,7 @@ class ProxyState:
         self._by_address.clear()
         self._services.clear()
         self._by_vip.clear()
+        self._by_hostname.clear()
         self._cidr_vips.clear()
         self._endpoints.clear()
         self._policies.clear()
@@ -194,6 +198,7 @@ class ProxyState:
     def _upsert_service(self, s: Service) -> None:
         self._remove_service(s.key)
         self._services[s.key] = s
+        self._by_hostname.setdefault(s.hostname.lower(), {})[s.key] = s
         for vip in s.vips:
             self._by_vip.setdefault(vip, {})[s.key] = s
         if s.cidr_vips:
@@ -203,6 +208,7 @@ class ProxyState:
         old = self._services.pop(key, None)
         if old is None:
             return False
+        _discard(self._by_hostname, old.hostname.lower(), key)
         for vip in old.vips:
             _discard(self._by_vip, vip, key)
         self._cidr_vips.pop(key, None)
@@ -258,6 +264,14 @@ class ProxyState:
     def service_by_key(self, key: str) -> Service | None:
         """A service by its xDS name, `namespace/hostname`."""
         return self._services.get(key)
+
+    def services_by_hostname(self, hostname: str) -> list[Service]:
+        """Every service named `hostname` (case-insensitive; one per defining namespace)."""
+        return list(self._by_hostname.get(hostname.lower(), {}).values())
+
+    def service_workloads(self, service: Service) -> list[Workload]:
+        """The workloads listing `service` (its endpoints, whatever their ports)."""
+        return list(self._endpoints.get(service.key, {}).values())
 
     def policy(self, key: str) -> Authorization | None:
         return self._policies.get(key)

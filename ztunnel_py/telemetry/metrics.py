@@ -24,7 +24,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from ztunnel_py.telemetry import accesslog
 from ztunnel_py.telemetry.labels import (
@@ -405,3 +410,88 @@ class CaptureMetrics:
                 labels=pod,
             ),
         ]
+
+
+# ztunnel's buckets for the upstream duration, in seconds
+DNS_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.1, 1.0, 5.0)
+DNS_LABEL_NAMES = (
+    "request_query_type",
+    "request_protocol",
+    "source_canonical_service",
+    "source_canonical_revision",
+)
+
+
+class DnsMetrics:
+    """The DNS proxy's families, named and labelled as ztunnel's (`src/dns/metrics.rs`).
+
+    `istio_dns_requests_total` (every query, answered or forwarded),
+    `istio_dns_upstream_requests_total` and `istio_dns_upstream_failures_total` (forwarded
+    ones, and those that got no answer), `istio_dns_upstream_request_duration_seconds` (a
+    histogram with ztunnel's buckets). Labels: `request_query_type` (`a`, `aaaa`, ... lower
+    case), `request_protocol` (`udp`, `tcp`), and the source workload's
+    `source_canonical_service` and `source_canonical_revision` (`unknown` when the source is
+    not known). Updated from the trio thread only.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str) -> _Family:
+            return _Family(name, doc, DNS_LABEL_NAMES, is_counter=True)
+
+        self._requests = counter("istio_dns_requests", "Total number of DNS requests (unstable)")
+        self._upstream = counter(
+            "istio_dns_upstream_requests",
+            "Total number of DNS requests forwarded to upstream (unstable)",
+        )
+        self._failures = counter(
+            "istio_dns_upstream_failures",
+            "Total number of DNS requests that failed to forward upstream (unstable)",
+        )
+        # label values -> [count per bucket (cumulative at collection), sum]
+        self._durations: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        registry.register(_Collector([self._requests, self._upstream, self._failures]))
+        registry.register(self)
+
+    @staticmethod
+    def labels(query_type: str, protocol: str, service: str, revision: str) -> tuple[str, ...]:
+        return (query_type.lower(), protocol, service or "unknown", revision or "unknown")
+
+    def request(self, labels: tuple[str, ...]) -> None:
+        self._requests.cell(labels)[0] += 1
+
+    def forwarded(self, labels: tuple[str, ...], seconds: float, failed: bool) -> None:
+        self._upstream.cell(labels)[0] += 1
+        if failed:
+            self._failures.cell(labels)[0] += 1
+        counts, total = self._durations.setdefault(
+            labels, ([0] * (len(DNS_DURATION_BUCKETS) + 1), [0.0])
+        )
+        index = next(
+            (i for i, bound in enumerate(DNS_DURATION_BUCKETS) if seconds <= bound),
+            len(DNS_DURATION_BUCKETS),
+        )
+        counts[index] += 1
+        total[0] += seconds
+
+    def _histogram(self, with_samples: bool = True) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "istio_dns_upstream_request_duration_seconds",
+            "Total time in seconds Istio takes to get DNS response from upstream (unstable)",
+            labels=DNS_LABEL_NAMES,
+        )
+        if with_samples:
+            for values, (counts, total) in list(self._durations.items()):
+                cumulative, buckets = 0, []
+                for bound, count in zip(
+                    (*map(str, DNS_DURATION_BUCKETS), "+Inf"), counts, strict=True
+                ):
+                    cumulative += count
+                    buckets.append((bound, cumulative))
+                family.add_metric(list(values), buckets, total[0])
+        return family
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._histogram(with_samples=False)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._histogram()]

@@ -11,8 +11,10 @@ The commands and their readiness signals are the contract with `controlplane` an
 - `ztunnel-py agent --node NODE --xds-address ADDRESS --ca-address ADDRESS (that address)
   --ca-root-cert DIR/ca/root-cert.pem --auth-token TOKENFILE --enroll-socket
   NODEDIR/ztunnel.sock --state-dir NODEDIR --bpf-pin-root
-  /sys/fs/bpf/ztunnel-py/testbed/<prefix><node>` in `<prefix><node>` (the CA root also
-  verifies the xDS server);
+  /sys/fs/bpf/ztunnel-py/testbed/<prefix><node> --dns-resolv-conf STATE/dns/resolv.conf` in
+  `<prefix><node>` with `--mesh-config STATE/mesh/mesh` (the CA root also verifies the xDS
+  server; the resolv.conf names the cluster DNS, which the DNS proxy forwards to; the mesh
+  config is ConfigMap istio-system/istio's `mesh` key, mirrored there by `testbed apply`);
   ready when `GET 127.0.0.1:15021/healthz/ready` in the node's namespace answers 200 (held until
   the first workload xDS responses are applied);
 - every pod then goes through `ztunnel-py cni ADD` (`runtime.py`), which enrolls the pods of
@@ -25,7 +27,8 @@ The commands and their readiness signals are the contract with `controlplane` an
 - a waypoint pod (`testbed apply` of a Gateway of class istio-waypoint, `waypoints.py`) runs
   `ztunnel-py waypoint run --node NODE --xds-address ADDRESS --ca-address ADDRESS --ca-root-cert
   DIR/ca/root-cert.pem --auth-token <its node's token file> --instance-ip IP --pod-name POD
-  --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY` in the pod's namespace;
+  --pod-namespace NS --service-account GATEWAY --gateway-name GATEWAY --dns-resolv-conf
+  STATE/dns/resolv.conf` in the pod's namespace;
   ready when `GET 127.0.0.1:15021/healthz/ready` there answers 200 (held until its first xDS
   responses, workload and L7 types, are applied; its certificate is fetched meanwhile).
 
@@ -50,10 +53,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import ADMIN_PORT, READINESS_PORT
-from ztunnel_py.testbed import image, namespaces, resources, runtime
+from ztunnel_py.testbed import clusterdns, image, namespaces, resources, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.process import ProcessRecord, log_tail, wait_for
 from ztunnel_py.testbed.state import State
@@ -61,6 +65,7 @@ from ztunnel_py.testbed.topology import NodePlan, Topology
 from ztunnel_py.testbed.waypoints import WaypointPlan
 
 CONTROLPLANE = "controlplane"
+MESH_CONFIGMAP = ("istio-system", "istio")
 
 Launch = Callable[[ProcessRecord], None]
 Progress = Callable[[str], None]
@@ -326,6 +331,10 @@ def agent_record(state: State, node: NodePlan, controlplane: SocketAddr) -> Proc
             state.secret_ttl,
             "--bpf-pin-root",
             _pin_root_arg(state, node.name),
+            "--dns-resolv-conf",
+            str(clusterdns.agent_resolv_conf(state)),
+            "--mesh-config",
+            str(mesh_config_file(state)),
         ),
         log=agent_log(state, node.name),
     )
@@ -369,9 +378,35 @@ def waypoint_record(
             waypoint.service_account,
             "--gateway-name",
             waypoint.gateway,
+            # the pod's resolv.conf: a process started with nsenter sees the machine's
+            "--dns-resolv-conf",
+            str(clusterdns.agent_resolv_conf(state)),
         ),
         log=str(state.log_dir / f"waypoint-{waypoint.namespace}-{waypoint.gateway}.log"),
     )
+
+
+def mesh_config_file(state: State) -> Path:
+    """Where the agents read Istio's MeshConfig: the `mesh` key of ConfigMap
+    istio-system/istio, as a kubelet mounts it (`sync_mesh_config` keeps it current)."""
+    return state.state_dir / "mesh" / "mesh"
+
+
+def sync_mesh_config(state: State) -> None:
+    """Mirror the applied `istio` ConfigMap's `mesh` key into the agents' file."""
+    path = mesh_config_file(state)
+    for document in resources.documents(state.config_dir):
+        meta, data = document.get("metadata"), document.get("data")
+        if (
+            document.get("kind") == "ConfigMap"
+            and isinstance(meta, dict)
+            and (meta.get("namespace"), meta.get("name")) == MESH_CONFIGMAP
+            and isinstance(data, dict)
+            and isinstance(data.get("mesh"), str)
+        ):
+            clusterdns.write_file(path, data["mesh"])
+            return
+    path.unlink(missing_ok=True)
 
 
 def agent_log(state: State, node: str) -> str:

@@ -333,28 +333,30 @@ def write(directory: Path, documents: Iterable[Document]) -> list[ObjectRef]:
     return refs
 
 
-def addresses_in_use(directory: Path) -> set[str]:
-    """Pod IPs and cluster IPs of the Pods and Services in `directory` (files that do not parse
-    are skipped: the control plane reports them)."""
-    found: set[str] = set()
-    for path in directory.glob("*.yaml"):
+def documents(directory: Path) -> list[dict[str, Any]]:
+    """Every object in `directory` (files that do not parse are skipped: the control plane
+    reports them)."""
+    found: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.yaml")):
         try:
-            documents = list(yaml.safe_load_all(path.read_text()))
+            found.extend(d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        for document in documents:
-            if not isinstance(document, dict):
-                continue
-            spec, status = document.get("spec"), document.get("status")
-            if document.get("kind") == "Service" and isinstance(spec, dict):
-                found.update(_strings([spec.get("clusterIP"), *(spec.get("clusterIPs") or [])]))
-            elif document.get("kind") == "Pod" and isinstance(status, dict):
-                ips = [
-                    entry.get("ip")
-                    for entry in status.get("podIPs") or []
-                    if isinstance(entry, dict)
-                ]
-                found.update(_strings([status.get("podIP"), *ips]))
+    return found
+
+
+def addresses_in_use(directory: Path) -> set[str]:
+    """Pod IPs and cluster IPs of the Pods and Services in `directory`."""
+    found: set[str] = set()
+    for document in documents(directory):
+        spec, status = document.get("spec"), document.get("status")
+        if document.get("kind") == "Service" and isinstance(spec, dict):
+            found.update(_strings([spec.get("clusterIP"), *(spec.get("clusterIPs") or [])]))
+        elif document.get("kind") == "Pod" and isinstance(status, dict):
+            ips = [
+                entry.get("ip") for entry in status.get("podIPs") or [] if isinstance(entry, dict)
+            ]
+            found.update(_strings([status.get("podIP"), *ips]))
     return found
 
 

@@ -121,6 +121,20 @@ class ControlPlaneStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DnsStatus:
+    """The cluster DNS every pod's resolv.conf names, and the external host outside the mesh."""
+
+    netns: str
+    nameservers: tuple[str, ...]
+    search: tuple[str, ...]  # a pod's, with <ns> for its namespace
+    upstream_zone: str
+    external_netns: str
+    external_host: str
+    external_ips: tuple[str, ...]
+    processes: tuple[ProcessStatus, ...]  # cluster DNS, upstream DNS, external server
+
+
+@dataclass(frozen=True, slots=True)
 class PrometheusStatus:
     """The testbed's Prometheus (`testbed up --prometheus`), reached inside `netns`."""
 
@@ -153,6 +167,7 @@ class TestbedStatus:
     config_dir: str
     fabric: FabricStatus
     controlplane: ControlPlaneStatus
+    dns: DnsStatus
     namespaces: tuple[NamespaceStatus, ...]
     nodes: tuple[NodeStatus, ...]
     pods: tuple[PodStatus, ...]

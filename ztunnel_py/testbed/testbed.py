@@ -34,6 +34,7 @@ from typing import Protocol
 
 from ztunnel_py.telemetry import promql
 from ztunnel_py.testbed import (
+    clusterdns,
     image,
     mesh,
     namespaces,
@@ -49,6 +50,7 @@ from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.status import (
     ControlPlaneStatus,
+    DnsStatus,
     FabricStatus,
     NamespaceStatus,
     NodeStatus,
@@ -287,6 +289,7 @@ class Testbed:
         for node in t.nodes:
             self._build_node(node, progress)
         resources.write(self.state.config_dir, resources.topology_resources(t))
+        self._start_cluster_dns(progress, timeout)
         self._start_pod_servers(progress, timeout)
         if self.state.mode == MODE_AMBIENT:
             progress("starting the mesh: control plane, node agents, CNI")
@@ -337,6 +340,12 @@ class Testbed:
         progress(f"  fabric {t.fabric_netns}: bridge {FABRIC_BRIDGE}, {FABRIC_SUBNET}")
         self._fabric_port(t.cp_netns, "vcp", *t.controlplane_ips)
         progress(f"  control plane namespace {t.cp_netns}: {', '.join(t.controlplane_ips)}")
+        self._fabric_port(t.dns_netns, "vdns", *t.dns_ips)
+        self._fabric_port(t.external_netns, "vext", *t.external_ips)
+        progress(
+            f"  cluster DNS {t.dns_netns}: {', '.join(t.dns_ips)}; external host "
+            f"{t.external_netns}: {', '.join(t.external_ips)}"
+        )
         for ns in self._prometheus_netns:
             ip6 = prometheus.IP6 if t.dual_stack else None
             self._fabric_port(ns, prometheus.FABRIC_IFACE, prometheus.IP, ip6)
@@ -370,18 +379,49 @@ class Testbed:
                 ip("route", "add", other.pod_cidr, "via", other.ip, netns=node.netns)
                 if other.pod_cidr6 is not None and other.ipv6 is not None:
                     ip("-6", "route", "add", other.pod_cidr6, "via", other.ipv6, netns=node.netns)
-        # The control plane answers pods too (sidecars reach it from their pods' netns);
-        # Prometheus scrapes waypoints and sidecars at their pod IPs.
+        # The control plane answers pods too (sidecars reach it from their pods' netns), and
+        # so do the cluster DNS and the external host; Prometheus scrapes waypoints and sidecars
+        # at their pod IPs.
         for ns in (t.cp_netns, *self._prometheus_netns):
             ip("route", "add", node.pod_cidr, "via", node.ip, netns=ns)
+        for outside in (t.dns_netns, t.external_netns):
+            ip("route", "add", node.pod_cidr, "via", node.ip, netns=outside)
+            if node.pod_cidr6 is not None and node.ipv6 is not None:
+                ip("-6", "route", "add", node.pod_cidr6, "via", node.ipv6, netns=outside)
         v6 = f", {node.ipv6}, pods in {node.pod_cidr6}" if node.ipv6 else ""
         progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}{v6}")
         for pod in t.pods_on(node.name):
             wire_pod(node, pod)
+            clusterdns.write_resolv_conf(pod.netns, pod.namespace, t.dns_ips)
             progress(
                 f"    pod {pod.name} ({pod.namespace}, sa {pod.service_account}): "
                 + " ".join(pod.ips)
             )
+
+    def _start_cluster_dns(self, progress: Progress, timeout: float) -> None:
+        t = self.topology
+        clusterdns.write_zones(t, self.state)
+        records = [
+            clusterdns.upstream_record(t, self.state),
+            clusterdns.cluster_record(t, self.state),
+            clusterdns.external_record(t, self.state, sys.executable),
+        ]
+        for record in records:
+            self._launch(record)
+        ports = (clusterdns.UPSTREAM_PORT, 53, clusterdns.EXTERNAL_PORT)
+        for record, port in zip(records, ports, strict=True):
+            assert record.pid is not None
+            process.wait_for(
+                functools.partial(_serving, record.pid, (port,)),
+                [record],
+                timeout,
+                f"{record.name} to listen on {port}",
+            )
+        progress(
+            f"  cluster DNS on {', '.join(t.dns_ips)} :53 (upstream zone "
+            f"{clusterdns.UPSTREAM_ZONE}); external host {clusterdns.EXTERNAL_HOST} serves "
+            f"http :{clusterdns.EXTERNAL_PORT}"
+        )
 
     def _start_pod_servers(self, progress: Progress, timeout: float) -> None:
         started: list[tuple[PodPlan, ProcessRecord, ProcessRecord]] = []
@@ -572,6 +612,7 @@ class Testbed:
                 alive=cp.alive,
                 root_cert=mesh.root_cert(state) if state.mesh else None,
             ),
+            dns=self._dns_status(),
             namespaces=tuple(
                 NamespaceStatus(name, labels) for name, labels in state.namespace_labels.items()
             ),
@@ -581,6 +622,27 @@ class Testbed:
             waypoints=tuple(self._waypoint_status(w) for w in state.waypoints),
             prometheus=self._prometheus_status(),
             processes=tuple(self._proc(r.name) for r in state.processes),
+        )
+
+    def _dns_status(self) -> DnsStatus:
+        t = self.topology
+        search = clusterdns.resolv_conf("<ns>", ()).splitlines()[0].split()[1:]
+        return DnsStatus(
+            netns=t.dns_netns,
+            nameservers=t.dns_ips,
+            search=tuple(search),
+            upstream_zone=clusterdns.UPSTREAM_ZONE,
+            external_netns=t.external_netns,
+            external_host=clusterdns.EXTERNAL_HOST,
+            external_ips=t.external_ips,
+            processes=tuple(
+                self._proc(name)
+                for name in (
+                    clusterdns.CLUSTER_DNS,
+                    clusterdns.UPSTREAM_DNS,
+                    clusterdns.EXTERNAL_SERVER,
+                )
+            ),
         )
 
     def _prometheus_status(self) -> PrometheusStatus | None:
@@ -803,11 +865,18 @@ class Testbed:
                 "plane (bring the testbed up in ambient mode)"
             )
         refs = resources.write(self.config_dir, documents)
+        self._mirror()
         for ref in refs:
             progress(f"{ref} written to {self.config_dir / ref.file_name}")
         for (namespace, name), document in gateways:
             self._reconcile_waypoint(namespace, name, document, progress, timeout)
         return refs
+
+    def _mirror(self) -> None:
+        """What Kubernetes derives from the objects for the pods: kube-dns's records of the
+        Services, and the `istio` ConfigMap as mounted into the agents."""
+        clusterdns.sync(self.state)
+        mesh.sync_mesh_config(self.state)
 
     def delete(
         self, text: str, source: str = "-", progress: Progress = _quiet
@@ -818,6 +887,7 @@ class Testbed:
         objects = resources.parse(text, source)
         self.refresh()
         removed = resources.remove(self.config_dir, [ref for ref, _ in objects])
+        self._mirror()
         for ref, existed in removed:
             progress(f"{ref} deleted" if existed else f"{ref} not found (nothing to delete)")
         for ref, document in objects:
@@ -884,6 +954,7 @@ class Testbed:
         try:
             self._add_netns(wp.netns)
             wire_pod(self.topology.node(wp.node), wp)
+            clusterdns.write_resolv_conf(wp.netns, wp.namespace, self.topology.dns_ips)
             resources.write(self.config_dir, [waypoints.pod_resource(wp, document)])
             record = mesh.waypoint_record(self.state, wp, self.topology.controlplane_address)
             self._launch(record)
@@ -894,6 +965,7 @@ class Testbed:
                 f"waypoint pod {namespace}/{wp.name} to be ready",
             )
             resources.write(self.config_dir, [waypoints.service_resource(wp, document)])
+            clusterdns.sync(self.state)
             self._prometheus_targets_changed()
         except BaseException as exc:
             self._remove_waypoint(wp, _quiet)
@@ -920,7 +992,9 @@ class Testbed:
             self._stop(record, f"the waypoint pod {wp.namespace}/{wp.name}")
             self.state.remove_process(record.name)
         resources.remove(self.config_dir, [resources.ObjectRef("Pod", wp.namespace, wp.name)])
+        clusterdns.sync(self.state)
         namespaces.delete(wp.netns)
+        clusterdns.remove_resolv_conf(wp.netns)
         self.state.remove_namespace(wp.netns)
         self.state.remove_waypoint(wp)
         self._prometheus_targets_changed()
@@ -1006,6 +1080,7 @@ def _teardown(state: State, progress: Progress) -> None:
         if namespaces.exists(name):
             namespaces.delete(name)
             removed.append(name)
+        clusterdns.remove_resolv_conf(name)
     if removed:
         progress(f"deleted {len(removed)} namespaces")
     if state.ambient:

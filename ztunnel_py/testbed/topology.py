@@ -29,6 +29,10 @@ Addressing and wiring:
   fd00:10:250::2, node i's fabric address is fd00:10:250::(10+i), its pods are in
   fd00:10:244:i::/64 (pod slot k is fd00:10:244:i::(10+k), the gateway fd00:10:244:i::1), and
   VIPs come from fd00:10:96::/64 (echo fd00:10:96::10).
+- cluster DNS (`clusterdns.py`): namespace `<prefix>dns` on the fabric, 10.250.0.5 (and
+  fd00:10:250::5), runs dnsmasq; every pod's resolv.conf names it. The "external" host outside
+  the mesh, `<prefix>ext` at 10.250.0.6 (and fd00:10:250::6), runs a pod server and is what the
+  fake upstream zone's `api.external.test` names. Both route the pods' /24s via their nodes.
 - the control plane is addressed over IPv4 (10.250.0.2:15012) unless `controlplane_ipv6=True`
   (dual stack only): then it serves on [fd00:10:250::2]:15012 (monitoring on :15014) and the
   agents reach it there.
@@ -80,6 +84,10 @@ FABRIC_SUBNET = "10.250.0.0/24"
 FABRIC_SUBNET6 = "fd00:10:250::/64"
 CONTROLPLANE_IP = "10.250.0.2"
 CONTROLPLANE_IP6 = "fd00:10:250::2"
+DNS_IP = "10.250.0.5"
+DNS_IP6 = "fd00:10:250::5"
+EXTERNAL_IP = "10.250.0.6"
+EXTERNAL_IP6 = "fd00:10:250::6"
 FABRIC_BRIDGE = "br0"
 HTTP_PORT = 8080
 H2_PORT = 8082
@@ -211,6 +219,24 @@ class Topology:
     controlplane_ipv6: bool = False
 
     @property
+    def dns_netns(self) -> str:
+        return f"{self.prefix}dns"
+
+    @property
+    def external_netns(self) -> str:
+        return f"{self.prefix}ext"
+
+    @property
+    def dns_ips(self) -> tuple[str, ...]:
+        """The cluster DNS server's addresses (every pod's nameservers)."""
+        return (DNS_IP, DNS_IP6) if self.dual_stack else (DNS_IP,)
+
+    @property
+    def external_ips(self) -> tuple[str, ...]:
+        """The external host's addresses (outside the mesh, beyond the nodes)."""
+        return (EXTERNAL_IP, EXTERNAL_IP6) if self.dual_stack else (EXTERNAL_IP,)
+
+    @property
     def controlplane_ips(self) -> tuple[str, ...]:
         """The control plane namespace's fabric addresses."""
         return (CONTROLPLANE_IP, CONTROLPLANE_IP6) if self.dual_stack else (CONTROLPLANE_IP,)
@@ -245,6 +271,8 @@ class Topology:
         return (
             self.fabric_netns,
             self.cp_netns,
+            self.dns_netns,
+            self.external_netns,
             *(n.netns for n in self.nodes),
             *(p.netns for p in self.pods),
         )

@@ -105,6 +105,27 @@ class PodNetns:
             ) from e
         return trio.socket.from_stdlib_socket(sock)
 
+    def datagram(
+        self, host: str, port: int, *, transparent: bool = False
+    ) -> trio.socket.SocketType:
+        """A UDP socket bound to host:port inside the pod netns. `transparent` binds a
+        non-local address (SO_REUSEADDR too, so several sockets can send from it): how DNS
+        answers leave from the resolver address the pod asked."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = self._raw_socket(family, socket.SOCK_DGRAM)
+        try:
+            if transparent:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                _set_transparent(sock, family)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise NetnsError(
+                f"cannot bind UDP {SocketAddr(host, port)} in pod netns: {e.strerror}"
+            ) from e
+        return trio.socket.from_stdlib_socket(sock)
+
     async def connect(
         self,
         address: tuple[str, int],

@@ -38,6 +38,7 @@ from typing import Any
 import trio
 
 from ztunnel_py.config import AgentConfig
+from ztunnel_py.dnsproxy.server import DnsConfigError, UpstreamResolvers, read_nameservers
 from ztunnel_py.http.connection import ServerStream, serve_http
 from ztunnel_py.http.filter import (
     Downstream,
@@ -63,7 +64,7 @@ from ztunnel_py.identity.tls import (
     verify_client_identity,
     verify_server_identity,
 )
-from ztunnel_py.model import Identity, IPAddress, Service, Workload
+from ztunnel_py.model import Identity, IPAddress, Service, TunnelProtocol, Workload
 from ztunnel_py.model.address import SocketAddr, canonical_ip
 from ztunnel_py.model.http import FilterConfig, FilterPhase
 from ztunnel_py.model.ports import HBONE_PORT
@@ -92,8 +93,9 @@ from ztunnel_py.transport.hbone import (
     connect_hbone,
     serve_hbone_connection,
 )
+from ztunnel_py.transport.podsockets import PodNetns
 from ztunnel_py.transport.pool import HbonePool, PoolKey
-from ztunnel_py.transport.relay import ByteStream, RelayError, relay
+from ztunnel_py.transport.relay import ByteStream, RelayError, SocketByteStream, relay
 from ztunnel_py.transport.tls import HandshakeLimit
 from ztunnel_py.waypoint.feed import WaypointFeed
 from ztunnel_py.xds.convert import WORKLOAD_DECODERS
@@ -185,6 +187,17 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _dial(ip: IPAddress, port: int) -> trio.socket.SocketType:
+    """A TCP connection; the caller bounds the time it may take."""
+    sock = trio.socket.socket(trio.socket.AF_INET6 if ip.version == 6 else trio.socket.AF_INET)
+    try:
+        await sock.connect((str(ip), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 @dataclass
 class _Chains:
     """Filter chains per service, rebuilt when the L7 configuration changes."""
@@ -205,6 +218,13 @@ class Waypoint:
         self._rng = random.Random()
         # Istio names a proxy's spans by its cluster, `<workload>.<namespace>`
         self.spans = SpanExporters(f"{me.gateway}.{me.namespace}", self._collector_addresses)
+        # resolving ServiceEntry endpoints known by name, from the waypoint's own netns
+        self.own_netns = PodNetns.own()
+        self.upstreams_dns: UpstreamResolvers | None = None
+        try:
+            self.upstreams_dns = UpstreamResolvers(read_nameservers(config.dns_resolv_conf))
+        except DnsConfigError as e:
+            log.warning("%s: ServiceEntry endpoints known by name cannot be reached", e)
 
     # --- startup ------------------------------------------------------------------------------
 
@@ -475,25 +495,32 @@ class Waypoint:
     # --- upstream -------------------------------------------------------------------------------
 
     async def _connect_endpoint(
-        self, workload: Workload, ip: IPAddress, port: int, service: Service | None
+        self, workload: Workload, ip: IPAddress | None, port: int, service: Service | None
     ) -> ByteStream:
-        """An HBONE tunnel to `ip:port` through the endpoint's node agent, pooled."""
-        cert = await self.rt.certs.fetch(self.me.identity)
-        expected = self.state.upstream_identities(workload, service)
-        upstream = SocketAddr(ip, HBONE_PORT)
-        key = PoolKey(self.me.identity, frozenset(expected), upstream, None)
+        """An HBONE tunnel to `ip:port` through the endpoint's node agent, pooled; plain TCP
+        to an endpoint outside the mesh (a ServiceEntry's), whose host name (`ip` None) is
+        resolved first."""
         timeout = self.config.connect_timeout.total_seconds()
-
-        async def dial() -> HboneClientConnection:
-            sock = trio.socket.socket(
-                trio.socket.AF_INET6 if ip.version == 6 else trio.socket.AF_INET
-            )
+        if ip is None:
+            with trio.move_on_after(timeout):
+                ip = await self._resolve(workload.hostname)
+            if ip is None:
+                raise OSError(f"cannot resolve {workload.hostname} in time")
+        address = ip
+        if workload.tunnel_protocol is not TunnelProtocol.HBONE:
             try:
                 with trio.fail_after(timeout):
-                    await sock.connect((str(ip), HBONE_PORT))
-            except BaseException:
-                sock.close()
-                raise
+                    return SocketByteStream(await _dial(address, port))
+            except trio.TooSlowError as e:
+                raise OSError(f"timed out connecting to {SocketAddr(address, port)}") from e
+        cert = await self.rt.certs.fetch(self.me.identity)
+        expected = self.state.upstream_identities(workload, service)
+        upstream = SocketAddr(address, HBONE_PORT)
+        key = PoolKey(self.me.identity, frozenset(expected), upstream, None)
+
+        async def dial() -> HboneClientConnection:
+            with trio.fail_after(timeout):
+                sock = await _dial(address, HBONE_PORT)
             return await connect_hbone(
                 sock,
                 client_context(cert),
@@ -504,9 +531,18 @@ class Waypoint:
             )
 
         try:
-            return await self.hbone_pool.stream(key, dial, str(SocketAddr(ip, port)), ())
+            return await self.hbone_pool.stream(key, dial, str(SocketAddr(address, port)), ())
         except (HboneError, trio.TooSlowError) as e:
             raise OSError(f"HBONE to {upstream} failed: {e}") from e
+
+    async def _resolve(self, hostname: str) -> IPAddress:
+        """A ServiceEntry endpoint's address, by name, from this pod's resolvers."""
+        if self.upstreams_dns is None:
+            raise OSError(f"cannot resolve {hostname}: no DNS resolvers configured")
+        ip = await self.upstreams_dns.resolve_host(self.own_netns, hostname, 4)
+        if ip is None:
+            raise OSError(f"cannot resolve {hostname}")
+        return ip
 
     async def _proxy_tcp(
         self,
@@ -546,7 +582,11 @@ class Waypoint:
             await req.respond(503)
             return
         endpoint, port = picked
-        ip = next((a for a in endpoint.addresses if a.version == 4), endpoint.addresses[0])
+        # IPv4 first; none for an endpoint known by name (resolved on connecting)
+        ip = next(
+            (a for a in endpoint.addresses if a.version == 4),
+            endpoint.addresses[0] if endpoint.addresses else None,
+        )
         try:
             upstream = await self._connect_endpoint(endpoint, ip, port, service)
         except OSError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ztunnel_py.runtime.args import add_proxy_arguments, env
+from ztunnel_py.runtime.args import NO_POD_CAPTURE, add_proxy_arguments, env
 
 
 def add_waypoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,4 +49,4 @@ def add_waypoint_arguments(parser: argparse.ArgumentParser) -> None:
     )
     # A waypoint has no enrollment socket, no persisted pod state and no capture: it terminates
     # HBONE itself and its pod is not captured.
-    parser.set_defaults(enroll_socket="", state_dir="", no_capture=True, bpf_pin_root="")
+    parser.set_defaults(**NO_POD_CAPTURE)

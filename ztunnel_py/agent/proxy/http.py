@@ -99,7 +99,7 @@ class SidecarHttp:
         await serve_http(SocketByteStream(client), handle, idle_timeout=_IDLE_TIMEOUT)
 
     async def _connect(
-        self, workload: Workload, ip: IPAddress, port: int, service: Service | None
+        self, workload: Workload, ip: IPAddress | None, port: int, service: Service | None
     ) -> ByteStream:
         source = self.state.workload_by_uid(self.pod_uid)
         if source is None:

@@ -4,7 +4,10 @@ Decides where the connection goes (docs/istio-compat.md, "Outbound decision"; no
 gateways yet):
 a service VIP picks a healthy endpoint; a mesh workload (HBONE) gets an HBONE tunnel from a
 socket created inside the source pod's netns, so the source IP stays the pod's; a workload
-without HBONE or an unknown destination gets plain TCP passthrough.
+without HBONE or an unknown destination gets plain TCP passthrough (refused under the mesh
+config's outboundTrafficPolicy REGISTRY_ONLY, `agent/meshconfig.py`). An endpoint known only by
+host name (a ServiceEntry's, `resolution: DNS`) is resolved when the connection is made, as
+ztunnel's on-demand DNS does: an address of the original destination's family first.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class Route:
     hbone: bool
     # through a waypoint: the CONNECT names the original destination, not the waypoint
     via_waypoint: SocketAddr | None = None
+    # an endpoint known by name only: `dst_ip` is the original destination until resolved
+    hostname: str = ""
 
     @property
     def hbone_port(self) -> int:
@@ -119,6 +124,8 @@ def route(
         if picked is None:
             raise OutboundError(f"no healthy upstream for {service.hostname}:{dst_port}", "CONNECT")
         workload, target_port = picked
+        if not workload.addresses and workload.hostname:
+            return Route(dst_ip, target_port, workload, service, False, hostname=workload.hostname)
         ip = _address_for(workload, dst_ip.version)
         return Route(ip, target_port, workload, service, _is_hbone(workload))
     target = state.workload_by_ip(dst_ip, network)
@@ -173,6 +180,8 @@ def traceparent() -> str:
 
 
 Ready = Callable[[OutboundError | None], Awaitable[None]]
+# (the source pod's netns, a host name, the preferred IP version) -> an address, or None
+HostResolver = Callable[[PodNetns, str, int], Awaitable[IPAddress | None]]
 
 
 class Outbound:
@@ -186,8 +195,13 @@ class Outbound:
         metrics: Metrics,
         connect_timeout: timedelta,
         connections: trio.Nursery,
+        resolve_host: HostResolver | None = None,
+        registry_only: Callable[[], bool] = lambda: False,
     ) -> None:
         self.state = state
+        self.resolve_host = resolve_host
+        # outboundTrafficPolicy REGISTRY_ONLY, as the mesh config says now
+        self.registry_only = registry_only
         self.certs = certs
         self.pool = pool
         self.metrics = metrics
@@ -221,6 +235,14 @@ class Outbound:
             if dst_ip.is_loopback and dst_port in POD_LISTENER_PORTS:
                 raise OutboundError(f"refusing a self-call to {dst_text}")
             rt = route(self.state, dst_ip, dst_port, source=source)
+            if rt.workload is None and rt.service is None and self.registry_only():
+                raise OutboundError(
+                    f"{dst_text} is neither a service nor a workload of the mesh "
+                    "(outboundTrafficPolicy REGISTRY_ONLY)",
+                    "DENY",
+                )
+            if rt.hostname:
+                rt.dst_ip = await self._resolve(netns, rt.hostname, dst_ip.version)
         except OutboundError as e:
             connection_failed(src_text, dst_text, SOURCE, str(e))
             if ready is not None:
@@ -276,17 +298,29 @@ class Outbound:
         source: Workload,
         netns: PodNetns,
         workload: Workload,
-        ip: IPAddress,
+        ip: IPAddress | None,
         port: int,
         service: Service | None,
     ) -> ByteStream:
         """A byte stream from `source`'s pod to one endpoint, for a proxy that already chose it
-        (the sidecar's HTTP engine): an HBONE tunnel when the endpoint is in the mesh, else
-        plain TCP. `OutboundError` when it cannot be opened."""
+        (the sidecar's HTTP engine; `ip` None: the endpoint is known by host name only): an
+        HBONE tunnel when the endpoint is in the mesh, else plain TCP. `OutboundError` when it
+        cannot be opened."""
+        if ip is None:
+            ip = await self._resolve(netns, workload.hostname, 4)
         rt = Route(ip, port, workload, service, _is_hbone(workload))
         if rt.hbone:
             return await self._open_hbone(source, netns, rt, None)
         return SocketByteStream(await self._open_tcp(netns, rt))
+
+    async def _resolve(self, netns: PodNetns, hostname: str, version: int) -> IPAddress:
+        if self.resolve_host is None:
+            raise OutboundError(f"cannot resolve {hostname}: no DNS resolvers configured")
+        with trio.move_on_after(self.connect_timeout):
+            ip = await self.resolve_host(netns, hostname, version)
+            if ip is not None:
+                return ip
+        raise OutboundError(f"cannot resolve {hostname}", "CONNECT")
 
     async def _open_tcp(self, netns: PodNetns, rt: Route) -> trio.socket.SocketType:
         try:

@@ -25,7 +25,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ztunnel_py.controlplane.jwks import HostAddresses, JwksResult
 from ztunnel_py.controlplane.resources import (
@@ -35,6 +35,7 @@ from ztunnel_py.controlplane.resources import (
     ResourceKey,
 )
 from ztunnel_py.controlplane.snapshot import WaypointScope
+from ztunnel_py.controlplane.translate import autoallocate
 from ztunnel_py.controlplane.translate import policies as pol
 from ztunnel_py.controlplane.translate import services as svc
 from ztunnel_py.controlplane.translate import workloads as wl
@@ -109,6 +110,8 @@ class TranslationCache:
 
     workloads: Mapping[ResourceKey, _Built] = field(default_factory=dict)
     policies: Mapping[ResourceKey, _BuiltPolicy] = field(default_factory=dict)
+    # ServiceEntry hosts' automatically allocated VIPs: kept while their hosts exist
+    vips: autoallocate.Allocation = field(default_factory=autoallocate.Allocation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +218,10 @@ class _Translator:
     def run(self) -> Translation:
         self._members()
         self._kubernetes_services()
+        self.vips = autoallocate.allocate(self.by_kind["ServiceEntry"], self.cache.vips)
+        self.allocated: dict[tuple[str, str], dict[str, tuple[IPAddress, ...]]] = defaultdict(dict)
+        for (entry_namespace, entry_name, host), ips in self.vips.addresses.items():
+            self.allocated[(entry_namespace, entry_name)][host] = ips
         self._service_entries()
         self._authorization_policies()
         self._peer_authentications()
@@ -242,7 +249,7 @@ class _Translator:
             warn=self.warn,
             keys=self._key_lookup(workloads),
         ).build()
-        cache = TranslationCache(self.built, self.built_policies)
+        cache = TranslationCache(self.built, self.built_policies, self.vips)
         return Translation(
             workloads,
             self.services,
@@ -390,9 +397,10 @@ class _Translator:
                     "with istiod",
                 )
                 continue
+            allocated = self.allocated.get((entry.namespace, entry.name), {})
             added = [
                 s
-                for i, s in enumerate(svc.service_entry_services(entry))
+                for i, s in enumerate(svc.service_entry_services(entry, allocated))
                 if self._add_service(s, entry, f"spec.hosts[{i}]")
             ]
             selector = entry.spec.get("workloadSelector")
@@ -408,6 +416,10 @@ class _Translator:
                     member.services[service.key] = dict(mapping)
 
     def _service_entry_workloads(self, entry: Resource) -> list[Workload]:
+        """Its endpoints as workloads; a DNS ServiceEntry without endpoints (and without a
+        workloadSelector) gets one implicit endpoint per host, addressed by that host name, as
+        istiod builds them. An endpoint addressed by name is a workload with a `hostname` and
+        no address: the proxies resolve it when they connect."""
         o = self.options
         out = []
         ports = svc.service_entry_ports(entry)
@@ -417,15 +429,24 @@ class _Translator:
             for k in keys
             if self.services.get(k) is not None and self.services[k].name == entry.name
         ]
-        for i, endpoint in enumerate(entry.spec.get("endpoints") or ()):
+        endpoints: list[tuple[int, Mapping[str, Any], list[str]]] = [
+            (i, endpoint, keys) for i, endpoint in enumerate(entry.spec.get("endpoints") or ())
+        ]
+        implicit = (
+            not endpoints
+            and entry.spec.get("resolution") in ("DNS", "DNS_ROUND_ROBIN")
+            and entry.spec.get("workloadSelector") is None
+        )
+        if implicit:
+            endpoints = [(-1, {"address": key.partition("/")[2]}, [key]) for key in keys]
+        for i, endpoint, services in endpoints:
             address = endpoint.get("address", "")
             ip = wl.parse_address(address)
-            if ip is None:
+            if address.startswith("unix://"):
                 self.warn(
                     entry,
                     f"spec.endpoints[{i}].address",
-                    f"endpoint {address!r} is not an IP address: DNS endpoints are not "
-                    "supported, ignored",
+                    "unix domain socket addresses are not supported: ignored",
                 )
                 continue
             labels = endpoint.get("labels") or {}
@@ -444,7 +465,8 @@ class _Translator:
                     uid=uid,
                     name=entry.name,
                     namespace=entry.namespace,
-                    addresses=(ip,),
+                    addresses=(ip,) if ip is not None else (),
+                    hostname="" if ip is not None else address,
                     service_account=endpoint.get("serviceAccount") or "default",
                     trust_domain=o.trust_domain,
                     network=endpoint.get("network") or "",
@@ -454,7 +476,7 @@ class _Translator:
                     canonical_revision=revision,
                     workload_name=entry.name,
                     workload_type=wl.WORKLOAD_TYPE,
-                    services={k: dict(mapping) for k in keys},
+                    services={k: dict(mapping) for k in services},
                     # istiod selects them by the ServiceEntry's labels, as the canonical service
                     authorization_policies=self._policies_for_labels(entry.namespace, entry.labels),
                     cluster_id=o.cluster_id,

@@ -7,8 +7,9 @@ targetPort: each workload resolves the name against its own container ports), `i
 from `spec.ipFamilies`, and load balancing from `spec.trafficDistribution: PreferClose` (or the
 `networking.istio.io/traffic-distribution` annotation), `internalTrafficPolicy: Local` (this
 node's endpoints only) and `publishNotReadyAddresses` (unhealthy endpoints too). A ServiceEntry
-becomes one Service per host, its `addresses` as VIPs; a ServiceEntry with an address range
-(more than one IP) gets no service at all, as with istiod.
+becomes one Service per host, its `addresses` as VIPs (or, without any, the addresses istiod's
+autoallocation gives the host: `autoallocate.py`); a ServiceEntry with an address range (more
+than one IP) gets no service at all, as with istiod.
 
 Each port's application protocol is read as istiod reads it (`kube.ConvertProtocol` and
 `protocol.Parse`): a Service port's `appProtocol`, else the prefix of its name before the first
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
-from ztunnel_py.model import NetworkAddress, Service
+from ztunnel_py.model import IPAddress, NetworkAddress, Service
 from ztunnel_py.model.workload import (
     AppProtocol,
     HealthPolicy,
@@ -172,13 +173,17 @@ def service_entry_ports(entry: Resource) -> list[Mapping[str, Any]]:
     return list(entry.spec.get("ports") or ())
 
 
-def service_entry_services(entry: Resource) -> list[Service]:
-    """One Service per host of a ServiceEntry."""
+def service_entry_services(
+    entry: Resource, allocated: Mapping[str, tuple[IPAddress, ...]] | None = None
+) -> list[Service]:
+    """One Service per host of a ServiceEntry: its `addresses` as VIPs, else the host's
+    automatically allocated ones (`allocated`, by host; `autoallocate.py`)."""
     vips: list[NetworkAddress] = []
     for address in entry.spec.get("addresses") or ():
         network = ipaddress.ip_network(address, strict=False)
         if network.num_addresses == 1:
             vips.append(NetworkAddress("", network.network_address))
+    allocated = allocated or {}
     entry_ports = service_entry_ports(entry)
     ports = {p["number"]: p.get("targetPort", p["number"]) for p in entry_ports}
     protocols = _known(
@@ -194,7 +199,7 @@ def service_entry_services(entry: Resource) -> list[Service]:
             name=entry.name,
             namespace=entry.namespace,
             hostname=host,
-            vips=tuple(vips),
+            vips=tuple(vips) or tuple(NetworkAddress("", ip) for ip in allocated.get(host, ())),
             ports=dict(ports),
             subject_alt_names=sans,
             app_protocols=dict(protocols),

@@ -23,10 +23,22 @@
  *     and new SYNs (no ACK) are hairpinned to ingress with bpf_redirect(BPF_F_INGRESS), except
  *     towards the probe source or an excluded port. Everything else passes.
  *
- * Only TCP is captured. IPv4 options and the IPv6 hop-by-hop, routing, destination-options
- * and authentication headers are skipped; TCP that cannot be inspected (IPv4 fragments, an
- * IPv6 fragment header in front of TCP, more than ZT_MAX_EXT_HDRS extension headers) to or
- * from a pod IP is dropped rather than let through uncaptured. ESP is opaque and passes.
+ * DNS (pods with ZT_FLAG_DNS_CAPTURE): UDP datagrams and new TCP connections from a pod IP to
+ * port 53, anywhere, are hairpinned like new SYNs and assigned in zt_ingress to the agent's DNS
+ * proxy sockets on 127.0.0.1:ZT_PORT_DNS (IPv6: [::1]), found by a socket lookup with that
+ * destination (a TCP SYN on the tuple of a TIME_WAIT socket goes through zt_lookup, which
+ * gives it the proxy's listener of its family); what happens next (the original destination
+ * the proxy answers from) is the proxy's business. Unlike everything else, DNS fails open: zt_egress hairpins it only while
+ * the proxy's socket of that protocol and family exists (the same lookup, made in the pod's
+ * netns before the redirect), so with the agent down queries reach the pod's resolver
+ * directly. A proxy socket that disappears between egress and ingress drops that one packet;
+ * the client's retry then goes direct. TCP to other ports stays fail-closed.
+ *
+ * Only TCP (and DNS over UDP) is captured. IPv4 options and the IPv6 hop-by-hop, routing,
+ * destination-options and authentication headers are skipped; TCP that cannot be inspected
+ * (IPv4 fragments, an IPv6 fragment header in front of TCP, more than ZT_MAX_EXT_HDRS extension
+ * headers) to or from a pod IP is dropped rather than let through uncaptured. Fragmented UDP is
+ * not inspected and passes. ESP is opaque and passes.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -42,14 +54,16 @@
 #define ZT_IP_FRAGMENTED 0x3fff /* IP_MF | IP_OFFSET */
 #define ZT_TCP_FLAG_SYN 0x02
 #define ZT_TCP_FLAG_ACK 0x10
+#define ZT_DNS_PORT 53
 
 BPF_TABLE_PINNED("hash", struct zt_addr, struct zt_pod_config, zt_pods,
                  ZT_MAX_PODS * 2, ZT_PIN_DIR "/pods");
 BPF_TABLE_PINNED("hash", __u64, struct zt_pod_counters, zt_counters, ZT_MAX_PODS,
                  ZT_PIN_DIR "/counters");
-/* Each pod's agent listeners (15001, 15006, 15008) by (pod id, port), for zt_lookup; the agent
- * inserts them, and the kernel removes an entry when its socket closes. */
-BPF_TABLE_PINNED("sockhash", struct zt_listener_key, __u32, zt_listeners, ZT_MAX_PODS * 3,
+/* Each pod's agent listeners (15001, 15006, 15008, and the DNS proxy's TCP listener of each
+ * family) by (pod id, port, family), for zt_lookup; the agent inserts them, and the kernel
+ * removes an entry when its socket closes. */
+BPF_TABLE_PINNED("sockhash", struct zt_listener_key, __u32, zt_listeners, ZT_MAX_PODS * 5,
                  ZT_PIN_DIR "/listeners");
 /* SYNs zt_ingress left to the kernel because their tuple belongs to a TIME_WAIT socket, and
  * the listener zt_lookup must give each (see there). An entry lives from the tc program to the
@@ -64,6 +78,7 @@ BPF_TABLE_PINNED("lru_hash", struct zt_flow, struct zt_reuse_entry, zt_reuse, 40
 struct zt_packet {
     __u8 family;       /* 4 or 6; 0: not IP */
     __u8 tcp;          /* a TCP header was read */
+    __u8 udp;          /* a UDP header was read (unfragmented datagrams only) */
     __u8 uninspectable; /* TCP (or possibly TCP) whose header cannot be read */
     __u8 flags;        /* TCP flags byte */
     __be16 sport;
@@ -91,6 +106,17 @@ static __always_inline int zt_read_tcp(struct __sk_buff *skb, __u32 off, struct 
     return 0;
 }
 
+static __always_inline int zt_read_udp(struct __sk_buff *skb, __u32 off, struct zt_packet *p)
+{
+    __be16 ports[2];
+    if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+        return 0;
+    p->sport = ports[0];
+    p->dport = ports[1];
+    p->udp = 1;
+    return 0;
+}
+
 static __always_inline int zt_parse4(struct __sk_buff *skb, struct zt_packet *p)
 {
     struct iphdr ip;
@@ -99,6 +125,11 @@ static __always_inline int zt_parse4(struct __sk_buff *skb, struct zt_packet *p)
     p->family = 4;
     p->saddr[0] = ip.saddr;
     p->daddr[0] = ip.daddr;
+    if (ip.protocol == IPPROTO_UDP) {
+        if (ip.frag_off & bpf_htons(ZT_IP_FRAGMENTED))
+            return 0;
+        return zt_read_udp(skb, ETH_HLEN + ip.ihl * 4, p);
+    }
     if (ip.protocol != IPPROTO_TCP)
         return 0;
     if (ip.frag_off & bpf_htons(ZT_IP_FRAGMENTED)) {
@@ -144,12 +175,16 @@ static __always_inline int zt_parse6(struct __sk_buff *skb, struct zt_packet *p)
             return 0;
         case IPPROTO_TCP:
             return zt_read_tcp(skb, off, p);
+        case IPPROTO_UDP:
+            return zt_read_udp(skb, off, p);
         default:
             return 0; /* another upper-layer protocol, or ESP */
         }
     }
     if (nexthdr == IPPROTO_TCP)
         return zt_read_tcp(skb, off, p);
+    if (nexthdr == IPPROTO_UDP)
+        return zt_read_udp(skb, off, p);
     if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING && nexthdr != IPPROTO_DSTOPTS &&
         nexthdr != IPPROTO_AH && nexthdr != IPPROTO_FRAGMENT)
         return 0;
@@ -277,6 +312,26 @@ static __always_inline void zt_count(__u64 *field)
     __sync_fetch_and_add(field, 1);
 }
 
+/* Deliver the packet to `sk` (referenced; released here), or drop it when there is none or the
+ * assign fails (fail closed). */
+static __always_inline int zt_deliver(struct __sk_buff *skb, struct bpf_sock *sk,
+                                      struct zt_pod_counters *cnt)
+{
+    long err = -1;
+    if (sk) {
+        err = bpf_sk_assign(skb, sk, 0);
+        bpf_sk_release(sk);
+    }
+    if (err) {
+        if (cnt)
+            zt_count(&cnt->drops);
+        return TC_ACT_SHOT;
+    }
+    if (cnt)
+        zt_count(&cnt->assigns);
+    return TC_ACT_OK;
+}
+
 /* Deliver the packet to the agent's listener on `port`, or drop it (fail closed). */
 static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_packet *p, __u16 port,
                                      struct zt_pod_counters *cnt)
@@ -285,23 +340,53 @@ static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_pack
     __u32 size = 0;
     zt_tuple(p, &t, bpf_htons(port), &size);
     struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
-    if (!sk)
-        goto drop;
-    if (sk->state != BPF_TCP_LISTEN) {
+    if (sk && sk->state != BPF_TCP_LISTEN) {
         bpf_sk_release(sk);
-        goto drop;
+        sk = 0;
     }
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err)
-        goto drop;
-    if (cnt)
-        zt_count(&cnt->assigns);
-    return TC_ACT_OK;
-drop:
-    if (cnt)
-        zt_count(&cnt->drops);
-    return TC_ACT_SHOT;
+    return zt_deliver(skb, sk, cnt);
+}
+
+/* DNS to be handed to the agent's proxy: UDP, or a new TCP connection, to port 53. */
+static __always_inline int zt_is_dns(const struct zt_pod_config *cfg, const struct zt_packet *p)
+{
+    if (!(cfg->flags & ZT_FLAG_DNS_CAPTURE) || p->dport != bpf_htons(ZT_DNS_PORT))
+        return 0;
+    return p->udp || (p->tcp && zt_is_syn(p));
+}
+
+/* The agent's DNS proxy socket for this packet's protocol and family (127.0.0.1:ZT_PORT_DNS
+ * or [::1]:ZT_PORT_DNS in the current netns), referenced; NULL when the agent has none. */
+static __always_inline struct bpf_sock *zt_dns_socket(struct __sk_buff *skb,
+                                                      const struct zt_packet *p)
+{
+    struct bpf_sock_tuple t = {};
+    __u32 size = 0;
+    zt_tuple(p, &t, bpf_htons(ZT_PORT_DNS), &size);
+    if (p->family == 4) {
+        t.ipv4.daddr = bpf_htonl(0x7f000001);
+    } else {
+        __builtin_memset(t.ipv6.daddr, 0, 16);
+        t.ipv6.daddr[3] = bpf_htonl(1);
+    }
+    struct bpf_sock *sk;
+    if (p->udp)
+        sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    else
+        sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    if (sk && p->tcp && sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        return 0;
+    }
+    return sk;
+}
+
+/* Deliver hairpinned DNS to the agent's proxy, or drop it (its socket went away since egress
+ * looked). */
+static __always_inline int zt_assign_dns(struct __sk_buff *skb, const struct zt_packet *p,
+                                         struct zt_pod_counters *cnt)
+{
+    return zt_deliver(skb, zt_dns_socket(skb, p), cnt);
 }
 
 static __always_inline void zt_flow_addr(struct zt_addr *out, const struct zt_packet *p,
@@ -356,15 +441,20 @@ int zt_ingress(struct __sk_buff *skb)
     if ((skb->mark & ZT_ROUTE_MARK_MASK) == ZT_ROUTE_MARK) {
         /* Hairpinned by zt_egress (marks never cross into the pod netns from outside). */
         struct zt_pod_config *cfg = zt_pod(&p, p.saddr);
-        if (!cfg || !p.tcp)
+        if (!cfg || !(p.tcp || p.udp))
             return TC_ACT_OK;
         struct zt_pod_counters *cnt = zt_counters.lookup(&cfg->pod_id);
         bpf_skb_change_type(skb, PACKET_HOST);
+        if (p.udp)
+            return zt_is_dns(cfg, &p) ? zt_assign_dns(skb, &p, cnt) : TC_ACT_OK;
         __u32 owner = zt_owner_state(skb, &p);
         if (!zt_is_syn(&p) || (owner != ZT_NO_SOCKET && owner != BPF_TCP_TIME_WAIT))
             return TC_ACT_OK;
+        int dns = zt_is_dns(cfg, &p);
         if (owner == BPF_TCP_TIME_WAIT)
-            return zt_leave_to_lookup(&p, cfg, ZT_PORT_OUTBOUND, cnt);
+            return zt_leave_to_lookup(&p, cfg, dns ? ZT_PORT_DNS : ZT_PORT_OUTBOUND, cnt);
+        if (dns)
+            return zt_assign_dns(skb, &p, cnt);
         return zt_assign(skb, &p, ZT_PORT_OUTBOUND, cnt);
     }
 
@@ -426,6 +516,20 @@ int zt_egress(struct __sk_buff *skb)
             zt_count(&cnt->drops);
         return TC_ACT_SHOT;
     }
+    if (!p.tcp && !p.udp)
+        return TC_ACT_OK;
+    if (zt_is_dns(cfg, &p) && !zt_port_excluded(cfg->out_excluded, cfg->n_out_excluded, p.dport) &&
+        (p.udp || !zt_existing_flow(skb, &p))) {
+        /* Fail open: straight to the pod's resolver while the agent's proxy is missing. */
+        struct bpf_sock *sk = zt_dns_socket(skb, &p);
+        if (!sk) {
+            if (cnt)
+                zt_count(&cnt->exempt);
+            return TC_ACT_OK;
+        }
+        bpf_sk_release(sk);
+        goto hairpin;
+    }
     if (!p.tcp)
         return TC_ACT_OK;
     if (zt_is_probe(cfg, &p, p.daddr)) {
@@ -442,6 +546,7 @@ int zt_egress(struct __sk_buff *skb)
             return TC_ACT_OK;
         }
     }
+hairpin:
     skb->mark = (skb->mark & ~ZT_ROUTE_MARK_MASK) | ZT_ROUTE_MARK;
     if (cnt)
         zt_count(&cnt->outbound);
@@ -451,10 +556,12 @@ int zt_egress(struct __sk_buff *skb)
 /*
  * zt_lookup (BPF_SK_LOOKUP, linked to each pod netns) answers the kernel's listener lookups
  * for the SYNs zt_ingress left to the kernel because their tuple belonged to a TIME_WAIT
- * socket (zt_leave_to_lookup): outbound ones hairpinned from the pod, and inbound ones to the
- * pod, from another node or from a pod of this one. The kernel retired the TIME_WAIT socket
- * and asks for a listener; the answer is the agent's listener zt_ingress chose, or a drop
- * when it is missing (fail closed, never the app's own listener).
+ * socket (zt_leave_to_lookup): outbound ones hairpinned from the pod (DNS over TCP among them,
+ * for the proxy's listener of the lookup's family), and inbound ones to the pod, from another
+ * node or from a pod of this one. The kernel retired the TIME_WAIT socket and asks for a
+ * listener; the answer is the agent's listener zt_ingress chose, or a drop when it is missing
+ * (fail closed, never the app's own listener; a DNS client's retry then finds no proxy in
+ * zt_egress and goes to its resolver).
  * Only a lookup matching a fresh entry exactly (both addresses and ports, and arriving on the
  * pod's interface) counts: the entry is consumed by it. Every other lookup passes untouched,
  * among them the socket lookups of zt_ingress and zt_egress, which run through this program
@@ -490,6 +597,8 @@ int zt_lookup(struct bpf_sk_lookup *ctx)
         return SK_PASS;
     struct zt_pod_counters *cnt = zt_counters.lookup(&entry.pod_id);
     struct zt_listener_key lk = {.pod_id = entry.pod_id, .port = entry.port};
+    if (entry.port == ZT_PORT_DNS)
+        lk.family = ctx->family == 10 ? 6 : 4;
     struct bpf_sock *sk = (struct bpf_sock *)zt_listeners.lookup(&lk);
     long err = -1;
     if (sk) {
@@ -503,7 +612,7 @@ int zt_lookup(struct bpf_sk_lookup *ctx)
     }
     if (cnt) {
         zt_count(&cnt->assigns);
-        if (entry.port != ZT_PORT_OUTBOUND)
+        if (entry.port == ZT_PORT_INBOUND || entry.port == ZT_PORT_HBONE)
             zt_count(&cnt->inbound);
     }
     return SK_PASS;

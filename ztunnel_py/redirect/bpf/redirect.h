@@ -21,42 +21,20 @@
 #define ZT_MAX_PORT_RANGES 16 /* excluded port ranges per direction */
 
 /* The ports of the agent's listeners inside the pod netns (ZT_PORT_OUTBOUND, ZT_PORT_INBOUND,
- * ZT_PORT_HBONE) and the SO_MARK of the agent's sockets (ZT_AGENT_MARK) are defined once, in
- * ztunnel_py/model/ports.py; ztunnel_py/redirect/compile.py passes them as -D flags. */
+ * ZT_PORT_HBONE, the DNS proxy's ZT_PORT_DNS) and the SO_MARK of the agent's sockets
+ * (ZT_AGENT_MARK) are defined once, in ztunnel_py/model/ports.py;
+ * ztunnel_py/redirect/compile.py passes them as -D flags. */
 #if !defined(ZT_PORT_OUTBOUND) || !defined(ZT_PORT_INBOUND) || !defined(ZT_PORT_HBONE) || \
-    !defined(ZT_AGENT_MARK)
-#error "compile with -DZT_PORT_OUTBOUND, -DZT_PORT_INBOUND, -DZT_PORT_HBONE and -DZT_AGENT_MARK"
-/* zt_listeners key: one of the agent's listeners (ZT_PORT_*) in a pod's netns. */
-struct zt_listener_key {
-    __u64 pod_id;
-    __u32 port;
-    __u32 pad;
-};
-
-/* zt_reuse key: a connection as the kernel's listener lookup sees it (remote = the packet's
- * source). IPv4 addresses are stored IPv4-mapped, as in zt_addr; ports in host order. */
-struct zt_flow {
-    struct zt_addr remote;
-    struct zt_addr local;
-    __u16 remote_port;
-    __u16 local_port;
-    __u32 pad;
-};
-
-/* zt_reuse value: which listener takes the SYN, and when tc recorded it. */
-struct zt_reuse_entry {
-    __u64 pod_id;
-    __u64 at_ns;
-    __u32 port;
-    __u32 ifindex;
-};
-
+    !defined(ZT_PORT_DNS) || !defined(ZT_AGENT_MARK)
+#error "compile with -DZT_PORT_OUTBOUND, -DZT_PORT_INBOUND, -DZT_PORT_HBONE, -DZT_PORT_DNS and -DZT_AGENT_MARK"
 #endif
 /* The agent's mark is compared under this mask, as Istio does. */
 #define ZT_AGENT_MARK_MASK 0xfff
 /* Set on hairpinned packets; `ip rule fwmark 0x400/0xf00` routes them to the local table. */
 #define ZT_ROUTE_MARK 0x400
 #define ZT_ROUTE_MARK_MASK 0xf00
+/* zt_pod_config.flags: the pod's DNS (UDP and TCP to port 53) goes to the agent's proxy. */
+#define ZT_FLAG_DNS_CAPTURE 0x1
 
 struct zt_port_range {
     __u16 lo; /* inclusive, host byte order */
@@ -88,7 +66,7 @@ struct zt_pod_config {
      * the index of the interface the programs are attached to (for map dumps). */
     __u32 saved_accept_local;
     __u32 ifindex;
-    __u32 pad;
+    __u32 flags; /* ZT_FLAG_* */
 };
 
 struct zt_pod_counters {
@@ -100,11 +78,13 @@ struct zt_pod_counters {
     __u64 spoofed;    /* packets from outside carrying a pod IP as source, dropped */
 };
 
-/* zt_listeners key: one of the agent's listeners (ZT_PORT_*) in a pod's netns. */
+/* zt_listeners key: one of the agent's listeners (ZT_PORT_*) in a pod's netns. The DNS
+ * proxy has a TCP listener per family (127.0.0.1 and [::1]): family 4 or 6 for ZT_PORT_DNS,
+ * 0 for the dual-stack 15001, 15006 and 15008. */
 struct zt_listener_key {
     __u64 pod_id;
     __u32 port;
-    __u32 pad;
+    __u32 family;
 };
 
 /* zt_reuse key: a connection as the kernel's listener lookup sees it (remote = the packet's
