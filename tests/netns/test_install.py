@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.compile import PROGRAMS
+from ztunnel_py.redirect.compile import MAPS, PROGRAMS
 
 pytestmark = pytest.mark.netns
 
@@ -110,4 +110,4 @@ def test_a_pip_installed_package_compiles_and_loads_the_capture_programs(
             assert bpfsys.program_tag(fd) == report["programs"][name]["tag"]
         finally:
             os.close(fd)
-    assert {p.name for p in pin_dir.iterdir()} == {*PROGRAMS, "pods", "counters", "listeners"}
+    assert {p.name for p in pin_dir.iterdir()} == {*PROGRAMS, *MAPS}

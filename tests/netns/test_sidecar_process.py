@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,12 +99,9 @@ def test_sidecar_serves_its_pod_unprivileged_and_stops_on_sigterm(
         assert "Uid:\t1337\t1337" in status
 
         def dump() -> dict[str, object]:
-            with socket.create_connection(("127.0.0.1", 15000), timeout=2) as s:
-                s.sendall(b"GET /config_dump HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                data = b""
-                while chunk := s.recv(65536):
-                    data += chunk
-            body: dict[str, object] = json.loads(data.split(b"\r\n\r\n", 1)[1])
+            # (the dump is streamed in chunks: an HTTP client reads it)
+            with urllib.request.urlopen("http://127.0.0.1:15000/config_dump", timeout=5) as r:
+                body: dict[str, object] = json.loads(r.read())
             return body
 
         state = namespaces.run_in(ns, dump)["workloadState"]
