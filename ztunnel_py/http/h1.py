@@ -138,6 +138,12 @@ class _Codec:
             events.append(MessageEnded(sid, trailers))
 
     @property
+    def has_input(self) -> bool:
+        """Bytes received and not yet parsed (a pipelined request h11 held back)."""
+        data, closed = self._conn.trailing_data
+        return bool(data) or closed
+
+    @property
     def idle(self) -> bool:
         """Between exchanges, able to start a new one."""
         return (

@@ -466,39 +466,28 @@ class HttpProxy:
             self._report(target, r)
             raise
         per_try = policy.per_try_timeout or math.inf
-        # Nothing is raised inside the nursery (trio would wrap it in an ExceptionGroup): the
-        # outcome is kept and acted on once the request-body task is done or cancelled.
-        outcome: ResponseHead | Switched | _Retry
-        failure: StreamError | None = None
         # `up` is given up when this attempt ends however it ends (a timeout, the client gone):
         # reset if its exchange is unfinished, else only freed; unless a retriable response in
         # it is handed on
         handed_on = False
         try:
-            async with trio.open_nursery() as nursery:
-                if not no_body:
+            if no_body:
+                # nothing to send alongside: no task for the request body
+                outcome, failure, handed_on = await self._exchange(
+                    s, ctx, up, target, policy, per_try
+                )
+            else:
+                # Nothing is raised inside the nursery (trio would wrap it in an
+                # ExceptionGroup): the outcome is kept and acted on once the request-body task
+                # is done or cancelled.
+                async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_body, s, up, ctx, body)
-                outcome = await self._response_head(up, per_try)
-                self._report(target, outcome)
-                if isinstance(outcome, ResponseHead):
-                    condition = _status_condition(
-                        policy, outcome.status, outcome.headers.get("grpc-status")
+                    outcome, failure, handed_on = await self._exchange(
+                        s, ctx, up, target, policy, per_try
                     )
-                    if condition:
-                        retry = _Retry(condition, f"status {outcome.status}", "", outcome.status)
-                        retry.response = (up, outcome)
-                        outcome = retry
-                        handed_on = True
-                    else:
-                        try:
-                            await self._respond(s, ctx, up, outcome)
-                        except StreamError as e:
-                            failure = e
-                elif isinstance(outcome, Switched):
-                    handed_on = True
-                # the exchange is over (or will be retried): a request body still arriving is
-                # not needed any more
-                nursery.cancel_scope.cancel()
+                    # the exchange is over (or will be retried): a request body still arriving
+                    # is not needed any more
+                    nursery.cancel_scope.cancel()
         finally:
             if not handed_on:
                 up.reset()
@@ -508,6 +497,34 @@ class HttpProxy:
             raise outcome
         if isinstance(outcome, Switched):
             await self._switch(s, ctx, up, outcome)
+
+    async def _exchange(
+        self,
+        s: ServerStream,
+        ctx: RequestContext,
+        up: ClientStream,
+        target: UpstreamTarget,
+        policy: RetryPolicy,
+        per_try: float,
+    ) -> tuple[ResponseHead | Switched | _Retry, StreamError | None, bool]:
+        """Wait for the response head and forward the response unless it is to be retried:
+        (the outcome, a failure forwarding it, whether `up` is handed on). Raises nothing."""
+        outcome = await self._response_head(up, per_try)
+        self._report(target, outcome)
+        if isinstance(outcome, Switched):
+            return outcome, None, True
+        if isinstance(outcome, _Retry):
+            return outcome, None, False
+        condition = _status_condition(policy, outcome.status, outcome.headers.get("grpc-status"))
+        if condition:
+            retry = _Retry(condition, f"status {outcome.status}", "", outcome.status)
+            retry.response = (up, outcome)
+            return retry, None, True
+        try:
+            await self._respond(s, ctx, up, outcome)
+        except StreamError as e:
+            return outcome, e, False
+        return outcome, None, False
 
     @staticmethod
     def _report(target: UpstreamTarget, outcome: ResponseHead | Switched | _Retry) -> None:
