@@ -216,6 +216,11 @@ class _Stream:
         raise StreamError(f"unexpected {type(item).__name__} in a message body")
 
     @property
+    def body_ready(self) -> bool:
+        """Something of the received body (or its end) can be read without waiting."""
+        return bool(self._inbox)
+
+    @property
     def at_end(self) -> bool:
         """Only the end of the received message is left to read: the next `read_body` returns
         None at once (and sets `trailers`)."""
@@ -267,14 +272,18 @@ class ServerStream(_Stream):
         self.response_started = False
         self.done = trio.Event()
 
-    async def send_head(self, head: ResponseHead, end_stream: bool = False) -> None:
+    async def send_head(
+        self, head: ResponseHead, end_stream: bool = False, *, flush: bool = True
+    ) -> None:
+        """Send the response head. Without `flush` it waits in the codec for the body sent next
+        (one write for both): only when that send follows without waiting."""
         if self.error is not None:
             raise self.error
         if head.status >= 200:
             self.response_started = True
         if end_stream:
             self.sent_end = True
-        await self._conn.send_response_head(self, head, end_stream)
+        await self._conn.send_response_head(self, head, end_stream, flush)
 
     async def switch(self, head: ResponseHead) -> tuple[ByteStream, bytes]:
         """Accept an HTTP/1.1 protocol switch (101 to an Upgrade, 2xx to CONNECT): returns the
@@ -465,14 +474,17 @@ class _Connection:
         await self.flush()
         self._retire_if_done(s)
 
-    async def send_response_head(self, s: _Stream, head: ResponseHead, end: bool) -> None:
+    async def send_response_head(
+        self, s: _Stream, head: ResponseHead, end: bool, flush: bool = True
+    ) -> None:
         codec = self.codec
         assert isinstance(codec, (H1Server, H2Server))
         try:
             codec.send_headers(s.stream_id, head, end)
         except HttpCodecError as e:
             raise StreamError(str(e)) from None
-        await self.flush()
+        if flush or end:
+            await self.flush()
         if end:
             self._retire_if_done(s)
 

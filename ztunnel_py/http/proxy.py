@@ -329,12 +329,13 @@ class HttpProxy:
         tried: list[str] = []
         last: _Retry | None = None
         target: UpstreamTarget | None = None
-        with trio.CancelScope() as deadline:
+        timeout = route.timeout or math.inf
+        # the route timeout's scope (none without a timeout, Istio's default: a scope per
+        # request costs as much as routing it)
+        deadline = trio.CancelScope() if timeout != math.inf else None
+        with deadline if deadline is not None else contextlib.nullcontext():
             body = _Body(
-                complete=s.read_done,
-                deadline=deadline,
-                timeout=route.timeout or math.inf,
-                on_complete=mirror,
+                complete=s.read_done, deadline=deadline, timeout=timeout, on_complete=mirror
             )
             if body.complete:
                 body.finish()
@@ -386,7 +387,7 @@ class HttpProxy:
                 finally:
                     if retrying is not None:
                         retrying.retry_ended()
-        if deadline.cancelled_caught:
+        if deadline is not None and deadline.cancelled_caught:
             if target is not None and target.cluster is not None:
                 # Envoy counts the request in flight at the route timeout as a timeout
                 cluster = target.cluster
@@ -542,7 +543,7 @@ class HttpProxy:
         self, up: ClientStream, per_try: float
     ) -> ResponseHead | Switched | _Retry:
         reset = LocalOrigin.RESET
-        with trio.move_on_after(per_try):
+        with trio.move_on_after(per_try) if per_try != math.inf else contextlib.nullcontext():
             try:
                 return await up.receive_head()
             except StreamError as e:
@@ -614,8 +615,15 @@ class HttpProxy:
         if self.chain.touches_response_body and not ended:
             # a filter may change the body's length
             head.headers.remove("content-length")
+        # the head waits for the body's first piece when that is here already and no filter can
+        # hold it up: one write downstream for both
+        together = (
+            up.body_ready
+            and not self.chain.touches_response_body
+            and not self.chain.touches_response_trailers
+        )
         try:
-            await s.send_head(head, end_stream=ended)
+            await s.send_head(head, end_stream=ended, flush=not together)
         except StreamError:
             up.reset()
             raise
@@ -702,7 +710,7 @@ class HttpProxy:
         if s.response_started:
             s.reset()
             return
-        await s.send_head(head, end_stream=not body)
+        await s.send_head(head, end_stream=not body, flush=not body)
         if body:
             await s.send_data(body, end_stream=True)
 
