@@ -65,7 +65,7 @@ from ztunnel_py.http.events import (
 from ztunnel_py.http.h1 import H1Client, H1Server, HttpCodecError
 from ztunnel_py.http.h2 import MAX_CONCURRENT_STREAMS, PREFACE, H2Client, H2Server
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
-from ztunnel_py.transport.relay import ByteStream
+from ztunnel_py.transport.relay import ByteStream, SendsNowait
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +347,8 @@ class _Connection:
         self.codec = codec
         self.is_h1 = isinstance(codec, (H1Server, H1Client))
         self._send_lock = trio.Lock()
+        # how the stream takes bytes without waiting, if it can (see `_write`)
+        self._send_nowait = stream.send_nowait if isinstance(stream, SendsNowait) else None
         self.streams: dict[int, _Stream] = {}
         self._window = trio.Event()
         self.closed = False
@@ -383,10 +385,17 @@ class _Connection:
         finally:
             lock.release()
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes | memoryview) -> None:
         if not data:
             return
         try:
+            if self._send_nowait is not None:
+                # what the stream takes at once needs no shield (it is delivered whatever
+                # happens to us) and costs no trip through the scheduler: usually all of it
+                taken = self._send_nowait(data)
+                if taken == len(data):
+                    return
+                data = data[taken:]
             with trio.CancelScope(
                 shield=True, deadline=trio.current_time() + WRITE_TIMEOUT
             ) as scope:

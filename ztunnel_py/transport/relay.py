@@ -33,6 +33,7 @@ __all__ = [
     "ByteStream",
     "RelayError",
     "Resettable",
+    "SendsNowait",
     "SocketByteStream",
     "close_with_reset",
     "relay",
@@ -71,6 +72,19 @@ class Resettable(Protocol):
     """A stream that can abort instead of closing cleanly (`HboneStream`, `SocketByteStream`)."""
 
     def reset(self) -> None: ...
+
+
+@runtime_checkable
+class SendsNowait(Protocol):
+    """A stream that can take bytes without waiting (`SocketByteStream`, `HboneStream`).
+
+    `send_nowait` takes as much of `data` as can go without waiting and returns how much that
+    was (0: call `send_all` for the rest). It never checkpoints, and what it took reaches the
+    peer in order whatever happens to the caller afterwards: a writer that must not cut a
+    message needs no shield from cancellation for it. Failures raise as `send_all`'s do.
+    """
+
+    def send_nowait(self, data: Bytes) -> int: ...
 
 
 class RelayError(Exception):
@@ -114,6 +128,14 @@ class SocketByteStream:
         send = self.socket.send
         while view:
             view = view[await send(view) :]
+
+    def send_nowait(self, data: Bytes) -> int:
+        """What the socket's buffer takes now (see `SendsNowait`): a write(2) on the
+        non-blocking socket, without the scheduler round trip a trio send makes."""
+        try:
+            return os.write(self.socket.fileno(), data)
+        except BlockingIOError:
+            return 0
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
