@@ -51,6 +51,29 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 
+# Prometheus for `testbed up --prometheus`: the testbed runs its own prometheus process in a
+# network namespace of its own, so the package's service must never start on this machine.
+# A policy-rc.d that refuses every start keeps the install from starting it (one that is already
+# there, as in containers, is left alone), and the unit is disabled where systemd runs.
+if ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+    log "installing prometheus (its own service stays off: the testbed runs its own process)"
+    export DEBIAN_FRONTEND=noninteractive
+    policy=/usr/sbin/policy-rc.d
+    made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        made_policy=1
+        trap 'rm -f "$policy"' EXIT
+    fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ -n "$made_policy" ]; then rm -f "$policy"; trap - EXIT; fi
+fi
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi
+
 # Point /lib/modules/$(uname -r)/{build,source} at the newest installed headers when the running
 # kernel ships none (bcc looks there first).
 kdir="/lib/modules/$(uname -r)"

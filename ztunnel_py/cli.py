@@ -49,6 +49,12 @@ def _proxy_status(args: argparse.Namespace) -> int:
     return proxy_status(args)
 
 
+def _canary(args: argparse.Namespace) -> int:
+    from ztunnel_py.ctl.canary import main as canary_main
+
+    return canary_main(args)
+
+
 def _controlplane(args: argparse.Namespace) -> int:
     from ztunnel_py.controlplane.app import main as cp_main
 
@@ -98,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ztunnel_py.bench.args import add_bench_arguments
     from ztunnel_py.cni.node import add_arguments as add_cni_node_arguments
     from ztunnel_py.controlplane.args import add_controlplane_arguments
-    from ztunnel_py.ctl.args import add_waypoint_commands
+    from ztunnel_py.ctl.args import add_canary_commands, add_waypoint_commands
     from ztunnel_py.ctl.cli import add_proxy_status_arguments, add_zc_arguments
     from ztunnel_py.testbed.args import add_demo_arguments, add_testbed_arguments
 
@@ -187,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_cni_node_arguments(p)
     p.set_defaults(handler=_cni_node)
+
+    p = sub.add_parser(
+        "canary",
+        help="progressive delivery: release a version behind a Flagger-style Canary",
+        description="The canary controller: shadow traffic, a small canary weight, stepped "
+        "increases and promotion, gated by the waypoints' metrics in Prometheus, with "
+        "automatic rollback; driven by Canary objects (flagger.app/v1beta1) on the testbed.",
+    )
+    add_canary_commands(p)
+    p.set_defaults(handler=_canary)
 
     p = sub.add_parser(
         "testbed",

@@ -73,6 +73,30 @@ def verify_client(der: bytes | None) -> Identity:
     return verify_client_identity(der, TRUST_DOMAIN)
 
 
+# Opens `count` connections to host:port and on each sends `mode`: "partial", the start of a
+# ClientHello record (slowloris), or "hello", a whole real ClientHello, then never another
+# byte; prints "held" once all are open and holds them until stdin closes.
+SLOW_HANDSHAKES = """
+import socket, ssl, sys
+host, port, count, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+outgoing = ssl.MemoryBIO()
+tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="x")
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = outgoing.read()
+payload = hello[:60] if mode == "partial" else hello
+held = []
+for _ in range(count):
+    s = socket.create_connection((host, port))
+    s.sendall(payload)
+    held.append(s)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 async def tcp_connect(address: tuple[str, int]) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

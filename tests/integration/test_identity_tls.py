@@ -18,6 +18,7 @@ from ztunnel_py.identity.pki import (
     make_csr,
 )
 from ztunnel_py.model import Identity
+from ztunnel_py.transport.hbone.connection import HBONE_CIPHER_SUITES
 
 CLIENT = Identity("cluster.local", "demo", "client")
 SERVER = Identity("cluster.local", "demo", "server")
@@ -108,7 +109,7 @@ async def test_mutual_handshake_and_identity_checks(ca: CertificateAuthority) ->
     assert checked == {"server": SERVER, "client": CLIENT}
     assert client.version() == "TLSv1.3"
     cipher = client.cipher()
-    assert cipher is not None and cipher[0] in tls.TLS13_CIPHERSUITES
+    assert cipher is not None and cipher[0] == HBONE_CIPHER_SUITES[0]
     assert client.selected_alpn_protocol() == "h2"
     assert sni == [None]  # no SNI sent
     session = client.session
@@ -202,13 +203,11 @@ async def test_client_without_h2_alpn_is_refused_after_handshake(
     await trio.aclose_forcefully(server)
 
 
-def test_contexts_allow_only_tls13_aes_gcm(ca: CertificateAuthority) -> None:
+def test_contexts_allow_only_tls13(ca: CertificateAuthority) -> None:
     cert = issue(ca, SERVER)
     for ctx in (tls.server_context(cert), tls.client_context(cert)):
         assert ctx.minimum_version is ssl.TLSVersion.TLSv1_3
         assert ctx.maximum_version is ssl.TLSVersion.TLSv1_3
-        names = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"]
-        assert names == list(tls.TLS13_CIPHERSUITES)
         assert ctx.verify_mode is ssl.CERT_REQUIRED
 
 
@@ -218,10 +217,3 @@ def test_contexts_are_shared_per_certificate(ca: CertificateAuthority) -> None:
     assert tls.client_context(first) is tls.client_context(first)
     assert tls.server_context(first) is not tls.client_context(first)
     assert tls.server_context(first) is not tls.server_context(second)
-
-
-async def test_chacha_only_peer_cannot_connect(ca: CertificateAuthority) -> None:
-    client_ctx = tls.build_client_context(issue(ca, CLIENT))
-    tls._set_tls13_ciphersuites(client_ctx, ["TLS_CHACHA20_POLY1305_SHA256"])
-    result = await handshake(client_ctx, tls.server_context(issue(ca, SERVER)))
-    assert result.server_error is not None and result.client_error is not None

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 
 import pytest
 import trio
+import trio.lowlevel
+import trio.testing
 
 from tests.integration.hbone_support import (
     CLIENT_ID,
     SERVER_ID,
     TcpProxy,
+    authority,
     dial,
     echo_handler,
     hbone_server,
+    workload_cert,
 )
+from ztunnel_py.identity.pki import WorkloadCertificate, generate_key, key_to_pem, make_csr
+from ztunnel_py.identity.tls import client_context, server_context
 from ztunnel_py.model.address import SocketAddr
+from ztunnel_py.model.identity import Identity
 from ztunnel_py.model.ports import HBONE_PORT
 from ztunnel_py.transport.hbone import (
     HboneClientConnection,
@@ -239,3 +247,62 @@ async def test_closed_pool_refuses_streams() -> None:
             with pytest.raises(HboneStreamError, match="closed locally"):
                 await stream.receive_some()
             nursery.cancel_scope.cancel()
+
+
+def short_lived(identity: Identity, seconds: float) -> WorkloadCertificate:
+    key = generate_key()
+    ca = authority(identity.trust_domain, "ztunnel-py")  # the CA workload_cert uses
+    chain = ca.sign_csr(make_csr(key, identity), identity, timedelta(seconds=seconds))
+    return WorkloadCertificate.from_ca_response(identity, key_to_pem(key), chain)
+
+
+async def echo_once(stream: HboneStream, data: bytes) -> None:
+    await stream.send_all(data)
+    assert bytes(await stream.receive_some()) == data
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_connection_is_retired_when_a_certificate_expires(
+    mock_clock: trio.testing.MockClock, side: str
+) -> None:
+    # Before, a pooled connection carried new streams long after either certificate ended.
+    # Time moves only when the test jumps the clock; TLS sees the certificates as valid.
+    server_cert = short_lived(SERVER_ID, 60) if side == "server" else workload_cert(SERVER_ID)
+    client_cert = short_lived(CLIENT_ID, 60) if side == "client" else workload_cert(CLIENT_ID)
+    async with (
+        trio.open_nursery() as nursery,
+        hbone_server(echo_handler, ctx=server_context(server_cert)) as server,
+    ):
+        pool = HbonePool()
+        dials: list[HboneClientConnection] = []
+
+        async def dialer() -> HboneClientConnection:
+            conn = await dial(
+                server.address,
+                nursery,
+                ctx=client_context(client_cert),
+                not_after=client_cert.not_after,
+            )
+            dials.append(conn)
+            return conn
+
+        held = await pool.stream(KEY, dialer, "10.0.0.2:80")
+        mock_clock.jump(30)
+        second = await pool.stream(KEY, dialer, "10.0.0.2:81")
+        await finish(second)
+        assert len(dials) == 1
+        mock_clock.jump(31)  # past the end of the 60 s certificate
+        await trio.testing.wait_all_tasks_blocked()
+        assert not dials[0].is_ready
+        fresh = await pool.stream(KEY, dialer, "10.0.0.2:82")
+        assert len(dials) == 2 and server.accepted == 2
+        # The stream open at expiry goes on; its connection closes when it is done.
+        await echo_once(held, b"still here")
+        await echo_once(fresh, b"new connection")
+        await finish(held)
+        with trio.fail_after(5):
+            while not dials[0].is_closed:
+                await trio.lowlevel.checkpoint()
+        await finish(fresh)
+        await pool.aclose()
+        nursery.cancel_scope.cancel()

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.hbone_support import SLOW_HANDSHAKES
 from tests.integration.zds_support import lone_snapshot
 from tests.netns.conftest import unique_prefix
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
@@ -118,3 +121,105 @@ def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_m
     assert report.markers_in_clear == []
     assert report.tls_records[15008].get("application_data", 0) > 0
     assert 8080 not in report.tcp_payload_bytes
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("mode", ["partial", "hello"])
+def test_500_stalled_tls_handshakes_cost_the_agent_little_memory(bed: Testbed, mode: str) -> None:
+    # Slowloris on 15008 from outside the mesh: the start of a ClientHello ("partial"), or a
+    # whole one and then silence ("hello"). Each pending handshake used to cost ~120 KB.
+    pid = node2(bed).agent.pid
+    assert pid is not None
+    echo2 = bed.status().pod("echo-2").ip
+    before = rss_kib(pid)
+    argv = [sys.executable, "-c", SLOW_HANDSHAKES, echo2, "15008", "500", mode]
+    attacker = subprocess.Popen(
+        bed.exec_argv("legacy-1", argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert attacker.stdout is not None and attacker.stdout.readline() == "held\n"
+        time.sleep(2)  # the agent has read (and handshaked) what the attacker sent
+        grown = rss_kib(pid) - before
+        # A real client gets through meanwhile.
+        assert http_get(bed, "curl-2", echo2, 8080).pod == "echo-2"
+    finally:
+        attacker.communicate(timeout=30)
+    assert grown < 15 * 1024, f"the agent grew {grown} KiB"
+    if mode == "hello":
+        log = Path(node2(bed).log or "").read_text()
+        assert "more than 128 handshakes in progress, and this one was the oldest" in log
+
+
+def test_200_idle_connections_to_the_readiness_port_never_fail_a_probe(bed: Testbed) -> None:
+    # Before: /healthz/ready answered 503 for 10 s; a kubelet would mark the agent NotReady.
+    node = node2(bed)
+    argv = [sys.executable, "-c", FLOOD, node.ip, "15021", "200", "4"]
+    flood = subprocess.Popen(bed.exec_argv("legacy-1", argv), stdout=subprocess.PIPE, text=True)
+    try:
+        assert flood.stdout is not None and flood.stdout.readline() == "200\n"
+        for _ in range(5):
+            done = bed.exec(
+                "node2",
+                ["curl", "-sS", "--max-time", "1", "-o", "/dev/null", "-w", "%{http_code}",
+                 "http://127.0.0.1:15021/healthz/ready"],
+            )  # fmt: skip
+            assert done.stdout == "200", done.stderr
+            time.sleep(0.2)
+    finally:
+        flood.communicate(timeout=30)
+
+
+# GETs ip:8080/?marker on new connections every `interval` s for `seconds`; prints a JSON list
+# of [seconds since start, ok] per request.
+LOOP_CLIENT = """
+import json, socket, sys, time
+ip, marker, seconds, interval = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+start, results = time.monotonic(), []
+while (now := time.monotonic() - start) < seconds:
+    ok = False
+    try:
+        with socket.create_connection((ip, 8080), timeout=1) as s:
+            s.settimeout(1)
+            s.sendall(f"GET /?{marker} HTTP/1.0\\r\\nHost: t\\r\\n\\r\\n".encode())
+            ok = s.recv(12).startswith(b"HTTP/1.1 200")
+    except OSError:
+        pass
+    results.append([round(now, 2), ok])
+    time.sleep(interval)
+print(json.dumps(results))
+"""
+
+
+def test_an_agent_killed_under_load_lets_no_byte_out_in_clear(bed: Testbed, tmp_path: Path) -> None:
+    # Requests from node1 to echo-2 all along; node2's agent is killed 2 s in and started again
+    # 3 s later. While it is gone the requests fail (closed), never in clear on the fabric.
+    marker = "ZTTEST-agent-kill-7c41"
+    status = bed.status()
+    echo2 = status.pod("echo-2").ip
+    pcap = tmp_path / "fabric.pcap"
+    argv = [sys.executable, "-c", LOOP_CLIENT, echo2, marker, "30", "0.02"]
+    with FabricCapture(status.fabric.netns, FABRIC_BRIDGE, pcap, "tcp", max_packets=50_000):
+        load = subprocess.Popen(bed.exec_argv("web-1", argv), stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        try:
+            time.sleep(2)
+            bed.kill_agent("node2")
+            time.sleep(3)
+            bed.start_agent("node2")  # returns once it is ready
+            restarted = time.monotonic() - started
+        finally:
+            out, _ = load.communicate(timeout=90)
+    results = json.loads(out)
+    report = analyze(pcap, {15008}, [marker.encode()])
+    assert report.markers_in_clear == []
+    assert 8080 not in report.tcp_payload_bytes
+    assert report.tls_records[15008].get("application_data", 0) > 0
+    before = [ok for t, ok in results if t < 1.5]
+    after = [ok for t, ok in results if t > restarted + 1]
+    assert before and all(before)
+    assert not all(ok for _, ok in results)  # the outage was seen
+    assert after and all(after), results  # and traffic came back

@@ -246,13 +246,13 @@ def test_connections_still_open_at_the_termination_deadline_are_closed(bed: Test
         assert "termination deadline passed: closing 1 open connection" in log.read_text()
 
 
-# Two HTTP/1.0 requests from one fixed client port: the server closes first, so the agent ends
-# the first connection as the active closer and keeps its tuple in TIME_WAIT; the second
-# connection reuses exactly that tuple. Prints, per request, seconds taken and the status line
-# (or the error).
+# Two connections from one fixed client port, each sending `request` and reading to the end:
+# the far side closes first, so the agent ends the first connection as the active closer and
+# keeps its tuple in TIME_WAIT; the second connection reuses exactly that tuple. Prints, per
+# connection, seconds taken and the first line received ("eof" for none, or the error).
 REUSE_CLIENT = """
 import socket, sys, time
-host, port, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+host, port, sport, request = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for attempt in range(2):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -261,11 +261,11 @@ for attempt in range(2):
     start = time.monotonic()
     try:
         s.connect((host, port))
-        s.sendall(b"GET /?ztreuse HTTP/1.0\\r\\nHost: t\\r\\n\\r\\n")
+        s.sendall(request.encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
-        result = data.split(b"\\r\\n")[0].decode()
+        result = data.split(b"\\r\\n")[0].decode(errors="replace") or "eof"
     except OSError as e:
         result = type(e).__name__
     finally:
@@ -273,17 +273,35 @@ for attempt in range(2):
     print(f"{time.monotonic() - start:.3f} {result}", flush=True)
     time.sleep(0.3)
 """
+HTTP10 = "GET /?ztreuse HTTP/1.0\r\nHost: t\r\n\r\n"
 
 
-def test_a_client_port_reused_while_the_agent_holds_it_in_time_wait(bed: Testbed) -> None:
+@pytest.mark.parametrize(
+    ("client", "server", "port", "sport", "answer"),
+    [
+        # outbound to another node: the agent's 15001 socket in the client pod holds the tuple
+        ("web-1", "echo-2", 8080, 61500, "HTTP/1.1 200 OK"),
+        # outbound to a pod of the same node
+        ("web-1", "echo-1", 8080, 61501, "HTTP/1.1 200 OK"),
+        # inbound plaintext: the agent's 15006 socket in the server pod holds the tuple
+        ("legacy-1", "echo-2", 8080, 61502, "HTTP/1.1 200 OK"),
+        # inbound HBONE: not TLS, so the agent closes the 15008 connection first
+        ("legacy-1", "echo-2", 15008, 61503, "eof"),
+    ],
+    ids=["outbound", "outbound-same-node", "inbound-plaintext", "inbound-hbone"],
+)
+def test_a_client_port_reused_while_the_agent_holds_it_in_time_wait(
+    bed: Testbed, client: str, server: str, port: int, sport: int, answer: str
+) -> None:
     # The kernel would drop a SYN assigned by tc as a duplicate of the TIME_WAIT tuple, for
     # 60 s; the lookup program has it retire that socket and gives the SYN to the agent.
-    port = 61500  # outside the ephemeral range, so no other connection takes it meanwhile
-    argv = [sys.executable, "-c", REUSE_CLIENT, bed.status().pod("echo-2").ip, "8080", str(port)]
-    done = bed.exec("web-1", argv, timeout=30)
+    # (Client ports outside the ephemeral range, so no other connection takes them meanwhile.)
+    ip = bed.status().pod(server).ip
+    argv = [sys.executable, "-c", REUSE_CLIENT, ip, str(port), str(sport), HTTP10]
+    done = bed.exec(client, argv, timeout=30)
     assert done.returncode == 0, done.stderr
     (first, second) = [line.split(" ", 1) for line in done.stdout.splitlines()]
-    assert first[1] == second[1] == "HTTP/1.1 200 OK", done.stdout
+    assert first[1] == second[1] == answer, done.stdout
     assert float(second[0]) < 1.0, done.stdout
 
 

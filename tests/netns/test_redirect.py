@@ -28,7 +28,12 @@ import pytest
 import trio
 
 from ztunnel_py.redirect.bpffs import is_bpffs, unmount
-from ztunnel_py.redirect.loader import Redirector, default_route_interface, netns_cookie
+from ztunnel_py.redirect.loader import (
+    LAYOUT_VERSION,
+    Redirector,
+    default_route_interface,
+    netns_cookie,
+)
 from ztunnel_py.redirect.maps import PodSettings, RedirectError
 from ztunnel_py.transport.podsockets import PodNetns
 
@@ -186,7 +191,8 @@ class ToyAgent:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = [(port, self.ns.listener("::", port)) for port in (15001, 15006, 15008)]
-        self.redirector.register_listener(netns_cookie(self.pod_fd), listeners[0][1].fileno())
+        for port, listener in listeners:
+            self.redirector.register_listener(netns_cookie(self.pod_fd), port, listener.fileno())
         try:
             async with trio.open_nursery() as n:
                 for port, listener in listeners:
@@ -558,7 +564,7 @@ async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
         counted = enrolled.counters(topo.pod)
         assert counted.assigns >= 1
         assert is_bpffs(pin_root)
-        assert sorted(p.name for p in (pin_root / "v2").iterdir()) == [
+        assert sorted(p.name for p in (pin_root / f"v{LAYOUT_VERSION}").iterdir()) == [
             "counters",
             "egress",
             "ingress",
@@ -566,6 +572,7 @@ async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
             "listeners",
             "lookup",
             "pods",
+            "reuse",
         ]
 
         restarted = await trio.to_thread.run_sync(Redirector, pin_root)

@@ -130,6 +130,7 @@ def test_unchanged_programs_are_reused_and_changed_ones_replaced(
         "listeners",
         "lookup",
         "pods",
+        "reuse",
     ]
     before = pinned_programs(pin_dir)
 

@@ -34,6 +34,7 @@ from tests.netns.test_waypoint import (
     waypoint_requests,
     waypoint_testbed,
 )
+from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.resources import ObjectRef
 from ztunnel_py.testbed.testbed import Testbed
 
@@ -541,15 +542,22 @@ def test_mirrored_traffic_reaches_v2_while_clients_only_see_v1(bed: Testbed) -> 
         probe = f"/probe-{secrets.token_hex(4)}"
         wait_until(lambda: bool(load(bed, ECHO_VIP, probe, 1)) and v2_saw(probe) > 0, "the mirror")
         path = f"/mirrored-{secrets.token_hex(4)}"
+        shadow = {"destination_service": "echo.apps.svc.cluster.local-shadow"}
+        time.sleep(1.0)  # the probes' copies are counted once answered
         before = waypoint_requests(bed, destination_service="echo.apps.svc.cluster.local")
+        shadow_before = waypoint_requests(bed, destination_version="v2", **shadow)
         answers = load(bed, ECHO_VIP, path, 50)
         assert statuses(answers) == {200: 50}
         assert {a["version"] for a in answers} == {"v1"}
         wait_until(lambda: v2_saw(path) == 50, "50 copies at v2")
-        # the copies are not the client's requests
+        # the copies are not the client's requests: they are counted under the shadow host,
+        # answered by v2 (what a canary analysis measures while mirroring)
         time.sleep(1.0)
         counted = waypoint_requests(bed, destination_service="echo.apps.svc.cluster.local")
         assert counted - before == 50
+        shadows = waypoint_requests(bed, destination_version="v2", **shadow)
+        assert shadows - shadow_before == 50
+        assert waypoint_requests(bed, destination_version="v1", **shadow) == 0
         mirrors = config_dump(bed)["mirrors"]
         assert mirrors["sent"] >= 50 and mirrors["inFlight"] == 0
     finally:
@@ -572,8 +580,14 @@ def test_invalid_traffic_policies_are_refused_and_the_last_good_one_keeps_servin
     bed.apply(good)
     try:
         wait_until(lambda: len({a["pod"] for a in load(bed, ECHO_VIP, "/", 4)}) == 4, "round robin")
-        bed.apply(bad)
         field = "spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName"
+        # `testbed apply` refuses it as istiod's validating webhook does...
+        with pytest.raises(TestbedError) as refusal:
+            bed.apply(bad)
+        assert field in str(refusal.value) and "must not be empty" in str(refusal.value)
+        # ...and written straight into the directory (a sync tool, no webhook), the control
+        # plane reports it and keeps serving the last good version
+        (bed.config_dir / ObjectRef("DestinationRule", "apps", "echo").file_name).write_text(bad)
 
         def refused() -> list[str]:
             return [e for e in debug_config(bed).get("errors", []) if "destinationrule" in e]

@@ -6,7 +6,7 @@ included: they are dependencies too) is folded into packages: a top-level subpac
 package itself (`ztunnel_py`, for `from ztunnel_py import __version__`). On that graph:
 
 - no import cycle between packages;
-- the sides (agent, controlplane, testbed, waypoint) never import each other, and no shared
+- the sides (agent, canary, controlplane, testbed, waypoint) never import each other, and no shared
   package imports a side or a driver (bench, cli);
 - `model` and `protocol` import no I/O library and nothing of ours but each other; the one
   exception is `protocol/zds.py`, which decodes the enrollment datagrams with the generated
@@ -32,7 +32,7 @@ import ztunnel_py
 
 PACKAGE = "ztunnel_py"
 SOURCE = Path(ztunnel_py.__file__).resolve().parent
-SIDES = frozenset({"agent", "controlplane", "testbed", "waypoint"})
+SIDES = frozenset({"agent", "canary", "controlplane", "testbed", "waypoint"})
 DRIVERS = frozenset({"bench", "cli", "ctl"})  # start the sides as processes, or dispatch to them
 PURE = frozenset({"model", "protocol"})
 # Libraries that do I/O or need a kernel or a server: none of them in a sans-IO core.

@@ -312,3 +312,31 @@ def test_any_request_gets_a_result_or_the_cni_error_object(
         }
     else:
         assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        ("K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web\nforged", "K8S_POD_NAME: 'web\\nforged'"),
+        ("K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web-1\n", "K8S_POD_NAME: 'web-1\\n'"),
+        ("K8S_POD_NAMESPACE=Apps;K8S_POD_NAME=web-1", "K8S_POD_NAMESPACE: 'Apps'"),
+        ("K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=web-1", "K8S_POD_NAMESPACE: 'a.b'"),
+        (f"K8S_POD_NAMESPACE=apps;K8S_POD_NAME={'w' * 254}", "K8S_POD_NAME: 'www"),
+        ("K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web-1;K8S_POD_UID=x\x1b[2J", "K8S_POD_UID"),
+    ],
+)
+def test_pod_names_are_checked_as_kubernetes_checks_them(args: str, problem: str) -> None:
+    out, status = run(env("ADD", CNI_ARGS=args), stdin(prevResult=PREV))
+    assert status != 0
+    error = error_of(out)
+    assert error["code"] == 4 and error["msg"].startswith(f"CNI_ARGS {problem}")
+    assert "\n" not in error["msg"]
+
+
+def test_a_valid_dotted_pod_name_passes() -> None:
+    inv = parse_invocation(
+        Command.ADD,
+        env("ADD", CNI_ARGS="K8S_POD_NAMESPACE=apps;K8S_POD_NAME=web-1.v2;K8S_POD_UID=5e1f-0a"),
+        stdin(prevResult=PREV),
+    )
+    assert inv.pod == PodRef("apps", "web-1.v2", "5e1f-0a")

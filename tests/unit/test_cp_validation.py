@@ -73,7 +73,7 @@ CASES = [
         "kind",
         "unknown kind 'Deployment' (supported: Namespace, Pod, Service, ServiceEntry, "
         "WorkloadEntry, VirtualService, DestinationRule, AuthorizationPolicy, "
-        "PeerAuthentication, RequestAuthentication, Gateway, HTTPRoute, WasmPlugin)",
+        "PeerAuthentication, RequestAuthentication, Gateway, HTTPRoute, Canary, WasmPlugin)",
     ),
     (
         "kind in the wrong case",

@@ -46,7 +46,9 @@ def naive_ring_points(hosts: list[tuple[str, int]], min_size: int) -> list[tuple
     cumulative = 0.0
     for address, weight in hosts:
         cumulative += scale * weight / total
-        count = math.ceil(cumulative - 1e-9) - before if cumulative > before else 0
+        # Envoy adds entries while their count is below the running float target, with no
+        # tolerance: a target that rounding puts just above a whole number gets one more
+        count = math.ceil(cumulative) - before if cumulative > before else 0
         points += [(hash64(f"{address}_{i}"), address) for i in range(count)]
         before += count
     return points

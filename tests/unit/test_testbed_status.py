@@ -1,7 +1,7 @@
 """`ztunnel-py testbed status --json`: the shape scripts and people read, pinned byte for byte
 (golden files), as the typed `Testbed.status()` renders it. No root needed: the testbed is only
-its recorded state (one node, two pods per node, in ambient mode a waypoint; processes recorded
-with pids that do not run)."""
+its recorded state (one node, two pods per node, in ambient mode a waypoint and Prometheus;
+processes recorded with pids that do not run)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ztunnel_py.testbed import mesh, sidecar
+from ztunnel_py.testbed import mesh, prometheus, sidecar
 from ztunnel_py.testbed.process import ProcessRecord
 from ztunnel_py.testbed.state import State
 from ztunnel_py.testbed.testbed import Testbed, http_name
@@ -36,13 +36,14 @@ def recorded_testbed(root: Path, mode: str, dual_stack: bool) -> Path:
         mode,
         dual_stack=dual_stack,
         namespace_labels=topology.namespace_labels,
+        prometheus=mode == MODE_AMBIENT,
     )
     names = [mesh.CONTROLPLANE, http_name("echo-1")]
     if mode == MODE_AMBIENT:
         # ...and a waypoint applied since
         waypoint = plan_waypoint(topology, "apps", "waypoint", [], set())
         state.add_waypoint(waypoint)
-        names += [mesh.agent_name("node1"), mesh.waypoint_name(waypoint)]
+        names += [mesh.agent_name("node1"), mesh.waypoint_name(waypoint), prometheus.PROMETHEUS]
     else:
         names += [sidecar.sidecar_name("web-1")]
     for pid, name in enumerate(names, start=4001):

@@ -2,20 +2,23 @@
 
 `/config_dump` is assembled from providers the app registers on a `ConfigDump` (the state's
 `workloads`/`services`/`policies`, `certificates`, `workloadState`, `config`, `version`...), in
-registration order; a section nobody provides is simply absent. `/logging` shows and changes the
-levels held by `telemetry.logs.LogLevels`, in ztunnel's syntax.
+registration order; a section nobody provides is simply absent. The providers run when the dump
+is asked for; the JSON is written as it is encoded (`jsonstream`), so a large dump never holds
+the event loop, and the proxied connections on it, for more than a few milliseconds at a time.
+`/logging` shows and changes the levels held by `telemetry.logs.LogLevels`, in ztunnel's syntax.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import trio
 
 from ztunnel_py.admin.http import Request, Response, Router, serve_http
+from ztunnel_py.admin.jsonstream import stream_json
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import ADMIN_PORT
 from ztunnel_py.telemetry.logs import LevelSpecError, LogLevels
@@ -40,6 +43,7 @@ class ConfigDump:
         self._providers.append((None, provider))
 
     def render(self) -> dict[str, Any]:
+        """Every section; a `LazyList` in it renders its elements only as they are written."""
         out: dict[str, Any] = {}
         for name, provider in self._providers:
             value = provider()
@@ -67,11 +71,11 @@ def admin_router(
 
     async def dump(_: Request) -> Response:
         try:
-            body = json.dumps(config_dump.render(), indent=2, default=str)
+            value = config_dump.render()
         except Exception as e:
             log.exception("config_dump failed")
             return Response.text(500, f"config_dump failed: {e}\n")
-        return Response(200, body.encode(), "application/json")
+        return Response(200, content_type="application/json", stream=_logged(stream_json(value)))
 
     async def logging_levels(request: Request) -> Response:
         unknown = sorted(request.query.keys() - {"level", "reset"})
@@ -98,6 +102,17 @@ def admin_router(
     router.add("POST", "/logging", logging_levels)
     router.add("POST", "/quitquitquit", quitquitquit)
     return router
+
+
+async def _logged(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    # Past the headers a failure can only cut the response short: say why in the log.
+    try:
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+    except Exception:
+        log.exception("config_dump failed while it was being written")
+        raise
 
 
 def _by_path(route: tuple[str, str]) -> str:

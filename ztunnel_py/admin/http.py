@@ -1,17 +1,23 @@
 """The small HTTP/1.1 server under the admin, metrics and readiness endpoints (h11 on trio).
 
 Each connection runs in its own task with deadlines on reading a request and on writing a
-response, so a slow or silent client only ever holds its own connection. Malformed requests get
-a 400 and a clean close; a handler that raises gets a 500; past `Limits.max_connections` new
-connections get a 503. Handlers are plain async functions from `Request` to `Response`, routed by
-exact path and method (HEAD is served by the GET handler, without the body).
+response, so a slow or silent client only ever holds its own connection; a connection that sends
+nothing (new, or between keep-alive requests) is closed after `Limits.idle_timeout`. Malformed
+requests get a 400 and a clean close; a handler that raises gets a 500. Past
+`Limits.max_connections`, a new connection takes the place of the oldest idle one (so idle
+connections, which cost a client nothing to open, can never lock out a kubelet's probe, which
+sends its request at once); only when every connection is busy with a request does a new one
+get a 503. Handlers are plain async functions from `Request` to `Response`, routed by
+exact path and method (HEAD is served by the GET handler, without the body). A response body
+can also be streamed (`Response.stream`), each chunk written under the send deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,6 +45,8 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
     # called once the response has been written (e.g. to start a shutdown it announced)
     on_sent: Callable[[], None] | None = field(default=None, compare=False)
+    # a body written as it is produced (chunked), instead of `body`
+    stream: AsyncGenerator[bytes, None] | None = field(default=None, compare=False)
 
     @classmethod
     def text(cls, status: int, text: str) -> Response:
@@ -72,7 +80,8 @@ class Router:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    request_timeout: float = 10.0  # to receive one whole request (also the keep-alive idle time)
+    idle_timeout: float = 2.0  # for the first byte of a request (new or kept-alive connection)
+    request_timeout: float = 10.0  # to receive the rest of the request
     send_timeout: float = 10.0
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 1024 * 1024
@@ -109,14 +118,20 @@ class _Server:
         self.limits = limits
         self.name = name
         self.active = 0
+        self.evicted = 0
+        # Connections waiting for the first byte of a request, oldest first, by their scope.
+        self._idle: dict[int, trio.CancelScope] = {}
 
     async def handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
         self.active += 1
         try:
             if self.active > self.limits.max_connections:
-                await self._refuse(stream, conn, 503, "too many connections")
-                return
+                if not self._idle:
+                    await self._refuse(stream, conn, 503, "too many connections")
+                    return
+                self._idle.pop(next(iter(self._idle))).cancel()
+                self.evicted += 1
             await self._serve(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the client went away; nothing to tell it
@@ -146,11 +161,28 @@ class _Server:
                 return
             conn.start_next_cycle()
 
+    async def _first_bytes(self, stream: trio.SocketStream, conn: h11.Connection) -> bool:
+        """Wait for the next request to start, at most `idle_timeout` and only while no new
+        connection needs the room; False if it did not."""
+        if conn.trailing_data[0]:
+            return True  # pipelined after the previous request
+        scope = trio.CancelScope(deadline=trio.current_time() + self.limits.idle_timeout)
+        self._idle[id(scope)] = scope
+        try:
+            with scope:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                return bool(data)
+        finally:
+            self._idle.pop(id(scope), None)
+        return False
+
     async def _receive(self, stream: trio.SocketStream, conn: h11.Connection) -> Request | None:
         """The next whole request; None when the client closed or idled out between requests."""
+        if not await self._first_bytes(stream, conn):
+            return None
         request: h11.Request | None = None
         body = bytearray()
-        started = False  # any byte of this request seen (h11 stays IDLE until a whole head)
         with trio.move_on_after(self.limits.request_timeout):
             while True:
                 try:
@@ -158,9 +190,7 @@ class _Server:
                 except h11.RemoteProtocolError as e:
                     raise _BadRequest(e.error_status_hint, f"bad request: {e}") from None
                 if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    started = started or bool(data)
-                    conn.receive_data(data)
+                    conn.receive_data(await stream.receive_some(65536))
                 elif isinstance(event, h11.Request):
                     request = event
                     await self._expect_body(stream, conn, event)
@@ -172,8 +202,6 @@ class _Server:
                     return _request(request, bytes(body))
                 else:
                     return None  # ConnectionClosed (or PAUSED, which a server never sees here)
-        if not started and request is None:
-            return None  # an idle keep-alive connection: just close it
         raise _BadRequest(408, "request not received in time")
 
     async def _expect_body(
@@ -219,18 +247,26 @@ class _Server:
         head: bool = False,
     ) -> bool:
         """Write `response`; False if it could not be written in time."""
-        headers = [
-            ("content-type", response.content_type),
-            ("content-length", str(len(response.body))),
-            ("cache-control", "no-cache"),
-        ]
+        headers = [("content-type", response.content_type), ("cache-control", "no-cache")]
+        if response.stream is None:
+            headers.append(("content-length", str(len(response.body))))
         if close:
             headers.append(("connection", "close"))
         reason = http.HTTPStatus(response.status).phrase.encode()
         data = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
-        if response.body and not head:
+        if response.stream is not None:
+            async with contextlib.aclosing(response.stream) as chunks:
+                if not head:
+                    async for chunk in chunks:
+                        data += conn.send(h11.Data(data=chunk))
+                        if not await self._write(stream, data):
+                            return False
+                        data = b""
+        elif response.body and not head:
             data += conn.send(h11.Data(data=response.body))
-        data += conn.send(h11.EndOfMessage())
+        return await self._write(stream, data + conn.send(h11.EndOfMessage()))
+
+    async def _write(self, stream: trio.SocketStream, data: bytes) -> bool:
         with trio.move_on_after(self.limits.send_timeout):
             await stream.send_all(data)
             return True

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import trio
 
-from ztunnel_py.admin.http import Request, Response, Router, serve_http
+from ztunnel_py.admin.http import Limits, Request, Response, Router, serve_http
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import READINESS_PORT
 
 DEFAULT_ADDRESS = SocketAddr("0.0.0.0", READINESS_PORT)
+# A probe sends one small request at once and reads one small answer.
+LIMITS = Limits(
+    idle_timeout=1.0,
+    request_timeout=2.0,
+    send_timeout=2.0,
+    max_header_bytes=8192,
+    max_body_bytes=0,
+    max_connections=256,
+)
 
 
 class Readiness:
@@ -61,4 +70,4 @@ async def serve_readiness(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     router = readiness_router(readiness)
-    await serve_http(router, address, name="readiness", task_status=task_status)
+    await serve_http(router, address, name="readiness", limits=LIMITS, task_status=task_status)

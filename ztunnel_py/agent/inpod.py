@@ -44,13 +44,20 @@ from ztunnel_py.config import AgentConfig
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.linux.netns import NetnsError
 from ztunnel_py.model.address import IPAddress, SocketAddr, canonical_ip
-from ztunnel_py.model.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, SOCKS5_PORT
+from ztunnel_py.model.ports import (
+    CAPTURE_PORTS,
+    HBONE_PORT,
+    INBOUND_PLAINTEXT_PORT,
+    OUTBOUND_PORT,
+    SOCKS5_PORT,
+)
 from ztunnel_py.policy.rbac import Connection
 from ztunnel_py.protocol.zds import PodInfo
 from ztunnel_py.redirect.maps import PodCounters, RedirectError
 from ztunnel_py.runtime.drain import Drain
 from ztunnel_py.state.mesh import ProxyState, StateChange
 from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.telemetry.peererrors import PeerErrors
 from ztunnel_py.telemetry.requests import RequestMetrics
 from ztunnel_py.transport.accept import ConnectionLimit, serve_connections
 from ztunnel_py.transport.podsockets import (
@@ -58,6 +65,7 @@ from ztunnel_py.transport.podsockets import (
     local_destination,
     original_destination,
 )
+from ztunnel_py.transport.tls import HandshakeLimit
 
 log = logging.getLogger("ztunnel_py.inpod")
 
@@ -82,7 +90,7 @@ class Capture(Protocol):
 
     def enroll(self, netns_fd: int, ifname: str, pod_ips: Sequence[str]) -> int: ...
 
-    def register_listener(self, pod_id: int, listener_fd: int) -> None: ...
+    def register_listener(self, pod_id: int, port: int, listener_fd: int) -> None: ...
 
     def unenroll(self, netns_fd: int, ifname: str) -> None: ...
 
@@ -180,6 +188,8 @@ class PodManager:
         self.drain = drain
         self.pods: dict[str, PodProxy] = {}
         self.connections = ConnectionLimit("the agent", config.max_connections)
+        self.handshakes = HandshakeLimit()
+        self.peer_errors = PeerErrors(metrics)
         state.subscribe(self._recheck)
 
     def _recheck(self, change: StateChange) -> None:
@@ -236,7 +246,7 @@ class PodManager:
             netns.close()
             raise EnrollRefused(f"cannot start proxy for {info.uid}: {e}") from e
         try:
-            await self._capture(pod, listeners[OUTBOUND_PORT])
+            await self._capture(pod, listeners)
         except Exception as e:
             for s in listeners.values():
                 s.close()
@@ -252,7 +262,7 @@ class PodManager:
         self._update_counts()
         log.info("enrolled pod %s (%s/%s)", info.uid, info.namespace, info.name)
 
-    async def _capture(self, pod: PodProxy, outbound: trio.socket.SocketType) -> None:
+    async def _capture(self, pod: PodProxy, listeners: dict[int, trio.socket.SocketType]) -> None:
         # Listeners exist before the programs are attached: captured traffic never finds the
         # pod without its proxy (and would be dropped, not leaked, if it did).
         if self.capture is None:
@@ -261,7 +271,8 @@ class PodManager:
         ifname, ips = await trio.to_thread.run_sync(capture.pod_interface, pod.netns.fd)
         pod.ifname = ifname
         pod.pod_id = await trio.to_thread.run_sync(capture.enroll, pod.netns.fd, ifname, ips)
-        capture.register_listener(pod.pod_id, outbound.fileno())
+        for port in CAPTURE_PORTS:
+            capture.register_listener(pod.pod_id, port, listeners[port].fileno())
 
     async def _remove(self, pod: PodProxy) -> None:
         """Stop the pod's proxy and take its capture programs off (best effort: the pod's
@@ -388,6 +399,8 @@ class PodManager:
             original_destination=self.original_destination,
             drain=self.drain.started,
             plaintext_idle_timeout=self.config.plaintext_idle_timeout,
+            handshakes=self.handshakes,
+            peer_errors=self.peer_errors,
         )
         handlers: dict[int, Callable[[trio.socket.SocketType], Awaitable[None]]] = {
             HBONE_PORT: inbound.serve_hbone,

@@ -22,4 +22,8 @@ def main(args: argparse.Namespace) -> int:
         from ztunnel_py.bench.compare import main as compare_main
 
         return compare_main(args)
+    if args.bench_command == "soak":
+        from ztunnel_py.bench.soak import main as soak_main
+
+        return soak_main(args)
     raise AssertionError(f"unknown benchmark {args.bench_command}")

@@ -102,9 +102,8 @@ def latency_argv(
     ]
 
 
-def counter_total(netns_name: str, family: str, **labels: str) -> float:
-    """The counter `family` (without `_total`) of the proxy serving :15020 in `netns_name`,
-    summed over the samples carrying every one of `labels`."""
+def scrape_metrics(netns_name: str) -> str:
+    """The /metrics text of the proxy serving :15020 in network namespace `netns_name`."""
 
     def scrape() -> str:
         conn = http.client.HTTPConnection("127.0.0.1", METRICS_PORT, timeout=5.0)
@@ -114,8 +113,14 @@ def counter_total(netns_name: str, family: str, **labels: str) -> float:
         finally:
             conn.close()
 
+    return namespaces.run_in(netns_name, scrape)
+
+
+def counter_total(netns_name: str, family: str, **labels: str) -> float:
+    """The counter `family` (without `_total`) of the proxy serving :15020 in `netns_name`,
+    summed over the samples carrying every one of `labels`."""
     total = 0.0
-    for metric in text_string_to_metric_families(namespaces.run_in(netns_name, scrape)):
+    for metric in text_string_to_metric_families(scrape_metrics(netns_name)):
         if metric.name != family:
             continue
         for sample in metric.samples:

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ztunnel_py.model.names import dns1123_label, dns1123_subdomain
 from ztunnel_py.model.workload import pod_uid
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -53,6 +54,8 @@ LOOKUP_FAILED = 101
 
 # CNI spec 1.0: container ids are alphanumerics plus '_', '.', '-'.
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# Kubernetes object UIDs are UUIDs; allow their hex-and-dash shape, nothing else.
+_POD_UID = re.compile(r"[0-9A-Fa-f-]{1,64}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -350,6 +353,19 @@ def parse_config(stdin: bytes) -> PluginConfig:
     )
 
 
+def _check_pod_names(args: Mapping[str, str]) -> None:
+    """The pod's namespace, name and uid as Kubernetes allows them: a runtime passes only such
+    names, and anything else (a newline forging a log line, say) is refused here."""
+    for key, check in (("K8S_POD_NAMESPACE", dns1123_label), ("K8S_POD_NAME", dns1123_subdomain)):
+        value = args.get(key, "")
+        problem = check(value) if value else None
+        if problem is not None:
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS {key}: {problem}")
+    uid = args.get("K8S_POD_UID", "")
+    if uid and not _POD_UID.fullmatch(uid):
+        raise CniError(INVALID_ENVIRONMENT, f"CNI_ARGS K8S_POD_UID: {uid!r} is not a UID")
+
+
 def _require(env: Mapping[str, str], key: str, command: Command) -> str:
     value = env.get(key, "")
     if not value:
@@ -388,13 +404,15 @@ def parse_invocation(command: Command, env: Mapping[str, str], stdin: bytes) -> 
                 "creates the pod's interface) in the network configuration list",
             )
     path = tuple(p for p in env.get("CNI_PATH", "").split(":") if p)
+    args = parse_cni_args(env.get("CNI_ARGS", ""))
+    _check_pod_names(args)
     return Invocation(
         command=command,
         container_id=container_id,
         netns=netns,
         ifname=ifname,
         path=path,
-        args=parse_cni_args(env.get("CNI_ARGS", "")),
+        args=args,
         config=config,
     )
 

@@ -79,3 +79,61 @@ def add_waypoint_commands(parser: argparse.ArgumentParser) -> None:
     _gateway(delete, name=False)
     delete.add_argument("--all", action="store_true", help="every waypoint of the namespace")
     _prefix(delete)
+
+
+def add_canary_commands(parser: argparse.ArgumentParser) -> None:
+    """`ztunnel-py canary run|status`."""
+    sub = parser.add_subparsers(dest="canary_command", metavar="COMMAND", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _prefix(common)
+    common.add_argument(
+        "--state-dir", default=None, metavar="DIR", help="the testbed's state directory"
+    )
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the canary controller on the testbed's Canary objects",
+        description="Follow every Canary (flagger.app/v1beta1) applied to the testbed: shadow "
+        "traffic to the new version first (analysis.mirror), then stepWeight by stepWeight up "
+        "to maxWeight, then all traffic to it, each step gated by the analysis metrics read "
+        "from Prometheus with PromQL; failed checks up to the threshold roll back to the "
+        "primary. Weights are written as a VirtualService and a DestinationRule through the "
+        "control plane; the status (phase, weights, each step's metric values and decision) "
+        "is written back into the Canary.",
+    )
+    run.add_argument(
+        "--prometheus-url",
+        metavar="URL",
+        help="the Prometheus to query (default: the testbed's, http://10.250.0.3:9090)",
+    )
+    run.add_argument(
+        "--until-done",
+        action="store_true",
+        help="return once every Canary has finished: status 0 if all were promoted, 1 if one "
+        "failed (else run until interrupted)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="give up after this long with status 2 (default: never)",
+    )
+    run.add_argument(
+        "--resync",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to look for new or deleted Canaries (default: 1)",
+    )
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="show each Canary's phase, weights and steps",
+        description="Show every Canary: its phase, the primary/canary weights, failed checks, "
+        "and its last steps with each metric's value against its threshold and the decision.",
+    )
+    status.add_argument("--json", action="store_true", help="the Canary objects as JSON")
+    status.add_argument(
+        "--steps", type=int, default=20, metavar="N", help="steps shown per Canary (default: 20)"
+    )

@@ -58,6 +58,7 @@ from ztunnel_py.http.message import (
     drop_body_framing,
     strip_hop_by_hop,
 )
+from ztunnel_py.protocol.hbone.connection import BoundedH2Connection
 
 __all__ = ["PREFACE", "H2Client", "H2Server"]
 
@@ -109,7 +110,7 @@ class _Codec:
             normalize_inbound_headers=True,
             validate_outbound_headers=True,
         )
-        self._conn = h2.connection.H2Connection(config=config)
+        self._conn = BoundedH2Connection(config=config)
         self._conn.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={

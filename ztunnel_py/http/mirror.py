@@ -6,7 +6,11 @@ response is read and dropped.
 Fire and forget: the copy leaves once the client's request is complete (its body is the one
 kept for retries; a body too long for that buffer is not mirrored), in a task of its own, and
 nothing it does reaches the client's exchange: not its status, not its time, not its errors.
-It runs no filters, so it is not counted as a request in the metrics or the access log. The
+It runs no filters and writes no access log line. Each copy that got an answer is handed to
+`record` (when the proxy gives one) with its endpoint, status, time and sizes: a waypoint
+counts it in the request metrics under the shadow host, which is what the canary's own proxy
+reports in sidecar mode, so shadow traffic can be measured before any client depends on it
+(`canary/`), while the service's counts stay the clients' requests. The
 work it may cause is bounded: at most `MAX_IN_FLIGHT` copies at once per proxy (more are dropped
 and counted), each given up after the route's timeout or `MIRROR_TIMEOUT`, whichever is
 shorter, and its response read up to `MAX_RESPONSE` bytes.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +28,8 @@ import trio
 
 from ztunnel_py.http.connection import StreamError
 from ztunnel_py.http.filter import RequestContext
-from ztunnel_py.http.message import Headers, RequestHead
+from ztunnel_py.http.filters.telemetry import head_size
+from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
 from ztunnel_py.http.upstream import (
     UpstreamConnectError,
     UpstreamOverflow,
@@ -35,11 +40,32 @@ from ztunnel_py.model.http import Backend
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_IN_FLIGHT", "MIRROR_TIMEOUT", "Mirrors", "shadow_authority"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "MIRROR_TIMEOUT",
+    "MirrorOutcome",
+    "MirrorRecord",
+    "Mirrors",
+    "shadow_authority",
+]
 
 MAX_IN_FLIGHT = 64
 MIRROR_TIMEOUT = 30.0
 MAX_RESPONSE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorOutcome:
+    """A copy that was answered: where it went, what came back, how long it took."""
+
+    target: UpstreamTarget
+    status: int
+    duration_ms: float
+    request_bytes: int
+    response_bytes: int
+
+
+MirrorRecord = Callable[[RequestContext, MirrorOutcome], None]
 
 
 class Targets(Protocol):
@@ -66,10 +92,17 @@ class _Copy:
 class Mirrors:
     """The mirror copies of one proxy, run in `nursery` on `pool`'s connections."""
 
-    def __init__(self, nursery: trio.Nursery, pool: UpstreamPool, resolver: Targets) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        pool: UpstreamPool,
+        resolver: Targets,
+        record: MirrorRecord | None = None,
+    ) -> None:
         self._nursery = nursery
         self._pool = pool
         self._resolver = resolver
+        self._record = record
         self.in_flight = 0
         self.sent = 0
         self.dropped = 0
@@ -123,8 +156,18 @@ class Mirrors:
                 if target is None:
                     self.failed += 1
                     return
-                await self._exchange(target, copy.head, body, trailers)
+                began = trio.current_time()
+                status, received = await self._exchange(target, copy.head, body, trailers)
                 self.sent += 1
+                if self._record is not None:
+                    outcome = MirrorOutcome(
+                        target,
+                        status,
+                        (trio.current_time() - began) * 1000,
+                        head_size(copy.head) + sum(len(chunk) for chunk in body),
+                        received,
+                    )
+                    self._record(ctx, outcome)
         except (StreamError, UpstreamConnectError, UpstreamOverflow) as e:
             self.failed += 1
             log.debug("mirror to %s failed: %s", copy.backend.cluster, e)
@@ -141,7 +184,8 @@ class Mirrors:
         head: RequestHead,
         body: tuple[bytes, ...],
         trailers: Headers | None,
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Send the copy, read its answer (up to MAX_RESPONSE): (status, bytes read)."""
         bodyless = not body and trailers is None
         up = await self._pool.open_stream(target, head, end_stream=bodyless)
         try:
@@ -149,10 +193,11 @@ class Mirrors:
                 for chunk in body:
                     await up.send_data(chunk)
                 await up.send_end(trailers)
-            await up.receive_head()
-            read = 0
+            answer = await up.receive_head()
+            read = head_size(answer) if isinstance(answer, ResponseHead) else 0
             with contextlib.suppress(StreamError):
                 while read <= MAX_RESPONSE and (received := await up.read_body()) is not None:
                     read += len(received)
         finally:
             up.reset()
+        return (answer.status if isinstance(answer, ResponseHead) else 0), read

@@ -1,9 +1,15 @@
 """TLS contexts for HBONE and the peer checks that complete them (docs/istio-compat.md, "TLS"
 and "Identities and peer verification").
 
-Both sides speak TLS 1.3 only, offer ALPN `h2` only, allow only the two AES-GCM suites, issue and
-use no session tickets (no resumption) and send no SNI. Each side presents its workload chain and
-verifies the peer's chain against the trust anchors the CA returned.
+Both sides speak TLS 1.3 only, offer ALPN `h2` only, accept only the two AES-GCM suites, issue
+and use no session tickets (no resumption) and send no SNI. Each side presents its workload chain
+and verifies the peer's chain against the trust anchors the CA returned.
+
+Python's `ssl` cannot narrow the TLS 1.3 suites OpenSSL offers (`set_ciphers` covers TLS 1.2 and
+older; there is no `set_ciphersuites`), and OpenSSL's default list adds ChaCha20-Poly1305. So the
+suite is checked after the handshake, with the peer checks below: a connection that negotiated
+any other suite is refused before a byte of application data. Our own peers agree on
+AES-256-GCM, the first suite OpenSSL offers.
 
 Python's `ssl` has no certificate-verification callback, so the SPIFFE checks that rustls runs
 inside ztunnel's handshake run here right AFTER the handshake and BEFORE any application byte is
@@ -15,9 +21,7 @@ handshake without a protocol instead of failing it.
 
 from __future__ import annotations
 
-import _ssl
 import contextlib
-import ctypes
 import os
 import ssl
 from collections import OrderedDict
@@ -26,9 +30,9 @@ from typing import Literal, Protocol
 
 from ztunnel_py.identity.pki import WorkloadCertificate, identities_from_cert, uri_sans
 from ztunnel_py.model.identity import Identity
+from ztunnel_py.transport.hbone.connection import HBONE_CIPHER_SUITES
 
 ALPN_H2 = "h2"
-TLS13_CIPHERSUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
 
 
 class TlsConnection(Protocol):
@@ -37,6 +41,8 @@ class TlsConnection(Protocol):
     def getpeercert(self, binary_form: Literal[True]) -> bytes | None: ...
 
     def selected_alpn_protocol(self) -> str | None: ...
+
+    def cipher(self) -> tuple[str, str, int] | None: ...
 
 
 class PeerIdentityError(Exception):
@@ -134,14 +140,18 @@ def verify_client_identity(peer_leaf_der: bytes | None, own_trust_domain: str) -
 
 
 def check_server_peer(conn: TlsConnection, expected: Sequence[Identity]) -> Identity:
-    """Client-side post-handshake checks: ALPN `h2` was negotiated and the server's SAN matches."""
+    """Client-side post-handshake checks: ALPN `h2` and an AES-GCM suite were negotiated, and
+    the server's SAN matches."""
     _check_alpn(conn)
+    _check_suite(conn)
     return verify_server_identity(conn.getpeercert(binary_form=True), expected)
 
 
 def check_client_peer(conn: TlsConnection, own_trust_domain: str) -> Identity:
-    """Server-side post-handshake checks: ALPN `h2` and the client's trust domain."""
+    """Server-side post-handshake checks: ALPN `h2`, an AES-GCM suite, the client's trust
+    domain."""
     _check_alpn(conn)
+    _check_suite(conn)
     return verify_client_identity(conn.getpeercert(binary_form=True), own_trust_domain)
 
 
@@ -149,6 +159,15 @@ def _check_alpn(conn: TlsConnection) -> None:
     selected = conn.selected_alpn_protocol()
     if selected != ALPN_H2:
         raise PeerIdentityError(f"peer did not negotiate ALPN {ALPN_H2!r} (got {selected!r})")
+
+
+def _check_suite(conn: TlsConnection) -> None:
+    cipher = conn.cipher()
+    if cipher is None or cipher[0] not in HBONE_CIPHER_SUITES:
+        raise PeerIdentityError(
+            f"peer negotiated cipher suite {cipher[0] if cipher else None}; only "
+            f"{', '.join(HBONE_CIPHER_SUITES)} are allowed"
+        )
 
 
 def _describe(sans: list[str]) -> str:
@@ -160,7 +179,6 @@ def _configure(ctx: ssl.SSLContext, cert: WorkloadCertificate) -> None:
         raise ValueError(f"certificate for {cert.identity} has no trust roots")
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    _set_tls13_ciphersuites(ctx, TLS13_CIPHERSUITES)
     ctx.options |= ssl.OP_NO_TICKET
     ctx.set_alpn_protocols([ALPN_H2])
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -190,21 +208,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-# Python's `ssl` exposes no SSL_CTX_set_ciphersuites (set_ciphers only affects TLS <= 1.2), so the
-# TLS 1.3 suite list is set through the very libssl that `_ssl` is linked against: dlsym on the
-# `_ssl` extension resolves symbols through its dependencies. The SSL_CTX pointer is the first
-# field after PyObject_HEAD of CPython's PySSLContext. The result is verified with get_ciphers().
-_libssl = ctypes.CDLL(_ssl.__file__)
-_libssl.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-_libssl.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
-
-
-def _set_tls13_ciphersuites(ctx: ssl.SSLContext, suites: Sequence[str]) -> None:
-    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not ssl_ctx or _libssl.SSL_CTX_set_ciphersuites(ssl_ctx, ":".join(suites).encode()) != 1:
-        raise RuntimeError("cannot restrict the TLS 1.3 cipher suites")
-    got = [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"]
-    if got != list(suites):
-        raise RuntimeError(f"TLS 1.3 cipher suites are {got}, expected {list(suites)}")

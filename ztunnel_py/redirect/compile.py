@@ -40,12 +40,17 @@ from typing import Any
 
 from ztunnel_py.model.ports import HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, PACKET_MARK
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.maps import AddrKey, PodConfigStruct, PodCountersStruct, RedirectError
+from ztunnel_py.redirect.maps import (
+    AddrKey,
+    PodConfigStruct,
+    PodCountersStruct,
+    RedirectError,
+)
 
 MODULE = "ztunnel_py.redirect.compile"
 # The directory holding this copy of the ztunnel_py package (a checkout or site-packages).
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-MAPS = ("pods", "counters", "listeners")  # pin names, as in BPF_TABLE_PINNED in the C
+MAPS = ("pods", "counters", "listeners", "reuse")  # pin names, as in BPF_TABLE_PINNED in the C
 COMPILE_TIMEOUT = 120.0
 DIAGNOSTIC_LINES = 30
 

@@ -4,9 +4,9 @@
 (the agent never loads bcc and its compiler), then opens what the child pinned and attaches the
 same programs to every enrolled pod: the tc programs to its interface, the socket lookup
 program to its netns (a link pinned under `links/<pod id>`, so it outlives the agent like the
-filters do), and `register_listener` gives that program the pod's 15001 socket. The maps and
+filters do), and `register_listener` gives that program the pod's agent listeners. The maps and
 programs are pinned under `<pin_root>/v<LAYOUT_VERSION>/` (`pods`, `counters`, `listeners`,
-`ingress`, `egress`, `lookup`) on a bpffs, which is mounted when missing. A restarted agent
+`reuse`, `ingress`, `egress`, `lookup`) on a bpffs, which is mounted when missing. A restarted agent
 reopens the pinned maps, with every pod's settings and counters, and keeps using the pinned
 programs when they are the same code (same program tag), so re-enrolling after a restart
 changes nothing; new code is pinned in their place and re-enrolling swaps it in with
@@ -44,6 +44,7 @@ from ztunnel_py.redirect.compile import (
 )
 from ztunnel_py.redirect.maps import (
     AddrKey,
+    ListenerKey,
     PodAddresses,
     PodConfigStruct,
     PodCounters,
@@ -58,12 +59,12 @@ from ztunnel_py.redirect.maps import (
 
 # Bump with any change to the structs in bpf/redirect.h: pinned maps of another layout live in
 # another directory and are never reopened with the wrong sizes.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 SO_NETNS_COOKIE = 71
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")
 PodsMap = bpfsys.PinnedMap[AddrKey, PodConfigStruct]
 CountersMap = bpfsys.PinnedMap[ctypes.c_uint64, PodCountersStruct]
-ListenersMap = bpfsys.PinnedMap[ctypes.c_uint64, ctypes.c_uint32]
+ListenersMap = bpfsys.PinnedMap[ListenerKey, ctypes.c_uint32]
 LINKS = "links"  # pin subdirectory: each pod's zt_lookup link, named by pod id
 
 
@@ -145,7 +146,7 @@ class Redirector:
                 self._fds.callback(self._counters.close)
                 self._listeners = ListenersMap(
                     self.pin_dir / "listeners",
-                    ctypes.c_uint64,
+                    ListenerKey,
                     ctypes.c_uint32,
                     map_type=bpfsys.BPF_MAP_TYPE_SOCKHASH,
                 )
@@ -297,11 +298,12 @@ class Redirector:
             finally:
                 os.close(link_fd)
 
-    def register_listener(self, pod_id: int, listener_fd: int) -> None:
-        """Make `listener_fd` (the pod's 15001 socket) zt_lookup's answer for the pod; the
-        entry goes away by itself when the socket is closed."""
+    def register_listener(self, pod_id: int, port: int, listener_fd: int) -> None:
+        """Make `listener_fd` (the pod's agent listener on `port`: 15001, 15006 or 15008)
+        zt_lookup's answer for a SYN tc left to the kernel on that port's behalf; the entry goes
+        away by itself when the socket is closed."""
         with _os_errors("update the listener map"):
-            self._listeners.update(ctypes.c_uint64(pod_id), ctypes.c_uint32(listener_fd))
+            self._listeners.update(ListenerKey(pod_id, port), ctypes.c_uint32(listener_fd))
 
     def pod_interface(self, netns_fd: int) -> tuple[str, list[str]]:
         """The pod's default-route interface and its global addresses: where capture goes."""

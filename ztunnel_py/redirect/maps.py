@@ -71,6 +71,12 @@ class PodConfigStruct(ctypes.Structure):
     )
 
 
+class ListenerKey(ctypes.Structure):
+    """`struct zt_listener_key`: one of the agent's listeners in a pod's netns."""
+
+    _fields_ = (("pod_id", ctypes.c_uint64), ("port", ctypes.c_uint32), ("pad", ctypes.c_uint32))
+
+
 class PodCountersStruct(ctypes.Structure):
     """`struct zt_pod_counters`."""
 

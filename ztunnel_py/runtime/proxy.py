@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 
 from ztunnel_py import __version__
 from ztunnel_py.admin.admin import ConfigDump, serve_admin
@@ -201,6 +202,28 @@ class ProxyRuntime:
     registry: CollectorRegistry
 
 
+class TrioTasks:
+    """`ztunnel_py_tasks`: the process's trio tasks, counted when scraped (scrapes run on the
+    event loop). Every connection and stream holds tasks, so a leak of them shows as growth
+    (`bench soak` watches it)."""
+
+    NAME = "ztunnel_py_tasks"
+    DOC = "The number of trio tasks in the process"
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        root = trio.lowlevel.current_root_task()
+        return [GaugeMetricFamily(self.NAME, self.DOC, value=_count_tasks(root) if root else 0)]
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self.NAME, self.DOC)]
+
+
+def _count_tasks(task: trio.lowlevel.Task) -> int:
+    return 1 + sum(
+        _count_tasks(child) for nursery in task.child_nurseries for child in nursery.child_tasks
+    )
+
+
 async def run_proxy(
     config: AgentConfig,
     state: ProxyState,
@@ -218,6 +241,7 @@ async def run_proxy(
     `decoders`."""
     registry = CollectorRegistry()
     metrics = Metrics(registry, component="ztunnel", tag=__version__)
+    registry.register(TrioTasks())
     readiness = Readiness()
     ready_task = readiness.register("workload proxy manager")
     signer = GrpcCaClient(
@@ -256,7 +280,7 @@ async def run_proxy(
         xds = XdsClient(xds_channel, node, handler, decoders=decoders, metrics=XdsMetrics(registry))
     pool = HbonePool(idle_timeout=config.pool_idle_timeout.total_seconds())
     dump = ConfigDump()
-    dump.add_sections(state.dump)
+    dump.add_sections(state.lazy_dump)
     dump.add_section("certificates", certs.dump)
     dump.add_section("version", _version_dump)
     dump.add_section("config", lambda: _config_dump(config))

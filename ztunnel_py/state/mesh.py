@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ztunnel_py.admin.jsonstream import LazyList
 from ztunnel_py.model import (
     Authorization,
     GatewayAddress,
@@ -351,10 +352,15 @@ class ProxyState:
 
     def dump(self) -> dict[str, Any]:
         """`workloads`, `services` and `policies` as `istioctl ztunnel-config` reads them."""
+        return {name: list(items) for name, items in self.lazy_dump().items()}
+
+    def lazy_dump(self) -> dict[str, LazyList]:
+        """`dump` with each element rendered only when it is written (the admin's streamed
+        `/config_dump`); the objects are the state's as of this call."""
         return {
-            "workloads": [_dump_workload(w) for w in sorted(self.workloads(), key=_uid)],
-            "services": [self._dump_service(s) for s in sorted(self.services(), key=_key)],
-            "policies": [_dump_policy(p) for p in sorted(self.policies(), key=_key)],
+            "workloads": LazyList(sorted(self.workloads(), key=_uid), _dump_workload),
+            "services": LazyList(sorted(self.services(), key=_key), self._dump_service),
+            "policies": LazyList(sorted(self.policies(), key=_key), _dump_policy),
         }
 
     def _dump_service(self, s: Service) -> dict[str, Any]:

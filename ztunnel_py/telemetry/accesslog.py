@@ -2,7 +2,9 @@
 
 - `connection opened` (DEBUG) when a proxied connection starts;
 - `connection complete` when it ends: INFO, or ERROR with `error=...` if it failed;
-- `connection failed` (WARN) for failures before the connection's context is known.
+- `connection failed` (WARN) for failures before the connection's context is known; these are
+  what a flood of bad connections produces, so they are rate-limited (`LogLimiter`, per
+  direction) and the next line let through says how many were left out (`suppressed=N`).
 - `request complete` for each HTTP request a waypoint or sidecar proxied (see
   `request_complete`).
 
@@ -21,10 +23,12 @@ import logging
 
 from ztunnel_py.telemetry.labels import SOURCE, UNKNOWN, TrafficLabels
 from ztunnel_py.telemetry.logs import Display
+from ztunnel_py.telemetry.ratelimit import LogLimiter
 
 access_log = logging.getLogger("access")
 # request_complete's fields that hold addresses.
 _ADDRESSES = ("src.addr", "upstream_host")
+_failures = LogLimiter()
 
 
 def _known(value: str) -> str | None:
@@ -85,12 +89,17 @@ def connection_complete(
 
 def connection_failed(src_addr: str, dst_addr: str, reporter: str, error: str) -> None:
     """An early failure (e.g. an early deny), before workloads and labels are known."""
-    fields = {
+    suppressed = _failures.allow(direction(reporter))
+    if suppressed is None:
+        return
+    fields: dict[str, object] = {
         "src.addr": Display(src_addr),
         "dst.addr": Display(dst_addr),
         "direction": direction(reporter),
         "error": error,
     }
+    if suppressed:
+        fields["suppressed"] = suppressed
     access_log.warning("connection failed", extra={"fields": fields})
 
 

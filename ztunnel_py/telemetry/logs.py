@@ -9,6 +9,11 @@ other unprintable character as `\u{hex}`), numbers and booleans are bare, and va
 `time`, `scope`, `message` and the fields, numbers as numbers. Structured fields travel in a
 record's `fields` attribute (`log.info("msg", extra={"fields": {...}})`).
 
+Every part of a text line a peer or a request can influence (the message with its arguments,
+field names and values) has its control characters escaped (`\n`, `\t`, `\u001b`...), so a
+pod name or header with a newline cannot forge a log line, and a tab cannot shift the columns;
+the lines of a traceback are indented, so none of them can pass for a record of its own.
+
 Levels are written like ztunnel's `RUST_LOG` / `/logging?level=`: `info`, or
 `info,access=debug,agent.xds=trace` (a default level plus per-module levels; `:` works as well
 as `=`, as `istioctl ztunnel-config log --level access:debug` writes it). A default level applies
@@ -50,6 +55,9 @@ _LEVEL_NAMES = {
 PACKAGE = "ztunnel_py"
 ACCESS = "access"
 _MODULE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: escaped wherever a
+# peer's text lands in a line (messages, field names, tracebacks)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
 
 
@@ -206,15 +214,21 @@ def _text_value(value: object) -> str:
     return _quoted(value if isinstance(value, str) else str(value))
 
 
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_timestamp(record), _level(record), _target(record), record.getMessage()]
+        message = _escaped(record.getMessage())
+        parts = [_timestamp(record), _level(record), _target(record), message]
         fields = _fields(record)
         if fields:
-            parts.append(" ".join(f"{k}={_text_value(v)}" for k, v in fields.items()))
+            parts.append(" ".join(f"{_escaped(k)}={_text_value(v)}" for k, v in fields.items()))
         line = "\t".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            trace = self.formatException(record.exc_info).splitlines()
+            line += "".join(f"\n  {_escaped(t)}" for t in trace)
         return line
 
 

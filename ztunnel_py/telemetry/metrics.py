@@ -143,6 +143,13 @@ class Metrics:
             (),
             is_counter=True,
         )
+        self._hbone_errors = _Family(
+            "ztunnel_py_hbone_errors",
+            "HBONE failures caused by peers: failed TLS handshakes, connection-level protocol "
+            "errors (GOAWAY sent), streams reset by the client; by kind and reason",
+            ("kind", "reason"),
+            is_counter=True,
+        )
         for gauge_or_counter in (self._active, self._pending, self._started, self._stopped):
             gauge_or_counter.cell(())
         registry.register(
@@ -159,6 +166,7 @@ class Metrics:
                     self._pending,
                     self._started,
                     self._stopped,
+                    self._hbone_errors,
                 ]
             )
         )
@@ -186,6 +194,10 @@ class Metrics:
 
     def proxy_stopped(self) -> None:
         self._stopped.cell(())[0] += 1
+
+    def hbone_error(self, kind: str, reason: str) -> None:
+        """One HBONE failure caused by a peer (see `telemetry.peererrors`)."""
+        self._hbone_errors.cell((kind, reason))[0] += 1
 
 
 class ConnectionMetrics:

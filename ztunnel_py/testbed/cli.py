@@ -1,5 +1,5 @@
-"""`ztunnel-py testbed up|down|status|exec|agent|controlplane|apply|delete`: parse results in,
-Testbed calls, text out."""
+"""`ztunnel-py testbed up|down|status|exec|agent|controlplane|prometheus|release|apply|delete`:
+parse results in, Testbed calls, text out."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from ztunnel_py.testbed import prometheus
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.status import PodStatus, ProcessStatus, TestbedStatus
 from ztunnel_py.testbed.testbed import Testbed, down
@@ -33,6 +34,7 @@ def _up(args: argparse.Namespace) -> int:
         dual_stack=args.dual_stack,
         controlplane_ipv6=args.controlplane_ipv6,
         image_name=args.image,
+        with_prometheus=args.prometheus,
     )
     client = next(p for p in bed.topology.pods if p.role == CLIENT)
     # Without the mesh nothing serves the VIPs (there is no kube-proxy): show a pod IP then.
@@ -44,6 +46,9 @@ def _up(args: argparse.Namespace) -> int:
     flags += f" --state-dir {args.state_dir}" if args.state_dir else ""
     _say(f"  inspect:   ztunnel-py testbed status{flags}")
     _say(f"  try:       ztunnel-py testbed exec{flags} {client.name} -- {curl}")
+    if bed.state.prometheus:
+        query = f"{prometheus.url()}/api/v1/query?query=up"
+        _say(f"  PromQL:    ztunnel-py testbed exec{flags} prometheus -- curl -s '{query}'")
     _say(f"  remove:    ztunnel-py testbed down{flags}")
     return 0
 
@@ -89,6 +94,27 @@ def _controlplane(args: argparse.Namespace) -> int:
             f"control plane serving in {time.monotonic() - started:.1f} s (pid {record.pid}, "
             f"log {record.log}); the agents reconnect by themselves"
         )
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    record = bed.release_pod_app(args.pod, fail_percent=args.fail_percent, delay_ms=args.delay_ms)
+    _say(
+        f"pod {args.pod} serves a new release (pid {record.pid}): {args.fail_percent:g}% 500s, "
+        f"{args.delay_ms} ms added"
+    )
+    return 0
+
+
+def _prometheus(args: argparse.Namespace) -> int:
+    bed = Testbed.attach(args.prefix, args.state_dir)
+    if args.action == "stop":
+        pid = bed.stop_prometheus()
+        _say(f"Prometheus stopped (pid {pid})" if pid else "Prometheus was not running")
+    else:
+        record = bed.start_prometheus()
+        _say(f"Prometheus ready on {prometheus.url()} (pid {record.pid}, log {record.log})")
     return 0
 
 
@@ -169,6 +195,15 @@ def format_status(status: TestbedStatus) -> str:
         f"fabric         {status.fabric.netns}  {status.fabric.subnet}",
         f"control plane  {cp.netns}  {cp.ip}"
         + (f"  {_alive(cp.pid, cp.alive)}  log {cp.log}" if cp.pid is not None else ""),
+        *(
+            [
+                f"prometheus     {status.prometheus.netns}  {status.prometheus.url}  "
+                f"{_alive(status.prometheus.pid, status.prometheus.alive)}  "
+                f"log {status.prometheus.log}"
+            ]
+            if status.prometheus is not None
+            else []
+        ),
         "namespaces     "
         + ", ".join(
             ns.name + "".join(f" {k}={v}" for k, v in ns.labels.items()) for ns in status.namespaces
@@ -259,6 +294,8 @@ _ACTIONS = {
     "exec": _exec,
     "agent": _agent,
     "controlplane": _controlplane,
+    "prometheus": _prometheus,
+    "release": _release,
     "apply": _apply,
     "delete": _delete,
 }

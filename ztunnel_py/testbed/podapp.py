@@ -12,6 +12,11 @@ The HTTP/1.1 server (`podserver`) and the HTTP/2 one (`podh2`) parse their wire 
   else `200` (a backend failing a share of its requests, for retries and outlier detection);
 - `/headers` and anything else: the JSON body.
 
+A pod started with `--fail-percent P` / `--delay-ms MS` (a release that misbehaves: a canary
+to roll back) answers `500` with the JSON body for P percent of its requests and adds MS
+milliseconds to every answer, on every path but `/bytes` (the benchmark path) and malformed
+requests.
+
 The JSON body says who answered and who asked: `pod`, `namespace`, `node`, `version` (the pod's
 version label, empty unless set), `client` (the peer address the server saw, `ip:port`),
 `method`, `path` (with the query), `host` (Host header or `:authority`), `headers` (request
@@ -27,6 +32,7 @@ an IPv6 address (`::`) one socket for both families.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import random
@@ -63,6 +69,9 @@ class PodInfo:
     namespace: str
     node: str
     version: str = ""
+    # how this release behaves on every path but /bytes: a share of 500s, an added delay
+    fail_percent: float = 0.0
+    delay_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,17 @@ def describe(info: PodInfo, request: Request) -> dict[str, object]:
 
 
 def answer(info: PodInfo, request: Request, rand: Callable[[], float] = random.random) -> Reply:
+    reply = _endpoint(info, request, rand)
+    if request.path.startswith(BYTES_PREFIX) or reply.status == 400:
+        return reply
+    if info.fail_percent and rand() * 100 < info.fail_percent:
+        reply = Reply(500, JSON_TYPE, json.dumps(describe(info, request)).encode(), reply.delay)
+    if info.delay_ms:
+        reply = dataclasses.replace(reply, delay=reply.delay + info.delay_ms / 1000)
+    return reply
+
+
+def _endpoint(info: PodInfo, request: Request, rand: Callable[[], float]) -> Reply:
     path = request.path.partition("?")[0]
     if path.startswith(BYTES_PREFIX):
         arg = path[len(BYTES_PREFIX) :]

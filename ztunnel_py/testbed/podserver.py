@@ -2,7 +2,8 @@
 and who asked, with the knobs L7 tests need (statuses, delays, headers, upgrades).
 
 `python -m ztunnel_py.testbed.podserver --pod NAME --namespace NS --node NODE [--port 8080]
-[--bind ADDR] [--version V] [--h2-port 8082] [--grpc-port 9090]` runs, in one process:
+[--bind ADDR] [--version V] [--h2-port 8082] [--grpc-port 9090] [--fail-percent P]
+[--delay-ms MS]` runs, in one process:
 
 - HTTP/1.1 on `--port` (this module): GET, HEAD, POST, PUT, PATCH, DELETE and OPTIONS, answered
   as `podapp` describes (`/bytes/N`, `/status/CODE`, `/delay/MS`, `/headers`, anything else a JSON
@@ -51,6 +52,7 @@ from typing import TypeVar
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.testbed.podapp import (
     BYTES_PREFIX,
+    MAX_DELAY_MS,
     NO_BODY_STATUSES,
     ZEROS,
     PodInfo,
@@ -264,6 +266,22 @@ def _address(bind: str, port: int) -> str:
         return f"{bind}:{port}"
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"wants a percentage from 0 to 100, got {text!r}")
+    return value
+
+
+def _delay(text: str) -> int:
+    if not text.isdigit() or int(text) > MAX_DELAY_MS:
+        raise argparse.ArgumentTypeError(f"wants milliseconds from 0 to {MAX_DELAY_MS}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ztunnel_py.testbed.podserver",
@@ -287,9 +305,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=9090,
         help="gRPC port (0 disables, auto: ephemeral; default 9090)",
     )
+    parser.add_argument(
+        "--fail-percent",
+        type=_percent,
+        default=0.0,
+        metavar="P",
+        help="answer 500 to P percent of the requests (a broken release; default 0)",
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=_delay,
+        default=0,
+        metavar="MS",
+        help="add MS milliseconds to every answer (a slow release; default 0)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    info = PodInfo(args.pod, args.namespace, args.node, args.version)
+    info = PodInfo(
+        args.pod, args.namespace, args.node, args.version, args.fail_percent, args.delay_ms
+    )
     bind = args.bind
     with contextlib.ExitStack() as stack:
         try:

@@ -11,6 +11,8 @@ Layout of a state directory:
                         testbed created, what `testbed apply` added (see resources.py), and
                         the Pod and Service of every waypoint (waypoints.py)
     logs/<name>.log     stdout+stderr of every process
+    prometheus/         with --prometheus: its prometheus.yml, targets/<job>.json (file-based
+                        discovery the testbed rewrites) and data/ (its storage)
     controlplane/       the control plane's data dir (its CA under controlplane/ca/)
     node<i>/            agent state dir of node i: auth token, enrollment socket, the CNI
                         network configuration the testbed hands the plugin (cni-config.json);
@@ -50,6 +52,8 @@ class State:
         self.controlplane_ipv6: bool = bool(data.get("controlplane_ipv6", False))
         # the mesh's processes run from this container image (image.py), not the venv
         self.image: str | None = data.get("image") or None
+        # a Prometheus scrapes the proxies and the control plane (prometheus.py)
+        self.prometheus: bool = bool(data.get("prometheus", False))
         # Kubernetes namespace -> labels (what the CNI plugin decides enrollment by)
         self.namespace_labels: dict[str, dict[str, str]] = {
             str(ns): {str(k): str(v) for k, v in labels.items()}
@@ -93,6 +97,7 @@ class State:
         namespace_labels: dict[str, dict[str, str]] | None = None,
         controlplane_ipv6: bool = False,
         image: str | None = None,
+        prometheus: bool = False,
     ) -> State:
         """Claim `state_dir` for a new testbed; fails if a testbed (or its remains) is there."""
         try:
@@ -114,6 +119,7 @@ class State:
                 "controlplane_ipv6": controlplane_ipv6,
                 "namespace_labels": namespace_labels or {},
                 "image": image,
+                "prometheus": prometheus,
             },
         )
         state.save()
@@ -147,6 +153,7 @@ class State:
             "controlplane_ipv6": self.controlplane_ipv6,
             "namespace_labels": self.namespace_labels,
             "image": self.image,
+            "prometheus": self.prometheus,
             "complete": self.complete,
             "namespaces": self.namespaces,
             "processes": [p.to_dict() for p in self.processes],

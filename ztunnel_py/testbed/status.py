@@ -121,6 +121,19 @@ class ControlPlaneStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PrometheusStatus:
+    """The testbed's Prometheus (`testbed up --prometheus`), reached inside `netns`."""
+
+    netns: str
+    url: str
+    config: str
+    targets_dir: str
+    log: str | None
+    pid: int | None
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
 class NamespaceStatus:
     name: str
     labels: dict[str, str]
@@ -145,6 +158,7 @@ class TestbedStatus:
     pods: tuple[PodStatus, ...]
     services: tuple[ServiceStatus, ...]
     waypoints: tuple[WaypointStatus, ...]
+    prometheus: PrometheusStatus | None  # with --prometheus only
     processes: tuple[ProcessStatus, ...]
 
     def pod(self, name: str) -> PodStatus:

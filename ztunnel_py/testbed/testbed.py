@@ -32,7 +32,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ztunnel_py.testbed import image, mesh, namespaces, process, resources, sidecar, waypoints
+from ztunnel_py.telemetry import promql
+from ztunnel_py.testbed import (
+    image,
+    mesh,
+    namespaces,
+    process,
+    prometheus,
+    resources,
+    sidecar,
+    waypoints,
+)
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.namespaces import ip
 from ztunnel_py.testbed.process import ProcessRecord
@@ -44,6 +54,7 @@ from ztunnel_py.testbed.status import (
     NodeStatus,
     PodStatus,
     ProcessStatus,
+    PrometheusStatus,
     ServicePortStatus,
     ServiceStatus,
     TestbedStatus,
@@ -171,6 +182,7 @@ class Testbed:
         dual_stack: bool = False,
         controlplane_ipv6: bool = False,
         image_name: str | None = None,
+        with_prometheus: bool | None = None,
     ) -> Testbed:
         """Build a testbed and wait until every process is ready.
 
@@ -179,7 +191,10 @@ class Testbed:
         plane IPv6 addresses too; `controlplane_ipv6` (with `dual_stack`) has the control plane
         serve on its IPv6 address only, and the proxies reach it there. `image_name` runs the
         control plane, the agents, the CNI node pods and the waypoints from that local
-        container image (`image.py`) instead of this virtual environment.
+        container image (`image.py`) instead of this virtual environment. `with_prometheus`
+        also starts a Prometheus scraping the proxies and the control plane (`prometheus.py`);
+        None (the default) runs it in ambient mode, where it costs 0.25 s at start and about
+        45 MB.
         """
         topology = plan(prefix, nodes, pods_per_node, dual_stack, mode, controlplane_ipv6)
         if mode == MODE_SIDECAR and dual_stack:
@@ -188,13 +203,20 @@ class Testbed:
             if mode != MODE_AMBIENT:
                 raise TestbedError("--image runs the ambient mesh: drop --mode or use ambient")
             image.check_image(image_name)
+        if with_prometheus is None:
+            with_prometheus = mode == MODE_AMBIENT
+        if with_prometheus:
+            if mode == MODE_NONE:
+                raise TestbedError("--prometheus scrapes the mesh: drop --mode none / --no-mesh")
+            prometheus.binary()
         directory = _state_dir(prefix, state_dir)
         if directory.exists():
             raise TestbedError(
                 f"testbed {prefix} is already up (or was interrupted): {directory} exists; "
                 f"run `ztunnel-py testbed down --prefix {prefix}` first"
             )
-        taken = [ns for ns in topology.namespaces if namespaces.exists(ns)]
+        wanted = [*topology.namespaces, *([prometheus.netns(prefix)] if with_prometheus else [])]
+        taken = [ns for ns in wanted if namespaces.exists(ns)]
         if taken:
             raise TestbedError(
                 f"network namespaces {', '.join(taken)} already exist, but {directory} does not "
@@ -211,6 +233,7 @@ class Testbed:
             namespace_labels=topology.namespace_labels,
             controlplane_ipv6=controlplane_ipv6,
             image=image_name,
+            prometheus=with_prometheus,
         )
         bed = cls(state)
         try:
@@ -255,9 +278,10 @@ class Testbed:
             f"testbed {self.prefix}: {len(t.nodes)} nodes, {len(t.pods)} pods, {mode}; "
             f"state in {self.state_dir}"
         )
-        for name in t.namespaces:
+        own = [*t.namespaces, *self._prometheus_netns]
+        for name in own:
             self.state.add_namespace(name)
-        for name in t.namespaces:
+        for name in own:
             self._add_netns(name)
         self._build_fabric(progress)
         for node in t.nodes:
@@ -270,6 +294,8 @@ class Testbed:
         elif self.state.mode == MODE_SIDECAR:
             progress("starting the mesh: control plane, one sidecar per pod")
             sidecar.start(t, self.state, self._launch, progress, timeout)
+        if self.state.prometheus:
+            self._start_prometheus(progress, timeout)
         self.state.complete = True
         self.state.save()
         progress(f"testbed {self.prefix} is up")
@@ -311,6 +337,27 @@ class Testbed:
         progress(f"  fabric {t.fabric_netns}: bridge {FABRIC_BRIDGE}, {FABRIC_SUBNET}")
         self._fabric_port(t.cp_netns, "vcp", *t.controlplane_ips)
         progress(f"  control plane namespace {t.cp_netns}: {', '.join(t.controlplane_ips)}")
+        for ns in self._prometheus_netns:
+            ip6 = prometheus.IP6 if t.dual_stack else None
+            self._fabric_port(ns, prometheus.FABRIC_IFACE, prometheus.IP, ip6)
+            progress(f"  Prometheus namespace {ns}: {prometheus.IP}")
+
+    @property
+    def _prometheus_netns(self) -> list[str]:
+        return [prometheus.netns(self.prefix)] if self.state.prometheus else []
+
+    def _start_prometheus(self, progress: Progress, timeout: float) -> None:
+        record = prometheus.record(self.topology, self.state)
+        self._launch(record)
+        prometheus.wait_ready(self.state, record, timeout)
+        progress(
+            f"  Prometheus ready on {prometheus.url()} in {prometheus.netns(self.prefix)}, "
+            f"scraping every {prometheus.SCRAPE_INTERVAL} (pid {record.pid}, log {record.log})"
+        )
+
+    def _prometheus_targets_changed(self) -> None:
+        if self.state.prometheus:
+            prometheus.write_targets(self.topology, self.state, self.state.waypoints)
 
     def _build_node(self, node: NodePlan, progress: Progress) -> None:
         t = self.topology
@@ -323,8 +370,10 @@ class Testbed:
                 ip("route", "add", other.pod_cidr, "via", other.ip, netns=node.netns)
                 if other.pod_cidr6 is not None and other.ipv6 is not None:
                     ip("-6", "route", "add", other.pod_cidr6, "via", other.ipv6, netns=node.netns)
-        # The control plane answers pods too (sidecars reach it from their pods' netns).
-        ip("route", "add", node.pod_cidr, "via", node.ip, netns=t.cp_netns)
+        # The control plane answers pods too (sidecars reach it from their pods' netns);
+        # Prometheus scrapes waypoints and sidecars at their pod IPs.
+        for ns in (t.cp_netns, *self._prometheus_netns):
+            ip("route", "add", node.pod_cidr, "via", node.ip, netns=ns)
         v6 = f", {node.ipv6}, pods in {node.pod_cidr6}" if node.ipv6 else ""
         progress(f"  node {node.name}: {node.netns} {node.ip}, pods in {node.pod_cidr}{v6}")
         for pod in t.pods_on(node.name):
@@ -391,8 +440,8 @@ class Testbed:
     # -- using ------------------------------------------------------------------------------
 
     def netns_of(self, target: str) -> str:
-        """The namespace of a pod (waypoint pods too) or node name; TestbedError naming the
-        choices otherwise."""
+        """The namespace of a pod (waypoint pods too), node name or `prometheus`; TestbedError
+        naming the choices otherwise."""
         for pod in self.topology.pods:
             if pod.name == target:
                 return pod.netns
@@ -403,6 +452,8 @@ class Testbed:
         for waypoint in self.state.waypoints:
             if waypoint.name == target:
                 return waypoint.netns
+        if target == prometheus.PROMETHEUS and self.state.prometheus:
+            return prometheus.netns(self.prefix)
         pods = ", ".join(
             [p.name for p in self.topology.pods] + [w.name for w in self.state.waypoints]
         )
@@ -528,7 +579,22 @@ class Testbed:
             pods=tuple(pods),
             services=tuple(services),
             waypoints=tuple(self._waypoint_status(w) for w in state.waypoints),
+            prometheus=self._prometheus_status(),
             processes=tuple(self._proc(r.name) for r in state.processes),
+        )
+
+    def _prometheus_status(self) -> PrometheusStatus | None:
+        if not self.state.prometheus:
+            return None
+        proc = self._proc(prometheus.PROMETHEUS)
+        return PrometheusStatus(
+            netns=prometheus.netns(self.prefix),
+            url=prometheus.url(),
+            config=str(prometheus.config_file(self.state)),
+            targets_dir=str(prometheus.targets_dir(self.state)),
+            log=proc.log,
+            pid=proc.pid,
+            alive=proc.alive,
         )
 
     def _waypoint_status(self, waypoint: WaypointPlan) -> WaypointStatus:
@@ -631,6 +697,38 @@ class Testbed:
             f"the agent of {node}",
             lambda record: mesh.wait_agent_ready(plan_, record, timeout),
         )
+
+    def release_pod_app(
+        self, pod: str, *, fail_percent: float = 0.0, delay_ms: int = 0, timeout: float = 30.0
+    ) -> ProcessRecord:
+        """Restart the app of `pod` as a release that behaves so (`podserver --fail-percent`,
+        `--delay-ms`; both 0: a healthy one), as rolling out a new image of it would, and wait
+        until it serves again."""
+        self.refresh()
+        plan_ = self.topology.pod(pod)
+        old = self.state.process(http_name(pod))
+        if old is None:
+            raise TestbedError(f"pod {pod} has no app process recorded")
+        self._stop(old, f"the app of pod {pod}")
+        base = (
+            old.argv[: old.argv.index("--fail-percent")]
+            if "--fail-percent" in old.argv
+            else old.argv
+        )
+        argv = [*base, "--fail-percent", f"{fail_percent:g}", "--delay-ms", str(delay_ms)]
+        record = ProcessRecord(name=old.name, netns=old.netns, argv=argv, log=old.log)
+        self.state.replace_process(record)
+        process.start(record)
+        self.state.save()
+        assert record.pid is not None
+        ports = self.topology.server_ports(plan_)
+        process.wait_for(
+            functools.partial(_serving, record.pid, ports),
+            [record],
+            timeout,
+            f"pod {pod} to listen on {', '.join(map(str, ports))}",
+        )
+        return record
 
     def stop_controlplane(self) -> int | None:
         """SIGTERM the control plane and wait for it to exit (SIGKILL after 8 s); the agents keep
@@ -796,6 +894,7 @@ class Testbed:
                 f"waypoint pod {namespace}/{wp.name} to be ready",
             )
             resources.write(self.config_dir, [waypoints.service_resource(wp, document)])
+            self._prometheus_targets_changed()
         except BaseException as exc:
             self._remove_waypoint(wp, _quiet)
             if isinstance(exc, TestbedError):
@@ -824,7 +923,44 @@ class Testbed:
         namespaces.delete(wp.netns)
         self.state.remove_namespace(wp.netns)
         self.state.remove_waypoint(wp)
+        self._prometheus_targets_changed()
         progress(f"waypoint pod {wp.namespace}/{wp.name} stopped and removed")
+
+    # -- Prometheus ---------------------------------------------------------------------------
+
+    def _prometheus(self) -> ProcessRecord:
+        self.refresh()
+        record = self.state.process(prometheus.PROMETHEUS)
+        if record is None:
+            raise TestbedError(
+                f"testbed {self.prefix} runs no Prometheus (bring it up with --prometheus)"
+            )
+        return record
+
+    def stop_prometheus(self) -> int | None:
+        """SIGTERM the testbed's Prometheus and wait for it to exit; the pid it had, or None."""
+        return self._stop(self._prometheus(), "Prometheus")
+
+    def start_prometheus(self, timeout: float = 60.0) -> ProcessRecord:
+        """Start Prometheus again (same command line and storage) and wait until it is ready."""
+        return self._restart(
+            self._prometheus(),
+            "Prometheus",
+            lambda record: prometheus.wait_ready(self.state, record, timeout),
+        )
+
+    def prometheus_query(self, query: str, timeout: float = 5.0) -> list[promql.Sample]:
+        """Evaluate PromQL `query` now on the testbed's Prometheus (from its namespace).
+
+        TestbedError if the testbed runs none; `promql.PrometheusError` if it does not
+        answer with data."""
+        self.refresh()
+        if not self.state.prometheus:
+            raise TestbedError(
+                f"testbed {self.prefix} runs no Prometheus (bring it up with --prometheus)"
+            )
+        connect = prometheus.connect_in(prometheus.netns(self.prefix))
+        return promql.instant_query(prometheus.url(), query, timeout=timeout, connect=connect)
 
     @property
     def controlplane_debug_url(self) -> str:

@@ -11,6 +11,15 @@ large write in one call reached 5-6 Gbit/s (docs/performance.md, "TLS on `Memory
 - buffers are reused, never allocated per call (except the ciphertext bytes `MemoryBIO.read`
   returns, which the ssl module gives no way to avoid).
 
+Pending handshakes stay cheap (an attacker can open many and never finish them). A server
+holds the client's first TLS record, its ClientHello, in a buffer of the record's own size
+before OpenSSL sees a byte: an `SSLObject` and its buffers (about 45 KB once the handshake
+starts) exist only for clients that sent a whole ClientHello. Handshake reads use small
+buffers; the large receive buffer is grown by the first bulk read. And a `HandshakeLimit`
+bounds the handshakes past the ClientHello: when it is full, a new one takes the place of the
+oldest, which has had the longest to finish (real clients finish in milliseconds, so the
+oldest are the stalled ones): a flood of stalled handshakes cannot lock out real clients.
+
 Reads never send: a TLS 1.3 post-handshake message that needs an answer (KeyUpdate) is answered
 with the next `send_all`. One task may send while another receives; two concurrent senders (or
 receivers) raise `trio.BusyResourceError`.
@@ -29,12 +38,17 @@ from typing import cast
 
 import trio
 
-__all__ = ["TlsError", "TlsTransport"]
+__all__ = ["DEFAULT_MAX_HANDSHAKES", "HandshakeLimit", "TlsError", "TlsTransport"]
 
 Bytes = bytes | bytearray | memoryview
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
-_HANDSHAKE_READ = 64 * 1024
+DEFAULT_MAX_HANDSHAKES = 128
+_HANDSHAKE_READ = 4 * 1024
+# A TLS record: content type, legacy version (3, x), 16-bit length of at most 2^14 bytes.
+_RECORD_HEADER = 5
+_CONTENT_HANDSHAKE = 22
+_MAX_RECORD = 1 << 14
 DEFAULT_RECEIVE_SIZE = 256 * 1024
 # How long `aclose` may spend delivering close_notify to a peer that is not reading.
 _CLOSE_NOTIFY_GRACE = 0.1
@@ -50,6 +64,34 @@ class TlsError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class HandshakeLimit:
+    """At most `limit` server handshakes past the ClientHello at a time, shared by every
+    listener of a process; a new handshake beyond it abandons the oldest one."""
+
+    def __init__(self, limit: int = DEFAULT_MAX_HANDSHAKES) -> None:
+        if limit < 1:
+            raise ValueError("the handshake limit must be at least 1")
+        self.limit = limit
+        self.abandoned = 0
+        # In start order (dicts keep insertion order): the first is the oldest.
+        self._active: dict[int, trio.CancelScope] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def admit(self, scope: trio.CancelScope) -> None:
+        """Count a handshake (run under `scope`) in, abandoning the oldest if full."""
+        if len(self._active) >= self.limit:
+            oldest = next(iter(self._active))
+            self._active.pop(oldest).cancel()
+            self.abandoned += 1
+        self._active[id(scope)] = scope
+
+    def release(self, scope: trio.CancelScope) -> None:
+        self._active.pop(id(scope), None)
 
 
 def _describe(error: ssl.SSLError) -> str:
@@ -82,14 +124,18 @@ class TlsTransport:
         server_side: bool,
         server_hostname: str | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshakes: HandshakeLimit | None = None,
     ) -> None:
         self._sock = sock
+        self._context = ssl_context
+        self._server_side = server_side
+        self._server_hostname = server_hostname
         self._handshake_timeout = handshake_timeout
+        self._handshakes = handshakes
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._ssl = ssl_context.wrap_bio(
-            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
-        )
+        if not server_side:
+            self._start_tls()
         self._ciphertext = bytearray()
         self._plaintext = bytearray()
         self._held = bytearray()
@@ -100,6 +146,16 @@ class TlsTransport:
         self._closed = False
         self._sending = False
         self._receiving = False
+
+    _ssl: ssl.SSLObject  # a server's is created once the client's first record is in
+
+    def _start_tls(self) -> None:
+        self._ssl = self._context.wrap_bio(
+            self._incoming,
+            self._outgoing,
+            server_side=self._server_side,
+            server_hostname=self._server_hostname,
+        )
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -142,6 +198,54 @@ class TlsTransport:
             raise TlsError(f"TLS handshake timed out after {self._handshake_timeout:g}s") from None
 
     async def _handshake(self) -> None:
+        if not self._server_side:
+            await self._exchange()
+            return
+        await self._receive_first_record()
+        self._start_tls()
+        if self._handshakes is None:
+            await self._exchange()
+            return
+        scope = trio.CancelScope()
+        self._handshakes.admit(scope)
+        try:
+            with scope:
+                await self._exchange()
+        finally:
+            self._handshakes.release(scope)
+        if scope.cancelled_caught:
+            raise TlsError(
+                f"TLS handshake abandoned: more than {self._handshakes.limit} handshakes in "
+                "progress, and this one was the oldest"
+            )
+
+    async def _receive_first_record(self) -> None:
+        """Server side: wait for the client's whole first record (its ClientHello), reading
+        exactly its size, and queue it for OpenSSL."""
+        header = await self._receive_exactly(_RECORD_HEADER)
+        length = int.from_bytes(header[3:5], "big")
+        if header[0] != _CONTENT_HANDSHAKE or header[1] != 3:
+            raise TlsError(f"the client did not start a TLS handshake (it sent {bytes(header)!r})")
+        if not 0 < length <= _MAX_RECORD:
+            raise TlsError(f"the client's first TLS record claims {length} bytes")
+        self._incoming.write(header)
+        self._incoming.write(await self._receive_exactly(length))
+
+    async def _receive_exactly(self, size: int) -> bytearray:
+        data = bytearray(size)
+        view = memoryview(data)
+        got = 0
+        while got < size:
+            try:
+                count = await self._sock.recv_into(view[got:], size - got)
+            except OSError as e:
+                raise TlsError(_describe_os_error(e)) from e
+            if not count:
+                raise TlsError("peer closed the connection during the TLS handshake")
+            got += count
+        return data
+
+    async def _exchange(self) -> None:
         while True:
             try:
                 self._ssl.do_handshake()

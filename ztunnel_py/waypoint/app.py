@@ -24,6 +24,7 @@ node agent: it speaks HBONE itself, as Envoy waypoints do) and:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import random
@@ -52,7 +53,7 @@ from ztunnel_py.http.filters.jwt import JwtAuthnFilter
 from ztunnel_py.http.filters.telemetry import TelemetryFilter
 from ztunnel_py.http.filters.tracing import TracingFilter
 from ztunnel_py.http.mesh import MeshResolver
-from ztunnel_py.http.mirror import Mirrors
+from ztunnel_py.http.mirror import MirrorOutcome, Mirrors, shadow_authority
 from ztunnel_py.http.proxy import HttpProxy
 from ztunnel_py.http.upstream import UpstreamPool
 from ztunnel_py.identity.tls import (
@@ -72,7 +73,8 @@ from ztunnel_py.state.l7 import L7State
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import WAYPOINT, TrafficLabels
-from ztunnel_py.telemetry.requests import Peer, RequestMetrics
+from ztunnel_py.telemetry.peererrors import PeerErrors
+from ztunnel_py.telemetry.requests import Peer, RequestLabels, RequestMetrics
 from ztunnel_py.transport.hbone import (
     HboneClientConnection,
     HboneError,
@@ -83,6 +85,7 @@ from ztunnel_py.transport.hbone import (
 )
 from ztunnel_py.transport.pool import HbonePool, PoolKey
 from ztunnel_py.transport.relay import ByteStream, RelayError, relay
+from ztunnel_py.transport.tls import HandshakeLimit
 from ztunnel_py.waypoint.feed import WaypointFeed
 from ztunnel_py.xds.convert import WORKLOAD_DECODERS
 from ztunnel_py.xds.l7convert import L7_DECODERS
@@ -193,12 +196,14 @@ class Waypoint:
     async def start(self, rt: ProxyRuntime, listen: SocketAddr) -> None:
         self.rt = rt
         self.hbone_pool: HbonePool = rt.pool
+        self.handshakes = HandshakeLimit()
+        self.peer_errors = PeerErrors(rt.metrics)
         self.upstreams = UpstreamPool(
             rt.nursery, connect_timeout=self.config.connect_timeout.total_seconds()
         )
         self.request_metrics = RequestMetrics(rt.registry)
         self.resolver = MeshResolver(self.state, self.l7, self._connect_endpoint)
-        self.mirrors = Mirrors(rt.nursery, self.upstreams, self.resolver)
+        self.mirrors = Mirrors(rt.nursery, self.upstreams, self.resolver, self._record_mirror)
         self.tracing = TracingFilter()
         self.jwt = JwtAuthnFilter(
             lambda ctx: self.l7.jwt_rules_for(ctx.service) if ctx.service else ()
@@ -261,17 +266,15 @@ class Waypoint:
                 sock.close()
                 return
             td = self.me.trust_domain
-            try:
+            with contextlib.suppress(HboneHandshakeError):  # reported through `events`
                 await serve_hbone_connection(
                     sock,
                     server_context(cert),
                     verify_client=lambda der: verify_client_identity(der, td),
                     handler=self._on_connect,
+                    handshakes=self.handshakes,
                     drain=self.rt.drain.started,
-                )
-            except HboneHandshakeError as e:
-                connection_failed(
-                    str(SocketAddr(peer[0], peer[1])), str(HBONE_PORT), WAYPOINT, f"handshake: {e}"
+                    events=self.peer_errors,
                 )
 
     async def _on_connect(self, req: HboneRequest) -> None:
@@ -379,6 +382,29 @@ class Waypoint:
         host = SocketAddr.parse(down.peer_address).ip
         return Peer.of(self.state.workload_by_ip(host), down.peer_identity)
 
+    def _record_mirror(self, ctx: Any, outcome: MirrorOutcome) -> None:
+        """A mirrored copy in the request metrics, under the shadow host (`-shadow`) so the
+        service's own counts stay the clients' requests (see `http/mirror.py`)."""
+        info = outcome.target.info
+        service = self.state.service_by_key(ctx.service) if ctx.service else None
+        # the copy's own authority already carries the suffix
+        host = shadow_authority(service.hostname) if service is not None else ctx.request.authority
+        labels = RequestLabels(
+            reporter=WAYPOINT,
+            source=self._source_peer(ctx),
+            destination=Peer.of(info if isinstance(info, Workload) else None, None),
+            service=None,
+            service_host=host,
+            request_protocol="http",
+            response_code=outcome.status,
+            grpc_response_status="",
+            response_flags="-",
+            mtls=ctx.downstream.peer_identity is not None,
+        )
+        self.request_metrics.record(
+            labels, outcome.duration_ms, outcome.request_bytes, outcome.response_bytes
+        )
+
     def _destination_peer(self, ctx: Any) -> Peer:
         workload = ctx.upstream_info if isinstance(ctx.upstream_info, Workload) else None
         return Peer.of(workload, None)
@@ -411,6 +437,7 @@ class Waypoint:
                 expected_identities=expected,
                 verify=verify_server_identity,
                 nursery=self.rt.nursery,
+                not_after=cert.not_after,
             )
 
         try:

@@ -12,6 +12,7 @@ can open plaintext connections, so one with no byte either way for `plaintext_id
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.accesslog import connection_failed
 from ztunnel_py.telemetry.labels import TrafficLabels
 from ztunnel_py.telemetry.metrics import Metrics
+from ztunnel_py.telemetry.peererrors import PeerErrors
 from ztunnel_py.transport.hbone import (
     HboneHandshakeError,
     HboneRequest,
@@ -38,6 +40,7 @@ from ztunnel_py.transport.hbone import (
 )
 from ztunnel_py.transport.podsockets import PodNetns, local_destination
 from ztunnel_py.transport.relay import SocketByteStream, relay, splice_relay
+from ztunnel_py.transport.tls import HandshakeLimit
 
 log = logging.getLogger("ztunnel_py.inbound")
 
@@ -82,8 +85,14 @@ class Inbound:
         ),
         drain: trio.Event | None = None,
         plaintext_idle_timeout: timedelta | None = None,
+        handshakes: HandshakeLimit | None = None,
+        peer_errors: PeerErrors | None = None,
     ) -> None:
         self.pod_uid = pod_uid
+        # The agent's bound on TLS handshakes in progress, shared by every pod.
+        self.handshakes = handshakes
+        # The agent's record of what misbehaving clients did (rate-limited), shared too.
+        self.peer_errors = peer_errors
         # Set when the process drains: HBONE connections GOAWAY and end with their streams.
         self.drain = drain
         # Bind upstream sockets to the client's IP so the app sees it; only with capture on,
@@ -147,17 +156,15 @@ class Inbound:
         async def on_request(req: HboneRequest) -> None:
             await self._on_connect(workload, req, peer)
 
-        try:
+        with contextlib.suppress(HboneHandshakeError):  # reported through `events`
             await serve_hbone_connection(
                 sock,
                 server_context(cert),
                 verify_client=lambda der: verify_client_identity(der, td),
                 handler=on_request,
+                handshakes=self.handshakes,
                 drain=self.drain,
-            )
-        except HboneHandshakeError as e:
-            connection_failed(
-                str(SocketAddr(*peer[:2])), str(HBONE_PORT), DESTINATION, f"handshake: {e}"
+                events=self.peer_errors,
             )
 
     async def _on_connect(

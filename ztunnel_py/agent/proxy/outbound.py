@@ -327,6 +327,7 @@ class Outbound:
                 expected_identities=expected,
                 verify=verify_server_identity,
                 nursery=self.connections,
+                not_after=cert.not_after,
             )
 
         forwarded = [f'for="{client_addr}"'] if client_addr is not None else []

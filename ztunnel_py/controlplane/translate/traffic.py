@@ -30,7 +30,6 @@ from typing import Any
 
 from ztunnel_py.controlplane.resources import Resource
 from ztunnel_py.controlplane.translate.routes import Warn
-from ztunnel_py.controlplane.validation.durations import parse_duration
 from ztunnel_py.model.http import (
     DEFAULT_MAGLEV_SIZE,
     DEFAULT_RING_SIZE,
@@ -45,6 +44,7 @@ from ztunnel_py.model.http import (
     RetryBudget,
     TrafficPolicy,
 )
+from ztunnel_py.yamlschema.durations import parse_duration
 
 __all__ = ["cluster_policies", "unsupported"]
 

@@ -30,15 +30,10 @@ DEFAULT_NAMESPACE = "default"
 KINDS: dict[str, KindInfo] = {**kinds.KINDS, **extensions.KINDS, **routing.KINDS}
 
 
-# API groups whose kinds the control plane reads: an unknown kind there is an error
+# API groups whose kinds the control plane reads (every group of a kind it validates; the core
+# group is ""): an unknown kind there is an error
 _OUR_GROUPS = frozenset(
-    {
-        "",
-        "networking.istio.io",
-        "security.istio.io",
-        "extensions.istio.io",
-        "gateway.networking.k8s.io",
-    }
+    version.rpartition("/")[0] for info in KINDS.values() for version in info.api_versions
 )
 # kinds of those groups it knows and does not use, by group
 _NOT_USED: dict[str, frozenset[str]] = {

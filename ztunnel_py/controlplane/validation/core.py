@@ -12,13 +12,11 @@ from collections.abc import Mapping
 from ztunnel_py.controlplane.validation.kube import (
     LABELS,
     KindInfo,
-    dns1035_label,
-    dns1123_label,
-    dns1123_subdomain,
     kube_object,
     names,
     port_name,
 )
+from ztunnel_py.model.names import dns1035_label, dns1123_label, dns1123_subdomain
 from ztunnel_py.yamlschema.schema import (
     ANY,
     BOOL,

@@ -20,10 +20,10 @@ from ztunnel_py.controlplane.validation.istio_security import POLICY_TARGET_REF
 from ztunnel_py.controlplane.validation.kube import (
     SELECTOR_MATCH_LABELS,
     KindInfo,
-    dns1123_subdomain,
     kube_object,
 )
 from ztunnel_py.model.http import FILTER_NAME
+from ztunnel_py.model.names import dns1123_subdomain
 from ztunnel_py.yamlschema.schema import (
     ANY,
     INT,

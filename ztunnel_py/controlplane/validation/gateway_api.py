@@ -9,9 +9,8 @@ from collections.abc import Mapping
 from ztunnel_py.controlplane.validation.kube import (
     LABELS,
     custom_resource,
-    dns1123_label,
-    dns1123_subdomain,
 )
+from ztunnel_py.model.names import dns1123_label, dns1123_subdomain
 from ztunnel_py.yamlschema.schema import (
     ANY,
     INT,

@@ -10,11 +10,10 @@ from collections.abc import Mapping
 from ztunnel_py.controlplane.validation.kube import (
     LABELS,
     custom_resource,
-    dns1123_label,
-    dns1123_subdomain,
     port_name,
 )
 from ztunnel_py.controlplane.validation.traffic_policy import TRAFFIC_POLICY
+from ztunnel_py.model.names import dns1123_label, dns1123_subdomain
 from ztunnel_py.yamlschema.schema import (
     ANY,
     BOOL,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from ztunnel_py.model.names import dns1123_label, dns1123_subdomain
 from ztunnel_py.yamlschema.schema import (
     ANY,
     BOOL,
@@ -47,40 +48,8 @@ def names(text: str) -> tuple[str, ...]:
 
 # --- names -------------------------------------------------------------------------------------
 
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
-_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _IANA_SVC_NAME = re.compile(r"^[-a-z0-9]+$")
-
-
-def dns1123_label(text: str) -> str | None:
-    if len(text) > 63 or not _DNS1123_LABEL.match(text):
-        return (
-            f"{text!r} is not a valid name: at most 63 lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit"
-        )
-    return None
-
-
-def dns1123_subdomain(text: str) -> str | None:
-    if len(text) > 253 or not _DNS1123_SUBDOMAIN.match(text):
-        return (
-            f"{text!r} is not a valid name: lowercase letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit, at most 253 characters"
-        )
-    return None
-
-
-def dns1035_label(text: str) -> str | None:
-    if len(text) > 63 or not _DNS1035_LABEL.match(text):
-        return (
-            f"{text!r} is not a valid name: at most 63 lowercase letters, digits and '-', "
-            "starting with a letter and ending with a letter or digit"
-        )
-    return None
 
 
 def label_key(key: object) -> str | None:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ztunnel_py.controlplane.validation import gateway_api, kinds
-from ztunnel_py.controlplane.validation.durations import DURATION, parse_duration
 from ztunnel_py.controlplane.validation.kube import LABELS, KindInfo
+from ztunnel_py.yamlschema.durations import DURATION, parse_duration
 from ztunnel_py.yamlschema.schema import (
     ANY,
     PORT,

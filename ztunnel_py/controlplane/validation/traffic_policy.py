@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ztunnel_py.controlplane.validation.durations import DURATION, MS_DURATION
 from ztunnel_py.model.http import MAX_MAGLEV_SIZE, MAX_RING_SIZE, valid_maglev_size
+from ztunnel_py.yamlschema.durations import DURATION, MS_DURATION
 from ztunnel_py.yamlschema.schema import (
     ANY,
     BOOL,

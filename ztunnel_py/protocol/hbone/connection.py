@@ -102,6 +102,19 @@ class StreamState:
         self.opened_at = 0.0
 
 
+class BoundedH2Connection(h2.connection.H2Connection):
+    """h2's connection, remembering how its last 1,024 closed streams ended instead of 65,536.
+
+    h2 keeps that record so a frame still in flight on a stream it closed gets the right
+    answer; a frame more than a thousand streams late is answered as for any unknown stream.
+    A long-lived connection that carries a stream per proxied connection (a pooled HBONE
+    connection between two agents does) would otherwise hold ~6.5 MB of records, growing for
+    hours at a few connections a second: a soak run read it as a memory leak.
+    """
+
+    MAX_CLOSED_STREAMS = 1024
+
+
 class HboneConnectionCore:
     """What client and server share. Subclasses set `_client_side` and handle requests or
     responses in `_on_h2_message`."""
@@ -122,7 +135,7 @@ class HboneConnectionCore:
             normalize_inbound_headers=True,
             validate_outbound_headers=True,
         )
-        self._h2 = h2.connection.H2Connection(config)
+        self._h2 = BoundedH2Connection(config)
         settings: dict[int, int] = {
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,

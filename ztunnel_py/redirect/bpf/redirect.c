@@ -14,7 +14,8 @@
  *   - to a pod IP: a pod IP as source is a spoof (dropped: accept_local=1 would admit it);
  *     existing flows (the app's or the agent's sockets, found by the packet's own tuple;
  *     listeners and, for SYNs, TIME_WAIT do not count) go to normal demux; the probe source
- *     and excluded ports pass; everything else is assigned to 15008 (dport 15008) or 15006.
+ *     and excluded ports pass; everything else is assigned to 15008 (dport 15008) or 15006,
+ *     again except a SYN on the tuple of a TIME_WAIT socket, which zt_lookup serves.
  *   - fail closed: no listener, or a failed assign, drops the packet.
  * zt_egress (packets leaving the pod's interface):
  *   - the agent's own packets (mark 0x539) pass untouched;
@@ -46,9 +47,19 @@ BPF_TABLE_PINNED("hash", struct zt_addr, struct zt_pod_config, zt_pods,
                  ZT_MAX_PODS * 2, ZT_PIN_DIR "/pods");
 BPF_TABLE_PINNED("hash", __u64, struct zt_pod_counters, zt_counters, ZT_MAX_PODS,
                  ZT_PIN_DIR "/counters");
-/* Each pod's outbound (15001) listener by pod id, for zt_lookup; the agent inserts it, and the
- * kernel removes it when the socket closes. */
-BPF_TABLE_PINNED("sockhash", __u64, __u32, zt_listeners, ZT_MAX_PODS, ZT_PIN_DIR "/listeners");
+/* Each pod's agent listeners (15001, 15006, 15008) by (pod id, port), for zt_lookup; the agent
+ * inserts them, and the kernel removes an entry when its socket closes. */
+BPF_TABLE_PINNED("sockhash", struct zt_listener_key, __u32, zt_listeners, ZT_MAX_PODS * 3,
+                 ZT_PIN_DIR "/listeners");
+/* SYNs zt_ingress left to the kernel because their tuple belongs to a TIME_WAIT socket, and
+ * the listener zt_lookup must give each (see there). An entry lives from the tc program to the
+ * kernel's listener lookup for the same packet, microseconds; LRU, so it can never fill up.
+ * Pinned, so the tc and lookup programs share it even when only one of them was replaced. */
+BPF_TABLE_PINNED("lru_hash", struct zt_flow, struct zt_reuse_entry, zt_reuse, 4096,
+                 ZT_PIN_DIR "/reuse");
+/* How long a zt_reuse entry is honoured: far more than the same packet's way from tc to the
+ * listener lookup, far less than a client's SYN retransmission. */
+#define ZT_REUSE_TTL_NS 100000000ULL
 
 struct zt_packet {
     __u8 family;       /* 4 or 6; 0: not IP */
@@ -293,6 +304,48 @@ drop:
     return TC_ACT_SHOT;
 }
 
+static __always_inline void zt_flow_addr(struct zt_addr *out, const struct zt_packet *p,
+                                         const __be32 *addr)
+{
+    if (p->family == 4) {
+        out->a[2] = bpf_htonl(0xffff);
+        out->a[3] = addr[0];
+    } else {
+        __builtin_memcpy(out->a, addr, 16);
+    }
+}
+
+/*
+ * A SYN whose tuple belongs to a TIME_WAIT socket (the agent's end of an earlier connection
+ * on the same tuple): assigning it to a listener here would make the kernel drop it as a
+ * duplicate of that tuple, every retry, until the TIME_WAIT ends (60 s). Instead it goes to
+ * normal demux, which finds the TIME_WAIT socket, retires it and looks up a listener; the
+ * entry recorded here tells zt_lookup which of the pod's agent listeners answers. Without
+ * room for the entry the SYN is dropped (the client retries), never left to the app.
+ */
+static __always_inline int zt_leave_to_lookup(const struct zt_packet *p,
+                                              const struct zt_pod_config *cfg, __u16 port,
+                                              struct zt_pod_counters *cnt)
+{
+    struct zt_flow key = {};
+    zt_flow_addr(&key.remote, p, p->saddr);
+    zt_flow_addr(&key.local, p, p->daddr);
+    key.remote_port = bpf_ntohs(p->sport);
+    key.local_port = bpf_ntohs(p->dport);
+    struct zt_reuse_entry entry = {
+        .pod_id = cfg->pod_id,
+        .at_ns = bpf_ktime_get_ns(),
+        .port = port,
+        .ifindex = cfg->ifindex,
+    };
+    if (zt_reuse.update(&key, &entry)) {
+        if (cnt)
+            zt_count(&cnt->drops);
+        return TC_ACT_SHOT;
+    }
+    return TC_ACT_OK;
+}
+
 int zt_ingress(struct __sk_buff *skb)
 {
     struct zt_packet p = {};
@@ -310,12 +363,8 @@ int zt_ingress(struct __sk_buff *skb)
         __u32 owner = zt_owner_state(skb, &p);
         if (!zt_is_syn(&p) || (owner != ZT_NO_SOCKET && owner != BPF_TCP_TIME_WAIT))
             return TC_ACT_OK;
-        /* A SYN reusing the tuple of the agent's TIME_WAIT socket goes to the kernel, which
-         * retires that socket and looks up a listener: zt_lookup answers with 15001. Not for
-         * a pod of this node as destination, which zt_lookup cannot tell from the delivery to
-         * that pod: that SYN is assigned (and waits for the TIME_WAIT socket to expire). */
-        if (owner == BPF_TCP_TIME_WAIT && !zt_pod(&p, p.daddr))
-            return TC_ACT_OK;
+        if (owner == BPF_TCP_TIME_WAIT)
+            return zt_leave_to_lookup(&p, cfg, ZT_PORT_OUTBOUND, cnt);
         return zt_assign(skb, &p, ZT_PORT_OUTBOUND, cnt);
     }
 
@@ -341,7 +390,8 @@ int zt_ingress(struct __sk_buff *skb)
             zt_count(&cnt->exempt);
         return TC_ACT_OK;
     }
-    if (zt_existing_flow(skb, &p))
+    __u32 owner = zt_owner_state(skb, &p);
+    if (owner != ZT_NO_SOCKET && !(owner == BPF_TCP_TIME_WAIT && zt_is_syn(&p)))
         return TC_ACT_OK;
     __u16 dport = bpf_ntohs(p.dport);
     if (dport != ZT_PORT_HBONE &&
@@ -350,7 +400,10 @@ int zt_ingress(struct __sk_buff *skb)
             zt_count(&cnt->exempt);
         return TC_ACT_OK;
     }
-    int verdict = zt_assign(skb, &p, dport == ZT_PORT_HBONE ? ZT_PORT_HBONE : ZT_PORT_INBOUND, cnt);
+    __u16 listener = dport == ZT_PORT_HBONE ? ZT_PORT_HBONE : ZT_PORT_INBOUND;
+    if (owner == BPF_TCP_TIME_WAIT)
+        return zt_leave_to_lookup(&p, cfg, listener, cnt);
+    int verdict = zt_assign(skb, &p, listener, cnt);
     if (verdict == TC_ACT_OK && cnt)
         zt_count(&cnt->inbound);
     return verdict;
@@ -397,52 +450,61 @@ int zt_egress(struct __sk_buff *skb)
 
 /*
  * zt_lookup (BPF_SK_LOOKUP, linked to each pod netns) answers the kernel's listener lookups
- * for new connections tc did not assign. For a hairpinned SYN (from a pod IP to an address
- * that is no pod of this node, arriving on the pod's interface) that happens only when its
- * tuple still belongs to a TIME_WAIT socket: the agent's end of an earlier connection from
- * the same client port.
- * zt_ingress leaves such a SYN to the kernel, which retires the TIME_WAIT socket and looks up
- * a listener; the answer here is the pod's 15001 listener, or a drop without one (fail
- * closed, never the app's own listener). Assigning the SYN in tc instead makes the kernel drop
- * it as a duplicate of the TIME_WAIT tuple, every retry, until that socket expires (60 s).
- * Every other lookup passes untouched.
+ * for the SYNs zt_ingress left to the kernel because their tuple belonged to a TIME_WAIT
+ * socket (zt_leave_to_lookup): outbound ones hairpinned from the pod, and inbound ones to the
+ * pod, from another node or from a pod of this one. The kernel retired the TIME_WAIT socket
+ * and asks for a listener; the answer is the agent's listener zt_ingress chose, or a drop
+ * when it is missing (fail closed, never the app's own listener).
+ * Only a lookup matching a fresh entry exactly (both addresses and ports, and arriving on the
+ * pod's interface) counts: the entry is consumed by it. Every other lookup passes untouched,
+ * among them the socket lookups of zt_ingress and zt_egress, which run through this program
+ * too.
  */
 int zt_lookup(struct bpf_sk_lookup *ctx)
 {
     if (ctx->protocol != IPPROTO_TCP)
         return SK_PASS;
-    struct zt_packet p = {};
+    struct zt_flow key = {};
     if (ctx->family == 2 /* AF_INET */) {
-        p.family = 4;
-        p.saddr[0] = ctx->remote_ip4;
-        p.daddr[0] = ctx->local_ip4;
+        key.remote.a[2] = bpf_htonl(0xffff);
+        key.remote.a[3] = ctx->remote_ip4;
+        key.local.a[2] = bpf_htonl(0xffff);
+        key.local.a[3] = ctx->local_ip4;
     } else if (ctx->family == 10 /* AF_INET6 */) {
-        p.family = 6;
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            p.saddr[i] = ctx->remote_ip6[i];
-            p.daddr[i] = ctx->local_ip6[i];
+            key.remote.a[i] = ctx->remote_ip6[i];
+            key.local.a[i] = ctx->local_ip6[i];
         }
     } else {
         return SK_PASS;
     }
-    /* A lookup made in another pod's netns can look the same (interface indexes repeat
-     * across namespaces, and IPv6 reports a local delivery on the address's interface), so
-     * only a destination outside this node's pods counts, and never an agent port (the tc
-     * programs look those up). */
-    __u32 port = ctx->local_port;
-    if (port == ZT_PORT_OUTBOUND || port == ZT_PORT_INBOUND || port == ZT_PORT_HBONE)
+    key.remote_port = bpf_ntohs(ctx->remote_port);
+    key.local_port = ctx->local_port;
+    struct zt_reuse_entry *found = zt_reuse.lookup(&key);
+    if (!found || found->ifindex != ctx->ingress_ifindex)
         return SK_PASS;
-    struct zt_pod_config *cfg = zt_pod(&p, p.saddr);
-    if (!cfg || ctx->ingress_ifindex != cfg->ifindex || zt_pod(&p, p.daddr))
+    struct zt_reuse_entry entry = *found;
+    zt_reuse.delete(&key);
+    if (bpf_ktime_get_ns() - entry.at_ns > ZT_REUSE_TTL_NS)
         return SK_PASS;
-    /* No counting here: the socket lookups of zt_ingress and zt_egress run through this
-     * program too (and get the same answer), so it would count their packets twice. */
-    __u64 key = cfg->pod_id;
-    struct bpf_sock *sk = (struct bpf_sock *)zt_listeners.lookup(&key);
-    if (!sk)
+    struct zt_pod_counters *cnt = zt_counters.lookup(&entry.pod_id);
+    struct zt_listener_key lk = {.pod_id = entry.pod_id, .port = entry.port};
+    struct bpf_sock *sk = (struct bpf_sock *)zt_listeners.lookup(&lk);
+    long err = -1;
+    if (sk) {
+        err = bpf_sk_assign(ctx, sk, 0);
+        bpf_sk_release(sk);
+    }
+    if (err) {
+        if (cnt)
+            zt_count(&cnt->drops);
         return SK_DROP;
-    long err = bpf_sk_assign(ctx, sk, 0);
-    bpf_sk_release(sk);
-    return err ? SK_DROP : SK_PASS;
+    }
+    if (cnt) {
+        zt_count(&cnt->assigns);
+        if (entry.port != ZT_PORT_OUTBOUND)
+            zt_count(&cnt->inbound);
+    }
+    return SK_PASS;
 }

@@ -7,6 +7,8 @@
  * across namespaces (every pod's eth0 may be ifindex 2) and bpf_get_netns_cookie() in tc only
  * knows the netns of skb->sk, which packets arriving from the wire do not have.
  * zt_counters is keyed by pod_id, the pod netns cookie chosen by the agent.
+ * zt_listeners holds each pod's agent listeners by (pod_id, port); zt_reuse is the programs'
+ * own (tc ingress writes it, the socket lookup program reads it), never touched by the agent.
  * Any change to these structs must bump LAYOUT_VERSION in ztunnel_py/redirect/loader.py (the
  * pin directory), so an agent never reopens pinned maps written with another layout; the
  * loader also refuses to start when ztunnel_py/redirect/maps.py disagrees with this file.
@@ -24,6 +26,31 @@
 #if !defined(ZT_PORT_OUTBOUND) || !defined(ZT_PORT_INBOUND) || !defined(ZT_PORT_HBONE) || \
     !defined(ZT_AGENT_MARK)
 #error "compile with -DZT_PORT_OUTBOUND, -DZT_PORT_INBOUND, -DZT_PORT_HBONE and -DZT_AGENT_MARK"
+/* zt_listeners key: one of the agent's listeners (ZT_PORT_*) in a pod's netns. */
+struct zt_listener_key {
+    __u64 pod_id;
+    __u32 port;
+    __u32 pad;
+};
+
+/* zt_reuse key: a connection as the kernel's listener lookup sees it (remote = the packet's
+ * source). IPv4 addresses are stored IPv4-mapped, as in zt_addr; ports in host order. */
+struct zt_flow {
+    struct zt_addr remote;
+    struct zt_addr local;
+    __u16 remote_port;
+    __u16 local_port;
+    __u32 pad;
+};
+
+/* zt_reuse value: which listener takes the SYN, and when tc recorded it. */
+struct zt_reuse_entry {
+    __u64 pod_id;
+    __u64 at_ns;
+    __u32 port;
+    __u32 ifindex;
+};
+
 #endif
 /* The agent's mark is compared under this mask, as Istio does. */
 #define ZT_AGENT_MARK_MASK 0xfff
@@ -71,6 +98,31 @@ struct zt_pod_counters {
     __u64 drops;      /* fail-closed drops: listener missing, assign failed, TCP unparseable */
     __u64 exempt;     /* packets left uncaptured by the probe exemption or an excluded port */
     __u64 spoofed;    /* packets from outside carrying a pod IP as source, dropped */
+};
+
+/* zt_listeners key: one of the agent's listeners (ZT_PORT_*) in a pod's netns. */
+struct zt_listener_key {
+    __u64 pod_id;
+    __u32 port;
+    __u32 pad;
+};
+
+/* zt_reuse key: a connection as the kernel's listener lookup sees it (remote = the packet's
+ * source). IPv4 addresses are stored IPv4-mapped, as in zt_addr; ports in host order. */
+struct zt_flow {
+    struct zt_addr remote;
+    struct zt_addr local;
+    __u16 remote_port;
+    __u16 local_port;
+    __u32 pad;
+};
+
+/* zt_reuse value: which listener takes the SYN, and when tc recorded it. */
+struct zt_reuse_entry {
+    __u64 pod_id;
+    __u64 at_ns;
+    __u32 port;
+    __u32 ifindex;
 };
 
 #endif

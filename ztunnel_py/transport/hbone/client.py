@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import trio
+from cryptography import x509
 
 from ztunnel_py.model.identity import Identity
 from ztunnel_py.protocol.hbone import (
@@ -46,8 +48,13 @@ class HboneClientConnection(HboneConnection):
 
     @property
     def is_ready(self) -> bool:
-        """True while new streams may be opened (not closed, no GOAWAY)."""
-        return not self.is_closed and not self._core.is_draining
+        """True while new streams may be opened (not closed, no GOAWAY, no certificate of the
+        connection expired)."""
+        return (
+            not self.is_closed
+            and not self._core.is_draining
+            and (self.expires_at is None or trio.current_time() < self.expires_at)
+        )
 
     @property
     def available_streams(self) -> int:
@@ -120,6 +127,16 @@ class HboneClientConnection(HboneConnection):
             await self.tls.send_all(self._core.data_to_send())
 
 
+def _expiry(peer_leaf_der: bytes | None, not_after: datetime | None) -> float | None:
+    """When the first of the two certificates expires, on the trio clock."""
+    ends = [] if not_after is None else [not_after]
+    if peer_leaf_der:
+        ends.append(x509.load_der_x509_certificate(peer_leaf_der).not_valid_after_utc)
+    if not ends:
+        return None
+    return trio.current_time() + (min(ends) - datetime.now(UTC)).total_seconds()
+
+
 async def connect_hbone(
     sock: trio.socket.SocketType,
     ssl_context: ssl.SSLContext,
@@ -131,6 +148,7 @@ async def connect_hbone(
     keepalive_interval: float = KEEPALIVE_INTERVAL,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     max_streams: int = DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    not_after: datetime | None = None,
 ) -> HboneClientConnection:
     """Set up a client HBONE connection on an already-connected socket.
 
@@ -140,6 +158,11 @@ async def connect_hbone(
     skips the identity check. Then exchanges HTTP/2 SETTINGS, so the peer's stream limit is
     known, and starts the connection's tasks in `nursery`. The whole setup is bounded by
     `handshake_timeout`. Raises `HboneHandshakeError`; the socket is closed on failure.
+
+    The connection is retired (it takes no new stream, and closes once its streams are done)
+    when the earlier of the server's certificate and `not_after` (the end of our own
+    certificate) passes, so no tunnel is opened on a connection authenticated by a certificate
+    that has expired since.
     """
     no_delay(sock)
     tls = TlsTransport(sock, ssl_context, server_side=False, handshake_timeout=handshake_timeout)
@@ -157,6 +180,7 @@ async def connect_hbone(
                     identity,
                     keepalive_interval=keepalive_interval,
                     keepalive_timeout=keepalive_timeout,
+                    expires_at=_expiry(tls.peer_leaf_der(), not_after),
                 )
                 await conn.exchange_settings()
         except trio.TooSlowError:

@@ -53,6 +53,7 @@ from ztunnel_py.transport.tls import TlsError, TlsTransport
 
 __all__ = [
     "ALPN_H2",
+    "HBONE_CIPHER_SUITES",
     "KEEPALIVE_INTERVAL",
     "KEEPALIVE_TIMEOUT",
     "HboneConnection",
@@ -64,6 +65,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ALPN_H2 = "h2"
+# The TLS 1.3 suites HBONE accepts (ztunnel's); checked after the handshake (see
+# identity/tls.py for why not before).
+HBONE_CIPHER_SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
 KEEPALIVE_INTERVAL = 10.0
 KEEPALIVE_TIMEOUT = 20.0
 # Senders wait once this much output is queued for the writer (the socket is not keeping up).
@@ -86,9 +90,13 @@ class HboneConnection:
         keepalive_interval: float,
         keepalive_timeout: float,
         drain: trio.Event | None = None,
+        expires_at: float | None = None,
     ) -> None:
         self.tls = tls
         self.peer_identity = peer_identity
+        # When a certificate the connection was set up with expires (trio clock): from then
+        # on it takes no new stream, and it closes once its open streams are done.
+        self.expires_at = expires_at
         # When the connection last became idle (no stream), None while it carries streams.
         self.idle_since: float | None = trio.current_time()
         self.closed_reason: str | None = None
@@ -236,6 +244,8 @@ class HboneConnection:
                 nursery.start_soon(self._guard, self._keepalive)
                 if self._drain is not None:
                     nursery.start_soon(self._guard, self._goaway_on_drain)
+                if self.expires_at is not None:
+                    nursery.start_soon(self._guard, self._retire_at_expiry)
                 task_status.started()
         finally:
             self._terminate(self.closed_reason or "connection closed")
@@ -275,14 +285,27 @@ class HboneConnection:
             self._tasks.cancel_scope.cancel()
 
     async def _goaway_on_drain(self) -> None:
-        """Once draining starts: a graceful GOAWAY (open streams go on, the peer opens new ones
-        elsewhere); the connection closes when its last stream is done."""
+        """Once draining starts: retire the connection."""
         assert self._drain is not None
         await self._drain.wait()
-        self._core.close(ErrorCodes.NO_ERROR, "draining")
+        self._retire("draining")
+
+    async def _retire_at_expiry(self) -> None:
+        """Once a certificate of the connection expires: retire the connection."""
+        assert self.expires_at is not None
+        await trio.sleep_until(self.expires_at)
+        logger.debug("HBONE connection retired: a certificate expired")
+        self._retire("certificate expired")
+
+    def _retire(self, reason: str) -> None:
+        """A graceful GOAWAY: open streams go on, the peer opens new ones elsewhere; the
+        connection closes when its last stream is done."""
+        if self.is_closed or self._core.is_draining:
+            return
+        self._core.close(ErrorCodes.NO_ERROR, reason)
         self._emit()
         if not self._streams:
-            self._terminate("drained: no open streams")
+            self._terminate(f"{reason}: no open streams")
 
     async def _writer(self) -> None:
         """Send ciphertext queued by tasks that did not send it themselves (frames produced
@@ -371,9 +394,12 @@ class HboneConnection:
                 if not self._streams:
                     self._terminate("peer sent GOAWAY")
             elif isinstance(event, ConnectionTerminated):
-                self._terminate(event.reason)
+                self._on_terminated(event)
             else:
                 self._on_request_event(event)
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        self._terminate(event.reason)
 
     def _on_window(self, stream_id: int) -> None:
         if stream_id == 0:
@@ -417,7 +443,8 @@ def no_delay(sock: trio.socket.SocketType) -> None:
 async def secure_handshake(
     tls: TlsTransport, verify_peer: Callable[[bytes | None], _Peer], side: str
 ) -> _Peer:
-    """TLS handshake, ALPN h2, then `verify_peer(peer_leaf_der)`, all before any HTTP/2 byte.
+    """TLS handshake, ALPN h2, an AES-GCM suite, then `verify_peer(peer_leaf_der)`, all before
+    any HTTP/2 byte.
 
     `verify_peer` returns the peer's identity or raises to refuse it; `side` names the peer in
     the error ("server", "client"). Raises `HboneHandshakeError` (or `TlsError`).
@@ -427,6 +454,11 @@ async def secure_handshake(
         raise HboneHandshakeError(
             f"peer did not negotiate ALPN {ALPN_H2!r} (got {tls.alpn_protocol!r}); "
             "is it an HBONE endpoint?"
+        )
+    if tls.cipher not in HBONE_CIPHER_SUITES:
+        raise HboneHandshakeError(
+            f"peer negotiated cipher suite {tls.cipher}; HBONE allows only "
+            f"{', '.join(HBONE_CIPHER_SUITES)}"
         )
     try:
         return verify_peer(tls.peer_leaf_der())

@@ -14,13 +14,14 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from ztunnel_py.model.identity import Identity
 from ztunnel_py.protocol.hbone import (
     SERVER_MAX_CONCURRENT_STREAMS,
+    ConnectionTerminated,
     ConnectRequest,
     Event,
     HboneCoreError,
@@ -38,16 +39,30 @@ from ztunnel_py.transport.hbone.connection import (
     no_delay,
     secure_handshake,
 )
-from ztunnel_py.transport.hbone.errors import HboneStreamError
+from ztunnel_py.transport.hbone.errors import HboneHandshakeError, HboneStreamError
 from ztunnel_py.transport.hbone.stream import HboneStream
-from ztunnel_py.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, TlsTransport
+from ztunnel_py.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, HandshakeLimit, TlsTransport
 
-__all__ = ["ClientVerifier", "Handler", "HboneRequest", "serve_hbone_connection"]
+__all__ = ["ClientVerifier", "Handler", "HboneRequest", "ServerEvents", "serve_hbone_connection"]
 
 logger = logging.getLogger(__name__)
 
 ClientVerifier = Callable[[bytes | None], Identity]
 Handler = Callable[["HboneRequest"], Awaitable[None]]
+Address = tuple[str, int]
+
+
+class ServerEvents(Protocol):
+    """Where a server reports what its clients did wrong (`telemetry.peererrors.PeerErrors`);
+    each call names the client's and our address."""
+
+    def handshake_failed(self, peer: Address, local: Address, error: str) -> None: ...
+
+    def protocol_error(self, peer: Address, local: Address, code: int, reason: str) -> None:
+        """We ended the connection with a GOAWAY for a connection error of the client's."""
+        ...
+
+    def stream_reset(self, peer: Address, local: Address, code: int) -> None: ...
 
 
 class HboneRequest:
@@ -112,6 +127,7 @@ class HboneServerConnection(HboneConnection):
         keepalive_timeout: float,
         max_concurrent_streams: int,
         drain: trio.Event | None,
+        events: ServerEvents | None,
     ) -> None:
         super().__init__(
             tls,
@@ -125,6 +141,7 @@ class HboneServerConnection(HboneConnection):
         self.peer_address = _address(tls.socket.getpeername)
         self.local_address = _address(tls.socket.getsockname)
         self._handler = handler
+        self._events = events
         self._handlers: trio.Nursery | None = None
         # The cancel scopes of handlers that have not answered yet, by stream id.
         self._unanswered: dict[int, trio.CancelScope] = {}
@@ -167,7 +184,16 @@ class HboneServerConnection(HboneConnection):
         elif isinstance(event, RequestRefused):
             logger.info("HBONE request refused: %s", event.reason)
 
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        if not event.remote and self._events is not None:
+            self._events.protocol_error(
+                self.peer_address, self.local_address, event.error_code, event.reason
+            )
+        super()._on_terminated(event)
+
     def _on_reset(self, event: StreamReset) -> None:
+        if event.remote and self._events is not None:
+            self._events.stream_reset(self.peer_address, self.local_address, event.error_code)
         super()._on_reset(event)
         scope = self._unanswered.pop(event.stream_id, None)
         if scope is not None:
@@ -212,10 +238,12 @@ async def serve_hbone_connection(
     verify_client: ClientVerifier,
     handler: Handler,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    handshakes: HandshakeLimit | None = None,
     keepalive_interval: float = KEEPALIVE_INTERVAL,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     max_concurrent_streams: int = SERVER_MAX_CONCURRENT_STREAMS,
     drain: trio.Event | None = None,
+    events: ServerEvents | None = None,
 ) -> None:
     """Serve one accepted TCP connection as an HBONE server until it closes.
 
@@ -225,14 +253,29 @@ async def serve_hbone_connection(
     task; a handler that returns without answering gets a 503 sent for it, and its stream is
     reset if still open. Raises `HboneHandshakeError` if the connection could not be set up
     (the socket is closed); returns normally when an established connection ends.
+    `handshakes`, shared by the process's listeners, bounds the TLS handshakes in progress.
+    `events` hears of failed handshakes, protocol errors and streams the client reset.
 
     Once `drain` is set the connection sends a graceful GOAWAY and ends when the streams it
     already carries are done.
     """
     no_delay(sock)
-    tls = TlsTransport(sock, ssl_context, server_side=True, handshake_timeout=handshake_timeout)
-    async with closed_on_failure(tls):
-        identity = await secure_handshake(tls, verify_client, "client")
+    tls = TlsTransport(
+        sock,
+        ssl_context,
+        server_side=True,
+        handshake_timeout=handshake_timeout,
+        handshakes=handshakes,
+    )
+    # Before the handshake: a failed one closes the socket.
+    peer, local = _address(sock.getpeername), _address(sock.getsockname)
+    try:
+        async with closed_on_failure(tls):
+            identity = await secure_handshake(tls, verify_client, "client")
+    except HboneHandshakeError as e:
+        if events is not None:
+            events.handshake_failed(peer, local, str(e))
+        raise
     conn = HboneServerConnection(
         tls,
         identity,
@@ -241,5 +284,6 @@ async def serve_hbone_connection(
         keepalive_timeout=keepalive_timeout,
         max_concurrent_streams=max_concurrent_streams,
         drain=drain,
+        events=events,
     )
     await conn.serve()

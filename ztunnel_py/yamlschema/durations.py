@@ -1,5 +1,6 @@
-"""Durations as Istio's resources write them (protobuf `Duration` in YAML: Go-style `15s`,
-`1.5s`, `100ms`, `1h30m`), parsed once for validation and translation alike.
+"""Durations as Istio's and Flagger's resources write them (protobuf `Duration` in YAML, Go's
+`time.ParseDuration`: `15s`, `1.5s`, `100ms`, `1h30m`), parsed once for validation and
+translation alike.
 
 `DURATION` accepts any well-formed duration (a zero too: `timeout: 0s` means none);
 `MS_DURATION` is Istio's `ValidateDuration`, used where a zero or a finer precision makes no
