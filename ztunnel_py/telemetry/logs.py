@@ -258,6 +258,14 @@ def setup_logging(
     Raises LevelSpecError for a bad spec, before changing anything.
     """
     parse_level_spec(spec)
+    # Neither format writes where a call came from, nor a thread's or process's name: the
+    # logging module need not look them up for every record (a walk up the stack for the
+    # source file and line, the thread and process names), which the access log, a record
+    # per request, would pay for each time (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
