@@ -220,6 +220,32 @@ async def test_relay_returns_counts_and_closes_both() -> None:
         assert a_near.fileno() == -1 and b_near.fileno() == -1
 
 
+async def test_a_slow_reader_gets_every_byte_in_order() -> None:
+    # The destination's socket buffer fills, so writes that take part of a chunk (and the
+    # waits for the rest) are exercised, not only writes that take it whole.
+    payload = os.urandom(8 * MiB + 4321)
+    a_near, a_far = trio.socket.socketpair()
+    b_near, b_far = trio.socket.socketpair()
+    b_far.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay, SocketByteStream(a_near), SocketByteStream(b_near))
+
+            async def write() -> None:
+                await send_all(a_far, payload)
+                a_far.shutdown(socket.SHUT_WR)
+
+            nursery.start_soon(write)
+            received = bytearray()
+            while chunk := await b_far.recv(7000):
+                received += chunk
+                if len(received) < MiB:
+                    await trio.sleep(0.001)
+            b_far.close()
+            a_far.close()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
 # --- splice ---------------------------------------------------------------------------------
 
 

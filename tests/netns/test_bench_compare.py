@@ -77,6 +77,9 @@ def test_quick_compare_measures_every_mode_on_its_own_path(tmp_path: Path) -> No
     for cost in result.modes[AMBIENT].costs:
         assert cost.processes == 2
         assert cost.cpu_s_per_1000_requests.median > 0 and cost.rss_mib.median > 0
+    # the agents' sockets cost kernel time, a part of the total
+    for cost in result.modes[SIDECAR].costs + result.modes[AMBIENT].costs:
+        assert 0 < cost.system_s_per_1000_requests.median < cost.cpu_s_per_1000_requests.median
     assert all(c.processes == 0 for c in result.modes[NONE].costs)
 
     # L7: one run per mode, every process on the path measured, the engine counted the requests
@@ -89,6 +92,8 @@ def test_quick_compare_measures_every_mode_on_its_own_path(tmp_path: Path) -> No
         for process in l7.processes:
             assert process.rss_mib.median > 0 and process.pss_mib.median > 0
             assert len(process.cpu_s_per_1000_requests.values) == 1
+            system = process.system_s_per_1000_requests.values
+            assert len(system) == 1 and system[0] <= process.cpu_s_per_1000_requests.values[0]
     ambient, sidecar, none = (result.modes[m].l7 for m in (AMBIENT, SIDECAR, NONE))
     assert ambient.targets == sidecar.targets == ["10.96.0.10:80"]  # the echo VIP
     assert len(none.targets) == 2 and not none.processes  # the two echo pods, no proxy

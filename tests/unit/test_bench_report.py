@@ -80,9 +80,10 @@ def l7(
             ProcessCost(
                 name,
                 role,
-                spread(cpu, repeat),
-                spread(rss, repeat),
-                spread(rss * 0.7, repeat),
+                cpu_s_per_1000_requests=spread(cpu, repeat),
+                system_s_per_1000_requests=spread(cpu * 0.3, repeat),
+                rss_mib=spread(rss, repeat),
+                pss_mib=spread(rss * 0.7, repeat),
             )
             for name, (role, cpu, rss) in processes.items()
         ],
@@ -114,6 +115,7 @@ def mode(
             Cost(
                 pods_per_node=pods,
                 cpu_s_per_1000_requests=spread(cpu, repeat),
+                system_s_per_1000_requests=spread(cpu * 0.4, repeat),
                 rss_mib=spread(rss, repeat),
                 controlplane_rss_mib=spread(55.0, repeat),
                 processes=procs,
@@ -234,6 +236,8 @@ def test_table_shows_every_mesh_figure_against_the_no_mesh_baseline() -> None:
     assert cells(text, "connection rate") == ["2000", "400 (0.20x)", "800 (0.40x)"]
     # costs are absolute; no mesh has no data-plane processes
     assert cells(text, "CPU s/1000 req @ 32 pods/node") == ["-", "0.450", "0.150"]
+    # the kernel's part of it, and its share
+    assert cells(text, "  of which system @ 32 pods/node") == ["-", "0.180 (40%)", "0.060 (40%)"]
     assert cells(text, "data-plane RSS MiB @ 2 pods/node") == ["-", "150 (4 proc)", "70.0 (2 proc)"]
     assert cells(text, "data-plane RSS MiB @ 32 pods/node") == [
         "-",
@@ -307,6 +311,7 @@ def test_l7_table_shows_each_process_on_the_path_and_latency_against_no_mesh() -
     assert cells(l7, "latency p99 @ 1000 req/s") == ["1.00", "2.10 (+1.10)", "2.30 (+1.30)"]
     assert cells(l7, "CPU s/1000 req, sidecar web-1") == ["-", "0.300", "-"]
     assert cells(l7, "CPU s/1000 req, waypoint") == ["-", "-", "0.450"]
+    assert cells(l7, "  of which system, waypoint") == ["-", "-", "0.135 (30%)"]
     assert cells(l7, "CPU s/1000 req, agent node2") == ["-", "-", "0.080"]
     assert cells(l7, "CPU s/1000 req, the whole path") == ["-", "0.520", "0.730"]
     assert cells(l7, "RSS MiB, waypoint") == ["-", "-", "90.0"]
@@ -389,6 +394,8 @@ def test_zero_baseline_missing_cost_and_empty_figures_show_na() -> None:
     assert cells(text, "throughput") == ["0.00", "2.40 (n/a)", "3.00 (n/a)"]
     assert cells(text, "connection rate") == [NA, "400 (n/a)", "800 (n/a)"]
     assert cells(text, "CPU s/1000 req @ 8 pods/node") == ["-", NA, "0.140"]
+    result.modes[AMBIENT].costs[0].system_s_per_1000_requests = Figure()  # an older results.json
+    assert cells(table(result), "  of which system @ 2 pods/node") == ["-", "0.164 (40%)", NA]
     assert cells(text, "latency p90")[2] == NA
     assert "ambient throughput >= 0.25x no mesh: n/a" in text
 

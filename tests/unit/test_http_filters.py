@@ -4,6 +4,7 @@ context and request ids, fault injection, and the example user filter loaded as 
 from __future__ import annotations
 
 import random
+import uuid
 
 import pytest
 import trio
@@ -12,7 +13,7 @@ import trio.testing
 from ztunnel_py.http.filter import Downstream, FilterError, LocalReply, RequestContext, load_filter
 from ztunnel_py.http.filters.authz import DENIED_BODY, AuthorizationFilter
 from ztunnel_py.http.filters.fault import ABORT_BODY, FaultFilter
-from ztunnel_py.http.filters.tracing import TracingFilter, parse_traceparent
+from ztunnel_py.http.filters.tracing import TracingFilter, parse_traceparent, request_id
 from ztunnel_py.http.message import Headers, RequestHead
 from ztunnel_py.model import Action, Authorization, Identity, Match, PolicyScope, StringMatch
 from ztunnel_py.model import StringMatchKind as K
@@ -107,6 +108,30 @@ def test_a_request_without_trace_context_starts_one_with_b3_twins_and_a_request_
     assert sampled and h.get("x-b3-traceid") == trace and h.get("x-b3-spanid") == span
     assert h.get("x-b3-sampled") == "1" and "x-b3-parentspanid" not in h
     assert len(h.get("x-request-id") or "") == 36
+
+
+def test_request_ids_are_uuid4s_as_the_standard_library_writes_them() -> None:
+    rng = random.Random(7)
+    for raw in [bytes(16), b"\xff" * 16] + [rng.randbytes(16) for _ in range(500)]:
+        assert request_id(raw) == str(uuid.UUID(bytes=raw, version=4))
+
+
+def test_each_request_gets_its_own_ids_and_sampling_follows_the_percentage() -> None:
+    seen: set[str] = set()
+    sampled = 0
+    tracing = TracingFilter(sampling=25.0)
+    for _ in range(2000):
+        ctx = request()
+        run(tracing.on_request_headers(ctx))
+        h = ctx.request.headers
+        seen |= {
+            h.get("x-request-id") or "",
+            h.get("x-b3-traceid") or "",
+            h.get("x-b3-spanid") or "",
+        }
+        sampled += h.get("x-b3-sampled") == "1"
+    assert len(seen) == 3 * 2000  # no id repeats, none is shared between the three kinds
+    assert 400 < sampled < 600  # 25% of 2000 (binomial sd ~19)
 
 
 def test_an_incoming_traceparent_is_continued_with_a_new_span_and_tracestate_kept() -> None:

@@ -1,5 +1,6 @@
 """The HTTP/1.1 codecs with no sockets: our server against an h11 client, our client against an
-h11 server, and our client and server back to back (a property test over random messages)."""
+h11 server, our client and server back to back (a property test over random messages), and our
+parser against h11's (the reference it replaced) over random, often malformed, requests."""
 
 from __future__ import annotations
 
@@ -643,3 +644,140 @@ def test_server_drops_body_framing_from_a_204() -> None:
     assert isinstance(got[0], h11.Response)
     assert list(got[0].headers) == [(b"x-a", b"1")]
     assert p.server.idle
+
+
+# Differential: our parser accepts and refuses what h11 (the reference it replaced) does
+
+_METHODS = ["GET", "POST", "PUT", "get", "G T", "", "CONNECT"]
+_TARGETS = ["/", "/a?b=1", "/a b", "*", "/\x7f", "/é"]
+_VERSIONS = ["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.x", "http/1.1", "HTTP/1.1 "]
+_NAMES = ["Host", "host", "Content-Length", "Transfer-Encoding", "X-A", "Bad Name", "Connection"]
+_NAMES += ["Upgrade", "", "x\x00", "Expect"]
+_VALUES = ["a", "5", "0", "chunked", "CHUNKED", "gzip, chunked", " v ", "a\x00b", "close"]
+_VALUES += ["keep-alive", "5, 5", "5, 6", "-1", "\x80\xff", "a\rb", "", "100-continue"]
+_BODIES = [b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\nx-t: v\r\n\r\n"]
+_BODIES += [b"zz\r\n", b"5\r\nhelloXX0\r\n\r\n", b"3;ext=1\r\nabc\r\n0\r\n\r\n"]
+
+
+def _h11_server_view(wire: list[bytes]) -> tuple[str, list[object]]:
+    """What h11 makes of a client's bytes fed in pieces: ("ok"|"error", what it read)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+    seen: list[object] = []
+    try:
+        for piece in wire:
+            conn.receive_data(piece)
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA or ev is h11.PAUSED:
+                    break
+                if isinstance(ev, h11.Request):
+                    fields = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in ev.headers]
+                    seen.append(
+                        ("request", ev.method.decode(), ev.target.decode("latin-1"), fields)
+                    )
+                elif isinstance(ev, h11.Data):
+                    seen.append(("data", bytes(ev.data)))
+                elif isinstance(ev, h11.EndOfMessage):
+                    trailers = [(n.decode(), v.decode("latin-1")) for n, v in ev.headers]
+                    seen.append(("end", trailers))
+                elif isinstance(ev, h11.ConnectionClosed):
+                    seen.append(("closed",))
+                    return "ok", seen
+    except h11.RemoteProtocolError:
+        return "error", seen
+    return "ok", seen
+
+
+def _our_server_view(wire: list[bytes]) -> tuple[str, list[object]]:
+    server = H1Server()
+    seen: list[object] = []
+    for piece in wire:
+        for ev in server.receive_data(piece):
+            if isinstance(ev, RequestReceived):
+                head = ev.head
+                seen.append(
+                    ("request", head.method, head.path, head.authority, head.headers.items())
+                )
+                if ev.end_stream:
+                    seen.append(("end", []))
+            elif isinstance(ev, DataReceived):
+                seen.append(("data", ev.data))
+            elif isinstance(ev, MessageEnded):
+                seen.append(("end", ev.trailers.items() if ev.trailers else []))
+            elif isinstance(ev, ConnectionEnded):
+                seen.append(("closed",))
+            elif isinstance(ev, BadRequest):
+                return "error", seen
+    return "ok", seen
+
+
+def _merged(seen: list[object]) -> list[object]:
+    """Adjacent body pieces as one (the codecs may cut a body differently)."""
+    out: list[object] = []
+    for item in seen:
+        last = out[-1] if out else None
+        if isinstance(item, tuple) and isinstance(last, tuple) and item[0] == last[0] == "data":
+            out[-1] = ("data", last[1] + item[1])
+        else:
+            out.append(item)
+    return out
+
+
+def _comparable(h11_seen: list[object]) -> list[object]:
+    """h11's events in our terms: Host becomes the authority (CONNECT's is its target)."""
+    out: list[object] = []
+    for item in h11_seen:
+        if isinstance(item, tuple) and item[0] == "request":
+            _, method, target, fields = item
+            hosts = [v for n, v in fields if n == "host"]
+            rest = [(n, v) for n, v in fields if n != "host"]
+            authority = target if method == "CONNECT" else (hosts[0] if hosts else "")
+            out.append(("request", method, target, authority, rest))
+        else:
+            out.append(item)
+    return _merged(out)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["", "\r\n", "\n", " "]),
+    st.sampled_from(_METHODS),
+    st.sampled_from(_TARGETS),
+    st.sampled_from(_VERSIONS),
+    st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=5),
+    st.sampled_from(["\r\n", "\n"]),
+    st.booleans(),
+    st.sampled_from(_BODIES),
+    st.lists(st.integers(min_value=1, max_value=80), max_size=3),
+    st.booleans(),
+)
+def test_our_server_parses_requests_as_h11_does(
+    lead: str,
+    method: str,
+    target: str,
+    version: str,
+    fields: list[tuple[str, str]],
+    eol: str,
+    fold: bool,
+    body: bytes,
+    cuts: list[int],
+    eof: bool,
+) -> None:
+    lines = [f"{method} {target} {version}"] + [f"{n}: {v}" for n, v in fields]
+    if fold and len(lines) > 1:
+        lines.insert(2, " folded")
+    wire = (lead + eol.join(lines) + eol + eol).encode("latin-1") + body
+    pieces: list[bytes] = []
+    at = 0
+    for cut in sorted(cuts):
+        if at < cut < len(wire):
+            pieces.append(wire[at:cut])
+            at = cut
+    pieces.append(wire[at:])
+    if eof:
+        pieces.append(b"")
+    ref_state, ref_seen = _h11_server_view(pieces)
+    our_state, our_seen = _our_server_view(pieces)
+    assert our_state == ref_state, (wire, ref_seen, our_seen)
+    if ref_state == "ok":
+        assert _merged(our_seen) == _comparable(ref_seen), wire

@@ -204,15 +204,18 @@ def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> M
                     f"processes), run {r + 1}/{repeat}: {plan.rate} req/s for "
                     f"{plan.cost_seconds:g} s"
                 )
-                before = ep.cpu_seconds()
+                user, system = ep.cpu_times()
                 report = ep.loadgen(
                     *latency_argv(plan, [ep.server_http], plan.cost_seconds, 0.0),
                     timeout=plan.cost_seconds + 60,
                 )
-                used = ep.cpu_seconds() - before
+                user_after, system_after = ep.cpu_times()
                 requests = int(report["requests"]) + int(report["errors"])
-                cost.cpu_s_per_1000_requests.values.append(
-                    round(used / requests * 1000, 4) if requests else 0.0
+                per_1000 = 1000 / requests if requests else 0.0
+                used = user_after - user + system_after - system
+                cost.cpu_s_per_1000_requests.values.append(round(used * per_1000, 4))
+                cost.system_s_per_1000_requests.values.append(
+                    round((system_after - system) * per_1000, 4)
                 )
                 cost.p99_ms.values.append(round(float(report["p99_ms"]), 3))
                 cost.rss_mib.values.append(round(ep.rss_mib(), 1))

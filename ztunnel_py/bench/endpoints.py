@@ -66,8 +66,10 @@ class Endpoints:
             )
         return report
 
-    def cpu_seconds(self) -> float:
-        return sum(procstat.cpu_seconds(pid) for pid in self.proxies.values())
+    def cpu_times(self) -> tuple[float, float]:
+        """User and system CPU seconds of the data-plane processes together."""
+        times = [procstat.cpu_times(pid) for pid in self.proxies.values()]
+        return sum(user for user, _ in times), sum(system for _, system in times)
 
     def rss_mib(self) -> float:
         return sum(procstat.rss_bytes(pid) for pid in self.proxies.values()) / 2**20

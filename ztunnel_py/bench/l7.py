@@ -183,7 +183,7 @@ def measure(plan: Plan, ep: Endpoints, repeat: int, say: Say) -> L7Result:
             f"[{mode}] L7: HTTP/1.1 {plan.rate} req/s to {', '.join(result.targets)} for "
             f"{plan.l7_seconds:g} s (+{plan.warmup_seconds:g} s warm-up), run {r + 1}/{repeat}"
         )
-        cpu_before = [procstat.cpu_seconds(pid) for _, pid in on_path]
+        cpu_before = [procstat.cpu_times(pid) for _, pid in on_path]
         counted_before = _counted(engine) if engine and r == 0 else 0.0
         report = ep.loadgen(
             *latency_argv(plan, where, plan.l7_seconds, plan.warmup_seconds),
@@ -192,10 +192,13 @@ def measure(plan: Plan, ep: Endpoints, repeat: int, say: Say) -> L7Result:
         result.latency_ms.record(report)
         sent, answered = int(report["sent"]), int(report["answered"])
         total = 0.0
-        for (cost, pid), before in zip(on_path, cpu_before, strict=True):
-            per_1000 = (procstat.cpu_seconds(pid) - before) / sent * 1000 if sent else 0.0
+        scale = 1000 / sent if sent else 0.0
+        for (cost, pid), (user, system) in zip(on_path, cpu_before, strict=True):
+            user_after, system_after = procstat.cpu_times(pid)
+            per_1000 = (user_after - user + system_after - system) * scale
             total += per_1000
             cost.cpu_s_per_1000_requests.values.append(round(per_1000, 4))
+            cost.system_s_per_1000_requests.values.append(round((system_after - system) * scale, 4))
             cost.rss_mib.values.append(round(procstat.rss_bytes(pid) / 2**20, 1))
             cost.pss_mib.values.append(round(procstat.pss_bytes(pid) / 2**20, 1))
         if on_path:

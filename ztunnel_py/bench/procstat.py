@@ -5,15 +5,23 @@ from __future__ import annotations
 import os
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds `pid` has used (0.0 once it is gone)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """The user and the system CPU seconds `pid` has used ((0.0, 0.0) once it is gone): Python
+    and the rest of user space on one side, the kernel working for it (syscalls, the TCP stack
+    it drives, TLS's copies) on the other."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     # utime and stime are fields 14 and 15 of stat; after the ")" they are at 11 and 12.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (0.0 once it is gone)."""
+    return sum(cpu_times(pid))
 
 
 def _kib_field(path: str, name: str) -> int:

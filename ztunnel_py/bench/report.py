@@ -208,6 +208,15 @@ def _rss(cost: Cost) -> str:
     return value if value == NA else f"{value} ({cost.processes} proc)"
 
 
+def _system_part(cost: Cost | ProcessCost) -> str:
+    """The cell of a cost's system CPU: seconds per 1000 requests and its share of the total."""
+    system, total = cost.system_s_per_1000_requests, cost.cpu_s_per_1000_requests
+    value = _value(system, _cpu)
+    if value == NA or not total.values or total.median == 0:
+        return value
+    return f"{value} ({system.median / total.median:.0%})"
+
+
 def _percentile(name: str) -> Callable[[ModeResult], Figure]:
     return lambda m: m.latency_ms.percentile(name)
 
@@ -253,6 +262,12 @@ def rows(result: CompareResult) -> list[Row]:
             Row(
                 f"CPU s/1000 req @ {pods} pods/node",
                 _cost_cells(result, pods, lambda c: _value(c.cpu_s_per_1000_requests, _cpu)),
+            )
+        )
+        out.append(
+            Row(
+                f"  of which system @ {pods} pods/node",
+                _cost_cells(result, pods, _system_part),
             )
         )
         out.append(Row(f"data-plane RSS MiB @ {pods} pods/node", _cost_cells(result, pods, _rss)))
@@ -304,6 +319,7 @@ def l7_rows(result: CompareResult) -> list[Row]:
                 per_process(name, lambda p: _value(p.cpu_s_per_1000_requests, _cpu)),
             )
         )
+        out.append(Row(f"  of which system, {name}", per_process(name, _system_part)))
     total = _absolute(result, lambda m: m.l7.cpu_s_per_1000_requests, _cpu)
     out.append(Row("CPU s/1000 req, the whole path", (NO_PROCESSES, total[1], total[2])))
     for name in names:

@@ -73,6 +73,9 @@ class Cost:
     # user+system CPU seconds of every data-plane process (agents or sidecars) per 1000
     # requests, under the same open-loop load as the latency run
     cpu_s_per_1000_requests: Figure = field(default_factory=Figure)
+    # the system (kernel) part of it: what the syscalls and the TCP stack cost, as against
+    # the user-space part (Python)
+    system_s_per_1000_requests: Figure = field(default_factory=Figure)
     # summed resident memory of every data-plane process, MiB, after the load
     rss_mib: Figure = field(default_factory=Figure)
     # the same with shared pages (the interpreter, libraries) divided among the processes
@@ -107,8 +110,9 @@ class ProcessCost:
 
     name: str  # "waypoint apps/waypoint", "agent node1", "sidecar web-1"
     role: str  # WAYPOINT, AGENT or SIDECAR_PROXY
-    # user+system CPU seconds per 1000 requests sent (warm-up included)
+    # user+system CPU seconds per 1000 requests sent (warm-up included), and its system part
     cpu_s_per_1000_requests: Figure = field(default_factory=Figure)
+    system_s_per_1000_requests: Figure = field(default_factory=Figure)
     # its resident memory after the run, MiB, and its PSS (shared pages divided among sharers)
     rss_mib: Figure = field(default_factory=Figure)
     pss_mib: Figure = field(default_factory=Figure)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -64,7 +65,7 @@ from ztunnel_py.http.events import (
 from ztunnel_py.http.h1 import H1Client, H1Server, HttpCodecError
 from ztunnel_py.http.h2 import MAX_CONCURRENT_STREAMS, PREFACE, H2Client, H2Server
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
-from ztunnel_py.transport.relay import ByteStream
+from ztunnel_py.transport.relay import ByteStream, SendsNowait
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,13 @@ class _Stream:
     def __init__(self, conn: _Connection, stream_id: int) -> None:
         self._conn = conn
         self.stream_id = stream_id
-        limit = _H1_INBOX if conn.is_h1 else math.inf
-        self._inbox_in, self._inbox_out = trio.open_memory_channel[_Inbox](limit)
+        self._inbox: deque[_Inbox] = deque()
+        self._limit = _H1_INBOX if conn.is_h1 else math.inf
+        # the reader put the last item in (`_fail`) / the consumer gave the stream up
+        self._inbox_ended = False
+        self._given_up = False
+        # set when the inbox changes: a consumer waits for an item, an HTTP/1.1 reader for room
+        self._inbox_changed: trio.Event | None = None
         self.trailers: Headers | None = None
         # the consumer read the end of the received message
         self.read_done = False
@@ -139,49 +145,59 @@ class _Stream:
         self.body_bytes_out = 0
         self.cancel_scope = trio.CancelScope()
 
-    # the reader's side of the inbox
+    # the reader's side of the inbox (a deque and an event rather than a memory channel: an item
+    # already there is taken without a trip through the scheduler)
+
+    def _notify(self) -> None:
+        changed, self._inbox_changed = self._inbox_changed, None
+        if changed is not None:
+            changed.set()
 
     async def _put(self, item: _Inbox) -> None:
         # without a checkpoint unless an HTTP/1.1 inbox is full: the events of one read land
         # together, so a consumer sees a body's last bytes and its end at once (`at_end`)
-        try:
-            try:
-                self._inbox_in.send_nowait(item)
-            except trio.WouldBlock:
-                await self._inbox_in.send(item)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        while len(self._inbox) >= self._limit and not (self._given_up or self._inbox_ended):
+            changed = self._inbox_changed = self._inbox_changed or trio.Event()
+            await changed.wait()
+        if self._given_up or self._inbox_ended:
             if isinstance(item, DataReceived):
                 # nobody will read it: hand its flow-control window back at once
                 self._conn.acknowledge_soon(self.stream_id, item.flow_controlled)
+            return
+        self._inbox.append(item)
+        self._notify()
 
     def _fail(self, error: StreamError) -> None:
         if self.error is not None:
             return
         self.error = error
         self.received_end = True
-        self._inbox_in.close()
+        self._inbox_ended = True
+        self._notify()
 
     def _release(self) -> None:
         """The consumer is done with the stream: acknowledge what it never read and let the
         reader drop whatever still arrives for it."""
-        unread = 0
-        while True:
-            try:
-                item = self._inbox_out.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            if isinstance(item, DataReceived):
-                unread += item.flow_controlled
-        self._inbox_out.close()
+        unread = sum(item.flow_controlled for item in self._inbox if isinstance(item, DataReceived))
+        self._inbox.clear()
+        self._given_up = True
+        self._notify()
         self._conn.acknowledge_soon(self.stream_id, unread)
 
     # the consumer's side
 
     async def _take(self) -> _Inbox:
-        try:
-            return await self._inbox_out.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise self.error or StreamError("stream closed") from None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._inbox:
+            if self._inbox_ended or self._given_up:
+                raise self.error or StreamError("stream closed")
+            changed = self._inbox_changed = self._inbox_changed or trio.Event()
+            await changed.wait()
+        item = self._inbox.popleft()
+        if self._limit != math.inf:
+            # an HTTP/1.1 reader may be waiting for room
+            self._notify()
+        return item
 
     async def read_body(self) -> bytes | None:
         """The next chunk of the received body; None at its end (trailers in `trailers`)."""
@@ -200,6 +216,11 @@ class _Stream:
         raise StreamError(f"unexpected {type(item).__name__} in a message body")
 
     @property
+    def body_ready(self) -> bool:
+        """Something of the received body (or its end) can be read without waiting."""
+        return bool(self._inbox)
+
+    @property
     def at_end(self) -> bool:
         """Only the end of the received message is left to read: the next `read_body` returns
         None at once (and sets `trailers`)."""
@@ -207,7 +228,7 @@ class _Stream:
             self.received_end
             and self.error is None
             and not self.read_done
-            and self._inbox_out.statistics().current_buffer_used == 1
+            and len(self._inbox) == 1
         )
 
     async def send_data(self, data: bytes | memoryview, end_stream: bool = False) -> None:
@@ -251,14 +272,18 @@ class ServerStream(_Stream):
         self.response_started = False
         self.done = trio.Event()
 
-    async def send_head(self, head: ResponseHead, end_stream: bool = False) -> None:
+    async def send_head(
+        self, head: ResponseHead, end_stream: bool = False, *, flush: bool = True
+    ) -> None:
+        """Send the response head. Without `flush` it waits in the codec for the body sent next
+        (one write for both): only when that send follows without waiting."""
         if self.error is not None:
             raise self.error
         if head.status >= 200:
             self.response_started = True
         if end_stream:
             self.sent_end = True
-        await self._conn.send_response_head(self, head, end_stream)
+        await self._conn.send_response_head(self, head, end_stream, flush)
 
     async def switch(self, head: ResponseHead) -> tuple[ByteStream, bytes]:
         """Accept an HTTP/1.1 protocol switch (101 to an Upgrade, 2xx to CONNECT): returns the
@@ -322,6 +347,8 @@ class _Connection:
         self.codec = codec
         self.is_h1 = isinstance(codec, (H1Server, H1Client))
         self._send_lock = trio.Lock()
+        # how the stream takes bytes without waiting, if it can (see `_write`)
+        self._send_nowait = stream.send_nowait if isinstance(stream, SendsNowait) else None
         self.streams: dict[int, _Stream] = {}
         self._window = trio.Event()
         self.closed = False
@@ -341,17 +368,44 @@ class _Connection:
         # Taken and written under the lock, shielded: bytes a codec handed out must reach the
         # socket whole and in order. A write that makes no progress for `WRITE_TIMEOUT` (a peer
         # that stopped reading) ends the connection, as does one on a closed connection.
-        with trio.CancelScope(shield=True):
-            async with self._send_lock:
-                data = self.codec.data_to_send()
-                if not data:
+        # Uncontended (the common case) the lock is taken without waiting, and nothing to
+        # write costs nothing: most flushes come after codec calls that queued no bytes.
+        lock = self._send_lock
+        if lock.locked():
+            with trio.CancelScope(shield=True):
+                async with lock:
+                    await self._write(self.codec.data_to_send())
+            return
+        data = self.codec.data_to_send()
+        if not data:
+            return
+        lock.acquire_nowait()
+        try:
+            await self._write(data)
+        finally:
+            lock.release()
+
+    async def _write(self, data: bytes | memoryview) -> None:
+        if not data:
+            return
+        try:
+            if self._send_nowait is not None:
+                # what the stream takes at once needs no shield (it is delivered whatever
+                # happens to us) and costs no trip through the scheduler: usually all of it
+                taken = self._send_nowait(data)
+                if taken == len(data):
                     return
-                try:
-                    with trio.fail_after(WRITE_TIMEOUT):
-                        await self._stream.send_all(data)
-                except (*_SOCKET_ERRORS, trio.TooSlowError) as e:
-                    self.end_all(f"connection lost while writing: {e!r}")
-                    raise StreamError("connection lost") from None
+                data = data[taken:]
+            with trio.CancelScope(
+                shield=True, deadline=trio.current_time() + WRITE_TIMEOUT
+            ) as scope:
+                await self._stream.send_all(data)
+        except _SOCKET_ERRORS as e:
+            self.end_all(f"connection lost while writing: {e!r}")
+            raise StreamError("connection lost") from None
+        if scope.cancelled_caught:
+            self.end_all(f"connection lost while writing: no progress in {WRITE_TIMEOUT:g} s")
+            raise StreamError("connection lost")
 
     def _flush_soon(self) -> None:
         """Write what the codec holds from a task of our own (callers that cannot wait)."""
@@ -429,14 +483,17 @@ class _Connection:
         await self.flush()
         self._retire_if_done(s)
 
-    async def send_response_head(self, s: _Stream, head: ResponseHead, end: bool) -> None:
+    async def send_response_head(
+        self, s: _Stream, head: ResponseHead, end: bool, flush: bool = True
+    ) -> None:
         codec = self.codec
         assert isinstance(codec, (H1Server, H2Server))
         try:
             codec.send_headers(s.stream_id, head, end)
         except HttpCodecError as e:
             raise StreamError(str(e)) from None
-        await self.flush()
+        if flush or end:
+            await self.flush()
         if end:
             self._retire_if_done(s)
 
@@ -550,11 +607,12 @@ class _Connection:
             self.closed = True
             await s._put(ev)
 
-    async def _receive(self) -> bytes | None:
+    async def _receive(self, deadline: float = math.inf) -> bytes | None:
         """One read: the bytes, b"" when the peer closed; None when the reader was woken
-        (`_wake_reader`) or the socket failed (the connection is ended then: a reset must not
-        pass for the clean end of a close-delimited body)."""
-        with trio.CancelScope() as scope:
+        (`_wake_reader`), or the socket failed or nothing came by `deadline` (the read scope's
+        deadline, which may be moved while the read waits): the connection is ended then (a
+        reset must not pass for the clean end of a close-delimited body)."""
+        with trio.CancelScope(deadline=deadline) as scope:
             self._read_scope = scope
             try:
                 return bytes(await self._stream.receive_some(_READ_SIZE))
@@ -562,6 +620,8 @@ class _Connection:
                 self.end_all(f"connection lost: {e}")
             finally:
                 self._read_scope = None
+        if scope.cancelled_caught and trio.current_time() >= scope.deadline:
+            self.end_all("idle timeout")
         return None
 
     async def aclose(self) -> None:
@@ -646,12 +706,8 @@ class ServerConnection(_Connection):
                 # the request body is still arriving; the handler may finish first
                 data = await self._receive()
             else:
-                timeout = self._idle_timeout if not self.streams else math.inf
-                with trio.move_on_after(timeout) as idle:
-                    data = await self._receive()
-                if idle.cancelled_caught:
-                    self.end_all("idle timeout")
-                    return
+                idle = self._idle_timeout if not self.streams else math.inf
+                data = await self._receive(trio.current_time() + idle)
             if data is None:
                 continue
             await self._feed(data)
@@ -659,7 +715,11 @@ class ServerConnection(_Connection):
     async def _await_response(self, current: ServerStream) -> None:
         """Wait for the response to the request received whole, watching for the client
         closing the connection meanwhile. A request that may switch protocols is not watched:
-        what follows it belongs to the new protocol."""
+        what follows it belongs to the new protocol.
+
+        The read goes on after the exchange if the connection stays open (`_exchange_done`
+        gives it the idle timeout then): it returns the client's next request, or its close,
+        without a wakeup in between."""
         head = current.request
         if self._held or head.method == "CONNECT" or "upgrade" in head.headers:
             await current.done.wait()
@@ -668,9 +728,14 @@ class ServerConnection(_Connection):
         if data is None:
             return
         if not data:
-            self.end_all(self.reason or "client closed the connection before the response")
+            if current.done.is_set():
+                # the client closed the connection after the exchange
+                await self._feed(data)
+            else:
+                self.end_all(self.reason or "client closed the connection before the response")
             return
-        # a pipelined request: kept for when this exchange is over
+        # the next request (pipelined, or sent after this response): kept for when this
+        # exchange is over
         self._held = data
         await current.done.wait()
 
@@ -751,10 +816,28 @@ class ServerConnection(_Connection):
                 s._release()
             s.done.set()
             if self.is_h1:
-                # the reader waits on this exchange to read on (or close)
-                self._wake_reader()
+                self._exchange_done()
             with contextlib.suppress(StreamError):
                 await self.flush()
+
+    def _exchange_done(self) -> None:
+        """HTTP/1.1: the reader waits on the finished exchange. It must look again if the
+        connection is over or a pipelined request is already buffered; if not, its read waiting
+        for the client (`_await_response`) simply goes on, now bounded by the idle timeout."""
+        codec = self.codec
+        assert isinstance(codec, H1Server)
+        scope = self._read_scope
+        if (
+            self.closed
+            or self._raw_taken
+            or codec.switched
+            or codec.must_close
+            or codec.has_input
+            or scope is None
+        ):
+            self._wake_reader()
+        elif self._idle_timeout != math.inf:
+            scope.deadline = trio.current_time() + self._idle_timeout
 
     async def _bad_request(self, ev: BadRequest) -> None:
         codec = self.codec

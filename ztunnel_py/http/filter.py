@@ -198,6 +198,10 @@ class FilterChain:
     def touches_response_body(self) -> bool:
         return bool(self._resp_body)
 
+    @property
+    def touches_response_trailers(self) -> bool:
+        return bool(self._resp_trailers)
+
     async def request_headers(self, ctx: RequestContext) -> LocalReply | None:
         for hook in self._req_headers:
             reply: LocalReply | None = await hook(ctx)

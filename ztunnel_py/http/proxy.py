@@ -329,12 +329,13 @@ class HttpProxy:
         tried: list[str] = []
         last: _Retry | None = None
         target: UpstreamTarget | None = None
-        with trio.CancelScope() as deadline:
+        timeout = route.timeout or math.inf
+        # the route timeout's scope (none without a timeout, Istio's default: a scope per
+        # request costs as much as routing it)
+        deadline = trio.CancelScope() if timeout != math.inf else None
+        with deadline if deadline is not None else contextlib.nullcontext():
             body = _Body(
-                complete=s.read_done,
-                deadline=deadline,
-                timeout=route.timeout or math.inf,
-                on_complete=mirror,
+                complete=s.read_done, deadline=deadline, timeout=timeout, on_complete=mirror
             )
             if body.complete:
                 body.finish()
@@ -386,7 +387,7 @@ class HttpProxy:
                 finally:
                     if retrying is not None:
                         retrying.retry_ended()
-        if deadline.cancelled_caught:
+        if deadline is not None and deadline.cancelled_caught:
             if target is not None and target.cluster is not None:
                 # Envoy counts the request in flight at the route timeout as a timeout
                 cluster = target.cluster
@@ -466,39 +467,28 @@ class HttpProxy:
             self._report(target, r)
             raise
         per_try = policy.per_try_timeout or math.inf
-        # Nothing is raised inside the nursery (trio would wrap it in an ExceptionGroup): the
-        # outcome is kept and acted on once the request-body task is done or cancelled.
-        outcome: ResponseHead | Switched | _Retry
-        failure: StreamError | None = None
         # `up` is given up when this attempt ends however it ends (a timeout, the client gone):
         # reset if its exchange is unfinished, else only freed; unless a retriable response in
         # it is handed on
         handed_on = False
         try:
-            async with trio.open_nursery() as nursery:
-                if not no_body:
+            if no_body:
+                # nothing to send alongside: no task for the request body
+                outcome, failure, handed_on = await self._exchange(
+                    s, ctx, up, target, policy, per_try
+                )
+            else:
+                # Nothing is raised inside the nursery (trio would wrap it in an
+                # ExceptionGroup): the outcome is kept and acted on once the request-body task
+                # is done or cancelled.
+                async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_body, s, up, ctx, body)
-                outcome = await self._response_head(up, per_try)
-                self._report(target, outcome)
-                if isinstance(outcome, ResponseHead):
-                    condition = _status_condition(
-                        policy, outcome.status, outcome.headers.get("grpc-status")
+                    outcome, failure, handed_on = await self._exchange(
+                        s, ctx, up, target, policy, per_try
                     )
-                    if condition:
-                        retry = _Retry(condition, f"status {outcome.status}", "", outcome.status)
-                        retry.response = (up, outcome)
-                        outcome = retry
-                        handed_on = True
-                    else:
-                        try:
-                            await self._respond(s, ctx, up, outcome)
-                        except StreamError as e:
-                            failure = e
-                elif isinstance(outcome, Switched):
-                    handed_on = True
-                # the exchange is over (or will be retried): a request body still arriving is
-                # not needed any more
-                nursery.cancel_scope.cancel()
+                    # the exchange is over (or will be retried): a request body still arriving
+                    # is not needed any more
+                    nursery.cancel_scope.cancel()
         finally:
             if not handed_on:
                 up.reset()
@@ -508,6 +498,34 @@ class HttpProxy:
             raise outcome
         if isinstance(outcome, Switched):
             await self._switch(s, ctx, up, outcome)
+
+    async def _exchange(
+        self,
+        s: ServerStream,
+        ctx: RequestContext,
+        up: ClientStream,
+        target: UpstreamTarget,
+        policy: RetryPolicy,
+        per_try: float,
+    ) -> tuple[ResponseHead | Switched | _Retry, StreamError | None, bool]:
+        """Wait for the response head and forward the response unless it is to be retried:
+        (the outcome, a failure forwarding it, whether `up` is handed on). Raises nothing."""
+        outcome = await self._response_head(up, per_try)
+        self._report(target, outcome)
+        if isinstance(outcome, Switched):
+            return outcome, None, True
+        if isinstance(outcome, _Retry):
+            return outcome, None, False
+        condition = _status_condition(policy, outcome.status, outcome.headers.get("grpc-status"))
+        if condition:
+            retry = _Retry(condition, f"status {outcome.status}", "", outcome.status)
+            retry.response = (up, outcome)
+            return retry, None, True
+        try:
+            await self._respond(s, ctx, up, outcome)
+        except StreamError as e:
+            return outcome, e, False
+        return outcome, None, False
 
     @staticmethod
     def _report(target: UpstreamTarget, outcome: ResponseHead | Switched | _Retry) -> None:
@@ -525,7 +543,7 @@ class HttpProxy:
         self, up: ClientStream, per_try: float
     ) -> ResponseHead | Switched | _Retry:
         reset = LocalOrigin.RESET
-        with trio.move_on_after(per_try):
+        with trio.move_on_after(per_try) if per_try != math.inf else contextlib.nullcontext():
             try:
                 return await up.receive_head()
             except StreamError as e:
@@ -597,8 +615,15 @@ class HttpProxy:
         if self.chain.touches_response_body and not ended:
             # a filter may change the body's length
             head.headers.remove("content-length")
+        # the head waits for the body's first piece when that is here already and no filter can
+        # hold it up: one write downstream for both
+        together = (
+            up.body_ready
+            and not self.chain.touches_response_body
+            and not self.chain.touches_response_trailers
+        )
         try:
-            await s.send_head(head, end_stream=ended)
+            await s.send_head(head, end_stream=ended, flush=not together)
         except StreamError:
             up.reset()
             raise
@@ -685,7 +710,7 @@ class HttpProxy:
         if s.response_started:
             s.reset()
             return
-        await s.send_head(head, end_stream=not body)
+        await s.send_head(head, end_stream=not body, flush=not body)
         if body:
             await s.send_data(body, end_stream=True)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import re
 import sys
 from typing import Any, TextIO
@@ -148,9 +149,23 @@ class LogLevels:
         self._installed = set(wanted)
 
 
+# (second, its text): most lines fall in the same second as the previous one, whose date and
+# time of day are formatted once
+_second: tuple[float, str] = (-1.0, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    t = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second
+    # microseconds rounded as `datetime.fromtimestamp` rounds them
+    fraction, second = math.modf(record.created)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        second += 1
+        micros -= 1_000_000
+    if _second[0] != second:
+        t = datetime.datetime.fromtimestamp(second, tz=datetime.UTC)
+        _second = (second, t.strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 def _level(record: logging.LogRecord) -> str:
@@ -170,6 +185,9 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 def _quoted(text: str) -> str:
     """`text` as Rust's `{:?}` writes a string: quoted, with quotes and unprintables escaped."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        # nothing to escape (the common case, checked without a loop in Python)
+        return f'"{text}"'
     out = ['"']
     for ch in text:
         escaped = _ESCAPES.get(ch)
@@ -184,6 +202,9 @@ def _quoted(text: str) -> str:
 
 
 def _text_value(value: object) -> str:
+    if type(value) is str:
+        # most values: checked first
+        return _quoted(value)
     if isinstance(value, Display):
         return str.__str__(value)
     if isinstance(value, bool):
@@ -237,6 +258,14 @@ def setup_logging(
     Raises LevelSpecError for a bad spec, before changing anything.
     """
     parse_level_spec(spec)
+    # Neither format writes where a call came from, nor a thread's or process's name: the
+    # logging module need not look them up for every record (a walk up the stack for the
+    # source file and line, the thread and process names), which the access log, a record
+    # per request, would pay for each time (the logging HOWTO's "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)

@@ -33,6 +33,7 @@ __all__ = [
     "ByteStream",
     "RelayError",
     "Resettable",
+    "SendsNowait",
     "SocketByteStream",
     "close_with_reset",
     "relay",
@@ -71,6 +72,19 @@ class Resettable(Protocol):
     """A stream that can abort instead of closing cleanly (`HboneStream`, `SocketByteStream`)."""
 
     def reset(self) -> None: ...
+
+
+@runtime_checkable
+class SendsNowait(Protocol):
+    """A stream that can take bytes without waiting (`SocketByteStream`, `HboneStream`).
+
+    `send_nowait` takes as much of `data` as can go without waiting and returns how much that
+    was (0: call `send_all` for the rest). It never checkpoints, and what it took reaches the
+    peer in order whatever happens to the caller afterwards: a writer that must not cut a
+    message needs no shield from cancellation for it. Failures raise as `send_all`'s do.
+    """
+
+    def send_nowait(self, data: Bytes) -> int: ...
 
 
 class RelayError(Exception):
@@ -114,6 +128,14 @@ class SocketByteStream:
         send = self.socket.send
         while view:
             view = view[await send(view) :]
+
+    def send_nowait(self, data: Bytes) -> int:
+        """What the socket's buffer takes now (see `SendsNowait`): a write(2) on the
+        non-blocking socket, without the scheduler round trip a trio send makes."""
+        try:
+            return os.write(self.socket.fileno(), data)
+        except BlockingIOError:
+            return 0
 
     async def send_eof(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -160,13 +182,18 @@ async def relay(a: ByteStream, b: ByteStream, *, chunk: int = RELAY_CHUNK) -> tu
     async def pump(src: ByteStream, dst: ByteStream, index: int) -> None:
         receive = src.receive_some
         send = dst.send_all
+        # What the destination takes at once needs no scheduler trip (the receive that comes
+        # next is the loop's checkpoint); `send_all` waits for the rest.
+        send_nowait = dst.send_nowait if isinstance(dst, SendsNowait) else None
         try:
             while True:
                 data = await receive(chunk)
                 if not data:
                     await dst.send_eof()
                     return
-                await send(data)
+                sent = 0 if send_nowait is None else send_nowait(data)
+                if sent < len(data):
+                    await send(memoryview(data)[sent:] if sent else data)
                 counts[index] += len(data)
         except Exception as e:
             failures.append(e)

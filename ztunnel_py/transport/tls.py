@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import ssl
 from collections.abc import Callable
 from typing import cast
@@ -379,6 +380,24 @@ class TlsTransport:
             await self._flush()
         finally:
             self._sending = False
+
+    def flush_nowait(self) -> None:
+        """Send encrypted bytes as far as the socket takes them now, without waiting (a no-op
+        while another task sends: it takes them along). What is left waits for `flush`."""
+        outgoing = self._outgoing
+        if self._sending or not (self._unsent or outgoing.pending):
+            return
+        self._check_usable()
+        fd = self._sock.fileno()
+        try:
+            while self._unsent or outgoing.pending:
+                if not self._unsent:
+                    self._unsent = memoryview(outgoing.read())
+                self._unsent = self._unsent[os.write(fd, self._unsent) :]
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            raise TlsError(_describe_os_error(e)) from e
 
     async def send_eof(self) -> None:
         """Send close_notify: we write no more, but can still receive (TLS 1.3 half-close)."""

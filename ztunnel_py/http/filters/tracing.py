@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -38,7 +36,7 @@ from ztunnel_py.http.message import Headers
 from ztunnel_py.model.telemetry import CustomTagKind, TracingConfig
 from ztunnel_py.telemetry.spans import AttributeValue, ExportedSpan, SpanExporters
 
-__all__ = ["Span", "TracingFilter", "parse_traceparent"]
+__all__ = ["Span", "TracingFilter", "parse_traceparent", "request_id"]
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -81,6 +79,20 @@ TagsOf = Callable[[RequestContext], Mapping[str, AttributeValue]]
 _SPAN = "tracing.span"
 
 
+def request_id(random: bytes) -> str:
+    """A UUID4 in its text form from 16 random bytes (the version and variant bits set)."""
+    b = bytearray(random)
+    b[6] = b[6] & 0x0F | 0x40
+    b[8] = b[8] & 0x3F | 0x80
+    x = b.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+# Every random value a request may need, drawn with one getrandom(2) (os.urandom, as `secrets`
+# and `uuid.uuid4` use): request id 16 bytes, trace id 16, span id 8, sampling draw 4.
+_RANDOM_BYTES = 44
+
+
 class TracingFilter(Filter):
     name = "tracing"
 
@@ -101,28 +113,29 @@ class TracingFilter(Filter):
         self._spans = spans if self.config.provider is not None else None
         self._tags = tags
 
-    def _sample(self) -> bool:
-        return secrets.randbits(32) < self._threshold
+    def _sample(self, random: bytes) -> bool:
+        return int.from_bytes(random[40:44]) < self._threshold
 
     async def on_request_headers(self, ctx: RequestContext) -> LocalReply | None:
         h = ctx.request.headers
+        random = os.urandom(_RANDOM_BYTES)
         if not h.get("x-request-id"):
-            h.set("x-request-id", str(uuid.uuid4()))
+            h.set("x-request-id", request_id(random[:16]))
         incoming = parse_traceparent(h.get("traceparent") or "")
         b3 = _b3(h)
         if incoming is not None:
             trace, parent, sampled = incoming
         elif b3 is not None:
             trace, parent, decision = b3
-            sampled = self._sample() if decision is None else decision
+            sampled = self._sample(random) if decision is None else decision
         else:
-            trace, parent, sampled = "", "", self._sample()
+            trace, parent, sampled = random[16:32].hex(), "", self._sample(random)
         exported = self._start(ctx, trace, parent) if sampled else None
         if exported is not None:
             ctx.state[_SPAN] = exported
             span = Span(exported.trace_id, exported.span_id, parent, sampled)
         else:
-            span = Span(trace or secrets.token_hex(16), secrets.token_hex(8), parent, sampled)
+            span = Span(trace, random[32:40].hex(), parent, sampled)
         trace = span.trace_id
         ctx.state["trace"] = span
         h.set("traceparent", span.traceparent)

@@ -188,6 +188,19 @@ class HboneConnection:
             return
         await self._flush()
 
+    def flush_nowait(self) -> bool:
+        """Send the ciphertext queued so far as far as the socket takes it now; the writer
+        task sends the rest. False while more than `_OUTPUT_HIGH_WATER` stays queued."""
+        if not self._flushing and not self.is_closed:
+            try:
+                self.tls.flush_nowait()
+            except (TlsError, trio.ClosedResourceError) as e:
+                self._terminate(str(e))
+                return True
+            if self.tls.pending_output:
+                self._writer_lot.unpark()
+        return self.tls.pending_output <= _OUTPUT_HIGH_WATER
+
     # -- output --------------------------------------------------------------------------
 
     def _emit(self, *, wake_writer: bool = True) -> None:

@@ -56,6 +56,10 @@ class StreamHost(Protocol):
     async def flush(self) -> None:
         """Send what was encrypted so far (or wait while too much is queued)."""
 
+    def flush_nowait(self) -> bool:
+        """Send what was encrypted so far as far as the socket takes it now, the rest later
+        (without waiting); False when too much is queued already (the caller should wait)."""
+
     def end_stream(self, stream_id: int) -> None:
         """Send END_STREAM. Raises `HboneStreamError`."""
 
@@ -202,6 +206,29 @@ class HboneStream:
                 await trio.lowlevel.checkpoint()
         finally:
             self._sending = False
+
+    def send_nowait(self, data: Bytes) -> int:
+        """Take as much of `data` as the flow-control windows allow now, encrypted at once and
+        pushed toward the socket without waiting; returns how much (0: use `send_all`, which
+        waits for window or for the socket). What is taken is delivered in order even if the
+        caller is cancelled next (see `relay.SendsNowait`)."""
+        if self._sending:
+            return 0
+        if self._closed or self._eof_sent:
+            raise trio.ClosedResourceError("the HBONE stream is closed for sending")
+        if self._error is not None:
+            raise self._error
+        host = self._host
+        if not host.flush_nowait():
+            # the socket is not keeping up: `send_all` waits for it
+            return 0
+        try:
+            sent = host.send_data(self.stream_id, memoryview(data).cast("B")[:SEND_CHUNK])
+        except HboneStreamError as e:
+            raise self._error or e from None
+        if sent:
+            host.flush_nowait()
+        return sent
 
     async def _wait_writable(self) -> None:
         self._writable = trio.Event()
