@@ -119,7 +119,7 @@ def test_request_ids_are_uuid4s_as_the_standard_library_writes_them() -> None:
 def test_each_request_gets_its_own_ids_and_sampling_follows_the_percentage() -> None:
     seen: set[str] = set()
     sampled = 0
-    tracing = TracingFilter(sampling=25.0)
+    tracing = TracingFilter(TracingConfig(sampling=25.0))
     for _ in range(2000):
         ctx = request()
         run(tracing.on_request_headers(ctx))
