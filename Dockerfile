@@ -7,7 +7,8 @@
 # scripts/build-image.sh builds the same base from Debian's archive with debootstrap and passes
 # it here (see the README, "Install on Kubernetes").
 #
-# Kernel headers are not in the image: bcc compiles the capture programs when the agent starts,
+# Kernel headers are not in the image: bcc compiles the capture programs when the agent starts
+# without pins of the same build on the node (a restart with them compiles nothing),
 # against the node's headers, which the DaemonSet mounts at /lib/modules and /usr/src (or the
 # kernel's own, CONFIG_IKHEADERS). The agent says which is missing when neither is there.
 ARG BASE_IMAGE=debian:12-slim
@@ -53,7 +54,7 @@ RUN --mount=type=secret,id=pip-ca \
 FROM ${BASE_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # python3-bpfcc: bcc's Python module and libbcc (LLVM/clang), which compile the capture
-# programs at agent start. Same reason as above for not pinning versions.
+# programs at agent start (unless pinned by the same build). Same reason as above for not pinning versions.
 # hadolint ignore=DL3008
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends python3 python3-bpfcc ca-certificates \
