@@ -7,7 +7,8 @@
 # scripts/build-image.sh builds the same base from Debian's archive with debootstrap and passes
 # it here (see the README, "Install on Kubernetes").
 #
-# Kernel headers are not in the image: bcc compiles the capture programs when the agent starts,
+# Kernel headers are not in the image: bcc compiles the capture programs when the agent starts
+# without pins of the same build on the node (a restart with them compiles nothing),
 # against the node's headers, which the DaemonSet mounts at /lib/modules and /usr/src (or the
 # kernel's own, CONFIG_IKHEADERS). The agent says which is missing when neither is there.
 ARG BASE_IMAGE=debian:12-slim
@@ -24,6 +25,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY ztunnel_py ./ztunnel_py
 # A regular (not editable) install: the venv holds the package and its pinned dependencies.
+# Then what never runs here goes: the Kubernetes client's asyncio twin (kubernetes/aio, 68 MB
+# with its bytecode; we use the synchronous client) and aiohttp and the packages only it needs
+# (the client requires them for kubernetes/aio alone), the packages' own test suites, and the
+# symbols of the compiled extensions. The import check after it fails the build if any of that
+# was needed after all. The bytecode stays: the image's filesystem is read-only at run time,
+# so without it every start would compile the sources again.
 # The CNI host shim is C, linked statically: it runs on the node, outside this image.
 # The optional build secret `pip-ca` is a CA bundle for reaching the package index through a
 # TLS-inspecting proxy (scripts/build-image.sh passes the build machine's); it stays out of
@@ -32,7 +39,14 @@ RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && python3 -m venv /opt/ztunnel-py \
     && /opt/ztunnel-py/bin/pip install --no-cache-dir --disable-pip-version-check -q . \
+    && /opt/ztunnel-py/bin/pip uninstall -y -q aiohttp aiohttp-retry aiosignal aiohappyeyeballs \
+        frozenlist multidict yarl propcache \
     && /opt/ztunnel-py/bin/pip uninstall -y -q setuptools pip \
+    && site="$(/opt/ztunnel-py/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && rm -rf "$site/kubernetes/aio" \
+    && find "$site" -type d \( -name tests -o -name _tests \) -prune -exec rm -rf {} + \
+    && find "$site" -name '*.so' -exec strip --strip-unneeded {} + \
+    && /opt/ztunnel-py/bin/python -c 'import kubernetes, kubernetes.client, ztunnel_py.cli' \
     && mkdir -p /opt/ztunnel-py/cni \
     && gcc -O2 -static -Wall -Wextra -Werror -o /opt/ztunnel-py/cni/ztunnel-py-cni \
         ztunnel_py/cni/shim/ztunnel-py-cni.c
@@ -40,11 +54,11 @@ RUN --mount=type=secret,id=pip-ca \
 FROM ${BASE_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # python3-bpfcc: bcc's Python module and libbcc (LLVM/clang), which compile the capture
-# programs at agent start. Same reason as above for not pinning versions.
+# programs at agent start (unless pinned by the same build). Same reason as above for not pinning versions.
 # hadolint ignore=DL3008
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends python3 python3-bpfcc ca-certificates \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
 COPY --from=build /opt/ztunnel-py /opt/ztunnel-py
 # Only bcc from Debian's dist-packages joins the venv, as scripts/install.sh does.
 RUN ln -s /usr/lib/python3/dist-packages/bcc \

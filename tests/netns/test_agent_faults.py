@@ -1,6 +1,7 @@
 """Faults an agent must ride out without dropping pods off the mesh or letting their traffic out
-in clear: running out of file descriptors under a connection flood, and an enrollment snapshot
-that names none of its pods.
+in clear: running out of file descriptors under a connection flood, an enrollment snapshot
+that names none of its pods, and restarts (with the capture programs pinned by the previous
+agent reused, or compiled again when their build stamp differs).
 
 One 2-node testbed with the mesh. node2's agent is the one under attack; node1's pods are the
 clients (legacy-1 is outside the mesh, as an attacker from any pod would be).
@@ -22,6 +23,9 @@ import pytest
 from tests.integration.hbone_support import SLOW_HANDSHAKES
 from tests.integration.zds_support import lone_snapshot
 from tests.netns.conftest import unique_prefix
+from ztunnel_py.redirect.compile import read_stamp, write_stamp
+from ztunnel_py.redirect.loader import LAYOUT_VERSION
+from ztunnel_py.testbed.mesh import bpf_pin_root
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
 from ztunnel_py.testbed.status import NodeStatus
 from ztunnel_py.testbed.testbed import Testbed
@@ -98,19 +102,9 @@ def test_an_agent_out_of_descriptors_rides_out_a_flood_and_serves_after_it(bed: 
     assert node2(bed).agent.pid == pid  # the same agent, never restarted
 
 
-def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_mesh(
-    bed: Testbed, tmp_path: Path
-) -> None:
-    agent = node2(bed)
-    pods = {bed.topology.pod("echo-2").uid, bed.topology.pod("curl-2").uid}
-    assert enrolled(bed) == pods
-    assert lone_snapshot(agent.enroll_socket or "") == ""
-    assert enrolled(bed) == pods
-    log = Path(agent.log or "").read_text()
-    assert log.count("is missing from the enrollment snapshot but still runs") == 2
-    # echo-2's outbound and its inbound still go through the agents: TLS on the fabric, the
-    # marker never in clear.
-    marker = "ZTTEST-lone-snapshot-5d1e"
+def assert_echo2_traffic_in_the_mesh(bed: Testbed, tmp_path: Path, marker: str) -> None:
+    """echo-2's outbound and its inbound go through the agents: TLS on the fabric, the marker
+    never in clear."""
     status = bed.status()
     echo1, echo2 = status.pod("echo-1").ip, status.pod("echo-2").ip
     pcap = tmp_path / "fabric.pcap"
@@ -121,6 +115,52 @@ def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_m
     assert report.markers_in_clear == []
     assert report.tls_records[15008].get("application_data", 0) > 0
     assert 8080 not in report.tcp_payload_bytes
+
+
+def test_a_lone_snapshot_leaves_running_pods_captured_and_their_traffic_in_the_mesh(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    agent = node2(bed)
+    pods = {bed.topology.pod("echo-2").uid, bed.topology.pod("curl-2").uid}
+    assert enrolled(bed) == pods
+    assert lone_snapshot(agent.enroll_socket or "") == ""
+    assert enrolled(bed) == pods
+    log = Path(agent.log or "").read_text()
+    assert log.count("is missing from the enrollment snapshot but still runs") == 2
+    assert_echo2_traffic_in_the_mesh(bed, tmp_path, "ZTTEST-lone-snapshot-5d1e")
+
+
+def restart_node2(bed: Testbed) -> str:
+    """Stop node2's agent and start it again; what it logged in its new run."""
+    log = Path(node2(bed).log or "")
+    offset = log.stat().st_size
+    bed.stop_agent("node2")
+    bed.start_agent("node2")
+    return log.read_bytes()[offset:].decode(errors="replace")
+
+
+def test_a_restarted_agent_on_a_warm_node_reuses_the_pinned_programs(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    run = restart_node2(bed)
+    assert "capture programs ready (reused the pinned ones, not compiled)" in run
+    assert "compil" not in run.replace("not compiled", "")
+    assert enrolled(bed) == {bed.topology.pod("echo-2").uid, bed.topology.pod("curl-2").uid}
+    assert_echo2_traffic_in_the_mesh(bed, tmp_path, "ZTTEST-warm-restart-41a9")
+
+
+def test_a_changed_build_stamp_makes_the_restarted_agent_compile(
+    bed: Testbed, tmp_path: Path
+) -> None:
+    pin_dir = Path(bpf_pin_root(bed.state, "node2")) / f"v{LAYOUT_VERSION}"
+    stamp = read_stamp(pin_dir)
+    assert stamp is not None
+    write_stamp(pin_dir, {**stamp, "kernel": "0" * 16})  # as pins made under another kernel
+    run = restart_node2(bed)
+    assert f"built from other inputs (kernel {'0' * 16} -> {stamp['kernel']}): compiling" in run
+    assert "capture programs ready (compiled in " in run
+    assert read_stamp(pin_dir) == stamp
+    assert_echo2_traffic_in_the_mesh(bed, tmp_path, "ZTTEST-stamp-restart-9b07")
 
 
 def rss_kib(pid: int) -> int:

@@ -565,6 +565,7 @@ async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
         assert counted.assigns >= 1
         assert is_bpffs(pin_root)
         assert sorted(p.name for p in (pin_root / f"v{LAYOUT_VERSION}").iterdir()) == [
+            "build",
             "counters",
             "egress",
             "ingress",
@@ -579,6 +580,7 @@ async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
         try:
             assert restarted.mounted is None  # the bpffs is already there
             assert restarted.reused_pins == {"ingress", "egress", "lookup"}
+            assert not restarted.compiled  # same build stamp: the pins are used as they are
             assert restarted.program_ids() == enrolled.program_ids()
             assert restarted.counters(topo.pod) == counted  # same maps, same contents
             assert restarted.settings(topo.pod) == (POD_IPS, PodSettings())

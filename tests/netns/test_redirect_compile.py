@@ -11,6 +11,7 @@ import ctypes
 import errno
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,8 @@ from ztunnel_py.redirect.compile import (
     CompileReport,
     compile_and_pin,
     packaged_sources,
+    read_stamp,
+    write_stamp,
 )
 from ztunnel_py.redirect.loader import LAYOUT_VERSION, CountersMap, PodsMap, Redirector
 from ztunnel_py.redirect.maps import (
@@ -160,6 +163,7 @@ def test_a_restarted_redirector_reuses_the_pins_and_keeps_the_maps(bpffs: Path) 
     first = Redirector(root)
     try:
         assert first.reused_pins == set()
+        assert first.compiled and first.compile_seconds > 0
         # What a pod enrolled by this agent leaves in the maps (enrolling needs a netns).
         counters = CountersMap(first.pin_dir / "counters", ctypes.c_uint64, PodCountersStruct)
         with contextlib.closing(counters):
@@ -167,6 +171,7 @@ def test_a_restarted_redirector_reuses_the_pins_and_keeps_the_maps(bpffs: Path) 
         restarted = Redirector(root)
         try:
             assert restarted.reused_pins == {"ingress", "egress", "lookup"}
+            assert not restarted.compiled  # the build stamp matched: nothing was compiled
             assert restarted.program_ids() == first.program_ids()
             assert restarted.enrolled_pods() == {77}
             assert restarted.all_counters() == {77: PodCounters(assigns=3)}
@@ -176,6 +181,61 @@ def test_a_restarted_redirector_reuses_the_pins_and_keeps_the_maps(bpffs: Path) 
             restarted.close()
     finally:
         first.close()
+        first.remove_pins()
+        root.rmdir()
+
+
+def test_anything_but_the_same_build_compiles_again(
+    bpffs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "ztunnel_py.redirect")
+    root = bpffs / "stamp"
+    first = Redirector(root)
+    pin_dir = first.pin_dir
+    first.close()
+    stamp = read_stamp(pin_dir)
+    assert stamp is not None and set(stamp) == {"format", "source", "flags", "kernel", "bcc"}
+
+    def restart(bpf_dir: Path | None = None) -> Redirector:
+        caplog.clear()
+        r = Redirector(root, bpf_dir=bpf_dir)
+        r.close()
+        return r
+
+    try:
+        # Another kernel (as the stamp of pins made under one would say).
+        write_stamp(pin_dir, {**stamp, "kernel": "0" * 16})
+        assert restart().compiled
+        assert f"(kernel {'0' * 16} -> {stamp['kernel']}): compiling" in caplog.text
+        assert read_stamp(pin_dir) == stamp
+        assert not restart().compiled
+
+        # Changed sources: compiled, and their stamp recorded.
+        changed = tmp_path / "bpf"
+        shutil.copytree(packaged_sources(), changed)
+        source = changed / "redirect.c"
+        source.write_text(source.read_text() + "\n/* changed */\n")
+        assert restart(changed).compiled
+        assert "(source " in caplog.text
+        assert read_stamp(pin_dir) == {**stamp, "source": read_stamp(pin_dir)["source"]}
+        assert read_stamp(pin_dir) != stamp
+        assert not restart(changed).compiled
+        assert restart().compiled  # back to the packaged sources
+
+        # A missing program pin, a missing map pin, no stamp at all.
+        (pin_dir / "egress").unlink()
+        assert restart().compiled
+        assert f"cannot open {pin_dir / 'egress'}" in caplog.text
+        # A map made anew: the kept programs would use the old one, so they are replaced.
+        (pin_dir / "reuse").unlink()
+        assert restart().compiled
+        assert f"cannot open {pin_dir / 'reuse'}" in caplog.text
+        assert not restart().compiled
+        (pin_dir / "build").unlink()
+        assert restart().compiled
+        assert "no build stamp" in caplog.text
+        assert not restart().compiled
+    finally:
         first.remove_pins()
         root.rmdir()
 

@@ -74,7 +74,10 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        log.info("capture programs ready (compiled in %.2f s)", capture.compile_seconds)
+        if capture.compiled:
+            log.info("capture programs ready (compiled in %.2f s)", capture.compile_seconds)
+        else:
+            log.info("capture programs ready (reused the pinned ones, not compiled)")
     try:
         trio.run(_run, config, state, levels, capture, upstreams, mesh)
     finally:

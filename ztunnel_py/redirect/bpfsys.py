@@ -31,6 +31,7 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
@@ -84,6 +85,41 @@ class _ObjAttr(ctypes.Structure):
     )
 
 
+class _InfoAttr(ctypes.Structure):
+    """The BPF_OBJ_GET_INFO_BY_FD member of `union bpf_attr`."""
+
+    _fields_ = (
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    )
+
+
+class _ProgInfo(ctypes.Structure):
+    """The head of `struct bpf_prog_info`, up to the map ids (the kernel fills only as much
+    as it is given)."""
+
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", ctypes.c_uint32),
+        ("xlated_prog_len", ctypes.c_uint32),
+        ("jited_prog_insns", ctypes.c_uint64),
+        ("xlated_prog_insns", ctypes.c_uint64),
+        ("load_time", ctypes.c_uint64),
+        ("created_by_uid", ctypes.c_uint32),
+        ("nr_map_ids", ctypes.c_uint32),
+        ("map_ids", ctypes.c_uint64),
+    )
+
+
+class _MapInfo(ctypes.Structure):
+    """The head of `struct bpf_map_info`."""
+
+    _fields_ = (("type", ctypes.c_uint32), ("id", ctypes.c_uint32))
+
+
 class _LinkAttr(ctypes.Structure):
     """The BPF_LINK_CREATE and BPF_LINK_UPDATE members of `union bpf_attr` (same offsets:
     create's prog_fd, target_fd and attach_type are update's link_fd, new_prog_fd and flags)."""
@@ -99,7 +135,13 @@ class _LinkAttr(ctypes.Structure):
 class _Attr(ctypes.Union):
     """The part of `union bpf_attr` these commands use; the kernel zero-fills the rest."""
 
-    _fields_ = (("elem", _ElemAttr), ("batch", _BatchAttr), ("obj", _ObjAttr), ("link", _LinkAttr))
+    _fields_ = (
+        ("elem", _ElemAttr),
+        ("batch", _BatchAttr),
+        ("obj", _ObjAttr),
+        ("info", _InfoAttr),
+        ("link", _LinkAttr),
+    )
 
 
 def _bpf(cmd: int, attr: _Attr, path: Path) -> int:
@@ -165,6 +207,33 @@ def program_tag(fd: int) -> str:
 
 def program_id(fd: int) -> int:
     return int(fdinfo(fd).get("prog_id", "0"))
+
+
+def _object_info(fd: int, info: ctypes.Structure, path: Path) -> None:
+    attr = _Attr()
+    attr.info.bpf_fd = fd
+    attr.info.info_len = ctypes.sizeof(info)
+    attr.info.info = ctypes.addressof(info)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, path)
+
+
+def map_id(fd: int, path: Path) -> int:
+    """The kernel id of the map behind `fd` (`path` names it in errors)."""
+    info = _MapInfo()
+    _object_info(fd, info, path)
+    return int(info.id)
+
+
+def program_map_ids(fd: int, path: Path) -> set[int]:
+    """The kernel ids of the maps the program behind `fd` uses."""
+    room = 16
+    while True:
+        ids = (ctypes.c_uint32 * room)()
+        info = _ProgInfo(nr_map_ids=room, map_ids=ctypes.addressof(ids))
+        _object_info(fd, info, path)
+        if info.nr_map_ids <= room:
+            return {int(ids[i]) for i in range(info.nr_map_ids)}
+        room = int(info.nr_map_ids)
 
 
 def open_program(path: Path, prog_type: int = BPF_PROG_TYPE_SCHED_CLS) -> int:

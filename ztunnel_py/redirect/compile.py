@@ -1,4 +1,5 @@
-"""Compiling, loading and pinning the capture programs in a short-lived child process.
+"""Compiling, loading and pinning the capture programs in a short-lived child process, or
+reusing the ones pinned by a previous agent when they were built from the same inputs.
 
 bcc compiles `bpf/redirect.c` with LLVM and clang inside the calling process, and those
 libraries (about 85 MB of file pages) and the compile's heap (about 50 MB) stay in it. So the
@@ -12,8 +13,18 @@ with `importlib.resources`, so an installed ztunnel_py compiles them as a source
 
 - The maps are pinned by the C itself (BPF_TABLE_PINNED): an existing pin is reopened, so
   every pod's settings and counters survive an agent restart.
-- A pinned program is kept when it is the same code (same program tag), so a restarted agent
-  attaches the very programs already in use; other code is pinned in its place.
+- A pinned program is kept when it is the same code (same program tag) on the same maps, so a
+  restarted agent attaches the very programs already in use; other code is pinned in its
+  place.
+- Warm start: compiling takes 2-3 s of an agent's start, so `compile_or_reuse` skips it when
+  the pin directory's build stamp (`build`, a symlink on the bpffs whose target is a line
+  such as `format=1 source=… flags=… kernel=… bcc=…`) matches what this agent would compile:
+  the digest of the C sources, of the compile flags and program and map layout, of the running
+  kernel, and bcc's version. The stamp is removed before a compile and written after it, so it
+  only ever describes complete pins. Reuse also checks that every program and map pin is there,
+  of the right type, and that the programs use the very maps that are pinned; anything else
+  (a changed source, flag, kernel or bcc, a missing or replaced pin) compiles as before, with
+  a log line naming what differed.
 - The report is one JSON object on stdout, `{"compile_seconds": 1.9, "programs": {"ingress":
   {"tag": "…", "reused": true}, "egress": {…}}}`, or `{"error": "…"}` with exit status 1.
   Everything bcc and clang print (diagnostics, the verifier log) goes to stderr, which the
@@ -25,7 +36,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import hashlib
 import importlib.resources
+import importlib.util
 import json
 import logging
 import os
@@ -57,6 +70,8 @@ MODULE = "ztunnel_py.redirect.compile"
 # The directory holding this copy of the ztunnel_py package (a checkout or site-packages).
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 MAPS = ("pods", "counters", "listeners", "reuse")  # pin names, as in BPF_TABLE_PINNED in the C
+STAMP = "build"  # the build stamp's name in the pin directory
+STAMP_FORMAT = "1"  # bump when the stamp's fields or their meaning change
 COMPILE_TIMEOUT = 120.0
 DIAGNOSTIC_LINES = 30
 
@@ -89,6 +104,7 @@ class CompileReport:
     compile_seconds: float
     tags: dict[str, str]
     reused: frozenset[str]
+    compiled: bool = True
 
 
 def packaged_sources() -> Path:
@@ -132,6 +148,147 @@ def missing_headers(release: str | None = None) -> str | None:
         "linux-headers-$(uname -r)); or use a kernel with CONFIG_IKHEADERS (`modprobe "
         "kheaders` on the node)"
     )
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def _bcc_version() -> str:
+    """bcc's version, read without importing it (the agent never loads bcc)."""
+    spec = importlib.util.find_spec("bcc")
+    if spec is None or spec.origin is None:
+        return "none"
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return "unknown"
+    return _digest(text.encode())
+
+
+def build_stamp(pin_dir: Path, bpf_dir: Path) -> dict[str, str]:
+    """What programs compiled now in `pin_dir` from `bpf_dir` would be built from."""
+    try:
+        sources = [
+            part
+            for path in sorted(bpf_dir.iterdir())
+            if path.is_file()
+            for part in (path.name.encode(), path.read_bytes())
+        ]
+    except OSError as e:
+        raise RedirectError(f"cannot read the BPF sources in {bpf_dir}: {e.strerror}") from e
+    layouts = [_layout(t) for t in (AddrKey, PodConfigStruct, PodCountersStruct)]
+    uname = os.uname()
+    return {
+        "format": STAMP_FORMAT,
+        "source": _digest(*sources),
+        "flags": _digest(*(repr(x).encode() for x in (cflags(pin_dir), PROGRAMS, MAPS, layouts))),
+        "kernel": _digest(uname.release.encode(), uname.version.encode(), uname.machine.encode()),
+        "bcc": _bcc_version(),
+    }
+
+
+def read_stamp(pin_dir: Path) -> dict[str, str] | None:
+    """The stamp recorded with the pins, or None when there is none."""
+    try:
+        text = os.readlink(pin_dir / STAMP)
+    except OSError:
+        return None
+    return dict(field.partition("=")[::2] for field in text.split())
+
+
+def write_stamp(pin_dir: Path, stamp: dict[str, str]) -> None:
+    """Record `stamp` with the pins, replacing any other in one step (rename)."""
+    text = " ".join(f"{k}={v}" for k, v in stamp.items())
+    fresh = pin_dir / f"{STAMP}_{os.getpid()}"  # bpffs refuses names with a dot
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            fresh.unlink()
+        os.symlink(text, fresh)
+        os.replace(fresh, pin_dir / STAMP)
+    except OSError as e:
+        raise RedirectError(f"cannot record the build stamp {pin_dir / STAMP}: {e.strerror}") from e
+
+
+def remove_stamp(pin_dir: Path) -> None:
+    try:
+        (pin_dir / STAMP).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise RedirectError(f"cannot remove the build stamp {pin_dir / STAMP}: {e.strerror}") from e
+
+
+def pinned_programs(pin_dir: Path) -> dict[str, str]:
+    """The tags of the pinned programs, checked to be complete and of the right types and to
+    use the pinned maps; RedirectError says what is not so."""
+    tags: dict[str, str] = {}
+    used: set[int] = set()
+    pinned: set[int] = set()
+    try:
+        for pin_name, spec in PROGRAMS.items():
+            fd = bpfsys.open_program(pin_dir / pin_name, spec.prog_type)
+            try:
+                tags[pin_name] = bpfsys.program_tag(fd)
+                used |= bpfsys.program_map_ids(fd, pin_dir / pin_name)
+            finally:
+                os.close(fd)
+        for name in MAPS:
+            fd = bpfsys.obj_get(pin_dir / name)
+            try:
+                pinned.add(bpfsys.map_id(fd, pin_dir / name))
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise RedirectError(f"cannot open {e.filename}: {e.strerror}") from e
+    if not pinned <= used:
+        raise RedirectError("the pinned programs do not use the pinned maps (a map was re-pinned)")
+    return tags
+
+
+def compile_or_reuse(
+    pin_dir: Path, bpf_dir: Path | None = None, *, timeout: float = COMPILE_TIMEOUT
+) -> CompileReport:
+    """The programs and maps pinned in `pin_dir`: reused as they are when the build stamp says
+    they were built from the same inputs and the pins are complete, else compiled and pinned
+    by `compile_and_pin` (same arguments), and the stamp recorded."""
+    if bpf_dir is None:
+        bpf_dir = packaged_sources()
+    pin_dir = Path(os.path.abspath(pin_dir))
+    wanted = build_stamp(pin_dir, bpf_dir)
+    recorded = read_stamp(pin_dir)
+    if recorded is None:
+        log.info("no build stamp in %s: compiling the capture programs", pin_dir)
+    elif recorded != wanted:
+        changed = ", ".join(
+            f"{key} {recorded.get(key, '-')} -> {value}"
+            for key, value in wanted.items()
+            if recorded.get(key) != value
+        )
+        log.warning(
+            "the capture programs pinned in %s were built from other inputs (%s): compiling",
+            pin_dir,
+            changed or "unknown fields",
+        )
+    else:
+        try:
+            tags = pinned_programs(pin_dir)
+        except RedirectError as e:
+            log.warning(
+                "cannot reuse the capture programs pinned in %s (%s): compiling", pin_dir, e
+            )
+        else:
+            log.info("reusing the capture programs pinned in %s (same build stamp)", pin_dir)
+            return CompileReport(0.0, tags, frozenset(PROGRAMS), compiled=False)
+    # Until the new stamp is written, no stamp vouches for pins the compile may be replacing.
+    remove_stamp(pin_dir)
+    report = compile_and_pin(pin_dir, bpf_dir, timeout=timeout)
+    write_stamp(pin_dir, wanted)
+    return report
 
 
 def compile_and_pin(
@@ -250,15 +407,19 @@ def _check_layout(bpf: Any) -> None:
 
 
 def _adopt(fresh_fd: int, pin: Path) -> bool:
-    """Keep the program pinned at `pin` if it is this code (True); otherwise pin `fresh_fd`
-    in its place (False)."""
+    """Keep the program pinned at `pin` if it is this code on the same maps (True); otherwise
+    pin `fresh_fd` in its place (False)."""
     try:
         old = bpfsys.obj_get(pin)
     except OSError:  # nothing pinned there, or not a BPF object (replaced below)
         old = -1
     if old >= 0:
         try:
-            same = bpfsys.program_tag(old) == bpfsys.program_tag(fresh_fd)
+            # The tag hashes the code with its map references left out: a program of the same
+            # tag that uses other maps (a map pin was removed and made anew) is not this one.
+            same = bpfsys.program_tag(old) == bpfsys.program_tag(fresh_fd) and (
+                bpfsys.program_map_ids(old, pin) == bpfsys.program_map_ids(fresh_fd, pin)
+            )
         finally:
             os.close(old)
         if same:

@@ -1,17 +1,19 @@
 """Loads the capture programs once per agent and enrolls pods into them.
 
 `Redirector` has `compile` build `bpf/redirect.c` in a child process once, when it is created
-(the agent never loads bcc and its compiler), then opens what the child pinned and attaches the
-same programs to every enrolled pod: the tc programs to its interface, the socket lookup
-program to its netns (a link pinned under `links/<pod id>`, so it outlives the agent like the
-filters do), and `register_listener` gives that program the pod's agent listeners. The maps and
-programs are pinned under `<pin_root>/v<LAYOUT_VERSION>/` (`pods`, `counters`, `listeners`,
-`reuse`, `ingress`, `egress`, `lookup`) on a bpffs, which is mounted when missing. A restarted agent
-reopens the pinned maps, with every pod's settings and counters, and keeps using the pinned
-programs when they are the same code (same program tag), so re-enrolling after a restart
-changes nothing; new code is pinned in their place and re-enrolling swaps it in with
-`replace-filter` (and a link update). The maps are read and written with plain bpf(2) calls
-(`bpfsys`), whose key and value types are checked against the pinned maps.
+(the agent never loads bcc and its compiler), unless the pins of a previous agent carry the
+same build stamp (same sources, flags, kernel and bcc: then nothing is compiled, see
+`compile.compile_or_reuse`), then opens what is pinned and attaches the same programs to every
+enrolled pod: the tc programs to its interface, the socket lookup program to its netns (a link
+pinned under `links/<pod id>`, so it outlives the agent like the filters do), and
+`register_listener` gives that program the pod's agent listeners. The maps and programs are
+pinned under `<pin_root>/v<LAYOUT_VERSION>/` (`pods`, `counters`, `listeners`, `reuse`,
+`ingress`, `egress`, `lookup`, and the stamp `build`) on a bpffs, which is mounted when
+missing. A restarted agent reopens the pinned maps, with every pod's settings and counters, and
+keeps using the pinned programs when they are the same code (same program tag), so re-enrolling
+after a restart changes nothing; new code is pinned in their place and re-enrolling swaps it in
+with `replace-filter` (and a link update). The maps are read and written with plain bpf(2)
+calls (`bpfsys`), whose key and value types are checked against the pinned maps.
 
 All methods block (a child process, bpf(2), netlink, setns); the agent calls them through
 `trio.to_thread`. Namespace work happens on the calling thread inside the pod netns (`entered`),
@@ -40,8 +42,9 @@ from ztunnel_py.redirect.compile import (
     COMPILE_TIMEOUT,
     MAPS,
     PROGRAMS,
+    STAMP,
     check_cflag_path,
-    compile_and_pin,
+    compile_or_reuse,
 )
 from ztunnel_py.redirect.maps import (
     AddrKey,
@@ -132,7 +135,8 @@ class Redirector:
         except OSError as e:
             raise RedirectError(f"cannot create {self.pin_dir}: {e.strerror}") from e
         self._lock = threading.Lock()
-        report = compile_and_pin(self.pin_dir, bpf_dir, timeout=compile_timeout)
+        report = compile_or_reuse(self.pin_dir, bpf_dir, timeout=compile_timeout)
+        self.compiled = report.compiled
         self.compile_seconds = report.compile_seconds
         self.reused_pins = set(report.reused)
         self.programs: dict[str, podnet.Program] = {}
@@ -177,7 +181,7 @@ class Redirector:
     def remove_pins(self) -> None:
         """Unpin the programs and maps (for `testbed down` and tests): attached pods keep them
         until unenrolled, but a new agent will no longer find them."""
-        for name in (*PROGRAMS, *MAPS):
+        for name in (STAMP, *PROGRAMS, *MAPS):
             with contextlib.suppress(FileNotFoundError):
                 (self.pin_dir / name).unlink()
         links = self.pin_dir / LINKS

@@ -8,7 +8,7 @@ process. Chroot isolation keeps the caller's network and pid namespaces and give
 a mount namespace of its own with the image's files and the mounts a DaemonSet declares:
 
 - the node's kernel headers, read-only: /lib/modules and /usr/src (bcc compiles the capture
-  programs at agent start);
+  programs at agent start, unless pins of the same build are there);
 - the bpffs, at /run/ztunnel-py/bpffs: chroot isolation mounts /sys read-only over anything
   below it, so the pins cannot live under /sys/fs/bpf inside (in a pod they do);
 - /run/netns, where named network namespaces live (a restarted agent finds its pods there);
