@@ -128,6 +128,19 @@ def test_cluster_ip_conflict() -> None:
     assert (str(api.vips[0].address), api.ports) == ("10.96.0.2", {80: 80})
 
 
+def test_a_service_that_lost_its_ip_stays_out_when_the_owner_changes() -> None:
+    # web owns 10.96.0.1, api is refused. Then api's document becomes unreadable (so the
+    # file's last good resources are kept, api among them) while web changes: web, served,
+    # keeps its IP; api, never served, does not take it (found by the store's property test).
+    store = ConfigStore(report=False)
+    store.apply(files(a=service("web", "10.96.0.1") + service("api", "10.96.0.1")))
+    unreadable = "---\nkind: Pod\n" * 2
+    store.apply(files(a=unreadable + service("web", "10.96.0.1", port=81)))
+    (web,) = store.current().services.values()
+    assert web.name == "web" and web.ports == {81: 81}
+    assert any("Service demo/api rejected" in e for e in errors(store))
+
+
 def test_nodes_and_identities_for_the_ca() -> None:
     store = ConfigStore(report=False)
     pending = (

@@ -210,8 +210,12 @@ class ConfigStore:
     ) -> None:
         owners: dict[IPAddress, Resource] = {}
         services = [r for r in accepted.values() if r.kind == "Service"]
-        # Services already served on their IPs claim them first, then the others in file order.
-        services.sort(key=lambda r: (self._accepted.get(r.key) != r, r.origin))
+        # Services already served claim their IPs first (unchanged ones before new versions),
+        # then the others in file order: a Service that lost its IP to another is not served
+        # again because the owner changed (a kept last-good resource may reappear here).
+        services.sort(
+            key=lambda r: (r.key not in self._accepted, self._accepted.get(r.key) != r, r.origin)
+        )
         for service in services:
             clash = _clash(service, owners)
             if clash is None:
