@@ -96,14 +96,21 @@ trap cleanup EXIT
 
 # What scripts/install.sh installs, so the guest's install only builds the venv; plus what a
 # Vagrant box needs (sshd, sudo, rsync for the synced folder) and a systemd to boot.
-packages=(systemd-sysv udev dbus openssh-server sudo rsync kmod ifupdown isc-dhcp-client
+packages=(systemd-sysv udev dbus openssh-server sudo rsync kmod
           initramfs-tools zstd ca-certificates
           python3 python3-venv python3-bpfcc bpfcc-tools iproute2 curl iperf3 nghttp2-client
           tcpdump procps psmisc iptables nftables)
 log "debootstrap bookworm (minbase + ${#packages[@]} packages) into $root"
-debootstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
-    bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
-    || { tail -n 20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
+# A failed download fails debootstrap at once: try again twice before giving up.
+for attempt in 1 2 3; do
+    debootstrap --variant=minbase --include="$(IFS=,; echo "${packages[*]}")" \
+        bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 && break
+    [ "$attempt" -lt 3 ] || { tail -n 20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
+    log "debootstrap failed ($(tail -n 1 "$work/debootstrap.log")); trying again in 10 s"
+    unmount_root
+    rm -rf --one-file-system "$root"
+    sleep 10
+done
 log "debootstrap done ($((SECONDS - start)) s)"
 
 mount -t proc proc "$root/proc"
@@ -154,28 +161,23 @@ log "configuring the guest"
 echo ztunnel-py >"$root/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 ztunnel-py\n::1 localhost ip6-localhost\n' >"$root/etc/hosts"
 echo "LABEL=ztroot / ext4 defaults,noatime 0 1" >"$root/etc/fstab"
-# Every NIC takes DHCP: qemu's user-mode network (or libvirt's) hands out the address.
-cat >"$root/etc/network/interfaces" <<'EOF'
-auto lo
-iface lo inet loopback
-allow-hotplug ens3 ens4 ens5 ens6 enp0s2 enp0s3 enp0s4 enp0s5 enp1s0 eth0
-iface ens3 inet dhcp
-iface ens4 inet dhcp
-iface ens5 inet dhcp
-iface ens6 inet dhcp
-iface enp0s2 inet dhcp
-iface enp0s3 inet dhcp
-iface enp0s4 inet dhcp
-iface enp0s5 inet dhcp
-iface enp1s0 inet dhcp
-iface eth0 inet dhcp
+# Every NIC takes DHCP, whatever slot and name it gets: qemu's user-mode network hands out the
+# address, and its resolver is at 10.0.2.3.
+cat >"$root/etc/systemd/network/80-dhcp.network" <<'EOF'
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
 EOF
+in_root systemctl enable systemd-networkd.service >/dev/null 2>&1
 # The guest trusts what this machine trusts (an egress CA, where there is one) so pip inside
 # reaches the same package index as pip here.
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
     in_root update-ca-certificates >/dev/null 2>&1
 fi
+echo "nameserver 10.0.2.3" >"$root/etc/resolv.conf"
 in_root useradd -m -s /bin/bash vagrant
 echo "vagrant:vagrant" | in_root chpasswd
 echo "vagrant ALL=(ALL) NOPASSWD: ALL" >"$root/etc/sudoers.d/vagrant"
@@ -213,9 +215,13 @@ echo "$release" >"$work/kernel-release"
 tar -C "$work" -cf "$work/$kernel.box" metadata.json Vagrantfile box-hash kernel-release \
     vmlinuz initrd.img box.img
 # The unpacked files stay beside the .box: the direct-qemu path boots them without Vagrant.
-rm -rf "$out"
+rm -rf --one-file-system "$out"
 mv "$work" "$out"
 trap - EXIT
+# Boxes of this kernel from older recipes are of no more use.
+for old in "$cache/$kernel"-*; do
+    [ "$old" = "$out" ] || [ "${old%.tmp}" != "$old" ] || rm -rf --one-file-system "$old"
+done
 log "built $out ($(du -sh "$out/box.img" | cut -f1) image, $((SECONDS - start)) s)"
 add_box
 echo "$out"
