@@ -17,6 +17,8 @@
  *     and excluded ports pass; everything else is assigned to 15008 (dport 15008) or 15006,
  *     again except a SYN on the tuple of a TIME_WAIT socket, which zt_lookup serves.
  *   - fail closed: no listener, or a failed assign, drops the packet.
+ *   - before Linux 6.5, where tc cannot assign the agent's SO_REUSEPORT listeners, every TCP
+ *     packet it would assign is left to zt_lookup the same way (see zt_deliver).
  * zt_egress (packets leaving the pod's interface):
  *   - the agent's own packets (mark 0x539) pass untouched;
  *   - from a pod IP: replies to a local non-listening socket (the agent's transparent sockets)
@@ -40,6 +42,7 @@
  * headers) to or from a pod IP is dropped rather than let through uncaptured. Fragmented UDP is
  * not inspected and passes. ESP is opaque and passes.
  */
+#include <uapi/asm-generic/errno.h>
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/if_packet.h>
@@ -312,83 +315,6 @@ static __always_inline void zt_count(__u64 *field)
     __sync_fetch_and_add(field, 1);
 }
 
-/* Deliver the packet to `sk` (referenced; released here), or drop it when there is none or the
- * assign fails (fail closed). */
-static __always_inline int zt_deliver(struct __sk_buff *skb, struct bpf_sock *sk,
-                                      struct zt_pod_counters *cnt)
-{
-    long err = -1;
-    if (sk) {
-        err = bpf_sk_assign(skb, sk, 0);
-        bpf_sk_release(sk);
-    }
-    if (err) {
-        if (cnt)
-            zt_count(&cnt->drops);
-        return TC_ACT_SHOT;
-    }
-    if (cnt)
-        zt_count(&cnt->assigns);
-    return TC_ACT_OK;
-}
-
-/* Deliver the packet to the agent's listener on `port`, or drop it (fail closed). */
-static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_packet *p, __u16 port,
-                                     struct zt_pod_counters *cnt)
-{
-    struct bpf_sock_tuple t = {};
-    __u32 size = 0;
-    zt_tuple(p, &t, bpf_htons(port), &size);
-    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
-    if (sk && sk->state != BPF_TCP_LISTEN) {
-        bpf_sk_release(sk);
-        sk = 0;
-    }
-    return zt_deliver(skb, sk, cnt);
-}
-
-/* DNS to be handed to the agent's proxy: UDP, or a new TCP connection, to port 53. */
-static __always_inline int zt_is_dns(const struct zt_pod_config *cfg, const struct zt_packet *p)
-{
-    if (!(cfg->flags & ZT_FLAG_DNS_CAPTURE) || p->dport != bpf_htons(ZT_DNS_PORT))
-        return 0;
-    return p->udp || (p->tcp && zt_is_syn(p));
-}
-
-/* The agent's DNS proxy socket for this packet's protocol and family (127.0.0.1:ZT_PORT_DNS
- * or [::1]:ZT_PORT_DNS in the current netns), referenced; NULL when the agent has none. */
-static __always_inline struct bpf_sock *zt_dns_socket(struct __sk_buff *skb,
-                                                      const struct zt_packet *p)
-{
-    struct bpf_sock_tuple t = {};
-    __u32 size = 0;
-    zt_tuple(p, &t, bpf_htons(ZT_PORT_DNS), &size);
-    if (p->family == 4) {
-        t.ipv4.daddr = bpf_htonl(0x7f000001);
-    } else {
-        __builtin_memset(t.ipv6.daddr, 0, 16);
-        t.ipv6.daddr[3] = bpf_htonl(1);
-    }
-    struct bpf_sock *sk;
-    if (p->udp)
-        sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
-    else
-        sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
-    if (sk && p->tcp && sk->state != BPF_TCP_LISTEN) {
-        bpf_sk_release(sk);
-        return 0;
-    }
-    return sk;
-}
-
-/* Deliver hairpinned DNS to the agent's proxy, or drop it (its socket went away since egress
- * looked). */
-static __always_inline int zt_assign_dns(struct __sk_buff *skb, const struct zt_packet *p,
-                                         struct zt_pod_counters *cnt)
-{
-    return zt_deliver(skb, zt_dns_socket(skb, p), cnt);
-}
-
 static __always_inline void zt_flow_addr(struct zt_addr *out, const struct zt_packet *p,
                                          const __be32 *addr)
 {
@@ -431,6 +357,100 @@ static __always_inline int zt_leave_to_lookup(const struct zt_packet *p,
     return TC_ACT_OK;
 }
 
+/*
+ * Deliver the packet to `sk` (referenced; released here), the agent's socket for `port`, or
+ * drop it when there is none or the assign fails (fail closed).
+ * Before Linux 6.5 (commit 9c02bec95954, "bpf, net: Support SO_REUSEPORT sockets with
+ * bpf_sk_assign") the helper refuses a socket with SO_REUSEPORT (-ESOCKTNOSUPPORT), and the
+ * agent's TCP listeners have it (a restarted agent binds beside the draining one). There a
+ * TCP packet takes the socket lookup program's way instead (zt_leave_to_lookup), which assigns
+ * the same listener and has accepted SO_REUSEPORT sockets since BPF_SK_LOOKUP came (5.9).
+ * Newer kernels assign here.
+ */
+static __always_inline int zt_deliver(struct __sk_buff *skb, struct bpf_sock *sk,
+                                      const struct zt_packet *p,
+                                      const struct zt_pod_config *cfg, __u16 port,
+                                      struct zt_pod_counters *cnt)
+{
+    long err = -1;
+    if (sk) {
+        err = bpf_sk_assign(skb, sk, 0);
+        bpf_sk_release(sk);
+    }
+    if (err == -ESOCKTNOSUPPORT && p->tcp)
+        return zt_leave_to_lookup(p, cfg, port, cnt);
+    if (err) {
+        if (cnt)
+            zt_count(&cnt->drops);
+        return TC_ACT_SHOT;
+    }
+    if (cnt) {
+        zt_count(&cnt->assigns);
+        if (port == ZT_PORT_INBOUND || port == ZT_PORT_HBONE)
+            zt_count(&cnt->inbound);
+    }
+    return TC_ACT_OK;
+}
+
+/* Deliver the packet to the agent's listener on `port`, or drop it (fail closed). */
+static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_packet *p,
+                                     const struct zt_pod_config *cfg, __u16 port,
+                                     struct zt_pod_counters *cnt)
+{
+    struct bpf_sock_tuple t = {};
+    __u32 size = 0;
+    zt_tuple(p, &t, bpf_htons(port), &size);
+    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    if (sk && sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        sk = 0;
+    }
+    return zt_deliver(skb, sk, p, cfg, port, cnt);
+}
+
+/* DNS to be handed to the agent's proxy: UDP, or a new TCP connection, to port 53. */
+static __always_inline int zt_is_dns(const struct zt_pod_config *cfg, const struct zt_packet *p)
+{
+    if (!(cfg->flags & ZT_FLAG_DNS_CAPTURE) || p->dport != bpf_htons(ZT_DNS_PORT))
+        return 0;
+    return p->udp || (p->tcp && zt_is_syn(p));
+}
+
+/* The agent's DNS proxy socket for this packet's protocol and family (127.0.0.1:ZT_PORT_DNS
+ * or [::1]:ZT_PORT_DNS in the current netns), referenced; NULL when the agent has none. */
+static __always_inline struct bpf_sock *zt_dns_socket(struct __sk_buff *skb,
+                                                      const struct zt_packet *p)
+{
+    struct bpf_sock_tuple t = {};
+    __u32 size = 0;
+    zt_tuple(p, &t, bpf_htons(ZT_PORT_DNS), &size);
+    if (p->family == 4) {
+        t.ipv4.daddr = bpf_htonl(0x7f000001);
+    } else {
+        __builtin_memset(t.ipv6.daddr, 0, 16);
+        t.ipv6.daddr[3] = bpf_htonl(1);
+    }
+    struct bpf_sock *sk;
+    if (p->udp)
+        sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    else
+        sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    if (sk && p->tcp && sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        return 0;
+    }
+    return sk;
+}
+
+/* Deliver hairpinned DNS to the agent's proxy, or drop it (its socket went away since egress
+ * looked). */
+static __always_inline int zt_assign_dns(struct __sk_buff *skb, const struct zt_packet *p,
+                                         const struct zt_pod_config *cfg,
+                                         struct zt_pod_counters *cnt)
+{
+    return zt_deliver(skb, zt_dns_socket(skb, p), p, cfg, ZT_PORT_DNS, cnt);
+}
+
 int zt_ingress(struct __sk_buff *skb)
 {
     struct zt_packet p = {};
@@ -446,7 +466,7 @@ int zt_ingress(struct __sk_buff *skb)
         struct zt_pod_counters *cnt = zt_counters.lookup(&cfg->pod_id);
         bpf_skb_change_type(skb, PACKET_HOST);
         if (p.udp)
-            return zt_is_dns(cfg, &p) ? zt_assign_dns(skb, &p, cnt) : TC_ACT_OK;
+            return zt_is_dns(cfg, &p) ? zt_assign_dns(skb, &p, cfg, cnt) : TC_ACT_OK;
         __u32 owner = zt_owner_state(skb, &p);
         if (!zt_is_syn(&p) || (owner != ZT_NO_SOCKET && owner != BPF_TCP_TIME_WAIT))
             return TC_ACT_OK;
@@ -454,8 +474,8 @@ int zt_ingress(struct __sk_buff *skb)
         if (owner == BPF_TCP_TIME_WAIT)
             return zt_leave_to_lookup(&p, cfg, dns ? ZT_PORT_DNS : ZT_PORT_OUTBOUND, cnt);
         if (dns)
-            return zt_assign_dns(skb, &p, cnt);
-        return zt_assign(skb, &p, ZT_PORT_OUTBOUND, cnt);
+            return zt_assign_dns(skb, &p, cfg, cnt);
+        return zt_assign(skb, &p, cfg, ZT_PORT_OUTBOUND, cnt);
     }
 
     struct zt_pod_config *cfg = zt_pod(&p, p.daddr);
@@ -493,10 +513,7 @@ int zt_ingress(struct __sk_buff *skb)
     __u16 listener = dport == ZT_PORT_HBONE ? ZT_PORT_HBONE : ZT_PORT_INBOUND;
     if (owner == BPF_TCP_TIME_WAIT)
         return zt_leave_to_lookup(&p, cfg, listener, cnt);
-    int verdict = zt_assign(skb, &p, listener, cnt);
-    if (verdict == TC_ACT_OK && cnt)
-        zt_count(&cnt->inbound);
-    return verdict;
+    return zt_assign(skb, &p, cfg, listener, cnt);
 }
 
 int zt_egress(struct __sk_buff *skb)
@@ -556,7 +573,8 @@ hairpin:
 /*
  * zt_lookup (BPF_SK_LOOKUP, linked to each pod netns) answers the kernel's listener lookups
  * for the SYNs zt_ingress left to the kernel because their tuple belonged to a TIME_WAIT
- * socket (zt_leave_to_lookup): outbound ones hairpinned from the pod (DNS over TCP among them,
+ * socket (zt_leave_to_lookup; before Linux 6.5 also every TCP packet tc could not assign, see
+ * zt_deliver): outbound ones hairpinned from the pod (DNS over TCP among them,
  * for the proxy's listener of the lookup's family), and inbound ones to the pod, from another
  * node or from a pod of this one. The kernel retired the TIME_WAIT socket and asks for a
  * listener; the answer is the agent's listener zt_ingress chose, or a drop when it is missing
