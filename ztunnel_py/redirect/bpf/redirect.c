@@ -17,6 +17,8 @@
  *     and excluded ports pass; everything else is assigned to 15008 (dport 15008) or 15006,
  *     again except a SYN on the tuple of a TIME_WAIT socket, which zt_lookup serves.
  *   - fail closed: no listener, or a failed assign, drops the packet.
+ *   - before Linux 6.5, where tc cannot assign the agent's SO_REUSEPORT listeners, every
+ *     packet it would assign is left to zt_lookup the same way (see zt_assign).
  * zt_egress (packets leaving the pod's interface):
  *   - the agent's own packets (mark 0x539) pass untouched;
  *   - from a pod IP: replies to a local non-listening socket (the agent's transparent sockets)
@@ -28,6 +30,7 @@
  * IPv6 fragment header in front of TCP, more than ZT_MAX_EXT_HDRS extension headers) to or
  * from a pod IP is dropped rather than let through uncaptured. ESP is opaque and passes.
  */
+#include <uapi/asm-generic/errno.h>
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/if_packet.h>
@@ -51,9 +54,10 @@ BPF_TABLE_PINNED("hash", __u64, struct zt_pod_counters, zt_counters, ZT_MAX_PODS
  * inserts them, and the kernel removes an entry when its socket closes. */
 BPF_TABLE_PINNED("sockhash", struct zt_listener_key, __u32, zt_listeners, ZT_MAX_PODS * 3,
                  ZT_PIN_DIR "/listeners");
-/* SYNs zt_ingress left to the kernel because their tuple belongs to a TIME_WAIT socket, and
- * the listener zt_lookup must give each (see there). An entry lives from the tc program to the
- * kernel's listener lookup for the same packet, microseconds; LRU, so it can never fill up.
+/* SYNs zt_ingress left to the kernel because their tuple belongs to a TIME_WAIT socket (or,
+ * before Linux 6.5, every packet it would assign), and the listener zt_lookup must give each
+ * (see there). An entry lives from the tc program to the kernel's listener lookup for the
+ * same packet, microseconds; LRU, so it can never fill up.
  * Pinned, so the tc and lookup programs share it even when only one of them was replaced. */
 BPF_TABLE_PINNED("lru_hash", struct zt_flow, struct zt_reuse_entry, zt_reuse, 4096,
                  ZT_PIN_DIR "/reuse");
@@ -277,33 +281,6 @@ static __always_inline void zt_count(__u64 *field)
     __sync_fetch_and_add(field, 1);
 }
 
-/* Deliver the packet to the agent's listener on `port`, or drop it (fail closed). */
-static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_packet *p, __u16 port,
-                                     struct zt_pod_counters *cnt)
-{
-    struct bpf_sock_tuple t = {};
-    __u32 size = 0;
-    zt_tuple(p, &t, bpf_htons(port), &size);
-    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
-    if (!sk)
-        goto drop;
-    if (sk->state != BPF_TCP_LISTEN) {
-        bpf_sk_release(sk);
-        goto drop;
-    }
-    long err = bpf_sk_assign(skb, sk, 0);
-    bpf_sk_release(sk);
-    if (err)
-        goto drop;
-    if (cnt)
-        zt_count(&cnt->assigns);
-    return TC_ACT_OK;
-drop:
-    if (cnt)
-        zt_count(&cnt->drops);
-    return TC_ACT_SHOT;
-}
-
 static __always_inline void zt_flow_addr(struct zt_addr *out, const struct zt_packet *p,
                                          const __be32 *addr)
 {
@@ -322,6 +299,7 @@ static __always_inline void zt_flow_addr(struct zt_addr *out, const struct zt_pa
  * normal demux, which finds the TIME_WAIT socket, retires it and looks up a listener; the
  * entry recorded here tells zt_lookup which of the pod's agent listeners answers. Without
  * room for the entry the SYN is dropped (the client retries), never left to the app.
+ * zt_assign sends packets here too on kernels whose tc cannot assign the listener itself.
  */
 static __always_inline int zt_leave_to_lookup(const struct zt_packet *p,
                                               const struct zt_pod_config *cfg, __u16 port,
@@ -346,6 +324,47 @@ static __always_inline int zt_leave_to_lookup(const struct zt_packet *p,
     return TC_ACT_OK;
 }
 
+/*
+ * Deliver the packet to the agent's listener on `port`, or drop it (fail closed).
+ * Before Linux 6.5 (commit 9c02bec95954, "bpf, net: Support SO_REUSEPORT sockets with
+ * bpf_sk_assign") the helper refuses a socket with SO_REUSEPORT (-ESOCKTNOSUPPORT), and the
+ * agent's listeners have it (a restarted agent binds beside the draining one). There the
+ * packet takes the socket lookup program's way instead (zt_leave_to_lookup), which assigns
+ * the same listener and which the kernel has supported with SO_REUSEPORT since BPF_SK_LOOKUP
+ * came (5.9). Newer kernels assign here.
+ */
+static __always_inline int zt_assign(struct __sk_buff *skb, const struct zt_packet *p,
+                                     const struct zt_pod_config *cfg, __u16 port,
+                                     struct zt_pod_counters *cnt)
+{
+    struct bpf_sock_tuple t = {};
+    __u32 size = 0;
+    zt_tuple(p, &t, bpf_htons(port), &size);
+    struct bpf_sock *sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+    if (!sk)
+        goto drop;
+    if (sk->state != BPF_TCP_LISTEN) {
+        bpf_sk_release(sk);
+        goto drop;
+    }
+    long err = bpf_sk_assign(skb, sk, 0);
+    bpf_sk_release(sk);
+    if (err == -ESOCKTNOSUPPORT)
+        return zt_leave_to_lookup(p, cfg, port, cnt);
+    if (err)
+        goto drop;
+    if (cnt) {
+        zt_count(&cnt->assigns);
+        if (port != ZT_PORT_OUTBOUND)
+            zt_count(&cnt->inbound);
+    }
+    return TC_ACT_OK;
+drop:
+    if (cnt)
+        zt_count(&cnt->drops);
+    return TC_ACT_SHOT;
+}
+
 int zt_ingress(struct __sk_buff *skb)
 {
     struct zt_packet p = {};
@@ -365,7 +384,7 @@ int zt_ingress(struct __sk_buff *skb)
             return TC_ACT_OK;
         if (owner == BPF_TCP_TIME_WAIT)
             return zt_leave_to_lookup(&p, cfg, ZT_PORT_OUTBOUND, cnt);
-        return zt_assign(skb, &p, ZT_PORT_OUTBOUND, cnt);
+        return zt_assign(skb, &p, cfg, ZT_PORT_OUTBOUND, cnt);
     }
 
     struct zt_pod_config *cfg = zt_pod(&p, p.daddr);
@@ -403,10 +422,7 @@ int zt_ingress(struct __sk_buff *skb)
     __u16 listener = dport == ZT_PORT_HBONE ? ZT_PORT_HBONE : ZT_PORT_INBOUND;
     if (owner == BPF_TCP_TIME_WAIT)
         return zt_leave_to_lookup(&p, cfg, listener, cnt);
-    int verdict = zt_assign(skb, &p, listener, cnt);
-    if (verdict == TC_ACT_OK && cnt)
-        zt_count(&cnt->inbound);
-    return verdict;
+    return zt_assign(skb, &p, cfg, listener, cnt);
 }
 
 int zt_egress(struct __sk_buff *skb)
@@ -453,7 +469,8 @@ int zt_egress(struct __sk_buff *skb)
  * for the SYNs zt_ingress left to the kernel because their tuple belonged to a TIME_WAIT
  * socket (zt_leave_to_lookup): outbound ones hairpinned from the pod, and inbound ones to the
  * pod, from another node or from a pod of this one. The kernel retired the TIME_WAIT socket
- * and asks for a listener; the answer is the agent's listener zt_ingress chose, or a drop
+ * and asks for a listener (before Linux 6.5 every captured packet that finds no established
+ * socket comes this way, see zt_assign); the answer is the agent's listener zt_ingress chose, or a drop
  * when it is missing (fail closed, never the app's own listener).
  * Only a lookup matching a fresh entry exactly (both addresses and ports, and arriving on the
  * pod's interface) counts: the entry is consumed by it. Every other lookup passes untouched,
