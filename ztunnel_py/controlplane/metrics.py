@@ -8,7 +8,7 @@ distributions are histograms in seconds without a unit suffix (`pilot_xds_push_t
 with istiod's buckets. This module owns:
 
 - `BareCounter`: a counter written under its bare name, with at most one label;
-- `XdsMetrics`: `pilot_xds` (connected proxies), `pilot_xds_pushes{type}`,
+- `XdsServerMetrics`: `pilot_xds` (connected proxies), `pilot_xds_pushes{type}`,
   `pilot_total_xds_rejects{type}`, `pilot_xds_push_time{type}` (building and sending one type's
   response to one proxy), `pilot_proxy_convergence_time` (from the first change of a push to a
   proxy having been sent all of it) and `pilot_push_triggers{type}` (why a push happened:
@@ -88,7 +88,7 @@ def push_triggers(old: MeshSnapshot, new: MeshSnapshot) -> list[str]:
     return reasons
 
 
-class XdsMetrics:
+class XdsServerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connected = Gauge(
             "pilot_xds", "Number of endpoints connected to this pilot using XDS.", registry=registry

@@ -53,7 +53,7 @@ import grpc
 from google.protobuf import json_format
 from prometheus_client import CollectorRegistry
 
-from ztunnel_py.controlplane.metrics import XdsMetrics, push_triggers
+from ztunnel_py.controlplane.metrics import XdsServerMetrics, push_triggers
 from ztunnel_py.controlplane.nodeauth import AuthenticationError, NodeAuthenticator
 from ztunnel_py.controlplane.snapshot import MeshSnapshot, SnapshotSource
 from ztunnel_py.model import Authorization, Service, Workload
@@ -414,7 +414,7 @@ class XdsServer:
     ) -> None:
         self._source = source
         self._authenticator = authenticator
-        self._metrics = XdsMetrics(registry or CollectorRegistry())
+        self._metrics = XdsServerMetrics(registry or CollectorRegistry())
         self._debounce = debounce
         self._debounce_max = debounce_max
         self._builder = IndexBuilder()
