@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ztunnel_py import __version__
 
@@ -89,6 +90,12 @@ def _demo(args: argparse.Namespace) -> int:
     from ztunnel_py.testbed.demo import main as demo_main
 
     return demo_main(args)
+
+
+def _bpf(args: argparse.Namespace) -> int:
+    from ztunnel_py.redirect.compile import bundle_command
+
+    return bundle_command(args.out, args.bpf_dir)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -238,6 +245,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_demo_arguments(p)
     p.set_defaults(handler=_demo)
+
+    p = sub.add_parser(
+        "bpf",
+        help="the capture programs: build their bytecode bundle",
+        description="The BPF capture programs ship as a bytecode bundle, loaded by the agent "
+        "without a compiler.",
+    )
+    bpf = p.add_subparsers(dest="bpf_command", metavar="COMMAND", required=True)
+    b = bpf.add_parser(
+        "bundle",
+        help="compile the capture programs with bcc into a bytecode bundle",
+        description="Compile bpf/redirect.c with bcc (needs python3-bpfcc, the running "
+        "kernel's headers and root: bcc creates maps while compiling) and write the bytecode "
+        "bundle the agent loads (its --bpf-bundle; the image ships one in the package).",
+    )
+    b.add_argument("-o", "--out", type=Path, required=True, metavar="PATH", help="bundle to write")
+    b.add_argument(
+        "--bpf-dir",
+        type=Path,
+        metavar="DIR",
+        help="holds redirect.c and redirect.h (default: the sources in this package)",
+    )
+    p.set_defaults(handler=_bpf)
 
     p = sub.add_parser(
         "bench",

@@ -166,6 +166,7 @@ class AgentConfig:
     readiness_address: SocketAddr
     capture: bool = True
     bpf_pin_root: Path = Path("/sys/fs/bpf/ztunnel-py")
+    bpf_bundle: Path | None = None  # None: the packaged bundle, else the node cache
     trust_domain: str = "cluster.local"
     packet_mark: int = PACKET_MARK
     pool_max_streams: int = 100

@@ -1,7 +1,7 @@
 """Faults an agent must ride out without dropping pods off the mesh or letting their traffic out
 in clear: running out of file descriptors under a connection flood, an enrollment snapshot
 that names none of its pods, and restarts (with the capture programs pinned by the previous
-agent reused, or compiled again when their build stamp differs).
+agent reused, or loaded again from the bundle when their build stamp differs).
 
 One 2-node testbed with the mesh. node2's agent is the one under attack; node1's pods are the
 clients (legacy-1 is outside the mesh, as an attacker from any pod would be).
@@ -23,8 +23,8 @@ import pytest
 from tests.integration.hbone_support import SLOW_HANDSHAKES
 from tests.integration.zds_support import lone_snapshot
 from tests.netns.conftest import unique_prefix
-from ztunnel_py.redirect.compile import read_stamp, write_stamp
 from ztunnel_py.redirect.loader import LAYOUT_VERSION
+from ztunnel_py.redirect.programs import read_stamp, write_stamp
 from ztunnel_py.testbed.mesh import bpf_pin_root
 from ztunnel_py.testbed.pcap import FabricCapture, analyze
 from ztunnel_py.testbed.status import NodeStatus
@@ -143,13 +143,13 @@ def test_a_restarted_agent_on_a_warm_node_reuses_the_pinned_programs(
     bed: Testbed, tmp_path: Path
 ) -> None:
     run = restart_node2(bed)
-    assert "capture programs ready (reused the pinned ones, not compiled)" in run
-    assert "compil" not in run.replace("not compiled", "")
+    assert "capture programs ready (reused the pinned ones, nothing loaded)" in run
+    assert "compil" not in run and "loaded from" not in run
     assert enrolled(bed) == {bed.topology.pod("echo-2").uid, bed.topology.pod("curl-2").uid}
     assert_echo2_traffic_in_the_mesh(bed, tmp_path, "ZTTEST-warm-restart-41a9")
 
 
-def test_a_changed_build_stamp_makes_the_restarted_agent_compile(
+def test_a_changed_build_stamp_makes_the_restarted_agent_load_the_bundle(
     bed: Testbed, tmp_path: Path
 ) -> None:
     pin_dir = Path(bpf_pin_root(bed.state, "node2")) / f"v{LAYOUT_VERSION}"
@@ -157,8 +157,10 @@ def test_a_changed_build_stamp_makes_the_restarted_agent_compile(
     assert stamp is not None
     write_stamp(pin_dir, {**stamp, "kernel": "0" * 16})  # as pins made under another kernel
     run = restart_node2(bed)
-    assert f"built from other inputs (kernel {'0' * 16} -> {stamp['kernel']}): compiling" in run
-    assert "capture programs ready (compiled in " in run
+    assert f"another bundle or kernel (kernel {'0' * 16} -> {stamp['kernel']}): loading" in run
+    # The bundle compiled when the testbed first started is in the node cache: no compile.
+    assert "capture programs ready (loaded from /var/cache/ztunnel-py/bpf/" in run
+    assert "compil" not in run
     assert read_stamp(pin_dir) == stamp
     assert_echo2_traffic_in_the_mesh(bed, tmp_path, "ZTTEST-stamp-restart-9b07")
 

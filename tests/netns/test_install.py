@@ -8,7 +8,6 @@ ordinary configuration; pip's cache makes a second run quick.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from ztunnel_py.redirect import bpfsys
-from ztunnel_py.redirect.compile import MAPS, PROGRAMS
+from ztunnel_py.redirect.compile import MAPS, PROGRAMS, build_key, packaged_sources, read_bundle
+from ztunnel_py.redirect.programs import load_and_pin
 
 pytestmark = pytest.mark.netns
 
@@ -96,18 +96,22 @@ def test_a_pip_installed_package_compiles_and_loads_the_capture_programs(
     assert Path(where) == installed.site_packages / "ztunnel_py" / "redirect" / "__init__.py"
     assert (installed.site_packages / "ztunnel_py" / "redirect" / "bpf" / "redirect.h").is_file()
 
+    bundle_path = tmp_path / "redirect.bundle.json"
     done = run(
-        [str(installed.python), "-m", "ztunnel_py.redirect.compile", "--pin-dir", str(pin_dir)],
+        [str(installed.python.parent / "ztunnel-py"), "bpf", "bundle", "-o", str(bundle_path)],
         elsewhere,
         120,
     )
-    report = json.loads(done.stdout)
-    assert set(report["programs"]) == set(PROGRAMS)
-    # The pinned programs are loaded in the kernel, with the tags the child reported.
+    assert done.stdout.startswith(f"wrote {bundle_path}: build key ")
+    # The installed copy of the sources makes the same bundle as this checkout's.
+    bundle = read_bundle(bundle_path)
+    assert bundle.build_key == build_key(packaged_sources())
+    report = load_and_pin(pin_dir, bundle)
+    # The pinned programs are loaded in the kernel, with the tags the load reported.
     for name, spec in PROGRAMS.items():
         fd = bpfsys.open_program(pin_dir / name, spec.prog_type)
         try:
-            assert bpfsys.program_tag(fd) == report["programs"][name]["tag"]
+            assert bpfsys.program_tag(fd) == report.tags[name]
         finally:
             os.close(fd)
     assert {p.name for p in pin_dir.iterdir()} == {*PROGRAMS, *MAPS}

@@ -486,7 +486,7 @@ def test_unenroll_restores_the_netns_exactly_and_nothing_leaks(
     assert "net.ipv4.conf.eth0.accept_local = 1" in enrolled_state["sysctls"]
     timings.sort()
     print(
-        f"\ncompile {redirector.compile_seconds * 1000:.0f} ms; enroll per pod: min "
+        f"\nload {redirector.load_seconds * 1000:.0f} ms; enroll per pod: min "
         f"{timings[0] * 1000:.1f} ms, p50 {timings[25] * 1000:.1f} ms, "
         f"max {timings[-1] * 1000:.1f} ms"
     )
@@ -580,7 +580,7 @@ async def test_a_restarted_agent_finds_the_pinned_programs_and_maps(
         try:
             assert restarted.mounted is None  # the bpffs is already there
             assert restarted.reused_pins == {"ingress", "egress", "lookup"}
-            assert not restarted.compiled  # same build stamp: the pins are used as they are
+            assert not restarted.loaded  # same build stamp: the pins are used as they are
             assert restarted.program_ids() == enrolled.program_ids()
             assert restarted.counters(topo.pod) == counted  # same maps, same contents
             assert restarted.settings(topo.pod) == (POD_IPS, PodSettings())

@@ -1,5 +1,6 @@
-"""Where bcc finds kernel headers, checked before it is asked: a container without the node's
-headers (and a kernel without IKHEADERS) gets an error that says what to mount."""
+"""Where bcc finds kernel headers, checked before it is asked: a node without them (and a
+kernel without IKHEADERS) that has to compile the capture programs gets an error that says what
+to install, or which bundle to give the agent instead."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def test_the_agent_says_which_headers_are_missing(
     problem = bpfcompile.missing_headers("6.1.0-test")
     assert problem is not None
     assert f"neither {tmp_path}/lib/modules/6.1.0-test/build/include nor" in problem
-    assert "mount the node's /lib/modules and /usr/src" in problem
-    # The node's headers, as the DaemonSet mounts them (build links into /usr/src).
+    assert "linux-headers-$(uname -r)" in problem and "--bpf-bundle PATH" in problem
+    # The node's headers, as Debian's package installs them (build links into /usr/src).
     headers = tmp_path / "usr" / "src" / "linux-headers-6.1.0-test"
     (headers / "include").mkdir(parents=True)
     (tmp_path / "lib" / "modules" / "6.1.0-test").mkdir(parents=True)

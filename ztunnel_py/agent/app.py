@@ -65,19 +65,29 @@ def main(args: argparse.Namespace) -> int:
         from ztunnel_py.redirect.maps import RedirectError
 
         try:
-            capture = Redirector(config.bpf_pin_root)
+            capture = Redirector(config.bpf_pin_root, bundle=config.bpf_bundle)
         except RedirectError as e:
             print(
                 f"ztunnel-py agent: cannot load the BPF capture programs: {e}\n"
-                "  bcc needs kernel headers at /lib/modules/$(uname -r)/build "
-                "(run scripts/install.sh), or start with --no-capture (SOCKS5 only)",
+                "  or start with --no-capture (SOCKS5 only)",
                 file=sys.stderr,
             )
             return 1
-        if capture.compiled:
-            log.info("capture programs ready (compiled in %.2f s)", capture.compile_seconds)
+        if capture.compile_seconds is not None:
+            log.info(
+                "capture programs ready (compiled in %.2f s into %s, loaded in %.3f s)",
+                capture.compile_seconds,
+                capture.bundle_source,
+                capture.load_seconds,
+            )
+        elif capture.loaded:
+            log.info(
+                "capture programs ready (loaded from %s in %.3f s)",
+                capture.bundle_source,
+                capture.load_seconds,
+            )
         else:
-            log.info("capture programs ready (reused the pinned ones, not compiled)")
+            log.info("capture programs ready (reused the pinned ones, nothing loaded)")
     try:
         trio.run(_run, config, state, levels, capture, upstreams, mesh)
     finally:

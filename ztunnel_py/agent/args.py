@@ -67,6 +67,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
         help="where capture programs and maps are pinned on a bpffs (mounted if missing), so a "
         "restarted agent finds them",
     )
+    parser.add_argument(
+        "--bpf-bundle",
+        default=env("ZTUNNEL_BPF_BUNDLE", ""),
+        metavar="PATH",
+        help="the capture programs' bytecode bundle to load (`ztunnel-py bpf bundle` writes "
+        "one); default: the one shipped in the package, else one compiled with bcc into "
+        "/var/cache/ztunnel-py/bpf",
+    )
 
 
 def add_sidecar_arguments(parser: argparse.ArgumentParser) -> None:

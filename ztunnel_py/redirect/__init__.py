@@ -3,8 +3,11 @@
 - `maps`: per-pod settings and counters and their encoding into the BPF maps (pure; no bcc).
 - `bpffs`: the BPF filesystem the programs and maps are pinned on.
 - `podnet`: the routing, sysctl and tc setup inside a pod's netns (pyroute2).
-- `compile`: builds, loads and pins `bpf/redirect.c` with bcc in a short-lived child process,
-  so the agent process never loads bcc and its compiler.
-- `bpfsys`: the bpf(2) calls (pinned objects, map elements) the agent uses instead of bcc.
-- `loader`: `Redirector`, which has the programs compiled once per agent and enrolls pods.
+- `bundle`: the bytecode bundle's format (pure): the compiled programs, loadable without bcc.
+- `compile`: compiles `bpf/redirect.c` with bcc into a bundle in a short-lived child process
+  (on the image's build host, or on a node without a matching bundle), and finds the bundle
+  that matches the sources, so neither the agent process nor the image carries the compiler.
+- `programs`: loads a bundle's maps and programs and pins them, or reuses the pins.
+- `bpfsys`: the bpf(2) calls (maps, programs, pins, map elements) the agent uses instead of bcc.
+- `loader`: `Redirector`, which has the programs loaded once per agent and enrolls pods.
 """

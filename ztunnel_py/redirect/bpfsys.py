@@ -1,8 +1,9 @@
-"""The bpf(2) system call through ctypes: pinned objects and map elements, without bcc.
+"""The bpf(2) system call through ctypes: maps, programs, pins and map elements, without bcc.
 
 The agent process never loads bcc (its LLVM and clang libraries would stay in the agent's
-memory): `compile` builds and pins the programs in a child process, and the agent opens the
-pins here (BPF_OBJ_GET), reads, writes and deletes map elements one at a time
+memory, and the image would carry them): `programs` creates the maps (BPF_MAP_CREATE) and
+loads the programs of a bytecode bundle (BPF_PROG_LOAD) here, and the agent opens the
+pins (BPF_OBJ_GET), reads, writes and deletes map elements one at a time
 (BPF_MAP_LOOKUP_ELEM, _UPDATE_ELEM, _DELETE_ELEM) and walks a whole map in chunks of up to
 BATCH entries per call (BPF_MAP_LOOKUP_BATCH; a walk per key would take two calls per entry).
 A map's key and value are ctypes types; their sizes are checked against the map's own when it
@@ -26,9 +27,11 @@ from typing import Generic, TypeVar
 from ztunnel_py.redirect.maps import RedirectError
 
 # include/uapi/linux/bpf.h
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
+BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -42,6 +45,7 @@ BPF_ANY = 0
 BPF_MAP_TYPE_HASH = 1
 BPF_PROG_TYPE_SCHED_CLS = 3
 BATCH = 256
+LOG_SIZE = 1 << 20  # the verifier log kept when a program is refused
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 
@@ -117,7 +121,49 @@ class _ProgInfo(ctypes.Structure):
 class _MapInfo(ctypes.Structure):
     """The head of `struct bpf_map_info`."""
 
-    _fields_ = (("type", ctypes.c_uint32), ("id", ctypes.c_uint32))
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    )
+
+
+class _MapCreateAttr(ctypes.Structure):
+    """The BPF_MAP_CREATE member of `union bpf_attr`, up to the name."""
+
+    _fields_ = (
+        ("map_type", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("numa_node", ctypes.c_uint32),
+        ("map_name", ctypes.c_char * 16),
+    )
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    """The BPF_PROG_LOAD member of `union bpf_attr`, up to expected_attach_type."""
+
+    _fields_ = (
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    )
 
 
 class _LinkAttr(ctypes.Structure):
@@ -141,6 +187,8 @@ class _Attr(ctypes.Union):
         ("obj", _ObjAttr),
         ("info", _InfoAttr),
         ("link", _LinkAttr),
+        ("map_create", _MapCreateAttr),
+        ("prog_load", _ProgLoadAttr),
     )
 
 
@@ -222,6 +270,82 @@ def map_id(fd: int, path: Path) -> int:
     info = _MapInfo()
     _object_info(fd, info, path)
     return int(info.id)
+
+
+def map_attributes(fd: int, path: Path) -> tuple[str, dict[str, int]]:
+    """The map's name, and its type, key_size, value_size, max_entries and flags."""
+    info = _MapInfo()
+    _object_info(fd, info, path)
+    return info.name.decode(errors="replace"), {
+        "type": int(info.type),
+        "key_size": int(info.key_size),
+        "value_size": int(info.value_size),
+        "max_entries": int(info.max_entries),
+        "flags": int(info.map_flags),
+    }
+
+
+def map_create(
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    flags: int,
+    name: str,
+    path: Path,
+) -> int:
+    """A new map's fd (`path`, where it is to be pinned, names it in errors)."""
+    attr = _Attr()
+    attr.map_create.map_type = map_type
+    attr.map_create.key_size = key_size
+    attr.map_create.value_size = value_size
+    attr.map_create.max_entries = max_entries
+    attr.map_create.map_flags = flags
+    attr.map_create.map_name = name.encode()
+    return _bpf(BPF_MAP_CREATE, attr, path)
+
+
+class ProgramRefused(OSError):
+    """BPF_PROG_LOAD failed; `log` holds the verifier's log (empty when it gave none)."""
+
+    def __init__(self, err: int, path: Path, log: str) -> None:
+        super().__init__(err, os.strerror(err), str(path))
+        self.log = log
+
+
+def prog_load(
+    prog_type: int,
+    insns: bytes,
+    license: str,
+    name: str,
+    path: Path,
+    expected_attach_type: int = 0,
+) -> int:
+    """Load a program (instructions with map fds patched in); returns its fd. A refusal raises
+    ProgramRefused carrying the verifier's log, which a second attempt with logging on asks
+    for (the log costs the verifier time, so the first attempt goes without)."""
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    attr = _Attr()
+    attr.prog_load.prog_type = prog_type
+    attr.prog_load.insn_cnt = len(insns) // 8
+    attr.prog_load.insns = ctypes.addressof(code)
+    attr.prog_load.license = ctypes.addressof(lic)
+    attr.prog_load.prog_name = name.encode()
+    attr.prog_load.expected_attach_type = expected_attach_type
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, path)
+    except OSError as first:
+        log = ctypes.create_string_buffer(LOG_SIZE)
+        attr.prog_load.log_level = 1
+        attr.prog_load.log_size = LOG_SIZE
+        attr.prog_load.log_buf = ctypes.addressof(log)
+        try:
+            return _bpf(BPF_PROG_LOAD, attr, path)
+        except OSError as e:
+            # ENOSPC: the log did not fit; the part the kernel kept is still worth showing.
+            text = log.value.decode(errors="replace")
+            raise ProgramRefused(first.errno or e.errno or errno.EINVAL, path, text) from None
 
 
 def program_map_ids(fd: int, path: Path) -> set[int]:

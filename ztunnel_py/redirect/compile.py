@@ -1,34 +1,32 @@
-"""Compiling, loading and pinning the capture programs in a short-lived child process, or
-reusing the ones pinned by a previous agent when they were built from the same inputs.
+"""Building the capture programs' bytecode bundle with bcc in a short-lived child process, and
+finding the bundle that matches this package's sources.
 
-bcc compiles `bpf/redirect.c` with LLVM and clang inside the calling process, and those
-libraries (about 85 MB of file pages) and the compile's heap (about 50 MB) stay in it. So the
-agent never imports bcc: `compile_and_pin` runs this module in a new interpreter
-(`python -m ztunnel_py.redirect.compile --pin-dir DIR [--bpf-dir DIR]`), which compiles the
-programs, loads them (two SCHED_CLS, one SK_LOOKUP), pins the maps and the programs in DIR,
-prints a report and exits; the agent then opens the pins through bpf(2) (`bpfsys`).
+bcc compiles `bpf/redirect.c` with LLVM and clang (about 220 MB of libraries, and the kernel's
+headers), so neither the agent process nor the image carries it: the programs ship as a
+bytecode bundle (`bundle`), which the agent loads with plain bpf(2) calls (`programs`). This
+module makes bundles and says which one to load.
+
+- `build_key(bpf_dir)` digests what the bytecode is made from: the C sources, the compile
+  flags, the program and map names and the ctypes layouts in `maps`. A bundle whose key
+  differs was built from other sources and is never loaded.
+- `find_bundle` looks, in order, at an explicit path (the agent's `--bpf-bundle`; one that does
+  not match is an error, not something to fall back from), the bundle shipped in the package
+  (`bpf/redirect.bundle.json`: the image builds it, git does not hold it), and the node cache
+  (`/var/cache/ztunnel-py/bpf/<build key>.json`). When none matches, it compiles one into the
+  cache, which needs bcc and the kernel's headers (`missing_headers`). A malformed or
+  mismatched packaged or cached bundle is logged and passed over; a cached one is rebuilt.
+- `compile_bundle` runs this module in a new interpreter (`python -m
+  ztunnel_py.redirect.compile --out PATH [--bpf-dir DIR]`; `ztunnel-py bpf bundle` is the same
+  for operators), which compiles the programs with bcc, takes each one's instructions
+  (`BPF.dump_func`), turns the fds of bcc's temporary maps in them into references to the maps
+  by name, reads the maps' attributes, writes the bundle atomically (several agents may share
+  a cache directory) and exits; bcc's maps and programs die with it. It prints one JSON object
+  on stdout, `{"compile_seconds": 1.9, "build_key": "…"}`, or `{"error": "…"}` with exit
+  status 1; everything bcc and clang print goes to stderr, which the parent adds to the error
+  it raises.
 
 The C sources ship inside this package (`ztunnel_py/redirect/bpf/`, package data) and are found
 with `importlib.resources`, so an installed ztunnel_py compiles them as a source checkout does.
-
-- The maps are pinned by the C itself (BPF_TABLE_PINNED): an existing pin is reopened, so
-  every pod's settings and counters survive an agent restart.
-- A pinned program is kept when it is the same code (same program tag) on the same maps, so a
-  restarted agent attaches the very programs already in use; other code is pinned in its
-  place.
-- Warm start: compiling takes 2-3 s of an agent's start, so `compile_or_reuse` skips it when
-  the pin directory's build stamp (`build`, a symlink on the bpffs whose target is a line
-  such as `format=1 source=… flags=… kernel=… bcc=…`) matches what this agent would compile:
-  the digest of the C sources, of the compile flags and program and map layout, of the running
-  kernel, and bcc's version. The stamp is removed before a compile and written after it, so it
-  only ever describes complete pins. Reuse also checks that every program and map pin is there,
-  of the right type, and that the programs use the very maps that are pinned; anything else
-  (a changed source, flag, kernel or bcc, a missing or replaced pin) compiles as before, with
-  a log line naming what differed.
-- The report is one JSON object on stdout, `{"compile_seconds": 1.9, "programs": {"ingress":
-  {"tag": "…", "reused": true}, "egress": {…}}}`, or `{"error": "…"}` with exit status 1.
-  Everything bcc and clang print (diagnostics, the verifier log) goes to stderr, which the
-  parent adds to the error it raises.
 """
 
 from __future__ import annotations
@@ -59,6 +57,16 @@ from ztunnel_py.model.ports import (
     PACKET_MARK,
 )
 from ztunnel_py.redirect import bpfsys
+from ztunnel_py.redirect.bundle import (
+    FORMAT,
+    Bundle,
+    BundleError,
+    MapSpec,
+    ProgramCode,
+    decode,
+    unrelocated,
+)
+from ztunnel_py.redirect.bundle import encode as encode_bundle
 from ztunnel_py.redirect.maps import (
     AddrKey,
     PodConfigStruct,
@@ -69,9 +77,15 @@ from ztunnel_py.redirect.maps import (
 MODULE = "ztunnel_py.redirect.compile"
 # The directory holding this copy of the ztunnel_py package (a checkout or site-packages).
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-MAPS = ("pods", "counters", "listeners", "reuse")  # pin names, as in BPF_TABLE_PINNED in the C
-STAMP = "build"  # the build stamp's name in the pin directory
-STAMP_FORMAT = "1"  # bump when the stamp's fields or their meaning change
+# pin name -> the map's name in the C (BPF_TABLE)
+MAPS = {
+    "pods": "zt_pods",
+    "counters": "zt_counters",
+    "listeners": "zt_listeners",
+    "reuse": "zt_reuse",
+}
+BUNDLE_NAME = "redirect.bundle.json"
+DEFAULT_CACHE_DIR = Path("/var/cache/ztunnel-py/bpf")
 COMPILE_TIMEOUT = 120.0
 DIAGNOSTIC_LINES = 30
 
@@ -80,11 +94,11 @@ log = logging.getLogger("ztunnel_py.redirect")
 
 @dataclass(frozen=True, slots=True)
 class ProgramSpec:
-    """A function of bpf/redirect.c and how it is loaded (bcc takes -1 for no attach type)."""
+    """A function of bpf/redirect.c and how it is loaded (0: no expected attach type)."""
 
     func: str
     prog_type: int
-    attach_type: int = -1
+    attach_type: int = 0
 
 
 # pin name -> program; ingress and egress are the tc programs attached to each pod's
@@ -97,14 +111,13 @@ PROGRAMS = {
 
 
 @dataclass(frozen=True, slots=True)
-class CompileReport:
-    """What the child did: the compile time, each pinned program's tag, and which pins it
-    kept because they held the same code."""
+class FoundBundle:
+    """The bundle to load, where it came from, and how long compiling it took (None: it was
+    not compiled now)."""
 
-    compile_seconds: float
-    tags: dict[str, str]
-    reused: frozenset[str]
-    compiled: bool = True
+    bundle: Bundle
+    source: Path
+    compile_seconds: float | None = None
 
 
 def packaged_sources() -> Path:
@@ -120,17 +133,13 @@ def packaged_sources() -> Path:
     return sources
 
 
-def check_cflag_path(path: Path) -> None:
-    """`path` goes into a -D string macro: refuse what would end or escape the string."""
-    if '"' in str(path) or "\\" in str(path):
-        raise RedirectError(f"pin root {path} contains a quote or backslash")
+def packaged_bundle() -> Path:
+    """Where the image puts the bundle built from the packaged sources."""
+    return Path(__file__).resolve().parent / "bpf" / BUNDLE_NAME
 
 
-# -- the parent's side --------------------------------------------------------------------
-
-# Where bcc finds kernel headers: the build tree of the running kernel (a container mounts the
-# node's /lib/modules and /usr/src, which it points into), else the kernel's own archive
-# (CONFIG_IKHEADERS).
+# Where bcc finds kernel headers: the build tree of the running kernel, else the kernel's own
+# archive (CONFIG_IKHEADERS). Only a compile needs them.
 MODULES_DIR = Path("/lib/modules")
 KHEADERS = Path("/sys/kernel/kheaders.tar.xz")
 
@@ -143,14 +152,13 @@ def missing_headers(release: str | None = None) -> str | None:
         return None
     return (
         f"no kernel headers for kernel {release}: neither {build}/include nor {KHEADERS} "
-        "exists. In a container, mount the node's /lib/modules and /usr/src read-only (the "
-        "agent DaemonSet does) and install the headers package on the node (Debian: "
-        "linux-headers-$(uname -r)); or use a kernel with CONFIG_IKHEADERS (`modprobe "
-        "kheaders` on the node)"
+        "exists. Install the headers package (Debian: linux-headers-$(uname -r)), or use a "
+        "kernel with CONFIG_IKHEADERS (`modprobe kheaders`); or give the agent a bundle built "
+        "elsewhere (`ztunnel-py bpf bundle -o PATH`, then --bpf-bundle PATH)"
     )
 
 
-def _digest(*parts: bytes) -> str:
+def digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for part in parts:
         h.update(len(part).to_bytes(8, "little"))
@@ -158,155 +166,110 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def _bcc_version() -> str:
-    """bcc's version, read without importing it (the agent never loads bcc)."""
-    spec = importlib.util.find_spec("bcc")
-    if spec is None or spec.origin is None:
-        return "none"
-    try:
-        text = (Path(spec.origin).parent / "version.py").read_text()
-    except OSError:
-        return "unknown"
-    return _digest(text.encode())
-
-
-def build_stamp(pin_dir: Path, bpf_dir: Path) -> dict[str, str]:
-    """What programs compiled now in `pin_dir` from `bpf_dir` would be built from."""
+def build_key(bpf_dir: Path) -> str:
+    """What programs compiled now from `bpf_dir` are built from: the digest of the C sources,
+    the compile flags, the program and map names and the map layouts (not the kernel: the
+    programs use only its stable UAPI, and bcc: it only translates)."""
     try:
         sources = [
             part
             for path in sorted(bpf_dir.iterdir())
-            if path.is_file()
+            if path.is_file() and path.suffix in (".c", ".h")
             for part in (path.name.encode(), path.read_bytes())
         ]
     except OSError as e:
         raise RedirectError(f"cannot read the BPF sources in {bpf_dir}: {e.strerror}") from e
+    if not sources:
+        raise RedirectError(f"cannot read the BPF sources in {bpf_dir}: no .c or .h files")
     layouts = [_layout(t) for t in (AddrKey, PodConfigStruct, PodCountersStruct)]
-    uname = os.uname()
-    return {
-        "format": STAMP_FORMAT,
-        "source": _digest(*sources),
-        "flags": _digest(*(repr(x).encode() for x in (cflags(pin_dir), PROGRAMS, MAPS, layouts))),
-        "kernel": _digest(uname.release.encode(), uname.version.encode(), uname.machine.encode()),
-        "bcc": _bcc_version(),
-    }
+    flags = (FORMAT, cflags(), PROGRAMS, MAPS, layouts)
+    return digest(*sources, *(repr(x).encode() for x in flags))
 
 
-def read_stamp(pin_dir: Path) -> dict[str, str] | None:
-    """The stamp recorded with the pins, or None when there is none."""
+def read_bundle(path: Path) -> Bundle:
+    """The bundle in `path`; RedirectError (BundleError when malformed) names the file."""
     try:
-        text = os.readlink(pin_dir / STAMP)
-    except OSError:
-        return None
-    return dict(field.partition("=")[::2] for field in text.split())
-
-
-def write_stamp(pin_dir: Path, stamp: dict[str, str]) -> None:
-    """Record `stamp` with the pins, replacing any other in one step (rename)."""
-    text = " ".join(f"{k}={v}" for k, v in stamp.items())
-    fresh = pin_dir / f"{STAMP}_{os.getpid()}"  # bpffs refuses names with a dot
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            fresh.unlink()
-        os.symlink(text, fresh)
-        os.replace(fresh, pin_dir / STAMP)
+        raw = path.read_bytes()
     except OSError as e:
-        raise RedirectError(f"cannot record the build stamp {pin_dir / STAMP}: {e.strerror}") from e
-
-
-def remove_stamp(pin_dir: Path) -> None:
+        raise RedirectError(f"cannot read the BPF bundle {path}: {e.strerror}") from e
     try:
-        (pin_dir / STAMP).unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise RedirectError(f"cannot remove the build stamp {pin_dir / STAMP}: {e.strerror}") from e
+        return decode(raw)
+    except BundleError as e:
+        raise BundleError(f"the BPF bundle {path} is malformed: {e}") from None
 
 
-def pinned_programs(pin_dir: Path) -> dict[str, str]:
-    """The tags of the pinned programs, checked to be complete and of the right types and to
-    use the pinned maps; RedirectError says what is not so."""
-    tags: dict[str, str] = {}
-    used: set[int] = set()
-    pinned: set[int] = set()
-    try:
-        for pin_name, spec in PROGRAMS.items():
-            fd = bpfsys.open_program(pin_dir / pin_name, spec.prog_type)
-            try:
-                tags[pin_name] = bpfsys.program_tag(fd)
-                used |= bpfsys.program_map_ids(fd, pin_dir / pin_name)
-            finally:
-                os.close(fd)
-        for name in MAPS:
-            fd = bpfsys.obj_get(pin_dir / name)
-            try:
-                pinned.add(bpfsys.map_id(fd, pin_dir / name))
-            finally:
-                os.close(fd)
-    except OSError as e:
-        raise RedirectError(f"cannot open {e.filename}: {e.strerror}") from e
-    if not pinned <= used:
-        raise RedirectError("the pinned programs do not use the pinned maps (a map was re-pinned)")
-    return tags
+def mismatch(bundle: Bundle, key: str) -> str | None:
+    """Why `bundle` is not the one for sources of build key `key`, or None when it is."""
+    if bundle.build_key != key:
+        return f"it was built from other sources (build key {bundle.build_key}, not {key})"
+    if set(bundle.programs) != set(PROGRAMS) or set(bundle.maps) != set(MAPS):
+        return "its programs or maps are not this version's"
+    return None
 
 
-def compile_or_reuse(
-    pin_dir: Path, bpf_dir: Path | None = None, *, timeout: float = COMPILE_TIMEOUT
-) -> CompileReport:
-    """The programs and maps pinned in `pin_dir`: reused as they are when the build stamp says
-    they were built from the same inputs and the pins are complete, else compiled and pinned
-    by `compile_and_pin` (same arguments), and the stamp recorded."""
+def find_bundle(
+    bpf_dir: Path | None = None,
+    *,
+    explicit: Path | None = None,
+    cache_dir: Path = DEFAULT_CACHE_DIR,
+    timeout: float = COMPILE_TIMEOUT,
+) -> FoundBundle:
+    """The bundle of the sources in `bpf_dir` (default: the packaged ones): `explicit` if
+    given (RedirectError when it does not match), else the packaged one, else the cached one,
+    else one compiled into `cache_dir` now."""
     if bpf_dir is None:
         bpf_dir = packaged_sources()
-    pin_dir = Path(os.path.abspath(pin_dir))
-    wanted = build_stamp(pin_dir, bpf_dir)
-    recorded = read_stamp(pin_dir)
-    if recorded is None:
-        log.info("no build stamp in %s: compiling the capture programs", pin_dir)
-    elif recorded != wanted:
-        changed = ", ".join(
-            f"{key} {recorded.get(key, '-')} -> {value}"
-            for key, value in wanted.items()
-            if recorded.get(key) != value
-        )
-        log.warning(
-            "the capture programs pinned in %s were built from other inputs (%s): compiling",
-            pin_dir,
-            changed or "unknown fields",
-        )
-    else:
+    key = build_key(bpf_dir)
+    if explicit is not None:
+        bundle = read_bundle(explicit)
+        why = mismatch(bundle, key)
+        if why is not None:
+            raise RedirectError(f"the BPF bundle {explicit} cannot be loaded: {why}")
+        return FoundBundle(bundle, explicit)
+    cached = cache_dir / f"{key}.json"
+    for candidate in (packaged_bundle(), cached):
+        if not candidate.exists():
+            continue
         try:
-            tags = pinned_programs(pin_dir)
+            bundle = read_bundle(candidate)
         except RedirectError as e:
-            log.warning(
-                "cannot reuse the capture programs pinned in %s (%s): compiling", pin_dir, e
-            )
-        else:
-            log.info("reusing the capture programs pinned in %s (same build stamp)", pin_dir)
-            return CompileReport(0.0, tags, frozenset(PROGRAMS), compiled=False)
-    # Until the new stamp is written, no stamp vouches for pins the compile may be replacing.
-    remove_stamp(pin_dir)
-    report = compile_and_pin(pin_dir, bpf_dir, timeout=timeout)
-    write_stamp(pin_dir, wanted)
-    return report
+            log.warning("%s: not loading it", e)
+            continue
+        why = mismatch(bundle, key)
+        if why is None:
+            return FoundBundle(bundle, candidate)
+        log.warning("not loading the BPF bundle %s: %s", candidate, why)
+    log.info("no BPF bundle of build key %s: compiling %s into %s", key, bpf_dir, cached)
+    seconds = compile_bundle(cached, bpf_dir, timeout=timeout)
+    bundle = read_bundle(cached)
+    why = mismatch(bundle, key)
+    if why is not None:  # the sources changed while they were compiled
+        raise RedirectError(f"the BPF bundle just compiled into {cached} cannot be loaded: {why}")
+    return FoundBundle(bundle, cached, seconds)
 
 
-def compile_and_pin(
-    pin_dir: Path, bpf_dir: Path | None = None, *, timeout: float = COMPILE_TIMEOUT
-) -> CompileReport:
-    """Run the child on `pin_dir` (an existing directory on a bpffs) and return its report.
+def compile_bundle(
+    out: Path, bpf_dir: Path | None = None, *, timeout: float = COMPILE_TIMEOUT
+) -> float:
+    """Run the child to write the bundle of the sources in `bpf_dir` (default: the packaged
+    ones) to `out`; return the compile time in seconds.
 
-    `bpf_dir` holds the C sources (default: the ones shipped in this package). The child is
-    waited for (or killed when it takes longer than `timeout` seconds) before this returns or
-    raises, so no process is left behind.
+    The child is waited for (or killed when it takes longer than `timeout` seconds) before
+    this returns or raises, so no process is left behind.
     """
+    if importlib.util.find_spec("bcc") is None:
+        raise RedirectError(
+            f"no BPF bundle matches these sources and bcc (python3-bpfcc) is not installed in "
+            f"{sys.executable} to compile one: build one where it is (`ztunnel-py bpf bundle "
+            "-o PATH`) and pass it with --bpf-bundle PATH"
+        )
     problem = missing_headers()
     if problem is not None:
         raise RedirectError(problem)
     if bpf_dir is None:
         bpf_dir = packaged_sources()
-    pin_dir, bpf_dir = Path(os.path.abspath(pin_dir)), Path(os.path.abspath(bpf_dir))
-    argv = [sys.executable, "-m", MODULE, "--pin-dir", str(pin_dir), "--bpf-dir", str(bpf_dir)]
+    out, bpf_dir = Path(os.path.abspath(out)), Path(os.path.abspath(bpf_dir))
+    argv = [sys.executable, "-m", MODULE, "--out", str(out), "--bpf-dir", str(bpf_dir)]
     try:
         done = subprocess.run(
             argv,
@@ -334,7 +297,26 @@ def compile_and_pin(
         raise RedirectError(error + _indented_tail(diagnostics))
     if diagnostics:
         log.warning("the BPF compiler said:%s", _indented_tail(diagnostics))
-    return _parse_report(report)
+    seconds = report.get("compile_seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, float | int):
+        raise RedirectError(f"the BPF compiler process gave an unreadable report: {report!r}")
+    return float(seconds)
+
+
+def bundle_command(out: Path, bpf_dir: Path | None) -> int:
+    """`ztunnel-py bpf bundle`: compile the sources into a bundle written to `out`."""
+    try:
+        seconds = compile_bundle(out, bpf_dir)
+        bundle = read_bundle(out)
+    except RedirectError as e:
+        print(f"ztunnel-py bpf bundle: {e}", file=sys.stderr)
+        return 1
+    sizes = ", ".join(f"{name} {len(p.insns) // 8}" for name, p in bundle.programs.items())
+    print(
+        f"wrote {out}: build key {bundle.build_key}, compiled in {seconds:.2f} s "
+        f"(instructions: {sizes})"
+    )
+    return 0
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -366,28 +348,6 @@ def _indented_tail(text: str) -> str:
     return skipped + "".join(f"\n  {line}" for line in shown)
 
 
-def _parse_report(report: dict[str, Any]) -> CompileReport:
-    seconds = report.get("compile_seconds")
-    programs = report.get("programs")
-    if (
-        isinstance(seconds, float | int)
-        and isinstance(programs, dict)
-        and set(programs) == set(PROGRAMS)
-        and all(
-            isinstance(p, dict)
-            and isinstance(p.get("tag"), str)
-            and isinstance(p.get("reused"), bool)
-            for p in programs.values()
-        )
-    ):
-        return CompileReport(
-            compile_seconds=float(seconds),
-            tags={name: p["tag"] for name, p in programs.items()},
-            reused=frozenset(name for name, p in programs.items() if p["reused"]),
-        )
-    raise RedirectError(f"the BPF compiler process gave an unreadable report: {report!r}")
-
-
 # -- the child's side ---------------------------------------------------------------------
 
 
@@ -406,38 +366,10 @@ def _check_layout(bpf: Any) -> None:
             raise RedirectError("map layout in bpf/ differs from ztunnel_py.redirect.maps")
 
 
-def _adopt(fresh_fd: int, pin: Path) -> bool:
-    """Keep the program pinned at `pin` if it is this code on the same maps (True); otherwise
-    pin `fresh_fd` in its place (False)."""
-    try:
-        old = bpfsys.obj_get(pin)
-    except OSError:  # nothing pinned there, or not a BPF object (replaced below)
-        old = -1
-    if old >= 0:
-        try:
-            # The tag hashes the code with its map references left out: a program of the same
-            # tag that uses other maps (a map pin was removed and made anew) is not this one.
-            same = bpfsys.program_tag(old) == bpfsys.program_tag(fresh_fd) and (
-                bpfsys.program_map_ids(old, pin) == bpfsys.program_map_ids(fresh_fd, pin)
-            )
-        finally:
-            os.close(old)
-        if same:
-            return True
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            pin.unlink()
-        bpfsys.obj_pin(fresh_fd, pin)
-    except OSError as e:
-        raise RedirectError(f"cannot pin {pin}: {e.strerror}") from e
-    return False
-
-
-def cflags(pin_dir: Path) -> list[str]:
-    """The macros redirect.c takes from the compiler: the pin directory, and the agent's ports
-    and packet mark (whose one definition is `model/ports.py`)."""
+def cflags() -> list[str]:
+    """The macros redirect.c takes from the compiler: the agent's ports and packet mark (whose
+    one definition is `model/ports.py`)."""
     return [
-        f'-DZT_PIN_DIR="{pin_dir}"',
         f"-DZT_PORT_OUTBOUND={OUTBOUND_PORT}",
         f"-DZT_PORT_INBOUND={INBOUND_PLAINTEXT_PORT}",
         f"-DZT_PORT_HBONE={HBONE_PORT}",
@@ -446,46 +378,97 @@ def cflags(pin_dir: Path) -> list[str]:
     ]
 
 
-def build(pin_dir: Path, bpf_dir: Path) -> dict[str, Any]:
-    """Compile, load and pin; the report as a JSON-ready dict. Only call this in the child."""
+def _headers() -> str:
+    build = MODULES_DIR / os.uname().release / "build"
+    return str(build.resolve()) if (build / "include").is_dir() else str(KHEADERS)
+
+
+def build(bpf_dir: Path) -> tuple[Bundle, float]:
+    """Compile with bcc and make the bundle, and the compile time. Only call this in the
+    child."""
     try:
         # Here only: the process that loads bcc (and LLVM) exits right after.
         from bcc import BPF
+        from bcc.libbcc import lib
     except ImportError as e:
         raise RedirectError(f"cannot import bcc (python3-bpfcc) in {sys.executable}: {e}") from e
 
-    check_cflag_path(pin_dir)
+    key = build_key(bpf_dir)
     started = time.monotonic()
     try:
         source = (bpf_dir / "redirect.c").read_text()
     except OSError as e:
         raise RedirectError(f"cannot read the BPF sources in {bpf_dir}: {e.strerror}") from e
     try:
-        bpf = BPF(text=source.encode(), cflags=[f"-I{bpf_dir}", *cflags(pin_dir)])
-    except Exception as e:  # bcc raises bare Exception for compile and load failures
+        bpf = BPF(text=source.encode(), cflags=[f"-I{bpf_dir}", *cflags()])
+    except Exception as e:  # bcc raises bare Exception for compile failures
         raise RedirectError(f"cannot compile {bpf_dir / 'redirect.c'}: {e}") from e
     seconds = time.monotonic() - started
     _check_layout(bpf)
-    programs: dict[str, dict[str, Any]] = {}
+    maps: dict[str, MapSpec] = {}
+    fds: dict[int, str] = {}
+    for pin_name, table in MAPS.items():
+        # bcc's Python tables know no sockhash: ask libbcc for the fd directly.
+        fd = int(lib.bpf_table_fd(bpf.module, table.encode()))
+        if fd < 0:
+            raise RedirectError(f"{bpf_dir / 'redirect.c'} defines no map {table}")
+        _, attrs = bpfsys.map_attributes(fd, Path(table))
+        maps[pin_name] = MapSpec(name=table, **attrs)
+        fds[fd] = pin_name
+    programs: dict[str, ProgramCode] = {}
     for pin_name, spec in PROGRAMS.items():
         try:
-            loaded = bpf.load_func(spec.func.encode(), spec.prog_type, attach_type=spec.attach_type)
-        except Exception as e:  # the verifier's log is on stderr
-            raise RedirectError(
-                f"cannot load {spec.func} from {bpf_dir / 'redirect.c'}: {e}"
-            ) from e
-        reused = _adopt(loaded.fd, pin_dir / pin_name)
-        programs[pin_name] = {"tag": bpfsys.program_tag(loaded.fd), "reused": reused}
-    return {"compile_seconds": seconds, "programs": programs}
+            raw = bpf.dump_func(spec.func.encode())
+        except Exception as e:  # bcc: "Unknown program"
+            raise RedirectError(f"{bpf_dir / 'redirect.c'} has no function {spec.func}: {e}") from e
+        insns, refs = unrelocated(bytes(raw), fds)
+        programs[pin_name] = ProgramCode(spec.func, spec.prog_type, spec.attach_type, insns, refs)
+    license = lib.bpf_module_license(bpf.module)
+    bundle = Bundle(
+        build_key=key,
+        license=license.decode() if license else "GPL",
+        maps=maps,
+        programs=programs,
+        built_with={
+            "bcc": _bcc_version(),
+            "kernel": os.uname().release,
+            "headers": _headers(),
+        },
+    )
+    return bundle, seconds
+
+
+def _bcc_version() -> str:
+    try:
+        from bcc.version import __version__
+    except ImportError:
+        return "unknown"
+    return str(__version__)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` in one step: a reader sees the old file or the new one."""
+    fresh = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(fresh, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(fresh, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            fresh.unlink()
+        raise RedirectError(f"cannot write the BPF bundle {path}: {e.strerror}") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=f"python -m {MODULE}",
-        description="Compile bpf/redirect.c with bcc, load the capture programs and pin them "
-        "and their maps in PIN_DIR (an existing directory on a bpffs); print a JSON report.",
+        description="Compile bpf/redirect.c with bcc and write the capture programs' bytecode "
+        "bundle to OUT (atomically); print a JSON report.",
     )
-    parser.add_argument("--pin-dir", type=Path, required=True, help="where to pin (bpffs)")
+    parser.add_argument("--out", type=Path, required=True, help="the bundle file to write")
     parser.add_argument(
         "--bpf-dir", type=Path, help="holds redirect.c/.h (default: the sources in this package)"
     )
@@ -493,10 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The report gets stdout to itself: whatever bcc or clang print goes to stderr.
     report_fd = os.dup(1)
     os.dup2(2, 1)
+    report: dict[str, Any]
     try:
         bpf_dir = packaged_sources() if args.bpf_dir is None else args.bpf_dir
-        report = build(Path(os.path.abspath(args.pin_dir)), Path(os.path.abspath(bpf_dir)))
-        status = 0
+        bundle, seconds = build(Path(os.path.abspath(bpf_dir)))
+        write_atomically(Path(os.path.abspath(args.out)), encode_bundle(bundle))
+        report, status = {"compile_seconds": seconds, "build_key": bundle.build_key}, 0
     except RedirectError as e:
         report, status = {"error": str(e)}, 1
     with os.fdopen(report_fd, "w") as out:

@@ -1,12 +1,13 @@
 """Loads the capture programs once per agent and enrolls pods into them.
 
-`Redirector` has `compile` build `bpf/redirect.c` in a child process once, when it is created
-(the agent never loads bcc and its compiler), unless the pins of a previous agent carry the
-same build stamp (same sources, flags, kernel and bcc: then nothing is compiled, see
-`compile.compile_or_reuse`), then opens what is pinned and attaches the same programs to every
-enrolled pod: the tc programs to its interface, the socket lookup program to its netns (a link
-pinned under `links/<pod id>`, so it outlives the agent like the filters do), and
-`register_listener` gives that program the pod's agent listeners. The maps and programs are
+`Redirector` loads the capture programs' bytecode bundle once, when it is created (the bundle
+shipped in the package, or a given or cached one; `compile` builds one with bcc in a child
+process only when none matches the sources: the agent never loads bcc and its compiler), unless
+the pins of a previous agent carry the same build stamp (same bundle and kernel: then nothing
+is loaded, see `programs.load_or_reuse`), then opens what is pinned and attaches the same
+programs to every enrolled pod: the tc programs to its interface, the socket lookup program to
+its netns (a link pinned under `links/<pod id>`, so it outlives the agent like the filters do),
+and `register_listener` gives that program the pod's agent listeners. The maps and programs are
 pinned under `<pin_root>/v<LAYOUT_VERSION>/` (`pods`, `counters`, `listeners`, `reuse`,
 `ingress`, `egress`, `lookup`, and the stamp `build`) on a bpffs, which is mounted when
 missing. A restarted agent reopens the pinned maps, with every pod's settings and counters, and
@@ -38,13 +39,16 @@ from ztunnel_py.linux.netns import NetnsError, entered
 from ztunnel_py.model.ports import DNS_PORT
 from ztunnel_py.redirect import bpfsys, podnet
 from ztunnel_py.redirect.bpffs import DEFAULT_PIN_ROOT, ensure_bpffs
+from ztunnel_py.redirect.bundle import Bundle
 from ztunnel_py.redirect.compile import (
     COMPILE_TIMEOUT,
+    DEFAULT_CACHE_DIR,
     MAPS,
     PROGRAMS,
-    STAMP,
-    check_cflag_path,
-    compile_or_reuse,
+    FoundBundle,
+    build_key,
+    find_bundle,
+    packaged_sources,
 )
 from ztunnel_py.redirect.maps import (
     AddrKey,
@@ -60,6 +64,7 @@ from ztunnel_py.redirect.maps import (
     decode_settings,
     encode_config,
 )
+from ztunnel_py.redirect.programs import STAMP, load_or_reuse
 
 # Bump with any change to the structs in bpf/redirect.h: pinned maps of another layout live in
 # another directory and are never reopened with the wrong sizes.
@@ -119,11 +124,15 @@ class Redirector:
         pin_root: str | os.PathLike[str] = DEFAULT_PIN_ROOT,
         *,
         bpf_dir: Path | None = None,
+        bundle: Path | None = None,
+        cache_dir: Path = DEFAULT_CACHE_DIR,
         route_table: int = podnet.ROUTE_TABLE,
         compile_timeout: float = COMPILE_TIMEOUT,
     ) -> None:
+        """`bpf_dir` holds the C sources (default: the packaged ones), `bundle` is a bundle
+        to load instead of looking for one (it must match them), `cache_dir` where bundles
+        compiled on this node are kept."""
         root = Path(os.path.abspath(pin_root))
-        check_cflag_path(root)
         if not 0 < route_table < 2**32 or route_table in (253, 254, 255):
             raise RedirectError(f"route table {route_table} is reserved or out of range")
         self.pin_root = root
@@ -135,9 +144,22 @@ class Redirector:
         except OSError as e:
             raise RedirectError(f"cannot create {self.pin_dir}: {e.strerror}") from e
         self._lock = threading.Lock()
-        report = compile_or_reuse(self.pin_dir, bpf_dir, timeout=compile_timeout)
-        self.compiled = report.compiled
-        self.compile_seconds = report.compile_seconds
+        sources = packaged_sources() if bpf_dir is None else bpf_dir
+        found: list[FoundBundle] = []
+
+        def bundle_to_load() -> Bundle:
+            found.append(
+                find_bundle(sources, explicit=bundle, cache_dir=cache_dir, timeout=compile_timeout)
+            )
+            return found[0].bundle
+
+        report = load_or_reuse(self.pin_dir, build_key(sources), bundle_to_load)
+        # Where the programs came from: None when the pins were reused as they were.
+        self.bundle_source = found[0].source if found else None
+        self.compile_seconds = found[0].compile_seconds if found else None
+        self.compiled = self.compile_seconds is not None
+        self.loaded = report.loaded
+        self.load_seconds = report.load_seconds
         self.reused_pins = set(report.reused)
         self.programs: dict[str, podnet.Program] = {}
         self._fds = contextlib.ExitStack()

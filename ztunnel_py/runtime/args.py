@@ -54,6 +54,7 @@ NO_POD_CAPTURE: dict[str, object] = {
     "state_dir": "",
     "no_capture": True,
     "bpf_pin_root": "",
+    "bpf_bundle": "",
     "dns_capture": False,
     "preferred_service_namespace": "",
     "mesh_config": "",

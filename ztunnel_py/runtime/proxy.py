@@ -103,6 +103,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         readiness_address=parse_address(args.readiness_address, "--readiness-address"),
         capture=not args.no_capture,
         bpf_pin_root=Path(args.bpf_pin_root),
+        bpf_bundle=Path(args.bpf_bundle) if args.bpf_bundle else None,
         xds_address=xds_address,
         xds_root_cert=_roots(args.xds_root_cert, "--xds-root-cert") if args.xds_root_cert else None,
         ca_headers=parse_headers(args.ca_header, "--ca-header"),

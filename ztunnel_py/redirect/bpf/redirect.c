@@ -2,7 +2,8 @@
 /*
  * Transparent TCP capture for one pod: two tc programs attached (clsact, direct-action) to
  * the pod's interface inside the pod's network namespace, and a socket lookup program linked
- * to that namespace. Compiled once per agent by bcc; the same programs serve every pod, found
+ * to that namespace. Compiled by bcc into a bytecode bundle (see redirect/bundle.py), which the agent loads; the
+ * same programs serve every pod, found
  * in zt_pods by its IP (the destination of inbound packets, the source of outbound and
  * hairpinned ones).
  *
@@ -59,21 +60,18 @@
 #define ZT_TCP_FLAG_ACK 0x10
 #define ZT_DNS_PORT 53
 
-BPF_TABLE_PINNED("hash", struct zt_addr, struct zt_pod_config, zt_pods,
-                 ZT_MAX_PODS * 2, ZT_PIN_DIR "/pods");
-BPF_TABLE_PINNED("hash", __u64, struct zt_pod_counters, zt_counters, ZT_MAX_PODS,
-                 ZT_PIN_DIR "/counters");
+BPF_TABLE("hash", struct zt_addr, struct zt_pod_config, zt_pods, ZT_MAX_PODS * 2);
+BPF_TABLE("hash", __u64, struct zt_pod_counters, zt_counters, ZT_MAX_PODS);
 /* Each pod's agent listeners (15001, 15006, 15008, and the DNS proxy's TCP listener of each
  * family) by (pod id, port, family), for zt_lookup; the agent inserts them, and the kernel
  * removes an entry when its socket closes. */
-BPF_TABLE_PINNED("sockhash", struct zt_listener_key, __u32, zt_listeners, ZT_MAX_PODS * 5,
-                 ZT_PIN_DIR "/listeners");
+BPF_TABLE("sockhash", struct zt_listener_key, __u32, zt_listeners, ZT_MAX_PODS * 5);
 /* SYNs zt_ingress left to the kernel because their tuple belongs to a TIME_WAIT socket, and
  * the listener zt_lookup must give each (see there). An entry lives from the tc program to the
  * kernel's listener lookup for the same packet, microseconds; LRU, so it can never fill up.
- * Pinned, so the tc and lookup programs share it even when only one of them was replaced. */
-BPF_TABLE_PINNED("lru_hash", struct zt_flow, struct zt_reuse_entry, zt_reuse, 4096,
-                 ZT_PIN_DIR "/reuse");
+ * The agent pins it like the others, so the tc and lookup programs share it even when only one
+ * of them was replaced. */
+BPF_TABLE("lru_hash", struct zt_flow, struct zt_reuse_entry, zt_reuse, 4096);
 /* How long a zt_reuse entry is honoured: far more than the same packet's way from tc to the
  * listener lookup, far less than a client's SYN retransmission. */
 #define ZT_REUSE_TTL_NS 100000000ULL
