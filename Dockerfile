@@ -7,10 +7,12 @@
 # scripts/build-image.sh builds the same base from Debian's archive with debootstrap and passes
 # it here (see the README, "Install on Kubernetes").
 #
-# Kernel headers are not in the image: bcc compiles the capture programs when the agent starts
-# without pins of the same build on the node (a restart with them compiles nothing),
-# against the node's headers, which the DaemonSet mounts at /lib/modules and /usr/src (or the
-# kernel's own, CONFIG_IKHEADERS). The agent says which is missing when neither is there.
+# Neither bcc (LLVM and clang: about 220 MB) nor kernel headers are in the image: the capture
+# programs ship as a bytecode bundle (ztunnel_py/redirect/bpf/redirect.bundle.json), which
+# scripts/build-image.sh compiles on the build host with bcc before this build (or run
+# `ztunnel-py bpf bundle -o ztunnel_py/redirect/bpf/redirect.bundle.json` before `docker
+# build`); the agent loads it with bpf(2). The build fails when the bundle is missing or was
+# built from other sources.
 ARG BASE_IMAGE=debian:12-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -47,23 +49,21 @@ RUN --mount=type=secret,id=pip-ca \
     && find "$site" -type d \( -name tests -o -name _tests \) -prune -exec rm -rf {} + \
     && find "$site" -name '*.so' -exec strip --strip-unneeded {} + \
     && /opt/ztunnel-py/bin/python -c 'import kubernetes, kubernetes.client, ztunnel_py.cli' \
+    && /opt/ztunnel-py/bin/python -c 'import sys; from ztunnel_py.redirect import compile as c; \
+sys.exit(c.mismatch(c.read_bundle(c.packaged_bundle()), c.build_key(c.packaged_sources())))' \
     && mkdir -p /opt/ztunnel-py/cni \
     && gcc -O2 -static -Wall -Wextra -Werror -o /opt/ztunnel-py/cni/ztunnel-py-cni \
         ztunnel_py/cni/shim/ztunnel-py-cni.c
 
 FROM ${BASE_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# python3-bpfcc: bcc's Python module and libbcc (LLVM/clang), which compile the capture
-# programs at agent start (unless pinned by the same build). Same reason as above for not pinning versions.
+# Same reason as above for not pinning versions.
 # hadolint ignore=DL3008
 RUN apt-get update -qq \
-    && apt-get install -y -qq --no-install-recommends python3 python3-bpfcc ca-certificates \
+    && apt-get install -y -qq --no-install-recommends python3 ca-certificates \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
 COPY --from=build /opt/ztunnel-py /opt/ztunnel-py
-# Only bcc from Debian's dist-packages joins the venv, as scripts/install.sh does.
-RUN ln -s /usr/lib/python3/dist-packages/bcc \
-        "$(/opt/ztunnel-py/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/bcc" \
-    && /opt/ztunnel-py/bin/python -c 'import bcc, ztunnel_py.cli' \
+RUN /opt/ztunnel-py/bin/python -c 'import ztunnel_py.cli' \
     && ln -s /opt/ztunnel-py/bin/ztunnel-py /usr/local/bin/ztunnel-py
 ENV PATH=/opt/ztunnel-py/bin:$PATH
 ENTRYPOINT ["/opt/ztunnel-py/bin/ztunnel-py"]

@@ -7,11 +7,13 @@
 # kept as a local image named after a hash of this recipe, so a second build reuses it
 # (--fresh-base builds it again from the archive all the same). Then the
 # Dockerfile is built on it with `buildah bud --isolation chroot` (no container runtime needed:
-# RUN steps run in a chroot). Prints the image's size and the build times; the last line is
-# `image TAG ID SIZE_BYTES`.
+# RUN steps run in a chroot). Before that, the capture programs are compiled here into their
+# bytecode bundle (needs python3 with bcc, python3-bpfcc, and the running kernel's headers, as
+# scripts/install.sh sets up), which the image ships instead of bcc. Prints the image's size and
+# the build times; the last line is `image TAG ID SIZE_BYTES`.
 #
-# With a registry, `docker build -t ztunnel-py .` (BASE_IMAGE defaults to debian:12-slim) builds
-# the same image.
+# With a registry, `ztunnel-py bpf bundle -o ztunnel_py/redirect/bpf/redirect.bundle.json`, then
+# `docker build -t ztunnel-py .` (BASE_IMAGE defaults to debian:12-slim) builds the same image.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +25,7 @@ while [ $# -gt 0 ]; do
         --tag) tag="$2"; shift 2 ;;
         --base) base="$2"; shift 2 ;;
         --fresh-base) fresh_base=1; shift ;;
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "build-image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -123,6 +125,21 @@ if [ -z "$base" ]; then
     fi
 fi
 base_done=$(date +%s)
+# The capture programs' bytecode bundle, compiled here with bcc (this machine has it and the
+# kernel headers; the image has neither) into the package directory the Dockerfile copies, and
+# removed from the checkout again after the build.
+bundle="$repo/ztunnel_py/redirect/bpf/redirect.bundle.json"
+command -v python3 >/dev/null && python3 -c 'import bcc' 2>/dev/null || {
+    echo "build-image.sh: compiling the capture programs needs python3 with bcc (python3-bpfcc)" >&2
+    exit 1
+}
+trap 'rm -f "$bundle"' EXIT
+if ! report="$(cd "$repo" && python3 -m ztunnel_py.redirect.compile --out "$bundle")"; then
+    echo "build-image.sh: cannot compile the capture programs: $report" >&2
+    exit 1
+fi
+bundle_done=$(date +%s)
+log "capture programs compiled into their bundle in $((bundle_done - base_done)) s: $report"
 log "base ready in $((base_done - started)) s; building $tag on $base"
 # pip inside the build trusts what pip trusts here (a TLS-inspecting proxy's CA, say).
 pip_ca="${PIP_CERT:-$(pip3 config get global.cert 2>/dev/null || true)}"
@@ -137,5 +154,5 @@ probe="$(buildah from --pull-never "$tag")"
 bytes="$(du -sb "$(buildah mount "$probe")" | cut -f1)"
 buildah umount "$probe" >/dev/null
 buildah rm "$probe" >/dev/null
-log "image $tag built in $((done_at - base_done)) s (base $((base_done - started)) s): $((bytes / 1000000)) MB"
+log "image $tag built in $((done_at - bundle_done)) s (base $((base_done - started)) s): $((bytes / 1000000)) MB"
 echo "image $tag ${id:0:12} $bytes"

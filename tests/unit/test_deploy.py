@@ -110,7 +110,8 @@ def test_the_agent_daemonset_keeps_ztunnels_conventions() -> None:
     ]
     assert token["serviceAccountToken"]["audience"] == "istio-ca"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/lib/modules"]["readOnly"] and mounts["/usr/src"]["readOnly"]
+    # The capture programs ship in the image as bytecode: no kernel headers, no compiler.
+    assert "/lib/modules" not in mounts and "/usr/src" not in mounts
     assert "/sys/fs/bpf" in mounts and "/var/run/ztunnel" in mounts
     assert env["INPOD_UDS"].startswith("/var/run/ztunnel/")
 

@@ -7,8 +7,6 @@ isolation: one working container per process (`buildah from`, named `<prefix><ro
 process. Chroot isolation keeps the caller's network and pid namespaces and gives the process
 a mount namespace of its own with the image's files and the mounts a DaemonSet declares:
 
-- the node's kernel headers, read-only: /lib/modules and /usr/src (bcc compiles the capture
-  programs at agent start, unless pins of the same build are there);
 - the bpffs, at /run/ztunnel-py/bpffs: chroot isolation mounts /sys read-only over anything
   below it, so the pins cannot live under /sys/fs/bpf inside (in a pod they do);
 - /run/netns, where named network namespaces live (a restarted agent finds its pods there);
@@ -37,8 +35,6 @@ ENTRYPOINT = "/opt/ztunnel-py/bin/ztunnel-py"
 BPFFS = "/run/ztunnel-py/bpffs"
 SHIM = "/opt/ztunnel-py/cni/ztunnel-py-cni"
 HOST_MOUNTS = (
-    ("/lib/modules", "/lib/modules", "ro"),
-    ("/usr/src", "/usr/src", "ro"),
     ("/sys/fs/bpf", BPFFS, "rw"),
     ("/run/netns", "/run/netns", "rw"),
 )
