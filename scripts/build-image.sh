@@ -128,13 +128,15 @@ base_done=$(date +%s)
 # The capture programs' bytecode bundle, compiled here with bcc (this machine has it and the
 # kernel headers; the image has neither) into the package directory the Dockerfile copies, and
 # removed from the checkout again after the build.
+# Debian's python3 by default: python3-bpfcc installs bcc for it (BUNDLE_PYTHON overrides).
 bundle="$repo/ztunnel_py/redirect/bpf/redirect.bundle.json"
-command -v python3 >/dev/null && python3 -c 'import bcc' 2>/dev/null || {
-    echo "build-image.sh: compiling the capture programs needs python3 with bcc (python3-bpfcc)" >&2
+python="${BUNDLE_PYTHON:-/usr/bin/python3}"
+"$python" -c 'import bcc' 2>/dev/null || {
+    echo "build-image.sh: compiling the capture programs needs bcc in $python (python3-bpfcc)" >&2
     exit 1
 }
 trap 'rm -f "$bundle"' EXIT
-if ! report="$(cd "$repo" && python3 -m ztunnel_py.redirect.compile --out "$bundle")"; then
+if ! report="$(cd "$repo" && "$python" -m ztunnel_py.redirect.compile --out "$bundle")"; then
     echo "build-image.sh: cannot compile the capture programs: $report" >&2
     exit 1
 fi

@@ -17,14 +17,28 @@ done
 [ -n "$names_tests" ] || set -- tests/netns "$@"
 kernel="kernel $(uname -r) on $(. /etc/os-release && echo "$PRETTY_NAME")"
 echo "$kernel" | tee "$results/kernel.txt"
-# Whether the agent's capture programs (two SCHED_CLS, one SK_LOOKUP) compile, pass the
-# verifier and pin on this kernel: the agent's own loader, on its own, before any test needs it.
+# Whether the agent's capture programs (two SCHED_CLS, one SK_LOOKUP) compile into their
+# bundle, pass the verifier and pin on this kernel: the agent's own loader, on its own, before
+# any test needs it (the bundle is kept with the results).
 probe_pins=/sys/fs/bpf/zt-kernel-probe
 mount | grep -q ' /sys/fs/bpf ' || mount -t bpf bpf /sys/fs/bpf
 rm -rf "$probe_pins"
-mkdir -p "$probe_pins"
-.venv/bin/python -m ztunnel_py.redirect.compile --pin-dir "$probe_pins" \
-    >"$results/capture-programs.json" 2>"$results/capture-programs.stderr" || true
+.venv/bin/python - "$probe_pins" "$results" >"$results/capture-programs.json" \
+    2>"$results/capture-programs.stderr" <<'EOF' || true
+import json, sys
+from pathlib import Path
+from ztunnel_py.redirect.loader import Redirector
+from ztunnel_py.redirect.maps import RedirectError
+try:
+    r = Redirector(sys.argv[1], cache_dir=Path(sys.argv[2]))
+except RedirectError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(1)
+print(json.dumps({"compile_seconds": r.compile_seconds, "load_seconds": r.load_seconds,
+                  "bundle": str(r.bundle_source), "program_ids": r.program_ids()}))
+r.close()
+r.remove_pins()
+EOF
 rm -rf "$probe_pins"
 echo "capture programs: $(cat "$results/capture-programs.json")"
 export ZTUNNEL_FAIL_ON_SKIP=1

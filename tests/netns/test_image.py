@@ -30,9 +30,10 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 1500
-# The targets; the measured figures are printed, and the size is over this target
-# (see the README): LLVM for bcc and the Kubernetes client dominate.
+# The targets; the measured figures are printed (the README lists them). The image ships
+# the capture programs as bytecode, without bcc's compiler (224 MB), which keeps it under 300 MB.
 AGENT_READY_SECONDS = 30.0
+IMAGE_BYTES = 300_000_000
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,7 @@ def built_image() -> Iterator[str]:
     assert summary[:2] == ["image", tag]
     size = int(summary[3])
     print(f"\nimage {tag}: {size / 1e6:.0f} MB unpacked; build log:\n{done.stderr[-800:]}")
+    assert size < IMAGE_BYTES
     try:
         yield tag
     finally:
