@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,18 @@ def changed_sources(tmp_path: Path, old: str, new: str) -> Path:
     assert old in source.read_text()
     source.write_text(source.read_text().replace(old, new))
     return changed
+
+
+@contextlib.contextmanager
+def redirector(root: Path, **options: Any) -> Iterator[Redirector]:
+    """A Redirector on `root`; its pins, and `root`, are removed afterwards."""
+    r = Redirector(root, **options)
+    try:
+        yield r
+    finally:
+        r.close()
+        r.remove_pins()
+        root.rmdir()
 
 
 def compile_children() -> list[int]:
@@ -319,17 +332,12 @@ def test_a_bundle_that_does_not_match_is_never_loaded(
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copy(bundle_path, cache / f"{new_key}.json")
-    r = Redirector(root, bpf_dir=changed, cache_dir=cache)
-    try:
+    with redirector(root, bpf_dir=changed, cache_dir=cache) as r:
         assert r.compiled and r.bundle_source == cache / f"{new_key}.json"
         assert f"not loading the BPF bundle {cache / f'{new_key}.json'}: it was built from " in (
             caplog.text
         )
         assert read_bundle(cache / f"{new_key}.json").build_key == new_key
-    finally:
-        r.close()
-        r.remove_pins()
-        root.rmdir()
 
 
 def test_a_malformed_bundle_is_explained_or_compiled_anew(
@@ -351,15 +359,10 @@ def test_a_malformed_bundle_is_explained_or_compiled_anew(
     cache.mkdir()
     cached = cache / f"{build_key(packaged_sources())}.json"
     cached.write_bytes(raw[:100])
-    r = Redirector(root, cache_dir=cache)
-    try:
+    with redirector(root, cache_dir=cache) as r:
         assert r.compiled and r.loaded
         assert f"the BPF bundle {cached} is malformed: not a JSON document" in caplog.text
         assert cached.read_bytes() != raw[:100] and read_bundle(cached).programs
-    finally:
-        r.close()
-        r.remove_pins()
-        root.rmdir()
 
 
 def test_a_program_the_verifier_refuses_fails_with_its_log(

@@ -188,11 +188,8 @@ def _log_tail(text: str) -> str:
 def _map_fd(pin: Path, spec: MapSpec) -> int:
     """An fd of the map pinned at `pin` if it has `spec`'s attributes; else of a new map,
     pinned there in place of whatever was."""
-    try:
-        fd = bpfsys.obj_get(pin)
-    except OSError:  # nothing pinned there, or not a BPF object (replaced below)
-        fd = -1
-    if fd >= 0:
+    fd = _open_pin(pin)
+    if fd is not None:
         try:
             _, found = bpfsys.map_attributes(fd, pin)
         except OSError:  # a program, not a map
@@ -215,23 +212,37 @@ def _map_fd(pin: Path, spec: MapSpec) -> int:
     except OSError as e:
         raise RedirectError(f"cannot create the map {spec.name} for {pin}: {e.strerror}") from e
     try:
+        _pin_in_place(fd, pin)
+    except RedirectError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_pin(pin: Path) -> int | None:
+    """An fd of what is pinned at `pin`, or None: nothing is, or not a BPF object (which the
+    caller replaces)."""
+    try:
+        return bpfsys.obj_get(pin)
+    except OSError:
+        return None
+
+
+def _pin_in_place(fd: int, pin: Path) -> None:
+    """Pin `fd` at `pin`, replacing whatever was pinned there."""
+    try:
         with contextlib.suppress(FileNotFoundError):
             pin.unlink()
         bpfsys.obj_pin(fd, pin)
     except OSError as e:
-        os.close(fd)
         raise RedirectError(f"cannot pin {pin}: {e.strerror}") from e
-    return fd
 
 
 def _adopt(fresh_fd: int, pin: Path) -> bool:
     """Keep the program pinned at `pin` if it is this code on the same maps (True); otherwise
     pin `fresh_fd` in its place (False)."""
-    try:
-        old = bpfsys.obj_get(pin)
-    except OSError:  # nothing pinned there, or not a BPF object (replaced below)
-        old = -1
-    if old >= 0:
+    old = _open_pin(pin)
+    if old is not None:
         try:
             # The tag hashes the code with its map references left out: a program of the same
             # tag that uses other maps (a map pin was removed and made anew) is not this one.
@@ -244,10 +255,5 @@ def _adopt(fresh_fd: int, pin: Path) -> bool:
             os.close(old)
         if same:
             return True
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            pin.unlink()
-        bpfsys.obj_pin(fresh_fd, pin)
-    except OSError as e:
-        raise RedirectError(f"cannot pin {pin}: {e.strerror}") from e
+    _pin_in_place(fresh_fd, pin)
     return False
