@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         except RedirectError as e:
             print(
                 f"ztunnel-py agent: cannot load the BPF capture programs: {e}\n"
-                "  or start with --no-capture (SOCKS5 only)",
+                "  (--no-capture starts the agent without capture: SOCKS5 only)",
                 file=sys.stderr,
             )
             return 1
