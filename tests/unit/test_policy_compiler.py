@@ -59,20 +59,26 @@ async def test_a_large_compile_runs_off_the_event_loop() -> None:
 
     state.apply_delta(policies=[deny_port("late", 9999)])  # a change: the cache is gone
     compiler = PolicyCompiler(state)
-    longest_gap = 0.0
+    ticks = 0
+    during: list[int] = []
     compiled = trio.Event()
 
-    async def ticker() -> None:
-        nonlocal longest_gap
-        last = time.perf_counter()
+    async def ticker() -> None:  # everything else the event loop serves meanwhile
+        nonlocal ticks
         while not compiled.is_set():
             await trio.sleep(0.001)
-            now = time.perf_counter()
-            longest_gap = max(longest_gap, now - last)
-            last = now
+            ticks += 1
 
     async def connection() -> None:
+        first = ticks
+        began = time.perf_counter()
         policies = await compiler.policies_for(server)
+        took = time.perf_counter() - began
+        print(
+            f"inline compile {inline * 1000:.0f} ms; in a thread {took * 1000:.0f} ms, "
+            f"the event loop ticked {ticks - first} times meanwhile"
+        )
+        during.append(ticks - first)
         assert not policies.evaluate(to_port(9999)).allowed  # judged by the new state
         assert not policies.evaluate(to_port(20_000 + POLICIES - 1)).allowed
         assert policies.evaluate(to_port(8080)).allowed
@@ -82,13 +88,10 @@ async def test_a_large_compile_runs_off_the_event_loop() -> None:
         nursery.start_soon(ticker)
         await trio.sleep(0.01)
         nursery.start_soon(connection)
-    print(
-        f"inline compile {inline * 1000:.0f} ms; longest event-loop gap {longest_gap * 1000:.1f} ms"
-    )
     assert inline > 0.02
-    # The thread shares the GIL, handed over every 5 ms: the loop runs on in slices (the margin
-    # is for a busy machine, where any gap can stretch).
-    assert longest_gap < inline * 0.75
+    # Compiled on the event loop, the compile would let nothing else run until it was done
+    # (no tick); in the worker thread, the loop keeps running in the GIL's 5 ms slices.
+    assert during[0] >= 3
     assert compiler.compiles == 1 and state.cached_policies(server) is not None
 
 
