@@ -1,6 +1,7 @@
 """`ztunnel-py bench compare --quick`, as a user runs it: all three modes come up, every figure
-comes out (L4, and L7 through the waypoint or the sidecars' HTTP engine), each mode's traffic
-took that mode's path, and the report files are written. Figures are printed, not asserted."""
+comes out (L4, and L7 through the waypoint or the sidecars' HTTP engine; L4 through the floor
+relays on the no-mesh testbed), each mode's traffic took that mode's path, and the report files
+are written. Figures are printed, not asserted."""
 
 from __future__ import annotations
 
@@ -77,6 +78,23 @@ def test_quick_compare_measures_every_mode_on_its_own_path(tmp_path: Path) -> No
     for cost in result.modes[AMBIENT].costs:
         assert cost.processes == 2
         assert cost.cpu_s_per_1000_requests.median > 0 and cost.rss_mib.median > 0
+    # the floor: a splice relay in each agent's place carried the same load through the capture
+    floor = result.floor
+    assert floor is not None and floor.path.ok, floor and floor.path.problems
+    assert [line.split(" counted ")[0] for line in floor.path.evidence] == [
+        "floor relay of node1 (relayed out of web-1)",
+        "floor relay of node2 (delivered into echo-2)",
+        "the capture of web-1 (connections assigned to the relay's listener)",
+    ]
+    assert floor.throughput_gbps.median > 0.5 and floor.connections_per_s.median > 10
+    lat = floor.latency_ms
+    assert 0 < lat.p50.median <= lat.p99.median and lat.errors.median == 0
+    assert lat.achieved_rps.median > 0.9 * result.settings.plan.rate
+    [cost] = floor.costs
+    assert cost.pods_per_node == min(result.settings.plan.pods_per_node) and cost.processes == 2
+    assert 0 < cost.system_s_per_1000_requests.median <= cost.cpu_s_per_1000_requests.median
+    assert "the floor: a plaintext splice relay pair" in done.stdout
+    assert "[floor] path check ok" in done.stderr
     # the agents' sockets cost kernel time, a part of the total
     for cost in result.modes[SIDECAR].costs + result.modes[AMBIENT].costs:
         assert 0 < cost.system_s_per_1000_requests.median < cost.cpu_s_per_1000_requests.median

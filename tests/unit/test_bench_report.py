@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ztunnel_py.bench.report import (
+    FLOOR_TITLE,
     MET,
     NA,
     ReportError,
@@ -24,6 +25,7 @@ from ztunnel_py.bench.report import (
 )
 from ztunnel_py.bench.results import (
     AMBIENT,
+    FLOOR,
     ISTIO_PUBLISHED,
     NONE,
     SIDECAR,
@@ -216,6 +218,18 @@ def compare(repeat: int = 1) -> CompareResult:
         published=[replace(p) for p in ISTIO_PUBLISHED],
         started="2026-11-26T10:00:00Z",
         seconds=754.0,
+        floor=mode(
+            FLOOR,
+            repeat,
+            6.0,
+            0.60,
+            0.90,
+            1.40,
+            1500.0,
+            {2: (0.04, 30.0, 2)},
+            PathCheck(ok=True, evidence=["floor relay of node1 counted 12 connections"]),
+            L7Result(),
+        ),
     )
 
 
@@ -261,6 +275,34 @@ def test_table_shows_every_mesh_figure_against_the_no_mesh_baseline() -> None:
         assert expected in settings, settings
     assert all(len(line) <= 110 for line in lines), max(lines, key=len)
     assert "\x1b" not in text
+
+
+def test_floor_table_puts_ambient_as_a_ratio_of_the_floor() -> None:
+    text = table(compare(repeat=3))
+    floor = text[text.index(FLOOR_TITLE) :]
+    header = next(line for line in floor.splitlines() if line.lstrip().startswith("no mesh"))
+    assert re.split(r"\s{2,}", header.strip()) == [
+        "no mesh",
+        "floor",
+        "sidecar",
+        "ambient",
+        "ambient / floor",
+    ]
+    assert cells(floor, "throughput") == ["12.0", "6.00", "2.40", "3.00", "0.50x"]
+    # latency: the delay each adds over no mesh, and ambient's as a multiple of the floor's
+    assert cells(floor, "latency p50") == ["0.50", "+0.10", "+0.90", "+0.60", "6.00x"]
+    assert cells(floor, "latency p99") == ["1.20", "+0.20", "+3.50", "+1.21", "6.05x"]
+    assert cells(floor, "connection rate") == ["2000", "1500", "400", "800", "0.53x"]
+    # CPU per proxy on the path (each mode's total / 2), with its user/system split
+    assert cells(floor, "CPU s/1000 req per proxy @ 2") == ["-", "0.020", "0.205", "0.065", "3.25x"]
+    assert cells(floor, "  of which user") == ["-", "0.012", "0.123", "0.039", "3.25x"]
+    assert cells(floor, "  of which system") == ["-", "0.008", "0.082", "0.026", "3.25x"]
+    assert cells(floor, "RSS MiB per process @ 2") == ["-", "15.0", "37.5", "35.0", "2.33x"]
+    # a run without the floor (an older results.json) shows n/a in its column and the ratio
+    result = compare()
+    result.floor = None
+    text = table(result)
+    assert cells(text[text.index(FLOOR_TITLE) :], "throughput") == ["12.0", NA, "2.40", "3.00", NA]
 
 
 def test_repeated_runs_show_median_and_range() -> None:

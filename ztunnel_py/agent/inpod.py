@@ -40,6 +40,7 @@ from ztunnel_py.agent.proxy.accounting import POLICY_CHANGE
 from ztunnel_py.agent.proxy.http import SidecarHttp
 from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.agent.proxy.outbound import Outbound, Ready
+from ztunnel_py.agent.proxy.policies import PolicyCompiler
 from ztunnel_py.agent.proxy.socks5 import serve_socks5
 from ztunnel_py.config import AgentConfig
 from ztunnel_py.dnsproxy.server import DnsProxy, PodDns
@@ -201,18 +202,30 @@ class PodManager:
         self.connections = ConnectionLimit("the agent", config.max_connections)
         self.handshakes = HandshakeLimit()
         self.peer_errors = PeerErrors(metrics)
-        state.subscribe(self._recheck)
+        self.policies = PolicyCompiler(state)
+        self._changed = trio.Event()
+        state.subscribe(self._on_change)
+        nursery.start_soon(self._recheck)
 
-    def _recheck(self, change: StateChange) -> None:
-        """Late enforcement: close open inbound connections that the new policies deny."""
-        if not (change.policies or change.workloads):
-            return
-        for pod in self.pods.values():
-            workload = self.state.workload_by_uid(pod.info.uid)
-            if workload is None:
-                continue
-            policies = self.state.policies_for(workload)
-            for tracked in pod.connections.values():
+    def _on_change(self, change: StateChange) -> None:
+        if change.policies or change.workloads:
+            self._changed.set()
+
+    async def _recheck(self) -> None:
+        """After each change: compile every enrolled pod's policies (in a worker thread, so the
+        next connection finds them ready), then close the open inbound connections they deny
+        (late enforcement)."""
+        while True:
+            await self._changed.wait()
+            self._changed = trio.Event()
+            for pod in list(self.pods.values()):
+                await self._recheck_pod(pod)
+
+    async def _recheck_pod(self, pod: PodProxy) -> None:
+        workload = self.state.workload_by_uid(pod.info.uid)
+        if workload is not None:
+            policies = await self.policies.policies_for(workload)
+            for tracked in list(pod.connections.values()):
                 if tracked.authz is None or tracked.scope is None:
                     continue
                 decision = policies.evaluate(tracked.authz)
@@ -429,6 +442,7 @@ class PodManager:
             plaintext_idle_timeout=self.config.plaintext_idle_timeout,
             handshakes=self.handshakes,
             peer_errors=self.peer_errors,
+            policies=self.policies,
         )
         handlers: dict[int, Callable[[trio.socket.SocketType], Awaitable[None]]] = {
             HBONE_PORT: inbound.serve_hbone,

@@ -18,11 +18,17 @@ For each mode (none, sidecar, ambient) the harness brings up a 2-node testbed in
    the echo pods directly), with the CPU seconds per 1000 requests and the memory of every
    process on that path, after the L4 measurements of the smallest testbed.
 
+6. the floor (`floor.py`): on the smallest no-mesh testbed, after its own figures, a plaintext
+   `os.splice` relay in each node agent's place, on the same capture; throughput, latency,
+   connection rate and the cost run at that pods-per-node count go through it, so ambient's
+   figures can be read as a ratio of what any user-space two-hop proxy costs here.
+
 Throughput, latency, connection rate and L7 are measured on the smallest testbed. `--repeat N`
 repeats every measurement on the same testbed, so each figure has N values. While the
 connection-rate run opens its connections the harness also checks that the traffic took the
 mode's path: the proxies that should carry it count those connections in their
-`istio_tcp_connections_opened_total` (reporter source and destination), and with no mesh no
+`istio_tcp_connections_opened_total` (reporter source and destination), the floor relays in
+their own counters and the client pod's capture in its BPF counters, and with no mesh no
 proxy process exists and the pods have no iptables rule and no tc filter. The L7 run has its own
 check (the filter engine counted its requests). A failed check makes the command exit 1.
 Results: the table on stdout, and results.json, report.png and report.html in the output
@@ -40,7 +46,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ztunnel_py.bench import l7
+from ztunnel_py.bench import floor, l7
 from ztunnel_py.bench.endpoints import (
     CLIENT_POD,
     SERVER_POD,
@@ -48,8 +54,10 @@ from ztunnel_py.bench.endpoints import (
     counter_total,
     latency_argv,
 )
+from ztunnel_py.bench.floor import FloorRelays
 from ztunnel_py.bench.results import (
     AMBIENT,
+    FLOOR,
     ISTIO_PUBLISHED,
     MODES,
     NONE,
@@ -99,19 +107,52 @@ QUICK = dataclasses.replace(
 # -- path checks ------------------------------------------------------------------------------
 
 
-def _carriers(ep: Endpoints) -> list[tuple[str, str, str]]:
-    """(what, netns, reporter) of each proxy that must count the client's connections."""
+Count = Callable[[], float]
+
+
+def _opened(netns: str, reporter: str) -> Count:
+    return lambda: counter_total(netns, OPENED, reporter=reporter)
+
+
+def _carriers(ep: Endpoints) -> list[tuple[str, Count]]:
+    """(what, how to read its count) of each proxy, or capture, that must count every one of
+    the client's connections."""
     topology = ep.bed.topology
     client, server = topology.pod(CLIENT_POD), topology.pod(SERVER_POD)
+    if ep.floor is not None:
+        status = ep.floor.status
+        return [
+            (
+                f"floor relay of {client.node} (relayed out of {CLIENT_POD})",
+                lambda: float(status(client.node)[floor.OUTBOUND]),
+            ),
+            (
+                f"floor relay of {server.node} (delivered into {SERVER_POD})",
+                lambda: float(status(server.node)[floor.INBOUND]),
+            ),
+            (
+                f"the capture of {CLIENT_POD} (connections assigned to the relay's listener)",
+                lambda: float(status(client.node)["pods"][CLIENT_POD]["assigns"]),
+            ),
+        ]
     if ep.mode == AMBIENT:
         return [
-            (f"agent of {client.node}", topology.node(client.node).netns, "source"),
-            (f"agent of {server.node}", topology.node(server.node).netns, "destination"),
+            (
+                f"agent of {client.node} (reporter=source)",
+                _opened(topology.node(client.node).netns, "source"),
+            ),
+            (
+                f"agent of {server.node} (reporter=destination)",
+                _opened(topology.node(server.node).netns, "destination"),
+            ),
         ]
     if ep.mode == SIDECAR:
         return [
-            (f"sidecar of {client.name}", client.netns, "source"),
-            (f"sidecar of {server.name}", server.netns, "destination"),
+            (f"sidecar of {client.name} (reporter=source)", _opened(client.netns, "source")),
+            (
+                f"sidecar of {server.name} (reporter=destination)",
+                _opened(server.netns, "destination"),
+            ),
         ]
     return []
 
@@ -139,7 +180,7 @@ def connection_rate_and_path(
     """New connections per second from the client to the server; with `check`, also whether
     the mode's proxies carried that traffic (each counted every connection)."""
     carriers = _carriers(ep) if check else []
-    before = {what: counter_total(ns, OPENED, reporter=rep) for what, ns, rep in carriers}
+    before = {what: count() for what, count in carriers}
     report = ep.loadgen(
         "connections",
         "--target",
@@ -159,9 +200,9 @@ def connection_rate_and_path(
     made = int(report["connections"])
     if ep.mode == NONE:
         _no_interception(ep, path)
-    for what, ns, reporter in carriers:
-        counted = counter_total(ns, OPENED, reporter=reporter) - before[what]
-        line = f"{what} counted {counted:.0f} connections (reporter={reporter}); {made} were made"
+    for what, count in carriers:
+        counted = count() - before[what]
+        line = f"{what} counted {counted:.0f} connections; {made} were made"
         (path.evidence if counted >= made else path.problems).append(line)
     others = {
         AMBIENT: "sidecar",
@@ -176,7 +217,16 @@ def connection_rate_and_path(
 # -- one mode ---------------------------------------------------------------------------------
 
 
-def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> ModeResult:
+def measure_mode(
+    mode: str,
+    plan: Plan,
+    repeat: int,
+    prefix: str,
+    say: Say,
+    floor_result: ModeResult | None = None,
+) -> ModeResult:
+    """Every figure of `mode`; with `floor_result` (no mesh), the floor's figures too, measured
+    into it on the smallest testbed once the no-mesh ones are done."""
     result = ModeResult(mode)
     for index, pods in enumerate(sorted(plan.pods_per_node)):
         say(f"[{mode}] bringing up a testbed with {pods} pods per node")
@@ -197,36 +247,53 @@ def measure_mode(mode: str, plan: Plan, repeat: int, prefix: str, say: Say) -> M
             )
             if index == 0:
                 _traffic(plan, ep, repeat, result, say)
-            cost = Cost(pods_per_node=pods, processes=len(ep.proxies))
-            for r in range(repeat):
-                say(
-                    f"[{mode}] cost with {pods} pods per node ({len(ep.proxies)} data-plane "
-                    f"processes), run {r + 1}/{repeat}: {plan.rate} req/s for "
-                    f"{plan.cost_seconds:g} s"
-                )
-                user, system = ep.cpu_times()
-                report = ep.loadgen(
-                    *latency_argv(plan, [ep.server_http], plan.cost_seconds, 0.0),
-                    timeout=plan.cost_seconds + 60,
-                )
-                user_after, system_after = ep.cpu_times()
-                requests = int(report["requests"]) + int(report["errors"])
-                per_1000 = 1000 / requests if requests else 0.0
-                used = user_after - user + system_after - system
-                cost.cpu_s_per_1000_requests.values.append(round(used * per_1000, 4))
-                cost.system_s_per_1000_requests.values.append(
-                    round((system_after - system) * per_1000, 4)
-                )
-                cost.p99_ms.values.append(round(float(report["p99_ms"]), 3))
-                cost.rss_mib.values.append(round(ep.rss_mib(), 1))
-                cost.pss_mib.values.append(round(ep.pss_mib(), 1))
-                cost.controlplane_rss_mib.values.append(round(ep.controlplane_rss_mib(), 1))
-            result.costs.append(cost)
+            result.costs.append(_cost(plan, ep, pods, repeat, mode, say))
             if index == 0:
                 result.l7 = l7.measure(plan, ep, repeat, say)
+                if floor_result is not None:
+                    _floor(plan, bed, pods, repeat, floor_result, say)
         finally:
             bed.down()
     return result
+
+
+def _cost(plan: Plan, ep: Endpoints, pods: int, repeat: int, mode: str, say: Say) -> Cost:
+    cost = Cost(pods_per_node=pods, processes=len(ep.proxies))
+    for r in range(repeat):
+        say(
+            f"[{mode}] cost with {pods} pods per node ({len(ep.proxies)} data-plane "
+            f"processes), run {r + 1}/{repeat}: {plan.rate} req/s for "
+            f"{plan.cost_seconds:g} s"
+        )
+        user, system = ep.cpu_times()
+        report = ep.loadgen(
+            *latency_argv(plan, [ep.server_http], plan.cost_seconds, 0.0),
+            timeout=plan.cost_seconds + 60,
+        )
+        user_after, system_after = ep.cpu_times()
+        requests = int(report["requests"]) + int(report["errors"])
+        per_1000 = 1000 / requests if requests else 0.0
+        used = user_after - user + system_after - system
+        cost.cpu_s_per_1000_requests.values.append(round(used * per_1000, 4))
+        cost.system_s_per_1000_requests.values.append(round((system_after - system) * per_1000, 4))
+        cost.p99_ms.values.append(round(float(report["p99_ms"]), 3))
+        cost.rss_mib.values.append(round(ep.rss_mib(), 1))
+        cost.pss_mib.values.append(round(ep.pss_mib(), 1))
+        cost.controlplane_rss_mib.values.append(round(ep.controlplane_rss_mib(), 1))
+    return cost
+
+
+def _floor(plan: Plan, bed: Testbed, pods: int, repeat: int, result: ModeResult, say: Say) -> None:
+    """The L4 figures through a floor relay on each node of the no-mesh testbed."""
+    say(f"[{FLOOR}] starting a floor relay on each node (capture, plaintext, splice)")
+    relays = FloorRelays(bed)
+    try:
+        ep = Endpoints(bed)
+        ep.use_floor(relays)
+        _traffic(plan, ep, repeat, result, say)
+        result.costs.append(_cost(plan, ep, pods, repeat, FLOOR, say))
+    finally:
+        relays.stop()
 
 
 def _traffic(plan: Plan, ep: Endpoints, repeat: int, result: ModeResult, say: Say) -> None:
@@ -288,8 +355,10 @@ def run(plan: Plan, repeat: int, quick: bool, prefix: str, say: Say) -> CompareR
     def timed(line: str) -> None:
         say(f"{time.monotonic() - started:6.0f}s  {line}")
 
+    result.floor = ModeResult(FLOOR)
     for mode in MODES:
-        result.modes[mode] = measure_mode(mode, plan, repeat, prefix, timed)
+        floor_result = result.floor if mode == NONE else None
+        result.modes[mode] = measure_mode(mode, plan, repeat, prefix, timed, floor_result)
     result.seconds = round(time.monotonic() - started, 1)
     return result
 
@@ -351,6 +420,7 @@ def main(args: argparse.Namespace) -> int:
     for kind, path in paths.items():
         print(f"{kind:5} {path}")
     failed = [m for m, r in result.modes.items() if not r.path.ok]
+    failed += [FLOOR] if result.floor is not None and not result.floor.path.ok else []
     failed += [f"{m} (L7)" for m, r in result.modes.items() if not r.l7.path.ok]
     if failed:
         print(

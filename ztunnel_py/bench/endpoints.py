@@ -13,7 +13,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from ztunnel_py.bench import procstat
-from ztunnel_py.bench.results import Plan
+from ztunnel_py.bench.floor import FloorRelays
+from ztunnel_py.bench.results import FLOOR, Plan
 from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.ports import METRICS_PORT
 from ztunnel_py.testbed import namespaces
@@ -43,6 +44,13 @@ class Endpoints:
         for pod in status.pods:
             if pod.sidecar is not None and pod.sidecar.pid:
                 self.proxies[f"sidecar {pod.name}"] = pod.sidecar.pid
+        self.floor: FloorRelays | None = None
+
+    def use_floor(self, relays: FloorRelays) -> None:
+        """Measure the floor relays (on a testbed without the mesh) as the data plane."""
+        self.floor = relays
+        self.mode = FLOOR
+        self.proxies = relays.pids
 
     def loadgen(self, *argv: str, timeout: float) -> dict[str, Any]:
         """Run the load generator in the client pod; its JSON report."""

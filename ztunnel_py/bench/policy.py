@@ -10,12 +10,13 @@ Reported:
 
 - control plane: the `ConfigStore.apply` of everything (validation, conflict resolution and
   translation), translation alone, and the `apply` of one policy changed at that scale;
-- agent: compiling the workload's `PolicySet` (once per policy change, on the first connection
-  after it), then `ProxyState.policies_for(workload)` and `PolicySet.evaluate` per inbound
-  connection, for connection shapes with known outcomes (checked, so a figure never describes
-  the wrong path): mTLS allowed, mTLS denied by a DENY, plaintext (allowed by ipBlocks), and
-  mTLS that no policy matches (denied). The allowing and denying policies sort last, so a
-  decision that went through the policies in order would look at every one of them.
+- agent: compiling the workload's `PolicySet` (once per change, in a worker thread, so the
+  event loop keeps serving: `agent/proxy/policies.py`), then `ProxyState.policies_for(workload)`
+  and `PolicySet.evaluate` per inbound connection, for connection shapes with known outcomes
+  (checked, so a figure never describes the wrong path): mTLS allowed, mTLS denied by a DENY,
+  plaintext (allowed by ipBlocks), and mTLS that no policy matches (denied). The allowing and
+  denying policies sort last, so a decision that went through the policies in order would look
+  at every one of them.
 
 Timing loops are bounded by count (2,000) and by time (`--budget` seconds, at least 5 runs).
 Figures are printed, not asserted.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ztunnel_py.bench.results import (
     AMBIENT,
+    FLOOR,
     MODES,
     NONE,
     PERCENTILES,
@@ -69,6 +70,16 @@ PUBLISHED_TITLE = (
 )
 LEGEND = "cells: median [low-high over the repeats] (vs no mesh of this run: ratio, or delta in ms)"
 L7_TITLE = "L7: HTTP/1.1 to the echo service through the HTTP filter engine"
+FLOOR_TITLE = "the floor: a plaintext splice relay pair in the agents' place"
+FLOOR_NOTE = (
+    "the same capture and listeners as the agents, no TLS, HBONE, policy or metrics, os.splice "
+    "both ways: what any user-space two-hop proxy costs on this machine. CPU per proxy is the "
+    "data-plane processes' total / 2 (two proxies on the path; sidecar mode's idle sidecars "
+    "included). Last column: ambient / floor (for latency: of the delay added over no mesh)"
+)
+FLOOR_HEAD = ("no mesh", "floor", "sidecar", "ambient", "ambient / floor")
+# Two proxies carry each connection in every mode: client side and server side.
+PROXIES_ON_PATH = 2
 
 
 class ReportError(Exception):
@@ -80,7 +91,7 @@ class Row:
     """One line of the results table: a label and one cell per mode, in `MODES` order."""
 
     label: str
-    cells: tuple[str, str, str]
+    cells: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +104,9 @@ class Target:
 
 
 # ---- numbers -------------------------------------------------------------------------------
+
+
+Fmt = Callable[[float], str]
 
 
 def _num(v: float) -> str:
@@ -283,6 +297,81 @@ def rows(result: CompareResult) -> list[Row]:
                 _cost_cells(result, pods, lambda c: _value(c.controlplane_rss_mib, _num)),
             )
         )
+    return out
+
+
+def _titles(titles: dict[str, str]) -> tuple[str, ...]:
+    return tuple(titles[m] for m in MODES)
+
+
+def _per(figure: Figure, count: float) -> Figure:
+    return Figure([v / count for v in figure.values]) if count else Figure()
+
+
+def _user(cost: Cost) -> Figure:
+    """The user-space part of a cost's CPU, per repeat."""
+    total, system = cost.cpu_s_per_1000_requests.values, cost.system_s_per_1000_requests.values
+    if len(total) != len(system):  # a run that did not record the split
+        return Figure()
+    return Figure([t - s for t, s in zip(total, system, strict=True)])
+
+
+def _median(figure: Figure) -> float | None:
+    return figure.median if figure.values else None
+
+
+def _of_floor(ours: float | None, floor: float | None) -> str:
+    if ours is None or floor is None or floor <= 0:
+        return NA
+    return f"{ours / floor:.2f}x"
+
+
+def floor_rows(result: CompareResult) -> list[Row]:
+    """The floor beside the modes, medians only (the ranges are in the main table): the L4
+    figures measured the same way, latency as the delay added over no mesh, and ambient's
+    figure as a ratio of the floor's."""
+    floor = result.floor or ModeResult(mode=FLOOR)
+    base = _mode(result, NONE)
+    shown = (floor, _mode(result, SIDECAR), _mode(result, AMBIENT))
+    rate = result.settings.plan.rate
+
+    def row(label: str, base_cell: str, values: list[float | None], fmt: Fmt) -> Row:
+        cells = [NA if v is None else fmt(v) for v in values]
+        return Row(label, (base_cell, *cells, _of_floor(values[2], values[0])))
+
+    def base_cell(pick: Callable[[ModeResult], Figure]) -> str:
+        median = _median(pick(base))
+        return NA if median is None else _num(median)
+
+    def absolute(label: str, pick: Callable[[ModeResult], Figure]) -> Row:
+        return row(label, base_cell(pick), [_median(pick(m)) for m in shown], _num)
+
+    out = [absolute("throughput, 1 stream (Gbit/s)", lambda m: m.throughput_gbps)]
+    for p in PERCENTILES:
+        pick = _percentile(p)
+        added = [delta(pick(m), pick(base)) for m in shown]
+        out.append(row(f"latency {p} @ {rate} req/s (ms)", base_cell(pick), added, _signed))
+    out.append(absolute("connection rate (conn/s)", lambda m: m.connections_per_s))
+    if not result.settings.plan.pods_per_node:
+        return out
+    pods = min(result.settings.plan.pods_per_node)
+    costs = [m.cost(pods) for m in shown]
+
+    def per_proxy(label: str, pick: Callable[[Cost], Figure], fmt: Fmt) -> Row:
+        values = [None if c is None else _median(_per(pick(c), PROXIES_ON_PATH)) for c in costs]
+        return row(label, NO_PROCESSES, values, fmt)
+
+    out.append(
+        per_proxy(
+            f"CPU s/1000 req per proxy @ {pods} pods/node",
+            lambda c: c.cpu_s_per_1000_requests,
+            _cpu,
+        )
+    )
+    out.append(per_proxy("  of which user", _user, _cpu))
+    out.append(per_proxy("  of which system", lambda c: c.system_s_per_1000_requests, _cpu))
+    rss = [None if c is None else _median(_per(c.rss_mib, c.processes)) for c in costs]
+    out.append(row(f"RSS MiB per process @ {pods} pods/node", NO_PROCESSES, rss, _num))
     return out
 
 
@@ -549,10 +638,10 @@ def _printable(line: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in line)
 
 
-def _text_table(titles: dict[str, str], body: list[Row]) -> list[str]:
-    header = Row("", (titles[NONE], titles[SIDECAR], titles[AMBIENT]))
+def _text_table(head: tuple[str, ...], body: list[Row]) -> list[str]:
+    header = Row("", head)
     label_width = max(len(r.label) for r in (header, *body))
-    widths = [max(len(r.cells[i]) for r in (header, *body)) for i in range(3)]
+    widths = [max(len(r.cells[i]) for r in (header, *body)) for i in range(len(head))]
 
     def line(r: Row) -> str:
         cells = "  ".join(c.ljust(w) for c, w in zip(r.cells, widths, strict=True))
@@ -578,6 +667,8 @@ def _path_checks(result: CompareResult) -> list[tuple[str, PathCheck]]:
     for name in MODES:
         mode = _mode(result, name)
         out += [(MODE_TITLES[name], mode.path), (f"L7, {L7_TITLES[name]}", mode.l7.path)]
+    if result.floor is not None:
+        out.append(("floor relays", result.floor.path))
     return out
 
 
@@ -590,11 +681,15 @@ def table(result: CompareResult) -> str:
     lines.append("")
 
     lines.append(LEGEND)
-    lines += _text_table(MODE_TITLES, rows(result))
+    lines += _text_table(_titles(MODE_TITLES), rows(result))
+    lines.append("")
+    lines.append(FLOOR_TITLE)
+    lines += _wrap(FLOOR_NOTE, "")
+    lines += _text_table(FLOOR_HEAD, floor_rows(result))
     lines.append("")
     lines.append(L7_TITLE)
     lines += _pack("load to:", _l7_targets(result))
-    lines += _text_table(L7_TITLES, l7_rows(result))
+    lines += _text_table(_titles(L7_TITLES), l7_rows(result))
     lines.append("")
 
     lines.append("targets (printed, not asserted)")
@@ -908,6 +1003,16 @@ def methodology(result: CompareResult) -> list[str]:
         "engine handled the requests: its istio_requests_total (reporter waypoint, or source in "
         "the client's sidecar) grew by the requests sent. The L7 run follows the L4 ones on the "
         "smallest testbed, so it leaves their figures alone.",
+        "Floor: on the no-mesh testbed, once its own figures are taken, a floor relay takes "
+        "each node agent's place: the same BPF capture programs with the pods enrolled as the "
+        "agent enrolls them, the same listeners in each pod's network namespace, but plain TCP "
+        "between the nodes (a 2-byte header carrying the destination port to the peer relay's "
+        "15008) and every byte moved by os.splice through a pipe, never copied into Python; no "
+        "TLS, HTTP/2, identity, policy or metrics. The same throughput, latency, connection-rate "
+        "and cost runs (at the smallest pods-per-node count) go through it, and a path check "
+        "proves they did (the relays' counters and the client pod's capture counters). It is "
+        "what any user-space two-hop proxy costs on this machine, so ambient's figures as a "
+        "ratio of the floor's travel between machines better than absolute ones.",
         f"Each figure is the median of {s.repeat} repeat(s); with more than one, the range "
         "(low-high) is shown. Mesh figures sit beside the no-mesh baseline of the same run.",
         "Caveats: on a small VM such as the 2-vCPU reference machine, every process shares the "
@@ -970,6 +1075,12 @@ def write_html(result: CompareResult, path: Path, png: Path) -> None:
         _html_table(
             ["", *(MODE_TITLES[m] for m in MODES)],
             [[_e(r.label), *(_e(c) for c in r.cells)] for r in rows(result)],
+        ),
+        f"<h2>{_e(FLOOR_TITLE)}</h2>",
+        f'<p class="note">{_e(FLOOR_NOTE)}</p>',
+        _html_table(
+            ["", *FLOOR_HEAD],
+            [[_e(r.label), *(_e(c) for c in r.cells)] for r in floor_rows(result)],
         ),
         f"<h2>{_e(L7_TITLE)}</h2>",
         f'<p class="note">load to: {_e("; ".join(_l7_targets(result)))}</p>',

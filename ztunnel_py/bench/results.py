@@ -4,7 +4,8 @@ Every measured figure is a `Figure`: one value per repeat (`--repeat N`), so the
 the median and the range. A `ModeResult` holds everything measured for one data-plane mode
 ("none", "sidecar", "ambient"), its L7 section (`L7Result`: HTTP through the HTTP filter engine,
 in the waypoint or the sidecars) included; `CompareResult` holds the three modes of one run,
-the run's settings and the machine it ran on. `to_dict`/`from_dict` give the JSON file's shape.
+the floor (a `ModeResult` too, L4 only), the run's settings and the machine it ran on.
+`to_dict`/`from_dict` give the JSON file's shape.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ NONE = "none"
 SIDECAR = "sidecar"
 AMBIENT = "ambient"
 MODES = (NONE, SIDECAR, AMBIENT)
+# Not a mode of the mesh: a plaintext splice relay pair in the agents' place on the no-mesh
+# testbed (`floor.py`), what any user-space two-hop proxy costs on this machine.
+FLOOR = "floor"
 PERCENTILES = ("p50", "p90", "p99")
 
 
@@ -196,6 +200,8 @@ class CompareResult:
     published: list[Published]
     started: str
     seconds: float = 0.0
+    # the floor's L4 figures (costs at the smallest pods-per-node count only; no L7)
+    floor: ModeResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,11 +229,8 @@ class CompareResult:
                 path=PathCheck(**d["path"]),
             )
 
-        settings = data["settings"]
-        pods = settings["plan"]["pods_per_node"]
-        modes = {}
-        for name, m in data["modes"].items():
-            modes[name] = ModeResult(
+        def mode(m: dict[str, Any]) -> ModeResult:
+            return ModeResult(
                 mode=m["mode"],
                 throughput_gbps=figure(m["throughput_gbps"]),
                 latency_ms=load(Latency, m["latency_ms"]),
@@ -236,6 +239,11 @@ class CompareResult:
                 path=PathCheck(**m["path"]),
                 l7=l7(m["l7"]),
             )
+
+        settings = data["settings"]
+        pods = settings["plan"]["pods_per_node"]
+        modes = {name: mode(m) for name, m in data["modes"].items()}
+        floor = data.get("floor")
         return cls(
             settings=Settings(
                 plan=Plan(**{**settings["plan"], "pods_per_node": tuple(pods)}),
@@ -247,6 +255,7 @@ class CompareResult:
             published=[Published(**p) for p in data["published"]],
             started=str(data["started"]),
             seconds=float(data["seconds"]),
+            floor=mode(floor) if floor else None,
         )
 
 

@@ -333,11 +333,22 @@ class ProxyState:
         """The policies guarding `workload`: its namespace's, the global ones, and its selector
         policies (keys the control plane listed on the workload; unknown keys are skipped).
 
-        Compiled on the first connection after a change (about 0.1 s for 10,000 policies), so
-        each decision looks only at the rules that could match."""
-        cached = self._policies_for.get(workload.uid)
+        Compiled here on a miss (about 50 ms for 10,000 policies), so each decision looks only
+        at the rules that could match; a proxy's event loop compiles in a worker thread instead
+        (`policy_inputs`, then `install_policies`) and reads the result with `cached_policies`."""
+        cached = self.cached_policies(workload)
         if cached is not None:
             return cached
+        result = PolicySet(self.policy_inputs(workload))
+        self.install_policies(workload.uid, self.version, result)
+        return result
+
+    def cached_policies(self, workload: Workload) -> PolicySet | None:
+        """The compiled policies of `workload` under the current state, if compiled already."""
+        return self._policies_for.get(workload.uid)
+
+    def policy_inputs(self, workload: Workload) -> list[Authorization]:
+        """What `policies_for` compiles: the policies in scope of `workload`, in order."""
         found = dict(self._namespace_policies.get(workload.namespace, {}))
         found.update(self._global_policies)
         for key in workload.authorization_policies:
@@ -346,8 +357,15 @@ class ProxyState:
                 log.debug("workload %s references unknown policy %s", workload.uid, key)
             else:
                 found[key] = policy
-        result = self._policies_for[workload.uid] = PolicySet(found.values())
-        return result
+        return list(found.values())
+
+    def install_policies(self, uid: str, version: int, policies: PolicySet) -> bool:
+        """Cache a set compiled from `policy_inputs` at state `version`; refused (False) when
+        the state changed since, since the set may no longer be the one in force."""
+        if version != self.version:
+            return False
+        self._policies_for[uid] = policies
+        return True
 
     def upstream_identities(self, workload: Workload, service: Service | None) -> list[Identity]:
         """Identities an upstream may present: the workload's own, then the service's SANs."""

@@ -303,6 +303,11 @@ class Testbed:
         self.state.save()
         progress(f"testbed {self.prefix} is up")
 
+    def launch(self, record: ProcessRecord) -> None:
+        """Start a process of the caller's (a benchmark's stand-in for the mesh) in one of the
+        testbed's namespaces, recorded in the state file so `down` stops it with the rest."""
+        self._launch(record)
+
     def _add_netns(self, name: str) -> None:
         namespaces.add(name)
         ip("link", "set", "lo", "up", netns=name)

@@ -21,6 +21,7 @@ from datetime import timedelta
 import trio
 
 from ztunnel_py.agent.proxy.accounting import Tracker, carry_enforced
+from ztunnel_py.agent.proxy.policies import PolicyCompiler
 from ztunnel_py.identity.manager import CertificateManager
 from ztunnel_py.identity.tls import server_context, verify_client_identity
 from ztunnel_py.model import IPAddress, Service, SocketAddr, Workload
@@ -87,8 +88,11 @@ class Inbound:
         plaintext_idle_timeout: timedelta | None = None,
         handshakes: HandshakeLimit | None = None,
         peer_errors: PeerErrors | None = None,
+        policies: PolicyCompiler | None = None,
     ) -> None:
         self.pod_uid = pod_uid
+        # The agent's policy compiles (off the event loop), shared by every pod.
+        self.policies = policies if policies is not None else PolicyCompiler(state)
         # The agent's bound on TLS handshakes in progress, shared by every pod.
         self.handshakes = handshakes
         # The agent's record of what misbehaving clients did (rate-limited), shared too.
@@ -121,9 +125,9 @@ class Inbound:
             connect_timeout=self.connect_timeout,
         )
 
-    def _authorize(self, workload: Workload, authz: Connection, what: str) -> Decision:
+    async def _authorize(self, workload: Workload, authz: Connection, what: str) -> Decision:
         """Evaluate the workload's policies; log denials and what dry-run policies would do."""
-        decision = self.state.policies_for(workload).evaluate(authz)
+        decision = (await self.policies.policies_for(workload)).evaluate(authz)
         for dry in decision.dry_run_matches:
             log.info("dry-run policy %s would %s %s", dry.policy_key, dry.action.name, what)
         if not decision.allowed:
@@ -202,7 +206,9 @@ class Inbound:
         # stream, which cancels this task, or its connection closing) closes the app socket and
         # the connection's books: counted and logged once.
         try:
-            decision = self._authorize(workload, authz, f"{req.peer_identity} -> {req.authority}")
+            decision = await self._authorize(
+                workload, authz, f"{req.peer_identity} -> {req.authority}"
+            )
             if not decision.allowed:
                 conn.close("DENY", decision.reason)
                 await req.respond(401)
@@ -261,7 +267,12 @@ class Inbound:
         )
         conn = self.metrics.open(labels, src_addr, dst_addr)
         authz = Connection(src_ip, None, dst_ip, local[1])
-        decision = self._authorize(workload, authz, f"plaintext {src_addr} -> {dst_addr}")
+        try:
+            decision = await self._authorize(workload, authz, f"plaintext {src_addr} -> {dst_addr}")
+        except BaseException as e:
+            sock.close()
+            conn.close("CONNECT", _not_opened(e))
+            raise
         if not decision.allowed:
             sock.close()
             conn.close("DENY", decision.reason)
