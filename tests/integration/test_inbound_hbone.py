@@ -27,12 +27,13 @@ from ztunnel_py.agent.inpod import PodProxy
 from ztunnel_py.agent.proxy.inbound import Inbound
 from ztunnel_py.identity.caclient import LocalCaClient
 from ztunnel_py.identity.manager import CertificateManager
-from ztunnel_py.model import TunnelProtocol, Workload
+from ztunnel_py.model import IPAddress, TunnelProtocol, Workload
+from ztunnel_py.model.policy import Action, Authorization, PolicyScope
 from ztunnel_py.model.workload import pod_uid
 from ztunnel_py.protocol.zds import PodInfo
 from ztunnel_py.state.mesh import ProxyState
 from ztunnel_py.telemetry.metrics import Metrics
-from ztunnel_py.transport.hbone import HboneClientConnection, HboneStreamError
+from ztunnel_py.transport.hbone import HboneClientConnection, HboneStatusError, HboneStreamError
 from ztunnel_py.transport.podsockets import PodNetns
 
 STREAMS = 60
@@ -190,3 +191,44 @@ async def test_a_connection_closing_before_the_answers_closes_every_app_socket(
                 nursery.cancel_scope.cancel()
     finally:
         gc.enable()
+
+
+async def test_a_policy_that_arrives_while_the_app_is_dialled_closes_the_tunnel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Judged allowed, then denied by a policy that came before the connection was tracked for
+    late enforcement: the recheck of that change ran without it, so the tunnel itself must look
+    again, and close."""
+    caplog.set_level(logging.INFO, logger="access")
+    app = TcpApp()
+    allow_nothing = Authorization("allow-nothing", "apps", PolicyScope.NAMESPACE, Action.ALLOW, ())
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, inbound_node() as node:
+            await nursery.start(app.run)
+            inbound = node.inbound
+            dial_app = inbound._connect_app
+
+            async def dial_during_a_change(
+                src: IPAddress, dst: IPAddress, port: int
+            ) -> trio.socket.SocketType:
+                inbound.state.replace([POD], [], [allow_nothing])
+                return await dial_app(src, dst, port)
+
+            inbound._connect_app = dial_during_a_change  # type: ignore[method-assign]
+            conn = await connect(node, nursery)
+            stream = await conn.open_stream(f"127.0.0.1:{app.address[1]}")
+            with contextlib.suppress(HboneStreamError):
+                await stream.send_all(b"ping")
+                while await stream.receive_some(65536):
+                    pass
+            while app.closed < app.accepted or node.total("istio_tcp_connections_closed_total") < 1:
+                await trio.sleep(0.01)
+            assert app.accepted == 1
+            closed = [r for r in caplog.records if r.getMessage() == "connection complete"]
+            assert len(closed) == 1
+            assert "connection closed due to policy change" in str(closed[0].__dict__)
+            # A new connection is refused outright by the policy now in place.
+            with pytest.raises(HboneStatusError, match="status 401"):
+                await conn.open_stream(f"127.0.0.1:{app.address[1]}")
+            await conn.aclose()
+            nursery.cancel_scope.cancel()

@@ -74,11 +74,18 @@ async def carry_enforced(
     track: Tracker,
     description: tuple[str, str, str, str],
     authz: Connection,
+    still_allowed: Callable[[], Awaitable[bool]],
 ) -> None:
-    """`carry` an inbound connection that a later policy change may close (late enforcement)."""
+    """`carry` an inbound connection that a later policy change may close (late enforcement).
+
+    `still_allowed` judges the connection again under the current policies, once it is tracked:
+    a change that came between the first judgement and the tracking was rechecked without this
+    connection, so without a second look it would carry on under policies that deny it."""
     scope = trio.CancelScope()
     untrack = track(*description, authz=authz, scope=scope)
     with scope:
+        if not await still_allowed():
+            scope.cancel()  # the transfer starts cancelled: its sockets close, nothing relayed
         await carry(conn, transfer, a_is_peer=True, untrack=untrack)
     if scope.cancelled_caught:
         untrack()

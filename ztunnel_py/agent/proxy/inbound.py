@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import trio
@@ -134,6 +134,23 @@ class Inbound:
             log.info("denied %s: %s", what, decision.reason)
         return decision
 
+    def _judged_now(self, workload: Workload, authz: Connection) -> Callable[[], Awaitable[bool]]:
+        """Call right after `_authorize`: whether the connection is still allowed later, once it
+        is tracked. Unchanged state keeps the decision; after a change it is judged again, by
+        the current policies of the pod's current workload."""
+        judged_at = self.state.version
+
+        async def still_allowed() -> bool:
+            if self.state.version == judged_at:
+                return True
+            current = self.state.workload_by_uid(workload.uid) or workload
+            decision = (await self.policies.policies_for(current)).evaluate(authz)
+            if not decision.allowed:
+                log.info("denied after a policy change: %s (%s)", authz, decision.reason)
+            return decision.allowed
+
+        return still_allowed
+
     async def workload(self) -> Workload:
         """This pod's workload; waits briefly for the state to learn it after enrollment."""
         with trio.move_on_after(self.workload_wait):
@@ -209,6 +226,7 @@ class Inbound:
             decision = await self._authorize(
                 workload, authz, f"{req.peer_identity} -> {req.authority}"
             )
+            still_allowed = self._judged_now(workload, authz)
             if not decision.allowed:
                 conn.close("DENY", decision.reason)
                 await req.respond(401)
@@ -232,6 +250,7 @@ class Inbound:
             self.track,
             ("inbound", src_addr, req.authority, "HBONE"),
             authz,
+            still_allowed,
         )
 
     def _guess_service(self, workload: Workload, port: int) -> Service | None:
@@ -269,6 +288,7 @@ class Inbound:
         authz = Connection(src_ip, None, dst_ip, local[1])
         try:
             decision = await self._authorize(workload, authz, f"plaintext {src_addr} -> {dst_addr}")
+            still_allowed = self._judged_now(workload, authz)
         except BaseException as e:
             sock.close()
             conn.close("CONNECT", _not_opened(e))
@@ -289,4 +309,5 @@ class Inbound:
             self.track,
             ("inbound", src_addr, dst_addr, "TCP"),
             authz,
+            still_allowed,
         )
