@@ -40,16 +40,16 @@ spec:
   versions: {{primary: v1, canary: v2}}
   service: {{port: 80}}
   analysis:
-    interval: 5s
+    interval: 3s
     threshold: 2
     stepWeight: {step}
     maxWeight: {max}
     mirror: {mirror}
     metrics:
-    - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 10s}}
-    - {{name: request-duration, thresholdRange: {{max: 500}}, interval: 10s}}
+    - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 6s}}
+    - {{name: request-duration, thresholdRange: {{max: 500}}, interval: 6s}}
 """
-# A bound for every run: each step is 5 s, and the longest rhythm here has 6 of them.
+# A bound for every run: each step is 3 s, and the longest rhythm here has 6 of them.
 RUN_TIMEOUT = 90
 
 
