@@ -34,7 +34,7 @@ import ipaddress
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ztunnel_py.http.balancer import Endpoint, request_hash
@@ -92,6 +92,8 @@ class _Endpoints:
     service: Service | None
     by_address: dict[str, tuple[Workload, int]]
     endpoints: list[Endpoint]
+    # (address, HTTP/2) -> the target made for it
+    targets: dict[tuple[str, bool], UpstreamTarget] = field(default_factory=dict)
 
 
 class MeshResolver:
@@ -262,15 +264,18 @@ class MeshResolver:
         chosen = cluster.choose(found.endpoints, exclude, self._hash(ctx, cluster), self._clock())
         if chosen is None:
             return None
+        http2 = not http1 and self._http2(service, backend.port, ctx)
+        made = found.targets.get((chosen.address, http2))
+        if made is not None and made.cluster is cluster:
+            return made
         workload, port = found.by_address[chosen.address]
         ip = self._address(workload)
-        http2 = not http1 and self._http2(service, backend.port, ctx)
         connect = self._connect
 
         async def dial() -> ByteStream:
             return await connect(workload, ip, port, service)
 
-        return UpstreamTarget(
+        made = found.targets[(chosen.address, http2)] = UpstreamTarget(
             key=(cluster.name, workload.uid, str(ip or workload.hostname), port),
             address=chosen.address,
             http2=http2,
@@ -278,6 +283,7 @@ class MeshResolver:
             info=workload,
             cluster=cluster,
         )
+        return made
 
     def dump(self) -> dict[str, Any]:
         """`/config_dump` section `clusters`: each cluster's policy, counters and outlier
