@@ -31,10 +31,12 @@ import trio
 
 __all__ = [
     "ByteStream",
+    "InputWatch",
     "RelayError",
     "Resettable",
     "SendsNowait",
     "SocketByteStream",
+    "WatchesInput",
     "close_with_reset",
     "relay",
     "splice_relay",
@@ -85,6 +87,24 @@ class SendsNowait(Protocol):
     """
 
     def send_nowait(self, data: Bytes) -> int: ...
+
+
+InputWatch = Callable[[bool, Exception | None], None]
+
+
+@runtime_checkable
+class WatchesInput(Protocol):
+    """A stream that can say, without a task waiting in `receive_some`, when input arrives
+    (`HboneStream`).
+
+    `watch_input(callback)` calls `callback` once, from whichever task delivers it, when the
+    next thing a `receive_some` would return or raise arrives: `(False, None)` for data,
+    `(True, None)` for the peer's end of stream, `(False, error)` for a failure. If something
+    is there already it returns False and does not watch (read it instead).
+    `watch_input(None)` stops watching.
+    """
+
+    def watch_input(self, callback: InputWatch | None) -> bool: ...
 
 
 class RelayError(Exception):

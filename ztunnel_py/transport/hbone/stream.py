@@ -31,6 +31,7 @@ from ztunnel_py.model.identity import Identity
 from ztunnel_py.protocol.hbone import ErrorCodes, Header
 from ztunnel_py.transport.hbone.buffers import RecvBuffer
 from ztunnel_py.transport.hbone.errors import HboneStreamError
+from ztunnel_py.transport.relay import InputWatch
 
 __all__ = ["HboneStream", "StreamHost"]
 
@@ -98,6 +99,7 @@ class HboneStream:
         self._writable: trio.Event | None = None
         self._receiving = False
         self._sending = False
+        self._input_watch: InputWatch | None = None
 
     @property
     def peer_identity(self) -> Identity | None:
@@ -287,9 +289,34 @@ class HboneStream:
 
     def _close(self) -> None:
         self._closed = True
+        self._input_watch = None
         self._release_all()
         self._host.detach(self)
         self._wake()
+
+    def watch_input(self, callback: InputWatch | None) -> bool:
+        """Call `callback` once when input arrives for `receive_some`; False if some is there
+        already (see `relay.WatchesInput`): how an HTTP/1.1 server notices a client that went
+        away while it answers, without a task reading meanwhile."""
+        if callback is not None and (
+            self._queue or self._eof_received or self._error or self._closed
+        ):
+            self._input_watch = None
+            return False
+        self._input_watch = callback
+        return True
+
+    def _input_arrived(self) -> None:
+        callback = self._input_watch
+        if callback is None:
+            return
+        self._input_watch = None
+        if self._queue:
+            callback(False, None)
+        elif self._eof_received:
+            callback(True, None)
+        else:
+            callback(False, self._error)
 
     def _wake(self) -> None:
         if self._readable is not None:
@@ -309,12 +336,14 @@ class HboneStream:
         self._queue.append((view, buffer))
         if self._readable is not None:
             self._readable.set()
+        self._input_arrived()
 
     def deliver_eof(self) -> None:
         """The peer half-closed."""
         self._eof_received = True
         if self._readable is not None:
             self._readable.set()
+        self._input_arrived()
         self._detach_if_finished()
 
     def deliver_response(self, status: int, headers: tuple[Header, ...]) -> None:
@@ -334,6 +363,7 @@ class HboneStream:
             self._error = error
         self._host.detach(self)
         self._wake()
+        self._input_arrived()
 
     def discard(self) -> None:
         """The CONNECT was answered with a non-200 status: the stream ended before carrying
