@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -100,6 +101,7 @@ class HboneStream:
         self._receiving = False
         self._sending = False
         self._input_watch: InputWatch | None = None
+        self._forward: Callable[[memoryview], int] | None = None
 
     @property
     def peer_identity(self) -> Identity | None:
@@ -294,6 +296,12 @@ class HboneStream:
         self._host.detach(self)
         self._wake()
 
+    def forward_input(self, sink: Callable[[memoryview], int] | None) -> None:
+        """Offer data that arrives while a reader waits to `sink` first (see
+        `relay.ForwardsInput`): the relay's pump then sleeps through small messages, which go
+        on from the connection's reader."""
+        self._forward = sink
+
     def watch_input(self, callback: InputWatch | None) -> bool:
         """Call `callback` once when input arrives for `receive_some`; False if some is there
         already (see `relay.WatchesInput`): how an HTTP/1.1 server notices a client that went
@@ -331,7 +339,21 @@ class HboneStream:
     # -- called by the connection --------------------------------------------------------
 
     def deliver_data(self, view: memoryview, buffer: RecvBuffer) -> None:
-        """Queue received payload, a slice of `buffer` (pinned until consumed)."""
+        """Queue received payload, a slice of `buffer` (pinned until consumed); or hand it to
+        the forwarding sink first when a reader waits with nothing queued."""
+        forward = self._forward
+        if forward is not None and self._receiving and not self._queue:
+            try:
+                taken = forward(view)
+            except Exception:
+                # the reader meets the failure itself, with the data
+                self._forward = None
+                taken = 0
+            if taken:
+                self._host.consumed(self.stream_id, taken)
+                if taken == len(view):
+                    return
+                view = view[taken:]
         buffer.pin()
         self._queue.append((view, buffer))
         if self._readable is not None:
