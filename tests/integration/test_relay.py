@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -367,3 +369,59 @@ async def test_splice_relay_closes_a_connection_idle_either_way() -> None:
     assert await a_far.recv(1) == b"" and await b_far.recv(1) == b""
     a_far.close()
     b_far.close()
+
+
+@asynccontextmanager
+async def meshed(
+    backend: Callable[[trio.socket.SocketType], Awaitable[None]],
+) -> AsyncIterator[tuple[Mesh, trio.socket.SocketType]]:
+    """A client socket through `Mesh` to `backend`, with the mesh for its counts."""
+    back_listener, back_address = await listen()
+    front_listener, front_address = await listen()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, back_listener, backend, nursery)
+        box: list[Mesh] = []
+
+        async def inbound(request: HboneRequest) -> None:
+            await box[0].inbound(request)
+
+        async with hbone_server(inbound) as server:
+            box.append(Mesh(back_address, await dial(server.address, nursery)))
+            nursery.start_soon(serve, front_listener, box[0].outbound, nursery)
+            yield box[0], await tcp_connect(front_address)
+            await box[0].conn.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_small_messages_to_a_slow_reader_arrive_in_order_and_counted() -> None:
+    # Each side's HBONE reader hands data straight to the waiting relay's socket when it can;
+    # a reader that lags makes those writes take part of a message, or none, so what follows
+    # must queue behind the rest.
+    rand = random.Random(7)
+    messages = [rand.randbytes(rand.randint(1, 3000)) for _ in range(1000)]
+    payload = b"".join(messages)
+
+    async def backend(sock: trio.socket.SocketType) -> None:
+        with sock:
+            for i, message in enumerate(messages):
+                await send_all(sock, message)
+                if i % 100 == 0:
+                    await trio.sleep(0.001)
+            await recv_all(sock)
+
+    with trio.fail_after(30):
+        async with meshed(backend) as (mesh, client):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.shutdown(socket.SHUT_WR)
+            received = bytearray()
+            while chunk := await client.recv(5000):
+                received += chunk
+                if len(received) < len(payload) // 2:
+                    await trio.sleep(0.0005)
+            client.close()
+            assert received == payload
+            while not mesh.inbound_counts or not mesh.outbound_counts:
+                await trio.sleep(0.01)
+            assert mesh.outbound_counts == [(0, len(payload))]
+            assert mesh.inbound_counts == [(0, len(payload))]
+            assert mesh.errors == []

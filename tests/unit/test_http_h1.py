@@ -781,3 +781,24 @@ def test_our_server_parses_requests_as_h11_does(
     assert our_state == ref_state, (wire, ref_seen, our_seen)
     if ref_state == "ok":
         assert _merged(our_seen) == _comparable(ref_seen), wire
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("x-a", "v\r\nx-injected: 1"),  # a value smuggling a field line
+        ("x-a", "v\nx-injected: 1"),
+        ("x-a: v\r\nx-injected", "1"),  # a name smuggling one
+        ("x-a: v", "1"),  # a name that would read as a field with a value
+        ("x a", "1"),
+        ("", "1"),
+        ("x-a", " leading space"),
+        ("x-a", "nul\x00"),
+    ],
+)
+def test_client_refuses_fields_that_would_break_the_head(name: str, value: str) -> None:
+    client = H1Client()
+    head = RequestHead("GET", "/", "a", Headers.trusted([("accept", "*/*"), (name, value)]))
+    with pytest.raises(HttpCodecError):
+        client.send_headers(client.stream_id, head, end_stream=True)
+    assert client.data_to_send() == b""

@@ -327,3 +327,28 @@ def test_passthrough_goes_to_the_address_the_client_dialled() -> None:
     pod_call.service = ECHO
     target = r.target(pod_call, Backend(ECHO, 80), (), http1=False)
     assert target is not None and target.address == "10.244.2.10:8080"
+
+
+def test_remembered_endpoints_follow_state_changes() -> None:
+    # the resolver remembers a backend's endpoints between requests: a change of the workload
+    # state must show at the next request, in both directions
+    state = mesh()
+    r = resolver(state, L7State())
+    c = ctx("10.96.0.10:80")
+    r.routes(c)
+    both = {r.target(c, Backend(ECHO, 80), (), http1=False) for _ in range(40)}
+    assert {t.address for t in both if t} == {"10.244.1.10:8080", "10.244.2.10:8080"}
+    sick = state.workload_by_ip(ip("10.244.1.10"))
+    assert sick is not None
+    state.apply_delta(workloads=[Workload(**{**_fields(sick), "status": WorkloadStatus.UNHEALTHY})])
+    picks = {r.target(c, Backend(ECHO, 80), (), http1=False) for _ in range(20)}
+    assert {t.address for t in picks if t} == {"10.244.2.10:8080"}
+    state.apply_delta(workloads=[sick])
+    again = {r.target(c, Backend(ECHO, 80), (), http1=False) for _ in range(40)}
+    assert {t.address for t in again if t} == {"10.244.1.10:8080", "10.244.2.10:8080"}
+    # the service the authority names is looked up again once it is gone
+    echo = state.service_by_vip(ip("10.96.0.10"))
+    assert echo is not None
+    state.apply_delta(removed_services=[echo.key])
+    gone = ctx("10.96.0.10:80")
+    assert r.routes(gone) == ()

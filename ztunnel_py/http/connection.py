@@ -26,6 +26,12 @@ side is shut, input is read and dropped for up to `LINGER` seconds, then the soc
 Closing with unread input would make the kernel answer with a reset, which can destroy the
 response before the client read it.
 
+Over a stream that reports arriving input without a reader (`WatchesInput`: an HBONE stream,
+the waypoint's downstream), a complete HTTP/1.1 request that can switch no protocol is handled
+in the reader's own task: nothing is left to read for it, and the stream's callback does the
+watching for the client's close. This saves a task and two scheduler rounds per request; a
+request with a body still arriving, or one behind which input is already waiting, gets a task.
+
 Errors: a stream reset by the peer, or whose connection ended, raises `StreamError` from its
 reads and writes. Each request handler runs in its own cancel scope: a reset stream cancels its
 handler, and an HTTP/2 connection refuses new streams (REFUSED_STREAM) while
@@ -65,7 +71,7 @@ from ztunnel_py.http.events import (
 from ztunnel_py.http.h1 import H1Client, H1Server, HttpCodecError
 from ztunnel_py.http.h2 import MAX_CONCURRENT_STREAMS, PREFACE, H2Client, H2Server
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
-from ztunnel_py.transport.relay import ByteStream, SendsNowait
+from ztunnel_py.transport.relay import ByteStream, SendsNowait, WatchesInput
 
 log = logging.getLogger(__name__)
 
@@ -653,6 +659,12 @@ class ServerConnection(_Connection):
         self._current: ServerStream | None = None
         # HTTP/1.1: bytes received while a response was being made (a pipelined request)
         self._held = b""
+        # HTTP/1.1 over a stream that reports input without a reader: complete requests are
+        # handled in the reader's task (`_run_inline`), the next one to run is kept here
+        self._watch = (
+            stream if isinstance(codec, H1Server) and isinstance(stream, WatchesInput) else None
+        )
+        self._inline: ServerStream | None = None
         # HTTP/2 abuse accounting: streams opened, and reset by the client before a response
         self.opened = 0
         self.early_resets = 0
@@ -735,9 +747,11 @@ class ServerConnection(_Connection):
                 self.end_all(self.reason or "client closed the connection before the response")
             return
         # the next request (pipelined, or sent after this response): kept for when this
-        # exchange is over
+        # exchange is over (usually over already: no wait then, a wait would cost a trip
+        # through the scheduler)
         self._held = data
-        await current.done.wait()
+        if not current.done.is_set():
+            await current.done.wait()
 
     async def _feed(self, data: bytes) -> None:
         """Feed received bytes (`b""`: the peer closed) and act on the events."""
@@ -759,6 +773,9 @@ class ServerConnection(_Connection):
                 await self.dispatch(ev)
         await self.flush()
         await self._check_abuse()
+        inline, self._inline = self._inline, None
+        if inline is not None:
+            await self._run_inline(inline)
 
     async def _check_abuse(self) -> None:
         """Close an HTTP/2 connection that resets most of its streams before any response (as
@@ -792,7 +809,40 @@ class ServerConnection(_Connection):
         if isinstance(codec, H1Server):
             self._current = s
         self._pending += 1
+        if (
+            self._watch is not None
+            and ev.end_stream
+            and ev.head.method != "CONNECT"
+            and "upgrade" not in ev.head.headers
+        ):
+            # run in this task once the events at hand are dispatched (`_dispatch_events`)
+            self._inline = s
+            return
         self._nursery.start_soon(self._run_handler, s)
+
+    async def _run_inline(self, s: ServerStream) -> None:
+        """Run the handler of a complete HTTP/1.1 request in the reader's task, unless input
+        is there already (the next request, or the client's close: the task path reads it as
+        before). Nothing is left to read for this request, and the stream tells us if the
+        client goes away meanwhile (what `_await_response` would read), so the task per
+        request and its wakeups are saved."""
+        watch = self._watch
+        assert watch is not None and self._nursery is not None
+        if not watch.watch_input(self._client_input):
+            self._nursery.start_soon(self._run_handler, s)
+            return
+        try:
+            await self._run_handler(s)
+        finally:
+            watch.watch_input(None)
+
+    def _client_input(self, eof: bool, error: Exception | None) -> None:
+        # as `_await_response` acts on what it reads while a response is being made; data is
+        # the next request, read once this exchange is over (the watch ends with it)
+        if error is not None:
+            self.end_all(f"connection lost: {error}")
+        elif eof:
+            self.end_all(self.reason or "client closed the connection before the response")
 
     async def _run_handler(self, s: ServerStream) -> None:
         try:

@@ -85,6 +85,9 @@ class Downstream:
     mtls: bool = True
     # peer metadata the client's agent sent (HBONE `baggage`: k8s.namespace.name, ...)
     baggage: Mapping[str, str] = field(default_factory=dict)
+    # per-connection scratch space: what the app derives from the connection once, not per
+    # request
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -66,6 +66,10 @@ _FIELD_VALUE = r"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
 _FIELD_LINE = re.compile(rf"({_TOKEN}):[ \t]*({_FIELD_VALUE})[ \t]*", re.ASCII)
 _NAME = re.compile(_TOKEN, re.ASCII)
 _VALUE = re.compile(_FIELD_VALUE, re.ASCII)
+_FIELD_BLOCK = re.compile(rf"(?:{_TOKEN}: {_FIELD_VALUE}\r\n)*", re.ASCII)
+# header names `_encode_fields` has seen valid (bounded: a peer may send any names)
+_VALID_NAMES: set[str] = set()
+_MAX_VALID_NAMES = 1024
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])", re.ASCII)
 _STATUS_LINE = re.compile(r"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?", re.ASCII)
 _TARGET = re.compile(r"[\x21-\x7e]+", re.ASCII)
@@ -200,7 +204,26 @@ def _unfold(lines: list[str]) -> list[str]:
 
 
 def _encode_fields(fields: list[tuple[str, str]], out: list[str]) -> None:
-    """Append `name: value\\r\\n` for each field, refusing what could break the message."""
+    """Append `name: value\\r\\n` for each field, refusing what could break the message.
+
+    Names are checked against those already seen valid (a few dozen in practice), values
+    together with one match: once every name is a token (no colon, no whitespace), the block
+    parses as field lines with exactly one CRLF per field only if no value holds a CR, LF or
+    NUL (a CRLF inside a value would add one). The field at fault is then found field by
+    field."""
+    names_ok = True
+    for n, _ in fields:
+        if n not in _VALID_NAMES:
+            if _NAME.fullmatch(n) is None:
+                names_ok = False
+                break
+            if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+                _VALID_NAMES.add(n)
+    if names_ok:
+        block = "".join([f"{n}: {v}\r\n" for n, v in fields])
+        if _FIELD_BLOCK.fullmatch(block) is not None and block.count("\r\n") == len(fields):
+            out.append(block)
+            return
     name_ok, value_ok = _NAME.fullmatch, _VALUE.fullmatch
     for n, v in fields:
         if name_ok(n) is None:

@@ -22,6 +22,10 @@ port's
 application protocol: HTTP/2 for `http2` and `grpc` ports, HTTP/1.1 for `http`, and the client's
 own protocol when the port does not say (Istio's auto-detected ports), except that an upgrade
 always goes over HTTP/1.1.
+
+What every request would otherwise work out again from the same state (the destination an
+`:authority` names, a backend's endpoints with their balancer addresses) is remembered until the
+workload state or the L7 state changes (their `version`s), so a request costs a lookup.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import ipaddress
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ztunnel_py.http.balancer import Endpoint, request_hash
@@ -80,6 +85,17 @@ def _ip(text: str) -> IPAddress | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Endpoints:
+    """A backend's endpoints as the balancer sees them, by balancer address."""
+
+    service: Service | None
+    by_address: dict[str, tuple[Workload, int]]
+    endpoints: list[Endpoint]
+    # (address, HTTP/2) -> the target made for it
+    targets: dict[tuple[str, bool], UpstreamTarget] = field(default_factory=dict)
+
+
 class MeshResolver:
     def __init__(
         self,
@@ -97,6 +113,18 @@ class MeshResolver:
         self._clock = clock
         self._defaults: dict[tuple[str, int], tuple[Route, ...]] = {}
         self._clusters: dict[tuple[str, str, int], Cluster] = {}
+        # per-request work remembered for the state versions in `_memo_for`
+        self._memo_for = (-1, -1)
+        self._destinations: dict[str, tuple[Service | None, Workload | None, int]] = {}
+        self._endpoint_sets: dict[tuple[str, str, str, int], _Endpoints] = {}
+
+    def _fresh_memo(self) -> None:
+        """Forget what was remembered for older state (and bound what is remembered)."""
+        versions = (self._state.version, self._l7.version)
+        if versions != self._memo_for or len(self._destinations) + len(self._endpoint_sets) > 4096:
+            self._memo_for = versions
+            self._destinations.clear()
+            self._endpoint_sets.clear()
 
     def _default(self, service: str, port: int) -> tuple[Route, ...]:
         routes = self._defaults.get((service, port))
@@ -109,7 +137,15 @@ class MeshResolver:
 
     def destination(self, ctx: RequestContext) -> tuple[Service | None, Workload | None, int]:
         """The service (or, for a workload waypoint, the workload) the client addressed."""
-        host, port = split_authority(ctx.downstream.destination)
+        self._fresh_memo()
+        authority = ctx.downstream.destination
+        found = self._destinations.get(authority)
+        if found is None:
+            found = self._destinations[authority] = self._look_up(authority)
+        return found
+
+    def _look_up(self, authority: str) -> tuple[Service | None, Workload | None, int]:
+        host, port = split_authority(authority)
         ip = _ip(host)
         if ip is None or port is None:
             return None, None, 0
@@ -199,25 +235,47 @@ class MeshResolver:
             keys[cluster.name] = key
         return keys[cluster.name]
 
+    def _endpoint_set(self, ctx: RequestContext, backend: Backend, cluster: Cluster) -> _Endpoints:
+        # remembered unless it depends on the request (a pod addressed directly, PASSTHROUGH)
+        cacheable = (
+            backend.service != WORKLOAD_BACKEND
+            and cluster.policy.load_balancer.kind is not LoadBalancerKind.PASSTHROUGH
+        )
+        key = (ctx.service, backend.service, backend.subset, backend.port)
+        if cacheable:
+            self._fresh_memo()
+            found = self._endpoint_sets.get(key)
+            if found is not None:
+                return found
+        service, candidates = self._candidates(ctx, backend, cluster)
+        by_address = {_endpoint_address(w, p): (w, p) for w, p in candidates}
+        endpoints = [Endpoint(a, w.capacity) for a, (w, _) in by_address.items()]
+        found = _Endpoints(service, by_address, endpoints)
+        if cacheable:
+            self._endpoint_sets[key] = found
+        return found
+
     def target(
         self, ctx: RequestContext, backend: Backend, exclude: Collection[str], *, http1: bool
     ) -> UpstreamTarget | None:
         cluster = self.cluster(ctx, backend)
-        service, candidates = self._candidates(ctx, backend, cluster)
-        by_address = {_endpoint_address(w, p): (w, p) for w, p in candidates}
-        endpoints = [Endpoint(a, w.capacity) for a, (w, _) in by_address.items()]
-        chosen = cluster.choose(endpoints, exclude, self._hash(ctx, cluster), self._clock())
+        found = self._endpoint_set(ctx, backend, cluster)
+        service = found.service
+        chosen = cluster.choose(found.endpoints, exclude, self._hash(ctx, cluster), self._clock())
         if chosen is None:
             return None
-        workload, port = by_address[chosen.address]
-        ip = self._address(workload)
         http2 = not http1 and self._http2(service, backend.port, ctx)
+        made = found.targets.get((chosen.address, http2))
+        if made is not None and made.cluster is cluster:
+            return made
+        workload, port = found.by_address[chosen.address]
+        ip = self._address(workload)
         connect = self._connect
 
         async def dial() -> ByteStream:
             return await connect(workload, ip, port, service)
 
-        return UpstreamTarget(
+        made = found.targets[(chosen.address, http2)] = UpstreamTarget(
             key=(cluster.name, workload.uid, str(ip or workload.hostname), port),
             address=chosen.address,
             http2=http2,
@@ -225,6 +283,7 @@ class MeshResolver:
             info=workload,
             cluster=cluster,
         )
+        return made
 
     def dump(self) -> dict[str, Any]:
         """`/config_dump` section `clusters`: each cluster's policy, counters and outlier

@@ -215,16 +215,41 @@ def _text_value(value: object) -> str:
 
 
 def _escaped(text: str) -> str:
+    if text.isprintable():
+        # no control character (every one `_CONTROL` matches is unprintable): no regex pass
+        return text
     return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
+def _text_fields(fields: object) -> str:
+    """A record's fields as text (None values left out). A line per request goes through here:
+    the common value types are told apart by `type` inline rather than by a call each."""
+    if not isinstance(fields, dict):
+        return ""
+    out = []
+    for k, v in fields.items():
+        if v is None:
+            continue
+        kind = type(v)
+        if kind is str:
+            text = _quoted(v)
+        elif kind is int:
+            text = str(v)
+        elif kind is Display:
+            text = str.__str__(v)
+        else:
+            text = _text_value(v)
+        out.append(f"{_escaped(k)}={text}")
+    return " ".join(out)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = _escaped(record.getMessage())
         parts = [_timestamp(record), _level(record), _target(record), message]
-        fields = _fields(record)
+        fields = _text_fields(getattr(record, "fields", None))
         if fields:
-            parts.append(" ".join(f"{_escaped(k)}={_text_value(v)}" for k, v in fields.items()))
+            parts.append(fields)
         line = "\t".join(parts)
         if record.exc_info:
             trace = self.formatException(record.exc_info).splitlines()

@@ -31,10 +31,13 @@ import trio
 
 __all__ = [
     "ByteStream",
+    "ForwardsInput",
+    "InputWatch",
     "RelayError",
     "Resettable",
     "SendsNowait",
     "SocketByteStream",
+    "WatchesInput",
     "close_with_reset",
     "relay",
     "splice_relay",
@@ -85,6 +88,40 @@ class SendsNowait(Protocol):
     """
 
     def send_nowait(self, data: Bytes) -> int: ...
+
+
+InputWatch = Callable[[bool, Exception | None], None]
+
+
+@runtime_checkable
+class WatchesInput(Protocol):
+    """A stream that can say, without a task waiting in `receive_some`, when input arrives
+    (`HboneStream`).
+
+    `watch_input(callback)` calls `callback` once, from whichever task delivers it, when the
+    next thing a `receive_some` would return or raise arrives: `(False, None)` for data,
+    `(True, None)` for the peer's end of stream, `(False, error)` for a failure. If something
+    is there already it returns False and does not watch (read it instead).
+    `watch_input(None)` stops watching.
+    """
+
+    def watch_input(self, callback: InputWatch | None) -> bool: ...
+
+
+@runtime_checkable
+class ForwardsInput(Protocol):
+    """A stream whose arriving data can go straight on from the task that delivers it
+    (`HboneStream`).
+
+    After `forward_input(sink)`, data that arrives while a task waits in `receive_some` with
+    nothing queued is first offered to `sink`, which takes what it can without waiting and
+    returns how much (as `SendsNowait.send_nowait`); only the rest is queued for
+    `receive_some`, so a relay moving small messages needs no wakeup for them. A sink that
+    raises is dropped and the data queued, for the reader to meet the failure itself.
+    `forward_input(None)` stops it.
+    """
+
+    def forward_input(self, sink: Callable[[memoryview], int] | None) -> None: ...
 
 
 class RelayError(Exception):
@@ -185,6 +222,17 @@ async def relay(a: ByteStream, b: ByteStream, *, chunk: int = RELAY_CHUNK) -> tu
         # What the destination takes at once needs no scheduler trip (the receive that comes
         # next is the loop's checkpoint); `send_all` waits for the rest.
         send_nowait = dst.send_nowait if isinstance(dst, SendsNowait) else None
+        forwards = send_nowait is not None and isinstance(src, ForwardsInput)
+        if forwards:
+            assert send_nowait is not None and isinstance(src, ForwardsInput)
+            nowait = send_nowait
+
+            def forward(view: memoryview) -> int:
+                taken = nowait(view)
+                counts[index] += taken
+                return taken
+
+            src.forward_input(forward)
         try:
             while True:
                 data = await receive(chunk)
@@ -198,6 +246,10 @@ async def relay(a: ByteStream, b: ByteStream, *, chunk: int = RELAY_CHUNK) -> tu
         except Exception as e:
             failures.append(e)
             nursery.cancel_scope.cancel()
+        finally:
+            if forwards:
+                assert isinstance(src, ForwardsInput)
+                src.forward_input(None)
 
     try:
         async with trio.open_nursery() as nursery:

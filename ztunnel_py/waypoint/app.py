@@ -102,6 +102,8 @@ from ztunnel_py.xds.convert import WORKLOAD_DECODERS
 from ztunnel_py.xds.l7convert import L7_DECODERS
 
 log = logging.getLogger("ztunnel_py.waypoint")
+# destination workloads whose telemetry Peer is kept (the dict is emptied past this)
+_MAX_PEERS = 4096
 
 
 class Unavailable(Filter):
@@ -216,6 +218,8 @@ class Waypoint:
         self.me = me
         self._chains = _Chains()
         self._rng = random.Random()
+        # id(workload) -> (the workload, its Peer) for the destination's telemetry
+        self._destination_peers: dict[int, tuple[Workload, Peer]] = {}
         # Istio names a proxy's spans by its cluster, `<workload>.<namespace>`
         self.spans = SpanExporters(f"{me.gateway}.{me.namespace}", self._collector_addresses)
         # resolving ServiceEntry endpoints known by name, from the waypoint's own netns
@@ -419,11 +423,20 @@ class Waypoint:
         return self.state.service_by_key(ctx.service) if ctx.service else None
 
     def _source_peer(self, ctx: Any) -> Peer:
+        # the same for every request of a connection while the workload state stays the same
         down: Downstream = ctx.downstream
+        version = self.state.version
+        known = down.state.get("source_peer")
+        if known is not None and known[0] == version:
+            peer: Peer = known[1]
+            return peer
         if down.baggage:
-            return Peer.from_baggage(dict(down.baggage), down.peer_identity)
-        host = SocketAddr.parse(down.peer_address).ip
-        return Peer.of(self.state.workload_by_ip(host), down.peer_identity)
+            peer = Peer.from_baggage(dict(down.baggage), down.peer_identity)
+        else:
+            host = SocketAddr.parse(down.peer_address).ip
+            peer = Peer.of(self.state.workload_by_ip(host), down.peer_identity)
+        down.state["source_peer"] = (version, peer)
+        return peer
 
     def _record_mirror(self, ctx: Any, outcome: MirrorOutcome) -> None:
         """A mirrored copy in the request metrics, under the shadow host (`-shadow`) so the
@@ -450,7 +463,18 @@ class Waypoint:
 
     def _destination_peer(self, ctx: Any) -> Peer:
         workload = ctx.upstream_info if isinstance(ctx.upstream_info, Workload) else None
-        return Peer.of(workload, None)
+        if workload is None:
+            return Peer.of(None, None)
+        # workloads are immutable: each one's Peer is made once (kept by identity, as hashing a
+        # workload would cost more than making its Peer)
+        known = self._destination_peers.get(id(workload))
+        if known is not None and known[0] is workload:
+            return known[1]
+        if len(self._destination_peers) > _MAX_PEERS:
+            self._destination_peers.clear()
+        peer = Peer.of(workload, None)
+        self._destination_peers[id(workload)] = (workload, peer)
+        return peer
 
     # --- tracing --------------------------------------------------------------------------------
 

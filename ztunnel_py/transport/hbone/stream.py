@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -31,6 +32,7 @@ from ztunnel_py.model.identity import Identity
 from ztunnel_py.protocol.hbone import ErrorCodes, Header
 from ztunnel_py.transport.hbone.buffers import RecvBuffer
 from ztunnel_py.transport.hbone.errors import HboneStreamError
+from ztunnel_py.transport.relay import InputWatch
 
 __all__ = ["HboneStream", "StreamHost"]
 
@@ -98,6 +100,8 @@ class HboneStream:
         self._writable: trio.Event | None = None
         self._receiving = False
         self._sending = False
+        self._input_watch: InputWatch | None = None
+        self._forward: Callable[[memoryview], int] | None = None
 
     @property
     def peer_identity(self) -> Identity | None:
@@ -287,9 +291,40 @@ class HboneStream:
 
     def _close(self) -> None:
         self._closed = True
+        self._input_watch = None
         self._release_all()
         self._host.detach(self)
         self._wake()
+
+    def forward_input(self, sink: Callable[[memoryview], int] | None) -> None:
+        """Offer data that arrives while a reader waits to `sink` first (see
+        `relay.ForwardsInput`): the relay's pump then sleeps through small messages, which go
+        on from the connection's reader."""
+        self._forward = sink
+
+    def watch_input(self, callback: InputWatch | None) -> bool:
+        """Call `callback` once when input arrives for `receive_some`; False if some is there
+        already (see `relay.WatchesInput`): how an HTTP/1.1 server notices a client that went
+        away while it answers, without a task reading meanwhile."""
+        if callback is not None and (
+            self._queue or self._eof_received or self._error or self._closed
+        ):
+            self._input_watch = None
+            return False
+        self._input_watch = callback
+        return True
+
+    def _input_arrived(self) -> None:
+        callback = self._input_watch
+        if callback is None:
+            return
+        self._input_watch = None
+        if self._queue:
+            callback(False, None)
+        elif self._eof_received:
+            callback(True, None)
+        else:
+            callback(False, self._error)
 
     def _wake(self) -> None:
         if self._readable is not None:
@@ -304,17 +339,33 @@ class HboneStream:
     # -- called by the connection --------------------------------------------------------
 
     def deliver_data(self, view: memoryview, buffer: RecvBuffer) -> None:
-        """Queue received payload, a slice of `buffer` (pinned until consumed)."""
+        """Queue received payload, a slice of `buffer` (pinned until consumed); or hand it to
+        the forwarding sink first when a reader waits with nothing queued."""
+        forward = self._forward
+        if forward is not None and self._receiving and not self._queue:
+            try:
+                taken = forward(view)
+            except Exception:
+                # the reader meets the failure itself, with the data
+                self._forward = None
+                taken = 0
+            if taken:
+                self._host.consumed(self.stream_id, taken)
+                if taken == len(view):
+                    return
+                view = view[taken:]
         buffer.pin()
         self._queue.append((view, buffer))
         if self._readable is not None:
             self._readable.set()
+        self._input_arrived()
 
     def deliver_eof(self) -> None:
         """The peer half-closed."""
         self._eof_received = True
         if self._readable is not None:
             self._readable.set()
+        self._input_arrived()
         self._detach_if_finished()
 
     def deliver_response(self, status: int, headers: tuple[Header, ...]) -> None:
@@ -334,6 +385,7 @@ class HboneStream:
             self._error = error
         self._host.detach(self)
         self._wake()
+        self._input_arrived()
 
     def discard(self) -> None:
         """The CONNECT was answered with a non-200 status: the stream ended before carrying
