@@ -88,10 +88,11 @@ async def test_a_large_compile_runs_off_the_event_loop() -> None:
         nursery.start_soon(ticker)
         await trio.sleep(0.01)
         nursery.start_soon(connection)
-    assert inline > 0.02
+    assert inline > 0.005  # long enough for the loop to get the GIL during it
     # Compiled on the event loop, the compile would let nothing else run until it was done
-    # (no tick); in the worker thread, the loop keeps running in the GIL's 5 ms slices.
-    assert during[0] >= 3
+    # (no tick); in the worker thread, the loop keeps running in the GIL's 5 ms slices (how
+    # many of them it gets depends on the machine's load: one shows it was not blocked).
+    assert during[0] >= 1
     assert compiler.compiles == 1 and state.cached_policies(server) is not None
 
 
