@@ -385,6 +385,7 @@ async def test_captured_connections_spread_over_a_reuseport_group_at_tc(
     # Since Linux 6.5 tc may assign a listener of a group, and the kernel runs the group's
     # selection (by the connection's hash) when it takes the socket from the packet: every
     # listener of the group gets connections, which is what lets several processes share them.
+    # (Before 6.5 the lookup program takes these connections instead: the next test's path.)
     async with scene(topo, enrolled) as s:
         other = ToyAgent(topo.pod, enrolled)
         async with trio.open_nursery() as other_nursery:
