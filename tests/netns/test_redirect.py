@@ -434,23 +434,44 @@ async def test_connections_the_lookup_program_assigns_spread_over_a_reuseport_gr
     # A SYN on the tuple of a TIME_WAIT socket takes the socket lookup program's way: it
     # assigns the one listener registered for the port (the last agent to register), and the
     # kernel runs the reuseport selection on that too. The toy agents close 15008 connections
-    # first, so each first connection leaves a TIME_WAIT socket in the pod for the second.
+    # first, so each connection leaves a TIME_WAIT socket in the pod for the next on its tuple.
     sports = range(62000, 62000 + SPREAD)
+    rem = topo.fds["rem"]
     async with scene(topo, enrolled) as s:
         other = ToyAgent(topo.pod, enrolled)
-        await s.nursery.start(other.run)
-        for sport in sports:
-            assert await connect_from_port(topo.fds["rem"], (POD4, 15008), sport) == b"hbone\n"
-        assert time_wait_ports(topo.name("pod"), 15008) >= set(sports)
-        first = (split(s.agent.accepted, 15008), split(other.accepted, 15008))
-        for sport in sports:
-            assert await connect_from_port(topo.fds["rem"], (POD4, 15008), sport) == b"hbone\n"
-        second = (
-            split(s.agent.accepted, 15008) - first[0],
-            split(other.accepted, 15008) - first[1],
-        )
-        assert sum(second) == SPREAD
-        assert min(second) >= SPREAD_MIN, second
+        async with trio.open_nursery() as other_nursery:
+            await other_nursery.start(other.run)
+            for sport in sports:
+                assert await connect_from_port(rem, (POD4, 15008), sport) == b"hbone\n"
+            assert time_wait_ports(topo.name("pod"), 15008) >= set(sports)
+            first = (split(s.agent.accepted, 15008), split(other.accepted, 15008))
+            for sport in sports:
+                assert await connect_from_port(rem, (POD4, 15008), sport) == b"hbone\n"
+            second = (
+                split(s.agent.accepted, 15008) - first[0],
+                split(other.accepted, 15008) - first[1],
+            )
+            assert sum(second) == SPREAD
+            assert min(second) >= SPREAD_MIN, second
+            other_nursery.cancel_scope.cancel()
+
+        # The registered listener gone with its agent, and its map entry with it: the lookup
+        # program has nothing to assign and drops the SYN (fail closed). The TIME_WAIT socket
+        # then answers it with an ACK, the client's reset retires that socket, and the SYN a
+        # Linux client resends a few milliseconds later takes the tc path to the listener left.
+        before = enrolled.counters(topo.pod)
+        served = split(s.agent.accepted, 15008)
+        answers: list[bytes] = []
+
+        async def reconnect(sport: int) -> None:
+            answers.append(await connect_from_port(rem, (POD4, 15008), sport))
+
+        async with trio.open_nursery() as n:
+            for sport in sports[:8]:
+                n.start_soon(reconnect, sport)
+        assert answers == [b"hbone\n"] * 8
+        assert split(s.agent.accepted, 15008) == served + 8
+        assert enrolled.counters(topo.pod).drops == before.drops + 8
 
 
 async def refused_or_timed_out(
