@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from ztunnel_py.linux.netns import entered
 from ztunnel_py.redirect.bpffs import is_bpffs, unmount
 from ztunnel_py.redirect.loader import (
     LAYOUT_VERSION,
@@ -365,6 +366,112 @@ async def test_ipv6_inbound_and_outbound_are_captured(topo: Topology, enrolled: 
             Accepted(15001, (REM6, REMOTE_PORT), POD6),
             Accepted(15006, (POD6, APP_PORT), REM6),
         ]
+
+
+# Connections per case in the reuseport tests. With two listeners and the kernel's hash
+# choosing, one of them getting fewer than SPREAD_MIN has a chance below 1e-9, so the bound
+# fails only when the kernel does not spread (every connection to the same listener).
+SPREAD, SPREAD_MIN = 48, 4
+
+
+def split(accepted: list[Accepted], port: int) -> int:
+    return sum(1 for a in accepted if a.port == port)
+
+
+async def test_captured_connections_spread_over_a_reuseport_group_at_tc(
+    topo: Topology, enrolled: Redirector
+) -> None:
+    # Two agents' listeners on the same ports in one pod (one SO_REUSEPORT group per port).
+    # Since Linux 6.5 tc may assign a listener of a group, and the kernel runs the group's
+    # selection (by the connection's hash) when it takes the socket from the packet: every
+    # listener of the group gets connections, which is what lets several processes share them.
+    # (Before 6.5 the lookup program takes these connections instead: the next test's path.)
+    async with scene(topo, enrolled) as s:
+        other = ToyAgent(topo.pod, enrolled)
+        async with trio.open_nursery() as other_nursery:
+            await other_nursery.start(other.run)
+            for i in range(SPREAD):
+                peer, echoed = await talk(topo.pod, (REM4, REMOTE_PORT), b"out%d" % i)
+                assert (peer, echoed) == (POD4, b"out%d" % i)
+                peer, echoed = await talk(topo.fds["rem"], (POD4, APP_PORT), b"in%d" % i)
+                assert (peer, echoed) == (REM4, b"in%d" % i)
+            for port in (15001, 15006):
+                counts = (split(s.agent.accepted, port), split(other.accepted, port))
+                assert sum(counts) == SPREAD
+                assert min(counts) >= SPREAD_MIN, (port, counts)
+            other_nursery.cancel_scope.cancel()
+        # One of them gone (its listeners closed, as a dying process's are): everything new
+        # goes to the other, nothing is dropped or bypasses the agent.
+        served = len(s.agent.accepted)
+        for _ in range(8):
+            assert await talk(topo.pod, (REM4, REMOTE_PORT)) == (POD4, b"")
+            assert await talk(topo.fds["rem"], (POD4, APP_PORT)) == (REM4, b"")
+        assert len(s.agent.accepted) == served + 16
+        assert s.remote.peers.count(POD4) == len(s.remote.peers)
+
+
+async def connect_from_port(netns_fd: int, dst: tuple[str, int], sport: int) -> bytes:
+    """Connect from a fixed client port (SO_REUSEADDR) in the netns and read to EOF."""
+    with entered(netns_fd):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setblocking(False)
+    with trio.fail_after(TIMEOUT), trio.socket.from_stdlib_socket(raw) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind(("0.0.0.0", sport))
+        await sock.connect(dst)
+        return await recv_all(sock)
+
+
+def time_wait_ports(netns: str, local_port: int) -> set[int]:
+    """Remote ports of the TIME_WAIT sockets on `local_port` in the netns."""
+    out = ns_exec(netns, "ss", "-Htn", "state", "time-wait", f"sport = :{local_port}")
+    return {int(line.split()[-1].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
+
+
+async def test_connections_the_lookup_program_assigns_spread_over_a_reuseport_group(
+    topo: Topology, enrolled: Redirector
+) -> None:
+    # A SYN on the tuple of a TIME_WAIT socket takes the socket lookup program's way: it
+    # assigns the one listener registered for the port (the last agent to register), and the
+    # kernel runs the reuseport selection on that too. The toy agents close 15008 connections
+    # first, so each connection leaves a TIME_WAIT socket in the pod for the next on its tuple.
+    sports = range(62000, 62000 + SPREAD)
+    rem = topo.fds["rem"]
+    async with scene(topo, enrolled) as s:
+        other = ToyAgent(topo.pod, enrolled)
+        async with trio.open_nursery() as other_nursery:
+            await other_nursery.start(other.run)
+            for sport in sports:
+                assert await connect_from_port(rem, (POD4, 15008), sport) == b"hbone\n"
+            assert time_wait_ports(topo.name("pod"), 15008) >= set(sports)
+            first = (split(s.agent.accepted, 15008), split(other.accepted, 15008))
+            for sport in sports:
+                assert await connect_from_port(rem, (POD4, 15008), sport) == b"hbone\n"
+            second = (
+                split(s.agent.accepted, 15008) - first[0],
+                split(other.accepted, 15008) - first[1],
+            )
+            assert sum(second) == SPREAD
+            assert min(second) >= SPREAD_MIN, second
+            other_nursery.cancel_scope.cancel()
+
+        # The registered listener gone with its agent, and its map entry with it: the lookup
+        # program has nothing to assign and drops the SYN (fail closed). The TIME_WAIT socket
+        # then answers it with an ACK, the client's reset retires that socket, and the SYN a
+        # Linux client resends a few milliseconds later takes the tc path to the listener left.
+        before = enrolled.counters(topo.pod)
+        served = split(s.agent.accepted, 15008)
+        answers: list[bytes] = []
+
+        async def reconnect(sport: int) -> None:
+            answers.append(await connect_from_port(rem, (POD4, 15008), sport))
+
+        async with trio.open_nursery() as n:
+            for sport in sports[:8]:
+                n.start_soon(reconnect, sport)
+        assert answers == [b"hbone\n"] * 8
+        assert split(s.agent.accepted, 15008) == served + 8
+        assert enrolled.counters(topo.pod).drops == before.drops + 8
 
 
 async def refused_or_timed_out(
