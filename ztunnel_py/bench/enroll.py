@@ -448,18 +448,18 @@ def run_round(bed: Testbed, first: int, count: int, vip: str, settle: float, say
 
 def run_enroll(
     bed: Testbed, counts: Sequence[int], repeat: int, settle: float, say: Say
-) -> list[Summary]:
+) -> list[list[Round]]:
+    """`repeat` rounds at each pod count, in order."""
     vip = bed.topology.service("echo").vip
-    summaries = []
+    rounds: list[list[Round]] = []
     first = 0
     for count in counts:
-        rounds = []
+        rounds.append([])
         for i in range(repeat):
             say(f"{count} pods per node, run {i + 1}/{repeat}")
-            rounds.append(run_round(bed, first, count, vip, settle, say))
+            rounds[-1].append(run_round(bed, first, count, vip, settle, say))
             first += count
-        summaries.append(summarize(rounds))
-    return summaries
+    return rounds
 
 
 def main(args: argparse.Namespace) -> int:
@@ -485,22 +485,20 @@ def main(args: argparse.Namespace) -> int:
         say(f"ztunnel-py bench enroll: {e}")
         return 1
     try:
-        summaries = run_enroll(bed, counts, args.repeat, settle, say)
+        rounds = run_enroll(bed, counts, args.repeat, settle, say)
     except (EnrollBenchError, TestbedError, OSError) as e:
         say(f"ztunnel-py bench enroll: {e}")
         return 1
     finally:
         bed.down()
+    summaries = [summarize(same_count) for same_count in rounds]
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "summaries": [asdict(s) for s in summaries],
-                    "targets": [asdict(v) for v in verdicts(summaries)],
-                },
-                indent=2,
-            )
-        )
+        document = {
+            "summaries": [asdict(s) for s in summaries],
+            "targets": [asdict(v) for v in verdicts(summaries)],
+            "rounds": [asdict(r) for same_count in rounds for r in same_count],
+        }
+        print(json.dumps(document, indent=2))
     else:
         print(render(summaries))
     return 0
