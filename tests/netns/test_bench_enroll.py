@@ -66,7 +66,7 @@ def test_quick_enroll_serves_every_pods_first_connection_through_the_agent() -> 
         assert s["captured"] == s["enrolled"] == s["pods"]
         assert isinstance(s["rss_kb_per_pod"], float) and isinstance(s["pss_kb_per_pod"], float)
     targets = [t["target"] for t in result["targets"]]
-    assert len(targets) == 3 and any("KB per enrolled pod" in t for t in targets)
+    assert len(targets) == 4 and any("KB per enrolled pod" in t for t in targets)
     assert _left_behind(prefix) == []
 
 

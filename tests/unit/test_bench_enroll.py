@@ -62,7 +62,11 @@ def test_bad_arguments_exit_2_before_any_testbed(capsys: pytest.CaptureFixture[s
 
 
 def _round(pods: int, served: list[float], rss_growth_kb: float, captured: int) -> Round:
-    timings = [PodTiming(f"enroll-{i}", s / 2, s / 2 + 1, s, 1) for i, s in enumerate(served)]
+    # a quarter of the growth during the ADD, the rest with the first connection
+    add, conn = int(rss_growth_kb * 256), int(rss_growth_kb * 768)
+    timings = [
+        PodTiming(f"enroll-{i}", s / 2, s / 2 + 1, s, 1, add, conn) for i, s in enumerate(served)
+    ]
     return Round(
         pods,
         timings,
@@ -89,19 +93,24 @@ def test_summary_pools_rounds_and_splits_the_time() -> None:
     assert s.serve_ms == pytest.approx(45.0 - 22.5 - 1.0)
     assert s.rss_kb_per_pod == pytest.approx(60.0, abs=0.01)
     assert s.pss_kb_per_pod == pytest.approx(30.0, abs=0.01)
+    assert s.add_rss_kb_per_pod == pytest.approx(60.0 / 4, abs=0.01)
+    assert s.connection_rss_kb_per_pod == pytest.approx(60.0 * 3 / 4, abs=0.01)
 
 
 def test_verdicts_judge_each_target() -> None:
     small = summarize([_round(8, [20.0] * 8, 90.0, 8)])
     large_flat = summarize([_round(256, [29.0] * 256, 95.0, 256)])
     met = verdicts([small, large_flat])
-    assert [v.met for v in met] == [True, True, True]
+    assert [v.met for v in met] == [True, True, True, True]
     large_slow = summarize([_round(256, [60.0] * 256, 150.0, 256)])
     missed = verdicts([small, large_slow])
-    assert [v.met for v in missed] == [False, False, False]
+    assert [v.met for v in missed] == [False, False, False, True]
     assert "worst mean 60.0 ms at 256 pods" in missed[0].figure
     assert missed[1].figure == "3.00x"
-    assert missed[2].figure == "worst 150 KB"
+    assert missed[2].figure.startswith("worst 150 KB, of which 38 KB grew during the ADD")
+    assert missed[3].figure == "worst 38 KB"
+    worse_enrollment = summarize([_round(256, [29.0] * 256, 600.0, 256)])
+    assert not verdicts([small, worse_enrollment])[3].met
 
 
 def test_table_shows_every_count_and_the_targets() -> None:
@@ -119,7 +128,11 @@ def test_table_shows_every_count_and_the_targets() -> None:
     assert "targets (printed, not asserted):" in table
     assert "<= 50 ms per pod (mean, every count): worst mean 70.0 ms at 64 pods: NOT met" in table
     assert "flat: mean at 64 pods within 1.5x of 8 pods: 3.50x: NOT met" in table
-    assert "agent memory <= 100 KB per enrolled pod (RSS): worst 90 KB: met" in table
+    assert "agent memory <= 100 KB per enrolled pod (RSS): worst 90 KB, of which 22 KB" in table
+    assert (
+        "the same for the enrollment alone (RSS growth across the ADD calls): worst 22 KB: met"
+        in table
+    )
 
 
 METRICS = """\
