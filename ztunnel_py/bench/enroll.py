@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import http.client
 import json
 import socket
 import sys
@@ -52,7 +51,6 @@ from ztunnel_py.bench.dnsload import percentile
 from ztunnel_py.bench.endpoints import scrape_metrics
 from ztunnel_py.bench.procstat import pss_bytes, rss_bytes
 from ztunnel_py.cni.plugin import run as run_plugin
-from ztunnel_py.model.ports import ADMIN_PORT
 from ztunnel_py.testbed import mesh, namespaces, resources, runtime
 from ztunnel_py.testbed.errors import TestbedError
 from ztunnel_py.testbed.testbed import Testbed, wire_pod
@@ -279,33 +277,16 @@ def lean_pod(prefix: str, node: NodePlan, k: int) -> PodPlan:
     )
 
 
-def _build_pod(bed: Testbed, node: NodePlan, pod: PodPlan) -> None:
+def _build_pod(node: NodePlan, pod: PodPlan) -> None:
     namespaces.add(pod.netns)
     namespaces.ip("link", "set", "lo", "up", netns=pod.netns)
     wire_pod(node, pod)
 
 
-def _known_workloads(bed: Testbed, node: NodePlan) -> set[str]:
-    """The uids of every workload in the agent's `/config_dump`."""
-
-    def probe() -> set[str]:
-        conn = http.client.HTTPConnection("127.0.0.1", ADMIN_PORT, timeout=5.0)
-        try:
-            conn.request("GET", "/config_dump")
-            dump = json.loads(conn.getresponse().read())
-        except (OSError, http.client.HTTPException, ValueError):
-            return set()
-        finally:
-            conn.close()
-        return {w["uid"] for w in dump.get("workloads") or ()}
-
-    return namespaces.run_in(node.netns, probe)
-
-
 def _wait_known(bed: Testbed, node: NodePlan, pods: Sequence[PodPlan]) -> None:
     wanted = {p.uid for p in pods}
     deadline = time.monotonic() + STATE_TIMEOUT
-    while not wanted <= _known_workloads(bed, node):
+    while not wanted <= set(mesh.workload_protocols(node.netns) or {}):
         if time.monotonic() > deadline:
             raise EnrollBenchError(
                 f"the agent of {node.name} did not learn the {len(pods)} pods from the control "
@@ -451,7 +432,7 @@ def run_round(bed: Testbed, first: int, count: int, vip: str, settle: float, say
         bed.state.save()
         started = time.monotonic()
         with ThreadPoolExecutor(BUILDERS) as pool:
-            list(pool.map(lambda p: _build_pod(bed, node, p), pods))
+            list(pool.map(functools.partial(_build_pod, node), pods))
         say(f"  {count} lean pods wired in {time.monotonic() - started:.1f} s")
         result.rss_before, result.pss_before = rss_bytes(agent.pid), pss_bytes(agent.pid)
         config_before = _with_pods(config_path, pods)
