@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ztunnel_py.protocol.zds import PodInfo
@@ -38,12 +38,16 @@ class EnrolledPod:
         return PodInfo(self.uid, self.name, self.namespace, self.service_account)
 
 
+_FIELDS = tuple(f.name for f in fields(EnrolledPod))
+
+
 def save(state_dir: Path, pods: Iterable[EnrolledPod]) -> None:
     """Write the list atomically (a crash mid-write leaves the previous list)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([asdict(p) for p in pods], indent=1))
+    # Written on every enrollment change, so kept cheap: plain dicts, no deep copy, no indent.
+    tmp.write_text(json.dumps([{f: getattr(p, f) for f in _FIELDS} for p in pods]))
     os.replace(tmp, path)
 
 

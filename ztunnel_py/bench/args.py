@@ -154,3 +154,33 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default="zt-soak-",
         help="name prefix of the soak testbed's namespaces (default: %(default)s)",
     )
+    enr = sub.add_parser(
+        "enroll",
+        help="pod enrollment: CNI ADD to the first captured connection served, per pod",
+        description="Bring up a 1-node ambient testbed; for each pod count, wire that many lean "
+        "pods (namespace, veth, address; no app) on the node and enroll them one at a time "
+        "through the CNI plugin as the CNI node pod runs it, timing each from its ADD to the "
+        "first connection from inside the pod to the echo VIP that the agent served (the "
+        "capture counters must show it). Reports per-pod p50/p90/max/mean, where the time "
+        "goes, and the agent's memory per enrolled pod, with the targets (<= 50 ms per pod, "
+        "flat with the pod count, <= 100 KB per pod) printed, not asserted.",
+    )
+    enr.add_argument(
+        "--pods",
+        metavar="LIST",
+        help="comma-separated pods-per-node counts (default: 8,64,256; --quick: 4,8)",
+    )
+    enr.add_argument(
+        "--repeat", type=int, default=1, metavar="N", help="rounds per count (default: 1)"
+    )
+    enr.add_argument(
+        "--quick",
+        action="store_true",
+        help="4 and 8 pods, no pause before the memory is read: every figure in under a minute",
+    )
+    enr.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    enr.add_argument(
+        "--prefix",
+        default="zt-benchenr-",
+        help="name prefix of the benchmark testbed's namespaces (default: %(default)s)",
+    )

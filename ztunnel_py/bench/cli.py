@@ -30,4 +30,8 @@ def main(args: argparse.Namespace) -> int:
         from ztunnel_py.bench.soak import main as soak_main
 
         return soak_main(args)
+    if args.bench_command == "enroll":
+        from ztunnel_py.bench.enroll import main as enroll_main
+
+        return enroll_main(args)
     raise AssertionError(f"unknown benchmark {args.bench_command}")

@@ -116,6 +116,11 @@ def _check_ifname(ifname: str) -> None:
         raise RedirectError(f"{ifname!r} is not an interface name")
 
 
+def _first(entries: dict[bytes, PodConfigStruct]) -> PodConfigStruct | None:
+    """A pod's configuration from its map entries (every one of its IPs carries the same)."""
+    return next(iter(entries.values()), None)
+
+
 class Redirector:
     """The capture programs of one agent process, and the pods enrolled into them."""
 
@@ -227,13 +232,16 @@ class Redirector:
         return {k: cfg for k, cfg in self._all_entries().items() if cfg.pod_id == pod_id}
 
     def _current(self, pod_id: int) -> PodConfigStruct | None:
-        entries = self._entries(pod_id)
-        return next(iter(entries.values())) if entries else None
+        return _first(self._entries(pod_id))
 
-    def _store(self, cfg: PodConfigStruct, addrs: PodAddresses) -> None:
-        """Point each of the pod's IPs at `cfg`, then drop entries for IPs it no longer has."""
+    def _store(
+        self, cfg: PodConfigStruct, addrs: PodAddresses, entries: dict[bytes, PodConfigStruct]
+    ) -> None:
+        """Point each of the pod's IPs at `cfg`, then drop the pod's `entries` (read by the
+        caller under the lock: the map is walked once per change, the walk growing with the
+        pods enrolled) for IPs it no longer has."""
         keys = {bytes(addr_key(ip)): addr_key(ip) for ip in addrs.all}
-        stale = [raw for raw in self._entries(cfg.pod_id) if raw not in keys]
+        stale = [raw for raw in entries if raw not in keys]
         with _os_errors("update the capture map"):
             for key in keys.values():
                 self._pods.update(key, cfg)
@@ -260,11 +268,11 @@ class Redirector:
             try:
                 with entered(netns_fd), IPRoute() as ipr:
                     pod_id = netns_cookie_here()
-                    previous = self._current(pod_id)
+                    entries = self._entries(pod_id)
                     try:
-                        self._enroll_here(ipr, netns_fd, pod_id, ifname, addrs, settings, previous)
+                        self._enroll_here(ipr, netns_fd, pod_id, ifname, addrs, settings, entries)
                     except RedirectError:
-                        if previous is None:
+                        if not entries:
                             self._unenroll_here(ipr, pod_id, ifname)
                         raise
             except NetnsError as e:
@@ -279,8 +287,9 @@ class Redirector:
         ifname: str,
         addrs: PodAddresses,
         settings: PodSettings,
-        previous: PodConfigStruct | None,
+        entries: dict[bytes, PodConfigStruct],
     ) -> None:
+        previous = _first(entries)
         ifindex = podnet.link_index(ipr, ifname)
         if ifindex is None:
             raise RedirectError(f"the pod netns has no interface {ifname!r}")
@@ -293,7 +302,7 @@ class Redirector:
         with _os_errors("update the capture map"):
             if self._counters.lookup(ctypes.c_uint64(pod_id)) is None:
                 self._counters.update(ctypes.c_uint64(pod_id), PodCountersStruct())
-        self._store(cfg, addrs)
+        self._store(cfg, addrs, entries)
         if addrs.v4:
             podnet.write_accept_local(ifindex, ifname, 1)
         for family in (4, 6):
@@ -388,7 +397,8 @@ class Redirector:
         """Change an enrolled pod's exclusions and probe sources; takes effect at once."""
         pod_id = netns_cookie(netns_fd)
         with self._lock:
-            current = self._current(pod_id)
+            entries = self._entries(pod_id)
+            current = _first(entries)
             if current is None:
                 raise RedirectError("the pod is not enrolled")
             addrs = decode_addresses(current)
@@ -399,7 +409,7 @@ class Redirector:
                 saved_accept_local=current.saved_accept_local,
                 ifindex=current.ifindex,
             )
-            self._store(cfg, addrs)
+            self._store(cfg, addrs, entries)
 
     def settings(self, netns_fd: int) -> tuple[list[str], PodSettings]:
         """An enrolled pod's IPs and settings, as stored in the map."""

@@ -147,8 +147,17 @@ def http_ready(ns: str) -> bool:
 def hbone_workloads(ns: str) -> set[str] | None:
     """The uids of the HBONE workloads in the `/config_dump` of the agent in netns `ns`; None
     while it does not answer."""
+    protocols = workload_protocols(ns)
+    if protocols is None:
+        return None
+    return {uid for uid, protocol in protocols.items() if protocol == "HBONE"}
 
-    def probe() -> set[str] | None:
+
+def workload_protocols(ns: str) -> dict[str, str] | None:
+    """Every workload's protocol by uid in the `/config_dump` of the agent in netns `ns`; None
+    while it does not answer."""
+
+    def probe() -> dict[str, str] | None:
         conn = http.client.HTTPConnection("127.0.0.1", ADMIN_PORT, timeout=2.0)
         try:
             conn.request("GET", "/config_dump")
@@ -160,7 +169,7 @@ def hbone_workloads(ns: str) -> set[str] | None:
             return None
         finally:
             conn.close()
-        return {w["uid"] for w in dump.get("workloads") or () if w.get("protocol") == "HBONE"}
+        return {w["uid"]: w.get("protocol", "") for w in dump.get("workloads") or ()}
 
     return namespaces.run_in(ns, probe)
 
