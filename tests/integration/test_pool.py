@@ -175,6 +175,35 @@ async def test_keys_do_not_share_connections() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_pods_sharing_an_address_do_not_share_connections_and_release_closes_them() -> None:
+    # A pod deleted and a new one given its address (Kubernetes reuses pod IPs): the new pod
+    # dials its own connection, and releasing the old pod's namespace closes only the old one.
+    old_pod = PoolKey(
+        KEY.source_identity, KEY.destination_identities, KEY.destination, KEY.source_ip, (1, 10)
+    )
+    new_pod = PoolKey(
+        KEY.source_identity, KEY.destination_identities, KEY.destination, KEY.source_ip, (1, 11)
+    )
+    with trio.fail_after(10):
+        async with hbone_server(hold_open) as server, trio.open_nursery() as nursery:
+            pool = HbonePool()
+            dialer = Dialer(server.address, nursery)
+            old_stream = await pool.stream(old_pod, dialer, "10.0.0.2:80")
+            new_stream = await pool.stream(new_pod, dialer, "10.0.0.2:80")
+            assert dialer.count == 2 and pool.connection_count == 2
+            await pool.release((1, 10))
+            assert pool.connection_count == 1
+            assert [entry["key"] for entry in pool.dump()] == [str(new_pod)]
+            with pytest.raises(HboneStreamError):
+                await old_stream.send_all(b"after the pod left")
+            await new_stream.send_all(b"still served")
+            await pool.release((1, 99))  # a pod that never dialed: nothing to do
+            assert pool.connection_count == 1
+            await finish(new_stream)
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
+
+
 async def test_dead_connections_are_skipped() -> None:
     with trio.fail_after(10):
         async with hbone_server(echo_handler) as server, trio.open_nursery() as nursery:

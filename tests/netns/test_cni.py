@@ -275,6 +275,31 @@ def test_plain_clients_over_ipv6_and_from_outside_the_mesh(bed: Testbed) -> None
     assert plain and not any("src.identity=" in line for line in plain)
 
 
+def hbone_connections_in(bed: Testbed, pod: str) -> list[str]:
+    """The established TCP connections to an HBONE port in the pod's network namespace: the
+    agent dials a pod's tunnels from inside it."""
+    done = bed.exec(pod, ["ss", "-Htn", "state", "established", "( dport = :15008 )"])
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_a_deleted_pod_leaves_no_pooled_tunnel_behind(bed: Testbed) -> None:
+    # Pooled HBONE connections idle for minutes; a pod's must go with the pod, or a new pod
+    # given its address would be handed tunnels in a namespace that is gone.
+    echo, web = bed.topology.pod("echo-1"), bed.topology.pod("web-1")
+    assert get(bed, web.name, f"http://{echo.ip}:8080/pooled")["pod"] == echo.name
+    assert hbone_connections_in(bed, web.name) != []
+    try:
+        assert plugin(bed, "DEL", web)[:2] == (0, "")
+        deadline = time.monotonic() + 5
+        while hbone_connections_in(bed, web.name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hbone_connections_in(bed, web.name) == []
+    finally:
+        assert plugin(bed, "ADD", web)[0] == 0
+    assert get(bed, web.name, f"http://{echo.ip}:8080/again")["pod"] == echo.name
+
+
 def test_teardown_unenrolls_every_pod_through_cni_del(bed: Testbed) -> None:
     # What `down` runs before it stops the agents; enrolled again after, for a clean module.
     warnings: list[str] = []

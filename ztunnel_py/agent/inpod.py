@@ -326,6 +326,7 @@ class PodManager:
                 log.info("pod %s: removing capture failed (%s); forgetting it", pod.info.uid, e)
                 await trio.to_thread.run_sync(capture.forget, pod_id)
         self._stop(pod)
+        await self.outbound.pool.release(pod.netns.inode)
 
     async def restore(self) -> None:
         """Re-enroll the pods this agent had before it restarted (their netns still exist)."""

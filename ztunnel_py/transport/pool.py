@@ -1,8 +1,12 @@
 """The HBONE connection pool, shaped like ztunnel's (`src/proxy/pool.rs`).
 
 Tunnels to the same peer share HTTP/2 connections. A connection is keyed by (source identity,
-expected destination identities, destination address, source IP): the source IP is part of the
-key because the agent preserves it, so pods never share tunnels across identities or addresses.
+expected destination identities, destination address, source IP, source network namespace): the
+source IP is part of the key because the agent preserves it, so pods never share tunnels across
+identities or addresses; the network namespace because the agent dials from inside each pod, as
+ztunnel's per-pod proxies each have a pool of their own: a new pod given the address of one
+deleted moments before must not be handed the old pod's connections, which live in a namespace
+that is gone. `release` closes a pod's connections when it leaves.
 
 - A connection takes new streams while it has fewer than min(100, the peer's
   MAX_CONCURRENT_STREAMS) open; then another connection to the same key is opened. (ztunnel
@@ -51,6 +55,8 @@ class PoolKey:
     destination_identities: frozenset[Identity]
     destination: SocketAddr
     source_ip: IPAddress | None
+    # (device, inode) of the namespace dialed from; None for a process dialing from its own.
+    source_netns: tuple[int, int] | None = None
 
     def __str__(self) -> str:
         ids = ",".join(sorted(str(i) for i in self.destination_identities))
@@ -154,6 +160,17 @@ class HbonePool:
         for conn in victims:
             logger.debug("closing HBONE connection idle for %.0fs", self._idle_timeout)
             await conn.aclose()
+
+    async def release(self, source_netns: tuple[int, int]) -> None:
+        """Close every connection dialed from `source_netns` (its pod left this node): open
+        streams on them end, and the namespace is not kept alive by our sockets."""
+        victims: list[HboneClientConnection] = []
+        for key in [k for k in self._connections if k.source_netns == source_netns]:
+            victims.extend(self._connections.pop(key))
+        for conn in victims:
+            await conn.aclose()
+        if victims:
+            logger.debug("closed %d HBONE connections of a departed pod", len(victims))
 
     def dump(self) -> list[dict[str, Any]]:
         """The pool's state for debugging (config_dump style): keys and their connections."""

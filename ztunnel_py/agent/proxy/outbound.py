@@ -345,7 +345,7 @@ class Outbound:
         expected = self.state.upstream_identities(rt.workload, rt.service)
         src_ip = _address_for(source, rt.dst_ip.version)
         upstream = SocketAddr(rt.dst_ip, rt.hbone_port)
-        key = PoolKey(src_identity, frozenset(expected), upstream, src_ip)
+        key = PoolKey(src_identity, frozenset(expected), upstream, src_ip, netns.inode)
         try:
             cert = await self.certs.fetch(src_identity)
         except Exception as e:
