@@ -340,3 +340,26 @@ def test_a_valid_dotted_pod_name_passes() -> None:
         stdin(prevResult=PREV),
     )
     assert inv.pod == PodRef("apps", "web-1.v2", "5e1f-0a")
+
+
+def test_an_internal_error_keeps_its_traceback_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A bug in the plugin (here a stand-in for ADD that unpacks a missing result) must still
+    # give the runtime an error object, and leave on stderr where it happened: the object's
+    # one line ("cannot unpack non-iterable NoneType object") does not say.
+    def broken_add(inv: Any) -> str:
+        found: Any = None
+        interface, ips = found
+        return str((interface, ips))
+
+    monkeypatch.setattr("ztunnel_py.cni.plugin._add", broken_add)
+    out, status = run(env(), stdin(prevResult=PREV))
+    assert status == 1
+    error = error_of(out)
+    assert error["code"] == 199
+    assert error["details"] == "TypeError('cannot unpack non-iterable NoneType object')"
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("Traceback (most recent call last):")
+    assert "in broken_add" in stderr
+    assert stderr.rstrip().endswith("TypeError: cannot unpack non-iterable NoneType object")

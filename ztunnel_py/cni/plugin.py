@@ -23,6 +23,7 @@ import argparse
 import os
 import socket
 import sys
+import traceback
 from collections.abc import Mapping
 
 from ztunnel_py.cni import kube
@@ -190,7 +191,11 @@ def run(env: Mapping[str, str], stdin: bytes) -> tuple[str, int]:
     except CniError as e:
         return e.to_json(declared_version(stdin)), 1
     except Exception as e:
-        # Whatever happens, the runtime must get an error object, not a traceback.
+        # Whatever happens, the runtime must get an error object on stdout, not a traceback.
+        # An internal error is a bug in this plugin, and its one line does not say where: the
+        # traceback goes to stderr, which a runtime logs next to the error (the testbed adds it
+        # to its failure), so that even a rare one can be traced from its first occurrence.
+        traceback.print_exc(file=sys.stderr)
         error = CniError(INTERNAL_ERROR, "internal error in ztunnel-py cni", repr(e))
         return error.to_json(declared_version(stdin)), 1
 
