@@ -286,6 +286,13 @@ class PodManager:
             if pod.dns is not None:
                 pod.dns.close()
             netns.close()
+            if not isinstance(e, (RedirectError, OSError)):
+                # Not a refusal the kernel or the maps explained: a defect. Its traceback goes
+                # to the agent's log and its type into the refusal, or it is untraceable.
+                log.exception("pod %s: capture setup failed unexpectedly", info.uid)
+                raise EnrollRefused(
+                    f"cannot capture traffic of {info.uid}: {type(e).__name__}: {e}"
+                ) from e
             raise EnrollRefused(f"cannot capture traffic of {info.uid}: {e}") from e
         self.pods[info.uid] = pod
         self._persist()
