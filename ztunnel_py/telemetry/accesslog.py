@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 
 from ztunnel_py.telemetry.labels import SOURCE, UNKNOWN, TrafficLabels
-from ztunnel_py.telemetry.logs import Display
+from ztunnel_py.telemetry.logs import Display, write_text_line
 from ztunnel_py.telemetry.ratelimit import LogLimiter
 
 access_log = logging.getLogger("access")
@@ -116,4 +116,5 @@ def request_complete(fields: dict[str, object], *, error: bool = False) -> None:
             value = fields.get(key)
             if isinstance(value, str):
                 fields[key] = Display(value)
-        access_log.log(level, "request complete", extra={"fields": fields})
+        if not write_text_line(access_log, level, "request complete", fields):
+            access_log.log(level, "request complete", extra={"fields": fields})
