@@ -8,6 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trio
@@ -519,3 +520,53 @@ def test_control_characters_never_forge_or_shift_a_log_line(log_stream: io.Strin
     # field values are quoted as ztunnel quotes them (Rust's Debug escapes)
     assert 'k\\tey="a\\u{1b}[2Jb\\u{2028}c"' in records[1]
     assert records[2].endswith("failed for p\\r\\nq")
+
+
+def test_request_lines_the_same_with_or_without_the_logging_machinery(
+    log_stream: io.StringIO,
+) -> None:
+    """A `request complete` line goes straight to the stream while our handler is the only
+    one; with another handler attached it goes through `logging`: the line is the same."""
+    fields = {
+        "src.addr": "10.0.0.9:1",
+        "method": "GET",
+        "path": '/a"b\tc',
+        "response_code": 503,
+        "duration": "3ms",
+        "upstream_host": "10.0.0.2:80",
+    }
+    root = logging.getLogger()
+    # only the handler setup_logging installed (pytest adds its capture handlers to the root)
+    everyone = list(root.handlers)
+    root.handlers[:] = [h for h in everyone if getattr(h, "stream", None) is log_stream]
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    logging.setLogRecordFactory(counting)
+    try:
+        accesslog.request_complete(dict(fields), error=True)
+    finally:
+        logging.setLogRecordFactory(factory)
+        root.handlers[:] = everyone
+    assert made == []  # no LogRecord: written directly
+    seen: list[logging.LogRecord] = []
+    collect = logging.Handler()
+    collect.emit = seen.append  # type: ignore[method-assign]
+    access = logging.getLogger("access")
+    access.addHandler(collect)
+    try:
+        accesslog.request_complete(dict(fields), error=True)
+    finally:
+        access.removeHandler(collect)
+    assert len(seen) == 1  # the second line went through a LogRecord
+    direct, logged = (m.groups() for m in map(LINE.match, log_stream.getvalue().splitlines()))
+    assert direct == logged
+    assert direct[:3] == ("warn", "access", "request complete")
+    assert direct[3] == (
+        'src.addr=10.0.0.9:1 method="GET" path="/a\\"b\\tc" response_code=503 '
+        'duration="3ms" upstream_host=10.0.0.2:80'
+    )

@@ -31,6 +31,12 @@ the waypoint's downstream), a complete HTTP/1.1 request that can switch no proto
 in the reader's own task: nothing is left to read for it, and the stream's callback does the
 watching for the client's close. This saves a task and two scheduler rounds per request; a
 request with a body still arriving, or one behind which input is already waiting, gets a task.
+The upstream side does the same over such a stream (the waypoint's pooled HTTP/1.1 upstreams):
+while an exchange is open, its consumer reads the connection itself when it needs the next part
+of the response (`receive_head`, `read_body`), so the response wakes the handler directly, not
+a reader task that wakes the handler in turn; the reader task only reads while the connection
+is idle in the pool, and only once the stream's callback reported input there (the upstream's
+close, or bytes nobody asked for).
 
 Errors: a stream reset by the peer, or whose connection ended, raises `StreamError` from its
 reads and writes. Each request handler runs in its own cancel scope: a reset stream cancels its
@@ -133,6 +139,8 @@ class _Stream:
         self.stream_id = stream_id
         self._inbox: deque[_Inbox] = deque()
         self._limit = _H1_INBOX if conn.is_h1 else math.inf
+        # how the consumer reads the connection itself (see `ClientConnection.pull`), if it does
+        self._pull: Callable[[], Awaitable[None]] | None = None
         # the reader put the last item in (`_fail`) / the consumer gave the stream up
         self._inbox_ended = False
         self._given_up = False
@@ -197,6 +205,9 @@ class _Stream:
         while not self._inbox:
             if self._inbox_ended or self._given_up:
                 raise self.error or StreamError("stream closed")
+            if self._pull is not None:
+                await self._pull()
+                continue
             changed = self._inbox_changed = self._inbox_changed or trio.Event()
             await changed.wait()
         item = self._inbox.popleft()
@@ -304,10 +315,15 @@ class ClientStream(_Stream):
     upstream pool) runs once when the stream is given up, or its connection switched
     protocols."""
 
-    def __init__(self, conn: _Connection, stream_id: int) -> None:
+    def __init__(self, conn: ClientConnection, stream_id: int) -> None:
         super().__init__(conn, stream_id)
         self.response_seen = False
         self.on_release: Callable[[], None] | None = None
+        if conn.pulls:
+            self._pull = conn.pull
+            # what one read brought is held whatever its size: the consumer reads again only
+            # once it took all of it
+            self._limit = math.inf
 
     def _release(self) -> None:
         super()._release()
@@ -951,7 +967,11 @@ async def serve_http(
 
 
 class ClientConnection(_Connection):
-    """One upstream connection; `run` reads until it ends (start it in a nursery)."""
+    """One upstream connection; `run` reads until it ends (start it in a nursery).
+
+    HTTP/1.1 over a stream that reports arriving input (`WatchesInput`, an HBONE stream)
+    `pulls`: the open exchange's consumer reads the connection itself, and the reader task
+    only reads what arrives while the connection is idle (see the module docstring)."""
 
     def __init__(self, stream: ByteStream, *, http2: bool) -> None:
         super().__init__(stream, H2Client() if http2 else H1Client())
@@ -960,6 +980,12 @@ class ClientConnection(_Connection):
         self.opened = 0
         # takes no new stream (its request or age limit was reached); closed once idle
         self.retiring = False
+        self._watch = stream if not http2 and isinstance(stream, WatchesInput) else None
+        self.pulls = self._watch is not None
+        # input arrived while idle: the reader task reads it before the connection is reused
+        self._idle_input = False
+        # what the reader task of a pulling connection waits on
+        self._reader_wakeup: trio.Event | None = None
 
     @property
     def available(self) -> bool:
@@ -968,7 +994,7 @@ class ClientConnection(_Connection):
         if self.closed or self.retiring:
             return False
         if isinstance(codec, H1Client):
-            return codec.idle and not self.streams
+            return codec.idle and not self.streams and not self._idle_input
         assert isinstance(codec, H2Client)
         return codec.can_open
 
@@ -978,8 +1004,13 @@ class ClientConnection(_Connection):
             try:
                 with contextlib.suppress(StreamError):
                     await self.flush()
+                if self.pulls:
+                    self._watch_idle()
                 task_status.started()
-                await self._read_loop()
+                if self.pulls:
+                    await self._read_idle()
+                else:
+                    await self._read_loop()
             finally:
                 if not self._raw_taken:
                     self.end_all(self.reason or "upstream connection closed")
@@ -993,13 +1024,8 @@ class ClientConnection(_Connection):
             data = await self._receive()
             if data is None:
                 continue
-            for ev in codec.receive_data(data):
-                if isinstance(ev, ConnectionEnded):
-                    self.end_all(ev.reason or "upstream closed the connection")
-                else:
-                    await self.dispatch(ev)
-                if isinstance(ev, Switched):
-                    return
+            if await self._feed(data):
+                return
             try:
                 await self.flush()
             except StreamError:
@@ -1011,9 +1037,83 @@ class ClientConnection(_Connection):
             if isinstance(codec, H2Client) and codec.draining:
                 return
 
+    async def _feed(self, data: bytes) -> bool:
+        """Act on received bytes (`b""`: the peer closed); True once the connection switched
+        protocols (the bytes after that are not ours to read)."""
+        for ev in self.codec.receive_data(data):
+            if isinstance(ev, ConnectionEnded):
+                self.end_all(ev.reason or "upstream closed the connection")
+            else:
+                await self.dispatch(ev)
+            if isinstance(ev, Switched):
+                return True
+        return False
+
+    async def pull(self) -> None:
+        """Read for the open exchange's consumer (a pulling connection) and act on the bytes:
+        the events land in the stream's inbox, or the connection ends."""
+        if self.closed:
+            raise StreamError(self.reason or "connection closed")
+        data = await self._receive()
+        if data is not None and await self._feed(data):
+            # switched: the connection is the consumer's now, the reader task ends
+            self._wake_idle_reader()
+
+    async def _read_idle(self) -> None:
+        """The reader task of a pulling connection: reads only input that arrived while no
+        exchange was open (the upstream closing, or bytes nobody asked for), and returns when
+        the connection ends or must close once its exchange is over."""
+        codec = self.codec
+        assert isinstance(codec, H1Client)
+        while not self.closed and not (codec.must_close and not self.streams):
+            if not self._idle_input:
+                wakeup = self._reader_wakeup = trio.Event()
+                await wakeup.wait()
+                continue
+            data = await self._receive()
+            if data is not None:
+                await self._feed(data)
+            self._idle_input = False
+            self._watch_idle()
+
+    def _watch_idle(self) -> None:
+        """With no exchange open, have the stream report input (the reader task reads it); or
+        wake the reader task when the connection is done."""
+        assert self._watch is not None and isinstance(self.codec, H1Client)
+        if self.streams:
+            return
+        if self.closed or self.codec.must_close:
+            self._wake_idle_reader()
+        elif not self._watch.watch_input(self._input_while_idle):
+            self._input_while_idle(False, None)
+
+    def _input_while_idle(self, eof: bool, error: Exception | None) -> None:
+        self._idle_input = True
+        self._wake_idle_reader()
+
+    def _wake_idle_reader(self) -> None:
+        if self._reader_wakeup is not None:
+            self._reader_wakeup.set()
+
+    def _wake_reader(self) -> None:
+        super()._wake_reader()
+        self._wake_idle_reader()
+
+    def _retire_if_done(self, s: _Stream) -> None:
+        super()._retire_if_done(s)
+        if self.pulls and not self.streams:
+            self._watch_idle()
+
     async def open_stream(self, head: RequestHead, *, end_stream: bool) -> ClientStream:
         codec = self.codec
         self.last_used = trio.current_time()
+        if self._watch is not None:
+            if self._idle_input:
+                # the reader task is reading what arrived on the idle connection (usually the
+                # upstream closing it): it cannot carry this request
+                raise StreamError("upstream sent input while idle", refused=True)
+            # this exchange's consumer reads from now on
+            self._watch.watch_input(None)
         try:
             if isinstance(codec, H1Client):
                 sid = codec.stream_id

@@ -67,6 +67,15 @@ _FIELD_LINE = re.compile(rf"({_TOKEN}):[ \t]*({_FIELD_VALUE})[ \t]*", re.ASCII)
 _NAME = re.compile(_TOKEN, re.ASCII)
 _VALUE = re.compile(_FIELD_VALUE, re.ASCII)
 _FIELD_BLOCK = re.compile(rf"(?:{_TOKEN}: {_FIELD_VALUE}\r\n)*", re.ASCII)
+# a received field block in its common form (CRLF line ends, no obsolete folding, every line a
+# valid field), up to and including the blank line that ends it; and its fields one by one
+_FIELD_LINES = re.compile(rf"(?:{_TOKEN}:[ \t]*{_FIELD_VALUE}[ \t]*\r\n)*\r\n", re.ASCII)
+_FIELD_PAIRS = re.compile(rf"({_TOKEN}):[ \t]*({_FIELD_VALUE})[ \t]*\r\n", re.ASCII)
+# fields that change a message's framing, keep-alive or protocol: a request without any of
+# them needs none of the checks they take
+_FRAMING_AND_CONNECTION = frozenset(
+    {"content-length", "transfer-encoding", "connection", "upgrade"}
+)
 # header names `_encode_fields` has seen valid (bounded: a peer may send any names)
 _VALID_NAMES: set[str] = set()
 _MAX_VALID_NAMES = 1024
@@ -175,8 +184,26 @@ def _normalized(fields: list[tuple[str, str]], error: type[Exception]) -> list[t
     return fields if out is None else out
 
 
+def _split_head(text: str) -> tuple[str, str]:
+    """A head's start line (without its line end) and its field block."""
+    start, _, block = text.partition("\n")
+    return start.removesuffix("\r"), block
+
+
+def _parse_block(block: str) -> list[tuple[str, str]]:
+    """A field block (after the start line, or trailers) up to and including the blank line
+    that ends it -> lower-case names and values. The common form is proven valid by one match
+    over the whole block and taken apart by one more; anything else (a bare LF, obsolete line
+    folding, a bad line) goes line by line, which also finds the fault."""
+    if _FIELD_LINES.fullmatch(block) is not None:
+        return [(n.lower(), v) for n, v in _FIELD_PAIRS.findall(block)]
+    lines = block.split("\n")
+    del lines[-2:]
+    return _parse_fields([line.removesuffix("\r") for line in lines])
+
+
 def _parse_fields(lines: list[str]) -> list[tuple[str, str]]:
-    """Field lines (after the start line, or trailers) -> lower-case names and values."""
+    """Field lines -> lower-case names and values."""
     if any(line[:1] in (" ", "\t") for line in lines):
         lines = _unfold(lines)
     out: list[tuple[str, str]] = []
@@ -398,16 +425,17 @@ class _Codec:
         else:
             self._eof = True
 
-    def _head_lines(self) -> list[str] | None:
-        """The lines of a head complete in the buffer (taken from it), else None; [] when the
-        buffer starts with an empty line."""
+    def _head_text(self) -> str | None:
+        """The text of a head complete in the buffer, up to and including the blank line that
+        ends it (taken from the buffer), else None; "" when the buffer starts with an empty
+        line."""
         buf = self._buf
         if buf[:1] == b"\n":
             del buf[:1]
-            return []
+            return ""
         if buf[:2] == b"\r\n":
             del buf[:2]
-            return []
+            return ""
         m = _BLANK_LINE.search(buf, self._search)
         if m is None:
             self._search = max(0, len(buf) - 2)
@@ -416,9 +444,7 @@ class _Codec:
         text = buf[:end].decode("latin-1")
         del buf[:end]
         self._search = 0
-        lines = text.split("\n")
-        del lines[-2:]
-        return [line[:-1] if line.endswith("\r") else line for line in lines]
+        return text
 
     def _start_line_missing(self) -> None:
         """No complete head yet: refuse input that cannot become one, or wait for more."""
@@ -472,11 +498,11 @@ class _Codec:
         buf = self._buf
         while True:
             if self._in_trailer:
-                lines = self._head_lines()
-                if lines is None:
+                text = self._head_text()
+                if text is None:
                     self._need_data()
                     return False
-                trailers = _normalized(_parse_fields(lines), _ProtocolError) if lines else None
+                trailers = _normalized(_parse_block(text), _ProtocolError) if text else None
                 self._message_ended(trailers, events)
                 return True
             if self._in_crlf:
@@ -629,8 +655,8 @@ class H1Server(_Codec):
             while not self._closed:
                 client = self._client
                 if client is _IDLE:
-                    lines = self._head_lines()
-                    if lines is None:
+                    text = self._head_text()
+                    if text is None:
                         if not self._buf and self._eof:
                             self._client = _CLOSED
                             self._settle()
@@ -639,7 +665,7 @@ class H1Server(_Codec):
                             break
                         self._start_line_missing()
                         break
-                    if self._request(lines, events):
+                    if self._request(text, events):
                         break
                 elif client is _BODY:
                     if not self._read_body(events):
@@ -654,16 +680,36 @@ class H1Server(_Codec):
             events.append(self._bad(e))
         return events
 
-    def _request(self, lines: list[str], events: list[Event]) -> bool:
+    def _request(self, text: str, events: list[Event]) -> bool:
         """A request head: its event (True when it was refused and reading stops)."""
-        if not lines:
+        if not text:
             raise _ProtocolError("no request line received")
-        m = _REQUEST_LINE.fullmatch(lines[0])
+        start, block = _split_head(text)
+        m = _REQUEST_LINE.fullmatch(start)
         if m is None:
-            raise _ProtocolError(f"illegal request line: {lines[0].encode('latin-1')!r}")
+            raise _ProtocolError(f"illegal request line: {start.encode('latin-1')!r}")
         method, target, version = m[1], m[2], m[3]
-        fields = _normalized(_parse_fields(lines[1:]), _ProtocolError)
-        hosts = sum(1 for n, _ in fields if n == "host")
+        fields = _parse_block(block)
+        # most requests carry no field of framing or connection: one pass finds that out, and
+        # one more collects what a request needs (Host, the rest, the size), not one each
+        plain = not any(n in _FRAMING_AND_CONNECTION for n, _ in fields)
+        if not plain:
+            fields = _normalized(fields, _ProtocolError)
+        authority = ""
+        hosts = 0
+        rest: list[tuple[str, str]] = []
+        # the fields arrived whole, so h11-style bounds on incomplete heads never saw them:
+        # they are measured here, as Envoy measures its header map (names and values, the
+        # method and path included)
+        size = len(method) + len(target)
+        for n, v in fields:
+            size += len(n) + len(v)
+            if n == "host":
+                hosts += 1
+                if hosts == 1:
+                    authority = v
+            else:
+                rest.append((n, v))
         if version == "1.1" and hosts == 0:
             raise _ProtocolError("Missing mandatory Host: header")
         if hosts > 1:
@@ -673,14 +719,15 @@ class H1Server(_Codec):
         self._method = method
         if method == "CONNECT":
             self._proposals.add(_CONNECT)
-        if _tokens(fields, "upgrade"):
-            self._proposals.add(_UPGRADE)
-        self._their_head(fields, version)
+        if plain:
+            self._their_version = version
+            if version < "1.1":
+                self._keep_alive = False
+        else:
+            if _tokens(fields, "upgrade"):
+                self._proposals.add(_UPGRADE)
+            self._their_head(fields, version)
         self._settle()
-        # the fields arrived whole, so h11-style bounds on incomplete heads never saw them:
-        # they are measured here, as Envoy measures its header map (names and values, the
-        # method and path included)
-        size = len(method) + len(target) + sum(len(n) + len(v) for n, v in fields)
         if len(fields) > MAX_HEADERS or size > MAX_HEADER_BYTES:
             events.append(
                 BadRequest(
@@ -693,13 +740,6 @@ class H1Server(_Codec):
             self.must_close = True
             self._closed = True
             return True
-        authority = ""
-        rest: list[tuple[str, str]] = []
-        for n, v in fields:
-            if n == "host" and not authority:
-                authority = v
-            elif n != "host":
-                rest.append((n, v))
         if target.startswith(("http://", "https://")):
             # absolute form: the authority is in the target (RFC 9112 section 3.2.2)
             _scheme, _, after = target.partition("://")
@@ -716,7 +756,7 @@ class H1Server(_Codec):
             self._scheme,
             "HTTP/1.0" if version == "1.0" else "HTTP/1.1",
         )
-        framing, length = _framing(fields, is_request=True)
+        framing, length = (_LENGTH, 0) if plain else _framing(fields, is_request=True)
         self._start_body(framing, length)
         end = framing is _LENGTH and length == 0 and method != "CONNECT"
         self._skip_end = end
@@ -746,16 +786,20 @@ class H1Server(_Codec):
         fields = _normalized(fields, HttpCodecError)
         connect_2xx = method == "CONNECT" and 200 <= status < 300
         need_close = False
+        # what the body is sent with, unless it has none
+        sending = (_LENGTH, 0)
         if not (status in (204, 304) or connect_2xx):
             # the framing a GET would have (a HEAD response mirrors it)
-            framing, _ = _framing(fields, is_request=False)
-            if framing is not _LENGTH:
+            sending = _framing(fields, is_request=False)
+            if sending[0] is not _LENGTH:
                 fields = [f for f in fields if f[0] not in ("content-length", "transfer-encoding")]
                 if self._their_version < "1.1":
                     # close-delimited for an HTTP/1.0 client
                     need_close = method != "HEAD"
+                    sending = (_UNTIL_CLOSE, 0)
                 else:
                     fields.append(("transfer-encoding", "chunked"))
+                    sending = (_CHUNKED, 0)
         if not self._keep_alive or need_close:
             tokens = set(_tokens(fields, "connection"))
             tokens.discard("keep-alive")
@@ -775,10 +819,7 @@ class H1Server(_Codec):
         else:
             self._proposals.clear()
             self._server = _BODY
-            if method == "HEAD" or status in (204, 304) or connect_2xx:
-                self._start_sending(_LENGTH, 0)
-            else:
-                self._start_sending(*_framing(fields, is_request=False))
+            self._start_sending(*((_LENGTH, 0) if method == "HEAD" else sending))
         self._settle()
         self._out.append(data)
         if connect_2xx:
@@ -843,8 +884,8 @@ class H1Client(_Codec):
             while not self._closed:
                 server = self._server
                 if server is _IDLE or server is _HEAD:
-                    lines = self._head_lines()
-                    if lines is None:
+                    text = self._head_text()
+                    if text is None:
                         if not self._buf and self._eof:
                             if server is _HEAD:
                                 raise _ProtocolError("peer closed the connection before a response")
@@ -855,7 +896,7 @@ class H1Client(_Codec):
                             break
                         self._start_line_missing()
                         break
-                    if self._response(lines, events):
+                    if self._response(text, events):
                         break
                 elif server is _BODY:
                     if not self._read_body(events):
@@ -870,15 +911,16 @@ class H1Client(_Codec):
             events.append(self._malformed(e))
         return events
 
-    def _response(self, lines: list[str], events: list[Event]) -> bool:
+    def _response(self, text: str, events: list[Event]) -> bool:
         """A response head: its event (True when the connection switched protocols)."""
-        if not lines:
+        if not text:
             raise _ProtocolError("no response line received")
-        m = _STATUS_LINE.fullmatch(lines[0])
+        start, block = _split_head(text)
+        m = _STATUS_LINE.fullmatch(start)
         if m is None:
-            raise _ProtocolError(f"illegal status line: {lines[0].encode('latin-1')!r}")
+            raise _ProtocolError(f"illegal status line: {start.encode('latin-1')!r}")
         version, status, reason = m[1], int(m[2]), m[3] or ""
-        fields = _normalized(_parse_fields(lines[1:]), _ProtocolError)
+        fields = _normalized(_parse_block(block), _ProtocolError)
         head = ResponseHead(status, Headers.trusted(fields), reason)
         if status < 200:
             if status < 100:
@@ -928,7 +970,10 @@ class H1Client(_Codec):
         fields = [("host", head.authority), *head.headers.items()]
         if not end_stream and not _has_framing(fields) and head.method != "CONNECT":
             fields.append(("transfer-encoding", "chunked"))
-        fields = _normalized(fields, HttpCodecError)
+        # as when receiving: a request with no field of framing or connection skips their checks
+        plain = not any(n in _FRAMING_AND_CONNECTION for n, _ in fields)
+        if not plain:
+            fields = _normalized(fields, HttpCodecError)
         if sum(1 for n, _ in fields if n == "host") > 1:
             raise HttpCodecError("Found multiple Host: headers")
         method, target = head.method, head.path
@@ -945,14 +990,15 @@ class H1Client(_Codec):
         self._method = method
         if method == "CONNECT":
             self._proposals.add(_CONNECT)
-        if _tokens(fields, "upgrade"):
-            self._proposals.add(_UPGRADE)
-        if not _keep_alive(fields, "1.1"):
-            self._keep_alive = False
+        if not plain:
+            if _tokens(fields, "upgrade"):
+                self._proposals.add(_UPGRADE)
+            if not _keep_alive(fields, "1.1"):
+                self._keep_alive = False
         self._client = _BODY
         if self._server is _IDLE:
             self._server = _HEAD
-        self._start_sending(*_framing(fields, is_request=True))
+        self._start_sending(*((_LENGTH, 0) if plain else _framing(fields, is_request=True)))
         self._settle()
         if end_stream:
             self.send_end(stream_id)

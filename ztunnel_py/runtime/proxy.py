@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import os
 import platform
@@ -331,6 +332,7 @@ async def run_proxy(
                 config, state, certs, pool, metrics, dump, nursery, drain, registry
             )
             await start(runtime)
+            tune_gc()
             readiness.mark_ready(ready_task)
             log.info("%s ready", config.proxy_type)
     finally:
@@ -339,6 +341,23 @@ async def run_proxy(
         if xds_channel is not None:
             xds_channel.close()
         log.info("%s stopped", config.proxy_type)
+
+
+# Collections of the youngest generation every 20,000 net allocations instead of CPython's 700:
+# a proxied request or connection allocates a few hundred container objects that nearly all die
+# by reference counting within a millisecond, so a collection every 700 keeps catching requests
+# in flight, scanning them and promoting them to older generations that are scanned again.
+GC_THRESHOLDS = (20_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Once the process is up: what start-up allocated (modules, config, state, TLS contexts),
+    which lives as long as the process, moves to the permanent generation that collections do
+    not scan (`gc.freeze`), and young collections become rarer (`GC_THRESHOLDS`). The cyclic
+    collector stays on: a cycle still gets collected, a little later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def prefetch_certificates(rt: ProxyRuntime, mine: Callable[[Workload], bool]) -> None:

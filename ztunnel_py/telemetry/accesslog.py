@@ -14,7 +14,9 @@ completion bytes_sent, bytes_recv, duration (`<n>ms`) and error. Unknown values 
 identities appear only for mTLS connections (on an outbound HBONE connection `src.identity` is the
 identity the agent presents for the source). Fields travel in the record's `fields` attribute, which
 `telemetry.logs`' formatters render as ztunnel does: addresses bare (`src.addr=10.0.0.1:5000`),
-counts bare, every other value a quoted string (`direction="inbound"`, `duration="3ms"`).
+counts bare, every other value a quoted string (`direction="inbound"`, `duration="3ms"`). Where
+logging is set up the simple way (text lines, `setup_logging`'s handler the only one), a line is
+written straight to the stream, the same line without a `LogRecord` (`logs.write_text_line`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ from __future__ import annotations
 import logging
 
 from ztunnel_py.telemetry.labels import SOURCE, UNKNOWN, TrafficLabels
-from ztunnel_py.telemetry.logs import Display
+from ztunnel_py.telemetry.logs import Display, write_text_line
 from ztunnel_py.telemetry.ratelimit import LogLimiter
 
 access_log = logging.getLogger("access")
 # request_complete's fields that hold addresses.
 _ADDRESSES = ("src.addr", "upstream_host")
 _failures = LogLimiter()
+
+
+def _log(level: int, message: str, fields: dict[str, object]) -> None:
+    """A line (the caller checked the level is enabled): straight to the stream where logging
+    is set up the simple way, else through `logging`."""
+    if not write_text_line(access_log, level, message, fields):
+        access_log.log(level, message, extra={"fields": fields})
 
 
 def _known(value: str) -> str | None:
@@ -63,7 +72,7 @@ def connection_opened(
 ) -> None:
     if access_log.isEnabledFor(logging.DEBUG):
         fields = _context_fields(labels, src_addr, dst_addr, hbone_addr)
-        access_log.debug("connection opened", extra={"fields": fields})
+        _log(logging.DEBUG, "connection opened", fields)
 
 
 def connection_complete(
@@ -84,7 +93,7 @@ def connection_complete(
     fields |= {"bytes_sent": bytes_sent, "bytes_recv": bytes_recv, "duration": f"{duration_ms}ms"}
     if error is not None:
         fields["error"] = error
-    access_log.log(level, "connection complete", extra={"fields": fields})
+    _log(level, "connection complete", fields)
 
 
 def connection_failed(src_addr: str, dst_addr: str, reporter: str, error: str) -> None:
@@ -100,7 +109,8 @@ def connection_failed(src_addr: str, dst_addr: str, reporter: str, error: str) -
     }
     if suppressed:
         fields["suppressed"] = suppressed
-    access_log.warning("connection failed", extra={"fields": fields})
+    if access_log.isEnabledFor(logging.WARNING):
+        _log(logging.WARNING, "connection failed", fields)
 
 
 def request_complete(fields: dict[str, object], *, error: bool = False) -> None:
@@ -116,4 +126,4 @@ def request_complete(fields: dict[str, object], *, error: bool = False) -> None:
             value = fields.get(key)
             if isinstance(value, str):
                 fields[key] = Display(value)
-        access_log.log(level, "request complete", extra={"fields": fields})
+        _log(level, "request complete", fields)
