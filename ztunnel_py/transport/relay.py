@@ -29,6 +29,8 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from ztunnel_py.transport.sockio import recv_into
+
 __all__ = [
     "ByteStream",
     "ForwardsInput",
@@ -154,11 +156,13 @@ class SocketByteStream:
 
     async def receive_some(self, max_bytes: int | None = None) -> memoryview:
         buffer = self._buffer
-        size = len(buffer) if max_bytes is None else min(max_bytes, len(buffer))
-        count = await self.socket.recv_into(buffer, size)
+        view = memoryview(buffer)
+        if max_bytes is not None and max_bytes < len(buffer):
+            view = view[:max_bytes]
+        count = await recv_into(self.socket, view)
         if count == len(buffer) < self._max_buffer:
             self._buffer = bytearray(min(2 * len(buffer), self._max_buffer))
-        return memoryview(buffer)[:count]
+        return view[:count]
 
     async def send_all(self, data: Bytes) -> None:
         view = memoryview(data).cast("B")

@@ -359,6 +359,7 @@ class HboneConnectionCore:
             self._on_h2_event(event)
 
     def _pull_h2(self) -> None:
+        # Called after every call into h2 that may queue output, which keeps frames in order.
         data = self._h2.data_to_send()
         if data:
             self._out.append(data)
@@ -502,7 +503,8 @@ class HboneConnectionCore:
         size = min(len(view), self._conn_send_window, stream.send_window)
         if size <= 0:
             return 0
-        self._pull_h2()
+        # No `_pull_h2` first: every call into h2 is followed by one, so nothing h2 queued can
+        # be waiting here to go before these frames (and h2's empty pull still copies a buffer).
         self._out.data_frames(stream_id, view[:size], self._send_frame_size)
         self._conn_send_window -= size
         stream.send_window -= size
