@@ -75,3 +75,37 @@ async def test_a_reset_raises_an_os_error() -> None:
                 client.close()
                 with pytest.raises(ConnectionResetError):
                     await recv_into(server, memoryview(bytearray(16)))
+
+
+async def test_wait_first_still_reads_what_is_there_and_waits_for_more() -> None:
+    a, b = trio.socket.socketpair()
+    with a, b:
+        buffer = memoryview(bytearray(64))
+        await b.send(b"ready")
+        with trio.testing.assert_checkpoints():
+            assert await recv_into(a, buffer, wait_first=True) == 5
+        assert bytes(buffer[:5]) == b"ready"
+
+        got: list[int] = []
+
+        async def reader() -> None:
+            got.append(await recv_into(a, buffer, wait_first=True))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []
+            b.shutdown(socket.SHUT_WR)
+        assert got == [0]
+
+
+async def test_wait_first_cancelled_leaves_the_bytes_in_the_socket() -> None:
+    a, b = trio.socket.socketpair()
+    with a, b:
+        await b.send(b"kept")
+        buffer = memoryview(bytearray(16))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await recv_into(a, buffer, wait_first=True)
+        assert scope.cancelled_caught
+        assert await recv_into(a, buffer) == 4

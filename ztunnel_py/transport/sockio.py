@@ -17,19 +17,27 @@ import trio
 __all__ = ["recv_into"]
 
 
-async def recv_into(sock: trio.socket.SocketType, buffer: memoryview) -> int:
+async def recv_into(
+    sock: trio.socket.SocketType, buffer: memoryview, *, wait_first: bool = False
+) -> int:
     """Read what `sock` holds into `buffer` (waiting for it if nothing is there); returns the
-    count, 0 at end of stream. Errors raise as `recv_into`'s do (`OSError`)."""
+    count, 0 at end of stream. Errors raise as `recv_into`'s do (`OSError`).
+
+    `wait_first`: wait for readability before the first attempt, for a reader that just
+    drained the socket and expects the next message later (a request/response exchange): the
+    read that would find nothing, and the exception it raises, are saved.
+    """
     await trio.lowlevel.checkpoint_if_cancelled()
     fd = sock.fileno()
     buffers = [buffer]
-    try:
-        count = os.readv(fd, buffers)
-    except BlockingIOError:
-        pass
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return count
+    if not wait_first:
+        try:
+            count = os.readv(fd, buffers)
+        except BlockingIOError:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return count
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
