@@ -29,6 +29,8 @@ from typing import Protocol, runtime_checkable
 
 import trio
 
+from ztunnel_py.transport.sockio import recv_into
+
 __all__ = [
     "ByteStream",
     "ForwardsInput",
@@ -143,7 +145,9 @@ class SocketByteStream:
 
     The buffer starts at 16 KiB and doubles after each read that fills it, up to `max_buffer`:
     small exchanges stay cheap, bulk transfers get large reads. `receive_some` returns a view
-    valid until the next call.
+    valid until the next call. After a read that left the buffer part empty (the socket was
+    drained) the next one waits for readability before reading: in request/response traffic
+    the next message comes a round trip later, and reading at once would only find nothing.
     """
 
     def __init__(self, sock: trio.socket.SocketType, *, max_buffer: int = RELAY_CHUNK) -> None:
@@ -151,14 +155,18 @@ class SocketByteStream:
         self.socket = sock
         self._max_buffer = max_buffer
         self._buffer = bytearray(min(_SOCKET_BUFFER_MIN, max_buffer))
+        self._drained = False
 
     async def receive_some(self, max_bytes: int | None = None) -> memoryview:
         buffer = self._buffer
-        size = len(buffer) if max_bytes is None else min(max_bytes, len(buffer))
-        count = await self.socket.recv_into(buffer, size)
+        view = memoryview(buffer)
+        if max_bytes is not None and max_bytes < len(buffer):
+            view = view[:max_bytes]
+        count = await recv_into(self.socket, view, wait_first=self._drained)
+        self._drained = 0 < count < len(view)
         if count == len(buffer) < self._max_buffer:
             self._buffer = bytearray(min(2 * len(buffer), self._max_buffer))
-        return memoryview(buffer)[:count]
+        return view[:count]
 
     async def send_all(self, data: Bytes) -> None:
         view = memoryview(data).cast("B")

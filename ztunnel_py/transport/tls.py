@@ -38,6 +38,8 @@ from typing import cast
 
 import trio
 
+from ztunnel_py.transport.sockio import recv_into
+
 __all__ = ["DEFAULT_MAX_HANDSHAKES", "HandshakeLimit", "TlsError", "TlsTransport"]
 
 Bytes = bytes | bytearray | memoryview
@@ -316,9 +318,14 @@ class TlsTransport:
     def _decrypt_into(self, buffer: memoryview) -> int:
         total = 0
         size = len(buffer)
+        incoming = self._incoming
+        pending = self._ssl.pending
         read = cast(_ReadInto, self._ssl.read)
         try:
-            while total < size:
+            # With no ciphertext left, no end of stream written and no decrypted byte held,
+            # a read can only fail with SSLWantReadError: not calling it spares building and
+            # catching that exception, once or twice per received message.
+            while total < size and (incoming.pending or incoming.eof or pending()):
                 count = read(size - total, buffer[total:])
                 if not count:
                     # The ssl module reports a received close_notify as a 0-byte read.
@@ -337,8 +344,10 @@ class TlsTransport:
         if len(self._ciphertext) < size:
             self._ciphertext = bytearray(size)
         view = memoryview(self._ciphertext)
+        if 0 < size < len(view):
+            view = view[:size]
         try:
-            count = await self._sock.recv_into(view, size)
+            count = await recv_into(self._sock, view)
         except OSError as e:
             raise TlsError(_describe_os_error(e)) from e
         if count:

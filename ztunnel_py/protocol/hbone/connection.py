@@ -224,13 +224,11 @@ class HboneConnectionCore:
         Payloads of 16 KiB or more are views of the buffers given to `send_data`: write (or
         encrypt) them before those buffers change.
         """
-        self._pull_h2()
         return self._out.take()
 
     @property
     def bytes_to_send(self) -> int:
         """How many bytes are queued for `data_to_send`."""
-        self._pull_h2()
         return len(self._out)
 
     # -- receiving -----------------------------------------------------------------------
@@ -359,6 +357,9 @@ class HboneConnectionCore:
             self._on_h2_event(event)
 
     def _pull_h2(self) -> None:
+        # Called right after every call into h2 that may queue output, so `_out` always holds
+        # everything queued, in order: the paths that queue DATA or hand output out (once or
+        # twice per message) need no pull of their own, which would copy h2's empty buffer.
         data = self._h2.data_to_send()
         if data:
             self._out.append(data)
@@ -502,7 +503,6 @@ class HboneConnectionCore:
         size = min(len(view), self._conn_send_window, stream.send_window)
         if size <= 0:
             return 0
-        self._pull_h2()
         self._out.data_frames(stream_id, view[:size], self._send_frame_size)
         self._conn_send_window -= size
         stream.send_window -= size
