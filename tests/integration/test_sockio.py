@@ -37,14 +37,15 @@ async def test_reads_what_is_there_waits_for_more_and_reports_the_end() -> None:
         assert await recv_into(a, buffer) == 0
 
 
-async def test_a_cancelled_read_leaves_the_bytes_in_the_socket() -> None:
+@pytest.mark.parametrize("wait_first", [False, True])
+async def test_a_cancelled_read_leaves_the_bytes_in_the_socket(wait_first: bool) -> None:
     a, b = trio.socket.socketpair()
     with a, b:
         await b.send(b"kept")
         buffer = memoryview(bytearray(16))
         with trio.CancelScope() as scope:
             scope.cancel()
-            await recv_into(a, buffer)
+            await recv_into(a, buffer, wait_first=wait_first)
         assert scope.cancelled_caught
         assert await recv_into(a, buffer) == 4
         assert bytes(buffer[:4]) == b"kept"
@@ -97,15 +98,3 @@ async def test_wait_first_still_reads_what_is_there_and_waits_for_more() -> None
             assert got == []
             b.shutdown(socket.SHUT_WR)
         assert got == [0]
-
-
-async def test_wait_first_cancelled_leaves_the_bytes_in_the_socket() -> None:
-    a, b = trio.socket.socketpair()
-    with a, b:
-        await b.send(b"kept")
-        buffer = memoryview(bytearray(16))
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            await recv_into(a, buffer, wait_first=True)
-        assert scope.cancelled_caught
-        assert await recv_into(a, buffer) == 4
