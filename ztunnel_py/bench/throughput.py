@@ -52,7 +52,12 @@ def _run(
     label = "through the mesh" if mesh else "no mesh"
     say(f"bringing up a 2-node testbed {'with' if mesh else 'without'} the mesh")
     bed = Testbed.up(
-        prefix=prefix, nodes=2, pods_per_node=2, mode="ambient" if mesh else "none", progress=say
+        prefix=prefix,
+        nodes=2,
+        pods_per_node=2,
+        mode="ambient" if mesh else "none",
+        progress=say,
+        with_prometheus=False,  # both runs on equal terms: no scrapes taking the cores
     )
     try:
         client, server_ip = _endpoints(bed)
