@@ -296,7 +296,9 @@ def write_text_line(logger: logging.Logger, level: int, message: str, fields: ob
     the cost of an access log line); False, writing nothing, unless the logging is set up the
     simple way: text format, that handler the only one on the root logger, no filters, `logger`
     a child of the root with no handler of its own. The caller has checked that `logger` is
-    enabled for `level`; the line is the one `TextFormatter` writes for the same record."""
+    enabled for `level`; the line is the one `TextFormatter` writes for the same record. Once
+    the line was begun it is True: a stream that fails is reported as the logging machinery
+    reports it (`Handler.handleError`), never by writing the line again."""
     root = logging.root
     handlers = root.handlers
     if len(handlers) != 1 or logger.handlers or logger.filters or root.filters:
@@ -311,17 +313,34 @@ def write_text_line(logger: logging.Logger, level: int, message: str, fields: ob
         or not logger.propagate
     ):
         return False
+    created = time.time()
     name = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
-    line = _text_line(time.time(), name, logger.name.removeprefix(PACKAGE + "."), message, fields)
-    try:
-        with handler.lock:  # type: ignore[union-attr]
-            stream = handler.stream
-            stream.write(line + handler.terminator)
-            stream.flush()
-    except Exception:
-        # the logging machinery reports a stream that fails (`Handler.handleError`)
-        return False
+    line = _text_line(created, name, logger.name.removeprefix(PACKAGE + "."), message, fields)
+    with handler.lock:  # type: ignore[union-attr]
+        try:
+            _write_whole(handler.stream, line + handler.terminator)
+        except Exception:
+            # Part of the line may be out already: handing the record to `logging` now would
+            # write it a second time. A failing stream is reported as `StreamHandler.emit`
+            # reports it, and the line is not written again.
+            record = logger.makeRecord(logger.name, level, "", 0, message, (), None)
+            record.created = created
+            record.fields = fields
+            handler.handleError(record)
     return True
+
+
+def _write_whole(stream: TextIO, text: str) -> None:
+    """Write all of `text`, then flush: a stream that takes only part of it (a short count
+    from `write`) is given the rest of the same line until it takes none, which is an error."""
+    while text:
+        written = stream.write(text)
+        if written is None or written >= len(text):
+            break
+        if written <= 0:
+            raise OSError(f"the log stream took none of {len(text)} characters")
+        text = text[written:]
+    stream.flush()
 
 
 def setup_logging(
