@@ -226,25 +226,40 @@ def _escaped(text: str) -> str:
     return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
+# field name -> its escaped text with the `=`: the names are the code's own few, so each is
+# escaped once (the size bound only guards against a caller making names up without end)
+_names: dict[str, str] = {}
+_MAX_NAMES = 1024
+
+
+def _name(key: str) -> str:
+    if len(_names) >= _MAX_NAMES:
+        _names.clear()
+    text = _names[key] = f"{_escaped(key)}="
+    return text
+
+
 def _text_fields(fields: object) -> str:
     """A record's fields as text (None values left out). A line per request goes through here:
-    the common value types are told apart by `type` inline rather than by a call each."""
+    the common value types are told apart by `type` inline rather than by a call each, and a
+    string with nothing to escape (nearly all) is quoted inline, as `_quoted` would."""
     if not isinstance(fields, dict):
         return ""
     out = []
+    names = _names
     for k, v in fields.items():
         if v is None:
             continue
         kind = type(v)
         if kind is str:
-            text = _quoted(v)
+            text = f'"{v}"' if v.isprintable() and '"' not in v and "\\" not in v else _quoted(v)
         elif kind is int:
             text = str(v)
         elif kind is Display:
             text = str.__str__(v)
         else:
             text = _text_value(v)
-        out.append(f"{_escaped(k)}={text}")
+        out.append((names.get(k) or _name(k)) + text)
     return " ".join(out)
 
 
