@@ -81,6 +81,8 @@ class TelemetryFilter(Filter):
         request_bytes = head_size(req) + ctx.request_body_bytes
         response_bytes = (head_size(resp) if resp is not None else 0) + ctx.response_body_bytes
         mtls = ctx.downstream.peer_identity is not None
+        flags = ctx.flags_text
+        duration_ms = ctx.duration_ms
         # the attributes are looked up only by a Telemetry's overrides or log filter: made
         # only for those
         lookup = (
@@ -98,7 +100,7 @@ class TelemetryFilter(Filter):
                 "grpc" if grpc else "http",
                 status,
                 ctx.grpc_status or "" if grpc else "",
-                ctx.flags_text,
+                flags,
                 mtls,
             )
             overrides = (
@@ -107,7 +109,7 @@ class TelemetryFilter(Filter):
                 else None
             )
             self._metrics.record_values(
-                values, ctx.duration_ms, request_bytes, response_bytes, overrides
+                values, duration_ms, request_bytes, response_bytes, overrides
             )
         if not self._log or (
             self._log_filter is not None
@@ -130,10 +132,10 @@ class TelemetryFilter(Filter):
             "protocol": req.version,
             "authority": req.authority,
             "response_code": status,
-            "response_flags": ctx.flags_text,
+            "response_flags": flags,
             "response_code_details": ctx.details or ("via_upstream" if resp else None),
             "grpc_status": ctx.grpc_status,
-            "duration": f"{round(ctx.duration_ms)}ms",
+            "duration": f"{round(duration_ms)}ms",
             "upstream_host": ctx.upstream_host or None,
             "upstream_cluster": backend.cluster if backend is not None else None,
             "route_name": ctx.route.name if ctx.route is not None else None,
