@@ -570,3 +570,80 @@ def test_request_lines_the_same_with_or_without_the_logging_machinery(
         'src.addr=10.0.0.9:1 method="GET" path="/a\\"b\\tc" response_code=503 '
         'duration="3ms" upstream_host=10.0.0.2:80'
     )
+
+
+class _ShortWrites(io.StringIO):
+    """A stream that takes at most `most` characters a write; with `fail`, its first write
+    takes them and then raises (a write that failed part way), later ones work."""
+
+    def __init__(self, most: int, fail: bool = False) -> None:
+        super().__init__()
+        self.most = most
+        self.fail = fail
+
+    def write(self, s: str) -> int:
+        written = super().write(s[: self.most])
+        if self.fail:
+            self.fail = False
+            raise OSError("disk full")
+        return written
+
+
+@pytest.fixture
+def only_our_handler() -> Iterator[None]:
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    yield
+    LogLevels("info")
+    root.handlers[:] = before[0]
+    root.setLevel(before[1])
+
+
+def _only(stream: io.StringIO) -> None:
+    """Leave the handler `setup_logging` installed for `stream` the root's only one (pytest
+    adds its capture handlers): the line goes straight to the stream."""
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if getattr(h, "stream", None) is stream]
+
+
+@pytest.mark.usefixtures("only_our_handler")
+def test_a_short_write_is_finished_as_the_same_line() -> None:
+    stream = _ShortWrites(most=7)
+    setup_logging("info", stream=stream)
+    _only(stream)
+    accesslog.request_complete({"method": "GET", "path": "/a", "response_code": 200})
+    accesslog.request_complete({"method": "PUT", "path": "/b", "response_code": 201})
+    lines = stream.getvalue().splitlines()
+    assert [LINE.match(line).groups()[3] for line in lines] == [  # type: ignore[union-attr]
+        'method="GET" path="/a" response_code=200',
+        'method="PUT" path="/b" response_code=201',
+    ]
+
+
+@pytest.mark.usefixtures("only_our_handler")
+def test_a_failing_write_is_reported_never_written_twice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = _ShortWrites(most=10, fail=True)
+    setup_logging("info", stream=stream)
+    _only(stream)
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    logging.setLogRecordFactory(counting)
+    try:
+        accesslog.request_complete({"method": "GET", "path": "/a"})
+    finally:
+        logging.setLogRecordFactory(factory)
+    # the first 10 characters went out, the write failed, and nothing wrote the line again
+    assert len(stream.getvalue()) == 10
+    # reported as `logging` reports a failing stream, naming the record
+    assert len(made) == 1
+    assert made[0].getMessage() == "request complete"
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err
+    assert "OSError: disk full" in err

@@ -99,3 +99,36 @@ def test_the_access_log_follows_its_filter(
     served(TelemetryConfig(access_log=access_log), finished(200), finished(503))
     logged = [r.levelname for r in caplog.records if r.getMessage() == "request complete"]
     assert logged == levels
+
+
+def test_without_a_telemetry_every_request_is_counted_under_its_peers_and_outcome() -> None:
+    """The label values a filter remembers per peers and outcome follow each request: a new
+    peer object (the source's workload changed) and a new status make new series."""
+    registry = CollectorRegistry()
+    peers = iter([Peer(workload="web-1"), Peer(workload="web-1"), Peer(workload="web-2")])
+    source = next(peers)
+
+    def source_of(ctx: RequestContext) -> Peer:
+        return source
+
+    f = TelemetryFilter(
+        RequestMetrics(registry),
+        reporter="waypoint",
+        source=source_of,
+        destination=lambda ctx: Peer(workload="echo-1"),
+        service=lambda ctx: None,
+    )
+    f.on_log(finished(200))
+    f.on_log(finished(200))
+    f.on_log(finished(503))
+    source = next(peers)  # an equal peer, made again
+    f.on_log(finished(200))
+    source = next(peers)
+    f.on_log(finished(200))
+    counts = {
+        (line.split('source_workload="')[1].split('"')[0], line.split('response_code="')[1][:3]): (
+            line.rsplit(" ", 1)[1]
+        )
+        for line in series(generate_latest(registry).decode(), "istio_requests_total")
+    }
+    assert counts == {("web-1", "200"): "3.0", ("web-1", "503"): "1.0", ("web-2", "200"): "1.0"}

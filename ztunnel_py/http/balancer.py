@@ -109,7 +109,13 @@ class LeastRequest(Balancer):
         if len(endpoints) == 1:
             return endpoints[0]
         if len({e.weight for e in endpoints}) == 1:
-            first, second = self.rng.sample(range(len(endpoints)), 2)
+            # two different endpoints, each pair as likely as `rng.sample` draws them (two
+            # `randrange`s cost a fraction of a `sample`)
+            n = len(endpoints)
+            first = self.rng.randrange(n)
+            second = self.rng.randrange(n - 1)
+            if second >= first:
+                second += 1
             a, b = endpoints[first], endpoints[second]
             return b if how.active.get(b.address, 0) < how.active.get(a.address, 0) else a
         weights = [e.weight / (how.active.get(e.address, 0) + 1) for e in endpoints]

@@ -26,6 +26,8 @@ from ztunnel_py.http.balancer import Endpoint, HashBalancer, Pick, balancer_for
 from ztunnel_py.http.outlier import LocalOrigin, OutlierDetector
 from ztunnel_py.model.http import TrafficPolicy
 
+_NONE: frozenset[str] = frozenset()
+
 __all__ = ["Cluster"]
 
 
@@ -48,6 +50,8 @@ class Cluster:
         self._known: frozenset[str] = frozenset()
         # requests in flight by endpoint address
         self.active: dict[str, int] = {}
+        # what a balancer other than a hash one goes by: the same for every pick
+        self._pick = Pick(self.active)
         # circuit breaker counters: connections open or being made, requests waiting for a
         # connection, upstream requests in flight (the waiting ones included), retries in flight
         self.connections = 0
@@ -77,7 +81,7 @@ class Cluster:
         """The endpoint for an attempt, or None when none is healthy."""
         if not endpoints:
             return None
-        healthy = list(endpoints)
+        healthy: Sequence[Endpoint] = endpoints
         outlier = self.outlier
         if outlier is not None:
             addresses = frozenset(e.address for e in endpoints)
@@ -90,13 +94,14 @@ class Cluster:
                 healthy = list(endpoints)
             if not healthy:
                 return None
-        avoid = frozenset(tried).intersection(e.address for e in healthy)
+        avoid = frozenset(tried).intersection(e.address for e in healthy) if tried else _NONE
         if len(avoid) == len(healthy):
-            avoid = frozenset()
+            avoid = _NONE
         if isinstance(self.balancer, HashBalancer):
             return self.balancer.pick(healthy, Pick(self.active, key, avoid))
-        allowed = [e for e in healthy if e.address not in avoid]
-        return self.balancer.pick(allowed, Pick(self.active))
+        # a first attempt (nearly all) has nothing to avoid: the endpoints go as they are
+        allowed = [e for e in healthy if e.address not in avoid] if avoid else healthy
+        return self.balancer.pick(allowed, self._pick)
 
     @property
     def idle(self) -> bool:

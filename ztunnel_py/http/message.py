@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 __all__ = [
     "HOP_BY_HOP",
@@ -43,6 +44,9 @@ HOP_BY_HOP = frozenset(
 )
 
 HttpVersion = str  # "HTTP/1.1" or "HTTP/2"
+
+# a field's name: `map`ped over fields, the loops that look for a name run in C
+_NAME = itemgetter(0)
 
 
 class Headers:
@@ -80,18 +84,18 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field `name` with one field (appended when absent, else in place)."""
         name = name.lower()
-        out: list[tuple[str, str]] = []
-        placed = False
-        for n, v in self._fields:
-            if n == name:
-                if not placed:
-                    out.append((name, value))
-                    placed = True
-            else:
-                out.append((n, v))
-        if not placed:
-            out.append((name, value))
-        self._fields = out
+        fields = self._fields
+        names = list(map(_NAME, fields))
+        if name not in names:
+            # the common case (a header the proxy adds): no new list
+            fields.append((name, value))
+            return
+        first = names.index(name)
+        self._fields = [
+            *fields[:first],
+            (name, value),
+            *(f for f in fields[first + 1 :] if f[0] != name),
+        ]
 
     def add(self, name: str, value: str) -> None:
         self._fields.append((name.lower(), value))
@@ -105,18 +109,18 @@ class Headers:
 
     def remove(self, name: str) -> None:
         name = name.lower()
-        self._fields = [(n, v) for n, v in self._fields if n != name]
+        if name in map(_NAME, self._fields):
+            self._fields = [(n, v) for n, v in self._fields if n != name]
 
     def discard(self, names: Collection[str]) -> None:
         """Remove every field whose (lower-case) name is in `names`."""
-        if any(n in names for n, _ in self._fields):
+        if any(map(names.__contains__, map(_NAME, self._fields))):
             self._fields = [(n, v) for n, v in self._fields if n not in names]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        name = name.lower()
-        return any(n == name for n, _ in self._fields)
+        return name.lower() in map(_NAME, self._fields)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._fields)
@@ -212,13 +216,15 @@ def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> None:
     """Remove connection-specific fields in place: the fixed set plus every field named in
     `Connection`. `te: trailers` is kept (gRPC relies on it); `upgrade` when `keep_upgrade`."""
     named = headers.joined("connection")
-    drop = set(HOP_BY_HOP)
-    if named:
-        drop.update(t.strip().lower() for t in named.split(",") if t.strip())
-    if keep_upgrade:
-        drop.discard("upgrade")
-        drop.discard("connection")
-    if not any(n in drop for n, _ in headers):
+    drop: frozenset[str] | set[str] = HOP_BY_HOP
+    if named or keep_upgrade:
+        drop = set(HOP_BY_HOP)
+        if named:
+            drop.update(t.strip().lower() for t in named.split(",") if t.strip())
+        if keep_upgrade:
+            drop.discard("upgrade")
+            drop.discard("connection")
+    if drop.isdisjoint(map(_NAME, headers)):
         return
     kept: list[tuple[str, str]] = []
     te_kept = False

@@ -226,25 +226,40 @@ def _escaped(text: str) -> str:
     return _CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
 
+# field name -> its escaped text with the `=`: the names are the code's own few, so each is
+# escaped once (the size bound only guards against a caller making names up without end)
+_names: dict[str, str] = {}
+_MAX_NAMES = 1024
+
+
+def _name(key: str) -> str:
+    if len(_names) >= _MAX_NAMES:
+        _names.clear()
+    text = _names[key] = f"{_escaped(key)}="
+    return text
+
+
 def _text_fields(fields: object) -> str:
     """A record's fields as text (None values left out). A line per request goes through here:
-    the common value types are told apart by `type` inline rather than by a call each."""
+    the common value types are told apart by `type` inline rather than by a call each, and a
+    string with nothing to escape (nearly all) is quoted inline, as `_quoted` would."""
     if not isinstance(fields, dict):
         return ""
     out = []
+    names = _names
     for k, v in fields.items():
         if v is None:
             continue
         kind = type(v)
         if kind is str:
-            text = _quoted(v)
+            text = f'"{v}"' if v.isprintable() and '"' not in v and "\\" not in v else _quoted(v)
         elif kind is int:
             text = str(v)
         elif kind is Display:
             text = str.__str__(v)
         else:
             text = _text_value(v)
-        out.append(f"{_escaped(k)}={text}")
+        out.append((names.get(k) or _name(k)) + text)
     return " ".join(out)
 
 
@@ -296,7 +311,9 @@ def write_text_line(logger: logging.Logger, level: int, message: str, fields: ob
     the cost of an access log line); False, writing nothing, unless the logging is set up the
     simple way: text format, that handler the only one on the root logger, no filters, `logger`
     a child of the root with no handler of its own. The caller has checked that `logger` is
-    enabled for `level`; the line is the one `TextFormatter` writes for the same record."""
+    enabled for `level`; the line is the one `TextFormatter` writes for the same record. Once
+    the line was begun it is True: a stream that fails is reported as the logging machinery
+    reports it (`Handler.handleError`), never by writing the line again."""
     root = logging.root
     handlers = root.handlers
     if len(handlers) != 1 or logger.handlers or logger.filters or root.filters:
@@ -311,17 +328,34 @@ def write_text_line(logger: logging.Logger, level: int, message: str, fields: ob
         or not logger.propagate
     ):
         return False
+    created = time.time()
     name = _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower()
-    line = _text_line(time.time(), name, logger.name.removeprefix(PACKAGE + "."), message, fields)
-    try:
-        with handler.lock:  # type: ignore[union-attr]
-            stream = handler.stream
-            stream.write(line + handler.terminator)
-            stream.flush()
-    except Exception:
-        # the logging machinery reports a stream that fails (`Handler.handleError`)
-        return False
+    line = _text_line(created, name, logger.name.removeprefix(PACKAGE + "."), message, fields)
+    with handler.lock:  # type: ignore[union-attr]
+        try:
+            _write_whole(handler.stream, line + handler.terminator)
+        except Exception:
+            # Part of the line may be out already: handing the record to `logging` now would
+            # write it a second time. A failing stream is reported as `StreamHandler.emit`
+            # reports it, and the line is not written again.
+            record = logger.makeRecord(logger.name, level, "", 0, message, (), None)
+            record.created = created
+            record.fields = fields
+            handler.handleError(record)
     return True
+
+
+def _write_whole(stream: TextIO, text: str) -> None:
+    """Write all of `text`, then flush: a stream that takes only part of it (a short count
+    from `write`) is given the rest of the same line until it takes none, which is an error."""
+    while text:
+        written = stream.write(text)
+        if written is None or written >= len(text):
+            break
+        if written <= 0:
+            raise OSError(f"the log stream took none of {len(text)} characters")
+        text = text[written:]
+    stream.flush()
 
 
 def setup_logging(

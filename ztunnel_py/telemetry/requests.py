@@ -42,6 +42,7 @@ from ztunnel_py.telemetry.labels import UNKNOWN
 __all__ = [
     "DEFAULT_BUCKETS",
     "REQUEST_LABEL_NAMES",
+    "LabelValues",
     "MetricOverrides",
     "RequestLabels",
     "RequestMetrics",
@@ -214,6 +215,71 @@ class RequestLabels:
         )
 
 
+class LabelValues:
+    """`RequestLabels.values` remembered: a waypoint's requests come from few peers, to few
+    services, with few outcomes, and each tuple of 25 values would otherwise be built anew per
+    request. The peers and the service are kept by identity (the app makes each once, hashing
+    them would cost more than the values); a size bound keeps a churning mesh from growing it."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[object, ...], tuple[Peer, Peer, Service | None, tuple[str, ...]]]
+        self._known = {}
+
+    def values(
+        self,
+        reporter: str,
+        source: Peer,
+        destination: Peer,
+        service: Service | None,
+        service_host: str,
+        request_protocol: str,
+        response_code: int,
+        grpc_response_status: str,
+        response_flags: str,
+        mtls: bool,
+    ) -> tuple[str, ...]:
+        key = (
+            id(source),
+            id(destination),
+            id(service),
+            reporter,
+            service_host,
+            request_protocol,
+            response_code,
+            grpc_response_status,
+            response_flags,
+            mtls,
+        )
+        known = self._known.get(key)
+        if (
+            known is not None
+            and known[0] is source
+            and known[1] is destination
+            and known[2] is service
+        ):
+            return known[3]
+        values = RequestLabels(
+            reporter,
+            source,
+            destination,
+            service,
+            service_host,
+            request_protocol,
+            response_code,
+            grpc_response_status,
+            response_flags,
+            mtls,
+        ).values()
+        if len(self._known) >= _MAX_LABEL_SETS:
+            self._known.clear()
+        self._known[key] = (source, destination, service, values)
+        return values
+
+
+_MAX_LABEL_SETS = 4096
+
 # A series: Istio's label values, then (name, value) of extra labels (usually none).
 SeriesKey = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
 _INDEX = {name: i for i, name in enumerate(REQUEST_LABEL_NAMES)}
@@ -330,7 +396,17 @@ class RequestMetrics:
         overrides: tuple[MetricOverrides, cel.Lookup] | None = None,
     ) -> None:
         """One request; `overrides` (with the request's attributes) as its Telemetry says."""
-        values = labels.values()
+        self.record_values(labels.values(), duration_ms, request_bytes, response_bytes, overrides)
+
+    def record_values(
+        self,
+        values: tuple[str, ...],
+        duration_ms: float,
+        request_bytes: int,
+        response_bytes: int,
+        overrides: tuple[MetricOverrides, cel.Lookup] | None = None,
+    ) -> None:
+        """`record` with the labels' `values` (e.g. from `LabelValues`)."""
         if overrides is None:
             plain: SeriesKey = (values, ())
             keys: list[SeriesKey | None] = [plain, plain, plain, plain]

@@ -14,6 +14,7 @@ attributes (`attributes`: `request.*`, `response.*`, `source.*`, `destination.*`
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from ztunnel_py.http.filter import Filter, RequestContext
@@ -23,7 +24,7 @@ from ztunnel_py.model.address import SocketAddr
 from ztunnel_py.model.telemetry import TelemetryConfig
 from ztunnel_py.telemetry import accesslog, cel
 from ztunnel_py.telemetry.labels import UNKNOWN
-from ztunnel_py.telemetry.requests import MetricOverrides, Peer, RequestLabels, RequestMetrics
+from ztunnel_py.telemetry.requests import LabelValues, MetricOverrides, Peer, RequestMetrics
 
 __all__ = ["TelemetryFilter", "attributes", "head_size"]
 
@@ -31,7 +32,8 @@ PeerOf = Callable[[RequestContext], Peer]
 
 
 def _fields_size(headers: Headers) -> int:
-    return sum(len(n) + len(v) + 4 for n, v in headers)
+    # every name and value, plus ": " and CRLF per field (summed without a Python loop)
+    return sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
 
 
 def head_size(head: RequestHead | ResponseHead) -> int:
@@ -66,6 +68,7 @@ class TelemetryFilter(Filter):
         self._overrides = MetricOverrides(m) if m.overrides or not m.enabled else None
         self._log = config.access_log.enabled
         self._log_filter = cel.parse(config.access_log.filter) if config.access_log.filter else None
+        self._labels = LabelValues()
 
     def on_log(self, ctx: RequestContext) -> None:
         req, resp = ctx.request, ctx.response
@@ -78,23 +81,41 @@ class TelemetryFilter(Filter):
         request_bytes = head_size(req) + ctx.request_body_bytes
         response_bytes = (head_size(resp) if resp is not None else 0) + ctx.response_body_bytes
         mtls = ctx.downstream.peer_identity is not None
-        lookup = attributes(ctx, request_bytes, response_bytes)
+        flags = ctx.flags_text
+        duration_ms = ctx.duration_ms
+        # the attributes are looked up only by a Telemetry's overrides or log filter: made
+        # only for those
+        lookup = (
+            attributes(ctx, request_bytes, response_bytes)
+            if self._overrides is not None or self._log_filter is not None
+            else None
+        )
         if self._metrics is not None:
-            labels = RequestLabels(
-                reporter=self._reporter,
-                source=source,
-                destination=destination,
-                service=service,
-                service_host=service_host,
-                request_protocol="grpc" if grpc else "http",
-                response_code=status,
-                grpc_response_status=ctx.grpc_status or "" if grpc else "",
-                response_flags=ctx.flags_text,
-                mtls=mtls,
+            values = self._labels.values(
+                self._reporter,
+                source,
+                destination,
+                service,
+                service_host,
+                "grpc" if grpc else "http",
+                status,
+                ctx.grpc_status or "" if grpc else "",
+                flags,
+                mtls,
             )
-            overrides = (self._overrides, lookup) if self._overrides is not None else None
-            self._metrics.record(labels, ctx.duration_ms, request_bytes, response_bytes, overrides)
-        if not self._log or (self._log_filter is not None and not self._log_filter.matches(lookup)):
+            overrides = (
+                (self._overrides, lookup)
+                if self._overrides is not None and lookup is not None
+                else None
+            )
+            self._metrics.record_values(
+                values, duration_ms, request_bytes, response_bytes, overrides
+            )
+        if not self._log or (
+            self._log_filter is not None
+            and lookup is not None
+            and not self._log_filter.matches(lookup)
+        ):
             return
         trace = ctx.state.get("trace")
         backend = ctx.backend
@@ -111,10 +132,10 @@ class TelemetryFilter(Filter):
             "protocol": req.version,
             "authority": req.authority,
             "response_code": status,
-            "response_flags": ctx.flags_text,
+            "response_flags": flags,
             "response_code_details": ctx.details or ("via_upstream" if resp else None),
             "grpc_status": ctx.grpc_status,
-            "duration": f"{round(ctx.duration_ms)}ms",
+            "duration": f"{round(duration_ms)}ms",
             "upstream_host": ctx.upstream_host or None,
             "upstream_cluster": backend.cluster if backend is not None else None,
             "route_name": ctx.route.name if ctx.route is not None else None,
