@@ -98,6 +98,7 @@ async def curl_status(url: str, *headers: str) -> tuple[int, str]:
     done = await run(
         "curl", "-sS", "--max-time", "15", "-o", "/dev/null", "-D", "-", *extra, url, limit=30
     )
+    assert done.returncode == 0, done.stderr.decode()  # the whole response came, body included
     head = done.stdout.decode().lower()
     return int(head.split()[1]), head
 

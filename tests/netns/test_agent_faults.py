@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -215,25 +216,30 @@ def test_200_idle_connections_to_the_readiness_port_never_fail_a_probe(bed: Test
         flood.communicate(timeout=30)
 
 
-# GETs ip:8080/?marker on new connections every `interval` s for `seconds`; prints a JSON list
-# of [seconds since start, ok] per request.
+# GETs ip:8080/?marker on new connections every `interval` s for `seconds` (or until SIGINT);
+# prints a JSON list of [seconds since start, ok] per request.
 LOOP_CLIENT = """
 import json, socket, sys, time
 ip, marker, seconds, interval = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 start, results = time.monotonic(), []
-while (now := time.monotonic() - start) < seconds:
-    ok = False
-    try:
-        with socket.create_connection((ip, 8080), timeout=1) as s:
-            s.settimeout(1)
-            s.sendall(f"GET /?{marker} HTTP/1.0\\r\\nHost: t\\r\\n\\r\\n".encode())
-            ok = s.recv(12).startswith(b"HTTP/1.1 200")
-    except OSError:
-        pass
-    results.append([round(now, 2), ok])
-    time.sleep(interval)
+try:
+    while (now := time.monotonic() - start) < seconds:
+        ok = False
+        try:
+            with socket.create_connection((ip, 8080), timeout=1) as s:
+                s.settimeout(1)
+                s.sendall(f"GET /?{marker} HTTP/1.0\\r\\nHost: t\\r\\n\\r\\n".encode())
+                ok = s.recv(12).startswith(b"HTTP/1.1 200")
+        except OSError:
+            pass
+        results.append([round(now, 2), ok])
+        time.sleep(interval)
+except KeyboardInterrupt:
+    pass
 print(json.dumps(results))
 """
+# How long the requests go on once the agent is back: every one of them must succeed.
+AFTER_RESTART = 5.0
 
 
 def test_an_agent_killed_under_load_lets_no_byte_out_in_clear(bed: Testbed, tmp_path: Path) -> None:
@@ -253,7 +259,9 @@ def test_an_agent_killed_under_load_lets_no_byte_out_in_clear(bed: Testbed, tmp_
             time.sleep(3)
             bed.start_agent("node2")  # returns once it is ready
             restarted = time.monotonic() - started
+            time.sleep(AFTER_RESTART)
         finally:
+            load.send_signal(signal.SIGINT)  # 30 s is only the bound
             out, _ = load.communicate(timeout=90)
     results = json.loads(out)
     report = analyze(pcap, {15008}, [marker.encode()])

@@ -17,8 +17,10 @@ from ztunnel_py.testbed.topology import FABRIC_BRIDGE
 
 pytestmark = pytest.mark.netns
 
-TTL = 30  # seconds
-OUTAGE = 45  # longer than TTL: every certificate in use at the start has expired
+# Short certificates keep the outage short: what is proved (expiry, then failing closed, then
+# recovery) does not depend on the lifetime, only on the outage outlasting it.
+TTL = 15  # seconds
+OUTAGE = TTL + 15  # longer than TTL: every certificate in use at the start has expired
 
 
 @pytest.fixture(scope="module")

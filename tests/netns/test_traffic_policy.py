@@ -53,16 +53,17 @@ LOAD = r"""
 import http.client, json, sys, threading, time
 host, path, count, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 headers = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+header_sets = headers if isinstance(headers, list) else [headers]  # request i: set i mod len
 lock = threading.Lock()
 start = time.monotonic()
 def worker():
     conn = None
-    for _ in range(count):
+    for i in range(count):
         began = time.monotonic()
         try:
             if conn is None:
                 conn = http.client.HTTPConnection(host, 80, timeout=20)
-            conn.request("GET", path, headers=headers)
+            conn.request("GET", path, headers=header_sets[i % len(header_sets)])
             r = conn.getresponse()
             body = r.read()
             try:
@@ -98,9 +99,11 @@ def load(
     count: int,
     *,
     threads: int = 1,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[dict[str, str]] | None = None,
     timeout: float = 180,
 ) -> list[dict[str, Any]]:
+    """`count` requests on each of `threads` connections from web-1; with a list of header sets,
+    request i sends set i modulo its length (one process asks for several users at once)."""
     argv = [sys.executable, "-c", LOAD, vip, path, str(count), str(threads)]
     if headers:
         argv.append(json.dumps(headers))
@@ -426,7 +429,9 @@ def test_a_consistent_hash_keeps_a_user_on_one_endpoint_while_another_is_added(
         )
 
     def mapping() -> dict[str, str]:
-        return {u: load(bed, STICKY_VIP, "/", 1, headers={"x-user": u})[0]["pod"] for u in USERS}
+        # one request per user, all from one client process
+        answers = load(bed, STICKY_VIP, "/", len(USERS), headers=[{"x-user": u} for u in USERS])
+        return {u: a["pod"] for u, a in zip(USERS, answers, strict=True)}
 
     three = ("echo-1", "echo-1-3", "echo-2")
     pool(*three)

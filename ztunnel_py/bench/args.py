@@ -115,7 +115,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--latency-seconds",
         type=float,
         metavar="S",
-        help="length of the latency run (default: 30; --quick: 3)",
+        help="length of the latency run (default: 30; --quick: 2)",
     )
     cmp.add_argument(
         "--out",

@@ -349,6 +349,11 @@ class HttpProxy:
                         break
                     retrying.retry_started()
                 try:
+                    if last is not None and last.response is not None:
+                        # dropped only now that the retry may go: refused by the budget, the
+                        # response goes to the client
+                        await _discard(last.response[0])
+                        last.response = None
                     if attempt:
                         await trio.sleep(self._backoff(attempt))
                     target = self.resolver.target(ctx, backend, tried, http1=upgrade)
@@ -382,8 +387,6 @@ class HttpProxy:
                         )
                         if not can_retry:
                             break
-                        if r.response is not None:
-                            await _discard(r.response[0])
                 finally:
                     if retrying is not None:
                         retrying.retry_ended()
