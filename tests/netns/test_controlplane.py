@@ -25,10 +25,11 @@ from ztunnel_py.testbed.traffic import http_get
 
 pytestmark = pytest.mark.netns
 
-# Longer than any debounce, backoff or keepalive in the agents (the xDS reconnect backoff is
-# capped at 15 s; the xDS channel's keepalive gives up after 30 + 10 s, an HBONE connection's
-# after 10 + 20 s), so surviving it shows they really run on cached state.
-OUTAGE_SECONDS = 45
+# The figure: the control plane is gone for a full minute, longer than any debounce,
+# backoff or keepalive in the agents (the xDS reconnect backoff is capped at 15 s; the xDS
+# channel's keepalive gives up after 30 + 10 s, an HBONE connection's after 10 + 20 s), so
+# surviving it shows they really run on cached state.
+OUTAGE_SECONDS = 60
 PUSH_DEADLINE = 1.0
 
 EXTRA_VIP = "10.96.1.10"
