@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -75,6 +76,23 @@ FAMILIES = {
     "workload_manager_proxies_started": ("counter", ()),
     "workload_manager_proxies_stopped": ("counter", ()),
 }
+
+
+@contextlib.contextmanager
+def records_made() -> Iterator[list[logging.LogRecord]]:
+    """Every `LogRecord` made while the block runs (the direct access-log path makes none)."""
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    logging.setLogRecordFactory(counting)
+    try:
+        yield made
+    finally:
+        logging.setLogRecordFactory(factory)
 
 
 @pytest.fixture
@@ -539,18 +557,10 @@ def test_request_lines_the_same_with_or_without_the_logging_machinery(
     # only the handler setup_logging installed (pytest adds its capture handlers to the root)
     everyone = list(root.handlers)
     root.handlers[:] = [h for h in everyone if getattr(h, "stream", None) is log_stream]
-    made: list[logging.LogRecord] = []
-    factory = logging.getLogRecordFactory()
-
-    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        made.append(factory(*args, **kwargs))
-        return made[-1]
-
-    logging.setLogRecordFactory(counting)
     try:
-        accesslog.request_complete(dict(fields), error=True)
+        with records_made() as made:
+            accesslog.request_complete(dict(fields), error=True)
     finally:
-        logging.setLogRecordFactory(factory)
         root.handlers[:] = everyone
     assert made == []  # no LogRecord: written directly
     seen: list[logging.LogRecord] = []
@@ -627,18 +637,8 @@ def test_a_failing_write_is_reported_never_written_twice(
     stream = _ShortWrites(most=10, fail=True)
     setup_logging("info", stream=stream)
     _only(stream)
-    made: list[logging.LogRecord] = []
-    factory = logging.getLogRecordFactory()
-
-    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        made.append(factory(*args, **kwargs))
-        return made[-1]
-
-    logging.setLogRecordFactory(counting)
-    try:
+    with records_made() as made:
         accesslog.request_complete({"method": "GET", "path": "/a"})
-    finally:
-        logging.setLogRecordFactory(factory)
     # the first 10 characters went out, the write failed, and nothing wrote the line again
     assert len(stream.getvalue()) == 10
     # reported as `logging` reports a failing stream, naming the record
