@@ -240,11 +240,7 @@ class LabelValues:
         response_flags: str,
         mtls: bool,
     ) -> tuple[str, ...]:
-        key = (
-            id(source),
-            id(destination),
-            id(service),
-            reporter,
+        outcome = (
             service_host,
             request_protocol,
             response_code,
@@ -252,6 +248,7 @@ class LabelValues:
             response_flags,
             mtls,
         )
+        key = (id(source), id(destination), id(service), reporter, *outcome)
         known = self._known.get(key)
         if (
             known is not None
@@ -260,18 +257,7 @@ class LabelValues:
             and known[2] is service
         ):
             return known[3]
-        values = RequestLabels(
-            reporter,
-            source,
-            destination,
-            service,
-            service_host,
-            request_protocol,
-            response_code,
-            grpc_response_status,
-            response_flags,
-            mtls,
-        ).values()
+        values = RequestLabels(reporter, source, destination, service, *outcome).values()
         if len(self._known) >= _MAX_LABEL_SETS:
             self._known.clear()
         self._known[key] = (source, destination, service, values)
