@@ -85,12 +85,11 @@ class Headers:
         """Replace every field `name` with one field (appended when absent, else in place)."""
         name = name.lower()
         fields = self._fields
-        names = list(map(_NAME, fields))
-        if name not in names:
+        if name not in map(_NAME, fields):
             # the common case (a header the proxy adds): no new list
             fields.append((name, value))
             return
-        first = names.index(name)
+        first = list(map(_NAME, fields)).index(name)
         self._fields = [
             *fields[:first],
             (name, value),

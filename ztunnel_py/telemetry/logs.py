@@ -241,8 +241,7 @@ def _name(key: str) -> str:
 
 def _text_fields(fields: object) -> str:
     """A record's fields as text (None values left out). A line per request goes through here:
-    the common value types are told apart by `type` inline rather than by a call each, and a
-    string with nothing to escape (nearly all) is quoted inline, as `_quoted` would."""
+    the common value types are told apart by `type` inline rather than by a call each."""
     if not isinstance(fields, dict):
         return ""
     out = []
@@ -252,7 +251,7 @@ def _text_fields(fields: object) -> str:
             continue
         kind = type(v)
         if kind is str:
-            text = f'"{v}"' if v.isprintable() and '"' not in v and "\\" not in v else _quoted(v)
+            text = _quoted(v)
         elif kind is int:
             text = str(v)
         elif kind is Display:
