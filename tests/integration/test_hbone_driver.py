@@ -37,6 +37,7 @@ from ztunnel_py.transport.hbone import (
     HboneStreamError,
     HboneUnavailableError,
 )
+from ztunnel_py.transport.relay import ReceiveWoken
 
 MiB = 1024 * 1024
 
@@ -135,6 +136,42 @@ async def test_half_close_client_first() -> None:
             with pytest.raises(trio.ClosedResourceError):
                 await stream.send_all(b"after eof")
             assert await read_all(stream) == b"got 100000"
+            await stream.aclose()
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_woken_receive_takes_nothing_and_the_next_one_reads_on() -> None:
+    """`wake_receiver` ends the receive in progress with `ReceiveWoken`, taking nothing: what
+    arrives is the next receive's; with no receive in progress it does nothing."""
+
+    async def handler(request: HboneRequest) -> None:
+        stream = await request.respond(200)
+        assert stream is not None
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    with trio.fail_after(10):
+        async with hbone_server(handler) as server, trio.open_nursery() as nursery:
+            conn = await dial(server.address, nursery)
+            stream = await conn.open_stream("10.0.0.1:80")
+            stream.wake_receiver()  # nobody receives: nothing happens
+
+            async def receive() -> None:
+                with pytest.raises(ReceiveWoken):
+                    await stream.receive_some()
+
+            async with trio.open_nursery() as waiters:
+                waiters.start_soon(receive)
+                await trio.testing.wait_all_tasks_blocked()
+                stream.wake_receiver()
+                # woken and then sent something before it ran: the bytes are the next read's
+                await stream.send_all(b"ping")
+            assert bytes(await stream.receive_some()) == b"ping"
+            stream.wake_receiver()
+            await stream.send_all(b"pong")
+            assert bytes(await stream.receive_some()) == b"pong"
+            await stream.send_eof()
             await stream.aclose()
             await conn.aclose()
             nursery.cancel_scope.cancel()

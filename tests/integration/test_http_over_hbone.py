@@ -118,6 +118,29 @@ async def test_a_client_gone_while_the_handler_waits_cancels_it(how: str) -> Non
         await server.cancelled.wait()
 
 
+async def test_an_idle_connection_is_closed_after_the_idle_timeout_not_during_a_request() -> None:
+    """The idle timeout counts from the end of the last exchange: a request open longer than
+    the timeout is answered, and the connection then closes once idle for the timeout."""
+
+    async def handle(s: ServerStream) -> None:
+        await trio.sleep(0.6)
+        body = b"slow"
+        await s.send_head(ResponseHead(200, Headers([("content-length", str(len(body)))])))
+        await s.send_data(body, end_stream=True)
+
+    async def serve(stream: HboneStream) -> None:
+        await serve_http(stream, handle, idle_timeout=0.3)
+
+    async with tunnel(serve) as stream:
+        await stream.send_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        got = await read_until(stream, b"slow")
+        assert got.startswith(b"HTTP/1.1 200")
+        answered = trio.current_time()
+        # nothing more from the client: the server ends the connection
+        assert bytes(await stream.receive_some()) == b""
+        assert 0.25 < trio.current_time() - answered < 2
+
+
 async def test_the_next_request_arriving_early_does_not_end_the_exchange() -> None:
     """A pipelined request that arrives while the handler works is answered after it, not
     taken for the client leaving."""

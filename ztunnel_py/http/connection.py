@@ -77,7 +77,13 @@ from ztunnel_py.http.events import (
 from ztunnel_py.http.h1 import H1Client, H1Server, HttpCodecError
 from ztunnel_py.http.h2 import MAX_CONCURRENT_STREAMS, PREFACE, H2Client, H2Server
 from ztunnel_py.http.message import Headers, RequestHead, ResponseHead
-from ztunnel_py.transport.relay import ByteStream, SendsNowait, WatchesInput
+from ztunnel_py.transport.relay import (
+    ByteStream,
+    ReceiveWoken,
+    SendsNowait,
+    WakesReceiver,
+    WatchesInput,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +163,6 @@ class _Stream:
         self.peer_gone = False
         self.body_bytes_in = 0
         self.body_bytes_out = 0
-        self.cancel_scope = trio.CancelScope()
 
     # the reader's side of the inbox (a deque and an event rather than a memory channel: an item
     # already there is taken without a trip through the scheduler)
@@ -280,10 +285,17 @@ class ServerStream(_Stream):
     """One request received, and the response to it."""
 
     def __init__(
-        self, conn: _Connection, stream_id: int, request: RequestHead, no_body: bool
+        self,
+        conn: _Connection,
+        stream_id: int,
+        request: RequestHead,
+        no_body: bool,
+        cancel_scope: trio.CancelScope,
     ) -> None:
         super().__init__(conn, stream_id)
         self.request = request
+        # cancelled when the stream is reset or its connection ends: the handler's scope
+        self.cancel_scope = cancel_scope
         if no_body:
             self.read_done = self.received_end = True
         self.response_started = False
@@ -368,7 +380,11 @@ class _Connection:
         self._stream = stream
         self.codec = codec
         self.is_h1 = isinstance(codec, (H1Server, H1Client))
-        self._send_lock = trio.Lock()
+        # a task is writing (`flush`); the others wait in `_writers`. A flag and a parking lot
+        # rather than a trio.Lock: the uncontended flush, one or two per request, then costs
+        # no lock bookkeeping
+        self._writing = False
+        self._writers = trio.lowlevel.ParkingLot()
         # how the stream takes bytes without waiting, if it can (see `_write`)
         self._send_nowait = stream.send_nowait if isinstance(stream, SendsNowait) else None
         self.streams: dict[int, _Stream] = {}
@@ -376,7 +392,11 @@ class _Connection:
         self.closed = False
         self.reason = ""
         self._raw_taken = False
-        # the reader's current receive: cancelled to make the reader look at its state again
+        # how the reader is made to look at its state again (`_wake_reader`): a stream that
+        # can end a receive early is asked to while `_reading`; any other stream's receive
+        # runs in `_read_scope`, cancelled
+        self._wakes = stream if isinstance(stream, WakesReceiver) else None
+        self._reading = False
         self._read_scope: trio.CancelScope | None = None
         # where flushes that cannot wait for the caller run (a reset from synchronous code)
         self._nursery: trio.Nursery | None = None
@@ -387,25 +407,29 @@ class _Connection:
         return "HTTP/1.1" if self.is_h1 else "HTTP/2"
 
     async def flush(self) -> None:
-        # Taken and written under the lock, shielded: bytes a codec handed out must reach the
-        # socket whole and in order. A write that makes no progress for `WRITE_TIMEOUT` (a peer
-        # that stopped reading) ends the connection, as does one on a closed connection.
-        # Uncontended (the common case) the lock is taken without waiting, and nothing to
-        # write costs nothing: most flushes come after codec calls that queued no bytes.
-        lock = self._send_lock
-        if lock.locked():
+        # Taken and written by one task at a time, shielded: bytes a codec handed out must
+        # reach the socket whole and in order. A write that makes no progress for
+        # `WRITE_TIMEOUT` (a peer that stopped reading) ends the connection, as does one on a
+        # closed connection. Uncontended (the common case) nothing waits, and nothing to write
+        # costs nothing: most flushes come after codec calls that queued no bytes.
+        if self._writing:
             with trio.CancelScope(shield=True):
-                async with lock:
-                    await self._write(self.codec.data_to_send())
+                while self._writing:
+                    await self._writers.park()
+                await self._write_taken(self.codec.data_to_send())
             return
         data = self.codec.data_to_send()
-        if not data:
-            return
-        lock.acquire_nowait()
+        if data:
+            await self._write_taken(data)
+
+    async def _write_taken(self, data: bytes) -> None:
+        self._writing = True
         try:
             await self._write(data)
         finally:
-            lock.release()
+            self._writing = False
+            if self._writers:
+                self._writers.unpark()
 
     async def _write(self, data: bytes | memoryview) -> None:
         if not data:
@@ -546,7 +570,10 @@ class _Connection:
         self._window = trio.Event()
 
     def _wake_reader(self) -> None:
-        if self._read_scope is not None:
+        if self._reading:
+            assert self._wakes is not None
+            self._wakes.wake_receiver()
+        elif self._read_scope is not None:
             self._read_scope.cancel()
 
     def end_all(self, reason: str) -> None:
@@ -629,12 +656,23 @@ class _Connection:
             self.closed = True
             await s._put(ev)
 
-    async def _receive(self, deadline: float = math.inf) -> bytes | None:
+    async def _receive(self) -> bytes | None:
         """One read: the bytes, b"" when the peer closed; None when the reader was woken
-        (`_wake_reader`), or the socket failed or nothing came by `deadline` (the read scope's
-        deadline, which may be moved while the read waits): the connection is ended then (a
-        reset must not pass for the clean end of a close-delimited body)."""
-        with trio.CancelScope(deadline=deadline) as scope:
+        (`_wake_reader`), or the socket failed: the connection is ended then (a reset must not
+        pass for the clean end of a close-delimited body)."""
+        wakes = self._wakes
+        if wakes is not None:
+            self._reading = True
+            try:
+                return bytes(await self._stream.receive_some(_READ_SIZE))
+            except ReceiveWoken:
+                return None
+            except _SOCKET_ERRORS as e:
+                self.end_all(f"connection lost: {e}")
+                return None
+            finally:
+                self._reading = False
+        with trio.CancelScope() as scope:
             self._read_scope = scope
             try:
                 return bytes(await self._stream.receive_some(_READ_SIZE))
@@ -642,8 +680,6 @@ class _Connection:
                 self.end_all(f"connection lost: {e}")
             finally:
                 self._read_scope = None
-        if scope.cancelled_caught and trio.current_time() >= scope.deadline:
-            self.end_all("idle timeout")
         return None
 
     async def aclose(self) -> None:
@@ -681,6 +717,13 @@ class ServerConnection(_Connection):
             stream if isinstance(codec, H1Server) and isinstance(stream, WatchesInput) else None
         )
         self._inline: ServerStream | None = None
+        # the reader's own scope: the cancel scope of the handlers it runs inline (cancelled
+        # only as the connection ends, which ends the reader as well)
+        self._loop_scope = trio.CancelScope()
+        # the idle timeout: a timer task per connection, cancelled as the connection ends,
+        # rather than a deadline moved on every read
+        self._last_active = trio.current_time()
+        self._idle_scope = trio.CancelScope()
         # HTTP/2 abuse accounting: streams opened, and reset by the client before a response
         self.opened = 0
         self.early_resets = 0
@@ -688,11 +731,14 @@ class ServerConnection(_Connection):
     async def run(self, initial: bytes = b"") -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._idle_timeout != math.inf:
+                nursery.start_soon(self._idle_timer)
             try:
-                await self.flush()
-                if initial:
-                    await self._feed(initial)
-                await self._read_loop()
+                with self._loop_scope:
+                    await self.flush()
+                    if initial:
+                        await self._feed(initial)
+                    await self._read_loop()
             except StreamError:
                 pass
             finally:
@@ -734,11 +780,35 @@ class ServerConnection(_Connection):
                 # the request body is still arriving; the handler may finish first
                 data = await self._receive()
             else:
-                idle = self._idle_timeout if not self.streams else math.inf
-                data = await self._receive(trio.current_time() + idle)
+                if self._idle_timeout != math.inf and not self.streams:
+                    self._last_active = trio.current_time()
+                data = await self._receive()
             if data is None:
                 continue
             await self._feed(data)
+
+    async def _idle_timer(self) -> None:
+        """End the connection once it has had no request open for the idle timeout (Envoy's
+        idle_timeout): from the end of the last exchange, or the last bytes read while none
+        was open."""
+        idle = self._idle_timeout
+        deadline = self._last_active + idle
+        with self._idle_scope:
+            while True:
+                await trio.sleep_until(deadline)
+                now = trio.current_time()
+                if self.streams:
+                    # a request is open: no idle time counts until it is over
+                    deadline = now + idle
+                    continue
+                deadline = self._last_active + idle
+                if now >= deadline:
+                    self.end_all("idle timeout")
+                    return
+
+    def end_all(self, reason: str) -> None:
+        super().end_all(reason)
+        self._idle_scope.cancel()
 
     async def _await_response(self, current: ServerStream) -> None:
         """Wait for the response to the request received whole, watching for the client
@@ -820,17 +890,19 @@ class ServerConnection(_Connection):
             codec.reset(ev.stream_id, _REFUSED_STREAM)
             return
         self.opened += 1
-        s = ServerStream(self, ev.stream_id, ev.head, ev.end_stream)
-        self.streams[ev.stream_id] = s
-        if isinstance(codec, H1Server):
-            self._current = s
-        self._pending += 1
-        if (
+        inline = (
             self._watch is not None
             and ev.end_stream
             and ev.head.method != "CONNECT"
             and "upgrade" not in ev.head.headers
-        ):
+        )
+        scope = self._loop_scope if inline else trio.CancelScope()
+        s = ServerStream(self, ev.stream_id, ev.head, ev.end_stream, scope)
+        self.streams[ev.stream_id] = s
+        if isinstance(codec, H1Server):
+            self._current = s
+        self._pending += 1
+        if inline:
             # run in this task once the events at hand are dispatched (`_dispatch_events`)
             self._inline = s
             return
@@ -845,10 +917,11 @@ class ServerConnection(_Connection):
         watch = self._watch
         assert watch is not None and self._nursery is not None
         if not watch.watch_input(self._client_input):
+            s.cancel_scope = trio.CancelScope()
             self._nursery.start_soon(self._run_handler, s)
             return
         try:
-            await self._run_handler(s)
+            await self._run_handler(s, inline=True)
         finally:
             watch.watch_input(None)
 
@@ -860,10 +933,14 @@ class ServerConnection(_Connection):
         elif eof:
             self.end_all(self.reason or "client closed the connection before the response")
 
-    async def _run_handler(self, s: ServerStream) -> None:
+    async def _run_handler(self, s: ServerStream, *, inline: bool = False) -> None:
         try:
-            with s.cancel_scope:
+            if inline:
+                # in the reader's scope, which is the stream's
                 await self._handler(s)
+            else:
+                with s.cancel_scope:
+                    await self._handler(s)
         except StreamError:
             pass
         except Exception:
@@ -892,18 +969,10 @@ class ServerConnection(_Connection):
         for the client (`_await_response`) simply goes on, now bounded by the idle timeout."""
         codec = self.codec
         assert isinstance(codec, H1Server)
-        scope = self._read_scope
-        if (
-            self.closed
-            or self._raw_taken
-            or codec.switched
-            or codec.must_close
-            or codec.has_input
-            or scope is None
-        ):
+        if self.closed or self._raw_taken or codec.switched or codec.must_close or codec.has_input:
             self._wake_reader()
         elif self._idle_timeout != math.inf:
-            scope.deadline = trio.current_time() + self._idle_timeout
+            self._last_active = trio.current_time()
 
     async def _bad_request(self, ev: BadRequest) -> None:
         codec = self.codec

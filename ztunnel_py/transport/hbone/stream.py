@@ -32,7 +32,7 @@ from ztunnel_py.model.identity import Identity
 from ztunnel_py.protocol.hbone import ErrorCodes, Header
 from ztunnel_py.transport.hbone.buffers import RecvBuffer
 from ztunnel_py.transport.hbone.errors import HboneStreamError
-from ztunnel_py.transport.relay import InputWatch
+from ztunnel_py.transport.relay import InputWatch, ReceiveWoken
 
 __all__ = ["HboneStream", "StreamHost"]
 
@@ -99,6 +99,8 @@ class HboneStream:
         self._readable: trio.Event | None = None
         self._writable: trio.Event | None = None
         self._receiving = False
+        # the receive in progress was asked to end early (`wake_receiver`)
+        self._woken = False
         self._sending = False
         self._input_watch: InputWatch | None = None
         self._forward: Callable[[memoryview], int] | None = None
@@ -119,7 +121,8 @@ class HboneStream:
         """Next bytes from the peer (at most `max_bytes`); empty once the peer half-closed.
 
         The view is valid until the next `receive_some` or `aclose`. Raises `HboneStreamError`
-        if the stream was reset or the connection lost before the peer's END_STREAM.
+        if the stream was reset or the connection lost before the peer's END_STREAM, and
+        `ReceiveWoken` (taking nothing) when `wake_receiver` ended it early.
         """
         if max_bytes is not None and operator.index(max_bytes) < 1:
             raise ValueError("max_bytes must be at least 1")
@@ -141,12 +144,15 @@ class HboneStream:
                     raise self._error
                 self._readable = trio.Event()
                 await self._readable.wait()
-                if self._closed:
+                if self._closed or self._woken:
                     break
         finally:
             self._receiving = False
+            woken, self._woken = self._woken, False
         if self._closed:
             raise trio.ClosedResourceError("the HBONE stream was closed while receiving")
+        if woken:
+            raise ReceiveWoken
         view, buffer = self._queue[0]
         if max_bytes is not None and len(view) > max_bytes:
             self._queue[0] = (view[max_bytes:], buffer)
@@ -157,6 +163,13 @@ class HboneStream:
         self._lease = buffer
         self._host.consumed(self.stream_id, len(view))
         return view
+
+    def wake_receiver(self) -> None:
+        """End the `receive_some` in progress with `ReceiveWoken` (see `relay.WakesReceiver`)."""
+        if self._receiving:
+            self._woken = True
+            if self._readable is not None:
+                self._readable.set()
 
     def _release_lease(self) -> None:
         if self._lease is not None:
