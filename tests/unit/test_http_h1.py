@@ -94,6 +94,19 @@ def test_server_get_keep_alive_cycles_number_exchanges_like_h2_client_streams() 
         assert p.server.idle
 
 
+def test_server_heads_carry_their_size_on_the_wire() -> None:
+    """What the request metrics count as a head's size: the bytes it took on the wire."""
+    server = H1Server()
+    wire = b"GET /a HTTP/1.1\r\nHost: svc\r\nX-A:  padded \r\n\r\n"
+    (req,) = server.receive_data(wire)
+    assert isinstance(req, RequestReceived)
+    assert req.head.wire_size == len(wire)
+    assert req.head.copy().wire_size == 0
+    head = ResponseHead(200, Headers([("content-length", "0")]))
+    server.send_headers(req.stream_id, head, end_stream=True)
+    assert head.wire_size == len(server.data_to_send()) > 0
+
+
 def test_server_chunked_request_body_and_trailers() -> None:
     p = ServerPair()
     events = p.send(
@@ -276,6 +289,10 @@ def test_server_response_finished_before_the_request_body_ends_keep_alive() -> N
     [
         b"GARBAGE\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        # a valid field at the end of a bad line, in the middle and at the end of the block
+        b"GET / HTTP/1.1\r\nHost: a\r\nbad line x: y\r\nX-A: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nbad line x: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n\x00x: y\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: nope\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host

@@ -41,8 +41,9 @@ close, or bytes nobody asked for).
 Errors: a stream reset by the peer, or whose connection ended, raises `StreamError` from its
 reads and writes. Each request handler runs in its own cancel scope (one run in the reader's
 task, in the reader's: only the connection ending cancels it, and that ends the reader too): a
-reset stream cancels its handler, and an HTTP/2 connection refuses new streams (REFUSED_STREAM) while
-`MAX_PENDING_HANDLERS` handlers are still running, so resetting streams cannot pile up work;
+reset stream cancels its handler, and an HTTP/2 connection refuses new streams
+(REFUSED_STREAM) while `MAX_PENDING_HANDLERS` handlers are still running, so resetting streams
+cannot pile up work;
 a connection that resets most of its streams before any response is closed with GOAWAY
 ENHANCE_YOUR_CALM (the HTTP/2 rapid-reset pattern, CVE-2023-44487).
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from itertools import chain
 
 from ztunnel_py.http.events import (
     BadRequest,
@@ -67,10 +68,9 @@ _FIELD_LINE = re.compile(rf"({_TOKEN}):[ \t]*({_FIELD_VALUE})[ \t]*", re.ASCII)
 _NAME = re.compile(_TOKEN, re.ASCII)
 _VALUE = re.compile(_FIELD_VALUE, re.ASCII)
 _FIELD_BLOCK = re.compile(rf"(?:{_TOKEN}: {_FIELD_VALUE}\r\n)*", re.ASCII)
-# a received field block in its common form (CRLF line ends, no obsolete folding, every line a
-# valid field), up to and including the blank line that ends it; and its fields one by one
-_FIELD_LINES = re.compile(rf"(?:{_TOKEN}:[ \t]*{_FIELD_VALUE}[ \t]*\r\n)*\r\n", re.ASCII)
-_FIELD_PAIRS = re.compile(rf"({_TOKEN}):[ \t]*({_FIELD_VALUE})[ \t]*\r\n", re.ASCII)
+# a received field line in its common form (CRLF line end, no obsolete folding), in parts:
+# name, whitespace, value, whitespace
+_FIELD_PARTS = re.compile(rf"({_TOKEN}):([ \t]*)({_FIELD_VALUE})([ \t]*)\r\n", re.ASCII)
 # fields that change a message's framing, keep-alive or protocol: a request without any of
 # them needs none of the checks they take
 _FRAMING_AND_CONNECTION = frozenset(
@@ -192,11 +192,15 @@ def _split_head(text: str) -> tuple[str, str]:
 
 def _parse_block(block: str) -> list[tuple[str, str]]:
     """A field block (after the start line, or trailers) up to and including the blank line
-    that ends it -> lower-case names and values. The common form is proven valid by one match
-    over the whole block and taken apart by one more; anything else (a bare LF, obsolete line
-    folding, a bad line) goes line by line, which also finds the fault."""
-    if _FIELD_LINES.fullmatch(block) is not None:
-        return [(n.lower(), v) for n, v in _FIELD_PAIRS.findall(block)]
+    that ends it -> lower-case names and values. The common form is taken apart by one pass of
+    `_FIELD_PARTS` and proven valid by what the matches cover; anything else (a bare LF,
+    obsolete line folding, a bad line) goes line by line, which also finds the fault."""
+    parts = _FIELD_PARTS.findall(block)
+    # a match lies within one line and ends with its CRLF, and cannot take in the blank line:
+    # covering all but the blank line's CRLF, the matches are every line whole
+    covered = sum(map(len, chain.from_iterable(parts))) + 3 * len(parts)
+    if covered + 2 == len(block) and block.endswith("\r\n"):
+        return [(n.lower(), v) for n, _, v, _ in parts]
     lines = block.split("\n")
     del lines[-2:]
     return _parse_fields([line.removesuffix("\r") for line in lines])
@@ -755,6 +759,7 @@ class H1Server(_Codec):
             Headers.trusted(rest),
             self._scheme,
             "HTTP/1.0" if version == "1.0" else "HTTP/1.1",
+            len(text),
         )
         framing, length = (_LENGTH, 0) if plain else _framing(fields, is_request=True)
         self._start_body(framing, length)
@@ -812,6 +817,7 @@ class H1Server(_Codec):
         _encode_fields(fields, out)
         out.append("\r\n")
         data = _latin1("".join(out))
+        head.wire_size = len(data)
         if self._server is not _HEAD and self._server is not _IDLE:
             raise self._fail_send(f"can't send a response in state {self._server}")
         if connect_2xx and _CONNECT in self._proposals:

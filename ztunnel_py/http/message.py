@@ -153,6 +153,8 @@ class RequestHead:
     headers: Headers = field(default_factory=Headers)
     scheme: str = "http"
     version: HttpVersion = "HTTP/1.1"
+    # the head's size on the wire as received over HTTP/1.1 (0: not received so, or a copy)
+    wire_size: int = 0
 
     @property
     def path_only(self) -> str:
@@ -181,6 +183,8 @@ class ResponseHead:
     status: int
     headers: Headers = field(default_factory=Headers)
     reason: str = ""
+    # the head's size on the wire as last sent over HTTP/1.1 (0: not sent so)
+    wire_size: int = 0
 
 
 def split_authority(authority: str) -> tuple[str, int | None]:

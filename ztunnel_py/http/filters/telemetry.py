@@ -37,7 +37,11 @@ def _fields_size(headers: Headers) -> int:
 
 
 def head_size(head: RequestHead | ResponseHead) -> int:
-    """The head's size as HTTP/1.1 writes it (request or status line, fields, blank line)."""
+    """The head's size as HTTP/1.1 carried it (request or status line, fields, blank line): as
+    received or sent when it went over HTTP/1.1, else as HTTP/1.1 would write it (Envoy's
+    uncompressed size of an HTTP/2 head)."""
+    if head.wire_size:
+        return head.wire_size
     if isinstance(head, RequestHead):
         line = len(head.method) + len(head.path) + 12 + len(head.authority) + 8
     else:

@@ -96,8 +96,10 @@ class HboneStream:
         self._closed = False
         self._error: HboneStreamError | None = None
         self._status: int | None = None
-        self._readable: trio.Event | None = None
-        self._writable: trio.Event | None = None
+        # where a reader (or a client waiting for the CONNECT's answer) and a sender wait: a
+        # parking lot each, kept for the stream's life, rather than a new event per wait
+        self._readers = trio.lowlevel.ParkingLot()
+        self._writers = trio.lowlevel.ParkingLot()
         self._receiving = False
         # the receive in progress was asked to end early (`wake_receiver`)
         self._woken = False
@@ -142,8 +144,7 @@ class HboneStream:
                     return _EMPTY
                 if self._error is not None:
                     raise self._error
-                self._readable = trio.Event()
-                await self._readable.wait()
+                await self._readers.park()
                 if self._closed or self._woken:
                     break
         finally:
@@ -168,8 +169,7 @@ class HboneStream:
         """End the `receive_some` in progress with `ReceiveWoken` (see `relay.WakesReceiver`)."""
         if self._receiving:
             self._woken = True
-            if self._readable is not None:
-                self._readable.set()
+            self._readers.unpark_all()
 
     def _release_lease(self) -> None:
         if self._lease is not None:
@@ -248,8 +248,7 @@ class HboneStream:
         return sent
 
     async def _wait_writable(self) -> None:
-        self._writable = trio.Event()
-        await self._writable.wait()
+        await self._writers.park()
 
     async def send_eof(self) -> None:
         """Half-close: the peer reads EOF after the data sent so far. Idempotent."""
@@ -340,10 +339,10 @@ class HboneStream:
             callback(False, self._error)
 
     def _wake(self) -> None:
-        if self._readable is not None:
-            self._readable.set()
-        if self._writable is not None:
-            self._writable.set()
+        if self._readers:
+            self._readers.unpark_all()
+        if self._writers:
+            self._writers.unpark_all()
 
     def _detach_if_finished(self) -> None:
         if self._eof_sent and self._eof_received:
@@ -369,15 +368,15 @@ class HboneStream:
                 view = view[taken:]
         buffer.pin()
         self._queue.append((view, buffer))
-        if self._readable is not None:
-            self._readable.set()
+        if self._readers:
+            self._readers.unpark_all()
         self._input_arrived()
 
     def deliver_eof(self) -> None:
         """The peer half-closed."""
         self._eof_received = True
-        if self._readable is not None:
-            self._readable.set()
+        if self._readers:
+            self._readers.unpark_all()
         self._input_arrived()
         self._detach_if_finished()
 
@@ -389,8 +388,8 @@ class HboneStream:
 
     def window_opened(self) -> None:
         """The send window may have grown: a waiting sender tries again."""
-        if self._writable is not None:
-            self._writable.set()
+        if self._writers:
+            self._writers.unpark_all()
 
     def fail(self, error: HboneStreamError) -> None:
         """The stream broke (reset, connection lost): pending and later calls raise `error`."""
@@ -414,6 +413,5 @@ class HboneStream:
         while self._status is None:
             if self._error is not None:
                 raise self._error
-            self._readable = trio.Event()
-            await self._readable.wait()
+            await self._readers.park()
         return self._status
