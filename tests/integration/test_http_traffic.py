@@ -197,18 +197,21 @@ async def test_outlier_detection_keeps_traffic_off_a_failing_endpoint(
     once = Route("r", backends=(Backend(SVC, 80),), retries=RetryPolicy(0))
     policy = TrafficPolicy(
         LoadBalancer(LoadBalancerKind.ROUND_ROBIN),
+        # ejections long enough for a dozen curl runs on a loaded machine: the first (2 s)
+        # outlasts the first loop, the second (4 s) the second loop
         outlier_detection=OutlierDetection(
-            3, interval=0.2, base_ejection_time=0.5, max_ejection_percent=50
+            3, interval=0.2, base_ejection_time=2.0, max_ejection_percent=50
         ),
     )
     resolver = ClusterResolver([once], {SVC: [bad.address, good.address]}, {SVC: policy})
     async with run_proxy(resolver) as proxy:
         statuses = [(await curl_status(f"{proxy.url}/flaky"))[0] for _ in range(12)]
+        ejected = trio.current_time()
         # round robin: the bad endpoint fails 3 times, then is ejected
         assert statuses.count(503) == 3 and len(bad.requests) == 3
         assert statuses[6:] == [200] * 6
         # it returns after its ejection (and a sweep), fails again, is ejected for longer
-        await trio.sleep(0.8)
+        await trio.sleep_until(ejected + 2.5)
         for _ in range(8):
             await curl_status(f"{proxy.url}/flaky")
         assert len(bad.requests) == 6
