@@ -184,6 +184,19 @@ def _normalized(fields: list[tuple[str, str]], error: type[Exception]) -> list[t
     return fields if out is None else out
 
 
+def _plain_length(fields: list[tuple[str, str]]) -> int | None:
+    """The Content-Length (-1: none) of fields with no field of framing, keep-alive or protocol
+    but at most one plain Content-Length (most responses): their framing and keep-alive need
+    none of `_normalized`'s or `_keep_alive`'s checks. None for any other fields."""
+    length = -1
+    for n, v in fields:
+        if n in _FRAMING_AND_CONNECTION:
+            if n != "content-length" or length >= 0 or _DIGITS.fullmatch(v) is None:
+                return None
+            length = int(v)
+    return length
+
+
 def _split_head(text: str) -> tuple[str, str]:
     """A head's start line (without its line end) and its field block."""
     start, _, block = text.partition("\n")
@@ -788,14 +801,19 @@ class H1Server(_Codec):
         # allow breaks the connection
         if status >= 1000:
             raise HttpCodecError(f"a final status is 200-999, not {status}")
-        fields = _normalized(fields, HttpCodecError)
+        plain = _plain_length(fields)
+        if plain is None:
+            fields = _normalized(fields, HttpCodecError)
         connect_2xx = method == "CONNECT" and 200 <= status < 300
         need_close = False
         # what the body is sent with, unless it has none
         sending = (_LENGTH, 0)
         if not (status in (204, 304) or connect_2xx):
             # the framing a GET would have (a HEAD response mirrors it)
-            sending = _framing(fields, is_request=False)
+            if plain is None:
+                sending = _framing(fields, is_request=False)
+            else:
+                sending = (_LENGTH, plain) if plain >= 0 else (_UNTIL_CLOSE, 0)
             if sending[0] is not _LENGTH:
                 fields = [f for f in fields if f[0] not in ("content-length", "transfer-encoding")]
                 if self._their_version < "1.1":
@@ -811,7 +829,8 @@ class H1Server(_Codec):
             tokens.add("close")
             fields = [f for f in fields if f[0] != "connection"]
             fields.append(("connection", ", ".join(sorted(tokens))))
-        if not _keep_alive(fields, "1.1"):
+            self._keep_alive = False
+        elif plain is None and not _keep_alive(fields, "1.1"):
             self._keep_alive = False
         out = [f"HTTP/1.1 {status} {_reason(head)}\r\n"]
         _encode_fields(fields, out)
@@ -926,7 +945,10 @@ class H1Client(_Codec):
         if m is None:
             raise _ProtocolError(f"illegal status line: {start.encode('latin-1')!r}")
         version, status, reason = m[1], int(m[2]), m[3] or ""
-        fields = _normalized(_parse_block(block), _ProtocolError)
+        fields = _parse_block(block)
+        plain = _plain_length(fields)
+        if plain is None:
+            fields = _normalized(fields, _ProtocolError)
         head = ResponseHead(status, Headers.trusted(fields), reason)
         if status < 200:
             if status < 100:
@@ -945,7 +967,12 @@ class H1Client(_Codec):
             events.append(InformationalReceived(self._stream_id, head))
             return False
         method = self._method
-        self._their_head(fields, version)
+        if plain is None:
+            self._their_head(fields, version)
+        else:
+            self._their_version = version
+            if version < "1.1":
+                self._keep_alive = False
         if method == "CONNECT" and 200 <= status < 300 and _CONNECT in self._proposals:
             self._server = _SWITCHED
             self._settle()
@@ -957,8 +984,10 @@ class H1Client(_Codec):
         self._settle()
         if status in (204, 304) or method == "HEAD" or (method == "CONNECT" and status < 300):
             framing, length = _LENGTH, 0
-        else:
+        elif plain is None:
             framing, length = _framing(fields, is_request=False)
+        else:
+            framing, length = (_LENGTH, plain) if plain >= 0 else (_UNTIL_CLOSE, 0)
         self._start_body(framing, length)
         end = framing is _LENGTH and length == 0
         self._skip_end = end
