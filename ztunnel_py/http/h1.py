@@ -1002,15 +1002,24 @@ class H1Client(_Codec):
     def send_headers(self, stream_id: int, head: RequestHead, end_stream: bool = False) -> None:
         """Send a request head. A body of unknown length is sent chunked."""
         self._check(stream_id)
-        fields = [("host", head.authority), *head.headers.items()]
-        if not end_stream and not _has_framing(fields) and head.method != "CONNECT":
+        fields = head.headers.items()
+        # one pass finds the names that matter here: Host and those of framing or connection
+        special = [n for n, _ in fields if n in _FRAMING_AND_CONNECTION or n == "host"]
+        fields.insert(0, ("host", head.authority))
+        if "host" in special:
+            raise HttpCodecError("Found multiple Host: headers")
+        if (
+            not end_stream
+            and "content-length" not in special
+            and "transfer-encoding" not in special
+            and head.method != "CONNECT"
+        ):
             fields.append(("transfer-encoding", "chunked"))
+            special.append("transfer-encoding")
         # as when receiving: a request with no field of framing or connection skips their checks
-        plain = not any(n in _FRAMING_AND_CONNECTION for n, _ in fields)
+        plain = not special
         if not plain:
             fields = _normalized(fields, HttpCodecError)
-        if sum(1 for n, _ in fields if n == "host") > 1:
-            raise HttpCodecError("Found multiple Host: headers")
         method, target = head.method, head.path
         if _NAME.fullmatch(method) is None:
             raise HttpCodecError("Illegal method characters")
