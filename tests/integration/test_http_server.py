@@ -28,12 +28,14 @@ from tests.integration.http_support import (
     ProxyUnderTest,
     StaticResolver,
     front_proxy,
+    listen_tcp,
     pattern,
     run,
     run_proxy,
 )
 from ztunnel_py.http import connection
-from ztunnel_py.http.connection import MAX_PENDING_HANDLERS
+from ztunnel_py.http.connection import MAX_PENDING_HANDLERS, ServerStream, serve_http
+from ztunnel_py.http.message import Headers, ResponseHead
 from ztunnel_py.model.http import Backend, Route
 
 pytestmark = pytest.mark.timeout(60)
@@ -202,6 +204,46 @@ async def test_http1_client_gone_while_the_upstream_thinks(
     logs = await proxy.log.wait_for(1, limit=3)
     assert "DC" in logs[0].response_flags
     await eventually(lambda: proxy.pool.connection_count == 0)
+
+
+async def test_http2_idle_time_counts_from_the_end_of_the_last_request(
+    nursery: trio.Nursery,
+) -> None:
+    """Envoy's idle_timeout is time without an open request: an HTTP/2 connection whose one
+    request outlasts the timeout is closed a whole timeout after its response, not at once."""
+
+    async def handler(s: ServerStream) -> None:
+        # ends between two of the idle timer's looks (at 0.3 s and 0.6 s)
+        await trio.sleep(0.45)
+        await s.send_head(ResponseHead(200, Headers([("content-length", "2")])))
+        await s.send_data(b"ok", end_stream=True)
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await serve_http(stream, handler, idle_timeout=0.3)
+
+    port = await listen_tcp(nursery, serve)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [(":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/")],
+            end_stream=True,
+        )
+        await stream.send_all(conn.data_to_send())
+        answered = None
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.StreamEnded):
+                    answered = trio.current_time()
+            await stream.send_all(conn.data_to_send())
+        assert answered is not None
+        assert trio.current_time() - answered >= 0.25
+        await stream.aclose()
 
 
 async def test_http2_client_resets_a_stream_mid_response(

@@ -960,6 +960,9 @@ class ServerConnection(_Connection):
                 self.streams.pop(s.stream_id, None)
                 s._release()
             s.done.set()
+            if self._idle_timeout != math.inf:
+                # idle time counts from the end of the last request (`_idle_timer`)
+                self._last_active = trio.current_time()
             if self.is_h1:
                 self._exchange_done()
             with contextlib.suppress(StreamError):
@@ -968,13 +971,11 @@ class ServerConnection(_Connection):
     def _exchange_done(self) -> None:
         """HTTP/1.1: the reader waits on the finished exchange. It must look again if the
         connection is over or a pipelined request is already buffered; if not, its read waiting
-        for the client (`_await_response`) simply goes on, now bounded by the idle timeout."""
+        for the client (`_await_response`) simply goes on, now under the idle timeout."""
         codec = self.codec
         assert isinstance(codec, H1Server)
         if self.closed or self._raw_taken or codec.switched or codec.must_close or codec.has_input:
             self._wake_reader()
-        elif self._idle_timeout != math.inf:
-            self._last_active = trio.current_time()
 
     async def _bad_request(self, ev: BadRequest) -> None:
         codec = self.codec
