@@ -817,9 +817,9 @@ class ServerConnection(_Connection):
         closing the connection meanwhile. A request that may switch protocols is not watched:
         what follows it belongs to the new protocol.
 
-        The read goes on after the exchange if the connection stays open (`_exchange_done`
-        gives it the idle timeout then): it returns the client's next request, or its close,
-        without a wakeup in between."""
+        The read goes on after the exchange if the connection stays open (the idle timer
+        counts from the exchange's end then): it returns the client's next request, or its
+        close, without a wakeup in between."""
         head = current.request
         if self._held or head.method == "CONNECT" or "upgrade" in head.headers:
             await current.done.wait()

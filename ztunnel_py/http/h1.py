@@ -197,6 +197,14 @@ def _plain_length(fields: list[tuple[str, str]]) -> int | None:
     return length
 
 
+def _response_framing(fields: list[tuple[str, str]], plain: int | None) -> tuple[str, int]:
+    """A response's body framing from its fields, or from `_plain_length`'s answer (`plain`)
+    when they had one."""
+    if plain is None:
+        return _framing(fields, is_request=False)
+    return (_LENGTH, plain) if plain >= 0 else (_UNTIL_CLOSE, 0)
+
+
 def _split_head(text: str) -> tuple[str, str]:
     """A head's start line (without its line end) and its field block."""
     start, _, block = text.partition("\n")
@@ -427,9 +435,11 @@ class _Codec:
             # apart from a next request, and reading it all could take forever
             self.must_close = True
 
-    def _their_head(self, fields: list[tuple[str, str]], version: str) -> None:
+    def _their_head(self, fields: list[tuple[str, str]], version: str, *, plain: bool) -> None:
+        """The peer's version and keep-alive from its head; `plain`: the head has no
+        `Connection` field (only the version can end keep-alive)."""
         self._their_version = version
-        if not _keep_alive(fields, version):
+        if version < "1.1" if plain else not _keep_alive(fields, version):
             self._keep_alive = False
 
     # -- receiving -----------------------------------------------------------------------------
@@ -736,14 +746,9 @@ class H1Server(_Codec):
         self._method = method
         if method == "CONNECT":
             self._proposals.add(_CONNECT)
-        if plain:
-            self._their_version = version
-            if version < "1.1":
-                self._keep_alive = False
-        else:
-            if _tokens(fields, "upgrade"):
-                self._proposals.add(_UPGRADE)
-            self._their_head(fields, version)
+        if not plain and _tokens(fields, "upgrade"):
+            self._proposals.add(_UPGRADE)
+        self._their_head(fields, version, plain=plain)
         self._settle()
         if len(fields) > MAX_HEADERS or size > MAX_HEADER_BYTES:
             events.append(
@@ -810,10 +815,7 @@ class H1Server(_Codec):
         sending = (_LENGTH, 0)
         if not (status in (204, 304) or connect_2xx):
             # the framing a GET would have (a HEAD response mirrors it)
-            if plain is None:
-                sending = _framing(fields, is_request=False)
-            else:
-                sending = (_LENGTH, plain) if plain >= 0 else (_UNTIL_CLOSE, 0)
+            sending = _response_framing(fields, plain)
             if sending[0] is not _LENGTH:
                 fields = [f for f in fields if f[0] not in ("content-length", "transfer-encoding")]
                 if self._their_version < "1.1":
@@ -967,12 +969,7 @@ class H1Client(_Codec):
             events.append(InformationalReceived(self._stream_id, head))
             return False
         method = self._method
-        if plain is None:
-            self._their_head(fields, version)
-        else:
-            self._their_version = version
-            if version < "1.1":
-                self._keep_alive = False
+        self._their_head(fields, version, plain=plain is not None)
         if method == "CONNECT" and 200 <= status < 300 and _CONNECT in self._proposals:
             self._server = _SWITCHED
             self._settle()
@@ -984,10 +981,8 @@ class H1Client(_Codec):
         self._settle()
         if status in (204, 304) or method == "HEAD" or (method == "CONNECT" and status < 300):
             framing, length = _LENGTH, 0
-        elif plain is None:
-            framing, length = _framing(fields, is_request=False)
         else:
-            framing, length = (_LENGTH, plain) if plain >= 0 else (_UNTIL_CLOSE, 0)
+            framing, length = _response_framing(fields, plain)
         self._start_body(framing, length)
         end = framing is _LENGTH and length == 0
         self._skip_end = end
