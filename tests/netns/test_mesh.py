@@ -81,6 +81,21 @@ def config_dump(bed: Testbed, node: str) -> dict[str, Any]:
     return result
 
 
+def completed(bed: Testbed, node: str, *needles: str) -> list[str]:
+    """The agent's "connection complete" lines holding every one of `needles`, waited for up to
+    5 s: the agent logs a connection as it closes, maybe just after the client is done."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [
+            line
+            for line in agent_log(bed, node).splitlines()
+            if "connection complete" in line and all(n in line for n in needles)
+        ]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(("client_node", "server_node"), [("node1", "node1"), ("node1", "node2")])
 def test_plain_curl_is_captured_reaches_pod_and_is_logged_with_identity(
     bed: Testbed, client_node: str, server_node: str
@@ -89,13 +104,8 @@ def test_plain_curl_is_captured_reaches_pod_and_is_logged_with_identity(
     answer = http_get(bed, client.name, server.ip, 8080)
     assert answer.pod == server.name
     assert answer.client.startswith(client.ip + ":")  # the source IP is preserved
-    time.sleep(0.3)
-    lines = [
-        line
-        for line in agent_log(bed, server_node).splitlines()
-        if "connection complete" in line and 'direction="inbound"' in line
-    ]
-    assert any(str(identity_of(client)) in line for line in lines), lines[-5:]
+    lines = completed(bed, server_node, 'direction="inbound"', str(identity_of(client)))
+    assert lines, agent_log(bed, server_node).splitlines()[-5:]
 
 
 def test_pod_outside_the_mesh_reaches_meshed_pods_in_plaintext(bed: Testbed) -> None:
@@ -105,16 +115,7 @@ def test_pod_outside_the_mesh_reaches_meshed_pods_in_plaintext(bed: Testbed) -> 
     assert not legacy.enrolled
     answer = http_get(bed, legacy.name, server.ip, 8080)
     assert answer.pod == server.name and answer.client_ip == legacy.ip
-    deadline = time.monotonic() + 5
-    while True:  # the agent logs the connection as it closes, maybe just after curl is done
-        lines = [
-            line
-            for line in agent_log(bed, "node2").splitlines()
-            if "connection complete" in line and 'src.workload="legacy-1"' in line
-        ]
-        if lines or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    lines = completed(bed, "node2", 'src.workload="legacy-1"')
     assert lines and all('direction="inbound"' in x and "src.identity" not in x for x in lines)
 
 

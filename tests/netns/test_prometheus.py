@@ -15,6 +15,7 @@ from tests.netns.conftest import unique_prefix
 from tests.netns.test_waypoint import (
     ECHO_VIP,
     GATEWAY,
+    answered_by_waypoint,
     apps_namespace,
     curl,
     wait_until,
@@ -36,6 +37,7 @@ def bed() -> Iterator[Testbed]:
     tb = Testbed.up(prefix=unique_prefix("pm"), nodes=2, pods_per_node=2)
     try:
         tb.apply(GATEWAY + "---\n" + apps_namespace(waypoint=True))
+        wait_until(lambda: answered_by_waypoint(tb), "traffic to take the waypoint")
         yield tb
     finally:
         prom = tb.status().prometheus
