@@ -444,6 +444,60 @@ class _Codec:
 
     # -- receiving -----------------------------------------------------------------------------
 
+    # -- receiving -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        if self._closed:
+            return []
+        try:
+            self._feed(data)
+        except _ProtocolError as e:
+            return [self._refuse(e)]
+        return self.next_events()
+
+    def next_events(self) -> list[Event]:
+        """Events from bytes already received (after an exchange ends, the next message may be
+        buffered)."""
+        events: list[Event] = []
+        try:
+            while not self._closed:
+                theirs = self._theirs
+                if theirs is _IDLE or theirs is _HEAD:
+                    text = self._head_text()
+                    if text is None:
+                        if not self._buf and self._eof:
+                            if theirs is _HEAD:
+                                raise _ProtocolError("peer closed the connection before a response")
+                            self._set_theirs(_CLOSED)
+                            self._settle()
+                            events.append(ConnectionEnded())
+                            self._closed = True
+                            break
+                        self._start_line_missing()
+                        break
+                    if self._their_start(text, events):
+                        break
+                elif theirs is _BODY:
+                    if not self._read_body(events):
+                        break
+                else:
+                    if self._idle_input() == "closed":
+                        events.append(ConnectionEnded())
+                        self._closed = True
+                    break
+        except _ProtocolError as e:
+            events.append(self._refuse(e))
+        return events
+
+    def _their_start(self, text: str, events: list[Event]) -> bool:
+        """Their message's head (`text`, without the blank line): its event, True when reading
+        stops (a request refused, a protocol switched)."""
+        raise NotImplementedError
+
+    def _refuse(self, e: _ProtocolError) -> Event:
+        """The event that ends the connection on their protocol error; the codec is closed."""
+        raise NotImplementedError
+
     def _feed(self, data: bytes) -> None:
         if data:
             if self._eof:
@@ -657,16 +711,7 @@ class H1Server(_Codec):
         super().__init__()
         self._scheme = scheme
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        if self._closed:
-            return []
-        try:
-            self._feed(data)
-        except _ProtocolError as e:
-            return [self._bad(e)]
-        return self.next_events()
-
-    def _bad(self, e: _ProtocolError) -> BadRequest:
+    def _refuse(self, e: _ProtocolError) -> BadRequest:
         self._client = _ERROR
         self._settle()
         self.must_close = True
@@ -674,40 +719,7 @@ class H1Server(_Codec):
         reason = "request headers too large" if e.status == 431 else e.reason
         return BadRequest(self._stream_id, 431 if e.status == 431 else 400, reason)
 
-    def next_events(self) -> list[Event]:
-        """Events from bytes already received (after an exchange ends, the next request may be
-        buffered)."""
-        events: list[Event] = []
-        try:
-            while not self._closed:
-                client = self._client
-                if client is _IDLE:
-                    text = self._head_text()
-                    if text is None:
-                        if not self._buf and self._eof:
-                            self._client = _CLOSED
-                            self._settle()
-                            events.append(ConnectionEnded())
-                            self._closed = True
-                            break
-                        self._start_line_missing()
-                        break
-                    if self._request(text, events):
-                        break
-                elif client is _BODY:
-                    if not self._read_body(events):
-                        break
-                else:
-                    state = self._idle_input()
-                    if state == "closed":
-                        events.append(ConnectionEnded())
-                        self._closed = True
-                    break
-        except _ProtocolError as e:
-            events.append(self._bad(e))
-        return events
-
-    def _request(self, text: str, events: list[Event]) -> bool:
+    def _their_start(self, text: str, events: list[Event]) -> bool:
         """A request head: its event (True when it was refused and reading stops)."""
         if not text:
             raise _ProtocolError("no request line received")
@@ -890,55 +902,13 @@ def _has_framing(fields: list[tuple[str, str]]) -> bool:
 class H1Client(_Codec):
     """The client side of one HTTP/1.1 connection (to an upstream)."""
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        if self._closed:
-            return []
-        try:
-            self._feed(data)
-        except _ProtocolError as e:
-            return [self._malformed(e)]
-        return self.next_events()
-
-    def _malformed(self, e: _ProtocolError) -> ConnectionEnded:
+    def _refuse(self, e: _ProtocolError) -> ConnectionEnded:
         self._server = _ERROR
         self._settle()
         self._closed = True
         return ConnectionEnded(f"malformed response: {e.reason}", error=True)
 
-    def next_events(self) -> list[Event]:
-        events: list[Event] = []
-        try:
-            while not self._closed:
-                server = self._server
-                if server is _IDLE or server is _HEAD:
-                    text = self._head_text()
-                    if text is None:
-                        if not self._buf and self._eof:
-                            if server is _HEAD:
-                                raise _ProtocolError("peer closed the connection before a response")
-                            self._server = _CLOSED
-                            self._settle()
-                            events.append(ConnectionEnded())
-                            self._closed = True
-                            break
-                        self._start_line_missing()
-                        break
-                    if self._response(text, events):
-                        break
-                elif server is _BODY:
-                    if not self._read_body(events):
-                        break
-                else:
-                    state = self._idle_input()
-                    if state == "closed":
-                        events.append(ConnectionEnded())
-                        self._closed = True
-                    break
-        except _ProtocolError as e:
-            events.append(self._malformed(e))
-        return events
-
-    def _response(self, text: str, events: list[Event]) -> bool:
+    def _their_start(self, text: str, events: list[Event]) -> bool:
         """A response head: its event (True when the connection switched protocols)."""
         if not text:
             raise _ProtocolError("no response line received")
