@@ -117,7 +117,8 @@ ALLOW_PUBLIC = policy("public-only", "ALLOW", '  - to: [{operation: {paths: ["/p
 
 # Sends `count` requests on one keep-alive connection (a new one if the server closes it),
 # `interval` seconds apart, and prints one JSON line per answer: status, the answering pod
-# and version, and the headers the app saw.
+# and version, the headers the app saw, and the client's local port (a new port: a new
+# connection).
 CLIENT = r"""
 import http.client, json, sys, time
 host, path, count, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -129,6 +130,7 @@ for _ in range(count):
             if conn is None:
                 conn = http.client.HTTPConnection(host, 80, timeout=10)
             conn.request("GET", path, headers=headers)
+            local = conn.sock.getsockname()[1]
             r = conn.getresponse()
             body = r.read()
             break
@@ -145,7 +147,7 @@ for _ in range(count):
         answer = {}
     print(json.dumps({"status": r.status, "pod": answer.get("pod"),
                       "version": answer.get("version"), "client": answer.get("client"),
-                      "headers": answer.get("headers", {}),
+                      "headers": answer.get("headers", {}), "local": local,
                       "served_through": r.getheader("x-served-through")}), flush=True)
     time.sleep(interval)
 """
@@ -281,6 +283,8 @@ def test_service_traffic_traverses_the_waypoint(bed: Testbed) -> None:
         lambda: f'source_principal="{WAYPOINT_ID}"' in agent_opened(bed, "node2"),
         "node2's agent to count a connection from the waypoint",
     )
+    # (their access logs name it too, as each tunnel closes: see the TCP port's test, whose
+    # tunnels close with the client's connection, while these are pooled)
     # The waypoint's access log names the caller and the request.
     wp_log = log_of(wp.log)
     assert 'src.identity="spiffe://cluster.local/ns/apps/sa/web"' in wp_log
@@ -344,11 +348,22 @@ def test_grpc_unary_and_streaming_pass_through_the_waypoint(bed: Testbed) -> Non
 
 
 def test_http2_with_prior_knowledge_works_with_nghttp_and_curl(bed: Testbed) -> None:
+    before = waypoint_requests(bed, destination_service="echo.apps.svc.cluster.local")
     done = bed.exec("web-1", ["nghttp", "-v", f"http://{ECHO_VIP}:8082/headers"], timeout=30)
     assert done.returncode == 0, done.stderr
     assert ":status: 200" in done.stdout
     prior = curl(bed, "--http2-prior-knowledge", f"http://{ECHO_VIP}:8082/")
-    assert prior.returncode == 0 and json.loads(prior.stdout)["protocol"] == "HTTP/2"
+    assert prior.returncode == 0, prior.stderr
+    # HTTP/2 end to end, and through the waypoint: the app saw its address, and it counted both
+    assert json.loads(prior.stdout)["protocol"] == "HTTP/2"
+    assert json.loads(prior.stdout)["client"].startswith(waypoint(bed).ip + ":")
+    wait_until(
+        lambda: (
+            waypoint_requests(bed, destination_service="echo.apps.svc.cluster.local") == before + 2
+        ),
+        "the waypoint to count both requests",
+        within=5,
+    )
 
 
 def test_l7_policies_deny_delete_and_allow_only_public_paths(bed: Testbed) -> None:
@@ -390,7 +405,7 @@ def test_l7_policies_deny_delete_and_allow_only_public_paths(bed: Testbed) -> No
 def test_removing_the_label_returns_to_the_direct_path_without_dropping_connections(
     bed: Testbed,
 ) -> None:
-    web1 = bed.status().pod("web-1").ip
+    web1, wp = bed.status().pod("web-1").ip, waypoint(bed).ip
     # A keep-alive client that lives across the change: 30 requests, 0.2 s apart.
     argv = [sys.executable, "-c", CLIENT, ECHO_VIP, "/", "30", "0.2"]
     long_lived = subprocess.Popen(
@@ -400,15 +415,14 @@ def test_removing_the_label_returns_to_the_direct_path_without_dropping_connecti
         time.sleep(1.0)
         bed.apply(apps_namespace(waypoint=False))
         changed = time.monotonic()
-        wait_until(
-            lambda: answer(bed)["client"].rsplit(":", 1)[0] == web1,
-            "new connections to skip the waypoint",
-            within=5,
-        )
-        # The push itself takes a few hundred milliseconds (the directory watch, the 100 ms
-        # debounce, the agents' apply); the bound leaves room for each probe's curl on a busy
-        # machine.
-        assert time.monotonic() - changed < 3.0
+        # probes back to back; a probe that began by `sent` and took the direct path shows the
+        # change was in effect by then
+        while True:
+            sent = time.monotonic()
+            if answer(bed)["client"].rsplit(":", 1)[0] == web1:
+                break
+            assert sent - changed < 5.0, "new connections still go through the waypoint"
+        assert sent - changed < 1.0
         out, err = long_lived.communicate(timeout=60)
     finally:
         if long_lived.poll() is None:
@@ -417,6 +431,10 @@ def test_removing_the_label_returns_to_the_direct_path_without_dropping_connecti
         wait_until(lambda: answered_by_waypoint(bed), "traffic to take the waypoint again")
     answers = [json.loads(line) for line in out.splitlines()]
     assert len(answers) == 30 and all(a.get("status") == 200 for a in answers), err
+    # one connection all along (the client reconnects only if it is dropped), which keeps the
+    # path it was opened on: the waypoint
+    assert len({a["local"] for a in answers}) == 1, answers
+    assert {a["client"].rsplit(":", 1)[0] for a in answers} == {wp}
 
 
 def test_a_waypoint_for_all_traffic_also_takes_pod_addressed_calls(bed: Testbed) -> None:
@@ -521,9 +539,22 @@ def test_a_tcp_port_is_proxied_at_l4_by_the_waypoint(bed: Testbed) -> None:
                 tcp += float(line.rsplit(" ", 1)[1])
         return tcp, waypoint_requests(bed, destination_service="echo-tcp.apps.svc.cluster.local")
 
+    def tunnels_from_waypoint() -> int:
+        """The destination agents' access-log lines of closed tunnels from the waypoint to a
+        pod's port 8080 (logged as each closes: these close with the client's connection)."""
+        return sum(
+            "connection complete" in line
+            and 'direction="inbound"' in line
+            and f'src.identity="{WAYPOINT_ID}"' in line
+            and ":8080" in line.partition("dst.hbone_addr=")[2].partition(" ")[0]
+            for node in ("node1", "node2")
+            for line in log_of(bed.status().node(node).log).splitlines()
+        )
+
     bed.apply(TCP_SERVICE)
     try:
         before = waypoint_counts()
+        logged_before = tunnels_from_waypoint()
 
         def through_waypoint() -> bool:
             done = curl(bed, "http://10.96.5.5:8080/")
@@ -535,6 +566,8 @@ def test_a_tcp_port_is_proxied_at_l4_by_the_waypoint(bed: Testbed) -> None:
         tcp, requests_counted = waypoint_counts()
         assert tcp > before[0]  # relayed as TCP connections...
         assert requests_counted == before[1] == 0  # ...not parsed as HTTP requests
+        # the destination agent saw the waypoint's identity, not web's
+        wait_until(lambda: tunnels_from_waypoint() > logged_before, "the agent to log the tunnel")
     finally:
         bed.delete(TCP_SERVICE)
 

@@ -184,9 +184,13 @@ class Metrics:
         src_addr: str,
         dst_addr: str,
         hbone_addr: str | None = None,
+        *,
+        started: float | None = None,
     ) -> ConnectionMetrics:
-        """Count a new connection and log `connection opened`; close the result exactly once."""
-        return ConnectionMetrics(self, labels, src_addr, dst_addr, hbone_addr)
+        """Count a new connection and log `connection opened`; close the result exactly once.
+        `started` (`time.monotonic()`): when the connection began, if before now (its duration
+        counts from then)."""
+        return ConnectionMetrics(self, labels, src_addr, dst_addr, hbone_addr, started)
 
     # workload manager (in-pod mode)
 
@@ -230,6 +234,7 @@ class ConnectionMetrics:
         src_addr: str,
         dst_addr: str,
         hbone_addr: str | None,
+        started: float | None = None,
     ) -> None:
         self._metrics = metrics
         self.labels = labels
@@ -239,7 +244,7 @@ class ConnectionMetrics:
         self.bytes_sent = 0
         self.bytes_recv = 0
         self.closed = False
-        self._start = time.monotonic()
+        self._start = time.monotonic() if started is None else started
         values = labels.values()
         # Fetch the series cells once; add_bytes is then two list additions.
         self._sent = metrics._sent.cell(values)

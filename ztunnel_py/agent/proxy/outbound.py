@@ -1,13 +1,19 @@
 """Outbound: a connection from a pod (captured on 15001 or asked for over SOCKS5) to a destination.
 
-Decides where the connection goes (docs/istio-compat.md, "Outbound decision"; no waypoints or
-gateways yet):
+Decides where the connection goes (docs/istio-compat.md, "Outbound decision"): a service or
+workload with a waypoint goes to the waypoint (`:authority` the original destination);
 a service VIP picks a healthy endpoint; a mesh workload (HBONE) gets an HBONE tunnel from a
 socket created inside the source pod's netns, so the source IP stays the pod's; a workload
 without HBONE or an unknown destination gets plain TCP passthrough (refused under the mesh
 config's outboundTrafficPolicy REGISTRY_ONLY, `agent/meshconfig.py`). An endpoint known only by
 host name (a ServiceEntry's, `resolution: DNS`) is resolved when the connection is made, as
 ztunnel's on-demand DNS does: an address of the original destination's family first.
+
+A waypoint that refuses a destination (400: not served by it) while this agent routes that
+destination to it means one of the two has applied a push the other has not yet (a
+`use-waypoint` label just added or removed; each applies it within milliseconds of the other):
+the connection is routed again once, `WAYPOINT_RETRY_DELAY` later, so a label change fails no
+new connection either way.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import ipaddress
 import logging
 import random
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,15 +55,26 @@ from ztunnel_py.transport.relay import ByteStream, SocketByteStream, relay, spli
 log = logging.getLogger("ztunnel_py.outbound")
 
 _rng = random.Random()
+# how long a connection refused by its waypoint waits before it is routed again (see above)
+WAYPOINT_RETRY_DELAY = 0.2
 
 
 class OutboundError(Exception):
     """The destination could not be reached; `flag` is the Istio response flag to report."""
 
-    def __init__(self, message: str, flag: str = "CONNECT", refused: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        flag: str = "CONNECT",
+        refused: bool = False,
+        *,
+        waypoint_refused: bool = False,
+    ) -> None:
         super().__init__(message)
         self.flag = flag
         self.refused = refused
+        # a waypoint answered that it does not serve the destination (see the module docstring)
+        self.waypoint_refused = waypoint_refused
 
 
 @dataclass(slots=True)
@@ -234,21 +252,29 @@ class Outbound:
         try:
             if dst_ip.is_loopback and dst_port in POD_LISTENER_PORTS:
                 raise OutboundError(f"refusing a self-call to {dst_text}")
-            rt = route(self.state, dst_ip, dst_port, source=source)
-            if rt.workload is None and rt.service is None and self.registry_only():
-                raise OutboundError(
-                    f"{dst_text} is neither a service nor a workload of the mesh "
-                    "(outboundTrafficPolicy REGISTRY_ONLY)",
-                    "DENY",
-                )
-            if rt.hostname:
-                rt.dst_ip = await self._resolve(netns, rt.hostname, dst_ip.version)
+            rt = await self._route(source, netns, dst_ip, dst_port)
         except OutboundError as e:
             connection_failed(src_text, dst_text, SOURCE, str(e))
             if ready is not None:
                 await ready(e)
             client.close()
             return
+        began = time.monotonic()
+        hbone: HboneStream | None = None
+        tcp: trio.socket.SocketType | None = None
+        error: OutboundError | None = None
+        try:
+            hbone, tcp = await self._open(source, netns, rt, client_addr)
+        except OutboundError as e:
+            error = e
+        if error is not None and error.waypoint_refused:
+            await trio.sleep(WAYPOINT_RETRY_DELAY)
+            error = None
+            try:
+                rt = await self._route(source, netns, dst_ip, dst_port)
+                hbone, tcp = await self._open(source, netns, rt, client_addr)
+            except OutboundError as e:
+                error = e
         labels = TrafficLabels.build(
             SOURCE,
             source=source,
@@ -260,19 +286,12 @@ class Outbound:
         )
         upstream_addr = str(SocketAddr(rt.dst_ip, rt.hbone_port if rt.hbone else rt.dst_port))
         conn = self.metrics.open(
-            labels, src_text, upstream_addr, rt.authority if rt.hbone else None
+            labels, src_text, upstream_addr, rt.authority if rt.hbone else None, started=began
         )
-        hbone: HboneStream | None = None
-        tcp: trio.socket.SocketType | None = None
-        try:
-            if rt.hbone:
-                hbone = await self._open_hbone(source, netns, rt, client_addr)
-            else:
-                tcp = await self._open_tcp(netns, rt)
-        except OutboundError as e:
-            conn.close(e.flag, str(e))
+        if error is not None:
+            conn.close(error.flag, str(error))
             if ready is not None:
-                await ready(e)
+                await ready(error)
             client.close()
             return
         if ready is not None:
@@ -292,6 +311,28 @@ class Outbound:
             return await splice_relay(client, tcp)
 
         await carry(conn, transfer(), a_is_peer=False, untrack=untrack, already_sent=len(initial))
+
+    async def _route(
+        self, source: Workload, netns: PodNetns, dst_ip: IPAddress, dst_port: int
+    ) -> Route:
+        rt = route(self.state, dst_ip, dst_port, source=source)
+        if rt.workload is None and rt.service is None and self.registry_only():
+            raise OutboundError(
+                f"{SocketAddr(dst_ip, dst_port)} is neither a service nor a workload of the mesh "
+                "(outboundTrafficPolicy REGISTRY_ONLY)",
+                "DENY",
+            )
+        if rt.hostname:
+            rt.dst_ip = await self._resolve(netns, rt.hostname, dst_ip.version)
+        return rt
+
+    async def _open(
+        self, source: Workload, netns: PodNetns, rt: Route, client_addr: SocketAddr
+    ) -> tuple[HboneStream | None, trio.socket.SocketType | None]:
+        """The route's upstream: (an HBONE stream, None) or (None, a TCP socket)."""
+        if rt.hbone:
+            return await self._open_hbone(source, netns, rt, client_addr), None
+        return None, await self._open_tcp(netns, rt)
 
     async def open_upstream(
         self,
@@ -375,7 +416,11 @@ class Outbound:
             return await self.pool.stream(key, dial, rt.authority, headers)
         except HboneStatusError as e:
             flag = "DENY" if e.status == 401 else "CONNECT"
-            raise OutboundError(f"upstream answered HTTP {e.status}", flag) from e
+            raise OutboundError(
+                f"upstream answered HTTP {e.status}",
+                flag,
+                waypoint_refused=e.status == 400 and rt.via_waypoint is not None,
+            ) from e
         except trio.TooSlowError as e:
             raise OutboundError(f"timed out connecting to {upstream}") from e
         except HboneHandshakeError as e:
