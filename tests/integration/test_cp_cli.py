@@ -177,6 +177,81 @@ def test_validate_skips_what_the_control_plane_does_not_use(tmp_path: Path) -> N
     assert found[0]["file"] == str(tmp_path / "repo.yaml") and found[0]["line"] == 2
 
 
+ROUTES = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: waypoint, namespace: apps}
+spec:
+  clusterIP: 10.96.0.200
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: apps}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop, namespace: apps}
+spec:
+  clusterIP: 10.96.0.11
+  selector: {app: shop}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/v[2"}}]
+    backendRefs: [{name: missing, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop, namespace: apps}
+spec:
+  hosts: [shop]
+  http:
+  - route: [{destination: {host: shop, subset: v3}}]
+"""
+
+
+def test_validate_reports_what_routes_cannot_do(tmp_path: Path) -> None:
+    """An HTTPRoute and a VirtualService that compile with problems: each problem is a warning
+    at its field (the route is still served without what cannot work), as istiod reports them
+    in the route's status."""
+    (tmp_path / "routes.yaml").write_text(ROUTES)
+    result = validate(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    where = f"{tmp_path / 'routes.yaml'}"
+    assert result.stdout.splitlines() == [
+        f"{where}:doc[5]: spec.rules[0].backendRefs[0]: warning: backend Service apps/missing "
+        "not found: its share of the requests gets 500",
+        f"{where}:doc[5]: spec.rules[0].matches[0]: warning: invalid regular expression "
+        "'/v[2': unterminated character set at position 2: this match is left out",
+        f'{where}:doc[6]: spec.http: warning: subset "v3" of shop.apps.svc.cluster.local is '
+        "not defined by any DestinationRule: requests routed to it get 503 (no healthy "
+        "upstream)",
+    ]
+    assert result.stderr.endswith("2 HTTP services): 0 errors, 3 warnings\n")
+
+
 def test_validate_missing_directory(tmp_path: Path) -> None:
     result = validate(tmp_path / "nope")
     assert result.returncode == 1

@@ -180,6 +180,12 @@ async def test_local_replies_as_envoy(nursery: trio.Nursery, h1: H1Upstream) -> 
             matches=(RouteMatch(path=PathMatch(MatchKind.EXACT, "/zero")),),
             backends=(Backend(H1, 80, weight=0),),
         ),
+        # a backendRef the control plane could not resolve
+        Route(
+            "unresolved",
+            matches=(RouteMatch(path=PathMatch(MatchKind.EXACT, "/gone")),),
+            backends=(Backend("test/", 80),),
+        ),
     ]
     async with run_proxy(StaticResolver(routes, {H1: [(h1.address, False)]})) as proxy:
         cases = [
@@ -188,6 +194,7 @@ async def test_local_replies_as_envoy(nursery: trio.Nursery, h1: H1Upstream) -> 
             ("/direct", 418, b"short and stout", "-"),
             ("/old/x?y=1", 301, b"", "-"),
             ("/zero", 500, b"", "-"),
+            ("/gone", 500, b"", "-"),
         ]
         for path, status, body, _flags in cases:
             code, out, err = await curl(f"{proxy.url}{path}")

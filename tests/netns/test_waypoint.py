@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.netns.conftest import unique_prefix
+from tests.netns.test_controlplane import debug_config
 from ztunnel_py.testbed.status import WaypointStatus
 from ztunnel_py.testbed.testbed import Testbed
 
@@ -570,6 +571,124 @@ def test_a_tcp_port_is_proxied_at_l4_by_the_waypoint(bed: Testbed) -> None:
         wait_until(lambda: tunnels_from_waypoint() > logged_before, "the agent to log the tunnel")
     finally:
         bed.delete(TCP_SERVICE)
+
+
+# Routes to a Service without endpoints and to a port nothing listens on; anything else has no
+# route (an HTTPRoute attached to a Service replaces its default route).
+FAILING_ROUTES = """\
+apiVersion: v1
+kind: Service
+metadata: {name: nobody, namespace: apps}
+spec:
+  selector: {app: nobody}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-closed, namespace: apps}
+spec:
+  selector: {app: echo, version: v1}
+  ports: [{name: http, port: 80, targetPort: 9}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /ok}}]
+    backendRefs: [{name: echo, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /nobody}}]
+    backendRefs: [{name: nobody, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /closed}}]
+    backendRefs: [{name: echo-closed, port: 80}]
+"""
+
+# Sends argv[2] (with Python escapes) on a new connection to argv[1]:80 and prints all it
+# reads until the server closes the connection (a timeout if it never does).
+RAW_REQUEST = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+s.sendall(sys.argv[2].encode("latin-1").decode("unicode_escape").encode("latin-1"))
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(data.decode("latin-1"))
+"""
+
+
+def test_bad_requests_and_failing_upstreams_get_envoys_answers_from_the_waypoint(
+    bed: Testbed,
+) -> None:
+    def raw(request: str) -> str:
+        done = bed.exec("web-1", [sys.executable, "-c", RAW_REQUEST, ECHO_VIP, request])
+        assert done.returncode == 0, done.stderr  # the waypoint closed the connection
+        return done.stdout
+
+    def code(*args: str) -> str:
+        return curl(bed, "-o", "/dev/null", "-w", "%{http_code}", *args).stdout
+
+    # malformed HTTP: 400, then the connection is closed
+    bad = raw("GET / HTTP/1.1\\r\\nHost: echo\\r\\nno colon here\\r\\n\\r\\n")
+    assert bad.startswith("HTTP/1.1 400 "), bad
+    # Envoy's header limits: more than 100 headers, or more than 60 KiB of them
+    many = [arg for i in range(101) for arg in ("-H", f"x-h{i}: v")]
+    assert code(*many, f"http://{ECHO_VIP}/") == "431"
+    assert code("-H", "x-big: " + "a" * 61 * 1024, f"http://{ECHO_VIP}/") == "431"
+    bed.apply(FAILING_ROUTES)
+    try:
+        wait_until(lambda: code(f"http://{ECHO_VIP}/elsewhere") == "404", "the routes")
+        nobody = curl(bed, "-w", " %{http_code}", f"http://{ECHO_VIP}/nobody")
+        assert nobody.stdout == "no healthy upstream 503"
+        closed = curl(bed, "-w", " %{http_code}", f"http://{ECHO_VIP}/closed")
+        assert closed.stdout.startswith("upstream connect error") and closed.stdout.endswith(" 503")
+        # the waypoint still serves, and its access log says why each request failed
+        assert code(f"http://{ECHO_VIP}/ok") == "200"
+        lines = log_of(waypoint(bed).log).splitlines()
+
+        def flags(path: str, status: int) -> set[str]:
+            return {
+                line.partition("response_flags=")[2].partition(" ")[0].strip('"')
+                for line in lines
+                if f'path="{path}"' in line and f"response_code={status} " in line
+            }
+
+        assert flags("/elsewhere", 404) == {"NR"}
+        assert flags("/nobody", 503) == {"UH"}
+        (closed_flags,) = flags("/closed", 503)
+        assert "UF" in closed_flags.split(","), closed_flags
+    finally:
+        bed.delete(FAILING_ROUTES)
+
+
+PROBLEM_ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: apps}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /gone}}]
+    backendRefs: [{name: missing, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: "/v[2"}}, {path: {value: /ok}}]
+    backendRefs: [{name: echo, port: 80}]
+"""
+
+
+def test_route_problems_show_in_debug_config_and_the_route_serves_what_it_can(
+    bed: Testbed,
+) -> None:
+    bed.apply(PROBLEM_ROUTE)
+    try:
+        # a backend that does not exist: its share gets 500, as in Gateway API
+        wait_until(lambda: status(bed, "/gone/x") == "500", "the HTTPRoute")
+        # the invalid match is left out, the valid one serves
+        assert status(bed, "/ok") == "200" and status(bed, "/v2") == "404"
+        problems = json.dumps(debug_config(bed))
+        assert "backend Service apps/missing not found" in problems
+        assert "invalid regular expression '/v[2'" in problems
+    finally:
+        bed.delete(PROBLEM_ROUTE)
 
 
 def test_the_waypoint_keeps_its_last_configuration_while_the_control_plane_is_down(

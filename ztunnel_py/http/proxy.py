@@ -267,8 +267,9 @@ class HttpProxy:
             await self._local_reply(s, ctx, reply)
             return
         backend = pick_backend(route.backends, self._rand)
-        if backend is None:
-            # Gateway API: a rule whose backends all have weight 0 (or are invalid) answers 500
+        if backend is None or backend.unresolved:
+            # Gateway API: a request sent to an invalid backend (a Service not found, a kind
+            # not supported), or by a rule whose backends all have weight 0, answers 500
             await self._local_reply(s, ctx, LocalReply(500, details="no_valid_backend"))
             return
         ctx.backend = backend
