@@ -214,6 +214,35 @@ def test_deleting_the_gateway_removes_the_waypoint_pod(bed: Testbed) -> None:
         bed.exec(wp.pod, ["true"])
 
 
+def namespace_using(waypoint_name: str) -> str:
+    return (
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps, labels: "
+        f"{{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: {waypoint_name}}}}}\n"
+    )
+
+
+def test_a_label_is_warned_about_only_when_no_waypoint_of_that_name_comes(bed: Testbed) -> None:
+    plain = "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps, labels: " + (
+        "{istio.io/dataplane-mode: ambient}}\n"
+    )
+    try:
+        # the Gateway and the label together, as a user applies them: the waypoint is not ready
+        # while they are checked, but this apply brings it up
+        done = apply(bed, GATEWAY + "---\n" + namespace_using("waypoint"))
+        assert "warning" not in done.stdout + done.stderr, done.stdout + done.stderr
+        # a label naming a waypoint nobody deploys is
+        done = apply(bed, namespace_using("nowhere"))
+        assert 'warning: Namespace apps: metadata.labels["istio.io/use-waypoint"]: ' in (
+            done.stdout + done.stderr
+        )
+        assert 'WaypointIsNotReady: waypoint "apps/nowhere" is not ready' in done.stdout + (
+            done.stderr
+        )
+    finally:
+        apply(bed, plain)
+        cli("delete", "-f", "-", "--prefix", bed.prefix, input=GATEWAY)
+
+
 def test_down_removes_a_waypoint_even_after_the_applying_cli_was_killed() -> None:
     prefix = unique_prefix("wd")
     Testbed.up(prefix=prefix, nodes=1, pods_per_node=2)
