@@ -22,6 +22,7 @@ from tests.integration.http_support import (
     ProxyUnderTest,
     StaticResolver,
     front_proxy,
+    listen_tcp,
     pattern,
     run,
     run_proxy,
@@ -412,6 +413,50 @@ async def test_route_timeout_runs_from_the_end_of_the_request(
         assert code == 0 and status_of(err) == [200], err
         assert trio.current_time() - start > 1.0
         assert json.loads(out)["body_len"] == 300 * 1024
+
+
+async def test_a_request_body_streams_to_the_upstream_as_it_arrives(nursery: trio.Nursery) -> None:
+    """The upstream gets the body's first chunk while the client has not sent the rest (it
+    sends the rest only once the upstream has it): nothing waits for the whole body, with the
+    default retry policy too (its copy of the body is kept as the body passes)."""
+    first_seen = trio.Event()
+    received = bytearray()
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        data = bytearray()
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        assert b"transfer-encoding: chunked" in head.lower(), head
+        chunks = bytearray(body)
+        while b"first" not in chunks:
+            chunks += await stream.receive_some(65536)
+        first_seen.set()
+        while not chunks.endswith(b"0\r\n\r\n"):
+            chunks += await stream.receive_some(65536)
+        received.extend(chunks)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    port = await listen_tcp(nursery, upstream)
+    service = "test/raw"
+    async with run_proxy(
+        StaticResolver([to(service)], {service: [(f"127.0.0.1:{port}", False)]})
+    ) as proxy:
+        client = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await client.send_all(
+            b"POST /upload HTTP/1.1\r\nhost: raw\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"5\r\nfirst\r\n"
+        )
+        with trio.fail_after(5):
+            await first_seen.wait()
+        await client.send_all(b"4\r\nrest\r\n0\r\n\r\n")
+        answer = bytearray()
+        with trio.fail_after(5):
+            while not answer.endswith(b"ok"):
+                answer += await client.receive_some(65536)
+        await client.aclose()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"first" in received and b"rest" in received
 
 
 async def test_the_testbed_pod_app_behind_the_proxy(nursery: trio.Nursery) -> None:
