@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.netns.conftest import unique_prefix
 from tests.netns.test_controlplane import debug_config
+from ztunnel_py.testbed.resources import ObjectRef
 from ztunnel_py.testbed.status import WaypointStatus
 from ztunnel_py.testbed.testbed import Testbed
 
@@ -436,6 +438,32 @@ def test_removing_the_label_returns_to_the_direct_path_without_dropping_connecti
     # path it was opened on: the waypoint
     assert len({a["local"] for a in answers}) == 1, answers
     assert {a["client"].rsplit(":", 1)[0] for a in answers} == {wp}
+
+
+def test_a_service_label_overrides_its_namespace_both_ways(bed: Testbed) -> None:
+    """`istio.io/use-waypoint` on the Service wins over the namespace's: `none` opts the
+    service out of the namespace's waypoint, and a service can use a waypoint its namespace
+    does not."""
+    web1, wp = bed.status().pod("web-1").ip, waypoint(bed).ip
+    path = bed.config_dir / ObjectRef("Service", "apps", "echo").file_name
+    original = path.read_text()
+
+    def labelled(value: str) -> str:
+        document = yaml.safe_load(original)
+        document["metadata"].setdefault("labels", {})["istio.io/use-waypoint"] = value
+        return str(yaml.safe_dump(document))
+
+    def caller() -> str:
+        return str(answer(bed)["client"]).rsplit(":", 1)[0]
+
+    try:
+        bed.apply(labelled("none"))
+        wait_until(lambda: caller() == web1, "echo to opt out of the namespace's waypoint")
+        bed.apply(apps_namespace(waypoint=False) + "---\n" + labelled("waypoint"))
+        wait_until(lambda: caller() == wp, "echo to use the waypoint on its own label")
+    finally:
+        bed.apply(apps_namespace(waypoint=True) + "---\n" + original)
+        wait_until(lambda: answered_by_waypoint(bed), "traffic to take the waypoint again")
 
 
 def test_a_waypoint_for_all_traffic_also_takes_pod_addressed_calls(bed: Testbed) -> None:
