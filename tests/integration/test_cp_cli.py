@@ -177,6 +177,8 @@ def test_validate_skips_what_the_control_plane_does_not_use(tmp_path: Path) -> N
     assert found[0]["file"] == str(tmp_path / "repo.yaml") and found[0]["line"] == 2
 
 
+# A namespace using its waypoint, and routes for two of its services that cannot do all they
+# ask for (documents 5 and 6).
 ROUTES = """\
 apiVersion: v1
 kind: Namespace
@@ -185,50 +187,36 @@ metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient, istio.io/use-w
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: waypoint, namespace: apps}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: waypoint, namespace: apps}
-spec:
-  clusterIP: 10.96.0.200
-  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
-  ports: [{name: mesh, port: 15008}]
+spec: {clusterIP: 10.96.0.200, selector: {gateway.networking.k8s.io/gateway-name: waypoint},
+       ports: [{name: mesh, port: 15008}]}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: echo, namespace: apps}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {app: echo}
-  ports: [{name: http, port: 80, targetPort: 8080}]
+spec: {clusterIP: 10.96.0.10, selector: {app: echo}, ports: [{name: http, port: 80}]}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: shop, namespace: apps}
-spec:
-  clusterIP: 10.96.0.11
-  selector: {app: shop}
-  ports: [{name: http, port: 80, targetPort: 8080}]
+spec: {clusterIP: 10.96.0.11, selector: {app: shop}, ports: [{name: http, port: 80}]}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo, namespace: apps}
 spec:
   parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
-  rules:
-  - matches: [{path: {type: RegularExpression, value: "/v[2"}}]
-    backendRefs: [{name: missing, port: 80}]
+  rules: [{matches: [{path: {type: RegularExpression, value: "/v[2"}}],
+           backendRefs: [{name: missing, port: 80}]}]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: shop, namespace: apps}
-spec:
-  hosts: [shop]
-  http:
-  - route: [{destination: {host: shop, subset: v3}}]
+spec: {hosts: [shop], http: [{route: [{destination: {host: shop, subset: v3}}]}]}
 """
 
 

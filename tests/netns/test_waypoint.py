@@ -50,30 +50,35 @@ def apps_namespace(*, waypoint: bool) -> str:
     return f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: apps, labels: {{{labels}}}}}\n"
 
 
-# Per-version services for HTTPRoute backends (Gateway API routes to Services, not subsets).
-VERSION_SERVICES = """\
-apiVersion: v1
-kind: Service
-metadata: {name: echo-v1, namespace: apps}
-spec:
-  selector: {app: echo, version: v1}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-v2, namespace: apps}
-spec:
-  selector: {app: echo, version: v2}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-"""
+def service(name: str, selector: str, target_port: int = 8080) -> str:
+    """A Service of namespace apps with one http port 80."""
+    return (
+        f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\n"
+        f"spec:\n  selector: {selector}\n"
+        f"  ports: [{{name: http, port: 80, targetPort: {target_port}}}]\n"
+    )
 
-HTTP_ROUTE = """\
+
+# an HTTPRoute for the echo service, with these rules
+ECHO_ROUTE = """\
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: echo, namespace: apps}
 spec:
   parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
   rules:
+"""
+
+# Per-version services for HTTPRoute backends (Gateway API routes to Services, not subsets).
+VERSION_SERVICES = (
+    service("echo-v1", "{app: echo, version: v1}")
+    + "---\n"
+    + service("echo-v2", "{app: echo, version: v2}")
+)
+
+HTTP_ROUTE = (
+    ECHO_ROUTE
+    + """\
   - matches: [{path: {type: PathPrefix, value: /v2}}]
     filters:
     - type: RequestHeaderModifier
@@ -84,6 +89,7 @@ spec:
       requestHeaderModifier: {set: [{name: x-route, value: split}]}
     backendRefs: [{name: echo-v1, port: 80, weight: 80}, {name: echo-v2, port: 80, weight: 20}]
 """
+)
 
 VIRTUAL_SERVICE = """\
 apiVersion: networking.istio.io/v1
@@ -603,27 +609,13 @@ def test_a_tcp_port_is_proxied_at_l4_by_the_waypoint(bed: Testbed) -> None:
 
 # Routes to a Service without endpoints and to a port nothing listens on; anything else has no
 # route (an HTTPRoute attached to a Service replaces its default route).
-FAILING_ROUTES = """\
-apiVersion: v1
-kind: Service
-metadata: {name: nobody, namespace: apps}
-spec:
-  selector: {app: nobody}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo-closed, namespace: apps}
-spec:
-  selector: {app: echo, version: v1}
-  ports: [{name: http, port: 80, targetPort: 9}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: apps}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
-  rules:
+FAILING_ROUTES = (
+    service("nobody", "{app: nobody}")
+    + "---\n"
+    + service("echo-closed", "{app: echo, version: v1}", target_port=9)
+    + "---\n"
+    + ECHO_ROUTE
+    + """\
   - matches: [{path: {type: PathPrefix, value: /ok}}]
     backendRefs: [{name: echo, port: 80}]
   - matches: [{path: {type: PathPrefix, value: /nobody}}]
@@ -631,6 +623,7 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /closed}}]
     backendRefs: [{name: echo-closed, port: 80}]
 """
+)
 
 # Sends argv[2] (with Python escapes) on a new connection to argv[1]:80 and prints all it
 # reads until the server closes the connection (a timeout if it never does).
@@ -689,18 +682,15 @@ def test_bad_requests_and_failing_upstreams_get_envoys_answers_from_the_waypoint
         bed.delete(FAILING_ROUTES)
 
 
-PROBLEM_ROUTE = """\
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: apps}
-spec:
-  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
-  rules:
+PROBLEM_ROUTE = (
+    ECHO_ROUTE
+    + """\
   - matches: [{path: {type: PathPrefix, value: /gone}}]
     backendRefs: [{name: missing, port: 80}]
   - matches: [{path: {type: RegularExpression, value: "/v[2"}}, {path: {value: /ok}}]
     backendRefs: [{name: echo, port: 80}]
 """
+)
 
 
 def test_route_problems_show_in_debug_config_and_the_route_serves_what_it_can(
