@@ -840,14 +840,22 @@ class Testbed:
         istio-waypoint loses its pod; Gateways of other classes are only written."""
         objects = resources.parse(text, source)
         documents = [document for _, document in objects]
+        gateways: list[tuple[tuple[str, str], resources.Document]] = []
+        for ref, document in objects:
+            if waypoints.is_waypoint(document):
+                gateways.append((waypoints.gateway_key(document, f"{source}: {ref}"), document))
+            elif waypoints.is_gateway(document):
+                gateways.append(
+                    ((ref.namespace or waypoints.DEFAULT_NAMESPACE, ref.name), document)
+                )
         findings = resources.check(self.config_dir, documents, with_existing=dry_run != "client")
         errors = [f.text for f in findings if f.severity == "error"]
         # a waypoint this apply brings up is not ready while the objects are checked: a label
         # naming it is no problem (its pod is ready before this returns)
         coming = tuple(
-            'WaypointIsNotReady: waypoint "{}/{}"'.format(*waypoints.gateway_key(d, source))
-            for d in documents
-            if waypoints.is_waypoint(d)
+            f'WaypointIsNotReady: waypoint "{namespace}/{name}"'
+            for (namespace, name), document in gateways
+            if waypoints.is_waypoint(document)
         )
         for f in findings:
             if f.severity != "error" and not any(c in f.text for c in coming):
@@ -863,14 +871,6 @@ class Testbed:
                 progress(f"{ref} valid (dry run: {dry_run}, not written)")
             return refs
         self.refresh()
-        gateways: list[tuple[tuple[str, str], resources.Document]] = []
-        for ref, document in objects:
-            if waypoints.is_waypoint(document):
-                gateways.append((waypoints.gateway_key(document, f"{source}: {ref}"), document))
-            elif waypoints.is_gateway(document):
-                gateways.append(
-                    ((ref.namespace or waypoints.DEFAULT_NAMESPACE, ref.name), document)
-                )
         if not self.state.mesh and any(waypoints.is_waypoint(d) for _, d in gateways):
             raise TestbedError(
                 f"testbed {self.prefix} runs without the mesh: a waypoint needs the control "
